@@ -1,0 +1,25 @@
+"""Error types. Library code raises these; only the CLI prints them (as `error: ...`, exit 2)."""
+
+
+class FlopwiseError(Exception):
+    """Base of every error a user can cause and fix (bad config, missing file, impossible layout)."""
+
+
+class ConfigError(FlopwiseError):
+    """A configuration key, value or type is wrong."""
+
+
+class CheckpointError(FlopwiseError):
+    """A checkpoint is missing, truncated or does not fit the model."""
+
+
+class DataError(FlopwiseError):
+    """Input data is missing, empty or malformed."""
+
+
+class ParallelError(FlopwiseError):
+    """A parallel layout is impossible or a distributed job failed."""
+
+
+class PlanError(FlopwiseError):
+    """The planner cannot satisfy a request."""

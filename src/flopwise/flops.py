@@ -1,0 +1,113 @@
+"""Parameter and FLOP counts: the one source for the trainer's MFU and the planner's predictions.
+
+Conventions
+- Model FLOPs (for MFU) follow PaLM (Chowdhery et al. 2022, appendix B): per token, 6 x (matmul
+  parameters) + 12 x layers x hidden_attn x seq, i.e. forward = 2 FLOPs per matmul weight plus the two
+  attention matmuls (QK^T and AV, 2 x seq x hidden_attn each, counted over the full sequence as PaLM does),
+  and backward = 2 x forward. The embedding lookup is no matmul; the LM head is.
+- LFA's two kernel-2 convolutions are matmuls over [x(t-1), x(t)]: 2 x in x out weights each, so they
+  enter through the parameter term like any projection.
+- Hardware FLOPs add the recomputed forward work (Korthikanti et al. 2022, "Reducing Activation
+  Recomputation in Large Transformer Models", section 5): full recomputation repeats every layer's
+  forward (not the LM head): with a GELU MLP of 4h this gives Megatron's
+  96 B s l h^2 (1 + s / 6h + V / 16 l h) per step; selective recomputation repeats only the attention
+  core (QK^T, softmax, AV).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from flopwise.errors import ConfigError
+from flopwise.models.config import ModelConfig
+
+RECOMPUTE_MODES = ("none", "selective", "full")
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int  # unique parameters (tied embeddings counted once)
+    embedding: int  # vocab x hidden
+    per_layer: int  # one transformer block, LFA included
+    lfa_per_layer: int  # the LFA filter's share of per_layer
+    head: int  # LM head weights used in matmuls (the tied embedding when tied)
+    layers_matmul: int  # matmul weights of all blocks
+
+    @property
+    def non_embedding(self) -> int:
+        return self.total - self.embedding
+
+    @property
+    def matmul(self) -> int:
+        """Weights multiplied per token: every block's projections plus the LM head."""
+        return self.layers_matmul + self.head
+
+
+def _block_matmul_params(cfg: ModelConfig) -> tuple[int, int]:
+    """(matmul weights in one block, of which LFA)."""
+    h, kv = cfg.hidden, cfg.kv_heads * cfg.head_dim
+    attn = h * (cfg.heads * cfg.head_dim) * 2 + 2 * h * kv  # wq, wo, wk, wv
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * h * cfg.ffn
+    lfa = 2 * h * (h // 2) * 2 if cfg.lfa else 0  # conv1 (2 x h x h/2) + conv2 (2 x h/2 x h)
+    return attn + mlp + lfa, lfa
+
+
+def param_counts(cfg: ModelConfig) -> ParamCounts:
+    h = cfg.hidden
+    matmul, lfa_matmul = _block_matmul_params(cfg)
+    lfa = lfa_matmul + (h // 2 + h + h if cfg.lfa else 0)  # conv biases + the filter's RMSNorm
+    per_layer = matmul + lfa - lfa_matmul + 2 * h  # + the two block RMSNorms
+    embedding = cfg.vocab_size * h
+    head = cfg.vocab_size * h
+    total = embedding + cfg.layers * per_layer + h + (0 if cfg.tie_embeddings else head)
+    return ParamCounts(total, embedding, per_layer, lfa, head, cfg.layers * matmul)
+
+
+def count_parameters_meta(cfg: ModelConfig) -> int:
+    """Parameters of the real module, built on the meta device (no memory): checks `param_counts`."""
+    from flopwise.models.transformer import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def attention_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Forward FLOPs of QK^T and AV for one token over all layers (full-sequence convention)."""
+    s = seq_len or cfg.seq_len
+    return 4.0 * cfg.layers * s * cfg.heads * cfg.head_dim
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    counts = param_counts(cfg)
+    return 2.0 * counts.matmul + attention_flops_per_token(cfg, seq_len)
+
+
+def model_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Training FLOPs per token (forward + backward) without recomputation: the MFU numerator."""
+    return 3.0 * forward_flops_per_token(cfg, seq_len)
+
+
+def recompute_flops_per_token(cfg: ModelConfig, recompute: str, seq_len: int | None = None) -> float:
+    """Extra forward FLOPs per token spent recomputing activations in the backward pass."""
+    if recompute not in RECOMPUTE_MODES:
+        raise ConfigError(f"recompute = {recompute!r}: must be one of {', '.join(RECOMPUTE_MODES)}")
+    if recompute == "none":
+        return 0.0
+    if recompute == "selective":
+        return attention_flops_per_token(cfg, seq_len)
+    return 2.0 * param_counts(cfg).layers_matmul + attention_flops_per_token(cfg, seq_len)
+
+
+def hardware_flops_per_token(cfg: ModelConfig, recompute: str = "none", seq_len: int | None = None) -> float:
+    """FLOPs the device actually executes per token, recomputation included (the HFU numerator)."""
+    return model_flops_per_token(cfg, seq_len) + recompute_flops_per_token(cfg, recompute, seq_len)
+
+
+def mfu(tokens_per_s: float, cfg: ModelConfig, peak_flops: float, seq_len: int | None = None) -> float:
+    """Model FLOPs utilisation: achieved model FLOP/s over the device peak."""
+    if peak_flops <= 0:
+        return 0.0
+    return tokens_per_s * model_flops_per_token(cfg, seq_len) / peak_flops

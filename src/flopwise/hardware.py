@@ -1,0 +1,163 @@
+"""Accelerator catalogue and detection: the one source of device facts for the trainer and the planner.
+
+Figures are the vendors' datasheet numbers for dense (no sparsity) tensor-core math:
+- V100 SXM2 32GB: 125 TFLOP/s fp16 (no bf16 support; fp16 is its training precision), HBM2 900 GB/s,
+  NVLink2 300 GB/s total = 150 GB/s per direction. (NVIDIA Tesla V100 datasheet.)
+- A100 40GB / 80GB SXM: 312 TFLOP/s bf16, HBM2 1555 / HBM2e 2039 GB/s, NVLink3 600 GB/s total = 300 per
+  direction. (NVIDIA A100 datasheet.)
+- H100 SXM5 80GB: 989 TFLOP/s bf16, HBM3 3350 GB/s, NVLink4 900 GB/s total = 450 per direction.
+- H100 PCIe 80GB: 756 TFLOP/s bf16, HBM2e 2000 GB/s; NVLink bridge 600 GB/s total = 300 per direction
+  (pairs only; otherwise PCIe Gen5, 64 GB/s per direction). (NVIDIA H100 datasheet.)
+- H200 SXM 141GB: 989 TFLOP/s bf16, HBM3e 4800 GB/s, NVLink4 450 GB/s per direction. (H200 datasheet.)
+On a CPU there is no datasheet peak: `cpu_accelerator()` measures this machine's fp32 matmul rate and
+labels the result as measured, so CPU MFU reads "fraction of this machine's measured matmul peak".
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from flopwise.errors import ConfigError
+
+GB = 1e9
+TFLOPS = 1e12
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    name: str
+    peak_flops: float  # dense bf16 (fp16 on V100) FLOP/s
+    memory_bytes: float  # device memory, bytes
+    memory_bandwidth: float  # bytes/s
+    link_bandwidth: float  # intra-node (NVLink) bytes/s per GPU, one direction
+    measured: bool = False  # True when the peak was measured here, not taken from a datasheet
+
+    @property
+    def peak_label(self) -> str:
+        return "measured matmul peak" if self.measured else "datasheet dense peak"
+
+
+CATALOGUE: dict[str, Accelerator] = {
+    a.name: a
+    for a in (
+        Accelerator("V100-32GB", 125 * TFLOPS, 32 * GB, 900 * GB, 150 * GB),
+        Accelerator("A100-40GB", 312 * TFLOPS, 40 * GB, 1555 * GB, 300 * GB),
+        Accelerator("A100-80GB", 312 * TFLOPS, 80 * GB, 2039 * GB, 300 * GB),
+        Accelerator("H100-SXM", 989 * TFLOPS, 80 * GB, 3350 * GB, 450 * GB),
+        Accelerator("H100-PCIe", 756 * TFLOPS, 80 * GB, 2000 * GB, 300 * GB),
+        Accelerator("H200", 989 * TFLOPS, 141 * GB, 4800 * GB, 450 * GB),
+    )
+}
+_ALIASES = {"v100": "V100-32GB", "a100": "A100-80GB", "h100": "H100-SXM", "h100-sxm5": "H100-SXM"}
+
+
+def get_accelerator(name: str) -> Accelerator:
+    """Look up a catalogue entry by name (case-insensitive; a few short aliases accepted)."""
+    by_lower = {k.lower(): v for k, v in CATALOGUE.items()}
+    key = name.lower()
+    if key in by_lower:
+        return by_lower[key]
+    if key in _ALIASES:
+        return CATALOGUE[_ALIASES[key]]
+    raise ConfigError(f"unknown accelerator {name!r}; choose one of: {', '.join(CATALOGUE)} (or a TOML file)")
+
+
+def load_accelerator(path: str | Path) -> Accelerator:
+    """Read a user-defined accelerator from TOML, figures in natural units:
+    name, peak_tflops, memory_gb, memory_bandwidth_gbps, link_bandwidth_gbps (per direction)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read accelerator file {path}: {exc}") from None
+    required = ("name", "peak_tflops", "memory_gb", "memory_bandwidth_gbps", "link_bandwidth_gbps")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"accelerator file {path}: missing key(s) {', '.join(missing)}")
+    unknown = set(data) - set(required)
+    if unknown:
+        raise ConfigError(f"accelerator file {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    for key in required[1:]:
+        if not isinstance(data[key], int | float) or data[key] <= 0:
+            raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a positive number")
+    return Accelerator(
+        str(data["name"]),
+        data["peak_tflops"] * TFLOPS,
+        data["memory_gb"] * GB,
+        data["memory_bandwidth_gbps"] * GB,
+        data["link_bandwidth_gbps"] * GB,
+    )
+
+
+def resolve_accelerator(name_or_path: str) -> Accelerator:
+    """A catalogue name, or a path to a TOML file defining one."""
+    if name_or_path.endswith(".toml") or Path(name_or_path).is_file():
+        return load_accelerator(name_or_path)
+    return get_accelerator(name_or_path)
+
+
+def match_device_name(device_name: str) -> Accelerator | None:
+    """Map a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3') to a catalogue entry."""
+    n = device_name.upper()
+    if "H200" in n:
+        return CATALOGUE["H200"]
+    if "H100" in n:
+        return CATALOGUE["H100-PCIe" if "PCIE" in n else "H100-SXM"]
+    if "A100" in n:
+        return CATALOGUE["A100-40GB" if "40GB" in n else "A100-80GB"]
+    if "V100" in n:
+        return CATALOGUE["V100-32GB"]
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_accelerator(size: int = 1024, seconds: float = 0.3) -> Accelerator:
+    """This CPU as an accelerator: peak = best measured fp32 matmul FLOP/s over a short run."""
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    torch.mm(a, b)  # warm up the BLAS threads
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        elapsed = time.perf_counter() - start
+        best = max(best, 2.0 * size**3 / elapsed)
+    try:
+        import psutil  # optional
+
+        mem = float(psutil.virtual_memory().total)
+    except ImportError:
+        mem = float(_meminfo_total())
+    return Accelerator("CPU", best, mem, 0.0, 0.0, measured=True)
+
+
+def _meminfo_total() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def detect(device: torch.device | str | None = None) -> Accelerator:
+    """The accelerator a run is using: a catalogue entry for a known GPU, a measured CPU otherwise.
+
+    An unknown GPU gets its name and memory from CUDA and no peak (MFU then reads 0)."""
+    device = torch.device(device) if device is not None else None
+    if (device is None or device.type == "cuda") and torch.cuda.is_available():
+        index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        known = match_device_name(props.name)
+        if known is not None:
+            return known
+        return Accelerator(props.name, 0.0, float(props.total_memory), 0.0, 0.0)
+    return cpu_accelerator()

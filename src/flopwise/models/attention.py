@@ -1,0 +1,60 @@
+"""Grouped-query attention with RoPE through scaled_dot_product_attention, optionally with LFA."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flopwise.models.config import ModelConfig
+from flopwise.models.lfa import LocalizedFilter
+from flopwise.models.rope import apply_rope
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.kv_heads = cfg.kv_heads
+        self.head_dim = cfg.head_dim
+        self.wq = nn.Linear(cfg.hidden, cfg.heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.hidden, bias=False)
+        self.lfa = LocalizedFilter(cfg.hidden, cfg.norm_eps) if cfg.lfa else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        layer_cache: dict | None = None,
+    ) -> torch.Tensor:
+        """x: [b, s, h] (already normed). attn_mask None means plain causal attention over this chunk."""
+        b, s, _ = x.shape
+        qk_in = self.lfa(x, keep, layer_cache) if self.lfa is not None else x
+        # Heads are inferred (-1) so that a tensor-parallel shard of the projections works unchanged.
+        q = self.wq(qk_in).view(b, s, -1, self.head_dim)
+        k = self.wk(qk_in).view(b, s, -1, self.head_dim)
+        v = self.wv(x).view(b, s, -1, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [b, heads, s, d]
+        if layer_cache is not None:
+            k, v = _append_kv(layer_cache, k, v)
+        gqa = q.shape[1] != k.shape[1]
+        if attn_mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
+        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+
+
+def _append_kv(layer_cache: dict, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write this chunk's keys/values into the preallocated cache; return all keys/values so far."""
+    start = layer_cache["length"]
+    end = start + k.shape[2]
+    layer_cache["k"][:, :, start:end] = k
+    layer_cache["v"][:, :, start:end] = v
+    return layer_cache["k"][:, :, :end], layer_cache["v"][:, :, :end]

@@ -1,0 +1,28 @@
+"""A preset's headline numbers, as `flopwise info` shows them."""
+
+from __future__ import annotations
+
+from flopwise.flops import count_parameters_meta, model_flops_per_token, param_counts
+from flopwise.models.config import get_preset
+
+
+def model_info(preset: str) -> dict:
+    cfg = get_preset(preset)
+    counts = param_counts(cfg)
+    params = count_parameters_meta(cfg)
+    return {
+        "preset": preset,
+        "params": params,
+        "params_billions": round(params / 1e9, 4),
+        "non_embedding_params": counts.non_embedding,
+        "flops_per_token": model_flops_per_token(cfg),
+        "layers": cfg.layers,
+        "hidden": cfg.hidden,
+        "heads": cfg.heads,
+        "kv_heads": cfg.kv_heads,
+        "ffn": cfg.ffn,
+        "vocab_size": cfg.vocab_size,
+        "seq_len": cfg.seq_len,
+        "lfa": cfg.lfa,
+        "mlp": cfg.mlp,
+    }
