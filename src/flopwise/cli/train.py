@@ -1,13 +1,164 @@
-"""`flopwise train`, `flopwise generate`, `flopwise info`."""
+"""`flopwise train`, `flopwise generate`, `flopwise info`, `flopwise export`."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from flopwise.cli.common import console
+from flopwise.cli.common import console, err_console
+
+
+def _gib(value: float) -> str:
+    return f"{value / 2**30:.2f} GiB"
+
+
+class TrainView:
+    """Renders trainer events: a progress bar plus one line per logged step."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
+            disable=quiet or not console.is_terminal,
+        )
+        self.task = None
+        self.peak_label = ""
+
+    def __call__(self, ev: dict) -> None:
+        kind = ev["event"]
+        if kind == "prepare":
+            console.print(f"[cyan]data[/] {ev['message']}")
+        elif kind == "resume":
+            console.print(f"resuming from {ev['checkpoint']} (step {ev['step']})")
+        elif kind == "start":
+            self.peak_label = ev["peak_label"]
+            params = f"{ev['params'] / 1e6:.2f}M parameters, " if ev.get("params") else ""
+            console.print(
+                f"[bold]flopwise train[/]: {params}layout {ev['layout']}, device {ev['device']} "
+                f"({ev['accelerator']}, {ev['peak_flops'] / 1e12:.3g} TFLOP/s {ev['peak_label']}), "
+                f"{ev['train_tokens']:,} training tokens"
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=ev["steps"], completed=ev["step"], status="")
+        elif kind == "log":
+            if "tokens_per_s" in ev:
+                line = (
+                    f"step {ev['step']:>6}  loss {ev['loss']:.4f}  lr {ev['lr']:.2e}  "
+                    f"{ev['tokens_per_s']:,.0f} tok/s  MFU {100 * ev['mfu']:.1f}%  mem {_gib(ev['peak_memory_bytes'])}"
+                )
+            else:
+                line = f"step {ev['step']:>6}  loss {ev['loss']:.4f}"
+            if ev.get("eval_loss") is not None:
+                line += f"  [green]eval {ev['eval_loss']:.4f}[/]"
+            self.progress.console.print(line, highlight=False)
+            if self.task is not None:
+                self.progress.update(self.task, completed=ev["step"], status=f"loss {ev['loss']:.3f}")
+        elif kind == "skip":
+            self.progress.console.print(f"[yellow]step {ev['step']}: loss {ev['loss']:.4g} skipped (spike or non-finite)")
+        elif kind == "rollback":
+            self.progress.console.print(
+                f"[bold yellow]rolled back to {ev['checkpoint']} (step {ev['step']}) after repeated loss spikes; "
+                "data continues past the bad batches"
+            )
+        elif kind == "checkpoint":
+            self.progress.console.print(f"[dim]checkpoint {ev['path']}", highlight=False)
+        elif kind == "end":
+            self.progress.stop()
+            table = Table(title="training finished", show_header=False)
+            table.add_row("steps", str(ev["step"]))
+            if ev.get("final_loss") is not None:
+                table.add_row("final train loss", f"{ev['final_loss']:.4f} nats/token")
+            if ev.get("eval_loss") is not None:
+                table.add_row("held-out loss", f"{ev['eval_loss']:.4f} nats/token")
+            if ev.get("unigram_entropy") is not None:
+                table.add_row("unigram entropy of the corpus", f"{ev['unigram_entropy']:.4f} nats/token")
+            table.add_row("skipped steps / rollbacks", f"{ev['skipped']} / {ev['rollbacks']}")
+            table.add_row("checkpoint", ev["checkpoint"])
+            if ev.get("plot"):
+                table.add_row("loss plot", ev["plot"])
+            console.print(table)
+
+
+def train(
+    preset: str = typer.Option(None, "--preset", "-p", help="Model preset (default: tiny). See `flopwise info`."),
+    config: Path = typer.Option(None, "--config", "-c", help="TOML file with [model], [train], [data], ... sections."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a config key, e.g. --set train.lr=3e-4 (repeatable)."),
+    steps: int = typer.Option(None, "--steps", help="Optimizer steps to train (train.steps)."),
+    seed: int = typer.Option(None, "--seed", help="Seed for initialisation and data order (train.seed)."),
+    out: str = typer.Option(None, "--out", "-o", help="Run directory: checkpoints, metrics.jsonl, loss.png."),
+    metrics: Path = typer.Option(None, "--metrics", help="JSON-lines metrics file (default: OUT/metrics.jsonl)."),
+    log_every: int = typer.Option(None, "--log-every", help="Log a line every N steps (train.log_every)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out, if any."),
+    nproc: int = typer.Option(None, "--nproc", help="Processes to launch on this machine with torchrun."),
+    dp: int = typer.Option(None, "--dp", help="Data-parallel degree (replicated unless --zero/--dp-shard)."),
+    dp_shard: int = typer.Option(None, "--dp-shard", help="Sharded data-parallel degree (ZeRO / FSDP)."),
+    tp: int = typer.Option(None, "--tp", help="Tensor-parallel degree (with sequence parallelism)."),
+    pp: int = typer.Option(None, "--pp", help="Pipeline-parallel degree."),
+    zero: int = typer.Option(None, "--zero", help="ZeRO stage 0-3 over the sharded data-parallel group."),
+    pp_layers: str = typer.Option(None, "--pp-layers", help="Layers per pipeline stage, e.g. 2,2,3,3 or auto."),
+    pp_schedule: str = typer.Option(None, "--pp-schedule", help="gpipe, 1f1b or interleaved."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-step lines."),
+) -> None:
+    """Train a model. With no arguments: the `tiny` preset on the embedded Python-stdlib corpus, on CPU."""
+    from flopwise.train.config import load_config
+
+    direct = {
+        "preset": preset, "out": out, "train.steps": steps, "train.seed": seed, "train.log_every": log_every,
+        "parallel.tp": tp, "parallel.pp": pp, "parallel.zero": zero, "parallel.pp_layers": pp_layers,
+        "parallel.pp_schedule": pp_schedule,
+    }
+    job = load_config(config, set_ or [], **_parallel_degrees(direct, dp, dp_shard, zero))
+    world = job.parallel.world_size
+    if nproc is not None and nproc != world and world > 1:
+        raise typer.BadParameter(f"--nproc {nproc} but the layout needs {world} processes (dp x dp_shard x tp x pp)")
+    if (nproc or 1) > 1 or world > 1:
+        if "RANK" not in os.environ:
+            from flopwise.parallel.launch import launch_torchrun
+
+            raise typer.Exit(launch_torchrun(job, nproc or world, sys.argv[1:]))
+    from flopwise.train.trainer import train as run_training
+
+    view = TrainView(quiet)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    run_training(job, resume=resume, metrics_path=metrics, on_event=view if rank0 else None)
+
+
+def _parallel_degrees(direct: dict, dp: int | None, dp_shard: int | None, zero: int | None) -> dict:
+    """--dp means replicated data parallelism unless a ZeRO stage asks for sharding over it."""
+    if dp is not None:
+        if zero:
+            direct["parallel.dp_shard"] = dp
+        else:
+            direct["parallel.dp_replicate"] = dp
+    if dp_shard is not None:
+        direct["parallel.dp_shard"] = dp_shard
+    return direct
+
+
+def generate(
+    prompt: str = typer.Argument(..., help="Text to continue."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run directory (latest checkpoint) or a step directory."),
+    max_tokens: int = typer.Option(100, "--max-tokens", "-n", help="Most tokens to sample."),
+    temperature: float = typer.Option(0.8, "--temperature", "-t", help="Sampling temperature; 0 is greedy."),
+    top_k: int = typer.Option(50, "--top-k", help="Sample among the k most likely tokens; 0 for all."),
+    seed: int = typer.Option(None, "--seed", help="Seed for reproducible samples."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Sample a continuation of PROMPT from a trained checkpoint."""
+    from flopwise.serve.generate import Generator
+
+    gen = Generator.from_checkpoint(checkpoint, device)
+    console.print(prompt, end="", style="bold", highlight=False, markup=False)
+    for piece in gen.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed):
+        console.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
+    console.print()
 
 
 def info(
@@ -19,12 +170,23 @@ def info(
 
     data = model_info(preset)
     if as_json:
-        console.print_json(json.dumps(data))
+        print(json.dumps(data))
         return
-    table = Table(title=f"{preset}", show_header=False)
+    table = Table(title=preset, show_header=False)
     for key, value in data.items():
         table.add_row(key, _fmt(value))
     console.print(table)
+
+
+def export(
+    checkpoint: Path = typer.Argument(..., help="A run directory or a step directory."),
+    dest: Path = typer.Argument(..., help="Output .safetensors file."),
+) -> None:
+    """Export a checkpoint (saved under any layout) as one safetensors file for the single-device model."""
+    from flopwise.train.checkpoint import export_safetensors
+
+    path = export_safetensors(checkpoint, dest)
+    err_console.print(f"wrote {path}")
 
 
 def _fmt(value) -> str:
@@ -36,4 +198,7 @@ def _fmt(value) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command()(generate)
     app.command()(info)
+    app.command()(export)

@@ -1,0 +1,1 @@
+"""Serving: text generation from a checkpoint (an OpenAI-compatible server comes later)."""
