@@ -146,7 +146,9 @@ def load_engine_state(model: torch.nn.Module, optimizer, directory: Path) -> Non
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dcp.load(state, checkpoint_id=str(directory))
-    except Exception as exc:  # DCP raises many kinds (missing keys, short reads, pickling)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # DCP's CheckpointException derives from BaseException
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load checkpoint {directory}: {reason[:300]}") from None
     if optim_sd is None:

@@ -1,0 +1,47 @@
+import pytest
+
+from flopwise.flops import (
+    count_parameters_meta,
+    hardware_flops_per_token,
+    mfu,
+    model_flops_per_token,
+    param_counts,
+    recompute_flops_per_token,
+)
+from flopwise.models import get_preset
+from flopwise.models.config import ModelConfig
+
+
+@pytest.mark.parametrize(("preset", "published"), [("yuan2-2b", 2.09e9), ("yuan2-51b", 51.84e9), ("yuan2-102b", 102.57e9)])
+def test_yuan_presets_match_published_parameter_counts(preset, published):
+    cfg = get_preset(preset)
+    assert count_parameters_meta(cfg) == param_counts(cfg).total
+    assert abs(param_counts(cfg).total - published) / published < 0.01
+
+
+def test_llama_twins_differ_by_the_lfa_filter_only():
+    yuan, llama = param_counts(get_preset("yuan2-2b")), param_counts(get_preset("llama-2b"))
+    h, layers = 2048, 24
+    assert yuan.total - llama.total == layers * (2 * h * h + h // 2 + 2 * h)
+
+
+def test_model_flops_follow_palm_6n_plus_12lhs():
+    cfg = ModelConfig(vocab_size=1000, layers=2, hidden=64, heads=4, kv_heads=4, ffn=256, seq_len=128, lfa=False)
+    n_matmul = 2 * (4 * 64 * 64 + 3 * 64 * 256) + 1000 * 64
+    assert model_flops_per_token(cfg) == 6 * n_matmul + 12 * 2 * 64 * 128
+
+
+def test_full_recompute_reproduces_megatron_formula_for_gpt_shapes():
+    # Narayanan et al. 2021: 96 B s l h^2 (1 + s / 6h + V / 16 l h) FLOPs per step with full recomputation.
+    l, h, s, v = 24, 2304, 2048, 51200
+    cfg = ModelConfig(v, l, h, 24, 24, 4 * h, s, lfa=False, mlp="gelu")
+    megatron_per_token = 96 * l * h * h * (1 + s / (6 * h) + v / (16 * l * h))
+    assert hardware_flops_per_token(cfg, "full") == pytest.approx(megatron_per_token, rel=1e-12)
+    assert recompute_flops_per_token(cfg, "selective") == 4 * l * s * h
+    assert hardware_flops_per_token(cfg, "none") == model_flops_per_token(cfg)
+
+
+def test_mfu_is_achieved_over_peak():
+    cfg = get_preset("tiny")
+    assert mfu(1000.0, cfg, 1000.0 * model_flops_per_token(cfg)) == pytest.approx(1.0)
+    assert mfu(1000.0, cfg, 0.0) == 0.0

@@ -1,0 +1,39 @@
+import pytest
+
+from flopwise.errors import ConfigError
+from flopwise.hardware import CATALOGUE, cpu_accelerator, detect, get_accelerator, load_accelerator, match_device_name
+
+
+def test_catalogue_has_the_datasheet_figures():
+    assert {"V100-32GB", "A100-40GB", "A100-80GB", "H100-SXM", "H100-PCIe", "H200"} <= set(CATALOGUE)
+    assert get_accelerator("a100-80gb").peak_flops == 312e12
+    assert get_accelerator("H100").peak_flops == 989e12
+    assert CATALOGUE["H200"].memory_bytes == 141e9
+
+
+@pytest.mark.parametrize(
+    ("name", "entry"),
+    [("NVIDIA H100 80GB HBM3", "H100-SXM"), ("NVIDIA H100 PCIe", "H100-PCIe"), ("NVIDIA A100-SXM4-40GB", "A100-40GB"),
+     ("NVIDIA A100-SXM4-80GB", "A100-80GB"), ("NVIDIA H200", "H200"), ("Tesla V100-SXM2-32GB", "V100-32GB")],
+)
+def test_cuda_device_names_map_to_catalogue(name, entry):
+    assert match_device_name(name) is CATALOGUE[entry]
+
+
+def test_cpu_peak_is_measured_and_labelled():
+    cpu = detect("cpu")
+    assert cpu is cpu_accelerator() and cpu.measured and cpu.peak_flops > 1e8
+    assert cpu.peak_label == "measured matmul peak"
+
+
+def test_user_accelerator_from_toml(tmp_path):
+    path = tmp_path / "mi300x.toml"
+    path.write_text('name = "MI300X"\npeak_tflops = 1307\nmemory_gb = 192\nmemory_bandwidth_gbps = 5300\n'
+                    "link_bandwidth_gbps = 448\n")
+    acc = load_accelerator(path)
+    assert (acc.name, acc.peak_flops, acc.memory_bytes) == ("MI300X", 1307e12, 192e9)
+    path.write_text('name = "x"\npeak_tflops = -1\nmemory_gb = 1\nmemory_bandwidth_gbps = 1\nlink_bandwidth_gbps = 1\n')
+    with pytest.raises(ConfigError, match="peak_tflops"):
+        load_accelerator(path)
+    with pytest.raises(ConfigError, match="unknown accelerator"):
+        get_accelerator("TPUv9")

@@ -1,0 +1,149 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flopwise.errors import CheckpointError, ConfigError, FlopwiseError
+from flopwise.models import Transformer
+from flopwise.train import trainer as trainer_mod
+from flopwise.train.checkpoint import export_safetensors, latest_checkpoint, step_dirs
+from flopwise.train.config import load_config
+from flopwise.train.engine import SingleDeviceEngine
+from flopwise.train.trainer import train
+
+NANO = ["train.global_batch=8", "train.micro_batch=4", "train.lr=3e-3", "train.warmup_steps=3", "train.log_every=1",
+        "train.eval_every=5", "train.eval_batches=2"]
+
+
+def _job(shards, out, *extra):
+    return load_config(None, [f'data.shards="{shards}"', *NANO, *extra], preset="nano", out=str(out))
+
+
+def _losses(metrics: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, metrics.read_text().splitlines())}
+
+
+def test_training_lowers_loss_and_logs_every_field(nano_shards, tmp_path):
+    events = []
+    result = train(_job(nano_shards, tmp_path / "run", "train.steps=20", "checkpoint.every=10"), on_event=events.append)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 21))
+    for key in ("step", "loss", "lr", "tokens_per_s", "mfu", "peak_memory_bytes", "grad_norm"):
+        assert key in records[0]
+    assert records[-1]["loss"] < records[0]["loss"] - 1.0
+    assert 0 < records[-1]["mfu"] < 1.5 and records[-1]["tokens_per_s"] > 0
+    assert result.eval_loss is not None and result.eval_loss < result.unigram_entropy
+    assert (tmp_path / "run" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert [d.name for d in step_dirs(tmp_path / "run")] == ["step_00000010", "step_00000020"]
+    assert {"start", "log", "checkpoint", "end"} <= {e["event"] for e in events}
+
+
+def test_existing_run_is_not_clobbered_without_resume(nano_shards, tmp_path):
+    train(_job(nano_shards, tmp_path / "run", "train.steps=2"))
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    with pytest.raises(ConfigError, match="--resume"):
+        train(_job(nano_shards, tmp_path / "run", "train.steps=2"))
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "flopwise.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(nano_shards, tmp_path):
+    common = ["train", "--preset", "nano", "--steps", "30", "--quiet"]
+    common += sum((["--set", s] for s in [f'data.shards="{nano_shards}"', *NANO, "checkpoint.every=5"]), [])
+    full = _cli(*common, "--out", str(tmp_path / "full"))
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+
+    victim = _cli(*common, "--out", str(tmp_path / "killed"))
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 13:
+            break
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    killed_at = len(metrics.read_text().splitlines())
+    assert killed_at < 30, "the run finished before it could be killed"
+    resumed = _cli(*common, "--out", str(tmp_path / "killed"), "--resume")
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming from" in output
+    reference, after = _losses(tmp_path / "full" / "metrics.jsonl"), _losses(metrics)
+    assert sorted(after) == list(range(1, 31))  # records past the checkpoint were rewritten, not duplicated
+    assert after == reference
+
+
+def test_loss_guard_skips_spikes_and_rolls_back(nano_shards, tmp_path, monkeypatch):
+    spikes = {13, 14, 15, 16}  # calls to forward_backward that return a spike: 3 in a row -> rollback
+    calls = {"n": 0}
+
+    class SpikyEngine(SingleDeviceEngine):
+        def forward_backward(self, inputs, targets, eod_id=None):
+            loss = super().forward_backward(inputs, targets, eod_id)
+            calls["n"] += 1
+            return float("nan") if calls["n"] in spikes else loss
+
+    monkeypatch.setattr(trainer_mod, "build_engine", SpikyEngine)
+    events = []
+    result = train(_job(nano_shards, tmp_path / "run", "train.steps=16", "checkpoint.every=10"), on_event=events.append)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("skip") == 3 and kinds.count("rollback") == 1
+    rollback = next(e for e in events if e["event"] == "rollback")
+    assert rollback["step"] == 10
+    assert result.steps == 16 and result.skipped_steps == 4 and result.rollbacks == 1
+
+
+def test_divergence_without_checkpoint_is_a_clear_error(nano_shards, tmp_path, monkeypatch):
+    class NanEngine(SingleDeviceEngine):
+        def forward_backward(self, inputs, targets, eod_id=None):
+            super().forward_backward(inputs, targets, eod_id)
+            return float("nan")
+
+    monkeypatch.setattr(trainer_mod, "build_engine", NanEngine)
+    with pytest.raises(FlopwiseError, match="no checkpoint to roll back to"):
+        train(_job(nano_shards, tmp_path / "run", "train.steps=5"))
+
+
+def test_truncated_checkpoint_is_reported_and_left_alone(nano_shards, tmp_path):
+    train(_job(nano_shards, tmp_path / "run", "train.steps=3"))
+    ckpt = latest_checkpoint(tmp_path / "run")
+    data_file = next(p for p in ckpt.iterdir() if p.suffix == ".distcp")
+    data_file.write_bytes(data_file.read_bytes()[:100])
+    snapshot = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    with pytest.raises(CheckpointError, match="cannot load checkpoint"):
+        train(_job(nano_shards, tmp_path / "run", "train.steps=6"), resume=True)
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == snapshot
+
+
+def test_checkpoint_of_another_model_shape_is_refused(nano_shards, tmp_path):
+    train(_job(nano_shards, tmp_path / "run", "train.steps=2"))
+    with pytest.raises(CheckpointError, match="cannot load checkpoint"):
+        train(_job(nano_shards, tmp_path / "run", "train.steps=4", "model.hidden=96", "model.heads=4"), resume=True)
+
+
+def test_export_gives_a_safetensors_file_the_single_device_model_loads(nano_shards, tmp_path):
+    job = _job(nano_shards, tmp_path / "run", "train.steps=3")
+    result = train(job)
+    dest = export_safetensors(tmp_path / "run", tmp_path / "model.safetensors")
+    weights = load_file(str(dest))
+    model = Transformer(job.model_config())
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert missing == ["output.weight"] and not unexpected  # tied: the head is the embedding
+    assert model.output.weight is model.tok_embeddings.weight
+    engine = SingleDeviceEngine(job)
+    engine.load(result.checkpoint, with_optimizer=False)
+    for name, value in engine.model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0)
