@@ -48,6 +48,8 @@ class TrainView:
             self.progress.start()
             self.task = self.progress.add_task("train", total=ev["steps"], completed=ev["step"], status="")
         elif kind == "log":
+            if self.quiet:
+                return
             if "tokens_per_s" in ev:
                 line = (
                     f"step {ev['step']:>6}  loss {ev['loss']:.4f}  lr {ev['lr']:.2e}  "
@@ -68,6 +70,8 @@ class TrainView:
                 "data continues past the bad batches"
             )
         elif kind == "checkpoint":
+            if self.quiet:
+                return
             self.progress.console.print(f"[dim]checkpoint {ev['path']}", highlight=False)
         elif kind == "end":
             self.progress.stop()
