@@ -117,7 +117,7 @@ def match_device_name(device_name: str) -> Accelerator | None:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_accelerator(size: int = 1024, seconds: float = 0.3) -> Accelerator:
+def cpu_accelerator(size: int = 1024, seconds: float = 0.5) -> Accelerator:
     """This CPU as an accelerator: peak = best measured fp32 matmul FLOP/s over a short run."""
     a = torch.randn(size, size)
     b = torch.randn(size, size)

@@ -45,6 +45,13 @@ class TrainView:
                 f"({ev['accelerator']}, {ev['peak_flops'] / 1e12:.3g} TFLOP/s {ev['peak_label']}), "
                 f"{ev['train_tokens']:,} training tokens"
             )
+            if ev.get("pipeline"):
+                table = Table(title="pipeline split (predicted memory per stage, planner formulas)")
+                for col in ("stage", "layers", "micro-batches in flight", "predicted memory"):
+                    table.add_column(col, justify="right")
+                for st in ev["pipeline"]:
+                    table.add_row(str(st["stage"]), str(st["layers"]), str(st["in_flight"]), _gib(st["predicted_bytes"]))
+                console.print(table)
             self.progress.start()
             self.task = self.progress.add_task("train", total=ev["steps"], completed=ev["step"], status="")
         elif kind == "log":

@@ -34,7 +34,7 @@ def is_eval_file(path: Path, eval_percent: int) -> bool:
 
 def demo_corpus_dir(cache_dir: str | Path, vocab_size: int) -> Path:
     root = Path(sysconfig.get_paths()["stdlib"])
-    key = hashlib.sha256(f"{root}|{vocab_size}|v1".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{root}|{vocab_size}|v2".encode()).hexdigest()[:12]
     return Path(cache_dir) / f"stdlib-{key}"
 
 
@@ -51,17 +51,20 @@ def prepare_demo_corpus(
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     files = stdlib_files()
-    texts = []
+    texts, unreadable = [], 0
     for path in files:
         try:
             texts.append((path, path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
-            log.warning("skipping %s: %s", path, exc)
-    texts = [(p, t) for p, t in texts if t.strip()]
+        except (OSError, UnicodeDecodeError) as exc:  # a few test files are deliberately not UTF-8
+            unreadable += 1
+            log.debug("skipping %s: %s", path, exc)
+    # Skip empty and machine-generated files (the codec tables in encodings/ say "generated"): data, not code.
+    texts = [(p, t) for p, t in texts if t.strip() and "generated" not in t[:400].lower()]
     if not texts:
         raise DataError("empty corpus: no readable standard-library source files")
     if progress:
-        progress(f"training a {vocab_size}-token byte-level BPE tokenizer on {len(texts)} files")
+        progress(f"training a {vocab_size}-token byte-level BPE tokenizer on {len(texts)} files "
+                 f"({unreadable} not UTF-8, {len(files) - unreadable - len(texts)} empty or generated: skipped)")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

@@ -141,6 +141,9 @@ class SingleDeviceEngine:
 def load_engine_state(model: torch.nn.Module, optimizer, directory: Path) -> None:
     """Load model (and optimizer) state from a DCP checkpoint directory, whatever layout saved it."""
     model_sd, optim_sd = get_state_dict(model, optimizer) if optimizer is not None else (get_state_dict(model, [])[0], None)
+    # Optimizer hyper-parameters come from the config, not the checkpoint: request only the state tensors,
+    # so checkpoints written by any engine (which store the state under parameter names) load here.
+    groups = optim_sd.pop("param_groups") if optim_sd is not None else None
     state = {"model": model_sd} if optim_sd is None else {"model": model_sd, "optim": optim_sd}
     try:
         with warnings.catch_warnings():
@@ -154,6 +157,7 @@ def load_engine_state(model: torch.nn.Module, optimizer, directory: Path) -> Non
     if optim_sd is None:
         set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={})
     else:
+        state["optim"]["param_groups"] = groups
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 

@@ -5,7 +5,9 @@ Events go to an `on_event` callback (the CLI renders them); library code never p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from flopwise.flops import model_flops_per_token
 from flopwise.hardware import detect
 from flopwise.train import checkpoint as ckpt
 from flopwise.train.config import JobConfig
-from flopwise.train.engine import build_engine
+from flopwise.train.engine import build_engine, resolve_device
 from flopwise.train.loss_guard import LossGuard, Verdict
 from flopwise.train.metrics import MetricsWriter, plot_losses
 from flopwise.train.schedule import lr_at
@@ -83,6 +85,11 @@ class Trainer:
                 f"{self.out} already holds a run (checkpoint {existing.name}); pass --resume to continue it "
                 "or --out to start another"
             )
+        # Measure the device peak first: on CPU it is a timed matmul, which other work would disturb.
+        accel = detect(resolve_device(job.train.device))
+        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if accel.measured and local_procs > 1:  # a measured CPU peak is shared by this machine's ranks
+            accel = dataclasses.replace(accel, peak_flops=accel.peak_flops / local_procs)
         shards_dir = resolve_shards(job, progress=lambda msg: self.on_event({"event": "prepare", "message": msg}))
         train_shards = TokenShards(shards_dir, "train")
         eval_shards = TokenShards(shards_dir, "eval") if "eval" in train_shards.manifest.splits else None
@@ -122,14 +129,14 @@ class Trainer:
                 self.metrics.truncate_after(step)
             self._emit(event="resume", step=step, checkpoint=str(existing))
 
-        accel = detect(engine.device)
         flops_tok = model_flops_per_token(model_cfg, job.seq_len)
         entropy = unigram_entropy(train_shards) if engine.is_logging_rank else None
         self._emit(event="start", step=step, steps=job.train.steps, layout=engine.layout,
                    params=sum(p.numel() for p in engine.model.parameters()) if hasattr(engine, "model") else None,
                    device=str(engine.device), accelerator=accel.name, peak_flops=accel.peak_flops,
                    peak_label=accel.peak_label, unigram_entropy=entropy, shards=str(shards_dir),
-                   train_tokens=train_shards.tokens)
+                   train_tokens=train_shards.tokens,
+                   pipeline=engine.describe_pipeline() if hasattr(engine, "describe_pipeline") else None)
 
         def save(at_step: int) -> Path:
             state = {"step": at_step, "loader": loader.state_dict(), "guard": guard.state_dict(),
