@@ -93,7 +93,7 @@ def main() -> None:
     x = torch.randint(0, base.vocab_size, (batch, seq), device=device)
     y = torch.randint(0, base.vocab_size, (batch, seq), device=device)
     steps = {name: make_step(model, device, amp, is_hf) for name, (_, model, is_hf) in variants.items()}
-    for name, step in steps.items():  # warm-up (and compilation)
+    for step in steps.values():  # warm-up (and compilation)
         for _ in range(2):
             step(x, y)
         sync(device)
