@@ -108,7 +108,7 @@ def train(
     log_every: int = typer.Option(None, "--log-every", help="Log a line every N steps (train.log_every)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out, if any."),
     nproc: int = typer.Option(None, "--nproc", help="Processes to launch on this machine with torchrun."),
-    dp: int = typer.Option(None, "--dp", help="Data-parallel degree (replicated unless --zero/--dp-shard)."),
+    dp: int = typer.Option(None, "--dp", help="Data-parallel degree (sharded with --zero; replicas with --dp-shard)."),
     dp_shard: int = typer.Option(None, "--dp-shard", help="Sharded data-parallel degree (ZeRO / FSDP)."),
     tp: int = typer.Option(None, "--tp", help="Tensor-parallel degree (with sequence parallelism)."),
     pp: int = typer.Option(None, "--pp", help="Pipeline-parallel degree."),
@@ -142,14 +142,14 @@ def train(
 
 
 def _parallel_degrees(direct: dict, dp: int | None, dp_shard: int | None, zero: int | None) -> dict:
-    """--dp means replicated data parallelism unless a ZeRO stage asks for sharding over it."""
-    if dp is not None:
-        if zero:
-            direct["parallel.dp_shard"] = dp
-        else:
-            direct["parallel.dp_replicate"] = dp
+    """--dp alone is replicated data parallelism, or sharded when a ZeRO stage asks for it; with --dp-shard
+    as well, --dp is the number of replicas of each shard group (hybrid sharding)."""
     if dp_shard is not None:
         direct["parallel.dp_shard"] = dp_shard
+        if dp is not None:
+            direct["parallel.dp_replicate"] = dp
+    elif dp is not None:
+        direct["parallel.dp_shard" if zero else "parallel.dp_replicate"] = dp
     return direct
 
 
