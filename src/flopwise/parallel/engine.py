@@ -232,13 +232,14 @@ class ParallelEngine:
         with self._autocast():
             self._schedule.step(inputs, target=targets, losses=losses, **kwargs)
         has_last = self.pp_rank == (self.dims.pp * self.job.parallel.pp_chunks - 1) % self.dims.pp
-        value = torch.tensor([sum(x.item() for x in losses) / len(losses) if has_last and losses else 0.0])
+        value = torch.tensor([sum(x.item() for x in losses) / len(losses) if has_last and losses else 0.0],
+                             device=self.device)  # NCCL collectives need device tensors
         last_rank = dist.get_global_rank(self.pp_group, self.dims.pp - 1)
         dist.broadcast(value, src=last_rank, group=self.pp_group)
         return float(value)
 
     def _global_loss(self, local: float) -> float:
-        value = torch.tensor([local], dtype=torch.float64)
+        value = torch.tensor([local], dtype=torch.float64, device=self.device)
         if self.dims.dp > 1:
             dist.all_reduce(value, group=self.dp_group)
             value /= self.dims.dp
@@ -337,7 +338,7 @@ class ParallelEngine:
         total = self.dims.pp * self.job.parallel.pp_chunks
         owner = [dist.get_global_rank(self.pp_group, s % self.dims.pp) for s in range(total)]
         shape = (inputs.shape[0], inputs.shape[1], self.model_cfg.hidden)
-        loss = torch.zeros(1)
+        loss = torch.zeros(1, device=self.device)
         for s in range(total):
             if owner[s] != self.rank:
                 continue
