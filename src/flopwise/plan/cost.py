@@ -156,6 +156,7 @@ class CostModel:
         self.counts = param_counts(model)
         self.gemms = block_gemms(model)
         self.layer_params = mem.layer_params(model)
+        self.memory_limit = mem.usable_bytes(self.acc.memory_bytes)
         self._layer_cache: dict[tuple, LayerCost] = {}
 
     # ---- links -----------------------------------------------------------------------------------
@@ -406,7 +407,7 @@ class CostModel:
         mfu = tps_gpu * model_flops_per_token(cfg, self.seq) / self.acc.peak_flops
         hfu = tps_gpu * hardware_flops_per_token(cfg, layout.recompute, self.seq) / self.acc.peak_flops
         memory = [self.stage_memory(layout, i, n, m) for i, n in enumerate(pp_layers)]
-        limit = mem.usable_bytes(self.acc.memory_bytes)
+        limit = self.memory_limit
         seconds = t.tokens / (tps_gpu * self.cluster.gpus) if t.tokens else 0.0
         return Plan(
             layout=layout.replace(pp_layers=pp_layers if len(set(pp_layers)) > 1 else None),
