@@ -75,7 +75,10 @@ def block_gemms(cfg: ModelConfig) -> tuple[Gemm, ...]:
         Gemm("w_down", cfg.ffn, h, "row"),
     ]
     if cfg.lfa:  # conv1 (2 x h x h/2) and conv2 (2 x h/2 x h): kernel-2 convolutions as two matmuls each
-        gemms += [Gemm("lfa_conv1", h, h // 2, "replicated", 2), Gemm("lfa_conv2", h // 2, h, "replicated", 2)]
+        gemms += [
+            Gemm("lfa_conv1", h, h // 2, "replicated", 2),
+            Gemm("lfa_conv2", h // 2, h, "replicated", 2),
+        ]
     return tuple(gemms)
 
 

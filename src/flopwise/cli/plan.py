@@ -1,9 +1,9 @@
 """`flopwise plan`: search layouts (or cost one), the compute budget, and validation against published runs.
 
-    flopwise plan --preset yuan2-102b --gpu A100-80GB --gpus 1024 --global-batch 1152
-    flopwise plan --preset yuan2-102b --gpus 1024 --global-batch 1152 --layout tp=8,pp=16
-    flopwise plan budget --preset yuan2-102b --gpus 1024 --mfu 0.45
-    flopwise plan validate ../shared/published/megatron_sc21_table1.csv --json
+flopwise plan --preset yuan2-102b --gpu A100-80GB --gpus 1024 --global-batch 1152
+flopwise plan --preset yuan2-102b --gpus 1024 --global-batch 1152 --layout tp=8,pp=16
+flopwise plan budget --preset yuan2-102b --gpus 1024 --mfu 0.45
+flopwise plan validate ../shared/published/megatron_sc21_table1.csv --json
 """
 
 from __future__ import annotations
@@ -36,15 +36,26 @@ app = typer.Typer(
 
 
 def _model(preset, layers, hidden, heads, kv_heads, ffn, mlp, vocab, seq, lfa) -> ModelConfig:
-    shape = {"layers": layers, "hidden": hidden, "heads": heads, "kv_heads": kv_heads, "ffn": ffn, "mlp": mlp,
-             "vocab_size": vocab, "seq_len": seq, "lfa": lfa}
+    shape = {
+        "layers": layers,
+        "hidden": hidden,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "ffn": ffn,
+        "mlp": mlp,
+        "vocab_size": vocab,
+        "seq_len": seq,
+        "lfa": lfa,
+    }
     given = {k: v for k, v in shape.items() if v is not None}
     if preset:
         return get_preset(preset).replace(**given)
     missing = [k for k in ("layers", "hidden", "heads", "ffn", "vocab_size", "seq_len") if k not in given]
     if missing:
-        raise ConfigError(f"give --preset ({', '.join(preset_names())}) or a full shape; missing: "
-                          + ", ".join("--" + m.replace("_size", "").replace("seq_len", "seq") for m in missing))
+        raise ConfigError(
+            f"give --preset ({', '.join(preset_names())}) or a full shape; missing: "
+            + ", ".join("--" + m.replace("_size", "").replace("seq_len", "seq") for m in missing)
+        )
     given.setdefault("kv_heads", given["heads"])
     given.setdefault("lfa", False)
     given.setdefault("mlp", "swiglu")
@@ -64,9 +75,16 @@ def _plans_table(plans: list[Plan], title: str) -> Table:
             table.add_column(col, justify="right", no_wrap=True)
     for i, p in enumerate(plans, 1):
         split = "uniform" if len(set(p.pp_layers)) == 1 else " ".join(map(str, p.pp_layers))
-        table.add_row(str(i), p.layout.short(), split, f"{p.step_time:.3g}", f"{p.tokens_per_s_per_gpu:,.0f}",
-                      f"{100 * p.mfu:.1f}%", _gb(p.peak_memory) + ("" if p.fits else " !"),
-                      f"{p.days:.1f}" if p.days else "-")
+        table.add_row(
+            str(i),
+            p.layout.short(),
+            split,
+            f"{p.step_time:.3g}",
+            f"{p.tokens_per_s_per_gpu:,.0f}",
+            f"{100 * p.mfu:.1f}%",
+            _gb(p.peak_memory) + ("" if p.fits else " !"),
+            f"{p.days:.1f}" if p.days else "-",
+        )
     return table
 
 
@@ -87,8 +105,11 @@ def _breakdown(plan: Plan) -> None:
         stages = sorted({0, 1, peak, stages[-2], stages[-1]})
     for i in stages:
         m = plan.memory[i]
-        mem.add_row(str(i), str(plan.pp_layers[i]), *(_gb(m[k]) for k in
-                    ("params", "grads", "optimizer", "activations", "logits", "other", "total")))
+        mem.add_row(
+            str(i),
+            str(plan.pp_layers[i]),
+            *(_gb(m[k]) for k in ("params", "grads", "optimizer", "activations", "logits", "other", "total")),
+        )
     console.print(mem)
     if plan.gpu_hours:
         console.print(f"training the requested tokens: {plan.days:.1f} days, {plan.gpu_hours:,.0f} GPU-hours")
@@ -132,26 +153,47 @@ def plan(
     if split not in ("balanced", "uniform"):
         raise ConfigError(f"--split {split!r}: must be balanced or uniform")
     model = _model(preset, layers, hidden, heads, kv_heads, ffn, mlp, vocab, seq, lfa)
-    cluster = Cluster(resolve_accelerator(gpu), gpus, gpus_per_node,
-                      intra_gbps * GB if intra_gbps else None, inter_gbps * GB)
+    cluster = Cluster(
+        resolve_accelerator(gpu),
+        gpus,
+        gpus_per_node,
+        intra_gbps * GB if intra_gbps else None,
+        inter_gbps * GB,
+    )
     training = Training(global_batch, tokens=tokens, precision=precision, software=software)
     fixed = parse_layout(layout) if layout else {}
     result = search(model, cluster, training, fixed, top=top, split=split)
     if as_json:
-        print(json.dumps({
-            "model": model.to_dict(),
-            "cluster": {"gpu": cluster.accelerator.name, "gpus": cluster.gpus, "gpus_per_node": gpus_per_node,
-                        "intra_node_GBps": cluster.intra_bw / GB, "inter_node_GBps_per_gpu": inter_gbps},
-            "training": {"global_batch": global_batch, "tokens": tokens, "precision": precision,
-                         "software": software},
-            "evaluated": result.evaluated,
-            "feasible": result.feasible,
-            "plans": [p.to_dict() for p in result.plans],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": model.to_dict(),
+                    "cluster": {
+                        "gpu": cluster.accelerator.name,
+                        "gpus": cluster.gpus,
+                        "gpus_per_node": gpus_per_node,
+                        "intra_node_GBps": cluster.intra_bw / GB,
+                        "inter_node_GBps_per_gpu": inter_gbps,
+                    },
+                    "training": {
+                        "global_batch": global_batch,
+                        "tokens": tokens,
+                        "precision": precision,
+                        "software": software,
+                    },
+                    "evaluated": result.evaluated,
+                    "feasible": result.feasible,
+                    "plans": [p.to_dict() for p in result.plans],
+                },
+                indent=2,
+            )
+        )
         return
     name = preset or "custom model"
-    title = (f"{name} on {cluster.gpus} x {cluster.accelerator.name}, global batch {global_batch}: "
-             f"{result.feasible} of {result.evaluated} layouts fit")
+    title = (
+        f"{name} on {cluster.gpus} x {cluster.accelerator.name}, global batch {global_batch}: "
+        f"{result.feasible} of {result.evaluated} layouts fit"
+    )
     console.print(_plans_table(result.plans, title))
     _breakdown(result.plans[0])
 
@@ -169,8 +211,9 @@ def budget_cmd(
 ) -> None:
     """Training FLOPs (6 N D), PF-days, Chinchilla-optimal tokens / model size, and time on N GPUs."""
     model = get_preset(preset) if preset else None
-    b = compute_budget(resolve_accelerator(gpu), gpus, mfu, params=params, tokens=tokens, flops=flops,
-                          model=model)
+    b = compute_budget(
+        resolve_accelerator(gpu), gpus, mfu, params=params, tokens=tokens, flops=flops, model=model
+    )
     if as_json:
         print(json.dumps(b.to_dict(), indent=2))
         return
@@ -183,10 +226,14 @@ def budget_cmd(
         ("training FLOPs", f"{b.flops:.4g}"),
         ("PF-days", f"{b.pf_days:,.1f}"),
         ("compute-optimal tokens for this size (20 N)", f"{b.optimal_tokens:.4g}"),
-        ("compute-optimal size for these FLOPs", f"{b.optimal_params_for_flops:.4g} params, "
-                                                 f"{b.optimal_tokens_for_flops:.4g} tokens"),
-        (f"time on {b.gpus} x {b.accelerator} at {100 * b.mfu:.0f}% MFU",
-         f"{b.days:,.1f} days ({b.gpu_hours:,.0f} GPU-hours)"),
+        (
+            "compute-optimal size for these FLOPs",
+            f"{b.optimal_params_for_flops:.4g} params, {b.optimal_tokens_for_flops:.4g} tokens",
+        ),
+        (
+            f"time on {b.gpus} x {b.accelerator} at {100 * b.mfu:.0f}% MFU",
+            f"{b.days:,.1f} days ({b.gpu_hours:,.0f} GPU-hours)",
+        ),
     ]
     for row in rows:
         table.add_row(*row)
@@ -195,7 +242,9 @@ def budget_cmd(
 
 @app.command("validate")
 def validate_cmd(
-    files: list[Path] = typer.Argument(..., help="published-runs CSV file(s) (see shared/published/README.md)"),
+    files: list[Path] = typer.Argument(
+        ..., help="published-runs CSV file(s) (see shared/published/README.md)"
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Predict the step time of every row of published-runs CSVs; print errors, median and maximum."""
@@ -211,14 +260,24 @@ def validate_cmd(
             table.add_column(col, justify="right", no_wrap=True)
     for r in report["rows"]:
         if "error" not in r:
-            table.add_row(r["file"], r["model"], r.get("error_message", ""), "-", f"{r['measured_s']:.3g}", "-")
+            table.add_row(
+                r["file"], r["model"], r.get("error_message", ""), "-", f"{r['measured_s']:.3g}", "-"
+            )
             continue
-        table.add_row(r["file"], r["model"], r["layout"], f"{r['predicted_s']:.3f}", f"{r['measured_s']:.3f}",
-                      f"{100 * r['error']:+.1f}%")
+        table.add_row(
+            r["file"],
+            r["model"],
+            r["layout"],
+            f"{r['predicted_s']:.3f}",
+            f"{r['measured_s']:.3f}",
+            f"{100 * r['error']:+.1f}%",
+        )
     console.print(table)
     for name, s in {**report["files"], "all": report["summary"]}.items():
         if s["median_abs_error"] is None:
             console.print(f"{name}: no row could be predicted")
             continue
-        console.print(f"{name}: {s['predicted']} rows, median |error| {100 * s['median_abs_error']:.1f}%, "
-                      f"max |error| {100 * s['max_abs_error']:.1f}%")
+        console.print(
+            f"{name}: {s['predicted']} rows, median |error| {100 * s['median_abs_error']:.1f}%, "
+            f"max |error| {100 * s['max_abs_error']:.1f}%"
+        )

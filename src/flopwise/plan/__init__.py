@@ -15,6 +15,17 @@ from flopwise.plan.spec import SOFTWARE, Cluster, Layout, Training, parse_layout
 from flopwise.plan.validate import validate_files
 
 __all__ = [
-    "SOFTWARE", "Budget", "Cluster", "CostModel", "Layout", "Plan", "SearchResult", "Training",
-    "balanced_split", "budget", "parse_layout", "search", "validate_files",
+    "SOFTWARE",
+    "Budget",
+    "Cluster",
+    "CostModel",
+    "Layout",
+    "Plan",
+    "SearchResult",
+    "Training",
+    "balanced_split",
+    "budget",
+    "parse_layout",
+    "search",
+    "validate_files",
 ]

@@ -74,7 +74,9 @@ def budget(
         params = float(param_counts(model).total)
     if params is None:
         if flops is None:
-            raise ConfigError("give a model (--preset), a parameter count (--params) or a FLOP budget (--flops)")
+            raise ConfigError(
+                "give a model (--preset), a parameter count (--params) or a FLOP budget (--flops)"
+            )
         params = optimal_params(flops)
         tokens = tokens or optimal_tokens(params)
     if params <= 0:

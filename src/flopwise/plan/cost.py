@@ -140,6 +140,13 @@ def ring_time(kind: str, nbytes: float, n: int, bandwidth: float) -> float:
     return factor * (n - 1) / n * nbytes / bandwidth + COLLECTIVE_LATENCY_S
 
 
+def even_split(layers: int, pp: int) -> tuple[int, ...]:
+    """As even as possible; the remainder goes to the middle stages (the first holds the most
+    activations, the last the LM head)."""
+    base, extra = divmod(layers, pp)
+    return tuple(base + (1 if 0 < i <= extra else 0) for i in range(pp))
+
+
 class CostModel:
     """Evaluates layouts of one model on one cluster for one training run; caches per-layer costs."""
 
@@ -234,7 +241,9 @@ class CostModel:
         ew = tokens * n * (e + 4 + 4 + e) / self.hbm_rate
         ew += 5.0 * tokens * self.model.hidden * e / self.hbm_rate  # final norm forward + backward
         comm = 0.0
-        if tp > 1:  # vocab-parallel cross-entropy: max, sum-exp and target logit all-reduces (s b floats each)
+        if (
+            tp > 1
+        ):  # vocab-parallel cross-entropy: max, sum-exp and target logit all-reduces (s b floats each)
             comm = 3 * ring_time("all_reduce", tokens * 4, tp, self.bus_bandwidth(tp))
         return gemm + ew, comm, 0.0
 
@@ -272,7 +281,9 @@ class CostModel:
         logits = 0.0
         if stage == layout.pp - 1:
             n = mem.in_flight(layout, stage, microbatches) if layout.schedule == "gpipe" else 1
-            logits = n * (mem.logits_bytes(self.model, t, layout) + mem.final_norm_bytes(self.model, t, layout))
+            logits = n * (
+                mem.logits_bytes(self.model, t, layout) + mem.final_norm_bytes(self.model, t, layout)
+            )
         out["logits"] = logits
         other = mem.RESERVED_BYTES
         if layout.zero >= 3:  # gathered full parameters of the current and the prefetched layer
@@ -294,13 +305,17 @@ class CostModel:
         """Raise PlanError when the layout cannot run; return the number of micro-batches."""
         cfg, c = self.model, self.cluster
         if layout.gpus != c.gpus:
-            raise PlanError(f"tp x pp x dp = {layout.tp} x {layout.pp} x {layout.dp} = {layout.gpus} "
-                            f"but the cluster has {c.gpus} GPUs")
+            raise PlanError(
+                f"tp x pp x dp = {layout.tp} x {layout.pp} x {layout.dp} = {layout.gpus} "
+                f"but the cluster has {c.gpus} GPUs"
+            )
         if layout.pp > cfg.layers:
             raise PlanError(f"pp = {layout.pp} pipeline stages but the model has only {cfg.layers} layers")
         if len(pp_layers) != layout.pp or sum(pp_layers) != cfg.layers or min(pp_layers) < 1:
-            raise PlanError(f"pp_layers {list(pp_layers)} must give each of the {layout.pp} stages at least one "
-                            f"layer and sum to {cfg.layers}")
+            raise PlanError(
+                f"pp_layers {list(pp_layers)} must give each of the {layout.pp} stages at least one "
+                f"layer and sum to {cfg.layers}"
+            )
         if cfg.heads % layout.tp or cfg.ffn % layout.tp:
             raise PlanError(f"tp = {layout.tp} must divide heads ({cfg.heads}) and ffn ({cfg.ffn})")
         if layout.sequence_parallel and layout.tp == 1:
@@ -311,10 +326,14 @@ class CostModel:
             if any(n % layout.vpp for n in pp_layers):
                 raise PlanError(f"vpp = {layout.vpp} must divide every stage's layers {list(pp_layers)}")
         if layout.zero >= 2 and layout.pp > 1:
-            raise PlanError("ZeRO-2/3 shard gradients per micro-batch; with pipeline parallelism use zero <= 1")
+            raise PlanError(
+                "ZeRO-2/3 shard gradients per micro-batch; with pipeline parallelism use zero <= 1"
+            )
         m = self.microbatches(layout)
         if layout.vpp > 1 and m % layout.pp:
-            raise PlanError(f"the interleaved schedule needs micro-batches ({m}) divisible by pp = {layout.pp}")
+            raise PlanError(
+                f"the interleaved schedule needs micro-batches ({m}) divisible by pp = {layout.pp}"
+            )
         return m
 
     def evaluate(self, layout: Layout, pp_layers: tuple[int, ...] | None = None) -> Plan:
@@ -322,14 +341,7 @@ class CostModel:
         if pp_layers is None:
             pp_layers = layout.pp_layers
         if pp_layers is None:
-            if cfg.layers % layout.pp:
-                base, extra = divmod(cfg.layers, layout.pp)
-                # the remainder goes to the middle stages: the first holds the most activations, the last the head
-                pp_layers = tuple(base + (1 if 0 < i <= extra else 0) for i in range(layout.pp))
-                if sum(pp_layers) != cfg.layers:
-                    pp_layers = tuple(base + (1 if i < extra else 0) for i in range(layout.pp))
-            else:
-                pp_layers = (cfg.layers // layout.pp,) * layout.pp
+            pp_layers = even_split(cfg.layers, layout.pp)
         pp_layers = tuple(pp_layers)
         m = self.check(layout, pp_layers)
         tp, sp, mb, p, v = layout.tp, layout.sequence_parallel, layout.micro_batch, layout.pp, layout.vpp

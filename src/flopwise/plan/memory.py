@@ -79,7 +79,9 @@ def model_state_bytes(params: float, precision: str, zero: int, dp: int) -> dict
     }
 
 
-def layer_activation_bytes(cfg: ModelConfig, training: Training, layout: Layout, recompute: str | None = None) -> float:
+def layer_activation_bytes(
+    cfg: ModelConfig, training: Training, layout: Layout, recompute: str | None = None
+) -> float:
     """Activation bytes one layer keeps for one micro-batch on one TP rank (see the module docstring)."""
     recompute = recompute or layout.recompute
     s = training.seq_len or cfg.seq_len

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from flopwise.errors import PlanError
 from flopwise.models.config import ModelConfig
-from flopwise.plan.cost import CostModel, Plan
+from flopwise.plan.cost import CostModel, Plan, even_split
 from flopwise.plan.spec import Cluster, Layout, Training
 
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
@@ -90,9 +90,13 @@ def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
     cfg, gpus, gpn = cm.model, cm.cluster.gpus, cm.cluster.gpus_per_node
     gb = cm.training.global_batch
     out = []
-    tps = [fixed["tp"]] if "tp" in fixed else [
-        t for t in _divisors(min(gpn, gpus)) if gpus % t == 0 and cfg.heads % t == 0 and cfg.ffn % t == 0
-    ]
+    tps = (
+        [fixed["tp"]]
+        if "tp" in fixed
+        else [
+            t for t in _divisors(min(gpn, gpus)) if gpus % t == 0 and cfg.heads % t == 0 and cfg.ffn % t == 0
+        ]
+    )
     for tp in tps:
         if gpus % tp:
             continue
@@ -111,7 +115,11 @@ def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
                 continue
             if gb % dp:
                 continue
-            mbs = [fixed["micro_batch"]] if "micro_batch" in fixed else [b for b in MICRO_BATCHES if (gb // dp) % b == 0]
+            mbs = (
+                [fixed["micro_batch"]]
+                if "micro_batch" in fixed
+                else [b for b in MICRO_BATCHES if (gb // dp) % b == 0]
+            )
             for mb in mbs:
                 if (gb // dp) % mb:
                     continue
@@ -122,20 +130,36 @@ def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
                     vpps = [v for v in _divisors(cfg.layers // pp) if v <= MAX_VPP]
                 else:
                     vpps = [1]
-                zeros = [fixed["zero"]] if "zero" in fixed else ([0, 1] if pp > 1 or dp == 1 else [0, 1, 2, 3])
+                zeros = (
+                    [fixed["zero"]] if "zero" in fixed else ([0, 1] if pp > 1 or dp == 1 else [0, 1, 2, 3])
+                )
                 if dp == 1 and "zero" not in fixed:
                     zeros = [0]
-                sps = [fixed["sequence_parallel"]] if "sequence_parallel" in fixed else ([False, True] if tp > 1 else [False])
+                sps = (
+                    [fixed["sequence_parallel"]]
+                    if "sequence_parallel" in fixed
+                    else ([False, True] if tp > 1 else [False])
+                )
                 rcs = [fixed["recompute"]] if "recompute" in fixed else RECOMPUTE
                 schedule = fixed.get("schedule", "1f1b")
                 for vpp in vpps:
                     for zero in zeros:
                         for sp in sps:
                             for rc in rcs:
-                                out.append(Layout(tp=tp, pp=pp, dp=dp, vpp=vpp, zero=zero, sequence_parallel=sp,
-                                                  recompute=rc, micro_batch=mb,
-                                                  schedule="interleaved" if vpp > 1 else schedule,
-                                                  pp_layers=fixed.get("pp_layers")))
+                                out.append(
+                                    Layout(
+                                        tp=tp,
+                                        pp=pp,
+                                        dp=dp,
+                                        vpp=vpp,
+                                        zero=zero,
+                                        sequence_parallel=sp,
+                                        recompute=rc,
+                                        micro_batch=mb,
+                                        schedule="interleaved" if vpp > 1 else schedule,
+                                        pp_layers=fixed.get("pp_layers"),
+                                    )
+                                )
     return out
 
 
@@ -162,7 +186,7 @@ def search(
     evaluated = 0
     for layout in _candidates(cm, fixed):
         try:
-            m = cm.check(layout, layout.pp_layers or _uniform(model.layers, layout.pp))
+            m = cm.check(layout, layout.pp_layers or even_split(model.layers, layout.pp))
         except PlanError as exc:
             failures.append(str(exc))
             continue
@@ -171,7 +195,7 @@ def search(
             splits.append(tuple(layout.pp_layers))
         else:
             if model.layers % layout.pp == 0 or split == "uniform" or layout.vpp > 1:
-                splits.append(_uniform(model.layers, layout.pp))
+                splits.append(even_split(model.layers, layout.pp))
             if split == "balanced" and layout.pp > 1 and layout.vpp == 1:
                 bal = balanced_split(cm, layout, m, require_fit=require_fit)
                 if bal is not None and bal not in splits:
@@ -196,11 +220,6 @@ def search(
     raise PlanError(_explain(cm, fixed, failures, closest))
 
 
-def _uniform(layers: int, pp: int) -> tuple[int, ...]:
-    base, extra = divmod(layers, pp)
-    return tuple(base + (1 if i < extra else 0) for i in range(pp))
-
-
 def _gb(x: float) -> str:
     return f"{x / 1e9:.1f} GB"
 
@@ -212,16 +231,47 @@ def _explain(cm: CostModel, fixed: dict, failures: list[str], closest: Plan | No
         stage = max(range(len(closest.memory)), key=lambda i: closest.memory[i]["total"])
         parts = closest.memory[stage]
         detail = ", ".join(f"{k} {_gb(v)}" for k, v in parts.items() if k != "total")
-        head = (f"nothing fits in {cluster.accelerator.name} memory ({_gb(closest.memory_limit)} usable of "
-                f"{_gb(cluster.accelerator.memory_bytes)}): the least memory-hungry layout "
-                f"({closest.layout.short()}) needs {_gb(parts['total'])} on pipeline stage {stage} ({detail})")
+        head = (
+            f"nothing fits in {cluster.accelerator.name} memory ({_gb(closest.memory_limit)} usable of "
+            f"{_gb(cluster.accelerator.memory_bytes)}): the least memory-hungry layout "
+            f"({closest.layout.short()}) needs {_gb(parts['total'])} on pipeline stage {stage} ({detail})"
+        )
         return head + "; " + _alternative(cm, fixed)
     if fixed:
-        reason = failures[0] if failures else "no candidate layout matches the fixed fields"
+        reason = _fixed_reason(cm, fixed) or (
+            failures[0] if failures else "no layout matches the fixed fields"
+        )
         return f"the requested layout cannot run: {reason}; " + _alternative(cm, fixed)
     gb = training.global_batch
-    reason = failures[0] if failures else f"no tp x pp x dp of {cluster.gpus} GPUs divides the global batch {gb}"
-    return f"no layout of {cfg.layers} layers on {cluster.gpus} GPUs works: {reason}; " + _alternative(cm, fixed)
+    reason = (
+        failures[0] if failures else f"no tp x pp x dp of {cluster.gpus} GPUs divides the global batch {gb}"
+    )
+    return f"no layout of {cfg.layers} layers on {cluster.gpus} GPUs works: {reason}; " + _alternative(
+        cm, fixed
+    )
+
+
+def _fixed_reason(cm: CostModel, fixed: dict) -> str | None:
+    """The first fixed field that rules out every layout, in words."""
+    cfg, gpus, gpn = cm.model, cm.cluster.gpus, cm.cluster.gpus_per_node
+    gb = cm.training.global_batch
+    tp, pp, dp, mb = (fixed.get(k) for k in ("tp", "pp", "dp", "micro_batch"))
+    if pp is not None and pp > cfg.layers:
+        return f"pp = {pp} pipeline stages but the model has only {cfg.layers} layers"
+    if tp is not None and tp > gpn:
+        return f"tp = {tp} exceeds the {gpn} GPUs of a node (TP is placed inside a node)"
+    if tp is not None and (cfg.heads % tp or cfg.ffn % tp):
+        return f"tp = {tp} must divide heads ({cfg.heads}) and ffn ({cfg.ffn})"
+    product = 1
+    for v in (tp, pp, dp):
+        product *= v or 1
+    if gpus % product:
+        return f"the fixed degrees (product {product}) do not divide the {gpus} GPUs"
+    if dp is not None and gb % (dp * (mb or 1)):
+        return f"global batch {gb} is not divisible by dp x micro_batch = {dp} x {mb or 1}"
+    if mb is not None and gb % mb:
+        return f"global batch {gb} is not divisible by micro_batch = {mb}"
+    return None
 
 
 def _alternative(cm: CostModel, fixed: dict) -> str:
@@ -232,8 +282,13 @@ def _alternative(cm: CostModel, fixed: dict) -> str:
         relaxed = {k: v for k, v in fixed.items() if k != key}
         try:
             res = search(cfg, cluster, training, relaxed, top=1, explain=False)
-            options.append((res.plans[0].step_time, f"without {key}={fixed[key]}: {res.plans[0].layout.short()} "
-                                                    f"({res.plans[0].step_time:.3g} s/step)"))
+            options.append(
+                (
+                    res.plans[0].step_time,
+                    f"without {key}={fixed[key]}: {res.plans[0].layout.short()} "
+                    f"({res.plans[0].step_time:.3g} s/step)",
+                )
+            )
         except PlanError:
             pass
     if options:
@@ -244,26 +299,46 @@ def _alternative(cm: CostModel, fixed: dict) -> str:
             if cand < 1:
                 continue
             try:
-                res = search(cfg, cluster, dataclasses.replace(training, global_batch=cand), fixed, top=1,
-                             explain=False)
-                return (f"closest feasible alternative: global batch {cand} with {res.plans[0].layout.short()} "
-                        f"({res.plans[0].step_time:.3g} s/step)")
+                res = search(
+                    cfg,
+                    cluster,
+                    dataclasses.replace(training, global_batch=cand),
+                    fixed,
+                    top=1,
+                    explain=False,
+                )
+                return (
+                    f"closest feasible alternative: global batch {cand} with {res.plans[0].layout.short()} "
+                    f"({res.plans[0].step_time:.3g} s/step)"
+                )
             except PlanError:
                 continue
         if delta > 64:
             break
     gpus = cluster.gpus
     for factor in (2, 4, 8, 16, 32, 64):
-        bigger = Cluster(cluster.accelerator, gpus * factor if gpus >= cluster.gpus_per_node
-                         else max(gpus * factor, 1), cluster.gpus_per_node, cluster.intra_node_bw,
-                         cluster.inter_node_bw)
+        bigger = Cluster(
+            cluster.accelerator,
+            gpus * factor if gpus >= cluster.gpus_per_node else max(gpus * factor, 1),
+            cluster.gpus_per_node,
+            cluster.intra_node_bw,
+            cluster.inter_node_bw,
+        )
         if bigger.gpus > cluster.gpus_per_node and bigger.gpus % cluster.gpus_per_node:
             continue
         try:
-            res = search(cfg, bigger, training, {k: v for k, v in fixed.items() if k in ("recompute",)},
-                         top=1, explain=False)
-            return (f"closest feasible alternative: {bigger.gpus} GPUs with {res.plans[0].layout.short()} "
-                    f"({res.plans[0].step_time:.3g} s/step, {_gb(res.plans[0].peak_memory)} per rank)")
+            res = search(
+                cfg,
+                bigger,
+                training,
+                {k: v for k, v in fixed.items() if k in ("recompute",)},
+                top=1,
+                explain=False,
+            )
+            return (
+                f"closest feasible alternative: {bigger.gpus} GPUs with {res.plans[0].layout.short()} "
+                f"({res.plans[0].step_time:.3g} s/step, {_gb(res.plans[0].peak_memory)} per rank)"
+            )
         except PlanError:
             continue
     return "no alternative found within 64x the GPUs; use a larger-memory accelerator or a smaller model"

@@ -113,7 +113,9 @@ class Layout:
         if self.zero not in (0, 1, 2, 3):
             raise ConfigError(f"layout zero = {self.zero!r}: must be 0, 1, 2 or 3")
         if self.recompute not in RECOMPUTE_MODES:
-            raise ConfigError(f"layout recompute = {self.recompute!r}: must be one of {', '.join(RECOMPUTE_MODES)}")
+            raise ConfigError(
+                f"layout recompute = {self.recompute!r}: must be one of {', '.join(RECOMPUTE_MODES)}"
+            )
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"layout schedule = {self.schedule!r}: must be one of {', '.join(SCHEDULES)}")
         if self.vpp > 1 and self.schedule != "interleaved":
@@ -134,8 +136,12 @@ class Layout:
         parts = [f"tp={self.tp}", f"pp={self.pp}", f"dp={self.dp}"]
         if self.vpp > 1:
             parts.append(f"vpp={self.vpp}")
-        parts += [f"zero={self.zero}", f"sp={int(self.sequence_parallel)}", f"rc={self.recompute}",
-                  f"mb={self.micro_batch}"]
+        parts += [
+            f"zero={self.zero}",
+            f"sp={int(self.sequence_parallel)}",
+            f"rc={self.recompute}",
+            f"mb={self.micro_batch}",
+        ]
         if self.schedule == "gpipe":
             parts.append("gpipe")
         return ",".join(parts)
@@ -147,8 +153,19 @@ class Layout:
 
 
 LAYOUT_KEYS = {
-    "tp": int, "pp": int, "dp": int, "vpp": int, "zero": int, "micro_batch": int, "mb": int,
-    "sequence_parallel": bool, "sp": bool, "recompute": str, "rc": str, "schedule": str, "pp_layers": list,
+    "tp": int,
+    "pp": int,
+    "dp": int,
+    "vpp": int,
+    "zero": int,
+    "micro_batch": int,
+    "mb": int,
+    "sequence_parallel": bool,
+    "sp": bool,
+    "recompute": str,
+    "rc": str,
+    "schedule": str,
+    "pp_layers": list,
 }
 _KEY_ALIASES = {"mb": "micro_batch", "sp": "sequence_parallel", "rc": "recompute"}
 

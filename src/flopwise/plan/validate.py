@@ -20,8 +20,16 @@ from flopwise.plan.search import search
 from flopwise.plan.spec import Cluster, Training
 
 _MEGATRON_SOURCES = ("megatron", "narayanan", "korthikanti")
-_LAYOUT_COLUMNS = {"tp": int, "pp": int, "dp": int, "vpp": int, "zero": int, "micro_batch": int,
-                   "sequence_parallel": bool, "recompute": str}
+_LAYOUT_COLUMNS = {
+    "tp": int,
+    "pp": int,
+    "dp": int,
+    "vpp": int,
+    "zero": int,
+    "micro_batch": int,
+    "sequence_parallel": bool,
+    "recompute": str,
+}
 
 
 def _cell(row: dict, key: str) -> str:
@@ -44,21 +52,34 @@ def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[st
     """Model, cluster, training and the fixed layout fields of one CSV row (plus notes on adjustments)."""
     notes: list[str] = []
     model = ModelConfig(
-        vocab_size=_int(row, "vocab"), layers=_int(row, "layers"), hidden=_int(row, "hidden"),
-        heads=_int(row, "heads"), kv_heads=_int(row, "kv_heads", _int(row, "heads")), ffn=_int(row, "ffn"),
-        seq_len=_int(row, "seq"), lfa=False, mlp=_cell(row, "mlp") or "gelu",
+        vocab_size=_int(row, "vocab"),
+        layers=_int(row, "layers"),
+        hidden=_int(row, "hidden"),
+        heads=_int(row, "heads"),
+        kv_heads=_int(row, "kv_heads", _int(row, "heads")),
+        ffn=_int(row, "ffn"),
+        seq_len=_int(row, "seq"),
+        lfa=False,
+        mlp=_cell(row, "mlp") or "gelu",
     )
     acc = resolve_accelerator(_cell(row, "gpu") or "A100-80GB")
     gpus = _int(row, "gpus")
     intra = _cell(row, "intra_node_GBps")
     inter = _cell(row, "inter_node_GBps_per_gpu")
-    cluster = Cluster(acc, gpus, _int(row, "gpus_per_node", 8), float(intra) * GB if intra else None,
-                      float(inter) * GB if inter else 25 * GB)
+    cluster = Cluster(
+        acc,
+        gpus,
+        _int(row, "gpus_per_node", 8),
+        float(intra) * GB if intra else None,
+        float(inter) * GB if inter else 25 * GB,
+    )
     software = _cell(row, "software")
     if not software:
         source = _cell(row, "source").lower()
         software = "megatron" if any(s in source for s in _MEGATRON_SOURCES) else "flopwise"
-    training = Training(_int(row, "global_batch"), precision=_cell(row, "precision") or "bf16", software=software)
+    training = Training(
+        _int(row, "global_batch"), precision=_cell(row, "precision") or "bf16", software=software
+    )
     fixed: dict = {}
     for key, kind in _LAYOUT_COLUMNS.items():
         text = _cell(row, key)
@@ -91,27 +112,30 @@ def validate_rows(rows: list[dict], label: str = "") -> list[dict]:
             try:
                 result = search(model, cluster, training, fixed, top=1, split="uniform", explain=False)
             except PlanError:  # the published layout ran, so cost it even where our memory model disagrees
-                result = search(model, cluster, training, fixed, top=1, split="uniform", require_fit=False,
-                                explain=False)
+                result = search(
+                    model, cluster, training, fixed, top=1, split="uniform", require_fit=False, explain=False
+                )
                 notes.append("predicted not to fit memory")
             plan = result.plans[0]
         except (PlanError, ConfigError, DataError) as exc:
             out.append({"file": label, "model": name, "error_message": str(exc), "measured_s": measured})
             continue
         error = plan.step_time / measured - 1.0
-        out.append({
-            "file": label,
-            "model": name,
-            "layout": plan.layout.short(),
-            "predicted_s": plan.step_time,
-            "measured_s": measured,
-            "error": error,
-            "abs_error": abs(error),
-            "mfu": plan.mfu,
-            "breakdown_percent": plan.breakdown_percent,
-            "peak_memory_gb": plan.peak_memory / 1e9,
-            "notes": notes,
-        })
+        out.append(
+            {
+                "file": label,
+                "model": name,
+                "layout": plan.layout.short(),
+                "predicted_s": plan.step_time,
+                "measured_s": measured,
+                "error": error,
+                "abs_error": abs(error),
+                "mfu": plan.mfu,
+                "breakdown_percent": plan.breakdown_percent,
+                "peak_memory_gb": plan.peak_memory / 1e9,
+                "notes": notes,
+            }
+        )
     return out
 
 
@@ -139,12 +163,23 @@ def validate_files(paths: list[str | Path]) -> dict:
             raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
         if not data:
             raise DataError(f"{path}: no rows")
-        missing = {"layers", "hidden", "heads", "ffn", "vocab", "seq", "gpus", "global_batch", "measured_step_s"}
+        missing = {
+            "layers",
+            "hidden",
+            "heads",
+            "ffn",
+            "vocab",
+            "seq",
+            "gpus",
+            "global_batch",
+            "measured_step_s",
+        }
         missing -= set(data[0])
         if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))} (see shared/published/README.md)")
+            raise DataError(
+                f"{path}: missing column(s) {', '.join(sorted(missing))} (see shared/published/README.md)"
+            )
         got = validate_rows(data, path.name)
         files[path.name] = summarise(got)
         rows += got
     return {"rows": rows, "files": files, "summary": summarise(rows)}
-
