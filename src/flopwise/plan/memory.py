@@ -10,28 +10,34 @@ Activations per transformer layer and micro-batch (Korthikanti et al. 2022, "Red
 Recomputation in Large Transformer Models", section 4, equation 1 and Table 2): for a GELU MLP of 4h with
 dropout, no tensor parallelism, fp16: s b h (34 + 5 a s / h) bytes. We count the same tensors one by one so
 that SwiGLU, LFA, grouped-query attention, fused (flash) attention and no-dropout trainers are covered:
-  layer norms          2 x h          (inputs of both norms)                         replicated under TP
-  attention input      h              (input of the QKV projection)                  replicated
-  LFA                  4 x h          (x[t-1], y1, y1[t-1], filter-norm input; the filtered x' feeds Q, K)
-  Q, K, V              q + 2 kv       (after RoPE; QK^T needs Q, K, AV needs V)      split by TP
+  layer norms          2 x norm      (fused kernel, Megatron/apex: its input, h; PyTorch's nn.RMSNorm on
+                                      autograd: input + normalised x, 2h, + fp32 rstd)   replicated under TP
+  attention input      h              (the first norm's output = QKV projection input)  replicated
+  LFA                  2h + norm + h  (x[t-1] and y1, y1[t-1] (h/2 each) as conv inputs, the filter's norm,
+                                      its output x' that feeds Q and K)                 replicated
+  Q, K, V              q + 2 kv       (after RoPE; QK^T needs Q, K, AV needs V)         split by TP
   attention core       unfused: softmax output + dropout output (2 a s) + dropout mask (a s, 1 byte);
-                       flash: the output (q) and the log-sum-exp (fp32, a) only   split by TP
-  output projection    q              (its input)                                    split by TP
-  MLP input            h              (input of the first MLP matmul)                replicated
+                       flash: the fp32 log-sum-exp (a) only (its output is the next input)  split by TP
+  output projection    q              (its input)                                       split by TP
+  MLP input            h              (the second norm's output)                        replicated
   MLP inner            GELU: 2 x ffn (GELU input, second matmul input);
-                       SwiGLU: 4 x ffn (gate, up, SiLU output, product)              split by TP
-  dropout masks        2 x h, 1 byte each (after attention and MLP)                  replicated
-With these rules the GPT case reproduces Korthikanti's 34 + 5 a s / h exactly, and with TP t and no sequence
-parallelism the replicated share is their 10 s b h. Sequence parallelism splits the replicated share by t too
-(their equation 4: s b h (34 + 5 a s / h) / t). Selective recomputation drops the attention core (their
-equation 6: 34 s b h / t with SP); full recomputation keeps only each layer's input, 2 s b h (/t with SP).
+                       SwiGLU: 4 x ffn (gate, up, SiLU output, product)                 split by TP
+  dropout masks        2 x h, 1 byte each (after attention and MLP)                     replicated
+With these rules the GPT case (fused norm, unfused attention, dropout) reproduces Korthikanti's
+34 + 5 a s / h exactly, and with TP t and no sequence parallelism the replicated share is their 10 s b h;
+flopwise's own model on CPU matches PyTorch's saved tensors within 1% (tests/plan/test_memory_vs_torch.py).
+Sequence parallelism splits the replicated share by t too (their equation 4:
+s b h (34 + 5 a s / h) / t). Selective recomputation drops the attention core (their equation 6:
+34 s b h / t with SP); full recomputation keeps only each layer's input, 2 s b h (/t with SP).
 
 In-flight micro-batches (Narayanan et al. 2021, section 2.2): GPipe keeps all m; 1F1B keeps p - i on stage i
 (at most m); the interleaved schedule keeps (2 (p - i - 1) + (v - 1) p + 1) model chunks of L / (p v)
 layers on stage i (Megatron-LM's warm-up count), which for i = 0 is L (1 + (p - 1) / (p v)) layers'
 worth, Korthikanti's equation for the first stage.
-The last stage also holds the logits of its in-flight micro-batches: s b V / t in the training dtype plus
-the fp32 copy the cross-entropy keeps (Korthikanti section 4.3 counts 4 s b V / t for it).
+The last stage also holds the logits of its in-flight micro-batches (one under 1F1B, whose last stage runs
+each backward at once; m under GPipe): the fp32 log-softmax the loss keeps, 4 s b V / t (Korthikanti section
+4.3), plus the bf16/fp16 logits it was cast from. Full recomputation adds one layer's activations, alive
+while that layer is recomputed in the backward.
 """
 
 from __future__ import annotations
