@@ -156,10 +156,13 @@ class CostModel:
         self.training = training
         self.acc = cluster.accelerator
         self.seq = training.seq_len or model.seq_len
-        # fp32 runs on TF32 tensor cores: half the bf16/fp16 dense rate on A100 and H100.
-        self.peak = self.acc.peak_flops / (2 if training.precision == "fp32" else 1)
+        # fp32 runs on TF32 tensor cores: half the bf16/fp16 dense rate on A100 and H100 (a measured CPU peak
+        # is already the fp32 rate).
+        tf32 = training.precision == "fp32" and not self.acc.measured
+        self.peak = self.acc.peak_flops / (2 if tf32 else 1)
         self.gemm_rate = self.peak * self.acc.gemm_efficiency
-        self.hbm_rate = self.acc.memory_bandwidth * self.acc.memory_efficiency
+        # an accelerator without a memory-bandwidth figure (a measured CPU) gets no memory-bound time
+        self.hbm_rate = self.acc.memory_bandwidth * self.acc.memory_efficiency or float("inf")
         self.counts = param_counts(model)
         self.gemms = block_gemms(model)
         self.layer_params = mem.layer_params(model)
@@ -170,6 +173,8 @@ class CostModel:
     def bus_bandwidth(self, span: int) -> float:
         """Bus bandwidth of a group whose ranks span `span` consecutive GPUs (inside a node or not)."""
         if span <= self.cluster.gpus_per_node:
+            if self.cluster.intra_bw <= 0:
+                raise PlanError(f"{self.acc.name} has no intra-node link bandwidth; give --intra-gbps")
             return self.cluster.intra_bw * NVLINK_BUS_EFFICIENCY
         return self.cluster.inter_node_bw * NETWORK_BUS_EFFICIENCY
 
