@@ -236,8 +236,8 @@ class CostModel:
         self._layer_cache[key] = cost
         return cost
 
-    def head_time(self, tp: int, mb: int) -> tuple[float, float, float]:
-        """(forward + backward compute, TP comm, elementwise) of the final norm, LM head and loss."""
+    def head_time(self, tp: int, mb: int) -> tuple[float, float]:
+        """(forward + backward compute, TP comm) of the final norm, LM head and loss."""
         tokens = self.seq * mb
         k, n = self._sharded(head_gemm(self.model), tp)
         gemm = 3.0 * self.gemm_time(tokens, k, n)
@@ -250,7 +250,7 @@ class CostModel:
             tp > 1
         ):  # vocab-parallel cross-entropy: max, sum-exp and target logit all-reduces (s b floats each)
             comm = 3 * ring_time("all_reduce", tokens * 4, tp, self.bus_bandwidth(tp))
-        return gemm + ew, comm, 0.0
+        return gemm + ew, comm
 
     def embedding_time(self, tp: int, sp: bool, mb: int) -> float:
         """Vocab-parallel embedding: one all-reduce (or reduce-scatter with SP) of s b h in the forward."""
@@ -351,7 +351,7 @@ class CostModel:
         m = self.check(layout, pp_layers)
         tp, sp, mb, p, v = layout.tp, layout.sequence_parallel, layout.micro_batch, layout.pp, layout.vpp
         lc = self.layer_cost(tp, sp, mb, layout.recompute)
-        head_compute, head_comm, _ = self.head_time(tp, mb)
+        head_compute, head_comm = self.head_time(tp, mb)
         emb_comm = self.embedding_time(tp, sp, mb)
 
         # per-micro-batch time of each stage: (compute, recompute, tp)

@@ -47,7 +47,7 @@ def balanced_split(
         return (cfg.layers,)
     lc = cm.layer_cost(layout.tp, layout.sequence_parallel, layout.micro_batch, layout.recompute)
     t_layer = lc.fwd + lc.bwd + lc.recompute + lc.tp
-    head, head_comm, _ = cm.head_time(layout.tp, layout.micro_batch)
+    head, head_comm = cm.head_time(layout.tp, layout.micro_batch)
     extra = [0.0] * p
     extra[0] += cm.embedding_time(layout.tp, layout.sequence_parallel, layout.micro_batch)
     extra[-1] += head + head_comm
