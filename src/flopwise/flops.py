@@ -45,13 +45,52 @@ class ParamCounts:
         return self.layers_matmul + self.head
 
 
+@dataclass(frozen=True)
+class Gemm:
+    """One weight matmul of a block, per token: [tokens, k] x [k, n], `count` times.
+
+    `tp` says how Megatron-style tensor parallelism cuts it: "column" splits n, "row" splits k,
+    "replicated" keeps it whole on every rank (LFA's filter needs the full hidden vector)."""
+
+    name: str
+    k: int
+    n: int
+    tp: str
+    count: int = 1
+
+    @property
+    def weights(self) -> int:
+        return self.k * self.n * self.count
+
+
+def block_gemms(cfg: ModelConfig) -> tuple[Gemm, ...]:
+    """The weight matmuls of one transformer block, with their tensor-parallel cut."""
+    h, q, kv = cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    gemms = [
+        Gemm("wq", h, q, "column"),
+        Gemm("wk", h, kv, "column"),
+        Gemm("wv", h, kv, "column"),
+        Gemm("wo", q, h, "row"),
+        Gemm("w_up", h, cfg.ffn, "column", 2 if cfg.mlp == "swiglu" else 1),  # SwiGLU: gate + up
+        Gemm("w_down", cfg.ffn, h, "row"),
+    ]
+    if cfg.lfa:  # conv1 (2 x h x h/2) and conv2 (2 x h/2 x h): kernel-2 convolutions as two matmuls each
+        gemms += [
+            Gemm("lfa_conv1", h, h // 2, "replicated", 2),
+            Gemm("lfa_conv2", h // 2, h, "replicated", 2),
+        ]
+    return tuple(gemms)
+
+
+def head_gemm(cfg: ModelConfig) -> Gemm:
+    """The LM head (vocab-parallel under TP: a column cut of the vocabulary)."""
+    return Gemm("head", cfg.hidden, cfg.vocab_size, "column")
+
+
 def _block_matmul_params(cfg: ModelConfig) -> tuple[int, int]:
     """(matmul weights in one block, of which LFA)."""
-    h, kv = cfg.hidden, cfg.kv_heads * cfg.head_dim
-    attn = h * (cfg.heads * cfg.head_dim) * 2 + 2 * h * kv  # wq, wo, wk, wv
-    mlp = (3 if cfg.mlp == "swiglu" else 2) * h * cfg.ffn
-    lfa = 2 * h * (h // 2) * 2 if cfg.lfa else 0  # conv1 (2 x h x h/2) + conv2 (2 x h/2 x h)
-    return attn + mlp + lfa, lfa
+    gemms = block_gemms(cfg)
+    return sum(g.weights for g in gemms), sum(g.weights for g in gemms if g.name.startswith("lfa"))
 
 
 def param_counts(cfg: ModelConfig) -> ParamCounts:
@@ -76,8 +115,18 @@ def count_parameters_meta(cfg: ModelConfig) -> int:
 
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     """Forward FLOPs of QK^T and AV for one token over all layers (full-sequence convention)."""
+    return cfg.layers * layer_attention_flops_per_token(cfg, seq_len)
+
+
+def layer_attention_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Forward FLOPs of QK^T and AV for one token in one layer: 2 x 2 x seq x heads x head_dim."""
     s = seq_len or cfg.seq_len
-    return 4.0 * cfg.layers * s * cfg.heads * cfg.head_dim
+    return 4.0 * s * cfg.heads * cfg.head_dim
+
+
+def layer_forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Forward FLOPs of one block for one token: 2 per matmul weight plus the attention core."""
+    return 2.0 * _block_matmul_params(cfg)[0] + layer_attention_flops_per_token(cfg, seq_len)
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:

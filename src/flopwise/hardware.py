@@ -9,6 +9,14 @@ Figures are the vendors' datasheet numbers for dense (no sparsity) tensor-core m
 - H100 PCIe 80GB: 756 TFLOP/s bf16, HBM2e 2000 GB/s; NVLink bridge 600 GB/s total = 300 per direction
   (pairs only; otherwise PCIe Gen5, 64 GB/s per direction). (NVIDIA H100 datasheet.)
 - H200 SXM 141GB: 989 TFLOP/s bf16, HBM3e 4800 GB/s, NVLink4 450 GB/s per direction. (H200 datasheet.)
+Achievable fractions (used by the planner's cost model, flopwise/plan/cost.py):
+- `gemm_efficiency`: the fraction of the dense peak that large, well-shaped bf16/fp16 GEMMs sustain in a
+  training loop (cuBLAS at sustained clocks, not a burst). Public cuBLAS/nccl-style benchmarks and the
+  Megatron papers put A100 at 250-270 of 312 TFLOP/s for square GEMMs >= 4096 and ~0.75-0.8 sustained under
+  the 400 W limit; H100 SXM at ~650-750 of 989 (it is power-limited further from its peak); V100 at
+  ~95-105 of 125. Small or skinny per-device matrices fall further, through the roofline in plan/cost.py.
+- `memory_efficiency`: the fraction of HBM bandwidth streaming (elementwise) kernels reach; STREAM-like
+  copies reach ~85-90% on A100/H100.
 On a CPU there is no datasheet peak: `cpu_accelerator()` measures this machine's fp32 matmul rate and
 labels the result as measured, so CPU MFU reads "fraction of this machine's measured matmul peak".
 """
@@ -37,6 +45,8 @@ class Accelerator:
     memory_bandwidth: float  # bytes/s
     link_bandwidth: float  # intra-node (NVLink) bytes/s per GPU, one direction
     measured: bool = False  # True when the peak was measured here, not taken from a datasheet
+    gemm_efficiency: float = 0.75  # sustained fraction of peak for large GEMMs (see module docstring)
+    memory_efficiency: float = 0.85  # fraction of memory_bandwidth that streaming kernels reach
 
     @property
     def peak_label(self) -> str:
@@ -46,14 +56,21 @@ class Accelerator:
 CATALOGUE: dict[str, Accelerator] = {
     a.name: a
     for a in (
-        Accelerator("V100-32GB", 125 * TFLOPS, 32 * GB, 900 * GB, 150 * GB),
-        Accelerator("A100-40GB", 312 * TFLOPS, 40 * GB, 1555 * GB, 300 * GB),
-        Accelerator("A100-80GB", 312 * TFLOPS, 80 * GB, 2039 * GB, 300 * GB),
-        Accelerator("H100-SXM", 989 * TFLOPS, 80 * GB, 3350 * GB, 450 * GB),
-        Accelerator("H100-PCIe", 756 * TFLOPS, 80 * GB, 2000 * GB, 300 * GB),
-        Accelerator("H200", 989 * TFLOPS, 141 * GB, 4800 * GB, 450 * GB),
+        Accelerator("V100-32GB", 125 * TFLOPS, 32 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
+        Accelerator("A100-40GB", 312 * TFLOPS, 40 * GB, 1555 * GB, 300 * GB, gemm_efficiency=0.75),
+        Accelerator("A100-80GB", 312 * TFLOPS, 80 * GB, 2039 * GB, 300 * GB, gemm_efficiency=0.75),
+        Accelerator("H100-SXM", 989 * TFLOPS, 80 * GB, 3350 * GB, 450 * GB, gemm_efficiency=0.70),
+        Accelerator("H100-PCIe", 756 * TFLOPS, 80 * GB, 2000 * GB, 300 * GB, gemm_efficiency=0.65),
+        Accelerator("H200", 989 * TFLOPS, 141 * GB, 4800 * GB, 450 * GB, gemm_efficiency=0.72),
     )
 }
+# Collective communication (used by plan/cost.py). Bus bandwidth that NCCL reaches, as a fraction of the
+# per-GPU one-direction link rate: nccl-tests all_reduce on DGX A100 (NVSwitch, 300 GB/s) reports ~230-240
+# GB/s bus bandwidth (0.78); over InfiniBand HDR (200 Gb/s = 25 GB/s per GPU) ~22-23 GB/s (0.9).
+NVLINK_BUS_EFFICIENCY = 0.78
+NETWORK_BUS_EFFICIENCY = 0.90
+COLLECTIVE_LATENCY_S = 20e-6  # per collective / point-to-point call: launch + ring start-up (NCCL, ~10-30 us)
+
 _ALIASES = {"v100": "V100-32GB", "a100": "A100-80GB", "h100": "H100-SXM", "h100-sxm5": "H100-SXM"}
 
 
@@ -70,7 +87,8 @@ def get_accelerator(name: str) -> Accelerator:
 
 def load_accelerator(path: str | Path) -> Accelerator:
     """Read a user-defined accelerator from TOML, figures in natural units:
-    name, peak_tflops, memory_gb, memory_bandwidth_gbps, link_bandwidth_gbps (per direction)."""
+    name, peak_tflops, memory_gb, memory_bandwidth_gbps, link_bandwidth_gbps (per direction);
+    optionally gemm_efficiency and memory_efficiency (fractions, see the module docstring)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -80,18 +98,23 @@ def load_accelerator(path: str | Path) -> Accelerator:
     missing = [k for k in required if k not in data]
     if missing:
         raise ConfigError(f"accelerator file {path}: missing key(s) {', '.join(missing)}")
-    unknown = set(data) - set(required)
+    optional = ("gemm_efficiency", "memory_efficiency")
+    unknown = set(data) - set(required) - set(optional)
     if unknown:
         raise ConfigError(f"accelerator file {path}: unknown key(s) {', '.join(sorted(unknown))}")
     for key in required[1:]:
         if not isinstance(data[key], int | float) or data[key] <= 0:
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a positive number")
+    for key in optional:
+        if key in data and (not isinstance(data[key], int | float) or not 0 < data[key] <= 1):
+            raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a fraction in (0, 1]")
     return Accelerator(
         str(data["name"]),
         data["peak_tflops"] * TFLOPS,
         data["memory_gb"] * GB,
         data["memory_bandwidth_gbps"] * GB,
         data["link_bandwidth_gbps"] * GB,
+        **{k: float(data[k]) for k in optional if k in data},
     )
 
 
@@ -135,7 +158,8 @@ def cpu_accelerator(size: int = 1024, seconds: float = 0.5) -> Accelerator:
         mem = float(psutil.virtual_memory().total)
     except ImportError:
         mem = float(_meminfo_total())
-    return Accelerator("CPU", best, mem, 0.0, 0.0, measured=True)
+    # the peak is itself a measured GEMM rate, so large GEMMs reach all of it
+    return Accelerator("CPU", best, mem, 0.0, 0.0, measured=True, gemm_efficiency=1.0)
 
 
 def _meminfo_total() -> int:

@@ -1,5 +1,283 @@
-"""`flopwise plan`: the planner's commands (filled in by the planner issue)."""
+"""`flopwise plan`: search layouts (or cost one), the compute budget, and validation against published runs.
+
+flopwise plan --preset yuan2-102b --gpu A100-80GB --gpus 1024 --global-batch 1152
+flopwise plan --preset yuan2-102b --gpus 1024 --global-batch 1152 --layout tp=8,pp=16
+flopwise plan budget --preset yuan2-102b --gpus 1024 --mfu 0.45
+flopwise plan validate ../shared/published/megatron_sc21_table1.csv --json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
+from rich.table import Table
 
-app = typer.Typer(help="Predict step time, memory and cost; choose the most compute-efficient layout.")
+from flopwise.cli.common import console
+from flopwise.errors import ConfigError
+from flopwise.hardware import GB, resolve_accelerator
+from flopwise.models.config import ModelConfig, get_preset, preset_names
+from flopwise.plan.budget import budget as compute_budget
+from flopwise.plan.cost import Plan
+from flopwise.plan.search import search
+from flopwise.plan.spec import SOFTWARE, Cluster, Training, parse_layout
+from flopwise.plan.validate import validate_files
+
+app = typer.Typer(
+    help=(
+        "Predict step time, memory and cost; choose the most compute-efficient layout.\n\n"
+        "Without a subcommand: search layouts for a model on a cluster (or cost one with --layout).\n"
+        "Example: flopwise plan --preset yuan2-102b --gpu A100-80GB --gpus 1024 --global-batch 1152"
+    ),
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+def _model(preset, layers, hidden, heads, kv_heads, ffn, mlp, vocab, seq, lfa) -> ModelConfig:
+    shape = {
+        "layers": layers,
+        "hidden": hidden,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "ffn": ffn,
+        "mlp": mlp,
+        "vocab_size": vocab,
+        "seq_len": seq,
+        "lfa": lfa,
+    }
+    given = {k: v for k, v in shape.items() if v is not None}
+    if preset:
+        return get_preset(preset).replace(**given)
+    missing = [k for k in ("layers", "hidden", "heads", "ffn", "vocab_size", "seq_len") if k not in given]
+    if missing:
+        raise ConfigError(
+            f"give --preset ({', '.join(preset_names())}) or a full shape; missing: "
+            + ", ".join("--" + m.replace("_size", "").replace("seq_len", "seq") for m in missing)
+        )
+    given.setdefault("kv_heads", given["heads"])
+    given.setdefault("lfa", False)
+    given.setdefault("mlp", "swiglu")
+    return ModelConfig(**given)
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:.1f}"
+
+
+def _plans_table(plans: list[Plan], title: str) -> Table:
+    table = Table(title=title, header_style="bold")
+    for col in ("#", "layout", "pp split", "step s", "tok/s/GPU", "MFU", "peak GB", "days"):
+        if col in ("layout", "pp split"):
+            table.add_column(col, overflow="fold", min_width=14 if col == "pp split" else 24)
+        else:
+            table.add_column(col, justify="right", no_wrap=True)
+    for i, p in enumerate(plans, 1):
+        split = "uniform" if len(set(p.pp_layers)) == 1 else " ".join(map(str, p.pp_layers))
+        table.add_row(
+            str(i),
+            p.layout.short(),
+            split,
+            f"{p.step_time:.3g}",
+            f"{p.tokens_per_s_per_gpu:,.0f}",
+            f"{100 * p.mfu:.1f}%",
+            _gb(p.peak_memory) + ("" if p.fits else " !"),
+            f"{p.days:.1f}" if p.days else "-",
+        )
+    return table
+
+
+def _breakdown(plan: Plan) -> None:
+    table = Table(title=f"#1: {plan.step_time:.3g} s/step", header_style="bold")
+    table.add_column("part")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    for key, sec in plan.breakdown.items():
+        table.add_row(key, f"{sec:.3g}", f"{plan.breakdown_percent[key]:.1f}%")
+    console.print(table)
+    mem = Table(title=f"memory per rank, GB (usable {_gb(plan.memory_limit)})", header_style="bold")
+    for col in ("stage", "layers", "params", "grads", "optimizer", "activations", "logits", "other", "total"):
+        mem.add_column(col, justify="right")
+    stages = list(range(len(plan.memory)))
+    if len(stages) > 8:
+        peak = max(stages, key=lambda i: plan.memory[i]["total"])
+        stages = sorted({0, 1, peak, stages[-2], stages[-1]})
+    for i in stages:
+        m = plan.memory[i]
+        mem.add_row(
+            str(i),
+            str(plan.pp_layers[i]),
+            *(_gb(m[k]) for k in ("params", "grads", "optimizer", "activations", "logits", "other", "total")),
+        )
+    console.print(mem)
+    if plan.gpu_hours:
+        console.print(f"training the requested tokens: {plan.days:.1f} days, {plan.gpu_hours:,.0f} GPU-hours")
+
+
+@app.callback()
+def plan(
+    ctx: typer.Context,
+    preset: str = typer.Option(None, help=f"model preset: {', '.join(preset_names())}"),
+    layers: int = typer.Option(None, help="model shape (overrides the preset)"),
+    hidden: int = typer.Option(None),
+    heads: int = typer.Option(None),
+    kv_heads: int = typer.Option(None),
+    ffn: int = typer.Option(None),
+    mlp: str = typer.Option(None, help="swiglu | gelu"),
+    vocab: int = typer.Option(None),
+    seq: int = typer.Option(None, help="sequence length"),
+    lfa: bool = typer.Option(None, "--lfa/--no-lfa", help="Localized Filtering-based Attention"),
+    gpu: str = typer.Option("A100-80GB", help="catalogue accelerator or a TOML file defining one"),
+    gpus: int = typer.Option(8, help="number of GPUs"),
+    gpus_per_node: int = typer.Option(8),
+    intra_gbps: float = typer.Option(None, help="intra-node GB/s per GPU, one direction (default: NVLink)"),
+    inter_gbps: float = typer.Option(25.0, help="inter-node GB/s per GPU, one direction"),
+    global_batch: int = typer.Option(None, help="sequences per optimizer step"),
+    tokens: float = typer.Option(0.0, help="tokens to train (for days and GPU-hours)"),
+    precision: str = typer.Option("bf16", help="bf16 | fp16 | fp32"),
+    software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),
+    layout: str = typer.Option(None, help="fix some layout fields, e.g. tp=8,pp=16 (the rest is searched)"),
+    top: int = typer.Option(5, help="plans to show"),
+    split: str = typer.Option("balanced", help="pipeline split: balanced | uniform"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+) -> None:
+    """Search the layouts of a model on a cluster; print the best plans and the first's breakdown."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if preset is None and layers is None:
+        console.print(ctx.get_help())
+        raise typer.Exit(0)
+    if global_batch is None:
+        raise ConfigError("--global-batch is required (sequences per optimizer step)")
+    if split not in ("balanced", "uniform"):
+        raise ConfigError(f"--split {split!r}: must be balanced or uniform")
+    model = _model(preset, layers, hidden, heads, kv_heads, ffn, mlp, vocab, seq, lfa)
+    cluster = Cluster(
+        resolve_accelerator(gpu),
+        gpus,
+        gpus_per_node,
+        intra_gbps * GB if intra_gbps else None,
+        inter_gbps * GB,
+    )
+    training = Training(global_batch, tokens=tokens, precision=precision, software=software)
+    fixed = parse_layout(layout) if layout else {}
+    result = search(model, cluster, training, fixed, top=top, split=split)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "model": model.to_dict(),
+                    "cluster": {
+                        "gpu": cluster.accelerator.name,
+                        "gpus": cluster.gpus,
+                        "gpus_per_node": gpus_per_node,
+                        "intra_node_GBps": cluster.intra_bw / GB,
+                        "inter_node_GBps_per_gpu": inter_gbps,
+                    },
+                    "training": {
+                        "global_batch": global_batch,
+                        "tokens": tokens,
+                        "precision": precision,
+                        "software": software,
+                    },
+                    "evaluated": result.evaluated,
+                    "feasible": result.feasible,
+                    "plans": [p.to_dict() for p in result.plans],
+                },
+                indent=2,
+            )
+        )
+        return
+    name = preset or "custom model"
+    title = (
+        f"{name} on {cluster.gpus} x {cluster.accelerator.name}, global batch {global_batch}: "
+        f"{result.feasible} of {result.evaluated} layouts fit"
+    )
+    console.print(_plans_table(result.plans, title))
+    _breakdown(result.plans[0])
+
+
+@app.command("budget")
+def budget_cmd(
+    preset: str = typer.Option(None, help="model preset (its parameter count and FLOPs per token)"),
+    params: float = typer.Option(None, help="parameter count, e.g. 7e9"),
+    tokens: float = typer.Option(None, help="tokens to train (default: 20 x parameters, Chinchilla)"),
+    flops: float = typer.Option(None, help="a FLOP budget: gives the compute-optimal model size and tokens"),
+    gpu: str = typer.Option("A100-80GB", help="catalogue accelerator or a TOML file"),
+    gpus: int = typer.Option(1024),
+    mfu: float = typer.Option(0.45, help="model FLOPs utilisation to assume"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Training FLOPs (6 N D), PF-days, Chinchilla-optimal tokens / model size, and time on N GPUs."""
+    model = get_preset(preset) if preset else None
+    b = compute_budget(
+        resolve_accelerator(gpu), gpus, mfu, params=params, tokens=tokens, flops=flops, model=model
+    )
+    if as_json:
+        print(json.dumps(b.to_dict(), indent=2))
+        return
+    table = Table(title="compute budget", header_style="bold", show_header=False)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("parameters", f"{b.params:.4g}"),
+        ("tokens", f"{b.tokens:.4g}"),
+        ("training FLOPs", f"{b.flops:.4g}"),
+        ("PF-days", f"{b.pf_days:,.1f}"),
+        ("compute-optimal tokens for this size (20 N)", f"{b.optimal_tokens:.4g}"),
+        (
+            "compute-optimal size for these FLOPs",
+            f"{b.optimal_params_for_flops:.4g} params, {b.optimal_tokens_for_flops:.4g} tokens",
+        ),
+        (
+            f"time on {b.gpus} x {b.accelerator} at {100 * b.mfu:.0f}% MFU",
+            f"{b.days:,.1f} days ({b.gpu_hours:,.0f} GPU-hours)",
+        ),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command("validate")
+def validate_cmd(
+    files: list[Path] = typer.Argument(
+        ..., help="published-runs CSV file(s) (see shared/published/README.md)"
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Predict the step time of every row of published-runs CSVs; print errors, median and maximum."""
+    report = validate_files(files)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title="predicted vs measured step time", header_style="bold")
+    for col in ("file", "model", "layout", "predicted s", "measured s", "error"):
+        if col in ("file", "model", "layout"):
+            table.add_column(col, overflow="fold")
+        else:
+            table.add_column(col, justify="right", no_wrap=True)
+    for r in report["rows"]:
+        if "error" not in r:
+            table.add_row(
+                r["file"], r["model"], r.get("error_message", ""), "-", f"{r['measured_s']:.3g}", "-"
+            )
+            continue
+        table.add_row(
+            r["file"],
+            r["model"],
+            r["layout"],
+            f"{r['predicted_s']:.3f}",
+            f"{r['measured_s']:.3f}",
+            f"{100 * r['error']:+.1f}%",
+        )
+    console.print(table)
+    for name, s in {**report["files"], "all": report["summary"]}.items():
+        if s["median_abs_error"] is None:
+            console.print(f"{name}: no row could be predicted")
+            continue
+        console.print(
+            f"{name}: {s['predicted']} rows, median |error| {100 * s['median_abs_error']:.1f}%, "
+            f"max |error| {100 * s['max_abs_error']:.1f}%"
+        )

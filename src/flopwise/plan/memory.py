@@ -1,0 +1,147 @@
+"""Memory per rank: model states by ZeRO stage, activations by recompute mode and sequence parallelism.
+
+Model states (Rajbhandari et al. 2020, "ZeRO", section 3.1): mixed-precision Adam keeps 2 bytes of
+parameters, 2 bytes of gradients and K = 12 bytes of optimizer state (fp32 master copy, momentum, variance)
+per parameter, 16 in all. Pure fp32 training (the CPU trainer) keeps 4 + 4 + 8 (AdamW exp_avg and
+exp_avg_sq, no master copy): also 16. ZeRO-1 divides the optimizer state by dp, ZeRO-2 also the gradients,
+ZeRO-3 also the parameters.
+
+Activations per transformer layer and micro-batch (Korthikanti et al. 2022, "Reducing Activation
+Recomputation in Large Transformer Models", section 4, equation 1 and Table 2): for a GELU MLP of 4h with
+dropout, no tensor parallelism, fp16: s b h (34 + 5 a s / h) bytes. We count the same tensors one by one so
+that SwiGLU, LFA, grouped-query attention, fused (flash) attention and no-dropout trainers are covered:
+  layer norms          2 x norm      (fused kernel, Megatron/apex: its input, h; PyTorch's nn.RMSNorm on
+                                      autograd: input + normalised x, 2h, + fp32 rstd)   replicated under TP
+  attention input      h              (the first norm's output = QKV projection input)  replicated
+  LFA                  2h + norm + h  (x[t-1] and y1, y1[t-1] (h/2 each) as conv inputs, the filter's norm,
+                                      its output x' that feeds Q and K)                 replicated
+  Q, K, V              q + 2 kv       (after RoPE; QK^T needs Q, K, AV needs V)         split by TP
+  attention core       unfused: softmax output + dropout output (2 a s) + dropout mask (a s, 1 byte);
+                       flash: the fp32 log-sum-exp (a) only (its output is the next input)  split by TP
+  output projection    q              (its input)                                       split by TP
+  MLP input            h              (the second norm's output)                        replicated
+  MLP inner            GELU: 2 x ffn (GELU input, second matmul input);
+                       SwiGLU: 4 x ffn (gate, up, SiLU output, product)                 split by TP
+  dropout masks        2 x h, 1 byte each (after attention and MLP)                     replicated
+With these rules the GPT case (fused norm, unfused attention, dropout) reproduces Korthikanti's
+34 + 5 a s / h exactly, and with TP t and no sequence parallelism the replicated share is their 10 s b h;
+flopwise's own model on CPU matches PyTorch's saved tensors within 1% (tests/plan/test_memory_vs_torch.py).
+Sequence parallelism splits the replicated share by t too (their equation 4:
+s b h (34 + 5 a s / h) / t). Selective recomputation drops the attention core (their equation 6:
+34 s b h / t with SP); full recomputation keeps only each layer's input, 2 s b h (/t with SP).
+
+In-flight micro-batches (Narayanan et al. 2021, section 2.2): GPipe keeps all m; 1F1B keeps p - i on stage i
+(at most m); the interleaved schedule keeps (2 (p - i - 1) + (v - 1) p + 1) model chunks of L / (p v)
+layers on stage i (Megatron-LM's warm-up count), which for i = 0 is L (1 + (p - 1) / (p v)) layers'
+worth, Korthikanti's equation for the first stage.
+The last stage also holds the logits of its in-flight micro-batches (one under 1F1B, whose last stage runs
+each backward at once; m under GPipe): the fp32 log-softmax the loss keeps, 4 s b V / t (Korthikanti section
+4.3), plus the bf16/fp16 logits it was cast from. Full recomputation adds one layer's activations, alive
+while that layer is recomputed in the backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flopwise.flops import block_gemms, param_counts
+from flopwise.hardware import GB
+from flopwise.models.config import ModelConfig
+from flopwise.plan.spec import Layout, Training
+
+# Memory the framework takes besides tensors: CUDA context, NCCL and cuBLAS workspaces (~1-2 GB measured on
+# A100/H100 with PyTorch), and the caching allocator's fragmentation, taken as a fraction of the device.
+RESERVED_BYTES = 1.5 * GB
+ALLOCATOR_HEADROOM = 0.05
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    sharded: int  # split by TP (column/row cuts of the projections)
+    replicated: int  # whole on every TP rank (norms, LFA filter)
+
+    def per_rank(self, tp: int) -> float:
+        return self.sharded / tp + self.replicated
+
+
+def layer_params(cfg: ModelConfig) -> LayerParams:
+    counts = param_counts(cfg)
+    sharded = sum(g.weights for g in block_gemms(cfg) if g.tp != "replicated")
+    return LayerParams(sharded, counts.per_layer - sharded)
+
+
+def state_bytes_per_param(precision: str) -> tuple[int, int, int]:
+    """(parameter, gradient, optimizer) bytes per parameter: ZeRO paper's 2 + 2 + 12, or fp32's 4 + 4 + 8."""
+    return (4, 4, 8) if precision == "fp32" else (2, 2, 12)
+
+
+def model_state_bytes(params: float, precision: str, zero: int, dp: int) -> dict[str, float]:
+    """Parameters, gradients and optimizer state of `params` parameters on one rank, ZeRO-sharded over dp."""
+    p, g, o = state_bytes_per_param(precision)
+    return {
+        "params": params * p / (dp if zero >= 3 else 1),
+        "grads": params * g / (dp if zero >= 2 else 1),
+        "optimizer": params * o / (dp if zero >= 1 else 1),
+    }
+
+
+def layer_activation_bytes(
+    cfg: ModelConfig, training: Training, layout: Layout, recompute: str | None = None
+) -> float:
+    """Activation bytes one layer keeps for one micro-batch on one TP rank (see the module docstring)."""
+    recompute = recompute or layout.recompute
+    s = training.seq_len or cfg.seq_len
+    tokens = s * layout.micro_batch
+    t = layout.tp
+    e = training.dtype_bytes
+    h, q, kv, a, ffn = cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.heads, cfg.ffn
+    sw = training.profile
+    rep_div = t if layout.sequence_parallel else 1  # sequence parallelism splits the replicated share
+    if recompute == "full":  # only the layer input is kept (Korthikanti section 5: 2 s b h)
+        return tokens * h * e / rep_div
+    norm = h * e if sw.fused_norm else 2 * h * e + 4  # fused: input; PyTorch: input, normalised x, fp32 rstd
+    replicated = 2 * norm + (h + h) * e  # both norms, then QKV input and MLP input (the norms' outputs)
+    if cfg.lfa:  # x[t-1], y1, y1[t-1] (conv inputs), the filter's norm, its output x' (Q and K input)
+        replicated += 2 * h * e + norm + h * e
+    if sw.dropout:
+        replicated += 2 * h  # two 1-byte masks
+    sharded = (q + 2 * kv + q) * e  # Q, K, V and the output projection's input (= flash's saved output)
+    sharded += (4 if cfg.mlp == "swiglu" else 2) * ffn * e
+    if sw.attention == "unfused":
+        if recompute != "selective":  # softmax output, dropout output and its 1-byte mask
+            sharded += 2 * a * s * e + (a * s if sw.dropout else 0)
+    else:
+        sharded += 4 * a  # flash keeps only its fp32 log-sum-exp besides Q, K, V and the output
+    return tokens * (replicated / rep_div + sharded / t)
+
+
+def final_norm_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> float:
+    """The final norm on the last stage (its output is the LM head's input)."""
+    s = training.seq_len or cfg.seq_len
+    e = training.dtype_bytes
+    per_token = cfg.hidden * e * (2 if training.profile.fused_norm else 3)
+    return s * layout.micro_batch * per_token / (layout.tp if layout.sequence_parallel else 1)
+
+
+def logits_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> float:
+    """Logits of one micro-batch on the last stage: the fp32 log-softmax the loss keeps, plus the
+    bf16/fp16 logits it was cast from (alive together while the loss is computed)."""
+    s = training.seq_len or cfg.seq_len
+    e = training.dtype_bytes
+    return s * layout.micro_batch * cfg.vocab_size / layout.tp * (4 + (e if e != 4 else 0))
+
+
+def in_flight(layout: Layout, stage: int, microbatches: int) -> float:
+    """Micro-batches (in units of a whole stage's layers) whose activations stage `stage` holds at peak."""
+    p, v, m = layout.pp, layout.vpp, microbatches
+    if layout.schedule == "gpipe":
+        return float(m)
+    if layout.schedule == "interleaved" and v > 1:
+        chunks = 2 * (p - stage - 1) + (v - 1) * p + 1
+        return min(chunks, m * v) / v
+    return float(min(p - stage, m))
+
+
+def usable_bytes(memory_bytes: float) -> float:
+    """Device memory left for tensors after the framework's reserve and the allocator's headroom."""
+    return memory_bytes * (1 - ALLOCATOR_HEADROOM) - RESERVED_BYTES

@@ -1,0 +1,344 @@
+"""Layout search: every TP x PP (with interleaving) x DP x ZeRO x micro-batch x recompute x sequence-parallel
+choice, with a pipeline split balanced by time and memory, ranked by step time among those that fit.
+
+Non-uniform pipeline split (Yuan 2.0, reference/yuan2.md): under 1F1B stage i holds p - i micro-batches, so
+early stages run out of memory first, and the last stage also runs the LM head and the loss. For a time
+budget T each stage may take floor((T - extra_i) / t_layer) layers (extra_i: embedding or head time) and at
+most cap_i layers that fit its memory; the smallest T whose allowances sum to the layer count wins, and any
+surplus is taken back from the slowest, then earliest, stages. Without memory pressure this is the uniform
+split (give or take the head); under pressure it gives Yuan's shape, e.g. [2,2,3,3,4,4,4,2].
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from flopwise.errors import PlanError
+from flopwise.models.config import ModelConfig
+from flopwise.plan.cost import CostModel, Plan, even_split
+from flopwise.plan.spec import Cluster, Layout, Training
+
+MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
+MAX_VPP = 8
+RECOMPUTE = ("none", "selective", "full")
+
+
+@dataclass
+class SearchResult:
+    plans: list[Plan]  # the best plans that fit, fastest first
+    evaluated: int
+    feasible: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def balanced_split(
+    cm: CostModel, layout: Layout, microbatches: int, require_fit: bool = True
+) -> tuple[int, ...] | None:
+    """Layers per stage balancing time under each stage's memory cap; None when no split fits."""
+    cfg, p = cm.model, layout.pp
+    if p == 1:
+        return (cfg.layers,)
+    lc = cm.layer_cost(layout.tp, layout.sequence_parallel, layout.micro_batch, layout.recompute)
+    t_layer = lc.fwd + lc.bwd + lc.recompute + lc.tp
+    head, head_comm = cm.head_time(layout.tp, layout.micro_batch)
+    extra = [0.0] * p
+    extra[0] += cm.embedding_time(layout.tp, layout.sequence_parallel, layout.micro_batch)
+    extra[-1] += head + head_comm
+    caps = [cfg.layers] * p
+    if require_fit:
+        limit = cm.memory_limit
+        for i in range(p):
+            one = cm.stage_memory(layout, i, 1, microbatches)["total"]
+            two = cm.stage_memory(layout, i, 2, microbatches)["total"]
+            per_layer = two - one
+            caps[i] = min(cfg.layers, int((limit - one) // per_layer) + 1) if one <= limit else 0
+        if min(caps) < 1 or sum(caps) < cfg.layers:
+            return None
+
+    def allowed(budget: float) -> list[int]:
+        return [max(0, min(caps[i], int((budget - extra[i]) / t_layer + 1e-9))) for i in range(p)]
+
+    candidates = sorted({k * t_layer + e for k in range(1, cfg.layers + 1) for e in set(extra)})
+    lo = bisect.bisect_left(candidates, math.ceil(cfg.layers / p) * t_layer * 0.999)
+    best = None
+    left, right = max(0, lo - 1), len(candidates) - 1
+    while left <= right:  # smallest budget whose allowances cover the layers with >= 1 layer per stage
+        mid = (left + right) // 2
+        got = allowed(candidates[mid])
+        if sum(got) >= cfg.layers and min(got) >= 1:
+            best, right = got, mid - 1
+        else:
+            left = mid + 1
+    if best is None:
+        return None
+    layers = list(best)
+    while sum(layers) > cfg.layers:  # take back from the slowest stage, the earliest on ties
+        times = [layers[i] * t_layer + extra[i] if layers[i] > 1 else -1.0 for i in range(p)]
+        worst = max(range(p), key=lambda i: (times[i], -i))
+        layers[worst] -= 1
+    return tuple(layers)
+
+
+def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
+    cfg, gpus, gpn = cm.model, cm.cluster.gpus, cm.cluster.gpus_per_node
+    gb = cm.training.global_batch
+    out = []
+    tps = (
+        [fixed["tp"]]
+        if "tp" in fixed
+        else [
+            t for t in _divisors(min(gpn, gpus)) if gpus % t == 0 and cfg.heads % t == 0 and cfg.ffn % t == 0
+        ]
+    )
+    for tp in tps:
+        if gpus % tp:
+            continue
+        rest = gpus // tp
+        if "pp" in fixed:
+            pps = [fixed["pp"]]
+        elif "dp" in fixed:
+            pps = [rest // fixed["dp"]] if rest % fixed["dp"] == 0 else []
+        else:
+            pps = [p for p in _divisors(rest) if p <= cfg.layers]
+        for pp in pps:
+            if pp < 1 or rest % pp:
+                continue
+            dp = rest // pp
+            if "dp" in fixed and fixed["dp"] != dp:
+                continue
+            if gb % dp:
+                continue
+            mbs = (
+                [fixed["micro_batch"]]
+                if "micro_batch" in fixed
+                else [b for b in MICRO_BATCHES if (gb // dp) % b == 0]
+            )
+            for mb in mbs:
+                if (gb // dp) % mb:
+                    continue
+                m = gb // (dp * mb)
+                if "vpp" in fixed:
+                    vpps = [fixed["vpp"]]
+                elif pp > 1 and cfg.layers % pp == 0 and m % pp == 0:
+                    vpps = [v for v in _divisors(cfg.layers // pp) if v <= MAX_VPP]
+                else:
+                    vpps = [1]
+                zeros = (
+                    [fixed["zero"]] if "zero" in fixed else ([0, 1] if pp > 1 or dp == 1 else [0, 1, 2, 3])
+                )
+                if dp == 1 and "zero" not in fixed:
+                    zeros = [0]
+                sps = (
+                    [fixed["sequence_parallel"]]
+                    if "sequence_parallel" in fixed
+                    else ([False, True] if tp > 1 else [False])
+                )
+                rcs = [fixed["recompute"]] if "recompute" in fixed else RECOMPUTE
+                schedule = fixed.get("schedule", "1f1b")
+                for vpp in vpps:
+                    for zero in zeros:
+                        for sp in sps:
+                            for rc in rcs:
+                                out.append(
+                                    Layout(
+                                        tp=tp,
+                                        pp=pp,
+                                        dp=dp,
+                                        vpp=vpp,
+                                        zero=zero,
+                                        sequence_parallel=sp,
+                                        recompute=rc,
+                                        micro_batch=mb,
+                                        schedule="interleaved" if vpp > 1 else schedule,
+                                        pp_layers=fixed.get("pp_layers"),
+                                    )
+                                )
+    return out
+
+
+def search(
+    model: ModelConfig,
+    cluster: Cluster,
+    training: Training,
+    fixed: dict | None = None,
+    top: int = 5,
+    split: str = "balanced",
+    require_fit: bool = True,
+    explain: bool = True,
+) -> SearchResult:
+    """The `top` fastest layouts that fit memory, searching every field not in `fixed`.
+
+    split: 'balanced' (time- and memory-balanced non-uniform pipeline split) or 'uniform' (as even as the
+    layer count allows, Megatron's split). Raises PlanError, naming the binding constraint and the closest
+    feasible alternative, when nothing fits."""
+    fixed = dict(fixed or {})
+    cm = CostModel(model, cluster, training)
+    plans: list[Plan] = []
+    failures: list[str] = []
+    closest: Plan | None = None  # the infeasible plan needing the least memory relative to the device
+    evaluated = 0
+    for layout in _candidates(cm, fixed):
+        try:
+            m = cm.check(layout, layout.pp_layers or even_split(model.layers, layout.pp))
+        except PlanError as exc:
+            failures.append(str(exc))
+            continue
+        splits = []
+        if layout.pp_layers is not None:
+            splits.append(tuple(layout.pp_layers))
+        else:
+            if model.layers % layout.pp == 0 or split == "uniform" or layout.vpp > 1:
+                splits.append(even_split(model.layers, layout.pp))
+            if split == "balanced" and layout.pp > 1 and layout.vpp == 1:
+                bal = balanced_split(cm, layout, m, require_fit=require_fit)
+                if bal is not None and bal not in splits:
+                    splits.append(bal)
+        for pp_layers in splits:
+            try:
+                plan = cm.evaluate(layout, pp_layers)
+            except PlanError as exc:
+                failures.append(str(exc))
+                continue
+            evaluated += 1
+            if plan.fits or not require_fit:
+                plans.append(plan)
+            elif closest is None or plan.peak_memory < closest.peak_memory:
+                closest = plan
+    plans.sort(key=lambda p: (not p.fits, p.step_time))
+    feasible = sum(p.fits for p in plans)
+    if plans:
+        return SearchResult(plans[:top], evaluated, feasible)
+    if not explain:
+        raise PlanError("no layout fits")
+    raise PlanError(_explain(cm, fixed, failures, closest))
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:.1f} GB"
+
+
+def _explain(cm: CostModel, fixed: dict, failures: list[str], closest: Plan | None) -> str:
+    """Why nothing fits (the binding constraint) and the closest feasible alternative."""
+    cfg, cluster, training = cm.model, cm.cluster, cm.training
+    if closest is not None:
+        stage = max(range(len(closest.memory)), key=lambda i: closest.memory[i]["total"])
+        parts = closest.memory[stage]
+        detail = ", ".join(f"{k} {_gb(v)}" for k, v in parts.items() if k != "total")
+        head = (
+            f"nothing fits in {cluster.accelerator.name} memory ({_gb(closest.memory_limit)} usable of "
+            f"{_gb(cluster.accelerator.memory_bytes)}): the least memory-hungry layout "
+            f"({closest.layout.short()}) needs {_gb(parts['total'])} on pipeline stage {stage} ({detail})"
+        )
+        return head + "; " + _alternative(cm, fixed)
+    if fixed:
+        reason = _fixed_reason(cm, fixed) or (
+            failures[0] if failures else "no layout matches the fixed fields"
+        )
+        return f"the requested layout cannot run: {reason}; " + _alternative(cm, fixed)
+    gb = training.global_batch
+    reason = (
+        failures[0] if failures else f"no tp x pp x dp of {cluster.gpus} GPUs divides the global batch {gb}"
+    )
+    return f"no layout of {cfg.layers} layers on {cluster.gpus} GPUs works: {reason}; " + _alternative(
+        cm, fixed
+    )
+
+
+def _fixed_reason(cm: CostModel, fixed: dict) -> str | None:
+    """The first fixed field that rules out every layout, in words."""
+    cfg, gpus, gpn = cm.model, cm.cluster.gpus, cm.cluster.gpus_per_node
+    gb = cm.training.global_batch
+    tp, pp, dp, mb = (fixed.get(k) for k in ("tp", "pp", "dp", "micro_batch"))
+    if pp is not None and pp > cfg.layers:
+        return f"pp = {pp} pipeline stages but the model has only {cfg.layers} layers"
+    if tp is not None and tp > gpn:
+        return f"tp = {tp} exceeds the {gpn} GPUs of a node (TP is placed inside a node)"
+    if tp is not None and (cfg.heads % tp or cfg.ffn % tp):
+        return f"tp = {tp} must divide heads ({cfg.heads}) and ffn ({cfg.ffn})"
+    product = 1
+    for v in (tp, pp, dp):
+        product *= v or 1
+    if gpus % product:
+        return f"the fixed degrees (product {product}) do not divide the {gpus} GPUs"
+    if dp is not None and gb % (dp * (mb or 1)):
+        return f"global batch {gb} is not divisible by dp x micro_batch = {dp} x {mb or 1}"
+    if mb is not None and gb % mb:
+        return f"global batch {gb} is not divisible by micro_batch = {mb}"
+    return None
+
+
+def _alternative(cm: CostModel, fixed: dict) -> str:
+    """Relax one thing at a time: a fixed field, the global batch, then the GPU count."""
+    cfg, cluster, training = cm.model, cm.cluster, cm.training
+    options: list[tuple[float, str]] = []
+    for key in list(fixed):
+        relaxed = {k: v for k, v in fixed.items() if k != key}
+        try:
+            res = search(cfg, cluster, training, relaxed, top=1, explain=False)
+            options.append(
+                (
+                    res.plans[0].step_time,
+                    f"without {key}={fixed[key]}: {res.plans[0].layout.short()} "
+                    f"({res.plans[0].step_time:.3g} s/step)",
+                )
+            )
+        except PlanError:
+            pass
+    if options:
+        return "closest feasible alternative " + min(options)[1]
+    gb = training.global_batch
+    for delta in range(1, gb):
+        for cand in (gb - delta, gb + delta):
+            if cand < 1:
+                continue
+            try:
+                res = search(
+                    cfg,
+                    cluster,
+                    dataclasses.replace(training, global_batch=cand),
+                    fixed,
+                    top=1,
+                    explain=False,
+                )
+                return (
+                    f"closest feasible alternative: global batch {cand} with {res.plans[0].layout.short()} "
+                    f"({res.plans[0].step_time:.3g} s/step)"
+                )
+            except PlanError:
+                continue
+        if delta > 64:
+            break
+    gpus = cluster.gpus
+    for factor in (2, 4, 8, 16, 32, 64):
+        bigger = Cluster(
+            cluster.accelerator,
+            gpus * factor if gpus >= cluster.gpus_per_node else max(gpus * factor, 1),
+            cluster.gpus_per_node,
+            cluster.intra_node_bw,
+            cluster.inter_node_bw,
+        )
+        if bigger.gpus > cluster.gpus_per_node and bigger.gpus % cluster.gpus_per_node:
+            continue
+        try:
+            res = search(
+                cfg,
+                bigger,
+                training,
+                {k: v for k, v in fixed.items() if k in ("recompute",)},
+                top=1,
+                explain=False,
+            )
+            return (
+                f"closest feasible alternative: {bigger.gpus} GPUs with {res.plans[0].layout.short()} "
+                f"({res.plans[0].step_time:.3g} s/step, {_gb(res.plans[0].peak_memory)} per rank)"
+            )
+        except PlanError:
+            continue
+    return "no alternative found within 64x the GPUs; use a larger-memory accelerator or a smaller model"

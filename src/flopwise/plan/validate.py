@@ -1,0 +1,185 @@
+"""Validation against published measured runs (format: shared/published/README.md).
+
+Each row gives a model shape, a cluster and (some of) a layout; blank layout cells are left to the search.
+The runs were made with Megatron-LM, so rows whose source names Megatron-LM (Narayanan et al. 2021) or
+Korthikanti et al. 2022 are costed with the 'megatron' software profile (unfused softmax + dropout, fused
+LayerNorm, gradient all-reduce after the backward); an optional `software` column overrides it. Megatron
+splits layers uniformly across stages, so validation uses the uniform split.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+from flopwise.errors import ConfigError, DataError, PlanError
+from flopwise.hardware import GB, resolve_accelerator
+from flopwise.models.config import ModelConfig
+from flopwise.plan.search import search
+from flopwise.plan.spec import Cluster, Training
+
+_MEGATRON_SOURCES = ("megatron", "narayanan", "korthikanti")
+_LAYOUT_COLUMNS = {
+    "tp": int,
+    "pp": int,
+    "dp": int,
+    "vpp": int,
+    "zero": int,
+    "micro_batch": int,
+    "sequence_parallel": bool,
+    "recompute": str,
+}
+
+
+def _cell(row: dict, key: str) -> str:
+    return (row.get(key) or "").strip()
+
+
+def _int(row: dict, key: str, default: int | None = None) -> int:
+    text = _cell(row, key)
+    if not text:
+        if default is None:
+            raise DataError(f"column {key!r} is blank; the planner needs it")
+        return default
+    try:
+        return int(float(text))
+    except ValueError:
+        raise DataError(f"column {key!r} = {text!r}: not a number") from None
+
+
+def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[str]]:
+    """Model, cluster, training and the fixed layout fields of one CSV row (plus notes on adjustments)."""
+    notes: list[str] = []
+    model = ModelConfig(
+        vocab_size=_int(row, "vocab"),
+        layers=_int(row, "layers"),
+        hidden=_int(row, "hidden"),
+        heads=_int(row, "heads"),
+        kv_heads=_int(row, "kv_heads", _int(row, "heads")),
+        ffn=_int(row, "ffn"),
+        seq_len=_int(row, "seq"),
+        lfa=False,
+        mlp=_cell(row, "mlp") or "gelu",
+    )
+    acc = resolve_accelerator(_cell(row, "gpu") or "A100-80GB")
+    gpus = _int(row, "gpus")
+    intra = _cell(row, "intra_node_GBps")
+    inter = _cell(row, "inter_node_GBps_per_gpu")
+    cluster = Cluster(
+        acc,
+        gpus,
+        _int(row, "gpus_per_node", 8),
+        float(intra) * GB if intra else None,
+        float(inter) * GB if inter else 25 * GB,
+    )
+    software = _cell(row, "software")
+    if not software:
+        source = _cell(row, "source").lower()
+        software = "megatron" if any(s in source for s in _MEGATRON_SOURCES) else "flopwise"
+    training = Training(
+        _int(row, "global_batch"), precision=_cell(row, "precision") or "bf16", software=software
+    )
+    fixed: dict = {}
+    for key, kind in _LAYOUT_COLUMNS.items():
+        text = _cell(row, key)
+        if not text:
+            continue
+        if kind is bool:
+            fixed[key] = text.lower() not in ("0", "false", "no")
+        elif kind is int:
+            fixed[key] = int(float(text))
+        else:
+            fixed[key] = text
+    if _int(row, "cp", 1) > 1:
+        raise DataError("context parallelism (cp > 1) is not modelled")
+    if "vpp" in fixed and "pp" in fixed and fixed["vpp"] > 1:
+        per_stage = model.layers // fixed["pp"]
+        if model.layers % fixed["pp"] == 0 and per_stage % fixed["vpp"]:
+            usable = max(v for v in range(1, fixed["vpp"] + 1) if per_stage % v == 0)
+            notes.append(f"vpp={fixed['vpp']} cannot split {per_stage} layers per stage; used vpp={usable}")
+            fixed["vpp"] = usable
+    return model, cluster, training, fixed, notes
+
+
+def validate_rows(rows: list[dict], label: str = "") -> list[dict]:
+    out = []
+    for index, row in enumerate(rows):
+        name = _cell(row, "model") or f"row {index + 1}"
+        measured = float(_cell(row, "measured_step_s") or "nan")
+        try:
+            model, cluster, training, fixed, notes = row_inputs(row)
+            try:
+                result = search(model, cluster, training, fixed, top=1, split="uniform", explain=False)
+            except PlanError:  # the published layout ran, so cost it even where our memory model disagrees
+                result = search(
+                    model, cluster, training, fixed, top=1, split="uniform", require_fit=False, explain=False
+                )
+                notes.append("predicted not to fit memory")
+            plan = result.plans[0]
+        except (PlanError, ConfigError, DataError) as exc:
+            out.append({"file": label, "model": name, "error_message": str(exc), "measured_s": measured})
+            continue
+        error = plan.step_time / measured - 1.0
+        out.append(
+            {
+                "file": label,
+                "model": name,
+                "layout": plan.layout.short(),
+                "predicted_s": plan.step_time,
+                "measured_s": measured,
+                "error": error,
+                "abs_error": abs(error),
+                "mfu": plan.mfu,
+                "breakdown_percent": plan.breakdown_percent,
+                "peak_memory_gb": plan.peak_memory / 1e9,
+                "notes": notes,
+            }
+        )
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    errors = [r["abs_error"] for r in rows if "abs_error" in r]
+    if not errors:
+        return {"rows": len(rows), "predicted": 0, "median_abs_error": None, "max_abs_error": None}
+    return {
+        "rows": len(rows),
+        "predicted": len(errors),
+        "median_abs_error": statistics.median(errors),
+        "max_abs_error": max(errors),
+    }
+
+
+def validate_files(paths: list[str | Path]) -> dict:
+    """Predict every row of each published-runs CSV: {'rows': [...], 'files': {name: summary}, 'summary'}."""
+    rows: list[dict] = []
+    files = {}
+    for path in map(Path, paths):
+        try:
+            with path.open(newline="") as fh:
+                data = list(csv.DictReader(fh))
+        except OSError as exc:
+            raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if not data:
+            raise DataError(f"{path}: no rows")
+        missing = {
+            "layers",
+            "hidden",
+            "heads",
+            "ffn",
+            "vocab",
+            "seq",
+            "gpus",
+            "global_batch",
+            "measured_step_s",
+        }
+        missing -= set(data[0])
+        if missing:
+            raise DataError(
+                f"{path}: missing column(s) {', '.join(sorted(missing))} (see shared/published/README.md)"
+            )
+        got = validate_rows(data, path.name)
+        files[path.name] = summarise(got)
+        rows += got
+    return {"rows": rows, "files": files, "summary": summarise(rows)}

@@ -1,0 +1,126 @@
+import json
+
+import pytest
+
+from flopwise.cli import main
+
+
+def run(argv, capsys):
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_plan_search_table_and_breakdown(capsys):
+    code, out, _ = run(
+        ["plan", "--preset", "yuan2-2b", "--gpus", "64", "--global-batch", "384", "--top", "3"], capsys
+    )
+    assert code == 0
+    assert "tok/s/GPU" in out and "bubble" in out and "optimizer" in out and "memory per rank" in out
+
+
+def test_plan_json(capsys):
+    code, out, _ = run(
+        [
+            "plan",
+            "--preset",
+            "yuan2-2b",
+            "--gpus",
+            "16",
+            "--global-batch",
+            "384",
+            "--tokens",
+            "1e11",
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert {"model", "cluster", "training", "evaluated", "feasible", "plans"} <= set(data)
+    plan = data["plans"][0]
+    assert {
+        "layout",
+        "step_time_s",
+        "breakdown_percent",
+        "tokens_per_s_per_gpu",
+        "mfu",
+        "memory_per_stage_gb",
+        "days",
+        "gpu_hours",
+        "fits",
+    } <= set(plan)
+    assert set(plan["breakdown_percent"]) == {"compute", "recompute", "bubble", "tp", "pp", "dp", "optimizer"}
+    assert plan["days"] > 0 and plan["fits"]
+
+
+def test_plan_layout_option(capsys):
+    code, out, _ = run(
+        [
+            "plan",
+            "--preset",
+            "yuan2-102b",
+            "--gpus",
+            "1024",
+            "--global-batch",
+            "1152",
+            "--layout",
+            "tp=8,pp=16,rc=full,sp=1,zero=1,mb=1",
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0
+    lay = json.loads(out)["plans"][0]["layout"]
+    assert (lay["tp"], lay["pp"], lay["dp"], lay["recompute"], lay["zero"]) == (8, 16, 8, "full", 1)
+
+
+def test_plan_errors_exit_2_with_an_explanation(capsys):
+    code, _, err = run(
+        ["plan", "--preset", "yuan2-2b", "--gpus", "64", "--global-batch", "384", "--layout", "pp=32"], capsys
+    )
+    assert code == 2 and "error:" in err and "closest feasible alternative" in err
+    code, _, err = run(["plan", "--preset", "yuan2-2b", "--global-batch", "8", "--layout", "bogus=1"], capsys)
+    assert code == 2 and "bogus" in err
+    code, _, err = run(["plan", "--preset", "nope", "--global-batch", "8"], capsys)
+    assert code == 2 and "unknown preset" in err
+
+
+def test_budget(capsys):
+    code, out, _ = run(
+        ["plan", "budget", "--params", "7e9", "--tokens", "1e12", "--gpus", "1024", "--mfu", "0.5", "--json"],
+        capsys,
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert data["flops"] == pytest.approx(4.2e22) and data["pf_days"] == pytest.approx(4.2e22 / 8.64e19)
+    code, out, _ = run(["plan", "budget", "--preset", "yuan2-102b"], capsys)
+    assert code == 0 and "PF-days" in out
+
+
+def test_validate_json_and_table(capsys, published):
+    path = str(published / "korthikanti_2022.csv")
+    code, out, _ = run(["plan", "validate", path, "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert {"median_abs_error", "max_abs_error"} <= set(data["summary"])
+    assert data["summary"]["median_abs_error"] <= 0.10 and len(data["rows"]) == 9
+    code, out, _ = run(["plan", "validate", path], capsys)
+    assert code == 0 and "median |error|" in out
+
+
+def test_validate_missing_file_exits_2(capsys, tmp_path):
+    code, _, err = run(["plan", "validate", str(tmp_path / "none.csv")], capsys)
+    assert code == 2 and "cannot read" in err
+
+
+@pytest.mark.parametrize(
+    "argv", [["plan", "--help"], ["plan", "budget", "--help"], ["plan", "validate", "--help"], ["plan"]]
+)
+def test_help(capsys, argv):
+    code, out, _ = run(argv, capsys)
+    assert code == 0 and "Usage" in out

@@ -1,0 +1,108 @@
+import pytest
+
+from flopwise.hardware import COLLECTIVE_LATENCY_S, get_accelerator
+from flopwise.models.config import ModelConfig, get_preset
+from flopwise.plan.cost import CostModel, ring_time
+from flopwise.plan.spec import Cluster, Layout, Training
+
+# tiny vocabulary: the LM head is negligible, so stages are (nearly) equal
+CFG = ModelConfig(
+    vocab_size=256,
+    layers=16,
+    hidden=4096,
+    heads=32,
+    kv_heads=32,
+    ffn=16384,
+    seq_len=2048,
+    lfa=False,
+    mlp="gelu",
+)
+
+
+def model(gpus=32, gb=64, **kw):
+    return CostModel(CFG, Cluster(get_accelerator("A100-80GB"), gpus), Training(gb, **kw))
+
+
+@pytest.mark.parametrize("p,m", [(4, 16), (8, 8), (2, 32)])
+def test_1f1b_and_gpipe_bubble_is_p_minus_1_over_m(p, m):
+    cm = model(gpus=p, gb=m)
+    plan = cm.evaluate(Layout(tp=1, pp=p, dp=1, micro_batch=1))
+    busy = plan.breakdown["compute"] + plan.breakdown["recompute"] + plan.breakdown["tp"]
+    assert plan.breakdown["bubble"] / busy == pytest.approx((p - 1) / m, rel=0.02)
+    gpipe = cm.evaluate(Layout(tp=1, pp=p, dp=1, micro_batch=1, schedule="gpipe"))
+    assert gpipe.breakdown["bubble"] == pytest.approx(plan.breakdown["bubble"])
+    assert gpipe.memory[0]["activations"] == pytest.approx(plan.memory[0]["activations"] * m / min(m, p))
+    assert gpipe.memory[-1]["activations"] == pytest.approx(
+        plan.memory[-1]["activations"] * m
+    )  # all m in flight
+
+
+def test_interleaved_bubble_is_divided_by_v():
+    cm = model(gpus=4, gb=16)
+    plan = cm.evaluate(Layout(pp=4, vpp=4, micro_batch=1))
+    busy = plan.breakdown["compute"] + plan.breakdown["recompute"] + plan.breakdown["tp"]
+    assert plan.breakdown["bubble"] / busy == pytest.approx(3 / (4 * 16), rel=0.02)
+    plain = cm.evaluate(Layout(pp=4, micro_batch=1))
+    assert plan.breakdown["pp"] > plain.breakdown["pp"]  # v times more transfers
+
+
+def test_breakdown_sums_to_step_and_recompute_costs_time():
+    cm = model(gpus=32, gb=64)
+    none = cm.evaluate(Layout(tp=8, pp=2, dp=2, micro_batch=1, recompute="none"))
+    full = cm.evaluate(Layout(tp=8, pp=2, dp=2, micro_batch=1, recompute="full"))
+    sel = cm.evaluate(Layout(tp=8, pp=2, dp=2, micro_batch=1, recompute="selective"))
+    for plan in (none, full, sel):
+        assert sum(plan.breakdown.values()) == pytest.approx(plan.step_time)
+        assert sum(plan.breakdown_percent.values()) == pytest.approx(100)
+    assert none.breakdown["recompute"] == 0
+    # full recompute repeats the forward: about a third more matmul work, plus its TP collectives
+    assert full.breakdown["recompute"] / full.breakdown["compute"] == pytest.approx(1 / 3, rel=0.15)
+    assert full.breakdown["tp"] == pytest.approx(1.5 * none.breakdown["tp"], rel=0.02)
+    assert 0 < sel.breakdown["recompute"] < 0.1 * full.breakdown["recompute"]
+    assert none.step_time < sel.step_time < full.step_time
+    assert none.peak_memory == sel.peak_memory > full.peak_memory  # flash keeps no s^2 tensors to drop
+    unfused = model(gpus=32, gb=64, software="megatron")
+    mem = {
+        rc: unfused.evaluate(Layout(tp=8, pp=2, dp=2, recompute=rc)).peak_memory
+        for rc in ("none", "selective")
+    }
+    assert mem["none"] > mem["selective"]
+
+
+def test_ring_collectives():
+    assert ring_time("all_reduce", 1e9, 8, 100e9) == pytest.approx(2 * 7 / 8 * 0.01 + COLLECTIVE_LATENCY_S)
+    assert ring_time("all_gather", 1e9, 4, 100e9) == pytest.approx(3 / 4 * 0.01 + COLLECTIVE_LATENCY_S)
+    assert ring_time("all_reduce", 1e9, 1, 100e9) == 0.0
+
+
+def test_tp_across_nodes_uses_the_slow_link():
+    cm = model(gpus=16, gb=16)
+    assert cm.bus_bandwidth(8) > 5 * cm.bus_bandwidth(16)
+
+
+def test_small_per_device_matrices_run_further_from_peak():
+    cm = model()
+    rate = lambda m, k, n: 2 * m * k * n / cm.gemm_time(m, k, n)  # noqa: E731
+    big = rate(8192, 8192, 8192)
+    assert big == pytest.approx(cm.gemm_rate)
+    assert rate(8192, 8192, 32) < 0.3 * big  # skinny: memory-bound on the roofline
+    assert rate(64, 4096, 4096) < 0.5 * big  # a small micro-batch: weights dominate the traffic
+
+
+def test_mfu_tokens_and_cost_are_consistent():
+    cfg = get_preset("yuan2-2b")
+    cm = CostModel(cfg, Cluster(get_accelerator("H100-SXM"), 64), Training(384, tokens=1e11))
+    plan = cm.evaluate(Layout(tp=1, pp=1, dp=64, micro_batch=2, zero=1))
+    assert plan.tokens_per_s_per_gpu == pytest.approx(384 * 8192 / plan.step_time / 64)
+    assert 0.2 < plan.mfu < 0.7 and plan.hfu == pytest.approx(plan.mfu)  # no recompute: HFU = MFU
+    assert plan.days == pytest.approx(1e11 / (plan.tokens_per_s_per_gpu * 64) / 86400)
+    assert plan.gpu_hours == pytest.approx(plan.days * 24 * 64)
+
+
+def test_h100_is_faster_than_a100_for_the_same_layout():
+    cfg = get_preset("yuan2-2b")
+    times = {}
+    for gpu in ("A100-80GB", "H100-SXM"):
+        cm = CostModel(cfg, Cluster(get_accelerator(gpu), 64), Training(384))
+        times[gpu] = cm.evaluate(Layout(dp=64, micro_batch=2, zero=1)).step_time
+    assert 1.8 < times["A100-80GB"] / times["H100-SXM"] < 3.5

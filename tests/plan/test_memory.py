@@ -1,0 +1,94 @@
+"""Memory formulas against hand-computed values (Korthikanti et al. 2022; ZeRO; Narayanan et al. 2021)."""
+
+import pytest
+
+from flopwise.hardware import get_accelerator
+from flopwise.models.config import ModelConfig
+from flopwise.plan.cost import CostModel
+from flopwise.plan.memory import in_flight, layer_activation_bytes, model_state_bytes
+from flopwise.plan.spec import Cluster, Layout, Training
+
+# GPT-style layer (GELU 4h MLP, dropout, unfused attention, fp16): Korthikanti's setting
+GPT = ModelConfig(
+    vocab_size=51200,
+    layers=24,
+    hidden=2048,
+    heads=16,
+    kv_heads=16,
+    ffn=8192,
+    seq_len=2048,
+    lfa=False,
+    mlp="gelu",
+)
+MEGATRON = Training(64, precision="fp16", software="megatron")
+S, B, H, A = 2048, 2, 2048, 16
+SBH = S * B * H
+
+
+def act(layout, **kw):
+    return layer_activation_bytes(GPT, MEGATRON, layout, **kw)
+
+
+def test_korthikanti_no_parallelism():  # s b h (34 + 5 a s / h)
+    assert act(Layout(micro_batch=B)) == pytest.approx(SBH * (34 + 5 * A * S / H))
+
+
+def test_korthikanti_tensor_parallel():  # s b h (10 + 24 / t + 5 a s / (h t))
+    t = 8
+    assert act(Layout(tp=t, micro_batch=B)) == pytest.approx(SBH * (10 + 24 / t + 5 * A * S / (H * t)))
+
+
+def test_korthikanti_sequence_parallel_and_selective():
+    t = 4
+    assert act(Layout(tp=t, sequence_parallel=True, micro_batch=B)) == pytest.approx(
+        SBH / t * (34 + 5 * A * S / H)
+    )  # equation 4
+    assert act(Layout(tp=t, sequence_parallel=True, micro_batch=B, recompute="selective")) == pytest.approx(
+        34 * SBH / t
+    )  # equation 6
+
+
+def test_full_recompute_keeps_the_layer_input():
+    assert act(Layout(tp=8, micro_batch=B, recompute="full")) == pytest.approx(2 * SBH)
+    assert act(Layout(tp=8, sequence_parallel=True, micro_batch=B, recompute="full")) == pytest.approx(
+        2 * SBH / 8
+    )
+
+
+def test_flopwise_layer_with_lfa_gqa_swiglu_fp32():
+    cfg = ModelConfig(512, 2, 64, 4, 2, 128, 64, lfa=True)  # h 64, q 64, kv 32, a 4, ffn 128
+    training = Training(8, precision="fp32")
+    # norms 2 x (input + normalised) + QKV and MLP inputs = 6h; LFA 5h; Q,K,V + out-proj input 192;
+    # SwiGLU 4 x ffn; fp32: 4 bytes each; + 3 rstd and 4 log-sum-exp floats
+    per_token = 4 * (6 * 64 + 5 * 64 + 192 + 4 * 128) + 4 * 3 + 4 * 4
+    assert layer_activation_bytes(cfg, training, Layout(micro_batch=3)) == pytest.approx(3 * 64 * per_token)
+
+
+def test_zero_stages():
+    psi, dp = 1e9, 8
+    total = lambda z: sum(model_state_bytes(psi, "bf16", z, dp).values())  # noqa: E731
+    assert total(0) == pytest.approx(16e9)  # 2 + 2 + 12 bytes per parameter
+    assert total(1) == pytest.approx(4e9 + 12e9 / dp)
+    assert total(2) == pytest.approx(2e9 + 14e9 / dp)
+    assert total(3) == pytest.approx(16e9 / dp)
+    assert sum(model_state_bytes(psi, "fp32", 0, 1).values()) == pytest.approx(16e9)  # 4 + 4 + 8
+
+
+def test_in_flight_micro_batches_per_schedule():
+    assert [in_flight(Layout(pp=4), i, 8) for i in range(4)] == [4, 3, 2, 1]  # 1F1B: p - i
+    assert [in_flight(Layout(pp=4), i, 2) for i in range(4)] == [2, 2, 2, 1]  # at most m
+    assert [in_flight(Layout(pp=4, schedule="gpipe"), i, 8) for i in range(4)] == [8] * 4
+    # interleaved, first stage: L (1 + (p - 1) / (p v)) layers = p + (p - 1) / v stages' worth
+    assert in_flight(Layout(pp=4, vpp=2), 0, 8) == pytest.approx(4 + 3 / 2)
+
+
+def test_stage_memory_first_stage_holds_most_activations_last_the_logits():
+    cm = CostModel(GPT, Cluster(get_accelerator("A100-80GB"), 32), MEGATRON)
+    layout = Layout(tp=8, pp=4, dp=1, micro_batch=2, zero=0)
+    stages = [cm.stage_memory(layout, i, 6, 32) for i in range(4)]
+    per_layer = act(layout)
+    assert stages[0]["activations"] == pytest.approx(6 * 4 * per_layer)
+    assert stages[3]["activations"] == pytest.approx(6 * 1 * per_layer)
+    assert stages[3]["logits"] > 0 and stages[0]["logits"] == 0
+    # logits: s b V / t in fp16 plus the fp32 copy of the loss
+    assert stages[3]["logits"] >= S * B * 51200 / 8 * 6

@@ -1,0 +1,75 @@
+import pytest
+
+from flopwise.errors import PlanError
+from flopwise.hardware import get_accelerator
+from flopwise.models.config import ModelConfig, get_preset
+from flopwise.plan.cost import CostModel
+from flopwise.plan.search import balanced_split, search
+from flopwise.plan.spec import Cluster, Layout, Training, parse_layout
+
+A100 = get_accelerator("A100-80GB")
+# reference/yuan2.md's example: 24 layers, h = 6144, 8 stages; the uniform split's first stage needs ~79 GB
+YUAN_EXAMPLE = ModelConfig(135040, 24, 6144, 48, 48, 16384, 5120, lfa=True)
+
+
+def test_search_returns_feasible_plans_fastest_first():
+    res = search(get_preset("yuan2-2b"), Cluster(A100, 64), Training(384), top=5)
+    assert len(res.plans) == 5 and res.feasible >= 5 and res.evaluated >= res.feasible
+    times = [p.step_time for p in res.plans]
+    assert times == sorted(times)
+    for p in res.plans:
+        assert p.fits and p.layout.gpus == 64 and 384 % (p.layout.dp * p.layout.micro_batch) == 0
+        assert sum(p.breakdown.values()) == pytest.approx(p.step_time)
+    # flash attention executes half of the full-sequence attention FLOPs that MFU counts (PaLM convention)
+    assert 0.3 < res.plans[0].mfu < 0.8
+
+
+def test_fixed_fields_are_respected():
+    fixed = parse_layout("tp=8,pp=16,rc=full,sp=1")
+    assert fixed == {"tp": 8, "pp": 16, "recompute": "full", "sequence_parallel": True}
+    res = search(get_preset("yuan2-102b"), Cluster(A100, 1024), Training(1152), fixed)
+    for p in res.plans:
+        assert (p.layout.tp, p.layout.pp, p.layout.dp, p.layout.recompute) == (8, 16, 8, "full")
+        assert p.layout.sequence_parallel
+
+
+def test_balanced_split_moves_layers_off_the_first_and_last_stages():
+    cm = CostModel(YUAN_EXAMPLE, Cluster(A100, 8), Training(64))
+    layout = Layout(pp=8, micro_batch=1)
+    uniform = cm.evaluate(layout)
+    assert not uniform.fits and uniform.memory[0]["total"] > 75e9
+    split = balanced_split(cm, layout, 64)
+    assert split is not None and sum(split) == 24
+    assert split[0] < 3 and split[-1] < 3 and max(split) == 4  # Yuan's shape, e.g. [2,3,3,3,3,4,4,2]
+    assert list(split[1:-1]) == sorted(split[1:-1])
+    plan = cm.evaluate(layout, split)
+    assert plan.fits and plan.memory[0]["total"] < 0.8 * uniform.memory[0]["total"]
+    # the search finds it (and it beats every uniform split that fits)
+    res = search(YUAN_EXAMPLE, Cluster(A100, 8), Training(64), {"pp": 8, "tp": 1, "recompute": "none"})
+    assert res.plans[0].pp_layers == split
+
+
+def test_nothing_fits_explains_the_binding_constraint_and_an_alternative():
+    with pytest.raises(PlanError) as exc:
+        search(get_preset("yuan2-102b"), Cluster(A100, 8), Training(1152))
+    msg = str(exc.value)
+    assert "nothing fits" in msg and "optimizer" in msg and "stage 0" in msg
+    assert "closest feasible alternative: 32 GPUs" in msg  # 102B needs > 1.6 TB of model states
+
+
+def test_more_stages_than_layers():
+    with pytest.raises(PlanError, match="only 24 layers.*closest feasible alternative without pp=32"):
+        search(get_preset("yuan2-2b"), Cluster(A100, 64), Training(384), {"pp": 32})
+
+
+def test_batch_not_divisible():
+    with pytest.raises(PlanError, match="not divisible.*closest feasible alternative"):
+        search(get_preset("yuan2-2b"), Cluster(A100, 64), Training(100), {"dp": 64})
+
+
+def test_full_102b_search_is_fast_enough_to_be_interactive():
+    res = search(get_preset("yuan2-102b"), Cluster(A100, 1024), Training(1152, tokens=1e12))
+    best = res.plans[0]
+    assert res.evaluated > 300 and best.fits
+    assert 10 < best.step_time < 60 and 0.3 < best.mfu < 0.6
+    assert best.days == pytest.approx(1e12 / (best.tokens_per_s_per_gpu * 1024) / 86400)

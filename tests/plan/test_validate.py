@@ -1,0 +1,81 @@
+import pytest
+
+from flopwise.plan.validate import row_inputs, validate_files
+
+FILES = ("megatron_sc21_table1.csv", "korthikanti_2022.csv")
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_validation_accuracy_per_file(published, name):
+    report = validate_files([published / name])
+    summary = report["summary"]
+    assert summary["predicted"] == summary["rows"] >= 9  # every row predicted
+    assert summary["median_abs_error"] <= 0.10, summary
+    assert summary["max_abs_error"] <= 0.20, summary
+
+
+def test_validation_accuracy_all_rows(published):
+    report = validate_files(sorted(published.glob("*.csv")))
+    s = report["summary"]
+    assert s["rows"] == 19 and s["predicted"] == 19
+    assert s["median_abs_error"] <= 0.10 and s["max_abs_error"] <= 0.20
+    for row in report["rows"]:
+        assert row["predicted_s"] > 0 and row["abs_error"] == pytest.approx(abs(row["error"]))
+        assert sum(row["breakdown_percent"].values()) == pytest.approx(100.0)
+
+
+def test_row_inputs_blank_cells_are_left_to_the_search():
+    row = {
+        "source": "Narayanan et al. 2021 (Megatron-LM SC21) Table 1",
+        "model": "x",
+        "layers": "24",
+        "hidden": "2304",
+        "heads": "24",
+        "kv_heads": "",
+        "ffn": "9216",
+        "mlp": "gelu",
+        "vocab": "51200",
+        "seq": "2048",
+        "gpu": "A100-80GB",
+        "gpus": "32",
+        "gpus_per_node": "8",
+        "intra_node_GBps": "300",
+        "inter_node_GBps_per_gpu": "25",
+        "tp": "1",
+        "pp": "",
+        "dp": "",
+        "vpp": "",
+        "cp": "",
+        "zero": "",
+        "sequence_parallel": "",
+        "recompute": "full",
+        "global_batch": "512",
+        "micro_batch": "",
+        "precision": "fp16",
+        "measured_step_s": "3.528",
+    }
+    model, cluster, training, fixed, notes = row_inputs(row)
+    assert fixed == {"tp": 1, "recompute": "full"}
+    assert model.kv_heads == 24 and not model.lfa and model.mlp == "gelu"
+    assert training.software == "megatron" and cluster.gpus == 32
+
+
+def test_vpp_that_cannot_split_the_stage_is_reduced_with_a_note():
+    row = {
+        "source": "Korthikanti et al. 2022",
+        "layers": "128",
+        "hidden": "256",
+        "heads": "4",
+        "ffn": "1024",
+        "vocab": "512",
+        "seq": "128",
+        "gpus": "64",
+        "tp": "1",
+        "pp": "64",
+        "dp": "1",
+        "vpp": "3",
+        "global_batch": "64",
+        "measured_step_s": "1",
+    }
+    _, _, _, fixed, notes = row_inputs(row)
+    assert fixed["vpp"] == 2 and "vpp=3" in notes[0]
