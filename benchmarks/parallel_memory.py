@@ -1,8 +1,8 @@
 """Per-rank memory of each parallel layout on CPU (gloo): model state and activations, measured.
 
 Model state = bytes of this rank's parameters + gradients + optimizer state (local shards) after one
-step. Activations = peak bytes of tensors saved for backward during one training step (packed minus
-unpacked, via torch.autograd.graph.saved_tensors_hooks), the figure pipeline schedules change.
+step. Activations = peak bytes of tensors saved for backward during one training step, per storage,
+parameters excluded (flopwise.parallel.memory_probe), the figure pipeline schedules change.
 
     python benchmarks/parallel_memory.py [--json results.json]
 """
@@ -41,40 +41,17 @@ LAYOUTS = {
 }
 
 
-def _bytes(t) -> int:
-    t = t.to_local() if hasattr(t, "to_local") else t
-    return t.numel() * t.element_size()
-
-
 def _measure(job, shards):
     from flopwise.data.loader import TokenLoader
     from flopwise.data.shards import TokenShards
+    from flopwise.parallel.memory_probe import measure_step_memory
     from flopwise.train.engine import build_engine
 
     engine = build_engine(job)
     loader = TokenLoader(TokenShards(shards), job.seq_len, job.train.global_batch, 0, engine.data_rank, engine.data_world)
-    x, y = loader.next_batch()
-    live, peak = [0], [0]
-
-    def pack(t):
-        live[0] += _bytes(t)
-        peak[0] = max(peak[0], live[0])
-        return t
-
-    def unpack(t):
-        live[0] -= _bytes(t)
-        return t
-
-    engine.forward_backward(x, y)  # warm-up step: optimizer state exists afterwards
-    engine.clip_and_step(1e-3)
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        engine.forward_backward(x, y)
-    params = [p for _, p in engine.named] if hasattr(engine, "named") else list(engine.model.parameters())
-    state = sum(_bytes(p) for p in params) + sum(_bytes(p.grad) for p in params if p.grad is not None)
-    state += sum(_bytes(v) for s in engine.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim())
-    split = getattr(engine, "split", None)
-    return {"model_state_bytes": state, "activation_peak_bytes": peak[0], "split": split,
-            "stages": getattr(engine, "stage_ids", [0])}
+    result = measure_step_memory(engine, *loader.next_batch())
+    result.update(split=getattr(engine, "split", None), stages=getattr(engine, "stage_ids", [0]))
+    return result
 
 
 def _worker(rank, world, port, overrides, shards, out):
