@@ -33,7 +33,9 @@ def main() -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     if cfg["netns"] and os.geteuid() == 0:
         if libc.unshare(CLONE_NEWNET) != 0:
-            print("sandbox: network namespace unavailable; sockets blocked by the audit hook", file=sys.stderr)
+            print(
+                "sandbox: network namespace unavailable; sockets blocked by the audit hook", file=sys.stderr
+            )
     lim = cfg["limits"]
     for res, value in (
         (resource.RLIMIT_CPU, lim["cpu_s"]),
@@ -64,16 +66,35 @@ def main() -> int:
             path, mode, flags = args
             if isinstance(path, int):
                 return
-            writing = (mode and any(c in mode for c in "wax+")) or (flags or 0) & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+            writing = (mode and any(c in mode for c in "wax+")) or (flags or 0) & (
+                os.O_WRONLY | os.O_RDWR | os.O_CREAT
+            )
             if writing and not inside(path):
                 raise SandboxViolation(f"sandbox: write outside the working directory: {path}")
-        elif event in ("os.remove", "os.rmdir", "os.rename", "os.chmod", "os.chown", "os.mkdir", "os.symlink",
-                       "os.link", "os.truncate", "os.utime", "shutil.rmtree"):
+        elif event in (
+            "os.remove",
+            "os.rmdir",
+            "os.rename",
+            "os.chmod",
+            "os.chown",
+            "os.mkdir",
+            "os.symlink",
+            "os.link",
+            "os.truncate",
+            "os.utime",
+            "shutil.rmtree",
+        ):
             for a in args:
                 if isinstance(a, str | bytes | os.PathLike) and not inside(a):
                     raise SandboxViolation(f"sandbox: {event} outside the working directory: {a}")
-        elif event.startswith("socket.") or event in ("os.kill", "os.killpg", "signal.pthread_kill",
-                                                      "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata"):
+        elif event.startswith("socket.") or event in (
+            "os.kill",
+            "os.killpg",
+            "signal.pthread_kill",
+            "ctypes.dlopen",
+            "ctypes.dlsym",
+            "ctypes.cdata",
+        ):
             raise SandboxViolation(f"sandbox: {event} is not allowed")
 
     sys.addaudithook(hook)

@@ -147,7 +147,9 @@ class PipelineConfig:
         stages = []
         for i, st in enumerate(data.get("stages", [])):
             if not isinstance(st, dict) or "type" not in st:
-                raise ConfigError(f"stages[{i}]: each [[stages]] table needs a type (one of {', '.join(STAGE_TYPES)})")
+                raise ConfigError(
+                    f"stages[{i}]: each [[stages]] table needs a type (one of {', '.join(STAGE_TYPES)})"
+                )
             params = {k: v for k, v in st.items() if k != "type"}
             cfg = StageConfig(str(st["type"]), params)
             build_stage(cfg, f"stages[{i}]")  # validates type and parameters now, not mid-run
@@ -217,7 +219,7 @@ def _build(cls, where: str, data: dict):
 
 
 def coerce(name: str, value, type_name: str):
-    """Check `value` against a dataclass field's annotation (a string under `from __future__ import annotations`)."""
+    """Check `value` against a dataclass field's annotation (a string: annotations are postponed)."""
     t = str(type_name)
     if t.startswith("list"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -37,7 +37,14 @@ import numpy as np
 import flopwise
 from flopwise.atomic import atomic_path, atomic_write_json, atomic_write_text
 from flopwise.data.config import PipelineConfig, StageConfig
-from flopwise.data.shards import MANIFEST, ShardManifest, ShardWriter, read_manifest, sha256_file, write_manifest
+from flopwise.data.shards import (
+    MANIFEST,
+    ShardManifest,
+    ShardWriter,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from flopwise.data.sources import SourceReport, WorkUnit, fingerprint, plan_units, read_unit, text_bytes
 from flopwise.data.stages import DedupStage, StageStats, build_stage
 from flopwise.errors import DataError
@@ -209,8 +216,12 @@ def map_unit(task: dict) -> dict:
             np.save(fh, arr)
             np.save(fh, present)
     stats = {names[first + i]: st.stats.to_json() for i, st in enumerate(stages)}
-    done = {"unit": unit.index, "docs_out": n_out, "source": report.to_json() if task["seg"] == 0 else None,
-            "stages": stats}
+    done = {
+        "unit": unit.index,
+        "docs_out": n_out,
+        "source": report.to_json() if task["seg"] == 0 else None,
+        "stages": stats,
+    }
     atomic_write_json(task["marker"], done)
     return {"unit": unit.index}
 
@@ -218,7 +229,6 @@ def map_unit(task: dict) -> dict:
 def tokenize_unit(task: dict) -> dict:
     """Tokenize one unit's final documents into <unit>.train.bin / .eval.bin, then the marker."""
     import xxhash
-    from tokenizers import Tokenizer
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cfg = _load_config(task["config"], task["base_dir"])
@@ -277,7 +287,9 @@ def _tokenizer(path: str):
 # ---------------------------------------------------------------- executors
 
 
-def _run_tasks(fn, tasks: list[dict], phase: str, workers: int, ray_address: str | None, progress: Progress | None):
+def _run_tasks(
+    fn, tasks: list[dict], phase: str, workers: int, ray_address: str | None, progress: Progress | None
+):
     total = len(tasks)
     if progress:
         progress(phase, 0, total)
@@ -338,11 +350,17 @@ def run_pipeline(
         return result
     work = root / "work"
     work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / "key.json", {
-        "key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "code_version": code_version(),
-        "config_hash": config_hash(cfg), "sources": [str(cfg.resolve(s.path)) for s in cfg.sources],
-        "units": len(units),
-    })
+    atomic_write_json(
+        root / "key.json",
+        {
+            "key": key,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "code_version": code_version(),
+            "config_hash": config_hash(cfg),
+            "sources": [str(cfg.resolve(s.path)) for s in cfg.sources],
+            "units": len(units),
+        },
+    )
     cfg_json = json.dumps(cfg.to_dict())
     base = str(cfg.base_dir)
     names = _stage_names(cfg.stages)
@@ -359,11 +377,19 @@ def run_pipeline(
             marker = seg_dir / f"u{u.index:06d}.done.json"
             if marker.is_file():
                 continue
-            tasks.append({
-                "config": cfg_json, "base_dir": base, "seg": k, "stage_offset": offset, "unit": u.to_json(),
-                "input": seg_inputs[u.index], "dropped": dropped_file,
-                "output": str(seg_dir / f"u{u.index:06d}.jsonl"), "marker": str(marker),
-            })
+            tasks.append(
+                {
+                    "config": cfg_json,
+                    "base_dir": base,
+                    "seg": k,
+                    "stage_offset": offset,
+                    "unit": u.to_json(),
+                    "input": seg_inputs[u.index],
+                    "dropped": dropped_file,
+                    "output": str(seg_dir / f"u{u.index:06d}.jsonl"),
+                    "marker": str(marker),
+                }
+            )
         label = ", ".join(names[offset : offset + len(per_doc)]) or "read"
         _run_tasks(map_unit, tasks, f"{label}", workers, ray_address, progress)
         seg_inputs = [str(seg_dir / f"u{u.index:06d}.jsonl") for u in units]
@@ -371,7 +397,9 @@ def run_pipeline(
         if barriers:
             dfile = seg_dir / "dedup.json"
             if not dfile.is_file():
-                _reduce(cfg, barriers, names[offset : offset + len(barriers)], units, seg_dir, dfile, progress)
+                _reduce(
+                    cfg, barriers, names[offset : offset + len(barriers)], units, seg_dir, dfile, progress
+                )
             barrier_stats.update(json.loads(dfile.read_text())["stats"])
             dropped_file = str(dfile)
             offset += len(barriers)
@@ -388,9 +416,18 @@ def run_pipeline(
     for u in units:
         marker = tok_dir / f"u{u.index:06d}.done.json"
         if not marker.is_file():
-            tasks.append({"config": cfg_json, "base_dir": base, "unit": u.to_json(), "tokenizer": str(tok_path),
-                          "input": final_inputs[u.index], "dropped": final_dropped,
-                          "output": str(tok_dir / f"u{u.index:06d}"), "marker": str(marker)})
+            tasks.append(
+                {
+                    "config": cfg_json,
+                    "base_dir": base,
+                    "unit": u.to_json(),
+                    "tokenizer": str(tok_path),
+                    "input": final_inputs[u.index],
+                    "dropped": final_dropped,
+                    "output": str(tok_dir / f"u{u.index:06d}"),
+                    "marker": str(marker),
+                }
+            )
     _run_tasks(tokenize_unit, tasks, "tokenize", workers, ray_address, progress)
 
     report = _collect(cfg, units, work, segments, names, barrier_stats, tok_dir)
@@ -408,7 +445,9 @@ def _reduce(cfg, barriers, names, units, seg_dir: Path, dfile: Path, progress: P
         if progress:
             progress(name, 0, len(units))
 
-        def items(j=j, b=b):
+        st = StageStats()
+
+        def items(j=j, st=st, name=name):
             for i, u in enumerate(units):
                 base = seg_dir / f"u{u.index:06d}.jsonl"
                 with open(f"{base}.sig{j}.npy", "rb") as fh:
@@ -427,7 +466,6 @@ def _reduce(cfg, barriers, names, units, seg_dir: Path, dfile: Path, progress: P
                 if progress:
                     progress(name, i + 1, len(units))
 
-        st = StageStats()
         new = b.reduce(items())
         st.docs_out = st.docs_in - len(new)
         reason = "exact_duplicate" if b.type == "exact_dedup" else "near_duplicate"
@@ -437,7 +475,9 @@ def _reduce(cfg, barriers, names, units, seg_dir: Path, dfile: Path, progress: P
             clusters.setdefault(kept, []).append(d)
         st.extra = {
             "clusters": len(clusters),
-            "examples": [{"kept": k, "removed": v[:5], "size": len(v) + 1} for k, v in list(clusters.items())[:20]],
+            "examples": [
+                {"kept": k, "removed": v[:5], "size": len(v) + 1} for k, v in list(clusters.items())[:20]
+            ],
         }
         dropped.update(new)
         stats[name] = st.to_json()
@@ -454,7 +494,9 @@ def _iter_final(inputs: list[str], dropped_file: str):
                     yield doc
 
 
-def _make_tokenizer(cfg: PipelineConfig, units, inputs, dropped_file, out: Path, progress: Progress | None) -> None:
+def _make_tokenizer(
+    cfg: PipelineConfig, units, inputs, dropped_file, out: Path, progress: Progress | None
+) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tc = cfg.tokenizer
@@ -524,14 +566,40 @@ def _collect(cfg, units, work: Path, segments, names, barrier_stats, tok_dir: Pa
             counts[split] = [a + b for a, b in zip(counts[split], c[split], strict=True)]
     docs_tok = counts["train"][0] + counts["eval"][0]
     bytes_tok = counts["train"][2] + counts["eval"][2]
-    rows = [{"stage": "read", "docs_in": None, "docs_out": source.docs, "bytes_in": None,
-             "bytes_out": source.bytes, "tokens_out": None, "drops": dict(source.problems)}]
+    rows = [
+        {
+            "stage": "read",
+            "docs_in": None,
+            "docs_out": source.docs,
+            "bytes_in": None,
+            "bytes_out": source.bytes,
+            "tokens_out": None,
+            "drops": dict(source.problems),
+        }
+    ]
     for n in names:
-        rows.append({"stage": n, **stage_stats[n].to_json(), "tokens_out": None})
-    rows.append({"stage": "tokenize", "docs_in": docs_tok, "docs_out": docs_tok, "bytes_in": bytes_tok,
-                 "bytes_out": bytes_tok, "tokens_out": counts["train"][1] + counts["eval"][1], "drops": {},
-                 "extra": {"train": counts["train"][:2], "eval": counts["eval"][:2]}})
-    return {"stages": rows, "source_problems": dict(source.problems), "events": source.events, "counts": counts}
+        row = {"stage": n, **stage_stats[n].to_json(), "tokens_out": None}
+        if n in barrier_stats:  # a dedup reduce reads signatures, not text
+            row["bytes_in"] = row["bytes_out"] = None
+        rows.append(row)
+    rows.append(
+        {
+            "stage": "tokenize",
+            "docs_in": docs_tok,
+            "docs_out": docs_tok,
+            "bytes_in": bytes_tok,
+            "bytes_out": bytes_tok,
+            "tokens_out": counts["train"][1] + counts["eval"][1],
+            "drops": {},
+            "extra": {"train": counts["train"][:2], "eval": counts["eval"][:2]},
+        }
+    )
+    return {
+        "stages": rows,
+        "source_problems": dict(source.problems),
+        "events": source.events,
+        "counts": counts,
+    }
 
 
 def _pack(cfg, units, tok_path: Path, tok_dir: Path, shards: Path, report: dict, key: str, progress) -> None:
@@ -555,7 +623,9 @@ def _pack(cfg, units, tok_path: Path, tok_dir: Path, shards: Path, report: dict,
             progress("pack", i + 1, len(units))
     splits = {s: w.close() for s, w in writers.items()}
     if splits["train"].tokens == 0:
-        raise DataError("no documents survived the pipeline: nothing to write (see the per-stage drop reasons)")
+        raise DataError(
+            "no documents survived the pipeline: nothing to write (see the per-stage drop reasons)"
+        )
     manifest = ShardManifest(
         vocab_size=vocab,
         eod_id=eod,
@@ -577,7 +647,9 @@ def _pack(cfg, units, tok_path: Path, tok_dir: Path, shards: Path, report: dict,
     write_manifest(shards, manifest)  # last: its presence marks the directory complete
 
 
-def _result_from_manifest(cfg, shards: Path, root: Path, key: str, cached: bool, seconds: float) -> PipelineResult:
+def _result_from_manifest(
+    cfg, shards: Path, root: Path, key: str, cached: bool, seconds: float
+) -> PipelineResult:
     m = read_manifest(shards)
     p = m.extra.get("pipeline", {})
     return PipelineResult(
@@ -636,8 +708,16 @@ def cache_entries(cache_dir: str | Path) -> list[dict]:
         except ValueError:
             info = {}
         size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
-        out.append({"key": d.name, "complete": (d / "shards" / MANIFEST).is_file(), "bytes": size,
-                    "created": info.get("created"), "sources": info.get("sources", []), "path": str(d)})
+        out.append(
+            {
+                "key": d.name,
+                "complete": (d / "shards" / MANIFEST).is_file(),
+                "bytes": size,
+                "created": info.get("created"),
+                "sources": info.get("sources", []),
+                "path": str(d),
+            }
+        )
     return out
 
 

@@ -22,16 +22,29 @@ def stdlib_demo_config(
     stdlib = sysconfig.get_paths()["stdlib"]
     stages: list[dict] = [
         {"type": "normalize"},
-        {"type": "code_quality", "generated_markers": ["generated"], "marker_chars": 400,
-         "max_line_length": 2000, "max_mean_line_length": 200.0},
+        {
+            "type": "code_quality",
+            "generated_markers": ["generated"],
+            "marker_chars": 400,
+            "max_line_length": 2000,
+            "max_mean_line_length": 200.0,
+        },
     ]
     if dedup:
         stages += [{"type": "exact_dedup"}, {"type": "near_dedup", "threshold": 0.9}]
     return PipelineConfig.from_dict(
         {
-            "sources": [{"type": "files", "name": "stdlib", "path": stdlib, "glob": "**/*.py",
-                         "exclude": ["site-packages", "dist-packages"], "encoding_errors": "skip",
-                         "files_per_unit": 128}],
+            "sources": [
+                {
+                    "type": "files",
+                    "name": "stdlib",
+                    "path": stdlib,
+                    "glob": "**/*.py",
+                    "exclude": ["site-packages", "dist-packages"],
+                    "encoding_errors": "skip",
+                    "files_per_unit": 128,
+                }
+            ],
             "stages": stages,
             "tokenizer": {"vocab_size": vocab_size},
             "output": {"dir": str(out_dir), "eval_fraction": eval_fraction},

@@ -83,16 +83,26 @@ def _give_slot(slot: int) -> None:
 @functools.cache
 def sandbox_python() -> str:
     """An interpreter an unprivileged uid can execute (ours may live under root's home, mode 700)."""
-    candidates = [os.path.realpath(sys.executable), getattr(sys, "_base_executable", ""), "/usr/bin/python3",
-                  "/usr/local/bin/python3"]
+    candidates = [
+        os.path.realpath(sys.executable),
+        getattr(sys, "_base_executable", ""),
+        "/usr/bin/python3",
+        "/usr/local/bin/python3",
+    ]
     if os.geteuid() != 0:
         return candidates[0]
     for c in candidates:
         if not c or not os.path.isfile(c):
             continue
         probe = subprocess.run(
-            [c, "-I", "-S", "-c", "import os,doctest,unittest,ctypes,resource;os.setgid(65534);os.setuid(65534);"
-             "import json,math,re,collections,itertools,functools,string"],
+            [
+                c,
+                "-I",
+                "-S",
+                "-c",
+                "import os,doctest,unittest,ctypes,resource;os.setgid(65534);os.setuid(65534);"
+                "import json,math,re,collections,itertools,functools,string",
+            ],
             capture_output=True,
             timeout=30,
         )
@@ -124,7 +134,9 @@ def _kill_uid(uid: int) -> None:
         time.sleep(0.02)
 
 
-def run_sandboxed(code: str, tests: str = "", *, mode: str = "tests", limits: SandboxLimits | None = None) -> SandboxResult:
+def run_sandboxed(
+    code: str, tests: str = "", *, mode: str = "tests", limits: SandboxLimits | None = None
+) -> SandboxResult:
     """Run `code` then `tests` (asserts, test_* functions or unittest cases), or with mode="doctest" the
     doctests in `code`. Returns passed / failed / timeout / crashed / resource_limit / sandbox_violation."""
     limits = limits or SandboxLimits()
@@ -158,8 +170,13 @@ def run_sandboxed(code: str, tests: str = "", *, mode: str = "tests", limits: Sa
         if drop:
             for p in (work, work / "code.py", work / "tests.py"):
                 os.chown(p, uid, uid)
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",
-               "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(work),
+            "TMPDIR": str(work),
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
         with open(outer / "output.txt", "wb") as out:
             proc = subprocess.Popen(
                 [python, "-I", "-S", str(RUNNER), str(outer / "config.json")],
@@ -218,7 +235,13 @@ def network_namespace_available() -> bool:
     if os.geteuid() != 0:
         return False
     r = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", "import ctypes,sys;sys.exit(ctypes.CDLL(None).unshare(0x40000000)!=0)"],
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            "import ctypes,sys;sys.exit(ctypes.CDLL(None).unshare(0x40000000)!=0)",
+        ],
         capture_output=True,
     )
     return r.returncode == 0

@@ -61,7 +61,12 @@ class SourceReport:
         log.debug("%s: %s:%s %s", kind, file, line, detail)
 
     def to_json(self) -> dict:
-        return {"docs": self.docs, "bytes": self.bytes, "problems": dict(self.problems), "events": self.events}
+        return {
+            "docs": self.docs,
+            "bytes": self.bytes,
+            "problems": dict(self.problems),
+            "events": self.events,
+        }
 
 
 def text_bytes(text: str) -> int:
@@ -118,7 +123,9 @@ def plan_units(cfg: PipelineConfig) -> list[WorkUnit]:
             path = cfg.resolve(src.path)
             rows = len(_load_hf(path, src))
             for start in range(0, rows, src.rows_per_unit):
-                units.append(WorkUnit(len(units), si, [str(path)], start, min(start + src.rows_per_unit, rows)))
+                units.append(
+                    WorkUnit(len(units), si, [str(path)], start, min(start + src.rows_per_unit, rows))
+                )
     if not units:
         raise DataError("no input: the sources matched no files")
     return units
@@ -167,7 +174,9 @@ def _load_hf(path: Path, src: SourceConfig):
             raise DataError(f"source {src.name}: {path} has no split {src.split!r} (have: {', '.join(ds)})")
         ds = ds[src.split]
     if src.text_field not in ds.column_names:
-        raise DataError(f"source {src.name}: {path} has no column {src.text_field!r} (have: {ds.column_names})")
+        raise DataError(
+            f"source {src.name}: {path} has no column {src.text_field!r} (have: {ds.column_names})"
+        )
     return ds
 
 
@@ -183,7 +192,9 @@ def _decode(data: bytes, src: SourceConfig, report: SourceReport, file: str, lin
 
 def read_unit(cfg: PipelineConfig, unit: WorkUnit, report: SourceReport) -> Iterator[dict]:
     src = cfg.sources[unit.source]
-    reader = {"files": _read_files, "jsonl": _read_jsonl, "parquet": _read_parquet, "hf_disk": _read_hf}[src.type]
+    reader = {"files": _read_files, "jsonl": _read_jsonl, "parquet": _read_parquet, "hf_disk": _read_hf}[
+        src.type
+    ]
     for doc in reader(cfg, src, unit, report):
         report.docs += 1
         report.bytes += text_bytes(doc["text"])
@@ -324,7 +335,9 @@ def _read_parquet(cfg, src: SourceConfig, unit: WorkUnit, report: SourceReport) 
                 row += 1
                 text = obj.get(src.text_field)
                 if isinstance(text, str) and len(text) > cfg.run.max_doc_bytes:
-                    report.problem("too_large", f, where, f"longer than max_doc_bytes {cfg.run.max_doc_bytes}")
+                    report.problem(
+                        "too_large", f, where, f"longer than max_doc_bytes {cfg.run.max_doc_bytes}"
+                    )
                     continue
                 doc = _record(src, obj, f"{src.name}:{Path(f).name}:{unit.start}:{row - 1}", report, f, where)
                 if doc is not None:
@@ -345,7 +358,9 @@ def _read_hf(cfg, src: SourceConfig, unit: WorkUnit, report: SourceReport) -> It
             obj = {c: batch[c][i] for c in cols}
             text = obj.get(src.text_field)
             if isinstance(text, str) and len(text) > cfg.run.max_doc_bytes:
-                report.problem("too_large", f, start + i, f"longer than max_doc_bytes {cfg.run.max_doc_bytes}")
+                report.problem(
+                    "too_large", f, start + i, f"longer than max_doc_bytes {cfg.run.max_doc_bytes}"
+                )
                 continue
             doc = _record(src, obj, f"{src.name}:{start + i}", report, f, start + i)
             if doc is not None:

@@ -467,7 +467,9 @@ class ExactDedup(DedupStage):
     def signature(self, doc):
         import xxhash
 
-        return np.frombuffer(xxhash.xxh3_128_digest(doc["text"].encode("utf-8", "surrogatepass")), dtype="V16")[0]
+        return np.frombuffer(
+            xxhash.xxh3_128_digest(doc["text"].encode("utf-8", "surrogatepass")), dtype="V16"
+        )[0]
 
     def reduce(self, items):
         first: dict[bytes, str] = {}
@@ -545,7 +547,17 @@ class NearDedup(DedupStage):
 
 STAGE_TYPES: dict[str, type[Stage]] = {
     cls.type: cls
-    for cls in (Normalize, Length, GopherQuality, GopherRepetition, C4, CodeQuality, PII, ExactDedup, NearDedup)
+    for cls in (
+        Normalize,
+        Length,
+        GopherQuality,
+        GopherRepetition,
+        C4,
+        CodeQuality,
+        PII,
+        ExactDedup,
+        NearDedup,
+    )
 }
 
 
@@ -573,12 +585,16 @@ def build_stage(cfg: StageConfig, where: str = "stage") -> Stage:
     for k, v in params.items():
         d = cls.defaults[k]
         ok = (
-            isinstance(v, bool) if isinstance(d, bool)
-            else (isinstance(v, int | float) and not isinstance(v, bool)) if isinstance(d, int | float)
+            isinstance(v, bool)
+            if isinstance(d, bool)
+            else (isinstance(v, int | float) and not isinstance(v, bool))
+            if isinstance(d, int | float)
             else isinstance(v, type(d))
         )
         if not ok:
-            raise ConfigError(f"{where}.{k} = {v!r}: must be of type {type(d).__name__} like the default {d!r}")
+            raise ConfigError(
+                f"{where}.{k} = {v!r}: must be of type {type(d).__name__} like the default {d!r}"
+            )
     try:
         return cls(name, only, **params)
     except TypeError as exc:

@@ -74,7 +74,10 @@ class VerifyCode(Stage):
         if jobs:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=int(self.p["parallel"]))
-            futures = {i: self._pool.submit(run_sandboxed, c, t, mode=m, limits=self.limits) for i, (c, t, m) in jobs.items()}
+            futures = {
+                i: self._pool.submit(run_sandboxed, c, t, mode=m, limits=self.limits)
+                for i, (c, t, m) in jobs.items()
+            }
             results = {i: f.result() for i, f in futures.items()}
         else:
             results = {}
