@@ -121,13 +121,13 @@ def _kill_uid(uid: int) -> None:
                 continue
             try:
                 with open(f"/proc/{d}/status") as fh:
-                    for line in fh:
-                        if line.startswith("Uid:"):
-                            if int(line.split()[1]) == uid:
-                                found = True
-                                os.kill(int(d), signal.SIGKILL)
-                            break
-            except (OSError, ValueError):
+                    status = fh.read()
+                state = status.split("\nState:", 1)[1].split()[0]
+                owner = int(status.split("\nUid:", 1)[1].split()[0])
+                if owner == uid and state not in ("Z", "X"):  # zombies are dead, awaiting their reaper
+                    found = True
+                    os.kill(int(d), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
                 continue
         if not found:
             return
