@@ -339,7 +339,7 @@ def run_pipeline(
     workers = workers or os.cpu_count() or 1
     units = plan_units(cfg)
     key = cache_key(cfg, units)
-    root = cfg.run.resolved_cache_dir() / key
+    root = cfg.resolve(str(cfg.run.resolved_cache_dir())) / key
     shards = root / "shards"
     if force and root.exists():
         shutil.rmtree(root)
@@ -349,6 +349,10 @@ def run_pipeline(
         result.shard_dir = _materialise(cfg, shards)
         return result
     work = root / "work"
+    if work.is_dir():  # resuming: temporary files of a killed run are never completed, remove them
+        for stale in list(root.rglob(".*.tmp")):
+            stale.unlink(missing_ok=True)
+        log.info("resuming the unfinished run in %s", root)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         root / "key.json",
