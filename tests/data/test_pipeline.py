@@ -231,7 +231,8 @@ def test_ray_runs_the_same_pipeline(prose_corpus, tmp_path):
     assert not r.cached and r.key == local.key
     for split in ("train", "eval"):
         assert documents(r.shard_dir, split) == documents(local.shard_dir, split)
-    assert ("tokenize", 3, 3) in [(p, d, t) for p, d, t in phases if p == "tokenize"][-1:]
+    last = [(d, t) for p, d, t in phases if p == "tokenize"][-1]
+    assert last[0] == last[1] > 1
 
 
 @pytest.mark.slow
