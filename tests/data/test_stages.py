@@ -19,7 +19,7 @@ def run(st, texts, ids=None):
 
 def test_normalize_nfc_mojibake_and_control_characters():
     st = stage("normalize")
-    out, drops = run(st, ["cafe\u0301", "The Mona Lisa doesnâ€™t have eyebrows.", "a\x00b\x1bc\td\n", "\x00\x01"])
+    out, drops = run(st, ["cafe\u0301", "The Mona Lisa doesnâ€™t have eyebrows.", "a\x00b\x1bc\td\r\n", "\x00\x01"])
     assert out == ["caf\u00e9", "The Mona Lisa doesn't have eyebrows.", "abc\td\n"]
     assert drops == {"empty_after_normalize": 1}
 
@@ -73,7 +73,6 @@ def test_pii_placeholders():
 
 
 def test_minhash_matches_datasketch_and_near_dedup_clusters():
-    import xxhash
     from datasketch import MinHash
 
     nd = stage("near_dedup", threshold=0.7, num_perm=64, ngram=3)
@@ -82,8 +81,10 @@ def test_minhash_matches_datasketch_and_near_dedup_clusters():
     doc = {"id": "s0:x", "text": texts[0]}
     ours = nd.signature(doc)
     words = texts[0].lower().split()
-    ref = MinHash(num_perm=64, seed=1, hashfunc=xxhash.xxh32_intdigest, scheme="legacy")
-    ref.update_batch([" ".join(words[i : i + 3]).encode() for i in range(len(words) - 2)])
+    shingles = nd.shingle_hashes(texts[0])
+    assert len(shingles) == len({" ".join(words[i : i + 3]) for i in range(len(words) - 2)})
+    ref = MinHash(num_perm=64, seed=1, hashfunc=int, scheme="legacy")
+    ref.update_batch(shingles.tolist())
     assert np.array_equal(ours, ref.hashvalues.astype(np.uint32))
 
     near = texts[5].split()
@@ -102,3 +103,38 @@ def test_only_sources_restricts_a_stage():
     out, drops = run(cq, ["!!!!!!!!!!!!", "!!!!!!!!!!!!"], ids=["prose:1", "code:1"])
     assert out == ["!!!!!!!!!!!!"]
     assert drops == {"code_alnum_fraction": 1}
+
+
+def test_vectorised_duplicate_ngrams_match_the_reference_scan():
+    from flopwise.data.stages import _TOKENS, _dup_ngrams
+
+    def reference(words, n):
+        seen, repeated, i = set(), 0, 0
+        while i < len(words) - n + 1:
+            g = tuple(words[i : i + n])
+            if g in seen:
+                repeated += sum(map(len, g))
+                i += n
+            else:
+                seen.add(g)
+                i += 1
+        return repeated
+
+    rng = random.Random(3)
+    for trial in range(200):
+        vocab = ["a", "bb", "ccc", "dd", "e", ",", "."][: rng.randint(2, 7)]
+        words = [rng.choice(vocab) for _ in range(rng.randint(5, 80))]
+        text = " ".join(words)
+        words = _TOKENS.findall(text)
+        for n in range(5, 11):
+            limit = rng.choice([0.0, 0.1, 0.3])
+            want = f"gopher_dup_{n}gram" if reference(words, n) / len(text) > limit else None
+            assert _dup_ngrams(words, {str(n): limit}, len(text)) == want, (trial, n)
+
+
+def test_alpha_word_fraction_matches_a_per_word_check():
+    from flopwise.data.stages import _NO_LETTER_WORD
+
+    for text in ["a 12 b3 -- ,x _ __init__ 3.14 é 42% (1)", "  ", "x", "9 9 9 word"]:
+        words = text.split()
+        assert len(_NO_LETTER_WORD.findall(text)) == sum(not any(c.isalpha() for c in w) for w in words), text

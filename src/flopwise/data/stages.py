@@ -140,6 +140,8 @@ class Normalize(Stage):
             if self.p["nfc"]:
                 text = unicodedata.normalize("NFC", text)
         if self.p["strip_control"]:
+            if "\r" in text:  # as ftfy's fix_line_breaks: CRLF and CR become LF
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
             text = text.translate(_CONTROL)
         if not text.strip():
             return "empty_after_normalize"
@@ -218,15 +220,27 @@ class GopherQuality(Stage):
             ends = sum(ln.rstrip().endswith(("...", "…")) for ln in lines)
             if ends / len(lines) > p["max_ellipsis_lines"]:
                 return "gopher_ellipsis_lines"
-        if sum(any(c.isalpha() for c in w) for w in words) / n < p["min_alpha_words"]:
+        if 1 - len(_NO_LETTER_WORD.findall(text)) / n < p["min_alpha_words"]:
             return "gopher_alpha_words"
-        if p["min_stop_words"] and sum(w.lower() in STOP_WORDS for w in words) < p["min_stop_words"]:
-            return "gopher_stop_words"
+        if p["min_stop_words"]:
+            found = 0
+            for w in words:
+                if w in STOP_WORDS or w.lower() in STOP_WORDS:
+                    found += 1
+                    if found >= p["min_stop_words"]:
+                        break
+            else:
+                return "gopher_stop_words"
         return None
 
 
+_NO_LETTER_WORD = re.compile(r"(?<!\S)(?:[^\w\s]|[\d_])+(?!\S)")  # a whitespace-separated word without a letter
+
+
 class GopherRepetition(Stage):
-    """Rae et al. 2021 (Gopher), table A1: repeated lines, paragraphs and n-grams."""
+    """Rae et al. 2021 (Gopher), table A1: repeated lines, paragraphs and n-grams. Fractions are of the
+    document's characters; words are runs of word characters or of punctuation (as an English word
+    tokenizer splits them), n-grams are counted as in the paper's reference implementations."""
 
     type = "gopher_repetition"
     defaults = {
@@ -253,50 +267,78 @@ class GopherRepetition(Stage):
     def apply(self, doc):
         p = self.p
         text = doc["text"]
-        total = max(len(text), 1)
-        paras = [x for x in re.split(r"\n{2,}", text.strip()) if x]
-        if paras:
-            d, dc = self._dups(paras)
-            if d / len(paras) > p["max_dup_para_frac"]:
-                return "gopher_dup_paragraphs"
-            if dc / total > p["max_dup_para_char_frac"]:
-                return "gopher_dup_paragraph_chars"
-        lines = [x for x in text.split("\n") if x]
-        if lines:
-            d, dc = self._dups(lines)
-            if d / len(lines) > p["max_dup_line_frac"]:
-                return "gopher_dup_lines"
-            if dc / total > p["max_dup_line_char_frac"]:
-                return "gopher_dup_line_chars"
-        words = _words(text)
-        if not words:
-            return None
-        wchars = sum(map(len, words))
+        total = len(text)
+        if not total:
+            return "empty"
+        paras = _PARAS.split(text.strip())
+        d, dc = self._dups(paras)
+        if d / len(paras) > p["max_dup_para_frac"]:
+            return "gopher_dup_paragraphs"
+        if dc / total > p["max_dup_para_char_frac"]:
+            return "gopher_dup_paragraph_chars"
+        lines = _LINES.split(text)
+        d, dc = self._dups(lines)
+        if d / len(lines) > p["max_dup_line_frac"]:
+            return "gopher_dup_lines"
+        if dc / total > p["max_dup_line_char_frac"]:
+            return "gopher_dup_line_chars"
+        words = _TOKENS.findall(text)
         for n_str, limit in p["top_ngram_char_frac"].items():
             n = int(n_str)
             if len(words) < n:
                 continue
             grams = Counter(zip(*[words[i:] for i in range(n)], strict=False))
             gram, count = grams.most_common(1)[0]
-            if count > 1 and sum(map(len, gram)) * count / wchars > limit:
+            if (sum(map(len, gram)) + n - 1) * count / total > limit:
                 return f"gopher_top_{n}gram"
-        for n_str, limit in p["dup_ngram_char_frac"].items():
-            n = int(n_str)
-            if len(words) < n:
-                continue
-            seen: set = set()
-            covered = np.zeros(len(words), dtype=bool)
-            for i in range(len(words) - n + 1):
-                g = tuple(words[i : i + n])
-                if g in seen:
-                    covered[i : i + n] = True
-                else:
-                    seen.add(g)
-            if covered.any():
-                dup = sum(len(w) for w, c in zip(words, covered, strict=True) if c)
-                if dup / wchars > limit:
-                    return f"gopher_dup_{n}gram"
+        if p["dup_ngram_char_frac"] and len(words) >= 5:
+            reason = _dup_ngrams(words, p["dup_ngram_char_frac"], total)
+            if reason:
+                return reason
         return None
+
+
+def _dup_ngrams(words: list[str], limits: dict, total: int) -> str | None:
+    """Characters in repeated n-grams, scanning left to right and jumping past each repeat (the reference
+    definition). Vectorised: n-grams are hashed with numpy; the exact scan only runs when an upper bound
+    (all characters of non-first occurrences) could exceed the limit."""
+    index: dict[str, int] = {}
+    ids = np.fromiter((index.setdefault(w, len(index) + 1) for w in words), dtype=np.uint64, count=len(words))
+    lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    csum = np.concatenate([[0], np.cumsum(lens)])
+    for n_str, limit in limits.items():
+        n = int(n_str)
+        m = len(words) - n + 1
+        if m <= 0:
+            continue
+        h = np.zeros(m, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for k in range(n):
+                h = h * np.uint64(0x9E3779B97F4A7C15) + ids[k : k + m]
+        chars = csum[n : n + m] - csum[:m]
+        _, first = np.unique(h, return_index=True)
+        repeat = np.ones(m, dtype=bool)
+        repeat[first] = False
+        if chars[repeat].sum() / total <= limit:
+            continue  # even counting every repeat cannot reach the limit
+        seen: set = set()
+        hl, cl = h.tolist(), chars.tolist()
+        repeated, i = 0, 0
+        while i < m:
+            if hl[i] in seen:
+                repeated += cl[i]
+                i += n
+            else:
+                seen.add(hl[i])
+                i += 1
+        if repeated / total > limit:
+            return f"gopher_dup_{n}gram"
+    return None
+
+
+_PARAS = re.compile(r"\n{2,}")
+_LINES = re.compile(r"\n+")
+_TOKENS = re.compile(r"\w+|[^\w\s]+")
 
 
 class C4(Stage):
@@ -508,24 +550,37 @@ class NearDedup(DedupStage):
             ).permutations
         return self._perms
 
-    def signature(self, doc):
+    def shingle_hashes(self, text: str) -> np.ndarray:
+        """32-bit hashes of the word n-grams: each distinct word hashed once (xxh32), n-gram hashes
+        combined from word hashes with numpy."""
         import xxhash
 
-        text = doc["text"].lower() if self.p["lowercase"] else doc["text"]
-        words = text.split()
-        n = int(self.p["ngram"])
-        if len(words) <= n:
-            shingles = [" ".join(words)]
-        else:
-            shingles = [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
-        hv = np.fromiter(
-            (xxhash.xxh32_intdigest(s.encode("utf-8", "surrogatepass")) for s in set(shingles)),
-            dtype=np.uint64,
-        )
+        words = (text.lower() if self.p["lowercase"] else text).split()
+        if not words:
+            words = [""]
+        index: dict[str, int] = {}
+        inv = np.fromiter((index.setdefault(w, len(index)) for w in words), dtype=np.int64, count=len(words))
+        uniq = list(index)
+        wh = np.fromiter((xxhash.xxh32_intdigest(w.encode("utf-8", "surrogatepass")) for w in uniq),
+                         dtype=np.uint64, count=len(uniq))[inv]
+        n = min(int(self.p["ngram"]), len(words))
+        m = len(words) - n + 1
+        h = np.zeros(m, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for k in range(n):
+                h = h * np.uint64(0x100000001B3) + wh[k : k + m]
+            h ^= h >> np.uint64(29)
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(32)
+        return np.unique(h & np.uint64(0xFFFFFFFF))
+
+    def signature(self, doc):
+        hv = self.shingle_hashes(doc["text"])
         a, b = self._permutations()
-        # datasketch's MinHash.update_batch, without building a MinHash object per document
+        # datasketch's MinHash.update_batch (legacy scheme), without building a MinHash object per document
         mersenne, max_hash = np.uint64((1 << 61) - 1), np.uint64((1 << 32) - 1)
-        phv = np.bitwise_and((np.outer(hv, a) + b) % mersenne, max_hash)
+        with np.errstate(over="ignore"):
+            phv = np.bitwise_and((np.outer(hv, a) + b) % mersenne, max_hash)
         return phv.min(axis=0).astype("<u4")
 
     def reduce(self, items):
