@@ -115,8 +115,12 @@ def train_tokenizer(jsonl: Path, out: Path, vocab_size: int) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts(), trainer=trainer)
     tok.save(str(out))
 
@@ -129,20 +133,27 @@ def run_flopwise(jsonl: Path, tok: Path, work: Path, workers: int, prose: bool) 
     if prose:
         stages.append({"type": "gopher_quality"})
     stages.append({"type": "near_dedup", "threshold": 0.72, "num_perm": 112, "ngram": 5})
-    cfg = PipelineConfig.from_dict({
-        "sources": [{"type": "jsonl", "path": str(jsonl), "id_field": "id", "unit_bytes": 16 << 20}],
-        "stages": stages,
-        "tokenizer": {"path": str(tok)},
-        "output": {"eval_fraction": 0.0},
-        "run": {"cache_dir": str(work / "cache"), "workers": workers},
-    })
+    cfg = PipelineConfig.from_dict(
+        {
+            "sources": [{"type": "jsonl", "path": str(jsonl), "id_field": "id", "unit_bytes": 16 << 20}],
+            "stages": stages,
+            "tokenizer": {"path": str(tok)},
+            "output": {"eval_fraction": 0.0},
+            "run": {"cache_dir": str(work / "cache"), "workers": workers},
+        }
+    )
     c0, t0 = cpu_seconds(), time.perf_counter()
     r = run_pipeline(cfg, workers=workers, force=True)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     rows = {row["stage"]: row for row in r.stages}
-    return {"wall_s": wall, "cpu_s": cpu, "docs_in": rows["read"]["docs_out"], "docs_out": rows["tokenize"]["docs_out"],
-            "tokens_out": rows["tokenize"]["tokens_out"],
-            "drops": {k: v["drops"] for k, v in rows.items() if v.get("drops")}}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "docs_in": rows["read"]["docs_out"],
+        "docs_out": rows["tokenize"]["docs_out"],
+        "tokens_out": rows["tokenize"]["tokens_out"],
+        "drops": {k: v["drops"] for k, v in rows.items() if v.get("drops")},
+    }
 
 
 def run_datatrove(jsonl: Path, tok: Path, work: Path, workers: int, prose: bool) -> dict:
@@ -181,20 +192,43 @@ def run_datatrove(jsonl: Path, tok: Path, work: Path, workers: int, prose: bool)
     logs = str(work / "logs")
     common = {"workers": workers, "logging_dir": None, "skip_completed": False}
     stages = [
-        ([JsonlReader(str(src), text_key="text", id_key="id"), FTFYFormatter(), *filters,
-          JsonlWriter(str(work / "filtered"), compression=None)], tasks),
-        ([JsonlReader(str(work / "filtered"), compression=None), MinhashDedupSignature(str(work / "sigs"), config=mh)],
-         tasks),
+        (
+            [
+                JsonlReader(str(src), text_key="text", id_key="id"),
+                FTFYFormatter(),
+                *filters,
+                JsonlWriter(str(work / "filtered"), compression=None),
+            ],
+            tasks,
+        ),
+        (
+            [
+                JsonlReader(str(work / "filtered"), compression=None),
+                MinhashDedupSignature(str(work / "sigs"), config=mh),
+            ],
+            tasks,
+        ),
         ([MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)], mh.num_buckets),
         ([MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh)], 1),
-        ([JsonlReader(str(work / "filtered"), compression=None), MinhashDedupFilter(str(work / "remove")),
-          DocumentTokenizer(str(work / "tokens"), tokenizer_name_or_path=str(tok), eos_token="<|endoftext|>",
-                            shuffle_documents=False)], tasks),
+        (
+            [
+                JsonlReader(str(work / "filtered"), compression=None),
+                MinhashDedupFilter(str(work / "remove")),
+                DocumentTokenizer(
+                    str(work / "tokens"),
+                    tokenizer_name_or_path=str(tok),
+                    eos_token="<|endoftext|>",
+                    shuffle_documents=False,
+                ),
+            ],
+            tasks,
+        ),
     ]
     c0, t0 = cpu_seconds(), time.perf_counter()
     for i, (pipeline, n) in enumerate(stages):
-        ex = LocalPipelineExecutor(pipeline=pipeline, tasks=n, **{**common, "logging_dir": f"{logs}/{i}",
-                                                                    "workers": min(workers, n)})
+        ex = LocalPipelineExecutor(
+            pipeline=pipeline, tasks=n, **{**common, "logging_dir": f"{logs}/{i}", "workers": min(workers, n)}
+        )
         ex.run()
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     docs_in = sum(1 for p in src.glob("*.jsonl") for _ in open(p))
@@ -239,8 +273,11 @@ def main() -> None:
         if not jsonl.exists():
             t = time.perf_counter()
             n = stdlib_jsonl(jsonl) if name == "stdlib" else generated_jsonl(jsonl, args.gen_mb)
-            print(f"[{name}] wrote {n} documents, {jsonl.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t:.0f} s",
-                  flush=True)
+            print(
+                f"[{name}] wrote {n} documents, {jsonl.stat().st_size / 1e6:.1f} MB "
+                f"in {time.perf_counter() - t:.0f} s",
+                flush=True,
+            )
         tok = out / f"{name}.tokenizer.json"
         if not tok.exists():
             train_tokenizer(jsonl, tok, args.vocab)
@@ -250,20 +287,30 @@ def main() -> None:
             r["docs_per_cpu_s"] = r["docs_in"] / r["cpu_s"]
             r["docs_per_worker_s"] = r["docs_in"] / (r["wall_s"] * args.workers)
             row[system] = r
-            print(f"[{name}] {system}: {json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()})}",
-                  flush=True)
+            print(
+                f"[{name}] {system}: "
+                + json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}),
+                flush=True,
+            )
         row["ratio_cpu"] = row["flopwise"]["docs_per_cpu_s"] / row["datatrove"]["docs_per_cpu_s"]
         row["ratio_wall"] = row["flopwise"]["docs_per_worker_s"] / row["datatrove"]["docs_per_worker_s"]
-        print(f"[{name}] flopwise / datatrove docs/s per core: {row['ratio_cpu']:.2f}x (CPU), "
-              f"{row['ratio_wall']:.2f}x (wall)", flush=True)
+        print(
+            f"[{name}] flopwise / datatrove docs/s per core: {row['ratio_cpu']:.2f}x (CPU), "
+            f"{row['ratio_wall']:.2f}x (wall)",
+            flush=True,
+        )
         results[name] = row
     import datatrove
 
     import flopwise
 
-    meta = {"python": platform.python_version(), "flopwise": flopwise.__version__,
-            "datatrove": getattr(datatrove, "__version__", "0.10.1"), "cpu": platform.processor() or platform.machine(),
-            "workers": args.workers}
+    meta = {
+        "python": platform.python_version(),
+        "flopwise": flopwise.__version__,
+        "datatrove": getattr(datatrove, "__version__", "0.10.1"),
+        "cpu": platform.processor() or platform.machine(),
+        "workers": args.workers,
+    }
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(json.dumps({"meta": meta, "results": results}, indent=1))
 

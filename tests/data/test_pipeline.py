@@ -79,7 +79,10 @@ def test_end_to_end_exact_documents_and_cache(prose_corpus, tmp_path):
     assert rows["read"]["docs_out"] == 124 and r.source_problems == {"malformed": 1}
     assert r.events[0]["kind"] == "malformed" and r.events[0]["file"].endswith("b.jsonl")
     assert rows["gopher_quality"]["drops"] == {"gopher_too_few_words": 1}
-    assert rows["exact_dedup"]["drops"] == {"exact_duplicate": 2} and rows["exact_dedup"]["extra"]["clusters"] == 2
+    assert (
+        rows["exact_dedup"]["drops"] == {"exact_duplicate": 2}
+        and rows["exact_dedup"]["extra"]["clusters"] == 2
+    )
     assert rows["near_dedup"]["drops"] == {"near_duplicate": 1}
     assert rows["near_dedup"]["extra"]["examples"] == [{"kept": "s0:10", "removed": ["s0:near1"], "size": 2}]
     assert rows["tokenize"]["docs_out"] == 120 and rows["tokenize"]["tokens_out"] > 0
@@ -107,7 +110,10 @@ def test_end_to_end_exact_documents_and_cache(prose_corpus, tmp_path):
 def cli(*args, cwd, timeout=300):
     return subprocess.run(
         [sys.executable, "-c", "from flopwise.cli import main; main()", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "PYTHONPATH": SRC, "COLUMNS": "200"},
     )
 
@@ -176,15 +182,29 @@ def test_sigkill_midway_then_resume_gives_identical_output(tmp_path):
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
     (ref_dir / "files").symlink_to(tmp_path / "files")
-    write_config(ref_dir / "r.toml", RESUME_TOML.replace('cache_dir = "cache"', f'cache_dir = "{tmp_path}/refcache"'))
+    write_config(
+        ref_dir / "r.toml", RESUME_TOML.replace('cache_dir = "cache"', f'cache_dir = "{tmp_path}/refcache"')
+    )
 
     # kill at several moments: during the map, and (second time) later
     for kills in range(2):
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from flopwise.cli import main; main()", "data", "run", "r.toml", "-w", "1",
-             "--json"],
-            cwd=tmp_path, env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                sys.executable,
+                "-c",
+                "from flopwise.cli import main; main()",
+                "data",
+                "run",
+                "r.toml",
+                "-w",
+                "1",
+                "--json",
+            ],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": SRC},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 120
         target = 20 if kills == 0 else 100
@@ -195,7 +215,9 @@ def test_sigkill_midway_then_resume_gives_identical_output(tmp_path):
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert not list((tmp_path / "cache").glob("*/shards/manifest.json")), "killed too late: run had finished"
+        assert not list((tmp_path / "cache").glob("*/shards/manifest.json")), (
+            "killed too late: run had finished"
+        )
         assert list((tmp_path / "cache").glob("*/work/*/*.done.json")), "killed too early: nothing to resume"
     resumed = run_pipeline(load_config(tmp_path / "r.toml"), workers=2)
     assert not resumed.cached
@@ -222,8 +244,12 @@ def test_ray_runs_the_same_pipeline(prose_corpus, tmp_path):
     cfg.run.cache_dir = str(tmp_path / "raycache")
     cfg.output.dir = "rayout"
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": SRC}})
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": SRC}},
+        )
         phases = []
         r = run_pipeline(cfg, ray_address="auto", progress=lambda p, d, t: phases.append((p, d, t)))
     finally:

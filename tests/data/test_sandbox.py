@@ -1,4 +1,4 @@
-"""Hostile code in the verification sandbox: each attack is contained and recorded, nothing outside changes."""
+"""Hostile code in the verification sandbox: each attack is contained and recorded; nothing else changes."""
 
 import json
 import os
@@ -39,10 +39,13 @@ def outside(tmp_path):
 
 
 def test_passing_and_failing_tests():
-    assert run_sandboxed("def f(x):\n    return x + 1\n", "assert f(1) == 2", limits=LIMITS).status == "passed"
+    assert (
+        run_sandboxed("def f(x):\n    return x + 1\n", "assert f(1) == 2", limits=LIMITS).status == "passed"
+    )
     r = run_sandboxed("def f(x):\n    return x\n", "def test_f():\n    assert f(1) == 2\n", limits=LIMITS)
     assert r.status == "failed" and "AssertionError" in r.detail
-    unit = "import unittest\nclass T(unittest.TestCase):\n    def test_a(self):\n        self.assertEqual(f(2), 3)\n"
+    unit = "import unittest\nclass T(unittest.TestCase):\n"
+    unit += "    def test_a(self):\n        self.assertEqual(f(2), 3)\n"
     assert run_sandboxed("def f(x):\n    return x + 1\n", unit, limits=LIMITS).status == "passed"
     doc = 'def g(x):\n    """\n    >>> g(2)\n    4\n    """\n    return x * 2\n'
     assert run_sandboxed(doc, mode="doctest", limits=LIMITS).status == "passed"
@@ -104,7 +107,10 @@ def test_writes_and_deletes_outside_are_blocked(outside, attack):
 
 
 def test_writing_inside_its_own_directory_is_allowed():
-    code = "import os, tempfile\nopen('out.txt', 'w').write('ok')\nwith tempfile.TemporaryFile() as f:\n    f.write(b'x')\n"
+    code = (
+        "import os, tempfile\nopen('out.txt', 'w').write('ok')\n"
+        "with tempfile.TemporaryFile() as f:\n    f.write(b'x')\n"
+    )
     assert run_sandboxed(code, "assert open('out.txt').read() == 'ok'", limits=LIMITS).status == "passed"
 
 
@@ -146,7 +152,9 @@ def test_environment_secrets_are_not_inherited(monkeypatch):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop only happens when running as root")
 def test_runs_as_an_unprivileged_uid():
-    r = run_sandboxed("import os\nassert os.getuid() >= 100000 and os.getgid() >= 100000, os.getuid()\n", limits=LIMITS)
+    r = run_sandboxed(
+        "import os\nassert os.getuid() >= 100000 and os.getgid() >= 100000, os.getuid()\n", limits=LIMITS
+    )
     assert r.status == "passed", r.detail
 
 
@@ -164,20 +172,37 @@ def test_verify_stage_in_a_pipeline(tmp_path):
     ok = "def add(a, b):\n    return a + b\n"
     records = [
         {"name": "ok", "code": ok, "tests": "assert add(2, 3) == 5"},
-        {"name": "ok2", "code": ok.replace("add", "plus"), "tests": "def test_plus():\n    assert plus(1, 1) == 2\n"},
+        {
+            "name": "ok2",
+            "code": ok.replace("add", "plus"),
+            "tests": "def test_plus():\n    assert plus(1, 1) == 2\n",
+        },
         {"name": "wrong", "code": ok.replace("a + b", "a - b"), "tests": "assert add(2, 3) == 5"},
         {"name": "loop", "code": "def f():\n    while True:\n        pass\n", "tests": "f()"},
         {"name": "membomb", "code": "x = bytearray(1 << 34)\n", "tests": "pass"},
         {"name": "crash", "code": "import os\nos.abort()\n", "tests": "pass"},
-        {"name": "vandal", "code": f"import os\nos.remove({str(outside / 'canary.txt')!r})\n", "tests": "pass"},
+        {
+            "name": "vandal",
+            "code": f"import os\nos.remove({str(outside / 'canary.txt')!r})\n",
+            "tests": "pass",
+        },
         {"name": "notests", "code": "x = 1\n"},
     ]
     (tmp_path / "code.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     cfg = PipelineConfig.from_dict(
         {
-            "sources": [{"type": "jsonl", "path": "code.jsonl", "text_field": "code", "id_field": "name",
-                         "fields": ["code", "tests"]}],
-            "stages": [{"type": "verify_code", "timeout_s": 2.0, "cpu_s": 1, "memory_mb": 256, "parallel": 4}],
+            "sources": [
+                {
+                    "type": "jsonl",
+                    "path": "code.jsonl",
+                    "text_field": "code",
+                    "id_field": "name",
+                    "fields": ["code", "tests"],
+                }
+            ],
+            "stages": [
+                {"type": "verify_code", "timeout_s": 2.0, "cpu_s": 1, "memory_mb": 256, "parallel": 4}
+            ],
             "tokenizer": {"vocab_size": 300},
             "output": {"eval_fraction": 0.0},
             "run": {"cache_dir": str(tmp_path / "cache"), "workers": 1},
@@ -186,12 +211,22 @@ def test_verify_stage_in_a_pipeline(tmp_path):
     )
     result = run_pipeline(cfg)
     row = next(r for r in result.stages if r["stage"] == "verify_code")
-    assert row["drops"] == {"verify_failed": 1, "verify_timeout": 1, "verify_resource_limit": 1,
-                            "verify_crashed": 1, "verify_sandbox_violation": 1}
+    assert row["drops"] == {
+        "verify_failed": 1,
+        "verify_timeout": 1,
+        "verify_resource_limit": 1,
+        "verify_crashed": 1,
+        "verify_sandbox_violation": 1,
+    }
     assert row["docs_out"] == 3 and row["extra"]["passed"] == 2 and row["extra"]["not_applicable"] == 1
     reasons = {e["id"]: e["reason"] for e in row["extra"]["events"]}
-    assert reasons == {"s0:wrong": "failed", "s0:loop": "timeout", "s0:membomb": "resource_limit",
-                       "s0:crash": "crashed", "s0:vandal": "sandbox_violation"}
+    assert reasons == {
+        "s0:wrong": "failed",
+        "s0:loop": "timeout",
+        "s0:membomb": "resource_limit",
+        "s0:crash": "crashed",
+        "s0:vandal": "sandbox_violation",
+    }
     assert (outside / "canary.txt").read_text() == "precious"
     from tokenizers import Tokenizer
 

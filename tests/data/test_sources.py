@@ -34,7 +34,13 @@ def test_jsonl_bad_input_is_counted_with_file_and_line(tmp_path):
     cfg = _cfg(tmp_path, {"type": "jsonl", "path": ".", "glob": "*.jsonl"}, max_doc_bytes=1000)
     docs, report = _read_all(cfg)
     assert [d["text"] for d in docs] == ["good one", "bad \ufffd byte", "last"]
-    assert dict(report.problems) == {"malformed": 2, "non_utf8": 1, "missing_text": 1, "too_large": 1, "empty": 1}
+    assert dict(report.problems) == {
+        "malformed": 2,
+        "non_utf8": 1,
+        "missing_text": 1,
+        "too_large": 1,
+        "empty": 1,
+    }
     where = {(e["kind"], os.path.basename(e["file"]), e["line"]) for e in report.events}
     assert ("malformed", "x.jsonl", 2) in where
     assert ("non_utf8", "x.jsonl", 3) in where
@@ -84,7 +90,13 @@ def test_files_source_skips_unreadable_and_oversized(tmp_path):
     (d / "site-packages" / "c.py").write_text("c = 1\n")
     cfg = _cfg(
         tmp_path,
-        {"type": "files", "path": "src", "glob": "**/*.py", "exclude": ["site-packages"], "encoding_errors": "skip"},
+        {
+            "type": "files",
+            "path": "src",
+            "glob": "**/*.py",
+            "exclude": ["site-packages"],
+            "encoding_errors": "skip",
+        },
         max_doc_bytes=1000,
     )
     docs, report = _read_all(cfg)
@@ -104,7 +116,9 @@ def test_parquet_and_hf_disk_sources(tmp_path):
 
     table = pa.table({"content": [f"row {i}" for i in range(50)], "code": ["x = 1"] * 50})
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=20)
-    cfg = _cfg(tmp_path, {"type": "parquet", "path": "t.parquet", "text_field": "content", "fields": ["code"]})
+    cfg = _cfg(
+        tmp_path, {"type": "parquet", "path": "t.parquet", "text_field": "content", "fields": ["code"]}
+    )
     assert len(plan_units(cfg)) == 3
     docs, _ = _read_all(cfg)
     assert [d["text"] for d in docs] == [f"row {i}" for i in range(50)]
@@ -124,9 +138,15 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="unknown key sources\\[0\\].colour"):
         _cfg(tmp_path, {"type": "jsonl", "path": "x", "colour": 1})
     with pytest.raises(ConfigError, match="stages\\[0\\].threshold"):
-        PipelineConfig.from_dict({"sources": [{"type": "jsonl", "path": "x"}],
-                                  "stages": [{"type": "near_dedup", "threshold": "high"}]})
+        PipelineConfig.from_dict(
+            {
+                "sources": [{"type": "jsonl", "path": "x"}],
+                "stages": [{"type": "near_dedup", "threshold": "high"}],
+            }
+        )
     with pytest.raises(ConfigError, match="unknown key stages\\[0\\].bogus"):
-        PipelineConfig.from_dict({"sources": [{"type": "jsonl", "path": "x"}], "stages": [{"type": "pii", "bogus": 1}]})
+        PipelineConfig.from_dict(
+            {"sources": [{"type": "jsonl", "path": "x"}], "stages": [{"type": "pii", "bogus": 1}]}
+        )
     with pytest.raises(DataError, match="no input matches"):
         plan_units(_cfg(tmp_path, {"type": "jsonl", "path": "nothing/*.jsonl"}))

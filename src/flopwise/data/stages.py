@@ -234,7 +234,9 @@ class GopherQuality(Stage):
         return None
 
 
-_NO_LETTER_WORD = re.compile(r"(?<!\S)(?:[^\w\s]|[\d_])+(?!\S)")  # a whitespace-separated word without a letter
+_NO_LETTER_WORD = re.compile(
+    r"(?<!\S)(?:[^\w\s]|[\d_])+(?!\S)"
+)  # a whitespace-separated word without a letter
 
 
 class GopherRepetition(Stage):
@@ -561,8 +563,11 @@ class NearDedup(DedupStage):
         index: dict[str, int] = {}
         inv = np.fromiter((index.setdefault(w, len(index)) for w in words), dtype=np.int64, count=len(words))
         uniq = list(index)
-        wh = np.fromiter((xxhash.xxh32_intdigest(w.encode("utf-8", "surrogatepass")) for w in uniq),
-                         dtype=np.uint64, count=len(uniq))[inv]
+        wh = np.fromiter(
+            (xxhash.xxh32_intdigest(w.encode("utf-8", "surrogatepass")) for w in uniq),
+            dtype=np.uint64,
+            count=len(uniq),
+        )[inv]
         n = min(int(self.p["ngram"]), len(words))
         m = len(words) - n + 1
         h = np.zeros(m, dtype=np.uint64)
