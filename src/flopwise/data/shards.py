@@ -129,6 +129,21 @@ class ShardWriter:
         if self._buffered >= self.tokens_per_file:
             self._flush()
 
+    def add_tokens(self, tokens: np.ndarray, documents: int) -> None:
+        """Append a stream of whole documents, each already ending with the EOD id (a packed unit)."""
+        arr = np.asarray(tokens)
+        if arr.size and (int(arr.max()) >= self.vocab_size or int(arr.min()) < 0):
+            raise DataError(f"token id out of range [0, {self.vocab_size}) in split {self.split!r}")
+        if arr.size and int(arr[-1]) != self.eod_id:
+            raise DataError(f"token stream for split {self.split!r} does not end with the EOD id {self.eod_id}")
+        if not arr.size:
+            return
+        self._buffer.append(arr.astype(self.dtype, copy=False))
+        self._buffered += arr.size
+        self.info.documents += documents
+        if self._buffered >= self.tokens_per_file:
+            self._flush()
+
     def _flush(self) -> None:
         if not self._buffered:
             return
