@@ -47,12 +47,22 @@ class TrainResult:
 
 
 def resolve_shards(job: JobConfig, progress: Callable[[str], None] | None = None) -> Path:
-    """The job's shard directory; the embedded demo corpus (prepared once, cached) when none is given."""
+    """The job's shard directory; the embedded demo corpus when none is given: the Python standard library
+    run through the data pipeline (normalise, code filters, deduplication, BPE, packing), cached by its key."""
     if job.data.shards:
         return Path(job.data.shards)
-    from flopwise.data.demo import prepare_demo_corpus
+    from flopwise.data.pipeline import run_pipeline
+    from flopwise.data.presets import stdlib_demo_config
 
-    return prepare_demo_corpus(job.data.cache_dir, vocab_size=job.model_config().vocab_size, progress=progress)
+    cfg = stdlib_demo_config("", vocab_size=job.model_config().vocab_size, cache_dir=Path(job.data.cache_dir).resolve())
+    if progress:
+        progress("preparing the embedded corpus (Python standard library) with the data pipeline")
+    result = run_pipeline(cfg)
+    if progress:
+        kept = result.splits.get("train", {}).get("documents") if isinstance(result.splits.get("train"), dict) else None
+        state = "reused from the cache" if result.cached else f"prepared in {result.seconds:.0f} s"
+        progress(f"corpus {result.shard_dir} {state}" + (f" ({kept} training files)" if kept else ""))
+    return result.shard_dir
 
 
 def unigram_entropy(shards: TokenShards) -> float:
