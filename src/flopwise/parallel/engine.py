@@ -26,7 +26,7 @@ import torch.distributed.checkpoint as dcp
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 import flopwise
-from flopwise.errors import CheckpointError, ParallelError
+from flopwise.errors import ParallelError
 from flopwise.models import document_segments
 from flopwise.parallel import collectives as C
 from flopwise.parallel.data_parallel import (
@@ -39,7 +39,7 @@ from flopwise.parallel.dims import ParallelDims, build_mesh
 from flopwise.parallel.pipeline import balanced_split, build_stage_part, parse_split, stage_estimates, stage_layers
 from flopwise.parallel.tensor import TensorParallelInfo, apply_tensor_parallel
 from flopwise.train.config import JobConfig
-from flopwise.train.engine import autocast_dtype, build_model, build_optimizer, lm_loss, peak_memory
+from flopwise.train.engine import autocast_dtype, build_model, build_optimizer, dcp_load, lm_loss, peak_memory
 
 log = logging.getLogger(__name__)
 
@@ -417,15 +417,7 @@ class ParallelEngine:
         state = {"model": wanted_model}
         if wanted_optim:
             state["optim"] = {"state": wanted_optim}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                dcp.load(state, checkpoint_id=str(directory))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # DCP's CheckpointException derives from BaseException
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"cannot load checkpoint {directory}: {reason[:300]}") from None
+        dcp_load(state, directory)
         with torch.no_grad():
             for i, name, key, prm in targets:
                 prm.copy_(self._local_from_full(name, i, state["model"][key], prm))

@@ -138,13 +138,8 @@ class SingleDeviceEngine:
         return peak_memory(self.device)
 
 
-def load_engine_state(model: torch.nn.Module, optimizer, directory: Path) -> None:
-    """Load model (and optimizer) state from a DCP checkpoint directory, whatever layout saved it."""
-    model_sd, optim_sd = get_state_dict(model, optimizer) if optimizer is not None else (get_state_dict(model, [])[0], None)
-    # Optimizer hyper-parameters come from the config, not the checkpoint: request only the state tensors,
-    # so checkpoints written by any engine (which store the state under parameter names) load here.
-    groups = optim_sd.pop("param_groups") if optim_sd is not None else None
-    state = {"model": model_sd} if optim_sd is None else {"model": model_sd, "optim": optim_sd}
+def dcp_load(state: dict, directory) -> None:
+    """Fill `state` in place from a DCP checkpoint; any failure becomes one CheckpointError line."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -154,6 +149,16 @@ def load_engine_state(model: torch.nn.Module, optimizer, directory: Path) -> Non
     except BaseException as exc:  # DCP's CheckpointException derives from BaseException
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load checkpoint {directory}: {reason[:300]}") from None
+
+
+def load_engine_state(model: torch.nn.Module, optimizer, directory: Path) -> None:
+    """Load model (and optimizer) state from a DCP checkpoint directory, whatever layout saved it."""
+    model_sd, optim_sd = get_state_dict(model, optimizer) if optimizer is not None else (get_state_dict(model, [])[0], None)
+    # Optimizer hyper-parameters come from the config, not the checkpoint: request only the state tensors,
+    # so checkpoints written by any engine (which store the state under parameter names) load here.
+    groups = optim_sd.pop("param_groups") if optim_sd is not None else None
+    state = {"model": model_sd} if optim_sd is None else {"model": model_sd, "optim": optim_sd}
+    dcp_load(state, directory)
     if optim_sd is None:
         set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={})
     else:
