@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flopwise.config_values import check_value
 from flopwise.errors import ConfigError
 
 SOURCE_TYPES = ("files", "jsonl", "parquet", "hf_disk")
@@ -211,34 +212,8 @@ def _build(cls, where: str, data: dict):
     _check_keys(where, data, set(fields))
     kwargs = {}
     for key, value in data.items():
-        kwargs[key] = coerce(f"{where}.{key}", value, fields[key].type)
+        kwargs[key] = check_value(f"{where}.{key}", value, fields[key].type)
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-
-
-def coerce(name: str, value, type_name: str):
-    """Check `value` against a dataclass field's annotation (a string: annotations are postponed)."""
-    t = str(type_name)
-    if t.startswith("list"):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{name} = {value!r}: must be a list of strings")
-        return list(value)
-    if t == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} = {value!r}: must be true or false")
-        return value
-    if t == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} = {value!r}: must be an integer")
-        return value
-    if t == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} = {value!r}: must be a number")
-        return float(value)
-    if t == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} = {value!r}: must be a string")
-        return value
-    return value

@@ -167,7 +167,7 @@ LAYOUT_KEYS = {
     "schedule": str,
     "pp_layers": list,
 }
-_KEY_ALIASES = {"mb": "micro_batch", "sp": "sequence_parallel", "rc": "recompute"}
+KEY_ALIASES = {"mb": "micro_batch", "sp": "sequence_parallel", "rc": "recompute"}
 
 
 def parse_layout(text: str) -> dict:
@@ -180,7 +180,7 @@ def parse_layout(text: str) -> dict:
         if key not in LAYOUT_KEYS:
             raise ConfigError(f"layout key {key!r}: must be one of {', '.join(LAYOUT_KEYS)}")
         kind = LAYOUT_KEYS[key]
-        key = _KEY_ALIASES.get(key, key)
+        key = KEY_ALIASES.get(key, key)
         try:
             if kind is int:
                 fixed[key] = int(value)

@@ -17,18 +17,12 @@ from flopwise.errors import ConfigError, DataError, PlanError
 from flopwise.hardware import GB, resolve_accelerator
 from flopwise.models.config import ModelConfig
 from flopwise.plan.search import search
-from flopwise.plan.spec import Cluster, Training
+from flopwise.plan.spec import KEY_ALIASES, LAYOUT_KEYS, Cluster, Training
 
 _MEGATRON_SOURCES = ("megatron", "narayanan", "korthikanti")
+# the published CSVs name layout columns by their long names (README in shared/published)
 _LAYOUT_COLUMNS = {
-    "tp": int,
-    "pp": int,
-    "dp": int,
-    "vpp": int,
-    "zero": int,
-    "micro_batch": int,
-    "sequence_parallel": bool,
-    "recompute": str,
+    k: v for k, v in LAYOUT_KEYS.items() if k not in KEY_ALIASES and k not in ("schedule", "pp_layers")
 }
 
 

@@ -10,6 +10,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flopwise.config_values import check_value
 from flopwise.errors import ConfigError
 from flopwise.models.config import ModelConfig, get_preset
 
@@ -161,22 +162,13 @@ def _non_negative(obj, section: str, keys) -> None:
             raise ConfigError(f"{section}.{key} = {getattr(obj, key)}: must not be negative")
 
 
-def _coerce(name: str, value, expected):
-    """Check (and widen int -> float) a value against a dataclass field type."""
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected in (int, float, str, bool) and (type(value) is not expected):
-        raise ConfigError(f"{name} = {value!r}: expected {expected.__name__}, got {type(value).__name__}")
-    return value
-
-
 def _apply(config: JobConfig, key: str, value) -> None:
     parts = key.split(".")
     if len(parts) == 1:
         if parts[0] not in ("preset", "out"):
             allowed = "preset, out, " + ", ".join(f"{s}.KEY" for s in _SECTIONS if s not in ("preset", "out"))
             raise ConfigError(f"unknown config key {key!r}; allowed: {allowed}")
-        setattr(config, parts[0], _coerce(key, value, str))
+        setattr(config, parts[0], check_value(key, value, str))
         return
     if len(parts) != 2:
         raise ConfigError(f"config key {key!r}: expected SECTION.KEY")
@@ -186,7 +178,7 @@ def _apply(config: JobConfig, key: str, value) -> None:
         if name not in model_fields:
             raise ConfigError(f"unknown config key {key!r}; model keys: {', '.join(model_fields)}")
         types_ = typing.get_type_hints(ModelConfig)
-        config.model[name] = _coerce(key, value, types_[name])
+        config.model[name] = check_value(key, value, types_[name])
         return
     if section not in _SECTIONS or section in ("preset", "out"):
         raise ConfigError(
@@ -196,7 +188,7 @@ def _apply(config: JobConfig, key: str, value) -> None:
     hints = typing.get_type_hints(type(obj))
     if name not in hints:
         raise ConfigError(f"unknown config key {key!r}; {section} keys: {', '.join(hints)}")
-    setattr(obj, name, _coerce(key, value, hints[name]))
+    setattr(obj, name, check_value(key, value, hints[name]))
 
 
 def _flatten(data: dict, prefix: str = "") -> list[tuple[str, object]]:
