@@ -10,7 +10,7 @@ Both run with the same number of worker processes (--workers, default 1) on the 
 the other; we report wall time, CPU time (self + children) and documents in per CPU-second and per
 worker-second. datatrove is installed only for this benchmark (pip install -e '.[bench]').
 
-    PYTHONPATH=src python benchmarks/data_pipeline.py --gen-mb 200 --workers 1 --out /tmp/fwbench
+    PYTHONPATH=src python benchmarks/data_pipeline.py --gen-mb 1000 --workers 2 --out /tmp/fwbench1g
 """
 
 from __future__ import annotations
