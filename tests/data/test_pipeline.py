@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from tokenizers import Tokenizer
 from flopwise.data.config import load_config
 from flopwise.data.pipeline import cache_entries, run_pipeline
 from flopwise.data.shards import TokenShards, read_manifest
+from flopwise.errors import DataError
 
 from .conftest import write_config
 
@@ -105,6 +107,57 @@ def test_end_to_end_exact_documents_and_cache(prose_corpus, tmp_path):
     assert r2.key != r.key and not r2.cached
     assert sorted(documents(r2.shard_dir, "train") + documents(r2.shard_dir, "eval")) == sorted(docs)
     assert len(cache_entries(tmp_path / "cache")) == 2
+
+
+def test_a_second_run_of_the_same_key_waits_for_the_first(prose_corpus, tmp_path):
+    from flopwise.data.cache_lock import is_locked, key_lock, lock_path
+    from flopwise.data.pipeline import cache_key, cache_remove
+    from flopwise.data.sources import plan_units
+
+    cfg = load_config(write_config(tmp_path / "p.toml", PROSE_TOML.format(unit_bytes=4096)))
+    key, cache_dir = cache_key(cfg, plan_units(cfg)), tmp_path / "cache"
+    assert run_pipeline(cfg, workers=1).key == key
+    manifest = cache_dir / key / "shards" / "manifest.json"
+    phases, out = [], {}
+
+    def second_run():  # force: it will delete and rebuild the entry, once it holds the lock
+        out["result"] = run_pipeline(cfg, workers=1, force=True, progress=lambda p, d, t: phases.append((p, d)))
+
+    with key_lock(cache_dir, key):  # this test is "the first run"
+        t = threading.Thread(target=second_run)
+        t.start()
+        deadline = time.monotonic() + 60
+        while not phases and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert phases and phases[0] == (f"waiting for pid {os.getpid()}, preparing the same data", 0)
+        time.sleep(0.2)
+        assert len(phases) == 1 and manifest.is_file()  # nothing touched under someone else's lock
+        assert is_locked(cache_dir, key)
+        with pytest.raises(DataError, match="in use by a running pipeline"):
+            cache_remove(cache_dir, [key[:8]])
+    t.join(120)
+    assert out["result"].key == key and not out["result"].cached and phases[1] == (phases[0][0], 1)
+    assert not is_locked(cache_dir, key)
+    assert cache_remove(cache_dir, [key[:8]]) == [key] and not lock_path(cache_dir, key).exists()
+
+
+def test_a_killed_lock_holder_leaves_the_key_free(tmp_path):
+    from flopwise.data.cache_lock import is_locked
+
+    code = (
+        "import sys, time; from pathlib import Path; from flopwise.data.cache_lock import key_lock\n"
+        "with key_lock(Path(sys.argv[1]), 'k'):\n    print('held', flush=True); time.sleep(60)\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+    try:
+        assert p.stdout.readline().strip() == "held" and is_locked(tmp_path, "k")
+    finally:
+        p.kill()
+        p.wait()
+    assert not is_locked(tmp_path, "k")  # the kernel dropped the flock with the process
 
 
 def cli(*args, cwd, timeout=300):

@@ -36,6 +36,7 @@ import numpy as np
 
 import flopwise
 from flopwise.atomic import atomic_path, atomic_write_json, atomic_write_text
+from flopwise.data.cache_lock import is_locked, key_lock, lock_path
 from flopwise.data.config import PipelineConfig, StageConfig
 from flopwise.data.shards import (
     MANIFEST,
@@ -339,7 +340,24 @@ def run_pipeline(
     workers = workers or os.cpu_count() or 1
     units = plan_units(cfg)
     key = cache_key(cfg, units)
-    root = cfg.resolve(str(cfg.run.resolved_cache_dir())) / key
+    cache_dir = cfg.resolve(str(cfg.run.resolved_cache_dir()))
+
+    waited: list[str] = []
+
+    def waiting(pid: str) -> None:
+        waited.append(f"waiting for pid {pid}, preparing the same data")
+        log.info("%s (key %s)", waited[0], key)
+        if progress is not None:
+            progress(waited[0], 0, 1)
+
+    with key_lock(cache_dir, key, on_wait=waiting):
+        if waited and progress is not None:
+            progress(waited[0], 1, 1)
+        return _run_key(cfg, units, key, cache_dir / key, workers, ray_address, progress, force, t0)
+
+
+def _run_key(cfg, units, key: str, root: Path, workers: int, ray_address, progress, force: bool, t0: float):
+    """run_pipeline's work for one cache key, under that key's lock."""
     shards = root / "shards"
     if force and root.exists():
         shutil.rmtree(root)
@@ -728,9 +746,13 @@ def cache_entries(cache_dir: str | Path) -> list[dict]:
 def cache_remove(cache_dir: str | Path, keys: list[str] | None = None) -> list[str]:
     """Remove the given keys (or every entry when keys is None); returns the removed keys."""
     removed = []
+    root = Path(cache_dir)
     for e in cache_entries(cache_dir):
         if keys is None or e["key"] in keys or any(e["key"].startswith(k) for k in keys):
+            if is_locked(root, e["key"]):
+                raise DataError(f"cache entry {e['key']} is in use by a running pipeline; not removed")
             shutil.rmtree(e["path"])
+            lock_path(root, e["key"]).unlink(missing_ok=True)
             removed.append(e["key"])
     if keys:
         missing = [k for k in keys if not any(r.startswith(k) for r in removed)]
