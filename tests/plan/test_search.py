@@ -57,6 +57,17 @@ def test_nothing_fits_explains_the_binding_constraint_and_an_alternative():
     assert "closest feasible alternative: 32 GPUs" in msg  # 102B needs > 1.6 TB of model states
 
 
+@pytest.mark.parametrize("gpus", [3, 6])
+def test_a_partial_node_that_fits_nothing_gets_a_whole_node_alternative(gpus):
+    # 3 x 4 = 12 GPUs is no whole number of 8-GPU nodes: the alternative must skip it, not fail on it
+    with pytest.raises(PlanError) as exc:
+        search(get_preset("yuan2-102b"), Cluster(A100, gpus), Training(7))
+    msg = str(exc.value)
+    assert "nothing fits" in msg and "gpus_per_node" not in msg
+    alt = int(msg.split("closest feasible alternative: ")[1].split(" GPUs")[0])
+    assert alt > gpus and alt % 8 == 0
+
+
 def test_more_stages_than_layers():
     with pytest.raises(PlanError, match="only 24 layers.*closest feasible alternative without pp=32"):
         search(get_preset("yuan2-2b"), Cluster(A100, 64), Training(384), {"pp": 32})

@@ -99,7 +99,9 @@ class TrainView:
 
 def train(
     preset: str = typer.Option(None, "--preset", "-p", help="Model preset (default: tiny). See `flopwise info`."),
-    config: Path = typer.Option(None, "--config", "-c", help="TOML file with [model], [train], [data], ... sections."),
+    config: Path = typer.Option(
+        None, "--config", "-c", help="TOML file with model, train, data, checkpoint, guard and parallel sections."
+    ),
     set_: list[str] = typer.Option(None, "--set", help="Override a config key, e.g. --set train.lr=3e-4 (repeatable)."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps to train (train.steps)."),
     seed: int = typer.Option(None, "--seed", help="Seed for initialisation and data order (train.seed)."),

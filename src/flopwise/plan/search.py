@@ -315,17 +315,11 @@ def _alternative(cm: CostModel, fixed: dict) -> str:
                 continue
         if delta > 64:
             break
-    gpus = cluster.gpus
-    for factor in (2, 4, 8, 16, 32, 64):
-        bigger = Cluster(
-            cluster.accelerator,
-            gpus * factor if gpus >= cluster.gpus_per_node else max(gpus * factor, 1),
-            cluster.gpus_per_node,
-            cluster.intra_node_bw,
-            cluster.inter_node_bw,
-        )
-        if bigger.gpus > cluster.gpus_per_node and bigger.gpus % cluster.gpus_per_node:
-            continue
+    gpus, gpn = cluster.gpus, cluster.gpus_per_node
+    # more GPUs, smallest first: doublings of the request, or whole nodes once past one node
+    counts = {gpus * f for f in (2, 4, 8, 16, 32, 64)} | {gpn * 2**k for k in range(12)}
+    for count in sorted(c for c in counts if gpus < c <= gpus * 64 and (c <= gpn or c % gpn == 0)):
+        bigger = Cluster(cluster.accelerator, count, gpn, cluster.intra_node_bw, cluster.inter_node_bw)
         try:
             res = search(
                 cfg,
