@@ -41,6 +41,34 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert err.strip().startswith("error:")
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--bogus"], "No such option: --bogus"),
+        (["train", "--steps", "ten"], "Invalid value for '--steps'"),
+        (["train", "--nproc", "3", "--tp", "2"], "--nproc 3 but the layout needs 2 processes"),
+        (["plan", "--gpus", "many"], "Invalid value for '--gpus'"),
+    ],
+)
+def test_usage_errors_are_click_messages_and_exit_2(args, message):
+    code, out, err = run(*args)
+    assert code == 2 and message in err and "Traceback" not in err + out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nproc", "3", "--tp", "3"], "tensor parallel degree 3 must divide heads (8) and kv_heads (4)"),
+        (["--nproc", "2", "--pp", "2", "--pp-layers", "1,1"], "sums to 2 layers; the model has 4"),
+        (["--nproc", "2", "--dp", "2", "--set", "train.global_batch=3"], "global batch 3 is not divisible"),
+    ],
+)
+def test_an_impossible_layout_fails_before_torchrun_starts(args, message):
+    code, out, err = run("train", *args)
+    assert code == 2 and message in err and err.strip().startswith("error:")
+    assert "torch.distributed" not in err + out and "ChildFailedError" not in err  # no process was started
+
+
 def test_generate_from_a_trained_checkpoint_and_prompt_too_long(nano_shards, tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 

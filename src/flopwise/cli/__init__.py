@@ -4,9 +4,9 @@ A FlopwiseError becomes `error: ...` on stderr and exit status 2, without a trac
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-import click
 import typer
 
 from flopwise.cli import data as data_cli
@@ -27,20 +27,39 @@ app.add_typer(plan_cli.app, name="plan")
 app.add_typer(data_cli.app, name="data")
 
 
+def _click_exceptions(name: str) -> tuple[type[BaseException], ...]:
+    """The click exception class `name`, from click and from the copy of click that newer typer releases
+    vendor (typer._click): a usage error may come from either, depending on the installed typer."""
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+_EXIT = (*_click_exceptions("Exit"), typer.Exit)
+_ABORT = (*_click_exceptions("Abort"), typer.Abort)
+_USAGE = _click_exceptions("ClickException")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        status = app(args=argv, standalone_mode=False)
     except FlopwiseError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except _EXIT as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except _ABORT:
         err_console.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
+    except _USAGE as exc:  # unknown option, bad value: click's usage message, exit 2, no traceback
         exc.show()
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    if isinstance(status, int) and status:  # without standalone mode, click returns Exit's code
+        sys.exit(status)

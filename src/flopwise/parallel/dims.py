@@ -77,3 +77,42 @@ def build_mesh(dims: ParallelDims, device_type: str):
     from torch.distributed.device_mesh import init_device_mesh
 
     return init_device_mesh(device_type, tuple(dims.sizes().values()), mesh_dim_names=AXES)
+
+
+def micro_batch_for(job, local_batch: int, pp: int) -> int:
+    """Sequences per micro-batch on one rank. train.micro_batch is an upper bound: a rank with fewer
+    sequences runs them in one micro-batch. A pipeline needs at least pp micro-batches in flight, so
+    when train.micro_batch gives fewer it uses parallel.pp_microbatches of them (0: 2 x pp, the smallest
+    count from there that divides the rank's sequences, at most one sequence each)."""
+    micro = min(job.train.micro_batch, local_batch)
+    n = job.parallel.pp_microbatches
+    if pp == 1 or (not n and local_batch // micro >= pp):
+        return micro
+    if not n:
+        n = min(2 * pp, local_batch)
+        while local_batch % n:
+            n += 1
+    if local_batch % n:
+        raise ParallelError(f"parallel.pp_microbatches = {n} must divide the {local_batch} sequences per rank")
+    return local_batch // n
+
+
+def validate_job_layout(job, world_size: int) -> tuple[ParallelDims, int, int]:
+    """Check a job's layout against its model, batch and pipeline split: in the launcher before any
+    process starts, and again in every rank. Returns the dims, the sequences per data-parallel rank and
+    the micro-batch size (micro_batch_for)."""
+    from flopwise.parallel.pipeline import parse_split
+
+    p, cfg = job.parallel, job.model_config()
+    dims = ParallelDims(p.dp_replicate, p.dp_shard, p.tp, p.pp, world_size)
+    if job.train.global_batch % dims.dp:
+        raise ParallelError(
+            f"global batch {job.train.global_batch} is not divisible by the data-parallel degree {dims.dp}"
+        )
+    local_batch = job.train.global_batch // dims.dp
+    micro = micro_batch_for(job, local_batch, dims.pp)
+    dims.validate(cfg, zero=p.zero, local_batch=local_batch, micro_batch=micro,
+                  pp_schedule=p.pp_schedule, pp_chunks=p.pp_chunks, seq_len=job.seq_len)
+    if dims.pp > 1:
+        parse_split(p.pp_layers, cfg.layers, dims.pp * p.pp_chunks)
+    return dims, local_batch, micro

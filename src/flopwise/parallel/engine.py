@@ -35,7 +35,7 @@ from flopwise.parallel.data_parallel import (
     broadcast_from_owners,
     partition_params,
 )
-from flopwise.parallel.dims import ParallelDims, build_mesh
+from flopwise.parallel.dims import build_mesh, validate_job_layout
 from flopwise.parallel.pipeline import balanced_split, build_stage_part, parse_split, stage_estimates, stage_layers
 from flopwise.parallel.tensor import TensorParallelInfo, apply_tensor_parallel
 from flopwise.train.config import JobConfig
@@ -81,14 +81,8 @@ class ParallelEngine:
         self.device = init_distributed(p.timeout_s)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.model_cfg = cfg = job.model_config()
-        self.dims = dims = ParallelDims(p.dp_replicate, p.dp_shard, p.tp, p.pp, self.world_size)
-        if job.train.global_batch % dims.dp:
-            raise ParallelError(
-                f"global batch {job.train.global_batch} is not divisible by the data-parallel degree {dims.dp}"
-            )
-        self.local_batch = job.train.global_batch // dims.dp
-        dims.validate(cfg, zero=p.zero, local_batch=self.local_batch, micro_batch=job.train.micro_batch,
-                      pp_schedule=p.pp_schedule, pp_chunks=p.pp_chunks, seq_len=job.seq_len)
+        self.dims, self.local_batch, self.micro_batch = validate_job_layout(job, self.world_size)
+        dims = self.dims
         self.layout = dims.describe() + (f"-zero{p.zero}" if p.zero and dims.dp > 1 else "")
         self.is_logging_rank = self.rank == 0
         self.amp_dtype = autocast_dtype(job.train.dtype, self.device)
@@ -154,12 +148,12 @@ class ParallelEngine:
         if self.dims.pp == 1:
             return [0], [full]
         stages = self.dims.pp * p.pp_chunks
-        n_micro = self.local_batch // self.job.train.micro_batch
+        n_micro = self.local_batch // self.micro_batch
         split = parse_split(p.pp_layers, cfg.layers, stages) or balanced_split(
-            cfg, stages, micro_batch=self.job.train.micro_batch, seq=self.job.seq_len, microbatches=n_micro,
+            cfg, stages, micro_batch=self.micro_batch, seq=self.job.seq_len, microbatches=n_micro,
             schedule=p.pp_schedule)
         self.split = split
-        self.stage_memory = stage_estimates(cfg, split, micro_batch=self.job.train.micro_batch, seq=self.job.seq_len,
+        self.stage_memory = stage_estimates(cfg, split, micro_batch=self.micro_batch, seq=self.job.seq_len,
                                             microbatches=n_micro, schedule=p.pp_schedule, tp=self.dims.tp)
         if self.is_logging_rank:
             log.info("pipeline split %s", split)
@@ -184,7 +178,7 @@ class ParallelEngine:
         total = self.dims.pp * p.pp_chunks
         stages = [PipelineStage(part, i, total, self.device, group=self.pp_group)
                   for part, i in zip(self.parts, self.stage_ids, strict=True)]
-        n_micro = self.local_batch // self.job.train.micro_batch
+        n_micro = self.local_batch // self.micro_batch
         loss_fn = self._loss
         if p.pp_schedule == "interleaved":
             return ScheduleInterleaved1F1B(stages, n_micro, loss_fn=loss_fn)
@@ -213,7 +207,7 @@ class ParallelEngine:
         if self._schedule is not None:
             local = self._pipeline_step(inputs, targets, segments)
         else:
-            micro = self.job.train.micro_batch
+            micro = self.micro_batch
             n = inputs.shape[0] // micro
             local = 0.0
             for i in range(n):
@@ -321,7 +315,7 @@ class ParallelEngine:
             part.eval()
         inputs, targets = inputs.to(self.device), targets.to(self.device)
         segments = self._segments(inputs, eod_id)
-        micro = self.job.train.micro_batch
+        micro = self.micro_batch
         losses = []
         for i in range(inputs.shape[0] // micro):
             sl = slice(i * micro, (i + 1) * micro)

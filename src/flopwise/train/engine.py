@@ -71,6 +71,7 @@ class SingleDeviceEngine:
     def __init__(self, job: JobConfig):
         self.job = job
         self.model_cfg = job.model_config()
+        self.micro_batch = min(job.train.micro_batch, job.train.global_batch)  # an upper bound, as in parallel
         self.device = resolve_device(job.train.device)
         self.amp_dtype = autocast_dtype(job.train.dtype, self.device)
         self.model = build_model(self.model_cfg, job.train.seed).to(self.device)
@@ -89,7 +90,7 @@ class SingleDeviceEngine:
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, eod_id: int | None = None) -> float:
         """Accumulate gradients over micro-batches of this rank's batch; return the mean loss."""
         self.model.train()
-        micro = self.job.train.micro_batch
+        micro = self.micro_batch
         chunks = list(zip(inputs.split(micro), targets.split(micro), strict=True))
         total = 0.0
         for x, y in chunks:
@@ -104,7 +105,7 @@ class SingleDeviceEngine:
     def eval_loss(self, inputs: torch.Tensor, targets: torch.Tensor, eod_id: int | None = None) -> float:
         self.model.eval()
         losses = []
-        for x, y in zip(inputs.split(self.job.train.micro_batch), targets.split(self.job.train.micro_batch), strict=True):
+        for x, y in zip(inputs.split(self.micro_batch), targets.split(self.micro_batch), strict=True):
             x, y = x.to(self.device), y.to(self.device)
             with self._autocast():
                 losses.append(lm_loss(self._forward(x, self._segments(x, eod_id)), y).item())

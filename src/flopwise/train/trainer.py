@@ -114,10 +114,10 @@ class Trainer:
 
         self.engine = engine = build_engine(job)
         per_rank = job.train.global_batch // engine.data_world if job.train.global_batch % engine.data_world == 0 else 0
-        if per_rank == 0 or per_rank % job.train.micro_batch:
+        if per_rank == 0 or per_rank % engine.micro_batch:
             raise ConfigError(
                 f"train.global_batch = {job.train.global_batch} must split into {engine.data_world} data-parallel "
-                f"rank(s) x whole micro-batches of train.micro_batch = {job.train.micro_batch}"
+                f"rank(s) x whole micro-batches of {engine.micro_batch} (train.micro_batch = {job.train.micro_batch})"
             )
         loader = TokenLoader(train_shards, job.seq_len, job.train.global_batch, job.train.seed,
                              engine.data_rank, engine.data_world)
