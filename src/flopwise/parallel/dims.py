@@ -81,9 +81,9 @@ def build_mesh(dims: ParallelDims, device_type: str):
 
 def micro_batch_for(job, local_batch: int, pp: int) -> int:
     """Sequences per micro-batch on one rank. train.micro_batch is an upper bound: a rank with fewer
-    sequences runs them in one micro-batch. A pipeline needs at least pp micro-batches in flight, so
-    when train.micro_batch gives fewer it uses parallel.pp_microbatches of them (0: 2 x pp, the smallest
-    count from there that divides the rank's sequences, at most one sequence each)."""
+    sequences runs them in one micro-batch. A pipeline runs parallel.pp_microbatches micro-batches when
+    that is set; otherwise train.micro_batch's count if it reaches pp (a pipeline needs at least pp in
+    flight), else 2 x pp, or the smallest count from there that divides the rank's sequences."""
     micro = min(job.train.micro_batch, local_batch)
     n = job.parallel.pp_microbatches
     if pp == 1 or (not n and local_batch // micro >= pp):

@@ -97,7 +97,7 @@ class ParallelSection:
     pp_layers: str = "auto"  # "auto" or comma-separated layers per stage, e.g. "2,2,3,3,4,4,4,2"
     pp_schedule: str = "1f1b"  # gpipe | 1f1b | interleaved
     pp_chunks: int = 1  # stages per rank (interleaved)
-    pp_microbatches: int = 0  # used when train.micro_batch gives fewer than pp; 0: 2 x pp (micro_batch_for)
+    pp_microbatches: int = 0  # micro-batches per pipeline step; 0: from train.micro_batch, at least 2 x pp if it gives < pp
     activation_checkpoint: str = "none"  # none | full | selective
     ac_every: int = 2  # selective: checkpoint every k-th block
     timeout_s: int = 600  # collective timeout: a dead or hung rank ends the job with an error
