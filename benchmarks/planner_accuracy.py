@@ -224,7 +224,13 @@ def summarise(results: list[dict], rows: list[dict]) -> list[dict]:
             }
         )
     order = {"all": 0, "split": 1, "gpu": 2, "stack": 3, "scale": 4, "class": 5, "source": 6}
-    return sorted(out, key=lambda g: (order.get(g["kind"], 9), g["group"]))
+    scales = [name for _, name in SCALES]
+
+    def key(g: dict) -> tuple:
+        within = scales.index(g["group"]) if g["kind"] == "scale" else 0
+        return order.get(g["kind"], 9), within, g["group"]
+
+    return sorted(out, key=key)
 
 
 # ---- cross-validation ---------------------------------------------------------------------------------------
@@ -399,10 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_rows:
         print_rows(report["rows"])
         print()
-    print(
-        f"const_fit efficiency (median-|error| optimum on {sum(r['split'] == 'fit' for r in rows)} fit rows): "
-        f"{report['efficiency_fit']:.4f} of the dense bf16 peak"
-    )
+    n_fit = sum(r["split"] == "fit" for r in rows)
+    how = f"median-|error| optimum on {n_fit} fit rows" if n_fit else "no rows marked fit: const_fit = const50"
+    print(f"const_fit efficiency ({how}): {report['efficiency_fit']:.4f} of the dense bf16 peak")
     print(group_table(report["groups"], args.markdown, [k for k in args.kinds.split(",") if k]))
     reasons = sorted({r["reason"] for r in report["rows"] if "reason" in r})
     if reasons:

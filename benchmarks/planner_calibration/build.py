@@ -767,6 +767,7 @@ def llm_foundry() -> list[dict]:
             f"precision {prec}{' (Transformer Engine FP8 linears)' if prec == 'amp_fp8' else ''}, grad accum {ga}, "
             f"activation checkpointing {ac} (Composer checkpoints every block: recompute="
             f"{'full' if ac else 'none'}). MPT: MHA, GELU 4x, no biases, tied embeddings, flash attention. "
+            f"GPU '{gpu.split('-')[0].lower()}_{'40gb' if gpu.endswith('40GB') else '80gb'}' taken as the SXM part. "
             + (
                 "Interconnect: 1600 Gbps RoCE per node = 25 GB/s per GPU (table title); NVLink assumed. "
                 if inter
