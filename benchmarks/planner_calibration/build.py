@@ -196,21 +196,9 @@ def nemo_perf_2407() -> list[dict]:
     out = []
     for model, gpus, gbs, mbs, seq, tp, pp, cp, vp, tps, tflops in table:
         r = row(
-            model,
-            seq,
-            gpus,
-            **DGX_H100,
-            tp=tp,
-            pp=pp,
-            dp=dp_of(gpus, tp, pp, cp),
-            vpp=vp,
-            cp=cp,
-            zero=1,
-            sequence_parallel=int(tp > 1),
-            global_batch=gbs,
-            micro_batch=mbs,
-            precision="fp8",
-        )
+            model, seq, gpus, **DGX_H100, tp=tp, pp=pp, dp=dp_of(gpus, tp, pp, cp), vpp=vp, cp=cp, zero=1,
+            sequence_parallel=int(tp > 1), global_batch=gbs, micro_batch=mbs, precision="fp8",
+        )  # fmt: skip
         from_tokens(r, tps, f"{tps} tokens/s/GPU ({tflops} model TFLOP/s/GPU)")
         r["notes"] = (
             "NeMo 1.x/Megatron-Core, Transformer Engine FP8 (per-tensor current scaling per the page), "
@@ -237,21 +225,9 @@ def megatron_bridge_2511() -> list[dict]:
     out = []
     for model, gpus, gbs, mbs, seq, fsdp, tp, pp, cp, vp, tps, tflops in table:
         r = row(
-            model,
-            seq,
-            gpus,
-            **DGX_H100,
-            tp=tp,
-            pp=pp,
-            dp=dp_of(gpus, tp, pp, cp),
-            vpp=vp,
-            cp=cp,
-            zero=3 if fsdp else 1,
-            sequence_parallel=int(tp > 1),
-            global_batch=gbs,
-            micro_batch=mbs,
-            precision="fp8",
-        )
+            model, seq, gpus, **DGX_H100, tp=tp, pp=pp, dp=dp_of(gpus, tp, pp, cp), vpp=vp, cp=cp, zero=3 if fsdp else
+            1, sequence_parallel=int(tp > 1), global_batch=gbs, micro_batch=mbs, precision="fp8",
+        )  # fmt: skip
         from_tokens(r, tps, f"{tps} tokens/s/GPU ({tflops} model TFLOP/s/GPU)")
         r["notes"] = (
             (
@@ -273,22 +249,9 @@ def dgxc_2411() -> list[dict]:
 
     def add(model, file, yaml, gpus, gbs, seq, tp, pp, cp, vp, mbs, sp, rc, prec, step, extra=""):
         r = row(
-            model,
-            seq,
-            gpus,
-            **DGX_H100,
-            tp=tp,
-            pp=pp,
-            dp=dp_of(gpus, tp, pp, cp),
-            vpp=vp,
-            cp=cp,
-            zero=1,
-            sequence_parallel=sp,
-            recompute=rc,
-            global_batch=gbs,
-            micro_batch=mbs,
-            precision=prec,
-        )
+            model, seq, gpus, **DGX_H100, tp=tp, pp=pp, dp=dp_of(gpus, tp, pp, cp), vpp=vp, cp=cp, zero=1,
+            sequence_parallel=sp, recompute=rc, global_batch=gbs, micro_batch=mbs, precision=prec,
+        )  # fmt: skip
         printed(r, step, f"{step} s/step (Training step time)")
         # one source per README (each is its own table and model)
         family = {"llama3.1": "llama3.1-", "nemo_megatron": "gpt3-", "nemotron": "nemotron4-"}[file.split("/")[0]]
@@ -369,21 +332,9 @@ def torchtitan_a100_2404() -> list[dict]:
     out = []
     for model, seq, lbs, ac, rc, wps, mfu in table:
         r = row(
-            model,
-            seq,
-            64,
-            **cluster,
-            tp=1,
-            pp=1,
-            dp=64,
-            cp=1,
-            zero=3,
-            sequence_parallel=0,
-            recompute=rc,
-            global_batch=64 * lbs,
-            micro_batch=lbs,
-            precision="bf16",
-        )
+            model, seq, 64, **cluster, tp=1, pp=1, dp=64, cp=1, zero=3, sequence_parallel=0, recompute=rc,
+            global_batch=64 * lbs, micro_batch=lbs, precision="bf16",
+        )  # fmt: skip
         from_tokens(r, wps, f"{wps} WPS (tokens/s/GPU), MFU {mfu}, AC {ac}")
         r["notes"] = (
             "FSDP2 (fully_shard, reshard after forward) over 64 GPUs, no gradient accumulation, bf16 params with "
@@ -414,21 +365,9 @@ def torchtitan_h100_2408() -> list[dict]:
     out = []
     for prec, wps, mfu in (("bf16", 109, "29.0%"), ("fp8", 177, "23.46%")):
         r = row(
-            "Llama-3.1-405B",
-            8192,
-            128,
-            **GRAND_TETON,
-            tp=8,
-            pp=1,
-            dp=16,
-            cp=1,
-            zero=3,
-            sequence_parallel=1,
-            recompute="full",
-            global_batch=32,
-            micro_batch=2,
-            precision=prec,
-        )
+            "Llama-3.1-405B", 8192, 128, **GRAND_TETON, tp=8, pp=1, dp=16, cp=1, zero=3, sequence_parallel=1,
+            recompute="full", global_batch=32, micro_batch=2, precision=prec,
+        )  # fmt: skip
         from_tokens(r, wps, f"{wps} WPS (tokens/s/GPU), MFU {mfu}")
         r["notes"] = (
             "2D: FSDP2 over 16 x TP 8 (sequence-parallel norms), local batch 2, full AC; train_configs/"
@@ -442,176 +381,57 @@ def torchtitan_h100_2408() -> list[dict]:
 def torchtitan_h100_2412() -> list[dict]:
     src = "torchtitan benchmarks/llama3_h100_202412_torchtitan.md (H100, 2024-12)"
     url = "https://github.com/pytorch/torchtitan/blob/main/benchmarks/llama3_h100_202412_torchtitan.md"
-    out = []
-
-    def add(table, model, seq, gpus, tp, pp, cp, dp, zero, lbs, mbs, vpp, rc, prec, tps, what, extra):
-        r = row(
-            model,
-            seq,
-            gpus,
-            **GRAND_TETON,
-            tp=tp,
-            pp=pp,
-            dp=dp,
-            vpp=vpp,
-            cp=cp,
-            zero=zero,
-            sequence_parallel=int(tp > 1),
-            recompute=rc,
-            global_batch=dp * lbs,
-            micro_batch=mbs,
-            precision=prec,
-        )
-        from_tokens(r, tps, f"{tps} TPS/GPU ({what})")
-        r["citation"] = f"pytorch/torchtitan benchmarks/llama3_h100_202412_torchtitan.md, Table {table}; {url}"
-        r["notes"] = f"{what}. torch/torchao/torchtitan of 2024-12-23/26 (torchtitan 9dec370). " + extra + GRAND_TETON_NOTE
-        out.append(r)
-
     sac = "selective op AC (per-op SAC, mapped to recompute=selective); "
-    add(
-        1,
-        "Llama-3-8B",
-        8192,
-        8,
-        1,
-        1,
-        1,
-        8,
-        3,
-        2,
-        2,
-        1,
-        "selective",
-        "bf16",
-        5762,
-        "FSDP, eager",
-        "FSDP2 over 8, local batch 2, global 16, " + sac,
+    fp8 = "Float8 linears (bf16 attention). "
+    cpn = (
+        "Context parallel (ring attention, torch SDPA) over the CP ranks; FSDP shards over dp x cp; local batch 1, full AC. "
     )
-    add(
-        1,
-        "Llama-3-8B",
-        8192,
-        8,
-        1,
-        1,
-        1,
-        8,
-        3,
-        2,
-        2,
-        1,
-        "selective",
-        "fp8",
-        8532,
-        "FSDP + torch.compile + Float8",
-        "FSDP2 over 8, local batch 2, " + sac + "Float8 linears (bf16 attention). ",
-    )
-    add(
-        3,
-        "Llama-3-8B",
-        8192,
-        128,
-        1,
-        1,
-        1,
-        128,
-        3,
-        2,
-        2,
-        1,
-        "selective",
-        "bf16",
-        5605,
-        "FSDP, eager",
-        "FSDP2 over 128, local batch 2, global 256, " + sac,
-    )
-    add(
-        3,
-        "Llama-3-8B",
-        8192,
-        128,
-        1,
-        1,
-        1,
-        128,
-        3,
-        2,
-        2,
-        1,
-        "selective",
-        "fp8",
-        8380,
-        "FSDP + torch.compile + Float8",
-        "FSDP2 over 128, " + sac + "Float8 linears. ",
-    )
-    for fsdp, cp, seq, tps in ((8, 1, 32768, 3890), (4, 2, 65536, 2540), (2, 4, 131072, 1071), (1, 8, 262144, 548)):
-        add(
-            2,
-            "Llama-3-8B",
-            seq,
-            8,
-            1,
-            1,
-            cp,
-            fsdp,
-            3,
-            1,
-            1,
-            1,
-            "full",
-            "fp8",
-            tps,
-            f"FSDP {fsdp}, CP {cp} + torch.compile + Float8",
-            "Context parallel (ring attention, torch SDPA) over the CP ranks; FSDP shards over dp x cp; local "
-            "batch 1, full AC. ",
-        )
-    add(
-        4,
-        "Llama-3-70B",
-        8192,
-        256,
-        8,
-        1,
-        1,
-        32,
-        3,
-        16,
-        16,
-        1,
-        "full",
-        "fp8",
-        829,
-        "2D (FSDP 32, TP 8) + torch.compile + Float8",
-        "Local batch 16 per data-parallel rank, full AC, vanilla (not async) TP. ",
-    )
-    ppnote = (
+    ppn = (
         "FSDP 8 x TP 8 x PP 8, full AC, compile, Float8, async TP. zero=1: with PP torchtitan's FSDP2 does not "
         "reshard after forward and syncs gradients once per step, so the communication and memory are ZeRO-1's. "
         "micro_batch and vpp are torchtitan's defaults at 9dec370 (n_microbatches = pp = 8; interleaved "
         "schedule = 2 stages per rank), not stated by the benchmark; 126 layers do not split evenly. "
     )
-    add(5, "Llama-3.1-405B", 8192, 512, 8, 8, 1, 8, 1, 32, 4, 1, "full", "fp8", 100, "3D, 1F1B schedule", ppnote)
-    add(5, "Llama-3.1-405B", 8192, 512, 8, 8, 1, 8, 1, 32, 4, 2, "full", "fp8", 128, "3D, Interleaved 1F1B", ppnote)
-    for fsdp, cp, seq, tps in ((8, 1, 32768, 76), (1, 8, 262144, 16)):
-        add(
-            6,
-            "Llama-3.1-405B",
-            seq,
-            512,
-            8,
-            8,
-            cp,
-            fsdp,
-            1,
-            8,
-            1,
-            1,
-            "full",
-            "fp8",
-            tps,
-            f"4D, FSDP {fsdp}, CP {cp}, 1F1B",
-            ppnote.replace("n_microbatches = pp = 8", "n_microbatches = 8"),
-        )
+    pp6 = ppn.replace("n_microbatches = pp = 8", "n_microbatches = 8")
+    # fmt: off
+    # table, model, seq, gpus, tp, pp, cp, dp, zero, local batch, micro batch, vpp, recompute, precision,
+    # TPS/GPU, what the table calls the run, notes
+    table = [
+        (1, "Llama-3-8B", 8192, 8, 1, 1, 1, 8, 3, 2, 2, 1, "selective", "bf16", 5762, "FSDP, eager",
+         "FSDP2 over 8, local batch 2, global 16, " + sac),
+        (1, "Llama-3-8B", 8192, 8, 1, 1, 1, 8, 3, 2, 2, 1, "selective", "fp8", 8532, "FSDP + torch.compile + Float8",
+         "FSDP2 over 8, local batch 2, " + sac + fp8),
+        (3, "Llama-3-8B", 8192, 128, 1, 1, 1, 128, 3, 2, 2, 1, "selective", "bf16", 5605, "FSDP, eager",
+         "FSDP2 over 128, local batch 2, global 256, " + sac),
+        (3, "Llama-3-8B", 8192, 128, 1, 1, 1, 128, 3, 2, 2, 1, "selective", "fp8", 8380,
+         "FSDP + torch.compile + Float8", "FSDP2 over 128, " + sac + fp8),
+        (2, "Llama-3-8B", 32768, 8, 1, 1, 1, 8, 3, 1, 1, 1, "full", "fp8", 3890,
+         "FSDP 8, CP 1 + torch.compile + Float8", cpn),
+        (2, "Llama-3-8B", 65536, 8, 1, 1, 2, 4, 3, 1, 1, 1, "full", "fp8", 2540,
+         "FSDP 4, CP 2 + torch.compile + Float8", cpn),
+        (2, "Llama-3-8B", 131072, 8, 1, 1, 4, 2, 3, 1, 1, 1, "full", "fp8", 1071,
+         "FSDP 2, CP 4 + torch.compile + Float8", cpn),
+        (2, "Llama-3-8B", 262144, 8, 1, 1, 8, 1, 3, 1, 1, 1, "full", "fp8", 548,
+         "FSDP 1, CP 8 + torch.compile + Float8", cpn),
+        (4, "Llama-3-70B", 8192, 256, 8, 1, 1, 32, 3, 16, 16, 1, "full", "fp8", 829,
+         "2D (FSDP 32, TP 8) + torch.compile + Float8",
+         "Local batch 16 per data-parallel rank, full AC, vanilla (not async) TP. "),
+        (5, "Llama-3.1-405B", 8192, 512, 8, 8, 1, 8, 1, 32, 4, 1, "full", "fp8", 100, "3D, 1F1B schedule", ppn),
+        (5, "Llama-3.1-405B", 8192, 512, 8, 8, 1, 8, 1, 32, 4, 2, "full", "fp8", 128, "3D, Interleaved 1F1B", ppn),
+        (6, "Llama-3.1-405B", 32768, 512, 8, 8, 1, 8, 1, 8, 1, 1, "full", "fp8", 76, "4D, FSDP 8, CP 1, 1F1B", pp6),
+        (6, "Llama-3.1-405B", 262144, 512, 8, 8, 8, 1, 1, 8, 1, 1, "full", "fp8", 16, "4D, FSDP 1, CP 8, 1F1B", pp6),
+    ]
+    # fmt: on
+    out = []
+    for number, model, seq, gpus, tp, pp, cp, dp, zero, lbs, mbs, vpp, rc, prec, tps, what, extra in table:
+        r = row(
+            model, seq, gpus, **GRAND_TETON, tp=tp, pp=pp, dp=dp, vpp=vpp, cp=cp, zero=zero,
+            sequence_parallel=int(tp > 1), recompute=rc, global_batch=dp * lbs, micro_batch=mbs, precision=prec,
+        )  # fmt: skip
+        from_tokens(r, tps, f"{tps} TPS/GPU ({what})")
+        r["citation"] = f"pytorch/torchtitan benchmarks/llama3_h100_202412_torchtitan.md, Table {number}; {url}"
+        r["notes"] = f"{what}. torch/torchao/torchtitan of 2024-12-23/26 (torchtitan 9dec370). " + extra + GRAND_TETON_NOTE
+        out.append(r)
     return _finish(out, "torchtitan-h100-2024-12", src, "torchtitan", None)
 
 
@@ -628,21 +448,9 @@ def torchtitan_asynctp_2506() -> list[dict]:
         ("Llama-3-8B", 64, 8, 12, "selective", "bf16", 4378, "None (bfloat16), vanilla TP"),
     ):
         r = row(
-            model,
-            8192,
-            gpus,
-            **GRAND_TETON,
-            tp=8,
-            pp=1,
-            dp=dp,
-            cp=1,
-            zero=3,
-            sequence_parallel=1,
-            recompute=rc,
-            global_batch=dp * lbs,
-            micro_batch=lbs,
-            precision=prec,
-        )
+            model, 8192, gpus, **GRAND_TETON, tp=8, pp=1, dp=dp, cp=1, zero=3, sequence_parallel=1, recompute=rc,
+            global_batch=dp * lbs, micro_batch=lbs, precision=prec,
+        )  # fmt: skip
         from_tokens(r, tps, f"{tps} tokens/s/GPU ({what})")
         r["notes"] = (
             f"FSDP {dp} x TP 8, torch.compile, local batch {lbs} per data-parallel rank, "
@@ -664,24 +472,10 @@ def torchtitan_h200_trainy() -> list[dict]:
     for nodes, tps in ((4, 10938), (8, 10753)):
         gpus = 8 * nodes
         r = row(
-            "Llama-3-8B",
-            8192,
-            gpus,
-            gpu="H200",
-            gpus_per_node=8,
-            intra_node_GBps=450,
-            inter_node_GBps_per_gpu=50,
-            tp=1,
-            pp=1,
-            dp=gpus,
-            cp=1,
-            zero=3,
-            sequence_parallel=0,
-            recompute="selective",
-            global_batch=2 * gpus,
-            micro_batch=2,
-            precision="fp8",
-        )
+            "Llama-3-8B", 8192, gpus, gpu="H200", gpus_per_node=8, intra_node_GBps=450, inter_node_GBps_per_gpu=50,
+            tp=1, pp=1, dp=gpus, cp=1, zero=3, sequence_parallel=0, recompute="selective", global_batch=2 * gpus,
+            micro_batch=2, precision="fp8",
+        )  # fmt: skip
         from_tokens(r, tps, f"{tps} TPS/GPU ({nodes} nodes)")
         r["notes"] = (
             "FSDP2 over all GPUs, local batch 2, torch.compile, Float8 linears with FP8 all-gather and "
@@ -744,21 +538,10 @@ def llm_foundry() -> list[dict]:
         if inter:
             cells["inter_node_GBps_per_gpu"] = inter
         r = row(
-            model,
-            seq,
-            gpus,
-            **cells,
-            tp=1,
-            pp=1,
-            dp=gpus,
-            cp=1,
-            zero=3 if shard == "FULL_SHARD" else 2,
-            sequence_parallel=0,
-            recompute="full" if ac else "none",
-            global_batch=gbs,
-            micro_batch=mbs,
+            model, seq, gpus, **cells, tp=1, pp=1, dp=gpus, cp=1, zero=3 if shard == "FULL_SHARD" else 2,
+            sequence_parallel=0, recompute="full" if ac else "none", global_batch=gbs, micro_batch=mbs,
             precision="fp8" if prec == "amp_fp8" else "bf16",
-        )
+        )  # fmt: skip
         from_tokens(r, tps, f"{tps} Throughput (T/s/GPU)")
         r["citation"] = f"mosaicml/llm-foundry scripts/train/benchmarking/README.md at 495218376, table '{title}'; {url}"
         r["notes"] = (
@@ -794,22 +577,9 @@ def fms_fsdp() -> list[dict]:
     for model, shard, ac, a100, h100 in table:
         for gpu, gpus, tps, net in (("A100-80GB", 128, a100, "400Gbps"), ("H100-SXM", 96, h100, "800 Gbps")):
             r = row(
-                model,
-                4096,
-                gpus,
-                gpu=gpu,
-                gpus_per_node=8,
-                tp=1,
-                pp=1,
-                dp=gpus,
-                cp=1,
-                zero=3,
-                sequence_parallel=0,
-                recompute="none" if ac == "No AC" else "",
-                global_batch=2 * gpus,
-                micro_batch=2,
-                precision="bf16",
-            )
+                model, 4096, gpus, gpu=gpu, gpus_per_node=8, tp=1, pp=1, dp=gpus, cp=1, zero=3, sequence_parallel=0,
+                recompute="none" if ac == "No AC" else "", global_batch=2 * gpus, micro_batch=2, precision="bf16",
+            )  # fmt: skip
             from_tokens(r, tps, f"{tps} tokens/s/GPU ({gpu.split('-')[0]}, {gpus} GPUs, {shard}, {ac})")
             r["notes"] = (
                 f"PyTorch FSDP1 ({shard}; HSDP = shard inside a node, replicate across nodes, written as zero=3), "
@@ -843,21 +613,9 @@ def kempner() -> list[dict]:
     ]
     for model, gpus, tp, fsdp, mbs, ga, step, tok, cite in table:
         r = row(
-            model,
-            4096,
-            gpus,
-            gpu="H200",
-            gpus_per_node=4,
-            tp=tp,
-            pp=1,
-            dp=fsdp,
-            cp=1,
-            zero=3 if fsdp > 1 else 0,
-            recompute="full",
-            global_batch=mbs * ga * fsdp,
-            micro_batch=mbs,
-            precision="bf16",
-        )
+            model, 4096, gpus, gpu="H200", gpus_per_node=4, tp=tp, pp=1, dp=fsdp, cp=1, zero=3 if fsdp > 1 else 0,
+            recompute="full", global_batch=mbs * ga * fsdp, micro_batch=mbs, precision="bf16",
+        )  # fmt: skip
         printed(r, step, f"{step} s/step ({tok} tok/s)")
         r["source_id"] = "kempnerforge-mfu-2026-04" if cite.startswith("mfu") else "kempnerforge-weak-2026-06"
         r["citation"] = f"KempnerInstitute/KempnerForge benchmarks/{cite}"
@@ -886,24 +644,10 @@ def bloom() -> list[dict]:
         "tr11-176B-ml/README.md"
     )
     r = row(
-        "BLOOM-176B",
-        2048,
-        384,
-        gpu="A100-80GB",
-        gpus_per_node=8,
-        inter_node_GBps_per_gpu=6.25,
-        tp=4,
-        pp=12,
-        dp=8,
-        vpp=1,
-        cp=1,
-        zero=1,
-        sequence_parallel=0,
-        recompute="full",
-        global_batch=2048,
-        micro_batch=2,
+        "BLOOM-176B", 2048, 384, gpu="A100-80GB", gpus_per_node=8, inter_node_GBps_per_gpu=6.25, tp=4, pp=12, dp=8,
+        vpp=1, cp=1, zero=1, sequence_parallel=0, recompute="full", global_batch=2048, micro_batch=2,
         precision="bf16",
-    )
+    )  # fmt: skip
     printed(r, 104.70, "104.70 s/iteration (149.77 hardware TFLOP/s/GPU)")
     r["notes"] = (
         "Printed iteration time at full batch (GBS 2048). DeepSpeed BF16_Optimizer implements its own ZeRO-1 "
@@ -926,20 +670,9 @@ def mt_nlg() -> list[dict]:
     for nodes, step, tflops in ((280, 60.1, 126), (350, 50.2, 121), (420, 44.4, 113)):
         gpus = 8 * nodes
         r = row(
-            "MT-NLG-530B",
-            2048,
-            gpus,
-            gpu="A100-80GB",
-            gpus_per_node=8,
-            intra_node_GBps=300,
-            inter_node_GBps_per_gpu=25,
-            tp=8,
-            pp=35,
-            dp=gpus // 280,
-            cp=1,
-            sequence_parallel=0,
-            global_batch=1920,
-        )
+            "MT-NLG-530B", 2048, gpus, gpu="A100-80GB", gpus_per_node=8, intra_node_GBps=300,
+            inter_node_GBps_per_gpu=25, tp=8, pp=35, dp=gpus // 280, cp=1, sequence_parallel=0, global_batch=1920,
+        )  # fmt: skip
         printed(r, step, f"{step} s/iteration ({tflops} TFLOP/s/GPU)")
         r["notes"] = (
             "Printed latency per iteration. TP 8 within a DGX A100 (NVSwitch), PP 35 (3 layers per stage), DP = "
@@ -959,17 +692,8 @@ def nemotron4_report() -> list[dict]:
         "MFU ~41%), as quoted at https://aiportalx.com/nvidia/nemotron-4-340b"
     )
     r = row(
-        "Nemotron-4-340B",
-        4096,
-        6144,
-        **DGX_H100,
-        tp=8,
-        pp=12,
-        dp=64,
-        cp=1,
-        global_batch=2304,
-        precision="bf16",
-    )
+        "Nemotron-4-340B", 4096, 6144, **DGX_H100, tp=8, pp=12, dp=64, cp=1, global_batch=2304, precision="bf16",
+    )  # fmt: skip
     printed(r, 8.0, "8.0 s/iteration (MFU 41.0%)")
     r["notes"] = (
         "Printed iteration time of the 6144-GPU stage. TP 8 x PP 12 (interleaved; virtual stages not stated: vpp "
@@ -995,21 +719,10 @@ def llama3_paper() -> list[dict]:
     out = []
     for gpus, dp, tflops, mfu in ((8192, 64, 430, "43%"), (16384, 128, 400, "41%")):
         r = row(
-            "Llama-3.1-405B",
-            seq,
-            gpus,
-            gpu="H100-SXM",
-            gpus_per_node=8,
-            intra_node_GBps=450,
-            inter_node_GBps_per_gpu=50,
-            tp=8,
-            pp=16,
-            dp=dp,
-            cp=1,
-            sequence_parallel=1,
-            global_batch=2048,
+            "Llama-3.1-405B", seq, gpus, gpu="H100-SXM", gpus_per_node=8, intra_node_GBps=450,
+            inter_node_GBps_per_gpu=50, tp=8, pp=16, dp=dp, cp=1, sequence_parallel=1, global_batch=2048,
             precision="bf16",
-        )
+        )  # fmt: skip
         step = 2048 * seq * flops_per_token / (gpus * tflops * 1e12)
         r["measured_step_s"] = _fmt(step)
         r["published_value"] = f"{tflops} TFLOP/s/GPU (BF16 MFU {mfu}), 16M tokens/batch"
