@@ -31,7 +31,7 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from flopwise.errors import ConfigError, DataError, PlanError
+from flopwise.errors import ConfigError, DataError, FlopwiseError, PlanError
 from flopwise.flops import model_flops_per_token
 from flopwise.hardware import resolve_accelerator
 from flopwise.plan.validate import row_inputs, validate_rows
@@ -87,9 +87,18 @@ def constant_predict(row: dict, efficiency: float) -> float:
     return model_flops_per_step(row) / (_int(row, "gpus") * efficiency * peak_flops(row))
 
 
+def _implied_or_none(row: dict) -> float | None:
+    try:
+        return implied_efficiency(row)
+    except (ConfigError, DataError):  # a shape the model config refuses: no baseline for this row
+        return None
+
+
 def fit_constant(rows: list[dict]) -> float:
     """The single efficiency minimising the median |error| over `rows` (grid of 0.0005 over 0.05-1.2)."""
-    implied = [implied_efficiency(r) for r in rows]
+    implied = [x for x in map(_implied_or_none, rows) if x is not None]
+    if not implied:
+        return BASELINE_EFFICIENCY
     best, best_err = BASELINE_EFFICIENCY, math.inf
     for step in range(100, 2401):
         e = step * 0.0005
@@ -172,12 +181,13 @@ def evaluate(rows: list[dict], efficiency_fit: float | None = None) -> dict:
             "classes": classes(row),
             "unmodelled": unmodelled(row),
             "measured_s": measured,
-            "implied_efficiency": implied_efficiency(row),
+            "implied_efficiency": _implied_or_none(row),
         }
         for name, e in (("const50", BASELINE_EFFICIENCY), ("const_fit", efficiency_fit)):
-            pred = constant_predict(row, e)
-            out[f"{name}_s"] = pred
-            out[f"{name}_error"] = pred / measured - 1.0
+            implied = out["implied_efficiency"]
+            # constant model: step = F / (gpus e peak) = measured x implied / e
+            out[f"{name}_s"] = None if implied is None else measured * implied / e
+            out[f"{name}_error"] = None if implied is None else implied / e - 1.0
         if "error" in p:
             out.update(
                 planner_s=p["predicted_s"],
@@ -194,7 +204,8 @@ def evaluate(rows: list[dict], efficiency_fit: float | None = None) -> dict:
     return {"efficiency_fit": efficiency_fit, "rows": results, "groups": summarise(results, rows)}
 
 
-def _stats(errors: list[float]) -> dict:
+def _stats(errors: list[float | None]) -> dict:
+    errors = [e for e in errors if e is not None]
     if not errors:
         return {"n": 0, "median": None, "max": None}
     errs = [abs(e) for e in errors]
@@ -400,8 +411,21 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    rows = load_rows(files)
-    report = evaluate(rows)
+    try:
+        rows = load_rows(files)
+        for row in rows:
+            text = row.get("measured_step_s", "")
+            try:
+                if float(text) > 0:
+                    continue
+            except ValueError:
+                pass
+            where = f"{row['file']} line {row['index'] + 2}"
+            raise DataError(f"{where}: measured_step_s = {text!r}, must be a positive number")
+        report = evaluate(rows)
+    except (FlopwiseError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not args.no_rows:
         print_rows(report["rows"])
         print()
