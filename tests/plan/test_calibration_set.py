@@ -1,0 +1,152 @@
+"""The planner calibration set (benchmarks/planner_calibration) is well-formed and traceable, and the accuracy
+harness (benchmarks/planner_accuracy.py) scores rows, records why a row cannot be predicted, and keeps whole
+sources together in its cross-validation folds."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from flopwise.hardware import CATALOGUE
+
+ROOT = Path(__file__).resolve().parents[2]
+CALIBRATION = ROOT / "benchmarks" / "planner_calibration"
+INT_COLUMNS = ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "seq", "gpus", "gpus_per_node", "global_batch")
+OPTIONAL_INT = ("tp", "pp", "dp", "vpp", "cp", "zero", "sequence_parallel", "micro_batch")
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def build():
+    return _load("planner_calibration_build", CALIBRATION / "build.py")
+
+
+@pytest.fixture(scope="module")
+def harness():
+    return _load("planner_accuracy", ROOT / "benchmarks" / "planner_accuracy.py")
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict[str, list[dict]]:
+    out = {}
+    for split in ("fit", "holdout"):
+        with (CALIBRATION / f"{split}.csv").open(newline="") as fh:
+            out[split] = list(csv.DictReader(fh))
+    return out
+
+
+def test_csvs_are_what_build_py_writes(build):
+    for path, text in build.outputs().items():
+        assert path.read_text() == text, f"{path.name} is stale: run benchmarks/planner_calibration/build.py"
+
+
+def test_every_row_is_well_formed_and_cited(build, rows):
+    all_rows = rows["fit"] + rows["holdout"]
+    assert len(all_rows) >= 60
+    for row in all_rows:
+        where = f"{row['source_id']} {row['model']} {row['gpus']}"
+        assert list(row) == list(build.COLUMNS), where
+        for key in ("source", "source_id", "citation", "notes", "published_value", "derived_from"):
+            assert row[key].strip(), f"{where}: {key} is blank"
+        assert row["gpu"] in CATALOGUE, where
+        assert row["stack"] in ("megatron", "nemo", "deepspeed", "fsdp", "torchtitan", "other"), where
+        assert row["software"] in ("flopwise", "megatron"), where
+        assert row["mlp"] in ("gelu", "swiglu"), where
+        assert row["recompute"] in ("", "none", "selective", "full"), where
+        assert row["precision"] in ("", "bf16", "fp16", "fp8"), where
+        values = {k: int(row[k]) for k in INT_COLUMNS}
+        values |= {k: int(row[k]) for k in OPTIONAL_INT if row[k]}
+        assert all(v > 0 for k, v in values.items() if k not in ("zero", "sequence_parallel")), where
+        for key in ("intra_node_GBps", "inter_node_GBps_per_gpu"):
+            assert not row[key] or float(row[key]) > 0, where
+        assert float(row["measured_step_s"]) > 0, where
+        assert values["heads"] % values["kv_heads"] == 0 and values["hidden"] % values["heads"] == 0, where
+        if all(k in values for k in ("tp", "pp", "dp", "cp")):
+            assert values["tp"] * values["pp"] * values["dp"] * values["cp"] == values["gpus"], where
+        if "dp" in values and "micro_batch" in values:
+            assert values["global_batch"] % (values["dp"] * values["micro_batch"]) == 0, where
+
+
+def test_split_keeps_whole_sources_and_covers_every_gpu_and_stack(build, rows):
+    fit = {r["source_id"] for r in rows["fit"]}
+    holdout = {r["source_id"] for r in rows["holdout"]}
+    assert not fit & holdout
+    assert holdout == set(build.HOLDOUT_SOURCES)
+    # every GPU family (A100 / H100 / H200) and every stack but the one-row Megatron-LM source is held out too
+    family = {"gpu": lambda r: r["gpu"].split("-")[0], "stack": lambda r: r["stack"]}
+    for key, of in family.items():
+        held = {of(r) for r in rows["holdout"]}
+        assert {of(r) for r in rows["fit"]} - held <= {"megatron"}, key
+
+
+def test_constant_model_reproduces_the_measurement_at_the_implied_efficiency(harness):
+    rows = harness.load_rows(harness.DEFAULT_FILES)
+    for row in rows[::7]:
+        e = harness.implied_efficiency(row)
+        assert 0.05 < e < 1.0, row["model"]
+        assert harness.constant_predict(row, e) == pytest.approx(float(row["measured_step_s"]))
+
+
+def test_group_folds_keep_sources_together(harness):
+    rows = [{"source_id": s} for s in "aaabbcdddde"]
+    for k in (None, 2, 3):
+        folds = harness.group_folds(rows, k)
+        assert sorted(i for f in folds for i in f) == list(range(len(rows)))
+        for fold in folds:
+            for other in folds:
+                if other is not fold:
+                    assert not {rows[i]["source_id"] for i in fold} & {rows[i]["source_id"] for i in other}
+    assert len(harness.group_folds(rows, None)) == 5 and len(harness.group_folds(rows, 2)) == 2
+
+
+def test_cross_validate_scores_each_row_with_a_fit_that_never_saw_its_source(harness):
+    rows = [{"source_id": s, "measured_step_s": str(t)} for s, t in zip("aabbc", (1.0, 1.0, 2.0, 2.0, 4.0), strict=True)]
+    seen = []
+
+    def fit(train):
+        seen.append({r["source_id"] for r in train})
+        return sum(float(r["measured_step_s"]) for r in train) / len(train)
+
+    cv = harness.cross_validate(rows, fit, lambda row, mean: mean, k=None)
+    assert cv["k"] == 3 and cv["unpredicted"] == 0
+    for fold, train_sources in zip(cv["folds"], seen, strict=True):
+        assert not set(fold["groups"]) & train_sources
+    # source c (4.0) is predicted from a and b: mean 1.5
+    assert cv["predictions"][4] == pytest.approx(1.5)
+    cv = harness.cross_validate(rows, fit, lambda row, mean: None, k=2)
+    assert cv["unpredicted"] == len(rows) and cv["summary"]["n"] == 0
+
+
+def test_harness_predicts_or_gives_the_reason(harness, rows, tmp_path):
+    picked = [
+        next(r for r in rows["holdout"] if r["source_id"] == "dgxc-24.11-gpt3-175b" and r["precision"] == "bf16"),
+        next(r for r in rows["holdout"] if r["precision"] == "fp8"),
+        next(r for r in rows["fit"] if r["cp"] not in ("", "1") and r["precision"] == "bf16"),
+    ]
+    path = tmp_path / "some_holdout.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(picked[0]))
+        writer.writeheader()
+        writer.writerows(picked)
+    report = harness.evaluate(harness.load_rows([path]), efficiency_fit=0.5)
+    ok, fp8, cp = report["rows"]
+    assert ok["split"] == "holdout" and ok["planner_s"] > 0 and abs(ok["planner_error"]) < 0.25
+    assert set(ok["breakdown_s"]) >= {"compute", "bubble", "tp", "pp", "dp"}
+    assert sum(ok["breakdown_s"].values()) == pytest.approx(ok["planner_s"])
+    assert "fp8" in fp8["reason"] and fp8["unmodelled"] == ["fp8"]
+    assert "context parallel" in cp["reason"] and "context parallelism" in cp["unmodelled"]
+    for r in report["rows"]:
+        assert r["const_fit_error"] == pytest.approx(r["const50_error"])  # efficiency_fit=0.5 given
+    overall = next(g for g in report["groups"] if g["kind"] == "all")
+    assert overall["rows"] == 3 and overall["planner"]["n"] == 1 and overall["const50"]["n"] == 3
