@@ -48,7 +48,7 @@ def served_llama(llama_checkpoint):
     return load_served_model(llama_checkpoint, device="cpu")
 
 
-SERVER_CONFIG = EngineConfig(block_size=8, max_num_batched_tokens=96, max_num_seqs=64, device="cpu")
+SERVER_CONFIG = EngineConfig(block_size=8, max_num_batched_tokens=96, max_num_seqs=64, device="cpu", threads=1)
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +58,14 @@ def server(lfa_checkpoint):
 
     with BackgroundServer(create_app(lfa_checkpoint, SERVER_CONFIG, model_name="toy")) as srv:
         yield srv
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny matrices on a shared 2-core machine: one intra-op thread is several times faster than two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

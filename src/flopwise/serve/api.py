@@ -307,7 +307,9 @@ async def _collect(streams: list[RequestStream], request: Request) -> list[_Resu
             if not task.done() and await request.is_disconnected():
                 task.cancel()
                 break
-        return await task
+        if not task.cancelled():
+            task.result()  # re-raises an engine failure
+        return results
     finally:
         for s in streams:
             s.close()

@@ -50,6 +50,10 @@ class AsyncEngine:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        if self.engine.config.threads:
+            import torch
+
+            torch.set_num_threads(self.engine.config.threads)
         while not self._stopped:
             with self._lock:
                 busy = self.engine.has_work()

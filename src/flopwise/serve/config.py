@@ -31,13 +31,14 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    threads: int = 0  # torch intra-op threads of the engine thread; 0: torch's default
 
     def __post_init__(self) -> None:
         for key in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"serve.{key} = {value!r}: must be a positive integer")
-        for key in ("num_blocks", "kv_cache_memory"):
+        for key in ("num_blocks", "kv_cache_memory", "threads"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"serve.{key} = {value!r}: must be a non-negative integer (0: automatic)")
