@@ -96,14 +96,24 @@ def deploy(checkpoint: str | Path, config: EngineConfig, options: RayServeOption
 
 
 def serve_forever() -> None:
-    """Block until interrupted, then shut Serve down."""
+    """Block until interrupted (Ctrl-C or SIGTERM), then shut Serve and the local Ray instance down."""
+    import signal
+
+    import ray
     from ray import serve
 
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         while True:
             time.sleep(1)
+    except KeyboardInterrupt:
+        pass
     finally:
         serve.shutdown()
+        ray.shutdown()
 
 
 def replica_actor_names() -> list[str]:
