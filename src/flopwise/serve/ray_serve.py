@@ -117,8 +117,8 @@ def serve_forever() -> None:
 
 
 def replica_actor_names() -> list[str]:
-    """Names of the live replica actors of the deployment (for tests and operators)."""
-    from ray.util.state import list_actors
+    """Names of the live replica actors of the deployment (namespace "serve"), for tests and operators."""
+    import ray
 
-    return [a.name for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.name and "FlopwiseReplica" in a.name
-            and a.class_name.endswith("ServeReplica:flopwise:FlopwiseReplica")]
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == "serve" and "FlopwiseReplica" in a["name"] and "REPLICA" in a["name"])
