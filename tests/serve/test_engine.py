@@ -162,3 +162,26 @@ def test_abort_frees_blocks_at_once(served_lfa):
     assert eng.stats()["free_blocks"] < eng.num_blocks
     assert eng.abort(rid)
     assert eng.stats()["free_blocks"] == eng.num_blocks and not eng.has_work()
+
+
+def test_end_of_document_id_comes_from_the_manifest_then_the_tokenizer(lfa_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    from flopwise.serve.loader import load_served_model
+
+    run = tmp_path / "run"
+    shutil.copytree(lfa_checkpoint, run)
+    step = next((run / "checkpoints").glob("step_*"))
+    config = json.loads((step / "config.json").read_text())
+    shards = tmp_path / "shards"
+    shutil.copytree(config["shards"], shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["eod_id"] = 7  # the data was packed with id 7 as its end-of-document token
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    config["shards"] = str(shards)
+    (step / "config.json").write_text(json.dumps(config))
+    assert load_served_model(run, device="cpu").eod_id == 7
+    shutil.rmtree(shards)  # manifest gone: the tokenizer's single special token
+    served = load_served_model(run, device="cpu")
+    assert served.eod_id == served.tokenizer.token_to_id("<|endoftext|>")

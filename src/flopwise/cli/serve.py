@@ -40,6 +40,11 @@ def serve(
     from flopwise.errors import ConfigError
     from flopwise.serve.config import EngineConfig
 
+    for module in ("fastapi", "uvicorn", "prometheus_client"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ConfigError(f"flopwise serve needs {module}: pip install 'flopwise[serve]'") from None
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port}: must be between 1 and 65535")
     if kv_cache_gib < 0:
