@@ -118,9 +118,10 @@ class StepBatch:
     slot_mapping: torch.Tensor  # [T] pool slot of each new key/value
     logit_rows: torch.Tensor  # [R] rows whose logits are returned
     decode_rows: torch.Tensor | None = None  # sequences with one token this step (rows of the flat batch)
-    decode_kv: torch.Tensor | None = None  # [nd, L] pool slots of their keys (padded)
-    decode_mask: torch.Tensor | None = None  # [nd, 1, 1, L]
-    prefills: list[tuple[int, int, torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
+    decode_blocks: torch.Tensor | None = None  # [nd, B] their block tables (padded with block 0)
+    decode_mask: torch.Tensor | None = None  # [nd, 1, 1, B * block_size]: which keys are theirs
+    # prefill chunks: (first row, rows, block table or None when the chunk starts the sequence, keys, mask)
+    prefills: list[tuple[int, int, torch.Tensor | None, int, torch.Tensor | None]] = field(default_factory=list)
     first_rows: torch.Tensor | None = None  # LFA: each sequence's first row, its slot, whether it is fresh
     state_slots: torch.Tensor | None = None
     fresh: torch.Tensor | None = None
@@ -131,13 +132,9 @@ class StepBatch:
 
 def build_batch(chunks: list[SeqChunk], block_size: int, device) -> StepBatch:
     tokens, positions, slots, logit_rows = [], [], [], []
-    decode_rows, decode_kv, decode_len, prefills = [], [], [], []
+    decode_rows, decode_tables, decode_len, prefills = [], [], [], []
     first_rows, state_slots, fresh, last_rows, end_rows, end_ids = [], [], [], [], [], []
     row = 0
-
-    def kv_slots(table: list[int], length: int) -> list[int]:
-        return [table[p // block_size] * block_size + p % block_size for p in range(length)]
-
     for c in chunks:
         n = len(c.tokens)
         pos = range(c.num_computed, c.num_computed + n)
@@ -146,25 +143,24 @@ def build_batch(chunks: list[SeqChunk], block_size: int, device) -> StepBatch:
         slots.extend(c.block_table[p // block_size] * block_size + p % block_size for p in pos)
         logit_rows.extend(range(row + c.logits_from, row + n))
         context = c.num_computed + n
+        used = -(-context // block_size)
         if n == 1:
             decode_rows.append(row)
-            decode_kv.append(kv_slots(c.block_table, context))
+            decode_tables.append(c.block_table[:used])
             decode_len.append(context)
-        else:
-            kv = torch.tensor(kv_slots(c.block_table, context), device=device)
-            mask = None
-            if c.num_computed:  # causal with an offset: query i sees keys 0 .. num_computed + i
-                q_pos = torch.arange(c.num_computed, context, device=device)
-                mask = torch.arange(context, device=device).unsqueeze(0) <= q_pos.unsqueeze(1)
-            prefills.append((row, n, kv, mask))
+        elif c.num_computed == 0:  # a fresh prompt: its keys are all in this step, plain causal attention
+            prefills.append((row, n, None, context, None))
+        else:  # causal with an offset: query i sees keys 0 .. num_computed + i
+            q_pos = torch.arange(c.num_computed, context, device=device)
+            mask = torch.arange(context, device=device).unsqueeze(0) <= q_pos.unsqueeze(1)
+            prefills.append((row, n, torch.tensor(c.block_table[:used], device=device), context, mask))
         first_rows.append(row)
         state_slots.append(c.slot)
         fresh.append(c.num_computed == 0)
         last_rows.append(row + n - 1)
-        for i, p in enumerate(pos):
-            if p % block_size == block_size - 1:
-                end_rows.append(row + i)
-                end_ids.append(c.block_table[p // block_size])
+        for p in range(-(-c.num_computed // block_size) * block_size + block_size - 1, context, block_size):
+            end_rows.append(row + p - c.num_computed)  # rows that complete a block
+            end_ids.append(c.block_table[p // block_size])
         row += n
 
     def t(values, dtype=torch.long):
@@ -172,35 +168,50 @@ def build_batch(chunks: list[SeqChunk], block_size: int, device) -> StepBatch:
 
     batch = StepBatch(t(tokens), t(positions), t(slots), t(logit_rows), prefills=prefills)
     if decode_rows:
-        width = max(decode_len)
+        width = max(len(b) for b in decode_tables)
         batch.decode_rows = t(decode_rows)
-        batch.decode_kv = t([s + [0] * (width - len(s)) for s in decode_kv])
-        batch.decode_mask = (torch.arange(width, device=device).unsqueeze(0) < t(decode_len).unsqueeze(1))[:, None, None]
+        batch.decode_blocks = t([b + [0] * (width - len(b)) for b in decode_tables])
+        keys = torch.arange(width * block_size, device=device)
+        batch.decode_mask = (keys.unsqueeze(0) < t(decode_len).unsqueeze(1))[:, None, None]
     batch.first_rows, batch.state_slots, batch.fresh = t(first_rows), t(state_slots), t(fresh, torch.bool)
     batch.last_rows = t(last_rows)
     batch.block_end_rows, batch.block_end_ids = t(end_rows), t(end_ids)
     return batch
 
 
-def paged_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, batch: StepBatch) -> torch.Tensor:
-    """q [T, heads, d]; k_pool/v_pool [slots, kv_heads, d] of one layer, already holding this step's keys.
-    Returns [T, heads, d]. Decoding sequences go together (one query each, keys padded and masked);
-    each prefill chunk goes alone with a causal mask offset by the tokens it already has."""
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                    batch: StepBatch, block_size: int) -> torch.Tensor:
+    """q [T, heads, d]; k/v [T, kv_heads, d] this step's keys and values; k_pool/v_pool [slots, kv_heads, d]
+    of one layer, already holding them. Returns [T, heads, d].
+
+    Decoding sequences go together: their blocks are gathered ([nd, B, block, kv_heads, d]) and the query
+    heads of each KV group act as that group's query rows, so grouped-query attention needs no copies of
+    keys. A fresh prompt attends to this step's keys directly; a later chunk of a prompt reads its blocks
+    with a causal mask offset by the tokens it already has."""
     out = torch.empty_like(q)
-    gqa = q.shape[1] != k_pool.shape[1]
+    kv_heads, d = k_pool.shape[1], k_pool.shape[2]
+    group = q.shape[1] // kv_heads
+    gqa = group != 1
     if batch.decode_rows is not None:
-        qd = q[batch.decode_rows].unsqueeze(2)  # [nd, heads, 1, d]
-        kd = k_pool[batch.decode_kv].transpose(1, 2)  # [nd, kv_heads, L, d]
-        vd = v_pool[batch.decode_kv].transpose(1, 2)
-        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=batch.decode_mask, enable_gqa=gqa)
-        out[batch.decode_rows] = od.squeeze(2)
-    for start, n, kv, mask in batch.prefills:
+        nd, width = batch.decode_blocks.shape
+        index = batch.decode_blocks.flatten()
+
+        def gather(pool: torch.Tensor) -> torch.Tensor:  # -> [nd, kv_heads, L, d], contiguous for SDPA
+            rows = pool.view(-1, block_size * kv_heads * d).index_select(0, index)
+            return rows.view(nd, width * block_size, kv_heads, d).transpose(1, 2).contiguous()
+
+        qd = q[batch.decode_rows].view(nd, kv_heads, group, d)
+        od = F.scaled_dot_product_attention(qd, gather(k_pool), gather(v_pool), attn_mask=batch.decode_mask)
+        out[batch.decode_rows] = od.reshape(nd, -1, d)
+    for start, n, blocks, context, mask in batch.prefills:
         qp = q[start : start + n].transpose(0, 1).unsqueeze(0)  # [1, heads, n, d]
-        kp = k_pool[kv].transpose(0, 1).unsqueeze(0)
-        vp = v_pool[kv].transpose(0, 1).unsqueeze(0)
-        if mask is None:
+        if blocks is None:
+            kp = k[start : start + n].transpose(0, 1).unsqueeze(0)
+            vp = v[start : start + n].transpose(0, 1).unsqueeze(0)
             op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=gqa)
         else:
+            kp = k_pool.view(-1, block_size, kv_heads, d)[blocks].flatten(0, 1)[:context].transpose(0, 1).unsqueeze(0)
+            vp = v_pool.view(-1, block_size, kv_heads, d)[blocks].flatten(0, 1)[:context].transpose(0, 1).unsqueeze(0)
             op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, enable_gqa=gqa)
         out[start : start + n] = op[0].transpose(0, 1)
     return out
@@ -243,7 +254,7 @@ def paged_forward(model: Transformer, cache: PagedKVCache, batch: StepBatch) -> 
         v = attn.wv(h).view(t, -1, attn.head_dim)
         cache.k[layer].index_copy_(0, batch.slot_mapping, k)
         cache.v[layer].index_copy_(0, batch.slot_mapping, v)
-        o = paged_attention(q, cache.k[layer], cache.v[layer], batch)
+        o = paged_attention(q, k, v, cache.k[layer], cache.v[layer], batch, cache.block_size)
         x = x + attn.wo(o.reshape(t, -1))
         m = block.mlp(block.ffn_norm(x).unsqueeze(0))
         x = x + (m[0] if isinstance(m, tuple) else m)[0]
