@@ -5,7 +5,7 @@ The model's own modules and weights do the work; only the order of operations di
 `Transformer.forward`: tokens of all sequences are concatenated ([T, h]), each has its own position, the
 new keys/values are written into their pool slots, and attention reads each sequence's keys through its
 block table. On CPU the read is a gather into `scaled_dot_product_attention` (`paged_attention`); a GPU
-kernel taking the same arguments (query rows, pool, slot indices, context lengths) can replace it.
+kernel taking the same arguments (query rows, pool, block tables, context lengths) can replace it.
 
 LFA needs, per sequence, the last filter input x[t-1] and conv1 output y1[t-1] of every layer (Yuan 2.0,
 reference/yuan2.md): a constant-size state held in slots of `lfa_x` / `lfa_y`. For prefix caching the same
@@ -38,8 +38,7 @@ class PagedKVCache:
         self.cfg = cfg
         self.num_blocks = num_blocks
         self.block_size = block_size
-        slots = num_blocks * block_size
-        shape = (cfg.layers, slots, cfg.kv_heads, cfg.head_dim)
+        shape = (cfg.layers, num_blocks, cfg.kv_heads, block_size, cfg.head_dim)  # head-major inside a block
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.lfa_x = self.lfa_y = self.block_x = self.block_y = None
@@ -115,7 +114,8 @@ class SeqChunk:
 class StepBatch:
     tokens: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
-    slot_mapping: torch.Tensor  # [T] pool slot of each new key/value
+    write_blocks: torch.Tensor  # [T] block and offset of each new key/value
+    write_offsets: torch.Tensor
     logit_rows: torch.Tensor  # [R] rows whose logits are returned
     decode_rows: torch.Tensor | None = None  # sequences with one token this step (rows of the flat batch)
     decode_blocks: torch.Tensor | None = None  # [nd, B] their block tables (padded with block 0)
@@ -131,7 +131,7 @@ class StepBatch:
 
 
 def build_batch(chunks: list[SeqChunk], block_size: int, device) -> StepBatch:
-    tokens, positions, slots, logit_rows = [], [], [], []
+    tokens, positions, blocks, offsets, logit_rows = [], [], [], [], []
     decode_rows, decode_tables, decode_len, prefills = [], [], [], []
     first_rows, state_slots, fresh, last_rows, end_rows, end_ids = [], [], [], [], [], []
     row = 0
@@ -140,7 +140,8 @@ def build_batch(chunks: list[SeqChunk], block_size: int, device) -> StepBatch:
         pos = range(c.num_computed, c.num_computed + n)
         tokens.extend(c.tokens)
         positions.extend(pos)
-        slots.extend(c.block_table[p // block_size] * block_size + p % block_size for p in pos)
+        blocks.extend(c.block_table[p // block_size] for p in pos)
+        offsets.extend(p % block_size for p in pos)
         logit_rows.extend(range(row + c.logits_from, row + n))
         context = c.num_computed + n
         used = -(-context // block_size)
@@ -166,7 +167,7 @@ def build_batch(chunks: list[SeqChunk], block_size: int, device) -> StepBatch:
     def t(values, dtype=torch.long):
         return torch.tensor(values, dtype=dtype, device=device)
 
-    batch = StepBatch(t(tokens), t(positions), t(slots), t(logit_rows), prefills=prefills)
+    batch = StepBatch(t(tokens), t(positions), t(blocks), t(offsets), t(logit_rows), prefills=prefills)
     if decode_rows:
         width = max(len(b) for b in decode_tables)
         batch.decode_rows = t(decode_rows)
@@ -180,28 +181,29 @@ def build_batch(chunks: list[SeqChunk], block_size: int, device) -> StepBatch:
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
-                    batch: StepBatch, block_size: int) -> torch.Tensor:
-    """q [T, heads, d]; k/v [T, kv_heads, d] this step's keys and values; k_pool/v_pool [slots, kv_heads, d]
-    of one layer, already holding them. Returns [T, heads, d].
+                    batch: StepBatch) -> torch.Tensor:
+    """q [T, heads, d]; k/v [T, kv_heads, d] this step's keys and values; k_pool/v_pool [blocks, kv_heads,
+    block_size, d] of one layer, already holding them. Returns [T, heads, d].
 
-    Decoding sequences go together: their blocks are gathered ([nd, B, block, kv_heads, d]) and the query
-    heads of each KV group act as that group's query rows, so grouped-query attention needs no copies of
-    keys. A fresh prompt attends to this step's keys directly; a later chunk of a prompt reads its blocks
-    with a causal mask offset by the tokens it already has."""
+    Decoding sequences go together: their blocks are gathered into [nd, kv_heads, L, d] and the query heads
+    of each KV group act as that group's query rows, so grouped-query attention needs no copies of keys.
+    A fresh prompt attends to this step's keys directly; a later chunk of a prompt reads its blocks with a
+    causal mask offset by the tokens it already has."""
     out = torch.empty_like(q)
-    kv_heads, d = k_pool.shape[1], k_pool.shape[2]
+    kv_heads, block_size, d = k_pool.shape[1:]
     group = q.shape[1] // kv_heads
     gqa = group != 1
+
+    def gather(pool: torch.Tensor, table: torch.Tensor) -> torch.Tensor:  # [n, B] -> [n, kv_heads, B * block, d]
+        n, width = table.shape
+        blocks = pool.index_select(0, table.flatten()).view(n, width, kv_heads, block_size, d)
+        return blocks.transpose(1, 2).reshape(n, kv_heads, width * block_size, d)
+
     if batch.decode_rows is not None:
-        nd, width = batch.decode_blocks.shape
-        index = batch.decode_blocks.flatten()
-
-        def gather(pool: torch.Tensor) -> torch.Tensor:  # -> [nd, kv_heads, L, d], contiguous for SDPA
-            rows = pool.view(-1, block_size * kv_heads * d).index_select(0, index)
-            return rows.view(nd, width * block_size, kv_heads, d).transpose(1, 2).contiguous()
-
+        nd = batch.decode_rows.numel()
         qd = q[batch.decode_rows].view(nd, kv_heads, group, d)
-        od = F.scaled_dot_product_attention(qd, gather(k_pool), gather(v_pool), attn_mask=batch.decode_mask)
+        kd, vd = gather(k_pool, batch.decode_blocks), gather(v_pool, batch.decode_blocks)
+        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=batch.decode_mask)
         out[batch.decode_rows] = od.reshape(nd, -1, d)
     for start, n, blocks, context, mask in batch.prefills:
         qp = q[start : start + n].transpose(0, 1).unsqueeze(0)  # [1, heads, n, d]
@@ -210,8 +212,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pool: t
             vp = v[start : start + n].transpose(0, 1).unsqueeze(0)
             op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=gqa)
         else:
-            kp = k_pool.view(-1, block_size, kv_heads, d)[blocks].flatten(0, 1)[:context].transpose(0, 1).unsqueeze(0)
-            vp = v_pool.view(-1, block_size, kv_heads, d)[blocks].flatten(0, 1)[:context].transpose(0, 1).unsqueeze(0)
+            kp = gather(k_pool, blocks.unsqueeze(0))[:, :, :context]
+            vp = gather(v_pool, blocks.unsqueeze(0))[:, :, :context]
             op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, enable_gqa=gqa)
         out[start : start + n] = op[0].transpose(0, 1)
     return out
@@ -252,9 +254,9 @@ def paged_forward(model: Transformer, cache: PagedKVCache, batch: StepBatch) -> 
         q = apply_rope(attn.wq(qk_in).view(1, t, -1, attn.head_dim), cos, sin)[0]
         k = apply_rope(attn.wk(qk_in).view(1, t, -1, attn.head_dim), cos, sin)[0]
         v = attn.wv(h).view(t, -1, attn.head_dim)
-        cache.k[layer].index_copy_(0, batch.slot_mapping, k)
-        cache.v[layer].index_copy_(0, batch.slot_mapping, v)
-        o = paged_attention(q, k, v, cache.k[layer], cache.v[layer], batch, cache.block_size)
+        cache.k[layer][batch.write_blocks, :, batch.write_offsets] = k
+        cache.v[layer][batch.write_blocks, :, batch.write_offsets] = v
+        o = paged_attention(q, k, v, cache.k[layer], cache.v[layer], batch)
         x = x + attn.wo(o.reshape(t, -1))
         m = block.mlp(block.ffn_norm(x).unsqueeze(0))
         x = x + (m[0] if isinstance(m, tuple) else m)[0]
