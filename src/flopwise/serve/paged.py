@@ -185,8 +185,9 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pool: t
     """q [T, heads, d]; k/v [T, kv_heads, d] this step's keys and values; k_pool/v_pool [blocks, kv_heads,
     block_size, d] of one layer, already holding them. Returns [T, heads, d].
 
-    Decoding sequences go together: their blocks are gathered into [nd, kv_heads, L, d] and the query heads
-    of each KV group act as that group's query rows, so grouped-query attention needs no copies of keys.
+    Decoding sequences go together: their blocks are gathered ([nd, B, kv_heads, block, d]) and the query
+    heads of each KV group meet that group's keys block by block, so grouped-query attention needs no
+    repeated keys and the gathered blocks are never laid out again.
     A fresh prompt attends to this step's keys directly; a later chunk of a prompt reads its blocks with a
     causal mask offset by the tokens it already has."""
     out = torch.empty_like(q)
@@ -200,11 +201,18 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pool: t
         return blocks.transpose(1, 2).reshape(n, kv_heads, width * block_size, d)
 
     if batch.decode_rows is not None:
-        nd = batch.decode_rows.numel()
-        qd = q[batch.decode_rows].view(nd, kv_heads, group, d)
-        kd, vd = gather(k_pool, batch.decode_blocks), gather(v_pool, batch.decode_blocks)
-        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=batch.decode_mask)
-        out[batch.decode_rows] = od.reshape(nd, -1, d)
+        # Block by block, without laying the keys out contiguously: scores [nd, B, kv_heads, group, block],
+        # one softmax over all blocks of a sequence, then the weighted values summed over blocks.
+        nd, width = batch.decode_blocks.shape
+        index = batch.decode_blocks.flatten()
+        kb = k_pool.index_select(0, index).view(nd, width, kv_heads, block_size, d)
+        vb = v_pool.index_select(0, index).view(nd, width, kv_heads, block_size, d)
+        qd = q[batch.decode_rows].view(nd, 1, kv_heads, group, d)
+        scores = torch.matmul(qd, kb.transpose(-1, -2)).float() * d**-0.5
+        scores = scores.permute(0, 2, 3, 1, 4).reshape(nd, kv_heads, group, width * block_size)
+        probs = scores.masked_fill(~batch.decode_mask, float("-inf")).softmax(-1).to(q.dtype)
+        probs = probs.view(nd, kv_heads, group, width, block_size).permute(0, 3, 1, 2, 4)
+        out[batch.decode_rows] = torch.matmul(probs, vb).sum(1).reshape(nd, -1, d)
     for start, n, blocks, context, mask in batch.prefills:
         qp = q[start : start + n].transpose(0, 1).unsqueeze(0)  # [1, heads, n, d]
         if blocks is None:
