@@ -11,6 +11,7 @@ import typer
 
 from flopwise.cli import data as data_cli
 from flopwise.cli import plan as plan_cli
+from flopwise.cli import serve as serve_cli
 from flopwise.cli import train as train_cli
 from flopwise.cli.common import err_console
 from flopwise.errors import FlopwiseError
@@ -23,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 train_cli.register(app)
+serve_cli.register(app)
 app.add_typer(plan_cli.app, name="plan")
 app.add_typer(data_cli.app, name="data")
 

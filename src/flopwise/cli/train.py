@@ -193,9 +193,18 @@ def info(
 
 def export(
     checkpoint: Path = typer.Argument(..., help="A run directory or a step directory."),
-    dest: Path = typer.Argument(..., help="Output .safetensors file."),
+    dest: Path = typer.Argument(..., help="Output .safetensors file, or a folder with --format hf."),
+    format_: str = typer.Option("safetensors", "--format", help="safetensors (one file) or hf (a Hugging Face folder)."),
 ) -> None:
-    """Export a checkpoint (saved under any layout) as one safetensors file for the single-device model."""
+    """Export a checkpoint (saved under any layout): one safetensors file for the single-device model, or a
+    Hugging Face folder (Llama twins load as LlamaForCausalLM; LFA models with trust_remote_code=True)."""
+    if format_ == "hf":
+        from flopwise.serve.export import export_hf
+
+        err_console.print(f"wrote {export_hf(checkpoint, dest)}")
+        return
+    if format_ != "safetensors":
+        raise typer.BadParameter(f"--format {format_!r}: choose safetensors or hf")
     from flopwise.train.checkpoint import export_safetensors
 
     path = export_safetensors(checkpoint, dest)

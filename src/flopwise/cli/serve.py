@@ -1,0 +1,81 @@
+"""`flopwise serve`: the OpenAI-compatible server, in one process or as a Ray Serve deployment."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from flopwise.cli.common import console, err_console
+
+
+def serve(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run directory (latest checkpoint) or a step directory."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    api_key: str = typer.Option(None, "--api-key", envvar="FLOPWISE_API_KEY",
+                                help="Require 'Authorization: Bearer KEY' on the API (env FLOPWISE_API_KEY)."),
+    model_name: str = typer.Option(None, "--served-model-name", help="Model id in the API (default: run directory name)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), fp32 or bf16."),
+    block_size: int = typer.Option(16, "--block-size", help="Tokens per KV-cache block."),
+    max_num_seqs: int = typer.Option(128, "--max-num-seqs", help="Most sequences in the running batch."),
+    max_num_batched_tokens: int = typer.Option(512, "--max-num-batched-tokens",
+                                               help="Tokens per step; longer prompts are prefilled in chunks."),
+    max_waiting: int = typer.Option(1024, "--max-waiting", help="Queued requests beyond this get HTTP 429."),
+    kv_cache_gib: float = typer.Option(0.0, "--kv-cache-gib", help="KV pool size in GiB (0: from free memory)."),
+    no_prefix_caching: bool = typer.Option(False, "--no-prefix-caching", help="Do not reuse blocks of shared prefixes."),
+    threads: int = typer.Option(0, "--threads", help="torch intra-op threads for the engine (0: torch's default)."),
+    ray: bool = typer.Option(False, "--ray", help="Run as a Ray Serve deployment with autoscaling replicas."),
+    min_replicas: int = typer.Option(1, "--min-replicas", help="Ray: fewest replicas."),
+    max_replicas: int = typer.Option(1, "--max-replicas", help="Ray: most replicas."),
+    target_ongoing_requests: float = typer.Option(16.0, "--target-ongoing-requests",
+                                                  help="Ray: requests in flight per replica the autoscaler aims at."),
+    replica_cpus: float = typer.Option(1.0, "--replica-cpus", help="Ray: CPUs reserved per replica."),
+    replica_gpus: float = typer.Option(0.0, "--replica-gpus", help="Ray: GPUs per replica."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray: join this cluster ('auto') instead of a local one."),
+) -> None:
+    """Serve a checkpoint over an OpenAI-compatible HTTP API (completions, chat, streaming, metrics)."""
+    from flopwise.errors import ConfigError
+    from flopwise.serve.config import EngineConfig
+
+    for module in ("fastapi", "uvicorn", "prometheus_client"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ConfigError(f"flopwise serve needs {module}: pip install 'flopwise[serve]'") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port {port}: must be between 1 and 65535")
+    if kv_cache_gib < 0:
+        raise ConfigError(f"--kv-cache-gib {kv_cache_gib}: must not be negative")
+    config = EngineConfig(block_size=block_size, max_num_seqs=max_num_seqs,
+                          max_num_batched_tokens=max_num_batched_tokens, max_waiting=max_waiting,
+                          kv_cache_memory=int(kv_cache_gib * 2**30), enable_prefix_caching=not no_prefix_caching,
+                          device=device, dtype=dtype, threads=threads)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if ray:
+        from flopwise.serve.ray_serve import RayServeOptions, deploy, serve_forever
+        from flopwise.train.checkpoint import resolve_checkpoint
+
+        options = RayServeOptions(min_replicas, max_replicas, target_ongoing_requests, replica_cpus=replica_cpus,
+                                  replica_gpus=replica_gpus, address=ray_address)
+        resolve_checkpoint(checkpoint)  # fail here, not inside a replica
+        url = deploy(checkpoint, config, options, host, port, api_key, model_name)
+        console.print(f"[bold]flopwise serve --ray[/]: {url}/v1 ({min_replicas}-{max_replicas} replicas); Ctrl-C stops")
+        serve_forever()
+        return
+    from flopwise.serve.server import check_port, create_app, run_server
+
+    check_port(host, port)
+    app = create_app(checkpoint, config, api_key, model_name)
+    engine = app.state.flopwise.engine.engine
+    err_console.print(
+        f"[bold]flopwise serve[/]: model {app.state.flopwise.model_name!r} ({engine.max_model_len}-token context) "
+        f"on http://{host}:{port}/v1; KV cache {engine.num_blocks} blocks x {config.block_size} tokens "
+        f"({engine.num_blocks * engine.block_bytes / 2**20:.1f} MiB)", highlight=False)
+    run_server(app, host, port)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)

@@ -1,0 +1,109 @@
+"""One request's state in the engine: its tokens, where its keys live, and its text so far."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from flopwise.serve.block_pool import block_hash
+from flopwise.serve.sampling import SamplingParams, TokenLogprob
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request: the new text and tokens, and whether it ended."""
+
+    request_id: str
+    text: str  # new text since the last output (after stop strings and incomplete UTF-8 are held back)
+    token_ids: list[int]
+    logprobs: list[TokenLogprob]
+    finished: bool
+    finish_reason: str | None  # "stop", "length" or "abort"
+    prompt_tokens: int
+    output_tokens: int
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # with the first output, when asked for
+
+
+@dataclass
+class Sequence:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_tokens: int  # after clipping to the context
+    generator: torch.Generator
+    arrival: float = field(default_factory=time.monotonic)
+    status: Status = Status.WAITING
+    output_ids: list[int] = field(default_factory=list)
+    num_computed: int = 0  # tokens whose keys/values are in the cache
+    block_table: list[int] = field(default_factory=list)
+    block_names: list[int] = field(default_factory=list)  # prefix-cache names of the full blocks computed so far
+    slot: int | None = None  # LFA state slot while running
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    scored: list[TokenLogprob] = field(default_factory=list)  # prompt log-probabilities computed so far
+    text: str = ""  # decoded output, cut at a stop string
+    emitted: int = 0  # characters of `text` already returned
+    sent_tokens: int = 0  # tokens already returned
+    sent_prompt_logprobs: bool = False
+    first_token_time: float | None = None
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.params.prompt_logprobs is not None and self.prompt_logprobs is None
+
+    def name_full_blocks(self, block_size: int) -> list[tuple[int, int]]:
+        """(block, name) for blocks that became full and computed since the last call."""
+        named = []
+        tokens = None
+        while (len(self.block_names) + 1) * block_size <= self.num_computed:
+            i = len(self.block_names)
+            tokens = tokens or self.token_ids
+            parent = self.block_names[-1] if self.block_names else None
+            self.block_names.append(block_hash(parent, tokens[i * block_size : (i + 1) * block_size]))
+            named.append((self.block_table[i], self.block_names[-1]))
+        return named
+
+    def update_text(self, tokenizer) -> str:
+        """Decode the output, apply stop strings; return the newly emittable text.
+
+        While the request runs, the last len(longest stop) - 1 characters and an incomplete UTF-8 character
+        are held back, so streamed pieces always add up to the final (non-streamed) text."""
+        params = self.params
+        text = tokenizer.decode(self.output_ids)  # an end-of-document or stop token is never appended
+        if params.stop:
+            longest = max(len(s) for s in params.stop)
+            search_from = max(0, len(self.text) - longest)
+            hits = [i for i in (text.find(s, search_from) for s in params.stop) if i >= 0]
+            if hits:
+                text = text[: min(hits)]
+                self.finish_reason = "stop"
+        self.text = text
+        if self.finish_reason is None:
+            hold = max((len(s) for s in params.stop), default=1) - 1
+            ready = text[: len(text) - hold] if hold else text
+            ready = ready.rstrip("\ufffd")
+        else:
+            ready = text
+        if len(ready) <= self.emitted:
+            return ""
+        piece = ready[self.emitted :]
+        self.emitted = len(ready)
+        return piece

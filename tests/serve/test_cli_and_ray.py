@@ -1,0 +1,135 @@
+"""`flopwise serve` as a user runs it (a process answering curl and the openai client), bad input, and the
+Ray Serve deployment on a local Ray: autoscaling configured, a killed replica replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+openai = pytest.importorskip("openai")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, seconds: float, proc=None) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {proc.stdout.read()}")
+        try:
+            if requests.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"{url} not healthy after {seconds} s")
+
+
+def run_cli(*args) -> int:
+    from flopwise.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return exc.code
+    return 0
+
+
+def test_serve_bad_input_is_one_line_and_exit_2(capsys, lfa_checkpoint):
+    assert run_cli("serve", "--checkpoint", "/nonexistent") == 2
+    assert "does not exist" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert run_cli("serve", "--checkpoint", str(lfa_checkpoint), "--port", str(busy.getsockname()[1])) == 2
+    assert "cannot listen" in capsys.readouterr().err
+    assert run_cli("serve", "--checkpoint", str(lfa_checkpoint), "--block-size", "0") == 2
+    assert "serve.block_size = 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_serve_command_answers_curl_and_the_openai_client(lfa_checkpoint):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "flopwise.cli", "serve", "--checkpoint", str(lfa_checkpoint),
+                             "--port", str(port), "--threads", "1", "--served-model-name", "toy"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_healthy(url, 120, proc)
+        if shutil.which("curl"):
+            out = subprocess.run(["curl", "-s", url + "/v1/completions", "-H", "Content-Type: application/json",
+                                  "-d", json.dumps({"model": "toy", "prompt": "def ", "max_tokens": 5})],
+                                 capture_output=True, text=True, timeout=60)
+            assert json.loads(out.stdout)["usage"]["completion_tokens"] >= 1
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        chat = client.chat.completions.create(model="toy", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+        assert chat.choices[0].message.role == "assistant"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode in (0, -15)
+
+
+@pytest.fixture(scope="module")
+def ray_deployment(lfa_checkpoint):
+    pytest.importorskip("ray.serve")
+    import ray
+    from ray import serve
+
+    from flopwise.serve.config import EngineConfig
+    from flopwise.serve.ray_serve import RayServeOptions, deploy
+
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        options = RayServeOptions(min_replicas=1, max_replicas=2, target_ongoing_requests=2, replica_cpus=0.5)
+        url = deploy(lfa_checkpoint, EngineConfig(block_size=8, device="cpu", threads=1), options, port=port,
+                     model_name="toy")
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_serve_deployment_autoscales_and_replaces_a_crashed_replica(ray_deployment):
+    import ray
+    from ray import serve
+
+    from flopwise.serve.ray_serve import replica_actor_names
+
+    client = openai.OpenAI(base_url=ray_deployment + "/v1", api_key="none", max_retries=0, timeout=60)
+    first = client.completions.create(model="toy", prompt="def ", max_tokens=6, temperature=0)
+    assert first.usage.completion_tokens >= 1
+    status = serve.status().applications["flopwise"].deployments["FlopwiseReplica"]
+    assert status.status == "HEALTHY"
+
+    before = replica_actor_names()
+    assert len(before) >= 1
+    ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        names = replica_actor_names()
+        if names and before[0] not in names:
+            try:
+                again = client.completions.create(model="toy", prompt="def ", max_tokens=6, temperature=0)
+                break
+            except openai.APIError:
+                pass
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the killed replica was not replaced within 120 s")
+    assert again.choices[0].text == first.choices[0].text  # the replacement serves the same model

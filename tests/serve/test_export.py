@@ -1,0 +1,70 @@
+"""`flopwise export --format hf`: the Llama twin as transformers' LlamaForCausalLM, the LFA model through
+the custom-code path, both with our logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from flopwise.serve.config import EngineConfig  # noqa: E402
+from flopwise.serve.engine import Engine  # noqa: E402
+from flopwise.serve.export import export_hf  # noqa: E402
+from flopwise.serve.sampling import SamplingParams  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def llama_export(llama_checkpoint, tmp_path_factory):
+    return export_hf(llama_checkpoint, tmp_path_factory.mktemp("hf") / "llama")
+
+
+def test_llama_twin_loads_as_llama_for_causal_lm_with_our_logits(llama_export, served_llama):
+    hf = transformers.LlamaForCausalLM.from_pretrained(llama_export).eval()
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    ids = torch.randint(1, 512, (2, 150), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (hf(ids).logits - served_llama.model(ids)).abs().max() < 1e-4
+        # and its greedy generate() is our engine's greedy output
+        prompt = ids[0, :40]
+        hf_out = hf.generate(prompt[None], max_new_tokens=10, do_sample=False, min_new_tokens=10)[0, 40:].tolist()
+    ours = Engine(served_llama, EngineConfig(block_size=8, device="cpu")).generate(
+        [prompt.tolist()], SamplingParams(max_tokens=10, temperature=0, ignore_eos=True))[0]
+    assert hf_out == ours
+    tok = transformers.AutoTokenizer.from_pretrained(llama_export)
+    assert tok("def f(x):").input_ids == served_llama.tokenizer.encode("def f(x):").ids
+    assert tok.eos_token == "<|endoftext|>" and hf.config.eos_token_id == served_llama.eod_id
+
+
+def test_lfa_model_loads_through_custom_code_with_our_logits(lfa_checkpoint, served_lfa, tmp_path):
+    folder = export_hf(lfa_checkpoint, tmp_path / "lfa")
+    assert (folder / "modeling_flopwise.py").is_file()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    ids = torch.randint(1, 512, (2, 150), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :50] = 0  # left padding: the filter and positions start at the first real token
+    with torch.no_grad():
+        assert (hf(ids).logits - served_lfa.model(ids)).abs().max() < 1e-4
+        padded = hf(ids, attention_mask=mask).logits[1, 50:]
+        assert (padded - served_lfa.model(ids[1:, 50:])[0]).abs().max() < 1e-4
+
+
+def test_cli_export_hf_and_refusals(llama_checkpoint, tmp_path, capsys):
+    from flopwise.cli import main
+
+    def run(*args) -> int:
+        try:
+            main(["export", *args])
+        except SystemExit as exc:
+            return exc.code
+        return 0
+
+    assert run(str(llama_checkpoint), str(tmp_path / "out"), "--format", "hf") == 0
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    capsys.readouterr()
+    assert run(str(llama_checkpoint), str(tmp_path / "notes"), "--format", "hf") == 2
+    assert "not a model export" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    assert run(str(llama_checkpoint), str(tmp_path / "x"), "--format", "onnx") == 2
