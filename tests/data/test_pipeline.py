@@ -110,7 +110,7 @@ def test_end_to_end_exact_documents_and_cache(prose_corpus, tmp_path):
 
 
 def test_a_second_run_of_the_same_key_waits_for_the_first(prose_corpus, tmp_path):
-    from flopwise.data.cache_lock import is_locked, key_lock, lock_path
+    from flopwise.data.pipeline.cache import is_locked, key_lock, lock_path
     from flopwise.data.pipeline import cache_key, cache_remove
     from flopwise.data.sources import plan_units
 
@@ -142,10 +142,10 @@ def test_a_second_run_of_the_same_key_waits_for_the_first(prose_corpus, tmp_path
 
 
 def test_a_killed_lock_holder_leaves_the_key_free(tmp_path):
-    from flopwise.data.cache_lock import is_locked
+    from flopwise.data.pipeline.cache import is_locked
 
     code = (
-        "import sys, time; from pathlib import Path; from flopwise.data.cache_lock import key_lock\n"
+        "import sys, time; from pathlib import Path; from flopwise.data.pipeline.cache import key_lock\n"
         "with key_lock(Path(sys.argv[1]), 'k'):\n    print('held', flush=True); time.sleep(60)\n"
     )
     p = subprocess.Popen(

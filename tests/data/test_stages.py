@@ -2,14 +2,13 @@ import random
 
 import numpy as np
 
-from flopwise.data.config import StageConfig
 from flopwise.data.stages import build_stage
 
 from .conftest import prose
 
 
 def stage(type_, **params):
-    return build_stage(StageConfig(type_, params))
+    return build_stage(type_, params)
 
 
 def run(st, texts, ids=None):
@@ -120,7 +119,7 @@ def test_only_sources_restricts_a_stage():
 
 
 def test_vectorised_duplicate_ngrams_match_the_reference_scan():
-    from flopwise.data.stages import _TOKENS, _dup_ngrams
+    from flopwise.data.stages.quality import _TOKENS, _dup_ngrams
 
     def reference(words, n):
         seen, repeated, i = set(), 0, 0
@@ -147,7 +146,7 @@ def test_vectorised_duplicate_ngrams_match_the_reference_scan():
 
 
 def test_alpha_word_fraction_matches_a_per_word_check():
-    from flopwise.data.stages import _NO_LETTER_WORD
+    from flopwise.data.stages.quality import _NO_LETTER_WORD
 
     for text in ["a 12 b3 -- ,x _ __init__ 3.14 é 42% (1)", "  ", "x", "9 9 9 word"]:
         words = text.split()
