@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 
-Document = dict
-
 
 def source_of(doc_id: str) -> str:
     """The source name a document id starts with (ids are "<source name>:<id within the source>")."""

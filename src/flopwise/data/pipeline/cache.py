@@ -61,7 +61,10 @@ def config_hash(cfg: PipelineConfig) -> str:
     for s in d["sources"]:
         s["path"] = str(cfg.resolve(s["path"]))
     if cfg.tokenizer.path:
-        d["tokenizer"]["sha256"] = sha256_file(cfg.resolve(cfg.tokenizer.path))
+        tok = cfg.resolve(cfg.tokenizer.path)
+        if not tok.is_file():
+            raise DataError(f"tokenizer.path = {tok}: no such file")
+        d["tokenizer"]["sha256"] = sha256_file(tok)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -195,6 +198,8 @@ def materialise(cfg: PipelineConfig, shards: Path) -> Path:
     (out / MANIFEST).unlink(missing_ok=True)
     if (shards / DROPPED).is_dir():
         (out / DROPPED).mkdir(exist_ok=True)
+    elif (out / DROPPED).is_dir() and not any((out / DROPPED).iterdir()):
+        (out / DROPPED).rmdir()
     for name in wanted + dropped:
         with atomic_path(out / name) as tmp:
             tmp.unlink()

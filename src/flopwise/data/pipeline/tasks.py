@@ -235,6 +235,7 @@ def tokenize_unit(task: TokenizeTask) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cfg = task.cfg
     tok = load_tokenizer(task.tokenizer)
+    tok.encode_special_tokens = True  # "<|endoftext|>" written in a document is text, not a document end
     eod = tok.token_to_id(cfg.tokenizer.eod_token)
     dtype = token_dtype(tok.get_vocab_size())
     drops = DropLog(cfg.stage_names()) if cfg.output.write_dropped else None
