@@ -20,6 +20,12 @@ def text_bytes(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
+def open_lines(path, mode: str = "r"):
+    """A JSON-lines file of documents. Ids may hold lone surrogates (file names that are not UTF-8,
+    decoded with surrogateescape); they are written and read back unchanged."""
+    return open(path, mode, encoding="utf-8", errors="surrogatepass")
+
+
 def to_line(doc: dict) -> str:
     """One JSON-lines record (with its newline)."""
     return json.dumps(doc, ensure_ascii=False) + "\n"

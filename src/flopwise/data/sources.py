@@ -239,6 +239,14 @@ def _record(src: SourceConfig, obj, doc_id: str, report: SourceReport, file: str
     if not isinstance(text, str):
         report.problem("missing_text", file, line, f"no string field {src.text_field!r}")
         return None
+    if not text.isascii():  # JSON escapes can encode lone surrogates, which are not text
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            report.problem("non_utf8", file, line, str(exc))
+            if src.encoding_errors == "skip":
+                return None
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if not text.strip():
         report.problem("empty", file, line)
         return None

@@ -108,12 +108,19 @@ class _Run:
         return [UnitFiles(self.work / step, u.index) for u in self.units]
 
     def compute(self) -> None:
-        cfg, work = self.cfg, self.work
-        if work.is_dir():  # resuming: temporary files of a killed run are never completed, remove them
+        self._start()
+        source, decisions, barrier_stats = self._map_segments()
+        tok_path = self._tokenizer(source, decisions)
+        tok = self._tokenize(tok_path, source, decisions)
+        self._finish(tok_path, tok, barrier_stats)
+
+    def _start(self) -> None:
+        if self.work.is_dir():  # resuming: temporary files of a killed run are never completed, remove them
             for stale in list(self.root.rglob(".*.tmp")):
                 stale.unlink(missing_ok=True)
             log.info("resuming the unfinished run in %s", self.root)
-        work.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        cfg = self.cfg
         atomic_write_json(
             self.root / cache.KEY_INFO,
             {
@@ -125,14 +132,18 @@ class _Run:
                 "units": len(self.units),
             },
         )
-        source: list[UnitFiles] | None = None  # the previous step's files (None: read the input)
+
+    def _map_segments(self) -> tuple[list[UnitFiles], Path | None, dict[str, dict]]:
+        """Every segment over every unit, then its dedup reduce. Returns the last segment's files, its
+        dedup decisions (if it has dedup stages) and the dedup stages' counts."""
+        source: list[UnitFiles] | None = None  # the previous segment's files (None: read the input)
         decisions: Path | None = None
         barrier_stats: dict[str, dict] = {}
         for seg in self.segments:
             out = self.files(f"seg{seg.index}")
             out[0].dir.mkdir(exist_ok=True)
             tasks = [
-                MapTask(cfg, seg, u, source[u.index] if source else None, decisions, out[u.index])
+                MapTask(self.cfg, seg, u, source[u.index] if source else None, decisions, out[u.index])
                 for u in self.units
                 if not out[u.index].marker.is_file()
             ]
@@ -142,33 +153,44 @@ class _Run:
             if seg.barriers:
                 decisions = out[0].dir / "dedup.json"
                 if not decisions.is_file():
-                    reduce_segment(cfg, seg, out, decisions, self.progress)
+                    reduce_segment(self.cfg, seg, out, decisions, self.progress)
                 barrier_stats.update(json.loads(decisions.read_text())["stats"])
-        assert source is not None
+        assert source is not None  # there is always a segment
+        return source, decisions, barrier_stats
 
-        tok_path = work / TOKENIZER
-        if not tok_path.is_file():
-            if self.progress and not cfg.tokenizer.path:
-                self.progress("train tokenizer", 0, 1)
-            final = (doc for files in source for doc in read_kept(files, decisions))
-            make_tokenizer(cfg, final, tok_path)
-            if self.progress and not cfg.tokenizer.path:
-                self.progress("train tokenizer", 1, 1)
+    def _tokenizer(self, source: list[UnitFiles], decisions: Path | None) -> Path:
+        tok_path = self.work / TOKENIZER
+        if tok_path.is_file():
+            return tok_path
+        phase = None if self.cfg.tokenizer.path else "train tokenizer"
+        if self.progress and phase:
+            self.progress(phase, 0, 1)
+        make_tokenizer(self.cfg, (doc for files in source for doc in read_kept(files, decisions)), tok_path)
+        if self.progress and phase:
+            self.progress(phase, 1, 1)
+        return tok_path
+
+    def _tokenize(self, tok_path: Path, source: list[UnitFiles], decisions: Path | None) -> list[UnitFiles]:
         tok = self.files("tok")
         tok[0].dir.mkdir(exist_ok=True)
         tasks = [
-            TokenizeTask(cfg, u, tok_path, source[u.index], decisions, tok[u.index])
+            TokenizeTask(self.cfg, u, tok_path, source[u.index], decisions, tok[u.index])
             for u in self.units
             if not tok[u.index].marker.is_file()
         ]
         run_tasks(tokenize_unit, tasks, "tokenize", **self.execute)
+        return tok
 
-        steps = [self.files(f"seg{seg.index}") for seg in self.segments] + [tok]
-        report = collect(
-            self.names, [f.marker for step in steps[:-1] for f in step], barrier_stats, [f.marker for f in tok]
-        )
-        if cfg.output.write_dropped:
+    def _finish(self, tok_path: Path, tok: list[UnitFiles], barrier_stats: dict[str, dict]) -> None:
+        """The report, the dropped documents by stage, the shards; the manifest last."""
+        maps = [self.files(f"seg{seg.index}") for seg in self.segments]
+        report = collect(self.names, [f.marker for step in maps for f in step], barrier_stats, [f.marker for f in tok])
+        if self.cfg.output.write_dropped:
             # each stage's drops are in one step's folder (a dedup stage's: the next step's), in unit order
-            parts = [[f.dropped(i) for step in steps for f in step] for i in range(len(self.names))]
-            dropped.gather(lambda i: [p for p in parts[i] if p.is_file()], self.names, self.shards / dropped.FOLDER)
-        pack(cfg, tok_path, tok, self.shards, report, self.key, self.progress)
+            steps = [*maps, tok]
+            dropped.gather(
+                lambda i: [f.dropped(i) for step in steps for f in step if f.dropped(i).is_file()],
+                self.names,
+                self.shards / dropped.FOLDER,
+            )
+        pack(self.cfg, tok_path, tok, self.shards, report, self.key, self.progress)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flopwise.atomic import atomic_path
-from flopwise.data.document import to_line
+from flopwise.data.document import open_lines, to_line
 
 FOLDER = "dropped"  # inside the shard directory
 OURS = ("stage", "reason", "detail", "duplicate_of")  # keys we add; a document's own field of that name yields
@@ -42,7 +42,7 @@ class DropLog:
     def write(self, path_of: Callable[[int], Path]) -> None:
         """Write each stage's records to path_of(stage index)."""
         for i, lines in self.lines.items():
-            with atomic_path(path_of(i)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            with atomic_path(path_of(i)) as tmp, open_lines(tmp, "w") as fh:
                 fh.writelines(lines)
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flopwise.atomic import atomic_path, atomic_write_json
+from flopwise.atomic import atomic_path, atomic_write_json, atomic_write_text
 from flopwise.data.config import PipelineConfig
-from flopwise.data.document import from_line, text_bytes, to_line
+from flopwise.data.document import from_line, open_lines, text_bytes, to_line
 from flopwise.data.pipeline.dropped import DropLog
 from flopwise.data.pipeline.tokenizer import held_out, load_tokenizer
 from flopwise.data.shards import token_dtype
@@ -112,7 +112,7 @@ def _decisions(path: Path, mtime_ns: int) -> dict[str, list[str]]:
 def read_kept(source: UnitFiles, decisions: Path | None, drops: DropLog | None = None) -> Iterator[dict]:
     """The documents of `source` that the dedup decisions keep; the others go to `drops`."""
     dropped = load_decisions(decisions)
-    with open(source.docs, encoding="utf-8") as fh:
+    with open_lines(source.docs) as fh:
         for line in fh:
             doc = from_line(line)
             hit = dropped.get(doc["id"])
@@ -142,7 +142,7 @@ def map_unit(task: MapTask) -> None:
     else:
         docs = read_kept(task.source, task.decisions, drops)
     try:
-        with atomic_path(out.docs) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_path(out.docs) as tmp, open_lines(tmp, "w") as fh:
 
             def flush(batch: list[dict]) -> None:
                 nonlocal n_out
@@ -177,7 +177,7 @@ def map_unit(task: MapTask) -> None:
             with atomic_path(out.signatures(j)) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, arr)
                 np.save(fh, present)
-        atomic_write_json(out.ids, ids)
+        atomic_write_text(out.ids, json.dumps(ids))  # ASCII: ids may hold lone surrogates
     if drops is not None:
         drops.write(out.dropped)
     atomic_write_json(
