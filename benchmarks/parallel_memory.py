@@ -2,7 +2,7 @@
 
 Model state = bytes of this rank's parameters + gradients + optimizer state (local shards) after one
 step. Activations = peak bytes of tensors saved for backward during one training step, per storage,
-parameters excluded (flopwise.parallel.memory_probe), the figure pipeline schedules change.
+parameters excluded (flopwise.train.memory_probe), the figure pipeline schedules change.
 
     python benchmarks/parallel_memory.py [--json results.json]
 """
@@ -44,7 +44,7 @@ LAYOUTS = {
 def _measure(job, shards):
     from flopwise.data.loader import TokenLoader
     from flopwise.data.shards import TokenShards
-    from flopwise.parallel.memory_probe import measure_step_memory
+    from flopwise.train.memory_probe import measure_step_memory
     from flopwise.train.engine import build_engine
 
     engine = build_engine(job)

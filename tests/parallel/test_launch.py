@@ -31,7 +31,7 @@ def test_nproc_launch_trains_and_prints_the_pipeline_split(nano_shards, tmp_path
     assert proc.returncode == 0, err
     assert "pipeline split" in out and "pp2" in out
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
 
 
 def _rank_pids(rank: int) -> list[int]:
