@@ -175,19 +175,32 @@ def match_device_name(device_name: str) -> Accelerator | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
+def cpu_seconds() -> float:
+    """This process's CPU time per intra-op thread: how long its threads would have taken with the cores to
+    themselves. Timing CPU work with it leaves out the other processes sharing the machine, which wall time
+    does not (on a GPU, wall time is the device's time)."""
+    return time.process_time() / torch.get_num_threads()
+
+
 def cpu_accelerator(size: int = 1024, seconds: float = 0.5) -> Accelerator:
-    """This CPU as an accelerator: peak = best measured fp32 matmul FLOP/s over a short run."""
+    """This CPU, as this process's threads see it: peak = the best fp32 matmul rate over a short run, memory
+    bandwidth = the best large copy, both timed by `cpu_seconds` (measured once per thread count)."""
+    return _cpu_accelerator(size, seconds, torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=4)
+def _cpu_accelerator(size: int, seconds: float, threads: int) -> Accelerator:
     a = torch.randn(size, size)
     b = torch.randn(size, size)
     torch.mm(a, b)  # warm up the BLAS threads
     best = 0.0
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        start = time.perf_counter()
+        start = cpu_seconds()
         torch.mm(a, b)
-        elapsed = time.perf_counter() - start
-        best = max(best, 2.0 * size**3 / elapsed)
+        elapsed = cpu_seconds() - start
+        if elapsed > 0:
+            best = max(best, 2.0 * size**3 / elapsed)
     try:
         import psutil  # optional
 
@@ -205,9 +218,9 @@ def _copy_bandwidth(megabytes: int = 64, repeats: int = 3) -> float:
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = cpu_seconds()
         dst.copy_(src)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, max(cpu_seconds() - start, 1e-9))
     return 2 * src.numel() * 4 / best
 
 

@@ -11,11 +11,11 @@ from flopwise.data.loader import TokenLoader
 from flopwise.data.shards import TokenShards
 from flopwise.hardware import cpu_accelerator
 from flopwise.layout import Layout
-from flopwise.train.memory_probe import measure_step_memory
 from flopwise.plan.cost import CostModel
 from flopwise.plan.spec import Cluster, Training
 from flopwise.train.config import load_config
 from flopwise.train.engine import build_engine
+from flopwise.train.memory_probe import measure_step_memory
 
 SETS = ["model.layers=4", "train.global_batch=8", "train.micro_batch=2", "guard.enabled=false"]
 

@@ -104,17 +104,23 @@ def _versus(predicted: float, measured: float, error: float | None, unit: str) -
     return f"{predicted:.3g} / {measured:.3g} {unit}{gap}"
 
 
-PIPELINE_COLUMNS = ("params", "grads", "optimizer", "activations", "logits", "total")
+PIPELINE_COLUMNS = {  # printed column -> the planner's memory parts it adds up (flopwise.plan.memory)
+    "states": ("params", "grads", "optimizer"),
+    "activations": ("activations",),
+    "logits": ("logits",),
+    "other": ("other",),
+    "total": ("total",),
+}
 
 
 def pipeline_table(rows: list[dict], split: list[int]) -> Table:
     """The planner's memory per pipeline rank for this run (flopwise.plan: the numbers `flopwise plan` gives)."""
-    table = Table(title=f"pipeline split {','.join(map(str, split))}: planner's memory per rank, GiB")
+    table = Table(title=f"pipeline split {','.join(map(str, split))}: the planner's memory per rank, GB")
     for col in ("rank", "layers", "in flight", *PIPELINE_COLUMNS):
         table.add_column(col, justify="right")
     for st in rows:
         table.add_row(str(st["stage"]), str(st["layers"]), f"{st['in_flight']:g}",
-                      *(f"{st[k] / 2**30:.3f}" for k in PIPELINE_COLUMNS))
+                      *(f"{sum(st[k] for k in parts) / 1e9:.3g}" for parts in PIPELINE_COLUMNS.values()))
     return table
 
 

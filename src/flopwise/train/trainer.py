@@ -20,7 +20,7 @@ from flopwise.data.loader import TokenLoader
 from flopwise.data.shards import TokenShards
 from flopwise.errors import ConfigError, FlopwiseError
 from flopwise.flops import model_flops_per_token
-from flopwise.hardware import detect
+from flopwise.hardware import cpu_seconds, detect
 from flopwise.train import checkpoint as ckpt
 from flopwise.train import forecast
 from flopwise.train.config import JobConfig
@@ -160,10 +160,11 @@ class Trainer:
         window_start, window_tokens, last_loss, eval_loss = time.perf_counter(), 0, None, None
         tensors_measured = None
         step_times: list[float] = []  # batch, forward/backward and optimizer step; no eval or checkpoint
+        clock = cpu_seconds if engine.device.type == "cpu" else time.perf_counter
         while step < job.train.steps:
             lr = lr_at(step, lr=job.train.lr, min_lr=job.train.min_lr, warmup=job.train.warmup_steps,
                        total=job.train.steps)
-            step_start = time.perf_counter()
+            step_start = clock()
             inputs, targets = loader.next_batch()
             probe = step + 1 == job.train.steps and engine.device.type == "cpu"  # CPU: no allocator peak
             with saved_tensor_peak(engine) if probe else contextlib.nullcontext() as saved:
@@ -192,7 +193,7 @@ class Trainer:
                 continue
             grad_norm = engine.clip_and_step(lr)
             if not probe:  # the probe's hooks slow its step down
-                step_times.append(time.perf_counter() - step_start)
+                step_times.append(clock() - step_start)
             step += 1
             last_loss = loss
             window_tokens += tokens_per_step
@@ -241,8 +242,9 @@ class Trainer:
     def _versus_plan(self, engine, step: int, step_times: list[float], memory_before: float,
                      tensors: float | None) -> dict | None:
         """The planner's step time and memory beside the measured ones, written to metrics.jsonl: the median
-        step after the first; on a GPU the allocator's peak since before the engine was built, on a CPU the
-        tensors of the last step (model state + the peak of what autograd saved)."""
+        step after the first (on a CPU in the process's CPU time per thread, hardware.cpu_seconds, so that
+        other work on the machine does not count); on a GPU the allocator's peak since before the engine was
+        built, on a CPU the tensors of the last step (model state + the peak of what autograd saved)."""
         if engine.plan is None or not step_times:
             return None
         timed = step_times[1:] or step_times
@@ -252,7 +254,8 @@ class Trainer:
             peak, label = engine.peak_memory()
             memory, label = peak - memory_before, label + " since start"
         record = {"step": step, **forecast.comparison(engine.cost_model, engine.plan, statistics.median(timed),
-                                                      memory, label, len(timed))}
+                                                      memory, label, len(timed)),
+                  "step_clock": "cpu time per thread" if engine.device.type == "cpu" else "wall"}
         if engine.is_logging_rank:
             self.metrics.write(record)
         return record
