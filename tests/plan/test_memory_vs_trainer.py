@@ -39,7 +39,7 @@ def _worker(rank, world, port, shards, overrides, out):
 def _planned(job, layout: Layout, stage: int, layers: int) -> tuple[float, float]:
     cfg = job.model_config()
     cm = CostModel(cfg, Cluster(cpu_accelerator(), layout.gpus, layout.gpus), Training(8, precision="fp32"))
-    m = cm.stage_memory(layout, stage, layers, cm.microbatches(layout))
+    m = cm.stage_memory(layout, stage, layers, cm.check(layout))
     return m["params"] + m["grads"] + m["optimizer"], m["activations"] + m["logits"]
 
 

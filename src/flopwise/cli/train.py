@@ -91,7 +91,8 @@ class TrainView:
                 table.add_row("loss plot", ev["plot"])
             versus = ev.get("versus_plan")
             if versus:
-                table.add_row("step time: planner / measured", _versus(versus["predicted_step_s"],
+                clock = "CPU time per thread" if versus["step_clock"] == "cpu" else "wall clock"
+                table.add_row(f"step time: planner / measured ({clock})", _versus(versus["predicted_step_s"],
                               versus["measured_step_s"], versus["step_time_error"], "s"))
                 table.add_row(f"memory: planner / measured ({versus['memory_label']})",
                               _versus(versus["predicted_memory_bytes"] / 2**30, versus["measured_memory_bytes"] / 2**30,

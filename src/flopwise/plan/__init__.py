@@ -10,23 +10,31 @@
 """
 
 from flopwise.layout import Layout, parse_layout
+from flopwise.layout import check as check_layout
 from flopwise.plan.budget import Budget, budget
+from flopwise.plan.calibrate import Calibration, Observation
+from flopwise.plan.calibrate import fit as fit_constants
 from flopwise.plan.cost import CostModel, Plan
-from flopwise.plan.search import SearchResult, balanced_split, search
+from flopwise.plan.search import SearchResult, balanced_split, best_split, search
 from flopwise.plan.spec import SOFTWARE, Cluster, Training
 from flopwise.plan.validate import validate_files
 
 __all__ = [
     "SOFTWARE",
     "Budget",
+    "Calibration",
     "Cluster",
     "CostModel",
     "Layout",
+    "Observation",
     "Plan",
     "SearchResult",
     "Training",
     "balanced_split",
+    "best_split",
     "budget",
+    "check_layout",
+    "fit_constants",
     "parse_layout",
     "search",
     "validate_files",

@@ -45,12 +45,15 @@ class Observation:
     layout: Layout
     measured_step_s: float
     label: str = ""
+    clock: str = "wall"  # how the step was timed: "wall", or "cpu" (CPU time per thread: no pipeline bubble)
 
     def predict(self, constants: dict[str, float] | None = None) -> float:
-        """The cost model's step time with `constants` set on this observation's accelerator."""
+        """The cost model's step time with `constants` set on this observation's accelerator, as its clock
+        sees it."""
         acc = dataclasses.replace(self.cluster.accelerator, **(constants or {}))
         cluster = dataclasses.replace(self.cluster, accelerator=acc)
-        return CostModel(self.model, cluster, self.training).evaluate(self.layout).step_time
+        plan = CostModel(self.model, cluster, self.training).evaluate(self.layout)
+        return plan.busy_time if self.clock == "cpu" else plan.step_time
 
 
 @dataclass
@@ -141,7 +144,8 @@ def run_observation(run_dir: str | Path) -> Observation:
         c = inp["cluster"]
         cluster = Cluster(acc, c["gpus"], c["gpus_per_node"], c["intra_node_bw"], c["inter_node_bw"])
         return Observation(ModelConfig.from_dict(inp["model"]), cluster, Training(**inp["training"]),
-                           Layout.from_dict(inp["layout"]), float(rec["measured_step_s"]), str(path))
+                           Layout.from_dict(inp["layout"]), float(rec["measured_step_s"]), str(path),
+                           rec.get("step_clock", "wall"))
     except (KeyError, TypeError, ValueError, FlopwiseError) as exc:
         raise DataError(f"{metrics}: malformed plan_vs_measured record ({exc})") from None
 

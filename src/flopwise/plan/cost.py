@@ -104,6 +104,11 @@ class Plan:
         return max(stage["total"] for stage in self.memory)
 
     @property
+    def busy_time(self) -> float:
+        """The step without the pipeline bubble: what a rank's own clock (CPU time) sees of it."""
+        return self.step_time - self.breakdown["bubble"]
+
+    @property
     def fits(self) -> bool:
         return self.peak_memory <= self.memory_limit
 
@@ -368,7 +373,7 @@ class CostModel:
             e = t.dtype_bytes
             window_b = lc.bwd * pp_layers[slowest]  # one micro-batch's backward on the stage
             window_f = lc.fwd * pp_layers[slowest]
-            overlap = t.profile.overlap_grad_reduce
+            overlap = layout.zero >= t.profile.overlap_from_zero
             if layout.zero == 0:
                 red = ring_time("all_reduce", local * grad_bytes, dp, bw)
                 dp_time = max(0.0, red - window_b) if overlap else red

@@ -18,17 +18,18 @@ class Software:
     attention: str  # 'flash': fused attention, no s^2 activations | 'unfused': softmax + dropout kernels
     dropout: bool  # dropout after attention and MLP (GPT-style)
     fused_norm: bool  # the norm kernel keeps only its input (apex/Megatron) vs PyTorch's decomposed RMSNorm
-    overlap_grad_reduce: bool  # data-parallel gradient reduction overlapped with the last backward
+    overlap_from_zero: int  # ZeRO stages from this one up reduce gradients during the backward (4: none)
 
 
 SOFTWARE = {
     # flopwise's trainer: PyTorch SDPA (flash), no dropout, nn.RMSNorm (autograd keeps input, normalised x and
-    # output), DDP/FSDP bucketed gradient reduction that overlaps the backward.
-    "flopwise": Software("flash", False, False, True),
+    # output); FSDP2 (ZeRO-2/3) reduces gradients during the backward, while replicated DP and ZeRO-1 reduce
+    # them in one flat all-reduce after it (flopwise.parallel.data_parallel).
+    "flopwise": Software("flash", False, False, 2),
     # Megatron-LM as in the published runs (Narayanan et al. 2021, Korthikanti et al. 2022): fused
     # scale-mask-softmax + dropout (no flash attention yet), GPT dropout, apex fused LayerNorm, gradient
     # all-reduce after the backward (no overlap in those versions).
-    "megatron": Software("unfused", True, True, False),
+    "megatron": Software("unfused", True, True, 4),
 }
 
 

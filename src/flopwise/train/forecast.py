@@ -35,9 +35,12 @@ def choose_split(cm: CostModel | None, layout: Layout, layers: int) -> tuple[int
     where nothing can be costed)."""
     if layout.split is not None:
         return layout.split
-    if cm is None:
-        return even_split(layers, layout.stages)
-    return best_split(cm, layout)
+    if cm is not None:
+        try:
+            return best_split(cm, layout)
+        except FlopwiseError as exc:
+            log.warning("the planner cannot cost this layout (%s); splitting the layers evenly", exc)
+    return even_split(layers, layout.stages)
 
 
 def forecast(cm: CostModel | None, layout: Layout) -> Plan | None:
@@ -66,16 +69,20 @@ def tensor_bytes(stage: dict) -> float:
     return stage["total"] - mem.RESERVED_BYTES
 
 
-def comparison(cm: CostModel, plan: Plan, measured_step_s: float, measured_memory: float, memory_label: str,
-               steps_timed: int) -> dict:
-    """The `plan_vs_measured` record: prediction, measurement and everything needed to predict again."""
+def comparison(cm: CostModel, plan: Plan, measured_step_s: float, clock: str, measured_memory: float,
+               memory_label: str, steps_timed: int) -> dict:
+    """The `plan_vs_measured` record: prediction, measurement and everything needed to predict again.
+    `clock` is how the step was timed ("wall", or "cpu": CPU time per thread, which sees no pipeline bubble,
+    so the prediction it is set beside leaves the bubble out: Plan.busy_time)."""
     predicted_memory = tensor_bytes(plan.memory[0])
+    predicted = plan.busy_time if clock == "cpu" else plan.step_time
     acc = cm.cluster.accelerator
     return {
         "event": "plan_vs_measured",
-        "predicted_step_s": plan.step_time,
+        "predicted_step_s": predicted,
         "measured_step_s": measured_step_s,
-        "step_time_error": plan.step_time / measured_step_s - 1.0 if measured_step_s > 0 else None,
+        "step_clock": clock,
+        "step_time_error": predicted / measured_step_s - 1.0 if measured_step_s > 0 else None,
         "predicted_memory_bytes": predicted_memory,
         "measured_memory_bytes": measured_memory,
         "memory_label": memory_label,

@@ -253,9 +253,9 @@ class Trainer:
         else:
             peak, label = engine.peak_memory()
             memory, label = peak - memory_before, label + " since start"
-        record = {"step": step, **forecast.comparison(engine.cost_model, engine.plan, statistics.median(timed),
-                                                      memory, label, len(timed)),
-                  "step_clock": "cpu time per thread" if engine.device.type == "cpu" else "wall"}
+        clock = "cpu" if engine.device.type == "cpu" else "wall"
+        record = {"step": step, **forecast.comparison(engine.cost_model, engine.plan, statistics.median(timed), clock,
+                                                      memory, label, len(timed))}
         if engine.is_logging_rank:
             self.metrics.write(record)
         return record
@@ -278,10 +278,3 @@ class Trainer:
 
 def train(job: JobConfig, *, resume: bool = False, metrics_path=None, on_event: Event | None = None) -> TrainResult:
     return Trainer(job, resume=resume, metrics_path=metrics_path, on_event=on_event).run()
-
-
-def load_checkpoint_config(path: str | Path) -> tuple[Path, dict]:
-    directory = ckpt.resolve_checkpoint(path)
-    return directory, ckpt.read_config(directory)
-
-
