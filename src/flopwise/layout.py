@@ -95,11 +95,6 @@ class Layout:
         return self.dp_shard or self.dp
 
     @property
-    def dp_replicate(self) -> int:
-        """Copies of each ZeRO shard group (hybrid sharding when > 1 with zero > 0)."""
-        return self.dp // self.shard_degree if self.dp % self.shard_degree == 0 else 1
-
-    @property
     def stages(self) -> int:
         """Pipeline stages in the model: pp ranks x vpp chunks each."""
         return self.pp * self.vpp
