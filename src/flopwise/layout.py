@@ -172,7 +172,7 @@ def check_split(split: tuple[int, ...], layers: int, stages: int) -> None:
         raise LayoutError(f"split {text} sums to {sum(split)} layers; the model has {layers}")
 
 
-def _not_implemented(layout: Layout) -> None:
+def check_implemented(layout: Layout) -> None:
     """Degrees the vocabulary names but the trainer does not run yet: the planner may not propose them."""
     if layout.ep > 1:
         raise LayoutError(f"ep = {layout.ep}: expert parallelism is not implemented yet (use ep = 1)")
@@ -184,7 +184,7 @@ def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | 
           world: int | None = None) -> int:
     """Raise LayoutError naming the first broken constraint and its numbers; return the micro-batches each
     rank runs per step. `world`: the ranks available (None: not checked)."""
-    _not_implemented(layout)
+    check_implemented(layout)
     tp, pp, dp, vpp = layout.tp, layout.pp, layout.dp, layout.vpp
     if world is not None and layout.gpus != world:
         raise LayoutError(

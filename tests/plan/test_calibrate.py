@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 
-from flopwise.cli import main
 from flopwise.hardware import get_accelerator, load_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
@@ -15,6 +14,7 @@ from flopwise.plan.spec import Cluster, Training
 from flopwise.train.config import load_config
 from flopwise.train.trainer import train
 from tests.conftest import make_shards
+from tests.plan.test_cli import run
 
 GPT = ModelConfig(vocab_size=51200, layers=24, hidden=2048, heads=16, kv_heads=16, ffn=8192, seq_len=2048,
                   lfa=False, mlp="gelu")
@@ -64,16 +64,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def run(argv, capsys):
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.slow

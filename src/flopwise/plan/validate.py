@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flopwise.errors import ConfigError, DataError, PlanError
 from flopwise.hardware import GB, resolve_accelerator
-from flopwise.layout import parse_value
+from flopwise.layout import Layout, check_implemented, parse_value
 from flopwise.models.config import ModelConfig
 from flopwise.plan.search import search
 from flopwise.plan.spec import Cluster, Training
@@ -79,8 +79,7 @@ def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[st
         if text:
             name, value = parse_value(key, text.removesuffix(".0"))
             fixed[name] = value
-    if _int(row, "cp", 1) > 1:
-        raise DataError("context parallelism (cp > 1) is not modelled")
+    check_implemented(Layout(cp=_int(row, "cp", 1)))
     if "vpp" in fixed and "pp" in fixed and fixed["vpp"] > 1:
         per_stage = model.layers // fixed["pp"]
         if model.layers % fixed["pp"] == 0 and per_stage % fixed["vpp"]:

@@ -59,7 +59,7 @@ def stage_table(plan: Plan) -> list[dict]:
     layout, rows = plan.layout, []
     for i, (layers, parts) in enumerate(zip(plan.pp_layers, plan.memory, strict=True)):
         rows.append({"stage": i, "layers": layers, "in_flight": mem.in_flight(layout, i, plan.microbatches),
-                     **{k: v for k, v in parts.items()}})
+                     **parts})
     return rows
 
 
