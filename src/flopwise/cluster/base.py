@@ -2,7 +2,8 @@
 
 A policy sees a `Context` (the cluster, the state, the time) and returns `Claim`s: jobs in the order it
 wants them served, each with the allocations it would accept ((flavor, GPUs), best first) and whether a
-running job may lose its place to a claim ranked above it. The core does the rest the same way for every
+running job may lose its place to a claim ranked above it. Running jobs it does not list (or lists as not
+displaceable) keep their allocation; only quota reclaim can take it. The core does the rest the same way for every
 policy: quota (nominal first, then borrowing, so lent quota is reclaimed), physical capacity, placement,
 preemption of the displaced jobs that a placement actually needs, and backfill.
 
@@ -90,7 +91,9 @@ class Policy:
     def prepare(self, ctx: Context) -> None:
         """Update policy bookkeeping kept in the job states (e.g. LAS levels) at the start of a step."""
 
-    def claims(self, ctx: Context) -> list[Claim]:
+    def claims(self, ctx: Context, running: bool = True) -> list[Claim]:
+        """Claims in the order to serve them. `running=False`: the queued jobs' claims only (the core asks
+        so when they all fit beside the running jobs, in which case no running job can be displaced)."""
         raise NotImplementedError
 
     def wake_at(self, ctx: Context) -> float | None:

@@ -87,6 +87,8 @@ class Scheduler:
         self.options = options or SchedulerOptions()
         self._topo_key: tuple | None = None
         self._topo = Topology(cluster.nodes)
+        self._cap_key: tuple | None = None
+        self._cap: dict[str, int] = {}
 
     def new_state(self) -> ClusterState:
         state = ClusterState()
@@ -106,10 +108,7 @@ class Scheduler:
         topo = self._topology(state)
         for job in [j for j in state.sleeping.values() if j.backoff_until <= now]:
             state.requeue(job)
-        capacity = {f: 0 for f in self.cluster.flavors}
-        for name, node in topo.nodes.items():
-            if name not in state.down:
-                capacity[node.flavor] = capacity.get(node.flavor, 0) + node.gpus
+        capacity = self._capacity(topo, state)
         ctx = Context(self.cluster, state, now, topo, self.options, self.speed, capacity)
         self.policy.prepare(ctx)
         if state.waiting or (self.policy.rebalances and (changed or state.active)):
@@ -119,6 +118,17 @@ class Scheduler:
         if policy_wake is not None:
             wake.append(max(policy_wake, now))
         return StepResult(out, min(wake) if wake else None)
+
+    def _capacity(self, topo: Topology, state: ClusterState) -> dict[str, int]:
+        """GPUs of the nodes that are up, per flavor (cached until a node goes down or up)."""
+        key = (self._topo_key, frozenset(state.down))
+        if key != self._cap_key:
+            self._cap_key = key
+            self._cap = {f: 0 for f in self.cluster.flavors}
+            for name, node in topo.nodes.items():
+                if name not in state.down:
+                    self._cap[node.flavor] = self._cap.get(node.flavor, 0) + node.gpus
+        return dict(self._cap)
 
     def _topology(self, state: ClusterState) -> Topology:
         key = tuple(n.name for n in state.added)
@@ -268,7 +278,7 @@ class Scheduler:
     # -- the scheduling pass -----------------------------------------------------------------------------
     def _schedule(self, ctx: Context, out: list[Decision]) -> None:
         state, now, topo = ctx.state, ctx.now, ctx.topo
-        claims = self.policy.claims(ctx)
+        claims = self.policy.claims(ctx, running=self.policy.rebalances or self._contended(ctx))
         book = QuotaBook(self.cluster)
         count = dict(ctx.capacity)
         chosen: dict[str, tuple[str, int]] = {}
@@ -284,34 +294,48 @@ class Scheduler:
                     order.append(claim)
                     return
 
+        # Running jobs the policy does not list as displaceable keep their place. When no reclaim can
+        # happen (no queue of a cohort borrows while a job of that cohort waits) they are counted in bulk;
+        # otherwise one by one ahead of the rest, so a borrower among them can lose to a lender's job.
+        movable = {c.job.name for c in claims if c.running and c.displaceable and c.job.spec.preemptible}
         walk: list[Claim] = []
-        later: list[Claim] = []
-        for claim in claims:
-            job = claim.job
-            if claim.running and not job.spec.preemptible:  # pinned: counted whatever the quota says
-                flavor = job.flavor or ""
-                book.add(job.cq, flavor, job.gpus)
-                count[flavor] = count.get(flavor, 0) - job.gpus
-                chosen[job.name] = (flavor, job.gpus)
-                order.append(Claim(job, ((flavor, job.gpus),)))
-            elif claim.running and not claim.displaceable:
-                walk.append(claim)
-            else:
-                later.append(claim)
-        walk += later
-        for claim in walk:  # nominal quota first ...
-            take(claim, borrow=False)
-        for claim in walk:  # ... then borrowing from the cohort
-            if claim.job.name not in chosen:
-                take(claim, borrow=True)
+        ranked: list[JobState] = []
+        if self._reclaim_possible(state):
+            keepers = sorted((j for j in state.admitted.values() if j.name not in movable), key=lambda j: j.seq)
+            for job in keepers:
+                if job.spec.preemptible:
+                    walk.append(Claim(job, ((job.flavor or "", job.gpus),)))
+                else:  # pinned: counted whatever the quota says
+                    book.add(job.cq, job.flavor or "", job.gpus)
+                    count[job.flavor or ""] = count.get(job.flavor or "", 0) - job.gpus
+                    chosen[job.name] = (job.flavor or "", job.gpus)
+            ranked = [c.job for c in walk]
+        else:
+            usage = dict(state.usage)
+            for name in movable:
+                job = state.admitted[name]
+                usage[(job.cq, job.flavor or "")] -= job.gpus
+            book = QuotaBook(self.cluster, usage)
+            for (_, flavor), gpus in usage.items():
+                count[flavor] = count.get(flavor, 0) - gpus
+        walk += [c for c in claims if not c.running or c.job.name in movable]
+        if not self._everything_fits(walk, book, count, chosen, order):
+            for claim in walk:  # nominal quota first ...
+                take(claim, borrow=False)
+            for claim in walk:  # ... then borrowing from the cohort
+                if claim.job.name not in chosen:
+                    take(claim, borrow=True)
 
         free = {n: node.gpus - state.used.get(n, 0) for n, node in topo.nodes.items() if n not in state.down}
-        displaced = [c.job for c in claims if c.running and c.job.name not in chosen]
-        rank = {c.job.name: i for i, c in enumerate(claims)}
         owner: dict[str, list[JobState]] = {}  # node -> displaced jobs on it, lowest ranked first
-        for job in sorted(displaced, key=lambda j: -rank[j.name]):
-            for node, _ in job.placement:
-                owner.setdefault(node, []).append(job)
+        displaced = [c.job for c in walk if c.running and c.job.name not in chosen]
+        if displaced:
+            seen = {j.name for j in ranked}
+            ranked += [c.job for c in claims if c.job.name not in seen]
+            rank = {job.name: i for i, job in enumerate(ranked)}
+            for job in sorted(displaced, key=lambda j: -rank[j.name]):
+                for node, _ in job.placement:
+                    owner.setdefault(node, []).append(job)
         strategy = self.policy.placement
         options = {c.job.name: c.options for c in order}
 
@@ -411,6 +435,56 @@ class Scheduler:
             else:
                 if not job.reason.startswith("waiting"):
                     job.reason = "waiting: quota or capacity"
+
+    def _contended(self, ctx: Context) -> bool:
+        """Whether the queued jobs' first choices do not all fit beside the running jobs (counts, quota):
+        only then can a policy's order displace a running job."""
+        state = ctx.state
+        book = QuotaBook(self.cluster, state.usage)
+        left = dict(ctx.capacity)
+        for (_, flavor), gpus in state.usage.items():
+            left[flavor] = left.get(flavor, 0) - gpus
+        for job in state.waiting.values():
+            options = ctx.default_options(job)
+            if not options:
+                return True
+            flavor, gpus = options[0]
+            left[flavor] = left.get(flavor, 0) - gpus
+            if left[flavor] < 0:
+                return True
+            book.add(job.cq, flavor, gpus)
+        return not book.within_limits()
+
+    @staticmethod
+    def _everything_fits(walk: list[Claim], book: QuotaBook, count: dict[str, int], chosen: dict, order: list) -> bool:
+        """When every claim's first option fits together (counts and quota), that is the selection: the
+        walk would take the same (the common case of a cluster with room), at a fraction of the cost."""
+        trial = QuotaBook.__new__(QuotaBook)
+        trial.rules, trial.queues, trial.pool_cap = book.rules, book.queues, book.pool_cap
+        trial.use, trial.pool_use = dict(book.use), dict(book.pool_use)
+        left = dict(count)
+        for claim in walk:
+            if not claim.options:
+                return False
+            flavor, gpus = claim.options[0]
+            left[flavor] = left.get(flavor, 0) - gpus
+            trial.add(claim.job.cq, flavor, gpus)
+        if any(v < 0 for v in left.values()) or not trial.within_limits():
+            return False
+        for claim in walk:
+            chosen[claim.job.name] = claim.options[0]
+            order.append(claim)
+        book.use, book.pool_use = trial.use, trial.pool_use
+        count.update(left)
+        return True
+
+    def _reclaim_possible(self, state: ClusterState) -> bool:
+        """A queue of some cohort uses more than its nominal quota while a job of that cohort waits."""
+        queues = self.cluster.cluster_queues
+        borrowing = {
+            queues[q].cohort for (q, f), used in state.usage.items() if used > queues[q].nominal(f) and queues[q].cohort
+        }
+        return bool(borrowing) and any(queues[j.cq].cohort in borrowing for j in state.waiting.values())
 
     def _resize(self, ctx: Context, job: JobState, flavor: str, gpus: int, free: dict[str, int], strategy: str,
                 out: list[Decision]) -> None:

@@ -107,7 +107,7 @@ class TraceModel(JobModel):
         return spec.duration_s
 
     def rate(self, spec: JobSpec, progress: float, flavor: str, shape: tuple[int, ...]) -> float:
-        return min(1.0, sum(shape) / spec.gpus) if spec.gpus else 1.0
+        return sum(shape) / spec.gpus if spec.gpus else 1.0  # duration is at `gpus`; elastic: linear
 
 
 class PolluxModel(JobModel):
@@ -257,6 +257,7 @@ class JobModels:
         self.pollux = PolluxModel(apps or {})
         self.llm = LLMModel(cluster, planner or PlannerSpeeds())
         self._work: dict[str, float] = {}
+        self._per_node = {f: cluster.gpus_per_node(f) for f in cluster.flavors}
 
     def model(self, spec: JobSpec) -> JobModel:
         if spec.app is not None:
@@ -269,7 +270,7 @@ class JobModels:
         return Runtime(spec, self.model(spec).work(spec))
 
     def shape(self, flavor: str, gpus: int) -> tuple[int, ...]:
-        return packed_shape(gpus, self.cluster.gpus_per_node(flavor))
+        return packed_shape(gpus, self._per_node.get(flavor, 0))
 
     def isolated_time(self, spec: JobSpec) -> float:
         """Run time alone at its requested GPUs on its first allowed flavor, restarts excluded."""

@@ -22,29 +22,24 @@ from __future__ import annotations
 import heapq
 
 from flopwise.cluster.base import Claim, Context, Policy
+from flopwise.cluster.goodput import Goodput
 from flopwise.cluster.quota import QuotaBook
 from flopwise.cluster.state import ADMITTED, JobState
 from flopwise.errors import ConfigError
 
 
-def _running(ctx: Context) -> list[JobState]:
-    return sorted((j for j in ctx.state.active.values() if j.status == ADMITTED), key=lambda j: j.seq)
-
-
 class Fifo(Policy):
     name = "fifo"
 
-    def claims(self, ctx: Context) -> list[Claim]:
-        out = [Claim(j, ctx.default_options(j)) for j in _running(ctx)]
-        out += [Claim(j, ctx.default_options(j)) for j in sorted(ctx.state.waiting.values(), key=lambda j: j.seq)]
-        return out
+    def claims(self, ctx: Context, running: bool = True) -> list[Claim]:  # running jobs keep their place
+        return [Claim(j, ctx.default_options(j)) for j in sorted(ctx.state.waiting.values(), key=lambda j: j.seq)]
 
 
 class Priority(Policy):
     name = "priority"
 
-    def claims(self, ctx: Context) -> list[Claim]:
-        jobs = [j for j in ctx.state.active.values() if j.status == ADMITTED] + list(ctx.state.waiting.values())
+    def claims(self, ctx: Context, running: bool = True) -> list[Claim]:
+        jobs = [*(ctx.state.admitted.values() if running else ()), *ctx.state.waiting.values()]
         # at equal priority a running job ranks first, so only strictly higher priority displaces it
         jobs.sort(key=lambda j: (-j.spec.priority, j.status != ADMITTED, j.seq))
         return [Claim(j, ctx.default_options(j), displaceable=True) for j in jobs]
@@ -53,8 +48,8 @@ class Priority(Policy):
 class Drf(Policy):
     name = "drf"
 
-    def claims(self, ctx: Context) -> list[Claim]:
-        out = [Claim(j, ctx.default_options(j)) for j in _running(ctx)]
+    def claims(self, ctx: Context, running: bool = True) -> list[Claim]:
+        out: list[Claim] = []  # running jobs are not listed: they keep their place
         book = QuotaBook(ctx.cluster, ctx.state.usage)
         per_queue: dict[str, list[JobState]] = {}
         for job in ctx.state.waiting.values():
@@ -82,12 +77,12 @@ class Tiresias(Policy):
 
     def prepare(self, ctx: Context) -> None:
         threshold = ctx.options.las_threshold_gpu_s
-        for job in ctx.state.active.values():
-            if job.level == 0 and job.status == ADMITTED and job.attained(ctx.now) >= threshold:
+        for job in ctx.state.admitted.values():
+            if job.level == 0 and job.attained(ctx.now) >= threshold:
                 job.level, job.level_since = 1, ctx.now
 
-    def claims(self, ctx: Context) -> list[Claim]:
-        jobs = [j for j in ctx.state.active.values() if j.status == ADMITTED] + list(ctx.state.waiting.values())
+    def claims(self, ctx: Context, running: bool = True) -> list[Claim]:
+        jobs = [*(ctx.state.admitted.values() if running else ()), *ctx.state.waiting.values()]
         jobs.sort(key=lambda j: (j.level, j.level_since if j.level else 0.0, j.seq))
         return [Claim(j, ctx.default_options(j), displaceable=True) for j in jobs]
 
@@ -95,22 +90,18 @@ class Tiresias(Policy):
         threshold = ctx.options.las_threshold_gpu_s
         times = [
             j.admitted_at + (threshold - j.attained_gpu_s) / j.gpus
-            for j in ctx.state.active.values()
-            if j.level == 0 and j.status == ADMITTED and j.gpus and j.admitted_at is not None
+            for j in ctx.state.admitted.values()
+            if j.level == 0 and j.gpus and j.admitted_at is not None
         ]
         return min(times) if times else None
 
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Fifo, Priority, Drf, Tiresias)}
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Fifo, Priority, Drf, Tiresias, Goodput)}
 
 
 def make_policy(name: str | Policy) -> Policy:
     if isinstance(name, Policy):
         return name
-    if name == "goodput":
-        from flopwise.cluster.goodput import Goodput  # a module of its own (speed models, allocation search)
-
-        return Goodput()
     if name not in POLICIES:
-        raise ConfigError(f"unknown policy {name!r}; choose one of: {', '.join([*POLICIES, 'goodput'])}")
+        raise ConfigError(f"unknown policy {name!r}; choose one of: {', '.join(POLICIES)}")
     return POLICIES[name]()

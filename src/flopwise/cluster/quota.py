@@ -16,62 +16,96 @@ import math
 from flopwise.cluster.spec import ClusterQueue, ClusterSpec
 
 
+class _Rules:
+    """Per (queue, flavor): nominal quota, guaranteed part, cap with borrowing, cohort; per (cohort, flavor)
+    the pool capacity. Computed once per cluster spec."""
+
+    def __init__(self, cluster: ClusterSpec) -> None:
+        self.cluster = cluster  # keeps the id below valid
+        self.queues: dict[str, ClusterQueue] = cluster.cluster_queues
+        self.limits: dict[tuple[str, str], tuple[float, float, float, str | None]] = {}
+        self.pool_cap: dict[tuple[str, str], float] = {}
+        for cq in self.queues.values():
+            for f in cluster.flavors:
+                nominal = cq.nominal(f)
+                guaranteed = nominal - cq.lendable(f)
+                self.limits[(cq.name, f)] = (nominal, guaranteed, nominal + cq.borrow_cap(f), cq.cohort)
+                if cq.cohort is not None:
+                    self.pool_cap[(cq.cohort, f)] = self.pool_cap.get((cq.cohort, f), 0) + cq.lendable(f)
+
+    def limit(self, queue: str, flavor: str) -> tuple[float, float, float, str | None]:
+        hit = self.limits.get((queue, flavor))
+        if hit is None:  # a flavor the spec does not know (a node added later): no quota for it
+            cq = self.queues[queue]
+            nominal = cq.nominal(flavor)
+            hit = self.limits[(queue, flavor)] = (nominal, nominal, nominal, None)
+        return hit
+
+
+_RULES: dict[int, _Rules] = {}
+
+
+def _rules(cluster: ClusterSpec) -> _Rules:
+    rules = _RULES.get(id(cluster))
+    if rules is None or rules.cluster is not cluster:
+        if len(_RULES) > 64:
+            _RULES.clear()
+        rules = _RULES[id(cluster)] = _Rules(cluster)
+    return rules
+
+
 class QuotaBook:
     """Quota use by (queue, flavor) during one scheduling step; `fits` and `add` keep pool use current."""
 
     def __init__(self, cluster: ClusterSpec, usage: dict[tuple[str, str], int] | None = None) -> None:
-        self.queues: dict[str, ClusterQueue] = cluster.cluster_queues
-        self.flavors = list(cluster.flavors)
+        self.rules = _rules(cluster)
+        self.queues = self.rules.queues
+        self.pool_cap = self.rules.pool_cap
         self.use: dict[tuple[str, str], int] = {k: v for k, v in (usage or {}).items() if v}
-        self.pool_cap: dict[tuple[str, str], int] = {}
-        self.pool_use: dict[tuple[str, str], int] = {}
-        for cq in self.queues.values():
-            if cq.cohort is None:
-                continue
-            for f in self.flavors:
-                key = (cq.cohort, f)
-                self.pool_cap[key] = self.pool_cap.get(key, 0) + cq.lendable(f)
-                self.pool_use[key] = self.pool_use.get(key, 0) + self._over(cq, f, self.use.get((cq.name, f), 0))
-
-    @staticmethod
-    def _over(cq: ClusterQueue, flavor: str, use: int) -> int:
-        """How much of `use` draws on the cohort's shared pool."""
-        return max(0, use - (cq.nominal(flavor) - cq.lendable(flavor)))
+        self.pool_use: dict[tuple[str, str], float] = {}
+        for (queue, flavor), used in self.use.items():
+            _, guaranteed, _, cohort = self.rules.limit(queue, flavor)
+            if cohort is not None and used > guaranteed:
+                self.pool_use[(cohort, flavor)] = self.pool_use.get((cohort, flavor), 0) + used - guaranteed
 
     def fits(self, queue: str, flavor: str, gpus: int, borrow: bool = True) -> bool:
-        cq = self.queues[queue]
+        nominal, guaranteed, cap, cohort = self.rules.limit(queue, flavor)
         use = self.use.get((queue, flavor), 0)
         new = use + gpus
-        nominal = cq.nominal(flavor)
-        if new > nominal and (not borrow or new > nominal + cq.borrow_cap(flavor)):
+        if new > nominal and (not borrow or new > cap):
             return False
-        if cq.cohort is not None:
-            key = (cq.cohort, flavor)
-            delta = self._over(cq, flavor, new) - self._over(cq, flavor, use)
-            if self.pool_use.get(key, 0) + delta > self.pool_cap.get(key, 0):
+        if cohort is not None and new > guaranteed:
+            delta = new - guaranteed - max(0, use - guaranteed)
+            if self.pool_use.get((cohort, flavor), 0) + delta > self.pool_cap.get((cohort, flavor), 0):
                 return False
         return True
 
     def add(self, queue: str, flavor: str, gpus: int) -> None:
-        cq = self.queues[queue]
+        _, guaranteed, _, cohort = self.rules.limit(queue, flavor)
         use = self.use.get((queue, flavor), 0)
-        if cq.cohort is not None:
-            key = (cq.cohort, flavor)
-            delta = self._over(cq, flavor, use + gpus) - self._over(cq, flavor, use)
-            self.pool_use[key] = self.pool_use.get(key, 0) + delta
-        self.use[(queue, flavor)] = use + gpus
+        new = use + gpus
+        if cohort is not None:
+            delta = max(0, new - guaranteed) - max(0, use - guaranteed)
+            if delta:
+                self.pool_use[(cohort, flavor)] = self.pool_use.get((cohort, flavor), 0) + delta
+        self.use[(queue, flavor)] = new
+
+    def within_limits(self) -> bool:
+        """Every queue within its cap and every cohort pool within its capacity (after bulk `add`s)."""
+        for (queue, flavor), used in self.use.items():
+            if used > self.rules.limit(queue, flavor)[2]:
+                return False
+        return all(used <= self.pool_cap.get(key, 0) for key, used in self.pool_use.items())
 
     def borrowing(self, queue: str, flavor: str) -> bool:
-        return self.use.get((queue, flavor), 0) > self.queues[queue].nominal(flavor)
+        return self.use.get((queue, flavor), 0) > self.rules.limit(queue, flavor)[0]
 
     def max_admissible(self, queue: str, flavor: str) -> float:
         """The most GPUs of `flavor` the queue could ever hold (an empty cohort lending it everything)."""
-        cq = self.queues[queue]
-        nominal = cq.nominal(flavor)
-        if cq.cohort is None:
+        nominal, guaranteed, cap, cohort = self.rules.limit(queue, flavor)
+        if cohort is None:
             return float(nominal)
-        guaranteed = nominal - cq.lendable(flavor)
-        return min(nominal + cq.borrow_cap(flavor), guaranteed + self.pool_cap.get((cq.cohort, flavor), 0))
+        return min(cap, guaranteed + self.pool_cap.get((cohort, flavor), 0))
 
     def share(self, queue: str, capacity: dict[str, int]) -> float:
         """Weighted dominant share: max over flavors of use / capacity, divided by the queue's weight (DRF)."""

@@ -80,10 +80,11 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class ClusterQueue:
-    """Nominal quota per flavor (GPUs); limits are per flavor, None = no limit."""
+    """Nominal quota per flavor (GPUs); limits are per flavor, None = no limit. `quota=None`: no quota at
+    all, only the cluster's capacity bounds the queue (the default queue; it cannot join a cohort)."""
 
     name: str
-    quota: dict[str, int] = field(default_factory=dict)
+    quota: dict[str, int] | None = field(default_factory=dict)
     cohort: str | None = None
     borrowing_limit: dict[str, int] | None = None
     lending_limit: dict[str, int] | None = None
@@ -92,6 +93,8 @@ class ClusterQueue:
     def __post_init__(self) -> None:
         where = f"queue {self.name}: "
         _name("queue ", "name", self.name)
+        if self.quota is None and self.cohort is not None:
+            raise ConfigError(f"{where}a queue without quota cannot join cohort {self.cohort!r}: give it a quota")
         for key in ("quota", "borrowing_limit", "lending_limit"):
             table = getattr(self, key)
             if table is None:
@@ -104,14 +107,14 @@ class ClusterQueue:
             raise ConfigError(f"{where}weight = {self.weight!r}: must be a positive number")
         if self.lending_limit:
             for flavor, amount in self.lending_limit.items():
-                if amount > self.quota.get(flavor, 0):
+                if amount > self.nominal(flavor):
                     raise ConfigError(
                         f"{where}lending_limit.{flavor} = {amount}: must not exceed the nominal quota "
-                        f"({self.quota.get(flavor, 0)})"
+                        f"({self.nominal(flavor)})"
                     )
 
-    def nominal(self, flavor: str) -> int:
-        return self.quota.get(flavor, 0)
+    def nominal(self, flavor: str) -> float:
+        return math.inf if self.quota is None else self.quota.get(flavor, 0)
 
     def borrow_cap(self, flavor: str) -> float:
         if self.cohort is None:
@@ -120,7 +123,7 @@ class ClusterQueue:
             return math.inf
         return float(self.borrowing_limit[flavor])
 
-    def lendable(self, flavor: str) -> int:
+    def lendable(self, flavor: str) -> float:
         """How much of the nominal quota other queues of the cohort may use while this one does not."""
         if self.cohort is None:
             return 0
@@ -347,12 +350,10 @@ class ClusterSpec:
         queues: dict[str, ClusterQueue] | None = None,
         local_queues: dict[str, LocalQueue] | None = None,
     ) -> ClusterSpec:
-        """A cluster; without queues, one ClusterQueue `default` owning every GPU, with a LocalQueue `default`."""
+        """A cluster; without queues, one ClusterQueue `default` without quota (all GPUs, nodes added later
+        included), with a LocalQueue `default`."""
         if not queues:
-            quota: dict[str, int] = {}
-            for node in nodes:
-                quota[node.flavor] = quota.get(node.flavor, 0) + node.gpus
-            queues = {DEFAULT_QUEUE: ClusterQueue(DEFAULT_QUEUE, quota)}
+            queues = {DEFAULT_QUEUE: ClusterQueue(DEFAULT_QUEUE, None)}
         if local_queues is None:
             local_queues = {name: LocalQueue(name, name) for name in queues}
         return cls(dict(flavors), tuple(nodes), dict(queues), dict(local_queues))
@@ -391,9 +392,11 @@ class ClusterSpec:
         for i, row in enumerate(data.get("queues", [])):
             row = _table(row, f"{where}: queues[{i}]", {"name", "quota", "cohort", "borrowing_limit", "lending_limit",
                                                       "weight"})
+            if "quota" in row and not isinstance(row["quota"], dict):
+                raise ConfigError(f"{where}: queues[{i}]: quota must be a table of flavor = GPUs")
             cq = ClusterQueue(
                 row.get("name", ""),
-                dict(row.get("quota", {})),
+                dict(row["quota"]) if "quota" in row else None,
                 row.get("cohort"),
                 row.get("borrowing_limit"),
                 row.get("lending_limit"),

@@ -75,12 +75,14 @@ class PlannerSpeeds:
             return hit
         try:
             cluster = Cluster(accelerator, gpus, gpus_per_node, inter_node_bw=inter_node_gbps * GB)
-            result = search(model, cluster, Training(global_batch), top=1)
+            result = search(model, cluster, Training(global_batch), top=1, explain=False)
             plan = result.plans[0]
             tokens = global_batch * model.seq_len / plan.step_time
             value = LLMSpeed(tokens, plan.layout.short(), plan.mfu)
-        except (PlanError, ConfigError) as exc:
-            value = LLMSpeed(0.0, str(exc).split(";")[0])
+        except PlanError:  # (the planner's explanation searches alternatives: too slow to ask here)
+            value = LLMSpeed(0.0, f"no layout fits {gpus} x {accelerator.name} memory at global batch {global_batch}")
+        except ConfigError as exc:
+            value = LLMSpeed(0.0, str(exc))
         self._cache[key] = value
         self._dirty += 1
         return value

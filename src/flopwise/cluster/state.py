@@ -90,6 +90,7 @@ class ClusterState:
     active: dict[str, JobState] = field(default_factory=dict, repr=False)  # not terminal
     waiting: dict[str, JobState] = field(default_factory=dict, repr=False)  # queued
     sleeping: dict[str, JobState] = field(default_factory=dict, repr=False)  # in backoff
+    admitted: dict[str, JobState] = field(default_factory=dict, repr=False)  # holding GPUs
     used: dict[str, int] = field(default_factory=dict, repr=False)  # node -> GPUs allocated
     usage: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # (queue, flavor) -> GPUs
 
@@ -97,6 +98,7 @@ class ClusterState:
         self.active = {k: j for k, j in self.jobs.items() if j.status not in TERMINAL}
         self.waiting = {k: j for k, j in self.active.items() if j.status == QUEUED}
         self.sleeping = {k: j for k, j in self.active.items() if j.status == BACKOFF}
+        self.admitted = {k: j for k, j in self.active.items() if j.status == ADMITTED}
         self.used, self.usage = {}, {}
         for job in self.active.values():
             if job.status == ADMITTED:
@@ -115,6 +117,7 @@ class ClusterState:
 
     def allocate(self, job: JobState, flavor: str, placement: Placement, now: float) -> None:
         self.waiting.pop(job.name, None)
+        self.admitted[job.name] = job
         job.flavor, job.placement = flavor, tuple(placement)
         job.gpus = sum(g for _, g in placement)
         job.status, job.admitted_at = ADMITTED, now
@@ -126,6 +129,7 @@ class ClusterState:
         """Close the job's current allocation (its GPU time is added to what it attained)."""
         if job.status != ADMITTED:
             return
+        self.admitted.pop(job.name, None)
         self._count(job, -1)
         held = max(0.0, now - (job.admitted_at if job.admitted_at is not None else now))
         job.attained_gpu_s += held * job.gpus

@@ -28,6 +28,23 @@ FORMATS = ("pollux", "philly", "openb", "flopwise")
 POLLUX_MAX_REPLICAS = 64  # the artifact's cap on a Pollux job's GPUs ("simulator can't handle more")
 
 
+def detect_format(path: str | Path) -> str:
+    """The format of a workload file from its suffix or CSV header."""
+    path = Path(path)
+    if path.suffix == ".toml":
+        return "flopwise"
+    try:
+        with open(path, newline="") as fh:
+            header = fh.readline().strip().split(",")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    for fmt, columns in (("pollux", {"time", "application", "num_replicas"}), ("philly", {"timestamp", "duration"}),
+                         ("openb", {"num_gpu", "creation_time"})):
+        if columns <= set(header):
+            return fmt
+    raise DataError(f"{path}: cannot tell its format from the header ({','.join(header)[:80]}); give --format")
+
+
 def _rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str] | None, str]]:
     """(line, row, problem) for each data line; row is None when the line is malformed."""
     try:
