@@ -17,6 +17,7 @@ batch sizes around B, at the current epoch.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import functools
 import math
@@ -127,16 +128,30 @@ class PolluxApp:
         self.min_local = int(place["local_bsz"].min())
         self.max_local = int(max_local_bsz or settings.get("max_local_bsz", place["local_bsz"].max()))
         self.work = self.progress_at(self.max_epochs)  # progress needed to finish
+        self._ends = [self.progress_at(e) for e in range(self.max_epochs + 1)]
+        self._sizes = np.array(self.batch_sizes, dtype=float)
+        self._sqr = np.stack([self.validation[b]["grad_sqr"][: self.max_epochs] for b in self.batch_sizes])
+        self._var = np.stack([self.validation[b]["grad_var"][: self.max_epochs] for b in self.batch_sizes])
 
     # -- measured tables ---------------------------------------------------------------------------------
     @functools.cache  # noqa: B019 - one app object per application, kept for a run
     def throughput(self, placement: tuple[int, ...], local_bsz: float) -> tuple[float, float]:
         """(step time, sync time) in seconds of one step at `local_bsz` per GPU on `placement`."""
+        step, sync = self._throughputs(placement, np.array([float(local_bsz)]))
+        return float(step[0]), float(sync[0])
+
+    def _throughputs(self, placement: tuple[int, ...], local_bsz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         placement = tuple(p for p in placement if p)
         key = min(placement[i:] + placement[:i] for i in range(len(placement)))
         if key in self.placements:
             bsz, step, sync = self.placements[key]
-            return float(np.interp(local_bsz, bsz, step)), float(np.interp(local_bsz, bsz, sync))
+            return np.interp(local_bsz, bsz, step), np.interp(local_bsz, bsz, sync)
+        grid = self._grid(key)
+        if grid is not None:  # per-GPU batches are integers: the interpolant on every integer, computed once
+            return np.interp(local_bsz, grid[0], grid[1]), np.interp(local_bsz, grid[0], grid[2])
+        return self._interpolate(key, local_bsz)
+
+    def _interpolate(self, placement: tuple[int, ...], local_bsz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._interp is None:
             from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 
@@ -144,11 +159,22 @@ class PolluxApp:
                 LinearNDInterpolator(self._points, self._values),
                 NearestNDInterpolator(self._points, self._values),
             )
-        x = [min(len(placement), MAX_NODES_INTERPOLATED), sum(placement), local_bsz]
-        out = self._interp[0]([x])[0]
-        if not np.all(np.isfinite(out)):  # outside the measured hull: the nearest measurement
-            out = self._interp[1]([x])[0]
-        return float(out[0]), float(out[1])
+        x = np.column_stack([np.full(len(local_bsz), min(len(placement), MAX_NODES_INTERPOLATED)),
+                             np.full(len(local_bsz), sum(placement)), local_bsz])
+        out = self._interp[0](x)
+        bad = ~np.all(np.isfinite(out), axis=1)
+        if bad.any():  # outside the measured hull: the nearest measurement
+            out[bad] = self._interp[1](x[bad])
+        return out[:, 0], out[:, 1]
+
+    @functools.cache  # noqa: B019
+    def _grid(self, placement: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        top = max(self.max_local, int(self._points[:, 2].max()))
+        if top - self.min_local > 8192:
+            return None
+        bsz = np.arange(self.min_local, top + 1, dtype=float)
+        step, sync = self._interpolate(placement, bsz)
+        return bsz, step, sync
 
     def _bracket(self, batch: float) -> tuple[int, int]:
         lower = max((b for b in self.batch_sizes if b <= batch), default=self.batch_sizes[0])
@@ -208,28 +234,29 @@ class PolluxApp:
         lo = max(self.init_batch, self.min_local * replicas)
         if lo > self.max_batch:
             return self.fixed_config(replicas, self.max_batch)
-        best, best_value = None, -1.0
-        for batch in np.geomspace(lo, self.max_batch, 50):
-            local = batch / replicas
-            accum = math.ceil(local / self.max_local - EPS) - 1
-            if replicas == 1 and local > self.init_batch + EPS:
-                accum = max(accum, 1)
-            atomic = math.ceil(local / (accum + 1) - EPS)
-            if not self.min_local <= atomic <= self.max_local:
-                continue
-            atomic = min(atomic, int(self.max_batch / (replicas * (accum + 1))))
-            config = BatchConfig(atomic, accum, replicas)
-            value = self.goodput(placement, config, epoch)
-            if value > best_value:
-                best, best_value = config, value
-        return best or self.fixed_config(replicas, lo)
+        local = np.geomspace(lo, self.max_batch, 50) / replicas
+        accum = np.ceil(local / self.max_local - EPS) - 1
+        if replicas == 1:
+            accum = np.where(local > self.init_batch + EPS, np.maximum(accum, 1), accum)
+        atomic = np.ceil(local / (accum + 1) - EPS)
+        valid = (self.min_local <= atomic) & (atomic <= self.max_local)
+        if not valid.any():
+            return self.fixed_config(replicas, lo)
+        atomic = np.minimum(atomic, np.floor(self.max_batch / (replicas * (accum + 1))))
+        step, sync = self._throughputs(placement, atomic)
+        total = step + (step - sync) * accum
+        batch = replicas * atomic * (accum + 1)
+        e = min(epoch, self.max_epochs - 1)
+        sqr = np.interp(batch, self._sizes, self._sqr[:, e])
+        var = np.interp(batch, self._sizes, self._var[:, e])
+        denom = var / (batch / self.init_batch) + sqr
+        gain = np.where(denom > 0, (var + sqr) / np.where(denom > 0, denom, 1.0), 1.0)
+        best = int(np.argmax(np.where(valid, gain / total, -np.inf)))
+        return BatchConfig(int(atomic[best]), int(accum[best]), replicas)
 
     def epoch_of(self, progress: float) -> int:
         """The epoch a job with `progress` is in."""
-        epoch = 0
-        while epoch < self.max_epochs and self.progress_at(epoch + 1) <= progress + EPS:
-            epoch += 1
-        return epoch
+        return min(self.max_epochs, bisect.bisect_right(self._ends, progress + EPS) - 1)
 
 
 def load_apps(directory: str | Path) -> dict[str, PolluxApp]:

@@ -85,7 +85,7 @@ class Policy:
 
     name = "base"
     placement = "pack"
-    rebalances = False  # needs a scheduling pass at every step even with nothing queued
+    rebalances = False  # may change running jobs' allocations: a pass at every step, queue or not
     needs_progress = False  # reads JobState.progress (the caller sends Progress events)
 
     def prepare(self, ctx: Context) -> None:
@@ -95,6 +95,12 @@ class Policy:
         """Claims in the order to serve them. `running=False`: the queued jobs' claims only (the core asks
         so when they all fit beside the running jobs, in which case no running job can be displaced)."""
         raise NotImplementedError
+
+    def periodic(self, state: ClusterState) -> bool:
+        """Whether the policy wants a pass every scheduling interval even without events (e.g. elastic jobs
+        whose best size changes as they progress). The simulator and the service call step at each
+        interval while this holds."""
+        return False
 
     def wake_at(self, ctx: Context) -> float | None:
         """The next time this policy would decide differently without any event (None: never)."""

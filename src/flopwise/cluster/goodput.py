@@ -23,7 +23,7 @@ import heapq
 
 from flopwise.cluster.base import Claim, Context, Option, Policy
 from flopwise.cluster.quota import QuotaBook
-from flopwise.cluster.state import ADMITTED, JobState
+from flopwise.cluster.state import ADMITTED, ClusterState, JobState
 from flopwise.errors import ConfigError
 
 
@@ -32,6 +32,11 @@ class Goodput(Policy):
     placement = "pack"
     rebalances = True
     needs_progress = True
+
+    def periodic(self, state: ClusterState) -> bool:
+        # an elastic or batch-adaptive job's best allocation moves as it progresses; rigid jobs only
+        # change on events (arrivals, completions)
+        return any(j.spec.elastic or j.spec.adaptive_batch for j in state.active.values())
 
     def claims(self, ctx: Context, running: bool = True) -> list[Claim]:  # always plans every job
         speed = ctx.speed

@@ -6,7 +6,7 @@ The published setup (the Pollux artifact's simulator) is followed: the scheduler
 finishes (its GPUs are held until then); every (re)start or change of allocation costs the restart penalty
 (30 s) without progress. Rounds in which nothing can change (no arrival, no completion, no timer of the
 policy or of a backoff) are skipped, which changes nothing but the run time; a policy that re-plans every
-round (goodput) gets every round while jobs are active.
+round (goodput, while elastic jobs are active) gets every round.
 
 Optional failures: with `node_mtbf_h`, each node fails after exponentially distributed times (seeded)
 and comes back after `repair_h`; the jobs on it lose their work since their last checkpoint and requeue.
@@ -108,7 +108,7 @@ def simulate(workload: Workload, config: SimConfig = SimConfig(), progress: Prog
             nxt.append(grid(wake))
         if failures and (state.active or i < len(jobs)):
             nxt.append(grid(failures[0][0]))
-        if every_round and state.active:
+        if every_round and state.active and sched.policy.periodic(state):
             nxt.append(t + interval)
         if not nxt:
             break
