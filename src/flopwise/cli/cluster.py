@@ -81,6 +81,7 @@ def simulate_cmd(
     gpu: str = typer.Option(None, help="accelerator of the uniform cluster's GPUs (catalogue name; LLM jobs need one)"),
     cluster: Path = typer.Option(None, help="cluster TOML: flavors, nodes, queues (instead of --nodes)"),
     policy: str = typer.Option("fifo", help=f"{' | '.join(POLICIES)}"),
+    placement: str = typer.Option(None, help="pack (best fit; default) | spread (most free nodes first; tiresias)"),
     interval: float = typer.Option(60.0, help="seconds between scheduling rounds"),
     restart_penalty: float = typer.Option(30.0, help="seconds without progress after each (re)start or resize"),
     seed: int = typer.Option(0, help="seed of the failure injection (--node-mtbf)"),
@@ -104,7 +105,7 @@ def simulate_cmd(
     for name, value in (("nodes", nodes), ("gpus-per-node", gpus_per_node)):
         if value is not None and value < 1:
             raise ConfigError(f"--{name} {value}: must be a positive integer")
-    config = SimConfig(policy, interval, restart_penalty, seed, node_mtbf)
+    config = SimConfig(policy, interval, restart_penalty, seed, node_mtbf, placement=placement)
     spec = _cluster(fmt, cluster, nodes, gpus_per_node, gpu)
     planner = PlannerSpeeds(planner_cache)
     work = load_workload(workload, fmt, spec, apps, policy, queues, gpu_map, nodes, gpus_per_node, planner)

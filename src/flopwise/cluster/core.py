@@ -50,7 +50,7 @@ from flopwise.cluster.events import (
     Stop,
     Submit,
 )
-from flopwise.cluster.placement import Topology, place
+from flopwise.cluster.placement import STRATEGIES, Topology, place
 from flopwise.cluster.policies import make_policy
 from flopwise.cluster.quota import QuotaBook
 from flopwise.cluster.spec import ClusterSpec, JobSpec, NodeSpec
@@ -64,7 +64,7 @@ from flopwise.cluster.state import (
     ClusterState,
     JobState,
 )
-from flopwise.errors import FlopwiseError
+from flopwise.errors import ConfigError, FlopwiseError
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,14 @@ class Scheduler:
         policy: str | Policy = "fifo",
         speed: SpeedModel | None = None,
         options: SchedulerOptions | None = None,
+        placement: str | None = None,
     ) -> None:
         self.cluster = cluster
         self.policy = make_policy(policy)
+        if placement is not None:  # override the policy's placement strategy
+            if placement not in STRATEGIES:
+                raise ConfigError(f"placement {placement!r}: must be one of {', '.join(STRATEGIES)}")
+            self.policy.placement = placement
         self.speed = speed
         self.options = options or SchedulerOptions()
         self._topo_key: tuple | None = None
@@ -147,7 +152,7 @@ class Scheduler:
             if event.node not in topo.nodes or event.node in state.down:
                 return False
             state.down.add(event.node)
-            for job in [j for j in state.active.values() if j.status == ADMITTED]:
+            for job in list(state.admitted.values()):
                 if any(n == event.node for n, _ in job.placement):
                     self._preempt(state, job, now, f"node {event.node} down", out, crash=True)
             return True
@@ -173,6 +178,8 @@ class Scheduler:
             state.end(job, SUCCEEDED, now, "finished")
             return True
         if isinstance(event, Fail):
+            if job.status != ADMITTED:  # it was stopped meanwhile (preempted, resized): nothing ran to fail
+                return False
             self._fail(state, job, now, event.reason, out)
             return True
         if isinstance(event, Cancel):
@@ -260,9 +267,8 @@ class Scheduler:
         out.append(Preempt(job.name, reason, lost, lost_gpu))
 
     def _fail(self, state: ClusterState, job: JobState, now: float, reason: str, out: list[Decision]) -> None:
-        if job.status == ADMITTED:
-            job.lost_gpu_s += self._lost_s(job, now, crash=True) * job.gpus
-            state.release(job, now)
+        job.lost_gpu_s += self._lost_s(job, now, crash=True) * job.gpus
+        state.release(job, now)
         job.restarts += 1
         if job.restarts > job.spec.max_restarts:
             why = f"{reason}; gave up after {job.spec.max_restarts} restarts"

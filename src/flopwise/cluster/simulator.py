@@ -60,6 +60,7 @@ class SimConfig:
     seed: int = 0
     node_mtbf_h: float = 0.0  # 0: no node failures
     repair_h: float = 1.0
+    placement: str | None = None  # pack | spread: overrides the policy's placement strategy
 
     def __post_init__(self) -> None:
         if not self.interval > 0 or not math.isfinite(self.interval):
@@ -76,7 +77,7 @@ ProgressFn = Callable[[float, int, int], None]  # (simulated time, jobs done, jo
 def simulate(workload: Workload, config: SimConfig = SimConfig(), progress: ProgressFn | None = None) -> SimResult:
     cluster, models = workload.cluster, workload.models
     options = SchedulerOptions(restart_penalty_s=config.restart_penalty)
-    sched = Scheduler(cluster, config.policy, speed=models, options=options)
+    sched = Scheduler(cluster, config.policy, speed=models, options=options, placement=config.placement)
     models.pollux.round_s = config.interval
     state = sched.new_state()
     jobs = sorted(workload.jobs, key=lambda s: s.submit_time)  # stable: ties keep the input order
