@@ -85,6 +85,7 @@ def test_table_output_and_a_quota_that_can_never_admit(tmp_path, capsys):
         ('[[jobs]]\nname = "a"\ngpus = 4\n', ["--nodes", "0"], "--nodes 0"),
         ('[[jobs]]\nname = "a"\ngpus = 4\n', ["--interval", "0"], "interval = 0.0"),
         ('[[jobs]]\nname = "a"\ngpus = 4\n', ["--cluster", "/nonexistent.toml"], "cannot read cluster file"),
+        ('[[jobs]]\nname = "a"\ngpus = 4\n', ["--gpu", "B900"], "unknown accelerator 'B900'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, content, args, message):

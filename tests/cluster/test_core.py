@@ -99,6 +99,17 @@ def test_gang_placement_best_fit_whole_nodes_and_topology():
     assert state.jobs["five"].status == REJECTED
 
 
+def test_topology_node_spans_an_nvlink_domain_of_several_nodes():
+    nodes = tuple(NodeSpec(f"n{i}", "gb", 4, nvlink_domain=f"nvl-{i // 4}") for i in range(8))
+    sched = Scheduler(ClusterSpec.build({"gb": Flavor("gb")}, nodes), "fifo")
+    state = sched.new_state()
+    r = sched.step(state, 0, [Submit(JobSpec("a", gpus=12, topology="node")), Submit(JobSpec("b", gpus=8, topology="node")),
+                              Submit(JobSpec("c", gpus=20, topology="node"))])
+    place = {d.job: {n for n, _ in d.placement} for d in kinds(r, Start)}
+    assert place["a"] <= {"n0", "n1", "n2", "n3"} and place["b"] <= {"n4", "n5", "n6", "n7"}
+    assert kinds(r, Reject)[0].reason == "20 GPUs > 16 gb GPUs in one NVLink domain"
+
+
 def test_priority_preempts_lower_priority_only_and_accounts_lost_work():
     sched = Scheduler(ClusterSpec.uniform(1, 4), "priority", options=SchedulerOptions(restart_penalty_s=30))
     state = sched.new_state()

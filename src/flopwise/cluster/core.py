@@ -224,7 +224,8 @@ class Scheduler:
         for f in flavors:
             largest = topo.largest(f, spec.topology)
             if spec.min_gpus > largest:
-                where = {"node": "one node", "rack": "one rack"}.get(spec.topology, "the cluster")
+                node = "one NVLink domain" if topo.domain_max[f] > topo.node_max[f] else "one node"
+                where = {"node": node, "rack": "one rack"}.get(spec.topology, "the cluster")
                 reasons.append(f"{spec.min_gpus} GPUs > {largest} {f} GPUs in {where}")
                 continue
             quota = book.max_admissible(cq.name, f)

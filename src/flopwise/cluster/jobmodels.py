@@ -21,7 +21,7 @@ from flopwise.cluster.spec import ClusterSpec, JobSpec
 from flopwise.cluster.speed import PlannerSpeeds, model_config
 from flopwise.cluster.state import JobState
 from flopwise.errors import ConfigError
-from flopwise.hardware import Accelerator, get_accelerator
+from flopwise.hardware import Accelerator, resolve_accelerator
 
 INF = math.inf
 
@@ -204,12 +204,14 @@ class LLMModel(JobModel):
         self.cluster = cluster
         self.planner = planner
         self._accel: dict[str, Accelerator | None] = {}
+        for name, flavor in cluster.flavors.items():  # a catalogue name or an accelerator TOML file
+            try:
+                self._accel[name] = resolve_accelerator(flavor.accelerator) if flavor.accelerator else None
+            except ConfigError as exc:
+                raise ConfigError(f"flavor {name}: {exc}") from None
 
     def accelerator(self, flavor: str) -> Accelerator | None:
-        if flavor not in self._accel:
-            name = self.cluster.flavors[flavor].accelerator if flavor in self.cluster.flavors else None
-            self._accel[flavor] = get_accelerator(name) if name else None
-        return self._accel[flavor]
+        return self._accel.get(flavor)
 
     def work(self, spec: JobSpec) -> float:
         if not spec.tokens or not spec.global_batch:

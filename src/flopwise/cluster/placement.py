@@ -3,7 +3,8 @@
 `pack` (the default): a job that fits one node goes to the node whose free GPUs fit it most tightly (best
 fit: it leaves whole nodes whole for large jobs); a larger job takes the rack whose free GPUs fit it most
 tightly, whole free nodes first and the remainder best-fit, so it spans as few nodes and racks as possible.
-`topology = "node"` allows one node only, `"rack"` one rack, `"any"` prefers one rack but may span racks.
+`topology = "node"` allows one node only (or one NVLink domain when nodes share one, e.g. an NVL72 rack),
+`"rack"` one rack, `"any"` prefers one rack but may span racks.
 
 `spread`: the nodes with the most free GPUs first, as the Pollux artifact's Tiresias places a gang
 (`simulator/tiresias.py`): simple, and it spreads jobs over nodes.
@@ -27,12 +28,18 @@ class Topology:
         self.index: dict[str, int] = {}
         self.by_flavor: dict[str, list[str]] = {}
         self.racks: dict[str, dict[str, list[str]]] = {}  # flavor -> rack -> nodes
+        self.domains: dict[str, dict[str, list[str]]] = {}  # flavor -> NVLink domain -> nodes
         for node in nodes:
             self.index[node.name] = len(self.nodes)
             self.nodes[node.name] = node
             self.by_flavor.setdefault(node.flavor, []).append(node.name)
             self.racks.setdefault(node.flavor, {}).setdefault(node.rack, []).append(node.name)
+            self.domains.setdefault(node.flavor, {}).setdefault(node.domain, []).append(node.name)
         self.node_max = {f: max(self.nodes[n].gpus for n in names) for f, names in self.by_flavor.items()}
+        # topology "node" means one NVLink domain: a node, or several nodes joined by NVLink (e.g. NVL72)
+        self.domain_max = {
+            f: max(sum(self.nodes[n].gpus for n in names) for names in doms.values()) for f, doms in self.domains.items()
+        }
         self.rack_max = {
             f: max(sum(self.nodes[n].gpus for n in names) for names in racks.values()) for f, racks in self.racks.items()
         }
@@ -42,7 +49,7 @@ class Topology:
         """The most GPUs one placement of `topology` can get on `flavor` nodes."""
         if flavor not in self.by_flavor:
             return 0
-        return {"node": self.node_max, "rack": self.rack_max}.get(topology, self.capacity)[flavor]
+        return {"node": self.domain_max, "rack": self.rack_max}.get(topology, self.capacity)[flavor]
 
     def valid_sizes(self, flavor: str, lo: int, hi: int, gang: bool) -> list[int]:
         """GPU counts an elastic job may take on `flavor`, largest first: any count up to a node, whole
@@ -79,19 +86,21 @@ def place(
         return _fill_most_free([n for n in names if free.get(n, 0) > 0], free, gpus, index)
     if gpus <= topo.node_max[flavor]:
         one = _best_single(names, free, gpus, index, preferred)
-        if one is not None or topology == "node":
+        if one is not None or (topology == "node" and topo.domain_max[flavor] == topo.node_max[flavor]):
             return one
-    elif topology == "node":
+    elif topology == "node" and topo.domain_max[flavor] == topo.node_max[flavor]:
         return None
-    # several nodes: the rack whose free GPUs fit the job most tightly, then (topology any) all nodes
+    # several nodes: the rack (NVLink domain for topology "node") whose free GPUs fit the job most
+    # tightly, then (topology any) all nodes
+    groups = topo.domains[flavor] if topology == "node" else topo.racks[flavor]
     best_rack, best_free = None, None
-    for rack_nodes in topo.racks[flavor].values():
+    for rack_nodes in groups.values():
         total = sum(free.get(n, 0) for n in rack_nodes)
         if total >= gpus and (best_free is None or total < best_free):
             best_rack, best_free = rack_nodes, total
     if best_rack is not None:
         return _fill(best_rack, free, gpus, index, preferred)
-    if topology == "rack":
+    if topology in ("rack", "node"):
         return None
     if sum(free.get(n, 0) for n in names) < gpus:
         return None
