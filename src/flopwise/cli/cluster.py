@@ -123,7 +123,7 @@ def simulate_cmd(
 
 def _run(work: Workload, config: SimConfig, show: bool) -> SimResult:
     total = len(work.jobs)
-    if not show or total < 2000:
+    if not show:
         return simulate(work, config)
     with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} jobs"),
                   TextColumn("t = {task.fields[t]}"), TimeElapsedColumn(), console=err_console, transient=True) as bar:
