@@ -109,8 +109,8 @@ def simulate(workload: Workload, config: SimConfig = SimConfig(), progress: Prog
             nxt.append(grid(wake))
         if failures and (state.active or i < len(jobs)):
             nxt.append(grid(failures[0][0]))
-        if every_round and state.active and sched.policy.periodic(state):
-            nxt.append(t + interval)
+        if every_round and state.admitted and sched.policy.periodic(state):
+            nxt.append(t + interval)  # (with nothing running, a round changes nothing: the same state)
         if not nxt:
             break
         t = max(min(nxt), t + interval) if t > 0 else min(nxt)
