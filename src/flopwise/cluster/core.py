@@ -243,19 +243,7 @@ class Scheduler:
         return None
 
     def _lost_s(self, job: JobState, now: float, crash: bool) -> float:
-        """Wall seconds of work since the job's last checkpoint (what a stop now throws away)."""
-        if job.admitted_at is None:
-            return 0.0
-        start = job.admitted_at + self.options.restart_penalty_s  # no work is done while it restarts
-        if now <= start:
-            return 0.0
-        since = now - start
-        if job.checkpoint_at is not None and job.checkpoint_at > start:
-            since = now - job.checkpoint_at
-        interval = job.spec.checkpoint_interval_s
-        if interval > 0:
-            return min(since, (now - start) % interval)
-        return since if crash else 0.0  # without periodic checkpoints it saves only when asked to stop
+        return job.lost_if_stopped(now, self.options.restart_penalty_s, crash)
 
     def _preempt(self, state: ClusterState, job: JobState, now: float, reason: str, out: list[Decision],
                  crash: bool = False) -> None:

@@ -3,7 +3,8 @@ cluster's progress, from each job's speed model (the planner for LLM jobs, on an
 measured tables for the Pollux artifact's jobs), resizing elastic jobs when it pays for the restart.
 
 Value of an allocation a (flavor, GPUs) to job j, with R_j its remaining work and r_j(a) its speed:
-    v_j(a) = 2^priority_j / T_j(a),   T_j(a) = R_j / r_j(a) (+ the restart penalty if a is not its current
+    v_j(a) = 2^priority_j / T_j(a),   T_j(a) = R_j / r_j(a) (+ the restart penalty and the work since its
+                                                            last checkpoint if a is not its current
                                                             allocation)
 i.e. the share of the job's remaining work done per second, counting the restart a change costs. The sum
 over jobs of 1 / (time to finish) rewards finishing jobs: with linear speed-ups it is shortest remaining
@@ -51,6 +52,8 @@ class Goodput(Policy):
             left = max(speed.remaining(job), 1e-9)
             weight = 2.0 ** job.spec.priority
             current = (job.flavor, job.gpus) if job.status == ADMITTED else None
+            # a change restarts the job and throws away its work since the last checkpoint
+            cost = penalty + job.lost_if_stopped(ctx.now, penalty)
             table: dict[Option, float] = {}
             for flavor in job.allowed:
                 for gpus in ctx.sizes(job, flavor):
@@ -60,7 +63,7 @@ class Goodput(Policy):
                     if (flavor, gpus) == current:
                         table[(flavor, gpus)] = weight * rate / left
                     else:  # a change restarts the job; ask for a clear gain before moving a running one
-                        value = weight / (left / rate + penalty)
+                        value = weight / (left / rate + (cost if current else penalty))
                         table[(flavor, gpus)] = value / keep_gain if current else value
             values.append(table)
         target = self._allocate(ctx, jobs, values)
@@ -98,7 +101,13 @@ class Goodput(Policy):
                 if extra > free.get(flavor, 0) or not book.fits(job.cq, flavor, extra):
                     continue
                 gain = (value - base_value) / extra
-                if gain > 0 and (best is None or gain > best[0]):
+                if gain <= 0:
+                    continue
+                # equal value on several types (a job without a speed model): the type with most GPUs
+                # free, keeping scarce types for the jobs that gain from them
+                if best is None or gain > best[0] * (1 + 1e-9) or (
+                    gain >= best[0] * (1 - 1e-9) and free.get(flavor, 0) > free.get(best[1], 0)
+                ):
                     best = (gain, flavor, gpus)
             return best
 

@@ -63,6 +63,23 @@ class JobState:
             return self.attained_gpu_s + (now - self.admitted_at) * self.gpus
         return self.attained_gpu_s
 
+    def lost_if_stopped(self, now: float, restart_penalty: float, crash: bool = False) -> float:
+        """Wall seconds of work a stop now would throw away (since the last checkpoint): with periodic
+        checkpoints, the time since the last one; without, nothing when it is asked to stop (it saves on
+        the way out) and the whole run when it crashes. No work is done during the restart penalty."""
+        if self.status != ADMITTED or self.admitted_at is None:
+            return 0.0
+        start = self.admitted_at + restart_penalty
+        if now <= start:
+            return 0.0
+        since = now - start
+        if self.checkpoint_at is not None and self.checkpoint_at > start:
+            since = now - self.checkpoint_at
+        interval = self.spec.checkpoint_interval_s
+        if interval > 0:
+            return min(since, (now - start) % interval)
+        return since if crash else 0.0
+
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["spec"] = self.spec.to_dict()
