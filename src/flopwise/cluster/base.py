@@ -86,6 +86,7 @@ class Policy:
     name = "base"
     placement = "pack"
     rebalances = False  # may change running jobs' allocations: a pass at every step, queue or not
+    preemptive = True  # its order may displace running jobs (fifo and drf: never, quota reclaim aside)
     needs_progress = False  # reads JobState.progress (the caller sends Progress events)
 
     def prepare(self, ctx: Context) -> None:

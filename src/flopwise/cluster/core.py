@@ -273,7 +273,13 @@ class Scheduler:
     # -- the scheduling pass -----------------------------------------------------------------------------
     def _schedule(self, ctx: Context, out: list[Decision]) -> None:
         state, now, topo = ctx.state, ctx.now, ctx.topo
-        claims = self.policy.claims(ctx, running=self.policy.rebalances or self._contended(ctx))
+        lists_running = self.policy.rebalances or (self.policy.preemptive and self._contended(ctx))
+        claims = self.policy.claims(ctx, running=lists_running)
+        movable = {c.job.name for c in claims if c.running and c.displaceable and c.job.spec.preemptible}
+        if not movable and not self._reclaim_possible(state):  # nothing can be displaced: first fit in order
+            free = {n: node.gpus - state.used.get(n, 0) for n, node in topo.nodes.items() if n not in state.down}
+            self._serve_in_order(ctx, claims, free, set(), self.policy.placement, out)
+            return
         book = QuotaBook(self.cluster)
         count = dict(ctx.capacity)
         chosen: dict[str, tuple[str, int]] = {}
@@ -292,7 +298,6 @@ class Scheduler:
         # Running jobs the policy does not list as displaceable keep their place. When no reclaim can
         # happen (no queue of a cohort borrows while a job of that cohort waits) they are counted in bulk;
         # otherwise one by one ahead of the rest, so a borrower among them can lose to a lender's job.
-        movable = {c.job.name for c in claims if c.running and c.displaceable and c.job.spec.preemptible}
         walk: list[Claim] = []
         ranked: list[JobState] = []
         if self._reclaim_possible(state):
@@ -403,16 +408,26 @@ class Scheduler:
                 job.reason = f"waiting: no placement for {gpus} {flavor} GPUs ({job.spec.topology})"
 
         # backfill what selection left out, on free GPUs only
-        if not state.waiting:
-            return
+        if state.waiting:
+            self._serve_in_order(ctx, claims, free, set(chosen), strategy, out)
+
+    def _serve_in_order(self, ctx: Context, claims: list[Claim], free: dict[str, int], skip: set[str], strategy: str,
+                        out: list[Decision]) -> None:
+        """Start queued claims in order wherever their quota and a placement on free GPUs allow (first
+        fit in order: a later job that fits runs ahead of an earlier one that does not)."""
+        state, topo = ctx.state, ctx.topo
         book = QuotaBook(self.cluster, state.usage)
         free_total: dict[str, int] = {}
         for node, k in free.items():
             flavor = topo.nodes[node].flavor
             free_total[flavor] = free_total.get(flavor, 0) + k
+        left = sum(free_total.values())
         for claim in claims:
             job = claim.job
-            if job.status != QUEUED or job.name in chosen:
+            if job.status != QUEUED or job.name in skip:
+                continue
+            if left <= 0:  # a full cluster: the rest wait
+                job.reason = job.reason if job.reason.startswith("waiting") else "waiting: capacity"
                 continue
             for flavor, gpus in claim.options:
                 if free_total.get(flavor, 0) < gpus or not book.fits(job.cq, flavor, gpus, True):
@@ -422,8 +437,11 @@ class Scheduler:
                     continue
                 book.add(job.cq, flavor, gpus)
                 free_total[flavor] -= gpus
+                left -= gpus
+                for node, k in placement:
+                    free[node] -= k
                 resume = job.first_admitted_at is not None
-                apply_placement(job, flavor, placement)
+                state.allocate(job, flavor, placement, ctx.now)
                 job.reason = ""
                 out.append(Start(job.name, flavor, placement, job.gpus, resume))
                 break

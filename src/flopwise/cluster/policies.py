@@ -30,6 +30,7 @@ from flopwise.errors import ConfigError
 
 class Fifo(Policy):
     name = "fifo"
+    preemptive = False
 
     def claims(self, ctx: Context, running: bool = True) -> list[Claim]:  # running jobs keep their place
         return [Claim(j, ctx.default_options(j)) for j in sorted(ctx.state.waiting.values(), key=lambda j: j.seq)]
@@ -47,6 +48,7 @@ class Priority(Policy):
 
 class Drf(Policy):
     name = "drf"
+    preemptive = False
 
     def claims(self, ctx: Context, running: bool = True) -> list[Claim]:
         out: list[Claim] = []  # running jobs are not listed: they keep their place
