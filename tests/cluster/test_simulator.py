@@ -15,7 +15,7 @@ from flopwise.cluster.events import Submit
 from flopwise.cluster.jobmodels import JobModels
 from flopwise.cluster.simulator import SimConfig, Workload, simulate
 from flopwise.cluster.spec import ClusterSpec, Flavor, JobSpec, NodeSpec
-from flopwise.cluster.traces import read_pollux
+from flopwise.cluster.traces import read_openb, read_pollux
 
 PUBLISHED_TIRESIAS_W1 = 2474  # ../shared/traces/pollux/README.md
 
@@ -186,3 +186,29 @@ def test_tiresias_reproduces_the_published_result_on_pollux_workload_1(pollux_tr
     assert r.summary["finished"] == 160
     assert r.summary["avg_jct_s"] == pytest.approx(PUBLISHED_TIRESIAS_W1, rel=0.005)
     assert r.summary["preemptions"] > 0  # least-attained-service preempts
+
+
+def test_openb_pods_become_llm_jobs_on_their_gpu_types(tmp_path):
+    (tmp_path / "openb_node_list_gpu_node.csv").write_text(
+        "sn,cpu_milli,memory_mib,gpu,model\nn0,8000,61440,2,P100\nn1,96000,393216,8,G3\nn2,8000,1000,0,\n"
+    )
+    pods = tmp_path / "openb_pod_list_default.csv"
+    pods.write_text(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"
+        "p0,1000,1000,1,500,,LS,Running,0,600,0\n"          # a shared GPU: one whole GPU
+        "p1,1000,1000,1,1000,P100,LS,Running,10,1210,10\n"  # constrained to P100
+        "cpu,1000,1000,0,0,,LS,Running,20,50,20\n"          # a CPU pod: not a job
+        "never,1000,1000,1,1000,,LS,Pending,30,,\n"         # never scheduled: skipped
+        "bad,1000,1000,1,1000,H100,LS,Running,40,100,40\n"  # unknown type: skipped
+        "cut,1000\n"
+    )
+    w = read_openb(pods, None)
+    assert [j.name for j in w.jobs] == ["p0", "p1"] and w.jobs[1].flavors == ("P100",)
+    assert {s["line"] for s in w.skipped} == {5, 6, 7}
+    assert w.cluster.flavors["G3"].accelerator == "A100-80GB" and w.cluster.total_gpus == 10
+    # tokens: the pod's run time on a V100-32GB; on the A100-80GB (G3) it is faster, on a P100 slower
+    good = simulate(w, SimConfig("goodput"))
+    flavors = {j["name"]: j["flavor"] for j in good.jobs}
+    assert flavors == {"p0": "G3", "p1": "P100"}
+    times = jct(good)
+    assert times["p0"] < 600 + 60 and times["p1"] > 1200
