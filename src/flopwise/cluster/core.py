@@ -280,52 +280,7 @@ class Scheduler:
             free = {n: node.gpus - state.used.get(n, 0) for n, node in topo.nodes.items() if n not in state.down}
             self._serve_in_order(ctx, claims, free, set(), self.policy.placement, out)
             return
-        book = QuotaBook(self.cluster)
-        count = dict(ctx.capacity)
-        chosen: dict[str, tuple[str, int]] = {}
-        order: list[Claim] = []
-
-        def take(claim: Claim, borrow: bool) -> None:
-            job = claim.job
-            for flavor, gpus in claim.options:
-                if count.get(flavor, 0) >= gpus and book.fits(job.cq, flavor, gpus, borrow):
-                    book.add(job.cq, flavor, gpus)
-                    count[flavor] -= gpus
-                    chosen[job.name] = (flavor, gpus)
-                    order.append(claim)
-                    return
-
-        # Running jobs the policy does not list as displaceable keep their place. When no reclaim can
-        # happen (no queue of a cohort borrows while a job of that cohort waits) they are counted in bulk;
-        # otherwise one by one ahead of the rest, so a borrower among them can lose to a lender's job.
-        walk: list[Claim] = []
-        ranked: list[JobState] = []
-        if self._reclaim_possible(state):
-            keepers = sorted((j for j in state.admitted.values() if j.name not in movable), key=lambda j: j.seq)
-            for job in keepers:
-                if job.spec.preemptible:
-                    walk.append(Claim(job, ((job.flavor or "", job.gpus),)))
-                else:  # pinned: counted whatever the quota says
-                    book.add(job.cq, job.flavor or "", job.gpus)
-                    count[job.flavor or ""] = count.get(job.flavor or "", 0) - job.gpus
-                    chosen[job.name] = (job.flavor or "", job.gpus)
-            ranked = [c.job for c in walk]
-        else:
-            usage = dict(state.usage)
-            for name in movable:
-                job = state.admitted[name]
-                usage[(job.cq, job.flavor or "")] -= job.gpus
-            book = QuotaBook(self.cluster, usage)
-            for (_, flavor), gpus in usage.items():
-                count[flavor] = count.get(flavor, 0) - gpus
-        walk += [c for c in claims if not c.running or c.job.name in movable]
-        if not self._everything_fits(walk, book, count, chosen, order):
-            for claim in walk:  # nominal quota first ...
-                take(claim, borrow=False)
-            for claim in walk:  # ... then borrowing from the cohort
-                if claim.job.name not in chosen:
-                    take(claim, borrow=True)
-
+        chosen, order, walk, ranked = self._select(ctx, claims, movable)
         free = {n: node.gpus - state.used.get(n, 0) for n, node in topo.nodes.items() if n not in state.down}
         owner: dict[str, list[JobState]] = {}  # node -> displaced jobs on it, lowest ranked first
         displaced = [c.job for c in walk if c.running and c.job.name not in chosen]
@@ -410,6 +365,59 @@ class Scheduler:
         # backfill what selection left out, on free GPUs only
         if state.waiting:
             self._serve_in_order(ctx, claims, free, set(chosen), strategy, out)
+
+    def _select(self, ctx: Context, claims: list[Claim], movable: set[str]):
+        """Step 1: which claims get which option, by counts and quota; returns (chosen, order, walk,
+        ranked): the choice per job, the claims in selection order, the claims walked, the keepers ranked
+        ahead of the policy's claims (when reclaim is possible)."""
+        state = ctx.state
+        book = QuotaBook(self.cluster)
+        count = dict(ctx.capacity)
+        chosen: dict[str, tuple[str, int]] = {}
+        order: list[Claim] = []
+
+        def take(claim: Claim, borrow: bool) -> None:
+            job = claim.job
+            for flavor, gpus in claim.options:
+                if count.get(flavor, 0) >= gpus and book.fits(job.cq, flavor, gpus, borrow):
+                    book.add(job.cq, flavor, gpus)
+                    count[flavor] -= gpus
+                    chosen[job.name] = (flavor, gpus)
+                    order.append(claim)
+                    return
+
+        # Running jobs the policy does not list as displaceable keep their place. When no reclaim can
+        # happen (no queue of a cohort borrows while a job of that cohort waits) they are counted in bulk;
+        # otherwise one by one ahead of the rest, so a borrower among them can lose to a lender's job.
+        walk: list[Claim] = []
+        ranked: list[JobState] = []
+        if self._reclaim_possible(state):
+            keepers = sorted((j for j in state.admitted.values() if j.name not in movable), key=lambda j: j.seq)
+            for job in keepers:
+                if job.spec.preemptible:
+                    walk.append(Claim(job, ((job.flavor or "", job.gpus),)))
+                else:  # pinned: counted whatever the quota says
+                    book.add(job.cq, job.flavor or "", job.gpus)
+                    count[job.flavor or ""] = count.get(job.flavor or "", 0) - job.gpus
+                    chosen[job.name] = (job.flavor or "", job.gpus)
+            ranked = [c.job for c in walk]
+        else:
+            usage = dict(state.usage)
+            for name in movable:
+                job = state.admitted[name]
+                usage[(job.cq, job.flavor or "")] -= job.gpus
+            book = QuotaBook(self.cluster, usage)
+            for (_, flavor), gpus in usage.items():
+                count[flavor] = count.get(flavor, 0) - gpus
+        walk += [c for c in claims if not c.running or c.job.name in movable]
+        if not self._everything_fits(walk, book, count, chosen, order):
+            for claim in walk:  # nominal quota first ...
+                take(claim, borrow=False)
+            for claim in walk:  # ... then borrowing from the cohort
+                if claim.job.name not in chosen:
+                    take(claim, borrow=True)
+
+        return chosen, order, walk, ranked
 
     def _serve_in_order(self, ctx: Context, claims: list[Claim], free: dict[str, int], skip: set[str], strategy: str,
                         out: list[Decision]) -> None:
