@@ -9,12 +9,23 @@ Figures are the vendors' datasheet numbers for dense (no sparsity) tensor-core m
 - H100 PCIe 80GB: 756 TFLOP/s bf16, HBM2e 2000 GB/s; NVLink bridge 600 GB/s total = 300 per direction
   (pairs only; otherwise PCIe Gen5, 64 GB/s per direction). (NVIDIA H100 datasheet.)
 - H200 SXM 141GB: 989 TFLOP/s bf16, HBM3e 4800 GB/s, NVLink4 450 GB/s per direction. (H200 datasheet.)
+Older and inference-class parts, as found in shared clusters (the Alibaba openb trace): no NVLink, PCIe only.
+- V100 SXM2 16GB: as the 32 GB part with 16 GB of HBM2. (NVIDIA Tesla V100 datasheet.)
+- P100 PCIe 16GB: 18.7 TFLOP/s fp16 (no tensor cores, no bf16), HBM2 732 GB/s, PCIe Gen3 32 GB/s total =
+  16 per direction. (NVIDIA Tesla P100 datasheet.)
+- T4: 65 TFLOP/s fp16 tensor (mixed precision), GDDR6 16 GB at 300 GB/s, PCIe Gen3 32 GB/s total, 70 W.
+  (NVIDIA T4 datasheet.)
+- A10: 125 TFLOP/s bf16/fp16 dense, GDDR6 24 GB at 600 GB/s, PCIe Gen4 64 GB/s total, 150 W. (NVIDIA A10
+  datasheet.)
 Achievable fractions (used by the planner's cost model, flopwise/plan/cost.py):
 - `gemm_efficiency`: the fraction of the dense peak that large, well-shaped bf16/fp16 GEMMs sustain in a
   training loop (cuBLAS at sustained clocks, not a burst). Public cuBLAS/nccl-style benchmarks and the
   Megatron papers put A100 at 250-270 of 312 TFLOP/s for square GEMMs >= 4096 and ~0.75-0.8 sustained under
   the 400 W limit; H100 SXM at ~650-750 of 989 (it is power-limited further from its peak); V100 at
   ~95-105 of 125. Small or skinny per-device matrices fall further, through the roofline in plan/cost.py.
+  For the power-capped PCIe parts we assume less (not measured here): T4 (70 W) sustains roughly 25-35 of its
+  65 TFLOP/s in long GEMM runs (0.45), A10 (150 W) ~70-80 of 125 (0.6); P100 has no tensor cores and its
+  half-precision GEMMs run near peak (0.8).
 - `memory_efficiency`: the fraction of HBM bandwidth streaming (elementwise) kernels reach; STREAM-like
   copies reach ~85-90% on A100/H100.
 On a CPU there is no datasheet peak: `cpu_accelerator()` measures this machine's fp32 matmul rate and its
@@ -65,6 +76,10 @@ CATALOGUE: dict[str, Accelerator] = {
         Accelerator("H100-SXM", 989 * TFLOPS, 80 * GB, 3350 * GB, 450 * GB, gemm_efficiency=0.70),
         Accelerator("H100-PCIe", 756 * TFLOPS, 80 * GB, 2000 * GB, 300 * GB, gemm_efficiency=0.65),
         Accelerator("H200", 989 * TFLOPS, 141 * GB, 4800 * GB, 450 * GB, gemm_efficiency=0.72),
+        Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
+        Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80),
+        Accelerator("T4", 65 * TFLOPS, 16 * GB, 300 * GB, 16 * GB, gemm_efficiency=0.45, memory_efficiency=0.80),
+        Accelerator("A10", 125 * TFLOPS, 24 * GB, 600 * GB, 32 * GB, gemm_efficiency=0.60, memory_efficiency=0.80),
     )
 }
 # gloo collectives between processes on one machine (loopback TCP): ~1-3 GB/s per direction; a starting
@@ -171,7 +186,13 @@ def match_device_name(device_name: str) -> Accelerator | None:
     if "A100" in n:
         return CATALOGUE["A100-40GB" if "40GB" in n else "A100-80GB"]
     if "V100" in n:
-        return CATALOGUE["V100-32GB"]
+        return CATALOGUE["V100-16GB" if "16GB" in n else "V100-32GB"]
+    if "A10" in n.split() or n.endswith("A10"):  # not the A100, matched above
+        return CATALOGUE["A10"]
+    if "T4" in n.split():
+        return CATALOGUE["T4"]
+    if "P100" in n:
+        return CATALOGUE["P100"]
     return None
 
 

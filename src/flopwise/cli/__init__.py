@@ -9,6 +9,7 @@ import sys
 
 import typer
 
+from flopwise.cli import cluster as cluster_cli
 from flopwise.cli import data as data_cli
 from flopwise.cli import plan as plan_cli
 from flopwise.cli import serve as serve_cli
@@ -27,6 +28,7 @@ train_cli.register(app)
 serve_cli.register(app)
 app.add_typer(plan_cli.app, name="plan")
 app.add_typer(data_cli.app, name="data")
+app.add_typer(cluster_cli.app, name="cluster")
 
 
 def _click_exceptions(name: str) -> tuple[type[BaseException], ...]:
