@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from flopwise.errors import CheckpointError, ConfigError
 from flopwise.models import Transformer, document_segments
 from flopwise.models.config import ModelConfig
+from flopwise.models.moe import set_aux_loss_scale
 from flopwise.train.config import JobConfig
 
 
@@ -92,6 +93,7 @@ class SingleDeviceEngine:
         self.model.train()
         micro = self.micro_batch
         chunks = list(zip(inputs.split(micro), targets.split(micro), strict=True))
+        set_aux_loss_scale(self.model, 1.0 / len(chunks))  # MoE auxiliary losses: same scaling as the loss
         total = 0.0
         for x, y in chunks:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
