@@ -237,3 +237,11 @@ def test_expert_load_counts_every_training_assignment():
 def test_bad_moe_settings_name_the_key(changes, message):
     with pytest.raises(ConfigError, match=message):
         ModelConfig(**changes)
+
+
+def test_info_reports_total_and_active_parameters():
+    from flopwise.models.info import model_info
+
+    moe, dense = model_info("yuan2-m32"), model_info("yuan2-2b")
+    assert moe["params"] > 10 * moe["active_params"] and moe["experts"] == 32 and moe["head_dim"] == 256
+    assert dense["active_params"] == dense["params"] and "experts" not in dense

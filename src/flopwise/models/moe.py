@@ -278,9 +278,14 @@ class MoEFeedForward(nn.Module):
             out = self._auxiliary(out, routing, plan)
         return out.view(shape)
 
+    @staticmethod
+    def aux_losses(routing: Routing, plan: Dispatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(load-balance loss, router z-loss) of this batch, unweighted, differentiable in the router."""
+        return balance_loss(routing.probs, plan.routed), z_loss(routing.logits)
+
     def _auxiliary(self, out: torch.Tensor, routing: Routing, plan: Dispatch) -> torch.Tensor:
-        balance = balance_loss(routing.probs, plan.routed)
-        z = z_loss(routing.logits)
+        """Record the auxiliary losses for logging and attach their weighted sum to the backward of `out`."""
+        balance, z = self.aux_losses(routing, plan)
         with torch.no_grad():
             s = self.stats
             s[_FORWARDS] += 1
