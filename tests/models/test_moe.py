@@ -166,19 +166,20 @@ class _TwoRankSimulation:
 
 def test_experts_split_over_two_ranges_match_the_whole_layer_through_the_dispatcher_hook():
     full = _layer(seed=4).eval()
-    halves = [MoEFeedForward(CFG, local_experts=range(0, 2)), MoEFeedForward(CFG, local_experts=range(2, 4))]
-    for half, (start, end) in zip(halves, [(0, 2), (2, 4)], strict=True):
-        state = {k: v for k, v in full.state_dict().items() if not k.startswith("experts.")}
-        state.update({k: v[start:end] for k, v in full.state_dict().items() if k.startswith("experts.")})
-        half.load_state_dict(state)
-        half.eval()
-    halves[0].dispatcher = _TwoRankSimulation(halves[1])
     x = torch.randn(3, 7, CFG.hidden)
     with torch.no_grad():
-        torch.testing.assert_close(halves[0](x), full(x), rtol=1e-5, atol=1e-6)
-        halves[1].dispatcher = LocalDispatcher()
+        expected = full(x)
+    # built with a part of the experts, loaded from the full layer's weights sliced along the expert dim
+    remote = MoEFeedForward(CFG, local_experts=range(2, 4)).eval()
+    remote.load_state_dict({k: v[2:] if k.startswith("experts.") else v for k, v in full.state_dict().items()})
+    full.keep_experts(0, 2, _TwoRankSimulation(remote))  # cut in place, as expert parallelism will
+    assert full.experts.w1.shape[0] == 2 and (full.expert_start, full.expert_end) == (0, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(full(x), expected, rtol=1e-5, atol=1e-6)
         with pytest.raises(ConfigError, match="all-to-all"):
-            halves[1](x)
+            remote(x)  # part of the experts with the local dispatcher: refused, not silently wrong
+    with pytest.raises(ConfigError, match="not within"):
+        remote.keep_experts(0, 3, LocalDispatcher())
 
 
 def _model(router: str, seed: int = 0) -> Transformer:

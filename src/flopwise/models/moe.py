@@ -245,6 +245,19 @@ class MoEFeedForward(nn.Module):
         self.experts.reset_parameters(std, out_std, generator)
         self.stats.zero_()
 
+    @torch.no_grad()
+    def keep_experts(self, start: int, end: int, dispatcher) -> None:
+        """Keep only the global experts [start, end) of those held (expert parallelism, applied from outside
+        like tensor.py's shards): slices the stacked weights along dim 0 and installs the dispatcher."""
+        if not self.expert_start <= start < end <= self.expert_end:
+            raise ConfigError(f"experts [{start}, {end}) are not within the held [{self.expert_start}, {self.expert_end})")
+        lo, hi = start - self.expert_start, end - self.expert_start
+        for name in ("w1", "w3", "w2"):
+            weight = getattr(self.experts, name)
+            setattr(self.experts, name, nn.Parameter(weight[lo:hi].clone(), requires_grad=weight.requires_grad))
+        self.expert_start, self.expert_end = start, end
+        self.dispatcher = dispatcher
+
     # -- the steps ---------------------------------------------------------------------------------
     def route(self, x: torch.Tensor) -> Routing:
         """x: [T, h]. The router runs in fp32 (as Yuan's --use-fp32-router), outside any autocast."""
