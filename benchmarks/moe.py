@@ -78,10 +78,13 @@ def throughput(args, shards: TokenShards, peak: float) -> list[dict]:
     per = args.timed  # the ratio within each round: how much the machine's noise moves it
     ratios = [statistics.median(times["tiny"][i:i + per]) / statistics.median(times["tiny-moe"][i:i + per])
               for i in range(0, len(times["tiny"]), per)]
+    cpu_ratios = [statistics.median(cpu["tiny"][i:i + per]) / statistics.median(cpu["tiny-moe"][i:i + per])
+                  for i in range(0, len(cpu["tiny"]), per)]
     for row in rows:
         row["vs_dense"] = round(row["tokens_per_s"] / rows[-1]["tokens_per_s"], 3)
         row["vs_dense_cpu_time"] = round(row["tokens_per_cpu_s"] / rows[-1]["tokens_per_cpu_s"], 3)
     rows[0]["vs_dense_per_round"] = [round(r, 3) for r in ratios]
+    rows[0]["vs_dense_cpu_time_per_round"] = [round(r, 3) for r in cpu_ratios]
     return rows
 
 
