@@ -45,3 +45,43 @@ def test_mfu_is_achieved_over_peak():
     cfg = get_preset("tiny")
     assert mfu(1000.0, cfg, 1000.0 * model_flops_per_token(cfg)) == pytest.approx(1.0)
     assert mfu(1000.0, cfg, 0.0) == 0.0
+
+
+def test_yuan2_m32_matches_the_published_40b_total_and_3_7b_active():
+    cfg = get_preset("yuan2-m32")
+    counts = param_counts(cfg)
+    assert count_parameters_meta(cfg) == counts.total
+    assert abs(counts.total - 40e9) / 40e9 < 0.02
+    assert abs(counts.active - 3.7e9) / 3.7e9 < 0.01
+
+
+def test_active_parameters_leave_out_the_experts_a_token_skips():
+    """Checked against the module: all non-expert parameters plus top_k / E of the stacked expert weights."""
+    import torch
+
+    from flopwise.models import Transformer
+
+    cfg = get_preset("tiny-moe")
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
+    others = sum(p.numel() for n, p in model.named_parameters() if ".experts." not in n)
+    assert param_counts(cfg).active == others + experts * cfg.top_k // cfg.experts
+    # tiny-moe's active FFN (2 x 384) is tiny's dense 768: the two differ by the router (h x 3E per layer)
+    assert param_counts(cfg).active - param_counts(get_preset("tiny")).total == cfg.layers * 256 * 3 * cfg.experts
+    dense = param_counts(get_preset("tiny"))
+    assert dense.active == dense.total
+
+
+def test_moe_model_flops_count_active_experts_and_the_attention_routers_core():
+    e, k, h, f, v, s = 8, 2, 64, 32, 1000, 128
+    base = ModelConfig(vocab_size=v, layers=2, hidden=h, heads=4, kv_heads=4, ffn=f, seq_len=s, lfa=False)
+    attention, linear = base.replace(experts=e, top_k=k), base.replace(experts=e, top_k=k, router="linear")
+    attn_core = 12 * 2 * h * s
+    matmul = lambda router: 2 * (4 * h * h + h * router + k * 3 * h * f) + v * h  # noqa: E731
+    # forward: 2 per active weight, attention core, router core 3 E^2 (outer product E^2 + times v 2 E^2); x3 for training
+    assert model_flops_per_token(attention) == 6 * matmul(3 * e) + attn_core + 3 * 2 * 3 * e * e
+    assert model_flops_per_token(linear) == 6 * matmul(e) + attn_core
+    assert hardware_flops_per_token(attention, "full") - model_flops_per_token(attention) == pytest.approx(
+        2 * matmul(3 * e) - 2 * v * h + 4 * 2 * h * s + 2 * 3 * e * e
+    )

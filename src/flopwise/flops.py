@@ -7,6 +7,12 @@ Conventions
   and backward = 2 x forward. The embedding lookup is no matmul; the LM head is.
 - LFA's two kernel-2 convolutions are matmuls over [x(t-1), x(t)]: 2 x in x out weights each, so they
   enter through the parameter term like any projection.
+- Mixture of experts (models/moe.py): model FLOPs count the work each token does, i.e. the active
+  parameters (Fedus et al. 2021, Switch Transformer, section 2: "FLOPs per token" stay those of the k
+  experts a token visits): the router's projection (h x 3E for the attention router, h x E linear) and
+  top_k experts of 3 x h x ffn each enter the 6 x N term; the attention router's E x E core per token
+  (q k^T outer product, E^2, and the product with v, 2 E^2) is added like the attention core. Memory
+  counts (`ParamCounts.total`, `per_layer`, `Gemm.weights`) hold all experts.
 - Hardware FLOPs add the recomputed forward work (Korthikanti et al. 2022, "Reducing Activation
   Recomputation in Large Transformer Models", section 5): full recomputation repeats every layer's
   forward (not the LM head): with a GELU MLP of 4h this gives Megatron's
@@ -28,12 +34,13 @@ RECOMPUTE_MODES = ("none", "selective", "full")
 
 @dataclass(frozen=True)
 class ParamCounts:
-    total: int  # unique parameters (tied embeddings counted once)
+    total: int  # unique parameters (tied embeddings counted once), every expert included
     embedding: int  # vocab x hidden
-    per_layer: int  # one transformer block, LFA included
+    per_layer: int  # one transformer block as stored, LFA, router and all experts included
     lfa_per_layer: int  # the LFA filter's share of per_layer
     head: int  # LM head weights used in matmuls (the tied embedding when tied)
-    layers_matmul: int  # matmul weights of all blocks
+    layers_matmul: int  # matmul weights one token multiplies in all blocks (MoE: router + top_k experts)
+    active: int  # parameters one token uses: total less the experts it is not routed to (= total if dense)
 
     @property
     def non_embedding(self) -> int:
@@ -50,16 +57,25 @@ class Gemm:
     """One weight matmul of a block, per token: [tokens, k] x [k, n], `count` times.
 
     `tp` says how Megatron-style tensor parallelism cuts it: "column" splits n, "row" splits k,
-    "replicated" keeps it whole on every rank (LFA's filter needs the full hidden vector)."""
+    "replicated" keeps it whole on every rank (LFA's filter needs the full hidden vector).
+    `stored` is how many [k, n] weights exist when that differs from `count` (MoE experts: E stored,
+    top_k used per token)."""
 
     name: str
     k: int
     n: int
     tp: str
     count: int = 1
+    stored: int = 0  # 0: same as count
 
     @property
     def weights(self) -> int:
+        """Weights held (memory)."""
+        return self.k * self.n * (self.stored or self.count)
+
+    @property
+    def active_weights(self) -> int:
+        """Weights one token multiplies (compute)."""
         return self.k * self.n * self.count
 
 
@@ -71,9 +87,19 @@ def block_gemms(cfg: ModelConfig) -> tuple[Gemm, ...]:
         Gemm("wk", h, kv, "column"),
         Gemm("wv", h, kv, "column"),
         Gemm("wo", q, h, "row"),
-        Gemm("w_up", h, cfg.ffn, "column", 2 if cfg.mlp == "swiglu" else 1),  # SwiGLU: gate + up
-        Gemm("w_down", cfg.ffn, h, "row"),
     ]
+    if cfg.experts:  # the router sees the full hidden vector; each token visits top_k of the E experts
+        e, k = cfg.experts, cfg.top_k
+        gemms += [
+            Gemm("router", h, 3 * e if cfg.router == "attention" else e, "replicated"),
+            Gemm("expert_up", h, cfg.ffn, "column", 2 * k, stored=2 * e),  # SwiGLU: gate + up
+            Gemm("expert_down", cfg.ffn, h, "row", k, stored=e),
+        ]
+    else:
+        gemms += [
+            Gemm("w_up", h, cfg.ffn, "column", 2 if cfg.mlp == "swiglu" else 1),  # SwiGLU: gate + up
+            Gemm("w_down", cfg.ffn, h, "row"),
+        ]
     if cfg.lfa:  # conv1 (2 x h x h/2) and conv2 (2 x h/2 x h): kernel-2 convolutions as two matmuls each
         gemms += [
             Gemm("lfa_conv1", h, h // 2, "replicated", 2),
@@ -87,21 +113,25 @@ def head_gemm(cfg: ModelConfig) -> Gemm:
     return Gemm("head", cfg.hidden, cfg.vocab_size, "column")
 
 
-def _block_matmul_params(cfg: ModelConfig) -> tuple[int, int]:
-    """(matmul weights in one block, of which LFA)."""
+def _block_matmul_params(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(matmul weights one token multiplies in one block, matmul weights stored in one block, of which LFA)."""
     gemms = block_gemms(cfg)
-    return sum(g.weights for g in gemms), sum(g.weights for g in gemms if g.name.startswith("lfa"))
+    return (sum(g.active_weights for g in gemms), sum(g.weights for g in gemms),
+            sum(g.weights for g in gemms if g.name.startswith("lfa")))
 
 
 def param_counts(cfg: ModelConfig) -> ParamCounts:
     h = cfg.hidden
-    matmul, lfa_matmul = _block_matmul_params(cfg)
+    active_matmul, matmul, lfa_matmul = _block_matmul_params(cfg)
     lfa = lfa_matmul + (h // 2 + h + h if cfg.lfa else 0)  # conv biases + the filter's RMSNorm
-    per_layer = matmul + lfa - lfa_matmul + 2 * h  # + the two block RMSNorms
+    other = lfa - lfa_matmul + 2 * h  # LFA biases and norm + the two block RMSNorms
+    per_layer = matmul + other
     embedding = cfg.vocab_size * h
     head = cfg.vocab_size * h
-    total = embedding + cfg.layers * per_layer + h + (0 if cfg.tie_embeddings else head)
-    return ParamCounts(total, embedding, per_layer, lfa, head, cfg.layers * matmul)
+    outside = embedding + h + (0 if cfg.tie_embeddings else head)  # + the final norm
+    total = outside + cfg.layers * per_layer
+    active = outside + cfg.layers * (active_matmul + other)
+    return ParamCounts(total, embedding, per_layer, lfa, head, cfg.layers * active_matmul, active)
 
 
 def count_parameters_meta(cfg: ModelConfig) -> int:
@@ -124,9 +154,16 @@ def layer_attention_flops_per_token(cfg: ModelConfig, seq_len: int | None = None
     return 4.0 * s * cfg.heads * cfg.head_dim
 
 
+def layer_router_flops_per_token(cfg: ModelConfig) -> float:
+    """Forward FLOPs of the attention router's core for one token in one layer (its projection is a Gemm):
+    the E x E outer product q k^T (E^2 multiplies) and its product with v (E^2 multiply-adds, 2 E^2)."""
+    return 3.0 * cfg.experts**2 if cfg.experts and cfg.router == "attention" else 0.0
+
+
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     counts = param_counts(cfg)
-    return 2.0 * counts.matmul + attention_flops_per_token(cfg, seq_len)
+    return (2.0 * counts.matmul + attention_flops_per_token(cfg, seq_len)
+            + cfg.layers * layer_router_flops_per_token(cfg))
 
 
 def model_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
@@ -142,7 +179,8 @@ def recompute_flops_per_token(cfg: ModelConfig, recompute: str, seq_len: int | N
         return 0.0
     if recompute == "selective":
         return attention_flops_per_token(cfg, seq_len)
-    return 2.0 * param_counts(cfg).layers_matmul + attention_flops_per_token(cfg, seq_len)
+    return (2.0 * param_counts(cfg).layers_matmul + attention_flops_per_token(cfg, seq_len)
+            + cfg.layers * layer_router_flops_per_token(cfg))
 
 
 def hardware_flops_per_token(cfg: ModelConfig, recompute: str = "none", seq_len: int | None = None) -> float:

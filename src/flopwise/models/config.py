@@ -3,6 +3,9 @@
 Yuan 2.0 shapes are from ../shared/reference/yuan2.md (Yuan 2.0 paper, arXiv 2311.15786): vocab 135040,
 SwiGLU FFN, RoPE base 10000 over the full head dim, RMSNorm eps 1e-6, no linear biases, tied embeddings.
 Each Yuan preset has a Llama-style twin (`llama-*`) with LFA switched off, for comparison.
+
+Mixture of experts (`experts` > 0, models/moe.py): every block's FFN becomes `experts` SwiGLU experts of
+width `ffn`, `top_k` of them per token, chosen by the Yuan 2.0-M32 attention router or a linear one.
 """
 
 from __future__ import annotations
@@ -28,13 +31,24 @@ class ModelConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     init_std: float = 0.02
+    attn_dim: int = 0  # width of the attention projections (heads x head dim); 0: hidden (Yuan's attention_projection_size)
+    experts: int = 0  # 0: dense FFN; otherwise the experts per MoE layer, each a SwiGLU of width ffn
+    top_k: int = 2  # experts per token (MoE)
+    router: str = "attention"  # "attention" (Yuan 2.0-M32) or "linear" (Switch/GShard-style)
+    capacity_factor: float = 0.0  # 0: dropless; c > 0: at most ceil(c x tokens x top_k / experts) per expert (training)
+    aux_loss_coef: float = 0.01  # load-balancing loss weight (Switch Transformer's alpha)
+    z_loss_coef: float = 0.0  # router z-loss weight (ST-MoE uses 1e-3)
 
     def __post_init__(self) -> None:
         self.validate()
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return (self.attn_dim or self.hidden) // self.heads
+
+    @property
+    def is_moe(self) -> bool:
+        return self.experts > 0
 
     def validate(self) -> None:
         positive = ("vocab_size", "layers", "hidden", "heads", "kv_heads", "ffn", "seq_len")
@@ -42,8 +56,13 @@ class ModelConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"model.{key} = {value!r}: must be a positive integer")
-        if self.hidden % self.heads:
-            raise ConfigError(f"model.hidden = {self.hidden}: must be divisible by model.heads = {self.heads}")
+        if self.attn_dim < 0 or isinstance(self.attn_dim, bool) or not isinstance(self.attn_dim, int):
+            raise ConfigError(f"model.attn_dim = {self.attn_dim!r}: must be 0 (= hidden) or a positive integer")
+        width_key = "attn_dim" if self.attn_dim else "hidden"
+        if (self.attn_dim or self.hidden) % self.heads:
+            raise ConfigError(
+                f"model.{width_key} = {self.attn_dim or self.hidden}: must be divisible by model.heads = {self.heads}"
+            )
         if self.head_dim % 2:
             raise ConfigError(f"model head dim {self.head_dim} (hidden / heads): must be even for RoPE")
         if self.kv_heads > self.heads or self.heads % self.kv_heads:
@@ -56,6 +75,24 @@ class ModelConfig:
             raise ConfigError(f"model.mlp = {self.mlp!r}: must be 'swiglu' or 'gelu'")
         if self.rope_base <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
             raise ConfigError("model.rope_base, model.norm_eps and model.init_std must be positive")
+        self._validate_moe()
+
+    def _validate_moe(self) -> None:
+        for key in ("experts", "top_k"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"model.{key} = {value!r}: must be a non-negative integer")
+        if not self.experts:
+            return
+        if not 1 <= self.top_k <= self.experts:
+            raise ConfigError(f"model.top_k = {self.top_k}: must be between 1 and model.experts = {self.experts}")
+        if self.router not in ("attention", "linear"):
+            raise ConfigError(f"model.router = {self.router!r}: must be 'attention' or 'linear'")
+        if self.mlp != "swiglu":
+            raise ConfigError(f"model.mlp = {self.mlp!r}: experts are SwiGLU; use mlp = 'swiglu' with model.experts")
+        for key in ("capacity_factor", "aux_loss_coef", "z_loss_coef"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"model.{key} = {getattr(self, key)}: must not be negative")
 
     def replace(self, **changes) -> ModelConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -87,11 +124,19 @@ PRESETS: dict[str, ModelConfig] = {
     "nano": ModelConfig(512, 2, 64, 4, 2, 128, 64, lfa=True),
     # ~1B-parameter configuration for GPU benchmarks.
     "yuan-1b": ModelConfig(32000, 16, 2048, 16, 16, 5632, 2048, lfa=True),
+    # Yuan 2.0-M32 (arXiv 2405.17976): the public pretraining script (examples/pretrain_yuan2.0_moe_2x32B.sh)
+    # has 24 layers, hidden 2048, 16 heads of 256 (attention width 4096, twice the 2B's), seq 4096, LFA,
+    # 32 SwiGLU experts of 8192, top-2, attention router. Gives 39.94B total / 3.70B active (paper: 40B / 3.7B).
+    "yuan2-m32": ModelConfig(_YUAN_VOCAB, 24, 2048, 16, 16, 8192, 4096, lfa=True, attn_dim=4096, experts=32, top_k=2),
 }
 for _name in [n for n in PRESETS if n.startswith("yuan")]:
     PRESETS["llama-" + _name.split("-", 1)[1]] = PRESETS[_name].replace(lfa=False)
 for _name in ("tiny", "nano"):
     PRESETS[_name + "-llama"] = PRESETS[_name].replace(lfa=False)
+# MoE on CPU: `tiny` with 8 experts of width 384, top-2, so its active FFN (2 x 384) is tiny's dense 768 and
+# `tiny` is its same-active-parameters dense peer. `nano-moe` is for tests.
+PRESETS["tiny-moe"] = PRESETS["tiny"].replace(ffn=384, experts=8, top_k=2)
+PRESETS["nano-moe"] = PRESETS["nano"].replace(ffn=64, experts=4, top_k=2)
 
 
 def preset_names() -> list[str]:

@@ -1,4 +1,5 @@
-"""Decoder-only transformer: pre-norm RMSNorm, RoPE, GQA (optionally with LFA), SwiGLU, tied embeddings.
+"""Decoder-only transformer: pre-norm RMSNorm, RoPE, GQA (optionally with LFA), SwiGLU or a mixture of
+SwiGLU experts (models/moe.py), tied embeddings.
 
 Built so that `parallel/` can cut it from outside: blocks live in a ModuleDict keyed by their global
 index, and `tok_embeddings`, `norm` and `output` may be set to None on pipeline stages that lack them.
@@ -19,6 +20,7 @@ from flopwise.errors import ConfigError
 from flopwise.models.attention import Attention
 from flopwise.models.config import ModelConfig
 from flopwise.models.mlp import GeluMLP, SwiGLU
+from flopwise.models.moe import MoEFeedForward
 from flopwise.models.rope import rope_table
 
 
@@ -36,7 +38,10 @@ class Block(nn.Module):
         self.attn_norm = nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps)
         self.attn = Attention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps)
-        self.mlp = SwiGLU(cfg.hidden, cfg.ffn) if cfg.mlp == "swiglu" else GeluMLP(cfg.hidden, cfg.ffn)
+        if cfg.experts:
+            self.mlp = MoEFeedForward(cfg)
+        else:
+            self.mlp = SwiGLU(cfg.hidden, cfg.ffn) if cfg.mlp == "swiglu" else GeluMLP(cfg.hidden, cfg.ffn)
 
     def forward(self, x, cos, sin, keep=None, attn_mask=None, layer_cache=None):
         x = x + self.attn(self.attn_norm(x), cos, sin, keep, attn_mask, layer_cache)
@@ -92,6 +97,8 @@ class Transformer(nn.Module):
         for name, module in self.named_modules():
             if isinstance(module, nn.RMSNorm):
                 module.reset_parameters()
+            elif isinstance(module, MoEFeedForward):  # stacked expert weights (its router is an nn.Linear)
+                module.reset_parameters(cfg.init_std, out_std, gen)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=cfg.init_std, generator=gen)
             elif isinstance(module, (nn.Linear, nn.Conv1d)):

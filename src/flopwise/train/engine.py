@@ -36,6 +36,7 @@ from flopwise.errors import CheckpointError, ConfigError
 from flopwise.hardware import Accelerator, detect
 from flopwise.models import Transformer, document_segments
 from flopwise.models.config import ModelConfig
+from flopwise.models.moe import set_aux_loss_scale
 from flopwise.parallel.collectives import vocab_parallel_cross_entropy
 from flopwise.parallel.dims import ParallelDims
 from flopwise.parallel.distributed import close_distributed, init_distributed, launched
@@ -138,6 +139,9 @@ class Engine:
             part.train()
         inputs, targets = inputs.to(self.device), targets.to(self.device)
         segments = self._segments(inputs, eod_id)
+        n_micro = self.microbatches if self._schedule is not None else inputs.shape[0] // self.micro_batch
+        for part in self.parts.modules:  # MoE auxiliary losses: the same 1/micro-batches scaling as the loss
+            set_aux_loss_scale(part, 1.0 / n_micro)
         if self._schedule is not None:
             with self._autocast():
                 local = pipeline_train_step(self.parts, self._schedule, inputs, targets, segments)

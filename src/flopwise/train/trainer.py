@@ -21,6 +21,7 @@ from flopwise.data.shards import TokenShards
 from flopwise.errors import ConfigError, FlopwiseError
 from flopwise.flops import model_flops_per_token
 from flopwise.hardware import cpu_seconds, detect
+from flopwise.models.moe import moe_metrics
 from flopwise.train import checkpoint as ckpt
 from flopwise.train import forecast
 from flopwise.train.config import JobConfig
@@ -208,6 +209,7 @@ class Trainer:
                     "tokens_per_s": round(tps, 2), "tokens_per_s_per_device": round(tps / world, 2),
                     "mfu": round(tps / world * flops_tok / accel.peak_flops, 6) if accel.peak_flops else 0.0,
                     "peak_memory_bytes": mem, "memory_label": mem_label, "skipped_steps": guard.skipped,
+                    **moe_metrics(getattr(engine, "model", None)),  # MoE: auxiliary losses, load; {} if dense
                 }
             do_eval = eval_batches and job.train.eval_every and (step % job.train.eval_every == 0 or step == job.train.steps)
             if do_eval:
