@@ -15,6 +15,11 @@ ARGS = ["train.global_batch=4", "train.micro_batch=2", "train.seq_len=32", "trai
         "train.log_every=1", "train.eval_every=0", "train.eval_batches=1", "model.z_loss_coef=0.001"]
 
 
+def _steps(metrics):
+    """The per-step records of a metrics.jsonl (the run also ends with a `plan_vs_measured` event)."""
+    return [r for r in map(json.loads, metrics.read_text().splitlines()) if "event" not in r]
+
+
 def _job(shards, out, *extra):
     return load_config(None, [f'data.shards="{shards}"', *ARGS, *extra], preset="tiny-moe", out=str(out))
 
@@ -23,7 +28,7 @@ def _job(shards, out, *extra):
 def test_tiny_moe_trains_logs_auxiliary_losses_and_resumes(nano_shards, tmp_path):
     events = []
     train(_job(nano_shards, tmp_path / "full", "train.steps=6", "checkpoint.every=3"), on_event=events.append)
-    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    records = _steps(tmp_path / "full" / "metrics.jsonl")
     assert records[-1]["loss"] < records[0]["loss"] - 0.5
     for r in records:
         assert 0.9 < r["moe_balance_loss"] < get_preset("tiny-moe").experts / 2 and r["moe_z_loss"] > 0
@@ -37,7 +42,7 @@ def test_tiny_moe_trains_logs_auxiliary_losses_and_resumes(nano_shards, tmp_path
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_00000006")
     train(_job(nano_shards, tmp_path / "cut", "train.steps=6", "checkpoint.every=3"), resume=True)
-    resumed = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    resumed = _steps(tmp_path / "cut" / "metrics.jsonl")
     assert [r["step"] for r in resumed] == list(range(1, 7))
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in records], rel=1e-5)
     assert [r["moe_balance_loss"] for r in resumed] == pytest.approx([r["moe_balance_loss"] for r in records], rel=1e-4)
