@@ -23,6 +23,7 @@ loading, which is fine up to a few billion parameters per stage."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -49,7 +50,10 @@ from flopwise.train.config import JobConfig, resolve_layout
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine")
     return device
@@ -100,6 +104,9 @@ class Engine:
         layout, self.microbatches = resolve_layout(job, self.world_size)
         self.amp_dtype = autocast_dtype(job.train.dtype, self.device)
         accelerator = accelerator or detect(self.device)
+        if self.world_size > 1 and accelerator.measured:
+            accelerator = _shared_peak(accelerator)
+        self.accelerator = accelerator
         local = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world_size)))
         self.cost_model = forecast.cost_model(job, accelerator, self.world_size, local,
                                               "fp32" if self.amp_dtype is None else "bf16")
@@ -249,6 +256,17 @@ class Engine:
 
     def close(self) -> None:
         close_distributed()
+
+
+def _shared_peak(accelerator: Accelerator) -> Accelerator:
+    """A measured (CPU) peak as the best any rank measured: ranks time their matmuls while others start up,
+    so their own figures differ; one figure keeps MFU at most 100% and every rank's plan the same."""
+    import torch.distributed as dist
+
+    peaks = [None] * dist.get_world_size()
+    dist.all_gather_object(peaks, (accelerator.peak_flops, accelerator.memory_bandwidth))
+    return dataclasses.replace(accelerator, peak_flops=max(p for p, _ in peaks),
+                               memory_bandwidth=max(b for _, b in peaks))
 
 
 def dcp_load(state: dict, directory) -> None:
