@@ -171,11 +171,16 @@ def _raise_if_failed(failures: list, out, step: int, tmp: Path, rank: int) -> No
 def _check_json(directory: Path, name: str, keys: dict) -> str | None:
     try:
         text = (directory / name).read_text()
-        data = json.loads(text)
     except FileNotFoundError:
         return f"{name} is missing"
     except (OSError, ValueError) as exc:
-        return f"{name} is empty" if not locals().get("text", "x").strip() else f"{name} is unreadable ({exc})"
+        return f"{name} is unreadable ({exc})"
+    if not text.strip():
+        return f"{name} is empty"
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return f"{name} is not valid JSON ({exc})"
     if not isinstance(data, dict):
         return f"{name} does not hold an object"
     for key, kind in keys.items():
