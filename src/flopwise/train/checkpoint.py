@@ -23,7 +23,7 @@ from flopwise.atomic import atomic_path, atomic_write_json, atomic_write_text
 from flopwise.data.shards import sha256_file
 from flopwise.errors import CheckpointError
 from flopwise.outputs import output_file
-from flopwise.train.signals import Stopped
+from flopwise.train.signals import Stopped, find_wrapped, reraise_stop
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 CHECKSUMS = "checksums.json"
@@ -86,18 +86,10 @@ def _gather(obj) -> list:
 
 def _failure_reason(exc: BaseException) -> str:
     """One line for a failed write: the OS error's text where there is one (DCP wraps them per rank)."""
-    seen, stack = set(), [exc]
-    while stack:
-        item = stack.pop()
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, OSError) and item.strerror:
-            return item.strerror
-        stack += [item.__cause__, item.__context__]
-        stack += [v for v in (getattr(item, "failures", None) or {}).values() if isinstance(v, BaseException)]
-        stack += [v[0] for v in (getattr(item, "failures", None) or {}).values()
-                  if isinstance(v, tuple) and v and isinstance(v[0], BaseException)]
+    reraise_stop(exc)
+    found = find_wrapped(exc, OSError)
+    if found is not None and found.strerror:
+        return found.strerror
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
 

@@ -45,6 +45,7 @@ from flopwise.parallel.parallelize import parallelize
 from flopwise.parallel.pipeline import build_schedule, pipeline_forward, pipeline_train_step
 from flopwise.train import forecast
 from flopwise.train.config import JobConfig, resolve_layout
+from flopwise.train.signals import reraise_stop
 
 
 def resolve_device(name: str) -> torch.device:
@@ -278,6 +279,7 @@ def dcp_load(state: dict, directory) -> None:
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # DCP's CheckpointException derives from BaseException
+        reraise_stop(exc)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load checkpoint {directory}: {reason[:300]}") from None
 

@@ -41,6 +41,32 @@ def on_signals(handler) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def find_wrapped(exc: BaseException, types: type | tuple) -> BaseException | None:
+    """The first exception of `types` in `exc`, its causes and contexts, and the per-rank failures that
+    torch.distributed.checkpoint wraps (CheckpointException.failures): a Stopped raised while DCP writes
+    comes back inside one."""
+    seen, stack = set(), [exc]
+    while stack:
+        item = stack.pop(0)
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, types):
+            return item
+        failures = getattr(item, "failures", None)
+        values = list(failures.values()) if isinstance(failures, dict) else []
+        stack += [item.__cause__, item.__context__]
+        stack += [v[0] if isinstance(v, tuple) and v else v for v in values]
+    return None
+
+
+def reraise_stop(exc: BaseException) -> None:
+    """Raise the Stopped or KeyboardInterrupt wrapped inside `exc`, if any."""
+    stop = find_wrapped(exc, (Stopped, KeyboardInterrupt))
+    if stop is not None:
+        raise stop
+
+
 def _raise_stopped(signum: int) -> None:
     raise Stopped(signum)
 
