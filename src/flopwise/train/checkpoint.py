@@ -106,7 +106,8 @@ def save_checkpoint(out: str | Path, step: int, engine, trainer_state: dict, con
     tmp = root / f".step_{step:08d}.tmp"
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in root.glob(".step_*.tmp"):  # left by a killed save; the run lock keeps other runs out
+            shutil.rmtree(stale, ignore_errors=True)
     barrier()
     failure = None
     try:
