@@ -21,6 +21,7 @@ import pytest
 
 from flopwise.cli import main
 from flopwise.cli.common import console, err_console
+from flopwise.flops import param_counts
 from flopwise.train import trainer as trainer_mod
 from flopwise.train.checkpoint import checkpoint_problems, step_dirs
 from flopwise.train.config import load_config, parse_value
@@ -320,15 +321,19 @@ def _launched_by(pid: int) -> list[int]:
 @pytest.mark.distributed
 def test_the_launcher_stops_every_rank_and_reports_rank_errors_once(nano_shards, tmp_path):
     out = tmp_path / "run"
-    ranks = ["--nproc", "2", "--dp", "2", "--set", "parallel.timeout_s=60"]
+    ranks = ["--nproc", "2", "--tp", "2", "--set", "parallel.timeout_s=60"]
     proc = _popen([*_train_args(nano_shards, out, 100_000), *ranks], start_new_session=True)  # `kill <pid>`
     _wait_for_steps(out / "metrics.jsonl", proc)
     children = _launched_by(proc.pid)
     assert len(children) >= 3  # torchrun's agent and two ranks
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=180)
+    stdout, err = proc.communicate(timeout=180)
     assert proc.returncode == 143, err
     assert "stopped by SIGTERM: torchrun and every rank ended" in err and "Traceback" not in err
+    whole = param_counts(load_config(None, [], preset="nano").model_config()).total
+    assert f"{whole / 1e6:.2f}M parameters, layout tp2" in stdout  # the whole model, not rank 0's half
+    mfu = [r["mfu"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "mfu" in r]
+    assert mfu and max(mfu) <= 1.0  # one peak for all ranks (the best any measured)
     time.sleep(0.5)
     assert not [p for p in children if Path(f"/proc/{p}").exists() and
                 b"zombie" not in Path(f"/proc/{p}/status").read_bytes().lower()]

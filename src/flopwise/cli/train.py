@@ -207,6 +207,12 @@ def train(
         if in_rank and report_rank_error(str(exc)):  # a rank of `train --nproc`: the launcher prints it once
             raise typer.Exit(2) from None
         raise
+    except Exception:
+        from flopwise.train.launch import another_rank_failed
+
+        if in_rank and another_rank_failed():  # e.g. a collective broken by the rank that failed first
+            raise typer.Exit(1) from None
+        raise
     except Stopped as exc:
         view.close()
         err_console.print(stopped_message(exc, job.out, launcher), highlight=False, soft_wrap=True)

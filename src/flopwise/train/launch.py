@@ -78,6 +78,13 @@ def report_rank_error(message: str) -> bool:
     return True
 
 
+def another_rank_failed() -> bool:
+    """In a rank of our launcher: has another rank reported an error (so a broken collective here is only
+    its echo)?"""
+    folder = os.environ.get(ERROR_DIR_ENV)
+    return bool(folder) and any(Path(folder).glob("error.*"))
+
+
 def _kill_stragglers(folder: Path) -> None:
     for path in folder.glob("pid.*"):
         with contextlib.suppress(OSError, ValueError):
