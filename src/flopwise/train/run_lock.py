@@ -35,7 +35,7 @@ def _read_holder(path: Path) -> dict:
     for _ in range(20):  # the holder writes its details right after taking the lock
         try:
             text = path.read_text()
-            if text.strip():
+            if text.strip() and isinstance(json.loads(text), dict):
                 return json.loads(text)
         except (OSError, ValueError):
             pass
@@ -71,7 +71,7 @@ def run_lock(out: str | Path, command: str = "train") -> Iterator[str | None]:
                 f"ended, delete {path} and start again"
             )
         warning = f"took over the lock of {_describe(previous)}, which is no longer running"
-        log.warning("%s: %s", out, warning)
+        log.info("%s: %s", out, warning)  # the caller shows it
     record = {"pid": os.getpid(), "host": host, "command": command,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     os.ftruncate(fd, 0)
@@ -112,6 +112,6 @@ def _acquire(path: Path) -> tuple[int, dict]:
                 previous = json.loads(text) if text.strip() else {}
             except ValueError:
                 previous = {}
-            return fd, previous
+            return fd, previous if isinstance(previous, dict) else {}
         os.close(fd)  # the file we locked was unlinked by its releasing holder: lock the new one
     raise FlopwiseError(f"cannot take the run lock {path}: it keeps changing")
