@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -10,8 +11,15 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from flopwise.cli.common import console, err_console
+from flopwise.errors import FlopwiseError
+from flopwise.outputs import output_file
+
+
+def _warning(message: str) -> Text:
+    return Text.assemble(("warning: ", "yellow"), message)  # no markup: paths may hold [brackets]
 
 
 def _gib(value: float) -> str:
@@ -31,10 +39,15 @@ class TrainView:
         self.task = None
         self.peak_label = ""
 
+    def close(self) -> None:
+        self.progress.stop()
+
     def __call__(self, ev: dict) -> None:
         kind = ev["event"]
         if kind == "prepare":
             console.print(f"[cyan]data[/] {ev['message']}")
+        elif kind == "warning":
+            self.progress.console.print(_warning(ev["message"]), highlight=False)
         elif kind == "resume":
             console.print(f"resuming from {ev['checkpoint']} (step {ev['step']})")
         elif kind == "start":
@@ -146,6 +159,8 @@ def train(
     split: str = typer.Option(None, "--split", "--pp-layers", help="Layers per pipeline stage, e.g. 2,2,3,3, or auto."),
     schedule: str = typer.Option(None, "--schedule", "--pp-schedule", help="Pipeline schedule: gpipe, 1f1b or interleaved."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-step lines."),
+    verify_data: bool = typer.Option(None, "--verify-data", help="Check every shard's sha256 against the manifest "
+                                     "before training (data.verify; sizes are always checked)."),
 ) -> None:
     """Train a model. With no arguments: the `tiny` preset on the embedded Python-stdlib corpus, on CPU."""
     from flopwise.train.config import load_config
@@ -153,22 +168,69 @@ def train(
     direct = {
         "preset": preset, "out": out, "train.steps": steps, "train.seed": seed, "train.log_every": log_every,
         "parallel.dp": dp, "parallel.dp_shard": dp_shard, "parallel.tp": tp, "parallel.pp": pp,
-        "parallel.zero": zero, "parallel.split": split, "parallel.schedule": schedule,
+        "parallel.zero": zero, "parallel.split": split, "parallel.schedule": schedule, "data.verify": verify_data,
     }
     job = load_config(config, set_ or [], **direct)
     world = job.parallel.world_size
     if nproc is not None and nproc != world and world > 1:
         raise typer.BadParameter(f"--nproc {nproc} but the layout needs {world} processes (dp x tp x pp)")
-    if (nproc or 1) > 1 or world > 1:
-        if "RANK" not in os.environ:
-            from flopwise.train.launch import launch_torchrun
+    in_rank = "RANK" in os.environ
+    launcher = ((nproc or 1) > 1 or world > 1) and not in_rank
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if in_rank:
+        from flopwise.train.launch import rank_started
 
-            raise typer.Exit(launch_torchrun(job, nproc or world, sys.argv[1:]))
-    from flopwise.train.trainer import train as run_training
+        rank_started()
+    elif metrics is not None:
+        output_file(metrics, "--metrics")  # output locations first, before any expensive work
+    from flopwise.train.run_lock import run_lock
+    from flopwise.train.signals import Stopped, stop_on_signals
 
     view = TrainView(quiet)
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    run_training(job, resume=resume, metrics_path=metrics, on_event=view if rank0 else None)
+    try:  # a rank keeps the default SIGTERM (it ends at once): the launcher reports the stop
+        with stop_on_signals() if not in_rank else contextlib.nullcontext(), \
+                run_lock(job.out) if rank0 else contextlib.nullcontext() as took_over:
+            if took_over:
+                err_console.print(_warning(f"{job.out}: {took_over}"), highlight=False)
+            if launcher:
+                from flopwise.train.launch import launch_torchrun
+                from flopwise.train.run_lock import LOCK_FILE
+
+                lock = (Path(job.out) / LOCK_FILE).resolve()
+                raise typer.Exit(launch_torchrun(job, nproc or world, sys.argv[1:], lock))
+            from flopwise.train.trainer import train as run_training
+
+            run_training(job, resume=resume, metrics_path=metrics, on_event=view if rank0 else None)
+    except FlopwiseError as exc:
+        from flopwise.train.launch import report_rank_error
+
+        if in_rank and report_rank_error(str(exc)):  # a rank of `train --nproc`: the launcher prints it once
+            raise typer.Exit(2) from None
+        raise
+    except Exception:
+        from flopwise.train.launch import another_rank_failed
+
+        if in_rank and another_rank_failed():  # e.g. a collective broken by the rank that failed first
+            raise typer.Exit(1) from None
+        raise
+    except Stopped as exc:
+        view.close()
+        err_console.print(stopped_message(exc, job.out, launcher), highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_status) from None
+
+
+def stopped_message(exc, out: str, launcher: bool) -> str:
+    from flopwise.train.checkpoint import latest_checkpoint, read_trainer_state
+
+    what = "torchrun and every rank ended" if launcher else "training ended"
+    last = latest_checkpoint(out)
+    if last is None:
+        return f"stopped by {exc.name}: {what}; no checkpoint was written yet"
+    try:
+        step = f" (step {read_trainer_state(last)['step']})"
+    except (KeyError, TypeError, FlopwiseError):
+        step = ""
+    return f"stopped by {exc.name}: {what}; the last checkpoint is {last}{step}: add --resume to continue from it"
 
 
 def generate(

@@ -65,7 +65,15 @@ class TokenLoader:
     def window(self, index: int) -> np.ndarray:
         file = int(np.searchsorted(self._file_starts, index, side="right") - 1)
         start = (index - self._file_starts[file]) * self.seq_len
-        return np.asarray(self.shards.arrays[file][start : start + self.seq_len + 1], dtype=np.int64)
+        window = np.asarray(self.shards.arrays[file][start : start + self.seq_len + 1], dtype=np.int64)
+        if window.size and int(window.max()) >= self.shards.vocab_size:  # cheap: the batch is read anyway
+            at = start + int(window.argmax())
+            raise DataError(
+                f"shard file {self.shards.files[file]} holds token id {int(window.max())} at token {at}, outside the "
+                f"vocabulary of {self.shards.vocab_size}: the file is damaged (`flopwise train --verify-data` "
+                "checks every file's sha256)"
+            )
+        return window
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each [local_batch, seq_len] int64; advances by one global batch."""

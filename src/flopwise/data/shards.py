@@ -8,7 +8,9 @@ A shard directory holds
   <split>-<NNNNN>.bin      a flat little-endian stream of token ids (uint16 when the vocabulary fits,
                            else uint32); every document ends with the end-of-document id.
 Shard files and the manifest are written to temporary names and renamed into place; the manifest is
-written last, so a directory with a manifest is always complete.
+written last, so a directory with a manifest is always complete. The manifest lists each file's size and
+sha256 (`bytes`, `sha256`, parallel to `files`; absent in older manifests): a reader checks sizes on every
+open and hashes on request (`TokenShards(..., verify=True)`, `flopwise train --verify-data`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class SplitInfo:
     files: list[str] = field(default_factory=list)
     tokens: int = 0
     documents: int = 0
+    bytes: list[int] = field(default_factory=list)  # per file, parallel to files
+    sha256: list[str] = field(default_factory=list)  # per file, parallel to files
 
 
 @dataclass
@@ -148,9 +152,12 @@ class ShardWriter:
         if not self._buffered:
             return
         name = f"{self.split}-{len(self.info.files):05d}.bin"
+        data = np.ascontiguousarray(np.concatenate(self._buffer))
         with atomic_path(self.directory / name) as tmp:
-            np.concatenate(self._buffer).tofile(tmp)
+            data.tofile(tmp)
         self.info.files.append(name)
+        self.info.bytes.append(int(data.nbytes))
+        self.info.sha256.append(hashlib.sha256(memoryview(data).cast("B")).hexdigest())
         self.info.tokens += self._buffered
         self._buffer, self._buffered = [], 0
 
@@ -160,23 +167,35 @@ class ShardWriter:
 
 
 class TokenShards:
-    """Memory-mapped read access to one split of a shard directory."""
+    """Memory-mapped read access to one split of a shard directory. Sizes are checked against the manifest
+    on open; with verify=True every file is also hashed against its sha256."""
 
-    def __init__(self, directory: str | Path, split: str = "train"):
+    def __init__(self, directory: str | Path, split: str = "train", verify: bool = False):
         self.directory = Path(directory)
         self.manifest = read_manifest(directory)
         if split not in self.manifest.splits:
             raise DataError(f"{directory}: no split {split!r} (have: {', '.join(self.manifest.splits)})")
         self.split = split
         info = self.manifest.splits[split]
+        itemsize = self.manifest.dtype.itemsize
         self.arrays: list[np.ndarray] = []
-        for name in info.files:
+        for i, name in enumerate(info.files):
             path = self.directory / name
             if not path.is_file():
                 raise DataError(f"{directory}: shard file {name} listed in the manifest is missing")
-            expected = path.stat().st_size // self.manifest.dtype.itemsize
-            arr = np.memmap(path, dtype=self.manifest.dtype, mode="r") if expected else np.zeros(0, self.manifest.dtype)
+            size = path.stat().st_size
+            if i < len(info.bytes) and size != info.bytes[i]:
+                raise DataError(f"shard file {path} has {size} bytes, the manifest says {info.bytes[i]}: the file "
+                                "is truncated or replaced; prepare the data again")
+            if size % itemsize:
+                raise DataError(f"shard file {path} has {size} bytes, not a whole number of {itemsize}-byte token ids: "
+                                "the file is damaged; prepare the data again")
+            if verify and i < len(info.sha256) and sha256_file(path) != info.sha256[i]:
+                raise DataError(f"shard file {path} does not match the manifest's sha256: the file is damaged; "
+                                "prepare the data again")
+            arr = np.memmap(path, dtype=self.manifest.dtype, mode="r") if size else np.zeros(0, self.manifest.dtype)
             self.arrays.append(arr)
+        self.files = [self.directory / name for name in info.files]
         self.tokens = sum(a.size for a in self.arrays)
         if self.tokens != info.tokens:
             raise DataError(f"{directory}: split {split!r} has {self.tokens} tokens on disk, manifest says {info.tokens}")

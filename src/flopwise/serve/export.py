@@ -15,6 +15,7 @@ from pathlib import Path
 from flopwise.atomic import atomic_write_json
 from flopwise.errors import ConfigError
 from flopwise.models.config import ModelConfig
+from flopwise.outputs import output_dir
 from flopwise.train.checkpoint import read_config, resolve_checkpoint
 from flopwise.train.config import config_from_dict
 from flopwise.train.engine import build_model, load_engine_state
@@ -81,6 +82,10 @@ def export_hf(checkpoint: str | Path, dest: str | Path) -> Path:
 
     from flopwise.serve.loader import end_of_document_id, load_tokenizer
 
+    dest = Path(dest)
+    if dest.exists() and not (dest / "config.json").is_file():
+        raise ConfigError(f"{dest} exists and is not a model export: choose another destination")
+    output_dir(dest.parent, f"export destination {dest}: its folder")
     directory = resolve_checkpoint(checkpoint)
     saved = read_config(directory)
     job = config_from_dict(saved["job"])
@@ -93,9 +98,6 @@ def export_hf(checkpoint: str | Path, dest: str | Path) -> Path:
     state = {hf_name(k, cfg): v.detach().contiguous() for k, v in model.state_dict().items()
              if not (k == "output.weight" and cfg.tie_embeddings)}  # tied: stored once, as the embedding
 
-    dest = Path(dest)
-    if dest.exists() and not (dest / "config.json").is_file():
-        raise ConfigError(f"{dest} exists and is not a model export: choose another destination")
     tmp = dest.parent / f".{dest.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

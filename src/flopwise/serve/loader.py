@@ -71,13 +71,13 @@ def end_of_document_id(saved_config: dict, tokenizer) -> int | None:
 
 
 def load_served_model(path: str | Path, device: str = "auto", dtype: str = "auto", name: str | None = None) -> ServedModel:
+    dev = resolve_device(device)  # a bad device fails before the model loads
     directory = resolve_checkpoint(path)
     saved = read_config(directory)
     job = config_from_dict(saved["job"])
     tokenizer = load_tokenizer(directory)
     model = build_model(job.model_config(), job.train.seed)
     load_engine_state(model, None, directory)
-    dev = resolve_device(device)
     model = model.to(device=dev, dtype=serving_dtype(dtype, dev)).eval()
     model.rope_cos.data = model.rope_cos.float()  # RoPE tables stay fp32 (the model applies them in fp32)
     model.rope_sin.data = model.rope_sin.float()

@@ -2,8 +2,13 @@
 
 Each holds the engine's DCP files (model + optimizer, by fully-qualified name), `trainer.json` (step,
 data position, loss-guard state), `rng_rank<R>.pt`, `config.json` and `tokenizer.json`, so it is enough
-to resume training, export or generate. The directory is written under a temporary name and renamed
-into place, then `latest` is rewritten atomically; older checkpoints beyond `keep` are removed."""
+to resume training, export or generate, and `checksums.json` (size and sha256 of every other file; the
+ranks hash a share each), written last. The directory is written under a temporary name and renamed
+into place, then `latest` is rewritten atomically; older checkpoints beyond `keep` are removed. A save
+that fails (a full disk) removes its temporary directory and leaves the previous checkpoint as it was.
+
+`choose_checkpoint` is the resume side: the newest checkpoint whose files match their checksums and whose
+trainer state parses, with the reason for every newer one it passed over."""
 
 from __future__ import annotations
 
@@ -15,9 +20,13 @@ from pathlib import Path
 import torch
 
 from flopwise.atomic import atomic_path, atomic_write_json, atomic_write_text
+from flopwise.data.shards import sha256_file
 from flopwise.errors import CheckpointError
+from flopwise.outputs import output_file
+from flopwise.train.signals import Stopped, find_wrapped, reraise_stop
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+CHECKSUMS = "checksums.json"
 
 
 def checkpoints_dir(out: str | Path) -> Path:
@@ -56,6 +65,40 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"checkpoint {path} does not exist")
 
 
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(obj) -> list:
+    """`obj` from every rank (a collective in a distributed job; [obj] otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """One line for a failed write: the OS error's text where there is one (DCP wraps them per rank)."""
+    reraise_stop(exc)
+    found = find_wrapped(exc, OSError)
+    if found is not None and found.strerror:
+        return found.strerror
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _file_sums(directory: Path, names: list[str]) -> dict:
+    return {name: {"bytes": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
+            for name in names}
+
+
 def save_checkpoint(out: str | Path, step: int, engine, trainer_state: dict, config: dict, tokenizer: Path | None,
                     keep: int, rank: int = 0, barrier=lambda: None) -> Path:
     root = checkpoints_dir(out)
@@ -63,24 +106,136 @@ def save_checkpoint(out: str | Path, step: int, engine, trainer_state: dict, con
     tmp = root / f".step_{step:08d}.tmp"
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in root.glob(".step_*.tmp"):  # left by a killed save; the run lock keeps other runs out
+            shutil.rmtree(stale, ignore_errors=True)
     barrier()
-    engine.save(tmp)
-    torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
-    barrier()
+    failure = None
+    try:
+        engine.save(tmp)
+        torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
+        if rank == 0:
+            atomic_write_json(tmp / "config.json", config)
+            if tokenizer is not None and tokenizer.is_file():
+                shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+            atomic_write_json(tmp / "trainer.json", trainer_state)
+    except (KeyboardInterrupt, SystemExit, Stopped):
+        raise
+    except BaseException as exc:  # DCP's CheckpointException derives from BaseException
+        failure = _failure_reason(exc)
+    _raise_if_failed(_gather(failure), out, step, tmp, rank)
+    _, world = _rank_world()
+    sums, failure = {}, None
+    try:
+        sums = _file_sums(tmp, sorted(p.name for p in tmp.iterdir())[rank::world])
+    except OSError as exc:
+        failure = _failure_reason(exc)
+    gathered = _gather((sums, failure))
+    _raise_if_failed([f for _, f in gathered], out, step, tmp, rank)
+    failure = None
     if rank == 0:
-        atomic_write_json(tmp / "config.json", config)
-        if tokenizer is not None and tokenizer.is_file():
-            shutil.copyfile(tokenizer, tmp / "tokenizer.json")
-        atomic_write_json(tmp / "trainer.json", trainer_state)  # written last: marks the directory complete
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        atomic_write_text(root / "latest", final.name + "\n")
+        try:
+            files = {k: v for s, _ in gathered for k, v in s.items()}
+            atomic_write_json(tmp / CHECKSUMS, {"step": step, "files": files})  # written last: marks it complete
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            atomic_write_text(root / "latest", final.name + "\n")
+        except OSError as exc:
+            failure = _failure_reason(exc)
+    _raise_if_failed(_gather(failure), out, step, tmp, rank)
+    if rank == 0:
         for old in step_dirs(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def _raise_if_failed(failures: list, out, step: int, tmp: Path, rank: int) -> None:
+    reasons = [f for f in failures if f]
+    if not reasons:
+        return
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the previous checkpoint is untouched
+    previous = latest_checkpoint(out)
+    kept = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
+    raise CheckpointError(f"cannot write checkpoint step {step} in {checkpoints_dir(out)}: {reasons[0]}; {kept}")
+
+
+def _check_json(directory: Path, name: str, keys: dict) -> str | None:
+    try:
+        text = (directory / name).read_text()
+    except FileNotFoundError:
+        return f"{name} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{name} is unreadable ({exc})"
+    if not text.strip():
+        return f"{name} is empty"
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return f"{name} is not valid JSON ({exc})"
+    if not isinstance(data, dict):
+        return f"{name} does not hold an object"
+    for key, kind in keys.items():
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            return f"{name} lacks {key!r}"
+    return None
+
+
+def checkpoint_problems(directory: Path) -> list[str]:
+    """What is wrong with a checkpoint directory: files that differ from checksums.json (each rank checks a
+    share; a collective in a distributed job), a trainer.json or config.json that does not parse, this rank's
+    RNG state that does not load. Empty when it is intact. A checkpoint from before checksums is checked
+    for the rest."""
+    rank, world = _rank_world()
+    problems = []
+    try:
+        listed = json.loads((directory / CHECKSUMS).read_text())["files"]
+        assert isinstance(listed, dict)
+    except FileNotFoundError:
+        listed = {}
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        listed = {}
+        problems.append(f"{CHECKSUMS} is unreadable")
+    for name in sorted(listed)[rank::world]:
+        path, want = directory / name, listed[name]
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != want.get("bytes"):
+            problems.append(f"{name} has {path.stat().st_size} bytes, {want.get('bytes')} were written")
+        elif sha256_file(path) != want.get("sha256"):
+            problems.append(f"{name} does not match its sha256")
+    problems += [p for p in (_check_json(directory, "trainer.json", {"step": int, "loader": dict, "guard": dict}),
+                             _check_json(directory, "config.json", {"job": dict, "model": dict})) if p]
+    if not listed:
+        try:
+            _read_rng(directory, rank)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+    return sorted({p for ps in _gather(problems) for p in ps})
+
+
+def choose_checkpoint(out: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint of a run, and (checkpoint, reason) for each newer damaged one."""
+    damaged = []
+    for directory in reversed(step_dirs(out)):
+        problems = checkpoint_problems(directory)
+        if not problems:
+            return directory, damaged
+        damaged.append((directory, "; ".join(problems)))
+    return None, damaged
+
+
+def check_same_model(directory: Path, model: dict) -> None:
+    """Refuse, in one line, to resume a checkpoint saved for another model shape."""
+    saved = read_config(directory).get("model") or {}
+    differ = [f"{k} {saved.get(k)!r} -> {model.get(k)!r}" for k in sorted(set(saved) | set(model))
+              if saved.get(k) != model.get(k)]
+    if differ:
+        raise CheckpointError(
+            f"checkpoint {directory} holds another model ({', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''}): "
+            "resume with the preset and model settings it was trained with, or use another --out"
+        )
 
 
 def read_trainer_state(directory: Path) -> dict:
@@ -97,12 +252,23 @@ def read_config(directory: Path) -> dict:
         raise CheckpointError(f"checkpoint {directory}: unreadable config.json ({exc})") from None
 
 
-def load_rng(directory: Path, rank: int = 0) -> None:
+def _read_rng(directory: Path, rank: int) -> dict | None:
     path = directory / f"rng_rank{rank}.pt"
     if not path.is_file():
         path = directory / "rng_rank0.pt"  # resharded resume: fewer/more ranks than saved
-    if path.is_file():
+    if not path.is_file():
+        return None
+    try:
         state = torch.load(path, weights_only=False)
+        assert isinstance(state, dict) and torch.is_tensor(state["cpu"])
+        return state
+    except Exception:  # torch.load raises many kinds on a damaged file
+        raise CheckpointError(f"{path.name} is damaged (it does not load)") from None
+
+
+def load_rng(directory: Path, rank: int = 0) -> None:
+    state = _read_rng(directory, rank)
+    if state is not None:
         torch.set_rng_state(state["cpu"])
         if torch.cuda.is_available() and state.get("cuda") is not None:
             try:
@@ -125,6 +291,7 @@ def export_safetensors(checkpoint: str | Path, dest: str | Path) -> Path:
     from flopwise.train.config import config_from_dict
     from flopwise.train.engine import build_model, load_engine_state
 
+    dest = output_file(dest, "export destination")  # before the model loads
     directory = resolve_checkpoint(checkpoint)
     job = config_from_dict(read_config(directory)["job"])
     model = build_model(job.model_config(), job.train.seed)
@@ -132,7 +299,6 @@ def export_safetensors(checkpoint: str | Path, dest: str | Path) -> Path:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if job.model_config().tie_embeddings:
         state.pop("output.weight", None)  # tied: stored once as tok_embeddings.weight
-    dest = Path(dest)
     with atomic_path(dest) as tmp:
         save_file(state, str(tmp), metadata={"flopwise_config": json.dumps(job.model_config().to_dict())})
     return dest

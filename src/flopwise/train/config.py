@@ -59,6 +59,7 @@ class TrainSection:
 class DataSection:
     shards: str = ""  # a shard directory (manifest.json); empty: the embedded demo corpus
     cache_dir: str = ".flopwise-cache"  # where the demo corpus is prepared once
+    verify: bool = False  # hash every shard against the manifest's sha256 before training (sizes: always)
 
     def validate(self) -> None:
         pass

@@ -23,6 +23,7 @@ loading, which is fine up to a few billion parameters per stage."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -44,12 +45,16 @@ from flopwise.parallel.parallelize import parallelize
 from flopwise.parallel.pipeline import build_schedule, pipeline_forward, pipeline_train_step
 from flopwise.train import forecast
 from flopwise.train.config import JobConfig, resolve_layout
+from flopwise.train.signals import reraise_stop
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine")
     return device
@@ -100,6 +105,9 @@ class Engine:
         layout, self.microbatches = resolve_layout(job, self.world_size)
         self.amp_dtype = autocast_dtype(job.train.dtype, self.device)
         accelerator = accelerator or detect(self.device)
+        if self.world_size > 1 and accelerator.measured:
+            accelerator = _shared_peak(accelerator)
+        self.accelerator = accelerator
         local = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world_size)))
         self.cost_model = forecast.cost_model(job, accelerator, self.world_size, local,
                                               "fp32" if self.amp_dtype is None else "bf16")
@@ -251,6 +259,17 @@ class Engine:
         close_distributed()
 
 
+def _shared_peak(accelerator: Accelerator) -> Accelerator:
+    """A measured (CPU) peak as the best any rank measured: ranks time their matmuls while others start up,
+    so their own figures differ; one figure keeps MFU at most 100% and every rank's plan the same."""
+    import torch.distributed as dist
+
+    peaks = [None] * dist.get_world_size()
+    dist.all_gather_object(peaks, (accelerator.peak_flops, accelerator.memory_bandwidth))
+    return dataclasses.replace(accelerator, peak_flops=max(p for p, _ in peaks),
+                               memory_bandwidth=max(b for _, b in peaks))
+
+
 def dcp_load(state: dict, directory) -> None:
     """Fill `state` in place from a DCP checkpoint; any failure becomes one CheckpointError line."""
     try:
@@ -260,6 +279,7 @@ def dcp_load(state: dict, directory) -> None:
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # DCP's CheckpointException derives from BaseException
+        reraise_stop(exc)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load checkpoint {directory}: {reason[:300]}") from None
 

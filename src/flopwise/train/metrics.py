@@ -1,4 +1,7 @@
-"""Metrics written as JSON lines (one object per logged step) and the loss plot."""
+"""Metrics written as JSON lines (one object per logged step) and the loss plot.
+
+A line is appended whole and flushed; a run killed mid-write (or a full disk) can still leave a torn last
+line, so readers skip lines that do not parse, and a resume rewrites the file without them."""
 
 from __future__ import annotations
 
@@ -6,26 +9,51 @@ import json
 from pathlib import Path
 
 from flopwise.atomic import atomic_path
+from flopwise.errors import FlopwiseError
+
+
+def read_records(path: str | Path) -> tuple[list[dict], int]:
+    """The records of a metrics file and how many lines were torn or unreadable (skipped)."""
+    records, bad = [], 0
+    for line in Path(path).read_bytes().decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            bad += 1
+    return records, bad
 
 
 class MetricsWriter:
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
 
-    def truncate_after(self, step: int) -> None:
-        """On resume, drop records logged after the checkpoint we resume from (they will be redone)."""
+    def truncate_after(self, step: int) -> int:
+        """On resume, drop records logged after the checkpoint we resume from (they will be redone) and any
+        torn line; returns how many torn lines were dropped."""
         if self.path is None or not self.path.is_file():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+            return 0
+        records, bad = read_records(self.path)
+        kept = [r for r in records if isinstance(r.get("step", 0), int) and r.get("step", 0) <= step]
         with atomic_path(self.path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        return bad
 
     def write(self, record: dict) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise FlopwiseError(f"cannot write metrics to {self.path}: {exc.strerror or exc}") from None
 
 
 def plot_losses(metrics_path: str | Path, dest: str | Path, title: str = "") -> Path | None:
@@ -39,8 +67,7 @@ def plot_losses(metrics_path: str | Path, dest: str | Path, title: str = "") -> 
     import matplotlib.pyplot as plt
 
     train, evals = [], []
-    for line in metrics_path.read_text().splitlines():
-        rec = json.loads(line)
+    for rec in read_records(metrics_path)[0]:
         if "loss" in rec:
             train.append((rec["step"], rec["loss"]))
         if rec.get("eval_loss") is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -18,8 +19,8 @@ import torch
 
 from flopwise.data.loader import TokenLoader
 from flopwise.data.shards import TokenShards
-from flopwise.errors import ConfigError, FlopwiseError
-from flopwise.flops import model_flops_per_token
+from flopwise.errors import CheckpointError, ConfigError, FlopwiseError
+from flopwise.flops import model_flops_per_token, param_counts
 from flopwise.hardware import cpu_seconds, detect
 from flopwise.models.moe import moe_metrics
 from flopwise.train import checkpoint as ckpt
@@ -29,6 +30,7 @@ from flopwise.train.engine import build_engine, peak_memory, resolve_device
 from flopwise.train.loss_guard import LossGuard, Verdict
 from flopwise.train.memory_probe import model_state_bytes, saved_tensor_peak
 from flopwise.train.metrics import MetricsWriter, plot_losses
+from flopwise.train.run_lock import run_lock
 from flopwise.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,14 @@ class Trainer:
             self.on_event(event)
 
     def run(self) -> TrainResult:
+        """Train under the run directory's lock (rank 0 takes it; flopwise.train.run_lock)."""
+        rank0 = os.environ.get("RANK", "0") == "0"
+        with run_lock(self.out) if rank0 else contextlib.nullcontext() as took_over:
+            if took_over:
+                self.on_event({"event": "warning", "message": f"{self.out}: {took_over}"})
+            return self._run()
+
+    def _run(self) -> TrainResult:
         job = self.job
         existing = ckpt.latest_checkpoint(self.out)
         if existing is not None and not self.resume:
@@ -103,8 +113,11 @@ class Trainer:
         # each cores / ranks threads): that is its share of the machine, not to be divided again.
         accel = detect(resolve_device(job.train.device))
         shards_dir = resolve_shards(job, progress=lambda msg: self.on_event({"event": "prepare", "message": msg}))
-        train_shards = TokenShards(shards_dir, "train")
-        eval_shards = TokenShards(shards_dir, "eval") if "eval" in train_shards.manifest.splits else None
+        if job.data.verify:
+            self.on_event({"event": "prepare", "message": f"verifying the sha256 of every shard in {shards_dir}"})
+        train_shards = TokenShards(shards_dir, "train", verify=job.data.verify)
+        eval_shards = (TokenShards(shards_dir, "eval", verify=job.data.verify)
+                       if "eval" in train_shards.manifest.splits else None)
         model_cfg = job.model_config()
         if train_shards.vocab_size > model_cfg.vocab_size:
             raise ConfigError(
@@ -116,6 +129,9 @@ class Trainer:
 
         memory_before = peak_memory(resolve_device(job.train.device))[0]
         self.engine = engine = build_engine(job, accel)
+        accel = engine.accelerator  # on CPU ranks: the best peak any rank measured, so MFU agrees across ranks
+        if existing is not None:
+            existing = self._intact_checkpoint()
         loader = TokenLoader(train_shards, job.seq_len, job.train.global_batch, job.train.seed,
                              engine.data_rank, engine.data_world)
         eval_batches = self._eval_batches(eval_shards, engine) if eval_shards is not None else []
@@ -133,14 +149,17 @@ class Trainer:
             ckpt.load_rng(existing, engine.rank)
             step = state["step"]
             if engine.is_logging_rank:
-                self.metrics.truncate_after(step)
+                torn = self.metrics.truncate_after(step)
+                if torn:
+                    self._emit(event="warning", message=f"{self.metrics.path}: dropped {torn} torn or unreadable "
+                                                        "line(s) (an interrupted write)")
             self._emit(event="resume", step=step, checkpoint=str(existing))
 
         flops_tok = model_flops_per_token(model_cfg, job.seq_len)
         entropy = unigram_entropy(train_shards) if engine.is_logging_rank else None
         plan = engine.plan
         self._emit(event="start", step=step, steps=job.train.steps, layout=engine.layout.describe(),
-                   params=sum(p.numel() for p in engine.model.parameters()),
+                   params=param_counts(model_cfg).total,  # the whole model, whatever share this rank holds
                    device=str(engine.device), accelerator=accel.name, peak_flops=accel.peak_flops,
                    peak_label=accel.peak_label, unigram_entropy=entropy, shards=str(shards_dir),
                    train_tokens=train_shards.tokens, split=list(engine.layout.split),
@@ -240,6 +259,18 @@ class Trainer:
                    rollbacks=guard.rollbacks, versus_plan=versus)
         engine.close()
         return result
+
+    def _intact_checkpoint(self) -> Path:
+        """The newest checkpoint that verifies (naming each damaged one passed over), for this model."""
+        chosen, damaged = ckpt.choose_checkpoint(self.out)
+        for directory, reason in damaged:
+            self._emit(event="warning", message=f"checkpoint {directory} is damaged ({reason}); "
+                                                "trying the one before it")
+        if chosen is None:
+            detail = "; ".join(f"{d.name}: {r}" for d, r in damaged)
+            raise CheckpointError(f"no intact checkpoint in {ckpt.checkpoints_dir(self.out)} ({detail})")
+        ckpt.check_same_model(chosen, self.job.model_config().to_dict())
+        return chosen
 
     def _versus_plan(self, engine, step: int, step_times: list[float], memory_before: float,
                      tensors: float | None) -> dict | None:
