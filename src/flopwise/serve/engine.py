@@ -35,7 +35,8 @@ class Engine:
         dtype = self.model.tok_embeddings.weight.dtype
         self.num_blocks, self.block_bytes = plan_num_blocks(self.model.cfg, config, self.device, dtype)
         self.cache = PagedKVCache(self.model.cfg, self.num_blocks, config.block_size, config.max_num_seqs,
-                                  self.device, dtype, block_states=config.enable_prefix_caching)
+                                  self.device, dtype, block_states=config.enable_prefix_caching,
+                                  attention=config.attention)
         self.pool = BlockPool(self.num_blocks, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.pool, on_prefix_hit=lambda s, b: self.cache.restore_filter(s.slot, b))
         self.requests: dict[str, Sequence] = {}
@@ -94,9 +95,10 @@ class Engine:
             logits_from = n - 1 if completes else n
             if seq.wants_prompt_logprobs:
                 logits_from = 0
-            chunks.append(SeqChunk(seq.token_ids[seq.num_computed : seq.num_computed + n], seq.num_computed,
+            seq.synced_blocks = self.cache.sync_table(seq.slot, seq.block_table, seq.synced_blocks)
+            chunks.append(SeqChunk(seq.tokens(seq.num_computed, seq.num_computed + n), seq.num_computed,
                                    seq.block_table, seq.slot, logits_from))
-        batch = build_batch(chunks, self.config.block_size, self.device)
+        batch = build_batch(chunks, self.config.block_size, self.device, self.model.cfg.lfa)
         logits = paged_forward(self.model, self.cache, batch)
         self.steps += 1
 
