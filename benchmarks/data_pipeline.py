@@ -243,6 +243,15 @@ def run_datatrove(jsonl: Path, tok: Path, work: Path, workers: int, prose: bool)
     return {"wall_s": wall, "cpu_s": cpu, "docs_in": docs_in, "docs_out": docs_out, "tokens_out": tokens_out}
 
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="/tmp/flopwise-bench")
@@ -250,6 +259,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--only", choices=["stdlib", "generated"], default=None)
+    ap.add_argument("--systems", default="flopwise,datatrove", help="comma-separated: flopwise, datatrove")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
@@ -284,7 +294,8 @@ def main() -> None:
         if not tok.exists():
             train_tokenizer(jsonl, tok, args.vocab)
         row = {"input_mb": round(jsonl.stat().st_size / 1e6, 1)}
-        for system, fn in (("flopwise", run_flopwise), ("datatrove", run_datatrove)):
+        systems = [(n, f) for n, f in (("flopwise", run_flopwise), ("datatrove", run_datatrove)) if n in args.systems]
+        for system, fn in systems:
             r = fn(jsonl, tok, out / f"work-{system}-{name}", args.workers, prose)
             r["docs_per_cpu_s"] = r["docs_in"] / r["cpu_s"]
             r["docs_per_worker_s"] = r["docs_in"] / (r["wall_s"] * args.workers)
@@ -294,22 +305,21 @@ def main() -> None:
                 + json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}),
                 flush=True,
             )
-        row["ratio_cpu"] = row["flopwise"]["docs_per_cpu_s"] / row["datatrove"]["docs_per_cpu_s"]
-        row["ratio_wall"] = row["flopwise"]["docs_per_worker_s"] / row["datatrove"]["docs_per_worker_s"]
-        print(
-            f"[{name}] flopwise / datatrove docs/s per core: {row['ratio_cpu']:.2f}x (CPU), "
-            f"{row['ratio_wall']:.2f}x (wall)",
-            flush=True,
-        )
+        if "flopwise" in row and "datatrove" in row:
+            row["ratio_cpu"] = row["flopwise"]["docs_per_cpu_s"] / row["datatrove"]["docs_per_cpu_s"]
+            row["ratio_wall"] = row["flopwise"]["docs_per_worker_s"] / row["datatrove"]["docs_per_worker_s"]
+            print(
+                f"[{name}] flopwise / datatrove docs/s per core: {row['ratio_cpu']:.2f}x (CPU), "
+                f"{row['ratio_wall']:.2f}x (wall)",
+                flush=True,
+            )
         results[name] = row
-    import datatrove
-
     import flopwise
 
     meta = {
         "python": platform.python_version(),
         "flopwise": flopwise.__version__,
-        "datatrove": getattr(datatrove, "__version__", "0.10.1"),
+        "datatrove": _version("datatrove"),
         "cpu": platform.processor() or platform.machine(),
         "workers": args.workers,
     }

@@ -2,7 +2,7 @@
 
 Model state = bytes of this rank's parameters + gradients + optimizer state (local shards) after one
 step. Activations = peak bytes of tensors saved for backward during one training step, per storage,
-parameters excluded (flopwise.parallel.memory_probe), the figure pipeline schedules change.
+parameters excluded (flopwise.train.memory_probe), the figure pipeline schedules change.
 
     python benchmarks/parallel_memory.py [--json results.json]
 """
@@ -28,29 +28,29 @@ SHAPE = ["model.layers=8", "model.hidden=256", "model.heads=8", "model.kv_heads=
 BASE = ["train.global_batch=16", "train.micro_batch=2", "guard.enabled=false"]
 LAYOUTS = {
     "single": (1, []),
-    "dp2 (replicate)": (2, ["parallel.dp_replicate=2"]),
-    "zero1 dp4": (4, ["parallel.dp_shard=4", "parallel.zero=1"]),
-    "zero2 dp4": (4, ["parallel.dp_shard=4", "parallel.zero=2"]),
-    "zero3 dp4": (4, ["parallel.dp_shard=4", "parallel.zero=3"]),
+    "dp2 (replicate)": (2, ["parallel.dp=2"]),
+    "zero1 dp4": (4, ["parallel.dp=4", "parallel.zero=1"]),
+    "zero2 dp4": (4, ["parallel.dp=4", "parallel.zero=2"]),
+    "zero3 dp4": (4, ["parallel.dp=4", "parallel.zero=3"]),
     "tp2 + sp": (2, ["parallel.tp=2"]),
     "tp4 + sp": (4, ["parallel.tp=4"]),
-    "pp2 1f1b uniform 4,4": (2, ["parallel.pp=2", 'parallel.pp_layers="4,4"']),
-    "pp2 1f1b non-uniform 3,5": (2, ["parallel.pp=2", 'parallel.pp_layers="3,5"']),
+    "pp2 1f1b uniform 4,4": (2, ["parallel.pp=2", 'parallel.split="4,4"']),
+    "pp2 1f1b non-uniform 3,5": (2, ["parallel.pp=2", 'parallel.split="3,5"']),
     "pp2 1f1b auto split": (2, ["parallel.pp=2"]),
-    "pp2 gpipe uniform 4,4": (2, ["parallel.pp=2", 'parallel.pp_layers="4,4"', 'parallel.pp_schedule="gpipe"']),
+    "pp2 gpipe uniform 4,4": (2, ["parallel.pp=2", 'parallel.split="4,4"', 'parallel.schedule="gpipe"']),
 }
 
 
 def _measure(job, shards):
     from flopwise.data.loader import TokenLoader
     from flopwise.data.shards import TokenShards
-    from flopwise.parallel.memory_probe import measure_step_memory
     from flopwise.train.engine import build_engine
+    from flopwise.train.memory_probe import measure_step_memory
 
     engine = build_engine(job)
     loader = TokenLoader(TokenShards(shards), job.seq_len, job.train.global_batch, 0, engine.data_rank, engine.data_world)
     result = measure_step_memory(engine, *loader.next_batch())
-    result.update(split=getattr(engine, "split", None), stages=getattr(engine, "stage_ids", [0]))
+    result.update(split=list(engine.layout.split), stages=engine.parts.stage_ids)
     return result
 
 

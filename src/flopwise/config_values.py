@@ -30,3 +30,21 @@ def check_value(name: str, value, expected):
     if kind == "str" and not isinstance(value, str):
         raise ConfigError(f"{name} = {value!r}: expected str, got {got}")
     return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(name: str, text) -> bool:
+    """A boolean written as text (a CSV cell, a `key=value` item): true/false, yes/no, on/off or 1/0, any case.
+
+    The one boolean parser of the package; anything else raises ConfigError naming the key and the value."""
+    if isinstance(text, bool):
+        return text
+    word = str(text).strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ConfigError(f"{name} = {text!r}: expected true or false (also yes/no, on/off, 1/0)")

@@ -18,7 +18,11 @@ class DataError(FlopwiseError):
 
 
 class ParallelError(FlopwiseError):
-    """A parallel layout is impossible or a distributed job failed."""
+    """A distributed job failed (a rank died, versions differ, no process group)."""
+
+
+class LayoutError(ConfigError):
+    """A parallel layout does not fit the model, the batch or the world size (flopwise.layout.check)."""
 
 
 class PlanError(FlopwiseError):

@@ -124,11 +124,6 @@ def layer_attention_flops_per_token(cfg: ModelConfig, seq_len: int | None = None
     return 4.0 * s * cfg.heads * cfg.head_dim
 
 
-def layer_forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
-    """Forward FLOPs of one block for one token: 2 per matmul weight plus the attention core."""
-    return 2.0 * _block_matmul_params(cfg)[0] + layer_attention_flops_per_token(cfg, seq_len)
-
-
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     counts = param_counts(cfg)
     return 2.0 * counts.matmul + attention_flops_per_token(cfg, seq_len)

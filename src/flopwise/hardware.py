@@ -17,8 +17,10 @@ Achievable fractions (used by the planner's cost model, flopwise/plan/cost.py):
   ~95-105 of 125. Small or skinny per-device matrices fall further, through the roofline in plan/cost.py.
 - `memory_efficiency`: the fraction of HBM bandwidth streaming (elementwise) kernels reach; STREAM-like
   copies reach ~85-90% on A100/H100.
-On a CPU there is no datasheet peak: `cpu_accelerator()` measures this machine's fp32 matmul rate and
-labels the result as measured, so CPU MFU reads "fraction of this machine's measured matmul peak".
+On a CPU there is no datasheet peak: `cpu_accelerator()` measures this machine's fp32 matmul rate and its
+memory copy bandwidth and labels the result as measured, so CPU MFU reads "fraction of this machine's
+measured matmul peak". Its "link" (gloo between processes over loopback TCP) gets CPU_LINK_BANDWIDTH until
+`flopwise plan calibrate` fits it to measured runs.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from flopwise.atomic import atomic_write_text
 from flopwise.errors import ConfigError
 
 GB = 1e9
@@ -64,6 +67,9 @@ CATALOGUE: dict[str, Accelerator] = {
         Accelerator("H200", 989 * TFLOPS, 141 * GB, 4800 * GB, 450 * GB, gemm_efficiency=0.72),
     )
 }
+# gloo collectives between processes on one machine (loopback TCP): ~1-3 GB/s per direction; a starting
+# value that `flopwise plan calibrate` replaces with the user's own.
+CPU_LINK_BANDWIDTH = 2 * GB
 # Collective communication (used by plan/cost.py). Bus bandwidth that NCCL reaches, as a fraction of the
 # per-GPU one-direction link rate: nccl-tests all_reduce on DGX A100 (NVSwitch, 300 GB/s) reports ~230-240
 # GB/s bus bandwidth (0.78); over InfiniBand HDR (200 Gb/s = 25 GB/s per GPU) ~22-23 GB/s (0.9).
@@ -82,7 +88,7 @@ def get_accelerator(name: str) -> Accelerator:
         return by_lower[key]
     if key in _ALIASES:
         return CATALOGUE[_ALIASES[key]]
-    raise ConfigError(f"unknown accelerator {name!r}; choose one of: {', '.join(CATALOGUE)} (or a TOML file)")
+    raise ConfigError(f"unknown accelerator {name!r}; choose one of: {', '.join(CATALOGUE)}, cpu (or a TOML file)")
 
 
 def load_accelerator(path: str | Path) -> Accelerator:
@@ -99,7 +105,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
     if missing:
         raise ConfigError(f"accelerator file {path}: missing key(s) {', '.join(missing)}")
     optional = ("gemm_efficiency", "memory_efficiency")
-    unknown = set(data) - set(required) - set(optional)
+    unknown = set(data) - set(required) - set(optional) - {"measured"}
     if unknown:
         raise ConfigError(f"accelerator file {path}: unknown key(s) {', '.join(sorted(unknown))}")
     for key in required[1:]:
@@ -108,20 +114,50 @@ def load_accelerator(path: str | Path) -> Accelerator:
     for key in optional:
         if key in data and (not isinstance(data[key], int | float) or not 0 < data[key] <= 1):
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a fraction in (0, 1]")
+    if not isinstance(data.get("measured", False), bool):
+        raise ConfigError(f"accelerator file {path}: measured = {data['measured']!r} must be true or false")
     return Accelerator(
         str(data["name"]),
         data["peak_tflops"] * TFLOPS,
         data["memory_gb"] * GB,
         data["memory_bandwidth_gbps"] * GB,
         data["link_bandwidth_gbps"] * GB,
+        measured=data.get("measured", False),
         **{k: float(data[k]) for k in optional if k in data},
     )
 
 
+def accelerator_toml(acc: Accelerator) -> dict:
+    """An accelerator in the TOML form `load_accelerator` reads (natural units)."""
+    data = {
+        "name": acc.name,
+        "peak_tflops": acc.peak_flops / TFLOPS,
+        "memory_gb": acc.memory_bytes / GB,
+        "memory_bandwidth_gbps": acc.memory_bandwidth / GB,
+        "link_bandwidth_gbps": acc.link_bandwidth / GB,
+        "gemm_efficiency": acc.gemm_efficiency,
+        "memory_efficiency": acc.memory_efficiency,
+    }
+    if acc.measured:
+        data["measured"] = True
+    return data
+
+
+def write_accelerator(acc: Accelerator, path: str | Path) -> Path:
+    """Write `acc` as a TOML file `load_accelerator` reads (atomically)."""
+    import tomli_w
+
+    path = Path(path)
+    atomic_write_text(path, tomli_w.dumps(accelerator_toml(acc)))
+    return path
+
+
 def resolve_accelerator(name_or_path: str) -> Accelerator:
-    """A catalogue name, or a path to a TOML file defining one."""
+    """A catalogue name, `cpu` (this machine, measured), or a path to a TOML file defining one."""
     if name_or_path.endswith(".toml") or Path(name_or_path).is_file():
         return load_accelerator(name_or_path)
+    if name_or_path.lower() == "cpu":
+        return cpu_accelerator()
     return get_accelerator(name_or_path)
 
 
@@ -139,27 +175,53 @@ def match_device_name(device_name: str) -> Accelerator | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
+def cpu_seconds() -> float:
+    """This process's CPU time per intra-op thread: how long its threads would have taken with the cores to
+    themselves. Timing CPU work with it leaves out the other processes sharing the machine, which wall time
+    does not (on a GPU, wall time is the device's time)."""
+    return time.process_time() / torch.get_num_threads()
+
+
 def cpu_accelerator(size: int = 1024, seconds: float = 0.5) -> Accelerator:
-    """This CPU as an accelerator: peak = best measured fp32 matmul FLOP/s over a short run."""
+    """This CPU, as this process's threads see it: peak = the best fp32 matmul rate over a short run, memory
+    bandwidth = the best large copy, both timed by `cpu_seconds` (measured once per thread count)."""
+    return _cpu_accelerator(size, seconds, torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=4)
+def _cpu_accelerator(size: int, seconds: float, threads: int) -> Accelerator:
     a = torch.randn(size, size)
     b = torch.randn(size, size)
     torch.mm(a, b)  # warm up the BLAS threads
     best = 0.0
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        start = time.perf_counter()
+        start = cpu_seconds()
         torch.mm(a, b)
-        elapsed = time.perf_counter() - start
-        best = max(best, 2.0 * size**3 / elapsed)
+        elapsed = cpu_seconds() - start
+        if elapsed > 0:
+            best = max(best, 2.0 * size**3 / elapsed)
     try:
         import psutil  # optional
 
         mem = float(psutil.virtual_memory().total)
     except ImportError:
         mem = float(_meminfo_total())
-    # the peak is itself a measured GEMM rate, so large GEMMs reach all of it
-    return Accelerator("CPU", best, mem, 0.0, 0.0, measured=True, gemm_efficiency=1.0)
+    # the peak and the bandwidth are themselves measured rates, so large GEMMs and copies reach all of them
+    return Accelerator("CPU", best, mem, _copy_bandwidth(), CPU_LINK_BANDWIDTH, measured=True,
+                       gemm_efficiency=1.0, memory_efficiency=1.0)
+
+
+def _copy_bandwidth(megabytes: int = 64, repeats: int = 3) -> float:
+    """Bytes/s one large tensor copy moves (read + write), best of a few."""
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = cpu_seconds()
+        dst.copy_(src)
+        best = min(best, max(cpu_seconds() - start, 1e-9))
+    return 2 * src.numel() * 4 / best
 
 
 def _meminfo_total() -> int:

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tokenizers
 from tokenizers import Tokenizer
 
 from flopwise.data.config import load_config
@@ -67,6 +69,19 @@ def documents(shard_dir, split):
     return out
 
 
+# PROSE_TOML on prose_corpus (unit_bytes 4096, 2 workers), computed on main at 2a45237 (tokenizers 0.23.3)
+GOLDEN_DOCS = {"train": "893a281c61b88e83", "eval": "f4d04a08e539f5e2"}
+GOLDEN_SHARDS, GOLDEN_TOKENIZERS = "496afd935b46d055", "0.23.3"
+
+
+def digest(parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 def test_end_to_end_exact_documents_and_cache(prose_corpus, tmp_path):
     src, docs = prose_corpus
     cfg = load_config(write_config(tmp_path / "p.toml", PROSE_TOML.format(unit_bytes=4096)))
@@ -94,6 +109,11 @@ def test_end_to_end_exact_documents_and_cache(prose_corpus, tmp_path):
     assert 0 < m.splits["eval"].documents < 30
     assert m.extra["pipeline"]["config_hash"] and m.extra["pipeline"]["cache_key"] == r.key
     assert {"normalize, gopher_quality, pii", "exact_dedup", "near_dedup", "tokenize", "pack"} <= set(phases)
+    # the same documents, splits and shards as before the pipeline became a package (computed on main)
+    assert {s: digest(documents(r.shard_dir, s)) for s in ("train", "eval")} == GOLDEN_DOCS
+    if tokenizers.__version__ == GOLDEN_TOKENIZERS:  # BPE training may differ in another version
+        files = sorted(r.shard_dir.glob("*.bin")) + [r.shard_dir / "tokenizer.json"]
+        assert digest([f.read_bytes() for f in files]) == GOLDEN_SHARDS
 
     t = time.monotonic()
     again = run_pipeline(cfg, workers=2)
@@ -109,9 +129,57 @@ def test_end_to_end_exact_documents_and_cache(prose_corpus, tmp_path):
     assert len(cache_entries(tmp_path / "cache")) == 2
 
 
+def with_dropped(toml: str) -> str:
+    return toml.replace("[output]\n", "[output]\nwrite_dropped = true\n", 1)
+
+
+def test_write_dropped_gives_every_dropped_document_with_its_reason(prose_corpus, tmp_path):
+    src, docs = prose_corpus
+    cfg = load_config(write_config(tmp_path / "p.toml", with_dropped(PROSE_TOML.format(unit_bytes=4096))))
+    r = run_pipeline(cfg, workers=2)
+    assert r.dropped_dir == tmp_path / "out" / "dropped"
+    files = {p.name: [json.loads(line) for line in p.read_text().splitlines()] for p in r.dropped_dir.iterdir()}
+    short = {"id": "s0:short", "stage": "gopher_quality", "reason": "gopher_too_few_words", "text": "Too short."}
+    near = docs[10].split()
+    near[5] = "zebra"
+    assert files == {
+        "gopher_quality.jsonl": [short],
+        "exact_dedup.jsonl": [
+            {"id": "s0:dup1", "stage": "exact_dedup", "reason": "exact_duplicate", "duplicate_of": "s0:3",
+             "text": docs[3]},
+            {"id": "s0:dup2", "stage": "exact_dedup", "reason": "exact_duplicate", "duplicate_of": "s0:7",
+             "text": docs[7]},
+        ],
+        "near_dedup.jsonl": [
+            {"id": "s0:near1", "stage": "near_dedup", "reason": "near_duplicate", "duplicate_of": "s0:10",
+             "text": " ".join(near)},
+        ],
+    }
+    # nothing lost: every document read is either in the shards or dropped with a reason
+    kept = documents(r.shard_dir, "train") + documents(r.shard_dir, "eval")
+    assert len(kept) + sum(map(len, files.values())) == {row["stage"]: row for row in r.stages}["read"]["docs_out"]
+    # the shards are those of the same pipeline without write_dropped
+    plain = run_pipeline(load_config(write_config(tmp_path / "q.toml", PROSE_TOML.format(unit_bytes=4096))))
+    assert plain.key != r.key and plain.dropped_dir is None
+    for split in ("train", "eval"):
+        assert documents(plain.shard_dir, split) == documents(r.shard_dir, split)
+    assert not (plain.shard_dir / "dropped").exists()  # a run without the option removes stale files
+
+
+def test_end_of_document_text_inside_a_document_does_not_split_it(tmp_path):
+    texts = [f"document {i} says hello to the world of data" for i in range(6)]
+    texts[2] = "print('<|endoftext|>')  # the end-of-document token's text, as code may hold it"
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    write_config(tmp_path / "t.toml", '[[sources]]\ntype = "jsonl"\npath = "c.jsonl"\n[tokenizer]\n'
+                 'vocab_size = 300\n[output]\neval_fraction = 0.0\n[run]\ncache_dir = "cache"\n')
+    r = run_pipeline(load_config(tmp_path / "t.toml"), workers=1)
+    assert documents(r.shard_dir, "train") == texts
+    assert read_manifest(r.shard_dir).splits["train"].documents == r.stages[-1]["docs_out"] == 6
+
+
 def test_a_second_run_of_the_same_key_waits_for_the_first(prose_corpus, tmp_path):
-    from flopwise.data.cache_lock import is_locked, key_lock, lock_path
     from flopwise.data.pipeline import cache_key, cache_remove
+    from flopwise.data.pipeline.cache import is_locked, key_lock, lock_path
     from flopwise.data.sources import plan_units
 
     cfg = load_config(write_config(tmp_path / "p.toml", PROSE_TOML.format(unit_bytes=4096)))
@@ -142,10 +210,10 @@ def test_a_second_run_of_the_same_key_waits_for_the_first(prose_corpus, tmp_path
 
 
 def test_a_killed_lock_holder_leaves_the_key_free(tmp_path):
-    from flopwise.data.cache_lock import is_locked
+    from flopwise.data.pipeline.cache import is_locked
 
     code = (
-        "import sys, time; from pathlib import Path; from flopwise.data.cache_lock import key_lock\n"
+        "import sys, time; from pathlib import Path; from flopwise.data.pipeline.cache import key_lock\n"
         "with key_lock(Path(sys.argv[1]), 'k'):\n    print('held', flush=True); time.sleep(60)\n"
     )
     p = subprocess.Popen(
@@ -172,10 +240,11 @@ def cli(*args, cwd, timeout=300):
 
 
 def test_cli_run_json_and_cache_commands(prose_corpus, tmp_path):
-    write_config(tmp_path / "p.toml", PROSE_TOML.format(unit_bytes=1 << 20))
+    write_config(tmp_path / "p.toml", with_dropped(PROSE_TOML.format(unit_bytes=1 << 20)))
     r = cli("data", "run", "p.toml", "--workers", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "near_dedup" in r.stdout and "exact_duplicate" in r.stdout and "malformed" in r.stdout
+    assert f"dropped documents: {tmp_path / 'out' / 'dropped'}" in r.stdout
     r = cli("data", "run", "p.toml", "--json", cwd=tmp_path)
     report = json.loads(r.stdout)
     assert report["cached"] is True and report["stages"][-1]["stage"] == "tokenize"
@@ -214,6 +283,7 @@ vocab_size = 300
 
 [output]
 eval_fraction = 0.2
+write_dropped = true
 
 [run]
 cache_dir = "cache"
@@ -282,6 +352,11 @@ def test_sigkill_midway_then_resume_gives_identical_output(tmp_path):
         assert vars(ma.splits[split]) == vars(mb.splits[split])
         for f in ma.splits[split].files:
             assert (resumed.shard_dir / f).read_bytes() == (reference.shard_dir / f).read_bytes()
+    # the dropped documents too: each exactly once, in the same order
+    dropped = sorted(p.name for p in resumed.dropped_dir.iterdir())
+    assert dropped == sorted(p.name for p in reference.dropped_dir.iterdir()) == ["exact_dedup.jsonl"]
+    lines = (resumed.dropped_dir / "exact_dedup.jsonl").read_text().splitlines()
+    assert lines == (reference.dropped_dir / "exact_dedup.jsonl").read_text().splitlines() and len(lines) == 14
     # no leftover temporary files anywhere
     assert not [p for p in (tmp_path / "cache").rglob("*.tmp")]
 

@@ -204,7 +204,7 @@ def test_verify_stage_in_a_pipeline(tmp_path):
                 {"type": "verify_code", "timeout_s": 2.0, "cpu_s": 1, "memory_mb": 256, "parallel": 4}
             ],
             "tokenizer": {"vocab_size": 300},
-            "output": {"eval_fraction": 0.0},
+            "output": {"eval_fraction": 0.0, "write_dropped": True},
             "run": {"cache_dir": str(tmp_path / "cache"), "workers": 1},
         },
         base_dir=tmp_path,
@@ -228,6 +228,10 @@ def test_verify_stage_in_a_pipeline(tmp_path):
         "s0:vandal": "sandbox_violation",
     }
     assert (outside / "canary.txt").read_text() == "precious"
+    dropped = [json.loads(line) for line in (result.dropped_dir / "verify_code.jsonl").read_text().splitlines()]
+    assert {d["id"]: d["reason"] for d in dropped} == {k: f"verify_{v}" for k, v in reasons.items()}
+    wrong = next(d for d in dropped if d["id"] == "s0:wrong")
+    assert "AssertionError" in wrong["detail"] and wrong["tests"] == "assert add(2, 3) == 5"
     from tokenizers import Tokenizer
 
     from flopwise.data.shards import TokenShards

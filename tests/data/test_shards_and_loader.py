@@ -3,7 +3,7 @@ import pytest
 
 from flopwise.data.loader import TokenLoader
 from flopwise.data.shards import ShardManifest, ShardWriter, TokenShards, read_manifest, write_manifest
-from flopwise.errors import DataError
+from flopwise.errors import DataError, LayoutError
 
 
 def _write(directory, docs, vocab=1000, per_file=50):
@@ -55,7 +55,7 @@ def test_loader_is_deterministic_resumable_and_layout_independent(tmp_path):
     for expected in batches[:3]:
         parts = [h.next_batch()[0] for h in halves]
         assert (np.concatenate(parts) == expected[0].numpy()).all()
-    with pytest.raises(DataError, match="not divisible"):
+    with pytest.raises(LayoutError, match="global batch 5 is not divisible by the data-parallel degree 2"):
         TokenLoader(shards, 16, 5, world=2)
     with pytest.raises(DataError, match="too few"):
         TokenLoader(shards, 10_000, 4)

@@ -150,3 +150,26 @@ def test_config_errors_name_the_key(tmp_path):
         )
     with pytest.raises(DataError, match="no input matches"):
         plan_units(_cfg(tmp_path, {"type": "jsonl", "path": "nothing/*.jsonl"}))
+
+
+def test_lone_surrogates_in_json_or_file_names_are_kept_apart_not_a_crash(tmp_path):
+    from flopwise.data.pipeline import run_pipeline
+
+    (tmp_path / "c.jsonl").write_text(
+        '{"id": "a", "text": "broken \\ud800 escape in a document"}\n'
+        '{"id": "b\\udc00", "text": "a fine document with an odd id"}\n'
+    )
+    cfg = PipelineConfig.from_dict(
+        {
+            "sources": [{"type": "jsonl", "path": "c.jsonl", "id_field": "id"}],
+            "tokenizer": {"vocab_size": 300},
+            "output": {"eval_fraction": 0.0},
+            "run": {"cache_dir": str(tmp_path / "cache"), "workers": 1},
+        },
+        base_dir=tmp_path,
+    )
+    docs, report = _read_all(cfg)
+    assert [d["text"] for d in docs] == ["broken \ufffd escape in a document", "a fine document with an odd id"]
+    assert docs[1]["id"] == "s0:b\udc00" and dict(report.problems) == {"non_utf8": 1}
+    r = run_pipeline(cfg)
+    assert r.splits["train"]["documents"] == 2 and r.source_problems == {"non_utf8": 1}

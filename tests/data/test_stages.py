@@ -2,14 +2,13 @@ import random
 
 import numpy as np
 
-from flopwise.data.config import StageConfig
 from flopwise.data.stages import build_stage
 
 from .conftest import prose
 
 
 def stage(type_, **params):
-    return build_stage(StageConfig(type_, params))
+    return build_stage(type_, params)
 
 
 def run(st, texts, ids=None):
@@ -120,7 +119,7 @@ def test_only_sources_restricts_a_stage():
 
 
 def test_vectorised_duplicate_ngrams_match_the_reference_scan():
-    from flopwise.data.stages import _TOKENS, _dup_ngrams
+    from flopwise.data.stages.quality import _TOKENS, _dup_ngrams
 
     def reference(words, n):
         seen, repeated, i = set(), 0, 0
@@ -147,8 +146,25 @@ def test_vectorised_duplicate_ngrams_match_the_reference_scan():
 
 
 def test_alpha_word_fraction_matches_a_per_word_check():
-    from flopwise.data.stages import _NO_LETTER_WORD
+    from flopwise.data.stages.quality import _NO_LETTER_WORD
 
     for text in ["a 12 b3 -- ,x _ __init__ 3.14 é 42% (1)", "  ", "x", "9 9 9 word"]:
         words = text.split()
         assert len(_NO_LETTER_WORD.findall(text)) == sum(not any(c.isalpha() for c in w) for w in words), text
+
+
+def test_the_base_counts_documents_bytes_and_drops_once_and_reports_each_drop():
+    st = stage("normalize", only_sources=["s0"])
+    seen = []
+    st.on_drop = lambda doc, name, reason, detail: seen.append((doc["id"], name, reason))
+    texts = ["cafe\u0301 a\r\nb", "\x00\x01", "plain", "\x00\x01"]
+    out, drops = run(st, texts, ids=["s0:0", "s0:1", "s0:2", "other:3"])
+    assert out == ["caf\u00e9 a\nb", "plain", "\x00\x01"]  # the last is another source's: untouched
+    assert drops == {"empty_after_normalize": 1} and seen == [("s0:1", "normalize", "empty_after_normalize")]
+    s = st.stats
+    assert (s.docs_in, s.docs_out) == (4, 3)
+    assert s.bytes_in == sum(len(t.encode()) for t in texts) and s.bytes_out == sum(len(t.encode()) for t in out)
+    # a batch stage (verify_code) is counted by the same code: documents without tests are kept
+    v = stage("verify_code")
+    assert run(v, ["x = 1\n", "y = 2\n"]) == (["x = 1\n", "y = 2\n"], {})
+    assert (v.stats.docs_in, v.stats.docs_out, v.stats.bytes_out, v.stats.extra["not_applicable"]) == (2, 2, 12, 2)

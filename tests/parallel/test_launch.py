@@ -25,13 +25,39 @@ def _cli(args):
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_nproc_launch_trains_and_prints_the_pipeline_split(nano_shards, tmp_path):
-    proc = _cli(_args(nano_shards, tmp_path / "run", 3) + ["--nproc", "2", "--pp", "2"])
+def test_a_planned_job_config_runs_as_is_and_prints_the_planners_split(nano_shards, tmp_path):
+    """`flopwise plan --write-config` -> `flopwise train --config --nproc`: the run's pipeline table is the
+    planner's, number for number, and the run ends with the planner's prediction beside the measurement."""
+    from flopwise.cli.train import PIPELINE_COLUMNS
+    from flopwise.hardware import cpu_accelerator
+    from flopwise.plan.cost import CostModel
+    from flopwise.plan.spec import Cluster, Training
+    from flopwise.train.config import load_config, resolve_layout
+
+    config = tmp_path / "job.toml"
+    plan = subprocess.run([sys.executable, "-m", "flopwise.cli", "plan", "--preset", "nano", "--gpu", "cpu", "--gpus", "2",
+                           "--gpus-per-node", "2", "--global-batch", "8", "--precision", "fp32", "--layout", "pp=2,mb=2",
+                           "--write-config", str(config)], capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stderr
+    proc = _cli(["train", "--config", str(config), "--nproc", "2", "--steps", "3", "--out", str(tmp_path / "run"),
+                 "--set", f'data.shards="{nano_shards}"', "--set", "train.log_every=1"])
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert "pipeline split" in out and "pp2" in out
+    job = load_config(config)
+    layout, microbatches = resolve_layout(job, 2)
+    assert "pipeline split " + ",".join(map(str, layout.split)) in out and "pp2" in out
+    cm = CostModel(job.model_config(), Cluster(cpu_accelerator(), 2, 2), Training(8, precision="fp32"))
+    for rank, layers in enumerate(layout.split):
+        expected = cm.stage_memory(layout, rank, layers, microbatches)
+        cells = [f"{sum(expected[k] for k in parts) / 1e9:.3g}" for parts in PIPELINE_COLUMNS.values()]
+        row = " ".join([str(rank), str(layers), str(2 - rank), *cells])
+        assert row in " ".join(out.replace("│", " ").split()), row
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    versus = records[-1]
+    assert versus["event"] == "plan_vs_measured" and versus["inputs"]["layout"] == layout.to_dict()
+    assert versus["predicted_step_s"] > 0 and versus["measured_step_s"] > 0 and versus["measured_memory_bytes"] > 0
+    assert "step time: planner / measured" in out
 
 
 def _rank_pids(rank: int) -> list[int]:

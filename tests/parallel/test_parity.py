@@ -10,32 +10,32 @@ STEPS = 10
 pytestmark = pytest.mark.distributed
 
 LAYOUTS = {
-    "dp2": (2, ["parallel.dp_replicate=2"]),
-    "zero1-dp2": (2, ["parallel.dp_shard=2", "parallel.zero=1"]),
-    "zero2-dp2": (2, ["parallel.dp_shard=2", "parallel.zero=2"]),
-    "zero3-dp2": (2, ["parallel.dp_shard=2", "parallel.zero=3"]),
+    "dp2": (2, ["parallel.dp=2"]),
+    "zero1-dp2": (2, ["parallel.dp=2", "parallel.zero=1"]),
+    "zero2-dp2": (2, ["parallel.dp=2", "parallel.zero=2"]),
+    "zero3-dp2": (2, ["parallel.dp=2", "parallel.zero=3"]),
     "tp2-sp": (2, ["parallel.tp=2"]),
-    "tp2-no-sp": (2, ["parallel.tp=2", "parallel.sequence_parallel=false"]),
+    "tp2-no-sp": (2, ["parallel.tp=2", "parallel.sp=false"]),
     "pp2-1f1b": (2, ["parallel.pp=2"]),
-    "pp2-gpipe": (2, ["parallel.pp=2", 'parallel.pp_schedule="gpipe"']),
-    "pp2-non-uniform": (2, ["parallel.pp=2", 'parallel.pp_layers="1,3"']),
-    "pp2-interleaved": (2, ["parallel.pp=2", 'parallel.pp_schedule="interleaved"', "parallel.pp_chunks=2"]),
-    "dp2xtp2": (4, ["parallel.dp_replicate=2", "parallel.tp=2"]),
+    "pp2-gpipe": (2, ["parallel.pp=2", 'parallel.schedule="gpipe"']),
+    "pp2-non-uniform": (2, ["parallel.pp=2", 'parallel.split="1,3"']),
+    "pp2-interleaved": (2, ["parallel.pp=2", "parallel.vpp=2"]),
+    "dp2xtp2": (4, ["parallel.dp=2", "parallel.tp=2"]),
     "pp2xtp2": (4, ["parallel.pp=2", "parallel.tp=2"]),
-    "pp2xdp2-zero1": (4, ["parallel.pp=2", "parallel.dp_shard=2", "parallel.zero=1"]),
-    "hsdp-2x2-zero3": (4, ["parallel.dp_replicate=2", "parallel.dp_shard=2", "parallel.zero=3"]),
-    "tp2xzero3": (4, ["parallel.tp=2", "parallel.dp_shard=2", "parallel.zero=3"]),
+    "pp2xdp2-zero1": (4, ["parallel.pp=2", "parallel.dp=2", "parallel.zero=1"]),
+    "hsdp-2x2-zero3": (4, ["parallel.dp=4", "parallel.dp_shard=2", "parallel.zero=3"]),
+    "tp2xzero3": (4, ["parallel.tp=2", "parallel.dp=2", "parallel.zero=3"]),
 }
 VARIANTS = {
     "lfa-on": [],
     "lfa-off": ["model.lfa=false"],
-    "ac-full": ['parallel.activation_checkpoint="full"'],
-    "ac-selective": ['parallel.activation_checkpoint="selective"', "parallel.ac_every=2"],
+    "ac-full": ['parallel.recompute="full"'],
+    "ac-every-2": ['parallel.recompute="full"', "parallel.recompute_every=2"],
 }
 # every layout with LFA on; the variants on a representative subset (keeps the suite a few minutes)
 CASES = [(name, "lfa-on") for name in LAYOUTS] + [
     ("tp2-sp", "lfa-off"), ("pp2-1f1b", "lfa-off"), ("dp2xtp2", "lfa-off"),
-    ("tp2-sp", "ac-full"), ("pp2xtp2", "ac-selective"), ("zero3-dp2", "ac-full"),
+    ("tp2-sp", "ac-full"), ("pp2xtp2", "ac-every-2"), ("zero3-dp2", "ac-full"),
 ]
 
 

@@ -1,9 +1,10 @@
 import pytest
 
 from flopwise.hardware import COLLECTIVE_LATENCY_S, get_accelerator
+from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig, get_preset
 from flopwise.plan.cost import CostModel, ring_time
-from flopwise.plan.spec import Cluster, Layout, Training
+from flopwise.plan.spec import Cluster, Training
 
 # tiny vocabulary: the LM head is negligible, so stages are (nearly) equal
 CFG = ModelConfig(
@@ -48,9 +49,9 @@ def test_interleaved_bubble_is_divided_by_v():
 
 def test_breakdown_sums_to_step_and_recompute_costs_time():
     cm = model(gpus=32, gb=64)
-    none = cm.evaluate(Layout(tp=8, pp=2, dp=2, micro_batch=1, recompute="none"))
-    full = cm.evaluate(Layout(tp=8, pp=2, dp=2, micro_batch=1, recompute="full"))
-    sel = cm.evaluate(Layout(tp=8, pp=2, dp=2, micro_batch=1, recompute="selective"))
+    none = cm.evaluate(Layout(tp=8, sp=False, pp=2, dp=2, micro_batch=1, recompute="none"))
+    full = cm.evaluate(Layout(tp=8, sp=False, pp=2, dp=2, micro_batch=1, recompute="full"))
+    sel = cm.evaluate(Layout(tp=8, sp=False, pp=2, dp=2, micro_batch=1, recompute="selective"))
     for plan in (none, full, sel):
         assert sum(plan.breakdown.values()) == pytest.approx(plan.step_time)
         assert sum(plan.breakdown_percent.values()) == pytest.approx(100)
@@ -63,7 +64,7 @@ def test_breakdown_sums_to_step_and_recompute_costs_time():
     assert none.peak_memory == sel.peak_memory > full.peak_memory  # flash keeps no s^2 tensors to drop
     unfused = model(gpus=32, gb=64, software="megatron")
     mem = {
-        rc: unfused.evaluate(Layout(tp=8, pp=2, dp=2, recompute=rc)).peak_memory
+        rc: unfused.evaluate(Layout(tp=8, sp=False, pp=2, dp=2, recompute=rc)).peak_memory
         for rc in ("none", "selective")
     }
     assert mem["none"] > mem["selective"]

@@ -3,10 +3,11 @@
 import pytest
 
 from flopwise.hardware import get_accelerator
+from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import CostModel
 from flopwise.plan.memory import in_flight, layer_activation_bytes, model_state_bytes
-from flopwise.plan.spec import Cluster, Layout, Training
+from flopwise.plan.spec import Cluster, Training
 
 # GPT-style layer (GELU 4h MLP, dropout, unfused attention, fp16): Korthikanti's setting
 GPT = ModelConfig(
@@ -35,22 +36,22 @@ def test_korthikanti_no_parallelism():  # s b h (34 + 5 a s / h)
 
 def test_korthikanti_tensor_parallel():  # s b h (10 + 24 / t + 5 a s / (h t))
     t = 8
-    assert act(Layout(tp=t, micro_batch=B)) == pytest.approx(SBH * (10 + 24 / t + 5 * A * S / (H * t)))
+    assert act(Layout(tp=t, sp=False, micro_batch=B)) == pytest.approx(SBH * (10 + 24 / t + 5 * A * S / (H * t)))
 
 
 def test_korthikanti_sequence_parallel_and_selective():
     t = 4
-    assert act(Layout(tp=t, sequence_parallel=True, micro_batch=B)) == pytest.approx(
+    assert act(Layout(tp=t, sp=True, micro_batch=B)) == pytest.approx(
         SBH / t * (34 + 5 * A * S / H)
     )  # equation 4
-    assert act(Layout(tp=t, sequence_parallel=True, micro_batch=B, recompute="selective")) == pytest.approx(
+    assert act(Layout(tp=t, sp=True, micro_batch=B, recompute="selective")) == pytest.approx(
         34 * SBH / t
     )  # equation 6
 
 
 def test_full_recompute_keeps_the_layer_input():
-    assert act(Layout(tp=8, micro_batch=B, recompute="full")) == pytest.approx(2 * SBH)
-    assert act(Layout(tp=8, sequence_parallel=True, micro_batch=B, recompute="full")) == pytest.approx(
+    assert act(Layout(tp=8, sp=False, micro_batch=B, recompute="full")) == pytest.approx(2 * SBH)
+    assert act(Layout(tp=8, sp=True, micro_batch=B, recompute="full")) == pytest.approx(
         2 * SBH / 8
     )
 

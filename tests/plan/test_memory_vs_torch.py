@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from flopwise.hardware import cpu_accelerator
+from flopwise.layout import Layout
 from flopwise.models import Transformer
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import CostModel
-from flopwise.plan.spec import Cluster, Layout, Training
+from flopwise.plan.spec import Cluster, Training
 
 CONFIGS = {
     "lfa-swiglu-gqa": ModelConfig(512, 2, 64, 4, 2, 128, 64, lfa=True),

@@ -10,11 +10,12 @@ import torch.multiprocessing as mp
 from flopwise.data.loader import TokenLoader
 from flopwise.data.shards import TokenShards
 from flopwise.hardware import cpu_accelerator
-from flopwise.parallel.memory_probe import measure_step_memory
+from flopwise.layout import Layout
 from flopwise.plan.cost import CostModel
-from flopwise.plan.spec import Cluster, Layout, Training
+from flopwise.plan.spec import Cluster, Training
 from flopwise.train.config import load_config
 from flopwise.train.engine import build_engine
+from flopwise.train.memory_probe import measure_step_memory
 
 SETS = ["model.layers=4", "train.global_batch=8", "train.micro_batch=2", "guard.enabled=false"]
 
@@ -38,15 +39,15 @@ def _worker(rank, world, port, shards, overrides, out):
 def _planned(job, layout: Layout, stage: int, layers: int) -> tuple[float, float]:
     cfg = job.model_config()
     cm = CostModel(cfg, Cluster(cpu_accelerator(), layout.gpus, layout.gpus), Training(8, precision="fp32"))
-    m = cm.stage_memory(layout, stage, layers, cm.microbatches(layout))
+    m = cm.stage_memory(layout, stage, layers, cm.check(layout))
     return m["params"] + m["grads"] + m["optimizer"], m["activations"] + m["logits"]
 
 
 CASES = {
     "single": (1, [], Layout(micro_batch=2)),
-    "zero1-dp2": (2, ["parallel.dp_shard=2", "parallel.zero=1"], Layout(dp=2, zero=1, micro_batch=2)),
-    "tp2-sp": (2, ["parallel.tp=2"], Layout(tp=2, sequence_parallel=True, micro_batch=2)),
-    "pp2-1f1b": (2, ["parallel.pp=2", 'parallel.pp_layers="2,2"'], Layout(pp=2, micro_batch=2, pp_layers=(2, 2))),
+    "zero1-dp2": (2, ["parallel.dp=2", "parallel.zero=1"], Layout(dp=2, zero=1, micro_batch=2)),
+    "tp2-sp": (2, ["parallel.tp=2"], Layout(tp=2, sp=True, micro_batch=2)),
+    "pp2-1f1b": (2, ["parallel.pp=2", 'parallel.split="2,2"'], Layout(pp=2, micro_batch=2, split=(2, 2))),
 }
 
 
@@ -65,7 +66,7 @@ def test_planner_memory_matches_the_trainer(nano_shards, tmp_path, name):
         measured = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
     for rank, got in enumerate(measured):
         stage = rank if layout.pp > 1 else 0
-        layers = layout.pp_layers[stage] if layout.pp_layers else job.model_config().layers
+        layers = layout.split[stage] if layout.split else job.model_config().layers
         states, acts = _planned(job, layout, stage, layers)
         assert states == pytest.approx(got["model_state_bytes"], rel=0.25), (rank, states, got)
         assert acts == pytest.approx(got["activation_peak_bytes"], rel=0.25), (rank, acts, got)

@@ -2,10 +2,11 @@ import pytest
 
 from flopwise.errors import PlanError
 from flopwise.hardware import get_accelerator
+from flopwise.layout import Layout, parse_layout
 from flopwise.models.config import ModelConfig, get_preset
 from flopwise.plan.cost import CostModel
 from flopwise.plan.search import balanced_split, search
-from flopwise.plan.spec import Cluster, Layout, Training, parse_layout
+from flopwise.plan.spec import Cluster, Training
 
 A100 = get_accelerator("A100-80GB")
 # reference/yuan2.md's example: 24 layers, h = 6144, 8 stages; the uniform split's first stage needs ~79 GB
@@ -26,11 +27,11 @@ def test_search_returns_feasible_plans_fastest_first():
 
 def test_fixed_fields_are_respected():
     fixed = parse_layout("tp=8,pp=16,rc=full,sp=1")
-    assert fixed == {"tp": 8, "pp": 16, "recompute": "full", "sequence_parallel": True}
+    assert fixed == {"tp": 8, "pp": 16, "recompute": "full", "sp": True}
     res = search(get_preset("yuan2-102b"), Cluster(A100, 1024), Training(1152), fixed)
     for p in res.plans:
         assert (p.layout.tp, p.layout.pp, p.layout.dp, p.layout.recompute) == (8, 16, 8, "full")
-        assert p.layout.sequence_parallel
+        assert p.layout.sp
 
 
 def test_balanced_split_moves_layers_off_the_first_and_last_stages():

@@ -110,6 +110,8 @@ def run(
         f"{k}: {v['documents']:,} docs, {v['tokens']:,} tokens" for k, v in result.splits.items()
     )
     console.print(f"shards: {result.shard_dir}  ({splits})  in {result.seconds:.1f} s")
+    if result.dropped_dir is not None:
+        console.print(f"dropped documents: {result.dropped_dir} (one JSON-lines file per stage, with the reason)")
     problems = result.source_problems
     if problems:
         console.print("input problems: " + ", ".join(f"{k}: {v:,}" for k, v in problems.items()))

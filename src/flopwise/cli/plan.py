@@ -1,9 +1,11 @@
-"""`flopwise plan`: search layouts (or cost one), the compute budget, and validation against published runs.
+"""`flopwise plan`: search layouts (or cost one), the compute budget, validation against published runs and
+calibration against the user's own.
 
 flopwise plan --preset yuan2-102b --gpu A100-80GB --gpus 1024 --global-batch 1152
-flopwise plan --preset yuan2-102b --gpus 1024 --global-batch 1152 --layout tp=8,pp=16
+flopwise plan --preset yuan2-102b --gpus 1024 --global-batch 1152 --layout tp=8,pp=16 --write-config job.toml
 flopwise plan budget --preset yuan2-102b --gpus 1024 --mfu 0.45
 flopwise plan validate ../shared/published/megatron_sc21_table1.csv --json
+flopwise plan calibrate runs/a runs/b --holdout runs/c --out my-gpu.toml
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flopwise.cli.common import console
+from flopwise.cli.common import console, err_console
 from flopwise.errors import ConfigError
-from flopwise.hardware import GB, resolve_accelerator
+from flopwise.hardware import GB, resolve_accelerator, write_accelerator
+from flopwise.layout import parse_layout
 from flopwise.models.config import ModelConfig, get_preset, preset_names
 from flopwise.plan.budget import budget as compute_budget
+from flopwise.plan.calibrate import default_constants, run_observation
+from flopwise.plan.calibrate import fit as fit_constants
 from flopwise.plan.cost import Plan
 from flopwise.plan.search import search
-from flopwise.plan.spec import SOFTWARE, Cluster, Training, parse_layout
+from flopwise.plan.spec import SOFTWARE, Cluster, Training
 from flopwise.plan.validate import validate_files
+from flopwise.train.config import job_for_layout, write_job_config
 
 app = typer.Typer(
     help=(
@@ -141,6 +147,9 @@ def plan(
     top: int = typer.Option(5, help="plans to show"),
     split: str = typer.Option("balanced", help="pipeline split: balanced | uniform"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+    write_config: Path = typer.Option(
+        None, "--write-config", help="write the best plan as a job config that `flopwise train --config` runs"
+    ),
 ) -> None:
     """Search the layouts of a model on a cluster; print the best plans and the first's breakdown."""
     if ctx.invoked_subcommand is not None:
@@ -163,6 +172,13 @@ def plan(
     training = Training(global_batch, tokens=tokens, precision=precision, software=software)
     fixed = parse_layout(layout) if layout else {}
     result = search(model, cluster, training, fixed, top=top, split=split)
+    if write_config is not None:
+        best = result.plans[0]
+        job = job_for_layout(best.layout, model, global_batch=global_batch, precision=precision, preset=preset,
+                             tokens=tokens)
+        write_job_config(job, write_config)
+        err_console.print(f"wrote {write_config}: {best.layout.short()}; run it with "
+                          f"`flopwise train --config {write_config}`", highlight=False)
     if as_json:
         print(
             json.dumps(
@@ -281,3 +297,46 @@ def validate_cmd(
             f"{name}: {s['predicted']} rows, median |error| {100 * s['median_abs_error']:.1f}%, "
             f"max |error| {100 * s['max_abs_error']:.1f}%"
         )
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    runs: list[Path] = typer.Argument(..., help="run directories of finished `flopwise train` runs to fit on"),
+    holdout: list[Path] = typer.Option(None, "--holdout", help="runs to report the error on, not fitted (repeatable)"),
+    fit: str = typer.Option(
+        None, "--fit", help="constants to fit, comma-separated: gemm_efficiency, memory_efficiency, link_bandwidth "
+        "(default: what the runs can tell apart)"
+    ),
+    out: Path = typer.Option(None, "--out", help="write the calibrated accelerator here (TOML for --gpu)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fit the device constants to your measured runs; write an accelerator TOML that `flopwise plan --gpu` uses."""
+    observations = [run_observation(r) for r in runs]
+    held = [run_observation(r) for r in holdout or []]
+    names = [n.strip() for n in fit.split(",") if n.strip()] if fit else default_constants(observations)
+    result = fit_constants(observations, names)
+    rows = []
+    for kind, obs, before, after in (
+        [("fit", o, b, a) for o, b, a in zip(observations, result.before, result.after, strict=True)]
+        + [("holdout", o, o.predict(), o.predict(result.constants)) for o in held]
+    ):
+        rows.append({"run": obs.label, "role": kind, "layout": obs.layout.short(), "measured_s": obs.measured_step_s,
+                     "predicted_before_s": before, "predicted_after_s": after,
+                     "error_before": before / obs.measured_step_s - 1, "error_after": after / obs.measured_step_s - 1})
+    if out is not None:
+        write_accelerator(result.accelerator(), out)
+    if as_json:
+        print(json.dumps({"constants": result.constants, "runs": rows, "out": str(out) if out else None}, indent=2))
+        return
+    table = Table(title="planner vs measured step time, before and after calibration", header_style="bold")
+    for col in ("run", "role", "layout", "measured s", "before s", "after s", "error after"):
+        table.add_column(col, overflow="fold", justify="left" if col in ("run", "role", "layout") else "right")
+    for r in rows:
+        table.add_row(r["run"], r["role"], r["layout"], f"{r['measured_s']:.3g}", f"{r['predicted_before_s']:.3g}",
+                      f"{r['predicted_after_s']:.3g}", f"{100 * r['error_after']:+.1f}%")
+    console.print(table)
+    fitted = ", ".join(f"{k} = {v / 1e9:.3g} GB/s" if k == "link_bandwidth" else f"{k} = {v:.3g}"
+                       for k, v in result.constants.items())
+    console.print(f"fitted: {fitted}")
+    if out is not None:
+        console.print(f"wrote {out}; plan with it: flopwise plan --gpu {out} ...")

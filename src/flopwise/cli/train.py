@@ -46,12 +46,7 @@ class TrainView:
                 f"{ev['train_tokens']:,} training tokens"
             )
             if ev.get("pipeline"):
-                table = Table(title="pipeline split (predicted memory per stage, planner formulas)")
-                for col in ("stage", "layers", "micro-batches in flight", "predicted memory"):
-                    table.add_column(col, justify="right")
-                for st in ev["pipeline"]:
-                    table.add_row(str(st["stage"]), str(st["layers"]), str(st["in_flight"]), _gib(st["predicted_bytes"]))
-                console.print(table)
+                console.print(pipeline_table(ev["pipeline"], ev["split"]))
             self.progress.start()
             self.task = self.progress.add_task("train", total=ev["steps"], completed=ev["step"], status="")
         elif kind == "log":
@@ -94,7 +89,40 @@ class TrainView:
             table.add_row("checkpoint", ev["checkpoint"])
             if ev.get("plot"):
                 table.add_row("loss plot", ev["plot"])
+            versus = ev.get("versus_plan")
+            if versus:
+                clock = "CPU time per thread" if versus["step_clock"] == "cpu" else "wall clock"
+                table.add_row(f"step time: planner / measured ({clock})", _versus(versus["predicted_step_s"],
+                              versus["measured_step_s"], versus["step_time_error"], "s"))
+                table.add_row(f"memory: planner / measured ({versus['memory_label']})",
+                              _versus(versus["predicted_memory_bytes"] / 2**30, versus["measured_memory_bytes"] / 2**30,
+                                      versus["memory_error"], "GiB"))
             console.print(table)
+
+
+def _versus(predicted: float, measured: float, error: float | None, unit: str) -> str:
+    gap = f" ({100 * error:+.0f}%)" if error is not None else ""
+    return f"{predicted:.3g} / {measured:.3g} {unit}{gap}"
+
+
+PIPELINE_COLUMNS = {  # printed column -> the planner's memory parts it adds up (flopwise.plan.memory)
+    "states": ("params", "grads", "optimizer"),
+    "activations": ("activations",),
+    "logits": ("logits",),
+    "other": ("other",),
+    "total": ("total",),
+}
+
+
+def pipeline_table(rows: list[dict], split: list[int]) -> Table:
+    """The planner's memory per pipeline rank for this run (flopwise.plan: the numbers `flopwise plan` gives)."""
+    table = Table(title=f"pipeline split {','.join(map(str, split))}: the planner's memory per rank, GB")
+    for col in ("rank", "layers", "in flight", *PIPELINE_COLUMNS):
+        table.add_column(col, justify="right")
+    for st in rows:
+        table.add_row(str(st["stage"]), str(st["layers"]), f"{st['in_flight']:g}",
+                      *(f"{sum(st[k] for k in parts) / 1e9:.3g}" for parts in PIPELINE_COLUMNS.values()))
+    return table
 
 
 def train(
@@ -110,13 +138,13 @@ def train(
     log_every: int = typer.Option(None, "--log-every", help="Log a line every N steps (train.log_every)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out, if any."),
     nproc: int = typer.Option(None, "--nproc", help="Processes to launch on this machine with torchrun."),
-    dp: int = typer.Option(None, "--dp", help="Data-parallel degree (sharded with --zero; replicas with --dp-shard)."),
-    dp_shard: int = typer.Option(None, "--dp-shard", help="Sharded data-parallel degree (ZeRO / FSDP)."),
+    dp: int = typer.Option(None, "--dp", help="Data-parallel degree: every replica and shard (parallel.dp)."),
+    dp_shard: int = typer.Option(None, "--dp-shard", help="Ranks per ZeRO shard group, below --dp for hybrid sharding."),
     tp: int = typer.Option(None, "--tp", help="Tensor-parallel degree (with sequence parallelism)."),
     pp: int = typer.Option(None, "--pp", help="Pipeline-parallel degree."),
-    zero: int = typer.Option(None, "--zero", help="ZeRO stage 0-3 over the sharded data-parallel group."),
-    pp_layers: str = typer.Option(None, "--pp-layers", help="Layers per pipeline stage, e.g. 2,2,3,3 or auto."),
-    pp_schedule: str = typer.Option(None, "--pp-schedule", help="gpipe, 1f1b or interleaved."),
+    zero: int = typer.Option(None, "--zero", help="ZeRO stage 0-3 over the data-parallel ranks (needs --dp > 1)."),
+    split: str = typer.Option(None, "--split", "--pp-layers", help="Layers per pipeline stage, e.g. 2,2,3,3, or auto."),
+    schedule: str = typer.Option(None, "--schedule", "--pp-schedule", help="Pipeline schedule: gpipe, 1f1b or interleaved."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-step lines."),
 ) -> None:
     """Train a model. With no arguments: the `tiny` preset on the embedded Python-stdlib corpus, on CPU."""
@@ -124,16 +152,16 @@ def train(
 
     direct = {
         "preset": preset, "out": out, "train.steps": steps, "train.seed": seed, "train.log_every": log_every,
-        "parallel.tp": tp, "parallel.pp": pp, "parallel.zero": zero, "parallel.pp_layers": pp_layers,
-        "parallel.pp_schedule": pp_schedule,
+        "parallel.dp": dp, "parallel.dp_shard": dp_shard, "parallel.tp": tp, "parallel.pp": pp,
+        "parallel.zero": zero, "parallel.split": split, "parallel.schedule": schedule,
     }
-    job = load_config(config, set_ or [], **_parallel_degrees(direct, dp, dp_shard, zero))
+    job = load_config(config, set_ or [], **direct)
     world = job.parallel.world_size
     if nproc is not None and nproc != world and world > 1:
-        raise typer.BadParameter(f"--nproc {nproc} but the layout needs {world} processes (dp x dp_shard x tp x pp)")
+        raise typer.BadParameter(f"--nproc {nproc} but the layout needs {world} processes (dp x tp x pp)")
     if (nproc or 1) > 1 or world > 1:
         if "RANK" not in os.environ:
-            from flopwise.parallel.launch import launch_torchrun
+            from flopwise.train.launch import launch_torchrun
 
             raise typer.Exit(launch_torchrun(job, nproc or world, sys.argv[1:]))
     from flopwise.train.trainer import train as run_training
@@ -141,18 +169,6 @@ def train(
     view = TrainView(quiet)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     run_training(job, resume=resume, metrics_path=metrics, on_event=view if rank0 else None)
-
-
-def _parallel_degrees(direct: dict, dp: int | None, dp_shard: int | None, zero: int | None) -> dict:
-    """--dp alone is replicated data parallelism, or sharded when a ZeRO stage asks for it; with --dp-shard
-    as well, --dp is the number of replicas of each shard group (hybrid sharding)."""
-    if dp_shard is not None:
-        direct["parallel.dp_shard"] = dp_shard
-        if dp is not None:
-            direct["parallel.dp_replicate"] = dp
-    elif dp is not None:
-        direct["parallel.dp_shard" if zero else "parallel.dp_replicate"] = dp
-    return direct
 
 
 def generate(

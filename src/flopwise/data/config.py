@@ -8,7 +8,7 @@ when loaded; a wrong one gets one line naming the key, the value and what is all
     path = "corpus/"
     glob = "**/*.py"
 
-    [[stages]]                     # run in the order given; see STAGE_TYPES
+    [[stages]]                     # run in the order given; see flopwise.data.stages
     type = "normalize"
 
     [tokenizer]                    # train a byte-level BPE (vocab_size) or load `path`
@@ -17,6 +17,7 @@ when loaded; a wrong one gets one line naming the key, the value and what is all
     [output]
     dir = "shards"                 # optional; the shards always live in the cache too
     eval_fraction = 0.03
+    write_dropped = true           # dropped documents with their reason, in <dir>/dropped/<stage>.jsonl
 
     [run]
     cache_dir = "~/.cache/flopwise/data"
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from flopwise.config_values import check_value
+from flopwise.data.stages.registry import STAGE_TYPES, build_stage
 from flopwise.errors import ConfigError
 
 SOURCE_TYPES = ("files", "jsonl", "parquet", "hf_disk")
@@ -90,6 +92,7 @@ class OutputConfig:
     eval_fraction: float = 0.01
     tokens_per_file: int = 1 << 26
     seed: int = 0  # salt of the hash that assigns documents to the held-out split
+    write_dropped: bool = False  # also write every dropped document with its reason (dropped/<stage>.jsonl)
 
     def validate(self) -> None:
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -131,8 +134,6 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, data: dict, base_dir: str | Path = ".") -> PipelineConfig:
-        from flopwise.data.stages import STAGE_TYPES, build_stage
-
         _check_keys("", data, {"sources", "stages", "tokenizer", "output", "run"})
         raw_sources = data.get("sources")
         if not isinstance(raw_sources, list) or not raw_sources:
@@ -153,7 +154,7 @@ class PipelineConfig:
                 )
             params = {k: v for k, v in st.items() if k != "type"}
             cfg = StageConfig(str(st["type"]), params)
-            build_stage(cfg, f"stages[{i}]")  # validates type and parameters now, not mid-run
+            build_stage(cfg.type, cfg.params, f"stages[{i}]")  # validates type and parameters now, not mid-run
             stages.append(cfg)
         cfg = cls(
             sources=sources,
@@ -176,6 +177,16 @@ class PipelineConfig:
             "output": dataclasses.asdict(self.output),
             "run": dataclasses.asdict(self.run),
         }
+
+    def stage_names(self) -> list[str]:
+        """Each stage's name in reports and file names: its `name` (default: its type), made unique by
+        appending #2, #3, ... to repeats."""
+        names, seen = [], {}
+        for st in self.stages:
+            base = st.params.get("name", st.type)
+            seen[base] = seen.get(base, 0) + 1
+            names.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+        return names
 
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()

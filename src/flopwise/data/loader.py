@@ -13,6 +13,7 @@ import torch
 
 from flopwise.data.shards import TokenShards
 from flopwise.errors import DataError
+from flopwise.layout import local_batch
 
 
 class TokenLoader:
@@ -26,12 +27,10 @@ class TokenLoader:
         world: int = 1,
         shuffle: bool = True,
     ):
-        if global_batch % world:
-            raise DataError(f"global batch {global_batch} is not divisible by the data-parallel degree {world}")
         self.shards = shards
         self.seq_len = seq_len
         self.global_batch = global_batch
-        self.local_batch = global_batch // world
+        self.local_batch = local_batch(global_batch, world)
         self.seed = seed
         self.rank = rank
         self.shuffle = shuffle

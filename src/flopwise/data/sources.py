@@ -7,7 +7,8 @@ than `max_doc_bytes` are streamed past without being loaded. Bad input (malforme
 bytes, empty or unreadable files, oversized documents) is counted and recorded with file and line;
 it never stops the run.
 
-A document is a dict: {"id": stable unique id, "text": str, plus the source's extra `fields`}.
+This is the one module that reads the user's input files (see flopwise.data.document for what a
+document is).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flopwise.data.config import PipelineConfig, SourceConfig
+from flopwise.data.document import text_bytes
 from flopwise.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -36,13 +38,6 @@ class WorkUnit:
     files: list[str]
     start: int = 0  # jsonl: byte offset; hf_disk: first row; parquet: row group
     end: int = -1  # jsonl: byte offset (exclusive); hf_disk: end row
-
-    def to_json(self) -> dict:
-        return vars(self).copy()
-
-    @classmethod
-    def from_json(cls, d: dict) -> WorkUnit:
-        return cls(**d)
 
 
 @dataclass
@@ -60,6 +55,13 @@ class SourceReport:
             self.events.append({"kind": kind, "file": file, "line": line, "detail": detail[:200]})
         log.debug("%s: %s:%s %s", kind, file, line, detail)
 
+    def merge(self, other: dict) -> None:
+        """Add another unit's report (as written by `to_json`); keeps the first MAX_EVENTS events."""
+        self.docs += other["docs"]
+        self.bytes += other["bytes"]
+        self.problems.update(other["problems"])
+        self.events.extend(other["events"][: max(0, MAX_EVENTS - len(self.events))])
+
     def to_json(self) -> dict:
         return {
             "docs": self.docs,
@@ -67,10 +69,6 @@ class SourceReport:
             "problems": dict(self.problems),
             "events": self.events,
         }
-
-
-def text_bytes(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _matches_exclude(path: Path, root: Path, exclude: list[str]) -> bool:
@@ -241,6 +239,14 @@ def _record(src: SourceConfig, obj, doc_id: str, report: SourceReport, file: str
     if not isinstance(text, str):
         report.problem("missing_text", file, line, f"no string field {src.text_field!r}")
         return None
+    if not text.isascii():  # JSON escapes can encode lone surrogates, which are not text
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            report.problem("non_utf8", file, line, str(exc))
+            if src.encoding_errors == "skip":
+                return None
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if not text.strip():
         report.problem("empty", file, line)
         return None

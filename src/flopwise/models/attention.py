@@ -43,12 +43,16 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [b, heads, s, d]
         if layer_cache is not None:
             k, v = _append_kv(layer_cache, k, v)
+        out = self.core(q, k, v, attn_mask)
+        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax(Q K^T / sqrt(d)) V over [b, heads, s, d]: what selective recomputation repeats in the backward
+        (Korthikanti et al. 2022, section 5); `parallel/` may wrap it from outside."""
         gqa = q.shape[1] != k.shape[1]
         if attn_mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
-        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
 
 
 def _append_kv(layer_cache: dict, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

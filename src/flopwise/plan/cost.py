@@ -55,9 +55,11 @@ from flopwise.hardware import (
     NETWORK_BUS_EFFICIENCY,
     NVLINK_BUS_EFFICIENCY,
 )
+from flopwise.layout import Layout
+from flopwise.layout import check as check_layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan import memory as mem
-from flopwise.plan.spec import Cluster, Layout, Training
+from flopwise.plan.spec import Cluster, Training
 
 # FlashAttention-2 reaches 50-73% of A100 peak forward and less backward (Dao 2023, section 4.1), about 0.7
 # of what large GEMMs sustain.
@@ -83,8 +85,8 @@ class LayerCost:
 
 @dataclass
 class Plan:
-    layout: Layout
-    pp_layers: tuple[int, ...]
+    layout: Layout  # its split is set when not uniform (layers per pipeline stage, pp x vpp entries)
+    pp_layers: tuple[int, ...]  # layers per pipeline rank
     microbatches: int
     step_time: float
     breakdown: dict[str, float]  # seconds, BREAKDOWN_KEYS
@@ -102,6 +104,11 @@ class Plan:
         return max(stage["total"] for stage in self.memory)
 
     @property
+    def busy_time(self) -> float:
+        """The step without the pipeline bubble: what a rank's own clock (CPU time) sees of it."""
+        return self.step_time - self.breakdown["bubble"]
+
+    @property
     def fits(self) -> bool:
         return self.peak_memory <= self.memory_limit
 
@@ -110,10 +117,9 @@ class Plan:
         return {k: 100.0 * v / self.step_time for k, v in self.breakdown.items()}
 
     def to_dict(self) -> dict:
-        layout = self.layout.to_dict()
-        layout["pp_layers"] = list(self.pp_layers)
         return {
-            "layout": layout,
+            "layout": self.layout.to_dict(),
+            "pp_layers": list(self.pp_layers),
             "microbatches": self.microbatches,
             "step_time_s": self.step_time,
             "breakdown_s": dict(self.breakdown),
@@ -201,21 +207,23 @@ class CostModel:
             return flops / (self.gemm_rate * FLASH_EFFICIENCY)
         return self.gemm_time(s, d, s, heads * mb) + self.gemm_time(s, s, d, heads * mb)
 
-    def layer_cost(self, tp: int, sp: bool, mb: int, recompute: str) -> LayerCost:
-        key = (tp, sp, mb, recompute)
+    def layer_cost(self, tp: int, sp: bool, mb: int, recompute: str, every: int = 1) -> LayerCost:
+        """Costs of one layer; with recompute = 'full' and `every` = k, averaged over the blocks (one in k
+        is recomputed)."""
+        key = (tp, sp, mb, recompute, every)
         if key in self._layer_cache:
             return self._layer_cache[key]
         tokens = self.seq * mb
         gemm = sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp)) for g in self.gemms)
         attn = self.attention_time(tp, mb)
-        probe = Layout(tp=tp, sequence_parallel=sp, micro_batch=mb, recompute="none")
+        probe = Layout(tp=tp, sp=sp, micro_batch=mb, recompute="none")
         act = mem.layer_activation_bytes(self.model, self.training, probe)
         ew_fwd = ELEMENTWISE_FWD_PASSES * act / self.hbm_rate
         ew_bwd = ELEMENTWISE_BWD_PASSES * act / self.hbm_rate
         fwd = gemm + attn + ew_fwd
         bwd = 2.0 * (gemm + attn) + ew_bwd
         if recompute == "full":
-            rc = fwd
+            rc = fwd / every
         elif recompute == "selective":
             s_act = act - mem.layer_activation_bytes(self.model, self.training, probe, recompute="selective")
             rc = attn + ELEMENTWISE_FWD_PASSES * s_act / self.hbm_rate
@@ -231,7 +239,7 @@ class CostModel:
                 one = ring_time("all_reduce", nbytes, tp, bw)
             # two collectives (attention, MLP) in the forward and two in the backward, two more in a
             # recomputed forward
-            tp_time = one * (2 + 2 + (2 if recompute == "full" else 0))
+            tp_time = one * (2 + 2 + (2 / every if recompute == "full" else 0))
         cost = LayerCost(fwd, bwd, rc, tp_time)
         self._layer_cache[key] = cost
         return cost
@@ -277,8 +285,8 @@ class CostModel:
     def stage_memory(self, layout: Layout, stage: int, layers: int, microbatches: int) -> dict[str, float]:
         t = self.training
         params = self.stage_params(layout, stage, layers)
-        out = mem.model_state_bytes(params, t.precision, layout.zero, layout.dp)
-        per_layer = mem.layer_activation_bytes(self.model, t, layout)
+        out = mem.model_state_bytes(params, t.precision, layout.zero, layout.shard_degree)
+        per_layer = mem.mean_layer_activation_bytes(self.model, t, layout)
         acts = layers * mem.in_flight(layout, stage, microbatches) * per_layer
         if layout.recompute == "full" and layers:  # one layer's activations alive while it is recomputed
             acts += mem.layer_activation_bytes(self.model, t, layout, recompute="none")
@@ -299,58 +307,23 @@ class CostModel:
 
     # ---- the whole step --------------------------------------------------------------------------
     def microbatches(self, layout: Layout) -> int:
-        gb = self.training.global_batch
-        if gb % (layout.dp * layout.micro_batch):
-            raise PlanError(
-                f"global batch {gb} is not divisible by dp x micro_batch = {layout.dp} x {layout.micro_batch}"
-            )
-        return gb // (layout.dp * layout.micro_batch)
+        return self.check(layout)
 
-    def check(self, layout: Layout, pp_layers: tuple[int, ...]) -> int:
-        """Raise PlanError when the layout cannot run; return the number of micro-batches."""
-        cfg, c = self.model, self.cluster
-        if layout.gpus != c.gpus:
-            raise PlanError(
-                f"tp x pp x dp = {layout.tp} x {layout.pp} x {layout.dp} = {layout.gpus} "
-                f"but the cluster has {c.gpus} GPUs"
-            )
-        if layout.pp > cfg.layers:
-            raise PlanError(f"pp = {layout.pp} pipeline stages but the model has only {cfg.layers} layers")
-        if len(pp_layers) != layout.pp or sum(pp_layers) != cfg.layers or min(pp_layers) < 1:
-            raise PlanError(
-                f"pp_layers {list(pp_layers)} must give each of the {layout.pp} stages at least one "
-                f"layer and sum to {cfg.layers}"
-            )
-        if cfg.heads % layout.tp or cfg.ffn % layout.tp:
-            raise PlanError(f"tp = {layout.tp} must divide heads ({cfg.heads}) and ffn ({cfg.ffn})")
-        if layout.sequence_parallel and layout.tp == 1:
-            raise PlanError("sequence_parallel needs tp > 1")
-        if layout.vpp > 1:
-            if layout.pp == 1:
-                raise PlanError("vpp > 1 (interleaved schedule) needs pp > 1")
-            if any(n % layout.vpp for n in pp_layers):
-                raise PlanError(f"vpp = {layout.vpp} must divide every stage's layers {list(pp_layers)}")
-        if layout.zero >= 2 and layout.pp > 1:
-            raise PlanError(
-                "ZeRO-2/3 shard gradients per micro-batch; with pipeline parallelism use zero <= 1"
-            )
-        m = self.microbatches(layout)
-        if layout.vpp > 1 and m % layout.pp:
-            raise PlanError(
-                f"the interleaved schedule needs micro-batches ({m}) divisible by pp = {layout.pp}"
-            )
-        return m
+    def check(self, layout: Layout) -> int:
+        """Raise LayoutError when the layout cannot run (flopwise.layout.check, the trainer's check, on this
+        cluster's GPUs); return the number of micro-batches."""
+        return check_layout(layout, self.model, self.training.global_batch, self.seq, self.cluster.gpus)
 
-    def evaluate(self, layout: Layout, pp_layers: tuple[int, ...] | None = None) -> Plan:
+    def evaluate(self, layout: Layout, split: tuple[int, ...] | None = None) -> Plan:
+        """Step time, memory and cost of `layout` with `split` (layers per pipeline stage, pp x vpp
+        entries; default: the layout's, else as even as possible)."""
         cfg, t = self.model, self.training
-        if pp_layers is None:
-            pp_layers = layout.pp_layers
-        if pp_layers is None:
-            pp_layers = even_split(cfg.layers, layout.pp)
-        pp_layers = tuple(pp_layers)
-        m = self.check(layout, pp_layers)
-        tp, sp, mb, p, v = layout.tp, layout.sequence_parallel, layout.micro_batch, layout.pp, layout.vpp
-        lc = self.layer_cost(tp, sp, mb, layout.recompute)
+        split = tuple(split or layout.split or even_split(cfg.layers, layout.stages))
+        layout = layout.replace(split=split)
+        m = self.check(layout)
+        pp_layers = layout.rank_layers(split)
+        tp, sp, mb, p, v = layout.tp, layout.sp, layout.micro_batch, layout.pp, layout.vpp
+        lc = self.layer_cost(tp, sp, mb, layout.recompute, layout.recompute_every)
         head_compute, head_comm = self.head_time(tp, mb)
         emb_comm = self.embedding_time(tp, sp, mb)
 
@@ -386,17 +359,21 @@ class CostModel:
         breakdown["pp"] = pp_time
 
         # data parallel / ZeRO over the largest stage's parameters
-        dp = layout.dp
+        dp, shard = layout.dp, layout.shard_degree
         stage_params = [self.stage_params(layout, i, n) for i, n in enumerate(pp_layers)]
         local = max(stage_params)
         dp_time = 0.0
         if dp > 1:
             bw = self.bus_bandwidth(tp * dp)
             grad_bytes = 2 if t.precision == "fp16" else 4  # Megatron keeps fp32 main grads for bf16
+            replicas = 0.0
+            if layout.zero and shard < dp:  # hybrid: ZeRO inside groups of `shard`, all-reduce across them
+                replicas = ring_time("all_reduce", local / shard * grad_bytes, dp // shard, bw)
+                dp, bw = shard, self.bus_bandwidth(tp * shard)
             e = t.dtype_bytes
             window_b = lc.bwd * pp_layers[slowest]  # one micro-batch's backward on the stage
             window_f = lc.fwd * pp_layers[slowest]
-            overlap = t.profile.overlap_grad_reduce
+            overlap = layout.zero >= t.profile.overlap_from_zero
             if layout.zero == 0:
                 red = ring_time("all_reduce", local * grad_bytes, dp, bw)
                 dp_time = max(0.0, red - window_b) if overlap else red
@@ -413,8 +390,9 @@ class CostModel:
                     dp_time = m * max(0.0, per_mb - (window_f + window_b)) + first
                 else:
                     dp_time = m * per_mb
+            dp_time += replicas
         breakdown["dp"] = dp_time
-        opt_params = local / (dp if layout.zero >= 1 else 1)
+        opt_params = local / (shard if layout.zero >= 1 else 1)
         opt_bytes = 28.0 if t.precision == "fp32" else OPTIMIZER_BYTES_PER_PARAM
         breakdown["optimizer"] = opt_params * opt_bytes / self.hbm_rate
 
@@ -427,7 +405,7 @@ class CostModel:
         limit = self.memory_limit
         seconds = t.tokens / (tps_gpu * self.cluster.gpus) if t.tokens else 0.0
         return Plan(
-            layout=layout.replace(pp_layers=pp_layers if len(set(pp_layers)) > 1 else None),
+            layout=layout,
             pp_layers=pp_layers,
             microbatches=m,
             step_time=step,

@@ -46,8 +46,9 @@ from dataclasses import dataclass
 
 from flopwise.flops import block_gemms, param_counts
 from flopwise.hardware import GB
+from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
-from flopwise.plan.spec import Layout, Training
+from flopwise.plan.spec import Training
 
 # Memory the framework takes besides tensors: CUDA context, NCCL and cuBLAS workspaces (~1-2 GB measured on
 # A100/H100 with PyTorch), and the caching allocator's fragmentation, taken as a fraction of the device.
@@ -76,7 +77,8 @@ def state_bytes_per_param(precision: str) -> tuple[int, int, int]:
 
 
 def model_state_bytes(params: float, precision: str, zero: int, dp: int) -> dict[str, float]:
-    """Parameters, gradients and optimizer state of `params` parameters on one rank, ZeRO-sharded over dp."""
+    """Parameters, gradients and optimizer state of `params` parameters on one rank, ZeRO-sharded over dp
+    ranks (the layout's shard group: Layout.shard_degree)."""
     p, g, o = state_bytes_per_param(precision)
     return {
         "params": params * p / (dp if zero >= 3 else 1),
@@ -96,7 +98,7 @@ def layer_activation_bytes(
     e = training.dtype_bytes
     h, q, kv, a, ffn = cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.heads, cfg.ffn
     sw = training.profile
-    rep_div = t if layout.sequence_parallel else 1  # sequence parallelism splits the replicated share
+    rep_div = t if layout.sp else 1  # sequence parallelism splits the replicated share
     if recompute == "full":  # only the layer input is kept (Korthikanti section 5: 2 s b h)
         return tokens * h * e / rep_div
     norm = h * e if sw.fused_norm else 2 * h * e + 4  # fused: input; PyTorch: input, normalised x, fp32 rstd
@@ -115,12 +117,22 @@ def layer_activation_bytes(
     return tokens * (replicated / rep_div + sharded / t)
 
 
+def mean_layer_activation_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> float:
+    """Activation bytes per layer averaged over a stage: with recompute = 'full' and recompute_every = k,
+    one block in k keeps only its input and the others keep everything."""
+    if layout.recompute != "full" or layout.recompute_every == 1:
+        return layer_activation_bytes(cfg, training, layout)
+    f = 1.0 / layout.recompute_every
+    full = layer_activation_bytes(cfg, training, layout)
+    return f * full + (1 - f) * layer_activation_bytes(cfg, training, layout, recompute="none")
+
+
 def final_norm_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> float:
     """The final norm on the last stage (its output is the LM head's input)."""
     s = training.seq_len or cfg.seq_len
     e = training.dtype_bytes
     per_token = cfg.hidden * e * (2 if training.profile.fused_norm else 3)
-    return s * layout.micro_batch * per_token / (layout.tp if layout.sequence_parallel else 1)
+    return s * layout.micro_batch * per_token / (layout.tp if layout.sp else 1)
 
 
 def logits_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> float:

@@ -16,14 +16,15 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from flopwise.errors import PlanError
+from flopwise.errors import LayoutError, PlanError
+from flopwise.flops import RECOMPUTE_MODES
+from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import CostModel, Plan, even_split
-from flopwise.plan.spec import Cluster, Layout, Training
+from flopwise.plan.spec import Cluster, Training
 
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 MAX_VPP = 8
-RECOMPUTE = ("none", "selective", "full")
 
 
 @dataclass
@@ -45,11 +46,11 @@ def balanced_split(
     cfg, p = cm.model, layout.pp
     if p == 1:
         return (cfg.layers,)
-    lc = cm.layer_cost(layout.tp, layout.sequence_parallel, layout.micro_batch, layout.recompute)
+    lc = cm.layer_cost(layout.tp, layout.sp, layout.micro_batch, layout.recompute, layout.recompute_every)
     t_layer = lc.fwd + lc.bwd + lc.recompute + lc.tp
     head, head_comm = cm.head_time(layout.tp, layout.micro_batch)
     extra = [0.0] * p
-    extra[0] += cm.embedding_time(layout.tp, layout.sequence_parallel, layout.micro_batch)
+    extra[0] += cm.embedding_time(layout.tp, layout.sp, layout.micro_batch)
     extra[-1] += head + head_comm
     caps = [cfg.layers] * p
     if require_fit:
@@ -86,19 +87,45 @@ def balanced_split(
     return tuple(layers)
 
 
+def split_candidates(cm: CostModel, layout: Layout, microbatches: int, split: str = "balanced",
+                     require_fit: bool = True) -> list[tuple[int, ...]]:
+    """Pipeline splits to cost for a layout: its own; else the uniform one (where the layers divide evenly,
+    or asked for, or interleaved) and the time- and memory-balanced one."""
+    if layout.split is not None:
+        return [layout.split]
+    layers = cm.model.layers
+    splits = []
+    if layers % layout.pp == 0 or split == "uniform" or layout.vpp > 1:
+        splits.append(even_split(layers, layout.stages))
+    if split == "balanced" and layout.pp > 1 and layout.vpp == 1:
+        bal = balanced_split(cm, layout, microbatches, require_fit=require_fit)
+        if bal is not None and bal not in splits:
+            splits.append(bal)
+    return splits
+
+
+def best_split(cm: CostModel, layout: Layout) -> tuple[int, ...]:
+    """The split the search would choose for this layout: the fastest candidate that fits memory, else the
+    one needing least memory (balanced for time alone when none fits). The trainer's `split = "auto"`."""
+    m = cm.check(layout)
+    splits = split_candidates(cm, layout, m) or split_candidates(cm, layout, m, require_fit=False)
+    plans = [cm.evaluate(layout, s) for s in splits or [even_split(cm.model.layers, layout.stages)]]
+    fitting = [p for p in plans if p.fits]
+    best = min(fitting, key=lambda p: p.step_time) if fitting else min(plans, key=lambda p: p.peak_memory)
+    return best.layout.split
+
+
 def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
+    """Layouts to try: every combination of the fields not in `fixed`, pruned by cheap divisibility; the
+    search then keeps those that pass flopwise.layout.check (the trainer's check)."""
     cfg, gpus, gpn = cm.model, cm.cluster.gpus, cm.cluster.gpus_per_node
     gb = cm.training.global_batch
     out = []
-    tps = (
-        [fixed["tp"]]
-        if "tp" in fixed
-        else [
-            t for t in _divisors(min(gpn, gpus)) if gpus % t == 0 and cfg.heads % t == 0 and cfg.ffn % t == 0
-        ]
-    )
+    tps = [fixed["tp"]] if "tp" in fixed else [t for t in _divisors(min(gpn, gpus)) if gpus % t == 0]
+    # fields the search never varies: they are taken as given (defaults otherwise)
+    given = {k: fixed[k] for k in ("dp_shard", "split", "recompute_every", "ep", "cp") if k in fixed}
     for tp in tps:
-        if gpus % tp:
+        if tp < 1 or gpus % tp:
             continue
         rest = gpus // tp
         if "pp" in fixed:
@@ -111,17 +138,11 @@ def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
             if pp < 1 or rest % pp:
                 continue
             dp = rest // pp
-            if "dp" in fixed and fixed["dp"] != dp:
+            if ("dp" in fixed and fixed["dp"] != dp) or gb % dp:
                 continue
-            if gb % dp:
-                continue
-            mbs = (
-                [fixed["micro_batch"]]
-                if "micro_batch" in fixed
-                else [b for b in MICRO_BATCHES if (gb // dp) % b == 0]
-            )
+            mbs = [fixed["micro_batch"]] if "micro_batch" in fixed else [b for b in MICRO_BATCHES if (gb // dp) % b == 0]
             for mb in mbs:
-                if (gb // dp) % mb:
+                if mb < 1 or (gb // dp) % mb:
                     continue
                 m = gb // (dp * mb)
                 if "vpp" in fixed:
@@ -130,36 +151,24 @@ def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
                     vpps = [v for v in _divisors(cfg.layers // pp) if v <= MAX_VPP]
                 else:
                     vpps = [1]
-                zeros = (
-                    [fixed["zero"]] if "zero" in fixed else ([0, 1] if pp > 1 or dp == 1 else [0, 1, 2, 3])
-                )
-                if dp == 1 and "zero" not in fixed:
-                    zeros = [0]
-                sps = (
-                    [fixed["sequence_parallel"]]
-                    if "sequence_parallel" in fixed
-                    else ([False, True] if tp > 1 else [False])
-                )
-                rcs = [fixed["recompute"]] if "recompute" in fixed else RECOMPUTE
                 schedule = fixed.get("schedule", "1f1b")
+                if schedule == "interleaved" and "vpp" not in fixed:
+                    vpps = [v for v in vpps if v > 1]
+                zeros = [fixed["zero"]] if "zero" in fixed else ([0] if dp == 1 else [0, 1] if pp > 1 else [0, 1, 2, 3])
+                sps = [fixed["sp"]] if "sp" in fixed else ([False, True] if tp > 1 else [False])
+                rcs = [fixed["recompute"]] if "recompute" in fixed else RECOMPUTE_MODES
                 for vpp in vpps:
                     for zero in zeros:
                         for sp in sps:
                             for rc in rcs:
-                                out.append(
-                                    Layout(
-                                        tp=tp,
-                                        pp=pp,
-                                        dp=dp,
-                                        vpp=vpp,
-                                        zero=zero,
-                                        sequence_parallel=sp,
-                                        recompute=rc,
-                                        micro_batch=mb,
-                                        schedule="interleaved" if vpp > 1 else schedule,
-                                        pp_layers=fixed.get("pp_layers"),
-                                    )
-                                )
+                                try:
+                                    out.append(Layout(
+                                        dp=dp, zero=zero, tp=tp, sp=sp, pp=pp, vpp=vpp,
+                                        schedule="interleaved" if vpp > 1 else schedule, micro_batch=mb,
+                                        recompute=rc, **given,
+                                    ))
+                                except LayoutError:  # a fixed field's value is malformed; check reports it
+                                    continue
     return out
 
 
@@ -186,24 +195,14 @@ def search(
     evaluated = 0
     for layout in _candidates(cm, fixed):
         try:
-            m = cm.check(layout, layout.pp_layers or even_split(model.layers, layout.pp))
-        except PlanError as exc:
+            m = cm.check(layout)
+        except LayoutError as exc:
             failures.append(str(exc))
             continue
-        splits = []
-        if layout.pp_layers is not None:
-            splits.append(tuple(layout.pp_layers))
-        else:
-            if model.layers % layout.pp == 0 or split == "uniform" or layout.vpp > 1:
-                splits.append(even_split(model.layers, layout.pp))
-            if split == "balanced" and layout.pp > 1 and layout.vpp == 1:
-                bal = balanced_split(cm, layout, m, require_fit=require_fit)
-                if bal is not None and bal not in splits:
-                    splits.append(bal)
-        for pp_layers in splits:
+        for stage_layers in split_candidates(cm, layout, m, split, require_fit):
             try:
-                plan = cm.evaluate(layout, pp_layers)
-            except PlanError as exc:
+                plan = cm.evaluate(layout, stage_layers)
+            except (LayoutError, PlanError) as exc:
                 failures.append(str(exc))
                 continue
             evaluated += 1
@@ -260,8 +259,6 @@ def _fixed_reason(cm: CostModel, fixed: dict) -> str | None:
         return f"pp = {pp} pipeline stages but the model has only {cfg.layers} layers"
     if tp is not None and tp > gpn:
         return f"tp = {tp} exceeds the {gpn} GPUs of a node (TP is placed inside a node)"
-    if tp is not None and (cfg.heads % tp or cfg.ffn % tp):
-        return f"tp = {tp} must divide heads ({cfg.heads}) and ffn ({cfg.ffn})"
     product = 1
     for v in (tp, pp, dp):
         product *= v or 1

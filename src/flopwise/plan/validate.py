@@ -15,15 +15,14 @@ from pathlib import Path
 
 from flopwise.errors import ConfigError, DataError, PlanError
 from flopwise.hardware import GB, resolve_accelerator
+from flopwise.layout import Layout, check_implemented, parse_value
 from flopwise.models.config import ModelConfig
 from flopwise.plan.search import search
-from flopwise.plan.spec import KEY_ALIASES, LAYOUT_KEYS, Cluster, Training
+from flopwise.plan.spec import Cluster, Training
 
 _MEGATRON_SOURCES = ("megatron", "narayanan", "korthikanti")
-# the published CSVs name layout columns by their long names (README in shared/published)
-_LAYOUT_COLUMNS = {
-    k: v for k, v in LAYOUT_KEYS.items() if k not in KEY_ALIASES and k not in ("schedule", "pp_layers")
-}
+# layout columns of the published CSVs (README in shared/published); cp is checked on its own
+_LAYOUT_COLUMNS = ("tp", "pp", "dp", "vpp", "zero", "sequence_parallel", "recompute", "micro_batch")
 
 
 def _cell(row: dict, key: str) -> str:
@@ -75,18 +74,12 @@ def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[st
         _int(row, "global_batch"), precision=_cell(row, "precision") or "bf16", software=software
     )
     fixed: dict = {}
-    for key, kind in _LAYOUT_COLUMNS.items():
+    for key in _LAYOUT_COLUMNS:
         text = _cell(row, key)
-        if not text:
-            continue
-        if kind is bool:
-            fixed[key] = text.lower() not in ("0", "false", "no")
-        elif kind is int:
-            fixed[key] = int(float(text))
-        else:
-            fixed[key] = text
-    if _int(row, "cp", 1) > 1:
-        raise DataError("context parallelism (cp > 1) is not modelled")
+        if text:
+            name, value = parse_value(key, text.removesuffix(".0"))
+            fixed[name] = value
+    check_implemented(Layout(cp=_int(row, "cp", 1)))
     if "vpp" in fixed and "pp" in fixed and fixed["vpp"] > 1:
         per_stage = model.layers // fixed["pp"]
         if model.layers % fixed["pp"] == 0 and per_stage % fixed["vpp"]:

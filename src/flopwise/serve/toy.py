@@ -9,7 +9,7 @@ from pathlib import Path
 from flopwise.data.shards import ShardManifest, write_manifest
 from flopwise.train.checkpoint import save_checkpoint
 from flopwise.train.config import load_config
-from flopwise.train.engine import SingleDeviceEngine
+from flopwise.train.engine import Engine
 
 EOD_TOKEN = "<|endoftext|>"
 
@@ -38,6 +38,6 @@ def random_checkpoint(out: str | Path, texts: list[str], preset: str = "nano", o
     shards = out / "tokenizer"
     eod = train_tokenizer(texts, cfg.vocab_size, shards / "tokenizer.json")
     write_manifest(shards, ShardManifest(cfg.vocab_size, eod, {}, "tokenizer.json"))
-    engine = SingleDeviceEngine(job)
+    engine = Engine(job)
     saved = {"job": job.to_dict(), "model": cfg.to_dict(), "shards": str(shards)}
     return save_checkpoint(out, 0, engine, {"step": 0}, saved, shards / "tokenizer.json", keep=1)

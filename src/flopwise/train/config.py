@@ -5,13 +5,17 @@ Every wrong value gets one line that names the key, the value and what is allowe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flopwise.atomic import atomic_write_text
 from flopwise.config_values import check_value
-from flopwise.errors import ConfigError
+from flopwise.errors import ConfigError, LayoutError
+from flopwise.layout import Layout, local_batch, parse_split
+from flopwise.layout import check as check_layout
 from flopwise.models.config import ModelConfig, get_preset
 
 
@@ -86,37 +90,55 @@ class GuardSection:
 
 @dataclass
 class ParallelSection:
-    """Degrees of parallelism; their product is the world size. Implemented in flopwise.parallel."""
+    """The parallel layout, in flopwise.layout's vocabulary (the planner's), plus two run settings.
 
-    dp_replicate: int = 1
-    dp_shard: int = 1
+    The degrees multiply to the world size; the sequences per micro-batch come from train.micro_batch."""
+
+    dp: int = 1  # data-parallel degree: every replica and shard
+    zero: int = 0  # ZeRO stage over the shard group: 1 optimizer state, 2 + gradients, 3 + parameters (FSDP2)
+    dp_shard: int = 0  # ranks per ZeRO shard group; 0: all of dp. Below dp: hybrid sharding
     tp: int = 1
+    sp: bool = True  # sequence parallelism with tp > 1
     pp: int = 1
-    zero: int = 0  # 0 replicate, 1 optimizer state, 2 + gradients, 3 + parameters (sharded over dp_shard)
-    sequence_parallel: bool = True  # with tp > 1
-    pp_layers: str = "auto"  # "auto" or comma-separated layers per stage, e.g. "2,2,3,3,4,4,4,2"
-    pp_schedule: str = "1f1b"  # gpipe | 1f1b | interleaved
-    pp_chunks: int = 1  # stages per rank (interleaved)
-    pp_microbatches: int = 0  # micro-batches per pipeline step; 0: from train.micro_batch, at least 2 x pp if it gives < pp
-    activation_checkpoint: str = "none"  # none | full | selective
-    ac_every: int = 2  # selective: checkpoint every k-th block
+    vpp: int = 1  # model chunks per pipeline rank (interleaved 1F1B when > 1)
+    schedule: str = "1f1b"  # gpipe | 1f1b | interleaved
+    split: str = "auto"  # "auto" (the planner's balanced split) or layers per stage, e.g. "2,2,3,3,4,4,4,2"
+    recompute: str = "none"  # none | selective (attention core, Korthikanti) | full (whole blocks)
+    recompute_every: int = 1  # with full: recompute every k-th block only
+    ep: int = 1  # expert parallelism (not implemented yet)
+    cp: int = 1  # context parallelism (not implemented yet)
+    microbatches: int = 0  # micro-batches per step and rank; 0: from train.micro_batch (at least 2 x pp if that gives < pp)
     timeout_s: int = 600  # collective timeout: a dead or hung rank ends the job with an error
 
     def validate(self) -> None:
-        _positive(self, "parallel", ("dp_replicate", "dp_shard", "tp", "pp", "pp_chunks", "ac_every", "timeout_s"))
-        _non_negative(self, "parallel", ("pp_microbatches",))
-        if self.zero not in (0, 1, 2, 3):
-            raise ConfigError(f"parallel.zero = {self.zero}: must be 0, 1, 2 or 3")
-        if self.pp_schedule not in ("gpipe", "1f1b", "interleaved"):
-            raise ConfigError(f"parallel.pp_schedule = {self.pp_schedule!r}: must be gpipe, 1f1b or interleaved")
-        if self.activation_checkpoint not in ("none", "full", "selective"):
-            raise ConfigError(
-                f"parallel.activation_checkpoint = {self.activation_checkpoint!r}: must be none, full or selective"
-            )
+        _positive(self, "parallel", ("timeout_s",))
+        _non_negative(self, "parallel", ("microbatches",))
+        try:
+            self.layout(micro_batch=1)
+        except LayoutError as exc:
+            raise LayoutError(f"parallel.{exc}") from None
+
+    def layout(self, micro_batch: int, split: tuple[int, ...] | None = None) -> Layout:
+        return Layout(dp=self.dp, zero=self.zero, dp_shard=self.dp_shard, tp=self.tp, sp=self.sp, pp=self.pp,
+                      vpp=self.vpp, schedule=self.schedule, split=split, micro_batch=micro_batch,
+                      recompute=self.recompute, recompute_every=self.recompute_every, ep=self.ep, cp=self.cp)
 
     @property
     def world_size(self) -> int:
-        return self.dp_replicate * self.dp_shard * self.tp * self.pp
+        return self.dp * self.tp * self.pp * self.cp
+
+
+# [parallel] keys of earlier versions: renamed ones are read under their new name; the two whose meaning
+# changed are refused with the new spelling (a checkpoint's saved config, read only for its model, skips them)
+_RENAMED = {"sequence_parallel": "sp", "pp_layers": "split", "pp_schedule": "schedule", "pp_chunks": "vpp",
+            "pp_microbatches": "microbatches"}
+_CHANGED = {
+    "dp_replicate": "parallel.dp is the whole data-parallel degree (replicas x shards) and parallel.dp_shard "
+                    "the ZeRO shard group inside it",
+    "activation_checkpoint": "use parallel.recompute = 'full' (whole blocks; parallel.recompute_every = k for "
+                             "every k-th) or 'selective' (the attention core)",
+    "ac_every": "use parallel.recompute = 'full' with parallel.recompute_every = k",
+}
 
 
 @dataclass
@@ -162,6 +184,12 @@ def _non_negative(obj, section: str, keys) -> None:
             raise ConfigError(f"{section}.{key} = {getattr(obj, key)}: must not be negative")
 
 
+@functools.cache
+def _hints(cls) -> dict:
+    """A dataclass's field types (evaluating string annotations is slow: once per class)."""
+    return typing.get_type_hints(cls)
+
+
 def _apply(config: JobConfig, key: str, value) -> None:
     parts = key.split(".")
     if len(parts) == 1:
@@ -177,15 +205,19 @@ def _apply(config: JobConfig, key: str, value) -> None:
         model_fields = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
         if name not in model_fields:
             raise ConfigError(f"unknown config key {key!r}; model keys: {', '.join(model_fields)}")
-        types_ = typing.get_type_hints(ModelConfig)
+        types_ = _hints(ModelConfig)
         config.model[name] = check_value(key, value, types_[name])
         return
     if section not in _SECTIONS or section in ("preset", "out"):
         raise ConfigError(
             f"unknown config section {section!r} in {key!r}; sections: model, train, data, checkpoint, guard, parallel"
         )
+    if section == "parallel" and name in _CHANGED:
+        raise ConfigError(f"{key} is gone: {_CHANGED[name]}")
+    if section == "parallel":
+        name = _RENAMED.get(name, name)
     obj = getattr(config, section)
-    hints = typing.get_type_hints(type(obj))
+    hints = _hints(type(obj))
     if name not in hints:
         raise ConfigError(f"unknown config key {key!r}; {section} keys: {', '.join(hints)}")
     setattr(obj, name, check_value(key, value, hints[name]))
@@ -239,9 +271,82 @@ def config_from_dict(data: dict) -> JobConfig:
     """Rebuild a JobConfig saved with `to_dict()` (checkpoints store it)."""
     config = JobConfig()
     for key, value in _flatten({k: v for k, v in data.items() if k != "model"}):
+        if key.removeprefix("parallel.") in _CHANGED:
+            continue
         _apply(config, key, value)
     config.model = dict(data.get("model") or {})
     config.validate()
     return config
 
 
+
+
+def micro_batch_for(job: JobConfig, local: int) -> int:
+    """Sequences per micro-batch on one rank. train.micro_batch is an upper bound: a rank with fewer
+    sequences runs them in one micro-batch. parallel.microbatches, when set, gives the count; otherwise a
+    pipeline whose micro_batch gives fewer than pp micro-batches (it needs pp in flight) runs 2 x pp, or the
+    smallest count from there that divides the rank's sequences."""
+    micro = min(job.train.micro_batch, local)
+    n, pp = job.parallel.microbatches, job.parallel.pp
+    if not n and (pp == 1 or local // micro >= pp):
+        return micro
+    if not n:
+        n = min(2 * pp, local)
+        while local % n:
+            n += 1
+    if local % n:
+        raise LayoutError(f"parallel.microbatches = {n} must divide the {local} sequences per rank")
+    return local // n
+
+
+def resolve_layout(job: JobConfig, world: int | None = None) -> tuple[Layout, int]:
+    """The job's layout with its exact micro-batch and split, checked against its model, batch and `world`
+    (flopwise.layout.check, the planner's check): in the launcher before any process starts, and in every
+    rank. Returns the layout and the micro-batches per rank and step."""
+    p, cfg = job.parallel, job.model_config()
+    micro = micro_batch_for(job, local_batch(job.train.global_batch, p.dp))
+    split = parse_split(p.split, cfg.layers, p.pp * p.vpp)
+    layout = p.layout(micro, split)
+    return layout, check_layout(layout, cfg, job.train.global_batch, job.seq_len, world)
+
+
+def job_for_layout(layout: Layout, model: ModelConfig, *, global_batch: int, precision: str = "bf16",
+                   preset: str | None = None, tokens: float = 0.0, out: str | None = None) -> JobConfig:
+    """A job config that runs `layout` (a plan's) as is: its degrees in [parallel], its micro-batch as
+    train.micro_batch (which the trainer then honours exactly), its split written out."""
+    if precision not in ("bf16", "fp32"):
+        raise ConfigError(f"precision = {precision!r}: the trainer runs bf16 or fp32 (plan with one of those)")
+    base = get_preset(preset or "tiny")
+    job = JobConfig(preset=preset or "tiny", model={k: v for k, v in model.to_dict().items() if getattr(base, k) != v})
+    job.out = out or f"runs/{preset or 'model'}-{layout.describe()}"
+    job.train.global_batch = global_batch
+    job.train.micro_batch = layout.micro_batch
+    job.train.dtype = precision
+    if tokens:
+        job.train.steps = max(1, -(-int(tokens) // (global_batch * model.seq_len)))
+    for f in dataclasses.fields(ParallelSection):
+        if hasattr(layout, f.name) and f.name != "split":
+            setattr(job.parallel, f.name, getattr(layout, f.name))
+    job.parallel.split = ",".join(map(str, layout.split)) if layout.split and layout.pp > 1 else "auto"
+    job.validate()
+    return job
+
+
+def write_job_config(job: JobConfig, path: str | Path) -> Path:
+    """The job as a TOML file `load_config` reads: sections and keys that differ from the defaults, and the
+    whole [parallel] section; written atomically."""
+    import tomli_w
+
+    defaults = JobConfig().to_dict()
+    data = job.to_dict()
+    text = {k: data[k] for k in ("preset", "out")}
+    if data["model"]:
+        text["model"] = data["model"]
+    for section in ("train", "data", "checkpoint", "guard"):
+        changed = {k: v for k, v in data[section].items() if v != defaults[section][k]}
+        if changed:
+            text[section] = changed
+    text["parallel"] = data["parallel"]
+    path = Path(path)
+    atomic_write_text(path, tomli_w.dumps(text))
+    return path

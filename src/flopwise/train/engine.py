@@ -1,14 +1,29 @@
-"""The engine owns the model parts, the optimizer and forward/backward; the trainer owns everything else.
+"""The one training engine: model parts, optimizer, loss, forward/backward, evaluation and checkpoints.
 
-`SingleDeviceEngine` runs on one CPU or GPU. `flopwise.parallel` provides an engine with the same
-methods for data / tensor / pipeline parallel layouts; `build_engine` picks one from the config.
-Checkpoints use torch.distributed.checkpoint with fully-qualified names for model and optimizer state,
-so a checkpoint saved under one layout loads under any other, a single process included.
-"""
+One process on one device is a world of one with one part; every other layout is the same code on the
+parts `flopwise.parallel.parallelize` returns for this rank. The trainer (flopwise.train.trainer) owns the
+loop, the data, the schedule and the loss guard and talks to the engine only through this interface:
+
+    engine = Engine(job, accelerator=None)   # resolve and check the layout, build and parallelize the model
+    loss = engine.forward_backward(inputs, targets, eod_id)  # this rank's global batch slice; mean loss
+    norm = engine.clip_and_step(lr)          # clip the global gradient norm, AdamW step; the pre-clip norm
+    engine.zero_grad()                       # drop gradients of a step the loss guard refused
+    loss = engine.eval_loss(inputs, targets, eod_id)
+    engine.save(directory) / engine.load(directory, with_optimizer=True)
+    engine.peak_memory() -> (bytes, label); engine.barrier(); engine.close()
+    engine.layout (the checked flopwise.layout.Layout), engine.plan (the planner's Plan for it, or None),
+    engine.data_rank / engine.data_world (which slice of each global batch this rank reads),
+    engine.is_logging_rank, engine.rank, engine.world_size, engine.device, engine.model, engine.named.
+
+Checkpoints (torch.distributed.checkpoint) hold full tensors under the single-device model's parameter
+names, model and AdamW state (duplicates across ranks are written once): any layout loads them, one process
+and `flopwise export` included. Every rank materialises full tensors of its own parts while saving and
+loading, which is fine up to a few billion parameters per stage."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from pathlib import Path
 
@@ -18,9 +33,16 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from flopwise.errors import CheckpointError, ConfigError
+from flopwise.hardware import Accelerator, detect
 from flopwise.models import Transformer, document_segments
 from flopwise.models.config import ModelConfig
-from flopwise.train.config import JobConfig
+from flopwise.parallel.collectives import vocab_parallel_cross_entropy
+from flopwise.parallel.dims import ParallelDims
+from flopwise.parallel.distributed import close_distributed, init_distributed, launched
+from flopwise.parallel.parallelize import parallelize
+from flopwise.parallel.pipeline import build_schedule, pipeline_forward, pipeline_train_step
+from flopwise.train import forecast
+from flopwise.train.config import JobConfig, resolve_layout
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,10 +66,10 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
-def build_optimizer(model: torch.nn.Module, job: JobConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (norm weights and biases are not decayed)."""
+def build_optimizer(params, job: JobConfig) -> torch.optim.AdamW:
+    """AdamW over `params`; weight decay on matrices only (norm weights and biases are not decayed)."""
     decay, no_decay = [], []
-    for param in model.parameters():
+    for param in params:
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)
     t = job.train
@@ -62,81 +84,167 @@ def build_model(cfg: ModelConfig, seed: int) -> Transformer:
         return Transformer(cfg)
 
 
-class SingleDeviceEngine:
-    data_rank = 0
-    data_world = 1
-    is_logging_rank = True
-    layout = "single"
-
-    def __init__(self, job: JobConfig):
+class Engine:
+    def __init__(self, job: JobConfig, accelerator: Accelerator | None = None):
         self.job = job
-        self.model_cfg = job.model_config()
-        self.micro_batch = min(job.train.micro_batch, job.train.global_batch)  # an upper bound, as in parallel
-        self.device = resolve_device(job.train.device)
-        self.amp_dtype = autocast_dtype(job.train.dtype, self.device)
-        self.model = build_model(self.model_cfg, job.train.seed).to(self.device)
-        self.optimizer = build_optimizer(self.model, job)
-        self._forward = torch.compile(self.model) if job.train.compile else self.model
+        self.model_cfg = cfg = job.model_config()
+        if launched() or job.parallel.world_size > 1:
+            self.device = init_distributed(job.parallel.timeout_s)
+            import torch.distributed as dist
 
-    # -- one step ------------------------------------------------------------------------------
+            self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        else:
+            self.device = resolve_device(job.train.device)
+            self.rank, self.world_size = 0, 1
+        layout, self.microbatches = resolve_layout(job, self.world_size)
+        self.amp_dtype = autocast_dtype(job.train.dtype, self.device)
+        accelerator = accelerator or detect(self.device)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world_size)))
+        self.cost_model = forecast.cost_model(job, accelerator, self.world_size, local,
+                                              "fp32" if self.amp_dtype is None else "bf16")
+        self.layout = layout.replace(split=forecast.choose_split(self.cost_model, layout, cfg.layers))
+        self.plan = forecast.forecast(self.cost_model, self.layout)
+        self.is_logging_rank = self.rank == 0
+
+        dims = ParallelDims.from_layout(self.layout, self.world_size)
+        self.parts = parallelize(build_model(cfg, job.train.seed), dims, self.layout, device=self.device,
+                                 compile=job.train.compile)
+        self.data_rank, self.data_world = self.parts.data_rank, self.layout.dp
+        self.micro_batch = self.layout.micro_batch
+        modules = self.parts.modules
+        self.model = modules[0] if len(modules) == 1 else torch.nn.ModuleList(modules)
+        self.named = self.parts.named
+        self.optimizer = build_optimizer(self.parts.optimizer_params(), job)
+        self._schedule = build_schedule(self.parts, self.microbatches, self._loss) if self.layout.pp > 1 else None
+
+    # -- one step -----------------------------------------------------------------------------
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _segments(self, inputs: torch.Tensor, eod_id: int | None) -> torch.Tensor | None:
+    def _loss(self, logits, targets):
+        if self.layout.tp > 1:
+            info = self.parts.tp_info[-1]
+            return vocab_parallel_cross_entropy(logits, targets, info.vocab_start, self.parts.tp_group)
+        return lm_loss(logits, targets)
+
+    def _segments(self, inputs, eod_id):
         return document_segments(inputs, eod_id) if eod_id is not None and self.job.train.doc_mask else None
 
-    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, eod_id: int | None = None) -> float:
-        """Accumulate gradients over micro-batches of this rank's batch; return the mean loss."""
-        self.model.train()
-        micro = self.micro_batch
-        chunks = list(zip(inputs.split(micro), targets.split(micro), strict=True))
-        total = 0.0
-        for x, y in chunks:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def forward_backward(self, inputs, targets, eod_id=None) -> float:
+        """Accumulate gradients over the micro-batches of this rank's slice; return the global mean loss."""
+        for part in self.parts.modules:
+            part.train()
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        segments = self._segments(inputs, eod_id)
+        if self._schedule is not None:
             with self._autocast():
-                loss = lm_loss(self._forward(x, self._segments(x, eod_id)), y)
-            (loss / len(chunks)).backward()
-            total += loss.item()
-        return total / len(chunks)
-
-    @torch.no_grad()
-    def eval_loss(self, inputs: torch.Tensor, targets: torch.Tensor, eod_id: int | None = None) -> float:
-        self.model.eval()
-        losses = []
-        for x, y in zip(inputs.split(self.micro_batch), targets.split(self.micro_batch), strict=True):
-            x, y = x.to(self.device), y.to(self.device)
-            with self._autocast():
-                losses.append(lm_loss(self._forward(x, self._segments(x, eod_id)), y).item())
-        return sum(losses) / len(losses)
-
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+                local = pipeline_train_step(self.parts, self._schedule, inputs, targets, segments)
+        else:
+            micro = self.micro_batch
+            n = inputs.shape[0] // micro
+            local = 0.0
+            for i in range(n):
+                sl = slice(i * micro, (i + 1) * micro)
+                with self._autocast():
+                    logits = self.model(inputs[sl], segments[sl] if segments is not None else None)
+                    loss = self._loss(logits, targets[sl])
+                (loss / n).backward()
+                local += loss.item() / n
+        self.parts.sync_grads()
+        return self.parts.dp_mean(local)
 
     def clip_and_step(self, lr: float) -> float:
-        """Clip the global gradient norm, take one optimizer step at `lr`; return the pre-clip norm."""
+        """Clip the global gradient norm to train.grad_clip, step at `lr`; return the pre-clip norm."""
+        norm = self.parts.grad_norm()
         clip = self.job.train.grad_clip
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"), foreach=True)
+        if clip > 0:
+            coef = clip / (norm + 1e-6)
+            if coef < 1.0:
+                for g in self.parts.local_grads():
+                    g.mul_(coef)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
+        self.parts.after_step()
         self.zero_grad()
-        return float(norm)
+        return norm
 
-    # -- checkpoints ---------------------------------------------------------------------------
-    def save(self, directory: Path) -> None:
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+    def zero_grad(self) -> None:
+        for _, prm in self.named:
+            prm.grad = None
+
+    @torch.no_grad()
+    def eval_loss(self, inputs, targets, eod_id=None) -> float:
+        for part in self.parts.modules:
+            part.eval()
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        segments = self._segments(inputs, eod_id)
+        micro = self.micro_batch
+        losses = []
+        for i in range(inputs.shape[0] // micro):
+            sl = slice(i * micro, (i + 1) * micro)
+            seg = segments[sl] if segments is not None else None
+            with self._autocast():
+                if self._schedule is None:
+                    losses.append(self._loss(self.model(inputs[sl], seg), targets[sl]).item())
+                else:
+                    y = targets[sl]
+                    losses.append(pipeline_forward(self.parts, inputs[sl], seg, lambda out, y=y: self._loss(out, y).item()))
+        return self.parts.dp_mean(sum(losses) / len(losses))
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save(self, directory) -> None:
+        parts, model_sd, optim_state = self.parts, {}, {}
+        for name, i, prm in parts.full_items():
+            full = parts.full_tensor(name, i, prm.data if not hasattr(prm, "full_tensor") else prm)
+            model_sd[name] = full
+            if name == "tok_embeddings.weight" and self.model_cfg.tie_embeddings:
+                model_sd["output.weight"] = full
+            state = self.optimizer.state.get(prm)
+            if state:
+                optim_state[name] = {k: (parts.full_tensor(name, i, v) if torch.is_tensor(v) and v.dim() > 0 else v)
+                                     for k, v in state.items()}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory))
+            dcp.save({"model": model_sd, "optim": {"state": optim_state}}, checkpoint_id=str(directory))
+        parts.barrier()
 
-    def load(self, directory: Path, *, with_optimizer: bool = True) -> None:
-        load_engine_state(self.model, self.optimizer if with_optimizer else None, directory)
+    def load(self, directory, *, with_optimizer: bool = True) -> None:
+        parts, wanted_model, wanted_optim, targets = self.parts, {}, {}, []
+        owned = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        for key, i, name, prm in parts.load_targets():
+            shape = parts.full_shape(name, i, prm)
+            wanted_model[key] = torch.empty(shape)
+            targets.append((i, name, key, prm))
+            if with_optimizer and id(prm) in owned:
+                wanted_optim[key] = {"step": torch.zeros(()), "exp_avg": torch.empty(shape),
+                                     "exp_avg_sq": torch.empty(shape)}
+        state = {"model": wanted_model}
+        if wanted_optim:
+            state["optim"] = {"state": wanted_optim}
+        dcp_load(state, directory)
+        with torch.no_grad():
+            for i, name, key, prm in targets:
+                prm.copy_(parts.local_from_full(name, i, state["model"][key], prm))
+                if key in wanted_optim:
+                    saved = state["optim"]["state"][key]
+                    self.optimizer.state[prm] = {
+                        "step": saved["step"].clone(),
+                        "exp_avg": parts.local_from_full(name, i, saved["exp_avg"], prm),
+                        "exp_avg_sq": parts.local_from_full(name, i, saved["exp_avg_sq"], prm),
+                    }
+
+    # -- misc -----------------------------------------------------------------------------------
+    def barrier(self) -> None:
+        self.parts.barrier()
 
     def peak_memory(self) -> tuple[float, str]:
         return peak_memory(self.device)
+
+    def close(self) -> None:
+        close_distributed()
 
 
 def dcp_load(state: dict, directory) -> None:
@@ -153,10 +261,10 @@ def dcp_load(state: dict, directory) -> None:
 
 
 def load_engine_state(model: torch.nn.Module, optimizer, directory: Path) -> None:
-    """Load model (and optimizer) state from a DCP checkpoint directory, whatever layout saved it."""
+    """Load model (and optimizer) state from a DCP checkpoint directory into a single-device model, whatever
+    layout saved it (export and generation use it)."""
     model_sd, optim_sd = get_state_dict(model, optimizer) if optimizer is not None else (get_state_dict(model, [])[0], None)
-    # Optimizer hyper-parameters come from the config, not the checkpoint: request only the state tensors,
-    # so checkpoints written by any engine (which store the state under parameter names) load here.
+    # Optimizer hyper-parameters come from the config, not the checkpoint: request only the state tensors.
     groups = optim_sd.pop("param_groups") if optim_sd is not None else None
     state = {"model": model_sd} if optim_sd is None else {"model": model_sd, "optim": optim_sd}
     dcp_load(state, directory)
@@ -176,16 +284,5 @@ def peak_memory(device: torch.device) -> tuple[float, str]:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "peak RSS"
 
 
-def build_engine(job: JobConfig):
-    """A single-device engine, or the parallel engine when any degree is above one."""
-    if job.parallel.world_size > 1 or _in_distributed_launch():
-        from flopwise.parallel.engine import ParallelEngine
-
-        return ParallelEngine(job)
-    return SingleDeviceEngine(job)
-
-
-def _in_distributed_launch() -> bool:
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+def build_engine(job: JobConfig, accelerator: Accelerator | None = None) -> Engine:
+    return Engine(job, accelerator)

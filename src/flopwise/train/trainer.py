@@ -5,9 +5,9 @@ Events go to an `on_event` callback (the CLI renders them); library code never p
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
-import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,11 +20,13 @@ from flopwise.data.loader import TokenLoader
 from flopwise.data.shards import TokenShards
 from flopwise.errors import ConfigError, FlopwiseError
 from flopwise.flops import model_flops_per_token
-from flopwise.hardware import detect
+from flopwise.hardware import cpu_seconds, detect
 from flopwise.train import checkpoint as ckpt
+from flopwise.train import forecast
 from flopwise.train.config import JobConfig
-from flopwise.train.engine import build_engine, resolve_device
+from flopwise.train.engine import build_engine, peak_memory, resolve_device
 from flopwise.train.loss_guard import LossGuard, Verdict
+from flopwise.train.memory_probe import model_state_bytes, saved_tensor_peak
 from flopwise.train.metrics import MetricsWriter, plot_losses
 from flopwise.train.schedule import lr_at
 
@@ -96,10 +98,9 @@ class Trainer:
                 "or --out to start another"
             )
         # Measure the device peak first: on CPU it is a timed matmul, which other work would disturb.
+        # A CPU rank measures what its own threads reach while the other ranks run theirs (the launcher gives
+        # each cores / ranks threads): that is its share of the machine, not to be divided again.
         accel = detect(resolve_device(job.train.device))
-        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        if accel.measured and local_procs > 1:  # a measured CPU peak is shared by this machine's ranks
-            accel = dataclasses.replace(accel, peak_flops=accel.peak_flops / local_procs)
         shards_dir = resolve_shards(job, progress=lambda msg: self.on_event({"event": "prepare", "message": msg}))
         train_shards = TokenShards(shards_dir, "train")
         eval_shards = TokenShards(shards_dir, "eval") if "eval" in train_shards.manifest.splits else None
@@ -112,13 +113,8 @@ class Trainer:
         if job.seq_len > model_cfg.seq_len:
             raise ConfigError(f"train.seq_len = {job.seq_len}: exceeds the model context {model_cfg.seq_len}")
 
-        self.engine = engine = build_engine(job)
-        per_rank = job.train.global_batch // engine.data_world if job.train.global_batch % engine.data_world == 0 else 0
-        if per_rank == 0 or per_rank % engine.micro_batch:
-            raise ConfigError(
-                f"train.global_batch = {job.train.global_batch} must split into {engine.data_world} data-parallel "
-                f"rank(s) x whole micro-batches of {engine.micro_batch} (train.micro_batch = {job.train.micro_batch})"
-            )
+        memory_before = peak_memory(resolve_device(job.train.device))[0]
+        self.engine = engine = build_engine(job, accel)
         loader = TokenLoader(train_shards, job.seq_len, job.train.global_batch, job.train.seed,
                              engine.data_rank, engine.data_world)
         eval_batches = self._eval_batches(eval_shards, engine) if eval_shards is not None else []
@@ -133,7 +129,7 @@ class Trainer:
             engine.load(existing)
             loader.load_state_dict(state["loader"])
             guard.load_state_dict(state["guard"])
-            ckpt.load_rng(existing, getattr(engine, "rank", 0))
+            ckpt.load_rng(existing, engine.rank)
             step = state["step"]
             if engine.is_logging_rank:
                 self.metrics.truncate_after(step)
@@ -141,19 +137,20 @@ class Trainer:
 
         flops_tok = model_flops_per_token(model_cfg, job.seq_len)
         entropy = unigram_entropy(train_shards) if engine.is_logging_rank else None
-        self._emit(event="start", step=step, steps=job.train.steps, layout=engine.layout,
-                   params=sum(p.numel() for p in engine.model.parameters()) if hasattr(engine, "model") else None,
+        plan = engine.plan
+        self._emit(event="start", step=step, steps=job.train.steps, layout=engine.layout.describe(),
+                   params=sum(p.numel() for p in engine.model.parameters()),
                    device=str(engine.device), accelerator=accel.name, peak_flops=accel.peak_flops,
                    peak_label=accel.peak_label, unigram_entropy=entropy, shards=str(shards_dir),
-                   train_tokens=train_shards.tokens,
-                   pipeline=engine.describe_pipeline() if hasattr(engine, "describe_pipeline") else None)
+                   train_tokens=train_shards.tokens, split=list(engine.layout.split),
+                   pipeline=forecast.stage_table(plan) if plan is not None and engine.layout.pp > 1 else None,
+                   predicted_step_s=plan.step_time if plan is not None else None)
 
         def save(at_step: int) -> Path:
             state = {"step": at_step, "loader": loader.state_dict(), "guard": guard.state_dict(),
                      "tokens": at_step * job.train.global_batch * job.seq_len}
             path = ckpt.save_checkpoint(self.out, at_step, engine, state, saved_config, tokenizer,
-                                        job.checkpoint.keep, getattr(engine, "rank", 0),
-                                        getattr(engine, "barrier", lambda: None))
+                                        job.checkpoint.keep, engine.rank, engine.barrier)
             self._emit(event="checkpoint", step=at_step, path=str(path))
             return path
 
@@ -161,11 +158,19 @@ class Trainer:
         history: list[dict] = []
         tokens_per_step = job.train.global_batch * job.seq_len
         window_start, window_tokens, last_loss, eval_loss = time.perf_counter(), 0, None, None
+        tensors_measured = None
+        step_times: list[float] = []  # batch, forward/backward and optimizer step; no eval or checkpoint
+        clock = cpu_seconds if engine.device.type == "cpu" else time.perf_counter
         while step < job.train.steps:
             lr = lr_at(step, lr=job.train.lr, min_lr=job.train.min_lr, warmup=job.train.warmup_steps,
                        total=job.train.steps)
+            step_start = clock()
             inputs, targets = loader.next_batch()
-            loss = engine.forward_backward(inputs, targets, eod)
+            probe = step + 1 == job.train.steps and engine.device.type == "cpu"  # CPU: no allocator peak
+            with saved_tensor_peak(engine) if probe else contextlib.nullcontext() as saved:
+                loss = engine.forward_backward(inputs, targets, eod)
+            if probe:
+                tensors_measured = model_state_bytes(engine) + saved["peak"]
             verdict = guard.check(loss)
             if verdict is not Verdict.OK:
                 engine.zero_grad()
@@ -187,6 +192,8 @@ class Trainer:
                            rollbacks=guard.rollbacks)
                 continue
             grad_norm = engine.clip_and_step(lr)
+            if not probe:  # the probe's hooks slow its step down
+                step_times.append(clock() - step_start)
             step += 1
             last_loss = loss
             window_tokens += tokens_per_step
@@ -194,7 +201,7 @@ class Trainer:
             if step % job.train.log_every == 0 or step == job.train.steps:
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens / elapsed if elapsed > 0 else 0.0
-                world = getattr(engine, "world_size", 1)
+                world = engine.world_size
                 mem, mem_label = engine.peak_memory()
                 record = {
                     "step": step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
@@ -220,17 +227,38 @@ class Trainer:
             last_ckpt = save(step)
         plot = None
         if engine.is_logging_rank:
-            plot = plot_losses(self.metrics.path, self.out / "loss.png", title=f"{job.preset} ({engine.layout})")
+            plot = plot_losses(self.metrics.path, self.out / "loss.png", title=f"{job.preset} ({engine.layout.describe()})")
         if eval_loss is None and eval_batches:
             eval_loss = self._evaluate(engine, eval_batches, eod)
+        versus = self._versus_plan(engine, step, step_times, memory_before, tensors_measured)
         result = TrainResult(self.out, step, last_loss, eval_loss, entropy, last_ckpt, plot, guard.skipped,
                              guard.rollbacks, history)
         self._emit(event="end", step=step, final_loss=last_loss, eval_loss=eval_loss, unigram_entropy=entropy,
                    checkpoint=str(last_ckpt), plot=str(plot) if plot else None, skipped=guard.skipped,
-                   rollbacks=guard.rollbacks)
-        if hasattr(engine, "close"):
-            engine.close()
+                   rollbacks=guard.rollbacks, versus_plan=versus)
+        engine.close()
         return result
+
+    def _versus_plan(self, engine, step: int, step_times: list[float], memory_before: float,
+                     tensors: float | None) -> dict | None:
+        """The planner's step time and memory beside the measured ones, written to metrics.jsonl: the median
+        step after the first (on a CPU in the process's CPU time per thread, hardware.cpu_seconds, so that
+        other work on the machine does not count); on a GPU the allocator's peak since before the engine was
+        built, on a CPU the tensors of the last step (model state + the peak of what autograd saved)."""
+        if engine.plan is None or not step_times:
+            return None
+        timed = step_times[1:] or step_times
+        if tensors is not None:
+            memory, label = tensors, "model state + saved activations"
+        else:
+            peak, label = engine.peak_memory()
+            memory, label = peak - memory_before, label + " since start"
+        clock = "cpu" if engine.device.type == "cpu" else "wall"
+        record = {"step": step, **forecast.comparison(engine.cost_model, engine.plan, statistics.median(timed), clock,
+                                                      memory, label, len(timed))}
+        if engine.is_logging_rank:
+            self.metrics.write(record)
+        return record
 
     def _eval_batches(self, shards: TokenShards, engine) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A fixed held-out set: the first eval_batches global batches of windows, in file order."""
@@ -250,10 +278,3 @@ class Trainer:
 
 def train(job: JobConfig, *, resume: bool = False, metrics_path=None, on_event: Event | None = None) -> TrainResult:
     return Trainer(job, resume=resume, metrics_path=metrics_path, on_event=on_event).run()
-
-
-def load_checkpoint_config(path: str | Path) -> tuple[Path, dict]:
-    directory = ckpt.resolve_checkpoint(path)
-    return directory, ckpt.read_config(directory)
-
-

@@ -1,13 +1,15 @@
-"""Measure what a training step keeps in memory, per rank, for any engine (single or parallel).
+"""Measure what a training step keeps in memory, per rank, for the engine under any layout.
 
 Model state: this rank's parameters, gradients and optimizer tensors (local shards), after a step.
 Activations: peak bytes autograd holds for the backward during one step, counted per storage (views of one
 tensor count once), parameters excluded: a storage is live from its first save to its last use.
-Used by benchmarks/parallel_memory.py and by the test that holds the planner to the trainer."""
+On a CPU, where no allocator keeps a peak, this is the trainer's measured memory; benchmarks/parallel_memory.py
+and the test that holds the planner to the trainer use it too."""
 
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 
 import torch
 
@@ -22,22 +24,20 @@ def _bytes(t: torch.Tensor) -> int:
 
 
 def model_state_bytes(engine) -> int:
-    params = [p for _, p in engine.named] if hasattr(engine, "named") else list(engine.model.parameters())
+    params = [p for _, p in engine.named]
     total = sum(_bytes(p) for p in params) + sum(_bytes(p.grad) for p in params if p.grad is not None)
     for state in engine.optimizer.state.values():
         total += sum(_bytes(v) for v in state.values() if torch.is_tensor(v) and v.dim())
     return total
 
 
-def measure_step_memory(engine, inputs: torch.Tensor, targets: torch.Tensor, eod_id: int | None = None) -> dict:
-    """Run two steps (the first creates optimizer state); measure the second's activations."""
-    engine.forward_backward(inputs, targets, eod_id)
-    engine.clip_and_step(1e-4)
-    owned = {_local(p).untyped_storage().data_ptr() for p in (
-        [p for _, p in engine.named] if hasattr(engine, "named") else engine.model.parameters())}
+@contextmanager
+def saved_tensor_peak(engine):
+    """Within the block, count the bytes autograd saves for the backward; yields a dict whose "peak" is set."""
+    owned = {_local(p).untyped_storage().data_ptr() for _, p in engine.named}
     refs: Counter[int] = Counter()
     size: dict[int, int] = {}
-    live, peak = [0], [0]
+    live, result = [0], {"peak": 0}
 
     def pack(t):
         storage = t.untyped_storage()
@@ -47,7 +47,7 @@ def measure_step_memory(engine, inputs: torch.Tensor, targets: torch.Tensor, eod
         if refs[ptr] == 0:
             size[ptr] = storage.nbytes()
             live[0] += size[ptr]
-            peak[0] = max(peak[0], live[0])
+            result["peak"] = max(result["peak"], live[0])
         refs[ptr] += 1
         return (t, ptr)
 
@@ -61,7 +61,15 @@ def measure_step_memory(engine, inputs: torch.Tensor, targets: torch.Tensor, eod
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield result
+
+
+def measure_step_memory(engine, inputs: torch.Tensor, targets: torch.Tensor, eod_id: int | None = None) -> dict:
+    """Run two steps (the first creates optimizer state); measure the second's activations."""
+    engine.forward_backward(inputs, targets, eod_id)
+    engine.clip_and_step(1e-4)
+    with saved_tensor_peak(engine) as saved:
         engine.forward_backward(inputs, targets, eod_id)
     state = model_state_bytes(engine)
     engine.zero_grad()
-    return {"model_state_bytes": state, "activation_peak_bytes": peak[0]}
+    return {"model_state_bytes": state, "activation_peak_bytes": saved["peak"]}

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from flopwise.errors import ParallelError
-from flopwise.train.config import JobConfig
+from flopwise.train.config import JobConfig, resolve_layout
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -38,10 +38,9 @@ def torchrun_command(nproc: int, argv: list[str], shards: str | None) -> list[st
 
 
 def launch_torchrun(job: JobConfig, nproc: int, argv: list[str]) -> int:
-    from flopwise.parallel.dims import validate_job_layout
     from flopwise.train.trainer import resolve_shards
 
-    validate_job_layout(job, nproc)  # an impossible layout fails here, before any process starts
+    resolve_layout(job, nproc)  # an impossible layout fails here, before any process starts
     shards = str(resolve_shards(job)) if not job.data.shards else None
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
     proc = subprocess.run(torchrun_command(nproc, argv, shards), env=env)

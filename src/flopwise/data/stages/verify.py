@@ -1,4 +1,4 @@
-"""The code-verification stage: keep code only when its tests pass in a sandbox.
+"""Code verification: keep code only when its tests pass in a sandbox (flopwise.data.sandbox).
 
 A record carries code and tests in the fields `code_field` and `tests_field` (JSONL `code` and `tests` by
 default); a Python file whose text contains doctests (`>>> `) is run with doctest. Records with neither
@@ -12,8 +12,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from flopwise.data.sandbox import PASSED, SandboxLimits, run_sandboxed
-from flopwise.data.sources import text_bytes
-from flopwise.data.stages import Stage
+from flopwise.data.stages.base import Stage, Verdict
 from flopwise.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -41,8 +40,10 @@ class VerifyCode(Stage):
         p = self.p
         if p["parallel"] < 1 or p["parallel"] > 64:
             raise ConfigError(f"verify_code.parallel = {p['parallel']}: must be in [1, 64]")
-        if p["timeout_s"] <= 0 or p["cpu_s"] < 1:
-            raise ConfigError("verify_code.timeout_s must be > 0 and cpu_s >= 1")
+        if p["timeout_s"] <= 0:
+            raise ConfigError(f"verify_code.timeout_s = {p['timeout_s']}: must be > 0")
+        if p["cpu_s"] < 1:
+            raise ConfigError(f"verify_code.cpu_s = {p['cpu_s']}: must be >= 1")
         self.limits = SandboxLimits(
             timeout_s=float(p["timeout_s"]),
             cpu_s=int(p["cpu_s"]),
@@ -63,14 +64,15 @@ class VerifyCode(Stage):
             return doc["text"], "", "doctest"
         return None
 
-    def process(self, docs: list[dict]) -> list[dict]:
-        st = self.stats
+    def judge(self, docs: list[dict]) -> list[Verdict]:
+        """Run the batch's sandboxes in parallel, then give each document its verdict."""
         jobs = {}
         for i, doc in enumerate(docs):
             if self.applies(doc):
                 job = self._job(doc)
                 if job is not None:
                     jobs[i] = job
+        results = {}
         if jobs:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=int(self.p["parallel"]))
@@ -79,32 +81,27 @@ class VerifyCode(Stage):
                 for i, (c, t, m) in jobs.items()
             }
             results = {i: f.result() for i, f in futures.items()}
-        else:
-            results = {}
-        out = []
-        events = st.extra.setdefault("events", [])
+        extra = self.stats.extra
+        events = extra.setdefault("events", [])
+        verdicts: list[Verdict] = []
         for i, doc in enumerate(docs):
-            nb = text_bytes(doc["text"])
-            st.docs_in += 1
-            st.bytes_in += nb
             res = results.get(i)
             if res is None:
                 if self.applies(doc) and self.p["require_tests"]:
-                    st.drops["verify_no_tests"] += 1
+                    verdicts.append("verify_no_tests")
                     continue
-                st.extra["not_applicable"] = st.extra.get("not_applicable", 0) + 1
+                extra["not_applicable"] = extra.get("not_applicable", 0) + 1
+                verdicts.append(None)
             elif res.status != PASSED:
-                st.drops[f"verify_{res.status}"] += 1
+                detail = res.detail[-200:]
                 if len(events) < 50:
-                    events.append({"id": doc["id"], "reason": res.status, "detail": res.detail[-200:]})
-                log.debug("verify: %s %s: %s", doc["id"], res.status, res.detail[-200:])
-                continue
+                    events.append({"id": doc["id"], "reason": res.status, "detail": detail})
+                log.debug("verify: %s %s: %s", doc["id"], res.status, detail)
+                verdicts.append((f"verify_{res.status}", res.detail[-2000:]))
             else:
-                st.extra["passed"] = st.extra.get("passed", 0) + 1
-            st.docs_out += 1
-            st.bytes_out += nb
-            out.append(doc)
-        return out
+                extra["passed"] = extra.get("passed", 0) + 1
+                verdicts.append(None)
+        return verdicts
 
     def close(self) -> None:
         if self._pool is not None:

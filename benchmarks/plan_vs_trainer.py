@@ -1,0 +1,124 @@
+"""The planner's prediction against the trainer's measurement, per layout, before and after calibration.
+
+Every layout below is trained for a few steps on CPU (gloo for several ranks, one intra-op thread per rank);
+each run ends with its `plan_vs_measured` record (metrics.jsonl). The device constants are then fitted
+(flopwise.plan.calibrate) on the FIT layouts only, and the error is reported on the others.
+
+    python benchmarks/plan_vs_trainer.py [--steps 8] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SHAPE = ["model.layers=4", "model.hidden=256", "model.heads=8", "model.kv_heads=4", "model.ffn=768",
+         "model.vocab_size=2048", "model.seq_len=128", "model.lfa=false", "train.global_batch=8",
+         "train.eval_every=0", "checkpoint.every=0", "train.log_every=100", "guard.enabled=false"]
+LAYOUTS = {  # name: (ranks, overrides, fitted?)
+    "single mb8": (1, ["train.micro_batch=8"], True),
+    "single mb2": (1, ["train.micro_batch=2"], True),
+    "dp2 mb4": (2, ["parallel.dp=2", "train.micro_batch=4"], True),
+    "single mb4 recompute full": (1, ["train.micro_batch=4", 'parallel.recompute="full"'], False),
+    "single mb8 recompute selective": (1, ["train.micro_batch=8", 'parallel.recompute="selective"'], False),
+    "dp2 zero1 mb2": (2, ["parallel.dp=2", "parallel.zero=1", "train.micro_batch=2"], False),
+    "tp2 sp mb4": (2, ["parallel.tp=2", "train.micro_batch=4"], False),
+    "pp2 1f1b mb2": (2, ["parallel.pp=2", "train.micro_batch=2"], False),
+}
+
+
+def _job(shards, overrides, out, steps):
+    from flopwise.train.config import load_config
+
+    return load_config(None, [f'data.shards="{shards}"', *SHAPE, *overrides], preset="tiny", out=out,
+                       **{"train.steps": steps})
+
+
+def _worker(rank, world, port, shards, overrides, out, steps):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from flopwise.train.trainer import train
+
+    train(_job(shards, overrides, out, steps))
+
+
+def run_layout(shards, world, overrides, out, steps):
+    if world == 1:
+        from flopwise.train.trainer import train
+
+        train(_job(shards, overrides, out, steps))
+    else:
+        from parallel.harness import free_port  # tests/parallel/harness.py
+
+        mp.start_processes(_worker, args=(world, free_port(), str(shards), overrides, out, steps), nprocs=world,
+                           join=True, start_method="spawn")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import make_shards
+
+    from flopwise.plan.calibrate import default_constants, fit, run_observation
+
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="flopwise-plan-vs-trainer-"))
+    shards = make_shards(work / "shards", vocab_size=2048, docs=300)
+    observations, records = {}, {}
+    for name, (world, overrides, _) in LAYOUTS.items():
+        out = work / name.replace(" ", "-")
+        start = time.time()
+        run_layout(shards, world, overrides, str(out), args.steps)
+        observations[name] = run_observation(out)
+        records[name] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+        print(f"{name}: {time.time() - start:.0f} s", file=sys.stderr)
+    fitted = [observations[n] for n, (_, _, f) in LAYOUTS.items() if f]
+    constants = default_constants(fitted)
+    result = fit(fitted, constants)
+    rows = []
+    for name, (_, _, is_fit) in LAYOUTS.items():
+        obs, rec = observations[name], records[name]
+        after = obs.predict(result.constants)
+        rows.append({
+            "layout": name, "role": "fit" if is_fit else "held out", "measured_s": obs.measured_step_s,
+            "predicted_before_s": rec["predicted_step_s"], "predicted_after_s": after,
+            "error_before": rec["step_time_error"], "error_after": after / obs.measured_step_s - 1,
+            "predicted_memory_mb": rec["predicted_memory_bytes"] / 1e6,
+            "measured_memory_mb": rec["measured_memory_bytes"] / 1e6, "memory_error": rec["memory_error"],
+        })
+    meta = {"device": f"CPU ({platform.machine()}, {os.cpu_count()} cores), gloo, 1 thread per rank",
+            "peak_flops_per_rank": fitted[0].cluster.accelerator.peak_flops, "torch": torch.__version__,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
+            "fitted": result.constants, "clock": records[next(iter(records))]["step_clock"]}
+    print(json.dumps(meta))
+    print("\n| layout | role | measured s | predicted before | error | predicted after | error | memory planner / "
+          "measured MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['layout']} | {r['role']} | {r['measured_s']:.3f} | {r['predicted_before_s']:.3f} | "
+              f"{100 * r['error_before']:+.0f}% | {r['predicted_after_s']:.3f} | {100 * r['error_after']:+.1f}% | "
+              f"{r['predicted_memory_mb']:.1f} / {r['measured_memory_mb']:.1f} ({100 * r['memory_error']:+.0f}%) |")
+    held = [abs(r["error_after"]) for r in rows if r["role"] == "held out"]
+    print(f"\nheld-out |error| after calibration: median {100 * sorted(held)[len(held) // 2]:.1f}%, "
+          f"max {100 * max(held):.1f}%")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

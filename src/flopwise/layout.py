@@ -1,0 +1,293 @@
+"""The one vocabulary of a parallel layout, and the one check of a layout against a model and a batch.
+
+The planner (flopwise.plan) searches and costs `Layout`s, the job config's [parallel] section holds the same
+fields under the same names, and ParallelDims turns one into a DeviceMesh. Both sides call `check`, so a
+layout the planner proposes is one the trainer runs, and the trainer runs every layout the planner can cost.
+
+  dp               data-parallel degree: every replica and every shard
+  zero             ZeRO stage over the sharded group (Rajbhandari et al. 2020): 1 optimizer state,
+                   2 + gradients, 3 + parameters (FSDP2)
+  dp_shard         ranks of one ZeRO shard group; 0: all of dp when zero > 0. Below dp: hybrid sharding
+                   (shard inside groups of dp_shard, replicate across dp / dp_shard of them)
+  tp, sp           tensor-parallel degree (Megatron cuts, vocabulary-parallel embedding and loss) and
+                   sequence parallelism on top of it (Korthikanti et al. 2022; ignored when tp = 1)
+  pp, vpp          pipeline-parallel degree and model chunks per pipeline rank (interleaved 1F1B when > 1)
+  schedule         gpipe | 1f1b | interleaved (Narayanan et al. 2021)
+  split            layers per pipeline stage in model order (pp x vpp entries; stage s runs on rank s % pp);
+                   None: chosen by the planner's time- and memory-balanced split (flopwise.plan.search)
+  micro_batch      sequences per forward/backward on one rank
+  recompute        none | selective (the attention core, Korthikanti et al. 2022 section 5, as in Megatron-LM)
+                   | full (whole transformer blocks, keeping only each block's input)
+  recompute_every  with full: recompute every k-th block only (global index % k == 0)
+  ep, cp           expert- and context-parallel degrees: part of the vocabulary, only 1 is implemented yet
+
+Decisions the check encodes (the trainer and the planner agree on them):
+- tp must divide kv_heads: KV heads are split across tensor-parallel ranks, never replicated.
+- tp must divide the vocabulary: it is not padded; set model.vocab_size to the next multiple (Megatron pads
+  the same way; the extra rows are never targets).
+- ZeRO needs a shard group of at least two ranks, and dp_shard > 1 needs zero > 0: no stage runs as a no-op.
+- ZeRO-2/3 shard gradients per micro-batch, so they are not combined with pipeline parallelism (zero <= 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from flopwise.config_values import parse_bool
+from flopwise.errors import LayoutError
+from flopwise.flops import RECOMPUTE_MODES
+from flopwise.models.config import ModelConfig
+
+SCHEDULES = ("gpipe", "1f1b", "interleaved")
+DEGREES = ("dp", "tp", "pp", "vpp", "micro_batch", "recompute_every", "ep", "cp")
+
+
+@dataclass(frozen=True)
+class Layout:
+    dp: int = 1
+    zero: int = 0
+    dp_shard: int = 0
+    tp: int = 1
+    sp: bool = True
+    pp: int = 1
+    vpp: int = 1
+    schedule: str = "1f1b"
+    split: tuple[int, ...] | None = None
+    micro_batch: int = 1
+    recompute: str = "none"
+    recompute_every: int = 1
+    ep: int = 1
+    cp: int = 1
+
+    def __post_init__(self) -> None:
+        for key in DEGREES:
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise LayoutError(f"{key} = {value!r}: must be a positive integer")
+        if self.zero not in (0, 1, 2, 3) or isinstance(self.zero, bool):
+            raise LayoutError(f"zero = {self.zero!r}: must be 0, 1, 2 or 3")
+        if not isinstance(self.dp_shard, int) or isinstance(self.dp_shard, bool) or self.dp_shard < 0:
+            raise LayoutError(f"dp_shard = {self.dp_shard!r}: must be 0 (all of dp) or a positive integer")
+        if self.recompute not in RECOMPUTE_MODES:
+            raise LayoutError(f"recompute = {self.recompute!r}: must be one of {', '.join(RECOMPUTE_MODES)}")
+        if self.schedule not in SCHEDULES:
+            raise LayoutError(f"schedule = {self.schedule!r}: must be one of {', '.join(SCHEDULES)}")
+        # one spelling per layout: no sequence parallelism without TP, interleaving is the schedule of vpp > 1
+        if self.tp == 1 and self.sp:
+            object.__setattr__(self, "sp", False)
+        if self.vpp > 1 and self.schedule == "1f1b":
+            object.__setattr__(self, "schedule", "interleaved")
+        if self.split is not None:
+            object.__setattr__(self, "split", tuple(int(n) for n in self.split))
+
+    # ---- derived degrees ------------------------------------------------------------------------
+    @property
+    def gpus(self) -> int:
+        """Ranks the layout needs (expert parallelism reuses data-parallel ranks)."""
+        return self.tp * self.pp * self.dp * self.cp
+
+    @property
+    def shard_degree(self) -> int:
+        """Ranks that split ZeRO state among themselves (1: nothing sharded)."""
+        if self.zero == 0:
+            return self.dp_shard or 1
+        return self.dp_shard or self.dp
+
+    @property
+    def stages(self) -> int:
+        """Pipeline stages in the model: pp ranks x vpp chunks each."""
+        return self.pp * self.vpp
+
+    def rank_layers(self, split: tuple[int, ...]) -> tuple[int, ...]:
+        """Layers each pipeline rank holds: the sum of its chunks (stage s runs on rank s % pp)."""
+        return tuple(sum(split[r :: self.pp]) for r in range(self.pp))
+
+    # ---- spelling -------------------------------------------------------------------------------
+    def replace(self, **changes) -> Layout:
+        return dataclasses.replace(self, **changes)
+
+    def short(self) -> str:
+        """One line for tables and logs: tp=8,pp=16,dp=8,zero=1,sp=1,rc=full,mb=1."""
+        parts = [f"tp={self.tp}", f"pp={self.pp}", f"dp={self.dp}"]
+        if self.vpp > 1:
+            parts.append(f"vpp={self.vpp}")
+        parts.append(f"zero={self.zero}")
+        if self.zero and self.shard_degree != self.dp:
+            parts.append(f"dp_shard={self.shard_degree}")
+        parts += [f"sp={int(self.sp)}", f"rc={self.recompute}"]
+        if self.recompute_every > 1:
+            parts.append(f"every={self.recompute_every}")
+        parts.append(f"mb={self.micro_batch}")
+        if self.schedule == "gpipe":
+            parts.append("gpipe")
+        parts += [f"{k}={getattr(self, k)}" for k in ("ep", "cp") if getattr(self, k) > 1]
+        return ",".join(parts)
+
+    def describe(self) -> str:
+        """Compact label for a run: pp2xdp2xtp2-zero1, or single."""
+        axes = [f"{k}{getattr(self, k)}" for k in ("pp", "dp", "cp", "tp") if getattr(self, k) > 1]
+        label = "x".join(axes) or "single"
+        if self.zero:
+            label += f"-zero{self.zero}" + (f"-shard{self.shard_degree}" if self.shard_degree != self.dp else "")
+        return label
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["split"] = list(self.split) if self.split is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Layout:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: (tuple(v) if k == "split" and v is not None else v) for k, v in data.items() if k in known})
+
+
+def local_batch(global_batch: int, dp: int) -> int:
+    """Sequences per data-parallel rank per step."""
+    if global_batch % dp:
+        raise LayoutError(f"global batch {global_batch} is not divisible by the data-parallel degree {dp}")
+    return global_batch // dp
+
+
+def parse_split(text: str, layers: int, stages: int) -> tuple[int, ...] | None:
+    """'auto' -> None; '2,2,3,3' -> (2, 2, 3, 3), checked against the layer and stage counts."""
+    if text.strip() == "auto":
+        return None
+    try:
+        split = tuple(int(x) for x in text.replace("/", ",").split(","))
+    except ValueError:
+        raise LayoutError(f"split = {text!r}: expected 'auto' or comma-separated integers") from None
+    check_split(split, layers, stages)
+    return split
+
+
+def check_split(split: tuple[int, ...], layers: int, stages: int) -> None:
+    text = ",".join(map(str, split))
+    if len(split) != stages:
+        raise LayoutError(f"split {text} gives {len(split)} stages, the layout has {stages} (pp x vpp)")
+    if any(n < 1 for n in split):
+        raise LayoutError(f"split {text}: every stage needs at least one layer")
+    if sum(split) != layers:
+        raise LayoutError(f"split {text} sums to {sum(split)} layers; the model has {layers}")
+
+
+def check_implemented(layout: Layout) -> None:
+    """Degrees the vocabulary names but the trainer does not run yet: the planner may not propose them."""
+    if layout.ep > 1:
+        raise LayoutError(f"ep = {layout.ep}: expert parallelism is not implemented yet (use ep = 1)")
+    if layout.cp > 1:
+        raise LayoutError(f"cp = {layout.cp}: context parallelism is not implemented yet (use cp = 1)")
+
+
+def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | None = None,
+          world: int | None = None) -> int:
+    """Raise LayoutError naming the first broken constraint and its numbers; return the micro-batches each
+    rank runs per step. `world`: the ranks available (None: not checked)."""
+    check_implemented(layout)
+    tp, pp, dp, vpp = layout.tp, layout.pp, layout.dp, layout.vpp
+    if world is not None and layout.gpus != world:
+        raise LayoutError(
+            f"pp x dp x tp = {pp} x {dp} x {tp} = {layout.gpus}, but the world size is {world}"
+        )
+    if model.heads % tp or model.kv_heads % tp:
+        raise LayoutError(
+            f"tensor parallel degree {tp} must divide heads ({model.heads}) and kv_heads ({model.kv_heads}); "
+            "KV heads are split across TP ranks, not replicated"
+        )
+    if model.ffn % tp:
+        raise LayoutError(f"tensor parallel degree {tp} must divide ffn ({model.ffn})")
+    if model.vocab_size % tp:
+        padded = -(-model.vocab_size // tp) * tp
+        raise LayoutError(
+            f"tensor parallel degree {tp} must divide the vocabulary ({model.vocab_size}); pad it: "
+            f"model.vocab_size = {padded}"
+        )
+    seq = seq_len or model.seq_len
+    if layout.sp and seq % tp:
+        raise LayoutError(f"sequence parallelism needs seq_len ({seq}) divisible by tp ({tp})")
+    if layout.stages > model.layers:
+        raise LayoutError(
+            f"{layout.stages} pipeline stages (pp {pp} x vpp {vpp}) exceed {model.layers} layers"
+        )
+    if vpp > 1 and pp == 1:
+        raise LayoutError(f"vpp = {vpp} needs pp > 1 (model chunks are interleaved over pipeline ranks)")
+    if vpp > 1 and layout.schedule != "interleaved":
+        raise LayoutError(f"vpp = {vpp} runs the interleaved schedule, not {layout.schedule!r}")
+    if layout.schedule == "interleaved" and vpp == 1:
+        raise LayoutError("schedule = 'interleaved' needs vpp > 1 model chunks per rank; use 1f1b for one")
+    if layout.split is not None:
+        check_split(layout.split, model.layers, layout.stages)
+    shard = layout.shard_degree
+    if dp % shard:
+        raise LayoutError(f"dp_shard = {layout.dp_shard} must divide dp = {dp}")
+    if layout.zero and shard == 1:
+        raise LayoutError(
+            f"zero = {layout.zero} shards over data-parallel ranks, but its shard group has one rank "
+            f"(dp = {dp}, dp_shard = {layout.dp_shard}): use dp > 1 or zero = 0"
+        )
+    if not layout.zero and shard > 1:
+        raise LayoutError(f"dp_shard = {layout.dp_shard} shards nothing with zero = 0: set zero or dp_shard = 0")
+    if layout.zero >= 2 and pp > 1:
+        raise LayoutError(
+            f"zero = {layout.zero} shards gradients per micro-batch; with pipeline parallelism use zero <= 1"
+        )
+    if layout.recompute_every > 1 and layout.recompute != "full":
+        raise LayoutError(
+            f"recompute_every = {layout.recompute_every} applies to recompute = 'full' (whole blocks), "
+            f"not {layout.recompute!r}"
+        )
+    local = local_batch(global_batch, dp)
+    if local % layout.micro_batch:
+        raise LayoutError(
+            f"{local} sequences per data-parallel rank (global batch {global_batch} / dp {dp}) are not "
+            f"divisible by micro_batch {layout.micro_batch}"
+        )
+    m = local // layout.micro_batch
+    if pp > 1 and m < pp:
+        raise LayoutError(
+            f"pipeline of {pp} stages needs at least {pp} micro-batches per step; have {local} sequences "
+            f"per rank / micro_batch {layout.micro_batch} = {m}"
+        )
+    if vpp > 1 and m % pp:
+        raise LayoutError(f"interleaved 1F1B needs micro-batches ({m}) divisible by pp ({pp})")
+    return m
+
+
+# `key=value` spellings of the fields (planner --layout, published-run CSV columns): name -> type
+KEYS = {
+    "dp": int, "zero": int, "dp_shard": int, "tp": int, "sp": bool, "pp": int, "vpp": int, "schedule": str,
+    "split": tuple, "micro_batch": int, "recompute": str, "recompute_every": int, "ep": int, "cp": int,
+}
+ALIASES = {"mb": "micro_batch", "sequence_parallel": "sp", "rc": "recompute", "pp_layers": "split",
+           "chunks": "vpp"}
+
+
+def parse_value(key: str, value: str):
+    """One `key=value` item of a layout, typed; raises LayoutError naming an unknown key or a bad value."""
+    name = ALIASES.get(key, key)
+    if name not in KEYS:
+        raise LayoutError(f"layout key {key!r}: must be one of {', '.join([*KEYS, *ALIASES])}")
+    kind = KEYS[name]
+    try:
+        if kind is int:
+            return name, int(value)
+        if kind is bool:
+            return name, parse_bool(key, value)
+        if kind is tuple:
+            return name, tuple(int(v) for v in value.replace("/", " ").replace(";", " ").split())
+    except ValueError:
+        raise LayoutError(f"layout {key} = {value!r}: not a valid {kind.__name__}") from None
+    return name, value
+
+
+def parse_layout(text: str) -> dict:
+    """'tp=8,pp=16,recompute=full,split=2/3/3/2' -> the fixed fields (the planner searches the rest)."""
+    fixed: dict = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if "=" not in item:
+            raise LayoutError(f"layout item {item!r}: expected key=value (keys: {', '.join(KEYS)})")
+        key, value = (x.strip() for x in item.split("=", 1))
+        name, typed = parse_value(key, value)
+        fixed[name] = typed
+    return fixed

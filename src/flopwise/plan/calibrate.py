@@ -1,0 +1,161 @@
+"""Fit the cost model's device constants to measured step times: the planner's closed loop.
+
+An observation is one measured run: model, cluster, training, layout and the step time it took. The constants
+are few and physical, fields of the accelerator (flopwise.hardware):
+  gemm_efficiency    fraction of the dense peak that the run's matmuls sustain
+  memory_efficiency  fraction of the memory bandwidth that streaming (elementwise) kernels reach
+  link_bandwidth     intra-node bytes/s per device and direction (NVLink; gloo over loopback on a CPU)
+The fit minimises the squared log error log(predicted / measured) summed over the observations, by damped
+Gauss-Newton (Levenberg-Marquardt) on the logarithms of the constants, within their bounds: each constant
+divides one part of the step time, so the error is smooth and nearly linear in those logarithms.
+
+`fit` takes any observations, the trainer's own runs (`runs_observations` reads their metrics.jsonl) or
+published ones, and the names of the constants to fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flopwise.errors import ConfigError, DataError, FlopwiseError
+from flopwise.hardware import Accelerator
+from flopwise.layout import Layout
+from flopwise.models.config import ModelConfig
+from flopwise.plan.cost import CostModel
+from flopwise.plan.spec import Cluster, Training
+
+# name -> (lower bound, upper bound)
+CONSTANTS = {
+    "gemm_efficiency": (0.01, 1.0),
+    "memory_efficiency": (0.01, 1.0),
+    "link_bandwidth": (1e6, 1e13),
+}
+
+
+@dataclass(frozen=True)
+class Observation:
+    model: ModelConfig
+    cluster: Cluster
+    training: Training
+    layout: Layout
+    measured_step_s: float
+    label: str = ""
+    clock: str = "wall"  # how the step was timed: "wall", or "cpu" (CPU time per thread: no pipeline bubble)
+
+    def predict(self, constants: dict[str, float] | None = None) -> float:
+        """The cost model's step time with `constants` set on this observation's accelerator, as its clock
+        sees it."""
+        acc = dataclasses.replace(self.cluster.accelerator, **(constants or {}))
+        cluster = dataclasses.replace(self.cluster, accelerator=acc)
+        plan = CostModel(self.model, cluster, self.training).evaluate(self.layout)
+        return plan.busy_time if self.clock == "cpu" else plan.step_time
+
+
+@dataclass
+class Calibration:
+    constants: dict[str, float]  # the fitted values
+    before: list[float]  # predicted step times with the observations' own constants
+    after: list[float]  # ... with the fitted ones
+    observations: list[Observation]
+
+    def accelerator(self, base: Accelerator | None = None) -> Accelerator:
+        """`base` (default: the first observation's accelerator) with the fitted constants."""
+        base = base or self.observations[0].cluster.accelerator
+        return dataclasses.replace(base, **self.constants)
+
+    def errors(self, predicted: list[float]) -> list[float]:
+        return [p / o.measured_step_s - 1.0 for p, o in zip(predicted, self.observations, strict=True)]
+
+
+def fit(observations: list[Observation], constants: tuple[str, ...] | list[str] = ("gemm_efficiency",),
+        iterations: int = 50) -> Calibration:
+    """Fit `constants` (names in CONSTANTS) to the observations' measured step times."""
+    if not observations:
+        raise DataError("no measured runs to calibrate on")
+    unknown = [c for c in constants if c not in CONSTANTS]
+    if unknown or not constants:
+        raise ConfigError(f"constants {', '.join(unknown) or '(none)'}: choose from {', '.join(CONSTANTS)}")
+    if len(constants) > len(observations):
+        raise ConfigError(
+            f"{len(constants)} constants cannot be fitted to {len(observations)} run(s): give more runs or fewer constants"
+        )
+    base = observations[0].cluster.accelerator
+    lo = np.log([CONSTANTS[c][0] for c in constants])
+    hi = np.log([CONSTANTS[c][1] for c in constants])
+    x = np.clip(np.log([max(getattr(base, c), CONSTANTS[c][0]) for c in constants]), lo, hi)
+    measured = np.log([o.measured_step_s for o in observations])
+
+    def residuals(v: np.ndarray) -> np.ndarray:
+        values = dict(zip(constants, np.exp(v).tolist(), strict=True))
+        return np.log([o.predict(values) for o in observations]) - measured
+
+    before = [o.predict() for o in observations]
+    r = residuals(x)
+    damping = 1e-3
+    for _ in range(iterations):
+        jac = np.empty((len(observations), len(constants)))
+        for j in range(len(constants)):
+            step = np.zeros_like(x)
+            step[j] = 1e-4
+            jac[:, j] = (residuals(np.clip(x + step, lo, hi + 1e-4)) - r) / 1e-4
+        grad, normal = jac.T @ r, jac.T @ jac
+        improved = False
+        while damping < 1e8:
+            delta = np.linalg.solve(normal + damping * np.diag(np.diag(normal) + 1e-12), -grad)
+            candidate = np.clip(x + delta, lo, hi)
+            r_new = residuals(candidate)
+            if r_new @ r_new < r @ r - 1e-15:
+                x, r, damping, improved = candidate, r_new, max(damping / 10, 1e-9), True
+                break
+            damping *= 10
+        if not improved or float(np.max(np.abs(delta))) < 1e-6:
+            break
+    values = dict(zip(constants, np.exp(x).tolist(), strict=True))
+    return Calibration(values, before, [o.predict(values) for o in observations], list(observations))
+
+
+def run_observation(run_dir: str | Path) -> Observation:
+    """The last `plan_vs_measured` record of a training run (its metrics.jsonl) as an observation."""
+    path = Path(run_dir)
+    metrics = path / "metrics.jsonl" if path.is_dir() else path
+    try:
+        lines = metrics.read_text().splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read {metrics}: {exc.strerror or exc}") from None
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == "plan_vs_measured":
+            records.append(record)
+    if not records:
+        raise DataError(f"{metrics}: no plan_vs_measured record (a finished `flopwise train` run writes one)")
+    rec = records[-1]
+    try:
+        inp = rec["inputs"]
+        acc = Accelerator(**inp["accelerator"])
+        c = inp["cluster"]
+        cluster = Cluster(acc, c["gpus"], c["gpus_per_node"], c["intra_node_bw"], c["inter_node_bw"])
+        return Observation(ModelConfig.from_dict(inp["model"]), cluster, Training(**inp["training"]),
+                           Layout.from_dict(inp["layout"]), float(rec["measured_step_s"]), str(path),
+                           rec.get("step_clock", "wall"))
+    except (KeyError, TypeError, ValueError, FlopwiseError) as exc:
+        raise DataError(f"{metrics}: malformed plan_vs_measured record ({exc})") from None
+
+
+def default_constants(observations: list[Observation]) -> list[str]:
+    """What the runs can tell apart: GEMM efficiency always, memory efficiency where the device has a
+    bandwidth figure, the link where a run communicates; no more constants than runs."""
+    names = ["gemm_efficiency"]
+    if all(o.cluster.accelerator.memory_bandwidth > 0 for o in observations):
+        names.append("memory_efficiency")
+    if any(o.layout.gpus > 1 for o in observations):
+        names.append("link_bandwidth")
+    return names[: len(observations)]

@@ -1,0 +1,103 @@
+"""The closed loop: fit the device constants to measured runs, predict a layout that was not fitted."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from flopwise.hardware import get_accelerator, load_accelerator
+from flopwise.layout import Layout
+from flopwise.models.config import ModelConfig
+from flopwise.plan.calibrate import Observation, fit
+from flopwise.plan.spec import Cluster, Training
+from flopwise.train.config import load_config
+from flopwise.train.trainer import train
+from tests.conftest import make_shards
+from tests.plan.test_cli import run
+
+GPT = ModelConfig(vocab_size=51200, layers=24, hidden=2048, heads=16, kv_heads=16, ffn=8192, seq_len=2048,
+                  lfa=False, mlp="gelu")
+
+
+def _observations(truth: dict) -> list[Observation]:
+    base = get_accelerator("A100-80GB")
+    true_acc = dataclasses.replace(base, **truth)
+    out = []
+    for gpus, layout in ((8, Layout(dp=8, micro_batch=2)), (8, Layout(tp=8, sp=False, micro_batch=4)),
+                         (16, Layout(tp=2, pp=2, dp=4, micro_batch=1)), (8, Layout(tp=4, dp=2, micro_batch=1))):
+        measured = Observation(GPT, Cluster(true_acc, gpus), Training(64), layout, 1.0).predict()
+        out.append(Observation(GPT, Cluster(base, gpus), Training(64), layout, measured))
+    return out
+
+
+def test_fit_recovers_the_constants_that_made_the_measurements():
+    truth = {"gemm_efficiency": 0.55, "memory_efficiency": 0.6, "link_bandwidth": 120e9}
+    obs = _observations(truth)
+    result = fit(obs, list(truth))
+    for name, value in truth.items():
+        assert result.constants[name] == pytest.approx(value, rel=0.02), name
+    assert max(abs(e) for e in result.errors(result.after)) < 0.005
+    assert max(abs(e) for e in result.errors(result.before)) > 0.1  # the catalogue's constants were off
+
+
+def test_fit_refuses_more_constants_than_runs_and_unknown_names():
+    obs = _observations({"gemm_efficiency": 0.5})[:1]
+    with pytest.raises(Exception, match="cannot be fitted to 1 run"):
+        fit(obs, ["gemm_efficiency", "memory_efficiency"])
+    with pytest.raises(Exception, match="choose from gemm_efficiency"):
+        fit(obs, ["flash"])
+
+
+# compute-bound enough on a CPU that the step is matmuls, not per-kernel overhead
+SHAPE = ["model.layers=2", "model.hidden=256", "model.heads=8", "model.kv_heads=4", "model.ffn=768",
+         "model.vocab_size=2048", "model.seq_len=128", "model.lfa=false", "train.global_batch=8",
+         "train.eval_every=0", "checkpoint.every=0", "train.log_every=100", "guard.enabled=false"]
+LAYOUTS = {"fit-mb8": ["train.micro_batch=8"], "fit-mb2": ["train.micro_batch=2"],
+           "held-out-mb4-full": ["train.micro_batch=4", 'parallel.recompute="full"']}
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: CPU time per thread is then the work done, however loaded the machine is."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_calibrated_on_two_layouts_the_planner_predicts_a_third(tmp_path, one_thread, capsys):
+    shards = make_shards(tmp_path / "shards", vocab_size=2048, docs=120)
+    runs = {}
+    for name, extra in LAYOUTS.items():
+        runs[name] = tmp_path / name
+        job = load_config(None, [f'data.shards="{shards}"', *SHAPE, *extra], preset="tiny", out=str(runs[name]),
+                          **{"train.steps": 5})
+        train(job)
+        record = [json.loads(x) for x in (runs[name] / "metrics.jsonl").read_text().splitlines()][-1]
+        assert record["event"] == "plan_vs_measured" and record["measured_step_s"] > 0
+        assert record["step_clock"] == "cpu"
+    acc_file = tmp_path / "calibrated.toml"
+    code, out, err = run(["plan", "calibrate", str(runs["fit-mb8"]), str(runs["fit-mb2"]), "--holdout",
+                          str(runs["held-out-mb4-full"]), "--fit", "gemm_efficiency", "--out", str(acc_file),
+                          "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    held = [r for r in report["runs"] if r["role"] == "holdout"]
+    assert len(held) == 1 and abs(held[0]["error_after"]) <= 0.15, report
+    assert 0.01 < report["constants"]["gemm_efficiency"] <= 1.0
+    acc = load_accelerator(acc_file)
+    assert acc.measured and acc.gemm_efficiency == pytest.approx(report["constants"]["gemm_efficiency"])
+    code, out, err = run(["plan", "--gpu", str(acc_file), "--preset", "nano", "--gpus", "1", "--global-batch", "8",
+                          "--precision", "fp32", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["cluster"]["gpu"] == "CPU"
+
+
+def test_calibrate_explains_a_directory_without_measurements(tmp_path, capsys):
+    code, _, err = run(["plan", "calibrate", str(tmp_path)], capsys)
+    assert code == 2 and "cannot read" in err
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
+    code, _, err = run(["plan", "calibrate", str(tmp_path)], capsys)
+    assert code == 2 and "no plan_vs_measured record" in err

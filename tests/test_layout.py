@@ -1,0 +1,147 @@
+"""The one layout check (flopwise.layout): every refusal names the constraint and its numbers; ZeRO never runs as
+a no-op; the job config and the planner read the same vocabulary."""
+
+import re
+
+import pytest
+
+from flopwise.config_values import parse_bool
+from flopwise.errors import ConfigError, LayoutError
+from flopwise.layout import Layout, check, parse_layout, parse_split
+from flopwise.models import get_preset
+from flopwise.parallel.dims import ParallelDims
+from flopwise.train.config import load_config, micro_batch_for, resolve_layout
+
+NANO4 = get_preset("nano").replace(layers=4)  # heads 4, kv_heads 2, ffn 128, vocab 512, seq 64
+
+
+@pytest.mark.parametrize(
+    ("layout", "kwargs", "message"),
+    [
+        (Layout(tp=2), {"world": 4}, "pp x dp x tp = 1 x 1 x 2 = 2, but the world size is 4"),
+        (Layout(tp=4), {}, "tensor parallel degree 4 must divide heads (4) and kv_heads (2)"),
+        (Layout(pp=8, micro_batch=1), {}, "8 pipeline stages (pp 8 x vpp 1) exceed 4 layers"),
+        (Layout(pp=2, vpp=2, schedule="gpipe"), {}, "vpp = 2 runs the interleaved schedule, not 'gpipe'"),
+        (Layout(pp=2, schedule="interleaved"), {}, "schedule = 'interleaved' needs vpp > 1"),
+        (Layout(vpp=2), {}, "vpp = 2 needs pp > 1"),
+        (Layout(pp=2, micro_batch=4), {"global_batch": 4}, "needs at least 2 micro-batches per step"),
+        (Layout(pp=2, vpp=2, micro_batch=2), {"global_batch": 6}, "micro-batches (3) divisible by pp (2)"),
+        (Layout(tp=2), {"seq_len": 63}, "seq_len (63) divisible by tp (2)"),
+        (Layout(dp=2), {"global_batch": 3}, "global batch 3 is not divisible by the data-parallel degree 2"),
+        (Layout(dp=2, micro_batch=3), {"global_batch": 8}, "4 sequences per data-parallel rank"),
+        (Layout(pp=2, split=(1, 2)), {}, "split 1,2 sums to 3 layers; the model has 4"),
+        (Layout(pp=2, split=(4,)), {}, "split 4 gives 1 stages, the layout has 2"),
+        (Layout(ep=2), {}, "ep = 2: expert parallelism is not implemented yet"),
+        (Layout(cp=2), {}, "cp = 2: context parallelism is not implemented yet"),
+        (Layout(recompute="selective", recompute_every=2), {}, "recompute_every = 2 applies to recompute = 'full'"),
+    ],
+)
+def test_impossible_layouts_name_the_constraint_and_numbers(layout, kwargs, message):
+    args = {"global_batch": 8, **kwargs}
+    with pytest.raises(LayoutError, match=re.escape(message)):
+        check(layout, NANO4, args["global_batch"], args.get("seq_len"), args.get("world"))
+
+
+def test_vocabulary_not_divisible_by_tp_is_refused_with_the_padded_size():
+    with pytest.raises(LayoutError, match=r"must divide the vocabulary \(513\); pad it: model.vocab_size = 514"):
+        check(Layout(tp=2), NANO4.replace(vocab_size=513), 8)
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        (Layout(dp=2, zero=1, dp_shard=1), "its shard group has one rank (dp = 2, dp_shard = 1)"),  # was plain DP
+        (Layout(zero=1), "its shard group has one rank (dp = 1, dp_shard = 0)"),
+        (Layout(zero=3), "its shard group has one rank"),
+        (Layout(dp=4, dp_shard=2), "dp_shard = 2 shards nothing with zero = 0"),
+        (Layout(dp=4, zero=1, dp_shard=3), "dp_shard = 3 must divide dp = 4"),
+        (Layout(dp=2, pp=2, zero=2), "with pipeline parallelism use zero <= 1"),
+    ],
+)
+def test_zero_is_never_a_silent_no_op(layout, message):
+    with pytest.raises(LayoutError, match=re.escape(message)):
+        check(layout, NANO4, 8)
+
+
+@pytest.mark.parametrize(
+    ("layout", "sizes"),
+    [
+        (Layout(dp=4), {"pp": 1, "dp_replicate": 4, "dp_shard": 1, "tp": 1}),  # replicated DP
+        (Layout(dp=4, zero=1), {"pp": 1, "dp_replicate": 1, "dp_shard": 4, "tp": 1}),  # ZeRO over all of dp
+        (Layout(dp=4, zero=3, dp_shard=2), {"pp": 1, "dp_replicate": 2, "dp_shard": 2, "tp": 1}),  # hybrid
+        (Layout(dp=2, zero=1, pp=2, tp=2), {"pp": 2, "dp_replicate": 1, "dp_shard": 2, "tp": 2}),
+    ],
+)
+def test_accepted_zero_layouts_shard_over_the_mesh_axis_they_name(layout, sizes):
+    check(layout, NANO4, 8)
+    assert ParallelDims.from_layout(layout, layout.gpus).sizes() == sizes
+
+
+def test_one_spelling_per_layout():
+    assert Layout(tp=1, sp=True).sp is False  # no sequence parallelism without TP
+    assert Layout(pp=2, vpp=2).schedule == "interleaved"
+    assert Layout(dp=2, zero=1, tp=2, pp=2, micro_batch=2).short() == "tp=2,pp=2,dp=2,zero=1,sp=1,rc=none,mb=2"
+    assert Layout(dp=4, zero=3, dp_shard=2, tp=2).describe() == "dp4xtp2-zero3-shard2"
+    layout = Layout(pp=2, split=(1, 3), recompute="full", recompute_every=2)
+    assert Layout.from_dict(layout.to_dict()) == layout
+
+
+def test_planner_keys_and_job_config_keys_are_the_same_words(tmp_path):
+    fixed = parse_layout("tp=2,pp=2,dp=2,zero=1,sp=off,split=1/3,recompute=full,recompute_every=2,mb=2")
+    job = load_config(overrides=[f"parallel.{k}={v!r}" if isinstance(v, str) else f"parallel.{k}={str(v).lower()}"
+                                 for k, v in fixed.items() if k not in ("split", "micro_batch")]
+                      + ['parallel.split="1,3"', "train.micro_batch=2", "model.layers=4", "train.global_batch=8"])
+    layout, microbatches = resolve_layout(job, 8)
+    assert layout == Layout(**{**fixed, "micro_batch": 2}) and microbatches == 2
+
+
+def test_earlier_config_keys_are_renamed_or_explained():
+    job = load_config(overrides=["parallel.pp=2", 'parallel.pp_layers="1,3"', "parallel.sequence_parallel=false",
+                                 "model.layers=4"])
+    assert (job.parallel.split, job.parallel.sp) == ("1,3", False)
+    with pytest.raises(ConfigError, match="parallel.dp_replicate is gone: parallel.dp is the whole"):
+        load_config(overrides=["parallel.dp_replicate=2"])
+    with pytest.raises(ConfigError, match="parallel.activation_checkpoint is gone: use parallel.recompute"):
+        load_config(overrides=['parallel.activation_checkpoint="full"'])
+
+
+@pytest.mark.parametrize(("text", "message"), [("2,2", "gives 2 stages"), ("1,1,1", "sums to 3"),
+                                              ("0,2,2", "at least one"), ("a,b,c", "comma-separated")])
+def test_explicit_split_is_checked(text, message):
+    with pytest.raises(LayoutError, match=message):
+        parse_split(text, layers=4, stages=3)
+    assert parse_split("1,2,1", 4, 3) == (1, 2, 1) and parse_split("auto", 4, 3) is None
+
+
+@pytest.mark.parametrize(
+    ("sets", "local_batch", "pp", "micro"),
+    [
+        ({"train.micro_batch": 16}, 8, 1, 8),  # an upper bound: a rank with 8 sequences runs one micro-batch
+        ({"train.micro_batch": 2}, 8, 1, 2),
+        ({"train.micro_batch": 2}, 8, 2, 2),  # gives 4 >= pp micro-batches: honoured
+        ({"train.micro_batch": 16}, 16, 2, 4),  # gives 1 < pp: 2 x pp = 4 micro-batches
+        ({"train.micro_batch": 16}, 6, 4, 1),  # 2 x pp = 8 > 6 sequences: one sequence each
+        ({"train.micro_batch": 16}, 12, 4, 1),  # 8 does not divide 12: the next count that does (12)
+        ({"train.micro_batch": 16, "parallel.microbatches": 8}, 16, 2, 2),
+    ],
+)
+def test_micro_batch_size_per_rank(sets, local_batch, pp, micro):
+    job = load_config(overrides=[f"{k}={v}" for k, v in {**sets, "parallel.pp": pp}.items()])
+    assert micro_batch_for(job, local_batch) == micro
+
+
+def test_microbatches_must_divide_the_rank_batch():
+    job = load_config(overrides=["train.micro_batch=16", "parallel.microbatches=3", "parallel.pp=2"])
+    with pytest.raises(LayoutError, match="microbatches = 3 must divide the 16 sequences per rank"):
+        micro_batch_for(job, 16)
+
+
+@pytest.mark.parametrize(("text", "value"), [("on", True), ("OFF", False), ("yes", True), ("0", False),
+                                             ("True", True), (False, False)])
+def test_one_boolean_parser(text, value):
+    assert parse_bool("x", text) is value
+
+
+def test_boolean_parser_refuses_other_words():
+    with pytest.raises(ConfigError, match="x = 'offf': expected true or false"):
+        parse_bool("x", "offf")
