@@ -24,7 +24,11 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "paged_attention.c"
-FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-Wno-unknown-pragmas"]
+FLAGS = ["-O3", "-fPIC", "-shared", "-Wno-unknown-pragmas"]
+# Tried in order until one compiles: the host's instruction set and OpenMP threads, then without OpenMP
+# (one thread; `omp simd` still vectorises), then portable code. -march=native is safe because the cached
+# library is keyed by the CPU's flags (`_cpu_signature`): another CPU compiles its own.
+VARIANTS = [["-march=native", "-fopenmp"], ["-march=native", "-fopenmp-simd"], ["-fopenmp-simd"], []]
 
 _lock = threading.Lock()
 _loaded: dict[str, object] = {}
@@ -52,12 +56,14 @@ def _compile(compiler: str, out: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
     os.close(fd)
     try:
-        cmd = [compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:  # a compiler without OpenMP: the same code, one thread
-            cmd.remove("-fopenmp")
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
+        for extra in VARIANTS:
+            done = subprocess.run([compiler, *FLAGS, *extra, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+                                  timeout=300)
+            if done.returncode == 0:
+                break
+            log.info("compiling with %s failed: %s", " ".join(extra) or "portable flags",
+                     done.stderr.strip()[-300:])
+        else:
             raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "compiler failed")
         os.replace(tmp, out)  # atomic: another process compiling the same kernel ends with the same file
     finally:
@@ -77,7 +83,7 @@ def load():
         elif compiler is None:
             log.warning("no C compiler found: paged attention on CPU runs in PyTorch (slower at large batches)")
         else:
-            key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode()
+            key = hashlib.sha256(SOURCE.read_bytes() + repr([compiler, FLAGS, VARIANTS]).encode()
                                  + _cpu_signature().encode()).hexdigest()[:16]
             path = cache_dir() / f"paged_attention-{key}.so"
             try:
@@ -104,9 +110,7 @@ def paged_attention(lib, out: torch.Tensor, q: torch.Tensor, k_pool: torch.Tenso
     _, kv_heads, block, _ = k_pool.shape
     for t in (out, q, k_pool, v_pool, tables, rows, row_slot, row_len):
         assert t.is_contiguous() and t.device.type == "cpu"
-    status = lib.paged_attention_f32(
+    lib.paged_attention_f32(
         out.data_ptr(), q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), tables.data_ptr(), rows.data_ptr(),
         row_slot.data_ptr(), row_len.data_ptr(), rows.numel(), heads, kv_heads, d, block, tables.shape[1],
         d**-0.5, torch.get_num_threads())
-    if status:
-        raise MemoryError("paged attention: out of memory for the score buffer")

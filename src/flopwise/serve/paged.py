@@ -58,11 +58,11 @@ class PagedKVCache:
                 self.block_x = torch.zeros(num_blocks, cfg.layers, cfg.hidden, device=device, dtype=dtype)
                 self.block_y = torch.zeros(num_blocks, cfg.layers, cfg.hidden // 2, device=device, dtype=dtype)
 
-    def sync_table(self, slot: int, block_table: list[int], synced: int) -> int:
-        """Copy the blocks a sequence gained since `synced` into its row; returns the new count."""
-        if len(block_table) > synced:
-            self.tables[slot, synced : len(block_table)] = torch.tensor(block_table[synced:], dtype=torch.int32)
-        return len(block_table)
+    def sync_tables(self, gained: list[tuple[int, int, int]]) -> None:
+        """Write (slot, index, block) entries, the blocks sequences gained since the last step, in one go."""
+        if gained:
+            slots, cols, blocks = (torch.tensor(v, device=self.tables.device) for v in zip(*gained, strict=True))
+            self.tables[slots, cols] = blocks.to(torch.int32)
 
     def restore_filter(self, slot: int, block: int) -> None:
         """Start a sequence's LFA state from the state saved at the end of a cached block."""
@@ -149,7 +149,31 @@ class StepBatch:
     block_end_ids: torch.Tensor | None = None
 
 
+def _decode_batch(chunks: list[SeqChunk], block_size: int, device, lfa: bool) -> StepBatch:
+    """build_batch when every sequence brings one token (steady decoding): a few list comprehensions, two
+    tensors, views of their rows."""
+    pos = [c.num_computed for c in chunks]
+    slots = [c.slot for c in chunks]
+    blocks = [c.block_table[p // block_size] for c, p in zip(chunks, pos, strict=True)]
+    rows = list(range(len(chunks)))
+    longs = torch.tensor([[c.tokens[0] for c in chunks], pos, blocks, [p % block_size for p in pos], rows, slots],
+                         device=device)
+    ints = torch.tensor([rows, slots, [p + 1 for p in pos]], dtype=torch.int32, device=device)
+    batch = StepBatch(longs[0], longs[1], longs[2], longs[3], longs[4], paged_rows=ints[0], paged_slots=ints[1],
+                      paged_lens=ints[2], decode_rows=rows)
+    if lfa:
+        ends = [(i, b) for i, (p, b) in enumerate(zip(pos, blocks, strict=True)) if p % block_size == block_size - 1]
+        batch.first_rows = batch.last_rows = longs[4]
+        batch.state_slots = longs[5]
+        batch.fresh_seq = longs[1] == 0
+        batch.block_end_rows = torch.tensor([i for i, _ in ends], dtype=torch.long, device=device)
+        batch.block_end_ids = torch.tensor([b for _, b in ends], dtype=torch.long, device=device)
+    return batch
+
+
 def build_batch(chunks: list[SeqChunk], block_size: int, device, lfa: bool = True) -> StepBatch:
+    if all(len(c.tokens) == 1 and c.logits_from == 0 for c in chunks):
+        return _decode_batch(chunks, block_size, device, lfa)
     tokens, positions, blocks, offsets, logit_rows = [], [], [], [], []
     paged_rows, paged_slots, paged_lens, fresh, decode_rows, seq_chunks = [], [], [], [], [], []
     first_rows, state_slots, fresh_seq, last_rows, end_rows, end_ids = [], [], [], [], [], []
@@ -183,7 +207,7 @@ def build_batch(chunks: list[SeqChunk], block_size: int, device, lfa: bool = Tru
             state_slots.append(c.slot)
             fresh_seq.append(start == 0)
             last_rows.append(row + n - 1)
-            for p in range(-(-start // block_size) * block_size + block_size - 1, context, block_size):
+            for p in range(start // block_size * block_size + block_size - 1, context, block_size):
                 end_rows.append(row + p - start)  # rows that complete a block
                 end_ids.append(c.block_table[p // block_size])
         row += n

@@ -8,114 +8,109 @@
  *   rows      [R] int32          the rows to compute; row_slot[i] / row_len[i] belong to rows[i]
  *
  * Work item = (row, KV head): the G = H / KV query heads of a group share one pass over their keys
- * (grouped-query attention without repeating keys). Two passes over the keys: scores and their maxima,
- * then exp-weights and the weighted sum of values; K and V are each read once per item.
+ * (grouped-query attention without repeating keys). One pass over the blocks with the online softmax
+ * (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax"): per block, scores, a new running
+ * maximum, rescale of the running sum and output, then the block's values. K and V are read once, and the
+ * scratch is a block's scores on the stack (no allocation).
  *
- * Built and loaded by flopwise/serve/cpu_kernels.py (a C compiler at run time, ctypes); when that is not
- * possible the engine uses the equivalent PyTorch path in paged.py. */
+ * Plain C that the compiler vectorises (-O3 with `omp simd`); exp is a branch-free polynomial so that its
+ * loop vectorises too. Built and loaded by flopwise/serve/cpu_kernels.py (a C compiler at run time,
+ * ctypes); when that is not possible the engine uses the equivalent PyTorch path in paged.py. */
 #include <float.h>
-#include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
+#include <string.h>
 
-static void attend(float *out, const float *q, const float *k_pool, const float *v_pool, const int32_t *table,
-                   int64_t n, int64_t KV, int64_t G, int64_t D, int64_t BS, float scale, float *scores) {
-    const int64_t H = KV * G;
+/* exp(x) for x <= 0 (scores minus their maximum), relative error ~1e-7: Cody-Waite range reduction and
+ * the Cephes expf polynomial; rounding by the 1.5 * 2^23 trick so that no libm call blocks vectorisation. */
+static inline float exp_neg(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23; /* 2^n; n >= -126 after the clamp */
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return p * two_n;
+}
+
+static inline __attribute__((always_inline)) void attend(float *restrict out, const float *restrict q, const float *restrict k_pool,
+                   const float *restrict v_pool, const int32_t *restrict table, int64_t n, int64_t kh, int64_t KV,
+                   int64_t G, int64_t D, int64_t BS, float scale) {
     const int64_t block_elems = KV * BS * D;
-    float mx[H];
-    for (int64_t h = 0; h < H; h++) mx[h] = -FLT_MAX;
+    float acc[G * D], s[G * BS], mx[G], sum[G];
+    for (int64_t i = 0; i < G * D; i++) acc[i] = 0.f;
+    for (int64_t g = 0; g < G; g++) mx[g] = -FLT_MAX, sum[g] = 0.f;
     const int64_t nblocks = (n + BS - 1) / BS;
     for (int64_t b = 0; b < nblocks; b++) {
-        const float *kb = k_pool + (int64_t)table[b] * block_elems;
-        if (b + 1 < nblocks) {
-            const char *next = (const char *)(k_pool + (int64_t)table[b + 1] * block_elems);
-            for (int64_t off = 0; off < block_elems * 4; off += 64) __builtin_prefetch(next + off);
-        }
+        const float *kb = k_pool + (int64_t)table[b] * block_elems + kh * BS * D;
+        const float *vb = v_pool + (int64_t)table[b] * block_elems + kh * BS * D;
         const int64_t m = n - b * BS < BS ? n - b * BS : BS;
-        for (int64_t kh = 0; kh < KV; kh++) {
+        for (int64_t g = 0; g < G; g++) {
+            const float *qr = q + g * D;
+            float *sg = s + g * BS;
+            float bmax = -FLT_MAX;
             for (int64_t o = 0; o < m; o++) {
-                const float *kr = kb + (kh * BS + o) * D;
-                for (int64_t g = 0; g < G; g++) {
-                    const int64_t h = kh * G + g;
-                    const float *qr = q + h * D;
-                    float s = 0.f;
-#pragma omp simd reduction(+ : s)
-                    for (int64_t d = 0; d < D; d++) s += qr[d] * kr[d];
-                    s *= scale;
-                    scores[h * n + b * BS + o] = s;
-                    if (s > mx[h]) mx[h] = s;
-                }
+                const float *kr = kb + o * D;
+                float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+                for (int64_t d = 0; d < D; d++) dot += qr[d] * kr[d];
+                sg[o] = dot * scale;
+                bmax = sg[o] > bmax ? sg[o] : bmax;
             }
-        }
-    }
-    float sum[H];
-    for (int64_t h = 0; h < H; h++) {
-        float *sc = scores + h * n;
-        const float m = mx[h];
-        float total = 0.f;
+            const float new_max = bmax > mx[g] ? bmax : mx[g];
+            const float correction = exp_neg(mx[g] - new_max);
+            float total = 0.f;
 #pragma omp simd reduction(+ : total)
-        for (int64_t j = 0; j < n; j++) {
-            const float p = expf(sc[j] - m);
-            sc[j] = p;
-            total += p;
-        }
-        sum[h] = total;
-        for (int64_t d = 0; d < D; d++) out[h * D + d] = 0.f;
-    }
-    for (int64_t b = 0; b < nblocks; b++) {
-        const float *vb = v_pool + (int64_t)table[b] * block_elems;
-        if (b + 1 < nblocks) {
-            const char *next = (const char *)(v_pool + (int64_t)table[b + 1] * block_elems);
-            for (int64_t off = 0; off < block_elems * 4; off += 64) __builtin_prefetch(next + off);
-        }
-        const int64_t m = n - b * BS < BS ? n - b * BS : BS;
-        for (int64_t kh = 0; kh < KV; kh++) {
             for (int64_t o = 0; o < m; o++) {
-                const float *vr = vb + (kh * BS + o) * D;
-                for (int64_t g = 0; g < G; g++) {
-                    const int64_t h = kh * G + g;
-                    const float p = scores[h * n + b * BS + o];
-                    float *acc = out + h * D;
+                sg[o] = exp_neg(sg[o] - new_max);
+                total += sg[o];
+            }
+            sum[g] = sum[g] * correction + total;
+            mx[g] = new_max;
+            float *ag = acc + g * D;
+            if (correction != 1.f) {
 #pragma omp simd
-                    for (int64_t d = 0; d < D; d++) acc[d] += p * vr[d];
-                }
+                for (int64_t d = 0; d < D; d++) ag[d] *= correction;
+            }
+            for (int64_t o = 0; o < m; o++) {
+                const float p = sg[o];
+                const float *vr = vb + o * D;
+#pragma omp simd
+                for (int64_t d = 0; d < D; d++) ag[d] += p * vr[d];
             }
         }
     }
-    for (int64_t h = 0; h < H; h++) {
-        const float inv = 1.f / sum[h];
-        for (int64_t d = 0; d < D; d++) out[h * D + d] *= inv;
+    for (int64_t g = 0; g < G; g++) {
+        const float inv = 1.f / sum[g];
+#pragma omp simd
+        for (int64_t d = 0; d < D; d++) out[g * D + d] = acc[g * D + d] * inv;
     }
 }
 
-/* Returns 0, or -1 if scratch memory could not be allocated. */
+/* Returns 0 (kept for the ABI: the kernel no longer allocates). */
 int paged_attention_f32(float *out, const float *q, const float *k_pool, const float *v_pool, const int32_t *tables,
                         const int32_t *rows, const int32_t *row_slot, const int32_t *row_len, int64_t R, int64_t H,
                         int64_t KV, int64_t D, int64_t BS, int64_t W, float scale, int nthreads) {
     const int64_t G = H / KV;
-    int failed = 0;
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        int64_t cap = 0;
-        float *scores = NULL;
-#pragma omp for schedule(dynamic, 4)
-        for (int64_t i = 0; i < R; i++) {
-            const int64_t n = row_len[i];
-            if (H * n > cap) {
-                free(scores);
-                cap = H * n;
-                scores = (float *)malloc(cap * sizeof(float));
-                if (scores == NULL) {
-                    cap = 0;
-                    failed = 1;
-                    continue;
-                }
-            }
-            const int64_t t = rows[i];
-            attend(out + t * H * D, q + t * H * D, k_pool, v_pool, tables + (int64_t)row_slot[i] * W, n, KV, G, D,
-                   BS, scale, scores);
+    (void)nthreads;
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nthreads) if (nthreads > 1 && R * KV > 16)
+    for (int64_t item = 0; item < R * KV; item++) {
+        const int64_t i = item / KV, kh = item % KV;
+        const int64_t t = rows[i];
+        const int64_t off = t * H * D + kh * G * D;
+        const int32_t *table = tables + (int64_t)row_slot[i] * W;
+        switch (D) { /* common head sizes as constants: the inner loops unroll into whole vectors */
+        case 32: attend(out + off, q + off, k_pool, v_pool, table, row_len[i], kh, KV, G, 32, BS, scale); break;
+        case 64: attend(out + off, q + off, k_pool, v_pool, table, row_len[i], kh, KV, G, 64, BS, scale); break;
+        case 128: attend(out + off, q + off, k_pool, v_pool, table, row_len[i], kh, KV, G, 128, BS, scale); break;
+        default: attend(out + off, q + off, k_pool, v_pool, table, row_len[i], kh, KV, G, D, BS, scale);
         }
-        free(scores);
     }
-    return failed ? -1 : 0;
+    return 0;
 }
