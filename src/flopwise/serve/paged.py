@@ -329,5 +329,5 @@ def paged_forward(model: Transformer, cache: PagedKVCache, batch: StepBatch) -> 
         x = x + attn.wo(o.reshape(t, -1))
         m = block.mlp(block.ffn_norm(x).unsqueeze(0))
         x = x + (m[0] if isinstance(m, tuple) else m)[0]
-    h = model.norm(x[batch.logit_rows])
+    h = model.norm(x if batch.logit_rows.numel() == t else x[batch.logit_rows])  # logit rows ascend: all = all
     return model.output(h).float()
