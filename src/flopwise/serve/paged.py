@@ -4,8 +4,9 @@ pool of fixed-size blocks addressed through per-sequence block tables (Kwon et a
 The model's own modules and weights do the work; only the order of operations differs from
 `Transformer.forward`: tokens of all sequences are concatenated ([T, h]), each has its own position, the
 new keys/values are written into their pool slots, and attention reads each sequence's keys through its
-block table. On CPU the read is a gather into `scaled_dot_product_attention` (`paged_attention`); a GPU
-kernel taking the same arguments (query rows, pool, block tables, context lengths) can replace it.
+block table: on CPU in place, by the C kernel of `cpu_kernels` where it builds; elsewhere by gathering the
+blocks into padded tensors (`torch_paged_attention`, also the kernel's reference). A GPU kernel taking the
+same arguments (query rows, pool, block tables, context lengths) can replace the gather.
 
 LFA needs, per sequence, the last filter input x[t-1] and conv1 output y1[t-1] of every layer (Yuan 2.0,
 reference/yuan2.md): a constant-size state held in slots of `lfa_x` / `lfa_y`. For prefix caching the same
