@@ -52,16 +52,21 @@ def _outputs(served, attention: str) -> tuple[list[list[int]], bool]:
     return eng.generate(batch, GREEDY), eng.cache.kernel is not None
 
 
-def test_engine_output_is_the_same_with_the_kernel_and_without(kernel, served_llama):
-    with_kernel, used = _outputs(served_llama, "kernel")
-    without, unused = _outputs(served_llama, "torch")
-    assert used and not unused
-    assert with_kernel == without
+@pytest.fixture(scope="module")
+def with_kernel(kernel, served_llama):
+    outputs, used = _outputs(served_llama, "kernel")
+    assert used
+    return outputs
 
 
-def test_switched_off_or_without_a_compiler_the_engine_falls_back_to_pytorch(kernel, served_llama, monkeypatch,
+def test_engine_output_is_the_same_with_the_kernel_and_without(with_kernel, served_llama):
+    without, used = _outputs(served_llama, "torch")
+    assert not used and with_kernel == without
+
+
+def test_switched_off_or_without_a_compiler_the_engine_falls_back_to_pytorch(with_kernel, served_llama, monkeypatch,
                                                                              tmp_path):
-    expected, _ = _outputs(served_llama, "kernel")
+    expected = with_kernel
     monkeypatch.setattr(cpu_kernels, "_loaded", {})
     monkeypatch.setenv("FLOPWISE_CPU_KERNELS", "0")
     off, used = _outputs(served_llama, "auto")
