@@ -83,10 +83,10 @@ def load():
         elif compiler is None:
             log.warning("no C compiler found: paged attention on CPU runs in PyTorch (slower at large batches)")
         else:
-            key = hashlib.sha256(SOURCE.read_bytes() + repr([compiler, FLAGS, VARIANTS]).encode()
-                                 + _cpu_signature().encode()).hexdigest()[:16]
-            path = cache_dir() / f"paged_attention-{key}.so"
             try:
+                key = hashlib.sha256(SOURCE.read_bytes() + repr([compiler, FLAGS, VARIANTS]).encode()
+                                     + _cpu_signature().encode()).hexdigest()[:16]
+                path = cache_dir() / f"paged_attention-{key}.so"
                 if not path.exists():
                     log.info("compiling the CPU paged-attention kernel into %s", path)
                     _compile(compiler, path)
