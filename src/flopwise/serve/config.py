@@ -32,6 +32,7 @@ class EngineConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     threads: int = 0  # torch intra-op threads of the engine thread; 0: torch's default
+    attention: str = "auto"  # auto (the CPU paged-attention kernel where it builds, else PyTorch) | kernel | torch
 
     def __post_init__(self) -> None:
         for key in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting"):
@@ -46,5 +47,7 @@ class EngineConfig:
             raise ConfigError(f"serve.kv_memory_fraction = {self.kv_memory_fraction}: must be in (0, 1]")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"serve.dtype = {self.dtype!r}: must be one of auto, fp32, bf16")
+        if self.attention not in ("auto", "kernel", "torch"):
+            raise ConfigError(f"serve.attention = {self.attention!r}: must be one of auto, kernel, torch")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ConfigError(f"serve.device = {self.device!r}: must be auto, cpu, cuda or cuda:N")

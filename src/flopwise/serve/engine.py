@@ -35,7 +35,8 @@ class Engine:
         dtype = self.model.tok_embeddings.weight.dtype
         self.num_blocks, self.block_bytes = plan_num_blocks(self.model.cfg, config, self.device, dtype)
         self.cache = PagedKVCache(self.model.cfg, self.num_blocks, config.block_size, config.max_num_seqs,
-                                  self.device, dtype, block_states=config.enable_prefix_caching)
+                                  self.device, dtype, block_states=config.enable_prefix_caching,
+                                  attention=config.attention)
         self.pool = BlockPool(self.num_blocks, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.pool, on_prefix_hit=lambda s, b: self.cache.restore_filter(s.slot, b))
         self.requests: dict[str, Sequence] = {}
@@ -50,6 +51,17 @@ class Engine:
     # -- requests ------------------------------------------------------------------------------
     def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> str:
         request_id = request_id or uuid.uuid4().hex
+        self.check_request(prompt_ids, params, request_id)
+        limit = self.max_model_len
+        max_tokens = min(params.max_tokens or limit, limit - len(prompt_ids))
+        seq = Sequence(request_id, list(prompt_ids), params, max_tokens, request_generator(params.seed, self.device))
+        self.requests[request_id] = seq
+        self.scheduler.add(seq)
+        return request_id
+
+    def check_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str, queued: int = 0) -> None:
+        """Raise RequestError / QueueFullError if the request cannot be added; changes nothing (so another
+        thread may call it while a step runs). `queued`: requests accepted but not yet added."""
         if request_id in self.requests:
             raise RequestError(f"request id {request_id!r} is already in use")
         if not prompt_ids:
@@ -63,13 +75,9 @@ class Engine:
             raise RequestError(
                 f"this model's maximum context length is {limit} tokens; the request has {len(prompt_ids)} prompt "
                 f"tokens" + (f" and asks for {params.max_tokens} more" if params.max_tokens else ""), "prompt")
-        if len(self.scheduler.waiting) >= self.config.max_waiting:
-            raise QueueFullError(f"{len(self.scheduler.waiting)} requests are waiting; try again later")
-        max_tokens = min(params.max_tokens or limit, limit - len(prompt_ids))
-        seq = Sequence(request_id, list(prompt_ids), params, max_tokens, request_generator(params.seed, self.device))
-        self.requests[request_id] = seq
-        self.scheduler.add(seq)
-        return request_id
+        waiting = len(self.scheduler.waiting) + queued
+        if waiting >= self.config.max_waiting:
+            raise QueueFullError(f"{waiting} requests are waiting; try again later")
 
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its blocks. False if it is not (or no longer) here."""
@@ -88,15 +96,19 @@ class Engine:
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return []
-        chunks = []
+        chunks, gained = [], []
         for seq, n in scheduled:
             completes = seq.num_computed + n == seq.num_tokens
             logits_from = n - 1 if completes else n
             if seq.wants_prompt_logprobs:
                 logits_from = 0
-            chunks.append(SeqChunk(seq.token_ids[seq.num_computed : seq.num_computed + n], seq.num_computed,
+            if len(seq.block_table) > seq.synced_blocks:  # blocks gained since the last step: into the table tensor
+                gained.extend((seq.slot, i, seq.block_table[i]) for i in range(seq.synced_blocks, len(seq.block_table)))
+                seq.synced_blocks = len(seq.block_table)
+            chunks.append(SeqChunk(seq.tokens(seq.num_computed, seq.num_computed + n), seq.num_computed,
                                    seq.block_table, seq.slot, logits_from))
-        batch = build_batch(chunks, self.config.block_size, self.device)
+        self.cache.sync_tables(gained)
+        batch = build_batch(chunks, self.config.block_size, self.device, self.model.cfg.lfa)
         logits = paged_forward(self.model, self.cache, batch)
         self.steps += 1
 
@@ -115,7 +127,7 @@ class Engine:
                 sampled.append(seq)
             row += rows
         if sampled:
-            rows = logits[sampled_rows]
+            rows = logits if len(sampled_rows) == logits.shape[0] else logits[sampled_rows]  # rows ascend: all = all
             tokens = sample(rows, [s.params for s in sampled], [s.generator for s in sampled])
             want = [i for i, s in enumerate(sampled) if s.params.logprobs is not None]
             lps = {}

@@ -4,8 +4,9 @@ pool of fixed-size blocks addressed through per-sequence block tables (Kwon et a
 The model's own modules and weights do the work; only the order of operations differs from
 `Transformer.forward`: tokens of all sequences are concatenated ([T, h]), each has its own position, the
 new keys/values are written into their pool slots, and attention reads each sequence's keys through its
-block table. On CPU the read is a gather into `scaled_dot_product_attention` (`paged_attention`); a GPU
-kernel taking the same arguments (query rows, pool, block tables, context lengths) can replace it.
+block table: on CPU in place, by the C kernel of `cpu_kernels` where it builds; elsewhere by gathering the
+blocks into padded tensors (`torch_paged_attention`, also the kernel's reference). A GPU kernel taking the
+same arguments (query rows, pool, block tables, context lengths) can replace the gather.
 
 LFA needs, per sequence, the last filter input x[t-1] and conv1 output y1[t-1] of every layer (Yuan 2.0,
 reference/yuan2.md): a constant-size state held in slots of `lfa_x` / `lfa_y`. For prefix caching the same
@@ -27,6 +28,7 @@ from flopwise.models.config import ModelConfig
 from flopwise.models.lfa import LocalizedFilter
 from flopwise.models.rope import apply_rope
 from flopwise.models.transformer import Transformer
+from flopwise.serve import cpu_kernels
 from flopwise.serve.config import EngineConfig
 
 CPU_KV_CAP = 4 << 30  # default ceiling of the KV pool on CPU (bytes): RAM is shared with everything else
@@ -34,13 +36,21 @@ CPU_KV_CAP = 4 << 30  # default ceiling of the KV pool on CPU (bytes): RAM is sh
 
 class PagedKVCache:
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, max_seqs: int, device, dtype,
-                 block_states: bool):
+                 block_states: bool, attention: str = "auto"):
         self.cfg = cfg
         self.num_blocks = num_blocks
         self.block_size = block_size
         shape = (cfg.layers, num_blocks, cfg.kv_heads, block_size, cfg.head_dim)  # head-major inside a block
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # Block tables as one tensor, a row per sequence slot, filled as sequences gain blocks (`sync`).
+        self.tables = torch.zeros(max_seqs, math.ceil(cfg.seq_len / block_size), dtype=torch.int32, device=device)
+        self.kernel = None
+        if attention != "torch" and torch.device(device).type == "cpu" and dtype == torch.float32:
+            self.kernel = cpu_kernels.load()
+        if attention == "kernel" and self.kernel is None:
+            raise ConfigError("serve.attention = 'kernel': the CPU paged-attention kernel is unavailable here "
+                              "(it needs a C compiler, a CPU device and fp32); use 'auto' or 'torch'")
         self.lfa_x = self.lfa_y = self.block_x = self.block_y = None
         if cfg.lfa:
             self.lfa_x = torch.zeros(max_seqs, cfg.layers, cfg.hidden, device=device, dtype=dtype)
@@ -48,6 +58,12 @@ class PagedKVCache:
             if block_states:
                 self.block_x = torch.zeros(num_blocks, cfg.layers, cfg.hidden, device=device, dtype=dtype)
                 self.block_y = torch.zeros(num_blocks, cfg.layers, cfg.hidden // 2, device=device, dtype=dtype)
+
+    def sync_tables(self, gained: list[tuple[int, int, int]]) -> None:
+        """Write (slot, index, block) entries, the blocks sequences gained since the last step, in one go."""
+        if gained:
+            slots, cols, blocks = (torch.tensor(v, device=self.tables.device) for v in zip(*gained, strict=True))
+            self.tables[slots, cols] = blocks.to(torch.int32)
 
     def restore_filter(self, slot: int, block: int) -> None:
         """Start a sequence's LFA state from the state saved at the end of a cached block."""
@@ -106,7 +122,7 @@ class SeqChunk:
     tokens: list[int]
     num_computed: int
     block_table: list[int]
-    slot: int  # LFA state slot
+    slot: int  # the sequence's slot: its row of the block-table tensor and its LFA state
     logits_from: int  # first chunk index whose logits are returned (len - 1 for the next token only)
 
 
@@ -117,113 +133,159 @@ class StepBatch:
     write_blocks: torch.Tensor  # [T] block and offset of each new key/value
     write_offsets: torch.Tensor
     logit_rows: torch.Tensor  # [R] rows whose logits are returned
-    decode_rows: torch.Tensor | None = None  # sequences with one token this step (rows of the flat batch)
-    decode_blocks: torch.Tensor | None = None  # [nd, B] their block tables (padded with block 0)
-    decode_mask: torch.Tensor | None = None  # [nd, 1, 1, B * block_size]: which keys are theirs
-    # prefill chunks: (first row, rows, block table or None when the chunk starts the sequence, keys, mask)
-    prefills: list[tuple[int, int, torch.Tensor | None, int, torch.Tensor | None]] = field(default_factory=list)
+    # Rows that read their keys from the pool (decodes and later chunks of a prompt): the row, its
+    # sequence's slot in the block-table tensor, and how many keys it sees (its position + 1).
+    paged_rows: torch.Tensor | None = None  # int32
+    paged_slots: torch.Tensor | None = None
+    paged_lens: torch.Tensor | None = None
+    fresh: list[tuple[int, int]] = field(default_factory=list)  # (first row, rows) of prompts starting now
+    # the same paged rows, grouped for the PyTorch path: single-row sequences together, chunks one by one
+    decode_rows: list[int] = field(default_factory=list)
+    chunks: list[tuple[int, int, int]] = field(default_factory=list)  # (first row, rows, slot)
     first_rows: torch.Tensor | None = None  # LFA: each sequence's first row, its slot, whether it is fresh
     state_slots: torch.Tensor | None = None
-    fresh: torch.Tensor | None = None
+    fresh_seq: torch.Tensor | None = None
     last_rows: torch.Tensor | None = None
     block_end_rows: torch.Tensor | None = None  # rows that complete a block, and that block
     block_end_ids: torch.Tensor | None = None
 
 
-def build_batch(chunks: list[SeqChunk], block_size: int, device) -> StepBatch:
+def _decode_batch(chunks: list[SeqChunk], block_size: int, device, lfa: bool) -> StepBatch:
+    """build_batch when every sequence brings one token (steady decoding): a few list comprehensions, two
+    tensors, views of their rows."""
+    pos = [c.num_computed for c in chunks]
+    slots = [c.slot for c in chunks]
+    blocks = [c.block_table[p // block_size] for c, p in zip(chunks, pos, strict=True)]
+    rows = list(range(len(chunks)))
+    longs = torch.tensor([[c.tokens[0] for c in chunks], pos, blocks, [p % block_size for p in pos], rows, slots],
+                         device=device)
+    ints = torch.tensor([rows, slots, [p + 1 for p in pos]], dtype=torch.int32, device=device)
+    batch = StepBatch(longs[0], longs[1], longs[2], longs[3], longs[4], paged_rows=ints[0], paged_slots=ints[1],
+                      paged_lens=ints[2], decode_rows=rows)
+    if lfa:
+        ends = [(i, b) for i, (p, b) in enumerate(zip(pos, blocks, strict=True)) if p % block_size == block_size - 1]
+        batch.first_rows = batch.last_rows = longs[4]
+        batch.state_slots = longs[5]
+        batch.fresh_seq = longs[1] == 0
+        batch.block_end_rows = torch.tensor([i for i, _ in ends], dtype=torch.long, device=device)
+        batch.block_end_ids = torch.tensor([b for _, b in ends], dtype=torch.long, device=device)
+    return batch
+
+
+def build_batch(chunks: list[SeqChunk], block_size: int, device, lfa: bool = True) -> StepBatch:
+    if all(len(c.tokens) == 1 and c.logits_from == 0 for c in chunks):
+        return _decode_batch(chunks, block_size, device, lfa)
     tokens, positions, blocks, offsets, logit_rows = [], [], [], [], []
-    decode_rows, decode_tables, decode_len, prefills = [], [], [], []
-    first_rows, state_slots, fresh, last_rows, end_rows, end_ids = [], [], [], [], [], []
+    paged_rows, paged_slots, paged_lens, fresh, decode_rows, seq_chunks = [], [], [], [], [], []
+    first_rows, state_slots, fresh_seq, last_rows, end_rows, end_ids = [], [], [], [], [], []
     row = 0
     for c in chunks:
         n = len(c.tokens)
-        pos = range(c.num_computed, c.num_computed + n)
+        start, context = c.num_computed, c.num_computed + n
         tokens.extend(c.tokens)
-        positions.extend(pos)
-        blocks.extend(c.block_table[p // block_size] for p in pos)
-        offsets.extend(p % block_size for p in pos)
+        if n == 1:  # a decode: no per-token loops
+            positions.append(start)
+            blocks.append(c.block_table[start // block_size])
+            offsets.append(start % block_size)
+        else:
+            pos = range(start, context)
+            positions.extend(pos)
+            blocks.extend(c.block_table[p // block_size] for p in pos)
+            offsets.extend(p % block_size for p in pos)
         logit_rows.extend(range(row + c.logits_from, row + n))
-        context = c.num_computed + n
-        used = -(-context // block_size)
-        if n == 1:
-            decode_rows.append(row)
-            decode_tables.append(c.block_table[:used])
-            decode_len.append(context)
-        elif c.num_computed == 0:  # a fresh prompt: its keys are all in this step, plain causal attention
-            prefills.append((row, n, None, context, None))
-        else:  # causal with an offset: query i sees keys 0 .. num_computed + i
-            q_pos = torch.arange(c.num_computed, context, device=device)
-            mask = torch.arange(context, device=device).unsqueeze(0) <= q_pos.unsqueeze(1)
-            prefills.append((row, n, torch.tensor(c.block_table[:used], device=device), context, mask))
-        first_rows.append(row)
-        state_slots.append(c.slot)
-        fresh.append(c.num_computed == 0)
-        last_rows.append(row + n - 1)
-        for p in range(-(-c.num_computed // block_size) * block_size + block_size - 1, context, block_size):
-            end_rows.append(row + p - c.num_computed)  # rows that complete a block
-            end_ids.append(c.block_table[p // block_size])
+        if start == 0 and n > 1:  # a fresh prompt: its keys are all in this step, plain causal attention
+            fresh.append((row, n))
+        else:
+            paged_rows.extend(range(row, row + n))
+            paged_slots.extend([c.slot] * n)
+            paged_lens.extend(range(start + 1, context + 1))
+            if n == 1:
+                decode_rows.append(row)
+            else:
+                seq_chunks.append((row, n, c.slot))
+        if lfa:
+            first_rows.append(row)
+            state_slots.append(c.slot)
+            fresh_seq.append(start == 0)
+            last_rows.append(row + n - 1)
+            for p in range(start // block_size * block_size + block_size - 1, context, block_size):
+                end_rows.append(row + p - start)  # rows that complete a block
+                end_ids.append(c.block_table[p // block_size])
         row += n
 
     def t(values, dtype=torch.long):
         return torch.tensor(values, dtype=dtype, device=device)
 
-    batch = StepBatch(t(tokens), t(positions), t(blocks), t(offsets), t(logit_rows), prefills=prefills)
-    if decode_rows:
-        width = max(len(b) for b in decode_tables)
-        batch.decode_rows = t(decode_rows)
-        batch.decode_blocks = t([b + [0] * (width - len(b)) for b in decode_tables])
-        keys = torch.arange(width * block_size, device=device)
-        batch.decode_mask = (keys.unsqueeze(0) < t(decode_len).unsqueeze(1))[:, None, None]
-    batch.first_rows, batch.state_slots, batch.fresh = t(first_rows), t(state_slots), t(fresh, torch.bool)
-    batch.last_rows = t(last_rows)
-    batch.block_end_rows, batch.block_end_ids = t(end_rows), t(end_ids)
+    batch = StepBatch(t(tokens), t(positions), t(blocks), t(offsets), t(logit_rows), fresh=fresh,
+                      decode_rows=decode_rows, chunks=seq_chunks)
+    if paged_rows:
+        batch.paged_rows, batch.paged_slots, batch.paged_lens = (t(v, torch.int32) for v in (paged_rows, paged_slots,
+                                                                                            paged_lens))
+    if lfa:
+        batch.first_rows, batch.state_slots, batch.fresh_seq = t(first_rows), t(state_slots), t(fresh_seq, torch.bool)
+        batch.last_rows = t(last_rows)
+        batch.block_end_rows, batch.block_end_ids = t(end_rows), t(end_ids)
     return batch
 
 
+def torch_paged_attention(out: torch.Tensor, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                          tables: torch.Tensor, batch: StepBatch) -> None:
+    """The paged rows of `out` in PyTorch (any device and dtype): the reference for the CPU kernel.
+
+    Decoding sequences go together: their blocks are gathered into a padded [nd, kv_heads, keys, d] tensor
+    and the query heads of each KV group meet that group's keys (grouped-query attention without repeated
+    keys). A later chunk of a prompt gathers its blocks and uses a causal mask offset by what it has."""
+    kv_heads, block_size, d = k_pool.shape[1:]
+    group = q.shape[1] // kv_heads
+    lens = batch.paged_lens.tolist()
+    slot_of = dict(zip(batch.paged_rows.tolist(), batch.paged_slots.tolist(), strict=True))
+    len_of = dict(zip(batch.paged_rows.tolist(), lens, strict=True))
+
+    def gather(pool: torch.Tensor, slots: list[int], keys: int) -> torch.Tensor:  # -> [n, kv_heads, keys, d]
+        width = -(-keys // block_size)
+        table = tables[torch.tensor(slots, device=tables.device), :width].flatten()
+        blocks = pool.index_select(0, table).view(len(slots), width, kv_heads, block_size, d)
+        return blocks.transpose(1, 2).reshape(len(slots), kv_heads, width * block_size, d)[:, :, :keys]
+
+    if batch.decode_rows:
+        rows = batch.decode_rows
+        keys = max(len_of[r] for r in rows)
+        slots = [slot_of[r] for r in rows]
+        kd, vd = gather(k_pool, slots, keys), gather(v_pool, slots, keys)
+        qd = q[rows].view(len(rows), kv_heads, group, d)
+        visible = torch.arange(keys, device=q.device) < torch.tensor([len_of[r] for r in rows], device=q.device)[:, None]
+        scores = torch.matmul(qd, kd.transpose(-1, -2)).float() * d**-0.5  # [nd, kv_heads, group, keys]
+        probs = scores.masked_fill(~visible[:, None, None], float("-inf")).softmax(-1).to(q.dtype)
+        out[rows] = torch.matmul(probs, vd).reshape(len(rows), -1, d)
+    for start, n, slot in batch.chunks:
+        context = len_of[start + n - 1]
+        kp, vp = gather(k_pool, [slot], context), gather(v_pool, [slot], context)
+        q_pos = torch.arange(context - n, context, device=q.device)
+        mask = torch.arange(context, device=q.device).unsqueeze(0) <= q_pos.unsqueeze(1)
+        qp = q[start : start + n].transpose(0, 1).unsqueeze(0)  # [1, heads, n, d]
+        op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, enable_gqa=group != 1)
+        out[start : start + n] = op[0].transpose(0, 1)
+
+
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
-                    batch: StepBatch) -> torch.Tensor:
+                    cache: PagedKVCache, batch: StepBatch) -> torch.Tensor:
     """q [T, heads, d]; k/v [T, kv_heads, d] this step's keys and values; k_pool/v_pool [blocks, kv_heads,
     block_size, d] of one layer, already holding them. Returns [T, heads, d].
 
-    Decoding sequences go together: their blocks are gathered ([nd, B, kv_heads, block, d]) and the query
-    heads of each KV group meet that group's keys block by block, so grouped-query attention needs no
-    repeated keys and the gathered blocks are never laid out again.
-    A fresh prompt attends to this step's keys directly; a later chunk of a prompt reads its blocks with a
-    causal mask offset by the tokens it already has."""
+    A prompt that starts in this step attends to this step's keys directly (causal SDPA); every other row
+    reads its sequence's blocks through the block table: in place with the CPU kernel where it is built,
+    else by gathering them in PyTorch."""
     out = torch.empty_like(q)
-    kv_heads, block_size, d = k_pool.shape[1:]
-    group = q.shape[1] // kv_heads
-    gqa = group != 1
-
-    def gather(pool: torch.Tensor, table: torch.Tensor) -> torch.Tensor:  # [n, B] -> [n, kv_heads, B * block, d]
-        n, width = table.shape
-        blocks = pool.index_select(0, table.flatten()).view(n, width, kv_heads, block_size, d)
-        return blocks.transpose(1, 2).reshape(n, kv_heads, width * block_size, d)
-
-    if batch.decode_rows is not None:
-        # Block by block, without laying the keys out contiguously: scores [nd, B, kv_heads, group, block],
-        # one softmax over all blocks of a sequence, then the weighted values summed over blocks.
-        nd, width = batch.decode_blocks.shape
-        index = batch.decode_blocks.flatten()
-        kb = k_pool.index_select(0, index).view(nd, width, kv_heads, block_size, d)
-        vb = v_pool.index_select(0, index).view(nd, width, kv_heads, block_size, d)
-        qd = q[batch.decode_rows].view(nd, 1, kv_heads, group, d)
-        scores = torch.matmul(qd, kb.transpose(-1, -2)).float() * d**-0.5
-        scores = scores.permute(0, 2, 3, 1, 4).reshape(nd, kv_heads, group, width * block_size)
-        probs = scores.masked_fill(~batch.decode_mask, float("-inf")).softmax(-1).to(q.dtype)
-        probs = probs.view(nd, kv_heads, group, width, block_size).permute(0, 3, 1, 2, 4)
-        out[batch.decode_rows] = torch.matmul(probs, vb).sum(1).reshape(nd, -1, d)
-    for start, n, blocks, context, mask in batch.prefills:
-        qp = q[start : start + n].transpose(0, 1).unsqueeze(0)  # [1, heads, n, d]
-        if blocks is None:
-            kp = k[start : start + n].transpose(0, 1).unsqueeze(0)
-            vp = v[start : start + n].transpose(0, 1).unsqueeze(0)
-            op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=gqa)
-        else:
-            kp = gather(k_pool, blocks.unsqueeze(0))[:, :, :context]
-            vp = gather(v_pool, blocks.unsqueeze(0))[:, :, :context]
-            op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, enable_gqa=gqa)
+    for start, n in batch.fresh:
+        qp, kp, vp = (t[start : start + n].transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, n, d]
+        op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
         out[start : start + n] = op[0].transpose(0, 1)
+    if batch.paged_rows is not None:
+        if cache.kernel is not None:
+            cpu_kernels.paged_attention(cache.kernel, out, q, k_pool, v_pool, cache.tables, batch.paged_rows,
+                                        batch.paged_slots, batch.paged_lens)
+        else:
+            torch_paged_attention(out, q, k_pool, v_pool, cache.tables, batch)
     return out
 
 
@@ -234,7 +296,7 @@ def _filter(filt: LocalizedFilter, x: torch.Tensor, layer: int, cache: PagedKVCa
     def shifted(values: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         prev = torch.cat([values.new_zeros(1, values.shape[1]), values[:-1]])
         carried = state[batch.state_slots, layer].to(values.dtype)
-        prev[batch.first_rows] = torch.where(batch.fresh.unsqueeze(1), torch.zeros_like(carried), carried)
+        prev[batch.first_rows] = torch.where(batch.fresh_seq.unsqueeze(1), torch.zeros_like(carried), carried)
         return prev
 
     y1 = filt._causal_conv(x, shifted(x, cache.lfa_x), filt.conv1)
@@ -264,9 +326,9 @@ def paged_forward(model: Transformer, cache: PagedKVCache, batch: StepBatch) -> 
         v = attn.wv(h).view(t, -1, attn.head_dim)
         cache.k[layer][batch.write_blocks, :, batch.write_offsets] = k
         cache.v[layer][batch.write_blocks, :, batch.write_offsets] = v
-        o = paged_attention(q, k, v, cache.k[layer], cache.v[layer], batch)
+        o = paged_attention(q, k, v, cache.k[layer], cache.v[layer], cache, batch)
         x = x + attn.wo(o.reshape(t, -1))
         m = block.mlp(block.ffn_norm(x).unsqueeze(0))
         x = x + (m[0] if isinstance(m, tuple) else m)[0]
-    h = model.norm(x[batch.logit_rows])
+    h = model.norm(x if batch.logit_rows.numel() == t else x[batch.logit_rows])  # logit rows ascend: all = all
     return model.output(h).float()

@@ -82,8 +82,10 @@ def sample_row(logits: torch.Tensor, params: SamplingParams, gen: torch.Generato
 def sample(logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator]) -> list[int]:
     """One token per row of logits [n, vocab]; greedy rows are taken together."""
     logits = logits.float()
-    out = [0] * len(params)
     greedy = [i for i, p in enumerate(params) if p.greedy]
+    if len(greedy) == len(params):  # the common case: one argmax, no row copy
+        return logits.argmax(dim=-1).tolist()
+    out = [0] * len(params)
     if greedy:
         picks = logits[greedy].argmax(dim=-1).tolist()
         for i, tok in zip(greedy, picks, strict=True):

@@ -37,6 +37,7 @@ class Scheduler:
     def _release(self, seq: Sequence) -> None:
         self.pool.release(seq.block_table)
         seq.block_table = []
+        seq.synced_blocks = 0
         seq.num_computed = 0
         if seq.slot is not None:
             self.free_slots.append(seq.slot)

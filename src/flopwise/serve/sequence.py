@@ -46,7 +46,8 @@ class Sequence:
     num_computed: int = 0  # tokens whose keys/values are in the cache
     block_table: list[int] = field(default_factory=list)
     block_names: list[int] = field(default_factory=list)  # prefix-cache names of the full blocks computed so far
-    slot: int | None = None  # LFA state slot while running
+    slot: int | None = None  # block-table row and LFA state slot while running
+    synced_blocks: int = 0  # entries of block_table already copied into the engine's block-table tensor
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob | None] | None = None
@@ -60,6 +61,15 @@ class Sequence:
     @property
     def token_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
+
+    def tokens(self, start: int, end: int) -> list[int]:
+        """token_ids[start:end] without building the whole list."""
+        p = len(self.prompt_ids)
+        if start >= p:
+            return self.output_ids[start - p : end - p]
+        if end <= p:
+            return self.prompt_ids[start:end]
+        return self.prompt_ids[start:] + self.output_ids[: end - p]
 
     @property
     def num_tokens(self) -> int:
