@@ -164,11 +164,17 @@ def train(
             from flopwise.train.launch import launch_torchrun
 
             raise typer.Exit(launch_torchrun(job, nproc or world, sys.argv[1:]))
+    from flopwise.train.preempt import PREEMPTED_EXIT, Preempted
     from flopwise.train.trainer import train as run_training
 
     view = TrainView(quiet)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    run_training(job, resume=resume, metrics_path=metrics, on_event=view if rank0 else None)
+    try:
+        run_training(job, resume=resume, metrics_path=metrics, on_event=view if rank0 else None)
+    except Preempted as exc:  # SIGTERM: a checkpoint is saved; a distinct status tells a scheduler so
+        view.progress.stop()
+        err_console.print(f"[yellow]{exc}[/]", highlight=False)
+        raise typer.Exit(PREEMPTED_EXIT) from None
 
 
 def generate(

@@ -29,6 +29,7 @@ from flopwise.train.engine import build_engine, peak_memory, resolve_device
 from flopwise.train.loss_guard import LossGuard, Verdict
 from flopwise.train.memory_probe import model_state_bytes, saved_tensor_peak
 from flopwise.train.metrics import MetricsWriter, plot_losses
+from flopwise.train.preempt import Preempted, StopFlag
 from flopwise.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,10 @@ class Trainer:
             self.on_event(event)
 
     def run(self) -> TrainResult:
+        with StopFlag() as stop:
+            return self._run(stop)
+
+    def _run(self, stop: StopFlag) -> TrainResult:
         job = self.job
         existing = ckpt.latest_checkpoint(self.out)
         if existing is not None and not self.resume:
@@ -163,6 +168,12 @@ class Trainer:
         step_times: list[float] = []  # batch, forward/backward and optimizer step; no eval or checkpoint
         clock = cpu_seconds if engine.device.type == "cpu" else time.perf_counter
         while step < job.train.steps:
+            if stop.requested:  # SIGTERM between steps: save, then stop with PREEMPTED_EXIT (flopwise.train.preempt)
+                if last_ckpt is None or ckpt.read_trainer_state(last_ckpt)["step"] != step:
+                    last_ckpt = save(step)
+                self._emit(event="preempted", step=step, checkpoint=str(last_ckpt))
+                engine.close()
+                raise Preempted(step, last_ckpt)
             lr = lr_at(step, lr=job.train.lr, min_lr=job.train.min_lr, warmup=job.train.warmup_steps,
                        total=job.train.steps)
             step_start = clock()
