@@ -111,7 +111,7 @@ def test_queue_estimates_follow_durations_and_usage_counts_idle_slots(service):
     time.sleep(2.5)
     usage = {u["team"]: u for u in api.get("/api/usage").json()}
     assert usage["a"]["allocated_gpu_h"] * 3600 > 3.0  # two slots for > 1.5 s
-    assert 0.2 < usage["a"]["idle_fraction"] < 0.8  # one slot computes, one sleeps
+    assert usage["a"]["used_gpu_h"] > 0 and usage["a"]["idle_fraction"] >= 0.45  # one slot computes, one sleeps
     nodes = api.get("/api/nodes").json()
     assert nodes[0]["allocated"] == 2 and nodes[0]["flavor"] == "cpu"
 

@@ -117,6 +117,8 @@ class ClusterService:
         self._thread: threading.Thread | None = None
         self.ticks = 0
         self._deferred: list = []  # events found while acting, for the next step
+        self._wake: float | None = None  # the core's wake_at
+        self._dirty = True  # step at the first tick (a restart may find backoffs due)
 
     # -- start-up --------------------------------------------------------------------------------------------
     def recover(self) -> list:
@@ -152,14 +154,13 @@ class ClusterService:
         new = self.store.unsubmitted()
         for row in new:
             events.append(Submit(JobRequest.from_dict(json.loads(row["spec_json"])).spec))
-        for job in self.store.cancel_requests():
-            core = self.state.jobs.get(job)
-            if core is not None and core.name in self.state.active:
+        arriving = {row["id"] for row in new}
+        for job in self.store.cancel_requests():  # after the Submits: a job cancelled as it arrives never runs
+            if job in arriving or job in self.state.active:
                 events.append(Cancel(job))
         ended = self.executor.poll()
-        rows = {r["id"]: r for r in self.store.jobs(states=[st.ADMITTED, st.RUNNING, st.PREEMPTED, st.QUEUED])}
         for job, attempt, code in ended:
-            row = rows.get(job) or self.store.job(job)
+            row = self.store.job(job)
             if row is None or attempt != row["attempts"]:
                 continue
             if row["state"] == st.RUNNING:
@@ -168,7 +169,16 @@ class ClusterService:
                 else:
                     why = "exit 143 (SIGTERM from outside the service)" if code == PREEMPTED_EXIT else f"exit {code}"
                     events.append(Fail(job, why if code != LOST else "process lost"))
+        due = self._wake is not None and now >= self._wake
+        if not (events or ended or due or self._dirty or self.sched.policy.periodic(self.state)):
+            self._launch_pending(now)  # nothing for the core (its contract: step on events and at wake_at)
+            self._maybe_sample(now)
+            self.ticks += 1
+            return
+        self._dirty = False
+        rows = {r["id"]: r for r in self.store.jobs(states=[st.ADMITTED, st.RUNNING, st.PREEMPTED, st.QUEUED])}
         result = self.sched.step(self.state, now, events)
+        self._wake = result.wake_at
         changed = bool(events or result.decisions)
         act: list = []
         with self.store.begin() as conn:
@@ -214,13 +224,18 @@ class ClusterService:
                 to = _CORE_END[core.status]
                 if row["state"] != to and row["state"] not in st.TERMINAL:
                     self.store.transition(conn, row, to, core.reason or core.status, now)
-            if now - self._last_usage >= self.options.usage_every_s:
-                self._sample_usage(conn, rows, now)
+        self._maybe_sample(now)
         for what, job in act:
             if what == "stop":
                 self.executor.terminate(job)
         self._launch_pending(now)
         self.ticks += 1
+
+    def _maybe_sample(self, now: float) -> None:
+        if now - self._last_usage >= self.options.usage_every_s:
+            rows = {r["id"]: r for r in self.store.jobs(states=[st.RUNNING])}
+            with self.store.begin() as conn:
+                self._sample_usage(conn, rows, now)
 
     def _sample_usage(self, conn, rows: dict, now: float) -> None:
         dt = now - self._last_usage
