@@ -60,6 +60,8 @@ def up(
     slots: int = typer.Option(None, help="CPU slots when this machine has no GPU (default: one per core)"),
     gpus: int = typer.Option(None, help="GPUs to use (default: those nvidia-smi lists)"),
     grace: float = typer.Option(30.0, help="seconds a preempted or cancelled job has to save and exit before SIGKILL"),
+    ray: str = typer.Option(None, "--ray", help="run jobs on a Ray cluster: its address, or 'auto'"),
+    ray_resource: str = typer.Option("GPU", help="with --ray: the node resource that counts as a GPU"),
     backoff: float = typer.Option(10.0, help="seconds before a failed job's first restart (doubles per failure, <= 600)"),
 ) -> None:
     """Start the service: the scheduler loop, the REST API and the web page on one port. Ctrl-C stops it;
@@ -70,17 +72,21 @@ def up(
 
     if policy not in POLICIES or policy == "goodput":
         raise ConfigError(f"--policy {policy!r}: the service runs fifo, priority, drf or tiresias")
-    cluster = local_cluster(gpus, slots, queues)
+    cluster = None if ray else local_cluster(gpus, slots, queues)
+    if ray and queues is not None:
+        from flopwise.cluster.spec import load_cluster
+
+        cluster = load_cluster(queues)  # only its queues: the nodes come from Ray
 
     def ready(url, service, toks) -> None:
-        node = cluster.nodes[0]
         err_console.print(f"[bold]flopwise cluster[/] on {url}  (web page: {url}/, API docs: {url}/docs)")
-        err_console.print(f"node {node.name}: {node.gpus} {node.flavor} {'GPUs' if node.flavor == 'gpu' else 'slots'}; "
-                          f"policy {policy}; database {service.store._safe_url()}")
+        for node in service.cluster.nodes:
+            err_console.print(f"node {node.name}: {node.gpus} {node.flavor} {'slots' if node.flavor == 'cpu' else 'GPUs'}")
+        err_console.print(f"policy {policy}; database {service.store._safe_url()}{'; Ray ' + ray if ray else ''}")
         err_console.print(f"teams: {', '.join(toks.teams)} (tokens in {tokens or _home(home) / 'tokens.toml'})")
 
-    serve_forever(_home(home), host, port, on_ready=ready, db=db, cluster=cluster, tokens=tokens,
-                  options=ServiceOptions(policy=policy, grace_s=grace, backoff_base_s=backoff))
+    serve_forever(_home(home), host, port, on_ready=ready, db=db, cluster=cluster, tokens=tokens, ray=ray,
+                  ray_resource=ray_resource, options=ServiceOptions(policy=policy, grace_s=grace, backoff_base_s=backoff))
 
 
 def submit(

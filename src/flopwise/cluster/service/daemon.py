@@ -100,14 +100,17 @@ class ServiceOptions:
 
 
 class ClusterService:
-    def __init__(self, home: Path, store: st.Store, cluster: ClusterSpec, options: ServiceOptions | None = None) -> None:
+    def __init__(self, home: Path, store: st.Store, cluster: ClusterSpec, options: ServiceOptions | None = None,
+                 executor=None) -> None:
         self.home = Path(home)
         self.store = store
         self.cluster = cluster
         self.options = options or ServiceOptions()
         core_opts = SchedulerOptions(backoff_base_s=self.options.backoff_base_s, backoff_max_s=self.options.backoff_max_s)
         self.sched = Scheduler(cluster, self.options.policy, options=core_opts)
-        self.executor = LocalExecutor(self.home, self.options.grace_s)
+        # LocalExecutor, or ray_executor.RayExecutor: start/adopt/poll/terminate/kill/running/cpu_seconds/job_dir
+        self.executor = executor or LocalExecutor(self.home, self.options.grace_s)
+        self.local = isinstance(self.executor, LocalExecutor)
         saved = store.load_state()
         self.state: ClusterState = ClusterState.from_dict(saved) if saved else self.sched.new_state()
         self.pending: dict[str, Start | Resize] = {}  # decided, not launched yet (devices still draining)
@@ -283,8 +286,8 @@ class ClusterService:
             argv = self.command(request, job, resume=attempt > 1)
             env = {"FLOPWISE_JOB_ID": job, "FLOPWISE_JOB_DIR": str(self.executor.job_dir(job)),
                    "FLOPWISE_JOB_ATTEMPT": str(attempt)}
-            node, devs = next(iter(devices.items()))
-            if self._flavor() == "gpu":
+            devs = next(iter(devices.values()))
+            if self.local and self._flavor() == "gpu":  # (Ray sets it for its own GPU resource)
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devs))
             with self.store.begin() as conn:
                 for n, ds in devices.items():
@@ -292,7 +295,7 @@ class ClusterService:
                 self.store.set_fields(conn, job, attempts=attempt)
             self.pending.pop(job)
             try:
-                pid = self.executor.start(job, attempt, argv, request.workdir, env)
+                pid = self.executor.start(job, attempt, argv, request.workdir, env, d.placement)
             except OSError as exc:
                 log.error("job %s: cannot start: %s", job, exc)
                 with self.store.begin() as conn:

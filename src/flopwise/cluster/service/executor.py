@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flopwise.cluster.events import Placement
+
 log = logging.getLogger(__name__)
 
 LOST = -1  # the exit status reported for a process that vanished without writing one (killed with the runner)
@@ -60,8 +62,10 @@ class LocalExecutor:
     def exit_file(self, job: str, attempt: int) -> Path:
         return self.job_dir(job) / f"exit-{attempt}"
 
-    def start(self, job: str, attempt: int, argv: list[str], cwd: str | None, env: dict[str, str]) -> int:
-        """Start attempt `attempt` of `job`; returns its pid. Raises OSError when it cannot start."""
+    def start(self, job: str, attempt: int, argv: list[str], cwd: str | None, env: dict[str, str],
+              placement: Placement = ()) -> int:
+        """Start attempt `attempt` of `job` (on this machine: `placement` names it); returns its pid. Raises
+        OSError when it cannot start."""
         d = self.job_dir(job)
         (d / "out").mkdir(parents=True, exist_ok=True)
         exit_file = self.exit_file(job, attempt)

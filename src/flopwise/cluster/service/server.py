@@ -61,11 +61,21 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def build(home: Path, db: str | None = None, cluster: ClusterSpec | None = None,
-          options: ServiceOptions | None = None, tokens: Path | None = None) -> tuple[ClusterService, Tokens]:
+          options: ServiceOptions | None = None, tokens: Path | None = None, ray: str | None = None,
+          ray_resource: str = "GPU") -> tuple[ClusterService, Tokens]:
+    """The service over `home`; with `ray` (an address or 'auto') its nodes and executor are Ray's (`cluster`
+    then only gives the queues)."""
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     store = Store(database_url(db, home))
-    service = ClusterService(home, store, cluster or local_cluster(), options)
+    executor = None
+    if ray:
+        from flopwise.cluster.service.ray_executor import RayExecutor, connect, ray_cluster
+
+        handle = connect(ray)
+        cluster = ray_cluster(handle, ray_resource, cluster)
+        executor = RayExecutor(handle, home, ray_resource, (options or ServiceOptions()).grace_s)
+    service = ClusterService(home, store, cluster or local_cluster(), options, executor)
     return service, load_tokens(home, tokens)
 
 
