@@ -14,15 +14,17 @@ loop (daemon.py) does the rest, so a request never waits on a job.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
@@ -32,7 +34,8 @@ from flopwise.cluster.service.daemon import ClusterService
 from flopwise.cluster.service.estimate import estimate_starts
 from flopwise.cluster.service.jobfile import JobRequest, job_from_table, parse_job
 from flopwise.cluster.service.page import PAGE
-from flopwise.errors import ConfigError
+from flopwise.cluster.service.prepare import data_key
+from flopwise.errors import ConfigError, FlopwiseError
 
 ADMIN = "admin"
 LOG_CHUNK = 256 * 1024
@@ -114,12 +117,8 @@ def create_app(service: ClusterService, tokens: Tokens) -> FastAPI:
         return who, row
 
     @app.post("/api/jobs", status_code=201)
-    async def submit(request: Request):
+    def submit(request: Request, body: Any = Body(None)):  # a plain def: FastAPI runs it in its thread pool
         who = caller(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise HTTPException(400, "body: expected JSON {\"toml\": \"...\"} or {\"job\": {...}}") from None
         if not isinstance(body, dict) or not ({"toml", "job"} & set(body)):
             raise HTTPException(400, "body: expected JSON {\"toml\": \"...\"} or {\"job\": {...}}")
         team = who
@@ -139,7 +138,11 @@ def create_app(service: ClusterService, tokens: Tokens) -> FastAPI:
                 req = job_from_table(body["job"], team)
                 text = json.dumps(body["job"])
             _check_runnable(req, service)
-        except ConfigError as exc:
+            if req.data is not None:
+                if not Path(req.data).is_file():
+                    raise ConfigError(f"data = {req.data!r}: no such pipeline file on the service's machine")
+                req = dataclasses.replace(req, data_key=data_key(req.data))
+        except FlopwiseError as exc:
             raise HTTPException(400, str(exc)) from None
         spec_json = json.dumps(req.to_dict(), sort_keys=True)
         row = {"id": req.id, "name": req.name, "team": team, "queue": req.spec.queue, "kind": req.spec.kind,

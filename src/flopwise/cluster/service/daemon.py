@@ -51,6 +51,7 @@ from flopwise.cluster import (
 from flopwise.cluster.service import store as st
 from flopwise.cluster.service.executor import LOST, LocalExecutor
 from flopwise.cluster.service.jobfile import JobRequest
+from flopwise.cluster.service.prepare import PLACEHOLDER, substitute
 from flopwise.cluster.state import CANCELLED as CORE_CANCELLED
 from flopwise.cluster.state import FAILED as CORE_FAILED
 from flopwise.cluster.state import REJECTED as CORE_REJECTED
@@ -121,6 +122,16 @@ class ClusterService:
         self.ticks = 0
         self._deferred: list = []  # events found while acting, for the next step
         self._wake: float | None = None  # the core's wake_at
+        self.data_keys: dict[str, str] = {}  # job -> its dataset's cache key
+        self._shards: dict[str, str] = {}  # job -> the shard directory it starts with (data already on its node)
+        self.data_on: dict[str, dict[str, str]] = {}  # key -> node -> shard directory there
+        for row in store.node_data():
+            self.data_on.setdefault(row["key"], {})[row["node"]] = row["shard_dir"]
+        for row in store.jobs(states=[st.QUEUED, st.ADMITTED, st.RUNNING, st.PREEMPTED]):
+            key = json.loads(row["spec_json"]).get("data_key")
+            if key:
+                self.data_keys[row["id"]] = key
+        self.sched.locality = lambda job: self.data_on.get(self.data_keys.get(job.name, ""), {}).keys()
         self._dirty = True  # step at the first tick (a restart may find backoffs due)
 
     # -- start-up --------------------------------------------------------------------------------------------
@@ -156,13 +167,17 @@ class ClusterService:
         self._deferred = []
         new = self.store.unsubmitted()
         for row in new:
-            events.append(Submit(JobRequest.from_dict(json.loads(row["spec_json"])).spec))
+            request = JobRequest.from_dict(json.loads(row["spec_json"]))
+            if request.data_key:
+                self.data_keys[request.id] = request.data_key
+            events.append(Submit(request.spec))
         arriving = {row["id"] for row in new}
         for job in self.store.cancel_requests():  # after the Submits: a job cancelled as it arrives never runs
             if job in arriving or job in self.state.active:
                 events.append(Cancel(job))
         ended = self.executor.poll()
         for job, attempt, code in ended:
+            self._record_data(job, now)
             row = self.store.job(job)
             if row is None or attempt != row["attempts"]:
                 continue
@@ -234,6 +249,20 @@ class ClusterService:
         self._launch_pending(now)
         self.ticks += 1
 
+    def _record_data(self, job: str, now: float) -> None:
+        """The job prepared its dataset on its node(s): remember it (the next job on that data skips preparing)."""
+        record = self.executor.job_dir(job) / "data.json"
+        if not record.is_file():
+            return
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            return
+        for alloc in self.store.allocations(job):
+            if self.data_on.get(data["key"], {}).get(alloc["node"]) != data["shard_dir"]:
+                self.store.add_node_data(alloc["node"], data["key"], data["shard_dir"], job, now)
+                self.data_on.setdefault(data["key"], {})[alloc["node"]] = data["shard_dir"]
+
     def _maybe_sample(self, now: float) -> None:
         if now - self._last_usage >= self.options.usage_every_s:
             rows = {r["id"]: r for r in self.store.jobs(states=[st.RUNNING])}
@@ -283,9 +312,11 @@ class ClusterService:
             devices = {node: [free[node].pop(0) for _ in range(k)] for node, k in d.placement}
             attempt = row["attempts"] + 1
             request = JobRequest.from_dict(json.loads(row["spec_json"]))
-            argv = self.command(request, job, resume=attempt > 1)
+            argv = self.command(request, job, resume=attempt > 1, nodes=[n for n, _ in d.placement])
             env = {"FLOPWISE_JOB_ID": job, "FLOPWISE_JOB_DIR": str(self.executor.job_dir(job)),
                    "FLOPWISE_JOB_ATTEMPT": str(attempt)}
+            if job in self._shards:  # its data is already on the node (else prepare.py sets this)
+                env["FLOPWISE_DATA_SHARDS"] = self._shards.pop(job)
             devs = next(iter(devices.values()))
             if self.local and self._flavor() == "gpu":  # (Ray sets it for its own GPU resource)
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devs))
@@ -307,8 +338,9 @@ class ClusterService:
                 self.store.set_pid(conn, job, attempt, pid)
                 self.store.transition(conn, row, st.RUNNING, f"attempt {attempt}, pid {pid}", now, attempts=attempt)
 
-    def command(self, request: JobRequest, job: str, resume: bool) -> list[str]:
-        """The argument list a job runs (never a shell)."""
+    def command(self, request: JobRequest, job: str, resume: bool, nodes: list[str] = ()) -> list[str]:
+        """The argument list a job runs (never a shell). A job naming a dataset first prepares it on its node
+        (prepare.py), unless every node it runs on already holds it."""
         kind = request.spec.kind
         flopwise = [sys.executable, "-m", "flopwise.cli"]
         if kind == "train":
@@ -316,12 +348,28 @@ class ClusterService:
             if request.config:
                 argv += ["--config", request.config]
             argv += list(request.args)
+            if request.data:
+                argv += ["--set", f'data.shards="{PLACEHOLDER}"']
             if resume:
                 argv.append("--resume")
+        elif kind == "data":
+            argv = [*flopwise, "data", "run", str(request.config), *request.args]
+        else:
+            argv = list(request.argv)
+        if not request.data:
             return argv
-        if kind == "data":
-            return [*flopwise, "data", "run", str(request.config), *request.args]
-        return list(request.argv)
+        held = self.data_on.get(request.data_key or "", {})
+        dirs = {held.get(n) for n in nodes}
+        if nodes and None not in dirs and len(dirs) == 1 and all(Path(d).is_dir() for d in dirs):
+            shards = dirs.pop()
+            log.info("job %s: data %s already on %s", job, request.data_key, ", ".join(nodes))
+            self.executor.job_dir(job).mkdir(parents=True, exist_ok=True)
+            self._shards[job] = shards
+            with open(self.executor.job_dir(job) / "log.txt", "ab") as fh:
+                fh.write(f"data {request.data_key} already on this node: {shards}\n".encode())
+            return substitute(argv, shards)
+        record = str(self.executor.job_dir(job) / "data.json")
+        return [sys.executable, "-m", "flopwise.cluster.service.prepare", request.data, record, "--", *argv]
 
     # -- running in a thread -----------------------------------------------------------------------------------
     def start(self) -> None:

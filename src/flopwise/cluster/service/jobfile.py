@@ -10,6 +10,8 @@
     max_restarts = 3
     config = "run.toml"        # train/data: the flopwise config (relative to the job file; the CLI sends it absolute)
     args = ["--steps", "50"]   # train/data: more arguments for the command
+    data = "pipeline.toml"     # optional: a data pipeline, prepared once per node into its content-addressed cache
+                               # before the job runs (train: its data.shards; any job: FLOPWISE_DATA_SHARDS)
     argv = ["python", "-c", "print(1)"]   # command: run as an argument list, never through a shell
 
 Jobs run in their own directory under the service's home (`out/`, `log.txt`); `workdir` (the directory the
@@ -22,14 +24,14 @@ import dataclasses
 import re
 import tomllib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from flopwise.cluster.spec import JobSpec
 from flopwise.errors import ConfigError
 
 RUNNABLE = ("train", "data", "command")
-SERVICE_KEYS = ("id", "name", "argv", "args", "workdir", "config")
+SERVICE_KEYS = ("id", "name", "argv", "args", "workdir", "config", "data")
 SPEC_KEYS = tuple(f.name for f in dataclasses.fields(JobSpec) if f.name not in ("name", "submit_time", "config"))
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
@@ -44,16 +46,18 @@ class JobRequest:
     args: tuple[str, ...] = ()
     config: str | None = None
     workdir: str | None = None
-    extra: dict = field(default_factory=dict)
+    data: str | None = None  # a data pipeline TOML
+    data_key: str | None = None  # its cache key (set by the service when the job is submitted)
 
     def to_dict(self) -> dict:
         return {"id": self.id, "name": self.name, "team": self.team, "spec": self.spec.to_dict(),
-                "argv": list(self.argv), "args": list(self.args), "config": self.config, "workdir": self.workdir}
+                "argv": list(self.argv), "args": list(self.args), "config": self.config, "workdir": self.workdir,
+                "data": self.data, "data_key": self.data_key}
 
     @classmethod
     def from_dict(cls, data: dict) -> JobRequest:
         return cls(data["id"], data["name"], data["team"], JobSpec.from_dict(data["spec"]), tuple(data["argv"]),
-                   tuple(data["args"]), data.get("config"), data.get("workdir"))
+                   tuple(data["args"]), data.get("config"), data.get("workdir"), data.get("data"), data.get("data_key"))
 
 
 def _strings(where: str, value) -> tuple[str, ...]:
@@ -99,19 +103,23 @@ def job_from_table(data: dict, team: str, source: str = "job") -> JobRequest:
         raise ConfigError(f"{source}: config = {config!r}: must be a path to a TOML file")
     if kind == "data" and config is None:
         raise ConfigError(f"{source}: kind = 'data' needs config, the pipeline TOML to run")
+    pipeline = data.get("data")
+    if pipeline is not None and (not isinstance(pipeline, str) or not pipeline):
+        raise ConfigError(f"{source}: data = {pipeline!r}: must be a path to a data pipeline TOML")
     workdir = data.get("workdir")
     if workdir is not None and (not isinstance(workdir, str) or not Path(workdir).is_absolute()):
         raise ConfigError(f"{source}: workdir = {workdir!r}: must be an absolute path")
     table = {k: v for k, v in data.items() if k in SPEC_KEYS}
     spec = JobSpec.from_dict({**table, "name": job_id, "kind": kind, "config": config})
-    return JobRequest(job_id, name, team, spec, argv, args, config, workdir)
+    return JobRequest(job_id, name, team, spec, argv, args, config, workdir, pipeline)
 
 
 def resolve_paths(data: dict, base: Path, cwd: Path) -> dict:
     """What the CLI does before sending a job file: `config` absolute (relative to the job file), `workdir` the
     directory it is submitted from."""
     data = dict(data)
-    if isinstance(data.get("config"), str):
-        data["config"] = str((base / data["config"]).resolve())
+    for key in ("config", "data"):
+        if isinstance(data.get(key), str):
+            data[key] = str((base / data[key]).resolve())
     data.setdefault("workdir", str(cwd.resolve()))
     return data

@@ -101,6 +101,14 @@ usage = Table(
     Column("allocated_gpu_s", Float, nullable=False),
     Column("used_gpu_s", Float),  # None: not measurable (GPU without NVML)
 )
+node_data = Table(  # the datasets each node holds in its pipeline cache (the scheduler prefers those nodes)
+    "node_data", metadata,
+    Column("node", String(128), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("shard_dir", Text, nullable=False),
+    Column("job_id", String(128), nullable=False),  # the job that prepared it
+    Column("at", Float, nullable=False),
+)
 scheduler = Table(
     "scheduler", metadata,
     Column("id", Integer, primary_key=True),
@@ -248,6 +256,18 @@ class Store:
     @staticmethod
     def add_usage(conn: Connection, job_id: str, team: str, now: float, allocated: float, used: float | None) -> None:
         conn.execute(insert(usage).values(job_id=job_id, team=team, at=now, allocated_gpu_s=allocated, used_gpu_s=used))
+
+    # -- datasets on nodes ------------------------------------------------------------------------------------
+    def node_data(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(select(node_data)).mappings()]
+
+    def add_node_data(self, node: str, key: str, shard_dir: str, job_id: str, now: float) -> None:
+        with self.engine.begin() as conn:
+            done = conn.execute(update(node_data).where(node_data.c.node == node, node_data.c.key == key)
+                                .values(shard_dir=shard_dir, job_id=job_id, at=now))
+            if done.rowcount == 0:
+                conn.execute(insert(node_data).values(node=node, key=key, shard_dir=shard_dir, job_id=job_id, at=now))
 
     # -- the scheduler core's state --------------------------------------------------------------------------
     def load_state(self) -> dict | None:
