@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.cluster.service.conftest import A, Api, py, write_tokens
 
 
@@ -38,6 +40,7 @@ def _up(home, tokens, port):
     raise AssertionError("the service did not come up")
 
 
+@pytest.mark.slow
 def test_killed_service_restarts_adopts_running_jobs_and_restarts_lost_ones(tmp_path):
     home, port = tmp_path / "home", _free_port()
     tokens = write_tokens(tmp_path / "tokens.toml")

@@ -161,7 +161,7 @@ def create_app(service: ClusterService, tokens: Tokens) -> FastAPI:
         if state is not None and state not in st.STATES:
             raise HTTPException(400, f"state = {state!r}: must be one of {', '.join(st.STATES)}")
         rows = store.jobs(None if who == ADMIN else who, [state] if state else None)
-        return [_public(r) for r in rows]
+        return JSONResponse([_public(r) for r in rows])  # plain JSON: FastAPI's encoder is slow on long lists
 
     @app.get("/api/jobs/{job_id}")
     def show(request: Request, job_id: str):
@@ -198,7 +198,7 @@ def create_app(service: ClusterService, tokens: Tokens) -> FastAPI:
     @app.get("/api/queue")
     def queue(request: Request):
         who = caller(request)
-        return queue_view(service, None if who == ADMIN else who)
+        return JSONResponse(queue_view(service, None if who == ADMIN else who))
 
     @app.get("/api/nodes")
     def nodes(request: Request):
@@ -260,11 +260,23 @@ def _metrics_tail(path: Path, limit: int = 500) -> list[dict]:
     return rows
 
 
+_estimates: dict = {}  # (service, state text, new jobs) -> (computed at, starts)
+ESTIMATE_TTL_S = 10.0
+
+
 def queue_view(service: ClusterService, team: str | None) -> list[dict]:
-    saved = service.store.load_state()
     now = time.time()
-    new = [JobRequest.from_dict(json.loads(r["spec_json"])).spec for r in service.store.unsubmitted()]
-    starts = estimate_starts(service.cluster, service.options.policy, saved, now, new)
+    text = service.store.load_state_text()
+    unsubmitted = service.store.unsubmitted()
+    key = (id(service), hash(text), tuple(r["id"] for r in unsubmitted))
+    cached = _estimates.get(key)
+    if cached is not None and now - cached[0] < ESTIMATE_TTL_S:
+        starts = cached[1]  # the same state gives the same (absolute) estimates
+    else:
+        new = [JobRequest.from_dict(json.loads(r["spec_json"])).spec for r in unsubmitted]
+        starts = estimate_starts(service.cluster, service.options.policy, json.loads(text) if text else None, now, new)
+        _estimates.clear()
+        _estimates[key] = (now, starts)
     rows = [r for r in service.store.jobs(team, [st.QUEUED, st.PREEMPTED, st.ADMITTED])]
     rows.sort(key=lambda r: (r["state"] != st.ADMITTED, starts.get(r["id"], float("inf")), r["created_at"]))
     out = []

@@ -270,10 +270,14 @@ class Store:
                 conn.execute(insert(node_data).values(node=node, key=key, shard_dir=shard_dir, job_id=job_id, at=now))
 
     # -- the scheduler core's state --------------------------------------------------------------------------
-    def load_state(self) -> dict | None:
+    def load_state_text(self) -> str | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(scheduler.c.state_json).where(scheduler.c.id == 1)).first()
-        return json.loads(row[0]) if row else None
+        return row[0] if row else None
+
+    def load_state(self) -> dict | None:
+        text = self.load_state_text()
+        return json.loads(text) if text else None
 
     @staticmethod
     def save_state(conn: Connection, state: dict, now: float) -> None:
