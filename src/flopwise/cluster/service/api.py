@@ -276,7 +276,7 @@ def queue_view(service: ClusterService, team: str | None) -> list[dict]:
         new = [JobRequest.from_dict(json.loads(r["spec_json"])).spec for r in unsubmitted]
         starts = estimate_starts(service.cluster, service.options.policy, json.loads(text) if text else None, now, new)
         _estimates.clear()
-        _estimates[key] = (now, starts)
+        _estimates[key] = (time.time(), starts)  # (the computation itself may take seconds with 1,000s queued)
     rows = [r for r in service.store.jobs(team, [st.QUEUED, st.PREEMPTED, st.ADMITTED])]
     rows.sort(key=lambda r: (r["state"] != st.ADMITTED, starts.get(r["id"], float("inf")), r["created_at"]))
     out = []
