@@ -6,16 +6,19 @@ queued job has started. A job's expected run time is its `duration_s` when the j
 
 from __future__ import annotations
 
+import time
+
 from flopwise.cluster import ClusterSpec, ClusterState, Finish, JobSpec, Preempt, Resize, Scheduler, Start, Stop, Submit
 
 MAX_STEPS = 20_000
 
 
 def estimate_starts(cluster: ClusterSpec, policy: str, saved: dict | None, now: float, new: list[JobSpec] = (),
-                    default_s: float = 3600.0) -> dict[str, float]:
+                    default_s: float = 3600.0, budget_s: float = 2.0) -> dict[str, float]:
     """Estimated start time (the service's clock) of every job queued or in backoff in `saved` (a stored
-    ClusterState) and of the `new` jobs the loop has not given the core yet; jobs that would never start within
-    the horizon are left out."""
+    ClusterState) and of the `new` jobs the loop has not given the core yet. Jobs the forward run does not reach
+    within `budget_s` of computing (thousands queued) or that would never start are left out (no estimate)."""
+    deadline = time.perf_counter() + budget_s
     sched = Scheduler(cluster, policy)
     state = ClusterState.from_dict(saved) if saved else sched.new_state()
     t = max(now, state.now)
@@ -34,7 +37,7 @@ def estimate_starts(cluster: ClusterSpec, policy: str, saved: dict | None, now: 
     wake: float | None = t
     submits = [Submit(spec) for spec in new if spec.name not in state.jobs]
     for _ in range(MAX_STEPS):
-        if not waiting - set(starts):
+        if not waiting - set(starts) or time.perf_counter() > deadline:
             break
         times = list(finish.values()) + ([wake] if wake is not None else [])
         if not times:
