@@ -42,6 +42,19 @@ def _dump(data) -> None:
     print(json.dumps(data, indent=None))
 
 
+def _print(rows: list[dict], as_json: bool, columns: tuple[str, ...], cells) -> None:
+    """JSON for scripts, else a table of `columns` with `cells(row)` per row."""
+    if as_json:
+        _dump(rows)
+        return
+    table = Table()
+    for col in columns:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*cells(r))
+    console.print(table)
+
+
 URL = typer.Option(None, "--url", help="the service (default: FLOPWISE_CLUSTER_URL or HOME/endpoint.json)")
 TOKEN = typer.Option(None, "--token", help="a team's bearer token (default: FLOPWISE_CLUSTER_TOKEN or HOME/tokens.toml)")
 HOME = typer.Option(None, "--home", help=HOME_HELP)
@@ -112,16 +125,9 @@ def ls(state: str = typer.Option(None, help="only jobs in this state"), url: str
        home: Path = HOME, as_json: bool = JSON) -> None:
     """The jobs of your team (admin: all)."""
     rows = _client(url, token, home).jobs(state)
-    if as_json:
-        _dump(rows)
-        return
-    table = Table()
-    for col in ("id", "name", "team", "kind", "queue", "gpus", "state", "reason", "updated"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["id"], r["name"], r["team"], r["kind"], r["queue"], str(r["gpus"]), r["state"],
-                      r["reason"][:60], _when(r["updated_at"]))
-    console.print(table)
+    _print(rows, as_json, ("id", "name", "team", "kind", "queue", "gpus", "state", "reason", "updated"),
+           lambda r: (r["id"], r["name"], r["team"], r["kind"], r["queue"], str(r["gpus"]), r["state"], r["reason"][:60],
+                      _when(r["updated_at"])))
 
 
 def show(job_id: str = typer.Argument(...), url: str = URL, token: str = TOKEN, home: Path = HOME,
@@ -186,49 +192,30 @@ def cancel(job_id: str = typer.Argument(...), url: str = URL, token: str = TOKEN
 def queue(url: str = URL, token: str = TOKEN, home: Path = HOME, as_json: bool = JSON) -> None:
     """Jobs waiting: position and estimated start (the scheduler core run forward from the live state, each job
     taking its `duration_s`, 1 h when it gives none)."""
-    rows = _client(url, token, home).queue()
-    if as_json:
-        _dump(rows)
-        return
-    table = Table()
-    for col in ("#", "id", "team", "gpus", "priority", "state", "estimated start", "wait", "reason"):
-        table.add_column(col)
-    for r in rows:
+    def cells(r: dict) -> tuple[str, ...]:
         wait = "-" if r["estimated_wait_s"] is None else f"{r['estimated_wait_s'] / 60:.1f} min"
-        table.add_row(str(r["position"]), r["id"], r["team"], str(r["gpus"]), str(r["priority"]), r["state"],
-                      _when(r["estimated_start"]), wait, r["reason"][:50])
-    console.print(table)
+        return (str(r["position"]), r["id"], r["team"], str(r["gpus"]), str(r["priority"]), r["state"],
+                _when(r["estimated_start"]), wait, r["reason"][:50])
+
+    _print(_client(url, token, home).queue(), as_json,
+           ("#", "id", "team", "gpus", "priority", "state", "estimated start", "wait", "reason"), cells)
 
 
 def nodes(url: str = URL, token: str = TOKEN, home: Path = HOME, as_json: bool = JSON) -> None:
     """The nodes: GPUs (or CPU slots), allocated, jobs, utilisation."""
-    rows = _client(url, token, home).nodes()
-    if as_json:
-        _dump(rows)
-        return
-    table = Table()
-    for col in ("node", "flavor", "allocated", "jobs", "CPU %", "memory %"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], r["flavor"], f"{r['allocated']}/{r['gpus']}", ", ".join(r["jobs"]),
-                      f"{r['cpu_percent']:.0f}", f"{r['memory_percent']:.0f}")
-    console.print(table)
+    _print(_client(url, token, home).nodes(), as_json, ("node", "flavor", "allocated", "jobs", "CPU %", "memory %"),
+           lambda r: (r["name"], r["flavor"], f"{r['allocated']}/{r['gpus']}", ", ".join(r["jobs"]),
+                      f"{r['cpu_percent']:.0f}", f"{r['memory_percent']:.0f}"))
 
 
 def usage(url: str = URL, token: str = TOKEN, home: Path = HOME, as_json: bool = JSON) -> None:
     """GPU-hours per team: allocated versus actually used (CPU slots: the CPU time of the jobs' processes)."""
-    rows = _client(url, token, home).usage()
-    if as_json:
-        _dump(rows)
-        return
-    table = Table()
-    for col in ("team", "allocated GPU-h", "used GPU-h", "idle"):
-        table.add_column(col)
-    for r in rows:
+    def cells(r: dict) -> tuple[str, ...]:
         used = "n/a" if r["used_gpu_h"] is None else f"{r['used_gpu_h']:.4f}"
         idle = "n/a" if r["idle_fraction"] is None else f"{100 * r['idle_fraction']:.0f}%"
-        table.add_row(r["team"], f"{r['allocated_gpu_h']:.4f}", used, idle)
-    console.print(table)
+        return r["team"], f"{r['allocated_gpu_h']:.4f}", used, idle
+
+    _print(_client(url, token, home).usage(), as_json, ("team", "allocated GPU-h", "used GPU-h", "idle"), cells)
 
 
 def register(app: typer.Typer) -> None:
