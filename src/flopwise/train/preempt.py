@@ -6,6 +6,7 @@ only knows that convention reads it the same way.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -24,14 +25,17 @@ class Preempted(FlopwiseError):
 
 
 class StopFlag:
-    """Set by SIGTERM while installed (only from the main thread, where Python runs signal handlers)."""
+    """Set by SIGTERM while installed (only from the main thread, where Python runs signal handlers). Not in a
+    multi-process run (WORLD_SIZE > 1): ranks could see the signal at different steps and wait for each other
+    in the checkpoint's collectives; there SIGTERM keeps its default (the ranks exit; resume from the last
+    periodic checkpoint). Agreeing on the stop step across ranks is left to the launcher work (issue 15)."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous = None
 
     def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 

@@ -23,6 +23,9 @@ def test_command_job_runs_and_every_transition_is_stored(service, tmp_path):
     assert all(t["at"] > 0 and t["reason"] for t in job["transitions"])
     assert [a["exit_code"] for a in job["allocations"]] == [0] and job["allocations"][0]["ended_at"] is not None
     assert "hello from the job" in api.get(f"/api/jobs/{job_id}/logs").json()["text"]
+    metrics = api.get("/metrics").text  # Prometheus, no token needed
+    assert 'flopwise_cluster_jobs{state="succeeded"} 1' in metrics and "flopwise_cluster_gpus_allocated{node=" in metrics
+    assert api.get("/docs").status_code == 200 and "/api/jobs" in api.get("/openapi.json").text
     # the database is a SQLite file in WAL mode, and it holds the same history
     store = Store(database_url(None, tmp_path / "home"))
     with store.engine.connect() as conn:
