@@ -15,6 +15,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from flopwise.cli import cluster_service
 from flopwise.cli.common import console, err_console
 from flopwise.cluster.metrics import SimResult
 from flopwise.cluster.plot import plot_results
@@ -185,3 +186,6 @@ def _print(result: SimResult, work: Workload, plot: Path | None) -> None:
                       highlight=False)
     if plot is not None:
         console.print(f"figure: {plot}")
+
+
+cluster_service.register(app)  # up, submit, ls, show, logs, cancel, queue, nodes, usage: the live service

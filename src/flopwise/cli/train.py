@@ -183,6 +183,7 @@ def train(
         rank_started()
     elif metrics is not None:
         output_file(metrics, "--metrics")  # output locations first, before any expensive work
+    from flopwise.train.preempt import PREEMPTED_EXIT, Preempted
     from flopwise.train.run_lock import run_lock
     from flopwise.train.signals import Stopped, stop_on_signals
 
@@ -201,6 +202,10 @@ def train(
             from flopwise.train.trainer import train as run_training
 
             run_training(job, resume=resume, metrics_path=metrics, on_event=view if rank0 else None)
+    except Preempted as exc:  # SIGTERM while training: a checkpoint was saved; the status tells a scheduler
+        view.close()
+        err_console.print(_warning(str(exc)), highlight=False, soft_wrap=True)
+        raise typer.Exit(PREEMPTED_EXIT) from None
     except FlopwiseError as exc:
         from flopwise.train.launch import report_rank_error
 

@@ -27,7 +27,7 @@ One scheduling pass, the same for every policy (policies only order the claims, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flopwise.cluster.base import Claim, Context, Policy, SchedulerOptions, SpeedModel
 from flopwise.cluster.events import (
@@ -94,6 +94,12 @@ class Scheduler:
         self._topo = Topology(cluster.nodes)
         self._cap_key: tuple | None = None
         self._cap: dict[str, int] = {}
+        # optional: the nodes a job would rather run on (e.g. the live service's nodes that already hold the job's
+        # dataset); placement tries them first
+        self.locality: Callable[[JobState], Iterable[str]] | None = None
+
+    def _prefer(self, job: JobState) -> Iterable[str]:
+        return self.locality(job) if self.locality is not None else ()
 
     def new_state(self) -> ClusterState:
         state = ClusterState()
@@ -300,7 +306,7 @@ class Scheduler:
             for node, jobs in owner.items():
                 for other in jobs:
                     avail[node] = avail.get(node, 0) + dict(other.placement)[node]
-            placement = place(topo, avail, flavor, gpus, job.spec.topology, strategy)
+            placement = place(topo, avail, flavor, gpus, job.spec.topology, strategy, prefer=self._prefer(job))
             if placement is None:
                 return None, []
             hit: list[JobState] = []
@@ -338,7 +344,7 @@ class Scheduler:
                 if any(owner.values()):
                     placement, hit = victims_for(job, f, n)
                 else:
-                    placement = place(topo, free, f, n, job.spec.topology, strategy)
+                    placement = place(topo, free, f, n, job.spec.topology, strategy, prefer=self._prefer(job))
                 if placement is None:
                     continue
                 for other in hit:
@@ -440,7 +446,7 @@ class Scheduler:
             for flavor, gpus in claim.options:
                 if free_total.get(flavor, 0) < gpus or not book.fits(job.cq, flavor, gpus, True):
                     continue
-                placement = place(topo, free, flavor, gpus, job.spec.topology, strategy)
+                placement = place(topo, free, flavor, gpus, job.spec.topology, strategy, prefer=self._prefer(job))
                 if placement is None:
                     continue
                 book.add(job.cq, flavor, gpus)

@@ -30,6 +30,7 @@ from flopwise.train.engine import build_engine, peak_memory, resolve_device
 from flopwise.train.loss_guard import LossGuard, Verdict
 from flopwise.train.memory_probe import model_state_bytes, saved_tensor_peak
 from flopwise.train.metrics import MetricsWriter, plot_losses
+from flopwise.train.preempt import Preempted, StopFlag
 from flopwise.train.run_lock import run_lock
 from flopwise.train.schedule import lr_at
 
@@ -93,14 +94,16 @@ class Trainer:
             self.on_event(event)
 
     def run(self) -> TrainResult:
-        """Train under the run directory's lock (rank 0 takes it; flopwise.train.run_lock)."""
+        """Train under the run directory's lock (rank 0 takes it; flopwise.train.run_lock). SIGTERM while
+        training asks for a checkpoint and a stop (flopwise.train.preempt); outside it, the CLI's handler ends
+        the run at once (flopwise.train.signals)."""
         rank0 = os.environ.get("RANK", "0") == "0"
-        with run_lock(self.out) if rank0 else contextlib.nullcontext() as took_over:
+        with run_lock(self.out) if rank0 else contextlib.nullcontext() as took_over, StopFlag() as stop:
             if took_over:
                 self.on_event({"event": "warning", "message": f"{self.out}: {took_over}"})
-            return self._run()
+            return self._run(stop)
 
-    def _run(self) -> TrainResult:
+    def _run(self, stop: StopFlag) -> TrainResult:
         job = self.job
         existing = ckpt.latest_checkpoint(self.out)
         if existing is not None and not self.resume:
@@ -182,6 +185,12 @@ class Trainer:
         step_times: list[float] = []  # batch, forward/backward and optimizer step; no eval or checkpoint
         clock = cpu_seconds if engine.device.type == "cpu" else time.perf_counter
         while step < job.train.steps:
+            if stop.requested:  # SIGTERM between steps: save, then stop with PREEMPTED_EXIT (flopwise.train.preempt)
+                if last_ckpt is None or ckpt.read_trainer_state(last_ckpt)["step"] != step:
+                    last_ckpt = save(step)
+                self._emit(event="preempted", step=step, checkpoint=str(last_ckpt))
+                engine.close()
+                raise Preempted(step, last_ckpt)
             lr = lr_at(step, lr=job.train.lr, min_lr=job.train.min_lr, warmup=job.train.warmup_steps,
                        total=job.train.steps)
             step_start = clock()
