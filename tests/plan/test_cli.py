@@ -3,6 +3,7 @@ import json
 import pytest
 
 from flopwise.cli import main
+from flopwise.plan.cost import BREAKDOWN_KEYS
 
 
 def run(argv, capsys):
@@ -54,7 +55,7 @@ def test_plan_json(capsys):
         "gpu_hours",
         "fits",
     } <= set(plan)
-    assert set(plan["breakdown_percent"]) == {"compute", "recompute", "bubble", "tp", "pp", "dp", "optimizer"}
+    assert set(plan["breakdown_percent"]) == set(BREAKDOWN_KEYS)
     assert plan["days"] > 0 and plan["fits"]
 
 

@@ -119,6 +119,7 @@ def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
     """Layouts to try: every combination of the fields not in `fixed`, pruned by cheap divisibility; the
     search then keeps those that pass flopwise.layout.check (the trainer's check)."""
     cfg, gpus, gpn = cm.model, cm.cluster.gpus, cm.cluster.gpus_per_node
+    gpus //= fixed.get("cp", 1)  # context-parallel ranks share sequences: the other axes split the rest
     gb = cm.training.global_batch
     out = []
     tps = [fixed["tp"]] if "tp" in fixed else [t for t in _divisors(min(gpn, gpus)) if gpus % t == 0]
@@ -253,6 +254,7 @@ def _explain(cm: CostModel, fixed: dict, failures: list[str], closest: Plan | No
 def _fixed_reason(cm: CostModel, fixed: dict) -> str | None:
     """The first fixed field that rules out every layout, in words."""
     cfg, gpus, gpn = cm.model, cm.cluster.gpus, cm.cluster.gpus_per_node
+    gpus //= fixed.get("cp", 1)  # context-parallel ranks share sequences: the other axes split the rest
     gb = cm.training.global_batch
     tp, pp, dp, mb = (fixed.get(k) for k in ("tp", "pp", "dp", "micro_batch"))
     if pp is not None and pp > cfg.layers:
