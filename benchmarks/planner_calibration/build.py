@@ -47,6 +47,7 @@ COLUMNS = (
     "vpp",
     "cp",
     "zero",
+    "dp_shard",
     "sequence_parallel",
     "recompute",
     "global_batch",
@@ -580,9 +581,12 @@ def fms_fsdp() -> list[dict]:
                 model, 4096, gpus, gpu=gpu, gpus_per_node=8, tp=1, pp=1, dp=gpus, cp=1, zero=3, sequence_parallel=0,
                 recompute="none" if ac == "No AC" else "", global_batch=2 * gpus, micro_batch=2, precision="bf16",
             )  # fmt: skip
+            if shard == "HSDP":  # ZeRO-3 inside each node, replicas across nodes (flopwise.layout's dp_shard)
+                r["dp_shard"] = 8
             from_tokens(r, tps, f"{tps} tokens/s/GPU ({gpu.split('-')[0]}, {gpus} GPUs, {shard}, {ac})")
             r["notes"] = (
-                f"PyTorch FSDP1 ({shard}; HSDP = shard inside a node, replicate across nodes, written as zero=3), "
+                f"PyTorch FSDP1 ({shard}; HSDP = shard inside a node, replicate across nodes, written as zero=3 "
+                "with dp_shard=8), "
                 "torch.compile, SDPA flash attention, batch 2 per GPU, seq 4096 (train_config default), no "
                 "gradient accumulation assumed. "
                 + (

@@ -268,28 +268,23 @@ def validate_cmd(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    table = Table(title="predicted vs measured step time", header_style="bold")
-    for col in ("file", "model", "layout", "predicted s", "measured s", "error"):
-        if col in ("file", "model", "layout"):
+    table = Table(title="predicted vs measured step time (error = predicted / measured - 1)", header_style="bold")
+    for col in ("source", "model", "layout / reason", "predicted s", "measured s", "error", "where the time goes"):
+        if col in ("source", "model", "layout / reason", "where the time goes"):
             table.add_column(col, overflow="fold")
         else:
             table.add_column(col, justify="right", no_wrap=True)
     for r in report["rows"]:
         if "error" not in r:
-            table.add_row(
-                r["file"], r["model"], r.get("error_message", ""), "-", f"{r['measured_s']:.3g}", "-"
-            )
+            table.add_row(r["source"], r["model"], r.get("error_message", ""), "-", f"{r['measured_s']:.3g}", "-", "")
             continue
-        table.add_row(
-            r["file"],
-            r["model"],
-            r["layout"],
-            f"{r['predicted_s']:.3f}",
-            f"{r['measured_s']:.3f}",
-            f"{100 * r['error']:+.1f}%",
-        )
+        parts = sorted(r["breakdown_percent"].items(), key=lambda kv: -kv[1])
+        where = " ".join(f"{k} {v:.0f}%" for k, v in parts if v >= 0.5)
+        table.add_row(r["source"], r["model"], r["layout"], f"{r['predicted_s']:.3f}", f"{r['measured_s']:.3f}",
+                      f"{100 * r['error']:+.1f}%", where)
     console.print(table)
-    for name, s in {**report["files"], "all": report["summary"]}.items():
+    summaries = {**report["files"], **{f"source {k}": v for k, v in report["sources"].items()}}
+    for name, s in {**summaries, "all": report["summary"]}.items():
         if s["median_abs_error"] is None:
             console.print(f"{name}: no row could be predicted")
             continue

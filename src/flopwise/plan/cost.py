@@ -97,9 +97,9 @@ OPTIMIZER_BYTES_PER_PARAM = 30.0
 FP8_MAMF_RATIO = 0.709 / 0.803
 # casting a bf16 tensor for an FP8 GEMM: read 2 bytes, write the FP8 copy and its transpose (1 + 1), per element
 FP8_CAST_BYTES = 4.0
-# attention kernels on Hopper-class tensor cores (accelerators with FP8), fraction of the dense bf16 peak
-# averaged over forward and backward: FA2 ~35%, FA3 / cuDNN ~75% forward and ~55% backward (Shah et al. 2024)
-HOPPER_ATTENTION_EFFICIENCY = {"fa2": 0.35, "fa3": 0.6}
+# FA3 / cuDNN fused attention on Hopper, fraction of the dense bf16 peak averaged over forward (~75%) and
+# backward (~55%) (Shah et al. 2024); FA2 there (~35% forward) is Constants.fa2_hopper_efficiency
+FA3_HOPPER_EFFICIENCY = 0.6
 NET_HOP_LATENCY_S = 7e-6  # one inter-node hop (InfiniBand switch + NIC), NCCL tree: 2 log2(nodes) hops
 DP_BUCKET_BYTES = 40e6 * 4  # gradient buckets (Megatron: 40M fp32 elements; DDP: 25 MB)
 
@@ -115,6 +115,7 @@ class Constants:
     network_efficiency: float = NETWORK_BUS_EFFICIENCY  # achieved fraction of the NIC rate between nodes
     straggler_cv: float = 0.0  # coefficient of variation of per-rank step times
     pipeline_instruction_s: float = 0.0  # DeepSpeed pipeline engine: fixed cost per blocking transfer
+    fa2_hopper_efficiency: float = 0.35  # FlashAttention-2-class kernels on Hopper, fraction of the bf16 peak
 
 
 DEFAULT_CONSTANTS = Constants()
@@ -226,7 +227,8 @@ class CostModel:
         profile = training.profile
         self.ew_factor = 1.0 if profile.fused_elementwise else self.constants.eager_traffic
         if self.acc.fp8_peak_flops > 0:  # Hopper-class tensor cores: the kernel class decides
-            self.attention_rate = self.peak * HOPPER_ATTENTION_EFFICIENCY[profile.attention_kernel]
+            fa2 = profile.attention_kernel == "fa2"
+            self.attention_rate = self.peak * (self.constants.fa2_hopper_efficiency if fa2 else FA3_HOPPER_EFFICIENCY)
         else:
             self.attention_rate = self.gemm_rate * FLASH_EFFICIENCY
         self.counts = param_counts(model)
@@ -404,7 +406,7 @@ class CostModel:
         parameters per rank; the group is dp x cp ranks (hybrid: ZeRO inside dp_shard x cp of them)."""
         t, tp, cp = self.training, layout.tp, layout.cp
         dp, shard = layout.dp * cp, layout.shard_degree * cp
-        grad_bytes = 2 if t.precision == "fp16" else 4  # fp32 gradient reduction for bf16 (Megatron, FSDP)
+        grad_bytes = 2 if t.precision == "fp16" else t.profile.grad_reduce_bytes  # fp32 for bf16 (Megatron, FSDP)
         e = t.dtype_bytes
         span = tp * dp
         groups = 1

@@ -110,6 +110,9 @@ def layer_activation_bytes(
         replicated += 2 * h  # two 1-byte masks
     sharded = (q + 2 * kv + q) * e  # Q, K, V and the output projection's input (= flash's saved output)
     sharded += (4 if cfg.mlp == "swiglu" else 2) * ffn * e
+    if training.precision == "fp8":  # the GEMM inputs are kept as their 1-byte FP8 casts (Transformer Engine)
+        replicated -= (h + h) * (e - 1)  # QKV and MLP inputs
+        sharded -= (q + ffn) * (e - 1)  # output projection and second MLP matmul inputs
     if sw.attention == "unfused":
         if recompute != "selective":  # softmax output, dropout output and its 1-byte mask
             sharded += 2 * a * s * e + (a * s if sw.dropout else 0)

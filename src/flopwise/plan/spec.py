@@ -25,6 +25,8 @@ class Software:
     attention_kernel: str = "fa2"  # flash class: 'fa2' (FlashAttention-2, SDPA) | 'fa3' (FA3, cuDNN fused)
     fused_elementwise: bool = True  # norms, RoPE, SwiGLU, casts fused (TE, torch.compile) vs one kernel each
     pipeline: str = "megatron"  # 'megatron': async p2p | 'deepspeed': blocking p2p, one instruction at a time
+    grad_reduce_bytes: int = 4  # bytes per gradient element in the data-parallel reduction (bf16/fp32 runs)
+    selective_recompute: bool = True  # the stack has Megatron's selective recomputation (the search may pick it)
 
 
 SOFTWARE = {
@@ -38,15 +40,17 @@ SOFTWARE = {
     "megatron": Software("unfused", True, True, 4),
     # NeMo / Megatron-Core / Megatron-Bridge with Transformer Engine: cuDNN fused attention (FA3 class on
     # Hopper), fused norm + cast kernels, distributed optimizer overlapping its reduce-scatter and all-gather.
-    "te": Software("flash", False, True, 1, attention_kernel="fa3"),
+    # NeMo's distributed fused Adam reduces gradients in bf16 (grad_sync_dtype).
+    "te": Software("flash", False, True, 1, attention_kernel="fa3", grad_reduce_bytes=2),
     # PyTorch FSDP stacks (torchtitan, llm-foundry, fms-fsdp) in eager mode: SDPA / flash-attn 2, every
     # elementwise op its own kernel, FSDP overlapping its collectives.
     "torch-eager": Software("flash", False, False, 2, fused_elementwise=False),
     # the same under torch.compile: elementwise chains fused by Inductor.
     "torch-compile": Software("flash", False, False, 2),
     # Megatron-DeepSpeed as BLOOM and MT-NLG ran (2021-22): Megatron's unfused kernels, DeepSpeed's
-    # PipelineEngine (blocking point-to-point, no interleaving), gradient reduction after the backward.
-    "deepspeed": Software("unfused", True, True, 4, pipeline="deepspeed"),
+    # PipelineEngine (blocking point-to-point, no interleaving), gradient reduction after the backward, and
+    # only whole-block activation checkpointing (selective recomputation came with Korthikanti et al. 2022).
+    "deepspeed": Software("unfused", True, True, 4, pipeline="deepspeed", selective_recompute=False),
 }
 
 

@@ -96,9 +96,11 @@ def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[st
 
 
 def validate_rows(rows: list[dict], label: str = "") -> list[dict]:
+    """Predict each row: prediction, error and breakdown, or the specific reason it cannot be predicted."""
     out = []
     for index, row in enumerate(rows):
         name = _cell(row, "model") or f"row {index + 1}"
+        source = _cell(row, "source_id") or _cell(row, "source") or label
         measured = float(_cell(row, "measured_step_s") or "nan")
         try:
             model, cluster, training, fixed, notes = row_inputs(row)
@@ -111,13 +113,16 @@ def validate_rows(rows: list[dict], label: str = "") -> list[dict]:
                 notes.append("predicted not to fit memory")
             plan = result.plans[0]
         except (PlanError, ConfigError, DataError) as exc:
-            out.append({"file": label, "model": name, "error_message": str(exc), "measured_s": measured})
+            out.append({"file": label, "source": source, "model": name, "error_message": str(exc),
+                        "measured_s": measured})
             continue
         error = plan.step_time / measured - 1.0
         out.append(
             {
                 "file": label,
+                "source": source,
                 "model": name,
+                "software": training.software,
                 "layout": plan.layout.short(),
                 "predicted_s": plan.step_time,
                 "measured_s": measured,
@@ -125,6 +130,7 @@ def validate_rows(rows: list[dict], label: str = "") -> list[dict]:
                 "abs_error": abs(error),
                 "mfu": plan.mfu,
                 "breakdown_percent": plan.breakdown_percent,
+                "breakdown_s": dict(plan.breakdown),
                 "peak_memory_gb": plan.peak_memory / 1e9,
                 "notes": notes,
             }
@@ -145,7 +151,8 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def validate_files(paths: list[str | Path]) -> dict:
-    """Predict every row of each published-runs CSV: {'rows': [...], 'files': {name: summary}, 'summary'}."""
+    """Predict every row of each published-runs CSV: {'rows': [...], 'files': {name: summary},
+    'sources': {source_id or source: summary}, 'summary'}."""
     rows: list[dict] = []
     files = {}
     for path in map(Path, paths):
@@ -175,4 +182,8 @@ def validate_files(paths: list[str | Path]) -> dict:
         got = validate_rows(data, path.name)
         files[path.name] = summarise(got)
         rows += got
-    return {"rows": rows, "files": files, "summary": summarise(rows)}
+    sources: dict[str, list[dict]] = {}
+    for row in rows:
+        sources.setdefault(row["source"], []).append(row)
+    return {"rows": rows, "files": files, "sources": {k: summarise(v) for k, v in sources.items()},
+            "summary": summarise(rows)}
