@@ -349,11 +349,12 @@ def torchtitan_a100_2404() -> list[dict]:
     return _finish(out, "torchtitan-a100-2024-04", src, "torchtitan", cite)
 
 
-GRAND_TETON = {"gpu": "H100-SXM", "gpus_per_node": 8, "intra_node_GBps": 450, "inter_node_GBps_per_gpu": 50}
+# the catalogue's H100-GT-500W (issue 14): what the source says about its machines, instead of the 700 W SXM
+GRAND_TETON = {"gpu": "H100-GT-500W", "gpus_per_node": 8, "intra_node_GBps": 450, "inter_node_GBps_per_gpu": 50}
 GRAND_TETON_NOTE = (
-    "Hardware: Grand Teton H100 with 96 GB HBM2e at 2.4 TB/s and a 500 W power limit (not the catalogue's "
-    "80 GB HBM3 3.35 TB/s 700 W SXM; the source says its peak lies between SXM and NVL), NVLink in the node, "
-    "400 Gb/s RDMA per GPU."
+    "Hardware: Grand Teton H100 with 96 GB HBM2e at 2.4 TB/s and a 500 W power limit (gpu H100-GT-500W, not "
+    "the 80 GB HBM3 3.35 TB/s 700 W SXM; the source says its peak lies between SXM and NVL), NVLink in the "
+    "node, 400 Gb/s RDMA per GPU."
 )
 
 

@@ -9,6 +9,9 @@ Figures are the vendors' datasheet numbers for dense (no sparsity) tensor-core m
 - H100 PCIe 80GB: 756 TFLOP/s bf16, HBM2e 2000 GB/s; NVLink bridge 600 GB/s total = 300 per direction
   (pairs only; otherwise PCIe Gen5, 64 GB/s per direction). (NVIDIA H100 datasheet.)
 - H200 SXM 141GB: 989 TFLOP/s bf16, HBM3e 4800 GB/s, NVLink4 450 GB/s per direction. (H200 datasheet.)
+- H100 at 500 W (Meta Grand Teton: 96 GB HBM2e, 2.4 TB/s): the same silicon, clocked down by its power cap.
+  Dense bf16 of the H100 parts against their power: NVL 835 TFLOP/s at 400 W, SXM 989 at 700 W (datasheets);
+  linear between them, 500 W gives ~886, 0.9 of the SXM, so its gemm_efficiency is 0.9 x the SXM's 0.70.
 - FP8 (Hopper): 1979 TFLOP/s dense on H100 SXM and H200, 1513 on H100 PCIe (the datasheets' 2x-with-sparsity
   figures halved). Parts without FP8 tensor cores have fp8_peak_flops = 0 and the planner refuses fp8 on them.
 - network_bandwidth: the NIC rate per GPU and direction of the vendor's reference node, the planner's default
@@ -84,6 +87,9 @@ CATALOGUE: dict[str, Accelerator] = {
         Accelerator("H100-PCIe", 756 * TFLOPS, 80 * GB, 2000 * GB, 300 * GB, gemm_efficiency=0.65,
                     fp8_peak_flops=1513 * TFLOPS, network_bandwidth=50 * GB),
         Accelerator("H200", 989 * TFLOPS, 141 * GB, 4800 * GB, 450 * GB, gemm_efficiency=0.72,
+                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
+        # Meta's Grand Teton H100 (torchtitan's benchmarks): 96 GB HBM2e at 2.4 TB/s, 500 W power limit
+        Accelerator("H100-GT-500W", 989 * TFLOPS, 96 * GB, 2400 * GB, 450 * GB, gemm_efficiency=0.63,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
         Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80),
