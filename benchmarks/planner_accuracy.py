@@ -140,12 +140,8 @@ def classes(row: dict) -> list[str]:
 
 
 def unmodelled(row: dict) -> list[str]:
-    """Features of the row the current planner refuses (it reports only the first one it meets)."""
+    """Features of the row the planner refuses (context parallelism and FP8 are modelled since issue 14)."""
     out = []
-    if _int(row, "cp") > 1:
-        out.append("context parallelism")
-    if row.get("precision") == "fp8":
-        out.append("fp8")
     if _int(row, "pp") > 1 and row.get("zero") in ("2", "3"):
         out.append("ZeRO-2/3 with pipeline parallelism")
     return out

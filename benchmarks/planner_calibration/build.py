@@ -47,6 +47,7 @@ COLUMNS = (
     "vpp",
     "cp",
     "zero",
+    "dp_shard",
     "sequence_parallel",
     "recompute",
     "global_batch",
@@ -348,11 +349,12 @@ def torchtitan_a100_2404() -> list[dict]:
     return _finish(out, "torchtitan-a100-2024-04", src, "torchtitan", cite)
 
 
-GRAND_TETON = {"gpu": "H100-SXM", "gpus_per_node": 8, "intra_node_GBps": 450, "inter_node_GBps_per_gpu": 50}
+# the catalogue's H100-GT-500W (issue 14): what the source says about its machines, instead of the 700 W SXM
+GRAND_TETON = {"gpu": "H100-GT-500W", "gpus_per_node": 8, "intra_node_GBps": 450, "inter_node_GBps_per_gpu": 50}
 GRAND_TETON_NOTE = (
-    "Hardware: Grand Teton H100 with 96 GB HBM2e at 2.4 TB/s and a 500 W power limit (not the catalogue's "
-    "80 GB HBM3 3.35 TB/s 700 W SXM; the source says its peak lies between SXM and NVL), NVLink in the node, "
-    "400 Gb/s RDMA per GPU."
+    "Hardware: Grand Teton H100 with 96 GB HBM2e at 2.4 TB/s and a 500 W power limit (gpu H100-GT-500W, not "
+    "the 80 GB HBM3 3.35 TB/s 700 W SXM; the source says its peak lies between SXM and NVL), NVLink in the "
+    "node, 400 Gb/s RDMA per GPU."
 )
 
 
@@ -580,9 +582,12 @@ def fms_fsdp() -> list[dict]:
                 model, 4096, gpus, gpu=gpu, gpus_per_node=8, tp=1, pp=1, dp=gpus, cp=1, zero=3, sequence_parallel=0,
                 recompute="none" if ac == "No AC" else "", global_batch=2 * gpus, micro_batch=2, precision="bf16",
             )  # fmt: skip
+            if shard == "HSDP":  # ZeRO-3 inside each node, replicas across nodes (flopwise.layout's dp_shard)
+                r["dp_shard"] = 8
             from_tokens(r, tps, f"{tps} tokens/s/GPU ({gpu.split('-')[0]}, {gpus} GPUs, {shard}, {ac})")
             r["notes"] = (
-                f"PyTorch FSDP1 ({shard}; HSDP = shard inside a node, replicate across nodes, written as zero=3), "
+                f"PyTorch FSDP1 ({shard}; HSDP = shard inside a node, replicate across nodes, written as zero=3 "
+                "with dp_shard=8), "
                 "torch.compile, SDPA flash attention, batch 2 per GPU, seq 4096 (train_config default), no "
                 "gradient accumulation assumed. "
                 + (
@@ -653,10 +658,11 @@ def bloom() -> list[dict]:
         "Printed iteration time at full batch (GBS 2048). DeepSpeed BF16_Optimizer implements its own ZeRO-1 "
         "(zero=1). Jean Zay nodes: 8 A100-80GB, 'NVLink 4 inter-gpu connects' (topology not stated: intra blank), "
         "4 Omni-Path links per node = 4 x 100 Gb/s / 8 GPUs = 6.25 GB/s per GPU. Megatron-era kernels (fused "
-        "softmax, no flash attention): software=megatron. DeepSpeed's pipeline engine has no interleaving: "
+        "softmax, no flash attention) in DeepSpeed's pipeline engine: software=deepspeed. It has no "
+        "interleaving: "
         "vpp=1."
     )
-    return _finish([r], "bloom-2022", src, "deepspeed", cite, software="megatron")
+    return _finish([r], "bloom-2022", src, "deepspeed", cite)
 
 
 def mt_nlg() -> list[dict]:
@@ -678,11 +684,11 @@ def mt_nlg() -> list[dict]:
             "Printed latency per iteration. TP 8 within a DGX A100 (NVSwitch), PP 35 (3 layers per stage), DP = "
             "nodes / 35. Selene: 8 x 200 Gb/s HDR InfiniBand per node. Not stated in the quoted text (blank): "
             "micro-batch, recompute (activation checkpointing is needed to fit 35 in-flight micro-batches), ZeRO "
-            "stage, precision (mixed precision; bf16 assumed by the planner). software=megatron (2021 Megatron "
-            "kernels, no flash attention)."
+            "stage, precision (mixed precision; bf16 assumed by the planner). software=deepspeed (2021 Megatron "
+            "kernels, no flash attention, DeepSpeed's pipeline engine)."
         )
         out.append(r)
-    return _finish(out, "mt-nlg-2022", src, "deepspeed", cite, software="megatron")
+    return _finish(out, "mt-nlg-2022", src, "deepspeed", cite)
 
 
 def nemotron4_report() -> list[dict]:
@@ -739,13 +745,25 @@ def llama3_paper() -> list[dict]:
     return _finish(out, "llama3-paper-2024", src, "other", cite)
 
 
-def _finish(rows, source_id, source, stack, citation, software="flopwise") -> list[dict]:
+def software_profile(stack: str, notes: str) -> str:
+    """The planner's software profile (flopwise.plan.spec.SOFTWARE) for a row, from its stack and what its notes
+    say about compilation (issue 14): NeMo / Megatron-Core / Megatron-Bridge and Meta's Llama 3 stack with
+    Transformer Engine-class fused kernels; PyTorch FSDP stacks eager or compiled; Megatron-DeepSpeed."""
+    if stack in ("nemo", "megatron", "other"):
+        return "te"
+    if stack == "deepspeed":
+        return "deepspeed"
+    text = notes.lower()
+    return "torch-compile" if "compile" in text and "eager" not in text else "torch-eager"
+
+
+def _finish(rows, source_id, source, stack, citation, software=None) -> list[dict]:
     for r in rows:
         r["source"] = source
         r.setdefault("source_id", "")
         r["source_id"] = r["source_id"] or source_id
         r["stack"] = stack
-        r["software"] = software
+        r["software"] = software or software_profile(stack, r.get("notes", ""))
         if citation:
             r["citation"] = citation
     return rows

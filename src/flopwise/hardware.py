@@ -9,6 +9,13 @@ Figures are the vendors' datasheet numbers for dense (no sparsity) tensor-core m
 - H100 PCIe 80GB: 756 TFLOP/s bf16, HBM2e 2000 GB/s; NVLink bridge 600 GB/s total = 300 per direction
   (pairs only; otherwise PCIe Gen5, 64 GB/s per direction). (NVIDIA H100 datasheet.)
 - H200 SXM 141GB: 989 TFLOP/s bf16, HBM3e 4800 GB/s, NVLink4 450 GB/s per direction. (H200 datasheet.)
+- H100 at 500 W (Meta Grand Teton: 96 GB HBM2e, 2.4 TB/s): the same silicon, clocked down by its power cap.
+  Dense bf16 of the H100 parts against their power: NVL 835 TFLOP/s at 400 W, SXM 989 at 700 W (datasheets);
+  linear between them, 500 W gives ~886, 0.9 of the SXM, so its gemm_efficiency is 0.9 x the SXM's 0.70.
+- FP8 (Hopper): 1979 TFLOP/s dense on H100 SXM and H200, 1513 on H100 PCIe (the datasheets' 2x-with-sparsity
+  figures halved). Parts without FP8 tensor cores have fp8_peak_flops = 0 and the planner refuses fp8 on them.
+- network_bandwidth: the NIC rate per GPU and direction of the vendor's reference node, the planner's default
+  inter-node link: DGX A100 8 x HDR 200 Gb/s = 25 GB/s; DGX H100 / H200 8 x NDR 400 Gb/s = 50 GB/s.
 Older and inference-class parts, as found in shared clusters (the Alibaba openb trace): no NVLink, PCIe only.
 - V100 SXM2 16GB: as the 32 GB part with 16 GB of HBM2. (NVIDIA Tesla V100 datasheet.)
 - P100 PCIe 16GB: 18.7 TFLOP/s fp16 (no tensor cores, no bf16), HBM2 732 GB/s, PCIe Gen3 32 GB/s total =
@@ -61,6 +68,8 @@ class Accelerator:
     measured: bool = False  # True when the peak was measured here, not taken from a datasheet
     gemm_efficiency: float = 0.75  # sustained fraction of peak for large GEMMs (see module docstring)
     memory_efficiency: float = 0.85  # fraction of memory_bandwidth that streaming kernels reach
+    fp8_peak_flops: float = 0.0  # dense FP8 FLOP/s; 0: no FP8 tensor cores
+    network_bandwidth: float = 25 * GB  # inter-node NIC bytes/s per GPU, one direction (reference system)
 
     @property
     def peak_label(self) -> str:
@@ -73,9 +82,15 @@ CATALOGUE: dict[str, Accelerator] = {
         Accelerator("V100-32GB", 125 * TFLOPS, 32 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
         Accelerator("A100-40GB", 312 * TFLOPS, 40 * GB, 1555 * GB, 300 * GB, gemm_efficiency=0.75),
         Accelerator("A100-80GB", 312 * TFLOPS, 80 * GB, 2039 * GB, 300 * GB, gemm_efficiency=0.75),
-        Accelerator("H100-SXM", 989 * TFLOPS, 80 * GB, 3350 * GB, 450 * GB, gemm_efficiency=0.70),
-        Accelerator("H100-PCIe", 756 * TFLOPS, 80 * GB, 2000 * GB, 300 * GB, gemm_efficiency=0.65),
-        Accelerator("H200", 989 * TFLOPS, 141 * GB, 4800 * GB, 450 * GB, gemm_efficiency=0.72),
+        Accelerator("H100-SXM", 989 * TFLOPS, 80 * GB, 3350 * GB, 450 * GB, gemm_efficiency=0.70,
+                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
+        Accelerator("H100-PCIe", 756 * TFLOPS, 80 * GB, 2000 * GB, 300 * GB, gemm_efficiency=0.65,
+                    fp8_peak_flops=1513 * TFLOPS, network_bandwidth=50 * GB),
+        Accelerator("H200", 989 * TFLOPS, 141 * GB, 4800 * GB, 450 * GB, gemm_efficiency=0.72,
+                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
+        # Meta's Grand Teton H100 (torchtitan's benchmarks): 96 GB HBM2e at 2.4 TB/s, 500 W power limit
+        Accelerator("H100-GT-500W", 989 * TFLOPS, 96 * GB, 2400 * GB, 450 * GB, gemm_efficiency=0.63,
+                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
         Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80),
         Accelerator("T4", 65 * TFLOPS, 16 * GB, 300 * GB, 16 * GB, gemm_efficiency=0.45, memory_efficiency=0.80),
@@ -109,7 +124,8 @@ def get_accelerator(name: str) -> Accelerator:
 def load_accelerator(path: str | Path) -> Accelerator:
     """Read a user-defined accelerator from TOML, figures in natural units:
     name, peak_tflops, memory_gb, memory_bandwidth_gbps, link_bandwidth_gbps (per direction);
-    optionally gemm_efficiency and memory_efficiency (fractions, see the module docstring)."""
+    optionally gemm_efficiency and memory_efficiency (fractions, see the module docstring), fp8_peak_tflops
+    and network_bandwidth_gbps (inter-node, per GPU and direction)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -120,7 +136,8 @@ def load_accelerator(path: str | Path) -> Accelerator:
     if missing:
         raise ConfigError(f"accelerator file {path}: missing key(s) {', '.join(missing)}")
     optional = ("gemm_efficiency", "memory_efficiency")
-    unknown = set(data) - set(required) - set(optional) - {"measured"}
+    rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "network_bandwidth_gbps": ("network_bandwidth", GB)}
+    unknown = set(data) - set(required) - set(optional) - set(rates) - {"measured"}
     if unknown:
         raise ConfigError(f"accelerator file {path}: unknown key(s) {', '.join(sorted(unknown))}")
     for key in required[1:]:
@@ -129,6 +146,9 @@ def load_accelerator(path: str | Path) -> Accelerator:
     for key in optional:
         if key in data and (not isinstance(data[key], int | float) or not 0 < data[key] <= 1):
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a fraction in (0, 1]")
+    for key in rates:
+        if key in data and (not isinstance(data[key], int | float) or data[key] < 0):
+            raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a non-negative number")
     if not isinstance(data.get("measured", False), bool):
         raise ConfigError(f"accelerator file {path}: measured = {data['measured']!r} must be true or false")
     return Accelerator(
@@ -139,6 +159,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
         data["link_bandwidth_gbps"] * GB,
         measured=data.get("measured", False),
         **{k: float(data[k]) for k in optional if k in data},
+        **{field: data[key] * unit for key, (field, unit) in rates.items() if key in data},
     )
 
 
@@ -152,6 +173,8 @@ def accelerator_toml(acc: Accelerator) -> dict:
         "link_bandwidth_gbps": acc.link_bandwidth / GB,
         "gemm_efficiency": acc.gemm_efficiency,
         "memory_efficiency": acc.memory_efficiency,
+        "fp8_peak_tflops": acc.fp8_peak_flops / TFLOPS,
+        "network_bandwidth_gbps": acc.network_bandwidth / GB,
     }
     if acc.measured:
         data["measured"] = True

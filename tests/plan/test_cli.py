@@ -3,6 +3,7 @@ import json
 import pytest
 
 from flopwise.cli import main
+from flopwise.plan.cost import BREAKDOWN_KEYS
 
 
 def run(argv, capsys):
@@ -54,7 +55,7 @@ def test_plan_json(capsys):
         "gpu_hours",
         "fits",
     } <= set(plan)
-    assert set(plan["breakdown_percent"]) == {"compute", "recompute", "bubble", "tp", "pp", "dp", "optimizer"}
+    assert set(plan["breakdown_percent"]) == set(BREAKDOWN_KEYS)
     assert plan["days"] > 0 and plan["fits"]
 
 
@@ -109,8 +110,11 @@ def test_validate_json_and_table(capsys, published):
     data = json.loads(out)
     assert {"median_abs_error", "max_abs_error"} <= set(data["summary"])
     assert data["summary"]["median_abs_error"] <= 0.10 and len(data["rows"]) == 9
+    assert sum(s["rows"] for s in data["sources"].values()) == 9  # the summary per source
+    for row in data["rows"]:
+        assert sum(row["breakdown_s"].values()) == pytest.approx(row["predicted_s"])
     code, out, _ = run(["plan", "validate", path], capsys)
-    assert code == 0 and "median |error|" in out
+    assert code == 0 and "median |error|" in out and "source Korthikanti" in out
 
 
 def test_validate_missing_file_exits_2(capsys, tmp_path):

@@ -138,10 +138,14 @@ def plan(
     gpus: int = typer.Option(8, help="number of GPUs"),
     gpus_per_node: int = typer.Option(8),
     intra_gbps: float = typer.Option(None, help="intra-node GB/s per GPU, one direction (default: NVLink)"),
-    inter_gbps: float = typer.Option(25.0, help="inter-node GB/s per GPU, one direction"),
+    inter_gbps: float = typer.Option(
+        None, help="inter-node GB/s per GPU, one direction (default: the GPU's reference node: 25 A100, 50 H100/H200)"
+    ),
     global_batch: int = typer.Option(None, help="sequences per optimizer step"),
     tokens: float = typer.Option(0.0, help="tokens to train (for days and GPU-hours)"),
-    precision: str = typer.Option("bf16", help="bf16 | fp16 | fp32"),
+    precision: str = typer.Option(
+        "bf16", help="bf16 | fp16 | fp32 | fp8 (FP8 linear layers on Hopper; flopwise's trainer runs the others)"
+    ),
     software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),
     layout: str = typer.Option(None, help="fix some layout fields, e.g. tp=8,pp=16 (the rest is searched)"),
     top: int = typer.Option(5, help="plans to show"),
@@ -167,9 +171,12 @@ def plan(
         gpus,
         gpus_per_node,
         intra_gbps * GB if intra_gbps else None,
-        inter_gbps * GB,
+        inter_gbps * GB if inter_gbps else None,
     )
     training = Training(global_batch, tokens=tokens, precision=precision, software=software)
+    if write_config is not None and (software != "flopwise" or precision == "fp8"):
+        raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
+                          f"bf16, fp16 or fp32 (got {software}, {precision})")
     fixed = parse_layout(layout) if layout else {}
     result = search(model, cluster, training, fixed, top=top, split=split)
     if write_config is not None:
@@ -189,7 +196,7 @@ def plan(
                         "gpus": cluster.gpus,
                         "gpus_per_node": gpus_per_node,
                         "intra_node_GBps": cluster.intra_bw / GB,
-                        "inter_node_GBps_per_gpu": inter_gbps,
+                        "inter_node_GBps_per_gpu": cluster.inter_bw / GB,
                     },
                     "training": {
                         "global_batch": global_batch,
@@ -268,28 +275,23 @@ def validate_cmd(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    table = Table(title="predicted vs measured step time", header_style="bold")
-    for col in ("file", "model", "layout", "predicted s", "measured s", "error"):
-        if col in ("file", "model", "layout"):
+    table = Table(title="predicted vs measured step time (error = predicted / measured - 1)", header_style="bold")
+    for col in ("source", "model", "layout / reason", "predicted s", "measured s", "error", "where the time goes"):
+        if col in ("source", "model", "layout / reason", "where the time goes"):
             table.add_column(col, overflow="fold")
         else:
             table.add_column(col, justify="right", no_wrap=True)
     for r in report["rows"]:
         if "error" not in r:
-            table.add_row(
-                r["file"], r["model"], r.get("error_message", ""), "-", f"{r['measured_s']:.3g}", "-"
-            )
+            table.add_row(r["source"], r["model"], r.get("error_message", ""), "-", f"{r['measured_s']:.3g}", "-", "")
             continue
-        table.add_row(
-            r["file"],
-            r["model"],
-            r["layout"],
-            f"{r['predicted_s']:.3f}",
-            f"{r['measured_s']:.3f}",
-            f"{100 * r['error']:+.1f}%",
-        )
+        parts = sorted(r["breakdown_percent"].items(), key=lambda kv: -kv[1])
+        where = " ".join(f"{k} {v:.0f}%" for k, v in parts if v >= 0.5)
+        table.add_row(r["source"], r["model"], r["layout"], f"{r['predicted_s']:.3f}", f"{r['measured_s']:.3f}",
+                      f"{100 * r['error']:+.1f}%", where)
     console.print(table)
-    for name, s in {**report["files"], "all": report["summary"]}.items():
+    summaries = {**report["files"], **{f"source {k}": v for k, v in report["sources"].items()}}
+    for name, s in {**summaries, "all": report["summary"]}.items():
         if s["median_abs_error"] is None:
             console.print(f"{name}: no row could be predicted")
             continue

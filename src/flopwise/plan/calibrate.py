@@ -5,6 +5,8 @@ are few and physical, fields of the accelerator (flopwise.hardware):
   gemm_efficiency    fraction of the dense peak that the run's matmuls sustain
   memory_efficiency  fraction of the memory bandwidth that streaming (elementwise) kernels reach
   link_bandwidth     intra-node bytes/s per device and direction (NVLink; gloo over loopback on a CPU)
+and the cost model's own constants (flopwise.plan.cost.Constants, issue 14), fitted to published runs of many
+stacks: eager_traffic, network_efficiency, straggler_cv, pipeline_instruction_s, fa2_hopper_efficiency.
 The fit minimises the squared log error log(predicted / measured) summed over the observations, by damped
 Gauss-Newton (Levenberg-Marquardt) on the logarithms of the constants, within their bounds: each constant
 divides one part of the step time, so the error is smooth and nearly linear in those logarithms.
@@ -26,7 +28,7 @@ from flopwise.errors import ConfigError, DataError, FlopwiseError
 from flopwise.hardware import Accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
-from flopwise.plan.cost import CostModel
+from flopwise.plan.cost import DEFAULT_CONSTANTS, Constants, CostModel
 from flopwise.plan.spec import Cluster, Training
 
 # name -> (lower bound, upper bound)
@@ -34,7 +36,20 @@ CONSTANTS = {
     "gemm_efficiency": (0.01, 1.0),
     "memory_efficiency": (0.01, 1.0),
     "link_bandwidth": (1e6, 1e13),
+    # cost-model constants (fields of flopwise.plan.cost.Constants); positive bounds: the fit is in logarithms
+    "eager_traffic": (1.0, 8.0),
+    "network_efficiency": (0.1, 1.0),
+    "straggler_cv": (1e-4, 0.2),
+    "pipeline_instruction_s": (1e-5, 1.0),
+    "fa2_hopper_efficiency": (0.1, 0.8),
 }
+MODEL_CONSTANTS = tuple(f.name for f in dataclasses.fields(Constants))
+
+
+def _split(values: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """(accelerator fields, cost-model constants) of a name -> value mapping."""
+    return ({k: v for k, v in values.items() if k not in MODEL_CONSTANTS},
+            {k: v for k, v in values.items() if k in MODEL_CONSTANTS})
 
 
 @dataclass(frozen=True)
@@ -46,13 +61,16 @@ class Observation:
     measured_step_s: float
     label: str = ""
     clock: str = "wall"  # how the step was timed: "wall", or "cpu" (CPU time per thread: no pipeline bubble)
+    constants: Constants = DEFAULT_CONSTANTS  # the cost model's constants the prediction starts from
 
     def predict(self, constants: dict[str, float] | None = None) -> float:
-        """The cost model's step time with `constants` set on this observation's accelerator, as its clock
-        sees it."""
-        acc = dataclasses.replace(self.cluster.accelerator, **(constants or {}))
+        """The cost model's step time with `constants` set on this observation's accelerator (device constants)
+        or cost model (Constants fields), as its clock sees it."""
+        device, model = _split(constants or {})
+        acc = dataclasses.replace(self.cluster.accelerator, **device)
         cluster = dataclasses.replace(self.cluster, accelerator=acc)
-        plan = CostModel(self.model, cluster, self.training).evaluate(self.layout)
+        plan = CostModel(self.model, cluster, self.training, dataclasses.replace(self.constants, **model)).evaluate(
+            self.layout)
         return plan.busy_time if self.clock == "cpu" else plan.step_time
 
 
@@ -64,17 +82,25 @@ class Calibration:
     observations: list[Observation]
 
     def accelerator(self, base: Accelerator | None = None) -> Accelerator:
-        """`base` (default: the first observation's accelerator) with the fitted constants."""
+        """`base` (default: the first observation's accelerator) with the fitted device constants."""
         base = base or self.observations[0].cluster.accelerator
-        return dataclasses.replace(base, **self.constants)
+        return dataclasses.replace(base, **_split(self.constants)[0])
+
+    def model_constants(self, base: Constants = DEFAULT_CONSTANTS) -> Constants:
+        """`base` with the fitted cost-model constants."""
+        return dataclasses.replace(base, **_split(self.constants)[1])
 
     def errors(self, predicted: list[float]) -> list[float]:
         return [p / o.measured_step_s - 1.0 for p, o in zip(predicted, self.observations, strict=True)]
 
 
 def fit(observations: list[Observation], constants: tuple[str, ...] | list[str] = ("gemm_efficiency",),
-        iterations: int = 50) -> Calibration:
-    """Fit `constants` (names in CONSTANTS) to the observations' measured step times."""
+        iterations: int = 50, robust: float = 0.0) -> Calibration:
+    """Fit `constants` (names in CONSTANTS) to the observations' measured step times.
+
+    robust > 0: soft-L1 loss with that scale on the log errors (2 d^2 (sqrt(1 + (r / d)^2) - 1), as
+    scipy.optimize.least_squares' 'soft_l1'), so that a few rows the model cannot express (an unstated network,
+    an unusual machine) do not decide the constants; 0: plain least squares."""
     if not observations:
         raise DataError("no measured runs to calibrate on")
     unknown = [c for c in constants if c not in CONSTANTS]
@@ -84,15 +110,19 @@ def fit(observations: list[Observation], constants: tuple[str, ...] | list[str] 
         raise ConfigError(
             f"{len(constants)} constants cannot be fitted to {len(observations)} run(s): give more runs or fewer constants"
         )
-    base = observations[0].cluster.accelerator
+    base, start = observations[0].cluster.accelerator, observations[0].constants
     lo = np.log([CONSTANTS[c][0] for c in constants])
     hi = np.log([CONSTANTS[c][1] for c in constants])
-    x = np.clip(np.log([max(getattr(base, c), CONSTANTS[c][0]) for c in constants]), lo, hi)
+    x = np.clip(np.log([max(getattr(start if c in MODEL_CONSTANTS else base, c), CONSTANTS[c][0])
+                        for c in constants]), lo, hi)
     measured = np.log([o.measured_step_s for o in observations])
 
     def residuals(v: np.ndarray) -> np.ndarray:
         values = dict(zip(constants, np.exp(v).tolist(), strict=True))
-        return np.log([o.predict(values) for o in observations]) - measured
+        r = np.log([o.predict(values) for o in observations]) - measured
+        if robust > 0:  # residuals whose squares sum to the soft-L1 loss
+            r = np.sign(r) * robust * np.sqrt(2 * (np.sqrt(1 + (r / robust) ** 2) - 1))
+        return r
 
     before = [o.predict() for o in observations]
     r = residuals(x)

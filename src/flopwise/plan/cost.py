@@ -34,6 +34,28 @@ Pipeline (Narayanan et al. 2021, section 2.2): with per-micro-batch stage times 
 schedule with v chunks takes m max t_i + (sum t_i - max t_i) / v (bubble (p - 1) / (v m)).
 
 Optimizer step: Adam is memory-bound: OPTIMIZER_BYTES_PER_PARAM bytes read and written per local parameter.
+
+Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/planner_calibration/FINDINGS.md):
+- Software profiles (spec.SOFTWARE) for the stacks: attention kernel class (FlashAttention-2 uses Ampere
+  mma instructions and reaches about 35% of Hopper's peak; FA3 / cuDNN fused attention about 75% forward and
+  less backward: Shah et al. 2024, arXiv 2407.08608), eager stacks' unfused elementwise traffic
+  (Constants.eager_traffic x the fused traffic), DeepSpeed's blocking pipeline engine.
+- FSDP / ZeRO-3 per layer: the next layer's parameter all-gather is prefetched behind this layer's forward,
+  and its all-gather plus the previous layer's gradient reduce-scatter behind this layer's backward
+  (torch FSDP's backward prefetch; DeepSpeed ZeRO-3 prefetch); only what exceeds the layer's compute is
+  exposed, plus the first all-gather and the last reduce-scatter of each micro-batch. HSDP (dp_shard < dp)
+  all-reduces each layer's 1/dp_shard gradient shard across the replicas in the same window.
+- Context parallelism (ring attention; Liu et al. 2023, Megatron-Core/TE's load-balanced causal split into
+  2 cp chunks): every per-rank token count is divided by cp; cp - 1 ring steps per layer send one chunk's K
+  and V forward (K, V and their gradients backward), each overlapped with one step's attention; the
+  gradient reduction and the optimizer shard span dp x cp.
+- FP8: the blocks' linear GEMMs at the FP8 peak x gemm_efficiency x FP8_MAMF_RATIO, plus the cast traffic
+  (FP8_CAST_BYTES per element of each GEMM input forward and of each output gradient backward); attention,
+  the LM head and the elementwise work stay bf16.
+- Inter-node collectives at Constants.network_efficiency of the NIC rate, plus a tree latency of
+  2 log2(nodes) NET_HOP_LATENCY_S per bucket of DP_BUCKET_BYTES; stragglers: the expected slowest of N ranks
+  whose step times vary with coefficient of variation sigma is about (1 + sigma sqrt(2 ln N)) x the mean
+  (the Gaussian extreme-value approximation).
 """
 
 from __future__ import annotations
@@ -41,7 +63,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from flopwise.errors import PlanError
+from flopwise.errors import LayoutError, PlanError
 from flopwise.flops import (
     Gemm,
     block_gemms,
@@ -52,7 +74,6 @@ from flopwise.flops import (
 )
 from flopwise.hardware import (
     COLLECTIVE_LATENCY_S,
-    NETWORK_BUS_EFFICIENCY,
     NVLINK_BUS_EFFICIENCY,
 )
 from flopwise.layout import Layout
@@ -70,7 +91,37 @@ ELEMENTWISE_BWD_PASSES = 3.0  # backward: activation read, its gradient written 
 # bf16/fp16 copy (2 B).
 OPTIMIZER_BYTES_PER_PARAM = 30.0
 
-BREAKDOWN_KEYS = ("compute", "recompute", "bubble", "tp", "pp", "dp", "optimizer")
+# FP8 GEMMs reach a lower fraction of their peak than bf16 ones: max achievable matmul 70.9% (FP8) vs 80.3%
+# (bf16) of the dense peak on H100 SXM (stas00/ml-engineering, compute/accelerator/README.md, MAMF table).
+FP8_MAMF_RATIO = 0.709 / 0.803
+# casting a bf16 tensor for an FP8 GEMM: read 2 bytes, write the FP8 copy and its transpose (1 + 1), per element
+FP8_CAST_BYTES = 4.0
+# FA3 / cuDNN fused attention on Hopper, fraction of the dense bf16 peak averaged over forward (~75%) and
+# backward (~55%) (Shah et al. 2024); FA2 there (~35% forward) is Constants.fa2_hopper_efficiency
+FA3_HOPPER_EFFICIENCY = 0.6
+NET_HOP_LATENCY_S = 7e-6  # one inter-node hop (InfiniBand switch + NIC), NCCL tree: 2 log2(nodes) hops
+DP_BUCKET_BYTES = 40e6 * 4  # gradient buckets (Megatron: 40M fp32 elements; DDP: 25 MB)
+
+BREAKDOWN_KEYS = ("compute", "recompute", "bubble", "tp", "pp", "dp", "optimizer", "cp", "straggler")
+
+
+@dataclass(frozen=True)
+class Constants:
+    """The cost model's few fitted constants (issue 14). The defaults are fitted on
+    benchmarks/planner_calibration/fit.csv only (benchmarks/planner_fit.py; figures in benchmarks/RESULTS.md)."""
+
+    eager_traffic: float = 2.61  # elementwise HBM traffic of an eager (unfused) stack / a fused one
+    # achieved fraction of the NIC rate between nodes (fitted at its upper bound: the unstated networks of the
+    # fit rows' FSDP runs were faster than the planner's defaults)
+    network_efficiency: float = 1.0
+    straggler_cv: float = 0.00249  # coefficient of variation of per-rank step times
+    pipeline_instruction_s: float = 0.0518  # DeepSpeed pipeline engine: cost per blocking transfer
+    # FlashAttention-2-class kernels on Hopper, fraction of the bf16 peak; fitted well below FA2's ~35% forward:
+    # it also absorbs what else PyTorch-native stacks lose on Hopper (FINDINGS.md 3.1)
+    fa2_hopper_efficiency: float = 0.172
+
+
+DEFAULT_CONSTANTS = Constants()
 
 
 @dataclass(frozen=True)
@@ -81,6 +132,7 @@ class LayerCost:
     bwd: float
     recompute: float
     tp: float  # exposed TP collectives, recomputed forward included
+    cp: float = 0.0  # exposed ring-attention KV exchange (context parallelism)
 
 
 @dataclass
@@ -137,13 +189,13 @@ class Plan:
         }
 
 
-def ring_time(kind: str, nbytes: float, n: int, bandwidth: float) -> float:
+def ring_time(kind: str, nbytes: float, n: int, bandwidth: float, latency: float = COLLECTIVE_LATENCY_S) -> float:
     """One ring collective over n ranks: all_reduce moves 2 (n-1)/n of the buffer, all_gather and
     reduce_scatter (n-1)/n, at `bandwidth` (bus bandwidth, bytes/s), plus the call latency."""
     if n <= 1 or nbytes <= 0:
         return 0.0
     factor = {"all_reduce": 2.0, "all_gather": 1.0, "reduce_scatter": 1.0}[kind]
-    return factor * (n - 1) / n * nbytes / bandwidth + COLLECTIVE_LATENCY_S
+    return factor * (n - 1) / n * nbytes / bandwidth + latency
 
 
 def even_split(layers: int, pp: int) -> tuple[int, ...]:
@@ -156,11 +208,17 @@ def even_split(layers: int, pp: int) -> tuple[int, ...]:
 class CostModel:
     """Evaluates layouts of one model on one cluster for one training run; caches per-layer costs."""
 
-    def __init__(self, model: ModelConfig, cluster: Cluster, training: Training) -> None:
+    def __init__(self, model: ModelConfig, cluster: Cluster, training: Training,
+                 constants: Constants | None = None) -> None:
         self.model = model
         self.cluster = cluster
         self.training = training
+        self.constants = constants or DEFAULT_CONSTANTS
         self.acc = cluster.accelerator
+        self.fp8 = training.precision == "fp8"
+        if self.fp8 and self.acc.fp8_peak_flops <= 0:
+            raise PlanError(f"{self.acc.name} has no FP8 tensor cores: use precision bf16")
+        self.fp8_rate = self.acc.fp8_peak_flops * self.acc.gemm_efficiency * FP8_MAMF_RATIO
         self.seq = training.seq_len or model.seq_len
         # fp32 runs on TF32 tensor cores: half the bf16/fp16 dense rate on A100 and H100 (a measured CPU peak
         # is already the fp32 rate).
@@ -169,6 +227,13 @@ class CostModel:
         self.gemm_rate = self.peak * self.acc.gemm_efficiency
         # an accelerator without a memory-bandwidth figure (a measured CPU) gets no memory-bound time
         self.hbm_rate = self.acc.memory_bandwidth * self.acc.memory_efficiency or float("inf")
+        profile = training.profile
+        self.ew_factor = 1.0 if profile.fused_elementwise else self.constants.eager_traffic
+        if self.acc.fp8_peak_flops > 0:  # Hopper-class tensor cores: the kernel class decides
+            fa2 = profile.attention_kernel == "fa2"
+            self.attention_rate = self.peak * (self.constants.fa2_hopper_efficiency if fa2 else FA3_HOPPER_EFFICIENCY)
+        else:
+            self.attention_rate = self.gemm_rate * FLASH_EFFICIENCY
         self.counts = param_counts(model)
         self.gemms = block_gemms(model)
         self.layer_params = mem.layer_params(model)
@@ -182,14 +247,33 @@ class CostModel:
             if self.cluster.intra_bw <= 0:
                 raise PlanError(f"{self.acc.name} has no intra-node link bandwidth; give --intra-gbps")
             return self.cluster.intra_bw * NVLINK_BUS_EFFICIENCY
-        return self.cluster.inter_node_bw * NETWORK_BUS_EFFICIENCY
+        return self.cluster.inter_bw * self.constants.network_efficiency
+
+    def latency(self, span: int) -> float:
+        """Per-call latency of a collective over `span` consecutive GPUs: launch, plus the tree's
+        2 log2(nodes) inter-node hops when it leaves the node."""
+        nodes = span / self.cluster.gpus_per_node
+        return COLLECTIVE_LATENCY_S + (2 * math.log2(nodes) * NET_HOP_LATENCY_S if nodes > 1 else 0.0)
+
+    def bucketed(self, kind: str, nbytes: float, n: int, span: int) -> float:
+        """A data-parallel gradient or parameter collective issued in buckets (each pays the latency)."""
+        if n <= 1 or nbytes <= 0:
+            return 0.0
+        buckets = math.ceil(nbytes / DP_BUCKET_BYTES)
+        lat = self.latency(span)
+        return ring_time(kind, nbytes, n, self.bus_bandwidth(span), lat) + (buckets - 1) * lat
 
     # ---- compute ---------------------------------------------------------------------------------
-    def gemm_time(self, m: float, k: float, n: float, batch: float = 1.0) -> float:
-        """Roofline time of `batch` matmuls [m, k] x [k, n] in the training dtype."""
+    def gemm_time(self, m: float, k: float, n: float, batch: float = 1.0, fp8: bool = False) -> float:
+        """Roofline time of `batch` matmuls [m, k] x [k, n] in the training dtype (fp8: FP8 inputs, bf16
+        output, at the FP8 rate)."""
         e = self.training.dtype_bytes
-        compute = 2.0 * m * k * n * batch / self.gemm_rate
-        traffic = e * (m * k + k * n + m * n) * batch / self.hbm_rate
+        if fp8:
+            compute = 2.0 * m * k * n * batch / self.fp8_rate
+            traffic = (m * k + k * n + e * m * n) * batch / self.hbm_rate
+        else:
+            compute = 2.0 * m * k * n * batch / self.gemm_rate
+            traffic = e * (m * k + k * n + m * n) * batch / self.hbm_rate
         return max(compute, traffic)
 
     def _sharded(self, g: Gemm, tp: int) -> tuple[float, float]:
@@ -197,36 +281,42 @@ class CostModel:
         n = g.n / tp if g.tp == "column" else g.n
         return k, n
 
-    def attention_time(self, tp: int, mb: int) -> float:
-        """Forward time of the attention core (QK^T, softmax, AV) for one layer and micro-batch."""
+    def attention_time(self, tp: int, mb: int, cp: int = 1) -> float:
+        """Forward time of the attention core (QK^T, softmax, AV) for one layer and micro-batch on one rank
+        (context parallel: the load-balanced causal share 1/cp of it)."""
         cfg, s = self.model, self.seq
         heads = math.ceil(cfg.heads / tp)
         d = cfg.head_dim
         if self.training.profile.attention == "flash":
-            flops = 4.0 * s * s * d * heads * mb * 0.5  # causal: the kernel skips the masked half
-            return flops / (self.gemm_rate * FLASH_EFFICIENCY)
-        return self.gemm_time(s, d, s, heads * mb) + self.gemm_time(s, s, d, heads * mb)
+            flops = 4.0 * s * s * d * heads * mb * 0.5 / cp  # causal: the kernel skips the masked half
+            return flops / self.attention_rate
+        return (self.gemm_time(s, d, s, heads * mb) + self.gemm_time(s, s, d, heads * mb)) / cp
 
-    def layer_cost(self, tp: int, sp: bool, mb: int, recompute: str, every: int = 1) -> LayerCost:
+    def layer_cost(self, tp: int, sp: bool, mb: int, recompute: str, every: int = 1, cp: int = 1) -> LayerCost:
         """Costs of one layer; with recompute = 'full' and `every` = k, averaged over the blocks (one in k
         is recomputed)."""
-        key = (tp, sp, mb, recompute, every)
+        key = (tp, sp, mb, recompute, every, cp)
         if key in self._layer_cache:
             return self._layer_cache[key]
-        tokens = self.seq * mb
-        gemm = sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp)) for g in self.gemms)
-        attn = self.attention_time(tp, mb)
-        probe = Layout(tp=tp, sp=sp, micro_batch=mb, recompute="none")
+        tokens = self.seq * mb / cp
+        gemm = sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp), fp8=self.fp8) for g in self.gemms)
+        attn = self.attention_time(tp, mb, cp)
+        probe = Layout(tp=tp, sp=sp, micro_batch=mb, recompute="none", cp=cp)
         act = mem.layer_activation_bytes(self.model, self.training, probe)
-        ew_fwd = ELEMENTWISE_FWD_PASSES * act / self.hbm_rate
-        ew_bwd = ELEMENTWISE_BWD_PASSES * act / self.hbm_rate
+        ew_fwd = self.ew_factor * ELEMENTWISE_FWD_PASSES * act / self.hbm_rate
+        ew_bwd = self.ew_factor * ELEMENTWISE_BWD_PASSES * act / self.hbm_rate
+        if self.fp8:  # cast each GEMM input forward and each output gradient backward
+            for g in self.gemms:
+                k, n = self._sharded(g, tp)
+                ew_fwd += g.count * FP8_CAST_BYTES * tokens * k / self.hbm_rate
+                ew_bwd += g.count * FP8_CAST_BYTES * tokens * n / self.hbm_rate
         fwd = gemm + attn + ew_fwd
         bwd = 2.0 * (gemm + attn) + ew_bwd
         if recompute == "full":
             rc = fwd / every
         elif recompute == "selective":
             s_act = act - mem.layer_activation_bytes(self.model, self.training, probe, recompute="selective")
-            rc = attn + ELEMENTWISE_FWD_PASSES * s_act / self.hbm_rate
+            rc = attn + self.ew_factor * ELEMENTWISE_FWD_PASSES * s_act / self.hbm_rate
         else:
             rc = 0.0
         tp_time = 0.0
@@ -240,19 +330,26 @@ class CostModel:
             # two collectives (attention, MLP) in the forward and two in the backward, two more in a
             # recomputed forward
             tp_time = one * (2 + 2 + (2 / every if recompute == "full" else 0))
-        cost = LayerCost(fwd, bwd, rc, tp_time)
+        cp_time = 0.0
+        if cp > 1:  # ring: cp - 1 steps, each hidden behind one step's share of the attention
+            kv = 2 * tokens * self.model.kv_heads / tp * self.model.head_dim * self.training.dtype_bytes
+            bw, lat = self.bus_bandwidth(tp * cp), self.latency(tp * cp)
+            step_f = max(0.0, kv / bw + lat - attn / cp)
+            step_b = max(0.0, 2 * kv / bw + lat - 2 * attn / cp)  # K, V and dK, dV
+            cp_time = (cp - 1) * (step_f + step_b + (step_f / every if recompute == "full" else 0.0))
+        cost = LayerCost(fwd, bwd, rc, tp_time, cp_time)
         self._layer_cache[key] = cost
         return cost
 
-    def head_time(self, tp: int, mb: int) -> tuple[float, float]:
+    def head_time(self, tp: int, mb: int, cp: int = 1) -> tuple[float, float]:
         """(forward + backward compute, TP comm) of the final norm, LM head and loss."""
-        tokens = self.seq * mb
+        tokens = self.seq * mb / cp
         k, n = self._sharded(head_gemm(self.model), tp)
         gemm = 3.0 * self.gemm_time(tokens, k, n)
         e = self.training.dtype_bytes
         # loss: read logits, write fp32 softmax; backward: read softmax, write the logits' gradient
         ew = tokens * n * (e + 4 + 4 + e) / self.hbm_rate
-        ew += 5.0 * tokens * self.model.hidden * e / self.hbm_rate  # final norm forward + backward
+        ew += 5.0 * self.ew_factor * tokens * self.model.hidden * e / self.hbm_rate  # final norm fwd + bwd
         comm = 0.0
         if (
             tp > 1
@@ -260,11 +357,11 @@ class CostModel:
             comm = 3 * ring_time("all_reduce", tokens * 4, tp, self.bus_bandwidth(tp))
         return gemm + ew, comm
 
-    def embedding_time(self, tp: int, sp: bool, mb: int) -> float:
+    def embedding_time(self, tp: int, sp: bool, mb: int, cp: int = 1) -> float:
         """Vocab-parallel embedding: one all-reduce (or reduce-scatter with SP) of s b h in the forward."""
         if tp == 1:
             return 0.0
-        nbytes = self.seq * mb * self.model.hidden * self.training.dtype_bytes
+        nbytes = self.seq * mb / cp * self.model.hidden * self.training.dtype_bytes
         kind = "reduce_scatter" if sp else "all_reduce"
         return ring_time(kind, nbytes, tp, self.bus_bandwidth(tp))
 
@@ -285,7 +382,8 @@ class CostModel:
     def stage_memory(self, layout: Layout, stage: int, layers: int, microbatches: int) -> dict[str, float]:
         t = self.training
         params = self.stage_params(layout, stage, layers)
-        out = mem.model_state_bytes(params, t.precision, layout.zero, layout.shard_degree)
+        # the distributed optimizer and FSDP shard over dp x cp (context-parallel ranks hold the same weights)
+        out = mem.model_state_bytes(params, t.precision, layout.zero, layout.shard_degree * layout.cp)
         per_layer = mem.mean_layer_activation_bytes(self.model, t, layout)
         acts = layers * mem.in_flight(layout, stage, microbatches) * per_layer
         if layout.recompute == "full" and layers:  # one layer's activations alive while it is recomputed
@@ -305,13 +403,71 @@ class CostModel:
         out["total"] = sum(out.values())
         return out
 
+    # ---- data parallelism --------------------------------------------------------------------------
+    def dp_time(self, layout: Layout, lc: LayerCost, layers: int, local: float, m: int) -> float:
+        """Exposed data-parallel / ZeRO communication per step over a stage of `layers` layers holding `local`
+        parameters per rank; the group is dp x cp ranks (hybrid: ZeRO inside dp_shard x cp of them)."""
+        t, tp, cp = self.training, layout.tp, layout.cp
+        dp, shard = layout.dp * cp, layout.shard_degree * cp
+        grad_bytes = 2 if t.precision == "fp16" else t.profile.grad_reduce_bytes  # fp32 for bf16 (Megatron, FSDP)
+        e = t.dtype_bytes
+        span = tp * dp
+        groups = 1
+        if layout.zero and shard < dp:  # hybrid: ZeRO inside groups of `shard`, all-reduce across them
+            groups, dp, span = dp // shard, shard, tp * shard
+
+        def replicas(params: float) -> float:  # the all-reduce of a 1/shard gradient shard across groups
+            if groups == 1:
+                return 0.0
+            return self.bucketed("all_reduce", params / dp * grad_bytes, groups, tp * dp * groups)
+
+        window_b = lc.bwd * layers  # one micro-batch's backward on the stage
+        window_f = lc.fwd * layers
+        overlap = layout.zero >= t.profile.overlap_from_zero
+        if layout.zero == 0:
+            red = self.bucketed("all_reduce", local * grad_bytes, dp, span)
+            return max(0.0, red - window_b) if overlap else red
+        if layout.zero in (1, 2):
+            red = self.bucketed("reduce_scatter", local * grad_bytes, dp, span) + replicas(local)
+            gat = self.bucketed("all_gather", local * e, dp, span)
+            return (max(0.0, red - window_b) + max(0.0, gat - window_f)) if overlap else red + gat
+        # ZeRO-3 / FSDP: per layer and micro-batch, the prefetched all-gather hides behind the layer's forward,
+        # the backward's re-gather and the reduce-scatter (and HSDP's all-reduce) behind its backward
+        bw, lat = self.bus_bandwidth(span), self.latency(span)
+        per_layer = self.layer_params.per_rank(tp)
+        ag = ring_time("all_gather", per_layer * e, dp, bw, lat)
+        rs = ring_time("reduce_scatter", per_layer * grad_bytes, dp, bw, lat) + replicas(per_layer)
+        rest = max(0.0, local - layers * per_layer)  # embedding, LM head, final norm: gathered once, exposed
+        edge = ring_time("all_gather", rest * e, dp, bw, lat) + ring_time(
+            "reduce_scatter", rest * grad_bytes, dp, bw, lat) + replicas(rest)
+        if not overlap:
+            return m * (layers * (2 * ag + rs) + edge)
+        exposed = max(0.0, ag - lc.fwd) + max(0.0, ag + rs - lc.bwd - lc.recompute)
+        return m * (layers * exposed + ag + rs + edge)
+
     # ---- the whole step --------------------------------------------------------------------------
     def microbatches(self, layout: Layout) -> int:
         return self.check(layout)
 
     def check(self, layout: Layout) -> int:
         """Raise LayoutError when the layout cannot run (flopwise.layout.check, the trainer's check, on this
-        cluster's GPUs); return the number of micro-batches."""
+        cluster's GPUs); return the number of micro-batches.
+
+        Context parallelism is costed for other trainers (software profiles other than flopwise's own, whose
+        trainer does not run it yet): the rest of the layout is checked on the cp-th share of the GPUs and of
+        the sequence."""
+        cp = layout.cp
+        if cp > 1 and self.training.software != "flopwise":
+            if self.seq % (2 * cp):
+                raise LayoutError(f"context parallelism needs seq_len ({self.seq}) divisible by 2 x cp ({2 * cp})")
+            if self.cluster.gpus % cp:
+                raise LayoutError(f"cp = {cp} must divide the {self.cluster.gpus} GPUs")
+            if self.training.profile.attention != "flash":
+                raise LayoutError("context parallelism needs a fused (flash) attention kernel")
+            # ZeRO shards over dp x cp ranks, so a ZeRO layout with dp = 1 is still sharded
+            probe = layout.replace(cp=1, zero=layout.zero if layout.shard_degree > 1 else 0)
+            return check_layout(probe, self.model, self.training.global_batch, self.seq // cp,
+                                self.cluster.gpus // cp)
         return check_layout(layout, self.model, self.training.global_batch, self.seq, self.cluster.gpus)
 
     def evaluate(self, layout: Layout, split: tuple[int, ...] | None = None) -> Plan:
@@ -323,9 +479,10 @@ class CostModel:
         m = self.check(layout)
         pp_layers = layout.rank_layers(split)
         tp, sp, mb, p, v = layout.tp, layout.sp, layout.micro_batch, layout.pp, layout.vpp
-        lc = self.layer_cost(tp, sp, mb, layout.recompute, layout.recompute_every)
-        head_compute, head_comm = self.head_time(tp, mb)
-        emb_comm = self.embedding_time(tp, sp, mb)
+        cp = layout.cp
+        lc = self.layer_cost(tp, sp, mb, layout.recompute, layout.recompute_every, cp)
+        head_compute, head_comm = self.head_time(tp, mb, cp)
+        emb_comm = self.embedding_time(tp, sp, mb, cp)
 
         # per-micro-batch time of each stage: (compute, recompute, tp)
         stages = []
@@ -337,7 +494,7 @@ class CostModel:
             if i == p - 1:
                 comp += head_compute
                 tpc += head_comm
-            stages.append((comp, n * lc.recompute, tpc))
+            stages.append((comp, n * lc.recompute, tpc, n * lc.cp))
         totals = [sum(s) for s in stages]
         slowest = max(range(p), key=lambda i: totals[i])
         t_max = totals[slowest]
@@ -345,56 +502,35 @@ class CostModel:
             pipeline = m * t_max + (sum(totals) - t_max) / v
         else:
             pipeline = (m - 1) * t_max + sum(totals)
-        comp, rc, tpc = stages[slowest]
+        comp, rc, tpc, cpc = stages[slowest]
         breakdown = {"compute": m * comp, "recompute": m * rc, "bubble": pipeline - m * t_max, "tp": m * tpc}
 
         # pipeline point-to-point: scatter s b h / t across the link, all-gather it inside the TP group
         pp_time = 0.0
         if p > 1:
-            nbytes = self.seq * mb * cfg.hidden * t.dtype_bytes
-            one = nbytes / tp / self.bus_bandwidth(tp * layout.dp * p) + COLLECTIVE_LATENCY_S
+            nbytes = self.seq * mb / cp * cfg.hidden * t.dtype_bytes
+            span = tp * cp * layout.dp * p
+            one = nbytes / tp / self.bus_bandwidth(span) + self.latency(span)
             if tp > 1 and not sp:
                 one += ring_time("all_gather", nbytes, tp, self.bus_bandwidth(tp))
+            if t.profile.pipeline == "deepspeed":  # blocking transfers, one pipeline instruction at a time
+                one += self.constants.pipeline_instruction_s
             pp_time = (2 * m * v + 2 * (p - 1)) * one
         breakdown["pp"] = pp_time
 
-        # data parallel / ZeRO over the largest stage's parameters
-        dp, shard = layout.dp, layout.shard_degree
+        # data parallel / ZeRO over the largest stage's parameters; context-parallel ranks join the group
+        dp, shard = layout.dp * cp, layout.shard_degree * cp
         stage_params = [self.stage_params(layout, i, n) for i, n in enumerate(pp_layers)]
         local = max(stage_params)
-        dp_time = 0.0
-        if dp > 1:
-            bw = self.bus_bandwidth(tp * dp)
-            grad_bytes = 2 if t.precision == "fp16" else 4  # Megatron keeps fp32 main grads for bf16
-            replicas = 0.0
-            if layout.zero and shard < dp:  # hybrid: ZeRO inside groups of `shard`, all-reduce across them
-                replicas = ring_time("all_reduce", local / shard * grad_bytes, dp // shard, bw)
-                dp, bw = shard, self.bus_bandwidth(tp * shard)
-            e = t.dtype_bytes
-            window_b = lc.bwd * pp_layers[slowest]  # one micro-batch's backward on the stage
-            window_f = lc.fwd * pp_layers[slowest]
-            overlap = layout.zero >= t.profile.overlap_from_zero
-            if layout.zero == 0:
-                red = ring_time("all_reduce", local * grad_bytes, dp, bw)
-                dp_time = max(0.0, red - window_b) if overlap else red
-            elif layout.zero in (1, 2):
-                red = ring_time("reduce_scatter", local * grad_bytes, dp, bw)
-                gat = ring_time("all_gather", local * e, dp, bw)
-                dp_time = (max(0.0, red - window_b) + max(0.0, gat - window_f)) if overlap else red + gat
-            else:
-                per_mb = 2 * ring_time("all_gather", local * e, dp, bw) + ring_time(
-                    "reduce_scatter", local * grad_bytes, dp, bw
-                )
-                if overlap:
-                    first = ring_time("all_gather", self.layer_params.per_rank(tp) * e, dp, bw)
-                    dp_time = m * max(0.0, per_mb - (window_f + window_b)) + first
-                else:
-                    dp_time = m * per_mb
-            dp_time += replicas
-        breakdown["dp"] = dp_time
+        breakdown["dp"] = self.dp_time(layout, lc, pp_layers[slowest], local, m) if dp > 1 else 0.0
         opt_params = local / (shard if layout.zero >= 1 else 1)
         opt_bytes = 28.0 if t.precision == "fp32" else OPTIMIZER_BYTES_PER_PARAM
         breakdown["optimizer"] = opt_params * opt_bytes / self.hbm_rate
+        breakdown["cp"] = m * cpc
+        # the slowest of N ranks sets the pace of every synchronising collective
+        n = self.cluster.gpus
+        sigma = self.constants.straggler_cv
+        breakdown["straggler"] = sigma * math.sqrt(2 * math.log(n)) * sum(breakdown.values()) if n > 1 else 0.0
 
         step = sum(breakdown.values())
         tokens_per_step = t.global_batch * self.seq

@@ -26,6 +26,7 @@ that SwiGLU, LFA, grouped-query attention, fused (flash) attention and no-dropou
 With these rules the GPT case (fused norm, unfused attention, dropout) reproduces Korthikanti's
 34 + 5 a s / h exactly, and with TP t and no sequence parallelism the replicated share is their 10 s b h;
 flopwise's own model on CPU matches PyTorch's saved tensors within 1% (tests/plan/test_memory_vs_torch.py).
+Context parallelism (cp ranks share each sequence) divides every count by cp.
 Sequence parallelism splits the replicated share by t too (their equation 4:
 s b h (34 + 5 a s / h) / t). Selective recomputation drops the attention core (their equation 6:
 34 s b h / t with SP); full recomputation keeps only each layer's input, 2 s b h (/t with SP).
@@ -93,7 +94,7 @@ def layer_activation_bytes(
     """Activation bytes one layer keeps for one micro-batch on one TP rank (see the module docstring)."""
     recompute = recompute or layout.recompute
     s = training.seq_len or cfg.seq_len
-    tokens = s * layout.micro_batch
+    tokens = s * layout.micro_batch / layout.cp  # context parallelism splits the sequence
     t = layout.tp
     e = training.dtype_bytes
     h, q, kv, a, ffn = cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.heads, cfg.ffn
@@ -109,6 +110,9 @@ def layer_activation_bytes(
         replicated += 2 * h  # two 1-byte masks
     sharded = (q + 2 * kv + q) * e  # Q, K, V and the output projection's input (= flash's saved output)
     sharded += (4 if cfg.mlp == "swiglu" else 2) * ffn * e
+    if training.precision == "fp8":  # the GEMM inputs are kept as their 1-byte FP8 casts (Transformer Engine)
+        replicated -= (h + h) * (e - 1)  # QKV and MLP inputs
+        sharded -= (q + ffn) * (e - 1)  # output projection and second MLP matmul inputs
     if sw.attention == "unfused":
         if recompute != "selective":  # softmax output, dropout output and its 1-byte mask
             sharded += 2 * a * s * e + (a * s if sw.dropout else 0)
@@ -132,7 +136,7 @@ def final_norm_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> fl
     s = training.seq_len or cfg.seq_len
     e = training.dtype_bytes
     per_token = cfg.hidden * e * (2 if training.profile.fused_norm else 3)
-    return s * layout.micro_batch * per_token / (layout.tp if layout.sp else 1)
+    return s * layout.micro_batch / layout.cp * per_token / (layout.tp if layout.sp else 1)
 
 
 def logits_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> float:
@@ -140,7 +144,7 @@ def logits_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> float:
     bf16/fp16 logits it was cast from (alive together while the loss is computed)."""
     s = training.seq_len or cfg.seq_len
     e = training.dtype_bytes
-    return s * layout.micro_batch * cfg.vocab_size / layout.tp * (4 + (e if e != 4 else 0))
+    return s * layout.micro_batch / layout.cp * cfg.vocab_size / layout.tp * (4 + (e if e != 4 else 0))
 
 
 def in_flight(layout: Layout, stage: int, microbatches: int) -> float:

@@ -20,7 +20,7 @@ from flopwise.errors import LayoutError, PlanError
 from flopwise.flops import RECOMPUTE_MODES
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
-from flopwise.plan.cost import CostModel, Plan, even_split
+from flopwise.plan.cost import Constants, CostModel, Plan, even_split
 from flopwise.plan.spec import Cluster, Training
 
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
@@ -119,6 +119,7 @@ def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
     """Layouts to try: every combination of the fields not in `fixed`, pruned by cheap divisibility; the
     search then keeps those that pass flopwise.layout.check (the trainer's check)."""
     cfg, gpus, gpn = cm.model, cm.cluster.gpus, cm.cluster.gpus_per_node
+    gpus //= fixed.get("cp", 1)  # context-parallel ranks share sequences: the other axes split the rest
     gb = cm.training.global_batch
     out = []
     tps = [fixed["tp"]] if "tp" in fixed else [t for t in _divisors(min(gpn, gpus)) if gpus % t == 0]
@@ -156,7 +157,8 @@ def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
                     vpps = [v for v in vpps if v > 1]
                 zeros = [fixed["zero"]] if "zero" in fixed else ([0] if dp == 1 else [0, 1] if pp > 1 else [0, 1, 2, 3])
                 sps = [fixed["sp"]] if "sp" in fixed else ([False, True] if tp > 1 else [False])
-                rcs = [fixed["recompute"]] if "recompute" in fixed else RECOMPUTE_MODES
+                rcs = [fixed["recompute"]] if "recompute" in fixed else [
+                    r for r in RECOMPUTE_MODES if r != "selective" or cm.training.profile.selective_recompute]
                 for vpp in vpps:
                     for zero in zeros:
                         for sp in sps:
@@ -181,6 +183,7 @@ def search(
     split: str = "balanced",
     require_fit: bool = True,
     explain: bool = True,
+    constants: Constants | None = None,
 ) -> SearchResult:
     """The `top` fastest layouts that fit memory, searching every field not in `fixed`.
 
@@ -188,7 +191,7 @@ def search(
     layer count allows, Megatron's split). Raises PlanError, naming the binding constraint and the closest
     feasible alternative, when nothing fits."""
     fixed = dict(fixed or {})
-    cm = CostModel(model, cluster, training)
+    cm = CostModel(model, cluster, training, constants)
     plans: list[Plan] = []
     failures: list[str] = []
     closest: Plan | None = None  # the infeasible plan needing the least memory relative to the device
@@ -253,6 +256,7 @@ def _explain(cm: CostModel, fixed: dict, failures: list[str], closest: Plan | No
 def _fixed_reason(cm: CostModel, fixed: dict) -> str | None:
     """The first fixed field that rules out every layout, in words."""
     cfg, gpus, gpn = cm.model, cm.cluster.gpus, cm.cluster.gpus_per_node
+    gpus //= fixed.get("cp", 1)  # context-parallel ranks share sequences: the other axes split the rest
     gb = cm.training.global_batch
     tp, pp, dp, mb = (fixed.get(k) for k in ("tp", "pp", "dp", "micro_batch"))
     if pp is not None and pp > cfg.layers:

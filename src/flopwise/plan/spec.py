@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flopwise.errors import ConfigError
-from flopwise.hardware import GB, Accelerator
+from flopwise.hardware import Accelerator
 
-PRECISIONS = ("bf16", "fp16", "fp32")
+# fp8: the transformer blocks' linear-layer GEMMs in FP8 (Transformer Engine, torchao Float8); attention, the LM
+# head, elementwise work, master weights and optimizer state as in bf16 training.
+PRECISIONS = ("bf16", "fp16", "fp32", "fp8")
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,12 @@ class Software:
     dropout: bool  # dropout after attention and MLP (GPT-style)
     fused_norm: bool  # the norm kernel keeps only its input (apex/Megatron) vs PyTorch's decomposed RMSNorm
     overlap_from_zero: int  # ZeRO stages from this one up reduce gradients during the backward (4: none)
+    # Added for issue 14 (the stacks of the published runs); the defaults are flopwise's own trainer.
+    attention_kernel: str = "fa2"  # flash class: 'fa2' (FlashAttention-2, SDPA) | 'fa3' (FA3, cuDNN fused)
+    fused_elementwise: bool = True  # norms, RoPE, SwiGLU, casts fused (TE, torch.compile) vs one kernel each
+    pipeline: str = "megatron"  # 'megatron': async p2p | 'deepspeed': blocking p2p, one instruction at a time
+    grad_reduce_bytes: int = 4  # bytes per gradient element in the data-parallel reduction (bf16/fp32 runs)
+    selective_recompute: bool = True  # the stack has Megatron's selective recomputation (the search may pick it)
 
 
 SOFTWARE = {
@@ -30,6 +38,19 @@ SOFTWARE = {
     # scale-mask-softmax + dropout (no flash attention yet), GPT dropout, apex fused LayerNorm, gradient
     # all-reduce after the backward (no overlap in those versions).
     "megatron": Software("unfused", True, True, 4),
+    # NeMo / Megatron-Core / Megatron-Bridge with Transformer Engine: cuDNN fused attention (FA3 class on
+    # Hopper), fused norm + cast kernels, distributed optimizer overlapping its reduce-scatter and all-gather.
+    # NeMo's distributed fused Adam reduces gradients in bf16 (grad_sync_dtype).
+    "te": Software("flash", False, True, 1, attention_kernel="fa3", grad_reduce_bytes=2),
+    # PyTorch FSDP stacks (torchtitan, llm-foundry, fms-fsdp) in eager mode: SDPA / flash-attn 2, every
+    # elementwise op its own kernel, FSDP overlapping its collectives.
+    "torch-eager": Software("flash", False, False, 2, fused_elementwise=False),
+    # the same under torch.compile: elementwise chains fused by Inductor.
+    "torch-compile": Software("flash", False, False, 2),
+    # Megatron-DeepSpeed as BLOOM and MT-NLG ran (2021-22): Megatron's unfused kernels, DeepSpeed's
+    # PipelineEngine (blocking point-to-point, no interleaving), gradient reduction after the backward, and
+    # only whole-block activation checkpointing (selective recomputation came with Korthikanti et al. 2022).
+    "deepspeed": Software("unfused", True, True, 4, pipeline="deepspeed", selective_recompute=False),
 }
 
 
@@ -39,7 +60,9 @@ class Cluster:
     gpus: int
     gpus_per_node: int = 8
     intra_node_bw: float | None = None  # bytes/s per GPU, one direction; None: the accelerator's link
-    inter_node_bw: float = 25 * GB  # bytes/s per GPU, one direction (8 x 200 Gb/s InfiniBand per node)
+    # bytes/s per GPU, one direction; None: the accelerator's reference system (8 x HDR 200 Gb/s per DGX A100
+    # node = 25 GB/s, 8 x NDR 400 Gb/s per DGX H100/H200 node = 50 GB/s)
+    inter_node_bw: float | None = None
 
     def __post_init__(self) -> None:
         if self.gpus < 1:
@@ -50,12 +73,16 @@ class Cluster:
             raise ConfigError(
                 f"cluster gpus = {self.gpus}: must be a multiple of gpus_per_node = {self.gpus_per_node}"
             )
-        if self.inter_node_bw <= 0 or (self.intra_node_bw is not None and self.intra_node_bw <= 0):
+        if any(bw is not None and bw <= 0 for bw in (self.inter_node_bw, self.intra_node_bw)):
             raise ConfigError("cluster bandwidths must be positive")
 
     @property
     def intra_bw(self) -> float:
         return self.intra_node_bw if self.intra_node_bw is not None else self.accelerator.link_bandwidth
+
+    @property
+    def inter_bw(self) -> float:
+        return self.inter_node_bw if self.inter_node_bw is not None else self.accelerator.network_bandwidth
 
 
 @dataclass(frozen=True)

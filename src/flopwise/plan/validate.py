@@ -15,14 +15,14 @@ from pathlib import Path
 
 from flopwise.errors import ConfigError, DataError, PlanError
 from flopwise.hardware import GB, resolve_accelerator
-from flopwise.layout import Layout, check_implemented, parse_value
+from flopwise.layout import parse_value
 from flopwise.models.config import ModelConfig
 from flopwise.plan.search import search
 from flopwise.plan.spec import Cluster, Training
 
 _MEGATRON_SOURCES = ("megatron", "narayanan", "korthikanti")
 # layout columns of the published CSVs (README in shared/published); cp is checked on its own
-_LAYOUT_COLUMNS = ("tp", "pp", "dp", "vpp", "zero", "sequence_parallel", "recompute", "micro_batch")
+_LAYOUT_COLUMNS = ("tp", "pp", "dp", "vpp", "cp", "zero", "dp_shard", "sequence_parallel", "recompute", "micro_batch")
 
 
 def _cell(row: dict, key: str) -> str:
@@ -44,8 +44,15 @@ def _int(row: dict, key: str, default: int | None = None) -> int:
 def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[str]]:
     """Model, cluster, training and the fixed layout fields of one CSV row (plus notes on adjustments)."""
     notes: list[str] = []
+    vocab = _int(row, "vocab")
+    tp = _int(row, "tp", 0)
+    if vocab % (tp or 8):  # Megatron pads the vocabulary to a multiple of 128 x tp (searched tp: up to 8)
+        multiple = 128 * (tp or 8)
+        padded = -(-vocab // multiple) * multiple
+        notes.append(f"vocabulary {vocab} padded to {padded}")
+        vocab = padded
     model = ModelConfig(
-        vocab_size=_int(row, "vocab"),
+        vocab_size=vocab,
         layers=_int(row, "layers"),
         hidden=_int(row, "hidden"),
         heads=_int(row, "heads"),
@@ -64,7 +71,7 @@ def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[st
         gpus,
         _int(row, "gpus_per_node", 8),
         float(intra) * GB if intra else None,
-        float(inter) * GB if inter else 25 * GB,
+        float(inter) * GB if inter else None,
     )
     software = _cell(row, "software")
     if not software:
@@ -79,7 +86,6 @@ def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[st
         if text:
             name, value = parse_value(key, text.removesuffix(".0"))
             fixed[name] = value
-    check_implemented(Layout(cp=_int(row, "cp", 1)))
     if "vpp" in fixed and "pp" in fixed and fixed["vpp"] > 1:
         per_stage = model.layers // fixed["pp"]
         if model.layers % fixed["pp"] == 0 and per_stage % fixed["vpp"]:
@@ -90,9 +96,11 @@ def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[st
 
 
 def validate_rows(rows: list[dict], label: str = "") -> list[dict]:
+    """Predict each row: prediction, error and breakdown, or the specific reason it cannot be predicted."""
     out = []
     for index, row in enumerate(rows):
         name = _cell(row, "model") or f"row {index + 1}"
+        source = _cell(row, "source_id") or _cell(row, "source") or label
         measured = float(_cell(row, "measured_step_s") or "nan")
         try:
             model, cluster, training, fixed, notes = row_inputs(row)
@@ -105,13 +113,16 @@ def validate_rows(rows: list[dict], label: str = "") -> list[dict]:
                 notes.append("predicted not to fit memory")
             plan = result.plans[0]
         except (PlanError, ConfigError, DataError) as exc:
-            out.append({"file": label, "model": name, "error_message": str(exc), "measured_s": measured})
+            out.append({"file": label, "source": source, "model": name, "error_message": str(exc),
+                        "measured_s": measured})
             continue
         error = plan.step_time / measured - 1.0
         out.append(
             {
                 "file": label,
+                "source": source,
                 "model": name,
+                "software": training.software,
                 "layout": plan.layout.short(),
                 "predicted_s": plan.step_time,
                 "measured_s": measured,
@@ -119,6 +130,7 @@ def validate_rows(rows: list[dict], label: str = "") -> list[dict]:
                 "abs_error": abs(error),
                 "mfu": plan.mfu,
                 "breakdown_percent": plan.breakdown_percent,
+                "breakdown_s": dict(plan.breakdown),
                 "peak_memory_gb": plan.peak_memory / 1e9,
                 "notes": notes,
             }
@@ -139,7 +151,8 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def validate_files(paths: list[str | Path]) -> dict:
-    """Predict every row of each published-runs CSV: {'rows': [...], 'files': {name: summary}, 'summary'}."""
+    """Predict every row of each published-runs CSV: {'rows': [...], 'files': {name: summary},
+    'sources': {source_id or source: summary}, 'summary'}."""
     rows: list[dict] = []
     files = {}
     for path in map(Path, paths):
@@ -169,4 +182,8 @@ def validate_files(paths: list[str | Path]) -> dict:
         got = validate_rows(data, path.name)
         files[path.name] = summarise(got)
         rows += got
-    return {"rows": rows, "files": files, "summary": summarise(rows)}
+    sources: dict[str, list[dict]] = {}
+    for row in rows:
+        sources.setdefault(row["source"], []).append(row)
+    return {"rows": rows, "files": files, "sources": {k: summarise(v) for k, v in sources.items()},
+            "summary": summarise(rows)}

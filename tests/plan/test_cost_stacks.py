@@ -1,0 +1,102 @@
+"""Issue 14's additions to the cost model: FP8, context parallelism, FSDP overlap per layer, HSDP, stack
+profiles, network defaults, stragglers, and fitting the cost model's own constants."""
+
+import dataclasses
+
+import pytest
+
+from flopwise.errors import LayoutError, PlanError
+from flopwise.hardware import GB, get_accelerator
+from flopwise.layout import Layout
+from flopwise.models.config import ModelConfig
+from flopwise.plan.calibrate import Observation, fit
+from flopwise.plan.cost import Constants, CostModel
+from flopwise.plan.spec import Cluster, Training
+
+H100 = get_accelerator("H100-SXM")
+A100 = get_accelerator("A100-80GB")
+# Llama-3-8B's shape with fewer layers: GQA, SwiGLU, a large vocabulary
+LLAMA = ModelConfig(vocab_size=128256, layers=8, hidden=4096, heads=32, kv_heads=8, ffn=14336, seq_len=8192,
+                    lfa=False, mlp="swiglu")
+
+
+def cost(gpus=8, gb=32, acc=H100, constants=None, inter=None, **training):
+    training.setdefault("software", "te")
+    return CostModel(LLAMA, Cluster(acc, gpus, inter_node_bw=inter), Training(gb, **training), constants)
+
+
+def test_fp8_speeds_up_the_gemms_not_the_rest():
+    layout = Layout(dp=8, zero=1, micro_batch=1)
+    bf16, fp8 = cost().evaluate(layout), cost(precision="fp8").evaluate(layout)
+    speedup = bf16.step_time / fp8.step_time
+    assert 1.15 < speedup < 1.8  # published BF16 -> FP8 speedups on H100: 1.32-1.62x (FINDINGS.md 3.6)
+    assert fp8.mfu > bf16.mfu  # MFU stays relative to the bf16 peak
+    with pytest.raises(PlanError, match="FP8"):
+        cost(acc=A100, precision="fp8")
+
+
+def test_context_parallelism_splits_the_work_and_the_activations():
+    one = cost().evaluate(Layout(dp=8, zero=1, micro_batch=1))
+    two = cost().evaluate(Layout(dp=4, cp=2, zero=1, micro_batch=1))
+    # per rank: half the tokens of twice as many sequences, so the compute is about the same
+    assert two.breakdown["compute"] == pytest.approx(one.breakdown["compute"], rel=0.1)
+    assert two.memory[0]["activations"] == pytest.approx(one.memory[0]["activations"] / 2, rel=0.01)
+    assert two.memory[0]["optimizer"] == pytest.approx(one.memory[0]["optimizer"], rel=0.01)  # sharded over dp x cp
+    assert 0 <= two.breakdown["cp"] < 0.05 * two.step_time  # NVLink hides the KV ring behind attention
+    slow = cost(gpus=16, gb=32, inter=1 * GB).evaluate(Layout(tp=8, cp=2, dp=1, zero=0, micro_batch=1))
+    assert slow.breakdown["cp"] > 0  # across nodes on a slow network it no longer hides
+    with pytest.raises(LayoutError, match="context parallelism is not implemented"):
+        cost(software="flopwise").evaluate(Layout(dp=4, cp=2, micro_batch=1))  # flopwise's trainer cannot run it
+
+
+def test_fsdp_hides_per_layer_and_degrades_smoothly_with_the_network():
+    layout = Layout(dp=64, zero=3, micro_batch=1)
+
+    def dp_share(gbps):
+        plan = cost(gpus=64, gb=64, inter=gbps * GB, software="torch-compile").evaluate(layout)
+        return plan.breakdown["dp"] / plan.step_time
+
+    shares = [dp_share(g) for g in (400, 100, 50, 25, 12.5, 6.25)]
+    assert shares[0] < 0.1  # a fast network hides all but the first gather, the last reduction, the embedding
+    assert all(a <= b for a, b in zip(shares, shares[1:], strict=False))  # monotone
+    assert all(b - a < 0.4 for a, b in zip(shares, shares[1:], strict=False))  # no cliff from halving bandwidth
+    assert shares[-1] > 0.3
+
+
+def test_hsdp_reduces_across_nodes_only_a_shard():
+    full = cost(gpus=64, gb=64, inter=6.25 * GB, software="torch-compile").evaluate(Layout(dp=64, zero=3))
+    hsdp = cost(gpus=64, gb=64, inter=6.25 * GB, software="torch-compile").evaluate(Layout(dp=64, zero=3, dp_shard=8))
+    assert hsdp.breakdown["dp"] < full.breakdown["dp"]
+    assert hsdp.memory[0]["params"] > full.memory[0]["params"]  # sharded over 8, not 64
+
+
+def test_eager_stacks_pay_for_unfused_elementwise_and_hopper_defaults_to_ndr():
+    layout = Layout(dp=8, zero=3, micro_batch=1)
+    eager = cost(software="torch-eager").evaluate(layout).breakdown["compute"]
+    compiled = cost(software="torch-compile").evaluate(layout).breakdown["compute"]
+    assert eager > compiled
+    assert Cluster(H100, 16).inter_bw == 50 * GB and Cluster(A100, 16).inter_bw == 25 * GB
+
+
+def test_straggler_term_grows_with_the_number_of_ranks():
+    layout = Layout(tp=8, dp=1, micro_batch=1)
+    c = Constants(straggler_cv=0.01)
+    small = cost(gpus=8, gb=32, constants=c).evaluate(layout)
+    many = CostModel(LLAMA, Cluster(H100, 1024), Training(1024, software="te"), c).evaluate(
+        Layout(tp=8, dp=128, zero=1, micro_batch=1))
+    ratio = many.breakdown["straggler"] / (many.step_time - many.breakdown["straggler"])
+    assert ratio > small.breakdown["straggler"] / (small.step_time - small.breakdown["straggler"])
+    assert 0.03 < ratio < 0.05  # 0.01 x sqrt(2 ln 1024) = 3.7%
+
+
+def test_fit_recovers_a_cost_model_constant():
+    truth = Constants(eager_traffic=3.0)
+    obs = []
+    for gpus, layout in ((8, Layout(dp=8, zero=3)), (8, Layout(tp=2, dp=4, zero=1)), (16, Layout(dp=16, zero=3))):
+        cluster, training = Cluster(H100, gpus), Training(32, software="torch-eager")
+        measured = CostModel(LLAMA, cluster, training, truth).evaluate(layout).step_time
+        obs.append(Observation(LLAMA, cluster, training, layout, measured))
+    result = fit(obs, ["eager_traffic"])
+    assert result.constants["eager_traffic"] == pytest.approx(3.0, rel=0.01)
+    assert result.model_constants() == dataclasses.replace(Constants(), eager_traffic=result.constants["eager_traffic"])
+    assert result.accelerator() == H100  # no device constant was fitted
