@@ -54,7 +54,7 @@ def test_plan_json(capsys):
         "gpu_hours",
         "fits",
     } <= set(plan)
-    assert set(plan["breakdown_percent"]) == {"compute", "recompute", "bubble", "tp", "pp", "dp", "optimizer"}
+    assert set(plan["breakdown_percent"]) == {"compute", "recompute", "bubble", "tp", "ep", "pp", "dp", "optimizer"}
     assert plan["days"] > 0 and plan["fits"]
 
 

@@ -143,6 +143,7 @@ def plan(
     tokens: float = typer.Option(0.0, help="tokens to train (for days and GPU-hours)"),
     precision: str = typer.Option("bf16", help="bf16 | fp16 | fp32"),
     software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),
+    expert_imbalance: float = typer.Option(1.0, help="MoE: busiest expert-parallel rank's tokens over the mean (>= 1)"),
     layout: str = typer.Option(None, help="fix some layout fields, e.g. tp=8,pp=16 (the rest is searched)"),
     top: int = typer.Option(5, help="plans to show"),
     split: str = typer.Option("balanced", help="pipeline split: balanced | uniform"),
@@ -169,7 +170,8 @@ def plan(
         intra_gbps * GB if intra_gbps else None,
         inter_gbps * GB,
     )
-    training = Training(global_batch, tokens=tokens, precision=precision, software=software)
+    training = Training(global_batch, tokens=tokens, precision=precision, software=software,
+                        expert_imbalance=expert_imbalance)
     fixed = parse_layout(layout) if layout else {}
     result = search(model, cluster, training, fixed, top=top, split=split)
     if write_config is not None:

@@ -58,6 +58,7 @@ from flopwise.hardware import (
 from flopwise.layout import Layout
 from flopwise.layout import check as check_layout
 from flopwise.models.config import ModelConfig
+from flopwise.plan import experts as moe
 from flopwise.plan import memory as mem
 from flopwise.plan.spec import Cluster, Training
 
@@ -70,7 +71,7 @@ ELEMENTWISE_BWD_PASSES = 3.0  # backward: activation read, its gradient written 
 # bf16/fp16 copy (2 B).
 OPTIMIZER_BYTES_PER_PARAM = 30.0
 
-BREAKDOWN_KEYS = ("compute", "recompute", "bubble", "tp", "pp", "dp", "optimizer")
+BREAKDOWN_KEYS = ("compute", "recompute", "bubble", "tp", "ep", "pp", "dp", "optimizer")
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,7 @@ class CostModel:
     def stage_params(self, layout: Layout, stage: int, layers: int) -> float:
         """Parameters held by one rank of pipeline stage `stage` (before ZeRO sharding)."""
         tp, p = layout.tp, layout.pp
-        params = layers * self.layer_params.per_rank(tp)
+        params = layers * self.layer_params.per_rank(tp) - moe.expert_params_elsewhere(self.model, layout, layers)
         emb = self.counts.embedding / tp
         if stage == 0:
             params += emb
@@ -285,7 +286,7 @@ class CostModel:
     def stage_memory(self, layout: Layout, stage: int, layers: int, microbatches: int) -> dict[str, float]:
         t = self.training
         params = self.stage_params(layout, stage, layers)
-        out = mem.model_state_bytes(params, t.precision, layout.zero, layout.shard_degree)
+        out = moe.model_states(self.model, t.precision, layout, params, layers)
         per_layer = mem.mean_layer_activation_bytes(self.model, t, layout)
         acts = layers * mem.in_flight(layout, stage, microbatches) * per_layer
         if layout.recompute == "full" and layers:  # one layer's activations alive while it is recomputed
@@ -326,18 +327,19 @@ class CostModel:
         lc = self.layer_cost(tp, sp, mb, layout.recompute, layout.recompute_every)
         head_compute, head_comm = self.head_time(tp, mb)
         emb_comm = self.embedding_time(tp, sp, mb)
+        moe_comp, moe_a2a = moe.moe_layer_time(self, layout, t.expert_imbalance)
 
-        # per-micro-batch time of each stage: (compute, recompute, tp)
+        # per-micro-batch time of each stage: (compute, recompute, tp, ep)
         stages = []
         for i, n in enumerate(pp_layers):
-            comp = n * (lc.fwd + lc.bwd)
+            comp = n * (lc.fwd + lc.bwd + moe_comp)
             tpc = n * lc.tp
             if i == 0:
                 tpc += emb_comm
             if i == p - 1:
                 comp += head_compute
                 tpc += head_comm
-            stages.append((comp, n * lc.recompute, tpc))
+            stages.append((comp, n * lc.recompute, tpc, n * moe_a2a))
         totals = [sum(s) for s in stages]
         slowest = max(range(p), key=lambda i: totals[i])
         t_max = totals[slowest]
@@ -345,8 +347,9 @@ class CostModel:
             pipeline = m * t_max + (sum(totals) - t_max) / v
         else:
             pipeline = (m - 1) * t_max + sum(totals)
-        comp, rc, tpc = stages[slowest]
-        breakdown = {"compute": m * comp, "recompute": m * rc, "bubble": pipeline - m * t_max, "tp": m * tpc}
+        comp, rc, tpc, epc = stages[slowest]
+        breakdown = {"compute": m * comp, "recompute": m * rc, "bubble": pipeline - m * t_max, "tp": m * tpc,
+                     "ep": m * epc}
 
         # pipeline point-to-point: scatter s b h / t across the link, all-gather it inside the TP group
         pp_time = 0.0
