@@ -11,6 +11,7 @@ from flopwise.layout import Layout
 from flopwise.models.config import get_preset
 from flopwise.plan.cost import CostModel
 from flopwise.plan.experts import expert_gemm_time, expert_params_per_layer, moe_layer_time
+from flopwise.plan.memory import RESERVED_BYTES
 from flopwise.plan.search import search
 from flopwise.plan.spec import Cluster, Training
 
@@ -89,3 +90,11 @@ def test_flopwise_plan_gives_yuan2_m32_an_expert_parallel_layout(capsys):
     except SystemExit as exc:
         assert exc.code == 2
     assert "error: expert_imbalance = 0.5: must be at least 1" in capsys.readouterr().err
+
+
+def test_zero3_gathers_no_expert_weights():
+    cm = model()
+    layout = Layout(dp=32, zero=3, ep=32)
+    other = cm.stage_memory(layout, 0, M32.layers, 8)["other"]
+    dense_layer = cm.layer_params.per_rank(1) - expert_params_per_layer(M32)
+    assert other == pytest.approx(RESERVED_BYTES + 2 * dense_layer * 2)
