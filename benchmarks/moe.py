@@ -2,7 +2,7 @@
 and expert load balance over a short run on the demo corpus.
 
 1. Throughput. `tiny-moe` (8 experts of 384, top-2, attention router) against `tiny` (dense FFN 768 = 2 x 384):
-   the same active parameters but for the router. Each step is the trainer's own: SingleDeviceEngine
+   the same active parameters but for the router. Each step is the trainer's own: the Engine
    forward/backward (auxiliary losses included) and clip + AdamW step, on the same demo-corpus batches;
    the models alternate in rounds so machine noise hits both alike; the ratio is the figure to quote.
    Wall time and process CPU time are both recorded: on a busy shared machine, run with --threads 1 and
@@ -36,15 +36,15 @@ from flopwise.hardware import detect
 from flopwise.models import get_preset
 from flopwise.models.moe import GroupedExperts, expert_load, moe_metrics
 from flopwise.train.config import load_config
-from flopwise.train.engine import SingleDeviceEngine
+from flopwise.train.engine import Engine
 from flopwise.train.schedule import lr_at
 from flopwise.train.trainer import resolve_shards
 
 
-def _engine(preset: str, args, **model) -> SingleDeviceEngine:
+def _engine(preset: str, args, **model) -> Engine:
     sets = [f"train.global_batch={args.batch}", f"train.micro_batch={args.batch}", f"train.seq_len={args.seq}",
             "train.device=cpu", "train.lr=2e-3"] + [f"model.{k}={json.dumps(v)}" for k, v in model.items()]
-    return SingleDeviceEngine(load_config(None, sets, preset=preset))
+    return Engine(load_config(None, sets, preset=preset))
 
 
 def throughput(args, shards: TokenShards, peak: float) -> list[dict]:

@@ -31,7 +31,7 @@ NANO4 = get_preset("nano").replace(layers=4)  # heads 4, kv_heads 2, ffn 128, vo
         (Layout(dp=2, micro_batch=3), {"global_batch": 8}, "4 sequences per data-parallel rank"),
         (Layout(pp=2, split=(1, 2)), {}, "split 1,2 sums to 3 layers; the model has 4"),
         (Layout(pp=2, split=(4,)), {}, "split 4 gives 1 stages, the layout has 2"),
-        (Layout(ep=2), {}, "ep = 2: expert parallelism is not implemented yet"),
+        (Layout(ep=2, dp=2), {}, "ep = 2 needs a mixture-of-experts model (model.experts > 0); this one is dense"),
         (Layout(cp=2), {}, "cp = 2: context parallelism is not implemented yet"),
         (Layout(recompute="selective", recompute_every=2), {}, "recompute_every = 2 applies to recompute = 'full'"),
     ],

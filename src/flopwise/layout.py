@@ -19,7 +19,9 @@ layout the planner proposes is one the trainer runs, and the trainer runs every 
   recompute        none | selective (the attention core, Korthikanti et al. 2022 section 5, as in Megatron-LM)
                    | full (whole transformer blocks, keeping only each block's input)
   recompute_every  with full: recompute every k-th block only (global index % k == 0)
-  ep, cp           expert- and context-parallel degrees: part of the vocabulary, only 1 is implemented yet
+  ep               expert-parallel degree: each MoE layer's experts split over groups of ep data-parallel
+                   ranks, tokens exchanged with all-to-all (flopwise.parallel.expert); ep divides dp
+  cp               context-parallel degree: part of the vocabulary, only 1 is implemented yet
 
 Decisions the check encodes (the trainer and the planner agree on them):
 - tp must divide kv_heads: KV heads are split across tensor-parallel ranks, never replicated.
@@ -27,6 +29,9 @@ Decisions the check encodes (the trainer and the planner agree on them):
   the same way; the extra rows are never targets).
 - ZeRO needs a shard group of at least two ranks, and dp_shard > 1 needs zero > 0: no stage runs as a no-op.
 - ZeRO-2/3 shard gradients per micro-batch, so they are not combined with pipeline parallelism (zero <= 1).
+- ep reuses data-parallel ranks (it adds none): ep must divide dp and the experts. It combines with pp and
+  with ZeRO 1-3 (expert weights, already split by ep, stay out of the ZeRO partition and of FSDP), not with
+  tp (the MoE layer has no tensor-parallel cut).
 """
 
 from __future__ import annotations
@@ -126,7 +131,7 @@ class Layout:
 
     def describe(self) -> str:
         """Compact label for a run: pp2xdp2xtp2-zero1, or single."""
-        axes = [f"{k}{getattr(self, k)}" for k in ("pp", "dp", "cp", "tp") if getattr(self, k) > 1]
+        axes = [f"{k}{getattr(self, k)}" for k in ("pp", "dp", "ep", "cp", "tp") if getattr(self, k) > 1]
         label = "x".join(axes) or "single"
         if self.zero:
             label += f"-zero{self.zero}" + (f"-shard{self.shard_degree}" if self.shard_degree != self.dp else "")
@@ -174,10 +179,28 @@ def check_split(split: tuple[int, ...], layers: int, stages: int) -> None:
 
 def check_implemented(layout: Layout) -> None:
     """Degrees the vocabulary names but the trainer does not run yet: the planner may not propose them."""
-    if layout.ep > 1:
-        raise LayoutError(f"ep = {layout.ep}: expert parallelism is not implemented yet (use ep = 1)")
     if layout.cp > 1:
         raise LayoutError(f"cp = {layout.cp}: context parallelism is not implemented yet (use cp = 1)")
+
+
+def check_experts(layout: Layout, model: ModelConfig) -> None:
+    """Expert parallelism against the model and the other degrees; the MoE layer has no TP cut."""
+    ep, experts = layout.ep, model.experts
+    if experts and layout.tp > 1:
+        raise LayoutError(
+            f"tensor parallelism (tp = {layout.tp}) with a mixture-of-experts model ({experts} experts) is not "
+            "supported: the MoE layer has no tensor-parallel cut; use ep, pp and dp (with zero)"
+        )
+    if ep == 1:
+        return
+    if not experts:
+        raise LayoutError(f"ep = {ep} needs a mixture-of-experts model (model.experts > 0); this one is dense")
+    if experts % ep:
+        raise LayoutError(f"expert parallel degree {ep} must divide the experts ({experts})")
+    if layout.dp % ep:
+        raise LayoutError(
+            f"expert parallel degree {ep} must divide dp = {layout.dp}: ep groups are made of data-parallel ranks"
+        )
 
 
 def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | None = None,
@@ -232,6 +255,7 @@ def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | 
         raise LayoutError(
             f"zero = {layout.zero} shards gradients per micro-batch; with pipeline parallelism use zero <= 1"
         )
+    check_experts(layout, model)
     if layout.recompute_every > 1 and layout.recompute != "full":
         raise LayoutError(
             f"recompute_every = {layout.recompute_every} applies to recompute = 'full' (whole blocks), "

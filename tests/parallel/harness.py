@@ -22,13 +22,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, shards, out, overrides, steps, resume, result_file):
+def _worker(rank, world, port, shards, out, overrides, steps, resume, result_file, preset):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     import torch
 
     torch.set_num_threads(1)
-    job = load_config(None, [f'data.shards="{shards}"', *BASE, *overrides], preset="nano", out=out,
+    job = load_config(None, [f'data.shards="{shards}"', *BASE, *overrides], preset=preset, out=out,
                       **{"train.steps": steps})
     result = train(job, resume=resume, metrics_path=os.path.join(out, f"metrics-rank{rank}.jsonl"))
     if rank == 0:
@@ -37,15 +37,15 @@ def _worker(rank, world, port, shards, out, overrides, steps, resume, result_fil
 
 
 def run_layout(shards, world: int, overrides: list[str], steps: int = 10, out: str | None = None,
-               resume: bool = False) -> dict[int, float]:
+               resume: bool = False, preset: str = "nano") -> dict[int, float]:
     out = out or tempfile.mkdtemp(prefix="flopwise-par-")
     result_file = os.path.join(out, "losses.json")
     if world == 1:
-        job = load_config(None, [f'data.shards="{shards}"', *BASE, *overrides], preset="nano", out=out,
+        job = load_config(None, [f'data.shards="{shards}"', *BASE, *overrides], preset=preset, out=out,
                           **{"train.steps": steps})
         result = train(job, resume=resume)
         return {r["step"]: r["loss"] for r in result.history}
-    mp.start_processes(_worker, args=(world, free_port(), str(shards), out, overrides, steps, resume, result_file),
+    mp.start_processes(_worker, args=(world, free_port(), str(shards), out, overrides, steps, resume, result_file, preset),
                        nprocs=world, join=True, start_method="spawn")
     with open(result_file) as fh:
         return {int(k): v for k, v in json.load(fh).items()}

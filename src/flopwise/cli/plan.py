@@ -147,6 +147,7 @@ def plan(
         "bf16", help="bf16 | fp16 | fp32 | fp8 (FP8 linear layers on Hopper; flopwise's trainer runs the others)"
     ),
     software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),
+    expert_imbalance: float = typer.Option(1.0, help="MoE: busiest expert-parallel rank's tokens over the mean (>= 1)"),
     layout: str = typer.Option(None, help="fix some layout fields, e.g. tp=8,pp=16 (the rest is searched)"),
     top: int = typer.Option(5, help="plans to show"),
     split: str = typer.Option("balanced", help="pipeline split: balanced | uniform"),
@@ -173,7 +174,8 @@ def plan(
         intra_gbps * GB if intra_gbps else None,
         inter_gbps * GB if inter_gbps else None,
     )
-    training = Training(global_batch, tokens=tokens, precision=precision, software=software)
+    training = Training(global_batch, tokens=tokens, precision=precision, software=software,
+                        expert_imbalance=expert_imbalance)
     if write_config is not None and (software != "flopwise" or precision == "fp8"):
         raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
                           f"bf16, fp16 or fp32 (got {software}, {precision})")

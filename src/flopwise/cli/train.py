@@ -156,6 +156,7 @@ def train(
     tp: int = typer.Option(None, "--tp", help="Tensor-parallel degree (with sequence parallelism)."),
     pp: int = typer.Option(None, "--pp", help="Pipeline-parallel degree."),
     zero: int = typer.Option(None, "--zero", help="ZeRO stage 0-3 over the data-parallel ranks (needs --dp > 1)."),
+    ep: int = typer.Option(None, "--ep", help="Expert parallelism (MoE): experts split over EP data-parallel ranks."),
     split: str = typer.Option(None, "--split", "--pp-layers", help="Layers per pipeline stage, e.g. 2,2,3,3, or auto."),
     schedule: str = typer.Option(None, "--schedule", "--pp-schedule", help="Pipeline schedule: gpipe, 1f1b or interleaved."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-step lines."),
@@ -168,7 +169,8 @@ def train(
     direct = {
         "preset": preset, "out": out, "train.steps": steps, "train.seed": seed, "train.log_every": log_every,
         "parallel.dp": dp, "parallel.dp_shard": dp_shard, "parallel.tp": tp, "parallel.pp": pp,
-        "parallel.zero": zero, "parallel.split": split, "parallel.schedule": schedule, "data.verify": verify_data,
+        "parallel.zero": zero, "parallel.ep": ep, "parallel.split": split, "parallel.schedule": schedule,
+        "data.verify": verify_data,
     }
     job = load_config(config, set_ or [], **direct)
     world = job.parallel.world_size

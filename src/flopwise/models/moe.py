@@ -191,7 +191,8 @@ class GroupedExperts(nn.Module):
 class LocalDispatcher:
     """All experts on this rank: dispatch and combine move nothing.
 
-    The interface an expert-parallel dispatcher implements (all-to-all over the `ep` group, phase 2):
+    The interface an expert-parallel dispatcher implements (flopwise.parallel.expert.AllToAllDispatcher,
+    all-to-all over the `ep` group):
 
     dispatch(rows, counts, start, end) -> (local_rows, local_counts, handle)
         rows [A, h]: this rank's kept assignments grouped by global expert id (ascending); counts [E]:

@@ -151,3 +151,28 @@ def vocab_parallel_cross_entropy(logits, targets, vocab_start: int, group) -> to
     """Mean loss over tokens; logits [b, s, V/tp] hold the vocabulary slice starting at vocab_start."""
     per_token = _VocabParallelCrossEntropy.apply(logits.flatten(0, 1), targets.flatten(), vocab_start, group)
     return per_token.mean()
+
+
+class _AllToAll(torch.autograd.Function):
+    """all_to_all_single with uneven splits forward; the reverse exchange (splits swapped) backward.
+    gloo implements all_to_all_single (uneven splits included) on CPU tensors; NCCL on GPU tensors."""
+
+    @staticmethod
+    def forward(ctx, x, send: list[int], recv: list[int], group):
+        ctx.send, ctx.recv, ctx.group = send, recv, group
+        return _all_to_all(x, send, recv, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_to_all(grad, ctx.recv, ctx.send, ctx.group), None, None, None
+
+
+def _all_to_all(x: torch.Tensor, send: list[int], recv: list[int], group) -> torch.Tensor:
+    out = x.new_empty((sum(recv), *x.shape[1:]))
+    dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=group)
+    return out
+
+
+def all_to_all(x: torch.Tensor, send: list[int], recv: list[int], group) -> torch.Tensor:
+    """Rows x[sum(send[:r]) : sum(send[:r+1])] go to rank r of `group`; returns the rows received, by source rank."""
+    return _AllToAll.apply(x, send, recv, group)

@@ -14,12 +14,14 @@ from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 
-def apply_fsdp(part: nn.Module, mesh, reshard_after_forward: bool) -> None:
+def apply_fsdp(part: nn.Module, mesh, reshard_after_forward: bool, ignored: set[nn.Parameter] | None = None) -> None:
+    """FSDP2 on every block, then the rest; `ignored` parameters stay plain tensors (expert weights under ep)."""
     from torch.distributed.fsdp import fully_shard
 
+    kwargs = {"ignored_params": ignored} if ignored else {}
     for block in part.layers.values():
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(part, mesh=mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward, **kwargs)
+    fully_shard(part, mesh=mesh, reshard_after_forward=reshard_after_forward, **kwargs)
 
 
 def all_reduce_grads(params: list[nn.Parameter], group, average: bool = True) -> None:

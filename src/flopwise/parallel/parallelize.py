@@ -23,7 +23,8 @@ from flopwise.errors import ParallelError
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.parallel.data_parallel import all_reduce_grads, apply_fsdp, broadcast_from_owners, partition_params
-from flopwise.parallel.dims import ParallelDims, build_mesh
+from flopwise.parallel.dims import ParallelDims, build_expert_mesh, build_mesh
+from flopwise.parallel.expert import apply_expert_parallel
 from flopwise.parallel.pipeline import build_stage_part, stage_layers
 from flopwise.parallel.tensor import TensorParallelInfo, apply_tensor_parallel
 
@@ -57,7 +58,11 @@ class Parts:
     dp_group: object = None
     dp_shard_group: object = None
     tie_group: object = None  # first and last stage: they share the tied embedding
-    owners: list[int] | None = None  # ZeRO-1: the dp_shard rank that steps each parameter
+    owners: list[int | None] | None = None  # ZeRO-1: the dp_shard rank that steps each parameter (None: every rank)
+    expert_names: list[set[str]] = field(default_factory=list)  # per part: expert parameters, split over ep (dim 0)
+    ep_group: object = None  # the ranks that split the experts among them
+    ep_dp_group: object = None  # the ranks that hold the same experts (dp / ep of them)
+    ep_rank: int = 0
 
     @property
     def num_stages(self) -> int:
@@ -89,12 +94,25 @@ class Parts:
         if self.owners is None:
             return [p for _, p in named]
         mine = self.mesh.get_coordinate()[2]
-        return [p for (_, p), owner in zip(named, self.owners, strict=True) if owner == mine]
+        return [p for (_, p), owner in zip(named, self.owners, strict=True) if owner in (None, mine)]
 
     def after_step(self) -> None:
-        """ZeRO-1: every shard owner broadcasts the parameters it stepped."""
+        """ZeRO-1: every shard owner broadcasts the parameters it stepped (expert parameters, stepped by
+        every rank that holds them, are not partitioned: ep already splits them)."""
         if self.owners is not None:
-            broadcast_from_owners(self.named, self.owners, self.dp_shard_group)
+            shared = [(item, owner) for item, owner in zip(self.named, self.owners, strict=True) if owner is not None]
+            broadcast_from_owners([item for item, _ in shared], [owner for _, owner in shared], self.dp_shard_group)
+
+    def is_expert(self, part_index: int, name: str) -> bool:
+        return bool(self.expert_names) and name in self.expert_names[part_index]
+
+    def _split_experts(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(expert parameters, the others) of this rank's parts."""
+        experts, others = [], []
+        for i, part in enumerate(self.modules):
+            for name, prm in part.named_parameters():
+                (experts if self.is_expert(i, name) else others).append(prm)
+        return experts, others
 
     # ---- gradients ------------------------------------------------------------------------------
     def sync_grads(self) -> None:
@@ -107,8 +125,16 @@ class Parts:
                     grad = params[name].grad
                     if grad is not None:
                         dist.all_reduce(_local(grad), group=self.tp_group)
+        experts, others = self._split_experts()
         if not self.fsdp and self.dims.dp > 1:
-            all_reduce_grads([p for _, p in self.named], self.dp_group)
+            all_reduce_grads(others, self.dp_group)
+        if experts and self.dims.ep > 1:
+            # each expert's gradient already sums the tokens of its whole ep group (the all-to-all's
+            # backward): sum over the ranks holding the same experts, then divide by dp like the rest
+            all_reduce_grads(experts, self.ep_dp_group, average=False)
+            for prm in experts:
+                if prm.grad is not None:
+                    prm.grad.div_(self.dims.dp)
         if self.tie_group is not None:
             tied = self._tied_param()
             if tied is not None and tied.grad is not None:
@@ -136,6 +162,8 @@ class Parts:
         """How many ranks hold the same gradient values for this parameter (counted once in the norm)."""
         if self._is_tied_head(part_index, name):
             return float("inf")  # the head copy of the tied embedding: the first stage counts it
+        if self.is_expert(part_index, name):
+            return float(self.dims.dp // self.dims.ep)  # split over ep, replicated over ep_dp (tp = 1)
         r = 1
         if name not in self.tp_info[part_index].shard_dim:
             r *= self.dims.tp
@@ -175,6 +203,10 @@ class Parts:
         """The whole tensor (gathered over FSDP shards and TP cuts) on the CPU."""
         if hasattr(t, "full_tensor"):
             t = t.full_tensor()
+        if self.is_expert(part_index, name):
+            pieces = [torch.empty_like(t) for _ in range(self.dims.ep)]
+            dist.all_gather(pieces, t.contiguous(), group=self.ep_group)
+            t = torch.cat(pieces, dim=0)
         dim = self.tp_info[part_index].shard_dim.get(name)
         if dim is not None:
             pieces = [torch.empty_like(t) for _ in range(self.dims.tp)]
@@ -187,6 +219,8 @@ class Parts:
         dim = self.tp_info[part_index].shard_dim.get(name)
         if dim is not None:
             shape[dim] *= self.dims.tp
+        if self.is_expert(part_index, name):
+            shape[0] *= self.dims.ep
         return tuple(shape)
 
     def local_from_full(self, name: str, part_index: int, full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -194,6 +228,8 @@ class Parts:
         dim = self.tp_info[part_index].shard_dim.get(name)
         if dim is not None:
             full = full.chunk(self.dims.tp, dim=dim)[self.tp_rank]
+        if self.is_expert(part_index, name):
+            full = full.chunk(self.dims.ep, dim=0)[self.ep_rank]
         full = full.to(self.device)
         if hasattr(like, "device_mesh"):
             from torch.distributed.tensor import distribute_tensor
@@ -234,6 +270,8 @@ def parallelize(model: nn.Module, dims: ParallelDims, layout: Layout, *, device:
         parts.modules = [build_stage_part(model, ranges[i], i == 0, i == layout.stages - 1)
                          for i in parts.stage_ids]
     for part in parts.modules:
+        parts.expert_names.append(set(apply_expert_parallel(part, parts.ep_group, parts.ep_rank, layout.ep))
+                                  if layout.ep > 1 else set())
         parts.tp_info.append(apply_tensor_parallel(part, parts.tp_group, layout.sp) if layout.tp > 1
                              else TensorParallelInfo())
         apply_recompute(part, layout.recompute, layout.recompute_every)
@@ -243,10 +281,12 @@ def parallelize(model: nn.Module, dims: ParallelDims, layout: Layout, *, device:
         part.to(device)
     if parts.fsdp:
         mesh = parts.mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else parts.mesh["dp_shard"]
-        for part in parts.modules:
-            apply_fsdp(part, mesh, reshard_after_forward=layout.zero == 3)
+        for part, experts in zip(parts.modules, parts.expert_names, strict=True):
+            # expert weights stay out of FSDP: ep splits them already, sync_grads reduces them over ep_dp
+            ignored = {p for n, p in part.named_parameters() if n in experts}
+            apply_fsdp(part, mesh, reshard_after_forward=layout.zero == 3, ignored=ignored)
     elif layout.zero == 1:
-        parts.owners = partition_params(parts.named, dims.dp_shard)
+        parts.owners = _zero1_owners(parts)
     return parts
 
 
@@ -260,6 +300,20 @@ def _join_mesh(parts: Parts, device: torch.device) -> None:
     parts.dp_group = _group_over(parts, ("dp_replicate", "dp_shard"))
     if dims.pp > 1 and parts.model_cfg.tie_embeddings:
         parts.tie_group = _tie_group(parts)
+    if dims.ep > 1:
+        expert_mesh = build_expert_mesh(dims, mesh)
+        parts.ep_group = expert_mesh["ep"].get_group()
+        parts.ep_dp_group = expert_mesh["ep_dp"].get_group()
+        parts.ep_rank = expert_mesh.get_local_rank("ep")
+
+
+def _zero1_owners(parts: Parts) -> list[int | None]:
+    """ZeRO-1 partition of the non-expert parameters over dp_shard; expert parameters: None (every holder)."""
+    flags = [parts.is_expert(i, name) for i, part in enumerate(parts.modules) for name, _ in part.named_parameters()]
+    named = parts.named
+    shared = [item for item, expert in zip(named, flags, strict=True) if not expert]
+    owners = iter(partition_params(shared, parts.dims.dp_shard))
+    return [None if expert else next(owners) for expert in flags]
 
 
 def _group_over(parts: Parts, vary: tuple[str, ...]):

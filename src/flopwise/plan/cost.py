@@ -79,6 +79,7 @@ from flopwise.hardware import (
 from flopwise.layout import Layout
 from flopwise.layout import check as check_layout
 from flopwise.models.config import ModelConfig
+from flopwise.plan import experts as moe
 from flopwise.plan import memory as mem
 from flopwise.plan.spec import Cluster, Training
 
@@ -102,7 +103,7 @@ FA3_HOPPER_EFFICIENCY = 0.6
 NET_HOP_LATENCY_S = 7e-6  # one inter-node hop (InfiniBand switch + NIC), NCCL tree: 2 log2(nodes) hops
 DP_BUCKET_BYTES = 40e6 * 4  # gradient buckets (Megatron: 40M fp32 elements; DDP: 25 MB)
 
-BREAKDOWN_KEYS = ("compute", "recompute", "bubble", "tp", "pp", "dp", "optimizer", "cp", "straggler")
+BREAKDOWN_KEYS = ("compute", "recompute", "bubble", "tp", "ep", "pp", "dp", "optimizer", "cp", "straggler")
 
 
 @dataclass(frozen=True)
@@ -369,7 +370,7 @@ class CostModel:
     def stage_params(self, layout: Layout, stage: int, layers: int) -> float:
         """Parameters held by one rank of pipeline stage `stage` (before ZeRO sharding)."""
         tp, p = layout.tp, layout.pp
-        params = layers * self.layer_params.per_rank(tp)
+        params = layers * self.layer_params.per_rank(tp) - moe.expert_params_elsewhere(self.model, layout, layers)
         emb = self.counts.embedding / tp
         if stage == 0:
             params += emb
@@ -382,8 +383,8 @@ class CostModel:
     def stage_memory(self, layout: Layout, stage: int, layers: int, microbatches: int) -> dict[str, float]:
         t = self.training
         params = self.stage_params(layout, stage, layers)
-        # the distributed optimizer and FSDP shard over dp x cp (context-parallel ranks hold the same weights)
-        out = mem.model_state_bytes(params, t.precision, layout.zero, layout.shard_degree * layout.cp)
+        # ZeRO and FSDP shard the non-expert weights over dp x cp (context-parallel ranks hold the same weights)
+        out = moe.model_states(self.model, t.precision, layout, params, layers)
         per_layer = mem.mean_layer_activation_bytes(self.model, t, layout)
         acts = layers * mem.in_flight(layout, stage, microbatches) * per_layer
         if layout.recompute == "full" and layers:  # one layer's activations alive while it is recomputed
@@ -397,8 +398,9 @@ class CostModel:
             )
         out["logits"] = logits
         other = mem.RESERVED_BYTES
-        if layout.zero >= 3:  # gathered full parameters of the current and the prefetched layer
-            other += 2 * self.layer_params.per_rank(layout.tp) * t.dtype_bytes
+        if layout.zero >= 3:  # gathered full parameters of the current and the prefetched layer (experts: never)
+            gathered = self.layer_params.per_rank(layout.tp) - moe.expert_params_per_layer(self.model)
+            other += 2 * gathered * t.dtype_bytes
         out["other"] = other
         out["total"] = sum(out.values())
         return out
@@ -483,18 +485,19 @@ class CostModel:
         lc = self.layer_cost(tp, sp, mb, layout.recompute, layout.recompute_every, cp)
         head_compute, head_comm = self.head_time(tp, mb, cp)
         emb_comm = self.embedding_time(tp, sp, mb, cp)
+        moe_comp, moe_a2a = moe.moe_layer_time(self, layout, t.expert_imbalance)
 
-        # per-micro-batch time of each stage: (compute, recompute, tp)
+        # per-micro-batch time of each stage: (compute, recompute, tp, cp, ep)
         stages = []
         for i, n in enumerate(pp_layers):
-            comp = n * (lc.fwd + lc.bwd)
+            comp = n * (lc.fwd + lc.bwd + moe_comp)
             tpc = n * lc.tp
             if i == 0:
                 tpc += emb_comm
             if i == p - 1:
                 comp += head_compute
                 tpc += head_comm
-            stages.append((comp, n * lc.recompute, tpc, n * lc.cp))
+            stages.append((comp, n * lc.recompute, tpc, n * lc.cp, n * moe_a2a))
         totals = [sum(s) for s in stages]
         slowest = max(range(p), key=lambda i: totals[i])
         t_max = totals[slowest]
@@ -502,8 +505,9 @@ class CostModel:
             pipeline = m * t_max + (sum(totals) - t_max) / v
         else:
             pipeline = (m - 1) * t_max + sum(totals)
-        comp, rc, tpc, cpc = stages[slowest]
-        breakdown = {"compute": m * comp, "recompute": m * rc, "bubble": pipeline - m * t_max, "tp": m * tpc}
+        comp, rc, tpc, cpc, epc = stages[slowest]
+        breakdown = {"compute": m * comp, "recompute": m * rc, "bubble": pipeline - m * t_max, "tp": m * tpc,
+                     "ep": m * epc}
 
         # pipeline point-to-point: scatter s b h / t across the link, all-gather it inside the TP group
         pp_time = 0.0

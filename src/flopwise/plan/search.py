@@ -21,6 +21,7 @@ from flopwise.flops import RECOMPUTE_MODES
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import Constants, CostModel, Plan, even_split
+from flopwise.plan.experts import expert_degrees
 from flopwise.plan.spec import Cluster, Training
 
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
@@ -171,6 +172,8 @@ def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
                                     ))
                                 except LayoutError:  # a fixed field's value is malformed; check reports it
                                     continue
+    if "ep" not in fixed:  # MoE: every expert-parallel degree the data-parallel ranks allow
+        out = [layout.replace(ep=ep) for layout in out for ep in expert_degrees(cfg, layout.dp)]
     return out
 
 

@@ -92,6 +92,7 @@ class Training:
     precision: str = "bf16"
     seq_len: int | None = None  # None: the model's context
     software: str = "flopwise"  # which trainer runs the layout: its kernels and overlaps (SOFTWARE)
+    expert_imbalance: float = 1.0  # MoE: the busiest expert-parallel rank's tokens over the mean (plan/experts.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.global_batch, int) or self.global_batch < 1:
@@ -102,6 +103,8 @@ class Training:
             raise ConfigError(f"software = {self.software!r}: must be one of {', '.join(SOFTWARE)}")
         if self.tokens < 0:
             raise ConfigError(f"tokens = {self.tokens}: must be non-negative")
+        if not self.expert_imbalance >= 1.0:
+            raise ConfigError(f"expert_imbalance = {self.expert_imbalance}: must be at least 1 (1: balanced)")
 
     @property
     def dtype_bytes(self) -> int:

@@ -106,7 +106,7 @@ class ParallelSection:
     split: str = "auto"  # "auto" (the planner's balanced split) or layers per stage, e.g. "2,2,3,3,4,4,4,2"
     recompute: str = "none"  # none | selective (attention core, Korthikanti) | full (whole blocks)
     recompute_every: int = 1  # with full: recompute every k-th block only
-    ep: int = 1  # expert parallelism (not implemented yet)
+    ep: int = 1  # expert parallelism: MoE experts split over groups of ep data-parallel ranks (divides dp)
     cp: int = 1  # context parallelism (not implemented yet)
     microbatches: int = 0  # micro-batches per step and rank; 0: from train.micro_batch (at least 2 x pp if that gives < pp)
     timeout_s: int = 600  # collective timeout: a dead or hung rank ends the job with an error

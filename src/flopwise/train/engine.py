@@ -79,8 +79,17 @@ def build_optimizer(params, job: JobConfig) -> torch.optim.AdamW:
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)
     t = job.train
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": part, "weight_decay": wd} for params_, wd in ((decay, t.weight_decay), (no_decay, 0.0))
+              for part in _by_tensor_kind(params_)]
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=False, foreach=True)
+
+
+def _by_tensor_kind(params: list) -> list[list]:
+    """Plain tensors and DTensors (FSDP) in separate groups: one foreach AdamW call cannot mix them, and
+    expert weights under ep stay plain beside FSDP-sharded ones."""
+    plain = [p for p in params if not hasattr(p, "device_mesh")]
+    sharded = [p for p in params if hasattr(p, "device_mesh")]
+    return [g for g in (plain, sharded) if g] or [params]
 
 
 def build_model(cfg: ModelConfig, seed: int) -> Transformer:
@@ -148,8 +157,11 @@ class Engine:
         inputs, targets = inputs.to(self.device), targets.to(self.device)
         segments = self._segments(inputs, eod_id)
         n_micro = self.microbatches if self._schedule is not None else inputs.shape[0] // self.micro_batch
-        for part in self.parts.modules:  # MoE auxiliary losses: the same 1/micro-batches scaling as the loss
-            set_aux_loss_scale(part, 1.0 / n_micro)
+        # MoE auxiliary losses get the main loss's scaling: 1 / micro-batches here, or 1 under a pipeline
+        # schedule, which divides every gradient by the micro-batch count after its backward (scale_grads)
+        aux_scale = 1.0 if self._schedule is not None else 1.0 / n_micro
+        for part in self.parts.modules:
+            set_aux_loss_scale(part, aux_scale)
         if self._schedule is not None:
             with self._autocast():
                 local = pipeline_train_step(self.parts, self._schedule, inputs, targets, segments)

@@ -1,0 +1,75 @@
+"""Mixture of experts in the cost model: expert memory per rank under expert parallelism, the all-to-all
+it adds, and load imbalance. The active compute is already flops.py's (block_gemms count the top_k experts
+a token visits and the router), so a dense model and an MoE model with ep = 1 cost the same way.
+
+Memory. A rank of an ep group holds E / ep of each MoE layer's experts with their whole gradient and
+optimizer state: the trainer keeps expert weights out of the ZeRO partition and of FSDP (ep already splits
+them; flopwise.parallel.expert), so ZeRO shards only the rest of the model.
+
+All-to-all (GShard, Lepikhin et al. 2020; Megatron-LM's token dispatcher). Per MoE layer and micro-batch a
+rank sends its s b top_k token rows of h values to the ranks holding their experts and gets them back:
+dispatch and combine in the forward, their reverses in the backward (4 exchanges; 2 more in a forward
+recomputed under full recomputation). With balanced routing (ep - 1) / ep of the rows leave the rank; the
+busiest rank receives `imbalance` times the mean. An ep group is ep consecutive data-parallel ranks, with
+tp innermost, so it spans tp x ep GPUs: inside a node it runs on NVLink, beyond one on the network, at
+the link's bus bandwidth per GPU (hardware.py efficiencies) plus a call latency (and one more for the
+exchange of the row counts).
+
+Imbalance (Training.expert_imbalance, >= 1): the busiest rank's expert tokens over the mean. The step
+waits for it, so the expert GEMMs and the all-to-all are scaled by it (1.0: perfectly balanced routing;
+moe_max_load in the trainer's metrics measures it per expert)."""
+
+from __future__ import annotations
+
+from flopwise.flops import block_gemms
+from flopwise.hardware import COLLECTIVE_LATENCY_S
+from flopwise.layout import Layout
+from flopwise.plan import memory as mem
+
+
+def expert_params_per_layer(cfg) -> int:
+    """Weights of all experts of one MoE layer (0 for a dense model)."""
+    return sum(g.weights for g in block_gemms(cfg) if g.name.startswith("expert_"))
+
+
+def expert_params_elsewhere(cfg, layout: Layout, layers: int) -> float:
+    """Expert weights of `layers` layers that other ranks of the ep group hold (not this one)."""
+    return layers * expert_params_per_layer(cfg) * (1 - 1 / layout.ep)
+
+
+def model_states(cfg, precision: str, layout: Layout, params: float, layers: int) -> dict[str, float]:
+    """Parameter, gradient and optimizer bytes of one rank holding `params` parameters (its experts
+    included, E / ep per layer): ZeRO shards the non-expert part over the shard group, not the experts."""
+    experts = layers * expert_params_per_layer(cfg) / layout.ep
+    out = mem.model_state_bytes(params - experts, precision, layout.zero, layout.shard_degree * layout.cp)
+    own = mem.model_state_bytes(experts, precision, 0, 1)
+    return {k: out[k] + own[k] for k in out}
+
+
+def expert_gemm_time(cm, layout: Layout) -> float:
+    """Forward + backward seconds of one layer's expert GEMMs for one micro-batch (balanced routing)."""
+    tokens = cm.seq * layout.micro_batch
+    return 3.0 * sum(g.count * cm.gemm_time(tokens, g.k, g.n) for g in cm.gemms if g.name.startswith("expert_"))
+
+
+def moe_layer_time(cm, layout: Layout, imbalance: float) -> tuple[float, float]:
+    """(extra compute of the busiest rank, exposed all-to-all) seconds per MoE layer and micro-batch."""
+    cfg = cm.model
+    if not cfg.experts:
+        return 0.0, 0.0
+    compute = (imbalance - 1.0) * expert_gemm_time(cm, layout)
+    if layout.ep == 1:
+        return compute, 0.0
+    tokens = cm.seq * layout.micro_batch
+    rows = tokens * cfg.top_k * cfg.hidden * cm.training.dtype_bytes
+    moved = rows * (layout.ep - 1) / layout.ep * imbalance
+    one = moved / cm.bus_bandwidth(layout.tp * layout.ep) + 2 * COLLECTIVE_LATENCY_S  # counts, then rows
+    exchanges = 4 + (2 / layout.recompute_every if layout.recompute == "full" else 0)
+    return compute, exchanges * one
+
+
+def expert_degrees(cfg, dp: int) -> list[int]:
+    """The ep degrees the search tries with `dp` data-parallel ranks: divisors of dp that divide the experts."""
+    if not cfg.experts:
+        return [1]
+    return [e for e in range(1, dp + 1) if dp % e == 0 and cfg.experts % e == 0]

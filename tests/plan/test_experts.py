@@ -1,0 +1,100 @@
+"""The planner's mixture-of-experts terms: expert memory split by ep (outside ZeRO), the all-to-all on the link
+the ep group spans, load imbalance, and the search over ep (yuan2-m32)."""
+
+import json
+
+import pytest
+
+from flopwise.errors import ConfigError, PlanError
+from flopwise.hardware import COLLECTIVE_LATENCY_S, GB, get_accelerator
+from flopwise.layout import Layout
+from flopwise.models.config import get_preset
+from flopwise.plan.cost import CostModel
+from flopwise.plan.experts import expert_gemm_time, expert_params_per_layer, moe_layer_time
+from flopwise.plan.memory import RESERVED_BYTES
+from flopwise.plan.search import search
+from flopwise.plan.spec import Cluster, Training
+
+M32 = get_preset("yuan2-m32")
+
+
+def model(gpus=32, gb=256, preset=M32, **kw):
+    return CostModel(preset, Cluster(get_accelerator("A100-80GB"), gpus), Training(gb, **kw))
+
+
+def test_expert_states_are_split_by_ep_and_not_zero_sharded():
+    cm = model()
+    experts = M32.layers * expert_params_per_layer(M32)
+    assert experts == M32.layers * 3 * M32.experts * M32.hidden * M32.ffn
+    one = cm.stage_memory(Layout(dp=32, zero=1), 0, M32.layers, 8)
+    eight = cm.stage_memory(Layout(dp=32, zero=1, ep=8), 0, M32.layers, 8)
+    # bf16 mixed precision: 2 + 2 bytes of weights and gradients, 12 of optimizer state per parameter
+    assert one["params"] - eight["params"] == pytest.approx(2 * experts * 7 / 8)
+    assert one["grads"] - eight["grads"] == pytest.approx(2 * experts * 7 / 8)
+    assert one["optimizer"] - eight["optimizer"] == pytest.approx(12 * experts * 7 / 8)
+    # ZeRO-1 shards the rest of the model over dp = 32, not the experts each rank holds
+    dense_part = cm.stage_params(Layout(dp=32, zero=1, ep=8), 0, M32.layers) - experts / 8
+    assert eight["optimizer"] == pytest.approx(12 * (dense_part / 32 + experts / 8))
+
+
+def test_all_to_all_crosses_the_link_the_ep_group_spans():
+    cm = model(gpus=32)
+    layout = Layout(dp=16, pp=2, ep=4, micro_batch=1)
+    rows = cm.seq * M32.top_k * M32.hidden * 2  # bf16 rows of one micro-batch, top_k per token
+    one = rows * 3 / 4 / cm.bus_bandwidth(4) + 2 * COLLECTIVE_LATENCY_S
+    compute, a2a = moe_layer_time(cm, layout, 1.0)
+    assert compute == 0 and a2a == pytest.approx(4 * one)  # dispatch + combine, forward and backward
+    _, inside = moe_layer_time(cm, layout.replace(ep=8), 1.0)
+    _, across = moe_layer_time(cm, layout.replace(ep=16), 1.0)
+    assert across / inside > 5  # 16 ranks leave the 8-GPU node: network instead of NVLink
+    compute, skewed = moe_layer_time(cm, layout, 1.5)
+    assert skewed == pytest.approx(1.5 * a2a - 0.5 * 8 * COLLECTIVE_LATENCY_S)
+    assert compute == pytest.approx(0.5 * expert_gemm_time(cm, layout))
+    assert moe_layer_time(cm, layout.replace(ep=1), 1.0) == (0.0, 0.0)
+    with pytest.raises(ConfigError, match="expert_imbalance"):
+        Training(8, expert_imbalance=0.5)
+
+
+def test_a_dense_model_costs_the_same_and_has_no_ep_time():
+    tiny = get_preset("yuan-1b")
+    plan = model(gpus=8, preset=tiny).evaluate(Layout(dp=8, zero=1))
+    assert plan.breakdown["ep"] == 0.0
+    assert moe_layer_time(model(preset=tiny), Layout(dp=8), 2.0) == (0.0, 0.0)
+
+
+def test_the_search_places_yuan2_m32_with_expert_parallelism():
+    result = search(M32, Cluster(get_accelerator("A100-80GB"), 32), Training(256), fixed={"micro_batch": 1, "pp": 4})
+    best = result.plans[0]
+    assert best.fits and best.layout.ep > 1 and best.layout.tp == 1 and best.layout.dp % best.layout.ep == 0
+    assert best.peak_memory < 80 * GB
+    assert best.breakdown["ep"] > 0
+    # without expert parallelism the same shape does not fit: each rank would hold all 32 experts of its stage
+    with pytest.raises(PlanError):
+        search(M32, Cluster(get_accelerator("A100-80GB"), 32), Training(256),
+               fixed={"micro_batch": 1, "pp": 4, "ep": 1})
+
+
+def test_flopwise_plan_gives_yuan2_m32_an_expert_parallel_layout(capsys):
+    from flopwise.cli import main
+
+    argv = ["plan", "--preset", "yuan2-m32", "--gpus", "32", "--global-batch", "256", "--layout", "pp=4,mb=1",
+            "--json", "--expert-imbalance", "1.2"]
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    best = json.loads(capsys.readouterr().out)["plans"][0]
+    assert best["layout"]["ep"] > 1 and best["fits"] and best["breakdown_s"]["ep"] > 0
+    try:
+        main([*argv[:-1], "0.5"])
+    except SystemExit as exc:
+        assert exc.code == 2
+    assert "error: expert_imbalance = 0.5: must be at least 1" in capsys.readouterr().err
+
+
+def test_zero3_gathers_no_expert_weights():
+    cm = model()
+    layout = Layout(dp=32, zero=3, ep=32)
+    other = cm.stage_memory(layout, 0, M32.layers, 8)["other"]
+    dense_layer = cm.layer_params.per_rank(1) - expert_params_per_layer(M32)
+    assert other == pytest.approx(RESERVED_BYTES + 2 * dense_layer * 2)
