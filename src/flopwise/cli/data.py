@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flopwise.cli.common import console
+from flopwise.cli.common import NON_NEGATIVE_INT, console
 
 app = typer.Typer(
     help="Turn raw corpora into training shards: clean, deduplicate, verify, tokenize, pack.",
@@ -73,7 +73,8 @@ def run(
     config: Path = typer.Argument(..., help="pipeline TOML file"),
     ray: str = typer.Option(None, "--ray", help="run on Ray Data: a cluster address, or 'auto' (local Ray)"),
     workers: int = typer.Option(
-        None, "--workers", "-w", help="local worker processes (default: one per core)"
+        None, "--workers", "-w", help="local worker processes (default and 0: one per core)",
+        callback=NON_NEGATIVE_INT,
     ),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON instead of a table"),
     force: bool = typer.Option(False, "--force", help="recompute even if the cache holds this result"),

@@ -17,6 +17,7 @@ from flopwise.errors import ConfigError, LayoutError
 from flopwise.layout import Layout, local_batch, parse_split
 from flopwise.layout import check as check_layout
 from flopwise.models.config import ModelConfig, get_preset
+from flopwise.userfiles import read_toml
 
 
 @dataclass
@@ -246,13 +247,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults <- TOML file <- `key=value` overrides <- direct keyword overrides (CLI flags); validated."""
     config = JobConfig()
     if path is not None:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        data = read_toml(path, "config file")
         for key, value in _flatten(data):
             _apply(config, key, value)
     for item in overrides or []:

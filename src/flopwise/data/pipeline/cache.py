@@ -31,9 +31,10 @@ import flopwise
 from flopwise.atomic import atomic_path
 from flopwise.data.config import PipelineConfig
 from flopwise.data.pipeline.dropped import FOLDER as DROPPED
-from flopwise.data.shards import MANIFEST, read_manifest, sha256_file
+from flopwise.data.shards import MANIFEST, read_manifest
 from flopwise.data.sources import WorkUnit, fingerprint
 from flopwise.errors import DataError
+from flopwise.userfiles import read_bytes
 
 DATA_PACKAGE = Path(__file__).resolve().parents[1]  # flopwise/data: its code is part of every key
 SHARDS, WORK, KEY_INFO = "shards", "work", "key.json"
@@ -61,10 +62,8 @@ def config_hash(cfg: PipelineConfig) -> str:
     for s in d["sources"]:
         s["path"] = str(cfg.resolve(s["path"]))
     if cfg.tokenizer.path:
-        tok = cfg.resolve(cfg.tokenizer.path)
-        if not tok.is_file():
-            raise DataError(f"tokenizer.path = {tok}: no such file")
-        d["tokenizer"]["sha256"] = sha256_file(tok)
+        tok = read_bytes(cfg.resolve(cfg.tokenizer.path), "tokenizer.path")
+        d["tokenizer"]["sha256"] = hashlib.sha256(tok).hexdigest()
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
