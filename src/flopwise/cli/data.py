@@ -143,7 +143,7 @@ def cache_ls(
         return
     t = Table(title=f"data cache: {_cache_dir(cache_dir)}")
     for col in ("key", "complete", "size", "created", "sources"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col in ("key", "created"), overflow="fold")
     for e in entries:
         t.add_row(
             e["key"],
@@ -159,13 +159,18 @@ def cache_ls(
 def cache_rm(
     keys: list[str] = typer.Argument(None, help="keys (or unique prefixes) to remove"),
     all_: bool = typer.Option(False, "--all", help="remove every entry"),
-    cache_dir: Path = typer.Option(None, "--cache-dir"),
+    all_matching: bool = typer.Option(
+        False, "--all-matching", help="let a prefix that matches several keys remove them all"
+    ),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="default: $FLOPWISE_CACHE/data or ~/.cache/flopwise/data"
+    ),
 ) -> None:
-    """Remove cached pipeline results."""
+    """Remove cached pipeline results (a prefix must name one key, unless --all-matching)."""
     from flopwise.data.pipeline import cache_remove
     from flopwise.errors import ConfigError
 
     if not keys and not all_:
         raise ConfigError("cache rm: give one or more keys, or --all")
-    removed = cache_remove(_cache_dir(cache_dir), None if all_ else keys)
+    removed = cache_remove(_cache_dir(cache_dir), None if all_ else keys, all_matching=all_matching)
     console.print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}")

@@ -59,7 +59,7 @@ class TrainSection:
 @dataclass
 class DataSection:
     shards: str = ""  # a shard directory (manifest.json); empty: the embedded demo corpus
-    cache_dir: str = ".flopwise-cache"  # where the demo corpus is prepared once
+    cache_dir: str = ""  # where the demo corpus is prepared once; empty: the data cache (`flopwise data cache ls`)
 
     def validate(self) -> None:
         pass

@@ -81,10 +81,16 @@ def run_pipeline(
         if force and run.root.exists():
             shutil.rmtree(run.root)
         cached = cache.is_complete(run.root)
+        damaged = cache.damaged_files(run.root) if cached else []
+        if damaged:  # edited or truncated since it was written: re-pack from the work files, never reuse it
+            log.warning("cache entry %s is damaged (%s); re-packing it", key, ", ".join(damaged[:3]))
+            shutil.rmtree(run.shards)
+            cached = False
         if cached:
             log.info("cache hit: %s (key %s)", run.shards, key)
         else:
             run.compute()
+            cache.record_files(run.root)
         result = result_from_manifest(run.shards, run.root, key, cached=cached, seconds=time.monotonic() - t0)
         result.shard_dir = cache.materialise(cfg, run.shards)
         if cfg.output.write_dropped:
