@@ -55,6 +55,16 @@ def _plain_flags(command) -> None:
     for param in getattr(command, "params", []):
         if getattr(param, "is_flag", False):
             param.metavar = ""
+    if hasattr(command, "get_help_option"):  # --help is made when help is printed, not listed in params
+        made = command.get_help_option
+
+        def get_help_option(ctx, made=made):
+            option = made(ctx)
+            if option is not None:
+                option.metavar = ""
+            return option
+
+        command.get_help_option = get_help_option
     for sub in getattr(command, "commands", {}).values():
         _plain_flags(sub)
 
