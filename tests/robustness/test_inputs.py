@@ -430,3 +430,16 @@ def test_error_text_is_printed_as_written(tmp_path, capsys):
     refused(["data", "run", tmp_path / "p.toml"], capsys, "[[sources]] table is required")
     (tmp_path / "p.toml").write_text('[[sources]]\ntype = "files"\npath = "."\n[output]\neval_fraction = 2.0\n')
     refused(["data", "run", tmp_path / "p.toml"], capsys, "must be in [0, 1)")
+
+
+@pytest.mark.parametrize(("kind", "fragment"), [("empty-dir", "no such file"), ("fifo", "FIFO"),
+                                                ("binary", "no plan_vs_measured record"), ("missing", "no such")])
+def test_plan_calibrate_damaged_or_special_runs(kind, fragment, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    if kind == "empty-dir":
+        run_dir.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(run_dir)
+    elif kind == "binary":
+        run_dir.write_bytes(b"\xff\xfe\x00{not json\n")
+    refused(["plan", "calibrate", run_dir], capsys, fragment)
