@@ -67,6 +67,17 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def make(path: Path, kind: str) -> Path:
+    """Put a damaged or special file of `kind` at path: directory, fifo, binary (not UTF-8) or missing."""
+    if kind in ("directory", "empty-dir"):
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "binary":
+        path.write_bytes(b"\xff\xfe\x00{not text\n")
+    return path
+
+
 # ------------------------------------------------------------------ values
 
 
@@ -249,14 +260,7 @@ def test_a_fifo_among_the_input_files_is_counted_not_read(corpus, tmp_path, caps
 
 @pytest.mark.parametrize("kind", ["directory", "fifo", "binary", "missing"])
 def test_tokenizer_path_damaged_or_special(kind, corpus, tmp_path, capsys):
-    target = {"directory": tmp_path / "tok", "fifo": tmp_path / "tok.json", "binary": tmp_path / "tok.json",
-              "missing": tmp_path / "nope.json"}[kind]
-    if kind == "directory":
-        target.mkdir()
-    elif kind == "fifo":
-        os.mkfifo(target)
-    elif kind == "binary":
-        target.write_bytes(b"\xff\xfe{}")
+    target = make(tmp_path / "tok.json", kind)
     cfg = pipeline(tmp_path, path=str(corpus / "docs"), tokenizer_extra=f'path = "{target}"')
     refused(["data", "run", cfg], capsys, "tokenizer.path")
 
@@ -303,11 +307,7 @@ def test_plan_validate_damaged_csv(content, fragment, tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", ["directory", "fifo", "missing"])
 def test_plan_validate_special_csv(kind, tmp_path, capsys):
-    path = tmp_path / "runs.csv"
-    if kind == "directory":
-        path.mkdir()
-    elif kind == "fifo":
-        os.mkfifo(path)
+    path = make(tmp_path / "runs.csv", kind)
     refused(["plan", "validate", path], capsys, {"directory": "directory", "fifo": "FIFO", "missing": "no such"}[kind])
 
 
@@ -435,11 +435,5 @@ def test_error_text_is_printed_as_written(tmp_path, capsys):
 @pytest.mark.parametrize(("kind", "fragment"), [("empty-dir", "no such file"), ("fifo", "FIFO"),
                                                 ("binary", "no plan_vs_measured record"), ("missing", "no such")])
 def test_plan_calibrate_damaged_or_special_runs(kind, fragment, tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    if kind == "empty-dir":
-        run_dir.mkdir()
-    elif kind == "fifo":
-        os.mkfifo(run_dir)
-    elif kind == "binary":
-        run_dir.write_bytes(b"\xff\xfe\x00{not json\n")
+    run_dir = make(tmp_path / "run", kind)
     refused(["plan", "calibrate", run_dir], capsys, fragment)
