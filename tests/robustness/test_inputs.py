@@ -414,8 +414,7 @@ def test_every_option_has_help_and_flags_show_no_value(capsys):
             if getattr(param, "param_type_name", "") == "option" and not getattr(param, "help", None):
                 missing.append(f"{path} {max(param.opts, key=len)}")
         for name, sub in getattr(cmd, "commands", {}).items():
-            if name in ("plan", "data"):
-                walk(sub, f"{path} {name}")
+            walk(sub, f"{path} {name}")
 
     walk(typer.main.get_command(app), "flopwise")
     assert not [m for m in missing if "--help" not in m], missing

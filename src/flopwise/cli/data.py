@@ -132,7 +132,7 @@ def cache_ls(
     cache_dir: Path = typer.Option(
         None, "--cache-dir", help="default: $FLOPWISE_CACHE/data or ~/.cache/flopwise/data"
     ),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """List cached pipeline results."""
     from flopwise.data.pipeline import cache_entries
