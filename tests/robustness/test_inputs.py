@@ -436,3 +436,16 @@ def test_error_text_is_printed_as_written(tmp_path, capsys):
 def test_plan_calibrate_damaged_or_special_runs(kind, fragment, tmp_path, capsys):
     run_dir = make(tmp_path / "run", kind)
     refused(["plan", "calibrate", run_dir], capsys, fragment)
+
+
+@pytest.mark.parametrize(("where", "fragment"), [("a-file", "not a directory"), ("/proc/flopwise-out", "cannot create"),
+                                                 ("foreign", "did not write")])
+def test_bad_output_dir_fails_before_any_work(where, fragment, corpus, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "eval-00000.bin").write_bytes(b"mine")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    cfg = pipeline(tmp_path, path=str(corpus / "docs"), out=out)
+    before = digest(tmp_path)
+    refused(["data", "run", cfg], capsys, fragment)
+    assert digest(tmp_path) == before and not (tmp_path / "cache").exists()

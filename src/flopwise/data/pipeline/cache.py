@@ -273,6 +273,31 @@ def _clone(src: Path, dst: Path) -> None:
         shutil.copyfileobj(fin, fout, 1 << 20)
 
 
+def prepare_output(cfg: PipelineConfig) -> Path | None:
+    """Check output.dir before any work: creatable, a directory, and holding no file of the user's where the
+    pipeline writes (a foreign manifest.json, shard or tokenizer names). Returns the folder (None: unset)."""
+    if not cfg.output.dir:
+        return None
+    out = cfg.resolve(cfg.output.dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output.dir {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"output.dir {out}: cannot create it ({exc.strerror or exc})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise DataError(f"output.dir {out}: not writable")
+    owned = _owned(out)
+    names = [p.name for pattern in ("train-[0-9]*.bin", "eval-[0-9]*.bin", "tokenizer.json") for p in out.glob(pattern)]
+    theirs = sorted(n for n in names if n not in owned)
+    if theirs:
+        raise DataError(
+            f"output.dir {out} holds files the pipeline did not write ({', '.join(theirs[:3])}"
+            f"{', ...' if len(theirs) > 3 else ''}); not overwriting them: choose an empty or new folder"
+        )
+    return out
+
+
 def materialise(cfg: PipelineConfig, shards: Path) -> Path:
     """Publish the cached shards at output.dir as copies (manifest last); return the shard directory the
     caller should use. Only files an earlier publish wrote there are replaced or removed; a file of the
@@ -282,9 +307,7 @@ def materialise(cfg: PipelineConfig, shards: Path) -> Path:
     out = cfg.resolve(cfg.output.dir)
     if out.resolve() == shards.resolve():
         return shards
-    if out.exists() and not out.is_dir():
-        raise DataError(f"output.dir {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output(cfg)
     owned = _owned(out)
     m = read_manifest(shards)
     wanted = [f for s in m.splits.values() for f in s.files] + ([m.tokenizer_file] if m.tokenizer_file else [])

@@ -62,6 +62,7 @@ def run_pipeline(
     t0 = time.monotonic()
     workers = workers if workers is not None else cfg.run.workers
     workers = workers or os.cpu_count() or 1
+    cache.prepare_output(cfg)  # before any work: a bad output.dir fails now, not after the whole run
     units = plan_units(cfg)
     key = cache.cache_key(cfg, units)
     cache_dir = cfg.resolve(str(cfg.run.resolved_cache_dir()))
