@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flopwise.cli.common import NON_NEGATIVE, POSITIVE, POSITIVE_INT, console, err_console
+from flopwise.cli.common import NON_NEGATIVE, POSITIVE, console, err_console
 from flopwise.cluster.metrics import SimResult
 from flopwise.cluster.plot import plot_results
 from flopwise.cluster.policies import POLICIES
@@ -76,10 +76,8 @@ def simulate_cmd(
     workload: Path = typer.Argument(..., help="workload file: Pollux or Philly CSV, openb pod list, or a TOML of jobs"),
     fmt: str = typer.Option(None, "--format", help=f"{' | '.join(FORMATS)} (default: detected from the file)"),
     apps: Path = typer.Option(None, help="Pollux application tables (default: ../apps beside the workload folder)"),
-    nodes: int = typer.Option(None, help="a uniform cluster of this many nodes (default per format: pollux 16, philly 250)",
-                              callback=POSITIVE_INT),
-    gpus_per_node: int = typer.Option(None, help="GPUs per node of the uniform cluster (pollux 4, philly 8)",
-                                      callback=POSITIVE_INT),
+    nodes: int = typer.Option(None, help="a uniform cluster of this many nodes (default per format: pollux 16, philly 250)"),
+    gpus_per_node: int = typer.Option(None, help="GPUs per node of the uniform cluster (pollux 4, philly 8)"),
     gpu: str = typer.Option(None, help="accelerator of the uniform cluster's GPUs (catalogue name; LLM jobs need one)"),
     cluster: Path = typer.Option(None, help="cluster TOML: flavors, nodes, queues (instead of --nodes)"),
     policy: str = typer.Option("fifo", help=f"{' | '.join(POLICIES)}"),
