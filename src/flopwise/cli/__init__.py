@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except _USAGE as exc:  # unknown option, bad value: click's message on one line, exit 2, no traceback
         print_error(_usage_message(exc))
-        sys.exit(getattr(exc, "exit_code", 2) or 2)
+        sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
