@@ -1,9 +1,14 @@
-"""One check for configuration values (TOML files and `--set key=value`) against a dataclass field's type.
+"""One check for configuration values (TOML files, `--set key=value`, command-line options): types,
+finite numbers and ranges.
 
-Both the job config (flopwise.train.config) and the data pipeline config (flopwise.data.config) use it,
-so a wrong type reads the same everywhere: one line naming the key, the value and what was expected."""
+The job config (flopwise.train.config), the data pipeline config (flopwise.data.config), the layout
+vocabulary, the planner's inputs and the CLI's options use it, so a wrong value reads the same everywhere:
+one line naming the key, the value and what is allowed. NaN and infinity are never numbers here: they
+pass every `<`/`>` comparison check by accident (nan <= 0 is False) and then poison every result."""
 
 from __future__ import annotations
+
+import math
 
 from flopwise.errors import ConfigError
 
@@ -26,7 +31,7 @@ def check_value(name: str, value, expected):
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{name} = {value!r}: expected float (a number), got {got}")
-        return float(value)
+        return check_number(name, float(value))
     if kind == "str" and not isinstance(value, str):
         raise ConfigError(f"{name} = {value!r}: expected str, got {got}")
     return value
@@ -48,3 +53,48 @@ def parse_bool(name: str, text) -> bool:
     if word in _FALSE:
         return False
     raise ConfigError(f"{name} = {text!r}: expected true or false (also yes/no, on/off, 1/0)")
+
+
+def _bound(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_number(
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+):
+    """Return `value` if it is a finite number (an int when `integer`) within [low, high] (open ends with
+    low_open / high_open); else raise ConfigError naming the key, the value and the allowed range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} = {value!r}: expected {'an integer' if integer else 'a number'}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} = {value!r}: must be a finite number (not NaN or infinity)")
+    if integer and not isinstance(value, int):
+        raise ConfigError(f"{name} = {value!r}: expected an integer")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        if low is not None and high is not None:
+            allowed = f"in {'(' if low_open else '['}{_bound(low)}, {_bound(high)}{')' if high_open else ']'}"
+        elif low is not None:
+            allowed = f"{'>' if low_open else '>='} {_bound(low)}"
+        else:
+            allowed = f"{'<' if high_open else '<='} {_bound(high)}"
+        raise ConfigError(f"{name} = {value!r}: must be {allowed}")
+    return value
+
+
+def positive(name: str, value, *, integer: bool = False):
+    """A finite number > 0 (an integer >= 1 when `integer`)."""
+    return check_number(name, value, low=1 if integer else 0, low_open=not integer, integer=integer)
+
+
+def non_negative(name: str, value, *, integer: bool = False):
+    """A finite number >= 0."""
+    return check_number(name, value, low=0, integer=integer)

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +52,7 @@ import torch
 
 from flopwise.atomic import atomic_write_text
 from flopwise.errors import ConfigError
+from flopwise.userfiles import read_toml
 
 GB = 1e9
 TFLOPS = 1e12
@@ -127,10 +127,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
     optionally gemm_efficiency and memory_efficiency (fractions, see the module docstring), fp8_peak_tflops
     and network_bandwidth_gbps (inter-node, per GPU and direction)."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read accelerator file {path}: {exc}") from None
+    data = read_toml(path, "accelerator file")
     required = ("name", "peak_tflops", "memory_gb", "memory_bandwidth_gbps", "link_bandwidth_gbps")
     missing = [k for k in required if k not in data]
     if missing:

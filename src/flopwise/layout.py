@@ -39,8 +39,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from flopwise.config_values import parse_bool
-from flopwise.errors import LayoutError
+from flopwise.config_values import check_number, parse_bool
+from flopwise.errors import ConfigError, LayoutError
 from flopwise.flops import RECOMPUTE_MODES
 from flopwise.models.config import ModelConfig
 
@@ -295,13 +295,20 @@ def parse_value(key: str, value: str):
     kind = KEYS[name]
     try:
         if kind is int:
-            return name, int(value)
+            number = int(value)
+            low, high = {"zero": (0, 3), "dp_shard": (0, None)}.get(name, (1, None))
+            return name, check_number(f"layout {key}", number, low=low, high=high, integer=True)
         if kind is bool:
             return name, parse_bool(key, value)
         if kind is tuple:
-            return name, tuple(int(v) for v in value.replace("/", " ").replace(";", " ").split())
+            parts = tuple(int(v) for v in value.replace("/", " ").replace(";", " ").split())
+            for part in parts:
+                check_number(f"layout {key} = {value!r}: each stage's layers", part, low=1, integer=True)
+            return name, parts
     except ValueError:
         raise LayoutError(f"layout {key} = {value!r}: not a valid {kind.__name__}") from None
+    except ConfigError as exc:
+        raise LayoutError(str(exc)) from None
     return name, value
 
 

@@ -8,6 +8,7 @@ import importlib
 import sys
 
 import typer
+from rich.markup import escape
 
 from flopwise.cli import cluster as cluster_cli
 from flopwise.cli import data as data_cli
@@ -48,19 +49,58 @@ _ABORT = (*_click_exceptions("Abort"), typer.Abort)
 _USAGE = _click_exceptions("ClickException")
 
 
+def _plain_flags(command) -> None:
+    """Show on/off options as plain flags (`--resume`), not `--resume <bool>`: some typer releases print a
+    value type for flags, which take none."""
+    for param in getattr(command, "params", []):
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    if hasattr(command, "get_help_option"):  # --help is made when help is printed, not listed in params
+        made = command.get_help_option
+
+        def get_help_option(ctx, made=made):
+            option = made(ctx)
+            if option is not None:
+                option.metavar = ""
+            return option
+
+        command.get_help_option = get_help_option
+    for sub in getattr(command, "commands", {}).values():
+        _plain_flags(sub)
+
+
+def command():
+    """The `flopwise` click command, as `main` runs it."""
+    cmd = typer.main.get_command(app)
+    _plain_flags(cmd)
+    return cmd
+
+
+def print_error(message: str) -> None:
+    """The one place the CLI prints an error: one `error: ...` line on stderr. The message is escaped, so
+    text such as `[[sources]]` or `[0, 1)` is printed as written, not taken for rich markup."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _usage_message(exc) -> str:
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None and getattr(ctx, "command_path", "") else ""
+    return " ".join(exc.format_message().split()) + hint
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
-        status = app(args=argv, standalone_mode=False)
+        status = command().main(args=argv, standalone_mode=False)
     except FlopwiseError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(str(exc))
         sys.exit(2)
     except _EXIT as exc:
         sys.exit(getattr(exc, "exit_code", 0))
     except _ABORT:
         err_console.print("aborted")
         sys.exit(130)
-    except _USAGE as exc:  # unknown option, bad value: click's usage message, exit 2, no traceback
-        exc.show()
+    except _USAGE as exc:  # unknown option, bad value: click's message on one line, exit 2, no traceback
+        print_error(_usage_message(exc))
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flopwise.cli import cluster_service
-from flopwise.cli.common import console, err_console
+from flopwise.cli.common import NON_NEGATIVE, POSITIVE, console, err_console
 from flopwise.cluster.metrics import SimResult
 from flopwise.cluster.plot import plot_results
 from flopwise.cluster.policies import POLICIES
@@ -83,10 +83,12 @@ def simulate_cmd(
     cluster: Path = typer.Option(None, help="cluster TOML: flavors, nodes, queues (instead of --nodes)"),
     policy: str = typer.Option("fifo", help=f"{' | '.join(POLICIES)}"),
     placement: str = typer.Option(None, help="pack (best fit; default) | spread (most free nodes first; tiresias)"),
-    interval: float = typer.Option(60.0, help="seconds between scheduling rounds"),
-    restart_penalty: float = typer.Option(30.0, help="seconds without progress after each (re)start or resize"),
+    interval: float = typer.Option(60.0, help="seconds between scheduling rounds", callback=POSITIVE),
+    restart_penalty: float = typer.Option(30.0, help="seconds without progress after each (re)start or resize",
+                                          callback=NON_NEGATIVE),
     seed: int = typer.Option(0, help="seed of the failure injection (--node-mtbf)"),
-    node_mtbf: float = typer.Option(0.0, help="inject node failures: mean hours between failures per node (0: none)"),
+    node_mtbf: float = typer.Option(0.0, help="inject node failures: mean hours between failures per node (0: none)",
+                                    callback=NON_NEGATIVE),
     queues: str = typer.Option("per-vc", help="philly: per-vc (a queue per virtual cluster, one cohort) | single"),
     gpu_map: str = typer.Option(None, help="openb: GPU model to accelerator, e.g. G2=A100-40GB,G3=H100-SXM"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),

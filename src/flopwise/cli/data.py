@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flopwise.cli.common import console
+from flopwise.cli.common import NON_NEGATIVE_INT, console
 
 app = typer.Typer(
     help="Turn raw corpora into training shards: clean, deduplicate, verify, tokenize, pack.",
@@ -73,7 +73,8 @@ def run(
     config: Path = typer.Argument(..., help="pipeline TOML file"),
     ray: str = typer.Option(None, "--ray", help="run on Ray Data: a cluster address, or 'auto' (local Ray)"),
     workers: int = typer.Option(
-        None, "--workers", "-w", help="local worker processes (default: one per core)"
+        None, "--workers", "-w", help="local worker processes (default and 0: one per core)",
+        callback=NON_NEGATIVE_INT,
     ),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON instead of a table"),
     force: bool = typer.Option(False, "--force", help="recompute even if the cache holds this result"),
@@ -131,7 +132,7 @@ def cache_ls(
     cache_dir: Path = typer.Option(
         None, "--cache-dir", help="default: $FLOPWISE_CACHE/data or ~/.cache/flopwise/data"
     ),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """List cached pipeline results."""
     from flopwise.data.pipeline import cache_entries
@@ -142,7 +143,7 @@ def cache_ls(
         return
     t = Table(title=f"data cache: {_cache_dir(cache_dir)}")
     for col in ("key", "complete", "size", "created", "sources"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col in ("key", "created"), overflow="fold")
     for e in entries:
         t.add_row(
             e["key"],
@@ -158,13 +159,18 @@ def cache_ls(
 def cache_rm(
     keys: list[str] = typer.Argument(None, help="keys (or unique prefixes) to remove"),
     all_: bool = typer.Option(False, "--all", help="remove every entry"),
-    cache_dir: Path = typer.Option(None, "--cache-dir"),
+    all_matching: bool = typer.Option(
+        False, "--all-matching", help="let a prefix that matches several keys remove them all"
+    ),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="default: $FLOPWISE_CACHE/data or ~/.cache/flopwise/data"
+    ),
 ) -> None:
-    """Remove cached pipeline results."""
+    """Remove cached pipeline results (a prefix must name one key, unless --all-matching)."""
     from flopwise.data.pipeline import cache_remove
     from flopwise.errors import ConfigError
 
     if not keys and not all_:
         raise ConfigError("cache rm: give one or more keys, or --all")
-    removed = cache_remove(_cache_dir(cache_dir), None if all_ else keys)
+    removed = cache_remove(_cache_dir(cache_dir), None if all_ else keys, all_matching=all_matching)
     console.print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}")

@@ -16,8 +16,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flopwise.cli.common import console, err_console
-from flopwise.errors import ConfigError
+from flopwise.cli.common import NON_NEGATIVE, POSITIVE, POSITIVE_INT, console, err_console, number
+from flopwise.errors import ConfigError, PlanError
 from flopwise.hardware import GB, resolve_accelerator, write_accelerator
 from flopwise.layout import parse_layout
 from flopwise.models.config import ModelConfig, get_preset, preset_names
@@ -125,31 +125,36 @@ def _breakdown(plan: Plan) -> None:
 def plan(
     ctx: typer.Context,
     preset: str = typer.Option(None, help=f"model preset: {', '.join(preset_names())}"),
-    layers: int = typer.Option(None, help="model shape (overrides the preset)"),
-    hidden: int = typer.Option(None),
-    heads: int = typer.Option(None),
-    kv_heads: int = typer.Option(None),
-    ffn: int = typer.Option(None),
-    mlp: str = typer.Option(None, help="swiglu | gelu"),
-    vocab: int = typer.Option(None),
-    seq: int = typer.Option(None, help="sequence length"),
+    layers: int = typer.Option(None, help="transformer blocks (overrides the preset's)", callback=POSITIVE_INT),
+    hidden: int = typer.Option(None, help="hidden size (overrides the preset's)", callback=POSITIVE_INT),
+    heads: int = typer.Option(None, help="attention heads (overrides the preset's)", callback=POSITIVE_INT),
+    kv_heads: int = typer.Option(
+        None, help="key/value heads, GQA (default: the preset's, or --heads)", callback=POSITIVE_INT
+    ),
+    ffn: int = typer.Option(None, help="feed-forward width (overrides the preset's)", callback=POSITIVE_INT),
+    mlp: str = typer.Option(None, help="feed-forward kind: swiglu | gelu"),
+    vocab: int = typer.Option(None, help="vocabulary size (overrides the preset's)", callback=POSITIVE_INT),
+    seq: int = typer.Option(None, help="sequence length in tokens (overrides the preset's)", callback=POSITIVE_INT),
     lfa: bool = typer.Option(None, "--lfa/--no-lfa", help="Localized Filtering-based Attention"),
     gpu: str = typer.Option("A100-80GB", help="catalogue accelerator or a TOML file defining one"),
-    gpus: int = typer.Option(8, help="number of GPUs"),
-    gpus_per_node: int = typer.Option(8),
-    intra_gbps: float = typer.Option(None, help="intra-node GB/s per GPU, one direction (default: NVLink)"),
+    gpus: int = typer.Option(8, help="number of GPUs", callback=POSITIVE_INT),
+    gpus_per_node: int = typer.Option(8, help="GPUs per node (a node's GPUs share the intra-node links)",
+                                      callback=POSITIVE_INT),
+    intra_gbps: float = typer.Option(None, help="intra-node GB/s per GPU, one direction (default: NVLink)",
+                                     callback=POSITIVE),
     inter_gbps: float = typer.Option(
-        None, help="inter-node GB/s per GPU, one direction (default: the GPU's reference node: 25 A100, 50 H100/H200)"
+        None, help="inter-node GB/s per GPU, one direction (default: the GPU's reference node: 25 A100, 50 H100/H200)",
+        callback=POSITIVE,
     ),
-    global_batch: int = typer.Option(None, help="sequences per optimizer step"),
-    tokens: float = typer.Option(0.0, help="tokens to train (for days and GPU-hours)"),
+    global_batch: int = typer.Option(None, help="sequences per optimizer step", callback=POSITIVE_INT),
+    tokens: float = typer.Option(0.0, help="tokens to train (for days and GPU-hours)", callback=NON_NEGATIVE),
     precision: str = typer.Option(
         "bf16", help="bf16 | fp16 | fp32 | fp8 (FP8 linear layers on Hopper; flopwise's trainer runs the others)"
     ),
     software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),
     expert_imbalance: float = typer.Option(1.0, help="MoE: busiest expert-parallel rank's tokens over the mean (>= 1)"),
     layout: str = typer.Option(None, help="fix some layout fields, e.g. tp=8,pp=16 (the rest is searched)"),
-    top: int = typer.Option(5, help="plans to show"),
+    top: int = typer.Option(5, help="plans to show", callback=POSITIVE_INT),
     split: str = typer.Option("balanced", help="pipeline split: balanced | uniform"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
     write_config: Path = typer.Option(
@@ -226,13 +231,18 @@ def plan(
 @app.command("budget")
 def budget_cmd(
     preset: str = typer.Option(None, help="model preset (its parameter count and FLOPs per token)"),
-    params: float = typer.Option(None, help="parameter count, e.g. 7e9"),
-    tokens: float = typer.Option(None, help="tokens to train (default: 20 x parameters, Chinchilla)"),
-    flops: float = typer.Option(None, help="a FLOP budget: gives the compute-optimal model size and tokens"),
+    params: float = typer.Option(None, help="parameter count, e.g. 7e9", callback=POSITIVE),
+    tokens: float = typer.Option(
+        None, help="tokens to train (default: 20 x parameters, Chinchilla)", callback=POSITIVE
+    ),
+    flops: float = typer.Option(
+        None, help="a FLOP budget: gives the compute-optimal model size and tokens", callback=POSITIVE
+    ),
     gpu: str = typer.Option("A100-80GB", help="catalogue accelerator or a TOML file"),
-    gpus: int = typer.Option(1024),
-    mfu: float = typer.Option(0.45, help="model FLOPs utilisation to assume"),
-    as_json: bool = typer.Option(False, "--json"),
+    gpus: int = typer.Option(1024, help="number of GPUs the time is computed for", callback=POSITIVE_INT),
+    mfu: float = typer.Option(0.45, help="model FLOPs utilisation to assume, in (0, 1]",
+                              callback=number(low=0, low_open=True, high=1)),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Training FLOPs (6 N D), PF-days, Chinchilla-optimal tokens / model size, and time on N GPUs."""
     model = get_preset(preset) if preset else None
@@ -270,12 +280,13 @@ def validate_cmd(
     files: list[Path] = typer.Argument(
         ..., help="published-runs CSV file(s) (see shared/published/README.md)"
     ),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Predict the step time of every row of published-runs CSVs; print errors, median and maximum."""
     report = validate_files(files)
     if as_json:
         print(json.dumps(report, indent=2))
+        _fail_if_nothing_predicted(report)
         return
     table = Table(title="predicted vs measured step time (error = predicted / measured - 1)", header_style="bold")
     for col in ("source", "model", "layout / reason", "predicted s", "measured s", "error", "where the time goes"):
@@ -285,7 +296,8 @@ def validate_cmd(
             table.add_column(col, justify="right", no_wrap=True)
     for r in report["rows"]:
         if "error" not in r:
-            table.add_row(r["source"], r["model"], r.get("error_message", ""), "-", f"{r['measured_s']:.3g}", "-", "")
+            measured = "-" if r["measured_s"] is None else f"{r['measured_s']:.3g}"
+            table.add_row(r["source"], r["model"], r.get("error_message", ""), "-", measured, "-", "")
             continue
         parts = sorted(r["breakdown_percent"].items(), key=lambda kv: -kv[1])
         where = " ".join(f"{k} {v:.0f}%" for k, v in parts if v >= 0.5)
@@ -301,6 +313,14 @@ def validate_cmd(
             f"{name}: {s['predicted']} rows, median |error| {100 * s['median_abs_error']:.1f}%, "
             f"max |error| {100 * s['max_abs_error']:.1f}%"
         )
+    _fail_if_nothing_predicted(report)
+
+
+def _fail_if_nothing_predicted(report: dict) -> None:
+    """A validation that predicted no row is a failure (exit status 2), not an empty success."""
+    if report["summary"]["predicted"] == 0:
+        first = next((r["error_message"] for r in report["rows"] if "error_message" in r), "")
+        raise PlanError(f"no row could be predicted ({report['summary']['rows']} rows); first problem: {first}")
 
 
 @app.command("calibrate")
@@ -312,7 +332,7 @@ def calibrate_cmd(
         "(default: what the runs can tell apart)"
     ),
     out: Path = typer.Option(None, "--out", help="write the calibrated accelerator here (TOML for --gpu)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Fit the device constants to your measured runs; write an accelerator TOML that `flopwise plan --gpu` uses."""
     observations = [run_observation(r) for r in runs]

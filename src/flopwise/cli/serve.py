@@ -7,13 +7,13 @@ from pathlib import Path
 
 import typer
 
-from flopwise.cli.common import console, err_console
+from flopwise.cli.common import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, console, err_console, number
 
 
 def serve(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A run directory (latest checkpoint) or a step directory."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on.", callback=number(low=0, high=65535, integer=True)),
     api_key: str = typer.Option(None, "--api-key", envvar="FLOPWISE_API_KEY",
                                 help="Require 'Authorization: Bearer KEY' on the API (env FLOPWISE_API_KEY)."),
     model_name: str = typer.Option(None, "--served-model-name", help="Model id in the API (default: run directory name)."),
@@ -24,19 +24,21 @@ def serve(
     max_num_batched_tokens: int = typer.Option(512, "--max-num-batched-tokens",
                                                help="Tokens per step; longer prompts are prefilled in chunks."),
     max_waiting: int = typer.Option(1024, "--max-waiting", help="Queued requests beyond this get HTTP 429."),
-    kv_cache_gib: float = typer.Option(0.0, "--kv-cache-gib", help="KV pool size in GiB (0: from free memory)."),
+    kv_cache_gib: float = typer.Option(0.0, "--kv-cache-gib", help="KV pool size in GiB (0: from free memory).",
+                                       callback=NON_NEGATIVE),
     no_prefix_caching: bool = typer.Option(False, "--no-prefix-caching", help="Do not reuse blocks of shared prefixes."),
     threads: int = typer.Option(0, "--threads", help="torch intra-op threads for the engine (0: torch's default)."),
     attention: str = typer.Option("auto", "--attention",
                                   help="Paged attention on CPU: auto (the C kernel where a compiler builds it, else "
                                        "PyTorch), kernel (required) or torch."),
     ray: bool = typer.Option(False, "--ray", help="Run as a Ray Serve deployment with autoscaling replicas."),
-    min_replicas: int = typer.Option(1, "--min-replicas", help="Ray: fewest replicas."),
-    max_replicas: int = typer.Option(1, "--max-replicas", help="Ray: most replicas."),
+    min_replicas: int = typer.Option(1, "--min-replicas", help="Ray: fewest replicas.", callback=NON_NEGATIVE_INT),
+    max_replicas: int = typer.Option(1, "--max-replicas", help="Ray: most replicas.", callback=POSITIVE_INT),
     target_ongoing_requests: float = typer.Option(16.0, "--target-ongoing-requests",
-                                                  help="Ray: requests in flight per replica the autoscaler aims at."),
-    replica_cpus: float = typer.Option(1.0, "--replica-cpus", help="Ray: CPUs reserved per replica."),
-    replica_gpus: float = typer.Option(0.0, "--replica-gpus", help="Ray: GPUs per replica."),
+                                                  help="Ray: requests in flight per replica the autoscaler aims at.",
+                                                  callback=POSITIVE),
+    replica_cpus: float = typer.Option(1.0, "--replica-cpus", help="Ray: CPUs reserved per replica.", callback=NON_NEGATIVE),
+    replica_gpus: float = typer.Option(0.0, "--replica-gpus", help="Ray: GPUs per replica.", callback=NON_NEGATIVE),
     ray_address: str = typer.Option(None, "--ray-address", help="Ray: join this cluster ('auto') instead of a local one."),
 ) -> None:
     """Serve a checkpoint over an OpenAI-compatible HTTP API (completions, chat, streaming, metrics)."""

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from flopwise.cli.common import console, err_console
+from flopwise.cli.common import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, console, err_console
 from flopwise.errors import FlopwiseError
 from flopwise.outputs import output_file
 
@@ -150,7 +150,8 @@ def train(
     metrics: Path = typer.Option(None, "--metrics", help="JSON-lines metrics file (default: OUT/metrics.jsonl)."),
     log_every: int = typer.Option(None, "--log-every", help="Log a line every N steps (train.log_every)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out, if any."),
-    nproc: int = typer.Option(None, "--nproc", help="Processes to launch on this machine with torchrun."),
+    nproc: int = typer.Option(None, "--nproc", help="Processes to launch on this machine with torchrun.",
+                              callback=POSITIVE_INT),
     dp: int = typer.Option(None, "--dp", help="Data-parallel degree: every replica and shard (parallel.dp)."),
     dp_shard: int = typer.Option(None, "--dp-shard", help="Ranks per ZeRO shard group, below --dp for hybrid sharding."),
     tp: int = typer.Option(None, "--tp", help="Tensor-parallel degree (with sequence parallelism)."),
@@ -243,10 +244,12 @@ def stopped_message(exc, out: str, launcher: bool) -> str:
 def generate(
     prompt: str = typer.Argument(..., help="Text to continue."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A run directory (latest checkpoint) or a step directory."),
-    max_tokens: int = typer.Option(100, "--max-tokens", "-n", help="Most tokens to sample."),
-    temperature: float = typer.Option(0.8, "--temperature", "-t", help="Sampling temperature; 0 is greedy."),
-    top_k: int = typer.Option(50, "--top-k", help="Sample among the k most likely tokens; 0 for all."),
-    seed: int = typer.Option(None, "--seed", help="Seed for reproducible samples."),
+    max_tokens: int = typer.Option(100, "--max-tokens", "-n", help="Most tokens to sample.", callback=POSITIVE_INT),
+    temperature: float = typer.Option(0.8, "--temperature", "-t", help="Sampling temperature; 0 is greedy.",
+                                      callback=NON_NEGATIVE),
+    top_k: int = typer.Option(50, "--top-k", help="Sample among the k most likely tokens; 0 for all.",
+                              callback=NON_NEGATIVE_INT),
+    seed: int = typer.Option(None, "--seed", help="Seed for reproducible samples.", callback=NON_NEGATIVE_INT),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Sample a continuation of PROMPT from a trained checkpoint."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 from flopwise.config_values import check_value
 from flopwise.data.stages.registry import STAGE_TYPES, build_stage
 from flopwise.errors import ConfigError
+from flopwise.userfiles import read_toml
 
 SOURCE_TYPES = ("files", "jsonl", "parquet", "hf_disk")
 
@@ -195,12 +195,7 @@ class PipelineConfig:
 
 def load_config(path: str | Path) -> PipelineConfig:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, "pipeline config")
     return PipelineConfig.from_dict(data, base_dir=path.parent.resolve())
 
 

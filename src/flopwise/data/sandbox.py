@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from flopwise.config_values import check_number
+
 log = logging.getLogger(__name__)
 RUNNER = Path(__file__).with_name("_sandbox_runner.py")
 UID_BASE = 100_000
@@ -55,6 +57,11 @@ class SandboxLimits:
     max_procs: int = 16
     network_namespace: bool = True
     unprivileged: bool = True
+
+    def __post_init__(self) -> None:  # a limit of 0, below 0 or NaN would switch the limit off, not tighten it
+        check_number("sandbox timeout_s", self.timeout_s, low=0, low_open=True)
+        for key in ("cpu_s", "memory_bytes", "file_bytes", "max_procs"):
+            check_number(f"sandbox {key}", getattr(self, key), low=1, integer=True)
 
 
 @dataclass

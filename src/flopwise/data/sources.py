@@ -26,6 +26,7 @@ from pathlib import Path
 from flopwise.data.config import PipelineConfig, SourceConfig
 from flopwise.data.document import text_bytes
 from flopwise.errors import DataError
+from flopwise.userfiles import UserFileError, open_binary, refuse_special
 
 log = logging.getLogger(__name__)
 MAX_EVENTS = 200  # events kept per unit with file and line; counts are always complete
@@ -86,6 +87,7 @@ def _expand(cfg: PipelineConfig, src: SourceConfig, default_glob: str) -> list[P
         files = sorted(p for p in base.glob(pattern) if not p.is_dir() or p.is_symlink())
         return [p for p in files if not _matches_exclude(p, base, src.exclude)]
     if base.exists() or base.is_symlink():
+        refuse_special(base, f"source {src.name}:")  # named on purpose: refuse now rather than block mid-run
         return [base]
     files = sorted(Path(p) for p in globlib.glob(str(base), recursive=True))
     if not files:
@@ -111,7 +113,8 @@ def plan_units(cfg: PipelineConfig) -> list[WorkUnit]:
 
             for p in _expand(cfg, src, "**/*.parquet"):
                 try:
-                    groups = pq.ParquetFile(p).metadata.num_row_groups
+                    with open_binary(p, "parquet file") as fh:
+                        groups = pq.ParquetFile(fh).metadata.num_row_groups
                 except Exception as exc:  # noqa: BLE001 - a broken file is reported when read
                     log.warning("cannot read parquet metadata of %s: %s", p, exc)
                     groups = 1
@@ -206,15 +209,16 @@ def _read_files(cfg, src: SourceConfig, unit: WorkUnit, report: SourceReport) ->
         p = Path(f)
         rel = str(p.relative_to(base)) if base.is_dir() and p.is_relative_to(base) else str(p)
         try:
-            st = os.stat(p)
-            if not stat.S_ISREG(st.st_mode):
-                report.problem("not_a_regular_file", f)
-                continue
-            if st.st_size > limit:
-                report.problem("too_large", f, None, f"{st.st_size} bytes > max_doc_bytes {limit}")
-                continue
-            with open(p, "rb") as fh:
+            with open_binary(p) as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size > limit:
+                    report.problem("too_large", f, None, f"{size} bytes > max_doc_bytes {limit}")
+                    continue
                 data = fh.read(limit + 1)
+        except UserFileError as exc:
+            report.problem("not_a_regular_file" if exc.kind in ("special", "directory") else "unreadable", f, None,
+                           str(exc))
+            continue
         except OSError as exc:
             report.problem("unreadable", f, None, str(exc))
             continue
@@ -263,9 +267,10 @@ def _read_jsonl(cfg, src: SourceConfig, unit: WorkUnit, report: SourceReport) ->
     f = unit.files[0]
     limit = cfg.run.max_doc_bytes
     try:
-        fh = open(f, "rb")
-    except OSError as exc:
-        report.problem("unreadable", f, None, str(exc))
+        fh = open_binary(f)
+    except UserFileError as exc:
+        report.problem("not_a_regular_file" if exc.kind in ("special", "directory") else "unreadable", f, None,
+                       str(exc))
         return
     with fh:
         try:
@@ -328,7 +333,7 @@ def _read_parquet(cfg, src: SourceConfig, unit: WorkUnit, report: SourceReport) 
 
     f = unit.files[0]
     try:
-        pf = pq.ParquetFile(f)
+        pf = pq.ParquetFile(open_binary(f, "parquet file"))
         names = pf.schema_arrow.names
         if src.text_field not in names:
             report.problem("missing_text", f, None, f"no column {src.text_field!r} (have: {names})")

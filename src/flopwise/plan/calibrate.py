@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from flopwise.config_values import positive
 from flopwise.errors import ConfigError, DataError, FlopwiseError
 from flopwise.hardware import Accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import DEFAULT_CONSTANTS, Constants, CostModel
 from flopwise.plan.spec import Cluster, Training
+from flopwise.userfiles import read_bytes
 
 # name -> (lower bound, upper bound)
 CONSTANTS = {
@@ -153,10 +155,8 @@ def run_observation(run_dir: str | Path) -> Observation:
     """The last `plan_vs_measured` record of a training run (its metrics.jsonl) as an observation."""
     path = Path(run_dir)
     metrics = path / "metrics.jsonl" if path.is_dir() else path
-    try:
-        lines = metrics.read_text().splitlines()
-    except OSError as exc:
-        raise DataError(f"cannot read {metrics}: {exc.strerror or exc}") from None
+    # torn or damaged bytes (a full disk, a killed writer) only spoil their own line
+    lines = read_bytes(metrics, "metrics file").decode("utf-8", "replace").splitlines()
     records = []
     for line in lines:
         try:
@@ -174,7 +174,8 @@ def run_observation(run_dir: str | Path) -> Observation:
         c = inp["cluster"]
         cluster = Cluster(acc, c["gpus"], c["gpus_per_node"], c["intra_node_bw"], c["inter_node_bw"])
         return Observation(ModelConfig.from_dict(inp["model"]), cluster, Training(**inp["training"]),
-                           Layout.from_dict(inp["layout"]), float(rec["measured_step_s"]), str(path),
+                           Layout.from_dict(inp["layout"]), positive("measured_step_s", float(rec["measured_step_s"])),
+                           str(path),
                            rec.get("step_clock", "wall"))
     except (KeyError, TypeError, ValueError, FlopwiseError) as exc:
         raise DataError(f"{metrics}: malformed plan_vs_measured record ({exc})") from None

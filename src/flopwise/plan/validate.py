@@ -10,15 +10,19 @@ splits layers uniformly across stages, so validation uses the uniform split.
 from __future__ import annotations
 
 import csv
+import io
+import math
 import statistics
 from pathlib import Path
 
-from flopwise.errors import ConfigError, DataError, PlanError
+from flopwise.config_values import positive
+from flopwise.errors import ConfigError, DataError, FlopwiseError, PlanError
 from flopwise.hardware import GB, resolve_accelerator
 from flopwise.layout import parse_value
 from flopwise.models.config import ModelConfig
 from flopwise.plan.search import search
 from flopwise.plan.spec import Cluster, Training
+from flopwise.userfiles import read_text
 
 _MEGATRON_SOURCES = ("megatron", "narayanan", "korthikanti")
 # layout columns of the published CSVs (README in shared/published); cp is checked on its own
@@ -29,16 +33,27 @@ def _cell(row: dict, key: str) -> str:
     return (row.get(key) or "").strip()
 
 
-def _int(row: dict, key: str, default: int | None = None) -> int:
+def _number(row: dict, key: str, default=None, *, integer: bool = True):
+    """A cell as a finite positive number (a whole one when `integer`); blank gives `default`."""
     text = _cell(row, key)
     if not text:
         if default is None:
             raise DataError(f"column {key!r} is blank; the planner needs it")
         return default
     try:
-        return int(float(text))
+        value = float(text)
     except ValueError:
         raise DataError(f"column {key!r} = {text!r}: not a number") from None
+    if integer and value.is_integer():
+        value = int(value)
+    try:
+        return positive(f"column {key!r}", value, integer=integer)
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _int(row: dict, key: str, default: int | None = None) -> int:
+    return _number(row, key, default)
 
 
 def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[str]]:
@@ -64,14 +79,10 @@ def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[st
     )
     acc = resolve_accelerator(_cell(row, "gpu") or "A100-80GB")
     gpus = _int(row, "gpus")
-    intra = _cell(row, "intra_node_GBps")
-    inter = _cell(row, "inter_node_GBps_per_gpu")
-    cluster = Cluster(
-        acc,
-        gpus,
-        _int(row, "gpus_per_node", 8),
-        float(intra) * GB if intra else None,
-        float(inter) * GB if inter else None,
+    intra = _number(row, "intra_node_GBps", 0.0, integer=False)
+    inter = _number(row, "inter_node_GBps_per_gpu", 0.0, integer=False)
+    cluster = Cluster(  # a blank link: the GPU's own reference figure (hardware.py)
+        acc, gpus, _int(row, "gpus_per_node", 8), intra * GB if intra else None, inter * GB if inter else None
     )
     software = _cell(row, "software")
     if not software:
@@ -101,8 +112,9 @@ def validate_rows(rows: list[dict], label: str = "") -> list[dict]:
     for index, row in enumerate(rows):
         name = _cell(row, "model") or f"row {index + 1}"
         source = _cell(row, "source_id") or _cell(row, "source") or label
-        measured = float(_cell(row, "measured_step_s") or "nan")
+        measured = float("nan")
         try:
+            measured = _number(row, "measured_step_s", integer=False)
             model, cluster, training, fixed, notes = row_inputs(row)
             try:
                 result = search(model, cluster, training, fixed, top=1, split="uniform", explain=False)
@@ -112,9 +124,9 @@ def validate_rows(rows: list[dict], label: str = "") -> list[dict]:
                 )
                 notes.append("predicted not to fit memory")
             plan = result.plans[0]
-        except (PlanError, ConfigError, DataError) as exc:
+        except FlopwiseError as exc:  # one row's problem (a bad cell, a shape or layout refused): the row's note
             out.append({"file": label, "source": source, "model": name, "error_message": str(exc),
-                        "measured_s": measured})
+                        "measured_s": measured if math.isfinite(measured) else None})
             continue
         error = plan.step_time / measured - 1.0
         out.append(
@@ -157,10 +169,9 @@ def validate_files(paths: list[str | Path]) -> dict:
     files = {}
     for path in map(Path, paths):
         try:
-            with path.open(newline="") as fh:
-                data = list(csv.DictReader(fh))
-        except OSError as exc:
-            raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+            data = list(csv.DictReader(io.StringIO(read_text(path, "CSV file"), newline="")))
+        except csv.Error as exc:
+            raise DataError(f"cannot read CSV file {path}: {exc}") from None
         if not data:
             raise DataError(f"{path}: no rows")
         missing = {

@@ -17,6 +17,7 @@ from flopwise.errors import ConfigError, LayoutError
 from flopwise.layout import Layout, local_batch, parse_split
 from flopwise.layout import check as check_layout
 from flopwise.models.config import ModelConfig, get_preset
+from flopwise.userfiles import read_toml
 
 
 @dataclass
@@ -58,7 +59,7 @@ class TrainSection:
 @dataclass
 class DataSection:
     shards: str = ""  # a shard directory (manifest.json); empty: the embedded demo corpus
-    cache_dir: str = ".flopwise-cache"  # where the demo corpus is prepared once
+    cache_dir: str = ""  # where the demo corpus is prepared once; empty: the data cache (`flopwise data cache ls`)
     verify: bool = False  # hash every shard against the manifest's sha256 before training (sizes: always)
 
     def validate(self) -> None:
@@ -247,13 +248,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults <- TOML file <- `key=value` overrides <- direct keyword overrides (CLI flags); validated."""
     config = JobConfig()
     if path is not None:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        data = read_toml(path, "config file")
         for key, value in _flatten(data):
             _apply(config, key, value)
     for item in overrides or []:

@@ -60,7 +60,8 @@ def resolve_shards(job: JobConfig, progress: Callable[[str], None] | None = None
     from flopwise.data.pipeline import run_pipeline
     from flopwise.data.presets import stdlib_demo_config
 
-    cfg = stdlib_demo_config("", vocab_size=job.model_config().vocab_size, cache_dir=Path(job.data.cache_dir).resolve())
+    cache_dir = Path(job.data.cache_dir).resolve() if job.data.cache_dir else None  # None: the data cache's default
+    cfg = stdlib_demo_config("", vocab_size=job.model_config().vocab_size, cache_dir=cache_dir)
     if progress:
         progress("preparing the embedded corpus (Python standard library) with the data pipeline")
     result = run_pipeline(cfg)

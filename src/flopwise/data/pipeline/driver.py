@@ -62,6 +62,7 @@ def run_pipeline(
     t0 = time.monotonic()
     workers = workers if workers is not None else cfg.run.workers
     workers = workers or os.cpu_count() or 1
+    cache.prepare_output(cfg)  # before any work: a bad output.dir fails now, not after the whole run
     units = plan_units(cfg)
     key = cache.cache_key(cfg, units)
     cache_dir = cfg.resolve(str(cfg.run.resolved_cache_dir()))
@@ -81,10 +82,16 @@ def run_pipeline(
         if force and run.root.exists():
             shutil.rmtree(run.root)
         cached = cache.is_complete(run.root)
+        damaged = cache.damaged_files(run.root) if cached else []
+        if damaged:  # edited or truncated since it was written: re-pack from the work files, never reuse it
+            log.warning("cache entry %s is damaged (%s); re-packing it", key, ", ".join(damaged[:3]))
+            shutil.rmtree(run.shards)
+            cached = False
         if cached:
             log.info("cache hit: %s (key %s)", run.shards, key)
         else:
             run.compute()
+            cache.record_files(run.root)
         result = result_from_manifest(run.shards, run.root, key, cached=cached, seconds=time.monotonic() - t0)
         result.shard_dir = cache.materialise(cfg, run.shards)
         if cfg.output.write_dropped:

@@ -47,6 +47,11 @@ def pack(
             progress("pack", i + 1, len(units))
     splits = {s: w.close() for s, w in writers.items()}
     if splits["train"].tokens == 0:
+        read = report["stages"][0]
+        if not read.get("docs_out"):
+            problems = ", ".join(f"{k}: {v}" for k, v in read.get("drops", {}).items())
+            raise DataError("no input documents: the sources hold no readable document"
+                            + (f" (input problems: {problems})" if problems else " (the input files are empty)"))
         raise DataError(
             "no documents survived the pipeline: nothing to write (see the per-stage drop reasons)"
         )

@@ -4,16 +4,16 @@ which documents are held out for evaluation."""
 from __future__ import annotations
 
 import functools
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import xxhash
 
-from flopwise.atomic import atomic_path, atomic_write_text
+from flopwise.atomic import atomic_write_text
 from flopwise.data.config import OutputConfig, PipelineConfig
 from flopwise.data.document import text_bytes
 from flopwise.errors import DataError
+from flopwise.userfiles import read_text
 
 
 def held_out(output: OutputConfig) -> Callable[[str], bool]:
@@ -46,14 +46,14 @@ def make_tokenizer(cfg: PipelineConfig, docs: Iterable[dict], out: Path) -> None
     tc = cfg.tokenizer
     if tc.path:
         src = cfg.resolve(tc.path)
+        text = read_text(src, "tokenizer.path")
         try:
-            tok = Tokenizer.from_file(str(src))
+            tok = Tokenizer.from_str(text)
         except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for bad files
             raise DataError(f"tokenizer.path = {src}: cannot load a tokenizers file ({exc})") from None
         if tok.token_to_id(tc.eod_token) is None:
             raise DataError(f"tokenizer {src} has no end-of-document token {tc.eod_token!r}")
-        with atomic_path(out) as tmp:
-            shutil.copyfile(src, tmp)
+        atomic_write_text(out, text)
         return
     is_eval = held_out(cfg.output)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from flopwise.config_values import non_negative
 from flopwise.data.stages.base import Stage
 from flopwise.data.stages.dedup import ExactDedup, NearDedup
 from flopwise.data.stages.normalize import Normalize
@@ -63,6 +64,8 @@ def build_stage(type_: str, params: dict, where: str = "stage") -> Stage:
             raise ConfigError(
                 f"{where}.{k} = {v!r}: must be of type {type(d).__name__} like the default {d!r}"
             )
+        if isinstance(d, int | float) and not isinstance(d, bool):  # every numeric parameter is a size,
+            non_negative(f"{where}.{k}", v)  # a count, a limit or a fraction: finite and >= 0
     try:
         return cls(name, only, **params)
     except TypeError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from flopwise.config_values import check_number
 from flopwise.data.sandbox import PASSED, SandboxLimits, run_sandboxed
 from flopwise.data.stages.base import Stage, Verdict
 from flopwise.errors import ConfigError
@@ -44,6 +45,8 @@ class VerifyCode(Stage):
             raise ConfigError(f"verify_code.timeout_s = {p['timeout_s']}: must be > 0")
         if p["cpu_s"] < 1:
             raise ConfigError(f"verify_code.cpu_s = {p['cpu_s']}: must be >= 1")
+        for key in ("memory_mb", "file_size_mb", "max_procs"):  # a limit of 0 or below would remove it
+            check_number(f"verify_code.{key}", p[key], low=1, integer=True)
         self.limits = SandboxLimits(
             timeout_s=float(p["timeout_s"]),
             cpu_s=int(p["cpu_s"]),
