@@ -34,6 +34,30 @@ def test_command_job_runs_and_every_transition_is_stored(service, tmp_path):
     store.close()
 
 
+def test_metrics_report_a_running_training_jobs_throughput_and_the_machines_utilisation(service):
+    api = Api(service.url, A)
+    # a job that logs like the trainer (its out/metrics.jsonl: step records, a torn last line), then waits
+    code = ("import json, pathlib, time; p = pathlib.Path('out/metrics.jsonl'); "
+            "p.write_text(json.dumps({'step': 1, 'loss': 9.0, 'tokens_per_s': 100.0, 'mfu': 0.1}) + '\\n' + "
+            "json.dumps({'step': 2, 'loss': 8.5, 'tokens_per_s': 1234.5, 'mfu': 0.42}) + '\\n{\"step\": 3, \"lo'); "
+            "time.sleep(30)")
+    job_id = api.submit(kind="command", argv=py(code), name="logger")
+    api.wait(job_id, "running")
+    labels = f'job="{job_id}",team="a"'
+    deadline = time.time() + 30
+    while True:  # the job writes its file once it has started
+        metrics = api.get("/metrics").text
+        if f"flopwise_cluster_job_mfu{{{labels}}}" in metrics or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert f"flopwise_cluster_job_tokens_per_s{{{labels}}} 1234.5" in metrics
+    assert f"flopwise_cluster_job_mfu{{{labels}}} 0.42" in metrics
+    cpu = [line for line in metrics.splitlines() if line.startswith("flopwise_cluster_node_cpu_utilisation ")]
+    assert len(cpu) == 1 and 0.0 <= float(cpu[0].split()[1]) <= 1.0
+    assert api.post(f"/api/jobs/{job_id}/cancel").status_code == 200
+    api.wait(job_id, "cancelled")
+
+
 def test_tokens_teams_and_validation(service):
     anon, a, b, admin = Api(service.url, None), Api(service.url, A), Api(service.url, B), Api(service.url, ADMIN)
     assert anon.get("/api/jobs").status_code == 401

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import secrets
 import time
 import tomllib
@@ -225,6 +226,17 @@ def create_app(service: ClusterService, tokens: Tokens) -> FastAPI:
         lines += ["# HELP flopwise_cluster_gpus_allocated GPUs (CPU slots) allocated per node.",
                   "# TYPE flopwise_cluster_gpus_allocated gauge"]
         lines += [f'flopwise_cluster_gpus_allocated{{node="{n["name"]}"}} {n["allocated"]}' for n in nodes_view(service)]
+        lines += _utilisation_lines()
+        lines += ["# HELP flopwise_cluster_job_tokens_per_s A running training job's last logged throughput.",
+                  "# TYPE flopwise_cluster_job_tokens_per_s gauge",
+                  "# HELP flopwise_cluster_job_mfu A running training job's last logged model FLOPs utilisation.",
+                  "# TYPE flopwise_cluster_job_mfu gauge"]
+        for row in store.jobs(None, ["running"]):
+            last = _last_step(Path(row["run_dir"]) / "out" / "metrics.jsonl")
+            labels = f'job="{row["id"]}",team="{row["team"]}"'
+            for key in ("tokens_per_s", "mfu"):
+                if isinstance(last.get(key), (int, float)):
+                    lines.append(f"flopwise_cluster_job_{key}{{{labels}}} {last[key]}")
         return "\n".join(lines) + "\n"
 
     @app.get("/", response_class=HTMLResponse)
@@ -243,6 +255,47 @@ def _check_runnable(req: JobRequest, service: ClusterService) -> None:
         raise ConfigError(f"config = {req.config!r}: must be an absolute path (the CLI makes it so)")
     if req.config is not None and not Path(req.config).is_file():
         raise ConfigError(f"config = {req.config!r}: no such file on the service's machine")
+
+
+def _last_step(path: Path, window: int = 65536) -> dict:
+    """The newest step record of a metrics.jsonl, reading only its tail (a long run's file is large)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(fh.seek(0, os.SEEK_END) - window, 0))
+            lines = fh.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a torn line, or the first (cut) line of the window
+        if isinstance(rec, dict) and "loss" in rec and "event" not in rec:
+            return rec
+    return {}
+
+
+def _utilisation_lines() -> list[str]:
+    """This machine's utilisation: CPU through psutil; each GPU through NVML when nvidia-ml-py and a driver are
+    there (the embedded service's node is this machine; Ray nodes report through Ray's own dashboard)."""
+    lines = ["# HELP flopwise_cluster_node_cpu_utilisation This machine's CPU use since the last scrape (0-1).",
+             "# TYPE flopwise_cluster_node_cpu_utilisation gauge",
+             f"flopwise_cluster_node_cpu_utilisation {psutil.cpu_percent(interval=None) / 100:.4f}"]
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no package, no driver, no GPU: nothing to report
+        return lines
+    try:
+        lines += ["# HELP flopwise_cluster_gpu_utilisation Each GPU's busy fraction over NVML's last sample (0-1).",
+                  "# TYPE flopwise_cluster_gpu_utilisation gauge"]
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            rates = pynvml.nvmlDeviceGetUtilizationRates(pynvml.nvmlDeviceGetHandleByIndex(i))
+            lines.append(f'flopwise_cluster_gpu_utilisation{{gpu="{i}"}} {rates.gpu / 100:.2f}')
+    finally:
+        pynvml.nvmlShutdown()
+    return lines
 
 
 def _metrics_tail(path: Path, limit: int = 500) -> list[dict]:
