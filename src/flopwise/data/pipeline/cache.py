@@ -41,6 +41,7 @@ from flopwise.data.pipeline.dropped import FOLDER as DROPPED
 from flopwise.data.shards import MANIFEST, read_manifest, sha256_file
 from flopwise.data.sources import WorkUnit, fingerprint
 from flopwise.errors import DataError
+from flopwise.outputs import output_dir
 from flopwise.userfiles import read_bytes
 
 DATA_PACKAGE = Path(__file__).resolve().parents[1]  # flopwise/data: its code is part of every key
@@ -278,15 +279,7 @@ def prepare_output(cfg: PipelineConfig) -> Path | None:
     pipeline writes (a foreign manifest.json, shard or tokenizer names). Returns the folder (None: unset)."""
     if not cfg.output.dir:
         return None
-    out = cfg.resolve(cfg.output.dir)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"output.dir {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"output.dir {out}: cannot create it ({exc.strerror or exc})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise DataError(f"output.dir {out}: not writable")
+    out = output_dir(cfg.resolve(cfg.output.dir), "output.dir")  # the one output check (flopwise.outputs)
     owned = _owned(out)
     names = [p.name for pattern in ("train-[0-9]*.bin", "eval-[0-9]*.bin", "tokenizer.json") for p in out.glob(pattern)]
     theirs = sorted(n for n in names if n not in owned)
