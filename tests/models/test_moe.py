@@ -246,3 +246,17 @@ def test_info_reports_total_and_active_parameters():
     moe, dense = model_info("yuan2-m32"), model_info("yuan2-2b")
     assert moe["params"] > 10 * moe["active_params"] and moe["experts"] == 32 and moe["head_dim"] == 256
     assert dense["active_params"] == dense["params"] and "experts" not in dense
+
+
+def test_experts_with_no_rows_still_join_the_backward():
+    """An expert-parallel rank that receives no rows must still run the combine's backward all-to-all with its
+    peers: its (empty) output stays in the autograd graph, and its expert weights get zero gradients."""
+    from flopwise.models.moe import GroupedExperts
+
+    experts = GroupedExperts(2, hidden=8, ffn=16)
+    experts.reset_parameters(0.02, 0.02)
+    x = torch.randn(0, 8, requires_grad=True)
+    out = experts(x, [0, 0])
+    assert out.shape == (0, 8) and out.requires_grad
+    out.sum().backward()
+    assert experts.w1.grad is not None and torch.count_nonzero(experts.w1.grad) == 0

@@ -183,8 +183,10 @@ class GroupedExperts(nn.Module):
         for e, rows in enumerate(x.split(counts)):
             if rows.shape[0]:
                 outs.append(F.linear(F.silu(F.linear(rows, w1[e])) * F.linear(rows, w3[e]), w2[e]))
-        if not outs:
-            return x.new_zeros(0, self.w2.shape[1])
+        if not outs:  # no rows here: still an output in the autograd graph of x and the weights, so that under
+            # expert parallelism this rank runs the combine's backward all-to-all like its peers (else they hang)
+            rows = x[:0]
+            return F.linear(F.silu(F.linear(rows, w1[0])) * F.linear(rows, w3[0]), w2[0])
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
