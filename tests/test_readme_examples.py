@@ -36,6 +36,9 @@ SKIPPED = [
     (r"--gpu (cpu|my-cpu\.toml)", "measures this machine's peak (seconds of matmuls) or needs calibrated runs"),
     (r"philly|openb", "a trace replay of 30 s or more (benchmarks/scheduler.py)"),
     (r"^jq\b", "needs jq"),
+    (r"\bcluster (up|submit|queue|ls|logs|show|nodes|usage|cancel)\b",
+     "the live cluster service and its clients (tests/cluster/service)"),
+    (r"^(\.venv/bin/)?python3? benchmarks/", "a benchmark: minutes (results in benchmarks/RESULTS.md)"),
 ]
 
 
@@ -79,8 +82,9 @@ def sandbox(tmp_path_factory):
     repo = root / "repo"
     repo.mkdir()
     shutil.copy(REPO / "README.md", repo / "README.md")
-    for folder in ("examples", "src"):
-        shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for folder in ("examples", "src", "benchmarks"):
+        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.png", "results")
+        shutil.copytree(REPO / folder, repo / folder, ignore=ignore)
     if SHARED.is_dir():
         (root / "shared").symlink_to(SHARED)
     return repo
