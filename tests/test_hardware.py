@@ -8,7 +8,7 @@ def test_catalogue_has_the_datasheet_figures():
     assert {"V100-32GB", "A100-40GB", "A100-80GB", "H100-SXM", "H100-PCIe", "H200"} <= set(CATALOGUE)
     assert get_accelerator("a100-80gb").peak_flops == 312e12
     assert get_accelerator("H100").peak_flops == 989e12
-    assert CATALOGUE["H200"].memory_bytes == 141e9
+    assert CATALOGUE["H200"].memory_bytes == 143771 * 2**20  # nvidia-smi memory.total, MiB
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,10 @@ Older and inference-class parts, as found in shared clusters (the Alibaba openb 
   (NVIDIA T4 datasheet.)
 - A10: 125 TFLOP/s bf16/fp16 dense, GDDR6 24 GB at 600 GB/s, PCIe Gen4 64 GB/s total, 150 W. (NVIDIA A10
   datasheet.)
+Device memory (memory_bytes) is what the driver reports (nvidia-smi memory.total), not the marketing figure in
+decimal GB: HBM stacks come in binary sizes, so an "80GB" A100 has 81920 MiB (85.9e9 bytes), an H100 SXM/PCIe
+81559 MiB, an H200 "141GB" 143771 MiB, an A100-40GB 40960 MiB; Grand Teton's 96 GB part is taken as 96 GiB.
+(Issue 14: with 80e9 bytes the planner judged layouts that NeMo runs on H100 not to fit.)
 Achievable fractions (used by the planner's cost model, flopwise/plan/cost.py):
 - `gemm_efficiency`: the fraction of the dense peak that large, well-shaped bf16/fp16 GEMMs sustain in a
   training loop (cuBLAS at sustained clocks, not a burst). Public cuBLAS/nccl-style benchmarks and the
@@ -55,6 +59,8 @@ from flopwise.errors import ConfigError
 from flopwise.userfiles import read_toml
 
 GB = 1e9
+MIB = 2**20
+GIB = 2**30
 TFLOPS = 1e12
 
 
@@ -80,16 +86,16 @@ CATALOGUE: dict[str, Accelerator] = {
     a.name: a
     for a in (
         Accelerator("V100-32GB", 125 * TFLOPS, 32 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
-        Accelerator("A100-40GB", 312 * TFLOPS, 40 * GB, 1555 * GB, 300 * GB, gemm_efficiency=0.75),
-        Accelerator("A100-80GB", 312 * TFLOPS, 80 * GB, 2039 * GB, 300 * GB, gemm_efficiency=0.75),
-        Accelerator("H100-SXM", 989 * TFLOPS, 80 * GB, 3350 * GB, 450 * GB, gemm_efficiency=0.70,
+        Accelerator("A100-40GB", 312 * TFLOPS, 40960 * MIB, 1555 * GB, 300 * GB, gemm_efficiency=0.75),
+        Accelerator("A100-80GB", 312 * TFLOPS, 81920 * MIB, 2039 * GB, 300 * GB, gemm_efficiency=0.75),
+        Accelerator("H100-SXM", 989 * TFLOPS, 81559 * MIB, 3350 * GB, 450 * GB, gemm_efficiency=0.70,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
-        Accelerator("H100-PCIe", 756 * TFLOPS, 80 * GB, 2000 * GB, 300 * GB, gemm_efficiency=0.65,
+        Accelerator("H100-PCIe", 756 * TFLOPS, 81559 * MIB, 2000 * GB, 300 * GB, gemm_efficiency=0.65,
                     fp8_peak_flops=1513 * TFLOPS, network_bandwidth=50 * GB),
-        Accelerator("H200", 989 * TFLOPS, 141 * GB, 4800 * GB, 450 * GB, gemm_efficiency=0.72,
+        Accelerator("H200", 989 * TFLOPS, 143771 * MIB, 4800 * GB, 450 * GB, gemm_efficiency=0.72,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
         # Meta's Grand Teton H100 (torchtitan's benchmarks): 96 GB HBM2e at 2.4 TB/s, 500 W power limit
-        Accelerator("H100-GT-500W", 989 * TFLOPS, 96 * GB, 2400 * GB, 450 * GB, gemm_efficiency=0.63,
+        Accelerator("H100-GT-500W", 989 * TFLOPS, 96 * GIB, 2400 * GB, 450 * GB, gemm_efficiency=0.63,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
         Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80),

@@ -21,7 +21,8 @@ that SwiGLU, LFA, grouped-query attention, fused (flash) attention and no-dropou
   output projection    q              (its input)                                       split by TP
   MLP input            h              (the second norm's output)                        replicated
   MLP inner            GELU: 2 x ffn (GELU input, second matmul input);
-                       SwiGLU: 4 x ffn (gate, up, SiLU output, product)                 split by TP
+                       SwiGLU: 4 x ffn (gate, up, SiLU output, product); 3 x ffn with
+                       Megatron's fused bias-SwiGLU kernel (gate, up, product)          split by TP
   dropout masks        2 x h, 1 byte each (after attention and MLP)                     replicated
 With these rules the GPT case (fused norm, unfused attention, dropout) reproduces Korthikanti's
 34 + 5 a s / h exactly, and with TP t and no sequence parallelism the replicated share is their 10 s b h;
@@ -109,7 +110,9 @@ def layer_activation_bytes(
     if sw.dropout:
         replicated += 2 * h  # two 1-byte masks
     sharded = (q + 2 * kv + q) * e  # Q, K, V and the output projection's input (= flash's saved output)
-    sharded += (4 if cfg.mlp == "swiglu" else 2) * ffn * e
+    # SwiGLU: gate and up outputs, SiLU output, product (4 ffn); Megatron-family fused kernels (bias_swiglu)
+    # keep only the fc1 output (gate and up) and recompute SiLU in the backward (3 ffn)
+    sharded += (2 if cfg.mlp != "swiglu" else 3 if sw.fused_norm else 4) * ffn * e
     if training.precision == "fp8":  # the GEMM inputs are kept as their 1-byte FP8 casts (Transformer Engine)
         replicated -= (h + h) * (e - 1)  # QKV and MLP inputs
         sharded -= (q + ffn) * (e - 1)  # output projection and second MLP matmul inputs

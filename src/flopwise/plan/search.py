@@ -26,6 +26,7 @@ from flopwise.plan.spec import Cluster, Training
 
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 MAX_VPP = 8
+RECOMPUTE_EVERY = (1, 2, 4)  # full recomputation of every block, every 2nd, every 4th
 
 
 @dataclass
@@ -125,7 +126,7 @@ def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
     out = []
     tps = [fixed["tp"]] if "tp" in fixed else [t for t in _divisors(min(gpn, gpus)) if gpus % t == 0]
     # fields the search never varies: they are taken as given (defaults otherwise)
-    given = {k: fixed[k] for k in ("dp_shard", "split", "recompute_every", "ep", "cp") if k in fixed}
+    given = {k: fixed[k] for k in ("dp_shard", "split", "ep", "cp") if k in fixed}
     for tp in tps:
         if tp < 1 or gpus % tp:
             continue
@@ -149,8 +150,11 @@ def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
                 m = gb // (dp * mb)
                 if "vpp" in fixed:
                     vpps = [fixed["vpp"]]
-                elif pp > 1 and cfg.layers % pp == 0 and m % pp == 0:
+                elif pp > 1 and m % pp == 0 and cfg.layers % pp == 0:
                     vpps = [v for v in _divisors(cfg.layers // pp) if v <= MAX_VPP]
+                elif pp > 1 and m % pp == 0:  # uneven: model chunks as even as the layers allow, the first
+                    # and the last chunk one layer short (Llama 3's 126 layers on 16 stages, section 3.3.2)
+                    vpps = [v for v in range(1, MAX_VPP + 1) if pp * v <= cfg.layers]
                 else:
                     vpps = [1]
                 schedule = fixed.get("schedule", "1f1b")
@@ -160,18 +164,22 @@ def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
                 sps = [fixed["sp"]] if "sp" in fixed else ([False, True] if tp > 1 else [False])
                 rcs = [fixed["recompute"]] if "recompute" in fixed else [
                     r for r in RECOMPUTE_MODES if r != "selective" or cm.training.profile.selective_recompute]
+                # full recomputation of every block, or of one block in k (Megatron's recompute_method =
+                # 'block'), so the search finds the least recomputation that fits
+                everys = [fixed["recompute_every"]] if "recompute_every" in fixed else list(RECOMPUTE_EVERY)
                 for vpp in vpps:
                     for zero in zeros:
                         for sp in sps:
                             for rc in rcs:
-                                try:
-                                    out.append(Layout(
-                                        dp=dp, zero=zero, tp=tp, sp=sp, pp=pp, vpp=vpp,
-                                        schedule="interleaved" if vpp > 1 else schedule, micro_batch=mb,
-                                        recompute=rc, **given,
-                                    ))
-                                except LayoutError:  # a fixed field's value is malformed; check reports it
-                                    continue
+                                for every in everys if rc == "full" else [fixed.get("recompute_every", 1)]:
+                                    try:
+                                        out.append(Layout(
+                                            dp=dp, zero=zero, tp=tp, sp=sp, pp=pp, vpp=vpp,
+                                            schedule="interleaved" if vpp > 1 else schedule, micro_batch=mb,
+                                            recompute=rc, **dict(given, recompute_every=every),
+                                        ))
+                                    except LayoutError:  # a fixed field's value is malformed; check reports it
+                                        continue
     if "ep" not in fixed:  # MoE: every expert-parallel degree the data-parallel ranks allow
         out = [layout.replace(ep=ep) for layout in out for ep in expert_degrees(cfg, layout.dp)]
     return out
