@@ -128,3 +128,50 @@ def test_validate_missing_file_exits_2(capsys, tmp_path):
 def test_help(capsys, argv):
     code, out, _ = run(argv, capsys)
     assert code == 0 and "Usage" in out
+
+
+ODD_ROWS = """model,layers,hidden,heads,kv_heads,ffn,mlp,vocab,seq,gpu,gpus,global_batch,measured_step_s,tp,experts,top_k,precision,recompute
+dense,4,256,4,4,1024,gelu,512,128,A100-80GB,8,64,0.01,,,,,
+unknown gpu,4,256,4,4,1024,gelu,512,128,Z9000-XL,8,64,0.01,,,,,
+moe,4,256,4,4,512,swiglu,512,128,H100,8,64,0.01,,8,2,,
+moe without experts,4,256,4,4,512,swiglu,512,128,H100,8,64,0.01,,,,,
+negative width,4,-5,4,4,1024,gelu,512,128,A100,8,64,0.01,,,,,
+nan measured,4,256,4,4,1024,gelu,512,128,A100,8,64,nan,,,,,
+text heads,4,256,abc,4,1024,gelu,512,128,A100,8,64,0.01,,,,,
+tp beyond a node,4,256,4,4,1024,gelu,512,128,A100,8,64,0.01,64,,,,
+bad recompute,4,256,4,4,1024,gelu,512,128,A100,8,64,0.01,,,,,sometimes
+fp8 on A100,4,256,4,4,1024,gelu,512,128,A100,8,64,0.01,,,,fp8,
+truncated
+"""
+
+
+def test_validate_odd_rows_each_get_a_prediction_or_a_reason(capsys, tmp_path):
+    path = tmp_path / "odd.csv"
+    path.write_text(ODD_ROWS)
+    code, out, err = run(["plan", "validate", str(path), "--json"], capsys)
+    assert code == 0 and "Traceback" not in err
+    rows = {r["model"]: r for r in json.loads(out)["rows"]}
+    assert rows["dense"]["predicted_s"] > 0 and rows["moe"]["predicted_s"] > 0
+    # the experts columns are read: 8 experts of top-2 cost more than the same shape without experts
+    assert rows["moe"]["predicted_s"] > rows["moe without experts"]["predicted_s"]
+    reasons = {
+        "unknown gpu": "unknown accelerator 'Z9000-XL'",
+        "negative width": "'hidden' = -5",
+        "nan measured": "finite",
+        "text heads": "'heads' = 'abc'",
+        "tp beyond a node": "tp = 64 exceeds",
+        "bad recompute": "recompute = 'sometimes'",
+        "fp8 on A100": "no FP8 tensor cores",
+        "truncated": "is blank",
+    }
+    for model, reason in reasons.items():
+        assert reason in rows[model]["error_message"], rows[model]
+    code, _, err = run(["plan", "validate", str(path)], capsys)  # the table too
+    assert code == 0 and "Traceback" not in err
+
+
+def test_validate_missing_columns_exit_2_with_their_names(capsys, tmp_path):
+    path = tmp_path / "cols.csv"
+    path.write_text("model,layers,hidden\nx,4,256\n")
+    code, _, err = run(["plan", "validate", str(path)], capsys)
+    assert code == 2 and "missing column(s)" in err and "measured_step_s" in err

@@ -117,7 +117,7 @@ def best_split(cm: CostModel, layout: Layout) -> tuple[int, ...]:
     return best.layout.split
 
 
-def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
+def _candidates(cm: CostModel, fixed: dict, failures: list[str] | None = None) -> list[Layout]:
     """Layouts to try: every combination of the fields not in `fixed`, pruned by cheap divisibility; the
     search then keeps those that pass flopwise.layout.check (the trainer's check)."""
     cfg, gpus, gpn = cm.model, cm.cluster.gpus, cm.cluster.gpus_per_node
@@ -178,8 +178,9 @@ def _candidates(cm: CostModel, fixed: dict) -> list[Layout]:
                                             schedule="interleaved" if vpp > 1 else schedule, micro_batch=mb,
                                             recompute=rc, **dict(given, recompute_every=every),
                                         ))
-                                    except LayoutError:  # a fixed field's value is malformed; check reports it
-                                        continue
+                                    except LayoutError as exc:  # a fixed field's value is malformed
+                                        if failures is not None:
+                                            failures.append(str(exc))
     if "ep" not in fixed:  # MoE: every expert-parallel degree the data-parallel ranks allow
         out = [layout.replace(ep=ep) for layout in out for ep in expert_degrees(cfg, layout.dp)]
     return out
@@ -207,7 +208,7 @@ def search(
     failures: list[str] = []
     closest: Plan | None = None  # the infeasible plan needing the least memory relative to the device
     evaluated = 0
-    for layout in _candidates(cm, fixed):
+    for layout in _candidates(cm, fixed, failures):
         try:
             m = cm.check(layout)
         except LayoutError as exc:
@@ -228,8 +229,12 @@ def search(
     feasible = sum(p.fits for p in plans)
     if plans:
         return SearchResult(plans[:top], evaluated, feasible)
-    if not explain:
-        raise PlanError("no layout fits")
+    if not explain:  # the reason in a few words, without the search for alternatives
+        if closest is not None:
+            raise PlanError(f"no layout fits in {cm.cluster.accelerator.name} memory (the least memory-hungry, "
+                            f"{closest.layout.short()}, needs {_gb(closest.peak_memory)})")
+        reason = _fixed_reason(cm, fixed) or (failures[0] if failures else "no layout matches the fixed fields")
+        raise PlanError(f"no layout can run: {reason}")
     raise PlanError(_explain(cm, fixed, failures, closest))
 
 

@@ -26,7 +26,8 @@ from flopwise.userfiles import read_text
 
 _MEGATRON_SOURCES = ("megatron", "narayanan", "korthikanti")
 # layout columns of the published CSVs (README in shared/published); cp is checked on its own
-_LAYOUT_COLUMNS = ("tp", "pp", "dp", "vpp", "cp", "zero", "dp_shard", "sequence_parallel", "recompute", "micro_batch")
+_LAYOUT_COLUMNS = ("tp", "pp", "dp", "vpp", "cp", "ep", "zero", "dp_shard", "sequence_parallel", "recompute",
+                   "micro_batch")
 
 
 def _cell(row: dict, key: str) -> str:
@@ -76,6 +77,8 @@ def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[st
         seq_len=_int(row, "seq"),
         lfa=False,
         mlp=_cell(row, "mlp") or "gelu",
+        experts=_int(row, "experts", 0) if _cell(row, "experts") not in ("", "0") else 0,  # MoE (optional columns)
+        top_k=_int(row, "top_k", 2),
     )
     acc = resolve_accelerator(_cell(row, "gpu") or "A100-80GB")
     gpus = _int(row, "gpus")
