@@ -130,7 +130,8 @@ def test_help(capsys, argv):
     assert code == 0 and "Usage" in out
 
 
-ODD_ROWS = """model,layers,hidden,heads,kv_heads,ffn,mlp,vocab,seq,gpu,gpus,global_batch,measured_step_s,tp,experts,top_k,precision,recompute
+ODD_ROWS = """model,layers,hidden,heads,kv_heads,ffn,mlp,vocab,seq,gpu,gpus,global_batch,measured_step_s,tp,\
+experts,top_k,precision,recompute
 dense,4,256,4,4,1024,gelu,512,128,A100-80GB,8,64,0.01,,,,,
 unknown gpu,4,256,4,4,1024,gelu,512,128,Z9000-XL,8,64,0.01,,,,,
 moe,4,256,4,4,512,swiglu,512,128,H100,8,64,0.01,,8,2,,
