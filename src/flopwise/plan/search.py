@@ -164,9 +164,11 @@ def _candidates(cm: CostModel, fixed: dict, failures: list[str] | None = None) -
                 sps = [fixed["sp"]] if "sp" in fixed else ([False, True] if tp > 1 else [False])
                 rcs = [fixed["recompute"]] if "recompute" in fixed else [
                     r for r in RECOMPUTE_MODES if r != "selective" or cm.training.profile.selective_recompute]
-                # full recomputation of every block, or of one block in k (Megatron's recompute_method =
-                # 'block'), so the search finds the least recomputation that fits
-                everys = [fixed["recompute_every"]] if "recompute_every" in fixed else list(RECOMPUTE_EVERY)
+                # a blank recompute: full recomputation of every block or of one block in k (Megatron's
+                # recompute_method = 'block'), so the search finds the least recomputation that fits; a stated
+                # 'full' means every block
+                everys = ([fixed["recompute_every"]] if "recompute_every" in fixed
+                          else [1] if "recompute" in fixed else list(RECOMPUTE_EVERY))
                 for vpp in vpps:
                     for zero in zeros:
                         for sp in sps:
