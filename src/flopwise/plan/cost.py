@@ -111,15 +111,15 @@ class Constants:
     """The cost model's few fitted constants (issue 14). The defaults are fitted on
     benchmarks/planner_calibration/fit.csv only (benchmarks/planner_fit.py; figures in benchmarks/RESULTS.md)."""
 
-    eager_traffic: float = 2.54  # elementwise HBM traffic of an eager (unfused) stack / a fused one
+    eager_traffic: float = 2.59  # elementwise HBM traffic of an eager (unfused) stack / a fused one
     # achieved fraction of the NIC rate between nodes (fitted at its upper bound: the unstated networks of the
     # fit rows' FSDP runs were faster than the planner's defaults)
     network_efficiency: float = 1.0
-    straggler_cv: float = 0.00463  # coefficient of variation of per-rank step times
-    pipeline_instruction_s: float = 0.0494  # DeepSpeed pipeline engine: cost per blocking transfer
+    straggler_cv: float = 0.00341  # coefficient of variation of per-rank step times
+    pipeline_instruction_s: float = 0.0507  # DeepSpeed pipeline engine: cost per blocking transfer
     # FlashAttention-2-class kernels on Hopper, fraction of the bf16 peak; fitted well below FA2's ~35% forward:
     # it also absorbs what else PyTorch-native stacks lose on Hopper (FINDINGS.md 3.1)
-    fa2_hopper_efficiency: float = 0.170
+    fa2_hopper_efficiency: float = 0.173
 
 
 DEFAULT_CONSTANTS = Constants()
