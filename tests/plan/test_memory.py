@@ -93,3 +93,13 @@ def test_stage_memory_first_stage_holds_most_activations_last_the_logits():
     assert stages[3]["logits"] > 0 and stages[0]["logits"] == 0
     # logits: s b V / t in fp16 plus the fp32 copy of the loss
     assert stages[3]["logits"] >= S * B * 51200 / 8 * 6
+
+
+def test_swiglu_keeps_four_ffn_tensors_unfused_three_with_megatrons_fused_kernel():
+    swiglu = GPT.replace(mlp="swiglu")
+    layout = Layout(micro_batch=B)
+    per_ffn = S * B * GPT.ffn * 2  # one bf16 tensor of the MLP's inner width
+    for software, tensors in (("te", 3), ("flopwise", 4)):  # gate, up, (SiLU output,) product
+        t = Training(64, software=software)
+        extra = layer_activation_bytes(swiglu, t, layout) - layer_activation_bytes(GPT, t, layout)
+        assert extra == pytest.approx((tensors - 2) * per_ffn)  # GELU keeps 2 (its input, the product)

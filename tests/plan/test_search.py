@@ -85,3 +85,32 @@ def test_full_102b_search_is_fast_enough_to_be_interactive():
     assert res.evaluated > 300 and best.fits
     assert 10 < best.step_time < 60 and 0.3 < best.mfu < 0.6
     assert best.days == pytest.approx(1e12 / (best.tokens_per_s_per_gpu * 1024) / 86400)
+
+
+def test_layers_that_do_not_divide_the_stages_are_interleaved_over_an_uneven_split():
+    # 30 layers on 4 pipeline ranks (as Llama 3's 126 on 16): model chunks as even as the layers allow
+    model = ModelConfig(32000, 30, 4096, 32, 8, 14336, 4096, lfa=False, mlp="swiglu")
+    fixed = {"tp": 8, "pp": 4, "dp": 1, "micro_batch": 8, "recompute": "none", "sp": True}
+    res = search(model, Cluster(get_accelerator("H100-SXM"), 32), Training(32, software="te"), fixed, top=50)
+    best = res.plans[0]
+    assert best.layout.vpp > 1 and best.layout.schedule == "interleaved"
+    split = best.layout.split
+    assert len(split) == 4 * best.layout.vpp and sum(split) == 30
+    assert split[0] == split[-1] == min(split)
+    plain = [p for p in res.plans if p.layout.vpp == 1]
+    assert plain and best.breakdown["bubble"] < plain[0].breakdown["bubble"]
+
+
+def test_a_blank_recompute_takes_the_least_recomputation_that_fits():
+    # 8k tokens per micro-batch on A100-40GB: no recomputation does not fit, every second block recomputed does
+    model = ModelConfig(32000, 32, 4096, 32, 8, 14336, 8192, lfa=False, mlp="swiglu")
+    cluster, training = Cluster(get_accelerator("A100-40GB"), 8), Training(16, software="te")
+    fixed = {"tp": 1, "pp": 1, "micro_batch": 1, "zero": 3}
+    best = search(model, cluster, training, fixed, top=1).plans[0]
+    assert (best.layout.recompute, best.layout.recompute_every) == ("full", 2)
+    cm = CostModel(model, cluster, training)
+    assert not cm.evaluate(best.layout.replace(recompute="none", recompute_every=1)).fits
+    assert best.step_time < cm.evaluate(best.layout.replace(recompute_every=1)).step_time
+    # a stated 'full' means every block
+    stated = search(model, cluster, training, dict(fixed, recompute="full"), top=1).plans[0]
+    assert stated.layout.recompute_every == 1

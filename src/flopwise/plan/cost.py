@@ -31,7 +31,9 @@ so an axis crosses nodes when the product of the inner axes exceeds gpus_per_nod
 
 Pipeline (Narayanan et al. 2021, section 2.2): with per-micro-batch stage times t_i, GPipe and 1F1B take
 (m - 1) max t_i + sum t_i, i.e. (m + p - 1) t for equal stages (bubble (p - 1) / m); the interleaved
-schedule with v chunks takes m max t_i + (sum t_i - max t_i) / v (bubble (p - 1) / (v m)).
+schedule with v chunks takes m max t_i + (sum t_i - max t_i) / v (bubble (p - 1) / (v m)). The same holds
+over an uneven split, t_i being each rank's chunks together: Llama 3 ran 126 layers as 16 x v chunks with the
+first and the last chunk one layer short (Llama Team 2024, section 3.3.2; even_split over pp x vpp chunks).
 
 Optimizer step: Adam is memory-bound: OPTIMIZER_BYTES_PER_PARAM bytes read and written per local parameter.
 
