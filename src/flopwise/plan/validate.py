@@ -77,7 +77,7 @@ def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[st
         seq_len=_int(row, "seq"),
         lfa=False,
         mlp=_cell(row, "mlp") or "gelu",
-        experts=_int(row, "experts", 0) if _cell(row, "experts") not in ("", "0") else 0,  # MoE (optional columns)
+        experts=_int(row, "experts") if _cell(row, "experts").strip("0.") else 0,  # MoE (optional columns)
         top_k=_int(row, "top_k", 2),
     )
     acc = resolve_accelerator(_cell(row, "gpu") or "A100-80GB")
