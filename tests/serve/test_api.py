@@ -9,6 +9,8 @@ import time
 import pytest
 import requests
 
+from tests.serve.conftest import SERVER_CONFIG
+
 openai = pytest.importorskip("openai")
 
 
@@ -159,3 +161,45 @@ def test_client_disconnect_without_streaming_frees_blocks(server):
     while time.monotonic() < deadline and (stats(server)["running"] or stats(server)["kv_cache_usage"]):
         time.sleep(0.02)
     assert stats(server)["running"] == 0 and stats(server)["kv_cache_usage"] == 0
+
+
+def test_stop_string_ends_the_text(client):
+    kw = {"model": "toy", "prompt": "def parse(line):\n    ", "max_tokens": 40, "temperature": 0,
+          "extra_body": {"ignore_eos": True}}
+    whole = client.completions.create(**kw).choices[0].text
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 3]
+    assert stop and whole.find(stop) > 0
+    cut = client.completions.create(stop=[stop], **kw).choices[0]
+    assert cut.text == whole[: whole.find(stop)] and cut.finish_reason == "stop"
+    streamed = list(client.completions.create(stop=[stop], stream=True, **kw))
+    assert "".join(c.choices[0].text for c in streamed) == cut.text
+    assert streamed[-1].choices[0].finish_reason == "stop"
+
+
+def test_engine_process_death_gives_503_and_shutdown_leaves_no_process(lfa_checkpoint):
+    import os
+    import signal
+
+    from flopwise.serve.server import BackgroundServer, create_app
+
+    with BackgroundServer(create_app(lfa_checkpoint, SERVER_CONFIG, model_name="toy")) as srv:
+        engine = srv.app.state.flopwise.engine
+        body = {"model": "toy", "prompt": "def f():", "max_tokens": 170, "ignore_eos": True, "stream": True}
+        with requests.post(srv.url + "/v1/completions", json=body, stream=True, timeout=30) as r:
+            lines = (x for x in r.iter_lines() if x)
+            assert next(lines).startswith(b"data: ")
+            os.kill(engine.pid, signal.SIGKILL)
+            try:  # the stream ends (cut off) rather than hanging: a hang raises ReadTimeout
+                rest = list(lines)
+            except requests.exceptions.ChunkedEncodingError:
+                rest = []
+            assert b"data: [DONE]" not in rest
+        assert requests.get(srv.url + "/health").status_code == 503
+        r = requests.post(srv.url + "/v1/completions", json={"model": "toy", "prompt": "x", "max_tokens": 2})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+    assert not engine.process.is_alive()
+
+    with BackgroundServer(create_app(lfa_checkpoint, SERVER_CONFIG, model_name="toy")) as srv:
+        engine = srv.app.state.flopwise.engine
+        assert requests.post(srv.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
+    assert not engine.process.is_alive() and engine.process.exitcode == 0  # stopped, not killed
