@@ -76,6 +76,8 @@ class EngineFrontend:
         self._streams[request_id] = (asyncio.get_running_loop(), queue)
         self._timing[request_id] = [time.monotonic()]
         self._hand_over(list(prompt_ids), params, request_id)
+        if self.error is not None:  # the engine died meanwhile, perhaps after _fail_all had looked at the streams
+            queue.put_nowait(EngineDeadError(f"engine failed: {self.error}"))
         return RequestStream(self, request_id, queue)
 
     def abort(self, request_id: str) -> None:
@@ -106,8 +108,13 @@ class EngineFrontend:
             target = self._streams.get(out.request_id)
             if target is not None:
                 by_loop.setdefault(target[0], []).append((target[1], out))
+        here = asyncio._get_running_loop()  # None on the engine thread
         flushed = []
         for loop, items in by_loop.items():
+            if loop is here:  # called on the consumers' own event loop: hand over directly
+                for queue, out in items:
+                    queue.put_nowait(out)
+                continue
             done = threading.Event()
             try:
                 loop.call_soon_threadsafe(_deliver, items, done)

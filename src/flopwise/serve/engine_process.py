@@ -12,9 +12,9 @@ two pipes of pickled messages:
                    ("dead", message)   a step raised; the process then exits
 
 Two processes, two GILs: a step never waits for the event loop, nor the event loop for a step, and on a
-machine shared with other work each process gets its own share of the CPUs. The API process reads the
-engine's messages on one thread (blocked in the pipe, without the GIL, while the engine computes) and
-hands each step's outputs to the event loop in one callback; a sender thread writes to the engine, so a
+machine shared with other work each process gets its own share of the CPUs. In the API process a reader
+thread waits in the pipe (without the GIL) and hands each message, unopened, to the event loop, which
+unpickles it, detokenises and wakes the requests' consumers; a sender thread writes to the engine, so a
 full pipe never blocks the event loop.
 
 If the engine process dies, every request in flight ends with EngineDeadError (HTTP 503) and /health fails.
@@ -23,9 +23,11 @@ and `shutdown()` stops it."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import multiprocessing
+import pickle
 import queue as queue_mod
 import signal
 import threading
@@ -106,8 +108,6 @@ def _engine_loop(engine, requests, outputs) -> None:
 
 
 def _picklable(exc: BaseException) -> BaseException:
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
@@ -152,6 +152,7 @@ class ProcessEngine(EngineFrontend):
         self._seen = 0  # of them, the ones the engine had taken in by its last message
         self._text: dict[str, tuple[Detokenizer, list[int]]] = {}  # request id -> its detokenizer, output ids
         self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the server's event loop (set at the first request)
         self._outbox: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
         self._sender = threading.Thread(target=self._send_loop, name="flopwise-engine-sender", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="flopwise-engine-reader", daemon=True)
@@ -188,6 +189,8 @@ class ProcessEngine(EngineFrontend):
         self.info.check(prompt_ids, params, self._stats["waiting"] + self._sent - self._seen)
 
     def _hand_over(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         self._text[request_id] = (Detokenizer(params.stop), [])
         self._sent += 1
         self._outbox.put(("add", prompt_ids, params, request_id))
@@ -215,32 +218,54 @@ class ProcessEngine(EngineFrontend):
                 return
 
     def _read_loop(self) -> None:
+        """Wait for the engine's messages (without the GIL) and have the event loop handle each one: the
+        reader thread and the event loop take one turn per message rather than contending for the GIL."""
         while True:
             try:
-                msg = self._outputs.recv()
+                data = self._outputs.recv_bytes()
             except (EOFError, OSError):
                 if not self._stopping and self.error is None:
                     self.process.join(2)
-                    self._fail_all(EngineDeadError(f"the engine process exited (code {self.process.exitcode})"))
+                    exc = EngineDeadError(f"the engine process exited (code {self.process.exitcode})")
+                    self.error = exc  # /health fails at once; requests in flight end after their last outputs
+                    self._in_loop(self._fail_all, exc)
                 return
-            kind = msg[0]
-            if kind == "step":
-                _, outputs, self._stats, self._seen = msg
-                self._fan_out(self._detokenize(outputs))
-                if self.metrics is not None:
-                    self.metrics.on_step(self._stats)
-            elif kind == "stats":
-                _, self._stats, self._seen = msg
-                if self.metrics is not None:
-                    self.metrics.on_step(self._stats)
-            elif kind == "reject":
-                _, request_id, exc = msg
-                self._text.pop(request_id, None)
-                target = self._streams.get(request_id)
-                if target is not None:
+            self._in_loop(self._handle, data)
+
+    def _in_loop(self, fn, arg) -> None:
+        """fn(arg) on the requests' event loop, in order; here if there is none yet (or it has closed)."""
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(fn, arg)
+                return
+            except RuntimeError:  # that event loop is closed (its server stopped)
+                pass
+        fn(arg)
+
+    def _handle(self, data: bytes) -> None:
+        msg = pickle.loads(data)
+        kind = msg[0]
+        if kind == "step":
+            _, outputs, self._stats, self._seen = msg
+            self._fan_out(self._detokenize(outputs))
+            if self.metrics is not None:
+                self.metrics.on_step(self._stats)
+        elif kind == "stats":
+            _, self._stats, self._seen = msg
+            if self.metrics is not None:
+                self.metrics.on_step(self._stats)
+        elif kind == "reject":
+            _, request_id, exc = msg
+            self._text.pop(request_id, None)
+            target = self._streams.get(request_id)
+            if target is not None:
+                try:
                     target[0].call_soon_threadsafe(target[1].put_nowait, exc)
-            elif kind == "dead":
-                self._fail_all(EngineDeadError(msg[1]))
+                except RuntimeError:  # its event loop is closed
+                    pass
+        elif kind == "dead":
+            self._fail_all(EngineDeadError(msg[1]))
 
     def _detokenize(self, outputs: list[RequestOutput]) -> list[RequestOutput]:
         """Text for each output; a stop string ends its request here (and aborts it in the engine)."""
