@@ -51,7 +51,8 @@ def descendants(pid: int) -> list[int]:
                 parents[int(entry)] = int(fields[1])
     found, todo = [], [pid]
     while todo:
-        kids = [c for c, parent in parents.items() if parent == todo.pop()]
+        pid = todo.pop()
+        kids = [c for c, parent in parents.items() if parent == pid]
         found += kids
         todo += kids
     return found
