@@ -54,7 +54,7 @@ SERVER_CONFIG = EngineConfig(block_size=8, max_num_batched_tokens=96, max_num_se
 @pytest.fixture(scope="session", params=["engine-process", "engine-thread"])
 def server(lfa_checkpoint, request):
     """The LFA model behind the HTTP API, shared by the API and client tests: the engine in a process of its
-    own (the default), then on a thread of the server's process."""
+    own, then on a thread of the server's process."""
     from flopwise.serve.server import BackgroundServer, create_app
 
     app = create_app(lfa_checkpoint, SERVER_CONFIG, model_name="toy", engine_process=request.param == "engine-process")

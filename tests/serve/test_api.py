@@ -109,12 +109,14 @@ def test_openai_client_sees_the_errors(client):
         client.completions.create(model="gpt-4", prompt="x", max_tokens=4)
 
 
-def test_api_key_401_and_queue_full_429(lfa_checkpoint):
+@pytest.mark.parametrize("engine_process", [True, False], ids=["engine-process", "engine-thread"])
+def test_api_key_401_and_queue_full_429(lfa_checkpoint, engine_process):
     from flopwise.serve.config import EngineConfig
     from flopwise.serve.server import BackgroundServer, create_app
 
     config = EngineConfig(block_size=8, max_num_seqs=1, max_waiting=1, device="cpu", threads=1)
-    with BackgroundServer(create_app(lfa_checkpoint, config, api_key="s3cret", model_name="toy")) as srv:
+    app = create_app(lfa_checkpoint, config, api_key="s3cret", model_name="toy", engine_process=engine_process)
+    with BackgroundServer(app) as srv:
         r = requests.post(srv.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert requests.get(srv.url + "/health").status_code == 200  # health and metrics stay open
@@ -182,7 +184,7 @@ def test_engine_process_death_gives_503_and_shutdown_leaves_no_process(lfa_check
 
     from flopwise.serve.server import BackgroundServer, create_app
 
-    with BackgroundServer(create_app(lfa_checkpoint, SERVER_CONFIG, model_name="toy")) as srv:
+    with BackgroundServer(create_app(lfa_checkpoint, SERVER_CONFIG, model_name="toy", engine_process=True)) as srv:
         engine = srv.app.state.flopwise.engine
         body = {"model": "toy", "prompt": "def f():", "max_tokens": 170, "ignore_eos": True, "stream": True}
         with requests.post(srv.url + "/v1/completions", json=body, stream=True, timeout=30) as r:
@@ -199,7 +201,7 @@ def test_engine_process_death_gives_503_and_shutdown_leaves_no_process(lfa_check
         assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
     assert not engine.process.is_alive()
 
-    with BackgroundServer(create_app(lfa_checkpoint, SERVER_CONFIG, model_name="toy")) as srv:
+    with BackgroundServer(create_app(lfa_checkpoint, SERVER_CONFIG, model_name="toy", engine_process=True)) as srv:
         engine = srv.app.state.flopwise.engine
         assert requests.post(srv.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
     assert not engine.process.is_alive() and engine.process.exitcode == 0  # stopped, not killed

@@ -102,7 +102,7 @@ def test_serve_bad_input_is_one_line_and_exit_2(capsys, lfa_checkpoint):
 def test_serve_command_answers_curl_and_the_openai_client(lfa_checkpoint):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_serve(lfa_checkpoint, port)
+    proc = start_serve(lfa_checkpoint, port, "--engine-process")
     try:
         wait_healthy(url, 120, proc)
         children = descendants(proc.pid)
@@ -125,7 +125,7 @@ def test_serve_command_answers_curl_and_the_openai_client(lfa_checkpoint):
 @pytest.mark.slow
 def test_engine_process_exits_when_the_server_is_killed(lfa_checkpoint):
     port = free_port()
-    proc = start_serve(lfa_checkpoint, port)
+    proc = start_serve(lfa_checkpoint, port, "--engine-process")
     try:
         wait_healthy(f"http://127.0.0.1:{port}", 120, proc)
         children = descendants(proc.pid)

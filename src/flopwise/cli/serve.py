@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from flopwise.cli.common import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, console, err_console, number
+from flopwise.serve.config import ENGINE_PROCESS_DEFAULT
 
 
 def serve(
@@ -32,9 +33,9 @@ def serve(
     attention: str = typer.Option("auto", "--attention",
                                   help="Paged attention on CPU: auto (the C kernel where a compiler builds it, else "
                                        "PyTorch), kernel (required) or torch."),
-    engine_process: bool = typer.Option(True, "--engine-process/--no-engine-process",
-                                        help="Run the engine (model, KV cache, scheduler) in a process of its own "
-                                             "beside the API process (default), or on a thread of the API process."),
+    engine_process: bool = typer.Option(ENGINE_PROCESS_DEFAULT, "--engine-process/--no-engine-process",
+                                        help="Run the engine (model, KV cache, scheduler, sampling) in a process of "
+                                             "its own beside the API process, or on a thread of the API process."),
     ray: bool = typer.Option(False, "--ray", help="Run as a Ray Serve deployment with autoscaling replicas."),
     min_replicas: int = typer.Option(1, "--min-replicas", help="Ray: fewest replicas.", callback=NON_NEGATIVE_INT),
     max_replicas: int = typer.Option(1, "--max-replicas", help="Ray: most replicas.", callback=POSITIVE_INT),

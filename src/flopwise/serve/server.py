@@ -1,5 +1,5 @@
-"""Run the OpenAI-compatible server: `flopwise serve --checkpoint DIR` (the API in this process, the engine in
-a child process or, with --no-engine-process, on a thread of this one)."""
+"""Run the OpenAI-compatible server: `flopwise serve --checkpoint DIR` (the API in this process, the engine on
+a thread of this one or, with --engine-process, in a child process)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from flopwise.errors import ConfigError
 from flopwise.serve.api import attach, build_app
 from flopwise.serve.async_engine import AsyncEngine
-from flopwise.serve.config import EngineConfig
+from flopwise.serve.config import ENGINE_PROCESS_DEFAULT, EngineConfig
 from flopwise.serve.engine import Engine
 from flopwise.serve.loader import load_served_model
 from flopwise.serve.metrics import ServeMetrics
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(checkpoint: str | Path, config: EngineConfig | None = None, api_key: str | None = None,
-               model_name: str | None = None, engine_process: bool = True):
+               model_name: str | None = None, engine_process: bool = ENGINE_PROCESS_DEFAULT):
     """Start an engine for the checkpoint and return the FastAPI app serving it. `engine_process`: the engine
     runs in a process of its own (flopwise.serve.engine_process), else on a thread of this one."""
     config = config or EngineConfig()
