@@ -1,9 +1,11 @@
 """Drive the engine from one background thread; hand each request's outputs to its asyncio consumer.
 
 `EngineFrontend` is what the API sees of an engine: submit a request (checked at once), iterate its outputs,
-abort it, read the engine's counters. `AsyncEngine` runs the engine in a thread of this process (Ray Serve
-replicas, `flopwise serve --no-engine-process`); `flopwise.serve.engine_process.ProcessEngine` runs it in a
-process of its own. The thread steps while any request is waiting or running and sleeps otherwise. The event loop never waits
+abort it, read the engine's counters. `AsyncEngine` runs the engine in a thread of this process (the
+default of `flopwise serve`, and Ray Serve replicas); `flopwise.serve.engine_process.ProcessEngine` runs it
+in a process of its own (`--engine-process`).
+
+The thread steps while any request is waiting or running and sleeps otherwise. The event loop never waits
 for a step: a request is validated at once (errors are raised to the caller) and handed over through a
 queue that the engine thread drains before each step; aborts likewise. A step's outputs reach each event
 loop in one callback. A consumer that stops listening (a client that disconnected) aborts its request,

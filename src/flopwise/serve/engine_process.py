@@ -4,15 +4,16 @@ The engine process holds the model, the KV cache, the scheduler and the sampler,
 work. The API process (HTTP, tokenising, detokenising, stop strings, streaming, metrics) talks to it over
 two pipes of pickled messages:
 
-  to the engine    ("add", prompt ids, SamplingParams, request id) | ("abort", [request ids]) | ("stop",)
+  to the engine    (lists of) ("add", prompt ids, SamplingParams, request id) | ("abort", [request ids]) | ("stop",)
   from the engine  ("ready", EngineInfo) | ("failed", exception)   at start
                    ("step", [RequestOutput], stats, requests added so far)   after every step
                    ("stats", stats, requests added so far)   after requests were added or aborted, when idle
                    ("reject", request id, exception)   a request the engine refused (the queue filled)
                    ("dead", message)   a step raised; the process then exits
 
-Two processes, two GILs: a step never waits for the event loop, nor the event loop for a step, and on a
-machine shared with other work each process gets its own share of the CPUs. In the API process a reader
+Two processes, two GILs: a step never waits for the event loop, nor the event loop for a step, so with a core
+to spare the two run at once (where every core is busy it gains nothing: benchmarks/RESULTS.md, Serving;
+`flopwise serve --engine-process`, not the default). In the API process a reader
 thread waits in the pipe (without the GIL) and hands each message, unopened, to the event loop, which
 unpickles it, detokenises and wakes the requests' consumers; a sender thread writes to the engine, so a
 full pipe never blocks the event loop.
