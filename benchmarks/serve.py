@@ -16,8 +16,9 @@ weights; outputs run to their set length with ignore_eos):
 
 Every system runs every rate once per repetition (--repeat), back to back in alternating order, so all see
 the same load on a shared machine; ratios are taken within a repetition, then their median. Besides
-tokens per wall second, each run records the CPU seconds the system used (the server's process tree; for
-static batching this process) and tokens per CPU second, which a busy machine disturbs much less.
+tokens per wall second, each run records the CPU seconds the system used (the server's process tree, also
+per process in the JSON, `cpu_s_by_process`; for static batching this process) and tokens per CPU second,
+which a busy machine disturbs much less.
 
     python benchmarks/serve.py --vllm-python /work/wt/vllm-venv/bin/python --repeat 3
     python benchmarks/serve.py --rates 2,8,inf --num-prompts 64 --systems flopwise,hf-static
@@ -252,8 +253,9 @@ def start_vllm(python: str, hf_dir: Path, max_len: int, log: Path) -> tuple[subp
     return proc, f"http://127.0.0.1:{port}"
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants (vLLM runs its engine in a child)."""
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of a process and each of its descendants (vLLM runs its engine in a child,
+    so does `flopwise serve --engine-process`), by process id."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
@@ -265,12 +267,12 @@ def tree_cpu_seconds(pid: int) -> float:
                 continue
             parents[int(entry)] = int(fields[1])
             times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    total, todo = 0.0, [pid]
+    found, todo = {}, [pid]
     while todo:
         p = todo.pop()
-        total += times.get(p, 0.0)
+        found[p] = times.get(p, 0.0)
         todo.extend(c for c, parent in parents.items() if parent == p)
-    return total
+    return found
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -327,11 +329,14 @@ def main() -> None:
               f"{os.cpu_count()} CPUs", "torch": torch.__version__, "preset": args.preset, "args": vars(args) | {
               "out": str(args.out), "json": str(args.json)}, "results": {}, "notes": {}}
 
-    def record(system: str, rate: float, rep: int, res: tuple[list[RequestResult], float], cpu: float) -> None:
+    def record(system: str, rate: float, rep: int, res: tuple[list[RequestResult], float], cpu: float,
+               by_process: list[float] | None = None) -> None:
         summary = summarize(*res)
         # CPU seconds the system used for this run (its server's processes; static batching: this process):
         # on a shared machine, tokens per CPU second are steadier than tokens per wall second.
         summary["cpu_s"] = cpu
+        if by_process is not None:  # the server's processes, busiest first (engine and API when they are two)
+            summary["cpu_s_by_process"] = [round(c, 3) for c in by_process if c > 0]
         summary["tokens_per_cpu_s"] = sum(r.output_len for r in res[0] if r.ok) / max(cpu, 1e-9)
         summary["load_avg"] = os.getloadavg()[0]
         report["results"].setdefault(system, {}).setdefault(str(rate), []).append(summary)
@@ -389,13 +394,15 @@ def main() -> None:
                     if system == "hf-static":
                         cpu0 = time.process_time()
                         res = run_hf_static(hf_model, works[r], args.hf_batch)
-                        cpu = time.process_time() - cpu0
+                        cpu, by_process = time.process_time() - cpu0, None
                     else:
                         proc, url = servers[system]
                         cpu0 = tree_cpu_seconds(proc.pid)
                         res = asyncio.run(run_http(url, "bench", works[r]))
-                        cpu = tree_cpu_seconds(proc.pid) - cpu0
-                    record(system, r, rep, res, cpu)
+                        cpu1 = tree_cpu_seconds(proc.pid)
+                        by_process = sorted((cpu1[p] - cpu0.get(p, 0.0) for p in cpu1), reverse=True)
+                        cpu = sum(by_process)
+                    record(system, r, rep, res, cpu, by_process)
     finally:
         for proc, _ in servers.values():
             stop(proc)
