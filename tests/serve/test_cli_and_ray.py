@@ -37,6 +37,45 @@ def wait_healthy(url: str, seconds: float, proc=None) -> None:
     raise AssertionError(f"{url} not healthy after {seconds} s")
 
 
+def descendants(pid: int) -> list[int]:
+    """The live processes below pid (Linux /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                parents[int(entry)] = int(fields[1])
+    found, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        kids = [c for c, parent in parents.items() if parent == pid]
+        found += kids
+        todo += kids
+    return found
+
+
+def wait_gone(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1]
+                 .split()[0] != "Z"]
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return alive
+
+
+def start_serve(checkpoint, port: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "flopwise.cli", "serve", "--checkpoint", str(checkpoint),
+                             "--port", str(port), "--threads", "1", "--served-model-name", "toy", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
 def run_cli(*args) -> int:
     from flopwise.cli import main
 
@@ -63,12 +102,11 @@ def test_serve_bad_input_is_one_line_and_exit_2(capsys, lfa_checkpoint):
 def test_serve_command_answers_curl_and_the_openai_client(lfa_checkpoint):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "flopwise.cli", "serve", "--checkpoint", str(lfa_checkpoint),
-                             "--port", str(port), "--threads", "1", "--served-model-name", "toy"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = start_serve(lfa_checkpoint, port, "--engine-process")
     try:
         wait_healthy(url, 120, proc)
+        children = descendants(proc.pid)
+        assert children  # the engine runs in a process of its own
         if shutil.which("curl"):
             out = subprocess.run(["curl", "-s", url + "/v1/completions", "-H", "Content-Type: application/json",
                                   "-d", json.dumps({"model": "toy", "prompt": "def ", "max_tokens": 5})],
@@ -81,6 +119,21 @@ def test_serve_command_answers_curl_and_the_openai_client(lfa_checkpoint):
         proc.terminate()
         proc.wait(timeout=30)
     assert proc.returncode in (0, -15)
+    assert not wait_gone(children, 10)  # SIGTERM stopped the engine process too
+
+
+@pytest.mark.slow
+def test_engine_process_exits_when_the_server_is_killed(lfa_checkpoint):
+    port = free_port()
+    proc = start_serve(lfa_checkpoint, port, "--engine-process")
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", 120, proc)
+        children = descendants(proc.pid)
+        assert children
+    finally:
+        proc.kill()  # SIGKILL: no shutdown code runs in the server
+        proc.wait(timeout=30)
+    assert not wait_gone(children, 30)  # the engine saw its request pipe close
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""`flopwise serve`: the OpenAI-compatible server, in one process or as a Ray Serve deployment."""
+"""`flopwise serve`: the OpenAI-compatible server (API process + engine process, or one process), or a Ray
+Serve deployment (the engine on a thread of each replica)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import typer
 
 from flopwise.cli.common import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, console, err_console, number
+from flopwise.serve.config import ENGINE_PROCESS_DEFAULT
 
 
 def serve(
@@ -31,6 +33,9 @@ def serve(
     attention: str = typer.Option("auto", "--attention",
                                   help="Paged attention on CPU: auto (the C kernel where a compiler builds it, else "
                                        "PyTorch), kernel (required) or torch."),
+    engine_process: bool = typer.Option(ENGINE_PROCESS_DEFAULT, "--engine-process/--no-engine-process",
+                                        help="Run the engine (model, KV cache, scheduler, sampling) in a process of "
+                                             "its own beside the API process, or on a thread of the API process."),
     ray: bool = typer.Option(False, "--ray", help="Run as a Ray Serve deployment with autoscaling replicas."),
     min_replicas: int = typer.Option(1, "--min-replicas", help="Ray: fewest replicas.", callback=NON_NEGATIVE_INT),
     max_replicas: int = typer.Option(1, "--max-replicas", help="Ray: most replicas.", callback=POSITIVE_INT),
@@ -73,12 +78,13 @@ def serve(
     from flopwise.serve.server import check_port, create_app, run_server
 
     check_port(host, port)
-    app = create_app(checkpoint, config, api_key, model_name)
-    engine = app.state.flopwise.engine.engine
+    app = create_app(checkpoint, config, api_key, model_name, engine_process)
+    info = app.state.flopwise.engine.info
     err_console.print(
-        f"[bold]flopwise serve[/]: model {app.state.flopwise.model_name!r} ({engine.max_model_len}-token context) "
-        f"on http://{host}:{port}/v1; KV cache {engine.num_blocks} blocks x {config.block_size} tokens "
-        f"({engine.num_blocks * engine.block_bytes / 2**20:.1f} MiB)", highlight=False)
+        f"[bold]flopwise serve[/]: model {info.name!r} ({info.max_model_len}-token context) "
+        f"on http://{host}:{port}/v1; KV cache {info.num_blocks} blocks x {info.block_size} tokens "
+        f"({info.num_blocks * info.block_bytes / 2**20:.1f} MiB); engine in "
+        f"{'its own process' if engine_process else 'a thread of the server'}", highlight=False)
     run_server(app, host, port)
 
 

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from flopwise.serve.async_engine import AsyncEngine, EngineDeadError, RequestStream
+from flopwise.serve.async_engine import EngineDeadError, EngineFrontend, RequestStream
 from flopwise.serve.chat import TURN_STOPS, render_chat
 from flopwise.serve.config import QueueFullError, RequestError
 from flopwise.serve.metrics import ServeMetrics
@@ -32,7 +32,7 @@ OPEN_PATHS = ("/health", "/metrics", "/docs", "/openapi.json")
 
 @dataclass
 class ServerState:
-    engine: AsyncEngine
+    engine: EngineFrontend
     model_name: str
     api_key: str | None
     metrics: ServeMetrics
@@ -120,7 +120,7 @@ def build_app() -> FastAPI:
         state = state_of(request)
         return {"object": "list", "data": [{
             "id": state.model_name, "object": "model", "created": state.created, "owned_by": "flopwise",
-            "max_model_len": state.engine.engine.max_model_len}]}
+            "max_model_len": state.engine.info.max_model_len}]}
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest, request: Request):
@@ -129,12 +129,12 @@ def build_app() -> FastAPI:
             raise RequestError("give exactly one of prompt or messages", "prompt")
         text = body.prompt if body.prompt is not None else render_chat(body.messages)
         ids = state.engine.tokenizer.encode(text).ids
-        return {"tokens": ids, "count": len(ids), "max_model_len": state.engine.engine.max_model_len}
+        return {"tokens": ids, "count": len(ids), "max_model_len": state.engine.info.max_model_len}
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest, request: Request):
         state = state_of(request, body.model)
-        vocab = state.engine.engine.model.cfg.vocab_size
+        vocab = state.engine.info.vocab_size
         if any(not 0 <= t < vocab for t in body.tokens):
             raise RequestError(f"token ids must be in [0, {vocab})", "tokens")
         return {"prompt": state.engine.tokenizer.decode(body.tokens)}
@@ -142,12 +142,12 @@ def build_app() -> FastAPI:
     @app.get("/tokenizer_info")
     async def tokenizer_info(request: Request):
         state = state_of(request)
-        eng = state.engine.engine
-        eod = eng.eod_id
+        info = state.engine.info
+        eod = info.eod_id
         return {
             "tokenizer_class": "PreTrainedTokenizerFast", "model_type": "byte-level BPE (HF tokenizers)",
-            "vocab_size": eng.model.cfg.vocab_size, "max_model_len": eng.max_model_len,
-            "eos_token": eng.tokenizer.id_to_token(eod) if eod is not None else None, "eos_token_id": eod,
+            "vocab_size": info.vocab_size, "max_model_len": info.max_model_len,
+            "eos_token": state.engine.tokenizer.id_to_token(eod) if eod is not None else None, "eos_token_id": eod,
             "bos_token": None, "pad_token": None, "chat_template": "see flopwise.serve.chat",
         }
 
@@ -204,7 +204,7 @@ def build_app() -> FastAPI:
     return app
 
 
-def attach(app: FastAPI, engine: AsyncEngine, model_name: str, api_key: str | None = None,
+def attach(app: FastAPI, engine: EngineFrontend, model_name: str, api_key: str | None = None,
            metrics: ServeMetrics | None = None) -> FastAPI:
     app.state.flopwise = ServerState(engine, model_name, api_key, metrics or engine.metrics or ServeMetrics(model_name),
                                      int(time.time()))
@@ -236,7 +236,7 @@ def _params(body, max_tokens: int | None, logprobs: int | None, extra_stops: lis
                           ignore_eos=body.ignore_eos, logprobs=logprobs)
 
 
-def _submit(engine: AsyncEngine, prompts: list[list[int]], params: SamplingParams, n: int) -> list[RequestStream]:
+def _submit(engine: EngineFrontend, prompts: list[list[int]], params: SamplingParams, n: int) -> list[RequestStream]:
     """One engine request per prompt and sample (seeds seed, seed + 1, ... for the n samples)."""
     streams: list[RequestStream] = []
     try:
@@ -320,7 +320,7 @@ async def _collect(streams: list[RequestStream], request: Request) -> list[_Resu
             if not task.done() and await request.is_disconnected():
                 task.cancel()
                 break
-        if not task.cancelled():
+        if task.done() and not task.cancelled():  # cancelled above: the client is gone
             task.result()  # re-raises an engine failure
         return results
     finally:

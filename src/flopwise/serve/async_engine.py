@@ -1,5 +1,10 @@
 """Drive the engine from one background thread; hand each request's outputs to its asyncio consumer.
 
+`EngineFrontend` is what the API sees of an engine: submit a request (checked at once), iterate its outputs,
+abort it, read the engine's counters. `AsyncEngine` runs the engine in a thread of this process (the
+default of `flopwise serve`, and Ray Serve replicas); `flopwise.serve.engine_process.ProcessEngine` runs it
+in a process of its own (`--engine-process`).
+
 The thread steps while any request is waiting or running and sleeps otherwise. The event loop never waits
 for a step: a request is validated at once (errors are raised to the caller) and handed over through a
 queue that the engine thread drains before each step; aborts likewise. A step's outputs reach each event
@@ -17,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from flopwise.serve.config import RequestError
-from flopwise.serve.engine import Engine
+from flopwise.serve.engine import Engine, EngineInfo
 from flopwise.serve.sampling import SamplingParams
 from flopwise.serve.sequence import RequestOutput
 
@@ -35,24 +40,112 @@ class EngineDeadError(RuntimeError):
     pass
 
 
-class AsyncEngine:
-    def __init__(self, engine: Engine, metrics=None):
-        self.engine = engine
+class EngineFrontend:
+    """Streams, timings and metrics of the requests in flight; subclasses hand requests to an engine."""
+
+    def __init__(self, info: EngineInfo, tokenizer, metrics=None):
+        self.info = info
+        self.tokenizer = tokenizer
         self.metrics = metrics
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._timing: dict[str, list[float]] = {}  # request id -> [arrival, first token, last token]
+        self.error: BaseException | None = None
+
+    def stats(self) -> dict:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        raise NotImplementedError
+
+    def _check(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> None:
+        raise NotImplementedError
+
+    def _hand_over(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> None:
+        raise NotImplementedError
+
+    def _abort(self, request_id: str) -> None:
+        raise NotImplementedError
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> RequestStream:
+        """Queue a request (raises RequestError / QueueFullError at once); iterate the result for its outputs."""
+        if self.error is not None:
+            raise EngineDeadError(f"engine failed: {self.error}")
+        request_id = request_id or uuid.uuid4().hex
+        if request_id in self._streams:
+            raise RequestError(f"request id {request_id!r} is already in use")
+        self._check(prompt_ids, params, request_id)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = (asyncio.get_running_loop(), queue)
+        self._timing[request_id] = [time.monotonic()]
+        self._hand_over(list(prompt_ids), params, request_id)
+        if self.error is not None:  # the engine died meanwhile, perhaps after _fail_all had looked at the streams
+            queue.put_nowait(EngineDeadError(f"engine failed: {self.error}"))
+        return RequestStream(self, request_id, queue)
+
+    def abort(self, request_id: str) -> None:
+        self._timing.pop(request_id, None)
+        self._abort(request_id)
+
+    def _record(self, out: RequestOutput, now: float) -> None:
+        timing = self._timing.get(out.request_id)
+        if timing is None:
+            return
+        if len(timing) == 1:
+            timing.append(now)
+            if self.metrics is not None:
+                self.metrics.ttft.observe(now - timing[0])
+        timing[1:] = [timing[1], now]
+        if out.finished:
+            self._timing.pop(out.request_id, None)
+            if self.metrics is not None:
+                self.metrics.on_finished(out, timing[0], timing[1], now)
+
+    def _fan_out(self, outputs: list[RequestOutput]) -> list[threading.Event]:
+        """Record a step's outputs and send them to their consumers: one wake-up of each event loop; the
+        events are set once each loop has run its consumers."""
+        now = time.monotonic()
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for out in outputs:
+            self._record(out, now)
+            target = self._streams.get(out.request_id)
+            if target is not None:
+                by_loop.setdefault(target[0], []).append((target[1], out))
+        here = asyncio._get_running_loop()  # None on the engine thread
+        flushed = []
+        for loop, items in by_loop.items():
+            if loop is here:  # called on the consumers' own event loop: hand over directly
+                for queue, out in items:
+                    queue.put_nowait(out)
+                continue
+            done = threading.Event()
+            try:
+                loop.call_soon_threadsafe(_deliver, items, done)
+            except RuntimeError:  # that event loop is closed (its server stopped)
+                continue
+            flushed.append(done)
+        return flushed
+
+    def _fail_all(self, exc: BaseException) -> None:
+        """The engine is gone: every request in flight ends with EngineDeadError; new ones are refused."""
+        self.error = exc
+        for loop, queue in list(self._streams.values()):
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, EngineDeadError(f"engine failed: {exc}"))
+            except RuntimeError:
+                pass
+
+
+class AsyncEngine(EngineFrontend):
+    def __init__(self, engine: Engine, metrics=None):
+        super().__init__(engine.info, engine.tokenizer, metrics)
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._stopped = False
         self._incoming: deque = deque()  # (prompt ids, params, request id) accepted, not yet in the engine
         self._aborts: deque = deque()  # request ids to abort before the next step
-        self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="flopwise-engine", daemon=True)
         self._thread.start()
-
-    @property
-    def tokenizer(self):
-        return self.engine.tokenizer
 
     def stats(self) -> dict:
         return self.engine.stats()  # counters only: read without waiting for a step (at most one step old)
@@ -81,23 +174,9 @@ class AsyncEngine:
                     stats = self.engine.stats()
             except BaseException as exc:  # the engine is broken: fail every request, refuse new ones
                 log.exception("engine step failed")
-                self.error = exc
-                for loop, queue in list(self._streams.values()):
-                    loop.call_soon_threadsafe(queue.put_nowait, EngineDeadError(f"engine failed: {exc}"))
+                self._fail_all(exc)
                 return
-            now = time.monotonic()
-            by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-            for out in outputs:
-                self._record(out, now)
-                target = self._streams.get(out.request_id)
-                if target is not None:
-                    by_loop.setdefault(target[0], []).append((target[1], out))
-            flushed = []
-            for loop, items in by_loop.items():  # one wake-up of each event loop per step
-                done = threading.Event()
-                loop.call_soon_threadsafe(_deliver, items, done)
-                flushed.append(done)
-            for done in flushed:  # see FLUSH_WAIT
+            for done in self._fan_out(outputs):  # see FLUSH_WAIT
                 done.wait(FLUSH_WAIT)
             if self.metrics is not None:
                 self.metrics.on_step(stats)
@@ -119,37 +198,14 @@ class AsyncEngine:
             if self.engine.abort(request_id) and self.metrics is not None:
                 self.metrics.aborted.inc()
 
-    def _record(self, out: RequestOutput, now: float) -> None:
-        timing = self._timing.get(out.request_id)
-        if timing is None:
-            return
-        if len(timing) == 1:
-            timing.append(now)
-            if self.metrics is not None:
-                self.metrics.ttft.observe(now - timing[0])
-        timing[1:] = [timing[1], now]
-        if out.finished:
-            self._timing.pop(out.request_id, None)
-            if self.metrics is not None:
-                self.metrics.on_finished(out, timing[0], timing[1], now)
-
-    def submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> RequestStream:
-        """Queue a request (raises RequestError / QueueFullError at once); iterate the result for its outputs."""
-        if self.error is not None:
-            raise EngineDeadError(f"engine failed: {self.error}")
-        request_id = request_id or uuid.uuid4().hex
-        if request_id in self._streams:
-            raise RequestError(f"request id {request_id!r} is already in use")
+    def _check(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> None:
         self.engine.check_request(prompt_ids, params, request_id, queued=len(self._incoming))
-        queue: asyncio.Queue = asyncio.Queue()
-        self._streams[request_id] = (asyncio.get_running_loop(), queue)
-        self._timing[request_id] = [time.monotonic()]
-        self._incoming.append((list(prompt_ids), params, request_id))
-        self._wake.set()
-        return RequestStream(self, request_id, queue)
 
-    def abort(self, request_id: str) -> None:
-        self._timing.pop(request_id, None)
+    def _hand_over(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> None:
+        self._incoming.append((prompt_ids, params, request_id))
+        self._wake.set()
+
+    def _abort(self, request_id: str) -> None:
         self._aborts.append(request_id)
         self._wake.set()
 
@@ -164,7 +220,7 @@ def _deliver(items: list[tuple[asyncio.Queue, RequestOutput]], done: threading.E
 class RequestStream:
     """One request's outputs, in order. Leaving the iteration early (or `close()`) aborts the request."""
 
-    def __init__(self, owner: AsyncEngine, request_id: str, queue: asyncio.Queue):
+    def __init__(self, owner: EngineFrontend, request_id: str, queue: asyncio.Queue):
         self.owner = owner
         self.request_id = request_id
         self.queue = queue

@@ -19,6 +19,12 @@ class QueueFullError(FlopwiseError):
     """The waiting queue is full: HTTP 429, the client should retry later."""
 
 
+# Where `flopwise serve` runs its engine by default: False, on a thread of the API process; True, in a process
+# of its own (flopwise.serve.engine_process). On the shared 2-core machine the process did not measure better
+# (benchmarks/RESULTS.md, Serving): flip this when a measurement on a machine with a spare core says so.
+ENGINE_PROCESS_DEFAULT = False
+
+
 @dataclass
 class EngineConfig:
     block_size: int = 16  # tokens per KV-cache block

@@ -2,14 +2,16 @@
 
 `Engine.step()` schedules (continuous batching, chunked prefill, preemption by recompute), runs one paged
 forward over all scheduled tokens, samples one token for every sequence that reached the end of its
-tokens, and returns what each request produced. It is synchronous and single-threaded;
-`flopwise.serve.async_engine` drives it from a background thread for the HTTP server."""
+tokens, and returns what each request produced. It is synchronous and single-threaded; the HTTP server
+drives it from a process of its own (`flopwise.serve.engine_process`) or from a background thread
+(`flopwise.serve.async_engine`)."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 
 import torch
 
@@ -24,8 +26,40 @@ from flopwise.serve.sequence import RequestOutput, Sequence, Status
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the API needs to know of an engine (in this process or another) to check and answer requests."""
+
+    name: str
+    max_model_len: int
+    vocab_size: int
+    eod_id: int | None
+    max_waiting: int
+    block_size: int
+    num_blocks: int
+    block_bytes: int
+
+    def check(self, prompt_ids: list[int], params: SamplingParams, waiting: int) -> None:
+        """Raise RequestError / QueueFullError if a request cannot be added while `waiting` others wait."""
+        if not prompt_ids:
+            raise RequestError("the prompt is empty: give at least one token", "prompt")
+        if min(prompt_ids) < 0 or max(prompt_ids) >= self.vocab_size:
+            raise RequestError(f"prompt token ids must be in [0, {self.vocab_size})", "prompt")
+        limit = self.max_model_len
+        wanted = len(prompt_ids) + (params.max_tokens or 1)
+        if len(prompt_ids) >= limit or (params.max_tokens is not None and wanted > limit):
+            raise RequestError(
+                f"this model's maximum context length is {limit} tokens; the request has {len(prompt_ids)} prompt "
+                f"tokens" + (f" and asks for {params.max_tokens} more" if params.max_tokens else ""), "prompt")
+        if waiting >= self.max_waiting:
+            raise QueueFullError(f"{waiting} requests are waiting; try again later")
+
+
 class Engine:
-    def __init__(self, served: ServedModel, config: EngineConfig | None = None):
+    """`detokenize=False`: outputs carry token ids only (text "", stop strings not applied): the API process
+    detokenises when the engine runs in a process of its own."""
+
+    def __init__(self, served: ServedModel, config: EngineConfig | None = None, detokenize: bool = True):
         self.served = served
         self.model = served.model
         self.tokenizer = served.tokenizer
@@ -41,6 +75,9 @@ class Engine:
         self.scheduler = Scheduler(config, self.pool, on_prefix_hit=lambda s, b: self.cache.restore_filter(s.slot, b))
         self.requests: dict[str, Sequence] = {}
         self.steps = 0
+        self.detokenize = detokenize
+        self.info = EngineInfo(served.name, served.max_model_len, self.model.cfg.vocab_size, self.eod_id,
+                               config.max_waiting, config.block_size, self.num_blocks, self.block_bytes)
         log.info("KV cache: %d blocks of %d tokens (%.1f MiB)", self.num_blocks, config.block_size,
                  self.num_blocks * self.block_bytes / 2**20)
 
@@ -64,20 +101,7 @@ class Engine:
         thread may call it while a step runs). `queued`: requests accepted but not yet added."""
         if request_id in self.requests:
             raise RequestError(f"request id {request_id!r} is already in use")
-        if not prompt_ids:
-            raise RequestError("the prompt is empty: give at least one token", "prompt")
-        vocab = self.model.cfg.vocab_size
-        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
-            raise RequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
-        limit = self.max_model_len
-        wanted = len(prompt_ids) + (params.max_tokens or 1)
-        if len(prompt_ids) >= limit or (params.max_tokens is not None and wanted > limit):
-            raise RequestError(
-                f"this model's maximum context length is {limit} tokens; the request has {len(prompt_ids)} prompt "
-                f"tokens" + (f" and asks for {params.max_tokens} more" if params.max_tokens else ""), "prompt")
-        waiting = len(self.scheduler.waiting) + queued
-        if waiting >= self.config.max_waiting:
-            raise QueueFullError(f"{waiting} requests are waiting; try again later")
+        self.info.check(prompt_ids, params, len(self.scheduler.waiting) + queued)
 
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its blocks. False if it is not (or no longer) here."""
@@ -165,7 +189,7 @@ class Engine:
                 seq.logprobs.append(logprob)
             if len(seq.output_ids) >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
                 seq.finish_reason = "length"
-        text = seq.update_text(self.tokenizer)
+        text = seq.update_text(self.tokenizer) if self.detokenize else ""
         if seq.finish_reason is not None:
             self.scheduler.finish(seq, seq.finish_reason)
             self.requests.pop(seq.request_id, None)

@@ -1,5 +1,7 @@
 """The same engine and API as a Ray Serve deployment: one engine per replica, replicas added and removed
-with load (autoscaling on ongoing requests per replica), a replica that dies replaced by the controller."""
+with load (autoscaling on ongoing requests per replica), a replica that dies replaced by the controller.
+A replica runs its engine on a thread (AsyncEngine): the replica is one Ray actor process, whose CPUs Ray
+reserves and whose death Ray detects, so a second engine process would only hide from both."""
 
 from __future__ import annotations
 

@@ -52,11 +52,14 @@ class Sequence:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob | None] | None = None
     scored: list[TokenLogprob] = field(default_factory=list)  # prompt log-probabilities computed so far
-    text: str = ""  # decoded output, cut at a stop string
-    emitted: int = 0  # characters of `text` already returned
+    detokenizer: Detokenizer = None  # its output text (set from params.stop)
     sent_tokens: int = 0  # tokens already returned
     sent_prompt_logprobs: bool = False
     first_token_time: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.detokenizer is None:
+            self.detokenizer = Detokenizer(self.params.stop)
 
     @property
     def token_ids(self) -> list[int]:
@@ -92,28 +95,46 @@ class Sequence:
         return named
 
     def update_text(self, tokenizer) -> str:
-        """Decode the output, apply stop strings; return the newly emittable text.
+        """Decode the output, apply stop strings (a hit finishes the request); return the new emittable text."""
+        piece, stopped = self.detokenizer.update(tokenizer, self.output_ids, self.finish_reason is not None)
+        if stopped:
+            self.finish_reason = "stop"
+        return piece
 
-        While the request runs, the last len(longest stop) - 1 characters and an incomplete UTF-8 character
-        are held back, so streamed pieces always add up to the final (non-streamed) text."""
-        params = self.params
-        text = tokenizer.decode(self.output_ids)  # an end-of-document or stop token is never appended
-        if params.stop:
-            longest = max(len(s) for s in params.stop)
+
+@dataclass
+class Detokenizer:
+    """A request's output text: decoded from its tokens, cut at the first stop string, released in pieces.
+
+    The engine runs one per request in process; with the engine in its own process, the API process runs
+    them (`flopwise.serve.engine_process`) and aborts a request whose text reached a stop string."""
+
+    stop: list[str]
+    text: str = ""  # decoded output, cut at a stop string
+    emitted: int = 0  # characters of `text` already returned
+
+    def update(self, tokenizer, output_ids: list[int], finished: bool) -> tuple[str, bool]:
+        """(the newly emittable text, whether a stop string ended the output). While the request runs, the
+        last len(longest stop) - 1 characters and an incomplete UTF-8 character are held back, so streamed
+        pieces always add up to the final (non-streamed) text."""
+        text = tokenizer.decode(output_ids)  # an end-of-document or stop token is never appended
+        stopped = False
+        if self.stop:
+            longest = max(len(s) for s in self.stop)
             search_from = max(0, len(self.text) - longest)
-            hits = [i for i in (text.find(s, search_from) for s in params.stop) if i >= 0]
+            hits = [i for i in (text.find(s, search_from) for s in self.stop) if i >= 0]
             if hits:
                 text = text[: min(hits)]
-                self.finish_reason = "stop"
+                stopped = True
         self.text = text
-        if self.finish_reason is None:
-            hold = max((len(s) for s in params.stop), default=1) - 1
+        if not (finished or stopped):
+            hold = max((len(s) for s in self.stop), default=1) - 1
             ready = text[: len(text) - hold] if hold else text
             ready = ready.rstrip("\ufffd")
         else:
             ready = text
         if len(ready) <= self.emitted:
-            return ""
+            return "", stopped
         piece = ready[self.emitted :]
         self.emitted = len(ready)
-        return piece
+        return piece, stopped

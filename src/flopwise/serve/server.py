@@ -1,4 +1,5 @@
-"""Run the OpenAI-compatible server in one process: `flopwise serve --checkpoint DIR`."""
+"""Run the OpenAI-compatible server: `flopwise serve --checkpoint DIR` (the API in this process, the engine on
+a thread of this one or, with --engine-process, in a child process)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from flopwise.errors import ConfigError
 from flopwise.serve.api import attach, build_app
 from flopwise.serve.async_engine import AsyncEngine
-from flopwise.serve.config import EngineConfig
+from flopwise.serve.config import ENGINE_PROCESS_DEFAULT, EngineConfig
 from flopwise.serve.engine import Engine
 from flopwise.serve.loader import load_served_model
 from flopwise.serve.metrics import ServeMetrics
@@ -19,12 +20,18 @@ log = logging.getLogger(__name__)
 
 
 def create_app(checkpoint: str | Path, config: EngineConfig | None = None, api_key: str | None = None,
-               model_name: str | None = None):
-    """Load the checkpoint, start its engine thread, and return the FastAPI app serving it."""
+               model_name: str | None = None, engine_process: bool = ENGINE_PROCESS_DEFAULT):
+    """Start an engine for the checkpoint and return the FastAPI app serving it. `engine_process`: the engine
+    runs in a process of its own (flopwise.serve.engine_process), else on a thread of this one."""
     config = config or EngineConfig()
-    served = load_served_model(checkpoint, config.device, config.dtype, model_name)
-    engine = AsyncEngine(Engine(served, config), ServeMetrics(served.name))
-    return attach(build_app(), engine, served.name, api_key)
+    if engine_process:
+        from flopwise.serve.engine_process import ProcessEngine
+
+        engine = ProcessEngine(checkpoint, config, model_name)
+    else:
+        served = load_served_model(checkpoint, config.device, config.dtype, model_name)
+        engine = AsyncEngine(Engine(served, config), ServeMetrics(served.name))
+    return attach(build_app(), engine, engine.info.name, api_key)
 
 
 def check_port(host: str, port: int) -> None:
@@ -37,7 +44,7 @@ def check_port(host: str, port: int) -> None:
 
 
 def run_server(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Serve until interrupted (Ctrl-C / SIGTERM), then stop the engine thread."""
+    """Serve until interrupted (Ctrl-C / SIGTERM), then stop the engine (its process or thread)."""
     import uvicorn
 
     check_port(host, port)
