@@ -85,7 +85,10 @@ def test_calibrated_on_two_layouts_the_planner_predicts_a_third(tmp_path, one_th
     assert code == 0, err
     report = json.loads(out)
     held = [r for r in report["runs"] if r["role"] == "holdout"]
-    assert len(held) == 1 and abs(held[0]["error_after"]) <= 0.15, report
+    # 0.5-3% on an idle machine (benchmarks/plan_vs_trainer.py); CPU time per step still drifts ~15% between
+    # runs when other jobs thrash the caches, so the bound leaves room for that. Recompute costed wrong or not
+    # at all (a third more work) still fails it.
+    assert len(held) == 1 and abs(held[0]["error_after"]) <= 0.25, report
     assert 0.01 < report["constants"]["gemm_efficiency"] <= 1.0
     acc = load_accelerator(acc_file)
     assert acc.measured and acc.gemm_efficiency == pytest.approx(report["constants"]["gemm_efficiency"])
