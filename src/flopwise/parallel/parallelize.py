@@ -163,7 +163,7 @@ class Parts:
         if self._is_tied_head(part_index, name):
             return float("inf")  # the head copy of the tied embedding: the first stage counts it
         if self.is_expert(part_index, name):
-            return float(self.dims.dp // self.dims.ep)  # split over ep, replicated over ep_dp (tp = 1)
+            return float(self.dims.dp // self.dims.ep)  # split over ep (and cut by tp), replicated over ep_dp
         r = 1
         if name not in self.tp_info[part_index].shard_dim:
             r *= self.dims.tp
