@@ -87,20 +87,28 @@ def test_a_run_saved_under_ep2_resumes_in_one_process(nano_shards, moe_reference
     assert_same_curve(got, moe_reference, steps=range(4, STEPS + 1))
 
 
-# ---- expert tensor parallelism: short runs (3 steps) against the same reference ------------------------
+# ---- expert tensor parallelism: short runs (3 steps) ------------------------------------------------------
 TP_STEPS = 3
+# heavy auxiliary losses: a wrong share of their gradient per TP rank moves the loss by ~1e-3 (the default
+# 0.01 only by ~5e-5, inside the tolerance)
+AUX = ["model.aux_loss_coef=1.0", "model.z_loss_coef=0.1"]
 TP_LAYOUTS = {
     "tp2-sp": (2, ["parallel.tp=2"]),  # router replicated, experts cut, sequence-parallel norms
     "ep2xtp2": (4, ["parallel.dp=2", "parallel.ep=2", "parallel.tp=2", "parallel.sp=false"]),
 }
 
 
+@pytest.fixture(scope="module")
+def moe_aux_reference(nano_shards):
+    return run_layout(nano_shards, 1, AUX, steps=TP_STEPS, preset="nano-moe")
+
+
 @pytest.mark.distributed
-@pytest.mark.parametrize("layout", list(TP_LAYOUTS))
-def test_expert_tensor_parallel_layout_matches_single_process_loss(nano_shards, moe_reference, layout):
+@pytest.mark.parametrize("layout", ["tp2-sp", pytest.param("ep2xtp2", marks=pytest.mark.slow)])
+def test_expert_tensor_parallel_layout_matches_single_process_loss(nano_shards, moe_aux_reference, layout):
     """The losses of steps 2-3 depend on the expert, router and auxiliary-loss gradients of steps 1-2."""
     world, overrides = TP_LAYOUTS[layout]
-    got = run_layout(nano_shards, world, overrides, steps=TP_STEPS, preset="nano-moe")
+    got = run_layout(nano_shards, world, overrides + AUX, steps=TP_STEPS, preset="nano-moe")
     assert sorted(got) == list(range(1, TP_STEPS + 1))
-    assert moe_reference[TP_STEPS] < moe_reference[1] - 0.1  # the curve moves within the steps compared
-    assert_same_curve(got, moe_reference, steps=range(1, TP_STEPS + 1))
+    assert moe_aux_reference[TP_STEPS] < moe_aux_reference[1] - 0.1  # the curve moves within the steps compared
+    assert_same_curve(got, moe_aux_reference)

@@ -68,10 +68,29 @@ def test_the_search_places_yuan2_m32_with_expert_parallelism():
     assert best.fits and best.layout.ep > 1 and best.layout.tp == 1 and best.layout.dp % best.layout.ep == 0
     assert best.peak_memory < 80 * GB
     assert best.breakdown["ep"] > 0
-    # without expert parallelism the same shape does not fit: each rank would hold all 32 experts of its stage
+    # without expert or tensor parallelism the same shape does not fit: each rank would hold all 32 experts of
+    # its stage, whole
     with pytest.raises(PlanError):
         search(M32, Cluster(get_accelerator("A100-80GB"), 32), Training(256),
-               fixed={"micro_batch": 1, "pp": 4, "ep": 1})
+               fixed={"micro_batch": 1, "pp": 4, "ep": 1, "tp": 1})
+
+
+def test_expert_tensor_parallelism_cuts_expert_states_and_gemms_by_tp():
+    cm = model()
+    experts = M32.layers * expert_params_per_layer(M32)
+    layout = Layout(dp=16, tp=2, ep=8, zero=1)
+    # this rank's TP half of the experts, of which the ep group's other 7 ranks hold 7/8
+    assert cm.stage_params(layout.replace(ep=1), 0, M32.layers) - cm.stage_params(layout, 0, M32.layers) == \
+        pytest.approx(experts / 2 * 7 / 8)
+    states = cm.stage_memory(layout, 0, M32.layers, 8)
+    dense_part = cm.stage_params(layout, 0, M32.layers) - experts / 16
+    assert states["optimizer"] == pytest.approx(12 * (dense_part / 16 + experts / 16))  # experts: not ZeRO-sharded
+    assert expert_gemm_time(cm, layout) < 0.6 * expert_gemm_time(cm, layout.replace(tp=1))
+    other = cm.stage_memory(Layout(dp=16, tp=2, ep=16, zero=3), 0, M32.layers, 8)["other"]
+    assert other == pytest.approx(RESERVED_BYTES + 2 * 2 * (cm.layer_params.per_rank(2) - expert_params_per_layer(M32) / 2))
+    best = search(M32, Cluster(get_accelerator("A100-80GB"), 32), Training(256),
+                  fixed={"micro_batch": 1, "pp": 4, "tp": 2}).plans[0]
+    assert best.layout.tp == 2 and best.layout.ep > 1 and best.fits
 
 
 def test_flopwise_plan_gives_yuan2_m32_an_expert_parallel_layout(capsys):
