@@ -59,10 +59,12 @@ class Parts:
     dp_shard_group: object = None
     tie_group: object = None  # first and last stage: they share the tied embedding
     owners: list[int | None] | None = None  # ZeRO-1: the dp_shard rank that steps each parameter (None: every rank)
+    expert_owners: list[int | None] | None = None  # zero >= 1 under ep: the ep_dp rank that steps each expert parameter
     expert_names: list[set[str]] = field(default_factory=list)  # per part: expert parameters, split over ep (dim 0)
     ep_group: object = None  # the ranks that split the experts among them
     ep_dp_group: object = None  # the ranks that hold the same experts (dp / ep of them)
     ep_rank: int = 0
+    ep_dp_rank: int = 0
 
     @property
     def num_stages(self) -> int:
@@ -89,19 +91,24 @@ class Parts:
 
     # ---- what the optimizer steps ---------------------------------------------------------------
     def optimizer_params(self) -> list[nn.Parameter]:
-        """The parameters this rank's optimizer steps: all local ones, or its ZeRO-1 share."""
+        """The parameters this rank's optimizer steps: all local ones, or its ZeRO-1 share (and, with zero >= 1
+        under ep, its share of the expert parameters over ep_dp)."""
         named = self.named
-        if self.owners is None:
-            return [p for _, p in named]
-        mine = self.mesh.get_coordinate()[2]
-        return [p for (_, p), owner in zip(named, self.owners, strict=True) if owner in (None, mine)]
+        keep = [True] * len(named)
+        if self.owners is not None:
+            mine = self.mesh.get_coordinate()[2]
+            keep = [k and owner in (None, mine) for k, owner in zip(keep, self.owners, strict=True)]
+        if self.expert_owners is not None:
+            keep = [k and owner in (None, self.ep_dp_rank) for k, owner in zip(keep, self.expert_owners, strict=True)]
+        return [p for (_, p), k in zip(named, keep, strict=True) if k]
 
     def after_step(self) -> None:
-        """ZeRO-1: every shard owner broadcasts the parameters it stepped (expert parameters, stepped by
-        every rank that holds them, are not partitioned: ep already splits them)."""
-        if self.owners is not None:
-            shared = [(item, owner) for item, owner in zip(self.named, self.owners, strict=True) if owner is not None]
-            broadcast_from_owners([item for item, _ in shared], [owner for _, owner in shared], self.dp_shard_group)
+        """ZeRO-1: every shard owner broadcasts the parameters it stepped over dp_shard; the owners of expert
+        parameters broadcast theirs over ep_dp (the ranks holding the same experts)."""
+        for owners, group in ((self.owners, self.dp_shard_group), (self.expert_owners, self.ep_dp_group)):
+            if owners is not None:
+                shared = [(item, owner) for item, owner in zip(self.named, owners, strict=True) if owner is not None]
+                broadcast_from_owners([item for item, _ in shared], [owner for _, owner in shared], group)
 
     def is_expert(self, part_index: int, name: str) -> bool:
         return bool(self.expert_names) and name in self.expert_names[part_index]
@@ -287,6 +294,8 @@ def parallelize(model: nn.Module, dims: ParallelDims, layout: Layout, *, device:
             apply_fsdp(part, mesh, reshard_after_forward=layout.zero == 3, ignored=ignored)
     elif layout.zero == 1:
         parts.owners = _zero1_owners(parts)
+    if layout.zero and layout.ep > 1 and dims.dp // dims.ep > 1:
+        parts.expert_owners = _expert_owners(parts)
     return parts
 
 
@@ -305,6 +314,7 @@ def _join_mesh(parts: Parts, device: torch.device) -> None:
         parts.ep_group = expert_mesh["ep"].get_group()
         parts.ep_dp_group = expert_mesh["ep_dp"].get_group()
         parts.ep_rank = expert_mesh.get_local_rank("ep")
+        parts.ep_dp_rank = expert_mesh.get_local_rank("ep_dp")
 
 
 def _zero1_owners(parts: Parts) -> list[int | None]:
@@ -314,6 +324,15 @@ def _zero1_owners(parts: Parts) -> list[int | None]:
     shared = [item for item, expert in zip(named, flags, strict=True) if not expert]
     owners = iter(partition_params(shared, parts.dims.dp_shard))
     return [None if expert else next(owners) for expert in flags]
+
+
+def _expert_owners(parts: Parts) -> list[int | None]:
+    """ZeRO for the experts: their optimizer state partitioned over ep_dp (the dp / ep ranks holding the same
+    experts; the same partition on every rank of an ep group); None for the rest of the model."""
+    flags = [parts.is_expert(i, name) for i, part in enumerate(parts.modules) for name, _ in part.named_parameters()]
+    experts = [item for item, expert in zip(parts.named, flags, strict=True) if expert]
+    owners = iter(partition_params(experts, parts.dims.dp // parts.dims.ep))
+    return [next(owners) if expert else None for expert in flags]
 
 
 def _group_over(parts: Parts, vary: tuple[str, ...]):

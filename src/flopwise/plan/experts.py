@@ -3,9 +3,10 @@ it adds, and load imbalance. The active compute is already flops.py's (block_gem
 a token visits and the router), so a dense model and an MoE model with ep = 1 cost the same way.
 
 Memory. A rank of an ep group holds E / ep of each MoE layer's experts, each cut by tp (expert tensor
-parallelism: w1/w3 column-, w2 row-parallel; flopwise.parallel.tensor), with their whole gradient and
-optimizer state: the trainer keeps expert weights out of the ZeRO partition and of FSDP (ep already splits
-them; flopwise.parallel.expert), so ZeRO shards only the rest of the model.
+parallelism: w1/w3 column-, w2 row-parallel; flopwise.parallel.tensor), with their whole weights and
+gradients: the trainer keeps expert weights out of FSDP and of the dp_shard partition (ep already splits
+them; flopwise.parallel.expert). With zero >= 1 their optimizer state is partitioned over the dp / ep ranks
+that hold the same experts (ep_dp; ZeRO-1 for the experts at every stage, flopwise.parallel.parallelize).
 
 Tensor parallelism. The expert GEMMs are in block_gemms with their column/row cut, so the cost model's
 per-rank GEMM time and the activations' TP-split share already divide them by tp; the MoE layer's partial
@@ -51,11 +52,11 @@ def expert_params_elsewhere(cfg, layout: Layout, layers: int) -> float:
 
 def model_states(cfg, precision: str, layout: Layout, params: float, layers: int) -> dict[str, float]:
     """Parameter, gradient and optimizer bytes of one rank holding `params` parameters (its experts
-    included, E / ep per layer cut by tp): ZeRO shards the non-expert part over the shard group, not the
-    experts."""
+    included, E / ep per layer cut by tp): ZeRO shards the non-expert part over the shard group; with
+    zero >= 1 the experts' optimizer state is sharded over the dp / ep ranks holding the same experts."""
     experts = layers * expert_params_per_rank(cfg, layout)
     out = mem.model_state_bytes(params - experts, precision, layout.zero, layout.shard_degree * layout.cp)
-    own = mem.model_state_bytes(experts, precision, 0, 1)
+    own = mem.model_state_bytes(experts, precision, min(layout.zero, 1), layout.dp // layout.ep)
     return {k: out[k] + own[k] for k in out}
 
 
