@@ -28,8 +28,8 @@ SHAPES = {
                        top_k=2),
 }
 GPUS = (1, 3, 4, 12)
-FIXED = ({}, {"tp": 2}, {"ep": 2}, {"pp": 2}, {"zero": 1}, {"recompute": "full", "recompute_every": 2}, {"schedule": "gpipe"},
-         {"sp": False}, {"tp": 4}, {"zero": 3, "dp_shard": 2})
+FIXED = ({}, {"tp": 2}, {"ep": 2}, {"pp": 2}, {"zero": 1}, {"recompute": "full", "recompute_every": 2},
+         {"schedule": "gpipe"}, {"sp": False}, {"tp": 4}, {"zero": 3, "dp_shard": 2})
 
 
 def _cluster(gpus: int) -> Cluster:

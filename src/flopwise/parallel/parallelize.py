@@ -289,7 +289,8 @@ def parallelize(model: nn.Module, dims: ParallelDims, layout: Layout, *, device:
     if parts.fsdp:
         mesh = parts.mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else parts.mesh["dp_shard"]
         for part, experts in zip(parts.modules, parts.expert_names, strict=True):
-            # expert weights stay out of FSDP: ep splits them already, sync_grads reduces them over ep_dp
+            # expert weights stay out of FSDP: ep splits them already, sync_grads reduces them over ep_dp and
+            # their optimizer state is partitioned over ep_dp below (_expert_owners)
             ignored = {p for n, p in part.named_parameters() if n in experts}
             apply_fsdp(part, mesh, reshard_after_forward=layout.zero == 3, ignored=ignored)
     elif layout.zero == 1:
