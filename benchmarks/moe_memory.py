@@ -7,9 +7,9 @@
    `keep_experts` the expert-parallel transform calls, its parameters counted and priced at fp32 AdamW's
    4 + 4 + 8 bytes, beside the planner's model_states for the same layout.
 3. Measured (--measured): the real trainer's Engine on `tiny-moe` (fp32, gloo, CPU) in one process and under
-   torchrun as EP2 (2 processes), EP2 x TP2 and EP2 x DP2 with ZeRO-1 (4 processes). Each rank takes two steps, then counts the
-   bytes of its parameters, gradients and AdamW state (local tensors, after the second backward) and
-   its peak RSS (getrusage), beside the planner's stage_memory for the same layout.
+   torchrun as EP2 (2 processes), EP2 x TP2 and EP2 x DP2 with ZeRO-1 (4 processes). Each rank takes two
+   steps, then counts the bytes of its parameters, gradients and AdamW state (local tensors, after the
+   second backward) and its peak RSS (getrusage), beside the planner's stage_memory for the same layout.
 
     .venv/bin/python benchmarks/moe_memory.py [--plot benchmarks/moe_memory.png] [--measured]
 """
