@@ -1,5 +1,6 @@
 """Expert parallelism: the layout check, the dispatch permutation, and loss parity on gloo (nano-moe: 4 experts,
-top-2) against one process under EP2, EP2 x DP2 (with ZeRO-1), EP2 x PP2 and EP2 with ZeRO-3, plus an EP2 run
+top-2) against one process under EP2, EP2 x DP2 (ZeRO-1 and ZeRO-3: expert state sharded over the two ranks
+holding the same experts), EP2 x PP2 and EP2 with ZeRO-3, plus an EP2 run
 resumed in one process; expert tensor parallelism under TP2 (with sequence parallelism) and EP2 x TP2."""
 
 import pytest
@@ -50,7 +51,8 @@ LAYOUTS = {
     "ep2": (2, ["parallel.dp=2", "parallel.ep=2"]),
     "ep2xdp2-zero1": (4, ["parallel.dp=4", "parallel.ep=2", "parallel.zero=1"]),  # experts reduced over 2 ranks
     "ep2xpp2": (4, ["parallel.dp=2", "parallel.ep=2", "parallel.pp=2"]),
-    "ep2-zero3": (2, ["parallel.dp=2", "parallel.ep=2", "parallel.zero=3"]),
+    "ep2-zero3": (2, ["parallel.dp=2", "parallel.ep=2", "parallel.zero=3"]),  # experts outside FSDP (dp = ep)
+    "ep2xdp2-zero3": (4, ["parallel.dp=4", "parallel.ep=2", "parallel.zero=3"]),  # experts: FSDP over ep_dp
 }
 
 

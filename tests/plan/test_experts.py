@@ -33,13 +33,17 @@ def test_expert_states_are_split_by_ep_and_their_optimizer_state_zero_sharded_ov
     assert one["grads"] - eight["grads"] == pytest.approx(2 * experts * 7 / 8)
     assert one["optimizer"] - eight["optimizer"] == pytest.approx(12 * experts * 7 / 8)
     # ZeRO-1 shards the rest of the model over dp = 32, the experts' optimizer state over the 4 ranks holding
-    # the same experts (ep_dp = dp / ep), their weights and gradients not at all
+    # the same experts (ep_dp = dp / ep); ZeRO-3 their gradients and weights too
     zero1 = cm.stage_memory(Layout(dp=32, zero=1, ep=8), 0, M32.layers, 8)
     dense_part = cm.stage_params(Layout(dp=32, zero=1, ep=8), 0, M32.layers) - experts / 8
     assert zero1["optimizer"] == pytest.approx(12 * (dense_part / 32 + experts / 8 / 4))
     assert zero1["grads"] == eight["grads"] and zero1["params"] == eight["params"]
-    assert cm.stage_memory(Layout(dp=32, zero=3, ep=8), 0, M32.layers, 8)["grads"] == \
-        pytest.approx(2 * (dense_part / 32 + experts / 8))
+    zero3 = cm.stage_memory(Layout(dp=32, zero=3, ep=8), 0, M32.layers, 8)
+    assert zero3["grads"] == pytest.approx(2 * (dense_part / 32 + experts / 8 / 4))
+    assert zero3["params"] == pytest.approx(zero3["grads"])
+    # ... and gathers this rank's 4 experts of a layer (of 32) with the rest of the layer
+    per_layer = expert_params_per_layer(M32)
+    assert zero3["other"] == pytest.approx(RESERVED_BYTES + 2 * 2 * (cm.layer_params.per_rank(1) - per_layer * 7 / 8))
 
 
 def test_all_to_all_crosses_the_link_the_ep_group_spans():
@@ -116,7 +120,7 @@ def test_flopwise_plan_gives_yuan2_m32_an_expert_parallel_layout(capsys):
     assert "error: expert_imbalance = 0.5: must be at least 1" in capsys.readouterr().err
 
 
-def test_zero3_gathers_no_expert_weights():
+def test_zero3_gathers_no_expert_weights_when_ep_equals_dp():
     cm = model()
     layout = Layout(dp=32, zero=3, ep=32)
     other = cm.stage_memory(layout, 0, M32.layers, 8)["other"]

@@ -3,10 +3,12 @@ it adds, and load imbalance. The active compute is already flops.py's (block_gem
 a token visits and the router), so a dense model and an MoE model with ep = 1 cost the same way.
 
 Memory. A rank of an ep group holds E / ep of each MoE layer's experts, each cut by tp (expert tensor
-parallelism: w1/w3 column-, w2 row-parallel; flopwise.parallel.tensor), with their whole weights and
-gradients: the trainer keeps expert weights out of FSDP and of the dp_shard partition (ep already splits
-them; flopwise.parallel.expert). With zero >= 1 their optimizer state is partitioned over the dp / ep ranks
-that hold the same experts (ep_dp; ZeRO-1 for the experts at every stage, flopwise.parallel.parallelize).
+parallelism: w1/w3 column-, w2 row-parallel; flopwise.parallel.tensor). The trainer keeps expert weights
+out of the dense model's FSDP and dp_shard partition (ep already splits them; flopwise.parallel.expert)
+and applies the ZeRO stage to them over the dp / ep ranks that hold the same experts (ep_dp;
+flopwise.parallel.parallelize): ZeRO-1 partitions their optimizer state, ZeRO-2/3 put them under their own
+FSDP over ep_dp (gradients, and with 3 weights, sharded; ZeRO-3 gathers this rank's experts of a layer).
+With ep = 1 the experts are ordinary parameters, sharded with the rest.
 
 Tensor parallelism. The expert GEMMs are in block_gemms with their column/row cut, so the cost model's
 per-rank GEMM time and the activations' TP-split share already divide them by tp; the MoE layer's partial
@@ -50,13 +52,25 @@ def expert_params_elsewhere(cfg, layout: Layout, layers: int) -> float:
     return layers * expert_params_per_layer(cfg) / layout.tp * (1 - 1 / layout.ep)
 
 
+def expert_params_not_gathered(cfg, layout: Layout) -> float:
+    """Expert weights of one layer's TP cut that ZeRO-3 does not gather on this rank: those of the other
+    ranks of the ep group, and under ep with dp = ep (no ep_dp sharding) this rank's own as well."""
+    cut = expert_params_per_layer(cfg) / layout.tp
+    if layout.ep == 1:
+        return 0.0
+    return cut if layout.dp // layout.ep == 1 else cut - expert_params_per_rank(cfg, layout)
+
+
 def model_states(cfg, precision: str, layout: Layout, params: float, layers: int) -> dict[str, float]:
     """Parameter, gradient and optimizer bytes of one rank holding `params` parameters (its experts
-    included, E / ep per layer cut by tp): ZeRO shards the non-expert part over the shard group; with
-    zero >= 1 the experts' optimizer state is sharded over the dp / ep ranks holding the same experts."""
+    included, E / ep per layer cut by tp): ZeRO shards the non-expert part over the shard group and, under
+    ep, the experts over the dp / ep ranks holding the same experts."""
+    shard = layout.shard_degree * layout.cp
+    if layout.ep == 1:
+        return mem.model_state_bytes(params, precision, layout.zero, shard)
     experts = layers * expert_params_per_rank(cfg, layout)
-    out = mem.model_state_bytes(params - experts, precision, layout.zero, layout.shard_degree * layout.cp)
-    own = mem.model_state_bytes(experts, precision, min(layout.zero, 1), layout.dp // layout.ep)
+    out = mem.model_state_bytes(params - experts, precision, layout.zero, shard)
+    own = mem.model_state_bytes(experts, precision, layout.zero, layout.dp // layout.ep)
     return {k: out[k] + own[k] for k in out}
 
 
