@@ -7,7 +7,7 @@
    `keep_experts` the expert-parallel transform calls, its parameters counted and priced at fp32 AdamW's
    4 + 4 + 8 bytes, beside the planner's model_states for the same layout.
 3. Measured (--measured): the real trainer's Engine on `tiny-moe` (fp32, gloo, CPU) in one process and under
-   torchrun as EP2 (2 processes), EP2 x TP2 and EP2 x DP2 with ZeRO-1 (4 processes). Each rank takes two
+   torchrun as EP2 (2 processes), EP2 x TP2 and EP2 x DP2 with ZeRO-1 and -3 (4 processes). Each rank takes two
    steps, then counts the bytes of its parameters, gradients and AdamW state (local tensors, after the
    second backward) and its peak RSS (getrusage), beside the planner's stage_memory for the same layout.
 
@@ -46,6 +46,7 @@ MEASURED = {  # name -> (processes, parallel overrides, Layout)
     "EP2 x TP2": (4, ["parallel.dp=2", "parallel.ep=2", "parallel.tp=2", "parallel.sp=false"],
                   Layout(dp=2, ep=2, tp=2, sp=False)),
     "EP2 x DP2, ZeRO-1": (4, ["parallel.dp=4", "parallel.ep=2", "parallel.zero=1"], Layout(dp=4, ep=2, zero=1)),
+    "EP2 x DP2, ZeRO-3": (4, ["parallel.dp=4", "parallel.ep=2", "parallel.zero=3"], Layout(dp=4, ep=2, zero=3)),
 }
 
 

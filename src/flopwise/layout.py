@@ -30,8 +30,8 @@ Decisions the check encodes (the trainer and the planner agree on them):
 - ZeRO needs a shard group of at least two ranks, and dp_shard > 1 needs zero > 0: no stage runs as a no-op.
 - ZeRO-2/3 shard gradients per micro-batch, so they are not combined with pipeline parallelism (zero <= 1).
 - ep reuses data-parallel ranks (it adds none): ep must divide dp and the experts. It combines with pp, with
-  ZeRO 1-3 (expert weights, already split by ep, stay out of FSDP and of the dp_shard partition; with
-  zero >= 1 their optimizer state is partitioned over the dp / ep ranks holding the same experts) and with tp and
+  ZeRO 1-3 (expert weights, already split by ep, stay out of the dense model's FSDP and dp_shard partition;
+  the ZeRO stage applies to them over the dp / ep ranks holding the same experts) and with tp and
   sp: the MoE layer's TP cut is Megatron's expert tensor parallelism (router replicated, each expert's
   w1/w3 column- and w2 row-parallel; flopwise.parallel.tensor), so tp must divide ffn as for a dense model.
 """
