@@ -94,8 +94,8 @@ class Parts:
 
     # ---- what the optimizer steps ---------------------------------------------------------------
     def optimizer_params(self) -> list[nn.Parameter]:
-        """The parameters this rank's optimizer steps: all local ones, or its ZeRO-1 share (and, with zero >= 1
-        under ep, its share of the expert parameters over ep_dp)."""
+        """The parameters this rank's optimizer steps: all local ones, or its ZeRO-1 share (under ep also of
+        the expert parameters, over ep_dp)."""
         named = self.named
         keep = [True] * len(named)
         if self.owners is not None:
