@@ -6,14 +6,24 @@
 2. The planner's count against the trainer's tensors: `tiny-moe` cut to rank 0's experts by the same
    `keep_experts` the expert-parallel transform calls, its parameters counted and priced at fp32 AdamW's
    4 + 4 + 8 bytes, beside the planner's model_states for the same layout.
+3. Measured (--measured): the real trainer's Engine on `tiny-moe` (fp32, gloo, CPU) in one process and under
+   torchrun as EP2 (2 processes), EP2 x TP2 and EP2 x DP2 with ZeRO-1 and -3 (4 processes). Each rank takes two
+   steps, then counts the bytes of its parameters, gradients and AdamW state (local tensors, after the
+   second backward) and its peak RSS (getrusage), beside the planner's stage_memory for the same layout.
 
-    .venv/bin/python benchmarks/moe_memory.py [--plot benchmarks/moe_memory.png]
+    .venv/bin/python benchmarks/moe_memory.py [--plot benchmarks/moe_memory.png] [--measured]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +38,16 @@ from flopwise.plan.spec import Cluster, Training
 from flopwise.train.engine import build_model
 
 STATES = ("params", "grads", "optimizer")
+# tiny-moe as the trainer runs it here: fp32, 8 sequences of 256 tokens per step, micro-batch 2
+MEASURE_BASE = ["train.global_batch=8", "train.micro_batch=2", "guard.enabled=false", "train.eval_every=0"]
+MEASURED = {  # name -> (processes, parallel overrides, Layout)
+    "single": (1, [], Layout()),
+    "EP2": (2, ["parallel.dp=2", "parallel.ep=2"], Layout(dp=2, ep=2)),
+    "EP2 x TP2": (4, ["parallel.dp=2", "parallel.ep=2", "parallel.tp=2", "parallel.sp=false"],
+                  Layout(dp=2, ep=2, tp=2, sp=False)),
+    "EP2 x DP2, ZeRO-1": (4, ["parallel.dp=4", "parallel.ep=2", "parallel.zero=1"], Layout(dp=4, ep=2, zero=1)),
+    "EP2 x DP2, ZeRO-3": (4, ["parallel.dp=4", "parallel.ep=2", "parallel.zero=3"], Layout(dp=4, ep=2, zero=3)),
+}
 
 
 def planner_table(gpus: int = 32) -> list[dict]:
@@ -65,6 +85,81 @@ def trainer_vs_planner() -> list[dict]:
     return rows
 
 
+def _bytes(t) -> int:
+    t = t.to_local() if hasattr(t, "to_local") else t
+    return t.numel() * t.element_size()
+
+
+def measure_rank(shards: str, overrides: list[str], out: str) -> None:
+    """One rank (a torchrun worker, or the single process): two training steps of the Engine, then its
+    tensors counted; writes rank<R>.json into `out`."""
+    from flopwise.data.loader import TokenLoader
+    from flopwise.data.shards import TokenShards
+    from flopwise.train.config import load_config
+    from flopwise.train.engine import build_engine
+
+    torch.set_num_threads(1)
+    job = load_config(None, [f'data.shards="{shards}"', *MEASURE_BASE, *overrides], preset="tiny-moe", out=out)
+    engine = build_engine(job)
+    loader = TokenLoader(TokenShards(shards), job.seq_len, job.train.global_batch, 0, engine.data_rank,
+                         engine.data_world)
+    inputs, targets = loader.next_batch()
+    engine.forward_backward(inputs, targets)
+    engine.clip_and_step(1e-4)  # the first step creates the AdamW state
+    engine.forward_backward(inputs, targets)  # gradients of the second step, alive beside everything else
+    params = [p for _, p in engine.named]
+    result = {
+        "params": sum(_bytes(p) for p in params),
+        "grads": sum(_bytes(p.grad) for p in params if p.grad is not None),
+        "optimizer": sum(_bytes(v) for st in engine.optimizer.state.values() for v in st.values()
+                         if torch.is_tensor(v) and v.dim()),
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
+    }
+    engine.clip_and_step(1e-4)
+    rank = int(os.environ.get("RANK", "0"))
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def planned(layout: Layout) -> dict[str, float]:
+    cfg = get_preset("tiny-moe")
+    cm = CostModel(cfg, Cluster(get_accelerator("A100-80GB"), layout.gpus), Training(8, precision="fp32"))
+    m = 8 // layout.dp // 2
+    return cm.stage_memory(layout.replace(micro_batch=2), 0, cfg.layers, m)
+
+
+def measured_table() -> list[dict]:
+    """Runs every MEASURED layout: the single process here in a subprocess (its own RSS), the others under
+    torchrun, all on gloo with one thread per process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import make_shards
+
+    shards = make_shards(Path(tempfile.mkdtemp()), vocab_size=get_preset("tiny-moe").vocab_size, docs=400)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rows = []
+    for name, (world, overrides, layout) in MEASURED.items():
+        out = tempfile.mkdtemp(prefix="moe-mem-")
+        me = [str(Path(__file__).resolve()), "--rank", str(shards), out, *overrides]
+        if world == 1:
+            cmd = [sys.executable, *me]
+        else:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
+                   "--master-port", str(_free_port()), *me]
+        subprocess.run(cmd, check=True, env=env)
+        plan = planned(layout)
+        for r in range(world):
+            got = json.loads(Path(out, f"rank{r}.json").read_text())
+            rows.append({"layout": name, "rank": r, **got, **{f"plan_{k}": plan[k] for k in (*STATES, "activations")}})
+    return rows
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def plot(rows: list[dict], dest: Path) -> None:
     import matplotlib
 
@@ -88,9 +183,29 @@ def plot(rows: list[dict], dest: Path) -> None:
     plt.close(fig)
 
 
+def print_measured(rows: list[dict]) -> None:
+    mib = 2**20
+    single = next(r for r in rows if r["layout"] == "single")
+    print("\n| layout | rank | params MiB | grads MiB | optimizer MiB | states MiB (vs single) | planner states MiB "
+          "| peak RSS MiB (vs single) |")
+    print("|---|---|---|---|---|---|---|---|")
+    base = sum(single[k] for k in STATES)
+    for r in rows:
+        states = sum(r[k] for k in STATES)
+        plan = sum(r[f"plan_{k}"] for k in STATES)
+        print(f"| {r['layout']} | {r['rank']} | {r['params'] / mib:.2f} | {r['grads'] / mib:.2f} "
+              f"| {r['optimizer'] / mib:.2f} | {states / mib:.2f} ({states / base:.0%}) | {plan / mib:.2f} "
+              f"| {r['peak_rss'] / mib:.0f} ({r['peak_rss'] / single['peak_rss']:.0%}) |")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--rank":  # a worker of measured_table
+        measure_rank(sys.argv[2], sys.argv[4:], sys.argv[3])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plot", default="benchmarks/moe_memory.png")
+    ap.add_argument("--measured", action="store_true", help="also run the trainer: 1, 2 and 4 gloo processes")
+    ap.add_argument("--json", default=None, help="write the measured rows here")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
     rows = planner_table()
@@ -105,6 +220,11 @@ def main() -> None:
         print(f"| {r['ep']} | {r['params']:,} | {r['trainer_mb']:.2f} | {r['planner_mb']:.2f} |")
     plot(rows, Path(args.plot))
     print("wrote", args.plot)
+    if args.measured:
+        measured = measured_table()
+        print_measured(measured)
+        if args.json:
+            Path(args.json).write_text(json.dumps(measured, indent=2))
 
 
 if __name__ == "__main__":

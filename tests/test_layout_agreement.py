@@ -23,10 +23,13 @@ SHAPES = {
     "six-heads": ModelConfig(vocab_size=1000, layers=6, hidden=96, heads=6, kv_heads=3, ffn=200, seq_len=48),
     "mha-gelu": ModelConfig(vocab_size=768, layers=8, hidden=128, heads=8, kv_heads=8, ffn=512, seq_len=64,
                             mlp="gelu", lfa=False),
+    # mixture of experts: ep and expert tensor parallelism in every combination the search and the check allow
+    "moe": ModelConfig(vocab_size=512, layers=4, hidden=64, heads=4, kv_heads=4, ffn=96, seq_len=64, experts=4,
+                       top_k=2),
 }
 GPUS = (1, 3, 4, 12)
-FIXED = ({}, {"tp": 2}, {"pp": 2}, {"zero": 1}, {"recompute": "full", "recompute_every": 2}, {"schedule": "gpipe"},
-         {"sp": False}, {"tp": 4}, {"zero": 3, "dp_shard": 2})
+FIXED = ({}, {"tp": 2}, {"ep": 2}, {"pp": 2}, {"zero": 1}, {"recompute": "full", "recompute_every": 2},
+         {"schedule": "gpipe"}, {"sp": False}, {"tp": 4}, {"zero": 3, "dp_shard": 2})
 
 
 def _cluster(gpus: int) -> Cluster:

@@ -29,9 +29,11 @@ Decisions the check encodes (the trainer and the planner agree on them):
   the same way; the extra rows are never targets).
 - ZeRO needs a shard group of at least two ranks, and dp_shard > 1 needs zero > 0: no stage runs as a no-op.
 - ZeRO-2/3 shard gradients per micro-batch, so they are not combined with pipeline parallelism (zero <= 1).
-- ep reuses data-parallel ranks (it adds none): ep must divide dp and the experts. It combines with pp and
-  with ZeRO 1-3 (expert weights, already split by ep, stay out of the ZeRO partition and of FSDP), not with
-  tp (the MoE layer has no tensor-parallel cut).
+- ep reuses data-parallel ranks (it adds none): ep must divide dp and the experts. It combines with pp, with
+  ZeRO 1-3 (expert weights, already split by ep, stay out of the dense model's FSDP and dp_shard partition;
+  the ZeRO stage applies to them over the dp / ep ranks holding the same experts) and with tp and
+  sp: the MoE layer's TP cut is Megatron's expert tensor parallelism (router replicated, each expert's
+  w1/w3 column- and w2 row-parallel; flopwise.parallel.tensor), so tp must divide ffn as for a dense model.
 """
 
 from __future__ import annotations
@@ -184,13 +186,9 @@ def check_implemented(layout: Layout) -> None:
 
 
 def check_experts(layout: Layout, model: ModelConfig) -> None:
-    """Expert parallelism against the model and the other degrees; the MoE layer has no TP cut."""
+    """Expert parallelism against the model and the other degrees (tp cuts the experts like a dense MLP,
+    checked with it: tp divides ffn)."""
     ep, experts = layout.ep, model.experts
-    if experts and layout.tp > 1:
-        raise LayoutError(
-            f"tensor parallelism (tp = {layout.tp}) with a mixture-of-experts model ({experts} experts) is not "
-            "supported: the MoE layer has no tensor-parallel cut; use ep, pp and dp (with zero)"
-        )
     if ep == 1:
         return
     if not experts:

@@ -1,6 +1,7 @@
 """Expert parallelism: the layout check, the dispatch permutation, and loss parity on gloo (nano-moe: 4 experts,
-top-2) against one process under EP2, EP2 x DP2 (with ZeRO-1), EP2 x PP2 and EP2 with ZeRO-3, plus an EP2 run
-resumed in one process."""
+top-2) against one process under EP2, EP2 x DP2 (ZeRO-1 and ZeRO-3: expert state sharded over the two ranks
+holding the same experts), EP2 x PP2 and EP2 with ZeRO-3, plus an EP2 run
+resumed in one process; expert tensor parallelism under TP2 (with sequence parallelism) and EP2 x TP2."""
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ MOE = get_preset("nano-moe")
 
 # ---- the one layout check ---------------------------------------------------------------------------
 @pytest.mark.parametrize(("layout", "message"), [
-    (Layout(dp=2, ep=2, tp=2), "tensor parallelism (tp = 2) with a mixture-of-experts model"),
+    (Layout(dp=2, ep=2, tp=3), "tensor parallel degree 3 must divide heads"),
     (Layout(dp=3, ep=3), "expert parallel degree 3 must divide the experts (4)"),
     (Layout(dp=2, ep=4), "expert parallel degree 4 must divide dp = 2"),
 ])
@@ -31,7 +32,8 @@ def test_layout_check_refuses_ep_on_a_dense_model_and_accepts_the_supported_comb
     with pytest.raises(LayoutError, match="needs a mixture-of-experts model"):
         check(Layout(dp=2, ep=2), get_preset("nano"), global_batch=8)
     for layout in (Layout(dp=2, ep=2), Layout(dp=4, ep=2), Layout(dp=2, ep=2, pp=2),
-                   Layout(dp=2, ep=2, zero=3), Layout(dp=4, ep=2, zero=1, dp_shard=2)):
+                   Layout(dp=2, ep=2, zero=3), Layout(dp=4, ep=2, zero=1, dp_shard=2), Layout(tp=2),
+                   Layout(dp=2, ep=2, tp=2, sp=False), Layout(dp=2, ep=2, tp=2, pp=2)):
         assert check(layout, MOE, global_batch=8) >= 1
     assert Layout(dp=2, ep=2).gpus == 2  # ep reuses data-parallel ranks
 
@@ -49,7 +51,8 @@ LAYOUTS = {
     "ep2": (2, ["parallel.dp=2", "parallel.ep=2"]),
     "ep2xdp2-zero1": (4, ["parallel.dp=4", "parallel.ep=2", "parallel.zero=1"]),  # experts reduced over 2 ranks
     "ep2xpp2": (4, ["parallel.dp=2", "parallel.ep=2", "parallel.pp=2"]),
-    "ep2-zero3": (2, ["parallel.dp=2", "parallel.ep=2", "parallel.zero=3"]),
+    "ep2-zero3": (2, ["parallel.dp=2", "parallel.ep=2", "parallel.zero=3"]),  # experts outside FSDP (dp = ep)
+    "ep2xdp2-zero3": (4, ["parallel.dp=4", "parallel.ep=2", "parallel.zero=3"]),  # experts: FSDP over ep_dp
 }
 
 
@@ -84,3 +87,30 @@ def test_a_run_saved_under_ep2_resumes_in_one_process(nano_shards, moe_reference
     got = run_layout(nano_shards, 1, ["checkpoint.every=3"], steps=STEPS, out=out, resume=True, preset="nano-moe")
     assert sorted(got) == list(range(4, STEPS + 1))
     assert_same_curve(got, moe_reference, steps=range(4, STEPS + 1))
+
+
+# ---- expert tensor parallelism: short runs (3 steps) ------------------------------------------------------
+TP_STEPS = 3
+# heavy auxiliary losses: a wrong share of their gradient per TP rank moves the loss by ~1e-3 (the default
+# 0.01 only by ~5e-5, inside the tolerance)
+AUX = ["model.aux_loss_coef=1.0", "model.z_loss_coef=0.1"]
+TP_LAYOUTS = {
+    "tp2-sp": (2, ["parallel.tp=2"]),  # router replicated, experts cut, sequence-parallel norms
+    "ep2xtp2": (4, ["parallel.dp=2", "parallel.ep=2", "parallel.tp=2", "parallel.sp=false"]),
+}
+
+
+@pytest.fixture(scope="module")
+def moe_aux_reference(nano_shards):
+    return run_layout(nano_shards, 1, AUX, steps=TP_STEPS, preset="nano-moe")
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("layout", ["tp2-sp", pytest.param("ep2xtp2", marks=pytest.mark.slow)])
+def test_expert_tensor_parallel_layout_matches_single_process_loss(nano_shards, moe_aux_reference, layout):
+    """The losses of steps 2-3 depend on the expert, router and auxiliary-loss gradients of steps 1-2."""
+    world, overrides = TP_LAYOUTS[layout]
+    got = run_layout(nano_shards, world, overrides + AUX, steps=TP_STEPS, preset="nano-moe")
+    assert sorted(got) == list(range(1, TP_STEPS + 1))
+    assert moe_aux_reference[TP_STEPS] < moe_aux_reference[1] - 0.1  # the curve moves within the steps compared
+    assert_same_curve(got, moe_aux_reference)

@@ -22,19 +22,28 @@ def model(gpus=32, gb=256, preset=M32, **kw):
     return CostModel(preset, Cluster(get_accelerator("A100-80GB"), gpus), Training(gb, **kw))
 
 
-def test_expert_states_are_split_by_ep_and_not_zero_sharded():
+def test_expert_states_are_split_by_ep_and_their_optimizer_state_zero_sharded_over_ep_dp():
     cm = model()
     experts = M32.layers * expert_params_per_layer(M32)
     assert experts == M32.layers * 3 * M32.experts * M32.hidden * M32.ffn
-    one = cm.stage_memory(Layout(dp=32, zero=1), 0, M32.layers, 8)
-    eight = cm.stage_memory(Layout(dp=32, zero=1, ep=8), 0, M32.layers, 8)
+    one = cm.stage_memory(Layout(dp=32), 0, M32.layers, 8)
+    eight = cm.stage_memory(Layout(dp=32, ep=8), 0, M32.layers, 8)
     # bf16 mixed precision: 2 + 2 bytes of weights and gradients, 12 of optimizer state per parameter
     assert one["params"] - eight["params"] == pytest.approx(2 * experts * 7 / 8)
     assert one["grads"] - eight["grads"] == pytest.approx(2 * experts * 7 / 8)
     assert one["optimizer"] - eight["optimizer"] == pytest.approx(12 * experts * 7 / 8)
-    # ZeRO-1 shards the rest of the model over dp = 32, not the experts each rank holds
+    # ZeRO-1 shards the rest of the model over dp = 32, the experts' optimizer state over the 4 ranks holding
+    # the same experts (ep_dp = dp / ep); ZeRO-3 their gradients and weights too
+    zero1 = cm.stage_memory(Layout(dp=32, zero=1, ep=8), 0, M32.layers, 8)
     dense_part = cm.stage_params(Layout(dp=32, zero=1, ep=8), 0, M32.layers) - experts / 8
-    assert eight["optimizer"] == pytest.approx(12 * (dense_part / 32 + experts / 8))
+    assert zero1["optimizer"] == pytest.approx(12 * (dense_part / 32 + experts / 8 / 4))
+    assert zero1["grads"] == eight["grads"] and zero1["params"] == eight["params"]
+    zero3 = cm.stage_memory(Layout(dp=32, zero=3, ep=8), 0, M32.layers, 8)
+    assert zero3["grads"] == pytest.approx(2 * (dense_part / 32 + experts / 8 / 4))
+    assert zero3["params"] == pytest.approx(zero3["grads"])
+    # ... and gathers this rank's 4 experts of a layer (of 32) with the rest of the layer
+    per_layer = expert_params_per_layer(M32)
+    assert zero3["other"] == pytest.approx(RESERVED_BYTES + 2 * 2 * (cm.layer_params.per_rank(1) - per_layer * 7 / 8))
 
 
 def test_all_to_all_crosses_the_link_the_ep_group_spans():
@@ -68,10 +77,29 @@ def test_the_search_places_yuan2_m32_with_expert_parallelism():
     assert best.fits and best.layout.ep > 1 and best.layout.tp == 1 and best.layout.dp % best.layout.ep == 0
     assert best.peak_memory < 80 * GB
     assert best.breakdown["ep"] > 0
-    # without expert parallelism the same shape does not fit: each rank would hold all 32 experts of its stage
+    # without expert parallelism, tensor parallelism or ZeRO the same shape does not fit: each rank would hold
+    # all 32 experts of its stage, whole, with their whole optimizer state
     with pytest.raises(PlanError):
         search(M32, Cluster(get_accelerator("A100-80GB"), 32), Training(256),
-               fixed={"micro_batch": 1, "pp": 4, "ep": 1})
+               fixed={"micro_batch": 1, "pp": 4, "ep": 1, "tp": 1, "zero": 0})
+
+
+def test_expert_tensor_parallelism_cuts_expert_states_and_gemms_by_tp():
+    cm = model()
+    experts = M32.layers * expert_params_per_layer(M32)
+    layout = Layout(dp=16, tp=2, ep=8, zero=1)
+    # this rank's TP half of the experts, of which the ep group's other 7 ranks hold 7/8
+    assert cm.stage_params(layout.replace(ep=1), 0, M32.layers) - cm.stage_params(layout, 0, M32.layers) == \
+        pytest.approx(experts / 2 * 7 / 8)
+    states = cm.stage_memory(layout, 0, M32.layers, 8)
+    dense_part = cm.stage_params(layout, 0, M32.layers) - experts / 16
+    assert states["optimizer"] == pytest.approx(12 * (dense_part / 16 + experts / 16 / 2))  # experts: over ep_dp 2
+    assert expert_gemm_time(cm, layout) < 0.6 * expert_gemm_time(cm, layout.replace(tp=1))
+    other = cm.stage_memory(Layout(dp=16, tp=2, ep=16, zero=3), 0, M32.layers, 8)["other"]
+    assert other == pytest.approx(RESERVED_BYTES + 2 * 2 * (cm.layer_params.per_rank(2) - expert_params_per_layer(M32) / 2))
+    plans = search(M32, Cluster(get_accelerator("A100-80GB"), 32), Training(256),
+                   fixed={"micro_batch": 1, "pp": 4, "tp": 2}, top=100).plans
+    assert any(p.layout.tp == 2 and p.layout.ep > 1 and p.fits for p in plans)  # the search proposes ep x tp
 
 
 def test_flopwise_plan_gives_yuan2_m32_an_expert_parallel_layout(capsys):
@@ -92,7 +120,7 @@ def test_flopwise_plan_gives_yuan2_m32_an_expert_parallel_layout(capsys):
     assert "error: expert_imbalance = 0.5: must be at least 1" in capsys.readouterr().err
 
 
-def test_zero3_gathers_no_expert_weights():
+def test_zero3_gathers_no_expert_weights_when_ep_equals_dp():
     cm = model()
     layout = Layout(dp=32, zero=3, ep=32)
     other = cm.stage_memory(layout, 0, M32.layers, 8)["other"]

@@ -23,6 +23,7 @@ CONFIGS = {
     "llama-swiglu": ModelConfig(1024, 3, 128, 4, 4, 352, 128, lfa=False),
     "gelu": ModelConfig(768, 2, 96, 6, 6, 384, 96, lfa=False, mlp="gelu"),
     "lfa-wide-vocab": ModelConfig(4096, 2, 128, 8, 2, 256, 64, lfa=True),
+    "moe": ModelConfig(512, 2, 64, 4, 2, 96, 64, lfa=True, experts=4, top_k=2),  # attention router
 }
 
 
@@ -78,8 +79,9 @@ def test_planner_memory_matches_pytorch(name, recompute):
     assert p_states + p_acts == pytest.approx(states + acts, rel=0.25)
 
 
-def test_activation_estimate_is_close_for_the_default_case():
-    cfg = CONFIGS["lfa-swiglu-gqa"]
+@pytest.mark.parametrize("name", ["lfa-swiglu-gqa", "moe"])
+def test_activation_estimate_is_close_for_the_default_case(name):
+    cfg = CONFIGS[name]
     _, acts = measure(cfg, 2, "none")
     _, p_acts = planned(cfg, 2, "none")
     assert p_acts == pytest.approx(acts, rel=0.02)

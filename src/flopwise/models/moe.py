@@ -33,7 +33,9 @@ Auxiliary losses (training only), weighted by aux_loss_coef and z_loss_coef:
 Their weighted sum joins the backward pass through `_AttachAuxLoss` on the layer's output (the idea of
 Megatron-LM's MoEAuxLossAutoScaler): the gradient of whatever loss is computed from the model carries it,
 on every pipeline stage, with no change to the loss function. The engine sets the scale of that gradient
-to its own loss scaling (1 / micro-batches) with `set_aux_loss_scale`. Values for logging accumulate in
+to its own loss scaling (1 / micro-batches) with `set_aux_loss_scale`. Under tensor parallelism every TP rank
+computes the same losses and their gradients are summed: `aux_loss_share` (1 / tp, set by parallel/tensor.py)
+makes that sum count them once. Values for logging accumulate in
 the non-persistent `stats` buffer; `moe_metrics` reads and resets them.
 """
 
@@ -240,6 +242,7 @@ class MoEFeedForward(nn.Module):
         self.experts = GroupedExperts(len(local), cfg.hidden, cfg.ffn)
         self.dispatcher = LocalDispatcher()
         self.aux_loss_scale = 1.0  # gradient given to the auxiliary loss; the engine sets its loss scaling
+        self.aux_loss_share = 1.0  # this copy's share of that gradient (tensor parallelism: 1 / tp per rank)
         self.register_buffer("stats", torch.zeros(_LOAD + cfg.experts, dtype=torch.float64), persistent=False)
 
     @torch.no_grad()
@@ -312,7 +315,7 @@ class MoEFeedForward(nn.Module):
             s[_LOAD:] += plan.routed.double()
         aux = self.aux_loss_coef * balance + self.z_loss_coef * z
         if torch.is_grad_enabled() and aux.requires_grad and (self.aux_loss_coef or self.z_loss_coef):
-            out = _AttachAuxLoss.apply(out, aux, self.aux_loss_scale)
+            out = _AttachAuxLoss.apply(out, aux, self.aux_loss_scale * self.aux_loss_share)
         return out
 
 

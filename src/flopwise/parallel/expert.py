@@ -6,6 +6,10 @@ The ep group is made of data-parallel ranks (`ep` divides `dp`): each still read
 batch and routes its own tokens. Expert weights are therefore split, not replicated, over the ep group, and
 their gradients are summed over the tokens of all its ranks by the backward of the all-to-all; the engine
 only has to reduce them over the ranks that hold the same experts (dp / ep of them) — see Parts.sync_grads.
+With ZeRO those ranks also shard the experts among them: optimizer state (zero = 1, Parts.expert_owners), or
+FSDP over them (zero = 2, 3; Parts.expert_fsdp).
+Under tensor parallelism each TP rank of an ep rank exchanges over its own ep group (the ranks with its TP
+coordinate) the same token rows, for its cut of every expert (flopwise.parallel.tensor).
 
 Dispatch of one MoE layer on one rank (E experts, ep ranks, n = E / ep local experts):
   1. the [E] rows per expert are exchanged (all-to-all of n counts to each rank), so every rank knows

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from flopwise.errors import ParallelError
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
+from flopwise.models.moe import moe_layers
 from flopwise.parallel.data_parallel import all_reduce_grads, apply_fsdp, broadcast_from_owners, partition_params
 from flopwise.parallel.dims import ParallelDims, build_expert_mesh, build_mesh
 from flopwise.parallel.expert import apply_expert_parallel
@@ -59,10 +60,14 @@ class Parts:
     dp_shard_group: object = None
     tie_group: object = None  # first and last stage: they share the tied embedding
     owners: list[int | None] | None = None  # ZeRO-1: the dp_shard rank that steps each parameter (None: every rank)
+    expert_owners: list[int | None] | None = None  # ZeRO-1 under ep: the ep_dp rank that steps each expert parameter
+    expert_fsdp: bool = False  # ZeRO-2/3 under ep with dp > ep: expert weights FSDP-sharded over ep_dp
+    ep_dp_mesh: object = None
     expert_names: list[set[str]] = field(default_factory=list)  # per part: expert parameters, split over ep (dim 0)
     ep_group: object = None  # the ranks that split the experts among them
     ep_dp_group: object = None  # the ranks that hold the same experts (dp / ep of them)
     ep_rank: int = 0
+    ep_dp_rank: int = 0
 
     @property
     def num_stages(self) -> int:
@@ -89,19 +94,24 @@ class Parts:
 
     # ---- what the optimizer steps ---------------------------------------------------------------
     def optimizer_params(self) -> list[nn.Parameter]:
-        """The parameters this rank's optimizer steps: all local ones, or its ZeRO-1 share."""
+        """The parameters this rank's optimizer steps: all local ones, or its ZeRO-1 share (under ep also of
+        the expert parameters, over ep_dp)."""
         named = self.named
-        if self.owners is None:
-            return [p for _, p in named]
-        mine = self.mesh.get_coordinate()[2]
-        return [p for (_, p), owner in zip(named, self.owners, strict=True) if owner in (None, mine)]
+        keep = [True] * len(named)
+        if self.owners is not None:
+            mine = self.mesh.get_coordinate()[2]
+            keep = [k and owner in (None, mine) for k, owner in zip(keep, self.owners, strict=True)]
+        if self.expert_owners is not None:
+            keep = [k and owner in (None, self.ep_dp_rank) for k, owner in zip(keep, self.expert_owners, strict=True)]
+        return [p for (_, p), k in zip(named, keep, strict=True) if k]
 
     def after_step(self) -> None:
-        """ZeRO-1: every shard owner broadcasts the parameters it stepped (expert parameters, stepped by
-        every rank that holds them, are not partitioned: ep already splits them)."""
-        if self.owners is not None:
-            shared = [(item, owner) for item, owner in zip(self.named, self.owners, strict=True) if owner is not None]
-            broadcast_from_owners([item for item, _ in shared], [owner for _, owner in shared], self.dp_shard_group)
+        """ZeRO-1: every shard owner broadcasts the parameters it stepped over dp_shard; the owners of expert
+        parameters broadcast theirs over ep_dp (the ranks holding the same experts)."""
+        for owners, group in ((self.owners, self.dp_shard_group), (self.expert_owners, self.ep_dp_group)):
+            if owners is not None:
+                shared = [(item, owner) for item, owner in zip(self.named, owners, strict=True) if owner is not None]
+                broadcast_from_owners([item for item, _ in shared], [owner for _, owner in shared], group)
 
     def is_expert(self, part_index: int, name: str) -> bool:
         return bool(self.expert_names) and name in self.expert_names[part_index]
@@ -131,10 +141,13 @@ class Parts:
         if experts and self.dims.ep > 1:
             # each expert's gradient already sums the tokens of its whole ep group (the all-to-all's
             # backward): sum over the ranks holding the same experts, then divide by dp like the rest
-            all_reduce_grads(experts, self.ep_dp_group, average=False)
+            # (FSDP over ep_dp has already averaged over those dp / ep ranks: divide by ep)
+            if not self.expert_fsdp:
+                all_reduce_grads(experts, self.ep_dp_group, average=False)
+            divisor = self.dims.ep if self.expert_fsdp else self.dims.dp
             for prm in experts:
                 if prm.grad is not None:
-                    prm.grad.div_(self.dims.dp)
+                    prm.grad.div_(divisor)
         if self.tie_group is not None:
             tied = self._tied_param()
             if tied is not None and tied.grad is not None:
@@ -162,8 +175,8 @@ class Parts:
         """How many ranks hold the same gradient values for this parameter (counted once in the norm)."""
         if self._is_tied_head(part_index, name):
             return float("inf")  # the head copy of the tied embedding: the first stage counts it
-        if self.is_expert(part_index, name):
-            return float(self.dims.dp // self.dims.ep)  # split over ep, replicated over ep_dp (tp = 1)
+        if self.is_expert(part_index, name):  # split over ep (and cut by tp), replicated or sharded over ep_dp
+            return 1.0 if self.expert_fsdp else float(self.dims.dp // self.dims.ep)
         r = 1
         if name not in self.tp_info[part_index].shard_dim:
             r *= self.dims.tp
@@ -281,12 +294,21 @@ def parallelize(model: nn.Module, dims: ParallelDims, layout: Layout, *, device:
         part.to(device)
     if parts.fsdp:
         mesh = parts.mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else parts.mesh["dp_shard"]
+        parts.expert_fsdp = layout.ep > 1 and dims.dp // dims.ep > 1
         for part, experts in zip(parts.modules, parts.expert_names, strict=True):
-            # expert weights stay out of FSDP: ep splits them already, sync_grads reduces them over ep_dp
+            # expert weights stay out of the dense FSDP: ep splits them already; with dp > ep they get their
+            # own FSDP over ep_dp (the ranks holding the same experts), else sync_grads reduces them
+            if parts.expert_fsdp:
+                from torch.distributed.fsdp import fully_shard
+
+                for _, layer in moe_layers(part):
+                    fully_shard(layer.experts, mesh=parts.ep_dp_mesh, reshard_after_forward=layout.zero == 3)
             ignored = {p for n, p in part.named_parameters() if n in experts}
             apply_fsdp(part, mesh, reshard_after_forward=layout.zero == 3, ignored=ignored)
     elif layout.zero == 1:
         parts.owners = _zero1_owners(parts)
+    if layout.zero == 1 and layout.ep > 1 and dims.dp // dims.ep > 1:
+        parts.expert_owners = _expert_owners(parts)
     return parts
 
 
@@ -303,8 +325,10 @@ def _join_mesh(parts: Parts, device: torch.device) -> None:
     if dims.ep > 1:
         expert_mesh = build_expert_mesh(dims, mesh)
         parts.ep_group = expert_mesh["ep"].get_group()
-        parts.ep_dp_group = expert_mesh["ep_dp"].get_group()
+        parts.ep_dp_mesh = expert_mesh["ep_dp"]
+        parts.ep_dp_group = parts.ep_dp_mesh.get_group()
         parts.ep_rank = expert_mesh.get_local_rank("ep")
+        parts.ep_dp_rank = expert_mesh.get_local_rank("ep_dp")
 
 
 def _zero1_owners(parts: Parts) -> list[int | None]:
@@ -314,6 +338,15 @@ def _zero1_owners(parts: Parts) -> list[int | None]:
     shared = [item for item, expert in zip(named, flags, strict=True) if not expert]
     owners = iter(partition_params(shared, parts.dims.dp_shard))
     return [None if expert else next(owners) for expert in flags]
+
+
+def _expert_owners(parts: Parts) -> list[int | None]:
+    """ZeRO-1 for the experts: their optimizer state partitioned over ep_dp (the dp / ep ranks holding the same
+    experts; the same partition on every rank of an ep group); None for the rest of the model."""
+    flags = [parts.is_expert(i, name) for i, part in enumerate(parts.modules) for name, _ in part.named_parameters()]
+    experts = [item for item, expert in zip(parts.named, flags, strict=True) if expert]
+    owners = iter(partition_params(experts, parts.dims.dp // parts.dims.ep))
+    return [next(owners) if expert else None for expert in flags]
 
 
 def _group_over(parts: Parts, vary: tuple[str, ...]):

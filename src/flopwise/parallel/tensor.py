@@ -9,7 +9,16 @@ With sequence parallelism the residual stream inside a block, and the norms on i
 sequence; the norm weight gradients are then partial too.
 
 Returns a TensorParallelInfo recording, per parameter name, the dimension it is split along (or None),
-which the engine uses for gradient fix-ups, the global gradient norm and checkpoint gathering/slicing."""
+which the engine uses for gradient fix-ups, the global gradient norm and checkpoint gathering/slicing.
+
+Mixture-of-experts blocks (models/moe.py) get Megatron-LM's expert tensor parallelism: the router is
+replicated, so every TP rank computes the same routing of the same (gathered) tokens and, under expert
+parallelism, sends the same rows over its own ep group (the ranks with its TP coordinate); each expert's
+w1/w3 are split by output rows and w2 by input columns, and the layer's partial outputs are summed over
+TP by the same hooks as a dense MLP. The gradients that reach the router from the main loss are then
+partial sums (each rank back-propagates its share of the expert outputs), so the router's weight
+gradients are all-reduced like the LFA filter's, and each rank carries 1/tp of the auxiliary losses'
+gradient (MoEFeedForward.aux_loss_share) so that the sum over TP counts them once."""
 
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flopwise.models.moe import MoEFeedForward
 from flopwise.parallel import collectives as C
 
 
@@ -45,6 +55,16 @@ def _vocab_parallel_embedding(self, ids: torch.Tensor) -> torch.Tensor:
     return C.reduce_from_region(out, self.tp_group)
 
 
+def _shard_experts(layer: MoEFeedForward, prefix: str, rank: int, size: int, info: TensorParallelInfo) -> None:
+    """Expert TP: w1, w3 [n, ffn, h] split along ffn (column parallel), w2 [n, h, ffn] along ffn (row
+    parallel); the replicated router's gradients are partial, its auxiliary losses counted 1/size each."""
+    for name, dim in (("w1", 1), ("w3", 1), ("w2", 2)):
+        _shard(layer.experts, name, dim, rank, size)
+        info.shard_dim[f"{prefix}.experts.{name}"] = dim
+    info.partial_grads += [f"{prefix}.router.{n}" for n, _ in layer.router.named_parameters()]
+    layer.aux_loss_share = 1.0 / size
+
+
 def apply_tensor_parallel(part: nn.Module, group, sequence_parallel: bool) -> TensorParallelInfo:
     import torch.distributed as dist
 
@@ -67,12 +87,15 @@ def apply_tensor_parallel(part: nn.Module, group, sequence_parallel: bool) -> Te
             info.shard_dim[f"{prefix}.attn.{name}.weight"] = 0
         _shard(attn.wo, "weight", 1, rank, size)
         info.shard_dim[f"{prefix}.attn.wo.weight"] = 1
-        for name in ("w1", "w3"):
-            if hasattr(mlp, name):
-                _shard(getattr(mlp, name), "weight", 0, rank, size)
-                info.shard_dim[f"{prefix}.mlp.{name}.weight"] = 0
-        _shard(mlp.w2, "weight", 1, rank, size)
-        info.shard_dim[f"{prefix}.mlp.w2.weight"] = 1
+        if isinstance(mlp, MoEFeedForward):
+            _shard_experts(mlp, f"{prefix}.mlp", rank, size, info)
+        else:
+            for name in ("w1", "w3"):
+                if hasattr(mlp, name):
+                    _shard(getattr(mlp, name), "weight", 0, rank, size)
+                    info.shard_dim[f"{prefix}.mlp.{name}.weight"] = 0
+            _shard(mlp.w2, "weight", 1, rank, size)
+            info.shard_dim[f"{prefix}.mlp.w2.weight"] = 1
         for sub in (attn, mlp):
             sub.register_forward_pre_hook(enter)
             sub.register_forward_hook(leave)

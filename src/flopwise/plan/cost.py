@@ -400,8 +400,8 @@ class CostModel:
             )
         out["logits"] = logits
         other = mem.RESERVED_BYTES
-        if layout.zero >= 3:  # gathered full parameters of the current and the prefetched layer (experts: never)
-            gathered = self.layer_params.per_rank(layout.tp) - moe.expert_params_per_layer(self.model)
+        if layout.zero >= 3:  # gathered full parameters of the current and the prefetched layer (experts: this rank's)
+            gathered = self.layer_params.per_rank(layout.tp) - moe.expert_params_not_gathered(self.model, layout)
             other += 2 * gathered * t.dtype_bytes
         out["other"] = other
         out["total"] = sum(out.values())

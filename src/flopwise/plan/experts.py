@@ -2,16 +2,26 @@
 it adds, and load imbalance. The active compute is already flops.py's (block_gemms count the top_k experts
 a token visits and the router), so a dense model and an MoE model with ep = 1 cost the same way.
 
-Memory. A rank of an ep group holds E / ep of each MoE layer's experts with their whole gradient and
-optimizer state: the trainer keeps expert weights out of the ZeRO partition and of FSDP (ep already splits
-them; flopwise.parallel.expert), so ZeRO shards only the rest of the model.
+Memory. A rank of an ep group holds E / ep of each MoE layer's experts, each cut by tp (expert tensor
+parallelism: w1/w3 column-, w2 row-parallel; flopwise.parallel.tensor). The trainer keeps expert weights
+out of the dense model's FSDP and dp_shard partition (ep already splits them; flopwise.parallel.expert)
+and applies the ZeRO stage to them over the dp / ep ranks that hold the same experts (ep_dp;
+flopwise.parallel.parallelize): ZeRO-1 partitions their optimizer state, ZeRO-2/3 put them under their own
+FSDP over ep_dp (gradients, and with 3 weights, sharded; ZeRO-3 gathers this rank's experts of a layer).
+With ep = 1 the experts are ordinary parameters, sharded with the rest.
+
+Tensor parallelism. The expert GEMMs are in block_gemms with their column/row cut, so the cost model's
+per-rank GEMM time and the activations' TP-split share already divide them by tp; the MoE layer's partial
+outputs are summed over tp by the same collective as a dense MLP's (layer_cost's tp time counts it), and
+the router, replicated, computes on every TP rank (its weights are in the replicated share).
 
 All-to-all (GShard, Lepikhin et al. 2020; Megatron-LM's token dispatcher). Per MoE layer and micro-batch a
 rank sends its s b top_k token rows of h values to the ranks holding their experts and gets them back:
 dispatch and combine in the forward, their reverses in the backward (4 exchanges; 2 more in a forward
 recomputed under full recomputation). With balanced routing (ep - 1) / ep of the rows leave the rank; the
 busiest rank receives `imbalance` times the mean. An ep group is ep consecutive data-parallel ranks, with
-tp innermost, so it spans tp x ep GPUs: inside a node it runs on NVLink, beyond one on the network, at
+tp innermost, so it spans tp x ep GPUs (each TP rank of an ep rank sends the same rows over its own ep
+group, the tp exchanges side by side): inside a node it runs on NVLink, beyond one on the network, at
 the link's bus bandwidth per GPU (hardware.py efficiencies) plus a call latency (and one more for the
 exchange of the row counts).
 
@@ -32,24 +42,44 @@ def expert_params_per_layer(cfg) -> int:
     return sum(g.weights for g in block_gemms(cfg) if g.name.startswith("expert_"))
 
 
+def expert_params_per_rank(cfg, layout: Layout) -> float:
+    """Expert weights of one MoE layer on one rank: E / ep experts, each cut by tp."""
+    return expert_params_per_layer(cfg) / (layout.ep * layout.tp)
+
+
 def expert_params_elsewhere(cfg, layout: Layout, layers: int) -> float:
-    """Expert weights of `layers` layers that other ranks of the ep group hold (not this one)."""
-    return layers * expert_params_per_layer(cfg) * (1 - 1 / layout.ep)
+    """Expert weights of `layers` layers in this rank's TP cut that other ranks of its ep group hold."""
+    return layers * expert_params_per_layer(cfg) / layout.tp * (1 - 1 / layout.ep)
+
+
+def expert_params_not_gathered(cfg, layout: Layout) -> float:
+    """Expert weights of one layer's TP cut that ZeRO-3 does not gather on this rank: those of the other
+    ranks of the ep group, and under ep with dp = ep (no ep_dp sharding) this rank's own as well."""
+    cut = expert_params_per_layer(cfg) / layout.tp
+    if layout.ep == 1:
+        return 0.0
+    return cut if layout.dp // layout.ep == 1 else cut - expert_params_per_rank(cfg, layout)
 
 
 def model_states(cfg, precision: str, layout: Layout, params: float, layers: int) -> dict[str, float]:
     """Parameter, gradient and optimizer bytes of one rank holding `params` parameters (its experts
-    included, E / ep per layer): ZeRO shards the non-expert part over the shard group, not the experts."""
-    experts = layers * expert_params_per_layer(cfg) / layout.ep
-    out = mem.model_state_bytes(params - experts, precision, layout.zero, layout.shard_degree * layout.cp)
-    own = mem.model_state_bytes(experts, precision, 0, 1)
+    included, E / ep per layer cut by tp): ZeRO shards the non-expert part over the shard group and, under
+    ep, the experts over the dp / ep ranks holding the same experts."""
+    shard = layout.shard_degree * layout.cp
+    if layout.ep == 1:
+        return mem.model_state_bytes(params, precision, layout.zero, shard)
+    experts = layers * expert_params_per_rank(cfg, layout)
+    out = mem.model_state_bytes(params - experts, precision, layout.zero, shard)
+    own = mem.model_state_bytes(experts, precision, layout.zero, layout.dp // layout.ep)
     return {k: out[k] + own[k] for k in out}
 
 
 def expert_gemm_time(cm, layout: Layout) -> float:
-    """Forward + backward seconds of one layer's expert GEMMs for one micro-batch (balanced routing)."""
+    """Forward + backward seconds of one layer's expert GEMMs (this rank's TP cut) for one micro-batch
+    (balanced routing)."""
     tokens = cm.seq * layout.micro_batch
-    return 3.0 * sum(g.count * cm.gemm_time(tokens, g.k, g.n) for g in cm.gemms if g.name.startswith("expert_"))
+    return 3.0 * sum(g.count * cm.gemm_time(tokens, *cm._sharded(g, layout.tp))
+                     for g in cm.gemms if g.name.startswith("expert_"))
 
 
 def moe_layer_time(cm, layout: Layout, imbalance: float) -> tuple[float, float]:

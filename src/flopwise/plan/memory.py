@@ -24,6 +24,12 @@ that SwiGLU, LFA, grouped-query attention, fused (flash) attention and no-dropou
                        SwiGLU: 4 x ffn (gate, up, SiLU output, product); 3 x ffn with
                        Megatron's fused bias-SwiGLU kernel (gate, up, product)          split by TP
   dropout masks        2 x h, 1 byte each (after attention and MLP)                     replicated
+  MoE (models/moe.py)  the MLP inner term per expert visit, top_k x (the above)          split by TP
+                       the routed rows: gathered input, expert output, weighted output, 3 top_k h,
+                       and the router in fp32: its input cast (4h when training in 16 bits), its
+                       q, k, v (3E), softmax(q k^T) (E^2, attention router), logits and
+                       probabilities (2E), top-k weights (4k)     on every TP rank, not split by SP
+                       (the MoE layer runs on the gathered sequence)
 With these rules the GPT case (fused norm, unfused attention, dropout) reproduces Korthikanti's
 34 + 5 a s / h exactly, and with TP t and no sequence parallelism the replicated share is their 10 s b h;
 flopwise's own model on CPU matches PyTorch's saved tensors within 1% (tests/plan/test_memory_vs_torch.py).
@@ -112,7 +118,14 @@ def layer_activation_bytes(
     sharded = (q + 2 * kv + q) * e  # Q, K, V and the output projection's input (= flash's saved output)
     # SwiGLU: gate and up outputs, SiLU output, product (4 ffn); Megatron-family fused kernels (bias_swiglu)
     # keep only the fc1 output (gate and up) and recompute SiLU in the backward (3 ffn)
-    sharded += (2 if cfg.mlp != "swiglu" else 3 if sw.fused_norm else 4) * ffn * e
+    mlp_inner = (2 if cfg.mlp != "swiglu" else 3 if sw.fused_norm else 4) * ffn * e
+    sharded += mlp_inner
+    whole = 0.0  # on every TP rank whatever sp is: the MoE layer's routed rows and router
+    if cfg.experts:
+        k, n = cfg.top_k, cfg.experts
+        sharded += mlp_inner * (k - 1)  # the MLP inner term above is one expert visit
+        router = 3 * n + (n * n if cfg.router == "attention" else 0) + 2 * n + 4 * k
+        whole = 3 * k * h * e + 4 * router + (4 * h if e < 4 else 0)
     if training.precision == "fp8":  # the GEMM inputs are kept as their 1-byte FP8 casts (Transformer Engine)
         replicated -= (h + h) * (e - 1)  # QKV and MLP inputs
         sharded -= (q + ffn) * (e - 1)  # output projection and second MLP matmul inputs
@@ -121,7 +134,7 @@ def layer_activation_bytes(
             sharded += 2 * a * s * e + (a * s if sw.dropout else 0)
     else:
         sharded += 4 * a  # flash keeps only its fp32 log-sum-exp besides Q, K, V and the output
-    return tokens * (replicated / rep_div + sharded / t)
+    return tokens * (replicated / rep_div + sharded / t + whole)
 
 
 def mean_layer_activation_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> float:
