@@ -19,10 +19,11 @@ class QueueFullError(FlopwiseError):
     """The waiting queue is full: HTTP 429, the client should retry later."""
 
 
-# Where `flopwise serve` runs its engine by default: False, on a thread of the API process; True, in a process
-# of its own (flopwise.serve.engine_process). On the shared 2-core machine the process did not measure better
-# (benchmarks/RESULTS.md, Serving): flip this when a measurement on a machine with a spare core says so.
-ENGINE_PROCESS_DEFAULT = False
+# Where `flopwise serve` runs its engine by default: True, in a process of its own (flopwise.serve.engine_process),
+# as vLLM splits API server and engine core; False, on a thread of the API process. On an idle 2-core machine
+# the process served 1.06-1.21x the thread's output tokens per second (benchmarks/RESULTS.md, Serving, third
+# pass); on a machine whose cores other jobs keep busy the two placements measured the same within noise.
+ENGINE_PROCESS_DEFAULT = True
 
 
 @dataclass
