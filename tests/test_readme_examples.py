@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from flopwise.cli import main
+from tests.cli_run import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -103,12 +103,7 @@ def test_readme_command_runs(command, sandbox, monkeypatch, capsys):
     monkeypatch.chdir(sandbox)
     monkeypatch.setenv("FLOPWISE_CACHE", str(sandbox.parent / "cache"))
     start = time.monotonic()
-    try:
-        main(argv_of(command))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
+    code, out, err = run_cli(capsys, *argv_of(command))
     assert code == 0, f"{command}\n{err[-2000:]}"
     assert "Traceback" not in out + err
     print(f"{time.monotonic() - start:.1f} s: {command}")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from flopwise.cli import main
+from tests.cli_run import run_cli
 
 JOBS = """
 [[jobs]]
@@ -36,14 +36,7 @@ quota = { "A100-80GB" = 2 }
 """
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def test_json_has_the_documented_keys_and_records_rejections(tmp_path, capsys):

@@ -2,18 +2,12 @@ import json
 
 import pytest
 
-from flopwise.cli import main
 from flopwise.plan.cost import BREAKDOWN_KEYS
+from tests.cli_run import run_cli
 
 
 def run(argv, capsys):
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(capsys, *argv)
 
 
 def test_plan_search_table_and_breakdown(capsys):

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from flopwise.cli import main
 from flopwise.cli.common import console, err_console
 from flopwise.flops import param_counts
 from flopwise.train import trainer as trainer_mod
@@ -27,6 +26,7 @@ from flopwise.train.checkpoint import checkpoint_problems, step_dirs
 from flopwise.train.config import load_config, parse_value
 from flopwise.train.launch import torchrun_command
 from flopwise.train.run_lock import LOCK_FILE, RunLockedError, run_lock
+from tests.cli_run import run_cli
 
 SETS = ["train.global_batch=8", "train.micro_batch=4", "train.log_every=1", "checkpoint.every=1",
         "train.eval_every=0"]
@@ -63,14 +63,7 @@ def wide_console(monkeypatch):
     monkeypatch.setattr(err_console, "width", 400)
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = run_cli
 
 
 def one_error(code: int, err: str, *needles: str) -> str:
