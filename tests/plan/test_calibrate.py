@@ -69,15 +69,23 @@ def one_thread():
 @pytest.mark.slow
 def test_calibrated_on_two_layouts_the_planner_predicts_a_third(tmp_path, one_thread, capsys):
     shards = make_shards(tmp_path / "shards", vocab_size=2048, docs=120)
+    # Two interleaved rounds, the faster run of each layout kept: the minimum of repeats is the estimator that
+    # other processes can only push up (on a 2-vCPU machine the other vCPU is often an SMT sibling sharing the
+    # caches, so even CPU time per thread rises with its load), and interleaving spreads a busy spell over
+    # all three layouts instead of one.
     runs = {}
-    for name, extra in LAYOUTS.items():
-        runs[name] = tmp_path / name
-        job = load_config(None, [f'data.shards="{shards}"', *SHAPE, *extra], preset="tiny", out=str(runs[name]),
-                          **{"train.steps": 5})
-        train(job)
-        record = [json.loads(x) for x in (runs[name] / "metrics.jsonl").read_text().splitlines()][-1]
-        assert record["event"] == "plan_vs_measured" and record["measured_step_s"] > 0
-        assert record["step_clock"] == "cpu"
+    for round_ in range(2):
+        for name, extra in LAYOUTS.items():
+            out = tmp_path / f"{name}-{round_}"
+            job = load_config(None, [f'data.shards="{shards}"', *SHAPE, *extra], preset="tiny", out=str(out),
+                              **{"train.steps": 5})
+            train(job)
+            record = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+            assert record["event"] == "plan_vs_measured" and record["measured_step_s"] > 0
+            assert record["step_clock"] == "cpu"
+            if name not in runs or record["measured_step_s"] < runs[name][1]:
+                runs[name] = (out, record["measured_step_s"])
+    runs = {name: out for name, (out, _) in runs.items()}
     acc_file = tmp_path / "calibrated.toml"
     code, out, err = run(["plan", "calibrate", str(runs["fit-mb8"]), str(runs["fit-mb2"]), "--holdout",
                           str(runs["held-out-mb4-full"]), "--fit", "gemm_efficiency", "--out", str(acc_file),
@@ -85,9 +93,9 @@ def test_calibrated_on_two_layouts_the_planner_predicts_a_third(tmp_path, one_th
     assert code == 0, err
     report = json.loads(out)
     held = [r for r in report["runs"] if r["role"] == "holdout"]
-    # 0.5-3% on an idle machine (benchmarks/plan_vs_trainer.py); CPU time per step still drifts ~15% between
-    # runs when other jobs thrash the caches, so the bound leaves room for that. Recompute costed wrong or not
-    # at all (a third more work) still fails it.
+    # 0.5-3% on an idle machine (benchmarks/plan_vs_trainer.py); one run of each layout drifted to 27% on a
+    # loaded CI machine, hence the best of two above. Recompute costed wrong or not at all (a third more work)
+    # still fails it.
     assert len(held) == 1 and abs(held[0]["error_after"]) <= 0.25, report
     assert 0.01 < report["constants"]["gemm_efficiency"] <= 1.0
     acc = load_accelerator(acc_file)

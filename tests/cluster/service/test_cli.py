@@ -30,7 +30,7 @@ def test_cli_submit_watch_cancel(service, tmp_path, capsys, monkeypatch):
     assert json.loads(run(capsys, "cluster", "submit", str(job), "--json"))["created"] is False
     Api(service.url, A).wait("hello", "succeeded")
     assert "42" in run(capsys, "cluster", "logs", "hello", "--follow")
-    assert json.loads(run(capsys, "cluster", "logs", "hello", "--json"))["text"].count("42") == 1
+    assert json.loads(run(capsys, "cluster", "logs", "hello", "--json"))["text"].splitlines().count("42") == 1
     rows = json.loads(run(capsys, "cluster", "ls", "--json"))
     assert [(r["id"], r["state"]) for r in rows] == [("hello", "succeeded")]
     shown = run(capsys, "cluster", "show", "hello")
