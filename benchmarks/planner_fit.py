@@ -35,12 +35,13 @@ from flopwise.plan.validate import row_inputs
 
 HERE = Path(__file__).resolve().parent
 PUBLISHED = HERE.parent.parent / "shared" / "published"
-NAMES = ("eager_traffic", "network_efficiency", "straggler_cv", "pipeline_instruction_s", "fa2_hopper_efficiency")
+NAMES = ("eager_traffic", "network_efficiency", "straggler_cv", "pipeline_instruction_s", "fa2_hopper_efficiency",
+         "backward_efficiency")
 # starting values, from the sources in FINDINGS.md section 6-7 (not fitted): eager stacks move about twice the
 # fused traffic, NCCL reaches ~0.9 of the NIC rate, ~1% step-time jitter, ~1 ms per DeepSpeed pipeline
-# instruction, FlashAttention-2 at ~35% of Hopper's peak
+# instruction, FlashAttention-2 at ~35% of Hopper's peak, the backward's matmuls at the forward's rate
 PRIORS = Constants(eager_traffic=2.0, network_efficiency=0.9, straggler_cv=0.01, pipeline_instruction_s=1e-3,
-                   fa2_hopper_efficiency=0.35)
+                   fa2_hopper_efficiency=0.35, backward_efficiency=1.0)
 
 
 def observation(row: dict, constants: Constants = PRIORS) -> Observation:

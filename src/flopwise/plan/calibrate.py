@@ -6,7 +6,8 @@ are few and physical, fields of the accelerator (flopwise.hardware):
   memory_efficiency  fraction of the memory bandwidth that streaming (elementwise) kernels reach
   link_bandwidth     intra-node bytes/s per device and direction (NVLink; gloo over loopback on a CPU)
 and the cost model's own constants (flopwise.plan.cost.Constants, issue 14), fitted to published runs of many
-stacks: eager_traffic, network_efficiency, straggler_cv, pipeline_instruction_s, fa2_hopper_efficiency.
+stacks: eager_traffic, network_efficiency, straggler_cv, pipeline_instruction_s, fa2_hopper_efficiency,
+backward_efficiency.
 The fit minimises the squared log error log(predicted / measured) summed over the observations, by damped
 Gauss-Newton (Levenberg-Marquardt) on the logarithms of the constants, within their bounds: each constant
 divides one part of the step time, so the error is smooth and nearly linear in those logarithms.
@@ -44,6 +45,7 @@ CONSTANTS = {
     "straggler_cv": (1e-4, 0.2),
     "pipeline_instruction_s": (1e-5, 1.0),
     "fa2_hopper_efficiency": (0.1, 0.8),
+    "backward_efficiency": (0.5, 1.0),
 }
 MODEL_CONSTANTS = tuple(f.name for f in dataclasses.fields(Constants))
 

@@ -54,7 +54,8 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
 - FP8: the blocks' linear GEMMs at the FP8 peak x gemm_efficiency x FP8_MAMF_RATIO, plus the cast traffic
   (FP8_CAST_BYTES per element of each GEMM input forward and of each output gradient backward); attention,
   the LM head and the elementwise work stay bf16.
-- Inter-node collectives at Constants.network_efficiency of the NIC rate, plus a tree latency of
+- Inter-node collectives at Constants.network_efficiency of the NIC rate times the group's ranks on one node
+  (each ring channel leaves the node through another rank's NIC; CostModel.bus_bandwidth), plus a tree latency of
   2 log2(nodes) NET_HOP_LATENCY_S per bucket of DP_BUCKET_BYTES; stragglers: the expected slowest of N ranks
   whose step times vary with coefficient of variation sigma is about (1 + sigma sqrt(2 ln N)) x the mean
   (the Gaussian extreme-value approximation).
@@ -88,6 +89,10 @@ from flopwise.plan.spec import Cluster, Training
 # FlashAttention-2 reaches 50-73% of A100 peak forward and less backward (Dao 2023, section 4.1), about 0.7
 # of what large GEMMs sustain.
 FLASH_EFFICIENCY = 0.7
+# A fused attention kernel's backward recomputes the scores (Q K^T) and runs four more matmuls (dV, dP, dQ, dK):
+# 5 against the forward's 2, i.e. 2.5 x the forward's FLOPs (Dao 2023, FlashAttention-2, section 3.1.2; its
+# benchmarks count backward FLOPs as 2.5 x forward). Unfused attention keeps the scores: 2 x, like a GEMM.
+FLASH_BACKWARD_FLOPS = 2.5
 ELEMENTWISE_FWD_PASSES = 2.0  # forward: each kept activation written once, read once
 ELEMENTWISE_BWD_PASSES = 3.0  # backward: activation read, its gradient written and read
 # Adam step (mixed precision): read fp32 master, grad, m, v (16 B), write master, m, v (12 B) and the
@@ -113,15 +118,21 @@ class Constants:
     """The cost model's few fitted constants (issue 14). The defaults are fitted on
     benchmarks/planner_calibration/fit.csv only (benchmarks/planner_fit.py; figures in benchmarks/RESULTS.md)."""
 
-    eager_traffic: float = 2.59  # elementwise HBM traffic of an eager (unfused) stack / a fused one
-    # achieved fraction of the NIC rate between nodes (fitted at its upper bound: the unstated networks of the
-    # fit rows' FSDP runs were faster than the planner's defaults)
+    eager_traffic: float = 2.467  # elementwise HBM traffic of an eager (unfused) stack / a fused one
+    # achieved fraction of the NIC rate between nodes (at its upper bound: with each ring's NICs aggregated,
+    # FSDP's collectives hide behind compute in nearly every fit row, so the data barely constrains it)
     network_efficiency: float = 1.0
-    straggler_cv: float = 0.00341  # coefficient of variation of per-rank step times
-    pipeline_instruction_s: float = 0.0507  # DeepSpeed pipeline engine: cost per blocking transfer
+    # coefficient of variation of per-rank step times (at its lower bound since backward_efficiency was added:
+    # it had been absorbing a uniform few per cent, not a growth with the number of ranks)
+    straggler_cv: float = 0.0001
+    pipeline_instruction_s: float = 0.0515  # DeepSpeed pipeline engine: cost per blocking transfer
     # FlashAttention-2-class kernels on Hopper, fraction of the bf16 peak; fitted well below FA2's ~35% forward:
     # it also absorbs what else PyTorch-native stacks lose on Hopper (FINDINGS.md 3.1)
-    fa2_hopper_efficiency: float = 0.173
+    fa2_hopper_efficiency: float = 0.204
+    # backward matmuls (dgrad, wgrad, attention backward) at this fraction of the forward's rate: transposed
+    # operands and wgrad's long reduction run below the forward's tiles (FlashAttention-2's backward reaches a
+    # lower fraction of peak than its forward, Dao 2023 section 4.1)
+    backward_efficiency: float = 0.902
 
 
 DEFAULT_CONSTANTS = Constants()
@@ -244,13 +255,25 @@ class CostModel:
         self._layer_cache: dict[tuple, LayerCost] = {}
 
     # ---- links -----------------------------------------------------------------------------------
-    def bus_bandwidth(self, span: int) -> float:
-        """Bus bandwidth of a group whose ranks span `span` consecutive GPUs (inside a node or not)."""
-        if span <= self.cluster.gpus_per_node:
+    def bus_bandwidth(self, span: int, ranks: int = 1) -> float:
+        """Bus bandwidth of a group of `ranks` ranks spanning `span` consecutive GPUs (inside a node or not).
+
+        Across nodes a ring collective runs several channels, each leaving a node through a different rank's
+        NIC, so the group's bus bandwidth is the NICs of its ranks on one node together (NCCL; a node with one
+        100 Gb/s NIC and 8 GPUs reaches ~12 GB/s ring bus bandwidth, not 1/8 of it: nccl-tests issue 196),
+        bounded by the NVLink ring inside the node. Groups with one rank per node (DP under TP = 8, pipeline
+        sends, all-to-all, which cannot aggregate NICs) get one NIC; the node's other NICs serve the other
+        groups running at the same time."""
+        gpn = self.cluster.gpus_per_node
+        if span <= gpn:
             if self.cluster.intra_bw <= 0:
                 raise PlanError(f"{self.acc.name} has no intra-node link bandwidth; give --intra-gbps")
             return self.cluster.intra_bw * NVLINK_BUS_EFFICIENCY
-        return self.cluster.inter_bw * self.constants.network_efficiency
+        per_node = max(1, min(gpn, ranks * gpn // span))
+        net = per_node * self.cluster.inter_bw * self.constants.network_efficiency
+        if per_node > 1 and self.cluster.intra_bw > 0:
+            net = min(net, self.cluster.intra_bw * NVLINK_BUS_EFFICIENCY)
+        return net
 
     def latency(self, span: int) -> float:
         """Per-call latency of a collective over `span` consecutive GPUs: launch, plus the tree's
@@ -264,7 +287,7 @@ class CostModel:
             return 0.0
         buckets = math.ceil(nbytes / DP_BUCKET_BYTES)
         lat = self.latency(span)
-        return ring_time(kind, nbytes, n, self.bus_bandwidth(span), lat) + (buckets - 1) * lat
+        return ring_time(kind, nbytes, n, self.bus_bandwidth(span, n), lat) + (buckets - 1) * lat
 
     # ---- compute ---------------------------------------------------------------------------------
     def gemm_time(self, m: float, k: float, n: float, batch: float = 1.0, fp8: bool = False) -> float:
@@ -314,7 +337,8 @@ class CostModel:
                 ew_fwd += g.count * FP8_CAST_BYTES * tokens * k / self.hbm_rate
                 ew_bwd += g.count * FP8_CAST_BYTES * tokens * n / self.hbm_rate
         fwd = gemm + attn + ew_fwd
-        bwd = 2.0 * (gemm + attn) + ew_bwd
+        attn_bwd = FLASH_BACKWARD_FLOPS if self.training.profile.attention == "flash" else 2.0
+        bwd = (2.0 * gemm + attn_bwd * attn) / self.constants.backward_efficiency + ew_bwd
         if recompute == "full":
             rc = fwd / every
         elif recompute == "selective":
@@ -325,7 +349,7 @@ class CostModel:
         tp_time = 0.0
         if tp > 1:
             nbytes = tokens * self.model.hidden * self.training.dtype_bytes
-            bw = self.bus_bandwidth(tp)
+            bw = self.bus_bandwidth(tp, tp)
             if sp:
                 one = ring_time("all_gather", nbytes, tp, bw) + ring_time("reduce_scatter", nbytes, tp, bw)
             else:
@@ -357,7 +381,7 @@ class CostModel:
         if (
             tp > 1
         ):  # vocab-parallel cross-entropy: max, sum-exp and target logit all-reduces (s b floats each)
-            comm = 3 * ring_time("all_reduce", tokens * 4, tp, self.bus_bandwidth(tp))
+            comm = 3 * ring_time("all_reduce", tokens * 4, tp, self.bus_bandwidth(tp, tp))
         return gemm + ew, comm
 
     def embedding_time(self, tp: int, sp: bool, mb: int, cp: int = 1) -> float:
@@ -366,7 +390,7 @@ class CostModel:
             return 0.0
         nbytes = self.seq * mb / cp * self.model.hidden * self.training.dtype_bytes
         kind = "reduce_scatter" if sp else "all_reduce"
-        return ring_time(kind, nbytes, tp, self.bus_bandwidth(tp))
+        return ring_time(kind, nbytes, tp, self.bus_bandwidth(tp, tp))
 
     # ---- memory ----------------------------------------------------------------------------------
     def stage_params(self, layout: Layout, stage: int, layers: int) -> float:
@@ -437,7 +461,7 @@ class CostModel:
             return (max(0.0, red - window_b) + max(0.0, gat - window_f)) if overlap else red + gat
         # ZeRO-3 / FSDP: per layer and micro-batch, the prefetched all-gather hides behind the layer's forward,
         # the backward's re-gather and the reduce-scatter (and HSDP's all-reduce) behind its backward
-        bw, lat = self.bus_bandwidth(span), self.latency(span)
+        bw, lat = self.bus_bandwidth(span, dp), self.latency(span)
         per_layer = self.layer_params.per_rank(tp)
         ag = ring_time("all_gather", per_layer * e, dp, bw, lat)
         rs = ring_time("reduce_scatter", per_layer * grad_bytes, dp, bw, lat) + replicas(per_layer)
@@ -518,7 +542,7 @@ class CostModel:
             span = tp * cp * layout.dp * p
             one = nbytes / tp / self.bus_bandwidth(span) + self.latency(span)
             if tp > 1 and not sp:
-                one += ring_time("all_gather", nbytes, tp, self.bus_bandwidth(tp))
+                one += ring_time("all_gather", nbytes, tp, self.bus_bandwidth(tp, tp))
             if t.profile.pipeline == "deepspeed":  # blocking transfers, one pipeline instruction at a time
                 one += self.constants.pipeline_instruction_s
             pp_time = (2 * m * v + 2 * (p - 1)) * one
