@@ -126,3 +126,19 @@ def test_zero3_gathers_no_expert_weights_when_ep_equals_dp():
     other = cm.stage_memory(layout, 0, M32.layers, 8)["other"]
     dense_layer = cm.layer_params.per_rank(1) - expert_params_per_layer(M32)
     assert other == pytest.approx(RESERVED_BYTES + 2 * dense_layer * 2)
+
+
+@pytest.mark.parametrize("zero", [0, 1, 3])
+def test_expert_gradients_cross_only_the_ranks_holding_the_same_experts(zero):
+    """With ep = dp no other rank holds a rank's experts: their gradients are reduced nowhere, so doubling the
+    experts leaves the data-parallel time as it was; with ep = 1 they are ordinary weights reduced over dp."""
+    more = M32.__class__(**{**M32.__dict__, "experts": 2 * M32.experts})
+
+    def dp_time(preset, ep):
+        cm = model(gpus=32, preset=preset, software="flopwise")
+        return cm.evaluate(Layout(dp=32, zero=zero, ep=ep)).breakdown["dp"]
+
+    assert dp_time(more, 32) == pytest.approx(dp_time(M32, 32), rel=0.01)  # only the router grows
+    assert dp_time(more, 1) > 1.5 * dp_time(M32, 1)
+    # ep_dp = 4 ranks share each expert: some expert traffic, less than all 32 reducing every expert
+    assert dp_time(M32, 32) < dp_time(M32, 8) < dp_time(M32, 1)

@@ -434,38 +434,54 @@ class CostModel:
     # ---- data parallelism --------------------------------------------------------------------------
     def dp_time(self, layout: Layout, lc: LayerCost, layers: int, local: float, m: int) -> float:
         """Exposed data-parallel / ZeRO communication per step over a stage of `layers` layers holding `local`
-        parameters per rank; the group is dp x cp ranks (hybrid: ZeRO inside dp_shard x cp of them)."""
+        parameters per rank; the group is dp x cp ranks (hybrid: ZeRO inside dp_shard x cp of them). Expert
+        weights (ep > 1) are reduced, and under ZeRO-3 gathered, only over the ep_dp x cp ranks that hold the
+        same experts (flopwise.parallel.parallelize), in collectives of their own beside the dense ones."""
         t, tp, cp = self.training, layout.tp, layout.cp
         dp, shard = layout.dp * cp, layout.shard_degree * cp
         grad_bytes = 2 if t.precision == "fp16" else t.profile.grad_reduce_bytes  # fp32 for bf16 (Megatron, FSDP)
         e = t.dtype_bytes
         span = tp * dp
+        full_span = span
         groups = 1
         if layout.zero and shard < dp:  # hybrid: ZeRO inside groups of `shard`, all-reduce across them
             groups, dp, span = dp // shard, shard, tp * shard
+        # this rank's experts per layer, and the group that holds the same ones (ep consecutive dp ranks apart)
+        expert_layer = moe.expert_params_per_rank(self.model, layout) if layout.ep > 1 else 0.0
+        ep_dp = layout.dp // layout.ep * cp
+        dense_layer = self.layer_params.per_rank(tp) - (moe.expert_params_per_layer(self.model) / tp
+                                                       if layout.ep > 1 else 0.0)
+        dense_local = local - layers * expert_layer
 
         def replicas(params: float) -> float:  # the all-reduce of a 1/shard gradient shard across groups
             if groups == 1:
                 return 0.0
             return self.bucketed("all_reduce", params / dp * grad_bytes, groups, tp * dp * groups)
 
+        def both(kind: str, dense: float, experts: float, nbytes: int) -> float:
+            return (self.bucketed(kind, dense * nbytes, dp, span)
+                    + self.bucketed(kind, experts * nbytes, ep_dp, full_span))
+
         window_b = lc.bwd * layers  # one micro-batch's backward on the stage
         window_f = lc.fwd * layers
         overlap = layout.zero >= t.profile.overlap_from_zero
+        experts = layers * expert_layer
         if layout.zero == 0:
-            red = self.bucketed("all_reduce", local * grad_bytes, dp, span)
+            red = both("all_reduce", dense_local, experts, grad_bytes)
             return max(0.0, red - window_b) if overlap else red
         if layout.zero in (1, 2):
-            red = self.bucketed("reduce_scatter", local * grad_bytes, dp, span) + replicas(local)
-            gat = self.bucketed("all_gather", local * e, dp, span)
+            red = both("reduce_scatter", dense_local, experts, grad_bytes) + replicas(dense_local)
+            gat = both("all_gather", dense_local, experts, e)
             return (max(0.0, red - window_b) + max(0.0, gat - window_f)) if overlap else red + gat
         # ZeRO-3 / FSDP: per layer and micro-batch, the prefetched all-gather hides behind the layer's forward,
         # the backward's re-gather and the reduce-scatter (and HSDP's all-reduce) behind its backward
         bw, lat = self.bus_bandwidth(span, dp), self.latency(span)
-        per_layer = self.layer_params.per_rank(tp)
-        ag = ring_time("all_gather", per_layer * e, dp, bw, lat)
-        rs = ring_time("reduce_scatter", per_layer * grad_bytes, dp, bw, lat) + replicas(per_layer)
-        rest = max(0.0, local - layers * per_layer)  # embedding, LM head, final norm: gathered once, exposed
+        ebw, elat = self.bus_bandwidth(full_span, ep_dp), self.latency(full_span)
+        ag = ring_time("all_gather", dense_layer * e, dp, bw, lat) + ring_time(
+            "all_gather", expert_layer * e, ep_dp, ebw, elat)
+        rs = ring_time("reduce_scatter", dense_layer * grad_bytes, dp, bw, lat) + replicas(dense_layer) + ring_time(
+            "reduce_scatter", expert_layer * grad_bytes, ep_dp, ebw, elat)
+        rest = max(0.0, dense_local - layers * dense_layer)  # embedding, LM head, final norm: gathered once, exposed
         edge = ring_time("all_gather", rest * e, dp, bw, lat) + ring_time(
             "reduce_scatter", rest * grad_bytes, dp, bw, lat) + replicas(rest)
         if not overlap:
@@ -553,7 +569,11 @@ class CostModel:
         stage_params = [self.stage_params(layout, i, n) for i, n in enumerate(pp_layers)]
         local = max(stage_params)
         breakdown["dp"] = self.dp_time(layout, lc, pp_layers[slowest], local, m) if dp > 1 else 0.0
-        opt_params = local / (shard if layout.zero >= 1 else 1)
+        opt_params = local
+        if layout.zero >= 1:  # the optimizer shard: dense weights over dp_shard x cp, experts over ep_dp x cp
+            big = stage_params.index(local)
+            experts = pp_layers[big] * moe.expert_params_per_rank(cfg, layout) if layout.ep > 1 else 0.0
+            opt_params = (local - experts) / shard + experts / (layout.dp // layout.ep * cp)
         opt_bytes = 28.0 if t.precision == "fp32" else OPTIMIZER_BYTES_PER_PARAM
         breakdown["optimizer"] = opt_params * opt_bytes / self.hbm_rate
         breakdown["cp"] = m * cpc
