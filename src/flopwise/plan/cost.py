@@ -52,7 +52,8 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
   and V forward (K, V and their gradients backward), each overlapped with one step's attention; the
   gradient reduction and the optimizer shard span dp x cp.
 - FP8: the blocks' linear GEMMs at the FP8 peak x gemm_efficiency x FP8_MAMF_RATIO, plus the cast traffic
-  (FP8_CAST_BYTES per element of each GEMM input forward and of each output gradient backward); attention,
+  (FP8_CAST_BYTES per element of each distinct GEMM input forward, FP8_FUSED_CAST_BYTES where a fused stack's
+  norm or activation writes it, and of each output gradient backward); attention,
   the LM head and the elementwise work stay bf16.
 - Inter-node collectives at Constants.network_efficiency of the NIC rate times the group's ranks on one node
   (each ring channel leaves the node through another rank's NIC; CostModel.bus_bandwidth), plus a tree latency of
@@ -104,6 +105,13 @@ OPTIMIZER_BYTES_PER_PARAM = 30.0
 FP8_MAMF_RATIO = 0.709 / 0.803
 # casting a bf16 tensor for an FP8 GEMM: read 2 bytes, write the FP8 copy and its transpose (1 + 1), per element
 FP8_CAST_BYTES = 4.0
+# ... where the producer of a GEMM input (a norm, the MLP's activation) writes the FP8 copy and its transpose
+# itself (Transformer Engine's LayerNormLinear / LayerNormMLP, torch.compile's fused casts): 1 + 1 bytes, no
+# re-read. The attention output (the input of wo) comes from the attention kernel and is cast on its own.
+FP8_FUSED_CAST_BYTES = 2.0
+FP8_UNFUSED_INPUT = frozenset({"wo"})
+FP8_INPUT_SHARED = frozenset({"wk", "wv"})  # cast once, with wq's input
+FP8_ONE_INPUT = frozenset({"w_up"})  # gate and up (count 2) read one input
 # FA3 / cuDNN fused attention on Hopper, fraction of the dense bf16 peak averaged over forward (~75%) and
 # backward (~55%) (Shah et al. 2024); FA2 there (~35% forward) is Constants.fa2_hopper_efficiency
 FA3_HOPPER_EFFICIENCY = 0.6
@@ -118,21 +126,21 @@ class Constants:
     """The cost model's few fitted constants (issue 14). The defaults are fitted on
     benchmarks/planner_calibration/fit.csv only (benchmarks/planner_fit.py; figures in benchmarks/RESULTS.md)."""
 
-    eager_traffic: float = 2.467  # elementwise HBM traffic of an eager (unfused) stack / a fused one
+    eager_traffic: float = 2.405  # elementwise HBM traffic of an eager (unfused) stack / a fused one
     # achieved fraction of the NIC rate between nodes (at its upper bound: with each ring's NICs aggregated,
     # FSDP's collectives hide behind compute in nearly every fit row, so the data barely constrains it)
     network_efficiency: float = 1.0
     # coefficient of variation of per-rank step times (at its lower bound since backward_efficiency was added:
     # it had been absorbing a uniform few per cent, not a growth with the number of ranks)
     straggler_cv: float = 0.0001
-    pipeline_instruction_s: float = 0.0515  # DeepSpeed pipeline engine: cost per blocking transfer
+    pipeline_instruction_s: float = 0.0498  # DeepSpeed pipeline engine: cost per blocking transfer
     # FlashAttention-2-class kernels on Hopper, fraction of the bf16 peak; fitted well below FA2's ~35% forward:
     # it also absorbs what else PyTorch-native stacks lose on Hopper (FINDINGS.md 3.1)
-    fa2_hopper_efficiency: float = 0.204
+    fa2_hopper_efficiency: float = 0.2022
     # backward matmuls (dgrad, wgrad, attention backward) at this fraction of the forward's rate: transposed
     # operands and wgrad's long reduction run below the forward's tiles (FlashAttention-2's backward reaches a
     # lower fraction of peak than its forward, Dao 2023 section 4.1)
-    backward_efficiency: float = 0.902
+    backward_efficiency: float = 0.9019
 
 
 DEFAULT_CONSTANTS = Constants()
@@ -331,10 +339,13 @@ class CostModel:
         act = mem.layer_activation_bytes(self.model, self.training, probe)
         ew_fwd = self.ew_factor * ELEMENTWISE_FWD_PASSES * act / self.hbm_rate
         ew_bwd = self.ew_factor * ELEMENTWISE_BWD_PASSES * act / self.hbm_rate
-        if self.fp8:  # cast each GEMM input forward and each output gradient backward
+        if self.fp8:  # cast each distinct GEMM input forward and each output gradient backward
+            fused = self.training.profile.fused_elementwise
             for g in self.gemms:
                 k, n = self._sharded(g, tp)
-                ew_fwd += g.count * FP8_CAST_BYTES * tokens * k / self.hbm_rate
+                if g.name not in FP8_INPUT_SHARED:  # Q, K, V share one input; so do gate and up (count 2)
+                    per = FP8_FUSED_CAST_BYTES if fused and g.name not in FP8_UNFUSED_INPUT else FP8_CAST_BYTES
+                    ew_fwd += (1 if g.name in FP8_ONE_INPUT else g.count) * per * tokens * k / self.hbm_rate
                 ew_bwd += g.count * FP8_CAST_BYTES * tokens * n / self.hbm_rate
         fwd = gemm + attn + ew_fwd
         attn_bwd = FLASH_BACKWARD_FLOPS if self.training.profile.attention == "flash" else 2.0
