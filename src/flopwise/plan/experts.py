@@ -8,9 +8,9 @@ out of the dense model's FSDP and dp_shard partition (ep already splits them; fl
 and applies the ZeRO stage to them over the dp / ep ranks that hold the same experts (ep_dp;
 flopwise.parallel.parallelize): ZeRO-1 partitions their optimizer state, ZeRO-2/3 put them under their own
 FSDP over ep_dp (gradients, and with 3 weights, sharded; ZeRO-3 gathers this rank's experts of a layer).
-With ep = 1 the experts are ordinary parameters, sharded with the rest. Their gradients likewise cross only
-the ep_dp ranks (CostModel.dp_time: collectives of their own beside the dense ones; none when ep = dp), and
-the optimizer step updates this rank's 1 / ep_dp share of them under ZeRO.
+With ep = 1 the experts are ordinary parameters, sharded with the rest. With ep > 1 their gradients cross
+only the ep_dp ranks too (CostModel.dp_time: collectives of their own beside the dense ones; none when
+ep = dp), and under ZeRO the optimizer step updates this rank's 1 / ep_dp share of them.
 
 Tensor parallelism. The expert GEMMs are in block_gemms with their column/row cut, so the cost model's
 per-rank GEMM time and the activations' TP-split share already divide them by tp; the MoE layer's partial
