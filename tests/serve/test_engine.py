@@ -11,7 +11,7 @@ import torch
 
 from flopwise.serve.config import EngineConfig, QueueFullError, RequestError
 from flopwise.serve.engine import Engine
-from flopwise.serve.sampling import SamplingParams
+from flopwise.serve.sampling import SamplingParams, argmax_rows
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
 
@@ -133,6 +133,17 @@ def test_sampling_controls(served_lfa):
     hot = [SamplingParams(max_tokens=12, temperature=2.0, seed=s, ignore_eos=True) for s in (1, 1, 2)]
     a, b, c = eng.generate([prompt] * 3, hot)
     assert a == b and a != c  # a seed fixes the sample; another seed gives another
+
+
+def test_argmax_rows_is_torch_argmax_first_of_ties_included():
+    torch.manual_seed(0)
+    logits = torch.randn(9, 1000)
+    logits[1, [7, 400, 999]] = 50.0  # ties: the first index wins
+    logits[2] = 0.0
+    logits[3, 5] = float("nan")  # as torch: a NaN counts as the largest
+    for rows in (logits, logits[::2], logits.t().contiguous().t(), logits.double()):
+        assert argmax_rows(rows) == rows.argmax(dim=-1).tolist()
+    assert argmax_rows(logits)[1:4] == [7, 0, 5]
 
 
 def test_stop_conditions(served_lfa):
