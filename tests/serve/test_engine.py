@@ -11,6 +11,7 @@ import torch
 
 from flopwise.serve.config import EngineConfig, QueueFullError, RequestError
 from flopwise.serve.engine import Engine
+from flopwise.serve.paged import logits
 from flopwise.serve.sampling import SamplingParams, argmax_rows
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
@@ -144,6 +145,18 @@ def test_argmax_rows_is_torch_argmax_first_of_ties_included():
     for rows in (logits, logits[::2], logits.t().contiguous().t(), logits.double()):
         assert argmax_rows(rows) == rows.argmax(dim=-1).tolist()
     assert argmax_rows(logits)[1:4] == [7, 0, 5]
+
+
+def test_logits_in_vocabulary_slices_equal_the_output_layer():
+    """The sliced output projection (CPU) gives the output layer's logits, whatever the vocabulary's size
+    against a slice; a layer with a bias goes through the layer itself."""
+    torch.manual_seed(0)
+    h = torch.randn(5, 256)
+    for vocab in (100, 512, 8192 + 3):
+        layer = torch.nn.Linear(256, vocab, bias=False)
+        assert torch.allclose(logits(layer, h), layer(h), atol=1e-5) and logits(layer, h).shape == (5, vocab)
+    with_bias = torch.nn.Linear(256, 3000)
+    assert torch.equal(logits(with_bias, h), with_bias(h))
 
 
 def test_stop_conditions(served_lfa):
