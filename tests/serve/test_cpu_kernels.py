@@ -51,8 +51,8 @@ def _naive(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slot: int,
 
 
 @pytest.mark.parametrize(("heads", "kv_heads", "d", "block"),
-                         [(8, 4, 32, 16), (8, 4, 32, 4), (4, 4, 64, 16), (6, 2, 24, 4), (12, 4, 128, 16),
-                          (4, 1, 17, 5), (3, 3, 1, 16)])
+                         [(8, 4, 32, 16), (8, 4, 32, 4), (4, 4, 64, 16), (6, 2, 24, 4), (6, 2, 24, 16),
+                          (12, 4, 128, 16), (4, 1, 17, 5), (3, 3, 1, 16)])
 def test_kernel_and_pytorch_path_equal_plain_attention(kernel, heads, kv_heads, d, block):
     """Decodes at many context lengths (odd ones, block edges) and a later chunk of a prompt; GQA (groups of
     1-4), one KV head; head and block sizes the kernel specialises and ones it does not (odd head sizes
