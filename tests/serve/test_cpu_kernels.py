@@ -26,23 +26,58 @@ def kernel():
     return lib
 
 
-@pytest.mark.parametrize(("heads", "kv_heads", "d"), [(8, 4, 32), (4, 4, 64), (6, 2, 24)])
-def test_kernel_equals_the_pytorch_path(kernel, heads, kv_heads, d):
-    """Decodes at many context lengths (block edges included) and a later chunk of a prompt, GQA and not,
-    a head size the kernel specialises and one it does not."""
+def _pools(keys: torch.Tensor, values: torch.Tensor, tables: torch.Tensor, blocks: int) -> tuple[torch.Tensor, ...]:
+    """Pools in the cache's layout (keys [blocks, kv_heads, d, block], values [blocks, kv_heads, block, d])
+    holding each slot's dense keys/values [slots, kv_heads, keys, d] in the blocks of its table; the other
+    blocks and the slots past a sequence's keys hold noise."""
+    slots, kv_heads, length, d = keys.shape
+    block = length // tables.shape[1]
+    k_pool, v_pool = torch.randn(blocks, kv_heads, d, block), torch.randn(blocks, kv_heads, block, d)
+    for s in range(slots):
+        for i, b in enumerate(tables[s].tolist()):
+            k_pool[b] = keys[s, :, i * block : (i + 1) * block].transpose(-1, -2)
+            v_pool[b] = values[s, :, i * block : (i + 1) * block]
+    return k_pool, v_pool
+
+
+def _naive(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slot: int, n: int) -> torch.Tensor:
+    """Attention of one row q [heads, d] over the first n keys of a slot, one query head at a time."""
+    group = q.shape[0] // keys.shape[1]
+    rows = []
+    for h in range(q.shape[0]):
+        k, v = keys[slot, h // group, :n].double(), values[slot, h // group, :n].double()
+        rows.append(torch.softmax(k @ q[h].double() * q.shape[1] ** -0.5, 0) @ v)
+    return torch.stack(rows).float()
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "d", "block"),
+                         [(8, 4, 32, 16), (8, 4, 32, 4), (4, 4, 64, 16), (6, 2, 24, 4), (6, 2, 24, 16),
+                          (12, 4, 128, 16), (4, 1, 17, 5), (3, 3, 1, 16)])
+def test_kernel_and_pytorch_path_equal_plain_attention(kernel, heads, kv_heads, d, block):
+    """Decodes at many context lengths (odd ones, block edges) and a later chunk of a prompt; GQA (groups of
+    1-4), one KV head; head and block sizes the kernel specialises and ones it does not (odd head sizes
+    too). The kernel and the PyTorch path both equal attention computed one head at a time in float64."""
     torch.manual_seed(0)
-    block, width, seqs = 4, 12, 9
-    k_pool, v_pool = torch.randn(2, seqs * width + 3, kv_heads, block, d).unbind(0)
-    tables = torch.randperm(seqs * width + 3)[: seqs * width].view(seqs, width).to(torch.int32).contiguous()
-    chunks = [SeqChunk([1], n, tables[s].tolist(), s, 0) for s, n in enumerate([0, 3, 4, 5, 15, 16, 33, 47])]
-    chunks.append(SeqChunk([1] * 5, 20, tables[8].tolist(), 8, 0))  # positions 20-24 of a prompt
+    width, seqs = 48 // block + 1, 10
+    lengths = [0, 3, block - 1, block, block + 1, 2 * block + 1, 33, 47, 3 * block - 1]
+    nb = seqs * width + 3
+    tables = torch.randperm(nb)[: seqs * width].view(seqs, width).to(torch.int32).contiguous()
+    keys, values = torch.randn(2, seqs, kv_heads, width * block, d).unbind(0)
+    k_pool, v_pool = _pools(keys, values, tables, nb)
+    chunks = [SeqChunk([1], n, tables[s].tolist(), s, 0) for s, n in enumerate(lengths)]
+    chunks.append(SeqChunk([1] * 5, 20, tables[seqs - 1].tolist(), seqs - 1, 0))  # positions 20-24 of a prompt
     batch = build_batch(chunks, block, "cpu", lfa=False)
     q = torch.randn(batch.tokens.numel(), heads, d)
-    expected, got = torch.full_like(q, 7.0), torch.full_like(q, 7.0)
-    torch_paged_attention(expected, q, k_pool, v_pool, tables, batch)
-    cpu_kernels.paged_attention(kernel, got, q, k_pool.contiguous(), v_pool.contiguous(), tables, batch.paged_rows,
-                                batch.paged_slots, batch.paged_lens)
+    expected = torch.stack([_naive(q[r], keys, values, s, n) for r, s, n in
+                            zip(batch.paged_rows.tolist(), batch.paged_slots.tolist(), batch.paged_lens.tolist(),
+                                strict=True)])
+    reference, got = torch.full_like(q, 7.0), torch.full_like(q, 7.0)
+    torch_paged_attention(reference, q, k_pool, v_pool, tables, batch)
+    cpu_kernels.paged_attention(kernel, got, q, k_pool, v_pool, tables, batch.paged_rows, batch.paged_slots,
+                                batch.paged_lens)
+    assert torch.allclose(reference, expected, atol=1e-5, rtol=1e-4)
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(got, reference, atol=1e-5, rtol=1e-4)
 
 
 def _outputs(served, attention: str) -> tuple[list[list[int]], bool]:

@@ -11,7 +11,8 @@ import torch
 
 from flopwise.serve.config import EngineConfig, QueueFullError, RequestError
 from flopwise.serve.engine import Engine
-from flopwise.serve.sampling import SamplingParams
+from flopwise.serve.paged import logits
+from flopwise.serve.sampling import SamplingParams, argmax_rows
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
 
@@ -133,6 +134,29 @@ def test_sampling_controls(served_lfa):
     hot = [SamplingParams(max_tokens=12, temperature=2.0, seed=s, ignore_eos=True) for s in (1, 1, 2)]
     a, b, c = eng.generate([prompt] * 3, hot)
     assert a == b and a != c  # a seed fixes the sample; another seed gives another
+
+
+def test_argmax_rows_is_torch_argmax_first_of_ties_included():
+    torch.manual_seed(0)
+    logits = torch.randn(9, 1000)
+    logits[1, [7, 400, 999]] = 50.0  # ties: the first index wins
+    logits[2] = 0.0
+    logits[3, 5] = float("nan")  # as torch: a NaN counts as the largest
+    for rows in (logits, logits[::2], logits.t().contiguous().t(), logits.double()):
+        assert argmax_rows(rows) == rows.argmax(dim=-1).tolist()
+    assert argmax_rows(logits)[1:4] == [7, 0, 5]
+
+
+def test_logits_in_vocabulary_slices_equal_the_output_layer():
+    """The sliced output projection (CPU) gives the output layer's logits, whatever the vocabulary's size
+    against a slice; a layer with a bias goes through the layer itself."""
+    torch.manual_seed(0)
+    h = torch.randn(5, 256)
+    for vocab in (100, 512, 8192 + 3):
+        layer = torch.nn.Linear(256, vocab, bias=False)
+        assert torch.allclose(logits(layer, h), layer(h), atol=1e-5) and logits(layer, h).shape == (5, vocab)
+    with_bias = torch.nn.Linear(256, 3000)
+    assert torch.equal(logits(with_bias, h), with_bias(h))
 
 
 def test_stop_conditions(served_lfa):

@@ -105,9 +105,11 @@ def load():
 def paged_attention(lib, out: torch.Tensor, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
                     tables: torch.Tensor, rows: torch.Tensor, row_slot: torch.Tensor, row_len: torch.Tensor) -> None:
     """out[rows] = attention of q[rows] over the first row_len keys of their sequences (see the C source
-    for layouts). fp32, contiguous, int32 indices; q/out [T, H, D], pools [blocks, kv_heads, block, D]."""
+    for layouts). fp32, contiguous, int32 indices; q/out [T, H, D], k_pool [blocks, kv_heads, D, block] (keys
+    side by side), v_pool [blocks, kv_heads, block, D]."""
     _, heads, d = q.shape
-    _, kv_heads, block, _ = k_pool.shape
+    _, kv_heads, block, _ = v_pool.shape
+    assert k_pool.shape == (v_pool.shape[0], kv_heads, d, block)
     for t in (out, q, k_pool, v_pool, tables, rows, row_slot, row_len):
         assert t.is_contiguous() and t.device.type == "cpu"
     lib.paged_attention_f32(

@@ -40,9 +40,10 @@ class PagedKVCache:
         self.cfg = cfg
         self.num_blocks = num_blocks
         self.block_size = block_size
-        shape = (cfg.layers, num_blocks, cfg.kv_heads, block_size, cfg.head_dim)  # head-major inside a block
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # Head-major blocks; keys key-major inside a block ([kv_heads, head_dim, block]: the keys of a block side
+        # by side per dimension, as the CPU kernel's score loop reads them), values one per row.
+        self.k = torch.zeros(cfg.layers, num_blocks, cfg.kv_heads, cfg.head_dim, block_size, device=device, dtype=dtype)
+        self.v = torch.zeros(cfg.layers, num_blocks, cfg.kv_heads, block_size, cfg.head_dim, device=device, dtype=dtype)
         # Block tables as one tensor, a row per sequence slot, filled as sequences gain blocks (`sync`).
         self.tables = torch.zeros(max_seqs, math.ceil(cfg.seq_len / block_size), dtype=torch.int32, device=device)
         self.kernel = None
@@ -231,35 +232,44 @@ def build_batch(chunks: list[SeqChunk], block_size: int, device, lfa: bool = Tru
 def torch_paged_attention(out: torch.Tensor, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
                           tables: torch.Tensor, batch: StepBatch) -> None:
     """The paged rows of `out` in PyTorch (any device and dtype): the reference for the CPU kernel.
+    k_pool [blocks, kv_heads, d, block] (key-major blocks), v_pool [blocks, kv_heads, block, d].
 
-    Decoding sequences go together: their blocks are gathered into a padded [nd, kv_heads, keys, d] tensor
-    and the query heads of each KV group meet that group's keys (grouped-query attention without repeated
-    keys). A later chunk of a prompt gathers its blocks and uses a causal mask offset by what it has."""
-    kv_heads, block_size, d = k_pool.shape[1:]
+    Decoding sequences go together: their blocks are gathered into padded [nd, kv_heads, d, keys] keys and
+    [nd, kv_heads, keys, d] values, and the query heads of each KV group meet that group's keys (grouped-query
+    attention without repeated keys). A later chunk of a prompt gathers its blocks and uses a causal mask
+    offset by what it has."""
+    kv_heads, block_size, d = v_pool.shape[1:]
     group = q.shape[1] // kv_heads
     lens = batch.paged_lens.tolist()
     slot_of = dict(zip(batch.paged_rows.tolist(), batch.paged_slots.tolist(), strict=True))
     len_of = dict(zip(batch.paged_rows.tolist(), lens, strict=True))
 
-    def gather(pool: torch.Tensor, slots: list[int], keys: int) -> torch.Tensor:  # -> [n, kv_heads, keys, d]
+    def blocks_of(pool: torch.Tensor, slots: list[int], keys: int) -> torch.Tensor:  # [n, width, kv_heads, ., .]
         width = -(-keys // block_size)
         table = tables[torch.tensor(slots, device=tables.device), :width].flatten()
-        blocks = pool.index_select(0, table).view(len(slots), width, kv_heads, block_size, d)
-        return blocks.transpose(1, 2).reshape(len(slots), kv_heads, width * block_size, d)[:, :, :keys]
+        return pool.index_select(0, table).view(len(slots), width, *pool.shape[1:])
+
+    def gather_keys(slots: list[int], keys: int) -> torch.Tensor:  # -> [n, kv_heads, d, keys]
+        blocks = blocks_of(k_pool, slots, keys)
+        return blocks.permute(0, 2, 3, 1, 4).reshape(len(slots), kv_heads, d, -1)[..., :keys]
+
+    def gather_values(slots: list[int], keys: int) -> torch.Tensor:  # -> [n, kv_heads, keys, d]
+        blocks = blocks_of(v_pool, slots, keys)
+        return blocks.transpose(1, 2).reshape(len(slots), kv_heads, -1, d)[:, :, :keys]
 
     if batch.decode_rows:
         rows = batch.decode_rows
         keys = max(len_of[r] for r in rows)
         slots = [slot_of[r] for r in rows]
-        kd, vd = gather(k_pool, slots, keys), gather(v_pool, slots, keys)
+        kd, vd = gather_keys(slots, keys), gather_values(slots, keys)
         qd = q[rows].view(len(rows), kv_heads, group, d)
         visible = torch.arange(keys, device=q.device) < torch.tensor([len_of[r] for r in rows], device=q.device)[:, None]
-        scores = torch.matmul(qd, kd.transpose(-1, -2)).float() * d**-0.5  # [nd, kv_heads, group, keys]
+        scores = torch.matmul(qd, kd).float() * d**-0.5  # [nd, kv_heads, group, keys]
         probs = scores.masked_fill(~visible[:, None, None], float("-inf")).softmax(-1).to(q.dtype)
         out[rows] = torch.matmul(probs, vd).reshape(len(rows), -1, d)
     for start, n, slot in batch.chunks:
         context = len_of[start + n - 1]
-        kp, vp = gather(k_pool, [slot], context), gather(v_pool, [slot], context)
+        kp, vp = gather_keys([slot], context).transpose(-1, -2), gather_values([slot], context)
         q_pos = torch.arange(context - n, context, device=q.device)
         mask = torch.arange(context, device=q.device).unsqueeze(0) <= q_pos.unsqueeze(1)
         qp = q[start : start + n].transpose(0, 1).unsqueeze(0)  # [1, heads, n, d]
@@ -269,8 +279,9 @@ def torch_paged_attention(out: torch.Tensor, q: torch.Tensor, k_pool: torch.Tens
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
                     cache: PagedKVCache, batch: StepBatch) -> torch.Tensor:
-    """q [T, heads, d]; k/v [T, kv_heads, d] this step's keys and values; k_pool/v_pool [blocks, kv_heads,
-    block_size, d] of one layer, already holding them. Returns [T, heads, d].
+    """q [T, heads, d]; k/v [T, kv_heads, d] this step's keys and values; k_pool [blocks, kv_heads, d,
+    block_size] and v_pool [blocks, kv_heads, block_size, d] of one layer, already holding them. Returns
+    [T, heads, d].
 
     A prompt that starts in this step attends to this step's keys directly (causal SDPA); every other row
     reads its sequence's blocks through the block table: in place with the CPU kernel where it is built,
@@ -324,11 +335,30 @@ def paged_forward(model: Transformer, cache: PagedKVCache, batch: StepBatch) -> 
         q = apply_rope(attn.wq(qk_in).view(1, t, -1, attn.head_dim), cos, sin)[0]
         k = apply_rope(attn.wk(qk_in).view(1, t, -1, attn.head_dim), cos, sin)[0]
         v = attn.wv(h).view(t, -1, attn.head_dim)
-        cache.k[layer][batch.write_blocks, :, batch.write_offsets] = k
+        cache.k[layer][batch.write_blocks, :, :, batch.write_offsets] = k
         cache.v[layer][batch.write_blocks, :, batch.write_offsets] = v
         o = paged_attention(q, k, v, cache.k[layer], cache.v[layer], cache, batch)
         x = x + attn.wo(o.reshape(t, -1))
         m = block.mlp(block.ffn_norm(x).unsqueeze(0))
         x = x + (m[0] if isinstance(m, tuple) else m)[0]
     h = model.norm(x if batch.logit_rows.numel() == t else x[batch.logit_rows])  # logit rows ascend: all = all
-    return model.output(h).float()
+    return logits(model.output, h)
+
+
+LOGIT_SLICE_BYTES = 512 << 10  # a slice of the output projection's weight that stays in a core's L2 cache
+
+
+def logits(output: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """fp32 logits [R, vocab] of the final hidden states h [R, hidden].
+
+    On CPU the output projection runs in slices of the vocabulary of ~512 KiB of weights each: one GEMM over
+    the whole [vocab, hidden] weight (8 MiB for tiny-llama, the largest GEMM of a decode step) ran 15-20%
+    slower at 64-128 rows (torch 2.13, MKL, one thread, 2-core AMD EPYC); each logit is the same dot
+    product either way."""
+    weight = getattr(output, "weight", None)
+    if h.device.type != "cpu" or type(output) is not torch.nn.Linear or output.bias is not None:
+        return output(h).float()
+    rows = max(64, LOGIT_SLICE_BYTES // (weight.shape[1] * weight.element_size()))
+    if weight.shape[0] <= rows:
+        return F.linear(h, weight).float()
+    return torch.cat([F.linear(h, part) for part in weight.split(rows)], dim=1).float()

