@@ -27,19 +27,27 @@
 #include <stdint.h>
 #include <string.h>
 
+/* The Cephes expf polynomial in r, shared by the scalar and the vector exp below (p starts at its first
+ * coefficient; works for float and the 8-float vector type alike). */
+#define EXP_POLY(p, r)                                                                                        \
+    do {                                                                                                      \
+        (p) = (p) * (r) + 1.3981999507e-3f;                                                                   \
+        (p) = (p) * (r) + 8.3334519073e-3f;                                                                   \
+        (p) = (p) * (r) + 4.1665795894e-2f;                                                                   \
+        (p) = (p) * (r) + 1.6666665459e-1f;                                                                   \
+        (p) = (p) * (r) + 5.0000001201e-1f;                                                                   \
+        (p) = (p) * (r) * (r) + (r) + 1.0f;                                                                   \
+    } while (0)
+#define EXP_POLY_FIRST 1.9875691500e-4f
+
 /* exp(x) for x <= 0 (scores minus their maximum), relative error ~1e-7: Cody-Waite range reduction and
  * the Cephes expf polynomial; rounding by the 1.5 * 2^23 trick so that no libm call blocks vectorisation. */
 static inline float exp_neg(float x) {
     x = x < -87.0f ? -87.0f : x;
     const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
     const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    float p = EXP_POLY_FIRST;
+    EXP_POLY(p, r);
     const int32_t bits = ((int32_t)n + 127) << 23; /* 2^n; n >= -126 after the clamp */
     float two_n;
     memcpy(&two_n, &bits, sizeof two_n);
@@ -145,13 +153,8 @@ static inline v8 exp_neg8(v8 x) { /* exp_neg, lane by lane, in the same operatio
     x = max8(x, splat8(-87.0f));
     const v8 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     const v8 r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    v8 p = splat8(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    v8 p = splat8(EXP_POLY_FIRST);
+    EXP_POLY(p, r);
     const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
     return p * (v8)bits;
 }
