@@ -3,6 +3,8 @@ top-2) against one process under EP2, EP2 x DP2 (ZeRO-1 and ZeRO-3: expert state
 holding the same experts), EP2 x PP2 and EP2 with ZeRO-3, plus an EP2 run
 resumed in one process; expert tensor parallelism under TP2 (with sequence parallelism) and EP2 x TP2."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from flopwise.errors import LayoutError
 from flopwise.layout import Layout, check
 from flopwise.models import get_preset
 from flopwise.parallel.expert import _source_major_to_expert_major
-from tests.parallel.harness import run_layout
+from tests.parallel.harness import Run, losses_of, run_batch, run_layout, selected_params
 from tests.parallel.test_parity import _drop_last_checkpoint, assert_same_curve
 
 STEPS = 6
@@ -61,12 +63,36 @@ def moe_reference(nano_shards):
     return run_layout(nano_shards, 1, [], steps=STEPS, preset="nano-moe")
 
 
+@pytest.fixture(scope="module")
+def moe_runs(nano_shards, request, tmp_path_factory):
+    """The multi-process runs of the selected tests, one spawned process group per world size:
+    {key: (losses or error, run directory)}."""
+    runs = []
+    for p in selected_params(request, "test_expert_parallel_layout_matches_single_process_loss"):
+        world, overrides = LAYOUTS[p["layout"]]
+        runs.append(Run(p["layout"], world, tuple(overrides), STEPS, str(tmp_path_factory.mktemp(p["layout"])),
+                        preset="nano-moe"))
+    if selected_params(request, "test_a_run_saved_under_ep2_resumes_in_one_process"):
+        world, overrides = LAYOUTS["ep2"]
+        runs.append(Run("ep2-saved", world, (*overrides, "checkpoint.every=3"), STEPS,
+                        str(tmp_path_factory.mktemp("ep2-saved")), preset="nano-moe"))
+    for p in selected_params(request, "test_expert_tensor_parallel_layout_matches_single_process_loss"):
+        world, overrides = TP_LAYOUTS[p["layout"]]
+        runs.append(Run(f"aux-{p['layout']}", world, (*overrides, *AUX), TP_STEPS,
+                        str(tmp_path_factory.mktemp(f"aux-{p['layout']}")), preset="nano-moe"))
+    results = run_batch(nano_shards, runs)
+    return {run.key: (results[run.key], run.out) for run in runs}
+
+
+def _losses(moe_runs, key):
+    return losses_of({k: v for k, (v, _) in moe_runs.items()}, key)
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", [name for name in LAYOUTS if name != "ep2"])  # ep2: in the resume test
-def test_expert_parallel_layout_matches_single_process_loss(nano_shards, moe_reference, layout):
-    world, overrides = LAYOUTS[layout]
-    got = run_layout(nano_shards, world, overrides, steps=STEPS, preset="nano-moe")
+def test_expert_parallel_layout_matches_single_process_loss(moe_reference, moe_runs, layout):
+    got = _losses(moe_runs, layout)
     assert sorted(got) == list(range(1, STEPS + 1))
     assert moe_reference[STEPS] < moe_reference[1] - 0.3  # the curve moves: parity is not trivially met
     assert_same_curve(got, moe_reference)
@@ -74,15 +100,15 @@ def test_expert_parallel_layout_matches_single_process_loss(nano_shards, moe_ref
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_a_run_saved_under_ep2_resumes_in_one_process(nano_shards, moe_reference, tmp_path):
+def test_a_run_saved_under_ep2_resumes_in_one_process(nano_shards, moe_reference, moe_runs, tmp_path):
     """EP2 gives the single-process curve; its expert weights and their AdamW state are saved whole, by the
     single-device names (DCP), so the run continues that curve in one process."""
-    out = str(tmp_path / "run")
-    world, overrides = LAYOUTS["ep2"]
-    first = run_layout(nano_shards, world, overrides + ["checkpoint.every=3"], steps=STEPS, out=out, preset="nano-moe")
+    first = _losses(moe_runs, "ep2-saved")
     assert sorted(first) == list(range(1, STEPS + 1))
     assert moe_reference[STEPS] < moe_reference[1] - 0.3
     assert_same_curve(first, moe_reference)
+    out = str(tmp_path / "run")
+    shutil.copytree(moe_runs["ep2-saved"][1], out)
     _drop_last_checkpoint(out)  # pretend the run stopped at step 3
     got = run_layout(nano_shards, 1, ["checkpoint.every=3"], steps=STEPS, out=out, resume=True, preset="nano-moe")
     assert sorted(got) == list(range(4, STEPS + 1))
@@ -107,10 +133,9 @@ def moe_aux_reference(nano_shards):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("layout", ["tp2-sp", pytest.param("ep2xtp2", marks=pytest.mark.slow)])
-def test_expert_tensor_parallel_layout_matches_single_process_loss(nano_shards, moe_aux_reference, layout):
+def test_expert_tensor_parallel_layout_matches_single_process_loss(moe_aux_reference, moe_runs, layout):
     """The losses of steps 2-3 depend on the expert, router and auxiliary-loss gradients of steps 1-2."""
-    world, overrides = TP_LAYOUTS[layout]
-    got = run_layout(nano_shards, world, overrides + AUX, steps=TP_STEPS, preset="nano-moe")
+    got = _losses(moe_runs, f"aux-{layout}")
     assert sorted(got) == list(range(1, TP_STEPS + 1))
     assert moe_aux_reference[TP_STEPS] < moe_aux_reference[1] - 0.1  # the curve moves within the steps compared
     assert_same_curve(got, moe_aux_reference)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_run import run_cli
+
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
@@ -25,7 +27,7 @@ def _cli(args):
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_a_planned_job_config_runs_as_is_and_prints_the_planners_split(nano_shards, tmp_path):
+def test_a_planned_job_config_runs_as_is_and_prints_the_planners_split(nano_shards, tmp_path, capsys):
     """`flopwise plan --write-config` -> `flopwise train --config --nproc`: the run's pipeline table is the
     planner's, number for number, and the run ends with the planner's prediction beside the measurement."""
     from flopwise.cli.train import PIPELINE_COLUMNS
@@ -35,10 +37,10 @@ def test_a_planned_job_config_runs_as_is_and_prints_the_planners_split(nano_shar
     from flopwise.train.config import load_config, resolve_layout
 
     config = tmp_path / "job.toml"
-    plan = subprocess.run([sys.executable, "-m", "flopwise.cli", "plan", "--preset", "nano", "--gpu", "cpu", "--gpus", "2",
-                           "--gpus-per-node", "2", "--global-batch", "8", "--precision", "fp32", "--layout", "pp=2,mb=2",
-                           "--write-config", str(config)], capture_output=True, text=True, timeout=300)
-    assert plan.returncode == 0, plan.stderr
+    code, _, err = run_cli(capsys, "plan", "--preset", "nano", "--gpu", "cpu", "--gpus", "2", "--gpus-per-node", "2",
+                           "--global-batch", "8", "--precision", "fp32", "--layout", "pp=2,mb=2",
+                           "--write-config", config)
+    assert code == 0, err
     proc = _cli(["train", "--config", str(config), "--nproc", "2", "--steps", "3", "--out", str(tmp_path / "run"),
                  "--set", f'data.shards="{nano_shards}"', "--set", "train.log_every=1"])
     out, err = proc.communicate(timeout=300)

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from tests.parallel.harness import run_layout
+from tests.parallel.harness import Run, losses_of, run_batch, run_layout, selected_params
 
 STEPS = 10
 pytestmark = pytest.mark.distributed
@@ -39,9 +39,35 @@ CASES = [(name, "lfa-on") for name in LAYOUTS] + [
 ]
 
 
+SAVE_EVERY = 5
+# the resharded-resume tests continue these runs (the parity runs of those layouts, checkpointed every 5 steps)
+RESUMES = [("dp2xtp2", "pp2xdp2-zero1"), ("pp2-interleaved", None), ("zero3-dp2", "tp2-sp")]
+RESUME_IDS = ["dp2xtp2->pp2xdp2", "pp2-interleaved->single", "zero3->tp2"]
+SAVED = {save for save, _ in RESUMES}
+
+
 @pytest.fixture(scope="module")
 def references(nano_shards):
     return {v: run_layout(nano_shards, 1, VARIANTS[v], steps=STEPS) for v in ("lfa-on", "lfa-off")}
+
+
+def _case_run(layout, variant, out) -> Run:
+    world, overrides = LAYOUTS[layout]
+    saves = variant == "lfa-on" and layout in SAVED
+    return Run(f"{layout}-{variant}", world, (*overrides, *VARIANTS[variant],
+                                               *([f"checkpoint.every={SAVE_EVERY}"] if saves else [])), STEPS, str(out))
+
+
+@pytest.fixture(scope="module")
+def layout_runs(nano_shards, request, tmp_path_factory):
+    """The runs of the selected parity tests (and of the layouts the selected resume tests continue), one
+    spawned process group per world size: {case: (losses or error, run directory)}."""
+    cases = [(p["layout"], p["variant"]) for p in selected_params(request, "test_layout_matches_single_process_loss")]
+    cases += [(p["save_layout"], "lfa-on") for p in selected_params(request, "test_resharded_resume_continues_the_curve")]
+    runs = [_case_run(layout, variant, tmp_path_factory.mktemp(f"{layout}-{variant}"))
+            for layout, variant in dict.fromkeys(cases)]
+    results = run_batch(nano_shards, runs)
+    return {run.key: (results[run.key], run.out) for run in runs}
 
 
 def assert_same_curve(got, ref, steps=None):
@@ -51,10 +77,9 @@ def assert_same_curve(got, ref, steps=None):
 
 
 @pytest.mark.parametrize(("layout", "variant"), CASES, ids=[f"{a}-{b}" for a, b in CASES])
-def test_layout_matches_single_process_loss(nano_shards, references, layout, variant):
-    world, overrides = LAYOUTS[layout]
+def test_layout_matches_single_process_loss(references, layout_runs, layout, variant):
     ref = references["lfa-off" if variant == "lfa-off" else "lfa-on"]
-    got = run_layout(nano_shards, world, overrides + VARIANTS[variant], steps=STEPS)
+    got = losses_of({k: v for k, (v, _) in layout_runs.items()}, f"{layout}-{variant}")
     assert sorted(got) == list(range(1, STEPS + 1))
     assert ref[STEPS] < ref[1] - 0.3  # the curve moves: parity is not trivially met
     assert_same_curve(got, ref)
@@ -67,18 +92,32 @@ def _drop_last_checkpoint(out):
     (checkpoints_dir(out) / "latest").unlink()
 
 
+@pytest.fixture(scope="module")
+def resumed_runs(nano_shards, layout_runs, request, tmp_path_factory):
+    """Each selected resume: a copy of the saved run without its last checkpoint (as if it stopped at step 5),
+    resumed under another layout; one spawned process group per world size."""
+    runs = []
+    for p in selected_params(request, "test_resharded_resume_continues_the_curve"):
+        save, resume = p["save_layout"], p["resume_layout"]
+        losses, saved = layout_runs[f"{save}-lfa-on"]
+        out = tmp_path_factory.mktemp(f"resume-{save}") / "run"
+        if isinstance(losses, Exception):  # the saving run failed: say so in the resume test
+            runs.append((f"{save}->{resume}", losses))
+            continue
+        shutil.copytree(saved, out)
+        _drop_last_checkpoint(out)
+        world, overrides = LAYOUTS[resume] if resume else (1, [])
+        runs.append((f"{save}->{resume}", Run(f"{save}->{resume}", world, (*overrides, f"checkpoint.every={SAVE_EVERY}"),
+                                               STEPS, str(out), resume=True)))
+    results = run_batch(nano_shards, [run for _, run in runs if isinstance(run, Run)])
+    return {key: run if isinstance(run, Exception) else results[key] for key, run in runs}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("save_layout", "resume_layout"),
-    [("dp2xtp2", "pp2xdp2-zero1"), ("pp2-interleaved", None), ("zero3-dp2", "tp2-sp")],
-    ids=["dp2xtp2->pp2xdp2", "pp2-interleaved->single", "zero3->tp2"],
-)
-def test_resharded_resume_continues_the_curve(nano_shards, references, tmp_path, save_layout, resume_layout):
-    out = str(tmp_path / "run")
-    world, overrides = LAYOUTS[save_layout]
-    run_layout(nano_shards, world, overrides + ["checkpoint.every=5"], steps=STEPS, out=out)
-    _drop_last_checkpoint(out)  # pretend the run stopped at step 5
-    world, overrides = LAYOUTS[resume_layout] if resume_layout else (1, [])
-    got = run_layout(nano_shards, world, overrides + ["checkpoint.every=5"], steps=STEPS, out=out, resume=True)
-    assert sorted(got) == list(range(6, STEPS + 1))
-    assert_same_curve(got, references["lfa-on"], steps=range(6, STEPS + 1))
+@pytest.mark.parametrize(("save_layout", "resume_layout"), RESUMES, ids=RESUME_IDS)
+def test_resharded_resume_continues_the_curve(references, layout_runs, resumed_runs, save_layout, resume_layout):
+    saved = losses_of({k: v for k, (v, _) in layout_runs.items()}, f"{save_layout}-lfa-on")
+    assert_same_curve(saved, references["lfa-on"])  # the run that was saved is the single-process curve
+    got = losses_of(resumed_runs, f"{save_layout}->{resume_layout}")
+    assert sorted(got) == list(range(SAVE_EVERY + 1, STEPS + 1))
+    assert_same_curve(got, references["lfa-on"], steps=range(SAVE_EVERY + 1, STEPS + 1))

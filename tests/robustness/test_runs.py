@@ -315,26 +315,31 @@ def _launched_by(pid: int) -> list[int]:
 def test_the_launcher_stops_every_rank_and_reports_rank_errors_once(nano_shards, tmp_path):
     out = tmp_path / "run"
     ranks = ["--nproc", "2", "--tp", "2", "--set", "parallel.timeout_s=60"]
-    proc = _popen([*_train_args(nano_shards, out, 100_000), *ranks], start_new_session=True)  # `kill <pid>`
-    _wait_for_steps(out / "metrics.jsonl", proc)
-    children = _launched_by(proc.pid)
-    assert len(children) >= 3  # torchrun's agent and two ranks
-    proc.send_signal(signal.SIGTERM)
-    stdout, err = proc.communicate(timeout=180)
-    assert proc.returncode == 143, err
-    assert "stopped by SIGTERM: torchrun and every rank ended" in err and "Traceback" not in err
-    whole = param_counts(load_config(None, [], preset="nano").model_config()).total
-    assert f"{whole / 1e6:.2f}M parameters, layout tp2" in stdout  # the whole model, not rank 0's half
-    mfu = [r["mfu"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "mfu" in r]
-    assert mfu and max(mfu) <= 1.0  # one peak for all ranks (the best any measured)
-    time.sleep(0.5)
-    assert not [p for p in children if Path(f"/proc/{p}").exists() and
-                b"zombie" not in Path(f"/proc/{p}/status").read_bytes().lower()]
-
     shards = tmp_path / "shards"  # a damaged shard: both ranks find it, the launcher says it once
     shutil.copytree(nano_shards, shards)
     victim = sorted(shards.glob("train-*.bin"))[0]
     victim.write_bytes(victim.read_bytes()[:-64])
-    proc = _popen([*_train_args(shards, tmp_path / "run2", 2), *ranks])
-    _, err = proc.communicate(timeout=300)
-    one_error(proc.returncode, err, str(victim), "the manifest says")
+    damaged = _popen([*_train_args(shards, tmp_path / "run2", 2), *ranks])  # runs beside the first job
+    try:
+        proc = _popen([*_train_args(nano_shards, out, 100_000), *ranks], start_new_session=True)  # `kill <pid>`
+        _wait_for_steps(out / "metrics.jsonl", proc)
+        children = _launched_by(proc.pid)
+        assert len(children) >= 3  # torchrun's agent and two ranks
+        proc.send_signal(signal.SIGTERM)
+        stdout, err = proc.communicate(timeout=180)
+        assert proc.returncode == 143, err
+        assert "stopped by SIGTERM: torchrun and every rank ended" in err and "Traceback" not in err
+        whole = param_counts(load_config(None, [], preset="nano").model_config()).total
+        assert f"{whole / 1e6:.2f}M parameters, layout tp2" in stdout  # the whole model, not rank 0's half
+        mfu = [r["mfu"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "mfu" in r]
+        assert mfu and max(mfu) <= 1.0  # one peak for all ranks (the best any measured)
+        time.sleep(0.5)
+        assert not [p for p in children if Path(f"/proc/{p}").exists() and
+                    b"zombie" not in Path(f"/proc/{p}/status").read_bytes().lower()]
+
+        _, err = damaged.communicate(timeout=300)
+    finally:
+        if damaged.poll() is None:
+            damaged.kill()
+            damaged.wait()
+    one_error(damaged.returncode, err, str(victim), "the manifest says")
