@@ -12,7 +12,11 @@ their traffic is estimated from the activations they produce (plan/memory.py): e
 once and read once in the forward (ELEMENTWISE_FWD_PASSES) and read, with its gradient written and read, in
 the backward (ELEMENTWISE_BWD_PASSES).
 Recomputation repeats the forward of every layer (full) or of the attention core (selective; Korthikanti et
-al. 2022, section 5), including the TP collectives of the repeated forward under full recomputation.
+al. 2022, section 5), including the TP collectives of the repeated forward under full recomputation. PyTorch's
+non-reentrant checkpoint (torch.utils.checkpoint(use_reentrant=False), used by torchtitan, FSDP stacks and
+flopwise) stops recomputing once the last tensor the backward saved is back, so the block's last GEMM (the MLP's
+down projection, whose output nothing saves) and its TP collective are not repeated; reentrant checkpointing
+(Megatron, DeepSpeed) reruns the whole block.
 
 Communication (ring collectives; Thakur et al. 2005 / NCCL): all-reduce moves 2 (n-1)/n of the buffer per
 rank, all-gather and reduce-scatter (n-1)/n each, at the link's bus bandwidth (hardware.py efficiencies)
@@ -20,7 +24,9 @@ plus a per-call latency. Placement puts TP inside a node first, then DP, then PP
 so an axis crosses nodes when the product of the inner axes exceeds gpus_per_node.
 - TP (Shoeybi et al. 2019; Korthikanti et al. 2022 for sequence parallelism): 2 all-reduces of s b h per
   layer in the forward and 2 in the backward (with SP: all-gather + reduce-scatter, the same volume),
-  exposed (not overlapped).
+  exposed, except where the stack pipelines each collective with the adjacent GEMM in tp chunks
+  (Transformer Engine's userbuffers overlap, Software.tp_overlap): then one chunk per collective stays exposed,
+  plus whatever the shortest bordering GEMM group cannot cover.
 - PP (Narayanan et al. 2021, section 4.1 scatter/gather): each transfer sends s b h / t across the link plus
   an intra-node all-gather; 1F1B puts 2 transfers per micro-batch and model chunk on the critical path plus
   2 (p - 1) in fill and drain.
@@ -53,7 +59,9 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
   gradient reduction and the optimizer shard span dp x cp.
 - FP8: the blocks' linear GEMMs at the FP8 peak x gemm_efficiency x FP8_MAMF_RATIO, plus the cast traffic
   (FP8_CAST_BYTES per element of each distinct GEMM input forward, FP8_FUSED_CAST_BYTES where a fused stack's
-  norm or activation writes it, and of each output gradient backward); attention,
+  norm or activation writes it, and of each output gradient backward; with sequence parallelism the cast
+  precedes the all-gather, so it covers the rank's 1/tp of the sequence and the forward gathers move 1 byte per
+  element); attention,
   the LM head and the elementwise work stay bf16.
 - Inter-node collectives at Constants.network_efficiency of the NIC rate times the group's ranks on one node
   (each ring channel leaves the node through another rank's NIC; CostModel.bus_bandwidth), plus a tree latency of
@@ -115,6 +123,7 @@ FP8_ONE_INPUT = frozenset({"w_up"})  # gate and up (count 2) read one input
 # FA3 / cuDNN fused attention on Hopper, fraction of the dense bf16 peak averaged over forward (~75%) and
 # backward (~55%) (Shah et al. 2024); FA2 there (~35% forward) is Constants.fa2_hopper_efficiency
 FA3_HOPPER_EFFICIENCY = 0.6
+TP_GEMM_GROUPS = {"wq": "qkv", "wk": "qkv", "wv": "qkv", "wo": "wo", "w_up": "w_up", "w_down": "w_down"}
 NET_HOP_LATENCY_S = 7e-6  # one inter-node hop (InfiniBand switch + NIC), NCCL tree: 2 log2(nodes) hops
 DP_BUCKET_BYTES = 40e6 * 4  # gradient buckets (Megatron: 40M fp32 elements; DDP: 25 MB)
 
@@ -126,21 +135,21 @@ class Constants:
     """The cost model's few fitted constants (issue 14). The defaults are fitted on
     benchmarks/planner_calibration/fit.csv only (benchmarks/planner_fit.py; figures in benchmarks/RESULTS.md)."""
 
-    eager_traffic: float = 2.405  # elementwise HBM traffic of an eager (unfused) stack / a fused one
+    eager_traffic: float = 2.048  # elementwise HBM traffic of an eager (unfused) stack / a fused one
     # achieved fraction of the NIC rate between nodes (at its upper bound: with each ring's NICs aggregated,
     # FSDP's collectives hide behind compute in nearly every fit row, so the data barely constrains it)
     network_efficiency: float = 1.0
-    # coefficient of variation of per-rank step times (at its lower bound since backward_efficiency was added:
-    # it had been absorbing a uniform few per cent, not a growth with the number of ranks)
-    straggler_cv: float = 0.0001
-    pipeline_instruction_s: float = 0.0498  # DeepSpeed pipeline engine: cost per blocking transfer
+    # coefficient of variation of per-rank step times: ~1% jitter, not fitted (free, it absorbed a uniform few per
+    # cent growing with log(GPUs) and made the large-scale rows too slow; benchmarks/planner_fit.py)
+    straggler_cv: float = 0.01
+    pipeline_instruction_s: float = 0.025  # DeepSpeed pipeline engine: cost per blocking transfer
     # FlashAttention-2-class kernels on Hopper, fraction of the bf16 peak; fitted well below FA2's ~35% forward:
     # it also absorbs what else PyTorch-native stacks lose on Hopper (FINDINGS.md 3.1)
-    fa2_hopper_efficiency: float = 0.2022
+    fa2_hopper_efficiency: float = 0.2119
     # backward matmuls (dgrad, wgrad, attention backward) at this fraction of the forward's rate: transposed
     # operands and wgrad's long reduction run below the forward's tiles (FlashAttention-2's backward reaches a
     # lower fraction of peak than its forward, Dao 2023 section 4.1)
-    backward_efficiency: float = 0.9019
+    backward_efficiency: float = 0.8525
 
 
 DEFAULT_CONSTANTS = Constants()
@@ -315,6 +324,16 @@ class CostModel:
         n = g.n / tp if g.tp == "column" else g.n
         return k, n
 
+    def _gemm_groups(self, tokens: float, tp: int) -> dict[str, float]:
+        """Forward times of the GEMM groups a TP collective borders: QKV, output projection, MLP in, MLP out."""
+        groups: dict[str, float] = {}
+        for g in self.gemms:
+            key = TP_GEMM_GROUPS.get(g.name)
+            if key is None:  # replicated (router, LFA) or expert GEMMs: not beside a TP collective
+                continue
+            groups[key] = groups.get(key, 0.0) + g.count * self.gemm_time(tokens, *self._sharded(g, tp), fp8=self.fp8)
+        return groups
+
     def attention_time(self, tp: int, mb: int, cp: int = 1) -> float:
         """Forward time of the attention core (QK^T, softmax, AV) for one layer and micro-batch on one rank
         (context parallel: the load-balanced causal share 1/cp of it)."""
@@ -341,17 +360,26 @@ class CostModel:
         ew_bwd = self.ew_factor * ELEMENTWISE_BWD_PASSES * act / self.hbm_rate
         if self.fp8:  # cast each distinct GEMM input forward and each output gradient backward
             fused = self.training.profile.fused_elementwise
+            # with sequence parallelism the cast precedes the all-gather: a column-parallel GEMM's input and a
+            # row-parallel one's output gradient are cast on this rank's 1/tp of the sequence and gathered in FP8
+            # (Transformer Engine; torchao's Float8ColwiseParallel)
+            shard = tp if sp and tp > 1 else 1
             for g in self.gemms:
                 k, n = self._sharded(g, tp)
                 if g.name not in FP8_INPUT_SHARED:  # Q, K, V share one input; so do gate and up (count 2)
                     per = FP8_FUSED_CAST_BYTES if fused and g.name not in FP8_UNFUSED_INPUT else FP8_CAST_BYTES
+                    per /= shard if g.tp == "column" else 1
                     ew_fwd += (1 if g.name in FP8_ONE_INPUT else g.count) * per * tokens * k / self.hbm_rate
-                ew_bwd += g.count * FP8_CAST_BYTES * tokens * n / self.hbm_rate
+                per = FP8_CAST_BYTES / (shard if g.tp == "row" else 1)
+                ew_bwd += g.count * per * tokens * n / self.hbm_rate
         fwd = gemm + attn + ew_fwd
         attn_bwd = FLASH_BACKWARD_FLOPS if self.training.profile.attention == "flash" else 2.0
         bwd = (2.0 * gemm + attn_bwd * attn) / self.constants.backward_efficiency + ew_bwd
+        early_stop = self.training.profile.recompute_early_stop
         if recompute == "full":
-            rc = fwd / every
+            # non-reentrant checkpointing stops before the block's last GEMM (nothing saves its output)
+            last = self._gemm_groups(tokens, tp).get("w_down", 0.0) if early_stop else 0.0
+            rc = (fwd - last) / every
         elif recompute == "selective":
             s_act = act - mem.layer_activation_bytes(self.model, self.training, probe, recompute="selective")
             rc = attn + self.ew_factor * ELEMENTWISE_FWD_PASSES * s_act / self.hbm_rate
@@ -361,13 +389,20 @@ class CostModel:
         if tp > 1:
             nbytes = tokens * self.model.hidden * self.training.dtype_bytes
             bw = self.bus_bandwidth(tp, tp)
-            if sp:
-                one = ring_time("all_gather", nbytes, tp, bw) + ring_time("reduce_scatter", nbytes, tp, bw)
+            if sp:  # under FP8 the forward's all-gathers move the FP8 copy (1 byte per element)
+                gather = ring_time("all_gather", nbytes, tp, bw)
+                one = gather + ring_time("reduce_scatter", nbytes, tp, bw)
+                one_fwd = one - (gather - ring_time("all_gather", nbytes / 2, tp, bw) if self.fp8 else 0.0)
             else:
-                one = ring_time("all_reduce", nbytes, tp, bw)
+                one = one_fwd = ring_time("all_reduce", nbytes, tp, bw)
+            if self.training.profile.tp_overlap:
+                # pipelined with the adjacent GEMM in tp chunks: one chunk exposed, the rest behind the GEMM
+                # (the smallest of the four GEMM groups a collective borders bounds what can hide)
+                hidden = min(self._gemm_groups(tokens, tp).values())
+                one, one_fwd = (c / tp + max(0.0, c * (tp - 1) / tp - hidden) for c in (one, one_fwd))
             # two collectives (attention, MLP) in the forward and two in the backward, two more in a
             # recomputed forward
-            tp_time = one * (2 + 2 + (2 / every if recompute == "full" else 0))
+            tp_time = one_fwd * (2 + ((1 if early_stop else 2) / every if recompute == "full" else 0)) + 2 * one
         cp_time = 0.0
         if cp > 1:  # ring: cp - 1 steps, each hidden behind one step's share of the attention
             kv = 2 * tokens * self.model.kv_heads / tp * self.model.head_dim * self.training.dtype_bytes

@@ -27,26 +27,35 @@ class Software:
     pipeline: str = "megatron"  # 'megatron': async p2p | 'deepspeed': blocking p2p, one instruction at a time
     grad_reduce_bytes: int = 4  # bytes per gradient element in the data-parallel reduction (bf16/fp32 runs)
     selective_recompute: bool = True  # the stack has Megatron's selective recomputation (the search may pick it)
+    # TP collectives split into tp chunks and pipelined with the adjacent GEMM's chunks (Transformer Engine's
+    # userbuffers comm-GEMM overlap, on in NeMo's H100 recipes): only one chunk per collective stays exposed
+    tp_overlap: bool = False
+    # full recomputation through torch.utils.checkpoint(use_reentrant=False), whose early stop ends the recomputed
+    # forward once the last tensor the backward saved is back: the block's last GEMM (the MLP's down projection,
+    # whose output nothing saves) and its TP collective are not repeated. Reentrant checkpointing (Megatron,
+    # DeepSpeed) reruns the whole block.
+    recompute_early_stop: bool = False
 
 
 SOFTWARE = {
     # flopwise's trainer: PyTorch SDPA (flash), no dropout, nn.RMSNorm (autograd keeps input, normalised x and
     # output); FSDP2 (ZeRO-2/3) reduces gradients during the backward, while replicated DP and ZeRO-1 reduce
     # them in one flat all-reduce after it (flopwise.parallel.data_parallel).
-    "flopwise": Software("flash", False, False, 2),
+    "flopwise": Software("flash", False, False, 2, recompute_early_stop=True),
     # Megatron-LM as in the published runs (Narayanan et al. 2021, Korthikanti et al. 2022): fused
     # scale-mask-softmax + dropout (no flash attention yet), GPT dropout, apex fused LayerNorm, gradient
     # all-reduce after the backward (no overlap in those versions).
     "megatron": Software("unfused", True, True, 4),
     # NeMo / Megatron-Core / Megatron-Bridge with Transformer Engine: cuDNN fused attention (FA3 class on
     # Hopper), fused norm + cast kernels, distributed optimizer overlapping its reduce-scatter and all-gather.
-    # NeMo's distributed fused Adam reduces gradients in bf16 (grad_sync_dtype).
-    "te": Software("flash", False, True, 1, attention_kernel="fa3", grad_reduce_bytes=2),
+    # NeMo's distributed fused Adam reduces gradients in bf16 (grad_sync_dtype). TP communication overlapped
+    # with the GEMMs (tp_comm_overlap, userbuffers).
+    "te": Software("flash", False, True, 1, attention_kernel="fa3", grad_reduce_bytes=2, tp_overlap=True),
     # PyTorch FSDP stacks (torchtitan, llm-foundry, fms-fsdp) in eager mode: SDPA / flash-attn 2, every
     # elementwise op its own kernel, FSDP overlapping its collectives.
-    "torch-eager": Software("flash", False, False, 2, fused_elementwise=False),
+    "torch-eager": Software("flash", False, False, 2, fused_elementwise=False, recompute_early_stop=True),
     # the same under torch.compile: elementwise chains fused by Inductor.
-    "torch-compile": Software("flash", False, False, 2),
+    "torch-compile": Software("flash", False, False, 2, recompute_early_stop=True),
     # Megatron-DeepSpeed as BLOOM and MT-NLG ran (2021-22): Megatron's unfused kernels, DeepSpeed's
     # PipelineEngine (blocking point-to-point, no interleaving), gradient reduction after the backward, and
     # only whole-block activation checkpointing (selective recomputation came with Korthikanti et al. 2022).
