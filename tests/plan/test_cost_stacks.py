@@ -102,6 +102,16 @@ def test_fp8_with_sequence_parallelism_casts_and_gathers_the_local_shard():
     assert sp.tp < m16.layer_cost(4, True, 1, "none").tp
 
 
+def test_fsdp_inside_pipeline_stages_is_costed_for_other_stacks_only():
+    layout = Layout(pp=2, dp=8, zero=3, micro_batch=1)
+    fsdp = cost(gpus=16, gb=64, software="torch-compile", inter=5 * GB).evaluate(layout)
+    zero1 = cost(gpus=16, gb=64, software="torch-compile", inter=5 * GB).evaluate(layout.replace(zero=1))
+    assert fsdp.breakdown["dp"] > zero1.breakdown["dp"]  # parameters gathered again for every micro-batch
+    assert fsdp.memory[0]["params"] < zero1.memory[0]["params"]  # but sharded
+    with pytest.raises(LayoutError, match="shards gradients per micro-batch"):
+        cost(gpus=16, gb=64, software="flopwise").evaluate(layout)  # flopwise's trainer cannot run it
+
+
 def test_hsdp_reduces_across_nodes_only_a_shard():
     # a network slow enough to expose everything: per NIC, FSDP's rings over 64 ranks move (2 + 2 + 4) bytes per
     # parameter / 8 NICs (two bf16 gathers, one fp32 reduce-scatter), HSDP's all-reduce of a 1/8 fp32 shard

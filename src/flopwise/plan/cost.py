@@ -543,11 +543,15 @@ class CostModel:
         """Raise LayoutError when the layout cannot run (flopwise.layout.check, the trainer's check, on this
         cluster's GPUs); return the number of micro-batches.
 
-        Context parallelism is costed for other trainers (software profiles other than flopwise's own, whose
-        trainer does not run it yet): the rest of the layout is checked on the cp-th share of the GPUs and of
-        the sequence."""
+        Context parallelism, and FSDP / ZeRO-2/3 under pipeline parallelism (torchtitan and KempnerForge run
+        FSDP2 inside each stage, gathering per micro-batch), are costed for other trainers (software profiles
+        other than flopwise's own, whose trainer runs neither): the rest of the layout is checked on the cp-th
+        share of the GPUs and of the sequence, with ZeRO-1 in place of ZeRO-2/3 under pipelining."""
         cp = layout.cp
-        if cp > 1 and self.training.software != "flopwise":
+        if self.training.software == "flopwise":
+            return check_layout(layout, self.model, self.training.global_batch, self.seq, self.cluster.gpus)
+        probe = layout
+        if cp > 1:
             if self.seq % (2 * cp):
                 raise LayoutError(f"context parallelism needs seq_len ({self.seq}) divisible by 2 x cp ({2 * cp})")
             if self.cluster.gpus % cp:
@@ -556,9 +560,9 @@ class CostModel:
                 raise LayoutError("context parallelism needs a fused (flash) attention kernel")
             # ZeRO shards over dp x cp ranks, so a ZeRO layout with dp = 1 is still sharded
             probe = layout.replace(cp=1, zero=layout.zero if layout.shard_degree > 1 else 0)
-            return check_layout(probe, self.model, self.training.global_batch, self.seq // cp,
-                                self.cluster.gpus // cp)
-        return check_layout(layout, self.model, self.training.global_batch, self.seq, self.cluster.gpus)
+        if probe.pp > 1 and probe.zero >= 2:
+            probe = probe.replace(zero=1)
+        return check_layout(probe, self.model, self.training.global_batch, self.seq // cp, self.cluster.gpus // cp)
 
     def evaluate(self, layout: Layout, split: tuple[int, ...] | None = None) -> Plan:
         """Step time, memory and cost of `layout` with `split` (layers per pipeline stage, pp x vpp
