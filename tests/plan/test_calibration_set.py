@@ -154,3 +154,20 @@ def test_harness_predicts_or_gives_the_reason(harness, rows, tmp_path):
         assert r["const_fit_error"] == pytest.approx(r["const50_error"])  # efficiency_fit=0.5 given
     overall = next(g for g in report["groups"] if g["kind"] == "all")
     assert overall["rows"] == 4 and overall["planner"]["n"] == 3 and overall["const50"]["n"] == 4
+
+
+@pytest.mark.parametrize("name", ["fresh_holdout", "fresh_holdout_2"])
+def test_fresh_holdouts_are_new_sources_parsed_cited_and_software_by_the_rule(build, rows, name):
+    from flopwise.plan.validate import row_inputs
+
+    with (CALIBRATION / f"{name}.csv").open(newline="") as fh:
+        fresh = list(csv.DictReader(fh))
+    assert len(fresh) >= 30
+    seen = {r["source_id"] for r in rows["fit"] + rows["holdout"]}
+    for row in fresh:
+        where = f"{name}: {row['source_id']} {row['model']} {row['gpus']}"
+        assert list(row) == list(build.COLUMNS), where
+        assert row["source_id"] and row["source_id"] not in seen, where  # never a fit or holdout source
+        assert row["citation"].strip() and row["derived_from"].strip() and float(row["measured_step_s"]) > 0, where
+        assert row["software"] == build.software_profile(row["stack"], row["notes"]), where
+        row_inputs(row)  # every row parses into a model, a cluster, a training run and a layout
