@@ -12,7 +12,8 @@ except where a row's `notes` say so. A step time is either printed by the source
 or, for the one source that printed only TFLOP/s per GPU (Llama 3), with the FLOP formula named in the row.
 Columns are those of shared/published/*.csv (see its README) plus source_id, stack, software, citation, notes.
 The split into fit and holdout is by whole source (HOLDOUT_SOURCES below; README.md explains it).
-Keep this file free of flopwise imports: the CSVs must not move when the planner's FLOP counts change.
+Keep this file free of flopwise imports but the software rule (flopwise.plan.software_rule, the one rule that
+names a row's profile): the CSVs must not move when the planner's FLOP counts change.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import csv
 import io
 import sys
 from pathlib import Path
+
+from flopwise.plan.software_rule import software_for_stack
 
 HERE = Path(__file__).resolve().parent
 
@@ -747,14 +750,9 @@ def llama3_paper() -> list[dict]:
 
 def software_profile(stack: str, notes: str) -> str:
     """The planner's software profile (flopwise.plan.spec.SOFTWARE) for a row, from its stack and what its notes
-    say about compilation (issue 14): NeMo / Megatron-Core / Megatron-Bridge and Meta's Llama 3 stack with
-    Transformer Engine-class fused kernels; PyTorch FSDP stacks eager or compiled; Megatron-DeepSpeed."""
-    if stack in ("nemo", "megatron", "other"):
-        return "te"
-    if stack == "deepspeed":
-        return "deepspeed"
-    text = notes.lower()
-    return "torch-compile" if "compile" in text and "eager" not in text else "torch-eager"
+    say about compilation (issue 14): the library's one rule (flopwise.plan.software_rule), which `flopwise plan
+    validate` also applies to rows without a `software` column."""
+    return software_for_stack(stack, notes)
 
 
 def _finish(rows, source_id, source, stack, citation, software=None) -> list[dict]:

@@ -281,9 +281,16 @@ def validate_cmd(
         ..., help="published-runs CSV file(s) (see shared/published/README.md)"
     ),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    software: str = typer.Option(
+        None, help=f"trainer profile for rows without a software column: {', '.join(SOFTWARE)} (default: inferred "
+        "per row from its stack column, else the stack its source text names, else its layout)"),
 ) -> None:
-    """Predict the step time of every row of published-runs CSVs; print errors, median and maximum."""
-    report = validate_files(files)
+    """Predict the step time of every row of published-runs CSVs; print errors, median and maximum.
+
+    Each row is costed with the profile of the stack that ran it; the table shows which (and why, when inferred)."""
+    if software is not None and software not in SOFTWARE:
+        raise ConfigError(f"--software {software!r}: must be one of {', '.join(SOFTWARE)}")
+    report = validate_files(files, software)
     if as_json:
         print(json.dumps(report, indent=2))
         _fail_if_nothing_predicted(report)
@@ -301,7 +308,8 @@ def validate_cmd(
             continue
         parts = sorted(r["breakdown_percent"].items(), key=lambda kv: -kv[1])
         where = " ".join(f"{k} {v:.0f}%" for k, v in parts if v >= 0.5)
-        table.add_row(r["source"], r["model"], r["layout"], f"{r['predicted_s']:.3f}", f"{r['measured_s']:.3f}",
+        how = "; ".join([f"{r['layout']} [{r['software']}]", *r["notes"]])
+        table.add_row(r["source"], r["model"], how, f"{r['predicted_s']:.3f}", f"{r['measured_s']:.3f}",
                       f"{100 * r['error']:+.1f}%", where)
     console.print(table)
     summaries = {**report["files"], **{f"source {k}": v for k, v in report["sources"].items()}}

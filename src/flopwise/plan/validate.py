@@ -1,10 +1,12 @@
 """Validation against published measured runs (format: shared/published/README.md).
 
 Each row gives a model shape, a cluster and (some of) a layout; blank layout cells are left to the search.
-The runs were made with Megatron-LM, so rows whose source names Megatron-LM (Narayanan et al. 2021) or
-Korthikanti et al. 2022 are costed with the 'megatron' software profile (unfused softmax + dropout, fused
-LayerNorm, gradient all-reduce after the backward); an optional `software` column overrides it. Megatron
-splits layers uniformly across stages, so validation uses the uniform split.
+Each row is costed with the software profile of the stack that ran it (plan/software_rule.py): its `software`
+or `stack` column, else the stack its text names (the Megatron-LM papers' runs, Narayanan et al. 2021 and
+Korthikanti et al. 2022, get the 'megatron' profile: unfused softmax + dropout, fused LayerNorm, gradient
+all-reduce after the backward), else the family its layout implies; a caller's `software` replaces the
+inference for rows without a `software` cell. Megatron splits layers uniformly across stages, so validation
+uses the uniform split.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from flopwise.hardware import GB, resolve_accelerator
 from flopwise.layout import parse_value
 from flopwise.models.config import ModelConfig
 from flopwise.plan.search import search
+from flopwise.plan.software_rule import infer_software
 from flopwise.plan.spec import Cluster, Training
 from flopwise.userfiles import read_text
 
-_MEGATRON_SOURCES = ("megatron", "narayanan", "korthikanti")
 # layout columns of the published CSVs (README in shared/published); cp is checked on its own
 _LAYOUT_COLUMNS = ("tp", "pp", "dp", "vpp", "cp", "ep", "zero", "dp_shard", "sequence_parallel", "recompute",
                    "micro_batch")
@@ -57,8 +59,9 @@ def _int(row: dict, key: str, default: int | None = None) -> int:
     return _number(row, key, default)
 
 
-def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[str]]:
-    """Model, cluster, training and the fixed layout fields of one CSV row (plus notes on adjustments)."""
+def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Cluster, Training, dict, list[str]]:
+    """Model, cluster, training and the fixed layout fields of one CSV row (plus notes on adjustments);
+    `software`: the profile for a row without a `software` cell (None: inferred, plan/software_rule.py)."""
     notes: list[str] = []
     vocab = _int(row, "vocab")
     tp = _int(row, "tp", 0)
@@ -87,19 +90,21 @@ def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[st
     cluster = Cluster(  # a blank link: the GPU's own reference figure (hardware.py)
         acc, gpus, _int(row, "gpus_per_node", 8), intra * GB if intra else None, inter * GB if inter else None
     )
-    software = _cell(row, "software")
-    if not software:
-        source = _cell(row, "source").lower()
-        software = "megatron" if any(s in source for s in _MEGATRON_SOURCES) else "flopwise"
-    training = Training(
-        _int(row, "global_batch"), precision=_cell(row, "precision") or "bf16", software=software
-    )
     fixed: dict = {}
     for key in _LAYOUT_COLUMNS:
         text = _cell(row, key)
         if text:
             name, value = parse_value(key, text.removesuffix(".0"))
             fixed[name] = value
+    precision = _cell(row, "precision") or "bf16"
+    if software and not _cell(row, "software"):
+        profile = software
+    else:
+        profile, why = infer_software(row, tp=fixed.get("tp", 0), pp=fixed.get("pp", 0), cp=fixed.get("cp", 0),
+                                      vpp=fixed.get("vpp", 0), zero=fixed.get("zero", 0), precision=precision)
+        if why:
+            notes.append(why)
+    training = Training(_int(row, "global_batch"), precision=precision, software=profile)
     if "vpp" in fixed and "pp" in fixed and fixed["vpp"] > 1:
         per_stage = model.layers // fixed["pp"]
         if model.layers % fixed["pp"] == 0 and per_stage % fixed["vpp"]:
@@ -109,8 +114,9 @@ def row_inputs(row: dict) -> tuple[ModelConfig, Cluster, Training, dict, list[st
     return model, cluster, training, fixed, notes
 
 
-def validate_rows(rows: list[dict], label: str = "") -> list[dict]:
-    """Predict each row: prediction, error and breakdown, or the specific reason it cannot be predicted."""
+def validate_rows(rows: list[dict], label: str = "", software: str | None = None) -> list[dict]:
+    """Predict each row: prediction, error and breakdown, or the specific reason it cannot be predicted
+    (`software`: the profile for rows without a `software` cell; None: inferred per row)."""
     out = []
     for index, row in enumerate(rows):
         name = _cell(row, "model") or f"row {index + 1}"
@@ -118,7 +124,7 @@ def validate_rows(rows: list[dict], label: str = "") -> list[dict]:
         measured = float("nan")
         try:
             measured = _number(row, "measured_step_s", integer=False)
-            model, cluster, training, fixed, notes = row_inputs(row)
+            model, cluster, training, fixed, notes = row_inputs(row, software)
             try:
                 result = search(model, cluster, training, fixed, top=1, split="uniform", explain=False)
             except PlanError:  # the published layout ran, so cost it even where our memory model disagrees
@@ -165,7 +171,7 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
-def validate_files(paths: list[str | Path]) -> dict:
+def validate_files(paths: list[str | Path], software: str | None = None) -> dict:
     """Predict every row of each published-runs CSV: {'rows': [...], 'files': {name: summary},
     'sources': {source_id or source: summary}, 'summary'}."""
     rows: list[dict] = []
@@ -193,7 +199,7 @@ def validate_files(paths: list[str | Path]) -> dict:
             raise DataError(
                 f"{path}: missing column(s) {', '.join(sorted(missing))} (see shared/published/README.md)"
             )
-        got = validate_rows(data, path.name)
+        got = validate_rows(data, path.name, software)
         files[path.name] = summarise(got)
         rows += got
     sources: dict[str, list[dict]] = {}
