@@ -34,7 +34,7 @@ from pathlib import Path
 from flopwise.errors import ConfigError, DataError, FlopwiseError, PlanError
 from flopwise.flops import model_flops_per_token
 from flopwise.hardware import resolve_accelerator
-from flopwise.plan.validate import row_inputs, validate_rows
+from flopwise.plan.validate import PUBLISHED_COLUMNS, row_inputs, validate_rows
 
 HERE = Path(__file__).resolve().parent
 CALIBRATION = HERE / "planner_calibration"
@@ -156,12 +156,14 @@ def group_keys(row: dict) -> list[tuple[str, str]]:
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------------
-def evaluate(rows: list[dict], efficiency_fit: float | None = None) -> dict:
-    """Planner, const50 and const_fit predictions for every row, and the summaries per group."""
+def evaluate(rows: list[dict], efficiency_fit: float | None = None, published_format: bool = False) -> dict:
+    """Planner, const50 and const_fit predictions for every row, and the summaries per group (published_format:
+    the planner sees only the published format's columns, so it infers each row's software profile)."""
     fit_rows = [r for r in rows if r["split"] == "fit"]
     if efficiency_fit is None:
         efficiency_fit = fit_constant(fit_rows) if fit_rows else BASELINE_EFFICIENCY
-    planner = validate_rows(rows, "")
+    seen = [{k: v for k, v in r.items() if k in PUBLISHED_COLUMNS} for r in rows] if published_format else rows
+    planner = validate_rows(seen, "")
     results = []
     for row, p in zip(rows, planner, strict=True):
         measured = float(row["measured_step_s"])
@@ -400,6 +402,12 @@ def main(argv: list[str] | None = None) -> int:
         "(0: leave-one-source-out)",
     )
     parser.add_argument("--json", type=Path, help="write rows, groups and CV results to this file")
+    parser.add_argument(
+        "--published-format",
+        action="store_true",
+        help="show the planner only the published format's columns (no software, stack, notes, citation): "
+        "each row's profile is inferred from its source text or layout",
+    )
     args = parser.parse_args(argv)
 
     files = args.files or list(DEFAULT_FILES)
@@ -418,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             where = f"{row['file']} line {row['index'] + 2}"
             raise DataError(f"{where}: measured_step_s = {text!r}, must be a positive number")
-        report = evaluate(rows)
+        report = evaluate(rows, published_format=args.published_format)
     except (FlopwiseError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,15 +10,9 @@ from pathlib import Path
 import pytest
 
 from flopwise.plan.software_rule import infer_software, named_stack, software_for_stack
-from flopwise.plan.validate import row_inputs, validate_files, validate_rows
+from flopwise.plan.validate import PUBLISHED_COLUMNS, row_inputs, validate_files, validate_rows
 
 CALIBRATION = Path(__file__).resolve().parents[2] / "benchmarks" / "planner_calibration"
-# the published format's columns (shared/published/README.md): no software, stack, notes or citation
-PUBLISHED_HEADER = ("source,model,layers,hidden,heads,kv_heads,ffn,mlp,vocab,seq,gpu,gpus,gpus_per_node,intra_node_GBps,"
-                    "inter_node_GBps_per_gpu,tp,pp,dp,vpp,cp,zero,sequence_parallel,recompute,global_batch,"
-                    "micro_batch,precision,measured_step_s,published_value,derived_from")
-
-
 def row(source: str = "", **cells) -> dict:
     base = dict(source=source, model="Llama-3-8B", layers="32", hidden="4096", heads="32", kv_heads="8",
                 ffn="14336", mlp="swiglu", vocab="128256", seq="8192", gpu="H100-SXM", gpus="16",
@@ -97,8 +91,7 @@ def test_calibration_rows_in_the_published_format_are_all_predicted():
     stack, the profile is the one the row's own columns give."""
     rows = calibration_rows()
     assert len(rows) >= 200
-    keep = set(PUBLISHED_HEADER.split(","))
-    stripped = [{k: v for k, v in r.items() if k in keep} for r in rows]
+    stripped = [{k: v for k, v in r.items() if k in PUBLISHED_COLUMNS} for r in rows]
     report = validate_rows(stripped)
     assert all("predicted_s" in r for r in report), [r.get("error_message") for r in report if "predicted_s" not in r]
     same_family = {"te": {"te"}, "deepspeed": {"deepspeed"}, "megatron": {"megatron"},
@@ -112,7 +105,7 @@ def test_calibration_rows_in_the_published_format_are_all_predicted():
 def test_validate_cli_software_option(tmp_path):
     path = tmp_path / "runs.csv"
     cells = row("some lab")
-    path.write_text(PUBLISHED_HEADER + "\n" + ",".join(cells.get(k, "") for k in PUBLISHED_HEADER.split(",")) + "\n")
+    path.write_text(",".join(PUBLISHED_COLUMNS) + "\n" + ",".join(cells.get(k, "") for k in PUBLISHED_COLUMNS) + "\n")
     inferred = validate_files([path])["rows"][0]
     forced = validate_files([path], "torch-eager")["rows"][0]
     assert inferred["software"] == "torch-compile" and forced["software"] == "torch-eager"

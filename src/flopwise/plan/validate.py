@@ -27,6 +27,12 @@ from flopwise.plan.software_rule import infer_software
 from flopwise.plan.spec import Cluster, Training
 from flopwise.userfiles import read_text
 
+# the columns of the published format (shared/published/README.md); calibration CSVs add source_id, stack,
+# software, citation and notes
+PUBLISHED_COLUMNS = ("source", "model", "layers", "hidden", "heads", "kv_heads", "ffn", "mlp", "vocab", "seq", "gpu",
+                     "gpus", "gpus_per_node", "intra_node_GBps", "inter_node_GBps_per_gpu", "tp", "pp", "dp", "vpp",
+                     "cp", "zero", "sequence_parallel", "recompute", "global_batch", "micro_batch", "precision",
+                     "measured_step_s", "published_value", "derived_from")
 # layout columns of the published CSVs (README in shared/published); cp is checked on its own
 _LAYOUT_COLUMNS = ("tp", "pp", "dp", "vpp", "cp", "ep", "zero", "dp_shard", "sequence_parallel", "recompute",
                    "micro_batch")
