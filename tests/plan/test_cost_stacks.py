@@ -112,6 +112,18 @@ def test_fsdp_inside_pipeline_stages_is_costed_for_other_stacks_only():
         cost(gpus=16, gb=64, software="flopwise").evaluate(layout)  # flopwise's trainer cannot run it
 
 
+def test_zero_over_a_single_data_parallel_rank_is_costed_as_no_zero_for_other_stacks():
+    # DeepSpeed and Megatron accept a ZeRO stage with dp = 1 (a pure pipeline) and shard nothing; a published run
+    # with it is costed as plain training, while flopwise's own trainer refuses the layout with its reason
+    layout = Layout(pp=8, dp=1, zero=1, micro_batch=1)
+    zero1 = cost(gb=16, software="deepspeed").evaluate(layout)
+    plain = cost(gb=16, software="deepspeed").evaluate(layout.replace(zero=0))
+    assert zero1.step_time == pytest.approx(plain.step_time)
+    assert zero1.memory[0]["total"] == pytest.approx(plain.memory[0]["total"])
+    with pytest.raises(LayoutError, match="shard group has one rank"):
+        cost(gb=16, software="flopwise").evaluate(layout)
+
+
 def test_hsdp_reduces_across_nodes_only_a_shard():
     # a network slow enough to expose everything: per NIC, FSDP's rings over 64 ranks move (2 + 2 + 4) bytes per
     # parameter / 8 NICs (two bf16 gathers, one fp32 reduce-scatter), HSDP's all-reduce of a 1/8 fp32 shard

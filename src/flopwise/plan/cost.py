@@ -546,7 +546,8 @@ class CostModel:
         Context parallelism, and FSDP / ZeRO-2/3 under pipeline parallelism (torchtitan and KempnerForge run
         FSDP2 inside each stage, gathering per micro-batch), are costed for other trainers (software profiles
         other than flopwise's own, whose trainer runs neither): the rest of the layout is checked on the cp-th
-        share of the GPUs and of the sequence, with ZeRO-1 in place of ZeRO-2/3 under pipelining."""
+        share of the GPUs and of the sequence, with ZeRO-1 in place of ZeRO-2/3 under pipelining and no ZeRO where
+        its shard group is one rank (those stacks accept a ZeRO stage with dp = 1 and shard nothing)."""
         cp = layout.cp
         if self.training.software == "flopwise":
             return check_layout(layout, self.model, self.training.global_batch, self.seq, self.cluster.gpus)
@@ -562,6 +563,8 @@ class CostModel:
             probe = layout.replace(cp=1, zero=layout.zero if layout.shard_degree > 1 else 0)
         if probe.pp > 1 and probe.zero >= 2:
             probe = probe.replace(zero=1)
+        if probe.zero and probe.shard_degree == 1:  # DeepSpeed / Megatron run ZeRO over one rank: nothing to shard
+            probe = probe.replace(zero=0)
         return check_layout(probe, self.model, self.training.global_batch, self.seq // cp, self.cluster.gpus // cp)
 
     def evaluate(self, layout: Layout, split: tuple[int, ...] | None = None) -> Plan:
