@@ -37,3 +37,15 @@ def test_user_accelerator_from_toml(tmp_path):
         load_accelerator(path)
     with pytest.raises(ConfigError, match="unknown accelerator"):
         get_accelerator("TPUv9")
+
+
+def test_paper_and_device_spellings_resolve_to_the_catalogue():
+    assert get_accelerator("A100-SXM4-40GB").name == "A100-40GB"
+    assert get_accelerator("NVIDIA H100 80GB HBM3").name == "H100-SXM"
+    assert get_accelerator("V100-SXM2-16GB").name == "V100-16GB"
+    # the export variants: A100 / H100 silicon with NVLink cut to 400 GB/s total
+    a800, h800 = get_accelerator("A800"), get_accelerator("H800")
+    assert a800.peak_flops == CATALOGUE["A100-80GB"].peak_flops and a800.link_bandwidth == 200e9
+    assert h800.fp8_peak_flops == CATALOGUE["H100-SXM"].fp8_peak_flops and h800.link_bandwidth == 200e9
+    with pytest.raises(ConfigError, match="unknown accelerator 'MI300X'"):
+        get_accelerator("MI300X")

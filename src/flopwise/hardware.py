@@ -9,6 +9,9 @@ Figures are the vendors' datasheet numbers for dense (no sparsity) tensor-core m
 - H100 PCIe 80GB: 756 TFLOP/s bf16, HBM2e 2000 GB/s; NVLink bridge 600 GB/s total = 300 per direction
   (pairs only; otherwise PCIe Gen5, 64 GB/s per direction). (NVIDIA H100 datasheet.)
 - H200 SXM 141GB: 989 TFLOP/s bf16, HBM3e 4800 GB/s, NVLink4 450 GB/s per direction. (H200 datasheet.)
+- A800 SXM4 80GB and H800 SXM5 80GB (the export variants of the A100 and H100: the same silicon, clocks, memory and
+  FP8, NVLink cut to 400 GB/s total = 200 per direction; NVIDIA A800 and H800 datasheets). Their reference nodes
+  are taken as the A100's and H100's (8 NICs of 200 / 400 Gb/s).
 - H100 at 500 W (Meta Grand Teton: 96 GB HBM2e, 2.4 TB/s): the same silicon, clocked down by its power cap.
   Dense bf16 of the H100 parts against their power: NVL 835 TFLOP/s at 400 W, SXM 989 at 700 W (datasheets);
   linear between them, 500 W gives ~886, 0.9 of the SXM, so its gemm_efficiency is 0.9 x the SXM's 0.70.
@@ -97,6 +100,9 @@ CATALOGUE: dict[str, Accelerator] = {
         # Meta's Grand Teton H100 (torchtitan's benchmarks): 96 GB HBM2e at 2.4 TB/s, 500 W power limit
         Accelerator("H100-GT-500W", 989 * TFLOPS, 96 * GIB, 2400 * GB, 450 * GB, gemm_efficiency=0.63,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
+        Accelerator("A800-80GB", 312 * TFLOPS, 81920 * MIB, 2039 * GB, 200 * GB, gemm_efficiency=0.75),
+        Accelerator("H800-SXM", 989 * TFLOPS, 81559 * MIB, 3350 * GB, 200 * GB, gemm_efficiency=0.70,
+                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
         Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80),
         Accelerator("T4", 65 * TFLOPS, 16 * GB, 300 * GB, 16 * GB, gemm_efficiency=0.45, memory_efficiency=0.80),
@@ -117,13 +123,17 @@ _ALIASES = {"v100": "V100-32GB", "a100": "A100-80GB", "h100": "H100-SXM", "h100-
 
 
 def get_accelerator(name: str) -> Accelerator:
-    """Look up a catalogue entry by name (case-insensitive; a few short aliases accepted)."""
+    """Look up a catalogue entry by name (case-insensitive; a few short aliases accepted, and the spellings of
+    papers and of the CUDA device name, such as 'A100-SXM4-40GB' or 'NVIDIA H100 80GB HBM3')."""
     by_lower = {k.lower(): v for k, v in CATALOGUE.items()}
     key = name.lower()
     if key in by_lower:
         return by_lower[key]
     if key in _ALIASES:
         return CATALOGUE[_ALIASES[key]]
+    known = match_device_name(name)
+    if known is not None:
+        return known
     raise ConfigError(f"unknown accelerator {name!r}; choose one of: {', '.join(CATALOGUE)}, cpu (or a TOML file)")
 
 
@@ -209,10 +219,14 @@ def match_device_name(device_name: str) -> Accelerator | None:
         return CATALOGUE["H200"]
     if "H100" in n:
         return CATALOGUE["H100-PCIe" if "PCIE" in n else "H100-SXM"]
+    if "H800" in n and "PCIE" not in n:
+        return CATALOGUE["H800-SXM"]
     if "A100" in n:
-        return CATALOGUE["A100-40GB" if "40GB" in n else "A100-80GB"]
+        return CATALOGUE["A100-40GB" if "40G" in n else "A100-80GB"]
+    if "A800" in n and "40G" not in n and "PCIE" not in n:
+        return CATALOGUE["A800-80GB"]
     if "V100" in n:
-        return CATALOGUE["V100-16GB" if "16GB" in n else "V100-32GB"]
+        return CATALOGUE["V100-16GB" if "16G" in n else "V100-32GB"]
     if "A10" in n.split() or n.endswith("A10"):  # not the A100, matched above
         return CATALOGUE["A10"]
     if "T4" in n.split():
