@@ -51,6 +51,8 @@ def test_the_stack_the_source_names_picks_the_profile(source, expected):
         ({"tp": "4", "pp": "2", "dp": "2", "zero": "1"}, "te"),
         ({"precision": "fp8", "zero": "1"}, "te"),
         ({"zero": "3"}, "torch-compile"),  # FSDP: PyTorch-native
+        ({"zero": "3", "precision": "fp8"}, "torch-compile"),  # FSDP with float8 (torchao), not TE
+        ({"zero": "3", "tp": "2", "dp": "8"}, "torch-compile"),  # FSDP + TP (2-D, torchtitan-style)
         ({"zero": "0"}, "torch-compile"),
     ],
 )
@@ -110,3 +112,26 @@ def test_validate_cli_software_option(tmp_path):
     forced = validate_files([path], "torch-eager")["rows"][0]
     assert inferred["software"] == "torch-compile" and forced["software"] == "torch-eager"
     assert forced["predicted_s"] > inferred["predicted_s"]  # eager: unfused elementwise traffic
+
+
+@pytest.mark.parametrize(
+    ("cell", "text", "read"),
+    [("precision", "BF16", "bf16"), ("precision", "amp_bf16", "bf16"), ("precision", "FP8 (delayed scaling)", "fp8"),
+     ("recompute", "True", "full"), ("recompute", "false", "none"), ("recompute", "Full", "full"),
+     ("mlp", "SwiGLU", "swiglu")],
+)
+def test_cells_are_read_as_sources_write_them(cell, text, read):
+    model, _, training, fixed, notes = row_inputs(row("torchtitan", **{cell: text}))
+    got = {"precision": training.precision, "recompute": fixed.get("recompute"), "mlp": model.mlp}[cell]
+    assert got == read
+    if text.lower() != read:  # a rewritten cell says so
+        assert any(repr(text) in n for n in notes), notes
+
+
+def test_unreadable_cells_are_the_rows_reason():
+    report = validate_rows([row("torchtitan", precision="int4"), row("torchtitan", gpu="MI300X"), row("torchtitan")])
+    assert "precision = 'int4'" in report[0]["error_message"]
+    assert "unknown accelerator 'MI300X'" in report[1]["error_message"]
+    assert report[2]["predicted_s"] > 0
+    _, cluster, _, _, notes = row_inputs(row("torchtitan", gpu=""))
+    assert cluster.accelerator.name == "A100-80GB" and any("gpu blank" in n for n in notes)

@@ -71,9 +71,10 @@ def infer_software(row: dict, *, tp: int = 0, pp: int = 0, cp: int = 0, vpp: int
     if named is not None:
         profile = software_for_stack(named[0], text)
         return profile, f"software {profile}: inferred from {named[1]!r} in the row's text"
-    # Nothing named: context or interleaved pipeline parallelism, FP8, and TP or PP without sharded data
-    # parallelism are Megatron-family layouts (NeMo / Megatron-Core with Transformer Engine); the rest is costed
-    # as a PyTorch-native trainer (FSDP / DDP; flopwise's own costs, without its trainer's refusals)
-    if cp > 1 or vpp > 1 or precision == "fp8" or ((tp > 1 or pp > 1) and zero <= 1):
+    # Nothing named: sharded data parallelism (ZeRO-2/3, FSDP) is a PyTorch-native trainer's layout, whatever else
+    # it combines; context or interleaved pipeline parallelism, FP8, TP and PP are otherwise Megatron-family
+    # layouts (NeMo / Megatron-Core with Transformer Engine); plain data parallelism is costed as a PyTorch-native
+    # trainer too (flopwise's own costs, without its trainer's refusals)
+    if zero <= 1 and (cp > 1 or vpp > 1 or precision == "fp8" or tp > 1 or pp > 1):
         return "te", "software te: no stack named; the layout is Megatron-style (Megatron-Core / NeMo)"
     return "torch-compile", "software torch-compile: no stack named; the layout is PyTorch-native (FSDP / DDP)"

@@ -24,7 +24,7 @@ from flopwise.layout import parse_value
 from flopwise.models.config import ModelConfig
 from flopwise.plan.search import search
 from flopwise.plan.software_rule import infer_software
-from flopwise.plan.spec import Cluster, Training
+from flopwise.plan.spec import PRECISIONS, Cluster, Training
 from flopwise.userfiles import read_text
 
 # the columns of the published format (shared/published/README.md); calibration CSVs add source_id, stack,
@@ -65,6 +65,30 @@ def _int(row: dict, key: str, default: int | None = None) -> int:
     return _number(row, key, default)
 
 
+def _precision_word(text: str, notes: list[str]) -> str:
+    """The training precision from a cell as sources write it ('BF16', 'amp_bf16', 'bf16-mixed', 'FP8 (delayed)');
+    blank: bf16. A cell naming none of PRECISIONS is passed on for Training to refuse."""
+    word = text.strip().lower()
+    if not word or word in PRECISIONS:
+        return word or "bf16"
+    for precision in ("fp8", "bf16", "fp16", "fp32"):  # fp8 first: FP8 runs also name their bf16 parts
+        if precision in word:
+            notes.append(f"precision {text!r} read as {precision}")
+            return precision
+    return word
+
+
+def _recompute_word(text: str, notes: list[str]) -> str:
+    """Activation recomputation as sources write it: 'Full', or a yes/no flag (Composer's activation_checkpointing:
+    every block, i.e. full)."""
+    word = text.strip().lower()
+    flag = {"true": "full", "yes": "full", "on": "full", "false": "none", "no": "none", "off": "none"}.get(word)
+    if flag:
+        notes.append(f"recompute {text!r} read as {flag}")
+        return flag
+    return word
+
+
 def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Cluster, Training, dict, list[str]]:
     """Model, cluster, training and the fixed layout fields of one CSV row (plus notes on adjustments);
     `software`: the profile for a row without a `software` cell (None: inferred, plan/software_rule.py)."""
@@ -85,10 +109,12 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
         ffn=_int(row, "ffn"),
         seq_len=_int(row, "seq"),
         lfa=False,
-        mlp=_cell(row, "mlp") or "gelu",
+        mlp=_cell(row, "mlp").lower() or "gelu",
         experts=_int(row, "experts") if _cell(row, "experts").strip("0.") else 0,  # MoE (optional columns)
         top_k=_int(row, "top_k", 2),
     )
+    if not _cell(row, "gpu"):
+        notes.append("gpu blank: A100-80GB assumed (the published Megatron runs' GPU)")
     acc = resolve_accelerator(_cell(row, "gpu") or "A100-80GB")
     gpus = _int(row, "gpus")
     intra = _number(row, "intra_node_GBps", 0.0, integer=False)
@@ -99,10 +125,12 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
     fixed: dict = {}
     for key in _LAYOUT_COLUMNS:
         text = _cell(row, key)
+        if key == "recompute":
+            text = _recompute_word(text, notes)
         if text:
             name, value = parse_value(key, text.removesuffix(".0"))
             fixed[name] = value
-    precision = _cell(row, "precision") or "bf16"
+    precision = _precision_word(_cell(row, "precision"), notes)
     if software and not _cell(row, "software"):
         profile = software
     else:
