@@ -34,7 +34,7 @@ from pathlib import Path
 from flopwise.errors import ConfigError, DataError, FlopwiseError, PlanError
 from flopwise.flops import model_flops_per_token
 from flopwise.hardware import resolve_accelerator
-from flopwise.plan.validate import PUBLISHED_COLUMNS, row_inputs, validate_rows
+from flopwise.plan.validate import PROVENANCE_COLUMNS, row_inputs, validate_rows
 
 HERE = Path(__file__).resolve().parent
 CALIBRATION = HERE / "planner_calibration"
@@ -158,11 +158,11 @@ def group_keys(row: dict) -> list[tuple[str, str]]:
 # ---- evaluation ---------------------------------------------------------------------------------------------
 def evaluate(rows: list[dict], efficiency_fit: float | None = None, published_format: bool = False) -> dict:
     """Planner, const50 and const_fit predictions for every row, and the summaries per group (published_format:
-    the planner sees only the published format's columns, so it infers each row's software profile)."""
+    the planner does not see the provenance columns, so it infers each row's software profile)."""
     fit_rows = [r for r in rows if r["split"] == "fit"]
     if efficiency_fit is None:
         efficiency_fit = fit_constant(fit_rows) if fit_rows else BASELINE_EFFICIENCY
-    seen = [{k: v for k, v in r.items() if k in PUBLISHED_COLUMNS} for r in rows] if published_format else rows
+    seen = [{k: v for k, v in r.items() if k not in PROVENANCE_COLUMNS} for r in rows] if published_format else rows
     planner = validate_rows(seen, "")
     results = []
     for row, p in zip(rows, planner, strict=True):
@@ -405,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--published-format",
         action="store_true",
-        help="show the planner only the published format's columns (no software, stack, notes, citation): "
-        "each row's profile is inferred from its source text or layout",
+        help="hide from the planner the columns the calibration set adds to the published format (source_id, "
+        "stack, software, citation, notes): each row's profile is inferred from its source text or layout",
     )
     args = parser.parse_args(argv)
 

@@ -50,7 +50,9 @@ measured matmul peak". Its "link" (gloo between processes over loopback TCP) get
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,15 +102,15 @@ CATALOGUE: dict[str, Accelerator] = {
         # Meta's Grand Teton H100 (torchtitan's benchmarks): 96 GB HBM2e at 2.4 TB/s, 500 W power limit
         Accelerator("H100-GT-500W", 989 * TFLOPS, 96 * GIB, 2400 * GB, 450 * GB, gemm_efficiency=0.63,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
-        Accelerator("A800-80GB", 312 * TFLOPS, 81920 * MIB, 2039 * GB, 200 * GB, gemm_efficiency=0.75),
-        Accelerator("H800-SXM", 989 * TFLOPS, 81559 * MIB, 3350 * GB, 200 * GB, gemm_efficiency=0.70,
-                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
         Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80),
         Accelerator("T4", 65 * TFLOPS, 16 * GB, 300 * GB, 16 * GB, gemm_efficiency=0.45, memory_efficiency=0.80),
         Accelerator("A10", 125 * TFLOPS, 24 * GB, 600 * GB, 32 * GB, gemm_efficiency=0.60, memory_efficiency=0.80),
     )
 }
+# the export variants: the A100's and H100's silicon with NVLink cut to 400 GB/s total (module docstring)
+for _base, _variant in (("A100-80GB", "A800-80GB"), ("H100-SXM", "H800-SXM")):
+    CATALOGUE[_variant] = dataclasses.replace(CATALOGUE[_base], name=_variant, link_bandwidth=200 * GB)
 # gloo collectives between processes on one machine (loopback TCP): ~1-3 GB/s per direction; a starting
 # value that `flopwise plan calibrate` replaces with the user's own.
 CPU_LINK_BANDWIDTH = 2 * GB
@@ -119,21 +121,18 @@ NVLINK_BUS_EFFICIENCY = 0.78
 NETWORK_BUS_EFFICIENCY = 0.90
 COLLECTIVE_LATENCY_S = 20e-6  # per collective / point-to-point call: launch + ring start-up (NCCL, ~10-30 us)
 
-_ALIASES = {"v100": "V100-32GB", "a100": "A100-80GB", "h100": "H100-SXM", "h100-sxm5": "H100-SXM"}
+_ALIASES = {"v100": "V100-32GB", "a100": "A100-80GB", "h100": "H100-SXM", "h100-sxm5": "H100-SXM", "a800": "A800-80GB",
+            "h800": "H800-SXM"}
 
 
 def get_accelerator(name: str) -> Accelerator:
-    """Look up a catalogue entry by name (case-insensitive; a few short aliases accepted, and the spellings of
-    papers and of the CUDA device name, such as 'A100-SXM4-40GB' or 'NVIDIA H100 80GB HBM3')."""
+    """Look up a catalogue entry by name (case-insensitive; a few short aliases accepted)."""
     by_lower = {k.lower(): v for k, v in CATALOGUE.items()}
     key = name.lower()
     if key in by_lower:
         return by_lower[key]
     if key in _ALIASES:
         return CATALOGUE[_ALIASES[key]]
-    known = match_device_name(name)
-    if known is not None:
-        return known
     raise ConfigError(f"unknown accelerator {name!r}; choose one of: {', '.join(CATALOGUE)}, cpu (or a TOML file)")
 
 
@@ -213,26 +212,30 @@ def resolve_accelerator(name_or_path: str) -> Accelerator:
 
 
 def match_device_name(device_name: str) -> Accelerator | None:
-    """Map a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3') to a catalogue entry."""
+    """Map a device name as CUDA or a paper writes it ('NVIDIA H100 80GB HBM3', 'A100-SXM4-40GB') to a catalogue
+    entry, matching the model as a whole token (so 'GH200', 'A100X', 'RTX A1000', 'A10G' and 'Quadro P1000' match
+    nothing); variants the catalogue lacks (NVL and PCIe forms of the H200 / H800, 40 GB or PCIe A800) match nothing."""
     n = device_name.upper()
-    if "H200" in n:
+
+    def has(token: str) -> bool:
+        return re.search(rf"(?<![A-Z0-9]){token}(?![A-Z0-9])", n) is not None
+
+    pcie, nvl, small = "PCIE" in n, has("NVL"), "40G" in n
+    if has("H200") and not (nvl or pcie):
         return CATALOGUE["H200"]
-    if "H100" in n:
-        return CATALOGUE["H100-PCIe" if "PCIE" in n else "H100-SXM"]
-    if "H800" in n and "PCIE" not in n:
+    if has("H100") and not nvl:
+        return CATALOGUE["H100-PCIe" if pcie else "H100-SXM"]
+    if has("H800") and not (nvl or pcie):
         return CATALOGUE["H800-SXM"]
-    if "A100" in n:
-        return CATALOGUE["A100-40GB" if "40G" in n else "A100-80GB"]
-    if "A800" in n and "40G" not in n and "PCIE" not in n:
+    if has("A100"):
+        return CATALOGUE["A100-40GB" if small else "A100-80GB"]
+    if has("A800") and not (small or pcie):
         return CATALOGUE["A800-80GB"]
-    if "V100" in n:
+    if has("V100"):
         return CATALOGUE["V100-16GB" if "16G" in n else "V100-32GB"]
-    if "A10" in n.split() or n.endswith("A10"):  # not the A100, matched above
-        return CATALOGUE["A10"]
-    if "T4" in n.split():
-        return CATALOGUE["T4"]
-    if "P100" in n:
-        return CATALOGUE["P100"]
+    for name in ("A10", "T4", "P100"):
+        if has(name):
+            return CATALOGUE[name]
     return None
 
 

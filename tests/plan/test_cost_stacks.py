@@ -115,13 +115,18 @@ def test_fsdp_inside_pipeline_stages_is_costed_for_other_stacks_only():
 def test_zero_over_a_single_data_parallel_rank_is_costed_as_no_zero_for_other_stacks():
     # DeepSpeed and Megatron accept a ZeRO stage with dp = 1 (a pure pipeline) and shard nothing; a published run
     # with it is costed as plain training, while flopwise's own trainer refuses the layout with its reason
-    layout = Layout(pp=8, dp=1, zero=1, micro_batch=1)
-    zero1 = cost(gb=16, software="deepspeed").evaluate(layout)
-    plain = cost(gb=16, software="deepspeed").evaluate(layout.replace(zero=0))
-    assert zero1.step_time == pytest.approx(plain.step_time)
-    assert zero1.memory[0]["total"] == pytest.approx(plain.memory[0]["total"])
+    for zero in (1, 3):
+        layout = Layout(pp=8, dp=1, zero=zero, micro_batch=1)
+        costed = cost(gb=16, software="deepspeed").evaluate(layout)
+        plain = cost(gb=16, software="deepspeed").evaluate(layout.replace(zero=0))
+        assert costed.layout.zero == 0 and costed.step_time == pytest.approx(plain.step_time)
+        assert costed.memory[0]["total"] == pytest.approx(plain.memory[0]["total"])
+        with pytest.raises(LayoutError, match="shard group has one rank"):
+            cost(gb=16, software="flopwise").evaluate(layout)
+    # a shard group of one among several data-parallel ranks (dp_shard = 1) is refused for every stack: a no-op
+    # ZeRO over replicas must not pass for a cheaper layout
     with pytest.raises(LayoutError, match="shard group has one rank"):
-        cost(gb=16, software="flopwise").evaluate(layout)
+        cost(gpus=16, gb=16, software="te").evaluate(Layout(dp=16, zero=2, dp_shard=1, micro_batch=1))
 
 
 def test_hsdp_reduces_across_nodes_only_a_shard():

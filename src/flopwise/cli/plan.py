@@ -282,8 +282,8 @@ def validate_cmd(
     ),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     software: str = typer.Option(
-        None, help=f"trainer profile for rows without a software column: {', '.join(SOFTWARE)} (default: inferred "
-        "per row from its stack column, else the stack its source text names, else its layout)"),
+        None, help=f"trainer profile for every row without its own software cell: {', '.join(SOFTWARE)} (default: per "
+        "row, from its stack column, else the stack its source text names, else its layout)"),
 ) -> None:
     """Predict the step time of every row of published-runs CSVs; print errors, median and maximum.
 

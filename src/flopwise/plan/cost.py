@@ -539,6 +539,14 @@ class CostModel:
     def microbatches(self, layout: Layout) -> int:
         return self.check(layout)
 
+    def unsharded(self, layout: Layout) -> Layout:
+        """A ZeRO stage over a single data-parallel rank (dp = cp = 1: a pure TP / pipeline layout) shards nothing:
+        DeepSpeed and Megatron run it as plain training, so other stacks' layouts are costed with zero = 0;
+        flopwise's trainer refuses it (flopwise.layout.check)."""
+        if self.training.software != "flopwise" and layout.zero and layout.dp * layout.cp == 1 and not layout.dp_shard:
+            return layout.replace(zero=0)
+        return layout
+
     def check(self, layout: Layout) -> int:
         """Raise LayoutError when the layout cannot run (flopwise.layout.check, the trainer's check, on this
         cluster's GPUs); return the number of micro-batches.
@@ -546,8 +554,8 @@ class CostModel:
         Context parallelism, and FSDP / ZeRO-2/3 under pipeline parallelism (torchtitan and KempnerForge run
         FSDP2 inside each stage, gathering per micro-batch), are costed for other trainers (software profiles
         other than flopwise's own, whose trainer runs neither): the rest of the layout is checked on the cp-th
-        share of the GPUs and of the sequence, with ZeRO-1 in place of ZeRO-2/3 under pipelining and no ZeRO where
-        its shard group is one rank (those stacks accept a ZeRO stage with dp = 1 and shard nothing)."""
+        share of the GPUs and of the sequence, with ZeRO-1 in place of ZeRO-2/3 under pipelining."""
+        layout = self.unsharded(layout)
         cp = layout.cp
         if self.training.software == "flopwise":
             return check_layout(layout, self.model, self.training.global_batch, self.seq, self.cluster.gpus)
@@ -563,14 +571,13 @@ class CostModel:
             probe = layout.replace(cp=1, zero=layout.zero if layout.shard_degree > 1 else 0)
         if probe.pp > 1 and probe.zero >= 2:
             probe = probe.replace(zero=1)
-        if probe.zero and probe.shard_degree == 1:  # DeepSpeed / Megatron run ZeRO over one rank: nothing to shard
-            probe = probe.replace(zero=0)
         return check_layout(probe, self.model, self.training.global_batch, self.seq // cp, self.cluster.gpus // cp)
 
     def evaluate(self, layout: Layout, split: tuple[int, ...] | None = None) -> Plan:
         """Step time, memory and cost of `layout` with `split` (layers per pipeline stage, pp x vpp
         entries; default: the layout's, else as even as possible)."""
         cfg, t = self.model, self.training
+        layout = self.unsharded(layout)
         split = tuple(split or layout.split or even_split(cfg.layers, layout.stages))
         layout = layout.replace(split=split)
         m = self.check(layout)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from flopwise.config_values import positive
 from flopwise.errors import ConfigError, DataError, FlopwiseError, PlanError
-from flopwise.hardware import GB, resolve_accelerator
+from flopwise.hardware import GB, Accelerator, match_device_name, resolve_accelerator
 from flopwise.layout import parse_value
 from flopwise.models.config import ModelConfig
 from flopwise.plan.search import search
@@ -27,12 +27,9 @@ from flopwise.plan.software_rule import infer_software
 from flopwise.plan.spec import PRECISIONS, Cluster, Training
 from flopwise.userfiles import read_text
 
-# the columns of the published format (shared/published/README.md); calibration CSVs add source_id, stack,
-# software, citation and notes
-PUBLISHED_COLUMNS = ("source", "model", "layers", "hidden", "heads", "kv_heads", "ffn", "mlp", "vocab", "seq", "gpu",
-                     "gpus", "gpus_per_node", "intra_node_GBps", "inter_node_GBps_per_gpu", "tp", "pp", "dp", "vpp",
-                     "cp", "zero", "sequence_parallel", "recompute", "global_batch", "micro_batch", "precision",
-                     "measured_step_s", "published_value", "derived_from")
+# what the calibration set adds to the published format (shared/published/README.md) to say which stack ran a row and
+# where it comes from; a row without them is costed with the profile its text or layout implies (plan/software_rule.py)
+PROVENANCE_COLUMNS = ("source_id", "stack", "software", "citation", "notes")
 # layout columns of the published CSVs (README in shared/published); cp is checked on its own
 _LAYOUT_COLUMNS = ("tp", "pp", "dp", "vpp", "cp", "ep", "zero", "dp_shard", "sequence_parallel", "recompute",
                    "micro_batch")
@@ -63,6 +60,22 @@ def _number(row: dict, key: str, default=None, *, integer: bool = True):
 
 def _int(row: dict, key: str, default: int | None = None) -> int:
     return _number(row, key, default)
+
+
+def _accelerator(text: str, notes: list[str]) -> Accelerator:
+    """The catalogue GPU of a row's cell: its name, else the name as papers write it ('A100-SXM4-40GB', 'NVIDIA
+    H100 80GB HBM3'), with a note; blank: the A100-80GB of the published Megatron runs, with a note."""
+    if not text:
+        notes.append("gpu blank: A100-80GB assumed (the published Megatron runs' GPU)")
+        return resolve_accelerator("A100-80GB")
+    try:
+        return resolve_accelerator(text)
+    except ConfigError:
+        known = match_device_name(text)
+        if known is None:
+            raise
+        notes.append(f"gpu {text!r} read as {known.name}")
+        return known
 
 
 def _precision_word(text: str, notes: list[str]) -> str:
@@ -113,9 +126,7 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
         experts=_int(row, "experts") if _cell(row, "experts").strip("0.") else 0,  # MoE (optional columns)
         top_k=_int(row, "top_k", 2),
     )
-    if not _cell(row, "gpu"):
-        notes.append("gpu blank: A100-80GB assumed (the published Megatron runs' GPU)")
-    acc = resolve_accelerator(_cell(row, "gpu") or "A100-80GB")
+    acc = _accelerator(_cell(row, "gpu"), notes)
     gpus = _int(row, "gpus")
     intra = _number(row, "intra_node_GBps", 0.0, integer=False)
     inter = _number(row, "inter_node_GBps_per_gpu", 0.0, integer=False)
