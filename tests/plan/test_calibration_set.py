@@ -156,7 +156,9 @@ def test_harness_predicts_or_gives_the_reason(harness, rows, tmp_path):
     assert overall["rows"] == 4 and overall["planner"]["n"] == 3 and overall["const50"]["n"] == 4
 
 
-@pytest.mark.parametrize("name", ["fresh_holdout", "fresh_holdout_2", "fresh_holdout_3", "fresh_holdout_4"])
+@pytest.mark.parametrize(
+    "name", ["fresh_holdout", "fresh_holdout_2", "fresh_holdout_3", "fresh_holdout_4", "fresh_holdout_5"]
+)
 def test_fresh_holdouts_are_new_sources_parsed_cited_and_software_by_the_rule(build, rows, name):
     from flopwise.plan.validate import row_inputs
 
