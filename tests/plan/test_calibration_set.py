@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from flopwise.hardware import CATALOGUE
+from flopwise.plan.software_rule import STACKS
 from flopwise.plan.spec import SOFTWARE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +62,7 @@ def test_every_row_is_well_formed_and_cited(build, rows):
         for key in ("source", "source_id", "citation", "notes", "published_value", "derived_from"):
             assert row[key].strip(), f"{where}: {key} is blank"
         assert row["gpu"] in CATALOGUE, where
-        assert row["stack"] in ("megatron", "nemo", "deepspeed", "fsdp", "torchtitan", "other"), where
+        assert row["stack"] in STACKS, where
         assert row["software"] in SOFTWARE, where
         assert row["mlp"] in ("gelu", "swiglu"), where
         assert row["recompute"] in ("", "none", "selective", "full"), where

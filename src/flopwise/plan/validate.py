@@ -84,7 +84,7 @@ def _precision_word(text: str, notes: list[str]) -> str:
     word = text.strip().lower()
     if not word or word in PRECISIONS:
         return word or "bf16"
-    for precision in ("fp8", "bf16", "fp16", "fp32"):  # fp8 first: FP8 runs also name their bf16 parts
+    for precision in sorted(PRECISIONS, key=lambda p: p != "fp8"):  # fp8 first: FP8 runs also name their bf16 parts
         if precision in word:
             notes.append(f"precision {text!r} read as {precision}")
             return precision
