@@ -12,22 +12,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import tempfile
 
 import torch.multiprocessing as mp
 
 from flopwise.train.config import load_config
 from flopwise.train.trainer import train
+from tests.ports import free_port
 
 BASE = ["train.global_batch=8", "train.micro_batch=2", "train.lr=3e-3", "train.warmup_steps=2", "train.log_every=1",
         "train.eval_every=0", "checkpoint.every=0", "guard.enabled=false", "model.layers=4"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +73,7 @@ def run_batch(shards, runs: list[Run]) -> dict[str, dict[int, float] | Exception
     results: dict[str, dict[int, float] | Exception] = {}
     for world in dict.fromkeys(r.world for r in runs):
         pending = [r for r in runs if r.world == world]
+        port_retries = 3  # a store port taken by another process between picking and binding: not the run's fault
         while pending:
             for run in pending:
                 os.makedirs(run.out, exist_ok=True)
@@ -103,6 +98,10 @@ def run_batch(shards, runs: list[Run]) -> dict[str, dict[int, float] | Exception
                     break
                 results[run.key] = losses
                 done += 1
+            if done < len(pending) and "EADDRINUSE" in str(error) and port_retries:
+                port_retries -= 1
+                pending = pending[done:]  # the failed run again, on fresh ports
+                continue
             if done < len(pending):
                 failed = pending[done]
                 results[failed.key] = RuntimeError(f"{failed.key} failed: {error}")

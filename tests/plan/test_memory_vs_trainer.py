@@ -54,7 +54,7 @@ CASES = {
 @pytest.mark.distributed
 @pytest.mark.parametrize("name", list(CASES))
 def test_planner_memory_matches_the_trainer(nano_shards, tmp_path, name):
-    from tests.parallel.harness import free_port
+    from tests.ports import free_port
 
     world, overrides, layout = CASES[name]
     job = _job(nano_shards, overrides, tmp_path)

@@ -14,13 +14,9 @@ import time
 import pytest
 import requests
 
+from tests.ports import free_port
+
 openai = pytest.importorskip("openai")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_healthy(url: str, seconds: float, proc=None) -> None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 
 def _bin(name: str) -> str | None:
@@ -44,9 +45,7 @@ def start_postgres(tmp: Path):
         tmp = Path(tempfile.mkdtemp(prefix="flopwise-pg-"))
         shutil.chown(tmp, user)
     data = tmp / "pgdata"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     run = dict(capture_output=True, text=True, timeout=120)
     r = subprocess.run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "flopwise", "--no-sync"], **run)
     if r.returncode != 0:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,12 +12,7 @@ import time
 import pytest
 
 from tests.cluster.service.conftest import A, Api, py, write_tokens
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 def _up(home, tokens, port):
@@ -42,7 +36,7 @@ def _up(home, tokens, port):
 
 @pytest.mark.slow
 def test_killed_service_restarts_adopts_running_jobs_and_restarts_lost_ones(tmp_path):
-    home, port = tmp_path / "home", _free_port()
+    home, port = tmp_path / "home", free_port()
     tokens = write_tokens(tmp_path / "tokens.toml")
     proc, url = _up(home, tokens, port)
     try:
