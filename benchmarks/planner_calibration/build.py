@@ -708,9 +708,11 @@ def nemotron4_report() -> list[dict]:
         "Printed iteration time of the 6144-GPU stage. TP 8 x PP 12 (interleaved; virtual stages not stated: vpp "
         "blank) x DP 64 from the report's section 3 text (not re-read here: treat as recalled). Not stated "
         "(blank): micro-batch, ZeRO stage (Megatron-Core's distributed optimizer likely), sequence parallelism, "
-        "recompute. Trained in BF16. " + DGX_H100_NOTE
+        "recompute. Trained in BF16. Stack nemo: NVIDIA's own production run on Megatron-Core, costed as NVIDIA's "
+        "tuned recipes run it (overlapped gradient reduction, TP overlap; software te), not as Megatron-LM's "
+        "defaults (megatron-lm). " + DGX_H100_NOTE
     )
-    return _finish([r], "nemotron4-report-2024", src, "megatron", cite)
+    return _finish([r], "nemotron4-report-2024", src, "nemo", cite)
 
 
 def llama3_paper() -> list[dict]:

@@ -77,6 +77,30 @@ def test_te_overlaps_tp_collectives_with_the_gemms_down_to_one_chunk():
     assert exposed8 / 8 < te8 < exposed8
 
 
+def test_megatron_lm_defaults_expose_what_nvidia_recipes_overlap():
+    """Megatron-LM launched with its defaults: the same TE kernels as NVIDIA's recipes ('te'), but the fp32 gradient
+    reduction and the parameter gather wait for the backward, and TP collectives are not overlapped."""
+    layout = Layout(tp=2, sp=True, dp=8, zero=1, micro_batch=1)
+    te, mlm = (cost(gpus=16, gb=64, inter=12.5 * GB, software=s).evaluate(layout) for s in ("te", "megatron-lm"))
+    assert mlm.breakdown["compute"] == pytest.approx(te.breakdown["compute"])  # the same kernels
+    assert mlm.breakdown["tp"] > 1.5 * te.breakdown["tp"]
+    assert mlm.breakdown["dp"] > te.breakdown["dp"]
+    # bf16 gradients are reduced in fp32 (fp16 ones in fp16): the exposed reduction is larger under bf16
+    fp16 = cost(gpus=16, gb=64, inter=12.5 * GB, software="megatron-lm", precision="fp16").evaluate(layout)
+    assert mlm.breakdown["dp"] > 1.2 * fp16.breakdown["dp"]
+
+
+def test_a_hugging_face_model_under_deepspeed_is_not_megatron_deepspeed():
+    """'deepspeed-hf': flash attention and ZeRO-3's overlapped gathers, but eager elementwise kernels; Megatron-
+    DeepSpeed's 2021-22 GPT ('deepspeed'): unfused attention, no overlap."""
+    layout = Layout(dp=8, zero=3, micro_batch=1)
+    hf, mds = (cost(gb=16, software=s).evaluate(layout) for s in ("deepspeed-hf", "deepspeed"))
+    assert hf.breakdown["dp"] < 0.5 * mds.breakdown["dp"]
+    assert hf.step_time < mds.step_time
+    eager = cost(gb=16, software="torch-eager").evaluate(layout)
+    assert hf.breakdown["compute"] == pytest.approx(eager.breakdown["compute"])  # the model's own PyTorch kernels
+
+
 def test_non_reentrant_recompute_stops_before_the_down_projection():
     layout = Layout(dp=8, zero=3, micro_batch=1, recompute="full")
     torch_rc = cost(software="torch-compile").layer_cost(1, False, 1, "full")

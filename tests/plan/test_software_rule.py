@@ -38,7 +38,9 @@ def row(source: str = "", **cells) -> dict:
         ("MosaicML llm-foundry (Composer FSDP)", "torch-eager"),
         ("Narayanan et al. 2021 (Megatron-LM SC21) Table 1", "megatron"),
         ("Korthikanti et al. 2022 Table 5", "megatron"),
-        ("Megatron-LM README scaling table", "te"),
+        ("Megatron-LM README scaling table", "megatron-lm"),
+        ("FlagPerf case llama3_8B-megatron", "megatron-lm"),
+        ("DeepSpeed ZeRO-3 on a Hugging Face Llama", "deepspeed-hf"),
     ],
 )
 def test_the_stack_the_source_names_picks_the_profile(source, expected):
@@ -70,7 +72,7 @@ def test_a_row_that_names_no_stack_is_costed_as_its_layouts_family(cells, expect
         ("BloombergGPT technical report", "te"),  # not BLOOM: 'bloom' only as a word; TP x PP layout -> te
         ("anemone lab cluster", "te"),  # not NeMo
         ("torchtitan (faster than DeepSpeed ZeRO-3)", "torch-eager"),  # the earliest name wins
-        ("Megatron-LM run, checkpoint from Hugging Face", "te"),
+        ("Megatron-LM run, checkpoint from Hugging Face", "megatron-lm"),
         ("Megatron-DeepSpeed on Frontier", "deepspeed"),  # the longest name at one place
     ],
 )
@@ -97,15 +99,18 @@ def test_the_rows_own_cells_win_and_say_nothing():
     # software cell > stack cell > text
     assert infer_software(row("NVIDIA NeMo", software="deepspeed", stack="fsdp")) == ("deepspeed", "")
     assert infer_software(row("NVIDIA NeMo", stack="fsdp", notes="torch.compile")) == ("torch-compile", "")
-    assert infer_software(row("NVIDIA NeMo", stack="megatron")) == ("te", "")
+    assert infer_software(row("NVIDIA NeMo", stack="megatron")) == ("megatron-lm", "")
     # a caller's profile replaces the inference, not the row's own software cell
     assert row_inputs(row("NVIDIA NeMo"), "torch-eager")[2].software == "torch-eager"
     assert row_inputs(row("x", software="deepspeed"), "torch-eager")[2].software == "deepspeed"
 
 
 def test_software_for_stack_is_the_calibration_sets_rule():
-    assert software_for_stack("nemo") == software_for_stack("megatron") == software_for_stack("other") == "te"
-    assert software_for_stack("deepspeed") == "deepspeed"
+    assert software_for_stack("nemo") == software_for_stack("other") == "te"
+    assert software_for_stack("megatron") == "megatron-lm"  # Megatron-LM as its defaults run it
+    assert software_for_stack("deepspeed") == "deepspeed"  # Megatron-DeepSpeed
+    assert software_for_stack("deepspeed", "HF transformers LlamaForCausalLM under ZeRO-3") == "deepspeed-hf"
+    assert software_for_stack("deepspeed", "the model came from a whf config") == "deepspeed"  # whole words only
     assert software_for_stack("fsdp", "compiled with torch.compile") == "torch-compile"
     assert software_for_stack("torchtitan", "torch.compile off: eager") == "torch-eager"
 
@@ -128,7 +133,8 @@ def test_calibration_rows_in_the_published_format_are_all_predicted():
     stripped = [{k: v for k, v in r.items() if k not in PROVENANCE_COLUMNS} for r in rows]
     report = validate_rows(stripped)
     assert all("predicted_s" in r for r in report), [r.get("error_message") for r in report if "predicted_s" not in r]
-    same_family = {"te": {"te"}, "deepspeed": {"deepspeed"}, "megatron": {"megatron"},
+    same_family = {"te": {"te"}, "deepspeed": {"deepspeed"}, "megatron": {"megatron"}, "megatron-lm": {"megatron-lm"},
+                   "deepspeed-hf": {"deepspeed-hf"},
                    "torch-eager": {"torch-eager", "torch-compile"}, "torch-compile": {"torch-eager", "torch-compile"}}
     named = [(o, g) for o, g in zip(rows, report, strict=True) if named_stack(o["source"])]
     wrong = [(o["source_id"], g["software"]) for o, g in named if g["software"] not in same_family[o["software"]]]

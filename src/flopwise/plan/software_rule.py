@@ -37,6 +37,8 @@ STACK_WORDS: dict[str, str] = {
 # A source that is one of the Megatron-LM papers (2019-2022) ran unfused softmax + dropout without overlapped
 # gradient reduction (the 'megatron' profile); later Megatron-LM runs use Transformer Engine (Megatron-Core).
 LEGACY_MEGATRON_WORDS = ("narayanan", "korthikanti", "shoeybi")
+# A DeepSpeed run of a Hugging Face transformers model (not Megatron-DeepSpeed's GPT): its notes name the library
+HF_WORDS = re.compile(r"(?<![a-z0-9])(hugging ?face|hf|transformers)(?![a-z0-9])")
 # the text columns a row may carry, in the order they are searched for a stack's name
 TEXT_COLUMNS = ("source", "derived_from", "published_value", "notes", "citation")
 _WORDS = re.compile(
@@ -45,11 +47,17 @@ _WORDS = re.compile(
 
 
 def software_for_stack(stack: str, text: str = "") -> str:
-    """The profile of a named stack (Megatron: the Transformer Engine era's). A PyTorch-native stack is costed
-    eager unless `text` (the row's notes) says it compiled the model."""
+    """The profile of a named stack: NVIDIA's recipes (NeMo, dgxc, MLPerf) and Meta's Llama 3 stack 'te', Megatron-LM
+    as its defaults run it 'megatron-lm', DeepSpeed on a Hugging Face model (`text` names the library)
+    'deepspeed-hf', else Megatron-DeepSpeed. A PyTorch-native stack is costed eager unless `text` (the row's notes)
+    says it compiled the model."""
     text = text.lower()
-    if stack in ("nemo", "megatron", "other"):
+    if stack in ("nemo", "other"):
         return "te"
+    if stack == "megatron":
+        return "megatron-lm"
+    if stack == "deepspeed" and HF_WORDS.search(text):
+        return "deepspeed-hf"
     if stack in SOFTWARE:  # a profile's own name (deepspeed, te, flopwise, ...)
         return stack
     return "torch-compile" if "compile" in text and "eager" not in text else "torch-eager"

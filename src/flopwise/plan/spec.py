@@ -51,6 +51,13 @@ SOFTWARE = {
     # NeMo's distributed fused Adam reduces gradients in bf16 (grad_sync_dtype). TP communication overlapped
     # with the GEMMs (tp_comm_overlap, userbuffers).
     "te": Software("flash", False, True, 1, attention_kernel="fa3", grad_reduce_bytes=2, tp_overlap=True),
+    # Megatron-LM's own training script (pretrain_gpt.py) with Transformer Engine, as its defaults run it when a
+    # user launches it (FlagPerf, Megatron-LLaMA, research code): TE's kernels, but bf16 gradients accumulated and
+    # reduced in fp32 (arguments.py forces accumulate_allreduce_grads_in_fp32 under bf16 unless
+    # --grad-reduce-in-bf16), the gradient reduction and parameter gather after the backward (--overlap-grad-reduce
+    # and --overlap-param-gather are opt-in) and TP collectives exposed (--tp-comm-overlap is opt-in). NVIDIA's own
+    # recipes (NeMo, dgxc, MLPerf) turn these on: that is 'te'.
+    "megatron-lm": Software("flash", False, True, 4, attention_kernel="fa3"),
     # PyTorch FSDP stacks (torchtitan, llm-foundry, fms-fsdp) in eager mode: SDPA / flash-attn 2, every
     # elementwise op its own kernel, FSDP overlapping its collectives.
     "torch-eager": Software("flash", False, False, 2, fused_elementwise=False, recompute_early_stop=True),
@@ -60,6 +67,13 @@ SOFTWARE = {
     # PipelineEngine (blocking point-to-point, no interleaving), gradient reduction after the backward, and
     # only whole-block activation checkpointing (selective recomputation came with Korthikanti et al. 2022).
     "deepspeed": Software("unfused", True, True, 4, pipeline="deepspeed", selective_recompute=False),
+    # A Hugging Face transformers model under the DeepSpeed engine (ZeRO, no pipeline): the model's own PyTorch
+    # kernels (SDPA / FlashAttention-2, one kernel per elementwise op, no dropout in Llama-family models), ZeRO-3
+    # prefetching its gathers and overlapping its reductions (overlap_comm defaults on for stage 3 only), gradients
+    # reduced in the training dtype (communication_data_type defaults to it), reentrant checkpointing (the
+    # transformers default) and no selective recomputation.
+    "deepspeed-hf": Software("flash", False, False, 3, fused_elementwise=False, grad_reduce_bytes=2,
+                             selective_recompute=False),
 }
 
 
