@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from flopwise.errors import LayoutError, PlanError
+from flopwise.errors import ConfigError, LayoutError, PlanError
 from flopwise.hardware import GB, get_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
@@ -99,6 +99,21 @@ def test_a_hugging_face_model_under_deepspeed_is_not_megatron_deepspeed():
     assert hf.step_time < mds.step_time
     eager = cost(gb=16, software="torch-eager").evaluate(layout)
     assert hf.breakdown["compute"] == pytest.approx(eager.breakdown["compute"])  # the model's own PyTorch kernels
+
+
+def test_the_runs_attention_kernel_overrides_its_profiles():
+    """An eager-attention run (Hugging Face's eager attention, Megatron-LM without --use-flash-attn) keeps the s^2
+    scores: more time and activation memory than its profile's flash kernel; context parallelism then refuses."""
+    layout = Layout(dp=8, zero=1, micro_batch=1)
+    flash = cost(gb=16, seq_len=2048).evaluate(layout)
+    unfused = cost(gb=16, seq_len=2048, attention="unfused").evaluate(layout)
+    assert unfused.breakdown["compute"] > flash.breakdown["compute"]
+    assert unfused.memory[0]["activations"] > 1.5 * flash.memory[0]["activations"]
+    assert cost(attention="flash").training.profile == cost().training.profile  # the profile's own: no change
+    with pytest.raises(ConfigError, match="attention = 'paged'"):
+        cost(attention="paged")
+    with pytest.raises(LayoutError, match="context parallelism needs a fused"):
+        cost(attention="unfused").evaluate(Layout(dp=4, cp=2, zero=1, micro_batch=1))
 
 
 def test_non_reentrant_recompute_stops_before_the_down_projection():

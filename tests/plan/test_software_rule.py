@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flopwise.plan.software_rule import infer_software, named_stack, software_for_stack
+from flopwise.plan.software_rule import attention_in_text, infer_software, named_stack, software_for_stack
 from flopwise.plan.validate import PROVENANCE_COLUMNS, row_inputs, validate_files, validate_rows
 from tests.cli_run import run_cli
 
@@ -113,6 +113,50 @@ def test_software_for_stack_is_the_calibration_sets_rule():
     assert software_for_stack("deepspeed", "the model came from a whf config") == "deepspeed"  # whole words only
     assert software_for_stack("fsdp", "compiled with torch.compile") == "torch-compile"
     assert software_for_stack("torchtitan", "torch.compile off: eager") == "torch-eager"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Megatron-era kernels (fused softmax, no flash attention)", "unfused"),
+        ("no --recompute-activations, no --use-flash-attn, no --swiglu", "unfused"),  # a negated flag
+        ("HF GPT-2, eager PyTorch attention (no flash attention)", "unfused"),
+        ("attn_implementation='eager'", "unfused"),
+        ("Megatron-DeepSpeed with --use-flash-attn-v2", "flash"),
+        ("torch.compile (turns off flash-attn: torch SDPA)", "flash"),
+        ("FlashAttention enabled (README footnote)", "flash"),
+        ("splash attention kernels; nothing said", None),
+    ],
+)
+def test_the_attention_kernel_a_text_names(text, expected):
+    said = attention_in_text(text)
+    assert (said[0] if said else None) == expected
+
+
+def test_a_rows_attention_kernel_overrides_its_stacks():
+    """A row whose notes say its attention kernel differs from its stack's profile is costed with that kernel (and
+    says so); an `attention` cell wins over the text; the same kernel as the profile's changes nothing."""
+    base = row("Megatron-LM run", tp="2", dp="8", zero="1", recompute="none")
+    _, _, flash, _, _ = row_inputs(base)
+    _, _, unfused, _, notes = row_inputs({**base, "notes": "2021 code: no flash attention"})
+    assert flash.software == unfused.software == "megatron-lm"
+    assert flash.attention is None and unfused.attention == "unfused" and unfused.profile.attention == "unfused"
+    assert "attention unfused: from 'no flash attention' in the row's notes" in notes
+    assert row_inputs({**base, "notes": "no flash attention", "attention": "flash"})[2].attention is None
+    assert row_inputs({**base, "attention": "unfused"})[2].attention == "unfused"
+    fast, slow = validate_rows([base, {**base, "notes": "no flash attention"}])
+    assert slow["predicted_s"] > fast["predicted_s"]  # the s^2 scores, softmax and their traffic
+    assert validate_rows([{**base, "attention": "paged"}])[0]["error_message"].startswith("attention = 'paged'")
+
+
+def test_plan_attention_option(tmp_path, capsys):
+    args = ("plan", "--preset", "nano", "--gpu", "A100-80GB", "--gpus", "8", "--global-batch", "64", "--top", "1")
+    code, out, err = run_cli(capsys, *args, "--software", "torch-eager", "--attention", "unfused", "--json")
+    assert code == 0 and json.loads(out)["training"]["attention"] == "unfused", err
+    code, out, err = run_cli(capsys, *args, "--attention", "unfused", "--write-config", tmp_path / "job.toml")
+    assert code == 2 and "no --attention" in err and not (tmp_path / "job.toml").exists()
+    code, out, err = run_cli(capsys, *args, "--attention", "paged")
+    assert code == 2 and "attention = 'paged': must be one of flash, unfused" in err
 
 
 def calibration_rows() -> list[dict]:

@@ -152,6 +152,9 @@ def plan(
         "bf16", help="bf16 | fp16 | fp32 | fp8 (FP8 linear layers on Hopper; flopwise's trainer runs the others)"
     ),
     software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),
+    attention: str = typer.Option(
+        None, help="attention kernel where it differs from the profile's: flash (FlashAttention, SDPA) | unfused "
+                   "(eager scores + softmax, e.g. Hugging Face eager attention)"),
     expert_imbalance: float = typer.Option(1.0, help="MoE: busiest expert-parallel rank's tokens over the mean (>= 1)"),
     layout: str = typer.Option(None, help="fix some layout fields, e.g. tp=8,pp=16 (the rest is searched)"),
     top: int = typer.Option(5, help="plans to show", callback=POSITIVE_INT),
@@ -180,10 +183,10 @@ def plan(
         inter_gbps * GB if inter_gbps else None,
     )
     training = Training(global_batch, tokens=tokens, precision=precision, software=software,
-                        expert_imbalance=expert_imbalance)
-    if write_config is not None and (software != "flopwise" or precision == "fp8"):
-        raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
-                          f"bf16, fp16 or fp32 (got {software}, {precision})")
+                        expert_imbalance=expert_imbalance, attention=attention)
+    if write_config is not None and (software != "flopwise" or precision == "fp8" or training.attention):
+        raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise, no "
+                          f"--attention and bf16, fp16 or fp32 (got {software}, {precision})")
     fixed = parse_layout(layout) if layout else {}
     result = search(model, cluster, training, fixed, top=top, split=split)
     if write_config is not None:
@@ -210,6 +213,7 @@ def plan(
                         "tokens": tokens,
                         "precision": precision,
                         "software": software,
+                        "attention": training.profile.attention,
                     },
                     "evaluated": result.evaluated,
                     "feasible": result.feasible,

@@ -39,6 +39,15 @@ STACK_WORDS: dict[str, str] = {
 LEGACY_MEGATRON_WORDS = ("narayanan", "korthikanti", "shoeybi")
 # A DeepSpeed run of a Hugging Face transformers model (not Megatron-DeepSpeed's GPT): its notes name the library
 HF_WORDS = re.compile(r"(?<![a-z0-9])(hugging ?face|hf|transformers)(?![a-z0-9])")
+# What a row's text says about its attention kernel, where that can differ from its stack's profile: Megatron-LM
+# without --use-flash-attn, Hugging Face models' eager attention (the transformers default before SDPA), DeepSpeed
+# runs with flash attention. A negated mention ("no flash attention", "no --use-flash-attn") wins over a plain one.
+_FLASH = r"(?:--use-flash-attn[-a-z0-9]*|flash[-_ ]?attn|flash[-_ ]?attention|sdpa)"
+_UNFUSED_ATTENTION = re.compile(
+    rf"(?<![a-z0-9])(?:(?:no|without|not)\s+{_FLASH}|eager\s+(?:pytorch\s+)?attention|unfused attention|"
+    r"attn_implementation\W+eager)"
+)
+_FLASH_ATTENTION = re.compile(rf"(?<![a-z0-9]){_FLASH}")
 # the text columns a row may carry, in the order they are searched for a stack's name
 TEXT_COLUMNS = ("source", "derived_from", "published_value", "notes", "citation")
 _WORDS = re.compile(
@@ -104,3 +113,13 @@ def infer_software(row: dict, *, tp: int = 0, pp: int = 0, cp: int = 0, vpp: int
     if zero <= 1 and (cp > 1 or vpp > 1 or precision == "fp8" or tp > 1 or pp > 1):
         return "te", "software te: no stack named; the layout is Megatron-style (Megatron-Core / NeMo)"
     return "torch-compile", "software torch-compile: no stack named; the layout is PyTorch-native (FSDP / DDP)"
+
+
+def attention_in_text(text: str) -> tuple[str, str] | None:
+    """('flash' | 'unfused', the words that say it) for the attention kernel a row's text names, else None."""
+    text = text.lower()
+    for kind, pattern in (("unfused", _UNFUSED_ATTENTION), ("flash", _FLASH_ATTENTION)):
+        match = pattern.search(text)
+        if match:
+            return kind, match.group(0)
+    return None

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cache
 
 from flopwise.errors import ConfigError
 from flopwise.hardware import Accelerator
@@ -11,6 +12,9 @@ from flopwise.hardware import Accelerator
 # fp8: the transformer blocks' linear-layer GEMMs in FP8 (Transformer Engine, torchao Float8); attention, the LM
 # head, elementwise work, master weights and optimizer state as in bf16 training.
 PRECISIONS = ("bf16", "fp16", "fp32", "fp8")
+# the attention core: 'flash' fused (FlashAttention, SDPA, cuDNN: no s^2 tensors) | 'unfused' (scores, softmax and
+# dropout as tensors of their own: Megatron before flash attention, Hugging Face models' eager attention)
+ATTENTION_KERNELS = ("flash", "unfused")
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class Training:
     seq_len: int | None = None  # None: the model's context
     software: str = "flopwise"  # which trainer runs the layout: its kernels and overlaps (SOFTWARE)
     expert_imbalance: float = 1.0  # MoE: the busiest expert-parallel rank's tokens over the mean (plan/experts.py)
+    attention: str | None = None  # the run's attention kernel where it differs from its stack's; None: the profile's
 
     def __post_init__(self) -> None:
         if not isinstance(self.global_batch, int) or self.global_batch < 1:
@@ -126,6 +131,8 @@ class Training:
             raise ConfigError(f"software = {self.software!r}: must be one of {', '.join(SOFTWARE)}")
         if self.tokens < 0:
             raise ConfigError(f"tokens = {self.tokens}: must be non-negative")
+        if self.attention is not None and self.attention not in ATTENTION_KERNELS:
+            raise ConfigError(f"attention = {self.attention!r}: must be one of {', '.join(ATTENTION_KERNELS)}")
         if not self.expert_imbalance >= 1.0:
             raise ConfigError(f"expert_imbalance = {self.expert_imbalance}: must be at least 1 (1: balanced)")
 
@@ -135,4 +142,10 @@ class Training:
 
     @property
     def profile(self) -> Software:
-        return SOFTWARE[self.software]
+        return _profile(self.software, self.attention)
+
+
+@cache
+def _profile(software: str, attention: str | None) -> Software:
+    base = SOFTWARE[software]
+    return base if attention in (None, base.attention) else replace(base, attention=attention)

@@ -23,8 +23,8 @@ from flopwise.hardware import GB, Accelerator, match_device_name, resolve_accele
 from flopwise.layout import parse_value
 from flopwise.models.config import ModelConfig
 from flopwise.plan.search import search
-from flopwise.plan.software_rule import infer_software
-from flopwise.plan.spec import PRECISIONS, Cluster, Training
+from flopwise.plan.software_rule import TEXT_COLUMNS, attention_in_text, infer_software
+from flopwise.plan.spec import PRECISIONS, SOFTWARE, Cluster, Training
 from flopwise.userfiles import read_text
 
 # what the calibration set adds to the published format (shared/published/README.md) to say which stack ran a row and
@@ -102,6 +102,22 @@ def _recompute_word(text: str, notes: list[str]) -> str:
     return word
 
 
+def _attention(row: dict, stacks: str | None, notes: list[str]) -> str | None:
+    """The row's attention kernel where it differs from its stack's (`stacks`): an `attention` cell, else what its
+    text says (plan/software_rule.py); None: the profile's own."""
+    cell = _cell(row, "attention").lower()
+    if cell:
+        return cell if cell != stacks else None
+    for column in TEXT_COLUMNS:
+        said = attention_in_text(_cell(row, column))
+        if said is not None:
+            if said[0] == stacks:
+                return None
+            notes.append(f"attention {said[0]}: from {said[1]!r} in the row's {column}")
+            return said[0]
+    return None
+
+
 def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Cluster, Training, dict, list[str]]:
     """Model, cluster, training and the fixed layout fields of one CSV row (plus notes on adjustments);
     `software`: the profile for a row without a `software` cell (None: inferred, plan/software_rule.py)."""
@@ -149,7 +165,8 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
                                       vpp=fixed.get("vpp", 0), zero=fixed.get("zero", 0), precision=precision)
         if why:
             notes.append(why)
-    training = Training(_int(row, "global_batch"), precision=precision, software=profile)
+    attention = _attention(row, SOFTWARE[profile].attention if profile in SOFTWARE else None, notes)
+    training = Training(_int(row, "global_batch"), precision=precision, software=profile, attention=attention)
     if "vpp" in fixed and "pp" in fixed and fixed["vpp"] > 1:
         per_stage = model.layers // fixed["pp"]
         if model.layers % fixed["pp"] == 0 and per_stage % fixed["vpp"]:
