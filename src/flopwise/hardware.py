@@ -111,6 +111,10 @@ CATALOGUE: dict[str, Accelerator] = {
 # the export variants: the A100's and H100's silicon with NVLink cut to 400 GB/s total (module docstring)
 for _base, _variant in (("A100-80GB", "A800-80GB"), ("H100-SXM", "H800-SXM")):
     CATALOGUE[_variant] = dataclasses.replace(CATALOGUE[_base], name=_variant, link_bandwidth=200 * GB)
+# GPUs whose cost-model constants were fitted or checked on published measured runs (issue 14: the GPUs of
+# benchmarks/planner_calibration/fit.csv, and the export variants of their silicon, checked on a blind holdout).
+# The others' constants are datasheet assumptions (flopwise.plan.search.calibration_notes says so with each plan).
+CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800-SXM", "H100-GT-500W", "H200"})
 # gloo collectives between processes on one machine (loopback TCP): ~1-3 GB/s per direction; a starting
 # value that `flopwise plan calibrate` replaces with the user's own.
 CPU_LINK_BANDWIDTH = 2 * GB

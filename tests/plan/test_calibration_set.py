@@ -176,3 +176,26 @@ def test_fresh_holdouts_are_new_sources_parsed_cited_and_software_by_the_rule(bu
         assert row["citation"].strip() and row["derived_from"].strip() and float(row["measured_step_s"]) > 0, where
         assert row["software"] == build.software_profile(row["stack"], row["notes"]), where
         row_inputs(row)  # every row parses into a model, a cluster, a training run and a layout
+
+
+def test_the_calibrated_gpus_are_the_fit_rows_and_plans_on_others_say_so(rows):
+    """hardware.CALIBRATED names the GPUs published runs calibrate: every GPU of the fit rows (plus the export variants
+    of the A100's and H100's silicon); a plan on any other catalogue GPU carries a note saying its times rest on
+    datasheet assumptions."""
+    from flopwise.hardware import CALIBRATED, Accelerator
+    from flopwise.models.config import ModelConfig
+    from flopwise.plan.search import search
+    from flopwise.plan.spec import Cluster, Training
+
+    fitted = {r["gpu"] for r in rows["fit"]}
+    assert fitted <= CALIBRATED <= set(CATALOGUE)
+    assert CALIBRATED - fitted == {"A800-80GB", "H800-SXM"}
+    model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, ffn=256, seq_len=64, lfa=False)
+
+    def notes(acc):
+        return search(model, Cluster(acc, 1), Training(8), top=1).notes
+
+    measured_here = Accelerator("this-cpu", 1e12, 16e9, 20e9, 2e9, measured=True)  # what `plan calibrate` fits
+    assert notes(CATALOGUE["A100-80GB"]) == [] and notes(measured_here) == []
+    said = notes(CATALOGUE["V100-16GB"])
+    assert len(said) == 1 and said[0].startswith("V100-16GB: no published run calibrates")

@@ -218,6 +218,7 @@ def plan(
                     "evaluated": result.evaluated,
                     "feasible": result.feasible,
                     "plans": [p.to_dict() for p in result.plans],
+                    "notes": result.notes,
                 },
                 indent=2,
             )
@@ -230,6 +231,8 @@ def plan(
     )
     console.print(_plans_table(result.plans, title))
     _breakdown(result.plans[0])
+    for note in result.notes:
+        err_console.print(f"note: {note}", highlight=False)
 
 
 @app.command("budget")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from flopwise.errors import LayoutError, PlanError
 from flopwise.flops import RECOMPUTE_MODES
+from flopwise.hardware import CALIBRATED, CATALOGUE, Accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import Constants, CostModel, Plan, even_split
@@ -188,6 +189,16 @@ def _candidates(cm: CostModel, fixed: dict, failures: list[str] | None = None) -
     return out
 
 
+def calibration_notes(acc: Accelerator) -> list[str]:
+    """What a plan's times rest on, where that is less than published runs: a catalogue GPU that no published run
+    calibrates (hardware.CALIBRATED)."""
+    if acc.measured or acc.name not in CATALOGUE or acc.name in CALIBRATED:
+        return []
+    return [f"{acc.name}: no published run calibrates this GPU's constants (datasheet assumptions); treat the times "
+            f"as optimistic (published V100 runs took 15-57% longer than predicted: benchmarks/RESULTS.md, "
+            f"'Sixth blind holdout')"]
+
+
 def search(
     model: ModelConfig,
     cluster: Cluster,
@@ -230,7 +241,7 @@ def search(
     plans.sort(key=lambda p: (not p.fits, p.step_time))
     feasible = sum(p.fits for p in plans)
     if plans:
-        return SearchResult(plans[:top], evaluated, feasible)
+        return SearchResult(plans[:top], evaluated, feasible, calibration_notes(cluster.accelerator))
     if not explain:  # the reason in a few words, without the search for alternatives
         if closest is not None:
             raise PlanError(f"no layout fits in {cm.cluster.accelerator.name} memory (the least memory-hungry, "
