@@ -99,6 +99,11 @@ def test_a_hugging_face_model_under_deepspeed_is_not_megatron_deepspeed():
     assert hf.step_time < mds.step_time
     eager = cost(gb=16, software="torch-eager").evaluate(layout)
     assert hf.breakdown["compute"] == pytest.approx(eager.breakdown["compute"])  # the model's own PyTorch kernels
+    # reduced in the training dtype: fp32 gradients move twice the bytes of bf16 ones (ZeRO-1: not overlapped)
+    one = Layout(dp=16, zero=1, micro_batch=1)
+    bf16, fp32 = (cost(gpus=16, gb=16, inter=12.5 * GB, software="deepspeed-hf", precision=p).evaluate(one)
+                  for p in ("bf16", "fp32"))
+    assert fp32.breakdown["dp"] > 1.5 * bf16.breakdown["dp"]
 
 
 def test_the_runs_attention_kernel_overrides_its_profiles():
@@ -109,7 +114,9 @@ def test_the_runs_attention_kernel_overrides_its_profiles():
     unfused = cost(gb=16, seq_len=2048, attention="unfused").evaluate(layout)
     assert unfused.breakdown["compute"] > flash.breakdown["compute"]
     assert unfused.memory[0]["activations"] > 1.5 * flash.memory[0]["activations"]
-    assert cost(attention="flash").training.profile == cost().training.profile  # the profile's own: no change
+    assert cost(attention="flash").training.attention is None  # the profile's own kernel: nothing overridden
+    with pytest.raises(ConfigError, match="flopwise's trainer runs SDPA"):
+        cost(software="flopwise", attention="unfused")
     with pytest.raises(ConfigError, match="attention = 'paged'"):
         cost(attention="paged")
     with pytest.raises(LayoutError, match="context parallelism needs a fused"):

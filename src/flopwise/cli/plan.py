@@ -153,8 +153,10 @@ def plan(
     ),
     software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),
     attention: str = typer.Option(
-        None, help="attention kernel where it differs from the profile's: flash (FlashAttention, SDPA) | unfused "
-                   "(eager scores + softmax, e.g. Hugging Face eager attention)"),
+        None, help="attention kernel where it differs from the profile's: flash (FlashAttention, SDPA, cuDNN) | "
+                   "unfused (scores and softmax as tensors: Hugging Face eager attention, Megatron-LM without "
+                   "--use-flash-attn); the profiles' own: "
+                   + ", ".join(f"{name} {sw.attention}" for name, sw in SOFTWARE.items())),
     expert_imbalance: float = typer.Option(1.0, help="MoE: busiest expert-parallel rank's tokens over the mean (>= 1)"),
     layout: str = typer.Option(None, help="fix some layout fields, e.g. tp=8,pp=16 (the rest is searched)"),
     top: int = typer.Option(5, help="plans to show", callback=POSITIVE_INT),
@@ -183,10 +185,10 @@ def plan(
         inter_gbps * GB if inter_gbps else None,
     )
     training = Training(global_batch, tokens=tokens, precision=precision, software=software,
-                        expert_imbalance=expert_imbalance, attention=attention)
-    if write_config is not None and (software != "flopwise" or precision == "fp8" or training.attention):
-        raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise, no "
-                          f"--attention and bf16, fp16 or fp32 (got {software}, {precision})")
+                        expert_imbalance=expert_imbalance, attention=attention.lower() if attention else None)
+    if write_config is not None and (software != "flopwise" or precision == "fp8"):
+        raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
+                          f"bf16, fp16 or fp32 (got --software {software}, --precision {precision})")
     fixed = parse_layout(layout) if layout else {}
     result = search(model, cluster, training, fixed, top=top, split=split)
     if write_config is not None:
@@ -294,7 +296,9 @@ def validate_cmd(
 ) -> None:
     """Predict the step time of every row of published-runs CSVs; print errors, median and maximum.
 
-    Each row is costed with the profile of the stack that ran it; the table shows which (and why, when inferred)."""
+    Each row is costed with the profile of the stack that ran it, and with its attention kernel where that differs
+    (an `attention` column, flash | unfused, else what its notes say); the table shows which (and why, when
+    inferred)."""
     if software is not None and software not in SOFTWARE:
         raise ConfigError(f"--software {software!r}: must be one of {', '.join(SOFTWARE)}")
     report = validate_files(files, software)

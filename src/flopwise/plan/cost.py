@@ -485,7 +485,8 @@ class CostModel:
         same experts (flopwise.parallel.parallelize), in collectives of their own beside the dense ones."""
         t, tp, cp = self.training, layout.tp, layout.cp
         dp, shard = layout.dp * cp, layout.shard_degree * cp
-        grad_bytes = 2 if t.precision == "fp16" else t.profile.grad_reduce_bytes  # fp32 for bf16 (Megatron, FSDP)
+        # fp16 gradients are reduced in fp16, fp32 ones in fp32; bf16 ones as the stack does (fp32: Megatron, FSDP)
+        grad_bytes = {"fp16": 2, "fp32": 4}.get(t.precision, t.profile.grad_reduce_bytes)
         e = t.dtype_bytes
         span = tp * dp
         full_span = span

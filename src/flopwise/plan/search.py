@@ -194,9 +194,8 @@ def calibration_notes(acc: Accelerator) -> list[str]:
     calibrates (hardware.CALIBRATED)."""
     if acc.measured or acc.name not in CATALOGUE or acc.name in CALIBRATED:
         return []
-    return [f"{acc.name}: no published run calibrates this GPU's constants (datasheet assumptions); treat the times "
-            f"as optimistic (published V100 runs took 15-57% longer than predicted: benchmarks/RESULTS.md, "
-            f"'Sixth blind holdout')"]
+    return [f"{acc.name}: no published run calibrates this GPU's constants (datasheet assumptions); published runs on "
+            f"uncalibrated GPUs were mostly slower than predicted (benchmarks/RESULTS.md, 'Sixth blind holdout')"]
 
 
 def search(

@@ -37,19 +37,31 @@ STACK_WORDS: dict[str, str] = {
 # A source that is one of the Megatron-LM papers (2019-2022) ran unfused softmax + dropout without overlapped
 # gradient reduction (the 'megatron' profile); later Megatron-LM runs use Transformer Engine (Megatron-Core).
 LEGACY_MEGATRON_WORDS = ("narayanan", "korthikanti", "shoeybi")
-# A DeepSpeed run of a Hugging Face transformers model (not Megatron-DeepSpeed's GPT): its notes name the library
-HF_WORDS = re.compile(r"(?<![a-z0-9])(hugging ?face|hf|transformers)(?![a-z0-9])")
+# A DeepSpeed run of a Hugging Face transformers model (not Megatron-DeepSpeed's GPT): the text names the library or
+# a model from it ("Hugging Face transformers", "HF model", "HuggingFace LLaMA", LlamaForCausalLM, GPT2LMHeadModel),
+# not merely Hugging Face ("tokenizer from Hugging Face", "weights converted from HF" do not count)
+HF_MODEL = re.compile(
+    r"(?<![a-z0-9])(?:(?:hugging ?face|hf)(?:'s)?[\s-]+(?:transformers|model|llama|gpt|version)|transformers library|"
+    r"transformers \d+\.\d+|[a-z0-9]+(?:forcausallm|lmheadmodel))(?![a-z0-9])",
+    re.IGNORECASE,
+)
 # What a row's text says about its attention kernel, where that can differ from its stack's profile: Megatron-LM
 # without --use-flash-attn, Hugging Face models' eager attention (the transformers default before SDPA), DeepSpeed
-# runs with flash attention. A negated mention ("no flash attention", "no --use-flash-attn") wins over a plain one.
-_FLASH = r"(?:--use-flash-attn[-a-z0-9]*|flash[-_ ]?attn|flash[-_ ]?attention|sdpa)"
-_UNFUSED_ATTENTION = re.compile(
-    rf"(?<![a-z0-9])(?:(?:no|without|not)\s+{_FLASH}|eager\s+(?:pytorch\s+)?attention|unfused attention|"
-    r"attn_implementation\W+eager)"
+# runs with flash attention. A mention is negated by a word before it ("no flash attention", "not using SDPA",
+# "--no-flash-attn", "without --use-flash-attn") or a state after it ("FlashAttention disabled", "use_flash_attn=False").
+_FLASH = r"(?:--use-flash-attn[-a-z0-9]*|flash[-_ ]?attn[-_a-z0-9]*|flash[-_ ]?attention(?:[-_ ]?\d)?|sdpa)"
+_NEGATED = re.compile(
+    rf"(?<![a-z0-9])(?:(?:no|without|not|never)[\s-]+(?:use[ds]?[\s-]+|using[\s-]+)?{_FLASH}|"
+    rf"{_FLASH}[\s:=_'\"-]{{0,4}}(?:was |is )?(?:false|disabled|off|not used|not set|not enabled|unavailable)|"
+    r"eager\s+(?:pytorch\s+)?attention|unfused attention|attn_implementation\W+eager)",
+    re.IGNORECASE,
 )
-_FLASH_ATTENTION = re.compile(rf"(?<![a-z0-9]){_FLASH}")
+_MENTION = re.compile(rf"(?<![a-z0-9]){_FLASH}", re.IGNORECASE)
 # the text columns a row may carry, in the order they are searched for a stack's name
 TEXT_COLUMNS = ("source", "derived_from", "published_value", "notes", "citation")
+# ... and for what it says about its attention kernel: the notes describe the run; a citation names documents (a
+# flash-attention repository URL says nothing about the run's kernel)
+ATTENTION_COLUMNS = ("notes", "source", "derived_from", "published_value")
 _WORDS = re.compile(
     r"(?<![a-z0-9])(" + "|".join(re.escape(w) for w in sorted(STACK_WORDS, key=len, reverse=True)) + r")(?![a-z0-9])"
 )
@@ -65,7 +77,7 @@ def software_for_stack(stack: str, text: str = "") -> str:
         return "te"
     if stack == "megatron":
         return "megatron-lm"
-    if stack == "deepspeed" and HF_WORDS.search(text):
+    if stack == "deepspeed" and HF_MODEL.search(text):
         return "deepspeed-hf"
     if stack in SOFTWARE:  # a profile's own name (deepspeed, te, flopwise, ...)
         return stack
@@ -116,10 +128,13 @@ def infer_software(row: dict, *, tp: int = 0, pp: int = 0, cp: int = 0, vpp: int
 
 
 def attention_in_text(text: str) -> tuple[str, str] | None:
-    """('flash' | 'unfused', the words that say it) for the attention kernel a row's text names, else None."""
-    text = text.lower()
-    for kind, pattern in (("unfused", _UNFUSED_ATTENTION), ("flash", _FLASH_ATTENTION)):
-        match = pattern.search(text)
-        if match:
-            return kind, match.group(0)
+    """('flash' | 'unfused', the words that say it) for the attention kernel `text` names, else None: negated mentions
+    only -> unfused, plain ones only -> flash, both (e.g. "SDPA, no flash-attn package") -> None (undecided)."""
+    negated = list(_NEGATED.finditer(text))
+    inside = [range(m.start(), m.end()) for m in negated]
+    plain = [m for m in _MENTION.finditer(text) if not any(m.start() in span for span in inside)]
+    if negated and not plain:
+        return "unfused", negated[0].group(0)
+    if plain and not negated:
+        return "flash", plain[0].group(0)
     return None

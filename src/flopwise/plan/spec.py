@@ -60,7 +60,8 @@ SOFTWARE = {
     # reduced in fp32 (arguments.py forces accumulate_allreduce_grads_in_fp32 under bf16 unless
     # --grad-reduce-in-bf16), the gradient reduction and parameter gather after the backward (--overlap-grad-reduce
     # and --overlap-param-gather are opt-in) and TP collectives exposed (--tp-comm-overlap is opt-in). NVIDIA's own
-    # recipes (NeMo, dgxc, MLPerf) turn these on: that is 'te'.
+    # recipes (NeMo, dgxc, MLPerf) turn these on: that is 'te'. Dropout is off, as Llama-style configs set it
+    # (--hidden-dropout 0 --attention-dropout 0); a GPT run on Megatron's 0.1 default does a little more elementwise work.
     "megatron-lm": Software("flash", False, True, 4, attention_kernel="fa3"),
     # PyTorch FSDP stacks (torchtitan, llm-foundry, fms-fsdp) in eager mode: SDPA / flash-attn 2, every
     # elementwise op its own kernel, FSDP overlapping its collectives.
@@ -71,7 +72,8 @@ SOFTWARE = {
     # PipelineEngine (blocking point-to-point, no interleaving), gradient reduction after the backward, and
     # only whole-block activation checkpointing (selective recomputation came with Korthikanti et al. 2022).
     "deepspeed": Software("unfused", True, True, 4, pipeline="deepspeed", selective_recompute=False),
-    # A Hugging Face transformers model under the DeepSpeed engine (ZeRO, no pipeline): the model's own PyTorch
+    # A Hugging Face transformers model under the DeepSpeed engine (ZeRO; a DeepSpeed PipelineModule built from one,
+    # as ATorch's 3D strategy does, is costed with Megatron's asynchronous pipeline sends): the model's own PyTorch
     # kernels (SDPA / FlashAttention-2, one kernel per elementwise op, no dropout in Llama-family models), ZeRO-3
     # prefetching its gathers and overlapping its reductions (overlap_comm defaults on for stage 3 only), gradients
     # reduced in the training dtype (communication_data_type defaults to it), reentrant checkpointing (the
@@ -131,8 +133,14 @@ class Training:
             raise ConfigError(f"software = {self.software!r}: must be one of {', '.join(SOFTWARE)}")
         if self.tokens < 0:
             raise ConfigError(f"tokens = {self.tokens}: must be non-negative")
-        if self.attention is not None and self.attention not in ATTENTION_KERNELS:
-            raise ConfigError(f"attention = {self.attention!r}: must be one of {', '.join(ATTENTION_KERNELS)}")
+        if self.attention is not None:
+            if self.attention not in ATTENTION_KERNELS:
+                raise ConfigError(f"attention = {self.attention!r}: must be one of {', '.join(ATTENTION_KERNELS)}")
+            if self.attention == SOFTWARE[self.software].attention:  # the profile's own kernel: nothing to override
+                object.__setattr__(self, "attention", None)
+            elif self.software == "flopwise":
+                raise ConfigError(f"attention = {self.attention!r}: flopwise's trainer runs SDPA (flash) attention; "
+                                  f"set it for another stack's profile (software)")
         if not self.expert_imbalance >= 1.0:
             raise ConfigError(f"expert_imbalance = {self.expert_imbalance}: must be at least 1 (1: balanced)")
 

@@ -5,8 +5,9 @@ Each row is costed with the software profile of the stack that ran it (plan/soft
 or `stack` column, else the stack its text names (the Megatron-LM papers' runs, Narayanan et al. 2021 and
 Korthikanti et al. 2022, get the 'megatron' profile: unfused softmax + dropout, fused LayerNorm, gradient
 all-reduce after the backward), else the family its layout implies; a caller's `software` replaces the
-inference for rows without a `software` cell. Megatron splits layers uniformly across stages, so validation
-uses the uniform split.
+inference for rows without a `software` cell. A run whose attention kernel differs from its profile's is costed
+with it: an optional `attention` column (flash | unfused), else what the row's notes say ("no flash attention",
+"--use-flash-attn"). Megatron splits layers uniformly across stages, so validation uses the uniform split.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from flopwise.hardware import GB, Accelerator, match_device_name, resolve_accele
 from flopwise.layout import parse_value
 from flopwise.models.config import ModelConfig
 from flopwise.plan.search import search
-from flopwise.plan.software_rule import TEXT_COLUMNS, attention_in_text, infer_software
-from flopwise.plan.spec import PRECISIONS, SOFTWARE, Cluster, Training
+from flopwise.plan.software_rule import ATTENTION_COLUMNS, attention_in_text, infer_software
+from flopwise.plan.spec import ATTENTION_KERNELS, PRECISIONS, SOFTWARE, Cluster, Training
 from flopwise.userfiles import read_text
 
 # what the calibration set adds to the published format (shared/published/README.md) to say which stack ran a row and
@@ -102,20 +103,20 @@ def _recompute_word(text: str, notes: list[str]) -> str:
     return word
 
 
-def _attention(row: dict, stacks: str | None, notes: list[str]) -> str | None:
-    """The row's attention kernel where it differs from its stack's (`stacks`): an `attention` cell, else what its
-    text says (plan/software_rule.py); None: the profile's own."""
+def _attention(row: dict, profile_attention: str, notes: list[str]) -> str | None:
+    """The row's attention kernel where it differs from its profile's (`profile_attention`): an `attention` cell, else
+    what its text says (plan/software_rule.py); None: the profile's own."""
     cell = _cell(row, "attention").lower()
-    if cell:
-        return cell if cell != stacks else None
-    for column in TEXT_COLUMNS:
-        said = attention_in_text(_cell(row, column))
-        if said is not None:
-            if said[0] == stacks:
-                return None
-            notes.append(f"attention {said[0]}: from {said[1]!r} in the row's {column}")
-            return said[0]
-    return None
+    if cell and cell not in ATTENTION_KERNELS:
+        raise DataError(f"column 'attention' = {cell!r}: must be one of {', '.join(ATTENTION_KERNELS)}")
+    said = None if cell else next(
+        (s for s in (attention_in_text(_cell(row, c)) for c in ATTENTION_COLUMNS) if s is not None), None)
+    kernel = cell or (said[0] if said else None)
+    if kernel is None or kernel == profile_attention:
+        return None
+    if said:
+        notes.append(f"attention {kernel}: the row's text says {said[1]!r}")
+    return kernel
 
 
 def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Cluster, Training, dict, list[str]]:
@@ -165,7 +166,7 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
                                       vpp=fixed.get("vpp", 0), zero=fixed.get("zero", 0), precision=precision)
         if why:
             notes.append(why)
-    attention = _attention(row, SOFTWARE[profile].attention if profile in SOFTWARE else None, notes)
+    attention = _attention(row, SOFTWARE[profile].attention, notes) if profile in SOFTWARE else None
     training = Training(_int(row, "global_batch"), precision=precision, software=profile, attention=attention)
     if "vpp" in fixed and "pp" in fixed and fixed["vpp"] > 1:
         per_stage = model.layers // fixed["pp"]
