@@ -155,5 +155,5 @@ class Training:
 
 @cache
 def _profile(software: str, attention: str | None) -> Software:
-    base = SOFTWARE[software]
-    return base if attention in (None, base.attention) else replace(base, attention=attention)
+    """The stack's profile with the run's attention kernel (Training keeps `attention` None when it is the profile's)."""
+    return SOFTWARE[software] if attention is None else replace(SOFTWARE[software], attention=attention)
