@@ -148,3 +148,35 @@ def test_export_gives_a_safetensors_file_the_single_device_model_loads(nano_shar
     engine.load(result.checkpoint, with_optimizer=False)
     for name, value in engine.model.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_optimizer_is_foreach_adamw_on_cpu_with_decay_on_matrices_only(tmp_path):
+    """On a GPU the trainer takes the fused AdamW (benchmarks/RESULTS.md, "Kernels on an H200"); on a CPU the foreach
+    one, whose step times the planner's CPU calibration was fitted to."""
+    from flopwise.train.engine import build_optimizer
+
+    job = load_config(None, ["train.weight_decay=0.1"], preset="nano", out=str(tmp_path))
+    model = Transformer(job.model_config())
+    opt = build_optimizer(model.parameters(), job)
+    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    assert decay and all(id(p) in decay for p in model.parameters() if p.dim() >= 2)
+    assert not any(id(p) in decay for p in model.parameters() if p.dim() < 2)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_a_run_with_the_fused_optimizer_resumes_where_it_stopped(nano_shards, tmp_path, monkeypatch):
+    """The GPU's fused AdamW keeps its step count as an fp32 tensor beside the parameters: a checkpoint taken with it
+    loads back into it (torch's CPU build has the fused kernel too) and the resumed run matches the uninterrupted one."""
+    from flopwise.train import engine as engine_mod
+
+    original = engine_mod.build_optimizer
+    monkeypatch.setattr(engine_mod, "build_optimizer", lambda params, job: original(params, job, fused=True))
+    full = tmp_path / "full"
+    train(_job(nano_shards, full, "train.steps=6", "checkpoint.every=3"))
+    part = tmp_path / "part"
+    train(_job(nano_shards, part, "train.steps=3", "checkpoint.every=3"))
+    train(_job(nano_shards, part, "train.steps=6", "checkpoint.every=3"), resume=True)
+    reference, resumed = _losses(full / "metrics.jsonl"), _losses(part / "metrics.jsonl")
+    assert sorted(resumed) == list(range(1, 7))
+    assert resumed == pytest.approx(reference, rel=1e-5)

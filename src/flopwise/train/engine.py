@@ -72,8 +72,14 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
-def build_optimizer(params, job: JobConfig) -> torch.optim.AdamW:
-    """AdamW over `params`; weight decay on matrices only (norm weights and biases are not decayed)."""
+def build_optimizer(params, job: JobConfig, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over `params`; weight decay on matrices only (norm weights and biases are not decayed).
+
+    On a GPU the fused kernel: one pass reads and writes each parameter's master weight, moments and gradient
+    (about 30 bytes per parameter, plan/cost.py's OPTIMIZER_BYTES_PER_PARAM), where the foreach one chains about
+    ten elementwise passes (2.5x the time on an H200, benchmarks/RESULTS.md "Kernels on an H200"). On a CPU the
+    foreach one, as before (its step times calibrate the planner there). `fused` overrides the choice."""
+    params = list(params)
     decay, no_decay = [], []
     for param in params:
         if param.requires_grad:
@@ -81,7 +87,9 @@ def build_optimizer(params, job: JobConfig) -> torch.optim.AdamW:
     t = job.train
     groups = [{"params": part, "weight_decay": wd} for params_, wd in ((decay, t.weight_decay), (no_decay, 0.0))
               for part in _by_tensor_kind(params_)]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=False, foreach=True)
+    if fused is None:
+        fused = any(p.device.type == "cuda" for p in params)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=fused, foreach=not fused)
 
 
 def _by_tensor_kind(params: list) -> list[list]:
@@ -255,10 +263,18 @@ class Engine:
                 if key in wanted_optim:
                     saved = state["optim"]["state"][key]
                     self.optimizer.state[prm] = {
-                        "step": saved["step"].clone(),
+                        "step": self._step_state(saved["step"], prm),
                         "exp_avg": parts.local_from_full(name, i, saved["exp_avg"], prm),
                         "exp_avg_sq": parts.local_from_full(name, i, saved["exp_avg_sq"], prm),
                     }
+
+    def _step_state(self, step: torch.Tensor, prm) -> torch.Tensor:
+        """A loaded AdamW step count in the form this optimizer keeps it: the fused (and capturable) kernels read it
+        as an fp32 tensor on the parameter's device, the foreach one as a CPU tensor (torch.optim.Optimizer's own
+        load_state_dict policy)."""
+        if self.optimizer.defaults.get("fused") or self.optimizer.defaults.get("capturable"):
+            return step.to(dtype=torch.float32, device=prm.device)
+        return step.clone()
 
     # -- misc -----------------------------------------------------------------------------------
     def barrier(self) -> None:

@@ -1,0 +1,366 @@
+"""The cost model's compute terms, measured on the GPU at hand beside what the planner predicts for them.
+
+The planner prices a layer from a few device facts (hardware.py: the dense peak, gemm_efficiency, HBM bandwidth,
+memory_efficiency) and a few constants (plan/cost.py: the attention kernels' rates, the backward's efficiency,
+FP8's rate). Published runs only show whole steps; this times the pieces on one GPU, each against the planner's
+own figure for the same shape:
+
+- `gemm`: a large square bf16 GEMM (the sustained rate gemm_efficiency stands for) and a device-to-device copy
+  (memory_efficiency); `sustained` (not in the default sections): the same GEMM for a minute, window by window;
+- `block`: every weight GEMM of a Llama block at tensor-parallel widths 1-8, forward (x W^T), dgrad (dy W) and
+  wgrad (dy^T x), bf16 and FP8 (torch._scaled_mm, per-tensor scales, e4m3 operands);
+- `attention`: causal grouped-query SDPA, FlashAttention-2 and cuDNN backends, forward and backward;
+- `layer`: flopwise's own transformer block (bf16 autocast, as the trainer runs it), forward and backward;
+- `step`: flopwise's model at the same width with a few layers: forward, fp32 cross-entropy, backward, AdamW.
+
+    python benchmarks/planner_kernels.py --json out.json            # GPU: Llama-3 8B / 70B shapes
+    python benchmarks/planner_kernels.py --quick                    # CPU smoke run: tiny shapes, few repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from flopwise.flops import block_gemms  # noqa: E402
+from flopwise.hardware import detect  # noqa: E402
+from flopwise.layout import Layout  # noqa: E402
+from flopwise.models import Transformer  # noqa: E402
+from flopwise.models.config import ModelConfig  # noqa: E402
+from flopwise.models.rope import rope_table  # noqa: E402
+from flopwise.models.transformer import Block  # noqa: E402
+from flopwise.plan.cost import FLASH_BACKWARD_FLOPS, CostModel  # noqa: E402
+from flopwise.plan.spec import Cluster, Training  # noqa: E402
+
+# Llama 3 shapes (Llama Team 2024, table 3): 8B h 4096, 32 heads / 8 KV, FFN 14336; 70B h 8192, 64 / 8, FFN 28672
+SHAPES = {
+    "llama3-8b": ModelConfig(128256, 32, 4096, 32, 8, 14336, 8192, lfa=False, rope_base=500000.0,
+                             tie_embeddings=False),
+    "llama3-70b": ModelConfig(128256, 80, 8192, 64, 8, 28672, 8192, lfa=False, rope_base=500000.0,
+                              tie_embeddings=False),
+}
+QUICK = ModelConfig(2048, 2, 256, 8, 4, 512, 256, lfa=False, tie_embeddings=False)
+
+
+class Timer:
+    """Median seconds of a callable over `repeats` timings after `warmup` runs (CUDA events on a GPU). Each
+    timing runs it `inner` times back to back and divides: kernels queued behind each other, as a training loop
+    issues them, hide their launch; one call between two events does not."""
+
+    def __init__(self, device: torch.device, repeats: int, warmup: int, inner: int = 1) -> None:
+        self.device, self.repeats, self.warmup, self.inner = device, repeats, warmup, inner
+
+    def __call__(self, fn, inner: int | None = None) -> float:
+        inner = inner or self.inner
+        for _ in range(self.warmup):
+            fn()
+        times = []
+        for _ in range(self.repeats):
+            if self.device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(inner):
+                    fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3 / inner)
+            else:
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    fn()
+                times.append((time.perf_counter() - t0) / inner)
+        return statistics.median(times)
+
+
+def cost_model(cfg: ModelConfig, acc, software: str, seq: int) -> CostModel:
+    return CostModel(cfg, Cluster(acc, gpus=1), Training(global_batch=1, seq_len=seq, software=software))
+
+
+def fp8_supported(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def bench_gemm(timer, device, dtype, acc, quick: bool) -> dict:
+    n = 1024 if quick else 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sec = timer(lambda: a @ b)
+    rate = 2 * n**3 / sec
+    big = torch.empty(2**26 if quick else 2**30, device=device, dtype=torch.float32)  # 4 GiB on a GPU
+    dst = torch.empty_like(big)
+    copy = timer(lambda: dst.copy_(big))
+    bw = 2 * big.numel() * 4 / copy
+    return {"square_n": n, "gemm_tflops": rate / 1e12, "gemm_fraction_of_peak": rate / acc.peak_flops if
+            acc.peak_flops else None, "planner_gemm_efficiency": acc.gemm_efficiency,
+            "copy_gbps": bw / 1e9, "copy_fraction_of_hbm": bw / acc.memory_bandwidth if acc.memory_bandwidth else None,
+            "planner_memory_efficiency": acc.memory_efficiency}
+
+
+def bench_sustained(device, dtype, seconds: float, quick: bool) -> dict:
+    """8192^3 GEMMs back to back for `seconds`: the rate per window of about 2 s, and the SM clock and power
+    (nvidia-smi) at the start and the end. Kernel benchmarks run for milliseconds; a training run holds the
+    GPU at its power limit for hours, where the clocks can settle lower."""
+    n = 1024 if quick else 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    windows, clocks = [], [_smi()]
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t0, count = time.perf_counter(), 0
+        while time.perf_counter() - t0 < (0.2 if quick else 2.0):
+            for _ in range(20):
+                torch.mm(a, b, out=c)
+            count += 20
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        windows.append(2 * n**3 * count / (time.perf_counter() - t0) / 1e12)
+        if len(windows) % 10 == 0:
+            clocks.append(_smi())
+    clocks.append(_smi())
+    return {"n": n, "seconds": seconds, "window_tflops": windows, "smi": clocks,
+            "first_tflops": windows[0], "last_tflops": windows[-1], "min_tflops": min(windows)}
+
+
+def _smi() -> str:
+    """SM clock, power draw and temperature from nvidia-smi ('' where there is none)."""
+    import subprocess
+
+    try:
+        query = "--query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active"
+        return subprocess.run(["nvidia-smi", query, "--format=csv,noheader"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _scaled_mm(a8, b8_colmajor, one):
+    return torch._scaled_mm(a8, b8_colmajor, scale_a=one, scale_b=one, out_dtype=torch.bfloat16, use_fast_accum=True)
+
+
+def bench_block(timer, device, dtype, acc, cfg: ModelConfig, name: str, tokens: int, tps, fp8: bool) -> list[dict]:
+    """Each block GEMM at each TP width: measured forward, dgrad, wgrad (and FP8) against the planner."""
+    rows = []
+    cm = cost_model(cfg, acc, "torch-compile", tokens)
+    cm8 = CostModel(cfg, Cluster(acc, gpus=1), Training(global_batch=1, seq_len=tokens, precision="fp8",
+                                                         software="torch-compile")) if fp8 else None
+    one = torch.ones((), device=device, dtype=torch.float32)
+    for tp in tps:
+        for g in block_gemms(cfg):
+            k, n = cm._sharded(g, tp)
+            k, n = int(k), int(n)
+            x = torch.randn(tokens, k, device=device, dtype=dtype)
+            w = torch.randn(n, k, device=device, dtype=dtype)
+            dy = torch.randn(tokens, n, device=device, dtype=dtype)
+            row = {"model": name, "tp": tp, "gemm": g.name, "count": g.count, "m": tokens, "k": k, "n": n,
+                   "fwd_s": timer(lambda x=x, w=w: x @ w.t()), "dgrad_s": timer(lambda dy=dy, w=w: dy @ w),
+                   "wgrad_s": timer(lambda dy=dy, x=x: dy.t() @ x),
+                   "fwd_single_s": timer(lambda x=x, w=w: x @ w.t(), inner=1),
+                   "pred_fwd_s": cm.gemm_time(tokens, k, n),
+                   "pred_bwd_s": 2 * cm.gemm_time(tokens, k, n) / cm.constants.backward_efficiency}
+            if fp8:
+                e4 = torch.float8_e4m3fn
+                x8, w8, dy8 = x.to(e4), w.to(e4), dy.to(e4)
+                dyt8, xt8 = dy.t().contiguous().to(e4), x.t().contiguous().to(e4)
+                row["fp8_fwd_s"] = timer(lambda a=x8, b=w8: _scaled_mm(a, b.t(), one))  # [m,k] x [k,n], w8.t() column-major
+                wt8 = w.t().contiguous().to(e4)  # [k, n] row-major: .t() is [n, k] column-major
+                row["fp8_dgrad_s"] = timer(lambda a=dy8, b=wt8: _scaled_mm(a, b.t(), one))
+                row["fp8_wgrad_s"] = timer(lambda a=dyt8, b=xt8: _scaled_mm(a, b.t(), one))
+                row["pred_fp8_fwd_s"] = cm8.gemm_time(tokens, k, n, fp8=True)
+                row["pred_fp8_bwd_s"] = 2 * cm8.gemm_time(tokens, k, n, fp8=True) / cm8.constants.backward_efficiency
+            rows.append(row)
+    return rows
+
+
+def bench_attention(timer, device, dtype, acc, cfg: ModelConfig, name: str, seqs, tps) -> list[dict]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"flash (FA2)": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+    if device.type != "cuda":
+        backends = {"math": SDPBackend.MATH}
+    rows = []
+    for seq in seqs:
+        for tp in tps:
+            heads, kv = cfg.heads // tp, max(1, cfg.kv_heads // tp)
+            d = cfg.head_dim
+            q = torch.randn(1, heads, seq, d, device=device, dtype=dtype, requires_grad=True)
+            k = torch.randn(1, kv, seq, d, device=device, dtype=dtype, requires_grad=True)
+            v = torch.randn(1, kv, seq, d, device=device, dtype=dtype, requires_grad=True)
+            grad = torch.randn(1, heads, seq, d, device=device, dtype=dtype)
+            flops_fwd = 4.0 * seq * seq * d * heads * 0.5
+            for label, backend in backends.items():
+                row = {"model": name, "seq": seq, "tp": tp, "backend": label, "heads": heads, "kv_heads": kv}
+                try:
+                    with sdpa_kernel(backend):
+                        def fwd(q=q, k=k, v=v, gqa=kv != heads):
+                            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+
+                        def fwd_bwd(fwd=fwd, grad=grad):
+                            fwd().backward(grad)
+
+                        row["fwd_s"] = timer(fwd)
+                        row["bwd_s"] = max(0.0, timer(fwd_bwd) - row["fwd_s"])
+                    row["fwd_tflops"] = flops_fwd / row["fwd_s"] / 1e12
+                    row["bwd_tflops"] = FLASH_BACKWARD_FLOPS * flops_fwd / max(row["bwd_s"], 1e-12) / 1e12
+                except Exception as exc:  # a backend that refuses the shape (GQA, head_dim) is reported, not fatal
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                for software in ("torch-eager", "te"):  # FA2 class and FA3 / cuDNN class
+                    cm = cost_model(cfg, acc, software, seq)
+                    attn = cm.attention_time(tp, 1)
+                    row[f"pred_fwd_s[{software}]"] = attn
+                    row[f"pred_bwd_s[{software}]"] = FLASH_BACKWARD_FLOPS * attn / cm.constants.backward_efficiency
+                rows.append(row)
+    return rows
+
+
+def _autocast(device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def bench_layer(timer, device, acc, cfg: ModelConfig, name: str, seq: int, compiled: bool) -> dict:
+    """flopwise's Block, fp32 master weights under bf16 autocast (the trainer's GPU default), micro-batch 1."""
+    block = Block(cfg).to(device)
+    cos, sin = rope_table(cfg.head_dim, seq, cfg.rope_base, device=device)
+    cos, sin = cos[:seq].unsqueeze(0), sin[:seq].unsqueeze(0)
+    x = torch.randn(1, seq, cfg.hidden, device=device, requires_grad=True)
+
+    def fwd():
+        with _autocast(device):
+            return block(x, cos, sin)
+
+    def fwd_bwd():
+        fwd().float().sum().backward()
+
+    row = {"model": name, "seq": seq, "fwd_s": timer(fwd)}
+    row["bwd_s"] = max(0.0, timer(fwd_bwd) - row["fwd_s"])
+    if compiled:  # the same block through torch.compile: Inductor fuses the elementwise chains
+        eager, block = block, torch.compile(block)
+        try:
+            row["compiled_fwd_s"] = timer(fwd)
+            row["compiled_bwd_s"] = max(0.0, timer(fwd_bwd) - row["compiled_fwd_s"])
+        except Exception as exc:
+            row["compiled_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        block = eager
+    for software in ("flopwise", "torch-compile"):
+        lc = cost_model(cfg, acc, software, seq).layer_cost(1, False, 1, "none")
+        row[f"pred_fwd_s[{software}]"], row[f"pred_bwd_s[{software}]"] = lc.fwd, lc.bwd
+    return row
+
+
+def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers: int) -> dict:
+    """flopwise's model with `layers` layers: forward, fp32 cross-entropy, backward, AdamW (foreach)."""
+    cfg = cfg.replace(layers=layers, seq_len=seq)
+    model = Transformer(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    tokens = torch.randint(0, cfg.vocab_size, (1, seq), device=device)
+    target = torch.randint(0, cfg.vocab_size, (1, seq), device=device)
+
+    def step():
+        with _autocast(device):
+            logits = model(tokens)
+        F.cross_entropy(logits.float().flatten(0, 1), target.flatten()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def fwd_bwd():
+        with _autocast(device):
+            logits = model(tokens)
+        F.cross_entropy(logits.float().flatten(0, 1), target.flatten()).backward()
+
+    hidden = torch.randn(1, seq, cfg.hidden, device=device, requires_grad=True)
+
+    def head_loss():  # final norm, LM head and fp32 cross-entropy, forward and backward
+        with _autocast(device):
+            logits = model.output(model.norm(hidden))
+        F.cross_entropy(logits.float().flatten(0, 1), target.flatten()).backward()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    row = {"model": name, "layers": layers, "seq": seq, "step_s": timer(step, inner=2)}
+    if device.type == "cuda":
+        row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    row["fwd_bwd_s"] = timer(fwd_bwd, inner=2)
+    row["optimizer_s"] = timer(opt.step, inner=2)  # the gradients of the last backward are in place
+    if device.type == "cuda":  # the fused kernel the trainer uses on a GPU (train/engine.py build_optimizer)
+        fused = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        row["optimizer_fused_s"] = timer(fused.step, inner=2)
+    row["head_loss_s"] = timer(head_loss, inner=2)
+    cm = cost_model(cfg, acc, "flopwise", seq)
+    row["pred_head_loss_s"] = cm.head_time(1, 1)[0]
+    plan = cm.evaluate(Layout(sp=False))
+    row["pred_step_s"] = plan.step_time
+    row["pred_peak_memory_gib"] = max(m["total"] for m in plan.memory) / 2**30 if plan.memory and "total" in \
+        plan.memory[0] else None
+    row["pred_breakdown_s"] = plan.breakdown
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (a CPU smoke run)")
+    ap.add_argument("--sections", default="gemm,block,attention,layer,step")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--inner", type=int, default=10, help="back-to-back calls per timing (see Timer)")
+    ap.add_argument("--sustain-seconds", type=float, default=60.0, help="length of the sustained section")
+    ap.add_argument("--json", default=None, help="write the results here (rewritten after each section)")
+    args = ap.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    acc = detect(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    timer = Timer(device, 3 if args.quick else args.repeats, 1 if args.quick else 3, inner=args.inner)
+    meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "catalogue_entry": acc.name, "torch": torch.__version__, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dtype": str(dtype)}
+    out = {"meta": meta}
+    shapes = {"quick": QUICK} if args.quick else SHAPES
+    seq = QUICK.seq_len if args.quick else 8192
+    fp8 = fp8_supported(device)
+
+    def save():
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
+
+    sections = {
+        "gemm": lambda: bench_gemm(timer, device, dtype, acc, args.quick),
+        "sustained": lambda: bench_sustained(device, dtype, args.sustain_seconds, args.quick),
+        "block": lambda: [r for name, cfg in shapes.items()
+                          for r in bench_block(timer, device, dtype, acc, cfg, name, seq,
+                                               (1, 2) if args.quick else (1, 2, 4, 8), fp8)],
+        "attention": lambda: [r for name, cfg in shapes.items()
+                              for r in bench_attention(timer, device, dtype, acc, cfg, name,
+                                                       (seq,) if args.quick else (4096, 8192),
+                                                       (1, 2) if args.quick else (1, 2, 4, 8))],
+        "layer": lambda: [bench_layer(timer, device, acc, cfg, name, seq, device.type == "cuda")
+                           for name, cfg in shapes.items()],
+        "step": lambda: [bench_step(timer, device, acc, next(iter(shapes.values())), next(iter(shapes)), seq,
+                                    2 if args.quick else 4)],
+    }
+    print(json.dumps(meta), flush=True)
+    for key in args.sections.split(","):
+        t0 = time.perf_counter()
+        try:
+            out[key] = sections[key]()
+        except Exception:
+            out[key] = {"error": traceback.format_exc()[-2000:]}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(f"[{key}] {time.perf_counter() - t0:.1f}s", flush=True)
+        print(json.dumps(out[key], default=float)[:6000], flush=True)
+        save()
+
+
+if __name__ == "__main__":
+    main()
