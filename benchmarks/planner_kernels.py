@@ -5,8 +5,9 @@ memory_efficiency) and a few constants (plan/cost.py: the attention kernels' rat
 FP8's rate). Published runs only show whole steps; this times the pieces on one GPU, each against the planner's
 own figure for the same shape:
 
-- `gemm`: a large square bf16 GEMM (the sustained rate gemm_efficiency stands for) and a device-to-device copy
-  (memory_efficiency); `sustained` (not in the default sections): the same GEMM for a minute, window by window;
+- `gemm`: a large square bf16 GEMM in a burst and a device-to-device copy (memory_efficiency); `sustained` (not in
+  the default sections): the same GEMM for a minute, window by window, with clocks and power: gemm_efficiency stands
+  for the rate a training run sustains at the power cap, not for a burst;
 - `block`: every weight GEMM of a Llama block at tensor-parallel widths 1-8, forward (x W^T), dgrad (dy W) and
   wgrad (dy^T x), bf16 and FP8 (torch._scaled_mm, per-tensor scales, e4m3 operands);
 - `attention`: causal grouped-query SDPA, FlashAttention-2 and cuDNN backends, forward and backward;
@@ -15,6 +16,9 @@ own figure for the same shape:
 
     python benchmarks/planner_kernels.py --json out.json            # GPU: Llama-3 8B / 70B shapes
     python benchmarks/planner_kernels.py --quick                    # CPU smoke run: tiny shapes, few repeats
+
+Each timing runs a kernel `--inner` times back to back (10), as a training loop queues them; `fwd_single_s` keeps
+one call per timing for comparison. Figures from one H200: benchmarks/RESULTS.md, "Kernels on an H200".
 """
 
 from __future__ import annotations
@@ -301,8 +305,7 @@ def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers
     row["pred_head_loss_s"] = cm.head_time(1, 1)[0]
     plan = cm.evaluate(Layout(sp=False))
     row["pred_step_s"] = plan.step_time
-    row["pred_peak_memory_gib"] = max(m["total"] for m in plan.memory) / 2**30 if plan.memory and "total" in \
-        plan.memory[0] else None
+    row["pred_peak_memory_gib"] = plan.peak_memory / 2**30
     row["pred_breakdown_s"] = plan.breakdown
     return row
 
