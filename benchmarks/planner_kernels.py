@@ -118,6 +118,10 @@ def bench_sustained(device, dtype, seconds: float, quick: bool) -> dict:
     n = 1024 if quick else 8192
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     c = torch.empty(n, n, device=device, dtype=dtype)
+    for _ in range(20):  # warm up: cuBLAS's first calls and the clocks' ramp stay out of the first window
+        torch.mm(a, b, out=c)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     windows, clocks = [], [_smi()]
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -136,6 +140,17 @@ def bench_sustained(device, dtype, seconds: float, quick: bool) -> dict:
             "first_tflops": windows[0], "last_tflops": windows[-1], "min_tflops": min(windows)}
 
 
+def _commit() -> str:
+    """The checkout's commit, so a result file names the script version that wrote it ('' outside git)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def _smi() -> str:
     """SM clock, power draw and temperature from nvidia-smi ('' where there is none)."""
     import subprocess
@@ -148,8 +163,11 @@ def _smi() -> str:
         return ""
 
 
-def _scaled_mm(a8, b8_colmajor, one):
-    return torch._scaled_mm(a8, b8_colmajor, scale_a=one, scale_b=one, out_dtype=torch.bfloat16, use_fast_accum=True)
+def _scaled_mm(a8, b8_colmajor, one, fast_accum: bool = True):
+    """FP8 GEMM with per-tensor scales. Transformer Engine and torchao accumulate fast in the forward and in full
+    precision for the backward's gradients: the forward passes fast_accum=True, dgrad and wgrad False."""
+    return torch._scaled_mm(a8, b8_colmajor, scale_a=one, scale_b=one, out_dtype=torch.bfloat16,
+                            use_fast_accum=fast_accum)
 
 
 def bench_block(timer, device, dtype, acc, cfg: ModelConfig, name: str, tokens: int, tps, fp8: bool) -> list[dict]:
@@ -178,8 +196,8 @@ def bench_block(timer, device, dtype, acc, cfg: ModelConfig, name: str, tokens: 
                 dyt8, xt8 = dy.t().contiguous().to(e4), x.t().contiguous().to(e4)
                 row["fp8_fwd_s"] = timer(lambda a=x8, b=w8: _scaled_mm(a, b.t(), one))  # [m,k] x [k,n], w8.t() column-major
                 wt8 = w.t().contiguous().to(e4)  # [k, n] row-major: .t() is [n, k] column-major
-                row["fp8_dgrad_s"] = timer(lambda a=dy8, b=wt8: _scaled_mm(a, b.t(), one))
-                row["fp8_wgrad_s"] = timer(lambda a=dyt8, b=xt8: _scaled_mm(a, b.t(), one))
+                row["fp8_dgrad_s"] = timer(lambda a=dy8, b=wt8: _scaled_mm(a, b.t(), one, fast_accum=False))
+                row["fp8_wgrad_s"] = timer(lambda a=dyt8, b=xt8: _scaled_mm(a, b.t(), one, fast_accum=False))
                 row["pred_fp8_fwd_s"] = cm8.gemm_time(tokens, k, n, fp8=True)
                 row["pred_fp8_bwd_s"] = 2 * cm8.gemm_time(tokens, k, n, fp8=True) / cm8.constants.backward_efficiency
             rows.append(row)
@@ -209,8 +227,8 @@ def bench_attention(timer, device, dtype, acc, cfg: ModelConfig, name: str, seqs
                         def fwd(q=q, k=k, v=v, gqa=kv != heads):
                             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
 
-                        def fwd_bwd(fwd=fwd, grad=grad):
-                            fwd().backward(grad)
+                        def fwd_bwd(fwd=fwd, grad=grad, inputs=(q, k, v)):
+                            torch.autograd.grad(fwd(), inputs, grad)  # no accumulation into .grad
 
                         row["fwd_s"] = timer(fwd)
                         row["bwd_s"] = max(0.0, timer(fwd_bwd) - row["fwd_s"])
@@ -244,7 +262,9 @@ def bench_layer(timer, device, acc, cfg: ModelConfig, name: str, seq: int, compi
         with _autocast(device):
             return block(x, cos, sin)
 
-    def fwd_bwd():
+    def fwd_bwd():  # gradients set afresh each call, as a step does, not accumulated
+        block.zero_grad(set_to_none=True)
+        x.grad = None
         fwd().float().sum().backward()
 
     row = {"model": name, "seq": seq, "fwd_s": timer(fwd)}
@@ -264,10 +284,12 @@ def bench_layer(timer, device, acc, cfg: ModelConfig, name: str, seq: int, compi
 
 
 def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers: int) -> dict:
-    """flopwise's model with `layers` layers: forward, fp32 cross-entropy, backward, AdamW (foreach)."""
+    """flopwise's model with `layers` layers: forward, fp32 cross-entropy, backward, AdamW as the trainer builds it
+    (fused on a GPU, foreach on a CPU: train/engine.py build_optimizer), and the foreach one beside it on a GPU."""
     cfg = cfg.replace(layers=layers, seq_len=seq)
     model = Transformer(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    fused = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused, foreach=not fused)
     tokens = torch.randint(0, cfg.vocab_size, (1, seq), device=device)
     target = torch.randint(0, cfg.vocab_size, (1, seq), device=device)
 
@@ -279,6 +301,7 @@ def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers
         opt.zero_grad(set_to_none=True)
 
     def fwd_bwd():
+        model.zero_grad(set_to_none=True)
         with _autocast(device):
             logits = model(tokens)
         F.cross_entropy(logits.float().flatten(0, 1), target.flatten()).backward()
@@ -286,6 +309,8 @@ def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers
     hidden = torch.randn(1, seq, cfg.hidden, device=device, requires_grad=True)
 
     def head_loss():  # final norm, LM head and fp32 cross-entropy, forward and backward
+        model.zero_grad(set_to_none=True)
+        hidden.grad = None
         with _autocast(device):
             logits = model.output(model.norm(hidden))
         F.cross_entropy(logits.float().flatten(0, 1), target.flatten()).backward()
@@ -297,9 +322,9 @@ def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers
         row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     row["fwd_bwd_s"] = timer(fwd_bwd, inner=2)
     row["optimizer_s"] = timer(opt.step, inner=2)  # the gradients of the last backward are in place
-    if device.type == "cuda":  # the fused kernel the trainer uses on a GPU (train/engine.py build_optimizer)
-        fused = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-        row["optimizer_fused_s"] = timer(fused.step, inner=2)
+    if fused:
+        foreach = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+        row["optimizer_foreach_s"] = timer(foreach.step, inner=2)
     row["head_loss_s"] = timer(head_loss, inner=2)
     cm = cost_model(cfg, acc, "flopwise", seq)
     row["pred_head_loss_s"] = cm.head_time(1, 1)[0]
@@ -326,7 +351,7 @@ def main() -> None:
     timer = Timer(device, 3 if args.quick else args.repeats, 1 if args.quick else 3, inner=args.inner)
     meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "catalogue_entry": acc.name, "torch": torch.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dtype": str(dtype)}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dtype": str(dtype), "commit": _commit()}
     out = {"meta": meta}
     shapes = {"quick": QUICK} if args.quick else SHAPES
     seq = QUICK.seq_len if args.quick else 8192

@@ -180,3 +180,17 @@ def test_a_run_with_the_fused_optimizer_resumes_where_it_stopped(nano_shards, tm
     reference, resumed = _losses(full / "metrics.jsonl"), _losses(part / "metrics.jsonl")
     assert sorted(resumed) == list(range(1, 7))
     assert resumed == pytest.approx(reference, rel=1e-5)
+
+
+def test_a_loaded_step_count_takes_the_form_the_optimizer_keeps():
+    """Fused AdamW reads its step count as an fp32 tensor on the parameter's device (a GPU's, in training); the
+    foreach one as a CPU tensor. A checkpoint's count (here fp64, for a parameter on another device) is converted."""
+    from flopwise.train.engine import loaded_step
+
+    here = torch.nn.Parameter(torch.zeros(4))
+    elsewhere = torch.nn.Parameter(torch.empty(4, device="meta"))
+    saved = torch.tensor(7.0, dtype=torch.float64)
+    fused = loaded_step(torch.optim.AdamW([here], fused=True), saved, elsewhere)
+    assert fused.device == elsewhere.device and fused.dtype == torch.float32
+    plain = loaded_step(torch.optim.AdamW([here], foreach=True), saved, elsewhere)
+    assert plain.device.type == "cpu" and plain.dtype == torch.float64 and plain is not saved

@@ -76,7 +76,7 @@ def build_optimizer(params, job: JobConfig, fused: bool | None = None) -> torch.
     """AdamW over `params`; weight decay on matrices only (norm weights and biases are not decayed).
 
     On a GPU the fused kernel: one pass reads and writes each parameter's master weight, moments and gradient
-    (about 30 bytes per parameter, plan/cost.py's OPTIMIZER_BYTES_PER_PARAM), where the foreach one chains about
+    (about 28-30 bytes per parameter, plan/cost.py's OPTIMIZER_BYTES_PER_PARAM), where the foreach one chains about
     ten elementwise passes (2.5x the time on an H200, benchmarks/RESULTS.md "Kernels on an H200"). On a CPU the
     foreach one, as before (its step times calibrate the planner there). `fused` overrides the choice."""
     params = list(params)
@@ -90,6 +90,16 @@ def build_optimizer(params, job: JobConfig, fused: bool | None = None) -> torch.
     if fused is None:
         fused = any(p.device.type == "cuda" for p in params)
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=fused, foreach=not fused)
+
+
+def loaded_step(optimizer: torch.optim.Optimizer, step: torch.Tensor, prm) -> torch.Tensor:
+    """A checkpoint's AdamW step count in the form `optimizer` keeps it for `prm`: the fused (and capturable)
+    kernels read it as an fp32 tensor on the parameter's device, the foreach one as a CPU tensor (the policy of
+    torch.optim.Optimizer.load_state_dict, which the engine's own loading bypasses)."""
+    group = next((g for g in optimizer.param_groups if any(p is prm for p in g["params"])), optimizer.defaults)
+    if group.get("fused") or group.get("capturable"):
+        return step.to(dtype=torch.float32, device=prm.device)
+    return step.clone()
 
 
 def _by_tensor_kind(params: list) -> list[list]:
@@ -263,18 +273,10 @@ class Engine:
                 if key in wanted_optim:
                     saved = state["optim"]["state"][key]
                     self.optimizer.state[prm] = {
-                        "step": self._step_state(saved["step"], prm),
+                        "step": loaded_step(self.optimizer, saved["step"], prm),
                         "exp_avg": parts.local_from_full(name, i, saved["exp_avg"], prm),
                         "exp_avg_sq": parts.local_from_full(name, i, saved["exp_avg_sq"], prm),
                     }
-
-    def _step_state(self, step: torch.Tensor, prm) -> torch.Tensor:
-        """A loaded AdamW step count in the form this optimizer keeps it: the fused (and capturable) kernels read it
-        as an fp32 tensor on the parameter's device, the foreach one as a CPU tensor (torch.optim.Optimizer's own
-        load_state_dict policy)."""
-        if self.optimizer.defaults.get("fused") or self.optimizer.defaults.get("capturable"):
-            return step.to(dtype=torch.float32, device=prm.device)
-        return step.clone()
 
     # -- misc -----------------------------------------------------------------------------------
     def barrier(self) -> None:

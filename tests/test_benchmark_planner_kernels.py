@@ -1,0 +1,31 @@
+"""benchmarks/planner_kernels.py on CPU (--quick): every section times its kernels beside the planner's figure."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_measures_every_section_beside_the_planner(tmp_path):
+    out = tmp_path / "kernels.json"
+    sections = "gemm,sustained,block,attention,layer,step"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "planner_kernels.py"), "--quick", "--sections",
+                           sections, "--sustain-seconds", "0.5", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    for key in sections.split(","):
+        assert "error" not in data[key], data[key]
+    assert data["gemm"]["gemm_tflops"] > 0 and data["sustained"]["window_tflops"]
+    for row in data["block"]:  # each GEMM measured in all three passes, with the planner's forward and backward
+        assert min(row["fwd_s"], row["dgrad_s"], row["wgrad_s"], row["pred_fwd_s"], row["pred_bwd_s"]) > 0
+    assert {r["tp"] for r in data["block"]} == {1, 2}
+    for row in data["attention"]:
+        assert "error" not in row and row["fwd_s"] > 0 and row["pred_fwd_s[te]"] > 0
+    (layer,) = data["layer"]
+    assert layer["fwd_s"] > 0 and layer["bwd_s"] > 0 and layer["pred_bwd_s[flopwise]"] > 0
+    (step,) = data["step"]
+    assert step["step_s"] > 0 and step["optimizer_s"] > 0 and step["pred_step_s"] > 0
+    assert step["pred_breakdown_s"]["optimizer"] > 0
