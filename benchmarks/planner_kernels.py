@@ -47,6 +47,7 @@ from flopwise.models.rope import rope_table  # noqa: E402
 from flopwise.models.transformer import Block  # noqa: E402
 from flopwise.plan.cost import FLASH_BACKWARD_FLOPS, CostModel  # noqa: E402
 from flopwise.plan.spec import Cluster, Training  # noqa: E402
+from flopwise.train.engine import fused_adamw  # noqa: E402
 
 # Llama 3 shapes (Llama Team 2024, table 3): 8B h 4096, 32 heads / 8 KV, FFN 14336; 70B h 8192, 64 / 8, FFN 28672
 SHAPES = {
@@ -88,8 +89,10 @@ class Timer:
         return statistics.median(times)
 
 
-def cost_model(cfg: ModelConfig, acc, software: str, seq: int) -> CostModel:
-    return CostModel(cfg, Cluster(acc, gpus=1), Training(global_batch=1, seq_len=seq, software=software))
+def cost_model(cfg: ModelConfig, acc, software: str, seq: int, precision: str = "bf16") -> CostModel:
+    """The planner for one GPU running `cfg` at sequence `seq` with `software`'s profile."""
+    return CostModel(cfg, Cluster(acc, gpus=1), Training(global_batch=1, seq_len=seq, software=software,
+                                                         precision=precision))
 
 
 def fp8_supported(device: torch.device) -> bool:
@@ -174,8 +177,7 @@ def bench_block(timer, device, dtype, acc, cfg: ModelConfig, name: str, tokens: 
     """Each block GEMM at each TP width: measured forward, dgrad, wgrad (and FP8) against the planner."""
     rows = []
     cm = cost_model(cfg, acc, "torch-compile", tokens)
-    cm8 = CostModel(cfg, Cluster(acc, gpus=1), Training(global_batch=1, seq_len=tokens, precision="fp8",
-                                                         software="torch-compile")) if fp8 else None
+    cm8 = cost_model(cfg, acc, "torch-compile", tokens, precision="fp8") if fp8 else None
     one = torch.ones((), device=device, dtype=torch.float32)
     for tp in tps:
         for g in block_gemms(cfg):
@@ -288,7 +290,7 @@ def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers
     (fused on a GPU, foreach on a CPU: train/engine.py build_optimizer), and the foreach one beside it on a GPU."""
     cfg = cfg.replace(layers=layers, seq_len=seq)
     model = Transformer(cfg).to(device)
-    fused = device.type == "cuda"
+    fused = fused_adamw("auto", {device.type})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused, foreach=not fused)
     tokens = torch.randint(0, cfg.vocab_size, (1, seq), device=device)
     target = torch.randint(0, cfg.vocab_size, (1, seq), device=device)

@@ -158,25 +158,33 @@ def test_optimizer_is_foreach_adamw_on_cpu_with_decay_on_matrices_only(tmp_path)
     job = load_config(None, ["train.weight_decay=0.1"], preset="nano", out=str(tmp_path))
     model = Transformer(job.model_config())
     opt = build_optimizer(model.parameters(), job)
-    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]
+    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]  # train.optimizer = auto, on a CPU
     decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
     assert decay and all(id(p) in decay for p in model.parameters() if p.dim() >= 2)
     assert not any(id(p) in decay for p in model.parameters() if p.dim() < 2)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
+def _recording(method, seen):
+    def wrapper(self, *args, **kwargs):
+        seen.append(dict(self.optimizer.defaults))
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 def test_a_run_with_the_fused_optimizer_resumes_where_it_stopped(nano_shards, tmp_path, monkeypatch):
     """The GPU's fused AdamW keeps its step count as an fp32 tensor beside the parameters: a checkpoint taken with it
     loads back into it (torch's CPU build has the fused kernel too) and the resumed run matches the uninterrupted one."""
-    from flopwise.train import engine as engine_mod
-
-    original = engine_mod.build_optimizer
-    monkeypatch.setattr(engine_mod, "build_optimizer", lambda params, job: original(params, job, fused=True))
+    fused = 'train.optimizer="fused"'
+    seen = []
+    monkeypatch.setattr(Engine, "clip_and_step", _recording(Engine.clip_and_step, seen))
     full = tmp_path / "full"
-    train(_job(nano_shards, full, "train.steps=6", "checkpoint.every=3"))
+    train(_job(nano_shards, full, "train.steps=6", "checkpoint.every=3", fused))
     part = tmp_path / "part"
-    train(_job(nano_shards, part, "train.steps=3", "checkpoint.every=3"))
-    train(_job(nano_shards, part, "train.steps=6", "checkpoint.every=3"), resume=True)
+    train(_job(nano_shards, part, "train.steps=3", "checkpoint.every=3", fused))
+    train(_job(nano_shards, part, "train.steps=6", "checkpoint.every=3", fused), resume=True)
+    assert seen and all(d["fused"] and not d["foreach"] for d in seen)  # the fused kernel ran every step
     reference, resumed = _losses(full / "metrics.jsonl"), _losses(part / "metrics.jsonl")
     assert sorted(resumed) == list(range(1, 7))
     assert resumed == pytest.approx(reference, rel=1e-5)
@@ -194,3 +202,12 @@ def test_a_loaded_step_count_takes_the_form_the_optimizer_keeps():
     assert fused.device == elsewhere.device and fused.dtype == torch.float32
     plain = loaded_step(torch.optim.AdamW([here], foreach=True), saved, elsewhere)
     assert plain.device.type == "cpu" and plain.dtype == torch.float64 and plain is not saved
+
+
+def test_the_optimizer_kernel_setting_is_read_and_checked(tmp_path):
+    from flopwise.train.engine import fused_adamw
+
+    assert fused_adamw("auto", {"cuda"}) and not fused_adamw("auto", {"cpu"})
+    assert fused_adamw("fused", {"cpu"}) and not fused_adamw("foreach", {"cuda"})
+    with pytest.raises(ConfigError, match="train.optimizer = 'adam8bit': must be one of auto, fused, foreach"):
+        load_config(None, ['train.optimizer="adam8bit"'], preset="nano", out=str(tmp_path))

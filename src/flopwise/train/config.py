@@ -19,6 +19,11 @@ from flopwise.layout import check as check_layout
 from flopwise.models.config import ModelConfig, get_preset
 from flopwise.userfiles import read_toml
 
+# AdamW's kernels: PyTorch's fused one (one pass over each parameter's state) or foreach (a chain of elementwise
+# passes, 2.5x the time on an H200: benchmarks/RESULTS.md "Kernels on an H200"); auto takes fused on a GPU and foreach
+# on a CPU, where the planner's CPU calibration was fitted (train/engine.py build_optimizer)
+OPTIMIZER_KERNELS = ("auto", "fused", "foreach")
+
 
 @dataclass
 class TrainSection:
@@ -37,6 +42,7 @@ class TrainSection:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     compile: bool = False
+    optimizer: str = "auto"  # AdamW kernel: auto (fused on GPU, foreach on CPU) | fused | foreach
     eval_every: int = 50
     eval_batches: int = 8
     log_every: int = 10
@@ -52,6 +58,8 @@ class TrainSection:
             raise ConfigError(f"train.min_lr = {self.min_lr}: must not exceed train.lr = {self.lr}")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.dtype = {self.dtype!r}: must be one of auto, fp32, bf16")
+        if self.optimizer not in OPTIMIZER_KERNELS:
+            raise ConfigError(f"train.optimizer = {self.optimizer!r}: must be one of {', '.join(OPTIMIZER_KERNELS)}")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ConfigError(f"train.device = {self.device!r}: must be auto, cpu, cuda or cuda:N")
 

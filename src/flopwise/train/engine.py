@@ -72,13 +72,9 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
-def build_optimizer(params, job: JobConfig, fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW over `params`; weight decay on matrices only (norm weights and biases are not decayed).
-
-    On a GPU the fused kernel: one pass reads and writes each parameter's master weight, moments and gradient
-    (about 28-30 bytes per parameter, plan/cost.py's OPTIMIZER_BYTES_PER_PARAM), where the foreach one chains about
-    ten elementwise passes (2.5x the time on an H200, benchmarks/RESULTS.md "Kernels on an H200"). On a CPU the
-    foreach one, as before (its step times calibrate the planner there). `fused` overrides the choice."""
+def build_optimizer(params, job: JobConfig) -> torch.optim.AdamW:
+    """AdamW over `params`; weight decay on matrices only (norm weights and biases are not decayed); the kernel as
+    train.optimizer says (`fused_adamw`)."""
     params = list(params)
     decay, no_decay = [], []
     for param in params:
@@ -87,9 +83,20 @@ def build_optimizer(params, job: JobConfig, fused: bool | None = None) -> torch.
     t = job.train
     groups = [{"params": part, "weight_decay": wd} for params_, wd in ((decay, t.weight_decay), (no_decay, 0.0))
               for part in _by_tensor_kind(params_)]
-    if fused is None:
-        fused = any(p.device.type == "cuda" for p in params)
+    fused = fused_adamw(t.optimizer, {p.device.type for p in params})
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=fused, foreach=not fused)
+
+
+def fused_adamw(setting: str, device_types: set[str]) -> bool:
+    """Whether AdamW takes PyTorch's fused kernel: as `setting` (train.optimizer) says, and for 'auto' on a GPU.
+
+    The fused kernel reads and writes each parameter's master weight, moments and gradient once (about 28-30 bytes
+    per parameter, plan/cost.py's OPTIMIZER_BYTES_PER_PARAM); foreach chains about ten elementwise passes, 2.5x the
+    time on an H200 (benchmarks/RESULTS.md, "Kernels on an H200"). On a CPU 'auto' keeps foreach: the planner's CPU
+    calibration was fitted to its step times."""
+    if setting == "auto":
+        return "cuda" in device_types
+    return setting == "fused"
 
 
 def loaded_step(optimizer: torch.optim.Optimizer, step: torch.Tensor, prm) -> torch.Tensor:
