@@ -216,3 +216,17 @@ def test_fit_recovers_a_cost_model_constant():
     assert result.constants["eager_traffic"] == pytest.approx(3.0, rel=0.01)
     assert result.model_constants() == dataclasses.replace(Constants(), eager_traffic=result.constants["eager_traffic"])
     assert result.accelerator() == H100  # no device constant was fitted
+
+
+def test_flopwise_eager_loss_moves_the_logits_more_often():
+    """flopwise's trainer computes F.cross_entropy(logits.float()): 48 bytes per logit in bf16 (36 in fp32, where
+    the casts are no-ops) against a fused loss's 12. torch-compile's profile differs from flopwise's in nothing
+    else the head's cost reads, so the difference is exactly that traffic."""
+    from flopwise.plan.cost import loss_bytes
+
+    assert (loss_bytes(2, eager=False), loss_bytes(2, eager=True), loss_bytes(4, eager=True)) == (12, 48, 36)
+    ours, compiled = cost(software="flopwise"), cost(software="torch-compile")
+    extra = LLAMA.seq_len * LLAMA.vocab_size * (48 - 12) / ours.hbm_rate
+    assert ours.head_time(1, 1)[0] - compiled.head_time(1, 1)[0] == pytest.approx(extra, rel=1e-9)
+    # vocab-parallel under TP: each rank's share of the logits
+    assert ours.head_time(2, 1)[0] - compiled.head_time(2, 1)[0] == pytest.approx(extra / 2, rel=1e-9)

@@ -229,6 +229,21 @@ def ring_time(kind: str, nbytes: float, n: int, bandwidth: float, latency: float
     return factor * (n - 1) / n * nbytes / bandwidth + latency
 
 
+def loss_bytes(dtype_bytes: int, eager: bool) -> float:
+    """HBM bytes per logit of the loss, forward and backward. Fused (a vocab-parallel or fused cross-entropy): read
+    the logits, write the fp32 softmax; backward: read it, write the logits' gradient. Eager
+    (F.cross_entropy(logits.float()), one kernel per op): the cast to fp32 (read e, write 4) and back in the backward,
+    log-softmax reading its input three times (max, sum of exponentials, output) and writing once, the NLL
+    gradient written dense, and log-softmax's backward reading that gradient twice and its output once and writing
+    once; in fp32 the casts are no-ops. The H200 measured ~60 bytes per logit for the bf16 case (48 counted here;
+    benchmarks/RESULTS.md, "Kernels on an H200")."""
+    e = dtype_bytes
+    if not eager:
+        return e + 4 + 4 + e
+    casts = 2 * (e + 4) if e != 4 else 0
+    return casts + (3 * 4 + 4) + 4 + (3 * 4 + 4)
+
+
 def even_split(layers: int, pp: int) -> tuple[int, ...]:
     """As even as possible; the remainder goes to the middle stages (the first holds the most
     activations, the last the LM head)."""
@@ -420,8 +435,7 @@ class CostModel:
         k, n = self._sharded(head_gemm(self.model), tp)
         gemm = 3.0 * self.gemm_time(tokens, k, n)
         e = self.training.dtype_bytes
-        # loss: read logits, write fp32 softmax; backward: read softmax, write the logits' gradient
-        ew = tokens * n * (e + 4 + 4 + e) / self.hbm_rate
+        ew = tokens * n * loss_bytes(e, self.training.profile.eager_loss) / self.hbm_rate
         ew += 5.0 * self.ew_factor * tokens * self.model.hidden * e / self.hbm_rate  # final norm fwd + bwd
         comm = 0.0
         if (

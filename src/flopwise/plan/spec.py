@@ -39,13 +39,18 @@ class Software:
     # whose output nothing saves) and its TP collective are not repeated. Reentrant checkpointing (Megatron,
     # DeepSpeed) reruns the whole block.
     recompute_early_stop: bool = False
+    # the loss as separate PyTorch kernels, F.cross_entropy(logits.float()): cast, log-softmax and their backward
+    # each make passes over the fp32 logits of their own (plan.cost.eager_loss_bytes), where a fused or
+    # vocab-parallel loss reads the logits once and writes their gradient once
+    eager_loss: bool = False
 
 
 SOFTWARE = {
     # flopwise's trainer: PyTorch SDPA (flash), no dropout, nn.RMSNorm (autograd keeps input, normalised x and
     # output); FSDP2 (ZeRO-2/3) reduces gradients during the backward, while replicated DP and ZeRO-1 reduce
     # them in one flat all-reduce after it (flopwise.parallel.data_parallel).
-    "flopwise": Software("flash", False, False, 2, recompute_early_stop=True),
+    # Its loss is F.cross_entropy(logits.float()) (train/engine.py): eager_loss.
+    "flopwise": Software("flash", False, False, 2, recompute_early_stop=True, eager_loss=True),
     # Megatron-LM as in the published runs (Narayanan et al. 2021, Korthikanti et al. 2022): fused
     # scale-mask-softmax + dropout (no flash attention yet), GPT dropout, apex fused LayerNorm, gradient
     # all-reduce after the backward (no overlap in those versions).
