@@ -17,10 +17,11 @@ import math
 from dataclasses import dataclass, field
 
 from flopwise.errors import LayoutError, PlanError
-from flopwise.flops import RECOMPUTE_MODES
+from flopwise.flops import RECOMPUTE_MODES, param_counts
 from flopwise.hardware import CALIBRATED, CATALOGUE, Accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
+from flopwise.plan import track_record
 from flopwise.plan.cost import Constants, CostModel, Plan, even_split
 from flopwise.plan.experts import expert_degrees
 from flopwise.plan.spec import Cluster, Training
@@ -198,6 +199,12 @@ def calibration_notes(acc: Accelerator) -> list[str]:
             f"uncalibrated GPUs were mostly slower than predicted (benchmarks/RESULTS.md, 'Sixth blind holdout')"]
 
 
+def plan_notes(model: ModelConfig, cluster: Cluster, training: Training) -> list[str]:
+    """What a plan's times rest on (calibration_notes), and how well published runs like it were predicted."""
+    record = track_record.note(cluster.accelerator.name, training.software, param_counts(model).total)
+    return calibration_notes(cluster.accelerator) + ([record] if record else [])
+
+
 def search(
     model: ModelConfig,
     cluster: Cluster,
@@ -240,7 +247,7 @@ def search(
     plans.sort(key=lambda p: (not p.fits, p.step_time))
     feasible = sum(p.fits for p in plans)
     if plans:
-        return SearchResult(plans[:top], evaluated, feasible, calibration_notes(cluster.accelerator))
+        return SearchResult(plans[:top], evaluated, feasible, plan_notes(model, cluster, training))
     if not explain:  # the reason in a few words, without the search for alternatives
         if closest is not None:
             raise PlanError(f"no layout fits in {cm.cluster.accelerator.name} memory (the least memory-hungry, "

@@ -1,0 +1,99 @@
+"""Write the planner's track record (src/flopwise/plan/track_record.json): its out-of-sample error on published runs.
+
+    .venv/bin/python benchmarks/planner_track_record.py           # rewrite the JSON (~40 s)
+    .venv/bin/python benchmarks/planner_track_record.py --check   # exit 1 if it no longer matches the planner
+
+Every error is out of sample: the fit rows (planner_calibration/fit.csv) are predicted out of fold under the same
+5-fold grouped cross-validation `planner_fit.py` reports, and every other calibration file (holdout.csv and the
+fresh holdouts) with the constants fitted on fit.csv alone, which are the planner's defaults. `../shared/published`
+is left out: the planner was built on those two papers. Errors are grouped by GPU, software profile and model size
+(flopwise.plan.track_record.group_keys); each group keeps n, the median, 90th percentile and maximum |error|, and how
+many runs were slower than predicted. `flopwise plan` prints the closest group's line with every plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from planner_accuracy import CALIBRATION, cross_validate, load_rows
+from planner_fit import attach, fit_constants, predict
+
+from flopwise.flops import param_counts
+from flopwise.plan import track_record
+from flopwise.plan.cost import DEFAULT_CONSTANTS
+
+OUT = Path(__file__).resolve().parent.parent / "src" / "flopwise" / "plan" / "track_record.json"
+FOLDS = 5
+
+
+def out_of_sample_errors() -> tuple[list[dict], dict[str, int]]:
+    """(rows with their out-of-sample `error`, rows per file)."""
+    files = sorted(CALIBRATION.glob("*.csv"))
+    fit_rows = attach(load_rows([CALIBRATION / "fit.csv"]))
+    cv = cross_validate(fit_rows, fit_constants, predict, k=FOLDS)
+    scored = []
+    for row, pred in zip(fit_rows, cv["predictions"], strict=True):
+        if pred is not None:
+            scored.append({**row, "error": pred / float(row["measured_step_s"]) - 1.0})
+    defaults = {k: v for k, v in dataclasses.asdict(DEFAULT_CONSTANTS).items()}
+    counts = {"fit.csv": len(fit_rows)}
+    for path in files:
+        if path.name == "fit.csv":
+            continue
+        rows = attach(load_rows([path]))
+        counts[path.name] = len(rows)
+        for row in rows:
+            scored.append({**row, "error": predict(row, defaults) / float(row["measured_step_s"]) - 1.0})
+    return scored, counts
+
+
+def summarise(errors: list[float]) -> dict:
+    a = np.abs(np.array(errors))
+    return {"n": len(errors), "median": round(float(np.median(a)), 4), "p90": round(float(np.percentile(a, 90)), 4),
+            "max": round(float(a.max()), 4), "too_fast": sum(1 for e in errors if e < 0)}
+
+
+def build() -> dict:
+    scored, counts = out_of_sample_errors()
+    groups: dict[str, list[float]] = {}
+    for row in scored:
+        obs = row["_obs"]
+        params = param_counts(obs.model).total
+        for key, _ in track_record.group_keys(obs.cluster.accelerator.name, obs.training.software, params):
+            groups.setdefault(key, []).append(row["error"])
+    return {
+        "what": "the planner's out-of-sample |error| on published runs (benchmarks/planner_track_record.py)",
+        "constants": dataclasses.asdict(DEFAULT_CONSTANTS),
+        "rows": counts,
+        "all": summarise([r["error"] for r in scored]),
+        "groups": {k: summarise(v) for k, v in sorted(groups.items())},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if the JSON differs from a fresh computation")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    record = build()
+    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    if args.check:
+        same = args.out.exists() and json.loads(args.out.read_text()) == json.loads(text)
+        print(f"{args.out}: {'current' if same else 'STALE: rerun benchmarks/planner_track_record.py'}")
+        return 0 if same else 1
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(args.out)  # never a half-written record
+    s = record["all"]
+    print(f"wrote {args.out}: {s['n']} runs, median {100 * s['median']:.1f}%, 90% within {100 * s['p90']:.1f}%, "
+          f"worst {100 * s['max']:.1f}%; {len(record['groups'])} groups")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

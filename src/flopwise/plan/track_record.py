@@ -1,0 +1,72 @@
+"""How far to trust a plan's step time: the planner's own out-of-sample error on published runs like it.
+
+`track_record.json` beside this module holds the planner's errors on the published runs of
+benchmarks/planner_calibration (fit rows out of fold under grouped cross-validation, every other row with the
+constants fitted on the fit rows alone), grouped by GPU, software profile and model size. It is written by
+`benchmarks/planner_track_record.py` with the constants it records; `plan.search` attaches the note of the closest
+group with enough runs to every plan, so a user reads the figure beside its evidence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import cache
+from importlib.resources import files
+
+from flopwise.plan.cost import DEFAULT_CONSTANTS
+
+# a group speaks for a plan only with this many runs behind it
+MIN_RUNS = 5
+# models below this many parameters form their own class: on Hopper they have been predicted too fast more often
+SMALL_MODEL_PARAMS = 15e9
+
+
+def size_class(params: float) -> str:
+    return "<15B" if params < SMALL_MODEL_PARAMS else ">=15B"
+
+
+def group_keys(gpu: str, software: str, params: float) -> list[tuple[str, str]]:
+    """(key, label) from the most specific group to the broadest; the JSON uses the same keys."""
+    size = size_class(params)
+    return [
+        (f"{gpu}|{software}|{size}", f"{gpu}, the `{software}` profile, {size} models"),
+        (f"{gpu}|{software}", f"{gpu}, the `{software}` profile"),
+        (f"{gpu}|*|{size}", f"{gpu}, all stacks, {size} models"),
+        (f"{gpu}", f"{gpu}, all stacks"),
+    ]
+
+
+@cache
+def load() -> dict:
+    """The recorded track record ({} where the file is missing: an installation without it gives no note)."""
+    try:
+        return json.loads(files("flopwise.plan").joinpath("track_record.json").read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def current(record: dict) -> bool:
+    """Whether the record was made with the constants the planner has now."""
+    return record.get("constants") == dataclasses.asdict(DEFAULT_CONSTANTS)
+
+
+def note(gpu: str, software: str, params: float, record: dict | None = None) -> str | None:
+    """One line on how well published runs like this plan were predicted, or None where no group has MIN_RUNS."""
+    record = load() if record is None else record
+    groups = record.get("groups", {})
+    found = next(((groups[key], label) for key, label in group_keys(gpu, software, params)
+                  if groups.get(key, {}).get("n", 0) >= MIN_RUNS), None)
+    if found is None:
+        return None
+    g, label = found
+    too_fast = round(100 * g["too_fast"] / g["n"])
+    text = (f"track record: {g['n']} published runs like this ({label}), none of them fitted to, were predicted with "
+            f"median error {100 * g['median']:.1f}%, 90% within {100 * g['p90']:.1f}%, worst {100 * g['max']:.1f}%; "
+            f"{too_fast}% ran slower than predicted (benchmarks/planner_calibration)")
+    if software == "flopwise":
+        text += ("; no published run uses flopwise's trainer: these are other stacks' runs on this GPU, "
+                 "and `flopwise plan calibrate` fits the constants to your own")
+    if not current(record):
+        text += "; recorded with constants other than the planner's current ones"
+    return text

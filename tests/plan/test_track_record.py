@@ -1,0 +1,71 @@
+"""The planner's track record (flopwise.plan.track_record): each plan carries how well published runs like it were
+predicted, from the recorded out-of-sample errors, and the record stays in step with the planner's constants."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flopwise.hardware import get_accelerator
+from flopwise.layout import Layout
+from flopwise.models.config import ModelConfig
+from flopwise.plan import track_record
+from flopwise.plan.cost import DEFAULT_CONSTANTS
+from flopwise.plan.search import search
+from flopwise.plan.spec import Cluster, Training
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def record(**groups):
+    return {"constants": dataclasses.asdict(DEFAULT_CONSTANTS),
+            "groups": {k: {"n": n, "median": 0.05, "p90": 0.1, "max": 0.2, "too_fast": fast}
+                       for k, (n, fast) in groups.items()}}
+
+
+def test_the_closest_group_with_enough_runs_speaks():
+    rec = record(**{"H100-SXM|te|<15B": (4, 4), "H100-SXM|te": (20, 10), "H100-SXM": (50, 25)})
+    said = track_record.note("H100-SXM", "te", 8e9, rec)
+    # 4 small-model runs are too few: the profile's group (20 runs) speaks, with its figures
+    assert said.startswith("track record: 20 published runs like this (H100-SXM, the `te` profile)")
+    assert "median error 5.0%, 90% within 10.0%, worst 20.0%; 50% ran slower than predicted" in said
+    rec["groups"]["H100-SXM|te|<15B"]["n"] = 5
+    assert "(H100-SXM, the `te` profile, <15B models)" in track_record.note("H100-SXM", "te", 8e9, rec)
+    # a profile no published run used falls back to the GPU's runs of every stack, and says so
+    ours = track_record.note("H100-SXM", "flopwise", 8e9, rec)
+    assert "(H100-SXM, all stacks)" in ours and "no published run uses flopwise's trainer" in ours
+    assert track_record.note("T4", "te", 8e9, rec) is None  # no runs at all: no note rather than a made-up one
+
+
+def test_a_record_made_with_other_constants_says_so():
+    rec = record(**{"A100-80GB": (10, 5)})
+    assert "other than the planner's current" not in track_record.note("A100-80GB", "te", 70e9, rec)
+    rec["constants"] = {**rec["constants"], "eager_traffic": 9.0}
+    assert "other than the planner's current" in track_record.note("A100-80GB", "te", 70e9, rec)
+
+
+def test_the_shipped_record_is_current_and_reaches_the_plans():
+    rec = track_record.load()
+    assert track_record.current(rec), "refitted constants: rerun benchmarks/planner_track_record.py"
+    assert rec["all"]["n"] >= 300 and 0 < rec["all"]["median"] < rec["all"]["p90"] <= rec["all"]["max"]
+    for g in rec["groups"].values():
+        assert 0 <= g["too_fast"] <= g["n"] and g["median"] <= g["p90"] <= g["max"]
+    llama = ModelConfig(vocab_size=128256, layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, seq_len=8192,
+                        lfa=False, mlp="swiglu")
+    result = search(llama, Cluster(get_accelerator("H100-SXM"), 64), Training(256, software="te"),
+                    {"tp": 1, "pp": 1}, top=1)
+    said = [n for n in result.notes if n.startswith("track record")]
+    assert said == [track_record.note("H100-SXM", "te", 8.03e9)]
+    assert f"{rec['groups']['H100-SXM|te|<15B']['n']} published runs" in said[0]
+    assert result.plans[0].layout.tp == 1 and isinstance(result.plans[0].layout, Layout)
+
+
+@pytest.mark.slow
+def test_the_shipped_record_matches_a_fresh_computation():
+    """The JSON is what benchmarks/planner_track_record.py computes from the calibration files and the cost model now:
+    a change to either that moves the errors fails here until the record is rewritten."""
+    done = subprocess.run([sys.executable, "benchmarks/planner_track_record.py", "--check"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
