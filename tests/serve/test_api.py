@@ -155,14 +155,33 @@ def test_client_disconnect_mid_stream_frees_blocks(server):
     assert stats(server)["running"] == 0 and stats(server)["kv_cache_usage"] == 0
 
 
+def wait_for(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not condition():
+        time.sleep(0.01)
+    return condition()
+
+
 def test_client_disconnect_without_streaming_frees_blocks(server):
-    body = {"model": "toy", "prompt": "def f():", "max_tokens": 170, "ignore_eos": True}
-    with pytest.raises(requests.exceptions.ReadTimeout):
-        requests.post(server.url + "/v1/completions", json=body, timeout=0.3)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (stats(server)["running"] or stats(server)["kv_cache_usage"]):
-        time.sleep(0.02)
-    assert stats(server)["running"] == 0 and stats(server)["kv_cache_usage"] == 0
+    """A client that hangs up on a non-streaming request aborts it: its blocks are freed before it could have finished.
+    Timed by the engine's own steps, not the clock: 8 prompts of 170 tokens need at least 170 decode steps to finish,
+    and the client hangs up as soon as the engine runs them (a fast machine once finished a single prompt before a
+    fixed client timeout, which made the old version of this test flaky)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    assert wait_for(lambda: not (stats(server)["running"] or stats(server)["waiting"]))  # earlier tests' requests
+    body = json.dumps({"model": "toy", "prompt": ["def f():"] * 8, "max_tokens": 170, "ignore_eos": True}).encode()
+    url = urlsplit(server.url)
+    before = stats(server)["steps"]
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (url.netloc.encode(), len(body), body))
+        assert wait_for(lambda: stats(server)["running"] > 0)
+    # the client is gone: the server hears the disconnect and aborts all 8 (within a few steps; 60-75 when it polled
+    # every 0.2 s, which a machine twice as fast could have let run to the end)
+    assert wait_for(lambda: not (stats(server)["running"] or stats(server)["kv_cache_usage"]))
+    assert stats(server)["steps"] - before < 170  # freed by the abort, not by finishing
 
 
 def test_stop_string_ends_the_text(client):

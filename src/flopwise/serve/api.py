@@ -314,18 +314,25 @@ async def _collect(streams: list[RequestStream], request: Request) -> list[_Resu
             results[i].add(out)
 
     task = asyncio.create_task(run())
+    # the body has been read, so the next ASGI message is the client hanging up: waiting for it (rather than
+    # polling is_disconnected) frees a gone client's blocks within an engine step
+    gone = asyncio.create_task(_disconnect(request))
     try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=0.2)
-            if not task.done() and await request.is_disconnected():
-                task.cancel()
-                break
-        if task.done() and not task.cancelled():  # cancelled above: the client is gone
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():  # the client is gone
+            task.cancel()
+        elif not task.cancelled():
             task.result()  # re-raises an engine failure
         return results
     finally:
+        gone.cancel()
         for s in streams:
             s.close()
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _sse(chunks: AsyncIterator[dict], streams: list[RequestStream]) -> StreamingResponse:
