@@ -55,9 +55,20 @@ def _run_processes(fn, tasks, workers: int) -> Iterator[int]:
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
-    with ctx.Pool(min(workers, len(tasks)), maxtasksperchild=64) as pool:
+    with ctx.Pool(min(workers, len(tasks)), maxtasksperchild=64, initializer=_worker_signals) as pool:
         for i, _ in enumerate(pool.imap_unordered(fn, tasks), 1):
             yield i
+
+
+def _worker_signals() -> None:
+    """A forked worker inherits its parent's Python signal handlers. The trainer's SIGTERM handler only sets a flag
+    (train/preempt.py), so a worker that kept it would outlive Pool.terminate's SIGTERM and its join would wait
+    forever (`flopwise train` hung preparing a corpus). Workers die on SIGTERM; Ctrl-C is the parent's to handle, and
+    the parent ends the pool."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------- Ray
