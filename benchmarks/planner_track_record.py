@@ -40,7 +40,7 @@ def out_of_sample_errors() -> tuple[list[dict], dict[str, int]]:
     for row, pred in zip(fit_rows, cv["predictions"], strict=True):
         if pred is not None:
             scored.append({**row, "error": pred / float(row["measured_step_s"]) - 1.0})
-    defaults = {k: v for k, v in dataclasses.asdict(DEFAULT_CONSTANTS).items()}
+    defaults = dataclasses.asdict(DEFAULT_CONSTANTS)
     counts = {"fit.csv": len(fit_rows)}
     for path in files:
         if path.name == "fit.csv":

@@ -37,6 +37,7 @@ def test_the_closest_group_with_enough_runs_speaks():
     ours = track_record.note("H100-SXM", "flopwise", 8e9, rec)
     assert "(H100-SXM, all stacks)" in ours and "no published run uses flopwise's trainer" in ours
     assert track_record.note("T4", "te", 8e9, rec) is None  # no runs at all: no note rather than a made-up one
+    assert track_record.note("H100-SXM", "te", 8e9, {}) is None  # a missing or unreadable record: no note either
 
 
 def test_a_record_made_with_other_constants_says_so():

@@ -143,23 +143,21 @@ def test_api_key_401_and_queue_full_429(lfa_checkpoint, engine_process):
         assert sum(code == 200 for code, _ in codes) >= 1
 
 
+def wait_for(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not condition():
+        time.sleep(0.01)
+    return condition()
+
+
 def test_client_disconnect_mid_stream_frees_blocks(server):
     body = {"model": "toy", "prompt": "def f():", "max_tokens": 170, "ignore_eos": True, "stream": True}
     with requests.post(server.url + "/v1/completions", json=body, stream=True, timeout=60) as r:
         lines = r.iter_lines()
         got = [json.loads(line[6:]) for line, _ in zip((x for x in lines if x), range(3), strict=False)]
         assert got and stats(server)["running"] == 1 and stats(server)["kv_cache_usage"] > 0
-    deadline = time.monotonic() + 10  # closed: the request must be gone long before it could finish
-    while time.monotonic() < deadline and (stats(server)["running"] or stats(server)["kv_cache_usage"]):
-        time.sleep(0.02)
-    assert stats(server)["running"] == 0 and stats(server)["kv_cache_usage"] == 0
-
-
-def wait_for(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not condition():
-        time.sleep(0.01)
-    return condition()
+    # closed: the request must be gone long before it could finish
+    assert wait_for(lambda: not (stats(server)["running"] or stats(server)["kv_cache_usage"]))
 
 
 def test_client_disconnect_without_streaming_frees_blocks(server):

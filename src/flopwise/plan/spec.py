@@ -40,7 +40,7 @@ class Software:
     # DeepSpeed) reruns the whole block.
     recompute_early_stop: bool = False
     # the loss as separate PyTorch kernels, F.cross_entropy(logits.float()): cast, log-softmax and their backward
-    # each make passes over the fp32 logits of their own (plan.cost.eager_loss_bytes), where a fused or
+    # each make passes over the fp32 logits of their own (plan.cost.loss_bytes), where a fused or
     # vocab-parallel loss reads the logits once and writes their gradient once
     eager_loss: bool = False
 

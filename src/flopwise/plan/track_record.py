@@ -39,10 +39,11 @@ def group_keys(gpu: str, software: str, params: float) -> list[tuple[str, str]]:
 
 @cache
 def load() -> dict:
-    """The recorded track record ({} where the file is missing: an installation without it gives no note)."""
+    """The recorded track record ({} where the file is missing or unreadable: a plan then carries no note rather
+    than failing over a missing figure)."""
     try:
         return json.loads(files("flopwise.plan").joinpath("track_record.json").read_text())
-    except FileNotFoundError:
+    except (OSError, ValueError):
         return {}
 
 
