@@ -7,7 +7,8 @@ own figure for the same shape:
 
 - `gemm`: a large square bf16 GEMM in a burst and a device-to-device copy (memory_efficiency); `sustained` (not in
   the default sections): the same GEMM for a minute, window by window, with clocks and power: gemm_efficiency stands
-  for the rate a training run sustains at the power cap, not for a burst;
+  for the rate a training run sustains at the power cap, not for a burst; `sustained_block` (not in the default
+  sections either): a model's block GEMMs at TP 8 and 1 (--block-models, --block-tps), bf16 and FP8, half that time each;
 - `block`: every weight GEMM of a Llama block at tensor-parallel widths 1-8, forward (x W^T), dgrad (dy W) and
   wgrad (dy^T x), bf16 and FP8 (torch._scaled_mm, per-tensor scales, e4m3 operands);
 - `attention`: causal grouped-query SDPA, FlashAttention-2 and cuDNN backends, forward and backward;
@@ -141,6 +142,60 @@ def bench_sustained(device, dtype, seconds: float, quick: bool) -> dict:
     clocks.append(_smi())
     return {"n": n, "seconds": seconds, "window_tflops": windows, "smi": clocks,
             "first_tflops": windows[0], "last_tflops": windows[-1], "min_tflops": min(windows)}
+
+
+def bench_sustained_block(device, dtype, acc, cfg: ModelConfig, name: str, tokens: int, tp: int, fp8: bool,
+                          seconds: float, quick: bool) -> dict:
+    """Every weight GEMM of one block at TP `tp` (forward, dgrad, wgrad, each `count` times), queued back to back
+    for `seconds`: the block's time per 2-s window, against its burst time and the planner's figure. The square
+    GEMM lost 14.5% at the power cap; this asks whether a block of smaller, skinnier GEMMs loses the same."""
+    cm = cost_model(cfg, acc, "torch-compile", tokens, precision="fp8" if fp8 else "bf16")
+    one = torch.ones((), device=device, dtype=torch.float32)
+    calls, planned = [], 0.0
+    for g in block_gemms(cfg):
+        k, n = (int(v) for v in cm._sharded(g, tp))
+        x = torch.randn(tokens, k, device=device, dtype=dtype)
+        w = torch.randn(n, k, device=device, dtype=dtype)
+        dy = torch.randn(tokens, n, device=device, dtype=dtype)
+        if fp8:
+            e4 = torch.float8_e4m3fn
+            x8, w8, dy8 = x.to(e4), w.to(e4), dy.to(e4)
+            wt8, dyt8, xt8 = w.t().contiguous().to(e4), dy.t().contiguous().to(e4), x.t().contiguous().to(e4)
+            fns = [lambda a=x8, b=w8: _scaled_mm(a, b.t(), one),
+                   lambda a=dy8, b=wt8: _scaled_mm(a, b.t(), one, fast_accum=False),
+                   lambda a=dyt8, b=xt8: _scaled_mm(a, b.t(), one, fast_accum=False)]
+        else:
+            fns = [lambda x=x, w=w: x @ w.t(), lambda dy=dy, w=w: dy @ w, lambda dy=dy, x=x: dy.t() @ x]
+        calls += fns * int(g.count)
+        fwd = cm.gemm_time(tokens, k, n, fp8=fp8)
+        planned += g.count * (fwd + 2 * fwd / cm.constants.backward_efficiency)
+
+    def block():
+        for fn in calls:
+            fn()
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
+    for _ in range(5):
+        block()
+    sync(device)
+    window = 0.2 if quick else 2.0
+    times, smi = [], [_smi()]
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t0, count = time.perf_counter(), 0
+        while time.perf_counter() - t0 < window:
+            for _ in range(5):
+                block()
+            count += 5
+            sync(device)
+        times.append((time.perf_counter() - t0) / count)
+        if len(times) % 5 == 0:
+            smi.append(_smi())
+    smi.append(_smi())
+    settled = statistics.median(times[1:]) if len(times) > 1 else times[0]
+    return {"model": name, "tp": tp, "precision": "fp8" if fp8 else "bf16", "seconds": seconds,
+            "window_block_s": times, "first_window_s": times[0], "settled_s": settled,
+            "pred_block_s": planned, "planner_over_settled": planned / settled, "smi": smi}
 
 
 def _commit() -> str:
@@ -344,6 +399,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--inner", type=int, default=10, help="back-to-back calls per timing (see Timer)")
     ap.add_argument("--sustain-seconds", type=float, default=60.0, help="length of the sustained section")
+    ap.add_argument("--block-models", nargs="*", default=None, help="sustained_block's models (the first shape)")
+    ap.add_argument("--block-tps", default="8,1", help="sustained_block's TP widths")
     ap.add_argument("--json", default=None, help="write the results here (rewritten after each section)")
     args = ap.parse_args()
 
@@ -373,6 +430,10 @@ def main() -> None:
                               for r in bench_attention(timer, device, dtype, acc, cfg, name,
                                                        (seq,) if args.quick else (4096, 8192),
                                                        (1, 2) if args.quick else (1, 2, 4, 8))],
+        "sustained_block": lambda: [
+            bench_sustained_block(device, dtype, acc, cfg, name, seq, tp, f8, args.sustain_seconds / 2, args.quick)
+            for name, cfg in shapes.items() if name in (args.block_models or [next(iter(shapes))])
+            for tp in map(int, args.block_tps.split(",")) for f8 in (False, True) if fp8 or not f8],
         "layer": lambda: [bench_layer(timer, device, acc, cfg, name, seq, device.type == "cuda")
                            for name, cfg in shapes.items()],
         "step": lambda: [bench_step(timer, device, acc, next(iter(shapes.values())), next(iter(shapes)), seq,
