@@ -46,7 +46,24 @@ def test_export_variants_and_whole_token_device_names():
     assert h800.fp8_peak_flops == CATALOGUE["H100-SXM"].fp8_peak_flops and h800.link_bandwidth == 200e9
     assert match_device_name("A800-SXM4-80GB") is a800 and match_device_name("NVIDIA H800") is h800
     # a model name inside another, or a form the catalogue lacks, matches nothing
-    for name in ("GH200", "H100 NVL", "A100X", "RTX A1000", "A10G", "Quadro P1000", "H800 PCIe", "A800-SXM4-40GB"):
+    for name in ("GB200", "NVIDIA GB200", "H100 NVL", "A100X", "RTX A1000", "A10G", "Quadro P1000", "H800 PCIe",
+                 "A800-SXM4-40GB", "B300"):
         assert match_device_name(name) is None, name
     with pytest.raises(ConfigError, match="unknown accelerator 'A100-SXM4-40GB'"):
         get_accelerator("A100-SXM4-40GB")  # user input stays exact: only a CSV row's gpu cell is read loosely
+
+
+def test_newer_parts_are_read_from_their_device_names_and_are_not_calibrated():
+    """B200 and the two GH200 memory variants come from datasheets (module docstring); CUDA's names for them map to
+    their entries, and no published run calibrates them, so plans on them say so (tests/plan/test_calibration_set.py)."""
+    from flopwise.hardware import CALIBRATED
+
+    b200, gh200, gh200_144 = (CATALOGUE[n] for n in ("B200", "GH200", "GH200-144GB"))
+    assert match_device_name("NVIDIA B200") is b200
+    assert match_device_name("NVIDIA GH200 480GB") is gh200  # 480 GB is the superchip's CPU memory
+    assert match_device_name("NVIDIA GH200 144G HBM3e") is gh200_144
+    assert b200.peak_flops == 2250e12 and b200.fp8_peak_flops == 2 * b200.peak_flops
+    # the same Hopper die as the H200 at another memory: compute alike, memory and bandwidth their own
+    assert gh200.peak_flops == gh200_144.peak_flops == CATALOGUE["H200"].peak_flops
+    assert gh200.memory_bandwidth < gh200_144.memory_bandwidth and gh200.memory_bytes < gh200_144.memory_bytes
+    assert not {"B200", "GH200", "GH200-144GB"} & CALIBRATED

@@ -19,6 +19,18 @@ Figures are the vendors' datasheet numbers for dense (no sparsity) tensor-core m
   figures halved). Parts without FP8 tensor cores have fp8_peak_flops = 0 and the planner refuses fp8 on them.
 - network_bandwidth: the NIC rate per GPU and direction of the vendor's reference node, the planner's default
   inter-node link: DGX A100 8 x HDR 200 Gb/s = 25 GB/s; DGX H100 / H200 8 x NDR 400 Gb/s = 50 GB/s.
+Newer parts, from datasheets alone: no published run calibrates them (CALIBRATED below), so each plan says so.
+- B200 SXM (HGX / DGX B200): 2250 TFLOP/s bf16 and 4500 FP8 dense, HBM3e 8 TB/s, 180 GB usable per GPU, NVLink 5
+  1.8 TB/s total = 900 per direction; DGX B200 8 x ConnectX-7 400 Gb/s = 50 GB/s per GPU. (NVIDIA DGX B200
+  datasheet.) gemm_efficiency 0.68: its bf16 MAMF is 0.776 of peak (1745 TFLOP/s, stas00/ml-engineering
+  compute/accelerator at 744d01e), and the catalogue's sustained values sit at ~0.87 of the MAMF on the calibrated
+  parts (A100 0.75 / 0.869, H100 SXM 0.70 / 0.803).
+- GH200 (Grace Hopper superchip): the H100 / H200 die, 989 / 1979 TFLOP/s; `GH200` is the 96 GB HBM3 part at
+  4.0 TB/s, `GH200-144GB` the 144 GB HBM3e part at 4.9 TB/s (NVIDIA GH200 datasheet). NVLink 4, 450 GB/s per
+  direction. Its clusters put 4 per node with one 200 Gb/s NIC each (HPE Cray EX254n in CSCS Alps: Slingshot-11;
+  JUPITER Booster: NDR200), 25 GB/s per GPU. gemm_efficiency 0.72, the H200's: the same die; its 900 W module
+  measured a higher MAMF (0.838), not used until a run shows it.
+- Their memory_bytes are the datasheets' decimal GB: no driver's memory.total was at hand to check.
 Older and inference-class parts, as found in shared clusters (the Alibaba openb trace): no NVLink, PCIe only.
 - V100 SXM2 16GB: as the 32 GB part with 16 GB of HBM2. (NVIDIA Tesla V100 datasheet.)
 - P100 PCIe 16GB: 18.7 TFLOP/s fp16 (no tensor cores, no bf16), HBM2 732 GB/s, PCIe Gen3 32 GB/s total =
@@ -102,6 +114,12 @@ CATALOGUE: dict[str, Accelerator] = {
         # Meta's Grand Teton H100 (torchtitan's benchmarks): 96 GB HBM2e at 2.4 TB/s, 500 W power limit
         Accelerator("H100-GT-500W", 989 * TFLOPS, 96 * GIB, 2400 * GB, 450 * GB, gemm_efficiency=0.63,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
+        Accelerator("B200", 2250 * TFLOPS, 180 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.68,
+                    fp8_peak_flops=4500 * TFLOPS, network_bandwidth=50 * GB),
+        Accelerator("GH200", 989 * TFLOPS, 96 * GB, 4000 * GB, 450 * GB, gemm_efficiency=0.72,
+                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB),
+        Accelerator("GH200-144GB", 989 * TFLOPS, 144 * GB, 4900 * GB, 450 * GB, gemm_efficiency=0.72,
+                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
         Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80),
         Accelerator("T4", 65 * TFLOPS, 16 * GB, 300 * GB, 16 * GB, gemm_efficiency=0.45, memory_efficiency=0.80),
@@ -217,14 +235,20 @@ def resolve_accelerator(name_or_path: str) -> Accelerator:
 
 def match_device_name(device_name: str) -> Accelerator | None:
     """Map a device name as CUDA or a paper writes it ('NVIDIA H100 80GB HBM3', 'A100-SXM4-40GB') to a catalogue
-    entry, matching the model as a whole token (so 'GH200', 'A100X', 'RTX A1000', 'A10G' and 'Quadro P1000' match
-    nothing); variants the catalogue lacks (NVL and PCIe forms of the H200 / H800, 40 GB or PCIe A800) match nothing."""
+    entry, matching the model as a whole token (so 'GB200', 'A100X', 'RTX A1000', 'A10G' and 'Quadro P1000' match
+    nothing); variants the catalogue lacks (NVL and PCIe forms of the H200 / H800, 40 GB or PCIe A800) match nothing.
+    A GH200 is the 144 GB part when its name says 144G or HBM3e ('NVIDIA GH200 144G HBM3e'), else the 96 GB one
+    ('NVIDIA GH200 480GB' names the superchip's CPU memory)."""
     n = device_name.upper()
 
     def has(token: str) -> bool:
         return re.search(rf"(?<![A-Z0-9]){token}(?![A-Z0-9])", n) is not None
 
     pcie, nvl, small = "PCIE" in n, has("NVL"), "40G" in n
+    if has("GH200"):
+        return CATALOGUE["GH200-144GB" if "144G" in n or "HBM3E" in n else "GH200"]
+    if has("B200"):
+        return CATALOGUE["B200"]
     if has("H200") and not (nvl or pcie):
         return CATALOGUE["H200"]
     if has("H100") and not nvl:

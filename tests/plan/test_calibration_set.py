@@ -197,5 +197,6 @@ def test_the_calibrated_gpus_are_the_fit_rows_and_plans_on_others_say_so(rows):
 
     measured_here = Accelerator("this-cpu", 1e12, 16e9, 20e9, 2e9, measured=True)  # what `plan calibrate` fits
     assert notes(CATALOGUE["A100-80GB"]) == [] and notes(measured_here) == []
-    said = notes(CATALOGUE["V100-16GB"])
-    assert len(said) == 1 and said[0].startswith("V100-16GB: no published run calibrates")
+    for gpu in ("V100-16GB", "B200", "GH200"):
+        said = notes(CATALOGUE[gpu])
+        assert len(said) == 1 and said[0].startswith(f"{gpu}: no published run calibrates")
