@@ -88,6 +88,25 @@ def test_ring_collectives():
     assert ring_time("all_reduce", 1e9, 1, 100e9) == 0.0
 
 
+def test_a_reduce_scatter_over_gloo_moves_an_all_reduces_bytes():
+    """NCCL's reduce-scatter moves half an all-reduce's bytes; gloo (a measured CPU) runs it as all-reduces, so the
+    planner costs flopwise's sequence-parallel reduce-scatter and a ZeRO gradient reduce-scatter that way there."""
+    from flopwise.hardware import Accelerator
+
+    gpu = model(gpus=8)
+    cpu = CostModel(CFG, Cluster(Accelerator("this-cpu", 1e12, 64e9, 20e9, 2e9, measured=True), 8), Training(64))
+    for cm in (gpu, cpu):
+        assert cm.ring("all_reduce", 1e9, 8, 1e9) == ring_time("all_reduce", 1e9, 8, 1e9)
+    assert gpu.ring("reduce_scatter", 1e9, 8, 1e9) == ring_time("reduce_scatter", 1e9, 8, 1e9)
+    assert cpu.ring("reduce_scatter", 1e9, 8, 1e9) == ring_time("all_reduce", 1e9, 8, 1e9)
+    # a whole plan: the same machine, its collectives over NCCL or gloo, differs only in the TP and DP traffic
+    nccl = CostModel(CFG, Cluster(Accelerator("this-cpu", 1e12, 64e9, 20e9, 2e9), 8), Training(64))
+    layout = Layout(tp=2, dp=4, sp=True, micro_batch=1)
+    over_gloo, over_nccl = cpu.evaluate(layout).breakdown, nccl.evaluate(layout).breakdown
+    assert over_gloo["tp"] > over_nccl["tp"] > 0
+    assert over_gloo["compute"] == over_nccl["compute"]
+
+
 def test_tp_across_nodes_uses_the_slow_link():
     cm = model(gpus=16, gb=16)
     assert cm.bus_bandwidth(8) > 5 * cm.bus_bandwidth(16)

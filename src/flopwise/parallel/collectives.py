@@ -1,7 +1,9 @@
 """Autograd-aware collectives for tensor and sequence parallelism (Megatron-LM's f/g operators;
 Shoeybi et al. 2019, section 3, and Korthikanti et al. 2022, section 4.2.2 for the sequence-parallel pair).
 
-Written with all_reduce / all_gather (not reduce_scatter_tensor) so that they also run on gloo."""
+The sequence-parallel reduce-scatter is a true reduce_scatter_tensor: on NCCL it moves half an all-reduce's bytes,
+as the planner counts it. Gloo runs the same call as all-reduces (PyTorch's fallback), and the planner counts that too
+(plan/cost.py, CostModel.ring)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,13 @@ def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
 
 
 def _reduce_scatter(x: torch.Tensor, dim: int, group) -> torch.Tensor:
-    return _split(_all_reduce(x, group), dim, group)
+    world = dist.get_world_size(group)
+    if x.shape[dim] % world:  # uneven shards: chunk's split of an all-reduce (sequence parallelism never gets here)
+        return _split(_all_reduce(x, group), dim, group)
+    front = x.movedim(dim, 0).contiguous()  # reduce_scatter_tensor shards dim 0
+    out = front.new_empty((front.shape[0] // world, *front.shape[1:]))
+    dist.reduce_scatter_tensor(out, front, group=group)
+    return out.movedim(0, dim).contiguous()
 
 
 class _CopyToRegion(torch.autograd.Function):

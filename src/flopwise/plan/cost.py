@@ -313,13 +313,20 @@ class CostModel:
         nodes = span / self.cluster.gpus_per_node
         return COLLECTIVE_LATENCY_S + (2 * math.log2(nodes) * NET_HOP_LATENCY_S if nodes > 1 else 0.0)
 
+    def ring(self, kind: str, nbytes: float, n: int, bandwidth: float, latency: float = COLLECTIVE_LATENCY_S) -> float:
+        """ring_time in this cluster's collective library. A measured CPU trains over gloo, whose reduce_scatter is
+        all-reduces (PyTorch's fallback, pytorch/pytorch#149869), so it moves an all-reduce's bytes there."""
+        if kind == "reduce_scatter" and self.acc.measured:
+            kind = "all_reduce"
+        return ring_time(kind, nbytes, n, bandwidth, latency)
+
     def bucketed(self, kind: str, nbytes: float, n: int, span: int) -> float:
         """A data-parallel gradient or parameter collective issued in buckets (each pays the latency)."""
         if n <= 1 or nbytes <= 0:
             return 0.0
         buckets = math.ceil(nbytes / DP_BUCKET_BYTES)
         lat = self.latency(span)
-        return ring_time(kind, nbytes, n, self.bus_bandwidth(span, n), lat) + (buckets - 1) * lat
+        return self.ring(kind, nbytes, n, self.bus_bandwidth(span, n), lat) + (buckets - 1) * lat
 
     # ---- compute ---------------------------------------------------------------------------------
     def gemm_time(self, m: float, k: float, n: float, batch: float = 1.0, fp8: bool = False) -> float:
@@ -405,11 +412,11 @@ class CostModel:
             nbytes = tokens * self.model.hidden * self.training.dtype_bytes
             bw = self.bus_bandwidth(tp, tp)
             if sp:  # under FP8 the forward's all-gathers move the FP8 copy (1 byte per element)
-                gather = ring_time("all_gather", nbytes, tp, bw)
-                one = gather + ring_time("reduce_scatter", nbytes, tp, bw)
-                one_fwd = one - (gather - ring_time("all_gather", nbytes / 2, tp, bw) if self.fp8 else 0.0)
+                gather = self.ring("all_gather", nbytes, tp, bw)
+                one = gather + self.ring("reduce_scatter", nbytes, tp, bw)
+                one_fwd = one - (gather - self.ring("all_gather", nbytes / 2, tp, bw) if self.fp8 else 0.0)
             else:
-                one = one_fwd = ring_time("all_reduce", nbytes, tp, bw)
+                one = one_fwd = self.ring("all_reduce", nbytes, tp, bw)
             if self.training.profile.tp_overlap:
                 # pipelined with the adjacent GEMM in tp chunks: one chunk exposed, the rest behind the GEMM
                 # (the smallest of the four GEMM groups a collective borders bounds what can hide)
@@ -441,7 +448,7 @@ class CostModel:
         if (
             tp > 1
         ):  # vocab-parallel cross-entropy: max, sum-exp and target logit all-reduces (s b floats each)
-            comm = 3 * ring_time("all_reduce", tokens * 4, tp, self.bus_bandwidth(tp, tp))
+            comm = 3 * self.ring("all_reduce", tokens * 4, tp, self.bus_bandwidth(tp, tp))
         return gemm + ew, comm
 
     def embedding_time(self, tp: int, sp: bool, mb: int, cp: int = 1) -> float:
@@ -450,7 +457,7 @@ class CostModel:
             return 0.0
         nbytes = self.seq * mb / cp * self.model.hidden * self.training.dtype_bytes
         kind = "reduce_scatter" if sp else "all_reduce"
-        return ring_time(kind, nbytes, tp, self.bus_bandwidth(tp, tp))
+        return self.ring(kind, nbytes, tp, self.bus_bandwidth(tp, tp))
 
     # ---- memory ----------------------------------------------------------------------------------
     def stage_params(self, layout: Layout, stage: int, layers: int) -> float:
@@ -538,12 +545,12 @@ class CostModel:
         # the backward's re-gather and the reduce-scatter (and HSDP's all-reduce) behind its backward
         bw, lat = self.bus_bandwidth(span, dp), self.latency(span)
         ebw, elat = self.bus_bandwidth(full_span, ep_dp), self.latency(full_span)
-        ag = ring_time("all_gather", dense_layer * e, dp, bw, lat) + ring_time(
+        ag = self.ring("all_gather", dense_layer * e, dp, bw, lat) + self.ring(
             "all_gather", expert_layer * e, ep_dp, ebw, elat)
-        rs = ring_time("reduce_scatter", dense_layer * grad_bytes, dp, bw, lat) + replicas(dense_layer) + ring_time(
+        rs = self.ring("reduce_scatter", dense_layer * grad_bytes, dp, bw, lat) + replicas(dense_layer) + self.ring(
             "reduce_scatter", expert_layer * grad_bytes, ep_dp, ebw, elat)
         rest = max(0.0, dense_local - layers * dense_layer)  # embedding, LM head, final norm: gathered once, exposed
-        edge = ring_time("all_gather", rest * e, dp, bw, lat) + ring_time(
+        edge = self.ring("all_gather", rest * e, dp, bw, lat) + self.ring(
             "reduce_scatter", rest * grad_bytes, dp, bw, lat) + replicas(rest)
         if not overlap:
             return m * (layers * (2 * ag + rs) + edge)
@@ -633,7 +640,7 @@ class CostModel:
             span = tp * cp * layout.dp * p
             one = nbytes / tp / self.bus_bandwidth(span) + self.latency(span)
             if tp > 1 and not sp:
-                one += ring_time("all_gather", nbytes, tp, self.bus_bandwidth(tp, tp))
+                one += self.ring("all_gather", nbytes, tp, self.bus_bandwidth(tp, tp))
             if t.profile.pipeline == "deepspeed":  # blocking transfers, one pipeline instruction at a time
                 one += self.constants.pipeline_instruction_s
             pp_time = (2 * m * v + 2 * (p - 1)) * one
