@@ -118,8 +118,6 @@ CATALOGUE: dict[str, Accelerator] = {
                     fp8_peak_flops=4500 * TFLOPS, network_bandwidth=50 * GB),
         Accelerator("GH200", 989 * TFLOPS, 96 * GB, 4000 * GB, 450 * GB, gemm_efficiency=0.72,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB),
-        Accelerator("GH200-144GB", 989 * TFLOPS, 144 * GB, 4900 * GB, 450 * GB, gemm_efficiency=0.72,
-                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
         Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80),
         Accelerator("T4", 65 * TFLOPS, 16 * GB, 300 * GB, 16 * GB, gemm_efficiency=0.45, memory_efficiency=0.80),
@@ -129,6 +127,9 @@ CATALOGUE: dict[str, Accelerator] = {
 # the export variants: the A100's and H100's silicon with NVLink cut to 400 GB/s total (module docstring)
 for _base, _variant in (("A100-80GB", "A800-80GB"), ("H100-SXM", "H800-SXM")):
     CATALOGUE[_variant] = dataclasses.replace(CATALOGUE[_base], name=_variant, link_bandwidth=200 * GB)
+# the GH200's HBM3e form: the same die and node, more and faster memory (module docstring)
+CATALOGUE["GH200-144GB"] = dataclasses.replace(CATALOGUE["GH200"], name="GH200-144GB", memory_bytes=144 * GB,
+                                               memory_bandwidth=4900 * GB)
 # GPUs whose cost-model constants were fitted or checked on published measured runs (issue 14: the GPUs of
 # benchmarks/planner_calibration/fit.csv, and the export variants of their silicon, checked on a blind holdout).
 # The others' constants are datasheet assumptions (flopwise.plan.search.calibration_notes says so with each plan).
