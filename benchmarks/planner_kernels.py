@@ -43,7 +43,7 @@ from flopwise.flops import block_gemms  # noqa: E402
 from flopwise.hardware import detect  # noqa: E402
 from flopwise.layout import Layout  # noqa: E402
 from flopwise.models import Transformer  # noqa: E402
-from flopwise.models.config import ModelConfig  # noqa: E402
+from flopwise.models.config import ModelConfig, get_preset  # noqa: E402
 from flopwise.models.rope import rope_table  # noqa: E402
 from flopwise.models.transformer import Block  # noqa: E402
 from flopwise.plan.cost import FLASH_BACKWARD_FLOPS, CostModel  # noqa: E402
@@ -340,15 +340,31 @@ def bench_layer(timer, device, acc, cfg: ModelConfig, name: str, seq: int, compi
     return row
 
 
-def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers: int) -> dict:
+def _gpu_busy(fn, device, calls: int = 2) -> float | None:
+    """Seconds per call the GPU spends in kernels (torch.profiler), to set beside the call's wall time: where the
+    two differ, the GPU waited on the host (launches, syncs)."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize(device)
+    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e6 / calls
+
+
+def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers: int, micro_batch: int = 1) -> dict:
     """flopwise's model with `layers` layers: forward, fp32 cross-entropy, backward, AdamW as the trainer builds it
     (fused on a GPU, foreach on a CPU: train/engine.py build_optimizer), and the foreach one beside it on a GPU."""
     cfg = cfg.replace(layers=layers, seq_len=seq)
     model = Transformer(cfg).to(device)
     fused = fused_adamw("auto", {device.type})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused, foreach=not fused)
-    tokens = torch.randint(0, cfg.vocab_size, (1, seq), device=device)
-    target = torch.randint(0, cfg.vocab_size, (1, seq), device=device)
+    tokens = torch.randint(0, cfg.vocab_size, (micro_batch, seq), device=device)
+    target = torch.randint(0, cfg.vocab_size, (micro_batch, seq), device=device)
 
     def step():
         with _autocast(device):
@@ -363,7 +379,7 @@ def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers
             logits = model(tokens)
         F.cross_entropy(logits.float().flatten(0, 1), target.flatten()).backward()
 
-    hidden = torch.randn(1, seq, cfg.hidden, device=device, requires_grad=True)
+    hidden = torch.randn(micro_batch, seq, cfg.hidden, device=device, requires_grad=True)
 
     def head_loss():  # final norm, LM head and fp32 cross-entropy, forward and backward
         model.zero_grad(set_to_none=True)
@@ -374,18 +390,21 @@ def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    row = {"model": name, "layers": layers, "seq": seq, "step_s": timer(step, inner=2)}
+    row = {"model": name, "layers": layers, "seq": seq, "micro_batch": micro_batch, "step_s": timer(step, inner=2)}
     if device.type == "cuda":
         row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     row["fwd_bwd_s"] = timer(fwd_bwd, inner=2)
+    row["fwd_bwd_gpu_busy_s"] = _gpu_busy(fwd_bwd, device)
     row["optimizer_s"] = timer(opt.step, inner=2)  # the gradients of the last backward are in place
     if fused:
         foreach = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
         row["optimizer_foreach_s"] = timer(foreach.step, inner=2)
     row["head_loss_s"] = timer(head_loss, inner=2)
-    cm = cost_model(cfg, acc, "flopwise", seq)
-    row["pred_head_loss_s"] = cm.head_time(1, 1)[0]
-    plan = cm.evaluate(Layout(sp=False))
+    cm = CostModel(cfg, Cluster(acc, gpus=1), Training(global_batch=micro_batch, seq_len=seq, software="flopwise"))
+    row["pred_head_loss_s"] = cm.head_time(1, micro_batch)[0]
+    layer = cm.layer_cost(1, False, micro_batch, "none")
+    row["pred_layer_fwd_bwd_s"] = layer.fwd + layer.bwd
+    plan = cm.evaluate(Layout(sp=False, micro_batch=micro_batch))
     row["pred_step_s"] = plan.step_time
     row["pred_peak_memory_gib"] = plan.peak_memory / 2**30
     row["pred_breakdown_s"] = plan.breakdown
@@ -401,6 +420,9 @@ def main() -> None:
     ap.add_argument("--sustain-seconds", type=float, default=60.0, help="length of the sustained section")
     ap.add_argument("--block-models", nargs="*", default=None, help="sustained_block's models (the first shape)")
     ap.add_argument("--block-tps", default="8,1", help="sustained_block's TP widths")
+    ap.add_argument("--presets", nargs="*", default=[], help="the step section also times these flopwise presets "
+                    "whole, at --micro-batch (e.g. yuan-1b-llama)")
+    ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--json", default=None, help="write the results here (rewritten after each section)")
     args = ap.parse_args()
 
@@ -437,7 +459,9 @@ def main() -> None:
         "layer": lambda: [bench_layer(timer, device, acc, cfg, name, seq, device.type == "cuda")
                            for name, cfg in shapes.items()],
         "step": lambda: [bench_step(timer, device, acc, next(iter(shapes.values())), next(iter(shapes)), seq,
-                                    2 if args.quick else 4)],
+                                    2 if args.quick else 4)] + [
+            bench_step(timer, device, acc, get_preset(name), name, get_preset(name).seq_len, get_preset(name).layers,
+                       args.micro_batch) for name in args.presets],
     }
     print(json.dumps(meta), flush=True)
     for key in args.sections.split(","):
