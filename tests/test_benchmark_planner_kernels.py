@@ -12,7 +12,8 @@ def test_quick_run_measures_every_section_beside_the_planner(tmp_path):
     out = tmp_path / "kernels.json"
     sections = "gemm,sustained,sustained_block,block,attention,layer,step"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "planner_kernels.py"), "--quick", "--sections",
-                           sections, "--sustain-seconds", "0.5", "--json", str(out)],
+                           sections, "--sustain-seconds", "0.5", "--presets", "nano", "--micro-batch", "2",
+                           "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
@@ -31,6 +32,9 @@ def test_quick_run_measures_every_section_beside_the_planner(tmp_path):
         assert "error" not in row and row["fwd_s"] > 0 and row["pred_fwd_s[te]"] > 0
     (layer,) = data["layer"]
     assert layer["fwd_s"] > 0 and layer["bwd_s"] > 0 and layer["pred_bwd_s[flopwise]"] > 0
-    (step,) = data["step"]
-    assert step["step_s"] > 0 and step["optimizer_s"] > 0 and step["pred_step_s"] > 0
-    assert step["pred_breakdown_s"]["optimizer"] > 0
+    step, preset = data["step"]  # the quick shape, then the whole `nano` preset at micro-batch 2
+    for row in (step, preset):
+        assert row["step_s"] > 0 and row["optimizer_s"] > 0 and row["pred_step_s"] > 0
+        assert row["pred_breakdown_s"]["optimizer"] > 0 and row["pred_layer_fwd_bwd_s"] > 0
+        assert row["fwd_bwd_gpu_busy_s"] is None  # kernel time is read on a GPU only
+    assert (preset["model"], preset["micro_batch"], preset["layers"]) == ("nano", 2, 2)
