@@ -230,3 +230,23 @@ def test_flopwise_eager_loss_moves_the_logits_more_often():
     assert ours.head_time(1, 1)[0] - compiled.head_time(1, 1)[0] == pytest.approx(extra, rel=1e-9)
     # vocab-parallel under TP: each rank's share of the logits
     assert ours.head_time(2, 1)[0] - compiled.head_time(2, 1)[0] == pytest.approx(extra / 2, rel=1e-9)
+
+
+def test_flopwise_memory_holds_fp32_weights_their_autocast_copies_and_the_eager_losss_gradients():
+    """flopwise's trainer keeps fp32 weights and gradients under autocast (4 + 4 + 8 bytes per parameter, and a bf16
+    copy of the weights saved for the backward) and an eager loss whose backward holds two fp32 gradients of the
+    logits; a Megatron-style stack keeps 2 + 2 + 12 and neither extra (the H200's 1B run: benchmarks/RESULTS.md)."""
+    layout = Layout(micro_batch=1, sp=False)
+    own, te = cost(gpus=1, gb=1, software="flopwise"), cost(gpus=1, gb=1)
+    ours, theirs = own.stage_memory(layout, 0, LLAMA.layers, 1), te.stage_memory(layout, 0, LLAMA.layers, 1)
+    params = own.stage_params(layout, 0, LLAMA.layers)
+    logits = LLAMA.seq_len * LLAMA.vocab_size
+    assert (ours["params"], ours["grads"], ours["optimizer"]) == pytest.approx((4 * params, 4 * params, 8 * params))
+    assert (theirs["params"], theirs["grads"], theirs["optimizer"]) == pytest.approx((2 * params, 2 * params,
+                                                                                      12 * params))
+    assert ours["weight_copies"] == pytest.approx(2 * params) and theirs["weight_copies"] == 0
+    assert ours["loss_backward"] == pytest.approx(8 * logits) and theirs["loss_backward"] == 0
+    assert ours["total"] == pytest.approx(sum(v for k, v in ours.items() if k != "total"))  # both counted in the peak
+    # fp32 training (the CPU trainer) has no autocast copies; its eager loss still holds the two gradients
+    fp32 = cost(gpus=1, gb=1, software="flopwise", precision="fp32").stage_memory(layout, 0, LLAMA.layers, 1)
+    assert fp32["weight_copies"] == 0 and fp32["loss_backward"] == pytest.approx(8 * logits)

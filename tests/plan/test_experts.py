@@ -23,7 +23,7 @@ def model(gpus=32, gb=256, preset=M32, **kw):
 
 
 def test_expert_states_are_split_by_ep_and_their_optimizer_state_zero_sharded_over_ep_dp():
-    cm = model()
+    cm = model(software="te")  # Megatron's mixed precision: bf16 weights, fp32 master copy in the optimizer
     experts = M32.layers * expert_params_per_layer(M32)
     assert experts == M32.layers * 3 * M32.experts * M32.hidden * M32.ffn
     one = cm.stage_memory(Layout(dp=32), 0, M32.layers, 8)
@@ -85,7 +85,7 @@ def test_the_search_places_yuan2_m32_with_expert_parallelism():
 
 
 def test_expert_tensor_parallelism_cuts_expert_states_and_gemms_by_tp():
-    cm = model()
+    cm = model(software="te")  # 12 bytes of optimizer state per parameter (the ZeRO paper's mixed precision)
     experts = M32.layers * expert_params_per_layer(M32)
     layout = Layout(dp=16, tp=2, ep=8, zero=1)
     # this rank's TP half of the experts, of which the ep group's other 7 ranks hold 7/8

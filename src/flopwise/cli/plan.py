@@ -114,7 +114,8 @@ def _breakdown(plan: Plan) -> None:
         mem.add_row(
             str(i),
             str(plan.pp_layers[i]),
-            *(_gb(m[k]) for k in ("params", "grads", "optimizer", "activations", "logits", "other", "total")),
+            *(_gb(m[k]) for k in ("params", "grads", "optimizer", "activations")),
+            _gb(m["logits"] + m["loss_backward"]), _gb(m["other"] + m["weight_copies"]), _gb(m["total"]),
         )
     console.print(mem)
     if plan.gpu_hours:

@@ -121,8 +121,8 @@ def _versus(predicted: float, measured: float, error: float | None, unit: str) -
 PIPELINE_COLUMNS = {  # printed column -> the planner's memory parts it adds up (flopwise.plan.memory)
     "states": ("params", "grads", "optimizer"),
     "activations": ("activations",),
-    "logits": ("logits",),
-    "other": ("other",),
+    "logits": ("logits", "loss_backward"),
+    "other": ("other", "weight_copies"),
     "total": ("total",),
 }
 

@@ -476,8 +476,11 @@ class CostModel:
     def stage_memory(self, layout: Layout, stage: int, layers: int, microbatches: int) -> dict[str, float]:
         t = self.training
         params = self.stage_params(layout, stage, layers)
-        # ZeRO and FSDP shard the non-expert weights over dp x cp (context-parallel ranks hold the same weights)
-        out = moe.model_states(self.model, t.precision, layout, params, layers)
+        autocast = t.profile.autocast_weights and t.dtype_bytes < 4
+        # ZeRO and FSDP shard the non-expert weights over dp x cp (context-parallel ranks hold the same weights);
+        # under autocast the model's own weights and gradients are fp32 and the optimizer keeps no master copy
+        out = moe.model_states(self.model, "fp32" if autocast else t.precision, layout, params, layers)
+        out["weight_copies"] = params * t.dtype_bytes if autocast else 0.0  # autocast's casts, saved for backward
         per_layer = mem.mean_layer_activation_bytes(self.model, t, layout)
         acts = layers * mem.in_flight(layout, stage, microbatches) * per_layer
         if layout.recompute == "full" and layers:  # one layer's activations alive while it is recomputed
@@ -490,6 +493,7 @@ class CostModel:
                 mem.logits_bytes(self.model, t, layout) + mem.final_norm_bytes(self.model, t, layout)
             )
         out["logits"] = logits
+        out["loss_backward"] = mem.loss_backward_bytes(self.model, t, layout) if stage == layout.pp - 1 else 0.0
         other = mem.RESERVED_BYTES
         if layout.zero >= 3:  # gathered full parameters of the current and the prefetched layer (experts: this rank's)
             gathered = self.layer_params.per_rank(layout.tp) - moe.expert_params_not_gathered(self.model, layout)

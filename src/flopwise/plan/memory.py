@@ -45,7 +45,9 @@ worth, Korthikanti's equation for the first stage.
 The last stage also holds the logits of its in-flight micro-batches (one under 1F1B, whose last stage runs
 each backward at once; m under GPipe): the fp32 log-softmax the loss keeps, 4 s b V / t (Korthikanti section
 4.3), plus the bf16/fp16 logits it was cast from. Full recomputation adds one layer's activations, alive
-while that layer is recomputed in the backward.
+while that layer is recomputed in the backward. An eager loss adds its backward's fp32 gradients
+(loss_backward_bytes); a trainer that keeps fp32 weights under autocast (Software.autocast_weights) holds their
+casts for the backward, one copy of the rank's weights in the training dtype.
 """
 
 from __future__ import annotations
@@ -161,6 +163,17 @@ def logits_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> float:
     s = training.seq_len or cfg.seq_len
     e = training.dtype_bytes
     return s * layout.micro_batch / layout.cp * cfg.vocab_size / layout.tp * (4 + (e if e != 4 else 0))
+
+
+def loss_backward_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> float:
+    """What an eager loss adds, beside the logits, at the start of the backward: log-softmax's backward holds the
+    fp32 gradient of its output and writes the fp32 gradient of its input, 8 bytes per logit (measured on an H200:
+    benchmarks/RESULTS.md, "Second H200 lease"). A fused or vocab-parallel loss writes the logits' gradient in
+    place of its softmax: nothing beyond logits_bytes."""
+    if not training.profile.eager_loss:
+        return 0.0
+    s = training.seq_len or cfg.seq_len
+    return s * layout.micro_batch / layout.cp * cfg.vocab_size / layout.tp * 8
 
 
 def in_flight(layout: Layout, stage: int, microbatches: int) -> float:

@@ -43,6 +43,10 @@ class Software:
     # each make passes over the fp32 logits of their own (plan.cost.loss_bytes), where a fused or
     # vocab-parallel loss reads the logits once and writes their gradient once
     eager_loss: bool = False
+    # fp32 parameters and gradients in the model, with torch.autocast casting each weight to the training dtype in
+    # every forward (flopwise's trainer on a GPU): the casts are saved for the backward, one copy of the weights
+    # alive at the activation peak, and the optimizer keeps no master copy (4 + 4 + 8 bytes, not 2 + 2 + 12)
+    autocast_weights: bool = False
 
 
 SOFTWARE = {
@@ -50,7 +54,7 @@ SOFTWARE = {
     # output); FSDP2 (ZeRO-2/3) reduces gradients during the backward, while replicated DP and ZeRO-1 reduce
     # them in one flat all-reduce after it (flopwise.parallel.data_parallel).
     # Its loss is F.cross_entropy(logits.float()) (train/engine.py): eager_loss.
-    "flopwise": Software("flash", False, False, 2, recompute_early_stop=True, eager_loss=True),
+    "flopwise": Software("flash", False, False, 2, recompute_early_stop=True, eager_loss=True, autocast_weights=True),
     # Megatron-LM as in the published runs (Narayanan et al. 2021, Korthikanti et al. 2022): fused
     # scale-mask-softmax + dropout (no flash attention yet), GPT dropout, apex fused LayerNorm, gradient
     # all-reduce after the backward (no overlap in those versions).
