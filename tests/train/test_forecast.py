@@ -43,6 +43,14 @@ def test_the_printed_pipeline_table_is_the_planners(tmp_path):
             assert f"{sum(expected[k] for k in parts) / 1e9:.3g}" in printed
     assert f"pipeline split {','.join(map(str, split))}" in printed
     assert rows[0]["in_flight"] == 4 and rows[-1]["in_flight"] == 1  # 1F1B: stage i keeps p - i
+    # the eager loss's gradients live only inside its backward: an allocator's peak sees them, saved tensors do not
+    assert plan.memory[0]["loss_backward"] == 0 and plan.memory[-1]["loss_backward"] > 0  # on the loss's stage
+    single = planner.evaluate(layout.replace(pp=1, dp=4, split=None))
+    stage = single.memory[0]
+    assert forecast.tensor_bytes(stage) - forecast.tensor_bytes(stage, transients=False) == stage["loss_backward"] > 0
+    for transients in (True, False):
+        record = forecast.comparison(planner, single, 1.0, "cpu", 1e9, "the label", 3, transients=transients)
+        assert record["predicted_memory_bytes"] == forecast.tensor_bytes(stage, transients)
 
 
 def _step(job, inputs, targets):

@@ -63,18 +63,21 @@ def stage_table(plan: Plan) -> list[dict]:
     return rows
 
 
-def tensor_bytes(stage: dict) -> float:
+def tensor_bytes(stage: dict, transients: bool = True) -> float:
     """What a stage's tensors take: the planner's total without the framework's reserve (CUDA context and
-    workspaces), comparable with the allocator's peak on a GPU or the growth of peak RSS on a CPU."""
-    return stage["total"] - mem.RESERVED_BYTES
+    workspaces), comparable with the allocator's peak on a GPU or the growth of peak RSS on a CPU. Without
+    `transients`, also without what lives only inside a backward kernel (the eager loss's gradients), for a
+    measurement of saved tensors (train/memory_probe.py)."""
+    return stage["total"] - mem.RESERVED_BYTES - (0.0 if transients else stage.get("loss_backward", 0.0))
 
 
 def comparison(cm: CostModel, plan: Plan, measured_step_s: float, clock: str, measured_memory: float,
-               memory_label: str, steps_timed: int) -> dict:
+               memory_label: str, steps_timed: int, transients: bool = True) -> dict:
     """The `plan_vs_measured` record: prediction, measurement and everything needed to predict again.
     `clock` is how the step was timed ("wall", or "cpu": CPU time per thread, which sees no pipeline bubble,
-    so the prediction it is set beside leaves the bubble out: Plan.busy_time)."""
-    predicted_memory = tensor_bytes(plan.memory[0])
+    so the prediction it is set beside leaves the bubble out: Plan.busy_time); `transients`, whether the memory
+    measured sees tensors that live only inside a kernel (an allocator's peak does; saved tensors do not)."""
+    predicted_memory = tensor_bytes(plan.memory[0], transients)
     predicted = plan.busy_time if clock == "cpu" else plan.step_time
     acc = cm.cluster.accelerator
     return {

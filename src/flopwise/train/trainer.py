@@ -298,7 +298,7 @@ class Trainer:
             memory, label = peak - memory_before, label + " since start"
         clock = "cpu" if engine.device.type == "cpu" else "wall"
         record = {"step": step, **forecast.comparison(engine.cost_model, engine.plan, statistics.median(timed), clock,
-                                                      memory, label, len(timed))}
+                                                      memory, label, len(timed), transients=tensors is None)}
         if engine.is_logging_rank:
             self.metrics.write(record)
         return record
