@@ -12,7 +12,7 @@ from flopwise.train.config import load_config
 from flopwise.train.trainer import train
 from tests.cluster.service.conftest import A, Api, py, start_service
 
-STEPS = 10
+STEPS = 40  # enough steps left after the third metrics line that SIGTERM lands mid-run on a fast machine
 NANO = ["train.global_batch=8", "train.micro_batch=4", "train.lr=3e-3", "train.warmup_steps=3", "train.log_every=1",
         "train.eval_every=0"]
 
