@@ -115,58 +115,71 @@ def bench_gemm(timer, device, dtype, acc, quick: bool) -> dict:
             "planner_memory_efficiency": acc.memory_efficiency}
 
 
-def bench_sustained(device, dtype, seconds: float, quick: bool) -> dict:
-    """8192^3 GEMMs back to back for `seconds`: the rate per window of about 2 s, and the SM clock and power
-    (nvidia-smi) at the start and the end. Kernel benchmarks run for milliseconds; a training run holds the
-    GPU at its power limit for hours, where the clocks can settle lower."""
-    n = 1024 if quick else 8192
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    c = torch.empty(n, n, device=device, dtype=dtype)
-    for _ in range(20):  # warm up: cuBLAS's first calls and the clocks' ramp stay out of the first window
-        torch.mm(a, b, out=c)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    windows, clocks = [], [_smi()]
+def _hold(fn, device, seconds: float, window: float, batch: int) -> tuple[list[float], list[str]]:
+    """`fn` back to back for `seconds`, `batch` calls between synchronisations: seconds per call in each window of
+    about `window` s, and nvidia-smi's clock and power at the start, every 5 windows and the end. Kernel benchmarks
+    run for milliseconds; a training run holds the GPU at its power limit for hours, where the clocks settle lower."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
+    for _ in range(batch):  # warm up: cuBLAS's first calls and the clocks' ramp stay out of the first window
+        fn()
+    sync(device)
+    per_call, smi = [], [_smi()]
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         t0, count = time.perf_counter(), 0
-        while time.perf_counter() - t0 < (0.2 if quick else 2.0):
-            for _ in range(20):
-                torch.mm(a, b, out=c)
-            count += 20
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        windows.append(2 * n**3 * count / (time.perf_counter() - t0) / 1e12)
-        if len(windows) % 10 == 0:
-            clocks.append(_smi())
-    clocks.append(_smi())
-    return {"n": n, "seconds": seconds, "window_tflops": windows, "smi": clocks,
+        while time.perf_counter() - t0 < window:
+            for _ in range(batch):
+                fn()
+            count += batch
+            sync(device)
+        per_call.append((time.perf_counter() - t0) / count)
+        if len(per_call) % 5 == 0:
+            smi.append(_smi())
+    smi.append(_smi())
+    return per_call, smi
+
+
+def bench_sustained(device, dtype, seconds: float, quick: bool) -> dict:
+    """The 8192^3 GEMM held for `seconds`: its rate per window of about 2 s, with clocks and power (_hold)."""
+    n = 1024 if quick else 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    per_call, smi = _hold(lambda: torch.mm(a, b, out=c), device, seconds, 0.2 if quick else 2.0, 20)
+    windows = [2 * n**3 / sec / 1e12 for sec in per_call]
+    return {"n": n, "seconds": seconds, "window_tflops": windows, "smi": smi,
             "first_tflops": windows[0], "last_tflops": windows[-1], "min_tflops": min(windows)}
+
+
+def _gemm_passes(tokens: int, k: int, n: int, device, dtype, fp8: bool) -> dict:
+    """One weight GEMM's three passes as a training step runs them, on random operands: forward x W^T, dgrad dy W,
+    wgrad dy^T x; with fp8 also their FP8 forms (torch._scaled_mm, per-tensor scales, e4m3 operands; the backward
+    without fast accumulation, as Transformer Engine and torchao run it)."""
+    x = torch.randn(tokens, k, device=device, dtype=dtype)
+    w = torch.randn(n, k, device=device, dtype=dtype)
+    dy = torch.randn(tokens, n, device=device, dtype=dtype)
+    passes = {"fwd": lambda: x @ w.t(), "dgrad": lambda: dy @ w, "wgrad": lambda: dy.t() @ x}
+    if fp8:
+        e4, one = torch.float8_e4m3fn, torch.ones((), device=device, dtype=torch.float32)
+        x8, w8, dy8 = x.to(e4), w.to(e4), dy.to(e4)  # [m,k] x [k,n]: w8.t() is column-major
+        wt8, dyt8, xt8 = w.t().contiguous().to(e4), dy.t().contiguous().to(e4), x.t().contiguous().to(e4)
+        passes.update({"fp8_fwd": lambda: _scaled_mm(x8, w8.t(), one),
+                       "fp8_dgrad": lambda: _scaled_mm(dy8, wt8.t(), one, fast_accum=False),
+                       "fp8_wgrad": lambda: _scaled_mm(dyt8, xt8.t(), one, fast_accum=False)})
+    return passes
 
 
 def bench_sustained_block(device, dtype, acc, cfg: ModelConfig, name: str, tokens: int, tp: int, fp8: bool,
                           seconds: float, quick: bool) -> dict:
-    """Every weight GEMM of one block at TP `tp` (forward, dgrad, wgrad, each `count` times), queued back to back
-    for `seconds`: the block's time per 2-s window, against its burst time and the planner's figure. The square
-    GEMM lost 14.5% at the power cap; this asks whether a block of smaller, skinnier GEMMs loses the same."""
+    """Every weight GEMM of one block at TP `tp` (forward, dgrad, wgrad, each `count` times), held for `seconds`
+    (_hold): the block's time per 2-s window, against the planner's figure. The square GEMM lost 14.5% at the
+    power cap; this asks whether a block of smaller, skinnier GEMMs loses the same."""
     cm = cost_model(cfg, acc, "torch-compile", tokens, precision="fp8" if fp8 else "bf16")
-    one = torch.ones((), device=device, dtype=torch.float32)
+    prefix = "fp8_" if fp8 else ""
     calls, planned = [], 0.0
     for g in block_gemms(cfg):
         k, n = (int(v) for v in cm._sharded(g, tp))
-        x = torch.randn(tokens, k, device=device, dtype=dtype)
-        w = torch.randn(n, k, device=device, dtype=dtype)
-        dy = torch.randn(tokens, n, device=device, dtype=dtype)
-        if fp8:
-            e4 = torch.float8_e4m3fn
-            x8, w8, dy8 = x.to(e4), w.to(e4), dy.to(e4)
-            wt8, dyt8, xt8 = w.t().contiguous().to(e4), dy.t().contiguous().to(e4), x.t().contiguous().to(e4)
-            fns = [lambda a=x8, b=w8: _scaled_mm(a, b.t(), one),
-                   lambda a=dy8, b=wt8: _scaled_mm(a, b.t(), one, fast_accum=False),
-                   lambda a=dyt8, b=xt8: _scaled_mm(a, b.t(), one, fast_accum=False)]
-        else:
-            fns = [lambda x=x, w=w: x @ w.t(), lambda dy=dy, w=w: dy @ w, lambda dy=dy, x=x: dy.t() @ x]
-        calls += fns * int(g.count)
+        passes = _gemm_passes(tokens, k, n, device, dtype, fp8)
+        calls += [passes[prefix + p] for p in ("fwd", "dgrad", "wgrad")] * int(g.count)
         fwd = cm.gemm_time(tokens, k, n, fp8=fp8)
         planned += g.count * (fwd + 2 * fwd / cm.constants.backward_efficiency)
 
@@ -174,24 +187,7 @@ def bench_sustained_block(device, dtype, acc, cfg: ModelConfig, name: str, token
         for fn in calls:
             fn()
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
-    for _ in range(5):
-        block()
-    sync(device)
-    window = 0.2 if quick else 2.0
-    times, smi = [], [_smi()]
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        t0, count = time.perf_counter(), 0
-        while time.perf_counter() - t0 < window:
-            for _ in range(5):
-                block()
-            count += 5
-            sync(device)
-        times.append((time.perf_counter() - t0) / count)
-        if len(times) % 5 == 0:
-            smi.append(_smi())
-    smi.append(_smi())
+    times, smi = _hold(block, device, seconds, 0.2 if quick else 2.0, 5)
     settled = statistics.median(times[1:]) if len(times) > 1 else times[0]
     return {"model": name, "tp": tp, "precision": "fp8" if fp8 else "bf16", "seconds": seconds,
             "window_block_s": times, "first_window_s": times[0], "settled_s": settled,
@@ -233,28 +229,16 @@ def bench_block(timer, device, dtype, acc, cfg: ModelConfig, name: str, tokens: 
     rows = []
     cm = cost_model(cfg, acc, "torch-compile", tokens)
     cm8 = cost_model(cfg, acc, "torch-compile", tokens, precision="fp8") if fp8 else None
-    one = torch.ones((), device=device, dtype=torch.float32)
     for tp in tps:
         for g in block_gemms(cfg):
-            k, n = cm._sharded(g, tp)
-            k, n = int(k), int(n)
-            x = torch.randn(tokens, k, device=device, dtype=dtype)
-            w = torch.randn(n, k, device=device, dtype=dtype)
-            dy = torch.randn(tokens, n, device=device, dtype=dtype)
+            k, n = (int(v) for v in cm._sharded(g, tp))
+            passes = _gemm_passes(tokens, k, n, device, dtype, fp8)
             row = {"model": name, "tp": tp, "gemm": g.name, "count": g.count, "m": tokens, "k": k, "n": n,
-                   "fwd_s": timer(lambda x=x, w=w: x @ w.t()), "dgrad_s": timer(lambda dy=dy, w=w: dy @ w),
-                   "wgrad_s": timer(lambda dy=dy, x=x: dy.t() @ x),
-                   "fwd_single_s": timer(lambda x=x, w=w: x @ w.t(), inner=1),
+                   **{f"{p}_s": timer(fn) for p, fn in passes.items()},
+                   "fwd_single_s": timer(passes["fwd"], inner=1),
                    "pred_fwd_s": cm.gemm_time(tokens, k, n),
                    "pred_bwd_s": 2 * cm.gemm_time(tokens, k, n) / cm.constants.backward_efficiency}
             if fp8:
-                e4 = torch.float8_e4m3fn
-                x8, w8, dy8 = x.to(e4), w.to(e4), dy.to(e4)
-                dyt8, xt8 = dy.t().contiguous().to(e4), x.t().contiguous().to(e4)
-                row["fp8_fwd_s"] = timer(lambda a=x8, b=w8: _scaled_mm(a, b.t(), one))  # [m,k] x [k,n], w8.t() column-major
-                wt8 = w.t().contiguous().to(e4)  # [k, n] row-major: .t() is [n, k] column-major
-                row["fp8_dgrad_s"] = timer(lambda a=dy8, b=wt8: _scaled_mm(a, b.t(), one, fast_accum=False))
-                row["fp8_wgrad_s"] = timer(lambda a=dyt8, b=xt8: _scaled_mm(a, b.t(), one, fast_accum=False))
                 row["pred_fp8_fwd_s"] = cm8.gemm_time(tokens, k, n, fp8=True)
                 row["pred_fp8_bwd_s"] = 2 * cm8.gemm_time(tokens, k, n, fp8=True) / cm8.constants.backward_efficiency
             rows.append(row)

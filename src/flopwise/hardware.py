@@ -98,6 +98,11 @@ class Accelerator:
     def peak_label(self) -> str:
         return "measured matmul peak" if self.measured else "datasheet dense peak"
 
+    @property
+    def collectives(self) -> str:
+        """The collective library its ranks train over: gloo on a measured CPU (cpu_accelerator), NCCL on a GPU."""
+        return "gloo" if self.measured else "nccl"
+
 
 CATALOGUE: dict[str, Accelerator] = {
     a.name: a

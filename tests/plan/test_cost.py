@@ -95,6 +95,7 @@ def test_a_reduce_scatter_over_gloo_moves_an_all_reduces_bytes():
 
     gpu = model(gpus=8)
     cpu = CostModel(CFG, Cluster(Accelerator("this-cpu", 1e12, 64e9, 20e9, 2e9, measured=True), 8), Training(64))
+    assert (gpu.acc.collectives, cpu.acc.collectives) == ("nccl", "gloo")
     for cm in (gpu, cpu):
         assert cm.ring("all_reduce", 1e9, 8, 1e9) == ring_time("all_reduce", 1e9, 8, 1e9)
     assert gpu.ring("reduce_scatter", 1e9, 8, 1e9) == ring_time("reduce_scatter", 1e9, 8, 1e9)

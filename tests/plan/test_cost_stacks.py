@@ -247,6 +247,9 @@ def test_flopwise_memory_holds_fp32_weights_their_autocast_copies_and_the_eager_
     assert ours["weight_copies"] == pytest.approx(2 * params) and theirs["weight_copies"] == 0
     assert ours["loss_backward"] == pytest.approx(8 * logits) and theirs["loss_backward"] == 0
     assert ours["total"] == pytest.approx(sum(v for k, v in ours.items() if k != "total"))  # both counted in the peak
+    # the printed tables show every part in exactly one column, so their columns add up to the total
+    shown = [part for col, parts in mem.PRINTED_PARTS.items() if col != "total" for part in parts]
+    assert sorted(shown) == sorted(k for k in ours if k != "total")
     # fp32 training (the CPU trainer) has no autocast copies; its eager loss still holds the two gradients
     fp32 = cost(gpus=1, gb=1, software="flopwise", precision="fp32").stage_memory(layout, 0, LLAMA.layers, 1)
     assert fp32["weight_copies"] == 0 and fp32["loss_backward"] == pytest.approx(8 * logits)

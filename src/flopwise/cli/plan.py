@@ -25,6 +25,7 @@ from flopwise.plan.budget import budget as compute_budget
 from flopwise.plan.calibrate import default_constants, run_observation
 from flopwise.plan.calibrate import fit as fit_constants
 from flopwise.plan.cost import Plan
+from flopwise.plan.memory import PRINTED_PARTS
 from flopwise.plan.search import search
 from flopwise.plan.spec import SOFTWARE, Cluster, Training
 from flopwise.plan.validate import validate_files
@@ -103,7 +104,7 @@ def _breakdown(plan: Plan) -> None:
         table.add_row(key, f"{sec:.3g}", f"{plan.breakdown_percent[key]:.1f}%")
     console.print(table)
     mem = Table(title=f"memory per rank, GB (usable {_gb(plan.memory_limit)})", header_style="bold")
-    for col in ("stage", "layers", "params", "grads", "optimizer", "activations", "logits", "other", "total"):
+    for col in ("stage", "layers", *PRINTED_PARTS):
         mem.add_column(col, justify="right")
     stages = list(range(len(plan.memory)))
     if len(stages) > 8:
@@ -114,8 +115,7 @@ def _breakdown(plan: Plan) -> None:
         mem.add_row(
             str(i),
             str(plan.pp_layers[i]),
-            *(_gb(m[k]) for k in ("params", "grads", "optimizer", "activations")),
-            _gb(m["logits"] + m["loss_backward"]), _gb(m["other"] + m["weight_copies"]), _gb(m["total"]),
+            *(_gb(sum(m[k] for k in parts)) for parts in PRINTED_PARTS.values()),
         )
     console.print(mem)
     if plan.gpu_hours:

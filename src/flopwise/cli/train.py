@@ -16,6 +16,7 @@ from rich.text import Text
 from flopwise.cli.common import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, console, err_console
 from flopwise.errors import FlopwiseError
 from flopwise.outputs import output_file
+from flopwise.plan.memory import PRINTED_PARTS
 
 
 def _warning(message: str) -> Text:
@@ -120,10 +121,7 @@ def _versus(predicted: float, measured: float, error: float | None, unit: str) -
 
 PIPELINE_COLUMNS = {  # printed column -> the planner's memory parts it adds up (flopwise.plan.memory)
     "states": ("params", "grads", "optimizer"),
-    "activations": ("activations",),
-    "logits": ("logits", "loss_backward"),
-    "other": ("other", "weight_copies"),
-    "total": ("total",),
+    **{col: PRINTED_PARTS[col] for col in ("activations", "logits", "other", "total")},
 }
 
 

@@ -29,11 +29,9 @@ def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
 
 
 def _reduce_scatter(x: torch.Tensor, dim: int, group) -> torch.Tensor:
-    world = dist.get_world_size(group)
-    if x.shape[dim] % world:  # uneven shards: chunk's split of an all-reduce (sequence parallelism never gets here)
-        return _split(_all_reduce(x, group), dim, group)
-    front = x.movedim(dim, 0).contiguous()  # reduce_scatter_tensor shards dim 0
-    out = front.new_empty((front.shape[0] // world, *front.shape[1:]))
+    # the sequence divides by tp (layout.check refuses it otherwise); reduce_scatter_tensor shards dim 0
+    front = x.movedim(dim, 0).contiguous()
+    out = front.new_empty((front.shape[0] // dist.get_world_size(group), *front.shape[1:]))
     dist.reduce_scatter_tensor(out, front, group=group)
     return out.movedim(0, dim).contiguous()
 

@@ -314,9 +314,9 @@ class CostModel:
         return COLLECTIVE_LATENCY_S + (2 * math.log2(nodes) * NET_HOP_LATENCY_S if nodes > 1 else 0.0)
 
     def ring(self, kind: str, nbytes: float, n: int, bandwidth: float, latency: float = COLLECTIVE_LATENCY_S) -> float:
-        """ring_time in this cluster's collective library. A measured CPU trains over gloo, whose reduce_scatter is
-        all-reduces (PyTorch's fallback, pytorch/pytorch#149869), so it moves an all-reduce's bytes there."""
-        if kind == "reduce_scatter" and self.acc.measured:
+        """ring_time in this cluster's collective library: gloo's reduce_scatter is all-reduces (PyTorch's fallback,
+        pytorch/pytorch#149869), so it moves an all-reduce's bytes there."""
+        if kind == "reduce_scatter" and self.acc.collectives == "gloo":
             kind = "all_reduce"
         return ring_time(kind, nbytes, n, bandwidth, latency)
 

@@ -157,12 +157,18 @@ def final_norm_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> fl
     return s * layout.micro_batch / layout.cp * per_token / (layout.tp if layout.sp else 1)
 
 
+def logits_per_rank(cfg: ModelConfig, training: Training, layout: Layout) -> float:
+    """Logits of one micro-batch on one rank: its tokens (the sequence split by cp) x its share of the vocabulary
+    (split by tp)."""
+    s = training.seq_len or cfg.seq_len
+    return s * layout.micro_batch / layout.cp * cfg.vocab_size / layout.tp
+
+
 def logits_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> float:
     """Logits of one micro-batch on the last stage: the fp32 log-softmax the loss keeps, plus the
     bf16/fp16 logits it was cast from (alive together while the loss is computed)."""
-    s = training.seq_len or cfg.seq_len
     e = training.dtype_bytes
-    return s * layout.micro_batch / layout.cp * cfg.vocab_size / layout.tp * (4 + (e if e != 4 else 0))
+    return logits_per_rank(cfg, training, layout) * (4 + (e if e != 4 else 0))
 
 
 def loss_backward_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> float:
@@ -170,10 +176,14 @@ def loss_backward_bytes(cfg: ModelConfig, training: Training, layout: Layout) ->
     fp32 gradient of its output and writes the fp32 gradient of its input, 8 bytes per logit (measured on an H200:
     benchmarks/RESULTS.md, "Second H200 lease"). A fused or vocab-parallel loss writes the logits' gradient in
     place of its softmax: nothing beyond logits_bytes."""
-    if not training.profile.eager_loss:
-        return 0.0
-    s = training.seq_len or cfg.seq_len
-    return s * layout.micro_batch / layout.cp * cfg.vocab_size / layout.tp * 8
+    return logits_per_rank(cfg, training, layout) * 8 if training.profile.eager_loss else 0.0
+
+
+# The memory parts a printed table shows in one column (flopwise plan, flopwise train's pipeline table): the eager
+# loss's backward gradients beside the logits, autocast's weight copies with the framework's other tensors.
+PRINTED_PARTS = {"params": ("params",), "grads": ("grads",), "optimizer": ("optimizer",),
+                 "activations": ("activations",), "logits": ("logits", "loss_backward"),
+                 "other": ("other", "weight_copies"), "total": ("total",)}
 
 
 def in_flight(layout: Layout, stage: int, microbatches: int) -> float:
