@@ -13,13 +13,16 @@ own figure for the same shape:
   wgrad (dy^T x), bf16 and FP8 (torch._scaled_mm, per-tensor scales, e4m3 operands);
 - `attention`: causal grouped-query SDPA, FlashAttention-2 and cuDNN backends, forward and backward;
 - `layer`: flopwise's own transformer block (bf16 autocast, as the trainer runs it), forward and backward;
-- `step`: flopwise's model at the same width with a few layers: forward, fp32 cross-entropy, backward, AdamW.
+- `step`: flopwise's model at the same width with a few layers: forward, fp32 cross-entropy, backward, AdamW; on a
+  GPU the layers' kernel time by kind (GEMM, attention, the rest) beside the planner's split; `--presets` and
+  `--widths` add whole presets and Llama-style models of other widths, `--step-compile` compiles the blocks.
 
     python benchmarks/planner_kernels.py --json out.json            # GPU: Llama-3 8B / 70B shapes
     python benchmarks/planner_kernels.py --quick                    # CPU smoke run: tiny shapes, few repeats
 
 Each timing runs a kernel `--inner` times back to back (10), as a training loop queues them; `fwd_single_s` keeps
-one call per timing for comparison. Figures from one H200: benchmarks/RESULTS.md, "Kernels on an H200".
+one call per timing for comparison. Figures from one H200: benchmarks/RESULTS.md, "Kernels on an H200" and the
+"Second" and "Third H200 lease".
 """
 
 from __future__ import annotations
@@ -286,6 +289,13 @@ def bench_attention(timer, device, dtype, acc, cfg: ModelConfig, name: str, seqs
     return rows
 
 
+def llama_width(hidden: int) -> ModelConfig:
+    """A Llama-style model of this width: head dim 128 (64 under 1024), multi-head, SwiGLU FFN 8/3 h rounded to 256."""
+    heads = max(1, hidden // (128 if hidden >= 1024 else 64))
+    return get_preset("llama-1b").replace(hidden=hidden, heads=heads, kv_heads=heads,
+                                          ffn=max(256, round(hidden * 8 / 3 / 256) * 256))
+
+
 def _autocast(device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -324,9 +334,26 @@ def bench_layer(timer, device, acc, cfg: ModelConfig, name: str, seq: int, compi
     return row
 
 
-def _gpu_busy(fn, device, calls: int = 2) -> float | None:
-    """Seconds per call the GPU spends in kernels (torch.profiler), to set beside the call's wall time: where the
-    two differ, the GPU waited on the host (launches, syncs)."""
+# Kernel names by kind, the cost model's three (CostModel.layer_compute): cuBLAS / CUTLASS GEMMs (nvjet is cuBLAS's
+# Hopper family; implicit-GEMM convolutions count as GEMMs), the attention core (FlashAttention, cuDNN's fused SDPA),
+# and everything else (elementwise, norms, reductions, copies, the loss).
+GEMM_KERNEL_MARKS = ("gemm", "nvjet", "xmma", "cutlass", "cublas", "splitk")
+ATTENTION_KERNEL_MARKS = ("flash", "fmha", "sdpa", "attention")
+
+
+def kernel_kind(name: str) -> str:
+    n = name.lower()
+    if any(m in n for m in ATTENTION_KERNEL_MARKS):
+        return "attention"
+    if any(m in n for m in GEMM_KERNEL_MARKS):
+        return "gemm"
+    return "elementwise"
+
+
+def _gpu_kinds(fn, device, calls: int = 2, top: int = 0) -> dict | None:
+    """Seconds per call the GPU spends in kernels (torch.profiler), in total and by kernel_kind, to set beside the
+    call's wall time (where the two differ, the GPU waited on the host) and beside the planner's split; with `top`,
+    also the `top` longest kernels (name, kind, seconds per call, calls per call)."""
     if device.type != "cuda":
         return None
     from torch.profiler import ProfilerActivity, profile
@@ -337,14 +364,27 @@ def _gpu_busy(fn, device, calls: int = 2) -> float | None:
         for _ in range(calls):
             fn()
         torch.cuda.synchronize(device)
-    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e6 / calls
+    kinds = {"gemm": 0.0, "attention": 0.0, "elementwise": 0.0}
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)
+    for e in events:
+        kinds[kernel_kind(e.key)] += e.self_device_time_total / 1e6 / calls
+    kinds["total"] = sum(kinds.values())
+    if top:
+        kinds["top"] = [(e.key[:160], kernel_kind(e.key), e.self_device_time_total / 1e6 / calls, e.count / calls)
+                        for e in events[:top]]
+    return kinds
 
 
-def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers: int, micro_batch: int = 1) -> dict:
+def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers: int, micro_batch: int = 1,
+               compiled: bool = False, top: int = 0) -> dict:
     """flopwise's model with `layers` layers: forward, fp32 cross-entropy, backward, AdamW as the trainer builds it
-    (fused on a GPU, foreach on a CPU: train/engine.py build_optimizer), and the foreach one beside it on a GPU."""
+    (fused on a GPU, foreach on a CPU: train/engine.py build_optimizer), and the foreach one beside it on a GPU.
+    `compiled`: each block through torch.compile, as `train.compile = true` runs it (parallel/parallelize.py)."""
     cfg = cfg.replace(layers=layers, seq_len=seq)
     model = Transformer(cfg).to(device)
+    if compiled:
+        for block in model.layers.values():
+            block.compile()
     fused = fused_adamw("auto", {device.type})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused, foreach=not fused)
     tokens = torch.randint(0, cfg.vocab_size, (micro_batch, seq), device=device)
@@ -374,20 +414,30 @@ def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    row = {"model": name, "layers": layers, "seq": seq, "micro_batch": micro_batch, "step_s": timer(step, inner=2)}
+    row = {"model": name + ("+compile" if compiled else ""), "layers": layers, "seq": seq, "micro_batch": micro_batch,
+           "step_s": timer(step, inner=2)}
     if device.type == "cuda":
         row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     row["fwd_bwd_s"] = timer(fwd_bwd, inner=2)
-    row["fwd_bwd_gpu_busy_s"] = _gpu_busy(fwd_bwd, device)
+    kinds = _gpu_kinds(fwd_bwd, device, top=top)
+    row["fwd_bwd_gpu_busy_s"] = kinds and kinds["total"]
+    if kinds and "top" in kinds:
+        row["top_kernels"] = kinds.pop("top")
     row["optimizer_s"] = timer(opt.step, inner=2)  # the gradients of the last backward are in place
     if fused:
         foreach = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
         row["optimizer_foreach_s"] = timer(foreach.step, inner=2)
     row["head_loss_s"] = timer(head_loss, inner=2)
+    head_kinds = _gpu_kinds(head_loss, device)  # after the optimizer's timings: head_loss drops the blocks' gradients
+    if kinds and head_kinds:  # the layers' kernels by kind: the step's less the head's and the loss's, per layer
+        row["layer_gpu_s"] = {k: (v - head_kinds[k]) / layers for k, v in kinds.items()}
     cm = CostModel(cfg, Cluster(acc, gpus=1), Training(global_batch=micro_batch, seq_len=seq, software="flopwise"))
     row["pred_head_loss_s"] = cm.head_time(1, micro_batch)[0]
     layer = cm.layer_cost(1, False, micro_batch, "none")
     row["pred_layer_fwd_bwd_s"] = layer.fwd + layer.bwd
+    row["pred_layer_s"] = {k: f + b for k, (f, b) in cm.layer_compute(1, False, micro_batch).items()}
+    if device.type == "cuda":
+        row["cudnn"] = torch.backends.cudnn.version()
     plan = cm.evaluate(Layout(sp=False, micro_batch=micro_batch))
     row["pred_step_s"] = plan.step_time
     row["pred_peak_memory_gib"] = plan.peak_memory / 2**30
@@ -407,6 +457,10 @@ def main() -> None:
     ap.add_argument("--presets", nargs="*", default=[], help="the step section also times these flopwise presets "
                     "whole, at --micro-batch (e.g. yuan-1b-llama)")
     ap.add_argument("--micro-batch", type=int, default=4)
+    ap.add_argument("--step-compile", action="store_true", help="the step section compiles each block (torch.compile)")
+    ap.add_argument("--top-kernels", type=int, default=0, help="the step section keeps this many longest kernels")
+    ap.add_argument("--widths", default="", help="the step section also times Llama-style models of these widths "
+                    "(head dim 128, FFN 8/3 h, seq 2048, 4 layers; e.g. 1024,2048,4096) at --micro-batch")
     ap.add_argument("--json", default=None, help="write the results here (rewritten after each section)")
     args = ap.parse_args()
 
@@ -421,6 +475,8 @@ def main() -> None:
     shapes = {"quick": QUICK} if args.quick else SHAPES
     seq = QUICK.seq_len if args.quick else 8192
     fp8 = fp8_supported(device)
+
+    step_opts = {"compiled": args.step_compile, "top": args.top_kernels}
 
     def save():
         if args.json:
@@ -443,9 +499,11 @@ def main() -> None:
         "layer": lambda: [bench_layer(timer, device, acc, cfg, name, seq, device.type == "cuda")
                            for name, cfg in shapes.items()],
         "step": lambda: [bench_step(timer, device, acc, next(iter(shapes.values())), next(iter(shapes)), seq,
-                                    2 if args.quick else 4)] + [
+                                    2 if args.quick else 4, 1, **step_opts)] + [
             bench_step(timer, device, acc, get_preset(name), name, get_preset(name).seq_len, get_preset(name).layers,
-                       args.micro_batch) for name in args.presets],
+                       args.micro_batch, **step_opts) for name in args.presets] + [
+            bench_step(timer, device, acc, llama_width(w), f"llama-w{w}", 2048, 4, args.micro_batch, **step_opts)
+            for w in (int(x) for x in args.widths.split(",") if x)],
     }
     print(json.dumps(meta), flush=True)
     for key in args.sections.split(","):

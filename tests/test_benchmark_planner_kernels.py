@@ -1,11 +1,39 @@
 """benchmarks/planner_kernels.py on CPU (--quick): every section times its kernels beside the planner's figure."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("planner_kernels", ROOT / "benchmarks" / "planner_kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernels_are_grouped_as_the_cost_model_groups_them():
+    """Names as torch.profiler reported them for flopwise's step on an H200 (torch 2.11, cuDNN 9.19)."""
+    kind = _module().kernel_kind
+    assert kind("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT") == "gemm"
+    assert kind("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64") == "gemm"
+    assert kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x128") == "attention"
+    assert kind("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>") == "attention"
+    for name in ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>",
+                 "triton_per_fused__fused_rms_norm__fused_rms_norm_backward__to_copy_5", "Memset (Device)",
+                 "void at::native::(anonymous namespace)::cunn_SoftMaxBackward<4, float, float, float>"):
+        assert kind(name) == "elementwise", name
+
+
+def test_llama_width_keeps_the_shape_rules():
+    cfg = _module().llama_width(3072)
+    assert (cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.ffn) == (3072, 24, 24, 128, 8192)
 
 
 def test_quick_run_measures_every_section_beside_the_planner(tmp_path):
@@ -37,4 +65,6 @@ def test_quick_run_measures_every_section_beside_the_planner(tmp_path):
         assert row["step_s"] > 0 and row["optimizer_s"] > 0 and row["pred_step_s"] > 0
         assert row["pred_breakdown_s"]["optimizer"] > 0 and row["pred_layer_fwd_bwd_s"] > 0
         assert row["fwd_bwd_gpu_busy_s"] is None  # kernel time is read on a GPU only
+        # the planner's split of a layer by kernel kind adds up to its layer time
+        assert sum(row["pred_layer_s"].values()) == pytest.approx(row["pred_layer_fwd_bwd_s"], rel=1e-9)
     assert (preset["model"], preset["micro_batch"], preset["layers"]) == ("nano", 2, 2)

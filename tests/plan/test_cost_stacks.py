@@ -12,7 +12,7 @@ from flopwise.models.config import ModelConfig
 from flopwise.plan import memory as mem
 from flopwise.plan.calibrate import Observation, fit
 from flopwise.plan.cost import ELEMENTWISE_FWD_PASSES, FP8_FUSED_CAST_BYTES, Constants, CostModel
-from flopwise.plan.spec import Cluster, Training
+from flopwise.plan.spec import SOFTWARE, Cluster, Training
 
 H100 = get_accelerator("H100-SXM")
 A100 = get_accelerator("A100-80GB")
@@ -218,14 +218,15 @@ def test_fit_recovers_a_cost_model_constant():
     assert result.accelerator() == H100  # no device constant was fitted
 
 
-def test_flopwise_eager_loss_moves_the_logits_more_often():
+def test_flopwise_eager_loss_moves_the_logits_more_often(monkeypatch):
     """flopwise's trainer computes F.cross_entropy(logits.float()): 48 bytes per logit in bf16 (36 in fp32, where
-    the casts are no-ops) against a fused loss's 12. torch-compile's profile differs from flopwise's in nothing
-    else the head's cost reads, so the difference is exactly that traffic."""
+    the casts are no-ops) against a fused loss's 12. Against flopwise's profile with a fused loss, the difference
+    is exactly that traffic."""
     from flopwise.plan.cost import loss_bytes
 
     assert (loss_bytes(2, eager=False), loss_bytes(2, eager=True), loss_bytes(4, eager=True)) == (12, 48, 36)
-    ours, compiled = cost(software="flopwise"), cost(software="torch-compile")
+    monkeypatch.setitem(SOFTWARE, "flopwise-fused-loss", dataclasses.replace(SOFTWARE["flopwise"], eager_loss=False))
+    ours, compiled = cost(software="flopwise"), cost(software="flopwise-fused-loss")
     extra = LLAMA.seq_len * LLAMA.vocab_size * (48 - 12) / ours.hbm_rate
     assert ours.head_time(1, 1)[0] - compiled.head_time(1, 1)[0] == pytest.approx(extra, rel=1e-9)
     # vocab-parallel under TP: each rank's share of the logits
@@ -253,3 +254,26 @@ def test_flopwise_memory_holds_fp32_weights_their_autocast_copies_and_the_eager_
     # fp32 training (the CPU trainer) has no autocast copies; its eager loss still holds the two gradients
     fp32 = cost(gpus=1, gb=1, software="flopwise", precision="fp32").stage_memory(layout, 0, LLAMA.layers, 1)
     assert fp32["weight_copies"] == 0 and fp32["loss_backward"] == pytest.approx(8 * logits)
+
+
+def test_flopwise_profile_is_its_measured_kernels():
+    """flopwise's trainer runs one PyTorch kernel per elementwise op, FLOPWISE_EAGER_TRAFFIC times the planner's
+    passes as profiled; train.compile = true fuses them (FLOPWISE_COMPILED_TRAFFIC); on Hopper its SDPA is cuDNN's
+    fused attention, costed as the FA3 class (Transformer Engine's)."""
+    from flopwise.plan.spec import FLOPWISE_COMPILED_TRAFFIC, FLOPWISE_EAGER_TRAFFIC
+
+    eager, compiled = cost(software="flopwise"), cost(software="flopwise", compiled=True)
+    te = cost(software="te")
+    assert eager.ew_factor == FLOPWISE_EAGER_TRAFFIC and compiled.ew_factor == FLOPWISE_COMPILED_TRAFFIC
+    e, c = eager.layer_compute(1, False, 1), compiled.layer_compute(1, False, 1)
+    assert e["gemm"] == c["gemm"] and e["attention"] == c["attention"] == te.layer_compute(1, False, 1)["attention"]
+    for i in (0, 1):
+        assert e["elementwise"][i] / c["elementwise"][i] == pytest.approx(
+            FLOPWISE_EAGER_TRAFFIC / FLOPWISE_COMPILED_TRAFFIC, rel=1e-9)
+    layout = Layout(dp=8, micro_batch=1, sp=False)
+    assert compiled.evaluate(layout).step_time < eager.evaluate(layout).step_time
+    # the layer's time is the sum of its kinds
+    lc = eager.layer_cost(1, False, 1, "none")
+    assert lc.fwd + lc.bwd == pytest.approx(sum(a + b for a, b in e.values()), rel=1e-12)
+    with pytest.raises(ConfigError, match="compiled applies to flopwise"):
+        Training(32, software="torch-compile", compiled=True)

@@ -13,6 +13,7 @@ import pytest
 
 from flopwise.plan.software_rule import attention_in_text, infer_software, named_stack, software_for_stack
 from flopwise.plan.validate import PROVENANCE_COLUMNS, row_inputs, validate_files, validate_rows
+from flopwise.train.config import load_config
 from tests.cli_run import run_cli
 
 CALIBRATION = Path(__file__).resolve().parents[2] / "benchmarks" / "planner_calibration"
@@ -259,3 +260,20 @@ def test_unreadable_cells_are_the_rows_reason():
     assert report[2]["predicted_s"] > 0
     _, cluster, _, _, notes = row_inputs(row("torchtitan", gpu=""))
     assert cluster.accelerator.name == "A100-80GB" and any("gpu blank" in n for n in notes)
+
+
+def test_plan_compile_option(tmp_path, capsys):
+    """--compile plans flopwise's trainer with compiled blocks (faster: fused elementwise kernels) and writes
+    train.compile = true into the job it writes; another stack's profile refuses it."""
+    args = ("plan", "--preset", "tiny", "--gpu", "H100-SXM", "--gpus", "8", "--global-batch", "64", "--top", "1")
+    code, out, err = run_cli(capsys, *args, "--json")
+    assert code == 0, err
+    eager = json.loads(out)
+    code, out, err = run_cli(capsys, *args, "--compile", "--json", "--write-config", tmp_path / "job.toml")
+    assert code == 0, err
+    compiled = json.loads(out)
+    assert compiled["training"]["compiled"] and not eager["training"]["compiled"]
+    assert compiled["plans"][0]["step_time_s"] < eager["plans"][0]["step_time_s"]
+    assert load_config(tmp_path / "job.toml").train.compile
+    code, out, err = run_cli(capsys, *args, "--software", "torch-compile", "--compile")
+    assert code == 2 and "compiled applies to flopwise" in err

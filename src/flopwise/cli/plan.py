@@ -159,6 +159,9 @@ def plan(
                    "--use-flash-attn); the profiles' own: "
                    + ", ".join(f"{name} {sw.attention}" for name, sw in SOFTWARE.items())),
     expert_imbalance: float = typer.Option(1.0, help="MoE: busiest expert-parallel rank's tokens over the mean (>= 1)"),
+    compile_blocks: bool = typer.Option(
+        False, "--compile", help="flopwise's trainer with train.compile = true: each block through torch.compile, "
+                                 "its elementwise chains fused (on an H200 a 1-8B step ran 7-22% faster than eager)"),
     layout: str = typer.Option(None, help="fix some layout fields, e.g. tp=8,pp=16 (the rest is searched)"),
     top: int = typer.Option(5, help="plans to show", callback=POSITIVE_INT),
     split: str = typer.Option("balanced", help="pipeline split: balanced | uniform"),
@@ -186,7 +189,8 @@ def plan(
         inter_gbps * GB if inter_gbps else None,
     )
     training = Training(global_batch, tokens=tokens, precision=precision, software=software,
-                        expert_imbalance=expert_imbalance, attention=attention.lower() if attention else None)
+                        expert_imbalance=expert_imbalance, attention=attention.lower() if attention else None,
+                        compiled=compile_blocks)
     if write_config is not None and (software != "flopwise" or precision == "fp8"):
         raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
                           f"bf16, fp16 or fp32 (got --software {software}, --precision {precision})")
@@ -196,6 +200,7 @@ def plan(
         best = result.plans[0]
         job = job_for_layout(best.layout, model, global_batch=global_batch, precision=precision, preset=preset,
                              tokens=tokens)
+        job.train.compile = compile_blocks
         write_job_config(job, write_config)
         err_console.print(f"wrote {write_config}: {best.layout.short()}; run it with "
                           f"`flopwise train --config {write_config}`", highlight=False)
@@ -216,6 +221,7 @@ def plan(
                         "tokens": tokens,
                         "precision": precision,
                         "software": software,
+                        "compiled": compile_blocks,
                         "attention": training.profile.attention,
                     },
                     "evaluated": result.evaluated,

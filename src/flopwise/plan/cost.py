@@ -274,7 +274,8 @@ class CostModel:
         # an accelerator without a memory-bandwidth figure (a measured CPU) gets no memory-bound time
         self.hbm_rate = self.acc.memory_bandwidth * self.acc.memory_efficiency or float("inf")
         profile = training.profile
-        self.ew_factor = 1.0 if profile.fused_elementwise else self.constants.eager_traffic
+        self.ew_factor = profile.elementwise_traffic or (1.0 if profile.fused_elementwise else
+                                                         self.constants.eager_traffic)
         if self.acc.fp8_peak_flops > 0:  # Hopper-class tensor cores: the kernel class decides
             fa2 = profile.attention_kernel == "fa2"
             self.attention_rate = self.peak * (self.constants.fa2_hopper_efficiency if fa2 else FA3_HOPPER_EFFICIENCY)
@@ -367,12 +368,10 @@ class CostModel:
             return flops / self.attention_rate
         return (self.gemm_time(s, d, s, heads * mb) + self.gemm_time(s, s, d, heads * mb)) / cp
 
-    def layer_cost(self, tp: int, sp: bool, mb: int, recompute: str, every: int = 1, cp: int = 1) -> LayerCost:
-        """Costs of one layer; with recompute = 'full' and `every` = k, averaged over the blocks (one in k
-        is recomputed)."""
-        key = (tp, sp, mb, recompute, every, cp)
-        if key in self._layer_cache:
-            return self._layer_cache[key]
+    def layer_compute(self, tp: int, sp: bool, mb: int, cp: int = 1) -> dict[str, tuple[float, float]]:
+        """(forward, backward) seconds of one layer's kernels for one micro-batch on one rank, by kind: the weight
+        GEMMs, the attention core, and the memory-bound rest (norms, activations, residuals, FP8 casts). A profile
+        of a step, grouped the same way, checks each (benchmarks/planner_kernels.py, section step)."""
         tokens = self.seq * mb / cp
         gemm = sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp), fp8=self.fp8) for g in self.gemms)
         attn = self.attention_time(tp, mb, cp)
@@ -394,15 +393,29 @@ class CostModel:
                     ew_fwd += (1 if g.name in FP8_ONE_INPUT else g.count) * per * tokens * k / self.hbm_rate
                 per = FP8_CAST_BYTES / (shard if g.tp == "row" else 1)
                 ew_bwd += g.count * per * tokens * n / self.hbm_rate
-        fwd = gemm + attn + ew_fwd
         attn_bwd = FLASH_BACKWARD_FLOPS if self.training.profile.attention == "flash" else 2.0
-        bwd = (2.0 * gemm + attn_bwd * attn) / self.constants.backward_efficiency + ew_bwd
+        eff = self.constants.backward_efficiency
+        return {"gemm": (gemm, 2.0 * gemm / eff), "attention": (attn, attn_bwd * attn / eff),
+                "elementwise": (ew_fwd, ew_bwd)}
+
+    def layer_cost(self, tp: int, sp: bool, mb: int, recompute: str, every: int = 1, cp: int = 1) -> LayerCost:
+        """Costs of one layer; with recompute = 'full' and `every` = k, averaged over the blocks (one in k
+        is recomputed)."""
+        key = (tp, sp, mb, recompute, every, cp)
+        if key in self._layer_cache:
+            return self._layer_cache[key]
+        tokens = self.seq * mb / cp
+        parts = self.layer_compute(tp, sp, mb, cp)
+        attn = parts["attention"][0]
+        fwd, bwd = (sum(v[i] for v in parts.values()) for i in (0, 1))
         early_stop = self.training.profile.recompute_early_stop
         if recompute == "full":
             # non-reentrant checkpointing stops before the block's last GEMM (nothing saves its output)
             last = self._gemm_groups(tokens, tp).get("w_down", 0.0) if early_stop else 0.0
             rc = (fwd - last) / every
         elif recompute == "selective":
+            probe = Layout(tp=tp, sp=sp, micro_batch=mb, recompute="none", cp=cp)
+            act = mem.layer_activation_bytes(self.model, self.training, probe)
             s_act = act - mem.layer_activation_bytes(self.model, self.training, probe, recompute="selective")
             rc = attn + self.ew_factor * ELEMENTWISE_FWD_PASSES * s_act / self.hbm_rate
         else:

@@ -47,14 +47,31 @@ class Software:
     # every forward (flopwise's trainer on a GPU): the casts are saved for the backward, one copy of the weights
     # alive at the activation peak, and the optimizer keeps no master copy (4 + 4 + 8 bytes, not 2 + 2 + 12)
     autocast_weights: bool = False
+    # bytes the elementwise kernels move per byte of the planner's elementwise passes (ELEMENTWISE_*_PASSES over a
+    # layer's kept activations), measured for a trainer whose kernels were profiled; 0: the stack class's own (1 for
+    # fused kernels, Constants.eager_traffic, fitted to published runs, for one kernel per op)
+    elementwise_traffic: float = 0.0
 
+
+# flopwise's blocks on an H200 (benchmarks/planner_kernels.py --sections step, torch.profiler's kernels by kind;
+# RESULTS.md "Where flopwise's step goes, by kernel kind"): eager, its norms, RoPE (in fp32), SwiGLU, residual adds
+# and autocast's casts move 4.1x the planner's passes; each block through torch.compile (train.compile = true),
+# 1.23x. Both fitted on the 2048-wide model alone; at widths 1024, 3072, 4096 and the 8B's (seq 8192) the eager
+# factor is within -15%..+10%, the compiled one within -9%..+6%.
+FLOPWISE_EAGER_TRAFFIC = 4.1
+FLOPWISE_COMPILED_TRAFFIC = 1.23
 
 SOFTWARE = {
     # flopwise's trainer: PyTorch SDPA (flash), no dropout, nn.RMSNorm (autograd keeps input, normalised x and
     # output); FSDP2 (ZeRO-2/3) reduces gradients during the backward, while replicated DP and ZeRO-1 reduce
     # them in one flat all-reduce after it (flopwise.parallel.data_parallel).
-    # Its loss is F.cross_entropy(logits.float()) (train/engine.py): eager_loss.
-    "flopwise": Software("flash", False, False, 2, recompute_early_stop=True, eager_loss=True, autocast_weights=True),
+    # Its loss is F.cross_entropy(logits.float()) (train/engine.py): eager_loss. Its elementwise work is one PyTorch
+    # kernel per op (Training.compiled: fused by torch.compile); PyTorch's SDPA takes cuDNN's fused attention on
+    # Hopper (the H200 profile's kernels: cudnn_generated_fort_native_sdpa_sm90_flash_*, torch 2.11, cuDNN 9.19),
+    # the FA3 class, and FlashAttention-2 before it.
+    "flopwise": Software("flash", False, False, 2, attention_kernel="fa3", fused_elementwise=False,
+                         elementwise_traffic=FLOPWISE_EAGER_TRAFFIC, recompute_early_stop=True, eager_loss=True,
+                         autocast_weights=True),
     # Megatron-LM as in the published runs (Narayanan et al. 2021, Korthikanti et al. 2022): fused
     # scale-mask-softmax + dropout (no flash attention yet), GPT dropout, apex fused LayerNorm, gradient
     # all-reduce after the backward (no overlap in those versions).
@@ -132,6 +149,7 @@ class Training:
     software: str = "flopwise"  # which trainer runs the layout: its kernels and overlaps (SOFTWARE)
     expert_imbalance: float = 1.0  # MoE: the busiest expert-parallel rank's tokens over the mean (plan/experts.py)
     attention: str | None = None  # the run's attention kernel where it differs from its stack's; None: the profile's
+    compiled: bool = False  # flopwise's trainer with train.compile = true: each block through torch.compile
 
     def __post_init__(self) -> None:
         if not isinstance(self.global_batch, int) or self.global_batch < 1:
@@ -150,6 +168,9 @@ class Training:
             elif self.software == "flopwise":
                 raise ConfigError(f"attention = {self.attention!r}: flopwise's trainer runs SDPA (flash) attention; "
                                   f"set it for another stack's profile (software)")
+        if self.compiled and self.software != "flopwise":
+            raise ConfigError(f"compiled applies to flopwise's trainer; the {self.software!r} profile already says "
+                              f"how its stack runs (torch-compile is PyTorch-native stacks under torch.compile)")
         if not self.expert_imbalance >= 1.0:
             raise ConfigError(f"expert_imbalance = {self.expert_imbalance}: must be at least 1 (1: balanced)")
 
@@ -159,10 +180,14 @@ class Training:
 
     @property
     def profile(self) -> Software:
-        return _profile(self.software, self.attention)
+        return _profile(self.software, self.attention, self.compiled)
 
 
 @cache
-def _profile(software: str, attention: str | None) -> Software:
-    """The stack's profile with the run's attention kernel (Training keeps `attention` None when it is the profile's)."""
-    return SOFTWARE[software] if attention is None else replace(SOFTWARE[software], attention=attention)
+def _profile(software: str, attention: str | None, compiled: bool = False) -> Software:
+    """The stack's profile with the run's attention kernel (Training keeps `attention` None when it is the profile's);
+    `compiled`: flopwise's with its elementwise chains fused by torch.compile."""
+    profile = SOFTWARE[software] if attention is None else replace(SOFTWARE[software], attention=attention)
+    if compiled:
+        profile = replace(profile, fused_elementwise=True, elementwise_traffic=FLOPWISE_COMPILED_TRAFFIC)
+    return profile

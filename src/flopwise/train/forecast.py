@@ -26,7 +26,8 @@ def cost_model(job: JobConfig, accelerator: Accelerator, world: int, gpus_per_no
     if accelerator.peak_flops <= 0:
         return None
     cluster = Cluster(accelerator, world, gpus_per_node if world % gpus_per_node == 0 else world)
-    training = Training(job.train.global_batch, precision=precision, seq_len=job.seq_len, software="flopwise")
+    training = Training(job.train.global_batch, precision=precision, seq_len=job.seq_len, software="flopwise",
+                        compiled=job.train.compile)
     return CostModel(job.model_config(), cluster, training)
 
 
