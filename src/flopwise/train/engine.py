@@ -193,14 +193,17 @@ class Engine:
         else:
             micro = self.micro_batch
             n = inputs.shape[0] // micro
-            local = 0.0
+            # summed on the device in float64 (the same arithmetic as Python floats) and read once: a read per
+            # micro-batch would make the host wait for each backward before queueing the next forward
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
             for i in range(n):
                 sl = slice(i * micro, (i + 1) * micro)
                 with self._autocast():
                     logits = self.model(inputs[sl], segments[sl] if segments is not None else None)
                     loss = self._loss(logits, targets[sl])
                 (loss / n).backward()
-                local += loss.item() / n
+                total += loss.detach().double() / n
+            local = total.item()
         self.parts.sync_grads()
         return self.parts.dp_mean(local)
 
@@ -211,8 +214,7 @@ class Engine:
         if clip > 0:
             coef = clip / (norm + 1e-6)
             if coef < 1.0:
-                for g in self.parts.local_grads():
-                    g.mul_(coef)
+                torch._foreach_mul_(self.parts.local_grads(), coef)  # one launch per group, not one per tensor
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
