@@ -160,7 +160,8 @@ def test_harness_predicts_or_gives_the_reason(harness, rows, tmp_path):
 @pytest.mark.parametrize(
     "name",
     ["fresh_holdout", "fresh_holdout_2", "fresh_holdout_3", "fresh_holdout_4", "fresh_holdout_5", "fresh_holdout_6",
-     "fresh_holdout_7", "fresh_holdout_8", "fresh_holdout_9", "fresh_holdout_10", "fresh_holdout_11"],
+     "fresh_holdout_7", "fresh_holdout_8", "fresh_holdout_9", "fresh_holdout_10", "fresh_holdout_11",
+     "fresh_holdout_12"],
 )
 def test_fresh_holdouts_are_new_sources_parsed_cited_and_software_by_the_rule(build, rows, name):
     from flopwise.plan.validate import row_inputs
