@@ -431,7 +431,8 @@ def bench_step(timer, device, acc, cfg: ModelConfig, name: str, seq: int, layers
     head_kinds = _gpu_kinds(head_loss, device)  # after the optimizer's timings: head_loss drops the blocks' gradients
     if kinds and head_kinds:  # the layers' kernels by kind: the step's less the head's and the loss's, per layer
         row["layer_gpu_s"] = {k: (v - head_kinds[k]) / layers for k, v in kinds.items()}
-    cm = CostModel(cfg, Cluster(acc, gpus=1), Training(global_batch=micro_batch, seq_len=seq, software="flopwise"))
+    cm = CostModel(cfg, Cluster(acc, gpus=1), Training(global_batch=micro_batch, seq_len=seq, software="flopwise",
+                                                        compiled=compiled))
     row["pred_head_loss_s"] = cm.head_time(1, micro_batch)[0]
     layer = cm.layer_cost(1, False, micro_batch, "none")
     row["pred_layer_fwd_bwd_s"] = layer.fwd + layer.bwd
@@ -460,7 +461,8 @@ def main() -> None:
     ap.add_argument("--step-compile", action="store_true", help="the step section compiles each block (torch.compile)")
     ap.add_argument("--top-kernels", type=int, default=0, help="the step section keeps this many longest kernels")
     ap.add_argument("--widths", default="", help="the step section also times Llama-style models of these widths "
-                    "(head dim 128, FFN 8/3 h, seq 2048, 4 layers; e.g. 1024,2048,4096) at --micro-batch")
+                    "(head dim 128, 64 under 1024; FFN 8/3 h; seq 2048, 4 layers, vocabulary 32000; e.g. "
+                    "1024,2048,4096) at --micro-batch; GPU-sized, --quick does not shrink them")
     ap.add_argument("--json", default=None, help="write the results here (rewritten after each section)")
     args = ap.parse_args()
 

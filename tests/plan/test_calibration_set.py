@@ -157,18 +157,24 @@ def test_harness_predicts_or_gives_the_reason(harness, rows, tmp_path):
     assert overall["rows"] == 4 and overall["planner"]["n"] == 3 and overall["const50"]["n"] == 4
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["fresh_holdout", "fresh_holdout_2", "fresh_holdout_3", "fresh_holdout_4", "fresh_holdout_5", "fresh_holdout_6",
-     "fresh_holdout_7", "fresh_holdout_8", "fresh_holdout_9", "fresh_holdout_10", "fresh_holdout_11",
-     "fresh_holdout_12"],
-)
+# each blind set's size as committed before it was scored: a truncated or padded file fails
+FRESH_SETS = {"fresh_holdout": 34, "fresh_holdout_2": 39, "fresh_holdout_3": 19, "fresh_holdout_4": 24,
+              "fresh_holdout_5": 21, "fresh_holdout_6": 22, "fresh_holdout_7": 13, "fresh_holdout_8": 16,
+              "fresh_holdout_9": 9, "fresh_holdout_10": 22, "fresh_holdout_11": 6, "fresh_holdout_12": 10,
+              "fresh_holdout_13": 1}
+
+
+def test_every_fresh_set_is_checked():
+    assert {p.stem for p in CALIBRATION.glob("fresh_holdout*.csv")} == set(FRESH_SETS)
+
+
+@pytest.mark.parametrize("name", list(FRESH_SETS))
 def test_fresh_holdouts_are_new_sources_parsed_cited_and_software_by_the_rule(build, rows, name):
     from flopwise.plan.validate import row_inputs
 
     with (CALIBRATION / f"{name}.csv").open(newline="") as fh:
         fresh = list(csv.DictReader(fh))
-    assert len(fresh) >= 6  # a whole set, not a truncated file (the smallest, the eleventh, has 6 rows)
+    assert len(fresh) == FRESH_SETS[name]
     seen = {r["source_id"] for r in rows["fit"] + rows["holdout"]}
     for row in fresh:
         where = f"{name}: {row['source_id']} {row['model']} {row['gpus']}"

@@ -211,3 +211,40 @@ def test_the_optimizer_kernel_setting_is_read_and_checked(tmp_path):
     assert fused_adamw("fused", {"cpu"}) and not fused_adamw("foreach", {"cuda"})
     with pytest.raises(ConfigError, match="train.optimizer = 'adam8bit': must be one of auto, fused, foreach"):
         load_config(None, ['train.optimizer="adam8bit"'], preset="nano", out=str(tmp_path))
+
+
+def test_clipping_scales_the_gradients_to_the_clip_norm_and_returns_the_norm_before(tmp_path):
+    """clip_and_step scales every gradient by clip / norm (one foreach call) when the norm exceeds the clip, and leaves
+    them alone below it; a rank with no gradient at all does not fail."""
+    job = load_config(None, ["train.grad_clip=0.5", "train.micro_batch=2", "train.global_batch=2"], preset="nano",
+                      out=str(tmp_path))
+    engine = Engine(job)
+    tokens = torch.randint(0, job.model_config().vocab_size, (2, 17))
+    engine.forward_backward(tokens[:, :-1], tokens[:, 1:])
+    def grads():
+        return {name: p.grad.clone() for name, p in engine.named if p.grad is not None}
+
+    before, seen = grads(), []
+    assert len(before) == len(list(engine.named))
+    engine.optimizer.step = lambda: seen.append(grads())  # the gradients as the optimizer would see them
+    norm = engine.clip_and_step(lr=0.0)
+    assert norm == pytest.approx(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in before.values()]))))
+    assert norm > 0.5  # a random model's loss gradient is far above this clip
+    clipped = seen[0]
+    assert float(torch.linalg.vector_norm(torch.stack([g.norm() for g in clipped.values()]))) == pytest.approx(0.5,
+                                                                                                           rel=1e-5)
+    for name, g in clipped.items():
+        torch.testing.assert_close(g, before[name] * (0.5 / (norm + 1e-6)))
+    engine.zero_grad()  # no gradients at all: nothing to scale, no error
+    engine.job.train.grad_clip = 1e-9
+    assert engine.clip_and_step(lr=0.0) == 0.0
+
+
+def test_the_device_is_cpu_or_cuda():
+    from flopwise.train.engine import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    for name, message in (("mps", "flopwise trains on cpu or cuda"), ("meta", "flopwise trains on cpu or cuda"),
+                          ("gpu0", "not a device")):
+        with pytest.raises(ConfigError, match=message):
+            resolve_device(name)

@@ -20,6 +20,7 @@ from flopwise.errors import ConfigError, PlanError
 from flopwise.hardware import GB, Accelerator
 from flopwise.models.config import ModelConfig, get_preset
 from flopwise.plan import Cluster, Training, search
+from flopwise.plan.cost import DEFAULT_CONSTANTS
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,12 @@ class PlannerSpeeds:
         global_batch: int,
         inter_node_gbps: float = 25.0,
     ) -> LLMSpeed:
+        training = Training(global_batch)
+        # the planner's own facts are in the key too: a cache written before its profile or constants changed
+        # must not answer after
         key_src = json.dumps(
-            [model.to_dict(), dataclasses.asdict(accelerator), gpus, gpus_per_node, global_batch, inter_node_gbps],
+            [model.to_dict(), dataclasses.asdict(accelerator), gpus, gpus_per_node, global_batch, inter_node_gbps,
+             dataclasses.asdict(training.profile), dataclasses.asdict(DEFAULT_CONSTANTS)],
             sort_keys=True,
         )
         key = hashlib.sha1(key_src.encode()).hexdigest()
@@ -75,7 +80,7 @@ class PlannerSpeeds:
             return hit
         try:
             cluster = Cluster(accelerator, gpus, gpus_per_node, inter_node_bw=inter_node_gbps * GB)
-            result = search(model, cluster, Training(global_batch), top=1, explain=False)
+            result = search(model, cluster, training, top=1, explain=False)
             plan = result.plans[0]
             tokens = global_batch * model.seq_len / plan.step_time
             value = LLMSpeed(tokens, plan.layout.short(), plan.mfu)

@@ -368,6 +368,11 @@ class CostModel:
             return flops / self.attention_rate
         return (self.gemm_time(s, d, s, heads * mb) + self.gemm_time(s, s, d, heads * mb)) / cp
 
+    def _kept_activations(self, tp: int, sp: bool, mb: int, cp: int, recompute: str = "none") -> float:
+        """Bytes one layer keeps for its backward (the elementwise passes run over them)."""
+        probe = Layout(tp=tp, sp=sp, micro_batch=mb, recompute="none", cp=cp)
+        return mem.layer_activation_bytes(self.model, self.training, probe, recompute=recompute)
+
     def layer_compute(self, tp: int, sp: bool, mb: int, cp: int = 1) -> dict[str, tuple[float, float]]:
         """(forward, backward) seconds of one layer's kernels for one micro-batch on one rank, by kind: the weight
         GEMMs, the attention core, and the memory-bound rest (norms, activations, residuals, FP8 casts). A profile
@@ -375,8 +380,7 @@ class CostModel:
         tokens = self.seq * mb / cp
         gemm = sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp), fp8=self.fp8) for g in self.gemms)
         attn = self.attention_time(tp, mb, cp)
-        probe = Layout(tp=tp, sp=sp, micro_batch=mb, recompute="none", cp=cp)
-        act = mem.layer_activation_bytes(self.model, self.training, probe)
+        act = self._kept_activations(tp, sp, mb, cp)
         ew_fwd = self.ew_factor * ELEMENTWISE_FWD_PASSES * act / self.hbm_rate
         ew_bwd = self.ew_factor * ELEMENTWISE_BWD_PASSES * act / self.hbm_rate
         if self.fp8:  # cast each distinct GEMM input forward and each output gradient backward
@@ -414,9 +418,7 @@ class CostModel:
             last = self._gemm_groups(tokens, tp).get("w_down", 0.0) if early_stop else 0.0
             rc = (fwd - last) / every
         elif recompute == "selective":
-            probe = Layout(tp=tp, sp=sp, micro_batch=mb, recompute="none", cp=cp)
-            act = mem.layer_activation_bytes(self.model, self.training, probe)
-            s_act = act - mem.layer_activation_bytes(self.model, self.training, probe, recompute="selective")
+            s_act = self._kept_activations(tp, sp, mb, cp) - self._kept_activations(tp, sp, mb, cp, "selective")
             rc = attn + self.ew_factor * ELEMENTWISE_FWD_PASSES * s_act / self.hbm_rate
         else:
             rc = 0.0

@@ -25,8 +25,9 @@ class Software:
     dropout: bool  # dropout after attention and MLP (GPT-style)
     fused_norm: bool  # the norm kernel keeps only its input (apex/Megatron) vs PyTorch's decomposed RMSNorm
     overlap_from_zero: int  # ZeRO stages from this one up reduce gradients during the backward (4: none)
-    # Added for issue 14 (the stacks of the published runs); the defaults are flopwise's own trainer.
-    attention_kernel: str = "fa2"  # flash class: 'fa2' (FlashAttention-2, SDPA) | 'fa3' (FA3, cuDNN fused)
+    # Added for issue 14 (the stacks of the published runs).
+    # flash class: 'fa2' (FlashAttention-2, SDPA's flash backend) | 'fa3' (FA3, cuDNN's fused attention)
+    attention_kernel: str = "fa2"
     fused_elementwise: bool = True  # norms, RoPE, SwiGLU, casts fused (TE, torch.compile) vs one kernel each
     pipeline: str = "megatron"  # 'megatron': async p2p | 'deepspeed': blocking p2p, one instruction at a time
     grad_reduce_bytes: int = 4  # bytes per gradient element in the data-parallel reduction (bf16/fp32 runs)
@@ -57,7 +58,9 @@ class Software:
 # RESULTS.md "Where flopwise's step goes, by kernel kind"): eager, its norms, RoPE (in fp32), SwiGLU, residual adds
 # and autocast's casts move 4.1x the planner's passes; each block through torch.compile (train.compile = true),
 # 1.23x. Both fitted on the 2048-wide model alone; at widths 1024, 3072, 4096 and the 8B's (seq 8192) the eager
-# factor is within -15%..+10%, the compiled one within -9%..+6%.
+# factor is within -15%..+10%, the compiled one within -9%..+6%. Measured under bf16 autocast: an fp32 run has no
+# casts (about a third of that time), so it overstates fp32 runs, a small term on a CPU where GEMMs dominate.
+# `compiled` changes time only: the compiled step's peak memory was 4-8% below eager's, which the memory model keeps.
 FLOPWISE_EAGER_TRAFFIC = 4.1
 FLOPWISE_COMPILED_TRAFFIC = 1.23
 
@@ -66,9 +69,9 @@ SOFTWARE = {
     # output); FSDP2 (ZeRO-2/3) reduces gradients during the backward, while replicated DP and ZeRO-1 reduce
     # them in one flat all-reduce after it (flopwise.parallel.data_parallel).
     # Its loss is F.cross_entropy(logits.float()) (train/engine.py): eager_loss. Its elementwise work is one PyTorch
-    # kernel per op (Training.compiled: fused by torch.compile); PyTorch's SDPA takes cuDNN's fused attention on
-    # Hopper (the H200 profile's kernels: cudnn_generated_fort_native_sdpa_sm90_flash_*, torch 2.11, cuDNN 9.19),
-    # the FA3 class, and FlashAttention-2 before it.
+    # kernel per op (Training.compiled: fused by torch.compile). On Hopper its SDPA call runs cuDNN's fused attention
+    # (the H200 profile's kernels: cudnn_generated_fort_native_sdpa_sm90_flash_*, torch 2.11, cuDNN 9.19), the FA3
+    # class; on older GPUs the cost model prices flash attention at one rate whatever the kernel.
     "flopwise": Software("flash", False, False, 2, attention_kernel="fa3", fused_elementwise=False,
                          elementwise_traffic=FLOPWISE_EAGER_TRAFFIC, recompute_early_stop=True, eager_loss=True,
                          autocast_weights=True),

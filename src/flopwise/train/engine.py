@@ -55,6 +55,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, ValueError):
         raise ConfigError(f"device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device = {name!r}: flopwise trains on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine")
     return device
@@ -213,8 +215,9 @@ class Engine:
         clip = self.job.train.grad_clip
         if clip > 0:
             coef = clip / (norm + 1e-6)
-            if coef < 1.0:
-                torch._foreach_mul_(self.parts.local_grads(), coef)  # one launch per group, not one per tensor
+            grads = self.parts.local_grads()
+            if coef < 1.0 and grads:  # a rank may hold no gradient (an empty stage); foreach refuses an empty list
+                torch._foreach_mul_(grads, coef)  # a few batched launches, not one per tensor
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
