@@ -260,3 +260,41 @@ def test_local_queues_map_to_cluster_queues_and_weights_drive_drf():
     # weights 1:1, a finishes three jobs and b one: a is now below its share, so it gets 3 of the 4
     r = sched.step(state, 10, [Finish("a0"), Finish("a1"), Finish("a2"), Finish("b0")])
     assert set(started(r)) == {"a4", "a5", "a6", "b4"}
+
+
+class _NeedsWholeNodes:
+    """A speed model for which a job runs only with at least 2 GPUs on each of its nodes (as a model that fits
+    2 per node but not 1 per node)."""
+
+    def rate(self, job, flavor, gpus):
+        return 1.0
+
+    def remaining(self, job):
+        return 100.0
+
+    def infeasible(self, spec, flavor, gpus):
+        return None
+
+    def runs_on(self, job, flavor, shape):
+        return sum(shape) == 1 or min(shape) >= 2
+
+
+def test_a_placement_the_speed_model_cannot_run_is_not_taken():
+    """Two 1-GPU jobs spread over two 2-GPU nodes leave one GPU free on each: a 2-GPU job waits rather than run
+    scattered where it would make no progress (the simulator found such jobs never finishing), and starts whole
+    on a node once one frees up."""
+    spec = ClusterSpec.uniform(2, 2)
+    sched = Scheduler(spec, "fifo", speed=_NeedsWholeNodes(), placement="spread")
+    state = sched.new_state()
+    r = sched.step(state, 0, [Submit(JobSpec("a1", gpus=1)), Submit(JobSpec("a2", gpus=1))])
+    assert started(r) == {"a1": 1, "a2": 1}
+    assert len({node for name in ("a1", "a2") for node, _ in state.jobs[name].placement}) == 2  # one per node
+    r = sched.step(state, 10, [Submit(JobSpec("b", gpus=2))])
+    assert "b" not in started(r) and state.jobs["b"].status == QUEUED
+    r = sched.step(state, 20, [Finish("a1")])
+    assert started(r) == {"b": 2} and [k for _, k in state.jobs["b"].placement] == [2]
+    # without the speed model's say, the scattered placement is taken
+    plain = Scheduler(spec, "fifo", placement="spread")
+    state = plain.new_state()
+    plain.step(state, 0, [Submit(JobSpec("a1", gpus=1)), Submit(JobSpec("a2", gpus=1))])
+    assert started(plain.step(state, 10, [Submit(JobSpec("b", gpus=2))])) == {"b": 2}

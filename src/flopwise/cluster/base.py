@@ -42,6 +42,10 @@ class SpeedModel(Protocol):
     def infeasible(self, spec: JobSpec, flavor: str, gpus: int) -> str | None:
         """Why the job can never run on `gpus` GPUs of `flavor` (e.g. its model does not fit), or None."""
 
+    def runs_on(self, job: JobState, flavor: str, shape: tuple[int, ...]) -> bool:
+        """Whether the job makes progress on a placement of this shape (GPUs per node): a model that fits packed
+        may find no layout on GPUs scattered one or two per node."""
+
 
 @dataclass(slots=True)
 class Claim:

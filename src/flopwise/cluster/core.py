@@ -306,7 +306,7 @@ class Scheduler:
             for node, jobs in owner.items():
                 for other in jobs:
                     avail[node] = avail.get(node, 0) + dict(other.placement)[node]
-            placement = place(topo, avail, flavor, gpus, job.spec.topology, strategy, prefer=self._prefer(job))
+            placement = self._place(topo, avail, job, flavor, gpus, strategy)
             if placement is None:
                 return None, []
             hit: list[JobState] = []
@@ -344,7 +344,7 @@ class Scheduler:
                 if any(owner.values()):
                     placement, hit = victims_for(job, f, n)
                 else:
-                    placement = place(topo, free, f, n, job.spec.topology, strategy, prefer=self._prefer(job))
+                    placement = self._place(topo, free, job, f, n, strategy)
                 if placement is None:
                     continue
                 for other in hit:
@@ -425,6 +425,16 @@ class Scheduler:
 
         return chosen, order, walk, ranked
 
+    def _place(self, topo: Topology, free: dict[str, int], job: JobState, flavor: str, gpus: int, strategy: str,
+               prefer: Iterable[str] | None = None):
+        """A placement the job can run on, or None: the speed model may refuse a shape it finds no layout for."""
+        prefer = self._prefer(job) if prefer is None else prefer
+        placement = place(topo, free, flavor, gpus, job.spec.topology, strategy, prefer=prefer)
+        if placement is not None and self.speed is not None:
+            if not self.speed.runs_on(job, flavor, tuple(k for _, k in placement)):
+                return None
+        return placement
+
     def _serve_in_order(self, ctx: Context, claims: list[Claim], free: dict[str, int], skip: set[str], strategy: str,
                         out: list[Decision]) -> None:
         """Start queued claims in order wherever their quota and a placement on free GPUs allow (first
@@ -446,7 +456,7 @@ class Scheduler:
             for flavor, gpus in claim.options:
                 if free_total.get(flavor, 0) < gpus or not book.fits(job.cq, flavor, gpus, True):
                     continue
-                placement = place(topo, free, flavor, gpus, job.spec.topology, strategy, prefer=self._prefer(job))
+                placement = self._place(topo, free, job, flavor, gpus, strategy)
                 if placement is None:
                     continue
                 book.add(job.cq, flavor, gpus)
@@ -519,7 +529,7 @@ class Scheduler:
         own = dict(job.placement)
         for node, k in own.items():
             free[node] += k
-        placement = place(ctx.topo, free, flavor, gpus, job.spec.topology, self.policy.placement, prefer=own)
+        placement = self._place(ctx.topo, free, job, flavor, gpus, self.policy.placement, prefer=own)
         if placement is None:
             for node, k in own.items():
                 free[node] -= k

@@ -293,6 +293,9 @@ class JobModels:
     def rate(self, job: JobState, flavor: str, gpus: int) -> float:
         return self.model(job.spec).rate(job.spec, job.progress, flavor, self.shape(flavor, gpus))
 
+    def runs_on(self, job: JobState, flavor: str, shape: tuple[int, ...]) -> bool:
+        return self.model(job.spec).rate(job.spec, job.progress, flavor, shape) > 0
+
     def remaining(self, job: JobState) -> float:
         work = self._work.get(job.name)
         if work is None:
