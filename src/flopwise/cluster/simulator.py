@@ -103,7 +103,7 @@ def simulate(workload: Workload, config: SimConfig = SimConfig(), progress: Prog
             nxt.append(grid(jobs[i].submit_time))
         while done and done[0][1] != version.get(done[0][2]):
             heapq.heappop(done)
-        if done:
+        if done and done[0][0] < math.inf:  # a job making no progress never finishes: no event to wait for
             nxt.append(grid(done[0][0]))
         if wake is not None:
             nxt.append(grid(wake))
