@@ -93,7 +93,7 @@ from flopwise.layout import check as check_layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan import experts as moe
 from flopwise.plan import memory as mem
-from flopwise.plan.spec import Cluster, Training
+from flopwise.plan.spec import SOFTWARE, Cluster, Software, Training
 
 # FlashAttention-2 reaches 50-73% of A100 peak forward and less backward (Dao 2023, section 4.1), about 0.7
 # of what large GEMMs sustain.
@@ -274,8 +274,9 @@ class CostModel:
         # an accelerator without a memory-bandwidth figure (a measured CPU) gets no memory-bound time
         self.hbm_rate = self.acc.memory_bandwidth * self.acc.memory_efficiency or float("inf")
         profile = training.profile
-        self.ew_factor = profile.elementwise_traffic or (1.0 if profile.fused_elementwise else
-                                                         self.constants.eager_traffic)
+        self.ew_factor = self._traffic(profile)
+        # train.compile compiles the blocks only: the final norm before the head stays eager
+        self.head_ew_factor = self._traffic(SOFTWARE[training.software]) if training.compiled else self.ew_factor
         if self.acc.fp8_peak_flops > 0:  # Hopper-class tensor cores: the kernel class decides
             fa2 = profile.attention_kernel == "fa2"
             self.attention_rate = self.peak * (self.constants.fa2_hopper_efficiency if fa2 else FA3_HOPPER_EFFICIENCY)
@@ -286,6 +287,10 @@ class CostModel:
         self.layer_params = mem.layer_params(model)
         self.memory_limit = mem.usable_bytes(self.acc.memory_bytes)
         self._layer_cache: dict[tuple, LayerCost] = {}
+
+    def _traffic(self, profile: Software) -> float:
+        """Bytes the profile's elementwise kernels move per planned pass (Software.elementwise_traffic)."""
+        return profile.elementwise_traffic or (1.0 if profile.fused_elementwise else self.constants.eager_traffic)
 
     # ---- links -----------------------------------------------------------------------------------
     def bus_bandwidth(self, span: int, ranks: int = 1) -> float:
@@ -458,7 +463,7 @@ class CostModel:
         gemm = 3.0 * self.gemm_time(tokens, k, n)
         e = self.training.dtype_bytes
         ew = tokens * n * loss_bytes(e, self.training.profile.eager_loss) / self.hbm_rate
-        ew += 5.0 * self.ew_factor * tokens * self.model.hidden * e / self.hbm_rate  # final norm fwd + bwd
+        ew += 5.0 * self.head_ew_factor * tokens * self.model.hidden * e / self.hbm_rate  # final norm fwd + bwd
         comm = 0.0
         if (
             tp > 1
