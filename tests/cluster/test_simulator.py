@@ -212,3 +212,23 @@ def test_openb_pods_become_llm_jobs_on_their_gpu_types(tmp_path):
     assert flavors == {"p0": "G3", "p1": "P100"}
     times = jct(good)
     assert times["p0"] < 600 + 60 and times["p1"] > 1200
+
+
+def test_an_llm_job_waits_rather_than_run_scattered_where_the_planner_finds_no_layout():
+    """yuan2-2b on 8 P100s fits two per node but not one per node (the planner's memory model). Two 1-GPU jobs leave
+    five nodes with one or two free GPUs: the 8-GPU job waits for whole nodes instead of starting scattered and
+    never finishing (the openb benchmark crashed on such a job), and every job finishes."""
+    cluster = ClusterSpec.build({"p100": Flavor("p100", "P100")}, tuple(NodeSpec(f"n{i}", "p100", 2) for i in range(5)))
+    models = JobModels(cluster)
+    big = JobSpec("big", kind="train", model="yuan2-2b", global_batch=256, tokens=2e6, gpus=8, submit_time=60)
+    from flopwise.cluster.state import JobState
+
+    state = JobState(big, 0)
+    assert models.runs_on(state, "p100", (2, 2, 2, 2)) and not models.runs_on(state, "p100", (2, 2, 2, 1, 1))
+    small = [JobSpec(f"s{i}", kind="train", model="tiny", global_batch=64, tokens=5e8, gpus=1, submit_time=0)
+             for i in range(2)]
+    r = simulate(Workload(cluster, [*small, big], models), SimConfig("fifo", placement="spread"))
+    assert r.summary["finished"] == 3
+    (row,) = [j for j in r.jobs if j["name"] == "big"]
+    finish = {j["name"]: j for j in r.jobs}
+    assert row["start_s"] >= min(finish[f"s{i}"]["finish_s"] for i in range(2))  # it waited for a whole node

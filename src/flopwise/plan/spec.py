@@ -55,7 +55,7 @@ class Software:
 
 
 # flopwise's blocks on an H200 (benchmarks/planner_kernels.py --sections step, torch.profiler's kernels by kind;
-# RESULTS.md "Where flopwise's step goes, by kernel kind"): eager, its norms, RoPE (in fp32), SwiGLU, residual adds
+# RESULTS.md "Third H200 lease"): eager, its norms, RoPE (in fp32), SwiGLU, residual adds
 # and autocast's casts move 4.1x the planner's passes; each block through torch.compile (train.compile = true),
 # 1.23x. Both fitted on the 2048-wide model alone; at widths 1024, 3072, 4096 and the 8B's (seq 8192) the eager
 # factor is within -15%..+10%, the compiled one within -9%..+6%. Measured under bf16 autocast: an fp32 run has no
