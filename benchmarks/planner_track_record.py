@@ -7,8 +7,10 @@ Every error is out of sample: the fit rows (planner_calibration/fit.csv) are pre
 5-fold grouped cross-validation `planner_fit.py` reports, and every other calibration file (holdout.csv and the
 fresh holdouts) with the constants fitted on fit.csv alone, which are the planner's defaults. `../shared/published`
 is left out: the planner was built on those two papers. Errors are grouped by GPU, software profile and model size
-(flopwise.plan.track_record.group_keys); each group keeps n, the median, 90th percentile and maximum |error|, and how
-many runs were slower than predicted. `flopwise plan` prints the closest group's line with every plan.
+(flopwise.plan.track_record.group_keys), and the runs of each profile with few micro-batches per step
+(track_record.microbatch_key, calibrated GPUs only); each group keeps n, the median, 90th percentile and maximum
+|error|, the median signed error, and how many runs were slower than predicted. `flopwise plan` prints the closest
+group's line with every plan, and the few-micro-batch line with a plan whose step has that few.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from planner_accuracy import CALIBRATION, cross_validate, load_rows
 from planner_fit import attach, fit_constants, predict
 
 from flopwise.flops import param_counts
+from flopwise.hardware import CALIBRATED
 from flopwise.plan import track_record
-from flopwise.plan.cost import DEFAULT_CONSTANTS
+from flopwise.plan.cost import DEFAULT_CONSTANTS, CostModel
 
 OUT = Path(__file__).resolve().parent.parent / "src" / "flopwise" / "plan" / "track_record.json"
 FOLDS = 5
@@ -55,7 +58,8 @@ def out_of_sample_errors() -> tuple[list[dict], dict[str, int]]:
 def summarise(errors: list[float]) -> dict:
     a = np.abs(np.array(errors))
     return {"n": len(errors), "median": round(float(np.median(a)), 4), "p90": round(float(np.percentile(a, 90)), 4),
-            "max": round(float(a.max()), 4), "too_fast": sum(1 for e in errors if e < 0)}
+            "max": round(float(a.max()), 4), "too_fast": sum(1 for e in errors if e < 0),
+            "signed_median": round(float(np.median(errors)), 4)}
 
 
 def build() -> dict:
@@ -66,6 +70,9 @@ def build() -> dict:
         params = param_counts(obs.model).total
         for key, _ in track_record.group_keys(obs.cluster.accelerator.name, obs.training.software, params):
             groups.setdefault(key, []).append(row["error"])
+        few = CostModel(obs.model, obs.cluster, obs.training).microbatches(obs.layout) <= track_record.FEW_MICROBATCHES
+        if few and obs.cluster.accelerator.name in CALIBRATED:
+            groups.setdefault(track_record.microbatch_key(obs.training.software), []).append(row["error"])
     return {
         "what": "the planner's out-of-sample |error| on published runs (benchmarks/planner_track_record.py)",
         "constants": dataclasses.asdict(DEFAULT_CONSTANTS),

@@ -63,6 +63,38 @@ def test_the_shipped_record_is_current_and_reaches_the_plans():
     assert result.plans[0].layout.tp == 1 and isinstance(result.plans[0].layout, Layout)
 
 
+def test_few_micro_batches_per_step_carry_their_own_record():
+    rec = {"groups": {"te|m<=3": {"n": 28, "median": 0.178, "p90": 0.35, "max": 0.433, "too_fast": 22,
+                                  "signed_median": -0.156}}}
+    said = track_record.microbatch_note("H100-SXM", "te", 1, rec)
+    assert said.startswith("few micro-batches: this plan runs 1 per step; the 28 published runs of the `te` profile "
+                           "with at most 3 on calibrated GPUs")
+    assert "ran a median 15.6% slower than predicted (median error 17.8%, worst 43.3%)" in said
+    assert said.endswith("read its step time as optimistic")
+    assert track_record.microbatch_note("H100-SXM", "te", 4, rec) is None  # more micro-batches: the profile's usual record
+    assert track_record.microbatch_note("V100-32GB", "te", 1, rec) is None  # its plans say their constants are assumed
+    assert track_record.microbatch_note("H100-SXM", "torch-eager", 2, rec) is None  # no such runs of that profile
+    rec["groups"]["te|m<=3"].update(n=4)
+    assert track_record.microbatch_note("H100-SXM", "te", 2, rec) is None  # too few runs to speak
+    rec["groups"]["te|m<=3"].update(n=9, signed_median=0.05)
+    assert "ran a median 5.0% faster" in track_record.microbatch_note("H100-SXM", "te", 3, rec)
+    assert "optimistic" not in track_record.microbatch_note("H100-SXM", "te", 3, rec)
+
+
+def test_a_plan_with_few_micro_batches_says_how_such_runs_went():
+    rec = track_record.load()
+    assert rec["groups"][track_record.microbatch_key("te")]["n"] >= track_record.MIN_RUNS
+    llama = ModelConfig(vocab_size=128256, layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, seq_len=8192,
+                        lfa=False, mlp="swiglu")
+    cluster = Cluster(get_accelerator("H100-SXM"), 64)
+    fixed = {"tp": 1, "pp": 1, "micro_batch": 1}
+    one = search(llama, cluster, Training(64, software="te"), fixed, top=1).plans[0]
+    assert one.microbatches == 1
+    assert one.notes == [track_record.microbatch_note("H100-SXM", "te", 1)] and "slower than predicted" in one.notes[0]
+    many = search(llama, cluster, Training(512, software="te"), fixed, top=1).plans[0]
+    assert many.microbatches == 8 and many.notes == []
+
+
 @pytest.mark.slow
 def test_the_shipped_record_matches_a_fresh_computation():
     """The JSON is what benchmarks/planner_track_record.py computes from the calibration files and the cost model now:

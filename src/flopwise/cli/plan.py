@@ -240,7 +240,7 @@ def plan(
     )
     console.print(_plans_table(result.plans, title))
     _breakdown(result.plans[0])
-    for note in result.notes:
+    for note in [*result.notes, *result.plans[0].notes]:
         err_console.print(f"note: {note}", highlight=False)
 
 

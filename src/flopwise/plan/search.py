@@ -247,6 +247,10 @@ def search(
     plans.sort(key=lambda p: (not p.fits, p.step_time))
     feasible = sum(p.fits for p in plans)
     if plans:
+        for plan in plans[:top]:  # per plan: how runs with as few micro-batches per step were predicted
+            said = track_record.microbatch_note(cluster.accelerator.name, training.software, plan.microbatches)
+            if said:
+                plan.notes.append(said)
         return SearchResult(plans[:top], evaluated, feasible, plan_notes(model, cluster, training))
     if not explain:  # the reason in a few words, without the search for alternatives
         if closest is not None:

@@ -14,12 +14,17 @@ import json
 from functools import cache
 from importlib.resources import files
 
+from flopwise.hardware import CALIBRATED
 from flopwise.plan.cost import DEFAULT_CONSTANTS
 
 # a group speaks for a plan only with this many runs behind it
 MIN_RUNS = 5
 # models below this many parameters form their own class: on Hopper they have been predicted too fast more often
 SMALL_MODEL_PARAMS = 15e9
+# a step of this many micro-batches or fewer pays its once-per-step work (the last gradient reduction and the first
+# parameter gather, the optimizer, host synchronisation) over little compute: NeMo-style (`te`) runs like that ran
+# ~16% slower than predicted, the rest ~0% (benchmarks/planner_calibration/FINDINGS.md, section 18)
+FEW_MICROBATCHES = 3
 
 
 def size_class(params: float) -> str:
@@ -35,6 +40,12 @@ def group_keys(gpu: str, software: str, params: float) -> list[tuple[str, str]]:
         (f"{gpu}|*|{size}", f"{gpu}, all stacks, {size} models"),
         (f"{gpu}", f"{gpu}, all stacks"),
     ]
+
+
+def microbatch_key(software: str) -> str:
+    """The group of runs of one software profile with at most FEW_MICROBATCHES micro-batches per step, on the GPUs
+    whose constants are calibrated (hardware.CALIBRATED: V100 runs of 2020-21 stacks would speak for an H100 plan)."""
+    return f"{software}|m<={FEW_MICROBATCHES}"
 
 
 @cache
@@ -71,3 +82,21 @@ def note(gpu: str, software: str, params: float, record: dict | None = None) -> 
     if not current(record):
         text += "; recorded with constants other than the planner's current ones"
     return text
+
+
+def microbatch_note(gpu: str, software: str, microbatches: int, record: dict | None = None) -> str | None:
+    """One line on runs that, like a plan of `microbatches` per step on `gpu`, had few of them: how far and which way
+    their prediction missed (None for more micro-batches, a GPU outside hardware.CALIBRATED, whose plans say their
+    constants are assumptions, or where the profile has fewer than MIN_RUNS such runs)."""
+    if microbatches > FEW_MICROBATCHES or gpu not in CALIBRATED:
+        return None
+    record = load() if record is None else record
+    g = record.get("groups", {}).get(microbatch_key(software), {})
+    if g.get("n", 0) < MIN_RUNS or "signed_median" not in g:
+        return None
+    signed = g["signed_median"]
+    text = (f"few micro-batches: this plan runs {microbatches} per step; the {g['n']} published runs of the `{software}` "
+            f"profile with at most {FEW_MICROBATCHES} on calibrated GPUs ran a median {100 * abs(signed):.1f}% "
+            f"{'slower' if signed < 0 else 'faster'} than predicted (median error {100 * g['median']:.1f}%, worst "
+            f"{100 * g['max']:.1f}%)")
+    return text + ": read its step time as optimistic" if signed < 0 else text
