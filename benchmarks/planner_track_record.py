@@ -8,7 +8,7 @@ Every error is out of sample: the fit rows (planner_calibration/fit.csv) are pre
 fresh holdouts) with the constants fitted on fit.csv alone, which are the planner's defaults. `../shared/published`
 is left out: the planner was built on those two papers. Errors are grouped by GPU, software profile and model size
 (flopwise.plan.track_record.group_keys), and the runs of each profile with few micro-batches per step
-(track_record.microbatch_key, calibrated GPUs only); each group keeps n, the median, 90th percentile and maximum
+(track_record.microbatch_key: no pipeline, calibrated GPUs only); each group keeps n, the median, 90th percentile and maximum
 |error|, the median signed error, and how many runs were slower than predicted. `flopwise plan` prints the closest
 group's line with every plan, and the few-micro-batch line with a plan whose step has that few.
 """
@@ -71,7 +71,7 @@ def build() -> dict:
         for key, _ in track_record.group_keys(obs.cluster.accelerator.name, obs.training.software, params):
             groups.setdefault(key, []).append(row["error"])
         few = CostModel(obs.model, obs.cluster, obs.training).microbatches(obs.layout) <= track_record.FEW_MICROBATCHES
-        if few and obs.cluster.accelerator.name in CALIBRATED:
+        if few and obs.layout.pp == 1 and obs.cluster.accelerator.name in CALIBRATED:
             groups.setdefault(track_record.microbatch_key(obs.training.software), []).append(row["error"])
     return {
         "what": "the planner's out-of-sample |error| on published runs (benchmarks/planner_track_record.py)",

@@ -180,3 +180,5 @@ def test_plan_says_when_its_step_has_few_micro_batches(capsys):
     assert code == 0 and "note: few micro-batches: this plan runs 1 per step" in err
     code, _, err = run([*argv[:-5], "64", *argv[-4:]], capsys)  # 8 micro-batches per step: no such note
     assert code == 0 and "few micro-batches" not in err
+    code, out, _ = run([*argv, "--json"], capsys)  # the plan's notes travel with it in the JSON
+    assert code == 0 and json.loads(out)["plans"][0]["notes"][0].startswith("few micro-batches: this plan runs 1")

@@ -248,7 +248,8 @@ def search(
     feasible = sum(p.fits for p in plans)
     if plans:
         for plan in plans[:top]:  # per plan: how runs with as few micro-batches per step were predicted
-            said = track_record.microbatch_note(cluster.accelerator.name, training.software, plan.microbatches)
+            said = track_record.microbatch_note(cluster.accelerator.name, training.software, plan.microbatches,
+                                                plan.layout.pp)
             if said:
                 plan.notes.append(said)
         return SearchResult(plans[:top], evaluated, feasible, plan_notes(model, cluster, training))
