@@ -336,7 +336,8 @@ def validate_cmd(
             console.print(f"{name}: no row could be predicted")
             continue
         console.print(
-            f"{name}: {s['predicted']} rows, median |error| {100 * s['median_abs_error']:.1f}%, "
+            f"{name}: {s['predicted']} row{'' if s['predicted'] == 1 else 's'}, median |error| "
+            f"{100 * s['median_abs_error']:.1f}%, "
             f"max |error| {100 * s['max_abs_error']:.1f}%"
         )
     _fail_if_nothing_predicted(report)
