@@ -315,7 +315,7 @@ def test_plan_validate_predicts_a_good_row(tmp_path, capsys):
     path = tmp_path / "runs.csv"
     path.write_text(CSV_HEADER + CSV_ROW.format(measured="1.2"))
     code, out, err = run(["plan", "validate", path], capsys)
-    assert code == 0 and "1 rows" in out, err
+    assert code == 0 and "runs.csv: 1 row, median |error|" in out, err
 
 
 # ------------------------------------------------------------------ data output and cache
