@@ -8,9 +8,9 @@ Every error is out of sample: the fit rows (planner_calibration/fit.csv) are pre
 fresh holdouts) with the constants fitted on fit.csv alone, which are the planner's defaults. `../shared/published`
 is left out: the planner was built on those two papers. Errors are grouped by GPU, software profile and model size
 (flopwise.plan.track_record.group_keys), and the runs of each profile with few micro-batches per step
-(track_record.microbatch_key: no pipeline, calibrated GPUs only); each group keeps n, the median, 90th percentile and maximum
-|error|, the median signed error, and how many runs were slower than predicted. `flopwise plan` prints the closest
-group's line with every plan, and the few-micro-batch line with a plan whose step has that few.
+(track_record.few_microbatches: no pipeline, calibrated GPUs only); each group keeps n, the median, 90th percentile
+and maximum |error|, the median signed error, and how many runs were slower than predicted. `flopwise plan` prints
+the closest group's line with every plan, and the few-micro-batch line with a plan whose step has that few.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from planner_accuracy import CALIBRATION, cross_validate, load_rows
 from planner_fit import attach, fit_constants, predict
 
 from flopwise.flops import param_counts
-from flopwise.hardware import CALIBRATED
 from flopwise.plan import track_record
 from flopwise.plan.cost import DEFAULT_CONSTANTS, CostModel
 
@@ -70,8 +69,8 @@ def build() -> dict:
         params = param_counts(obs.model).total
         for key, _ in track_record.group_keys(obs.cluster.accelerator.name, obs.training.software, params):
             groups.setdefault(key, []).append(row["error"])
-        few = CostModel(obs.model, obs.cluster, obs.training).microbatches(obs.layout) <= track_record.FEW_MICROBATCHES
-        if few and obs.layout.pp == 1 and obs.cluster.accelerator.name in CALIBRATED:
+        m = CostModel(obs.model, obs.cluster, obs.training).microbatches(obs.layout)
+        if track_record.few_microbatches(obs.cluster.accelerator.name, m, obs.layout.pp):
             groups.setdefault(track_record.microbatch_key(obs.training.software), []).append(row["error"])
     return {
         "what": "the planner's out-of-sample |error| on published runs (benchmarks/planner_track_record.py)",

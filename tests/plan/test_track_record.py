@@ -73,6 +73,9 @@ def test_few_micro_batches_per_step_carry_their_own_record():
                            "with at most 3 on calibrated GPUs")
     assert "ran a median 11.9% slower than predicted (median error 11.9%, worst 45.1%)" in said
     assert said.endswith("read its step time as optimistic")
+    # one rule picks the runs for the record (benchmarks/planner_track_record.py) and the plans for the note
+    assert track_record.few_microbatches("H100-SXM", 3, 1) and not track_record.few_microbatches("H100-SXM", 4, 1)
+    assert not track_record.few_microbatches("H100-SXM", 1, 2) and not track_record.few_microbatches("B200", 1, 1)
     assert track_record.microbatch_note("H100-SXM", "te", 4, record=rec) is None  # more micro-batches: the usual record
     assert track_record.microbatch_note("H100-SXM", "te", 2, pp=4, record=rec) is None  # a pipeline: a bubble, counted
     assert track_record.microbatch_note("V100-32GB", "te", 1, record=rec) is None  # its plans say constants are assumed

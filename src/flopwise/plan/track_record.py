@@ -47,10 +47,15 @@ def group_keys(gpu: str, software: str, params: float) -> list[tuple[str, str]]:
     ]
 
 
+def few_microbatches(gpu: str, microbatches: int, pp: int) -> bool:
+    """Whether a run or plan belongs with the few-micro-batch runs: at most FEW_MICROBATCHES per step, no pipeline,
+    on a GPU whose constants are calibrated (hardware.CALIBRATED: V100 runs of 2020-21 stacks would speak for an H100
+    plan; an uncalibrated GPU's plans already say their constants are assumptions)."""
+    return microbatches <= FEW_MICROBATCHES and pp == 1 and gpu in CALIBRATED
+
+
 def microbatch_key(software: str) -> str:
-    """The group of runs of one software profile with at most FEW_MICROBATCHES micro-batches per step and no pipeline,
-    on the GPUs whose constants are calibrated (hardware.CALIBRATED: V100 runs of 2020-21 stacks would speak for an
-    H100 plan)."""
+    """The group of one software profile's runs for which few_microbatches holds."""
     return f"{software}|m<={FEW_MICROBATCHES}"
 
 
@@ -91,11 +96,10 @@ def note(gpu: str, software: str, params: float, record: dict | None = None) -> 
 
 
 def microbatch_note(gpu: str, software: str, microbatches: int, pp: int = 1, record: dict | None = None) -> str | None:
-    """One line on runs that, like a plan of `microbatches` per step on `gpu` without a pipeline (pp = 1), had few of
-    them: how far and which way their prediction missed. None for more micro-batches, a pipeline, a GPU outside
-    hardware.CALIBRATED (whose plans say their constants are assumptions), a profile with fewer than MIN_RUNS such
-    runs, or one whose such runs lean less than LEAN either way."""
-    if microbatches > FEW_MICROBATCHES or pp > 1 or gpu not in CALIBRATED:
+    """One line on runs that, like a plan of `microbatches` per step with `pp` pipeline stages on `gpu`, had few of
+    them (few_microbatches): how far and which way their prediction missed. None where the plan is not such a plan, the
+    profile has fewer than MIN_RUNS such runs, or they lean less than LEAN either way."""
+    if not few_microbatches(gpu, microbatches, pp):
         return None
     record = load() if record is None else record
     g = record.get("groups", {}).get(microbatch_key(software), {})
