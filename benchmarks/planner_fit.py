@@ -30,8 +30,7 @@ from planner_accuracy import DEFAULT_FILES, cross_validate, fit_and_score, load_
 from flopwise.errors import ConfigError, DataError, PlanError
 from flopwise.plan.calibrate import Observation, fit
 from flopwise.plan.cost import DEFAULT_CONSTANTS, Constants
-from flopwise.plan.search import search
-from flopwise.plan.validate import row_inputs
+from flopwise.plan.validate import row_plan
 
 HERE = Path(__file__).resolve().parent
 PUBLISHED = HERE.parent.parent / "shared" / "published"
@@ -48,12 +47,7 @@ PRIORS = Constants(eager_traffic=2.0, network_efficiency=0.9, straggler_cv=0.01,
 
 def observation(row: dict, constants: Constants = PRIORS) -> Observation:
     """One CSV row as an observation: its layout resolved as `plan validate` resolves it, with `constants`."""
-    model, cluster, training, fixed, _ = row_inputs(row)
-    kwargs = dict(top=1, split="uniform", explain=False, constants=constants)
-    try:
-        plan = search(model, cluster, training, fixed, **kwargs).plans[0]
-    except PlanError:  # the run ran: cost it even where the memory model disagrees
-        plan = search(model, cluster, training, fixed, require_fit=False, **kwargs).plans[0]
+    model, cluster, training, plan, _ = row_plan(row, constants=constants)
     return Observation(model, cluster, training, plan.layout, float(row["measured_step_s"]),
                        row.get("source_id", ""), constants=constants)
 

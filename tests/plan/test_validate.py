@@ -1,6 +1,6 @@
 import pytest
 
-from flopwise.plan.validate import row_inputs, validate_files
+from flopwise.plan.validate import row_inputs, row_plan, validate_files, validate_rows
 
 FILES = ("megatron_sc21_table1.csv", "korthikanti_2022.csv")
 
@@ -79,3 +79,30 @@ def test_vpp_that_cannot_split_the_stage_is_reduced_with_a_note():
     }
     _, _, _, fixed, notes = row_inputs(row)
     assert fixed["vpp"] == 2 and any("vpp=3" in n for n in notes)
+
+
+def _long_sequence_row(**cells) -> dict:
+    """A Megatron-DeepSpeed GPT run (the 'deepspeed' profile: unfused attention) at a 64k sequence on A100-40GBs."""
+    row = {"source": "Megatron-DeepSpeed long-sequence table", "layers": "16", "hidden": "2048", "heads": "16",
+           "ffn": "8192", "vocab": "50304", "seq": "65536", "gpu": "A100-40GB", "gpus": "8", "tp": "8", "pp": "1",
+           "dp": "1", "sequence_parallel": "1", "recompute": "full", "micro_batch": "1", "global_batch": "1",
+           "precision": "fp16", "measured_step_s": "10"}
+    return {**row, **cells}
+
+
+def test_scores_that_cannot_fit_mean_the_run_used_a_fused_kernel():
+    """A run that ran did not hold s x s attention scores its GPUs could not: where the profile's unfused attention
+    would not fit and the row does not say which kernel it ran, the row is costed with flash attention, and says so;
+    a row that says it ran unfused attention keeps it (costed anyway, noted as not fitting)."""
+    model, _, training, plan, notes = row_plan(_long_sequence_row())
+    assert training.software == "deepspeed" and training.profile.attention == "flash"
+    assert any("65536 x 65536 scores would not fit A100-40GB memory" in n for n in notes)
+    assert "predicted not to fit memory" not in notes and plan.fits
+    _, _, said, stated_plan, said_notes = row_plan(_long_sequence_row(attention="unfused"))
+    assert said.profile.attention == "unfused" and "predicted not to fit memory" in said_notes
+    assert stated_plan.step_time > plan.step_time  # the s^2 softmax and dropout passes cost time as well as memory
+    # at a short sequence the unfused scores fit: the profile's own kernel stands
+    short = row_plan(_long_sequence_row(seq="2048"))[2]
+    assert short.profile.attention == "unfused"
+    rows = validate_rows([_long_sequence_row()])
+    assert rows[0]["predicted_s"] == pytest.approx(plan.step_time)

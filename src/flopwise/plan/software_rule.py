@@ -13,17 +13,22 @@ from __future__ import annotations
 import re
 
 from flopwise.errors import DataError
+from flopwise.hardware import NO_FLASH_ATTENTION
 from flopwise.plan.spec import SOFTWARE
 
 # The stacks a `stack` cell names (the calibration set's vocabulary) besides the profiles' own names.
 STACKS = ("nemo", "megatron", "other", "deepspeed", "fsdp", "torchtitan")
 # Words that name a stack, matched as whole words; in a text the earliest match wins, the longest at one place
-# ("Megatron-DeepSpeed" is DeepSpeed's engine, not Megatron). BLOOM, MT-NLG and BigScience ran Megatron-DeepSpeed;
-# NeMo, Megatron-Core / Megatron-Bridge and NVIDIA's benchmark suites run Transformer Engine, but NeMo AutoModel is
-# PyTorch FSDP2; the Megatron-LM papers' authors are matched on the source alone (LEGACY_MEGATRON_WORDS).
+# ("Megatron-DeepSpeed" is DeepSpeed's engine, not Megatron). BLOOM, MT-NLG and BigScience ran Megatron-DeepSpeed,
+# and GPT-NeoX builds on DeepSpeed's pipeline engine; NeMo, Megatron-Core / Megatron-Bridge and NVIDIA's benchmark
+# suites run Transformer Engine, but NeMo AutoModel is PyTorch FSDP2; InternEvo (fused kernels, FlashAttention, its
+# own hybrid ZeRO) is costed as the fused stacks are ('other'); metaseq is fairscale FSDP; the Megatron-LM papers'
+# authors are matched on the source alone (LEGACY_MEGATRON_WORDS).
 STACK_WORDS: dict[str, str] = {
     **dict.fromkeys(("deepspeed", "megatron-deepspeed", "bloom", "bloom-176b", "mt-nlg", "megatron-turing",
-                     "bigscience"), "deepspeed"),
+                     "bigscience", "gpt-neox"), "deepspeed"),
+    "internevo": "other",
+    "metaseq": "fsdp",
     **dict.fromkeys(("nemo", "megatron-core", "megatron core", "mcore", "megatron-bridge", "transformer engine",
                      "transformerengine", "dgxc", "dgx cloud", "mlperf", "nemotron"), "nemo"),
     **dict.fromkeys(("nemo automodel", "automodel", "torchtitan", "fsdp", "fsdp2", "llm-foundry", "composer",
@@ -91,12 +96,22 @@ def named_stack(text: str) -> tuple[str, str] | None:
 
 
 def infer_software(row: dict, *, tp: int = 0, pp: int = 0, cp: int = 0, vpp: int = 0, zero: int = 0,
-                   precision: str = "bf16") -> tuple[str, str]:
+                   precision: str = "bf16", gpu: str = "") -> tuple[str, str]:
     """(profile, why) for a CSV row: its `software` cell, else its `stack` cell, else a stack its text names, else
-    the family its layout implies (the layout cells as parsed; 0: blank). `why` is empty when the row said it."""
+    the family its layout implies (the layout cells as parsed; 0: blank). `why` is empty when the row said it.
+    A Megatron-family run on a GPU without FlashAttention (`gpu`, a catalogue name in NO_FLASH_ATTENTION) ran
+    Megatron-LM's legacy kernels: the 'megatron' profile."""
     software = (row.get("software") or "").strip().lower()
     if software:
         return software, ""
+    profile, why = _inferred(row, tp=tp, pp=pp, cp=cp, vpp=vpp, zero=zero, precision=precision)
+    if profile in ("te", "megatron-lm") and gpu in NO_FLASH_ATTENTION:
+        return "megatron", (f"software megatron: {why.split(': ', 1)[-1] if why else 'a Megatron-family stack'}, on "
+                            f"{gpu}, which has no FlashAttention: Megatron-LM's legacy kernels")
+    return profile, why
+
+
+def _inferred(row: dict, *, tp: int, pp: int, cp: int, vpp: int, zero: int, precision: str) -> tuple[str, str]:
     text = " ".join((row.get(k) or "") for k in TEXT_COLUMNS)
     stack = (row.get("stack") or "").strip().lower()
     if stack:

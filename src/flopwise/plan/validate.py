@@ -13,6 +13,7 @@ with it: an optional `attention` column (flash | unfused), else what the row's n
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import statistics
@@ -23,6 +24,7 @@ from flopwise.errors import ConfigError, DataError, FlopwiseError, PlanError
 from flopwise.hardware import GB, Accelerator, match_device_name, resolve_accelerator
 from flopwise.layout import parse_value
 from flopwise.models.config import ModelConfig
+from flopwise.plan.cost import Constants, Plan
 from flopwise.plan.search import search
 from flopwise.plan.software_rule import ATTENTION_COLUMNS, attention_in_text, infer_software
 from flopwise.plan.spec import ATTENTION_KERNELS, PRECISIONS, SOFTWARE, Cluster, Training
@@ -163,7 +165,8 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
         profile = software
     else:
         profile, why = infer_software(row, tp=fixed.get("tp", 0), pp=fixed.get("pp", 0), cp=fixed.get("cp", 0),
-                                      vpp=fixed.get("vpp", 0), zero=fixed.get("zero", 0), precision=precision)
+                                      vpp=fixed.get("vpp", 0), zero=fixed.get("zero", 0), precision=precision,
+                                      gpu=acc.name)
         if why:
             notes.append(why)
     attention = _attention(row, SOFTWARE[profile].attention, notes) if profile in SOFTWARE else None
@@ -177,6 +180,39 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
     return model, cluster, training, fixed, notes
 
 
+def row_plan(row: dict, software: str | None = None, constants: Constants | None = None
+             ) -> tuple[ModelConfig, Cluster, Training, Plan, list[str]]:
+    """One row's inputs and its plan: blank layout cells searched (uniform split, as Megatron splits), with
+    `constants` (None: the defaults). The run ran, so a layout the memory model says cannot fit is still costed, with
+    a note; except that a run did not materialise attention scores its GPUs could not hold: where the profile's
+    unfused attention (the row not saying which kernel it ran) makes the layout not fit and a fused kernel fits, the
+    row is costed with the fused (flash) kernel, which it must have run."""
+    model, cluster, training, fixed, notes = row_inputs(row, software)
+    kwargs = dict(top=1, split="uniform", explain=False, constants=constants)
+    try:
+        return model, cluster, training, search(model, cluster, training, fixed, **kwargs).plans[0], notes
+    except PlanError:
+        pass
+    if training.profile.attention == "unfused" and not _said_attention(row):
+        fused = dataclasses.replace(training, attention="flash")
+        try:
+            plan = search(model, cluster, fused, fixed, **kwargs).plans[0]
+        except PlanError:
+            pass
+        else:
+            notes.append(f"attention flash: unfused attention's {model.seq_len} x {model.seq_len} scores would not "
+                         f"fit {cluster.accelerator.name} memory, so the run used a fused kernel")
+            return model, cluster, fused, plan, notes
+    plan = search(model, cluster, training, fixed, require_fit=False, **kwargs).plans[0]
+    notes.append("predicted not to fit memory")
+    return model, cluster, training, plan, notes
+
+
+def _said_attention(row: dict) -> bool:
+    """Whether the row says which attention kernel it ran (an `attention` cell, or its text)."""
+    return bool(_cell(row, "attention")) or any(attention_in_text(_cell(row, c)) is not None for c in ATTENTION_COLUMNS)
+
+
 def validate_rows(rows: list[dict], label: str = "", software: str | None = None) -> list[dict]:
     """Predict each row: prediction, error and breakdown, or the specific reason it cannot be predicted
     (`software`: the profile for rows without a `software` cell; None: inferred per row)."""
@@ -187,15 +223,7 @@ def validate_rows(rows: list[dict], label: str = "", software: str | None = None
         measured = float("nan")
         try:
             measured = _number(row, "measured_step_s", integer=False)
-            model, cluster, training, fixed, notes = row_inputs(row, software)
-            try:
-                result = search(model, cluster, training, fixed, top=1, split="uniform", explain=False)
-            except PlanError:  # the published layout ran, so cost it even where our memory model disagrees
-                result = search(
-                    model, cluster, training, fixed, top=1, split="uniform", require_fit=False, explain=False
-                )
-                notes.append("predicted not to fit memory")
-            plan = result.plans[0]
+            model, cluster, training, plan, notes = row_plan(row, software)
         except FlopwiseError as exc:  # one row's problem (a bad cell, a shape or layout refused): the row's note
             out.append({"file": label, "source": source, "model": name, "error_message": str(exc),
                         "measured_s": measured if math.isfinite(measured) else None})
