@@ -46,7 +46,7 @@ def test_export_variants_and_whole_token_device_names():
     assert h800.fp8_peak_flops == CATALOGUE["H100-SXM"].fp8_peak_flops and h800.link_bandwidth == 200e9
     assert match_device_name("A800-SXM4-80GB") is a800 and match_device_name("NVIDIA H800") is h800
     # a model name inside another, or a form the catalogue lacks, matches nothing
-    for name in ("GB200", "NVIDIA GB200", "H100 NVL", "A100X", "RTX A1000", "A10G", "Quadro P1000", "H800 PCIe",
+    for name in ("GB300", "NVIDIA GB300", "H100 NVL", "A100X", "RTX A1000", "A10G", "Quadro P1000", "H800 PCIe",
                  "A800-SXM4-40GB", "B300"):
         assert match_device_name(name) is None, name
     with pytest.raises(ConfigError, match="unknown accelerator 'A100-SXM4-40GB'"):
@@ -66,4 +66,9 @@ def test_newer_parts_are_read_from_their_device_names_and_are_not_calibrated():
     # the same Hopper die as the H200 at another memory: compute alike, memory and bandwidth their own
     assert gh200.peak_flops == gh200_144.peak_flops == CATALOGUE["H200"].peak_flops
     assert gh200.memory_bandwidth < gh200_144.memory_bandwidth and gh200.memory_bytes < gh200_144.memory_bytes
-    assert not {"B200", "GH200", "GH200-144GB"} & CALIBRATED
+    assert not {"B200", "GB200", "GH200", "GH200-144GB"} & CALIBRATED
+    # GB200: the B200's silicon at the NVL72 module's clocks, FP8 at twice bf16, NVLink 5 like the B200
+    gb200 = CATALOGUE["GB200"]
+    assert match_device_name("NVIDIA GB200") is gb200 and match_device_name("GB200 NVL72") is gb200
+    assert gb200.peak_flops > b200.peak_flops and gb200.fp8_peak_flops == 2 * gb200.peak_flops
+    assert gb200.link_bandwidth == b200.link_bandwidth and gb200.memory_bandwidth == b200.memory_bandwidth

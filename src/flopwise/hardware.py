@@ -25,6 +25,12 @@ Newer parts, from datasheets alone: no published run calibrates them (CALIBRATED
   datasheet.) gemm_efficiency 0.68: its bf16 MAMF is 0.776 of peak (1745 TFLOP/s, stas00/ml-engineering
   compute/accelerator at 744d01e), and the catalogue's sustained values sit at ~0.87 of the MAMF on the calibrated
   parts (A100 0.75 / 0.869, H100 SXM 0.70 / 0.803).
+- GB200 (one Blackwell GPU of a Grace Blackwell superchip, in GB200 NVL72 racks): 2500 TFLOP/s bf16 and 5000 FP8
+  dense, 186 GB of HBM3e at 8 TB/s (the NVL72 datasheet's rack figures over its 72 GPUs: 180 / 360 PFLOP/s dense,
+  13.4 TB at 576 TB/s), NVLink 5 at 900 GB/s per direction across the whole rack: its NVLink domain is up to 72
+  GPUs, so a cluster's gpus_per_node is the GPUs that share one domain (72 for a full rack), not the 4-GPU compute
+  tray. ConnectX-7 400 Gb/s per GPU between racks = 50 GB/s. gemm_efficiency 0.68, the B200's (the same silicon;
+  its higher peak is the 1200 W module's clocks), not measured.
 - GH200 (Grace Hopper superchip): the H100 / H200 die, 989 / 1979 TFLOP/s; `GH200` is the 96 GB HBM3 part at
   4.0 TB/s, `GH200-144GB` the 144 GB HBM3e part at 4.9 TB/s (NVIDIA GH200 datasheet). NVLink 4, 450 GB/s per
   direction. Its clusters put 4 per node with one 200 Gb/s NIC each (HPE Cray EX254n in CSCS Alps: Slingshot-11;
@@ -121,6 +127,8 @@ CATALOGUE: dict[str, Accelerator] = {
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
         Accelerator("B200", 2250 * TFLOPS, 180 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.68,
                     fp8_peak_flops=4500 * TFLOPS, network_bandwidth=50 * GB),
+        Accelerator("GB200", 2500 * TFLOPS, 186 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.68,
+                    fp8_peak_flops=5000 * TFLOPS, network_bandwidth=50 * GB),
         Accelerator("GH200", 989 * TFLOPS, 96 * GB, 4000 * GB, 450 * GB, gemm_efficiency=0.72,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
@@ -244,7 +252,7 @@ def resolve_accelerator(name_or_path: str) -> Accelerator:
 
 def match_device_name(device_name: str) -> Accelerator | None:
     """Map a device name as CUDA or a paper writes it ('NVIDIA H100 80GB HBM3', 'A100-SXM4-40GB') to a catalogue
-    entry, matching the model as a whole token (so 'GB200', 'A100X', 'RTX A1000', 'A10G' and 'Quadro P1000' match
+    entry, matching the model as a whole token (so 'GB300', 'A100X', 'RTX A1000', 'A10G' and 'Quadro P1000' match
     nothing); variants the catalogue lacks (NVL and PCIe forms of the H200 / H800, 40 GB or PCIe A800) match nothing.
     A GH200 is the 144 GB part when its name says 144G or HBM3e ('NVIDIA GH200 144G HBM3e'), else the 96 GB one
     ('NVIDIA GH200 480GB' names the superchip's CPU memory)."""
@@ -256,6 +264,8 @@ def match_device_name(device_name: str) -> Accelerator | None:
     pcie, nvl, small = "PCIE" in n, has("NVL"), "40G" in n
     if has("GH200"):
         return CATALOGUE["GH200-144GB" if "144G" in n or "HBM3E" in n else "GH200"]
+    if has("GB200"):
+        return CATALOGUE["GB200"]
     if has("B200"):
         return CATALOGUE["B200"]
     if has("H200") and not (nvl or pcie):
