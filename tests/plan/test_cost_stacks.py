@@ -141,7 +141,7 @@ def test_fp8_with_sequence_parallelism_casts_and_gathers_the_local_shard():
     acts = [mem.layer_activation_bytes(LLAMA, m8.training, Layout(tp=4, sp=s, micro_batch=1)) for s in (False, True)]
     # SP shrinks the elementwise traffic of the activations; under FP8 the casts of the QKV and MLP inputs shrink
     # by tp on top of it (each rank casts its 1/tp of the sequence before the all-gather)
-    from_activations = ELEMENTWISE_FWD_PASSES * (acts[0] - acts[1]) / m8.hbm_rate
+    from_activations = m8.elementwise_factor(4) * ELEMENTWISE_FWD_PASSES * (acts[0] - acts[1]) / m8.hbm_rate
     casts = FP8_FUSED_CAST_BYTES * 2 * LLAMA.seq_len * LLAMA.hidden / m8.hbm_rate  # QKV's and the MLP's input
     assert no_sp.fwd - sp.fwd == pytest.approx(from_activations + casts * (1 - 1 / 4), rel=1e-6)
     # the forward's all-gathers move the FP8 copy: FP8's TP time below bf16's under SP
@@ -280,3 +280,16 @@ def test_flopwise_profile_is_its_measured_kernels():
     assert lc.fwd + lc.bwd == pytest.approx(sum(a + b for a, b in e.values()), rel=1e-12)
     with pytest.raises(ConfigError, match="compiled applies to flopwise"):
         Training(32, software="torch-compile", compiled=True)
+
+
+def test_compiled_pytorch_tp_is_costed_with_eager_elementwise_traffic():
+    """torch.compile's fused elementwise work stops at PyTorch-native TP's collectives (Software.unfused_across_tp):
+    with tp > 1 a torch-compile row's norms, activations and residuals move the eager stack's traffic; at tp = 1 the
+    fused traffic; Transformer Engine's fused kernels are fused at any tp."""
+    compiled, eager, te = (cost(software=s) for s in ("torch-compile", "torch-eager", "te"))
+    assert compiled.elementwise_factor(1) == 1.0 and te.elementwise_factor(4) == 1.0
+    assert compiled.elementwise_factor(4) == eager.elementwise_factor(4) == compiled.constants.eager_traffic > 1.0
+    tp1 = compiled.layer_compute(1, False, 1)["elementwise"][0]
+    tp4 = compiled.layer_compute(4, True, 1)["elementwise"][0]
+    assert tp4 == pytest.approx(eager.layer_compute(4, True, 1)["elementwise"][0])
+    assert tp4 > tp1 / 4  # more than the 1/tp share of the single-rank work

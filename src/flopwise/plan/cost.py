@@ -135,21 +135,21 @@ class Constants:
     """The cost model's few fitted constants (issue 14). The defaults are fitted on
     benchmarks/planner_calibration/fit.csv only (benchmarks/planner_fit.py; figures in benchmarks/RESULTS.md)."""
 
-    eager_traffic: float = 2.048  # elementwise HBM traffic of an eager (unfused) stack / a fused one
+    eager_traffic: float = 2.056  # elementwise HBM traffic of an eager (unfused) stack / a fused one
     # achieved fraction of the NIC rate between nodes (at its upper bound: with each ring's NICs aggregated,
     # FSDP's collectives hide behind compute in nearly every fit row, so the data barely constrains it)
     network_efficiency: float = 1.0
     # coefficient of variation of per-rank step times: ~1% jitter, not fitted (free, it absorbed a uniform few per
     # cent growing with log(GPUs) and made the large-scale rows too slow; benchmarks/planner_fit.py)
     straggler_cv: float = 0.01
-    pipeline_instruction_s: float = 0.025  # DeepSpeed pipeline engine: cost per blocking transfer
+    pipeline_instruction_s: float = 0.0255  # DeepSpeed pipeline engine: cost per blocking transfer
     # FlashAttention-2-class kernels on Hopper, fraction of the bf16 peak; fitted well below FA2's ~35% forward:
     # it also absorbs what else PyTorch-native stacks lose on Hopper (FINDINGS.md 3.1)
-    fa2_hopper_efficiency: float = 0.2119
+    fa2_hopper_efficiency: float = 0.2139
     # backward matmuls (dgrad, wgrad, attention backward) at this fraction of the forward's rate: transposed
     # operands and wgrad's long reduction run below the forward's tiles (FlashAttention-2's backward reaches a
     # lower fraction of peak than its forward, Dao 2023 section 4.1)
-    backward_efficiency: float = 0.8525
+    backward_efficiency: float = 0.8568
 
 
 DEFAULT_CONSTANTS = Constants()
@@ -292,6 +292,12 @@ class CostModel:
         """Bytes the profile's elementwise kernels move per planned pass (Software.elementwise_traffic)."""
         return profile.elementwise_traffic or (1.0 if profile.fused_elementwise else self.constants.eager_traffic)
 
+    def elementwise_factor(self, tp: int) -> float:
+        """The blocks' elementwise traffic factor at this tensor-parallel degree (Software.unfused_across_tp)."""
+        if tp > 1 and self.training.profile.unfused_across_tp:
+            return self.constants.eager_traffic
+        return self.ew_factor
+
     # ---- links -----------------------------------------------------------------------------------
     def bus_bandwidth(self, span: int, ranks: int = 1) -> float:
         """Bus bandwidth of a group of `ranks` ranks spanning `span` consecutive GPUs (inside a node or not).
@@ -386,8 +392,9 @@ class CostModel:
         gemm = sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp), fp8=self.fp8) for g in self.gemms)
         attn = self.attention_time(tp, mb, cp)
         act = self._kept_activations(tp, sp, mb, cp)
-        ew_fwd = self.ew_factor * ELEMENTWISE_FWD_PASSES * act / self.hbm_rate
-        ew_bwd = self.ew_factor * ELEMENTWISE_BWD_PASSES * act / self.hbm_rate
+        ew = self.elementwise_factor(tp)
+        ew_fwd = ew * ELEMENTWISE_FWD_PASSES * act / self.hbm_rate
+        ew_bwd = ew * ELEMENTWISE_BWD_PASSES * act / self.hbm_rate
         if self.fp8:  # cast each distinct GEMM input forward and each output gradient backward
             fused = self.training.profile.fused_elementwise
             # with sequence parallelism the cast precedes the all-gather: a column-parallel GEMM's input and a
@@ -424,7 +431,7 @@ class CostModel:
             rc = (fwd - last) / every
         elif recompute == "selective":
             s_act = self._kept_activations(tp, sp, mb, cp) - self._kept_activations(tp, sp, mb, cp, "selective")
-            rc = attn + self.ew_factor * ELEMENTWISE_FWD_PASSES * s_act / self.hbm_rate
+            rc = attn + self.elementwise_factor(tp) * ELEMENTWISE_FWD_PASSES * s_act / self.hbm_rate
         else:
             rc = 0.0
         tp_time = 0.0

@@ -48,6 +48,12 @@ class Software:
     # every forward (flopwise's trainer on a GPU): the casts are saved for the backward, one copy of the weights
     # alive at the activation peak, and the optimizer keeps no master copy (4 + 4 + 8 bytes, not 2 + 2 + 12)
     autocast_weights: bool = False
+    # a compiled stack whose compiled regions end at each tensor-parallel collective: with tp > 1 its elementwise work
+    # is costed as one kernel per op (Constants.eager_traffic). PyTorch-native TP (DTensor) under torch.compile:
+    # the norms, residual adds and activations on either side of each redistribution are not fused across it, and
+    # the batch-first sequence gathers add layout copies. Chosen on the fit rows' cross-validation (issue 14,
+    # benchmarks/RESULTS.md "Eighth round"), not measured kernel by kernel.
+    unfused_across_tp: bool = False
     # bytes the elementwise kernels move per byte of the planner's elementwise passes (ELEMENTWISE_*_PASSES over a
     # layer's kept activations), measured for a trainer whose kernels were profiled; 0: the stack class's own (1 for
     # fused kernels, Constants.eager_traffic, fitted to published runs, for one kernel per op)
@@ -96,7 +102,7 @@ SOFTWARE = {
     # elementwise op its own kernel, FSDP overlapping its collectives.
     "torch-eager": Software("flash", False, False, 2, fused_elementwise=False, recompute_early_stop=True),
     # the same under torch.compile: elementwise chains fused by Inductor.
-    "torch-compile": Software("flash", False, False, 2, recompute_early_stop=True),
+    "torch-compile": Software("flash", False, False, 2, recompute_early_stop=True, unfused_across_tp=True),
     # Megatron-DeepSpeed as BLOOM and MT-NLG ran (2021-22): Megatron's unfused kernels, DeepSpeed's
     # PipelineEngine (blocking point-to-point, no interleaving), gradient reduction after the backward, and
     # only whole-block activation checkpointing (selective recomputation came with Korthikanti et al. 2022).
