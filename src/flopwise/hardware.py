@@ -148,7 +148,8 @@ CATALOGUE["GH200-144GB"] = dataclasses.replace(CATALOGUE["GH200"], name="GH200-1
 # The others' constants are datasheet assumptions (flopwise.plan.search.calibration_notes says so with each plan).
 CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800-SXM", "H100-GT-500W", "H200"})
 # GPUs older than Turing: no FlashAttention (FlashAttention 1.x needs Turing or Ampere, 2.x Ampere or newer: the
-# flash-attention README), so Megatron-family runs on them used Megatron-LM's fused softmax over s x s scores
+# flash-attention README), so Megatron-family runs on them used Megatron-LM's fused softmax over s x s scores. T4
+# (Turing) is left out: FlashAttention 1.x ran there, though Megatron-Core's fused paths target Ampere and newer.
 NO_FLASH_ATTENTION = frozenset({"V100-32GB", "V100-16GB", "P100"})
 # gloo collectives between processes on one machine (loopback TCP): ~1-3 GB/s per direction; a starting
 # value that `flopwise plan calibrate` replaces with the user's own.

@@ -293,3 +293,6 @@ def test_compiled_pytorch_tp_is_costed_with_eager_elementwise_traffic():
     tp4 = compiled.layer_compute(4, True, 1)["elementwise"][0]
     assert tp4 == pytest.approx(eager.layer_compute(4, True, 1)["elementwise"][0])
     assert tp4 > tp1 / 4  # more than the 1/tp share of the single-rank work
+    # selective recomputation re-runs the same elementwise kernels: at the eager rate too
+    assert compiled.layer_cost(4, True, 1, "selective").recompute == pytest.approx(
+        eager.layer_cost(4, True, 1, "selective").recompute)

@@ -211,9 +211,10 @@ def test_calibration_rows_in_the_published_format_are_all_predicted():
              if g["software"] not in same_family[o["software"]] | ({"megatron"} if o["source_id"] in legacy else set())}
     # the known misses, whose source names another stack than the one that ran them or keeps the model's library to
     # the notes: ColossalAI's Lightning benchmark ran DeepSpeed; the Megatron-LLaMA README's comparison row and
-    # ATorch's DeepSpeed 3D rows ran a Hugging Face model under DeepSpeed (read as Megatron-DeepSpeed)
+    # ATorch's DeepSpeed 3D rows ran a Hugging Face model under DeepSpeed (read as Megatron-DeepSpeed); tohtana's
+    # benchmark compares DeepSpeed AutoTP with PyTorch's TP, and its source names DeepSpeed first
     known = {"colossalai-lightning-gpt2xl-a100-40gb", "megatron-llama-2023-hf-deepspeed",
-             "atorch-llama2-7b-ds3d-a100-2023-11"}
+             "atorch-llama2-7b-ds3d-a100-2023-11", "tohtana-benchmark-tp-qwen3-32b-h100-2025-12"}
     assert len(named) >= 180 and wrong <= known, wrong - known
 
 
@@ -299,3 +300,5 @@ def test_a_megatron_family_run_on_a_gpu_without_flash_attention_ran_megatrons_le
     assert row_inputs(row("DLPerf Megatron-LM GPT on V100", software="te", **v100))[2].software == "te"
     assert row_inputs(row("torchtitan", **{**v100, "tp": "1", "dp": "8", "zero": "3"}))[2].software == "torch-eager"
     assert row_inputs(row("DLPerf Megatron-LM GPT on A100", **{**v100, "gpu": "A100-80GB"}))[2].software == "megatron-lm"
+    # a stack with kernels of its own ('other': InternEvo and the like) is not Megatron's
+    assert row_inputs(row("InternEvo on V100", **v100))[2].software == "te"

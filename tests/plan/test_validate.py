@@ -106,3 +106,15 @@ def test_scores_that_cannot_fit_mean_the_run_used_a_fused_kernel():
     assert short.profile.attention == "unfused"
     rows = validate_rows([_long_sequence_row()])
     assert rows[0]["predicted_s"] == pytest.approx(plan.step_time)
+
+
+def test_a_layout_that_needs_a_fused_kernel_is_costed_with_one_and_says_why():
+    """Context parallelism needs a fused attention kernel: a Megatron-DeepSpeed row (unfused profile) at cp = 2 that
+    does not say which kernel it ran is costed with flash attention and says the layout needed it (not memory); one
+    that says it ran unfused attention keeps the refusal as its reason."""
+    row = _long_sequence_row(seq="2048", cp="2", tp="4", gpu="A100-80GB")
+    _, _, training, plan, notes = row_plan(row)
+    assert training.profile.attention == "flash" and plan.layout.cp == 2
+    assert any("the layout needs it" in n for n in notes) and not any("would not fit" in n for n in notes), notes
+    refused = validate_rows([{**row, "attention": "unfused"}])[0]
+    assert "predicted_s" not in refused and "fused" in refused["error_message"], refused

@@ -63,6 +63,9 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
   precedes the all-gather, so it covers the rank's 1/tp of the sequence and the forward gathers move 1 byte per
   element); attention,
   the LM head and the elementwise work stay bf16.
+- PyTorch-native TP under torch.compile (Software.unfused_across_tp): with tp > 1 the blocks' elementwise work moves
+  the eager stack's traffic (Constants.eager_traffic); chosen on the fit rows' CV, scored on a blind set
+  (benchmarks/RESULTS.md, "Eighth round" and "Seventeenth blind holdout").
 - Inter-node collectives at Constants.network_efficiency of the NIC rate times the group's ranks on one node
   (each ring channel leaves the node through another rank's NIC; CostModel.bus_bandwidth), plus a tree latency of
   2 log2(nodes) NET_HOP_LATENCY_S per bucket of DP_BUCKET_BYTES; stragglers: the expected slowest of N ranks

@@ -5,7 +5,9 @@ a row is costed with its stack's profile. A calibration row names it in its `sof
 column; a CSV in the published format (shared/published/README.md) has neither, so the row's own text is searched
 for the name of a stack (its `source` first, then derived_from, published_value, notes, citation); a row that
 names none is costed as the stack family its layout implies. One rule for all three, used by `flopwise plan
-validate` and by the calibration set's builder (benchmarks/planner_calibration/build.py).
+validate` and by the calibration set's builder (benchmarks/planner_calibration/build.py), which labels rows by their
+stack (`software_for_stack`). `plan validate` adds one fact of the GPU: a Megatron-family row on a GPU without
+FlashAttention (hardware.NO_FLASH_ATTENTION) is costed with Megatron-LM's legacy kernels.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ STACK_WORDS: dict[str, str] = {
     "megatron-lm": "megatron",
     "flopwise": "flopwise",
 }
+# What a row is read as when it names no stack (its layout's family), and the stacks whose runs on a GPU without
+# FlashAttention used Megatron-LM's legacy kernels (infer_software): NVIDIA's and Megatron-LM's own, named or guessed
+# from a Megatron-style layout; not 'other' (InternEvo and the like have kernels of their own)
+LAYOUT_GUESS = "layout"
+MEGATRON_FAMILY = frozenset({"nemo", "megatron", "te", "megatron-lm", LAYOUT_GUESS})
 # A source that is one of the Megatron-LM papers (2019-2022) ran unfused softmax + dropout without overlapped
 # gradient reduction (the 'megatron' profile); later Megatron-LM runs use Transformer Engine (Megatron-Core).
 LEGACY_MEGATRON_WORDS = ("narayanan", "korthikanti", "shoeybi")
@@ -104,33 +111,34 @@ def infer_software(row: dict, *, tp: int = 0, pp: int = 0, cp: int = 0, vpp: int
     software = (row.get("software") or "").strip().lower()
     if software:
         return software, ""
-    profile, why = _inferred(row, tp=tp, pp=pp, cp=cp, vpp=vpp, zero=zero, precision=precision)
-    if profile in ("te", "megatron-lm") and gpu in NO_FLASH_ATTENTION:
+    profile, why, stack = _inferred(row, tp=tp, pp=pp, cp=cp, vpp=vpp, zero=zero, precision=precision)
+    if gpu in NO_FLASH_ATTENTION and stack in MEGATRON_FAMILY and profile in ("te", "megatron-lm"):
         return "megatron", (f"software megatron: {why.split(': ', 1)[-1] if why else 'a Megatron-family stack'}, on "
                             f"{gpu}, which has no FlashAttention: Megatron-LM's legacy kernels")
     return profile, why
 
 
-def _inferred(row: dict, *, tp: int, pp: int, cp: int, vpp: int, zero: int, precision: str) -> tuple[str, str]:
+def _inferred(row: dict, *, tp: int, pp: int, cp: int, vpp: int, zero: int, precision: str) -> tuple[str, str, str]:
+    """(profile, why, the stack it was read as: a STACKS name or a profile's, LAYOUT_GUESS for the layout's family)."""
     text = " ".join((row.get(k) or "") for k in TEXT_COLUMNS)
     stack = (row.get("stack") or "").strip().lower()
     if stack:
         if stack in STACKS or stack in SOFTWARE:
-            return software_for_stack(stack, text), ""
+            return software_for_stack(stack, text), "", stack
         named = named_stack(stack)
         if named is None:
             raise DataError(f"stack {stack!r}: not a stack the planner knows ({', '.join(STACKS)}, or a profile: "
                             f"{', '.join(SOFTWARE)})")
         profile = software_for_stack(named[0], text)
-        return profile, f"software {profile}: stack {stack!r} read as {named[0]}"
+        return profile, f"software {profile}: stack {stack!r} read as {named[0]}", named[0]
     source = (row.get("source") or "").lower()
     if any(word in source for word in LEGACY_MEGATRON_WORDS):
-        return "megatron", "software megatron: the source is a Megatron-LM paper (2019-2022 kernels)"
+        return "megatron", "software megatron: the source is a Megatron-LM paper (2019-2022 kernels)", "megatron"
     for column in TEXT_COLUMNS:
         named = named_stack(row.get(column) or "")
         if named is not None:
             profile = software_for_stack(named[0], text)
-            return profile, f"software {profile}: inferred from {named[1]!r} in the row's {column}"
+            return profile, f"software {profile}: inferred from {named[1]!r} in the row's {column}", named[0]
     # Nothing named: sharded data parallelism (ZeRO-2/3, FSDP) is a PyTorch-native trainer's layout, whatever else it
     # combines; context or interleaved pipeline parallelism, FP8, TP and PP are otherwise Megatron-family layouts
     # (Megatron-Core / NeMo with Transformer Engine); plain data parallelism is PyTorch-native too. With nothing
@@ -138,8 +146,9 @@ def _inferred(row: dict, *, tp: int, pp: int, cp: int, vpp: int, zero: int, prec
     # as before this rule; a *named* PyTorch stack whose row does not say it compiled is costed eager, the
     # calibration set's convention (its notes say when a stack compiled).
     if zero <= 1 and (cp > 1 or vpp > 1 or precision == "fp8" or tp > 1 or pp > 1):
-        return "te", "software te: no stack named; the layout is Megatron-style (Megatron-Core / NeMo)"
-    return "torch-compile", "software torch-compile: no stack named; the layout is PyTorch-native (FSDP / DDP)"
+        return "te", "software te: no stack named; the layout is Megatron-style (Megatron-Core / NeMo)", LAYOUT_GUESS
+    return ("torch-compile", "software torch-compile: no stack named; the layout is PyTorch-native (FSDP / DDP)",
+            LAYOUT_GUESS)
 
 
 def attention_in_text(text: str) -> tuple[str, str] | None:

@@ -48,8 +48,10 @@ class Software:
     # every forward (flopwise's trainer on a GPU): the casts are saved for the backward, one copy of the weights
     # alive at the activation peak, and the optimizer keeps no master copy (4 + 4 + 8 bytes, not 2 + 2 + 12)
     autocast_weights: bool = False
-    # a compiled stack whose compiled regions end at each tensor-parallel collective: with tp > 1 its elementwise work
-    # is costed as one kernel per op (Constants.eager_traffic). PyTorch-native TP (DTensor) under torch.compile:
+    # a compiled stack whose compiled regions end at each tensor-parallel collective: with tp > 1 its blocks'
+    # elementwise work (norms, activations, residuals, and their selective recomputation) is costed at
+    # Constants.eager_traffic; FP8 casts (torchao's, compiled before the gathers) and the final norm stay fused.
+    # PyTorch-native TP (DTensor) under torch.compile:
     # the norms, residual adds and activations on either side of each redistribution are not fused across it, and
     # the batch-first sequence gathers add layout copies. Chosen on the fit rows' cross-validation (issue 14,
     # benchmarks/RESULTS.md "Eighth round"), not measured kernel by kernel.

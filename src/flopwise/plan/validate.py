@@ -4,10 +4,12 @@ Each row gives a model shape, a cluster and (some of) a layout; blank layout cel
 Each row is costed with the software profile of the stack that ran it (plan/software_rule.py): its `software`
 or `stack` column, else the stack its text names (the Megatron-LM papers' runs, Narayanan et al. 2021 and
 Korthikanti et al. 2022, get the 'megatron' profile: unfused softmax + dropout, fused LayerNorm, gradient
-all-reduce after the backward), else the family its layout implies; a caller's `software` replaces the
-inference for rows without a `software` cell. A run whose attention kernel differs from its profile's is costed
-with it: an optional `attention` column (flash | unfused), else what the row's notes say ("no flash attention",
-"--use-flash-attn"). Megatron splits layers uniformly across stages, so validation uses the uniform split.
+all-reduce after the backward; so do Megatron-family rows on GPUs without FlashAttention), else the family its
+layout implies; a caller's `software` replaces the inference for rows without a `software` cell. A run whose
+attention kernel differs from its profile's is costed with it: an optional `attention` column (flash | unfused),
+else what the row's notes say ("no flash attention", "--use-flash-attn"); a row that says nothing and could not
+have run unfused attention (the scores would not fit, or the layout needs a fused kernel) is costed with flash
+attention (row_plan). Megatron splits layers uniformly across stages, so validation uses the uniform split.
 """
 
 from __future__ import annotations
@@ -184,26 +186,35 @@ def row_plan(row: dict, software: str | None = None, constants: Constants | None
              ) -> tuple[ModelConfig, Cluster, Training, Plan, list[str]]:
     """One row's inputs and its plan: blank layout cells searched (uniform split, as Megatron splits), with
     `constants` (None: the defaults). The run ran, so a layout the memory model says cannot fit is still costed, with
-    a note; except that a run did not materialise attention scores its GPUs could not hold: where the profile's
-    unfused attention (the row not saying which kernel it ran) makes the layout not fit and a fused kernel fits, the
-    row is costed with the fused (flash) kernel, which it must have run."""
+    a note. Where the row does not say which attention kernel it ran and its profile's is unfused, the run ran a fused
+    one if it had to: when the layout needs one (context parallelism), or when the unfused s x s scores make the layout
+    not fit and a fused kernel fits; the row is then costed with flash attention, and a note says why."""
     model, cluster, training, fixed, notes = row_inputs(row, software)
     kwargs = dict(top=1, split="uniform", explain=False, constants=constants)
     try:
         return model, cluster, training, search(model, cluster, training, fixed, **kwargs).plans[0], notes
-    except PlanError:
-        pass
-    if training.profile.attention == "unfused" and not _said_attention(row):
+    except PlanError as exc:
+        refused = exc
+    unstated_unfused = training.profile.attention == "unfused" and not _said_attention(row)
+    try:
+        plan = search(model, cluster, training, fixed, require_fit=False, **kwargs).plans[0]
+    except PlanError as exc:
+        if not unstated_unfused:
+            raise
+        plan, refused = None, exc  # no layout runs unfused attention: the run used a fused kernel, or is refused
+    if unstated_unfused:
         fused = dataclasses.replace(training, attention="flash")
         try:
-            plan = search(model, cluster, fused, fixed, **kwargs).plans[0]
+            fused_plan = search(model, cluster, fused, fixed, require_fit=plan is not None, **kwargs).plans[0]
         except PlanError:
-            pass
+            if plan is None:
+                raise refused from None
         else:
-            notes.append(f"attention flash: unfused attention's {model.seq_len} x {model.seq_len} scores would not "
-                         f"fit {cluster.accelerator.name} memory, so the run used a fused kernel")
-            return model, cluster, fused, plan, notes
-    plan = search(model, cluster, training, fixed, require_fit=False, **kwargs).plans[0]
+            why = (f"unfused attention's {model.seq_len} x {model.seq_len} scores would not fit "
+                   f"{cluster.accelerator.name} memory" if plan is not None else f"the layout needs it ({refused})")
+            notes.append(f"attention flash: {why}, so the run used a fused kernel (FlashAttention, or a "
+                         f"memory-efficient one where FlashAttention does not run)")
+            return model, cluster, fused, fused_plan, notes
     notes.append("predicted not to fit memory")
     return model, cluster, training, plan, notes
 
