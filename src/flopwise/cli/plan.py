@@ -304,8 +304,9 @@ def validate_cmd(
     """Predict the step time of every row of published-runs CSVs; print errors, median and maximum.
 
     Each row is costed with the profile of the stack that ran it, and with its attention kernel where that differs
-    (an `attention` column, flash | unfused, else what its notes say); the table shows which (and why, when
-    inferred)."""
+    (an `attention` column, flash | unfused, else what its notes say, else flash where unfused attention could not
+    have run: scores too large for the GPUs, or a layout that needs a fused kernel); the table shows which (and why,
+    when inferred)."""
     if software is not None and software not in SOFTWARE:
         raise ConfigError(f"--software {software!r}: must be one of {', '.join(SOFTWARE)}")
     report = validate_files(files, software)
