@@ -140,6 +140,8 @@ CATALOGUE: dict[str, Accelerator] = {
 # the export variants: the A100's and H100's silicon with NVLink cut to 400 GB/s total (module docstring)
 for _base, _variant in (("A100-80GB", "A800-80GB"), ("H100-SXM", "H800-SXM")):
     CATALOGUE[_variant] = dataclasses.replace(CATALOGUE[_base], name=_variant, link_bandwidth=200 * GB)
+# GPUs whose NVLink spans more than a node of 8: the rack-scale domain of the vendor's system (GB200 NVL72)
+NVLINK_DOMAIN = {"GB200": 72}
 # the GH200's HBM3e form: the same die and node, more and faster memory (module docstring)
 CATALOGUE["GH200-144GB"] = dataclasses.replace(CATALOGUE["GH200"], name="GH200-144GB", memory_bytes=144 * GB,
                                                memory_bandwidth=4900 * GB)

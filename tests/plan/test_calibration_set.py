@@ -208,3 +208,22 @@ def test_the_calibrated_gpus_are_the_fit_rows_and_plans_on_others_say_so(rows):
     for gpu in ("V100-16GB", "B200", "GH200"):
         said = notes(CATALOGUE[gpu])
         assert len(said) == 1 and said[0].startswith(f"{gpu}: no published run calibrates")
+
+
+def test_a_rack_scale_nvlink_gpu_planned_with_small_nodes_says_so():
+    """GB200's NVLink spans its NVL72 rack (hardware.NVLINK_DOMAIN): a plan over more GPUs than its nodes, with nodes
+    smaller than the rack, says that traffic between them is costed at the NIC rate and how to say otherwise; a
+    plan within one node, with rack-sized nodes, or on an 8-GPU-node part says nothing of it."""
+    from flopwise.models.config import ModelConfig
+    from flopwise.plan.search import search
+    from flopwise.plan.spec import Cluster, Training
+
+    model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, ffn=256, seq_len=64, lfa=False)
+
+    def domain(acc, gpus, per_node):
+        plan = search(model, Cluster(CATALOGUE[acc], gpus, per_node), Training(gpus * 2), top=1)
+        return [n for n in plan.notes if "NVLink spans" in n]
+
+    said = domain("GB200", 16, 8)
+    assert len(said) == 1 and "--gpus-per-node 72" in said[0] and "8 per node" in said[0]
+    assert domain("GB200", 8, 8) == [] and domain("GB200", 144, 72) == [] and domain("B200", 16, 8) == []

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from flopwise.errors import LayoutError, PlanError
 from flopwise.flops import RECOMPUTE_MODES, param_counts
-from flopwise.hardware import CALIBRATED, CATALOGUE, Accelerator
+from flopwise.hardware import CALIBRATED, CATALOGUE, NVLINK_DOMAIN, Accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan import track_record
@@ -199,10 +199,22 @@ def calibration_notes(acc: Accelerator) -> list[str]:
             f"uncalibrated GPUs were mostly slower than predicted (benchmarks/RESULTS.md, 'Sixth blind holdout')"]
 
 
+def domain_notes(cluster: Cluster) -> list[str]:
+    """A GPU whose NVLink spans a rack (hardware.NVLINK_DOMAIN) planned with smaller nodes: traffic between those
+    nodes is costed at the NIC rate, where the rack would carry it over NVLink."""
+    domain = NVLINK_DOMAIN.get(cluster.accelerator.name, 0)
+    if cluster.gpus <= cluster.gpus_per_node or cluster.gpus_per_node >= domain:
+        return []
+    return [f"{cluster.accelerator.name}: NVLink spans up to {domain} GPUs (one rack), but this plan puts "
+            f"{cluster.gpus_per_node} per node, so traffic between them is costed at the NIC rate: give "
+            f"--gpus-per-node {domain} (or the GPUs per rack the job uses)"]
+
+
 def plan_notes(model: ModelConfig, cluster: Cluster, training: Training) -> list[str]:
-    """What a plan's times rest on (calibration_notes), and how well published runs like it were predicted."""
+    """What a plan's times rest on (calibration_notes, domain_notes), and how well published runs like it were
+    predicted."""
     record = track_record.note(cluster.accelerator.name, training.software, param_counts(model).total)
-    return calibration_notes(cluster.accelerator) + ([record] if record else [])
+    return calibration_notes(cluster.accelerator) + domain_notes(cluster) + ([record] if record else [])
 
 
 def search(
