@@ -118,3 +118,19 @@ def test_a_layout_that_needs_a_fused_kernel_is_costed_with_one_and_says_why():
     assert any("the layout needs it" in n for n in notes) and not any("would not fit" in n for n in notes), notes
     refused = validate_rows([{**row, "attention": "unfused"}])[0]
     assert "predicted_s" not in refused and "fused" in refused["error_message"], refused
+
+
+def test_a_head_dim_column_sets_the_attention_width():
+    """Models whose attention is wider than their hidden size (Qwen3-32B: 64 heads x 128 over 5120) give an optional
+    `head_dim` column: the attention projections are heads x head_dim wide, and the model has the weights it has."""
+    from flopwise.flops import param_counts
+
+    qwen = {"source": "x", "layers": "64", "hidden": "5120", "heads": "64", "kv_heads": "8", "ffn": "25600",
+            "mlp": "swiglu", "vocab": "151936", "seq": "2048", "gpu": "H100-SXM", "gpus": "8", "tp": "8",
+            "global_batch": "8", "micro_batch": "1", "measured_step_s": "1"}
+    plain = row_inputs(qwen)[0]
+    wide = row_inputs({**qwen, "head_dim": "128"})[0]
+    assert plain.head_dim == 80 and wide.head_dim == 128 and wide.attn_dim == 8192
+    assert 31.0e9 < param_counts(wide).layers_matmul < 31.4e9  # Qwen3-32B's model card: 31.2B without embeddings
+    assert param_counts(wide).total > param_counts(plain).total
+    assert "error_message" in validate_rows([{**qwen, "head_dim": "x"}])[0]

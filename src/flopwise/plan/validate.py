@@ -146,6 +146,8 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
         mlp=_cell(row, "mlp").lower() or "gelu",
         experts=_int(row, "experts") if _cell(row, "experts").strip("0.") else 0,  # MoE (optional columns)
         top_k=_int(row, "top_k", 2),
+        # attention wider than the hidden size (Qwen3, Gemma: heads x head_dim > hidden; optional column)
+        attn_dim=_int(row, "head_dim") * _int(row, "heads") if _cell(row, "head_dim") else 0,
     )
     acc = _accelerator(_cell(row, "gpu"), notes)
     gpus = _int(row, "gpus")
