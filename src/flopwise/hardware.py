@@ -140,8 +140,6 @@ CATALOGUE: dict[str, Accelerator] = {
 # the export variants: the A100's and H100's silicon with NVLink cut to 400 GB/s total (module docstring)
 for _base, _variant in (("A100-80GB", "A800-80GB"), ("H100-SXM", "H800-SXM")):
     CATALOGUE[_variant] = dataclasses.replace(CATALOGUE[_base], name=_variant, link_bandwidth=200 * GB)
-# GPUs whose NVLink spans more than a node of 8: the rack-scale domain of the vendor's system (GB200 NVL72)
-NVLINK_DOMAIN = {"GB200": 72}
 # the GH200's HBM3e form: the same die and node, more and faster memory (module docstring)
 CATALOGUE["GH200-144GB"] = dataclasses.replace(CATALOGUE["GH200"], name="GH200-144GB", memory_bytes=144 * GB,
                                                memory_bandwidth=4900 * GB)
@@ -153,6 +151,8 @@ CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800
 # flash-attention README), so Megatron-family runs on them used Megatron-LM's fused softmax over s x s scores. T4
 # (Turing) is left out: FlashAttention 1.x ran there, though Megatron-Core's fused paths target Ampere and newer.
 NO_FLASH_ATTENTION = frozenset({"V100-32GB", "V100-16GB", "P100"})
+# GPUs whose NVLink spans more than a node of 8: the rack-scale domain of the vendor's system (GB200 NVL72)
+NVLINK_DOMAIN = {"GB200": 72}
 # gloo collectives between processes on one machine (loopback TCP): ~1-3 GB/s per direction; a starting
 # value that `flopwise plan calibrate` replaces with the user's own.
 CPU_LINK_BANDWIDTH = 2 * GB

@@ -76,7 +76,7 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from flopwise.errors import LayoutError, PlanError
 from flopwise.flops import (
@@ -297,8 +297,9 @@ class CostModel:
 
     def elementwise_factor(self, tp: int) -> float:
         """The blocks' elementwise traffic factor at this tensor-parallel degree (Software.unfused_across_tp)."""
-        if tp > 1 and self.training.profile.unfused_across_tp:
-            return self.constants.eager_traffic
+        profile = self.training.profile
+        if tp > 1 and profile.unfused_across_tp:
+            return self._traffic(replace(profile, fused_elementwise=False))
         return self.ew_factor
 
     # ---- links -----------------------------------------------------------------------------------

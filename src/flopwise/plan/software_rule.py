@@ -111,15 +111,16 @@ def infer_software(row: dict, *, tp: int = 0, pp: int = 0, cp: int = 0, vpp: int
     software = (row.get("software") or "").strip().lower()
     if software:
         return software, ""
-    profile, why, stack = _inferred(row, tp=tp, pp=pp, cp=cp, vpp=vpp, zero=zero, precision=precision)
+    profile, reason, stack = _inferred(row, tp=tp, pp=pp, cp=cp, vpp=vpp, zero=zero, precision=precision)
     if gpu in NO_FLASH_ATTENTION and stack in MEGATRON_FAMILY and profile in ("te", "megatron-lm"):
-        return "megatron", (f"software megatron: {why.split(': ', 1)[-1] if why else 'a Megatron-family stack'}, on "
-                            f"{gpu}, which has no FlashAttention: Megatron-LM's legacy kernels")
-    return profile, why
+        return "megatron", (f"software megatron: {reason or 'a Megatron-family stack'}, on {gpu}, which has no "
+                            f"FlashAttention: Megatron-LM's legacy kernels")
+    return profile, f"software {profile}: {reason}" if reason else ""
 
 
 def _inferred(row: dict, *, tp: int, pp: int, cp: int, vpp: int, zero: int, precision: str) -> tuple[str, str, str]:
-    """(profile, why, the stack it was read as: a STACKS name or a profile's, LAYOUT_GUESS for the layout's family)."""
+    """(profile, why it was inferred, empty where the row's stack cell names it; the stack it was read as: a STACKS
+    name or a profile's, LAYOUT_GUESS for the layout's family)."""
     text = " ".join((row.get(k) or "") for k in TEXT_COLUMNS)
     stack = (row.get("stack") or "").strip().lower()
     if stack:
@@ -130,15 +131,15 @@ def _inferred(row: dict, *, tp: int, pp: int, cp: int, vpp: int, zero: int, prec
             raise DataError(f"stack {stack!r}: not a stack the planner knows ({', '.join(STACKS)}, or a profile: "
                             f"{', '.join(SOFTWARE)})")
         profile = software_for_stack(named[0], text)
-        return profile, f"software {profile}: stack {stack!r} read as {named[0]}", named[0]
+        return profile, f"stack {stack!r} read as {named[0]}", named[0]
     source = (row.get("source") or "").lower()
     if any(word in source for word in LEGACY_MEGATRON_WORDS):
-        return "megatron", "software megatron: the source is a Megatron-LM paper (2019-2022 kernels)", "megatron"
+        return "megatron", "the source is a Megatron-LM paper (2019-2022 kernels)", "megatron"
     for column in TEXT_COLUMNS:
         named = named_stack(row.get(column) or "")
         if named is not None:
             profile = software_for_stack(named[0], text)
-            return profile, f"software {profile}: inferred from {named[1]!r} in the row's {column}", named[0]
+            return profile, f"inferred from {named[1]!r} in the row's {column}", named[0]
     # Nothing named: sharded data parallelism (ZeRO-2/3, FSDP) is a PyTorch-native trainer's layout, whatever else it
     # combines; context or interleaved pipeline parallelism, FP8, TP and PP are otherwise Megatron-family layouts
     # (Megatron-Core / NeMo with Transformer Engine); plain data parallelism is PyTorch-native too. With nothing
@@ -146,9 +147,8 @@ def _inferred(row: dict, *, tp: int, pp: int, cp: int, vpp: int, zero: int, prec
     # as before this rule; a *named* PyTorch stack whose row does not say it compiled is costed eager, the
     # calibration set's convention (its notes say when a stack compiled).
     if zero <= 1 and (cp > 1 or vpp > 1 or precision == "fp8" or tp > 1 or pp > 1):
-        return "te", "software te: no stack named; the layout is Megatron-style (Megatron-Core / NeMo)", LAYOUT_GUESS
-    return ("torch-compile", "software torch-compile: no stack named; the layout is PyTorch-native (FSDP / DDP)",
-            LAYOUT_GUESS)
+        return "te", "no stack named; the layout is Megatron-style (Megatron-Core / NeMo)", LAYOUT_GUESS
+    return "torch-compile", "no stack named; the layout is PyTorch-native (FSDP / DDP)", LAYOUT_GUESS
 
 
 def attention_in_text(text: str) -> tuple[str, str] | None:

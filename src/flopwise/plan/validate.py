@@ -107,20 +107,25 @@ def _recompute_word(text: str, notes: list[str]) -> str:
     return word
 
 
-def _attention(row: dict, profile_attention: str, notes: list[str]) -> str | None:
-    """The row's attention kernel where it differs from its profile's (`profile_attention`): an `attention` cell, else
-    what its text says (plan/software_rule.py); None: the profile's own."""
+def _stated_attention(row: dict) -> tuple[str, str | None] | None:
+    """(kernel, the words of its text that say it; None for an `attention` cell) where the row says which attention
+    kernel it ran: its `attention` cell, else its text (plan/software_rule.py); None where it says nothing."""
     cell = _cell(row, "attention").lower()
     if cell and cell not in ATTENTION_KERNELS:
         raise DataError(f"column 'attention' = {cell!r}: must be one of {', '.join(ATTENTION_KERNELS)}")
-    said = None if cell else next(
-        (s for s in (attention_in_text(_cell(row, c)) for c in ATTENTION_COLUMNS) if s is not None), None)
-    kernel = cell or (said[0] if said else None)
-    if kernel is None or kernel == profile_attention:
+    if cell:
+        return cell, None
+    return next((s for s in (attention_in_text(_cell(row, c)) for c in ATTENTION_COLUMNS) if s is not None), None)
+
+
+def _attention(row: dict, profile_attention: str, notes: list[str]) -> str | None:
+    """The row's attention kernel where it differs from its profile's (`profile_attention`); None: the profile's own."""
+    stated = _stated_attention(row)
+    if stated is None or stated[0] == profile_attention:
         return None
-    if said:
-        notes.append(f"attention {kernel}: the row's text says {said[1]!r}")
-    return kernel
+    if stated[1]:
+        notes.append(f"attention {stated[0]}: the row's text says {stated[1]!r}")
+    return stated[0]
 
 
 def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Cluster, Training, dict, list[str]]:
@@ -192,38 +197,35 @@ def row_plan(row: dict, software: str | None = None, constants: Constants | None
     one if it had to: when the layout needs one (context parallelism), or when the unfused s x s scores make the layout
     not fit and a fused kernel fits; the row is then costed with flash attention, and a note says why."""
     model, cluster, training, fixed, notes = row_inputs(row, software)
-    kwargs = dict(top=1, split="uniform", explain=False, constants=constants)
+
+    def plan_of(run: Training, fit: bool) -> Plan:
+        return search(model, cluster, run, fixed, top=1, split="uniform", explain=False, constants=constants,
+                      require_fit=fit).plans[0]
+
     try:
-        return model, cluster, training, search(model, cluster, training, fixed, **kwargs).plans[0], notes
-    except PlanError as exc:
-        refused = exc
-    unstated_unfused = training.profile.attention == "unfused" and not _said_attention(row)
+        return model, cluster, training, plan_of(training, True), notes
+    except PlanError:
+        pass
     try:
-        plan = search(model, cluster, training, fixed, require_fit=False, **kwargs).plans[0]
+        unfitted = plan_of(training, False)  # a layout that ran though the memory model says it cannot fit
     except PlanError as exc:
-        if not unstated_unfused:
-            raise
-        plan, refused = None, exc  # no layout runs unfused attention: the run used a fused kernel, or is refused
-    if unstated_unfused:
+        unfitted, refused = None, exc  # no layout at all: refused, unless a fused kernel was what it lacked
+    if training.profile.attention == "unfused" and _stated_attention(row) is None:
         fused = dataclasses.replace(training, attention="flash")
         try:
-            fused_plan = search(model, cluster, fused, fixed, require_fit=plan is not None, **kwargs).plans[0]
+            plan = plan_of(fused, unfitted is not None)
         except PlanError:
-            if plan is None:
-                raise refused from None
+            pass
         else:
             why = (f"unfused attention's {model.seq_len} x {model.seq_len} scores would not fit "
-                   f"{cluster.accelerator.name} memory" if plan is not None else f"the layout needs it ({refused})")
+                   f"{cluster.accelerator.name} memory" if unfitted is not None else f"the layout needs it ({refused})")
             notes.append(f"attention flash: {why}, so the run used a fused kernel (FlashAttention, or a "
                          f"memory-efficient one where FlashAttention does not run)")
-            return model, cluster, fused, fused_plan, notes
+            return model, cluster, fused, plan, notes
+    if unfitted is None:
+        raise refused
     notes.append("predicted not to fit memory")
-    return model, cluster, training, plan, notes
-
-
-def _said_attention(row: dict) -> bool:
-    """Whether the row says which attention kernel it ran (an `attention` cell, or its text)."""
-    return bool(_cell(row, "attention")) or any(attention_in_text(_cell(row, c)) is not None for c in ATTENTION_COLUMNS)
+    return model, cluster, training, unfitted, notes
 
 
 def validate_rows(rows: list[dict], label: str = "", software: str | None = None) -> list[dict]:
