@@ -29,8 +29,16 @@ Newer parts, from datasheets alone: no published run calibrates them (CALIBRATED
   dense, 186 GB of HBM3e at 8 TB/s (the NVL72 datasheet's rack figures over its 72 GPUs: 180 / 360 PFLOP/s dense,
   13.4 TB at 576 TB/s), NVLink 5 at 900 GB/s per direction across the whole rack: its NVLink domain is up to 72
   GPUs, so a cluster's gpus_per_node is the GPUs that share one domain (72 for a full rack), not the 4-GPU compute
-  tray. ConnectX-7 400 Gb/s per GPU between racks = 50 GB/s. gemm_efficiency 0.68, the B200's (the same silicon;
-  its higher peak is the 1200 W module's clocks), not measured.
+  tray. ConnectX-7 400 Gb/s per GPU between racks = 50 GB/s. gemm_efficiency 0.60, from a GEMM benchmark, not
+  from training runs: Azure's AI-benchmarking-guide times cuBLASLt FP8 GEMMs the same way on ND GB200 v6, ND H100 v5
+  and ND H200 v5 (Azure_Results/ND_GB200_v6_results.md at fa79995, driver 570.133.20; ND_H200_v5_results.md at
+  7f20e5f; "Azure Results/ND_H100_v5_results.md" at f350e7e; random inputs, 10,000 warm-up iterations). At the four
+  shapes of 8192 and up the GB200 reaches 2826-2907 TFLOP/s, 2.13x the H100 and 2.16x the H200 (medians), 0.58 of its
+  datasheet FP8 peak. Carried onto the calibrated H100 (0.70) and H200 (0.72) that gives 0.589 and 0.616; 0.60 is
+  their mean. (The file's earlier version, on driver 570.99, read ~7% lower: the figure is not settled.) Until 2026-12-05 it was the B200's 0.68 (the same
+  silicon, the higher peak read as the 1200 W module's clocks), and the GB200 runs gathered blind then all ran
+  slower than planned (benchmarks/planner_calibration/FINDINGS.md, section 25). Only FP8 was timed; bf16 is
+  assumed to sit at the same fraction of its peak.
 - GH200 (Grace Hopper superchip): the H100 / H200 die, 989 / 1979 TFLOP/s; `GH200` is the 96 GB HBM3 part at
   4.0 TB/s, `GH200-144GB` the 144 GB HBM3e part at 4.9 TB/s (NVIDIA GH200 datasheet). NVLink 4, 450 GB/s per
   direction. Its clusters put 4 per node with one 200 Gb/s NIC each (HPE Cray EX254n in CSCS Alps: Slingshot-11;
@@ -127,7 +135,7 @@ CATALOGUE: dict[str, Accelerator] = {
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
         Accelerator("B200", 2250 * TFLOPS, 180 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.68,
                     fp8_peak_flops=4500 * TFLOPS, network_bandwidth=50 * GB),
-        Accelerator("GB200", 2500 * TFLOPS, 186 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.68,
+        Accelerator("GB200", 2500 * TFLOPS, 186 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.60,
                     fp8_peak_flops=5000 * TFLOPS, network_bandwidth=50 * GB),
         Accelerator("GH200", 989 * TFLOPS, 96 * GB, 4000 * GB, 450 * GB, gemm_efficiency=0.72,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB),
