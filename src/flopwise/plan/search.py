@@ -195,8 +195,9 @@ def calibration_notes(acc: Accelerator) -> list[str]:
     calibrates (hardware.CALIBRATED)."""
     if acc.measured or acc.name not in CATALOGUE or acc.name in CALIBRATED:
         return []
-    return [f"{acc.name}: no published run calibrates this GPU's constants (datasheet assumptions); published runs on "
-            f"uncalibrated GPUs were mostly slower than predicted (benchmarks/RESULTS.md, 'Sixth blind holdout')"]
+    return [f"{acc.name}: no published run calibrates this GPU's constants (datasheet figures, at most a GEMM "
+            f"benchmark); published runs on uncalibrated GPUs were mostly slower than predicted (benchmarks/RESULTS.md, "
+            f"'Sixth blind holdout')"]
 
 
 def domain_notes(cluster: Cluster) -> list[str]:
