@@ -19,7 +19,8 @@ Figures are the vendors' datasheet numbers for dense (no sparsity) tensor-core m
   figures halved). Parts without FP8 tensor cores have fp8_peak_flops = 0 and the planner refuses fp8 on them.
 - network_bandwidth: the NIC rate per GPU and direction of the vendor's reference node, the planner's default
   inter-node link: DGX A100 8 x HDR 200 Gb/s = 25 GB/s; DGX H100 / H200 8 x NDR 400 Gb/s = 50 GB/s.
-Newer parts, from datasheets alone: no published run calibrates them (CALIBRATED below), so each plan says so.
+Newer parts, from datasheets and at most a GEMM benchmark: no published run calibrates them (CALIBRATED below), so
+each plan says so.
 - B200 SXM (HGX / DGX B200): 2250 TFLOP/s bf16 and 4500 FP8 dense, HBM3e 8 TB/s, 180 GB usable per GPU, NVLink 5
   1.8 TB/s total = 900 per direction; DGX B200 8 x ConnectX-7 400 Gb/s = 50 GB/s per GPU. (NVIDIA DGX B200
   datasheet.) gemm_efficiency 0.68: its bf16 MAMF is 0.776 of peak (1745 TFLOP/s, stas00/ml-engineering
@@ -30,15 +31,16 @@ Newer parts, from datasheets alone: no published run calibrates them (CALIBRATED
   13.4 TB at 576 TB/s), NVLink 5 at 900 GB/s per direction across the whole rack: its NVLink domain is up to 72
   GPUs, so a cluster's gpus_per_node is the GPUs that share one domain (72 for a full rack), not the 4-GPU compute
   tray. ConnectX-7 400 Gb/s per GPU between racks = 50 GB/s. gemm_efficiency 0.60, from a GEMM benchmark, not
-  from training runs: Azure's AI-benchmarking-guide times cuBLASLt FP8 GEMMs the same way on ND GB200 v6, ND H100 v5
-  and ND H200 v5 (Azure_Results/ND_GB200_v6_results.md at fa79995, driver 570.133.20; ND_H200_v5_results.md at
-  7f20e5f; "Azure Results/ND_H100_v5_results.md" at f350e7e; random inputs, 10,000 warm-up iterations). At the four
-  shapes of 8192 and up the GB200 reaches 2826-2907 TFLOP/s, 2.13x the H100 and 2.16x the H200 (medians), 0.58 of its
-  datasheet FP8 peak. Carried onto the calibrated H100 (0.70) and H200 (0.72) that gives 0.589 and 0.616; 0.60 is
-  their mean. (The file's earlier version, on driver 570.99, read ~7% lower: the figure is not settled.) Until 2026-12-05 it was the B200's 0.68 (the same
-  silicon, the higher peak read as the 1200 W module's clocks), and the GB200 runs gathered blind then all ran
-  slower than planned (benchmarks/planner_calibration/FINDINGS.md, section 25). Only FP8 was timed; bf16 is
-  assumed to sit at the same fraction of its peak.
+  from training runs: Azure's AI-benchmarking-guide times cuBLASLt FP8 GEMMs with one script (random inputs, 10,000
+  warm-up iterations, the same shapes) on ND GB200 v6, ND H100 v5 and ND H200 v5 (Azure_Results/ND_GB200_v6_results.md
+  at fa79995: CUDA 12.8, driver 570.133.20; ND_H200_v5_results.md at 7f20e5f and "Azure Results/ND_H100_v5_results.md"
+  at f350e7e: CUDA 12.6, drivers 560.x). At the four shapes of 8192 and up the GB200 reaches 2826-2907 TFLOP/s, 0.58
+  of its datasheet FP8 peak: 2.04-2.23x the H100 (median 2.13) and 2.09-2.21x the H200 (median 2.16). Carried onto
+  the calibrated H100 (0.70) and H200 (0.72) that gives 0.589 and 0.616; 0.60 is their mean. The file's earlier
+  version, on driver 570.99, read ~7% lower (0.55-0.57): the figure is not settled. Until 2026-12-05 it was the
+  B200's 0.68 (the same silicon, the higher peak read as the 1200 W module's clocks), and the GB200 runs gathered
+  blind then all ran slower than planned (benchmarks/planner_calibration/FINDINGS.md, section 25). Only FP8 was
+  timed; bf16 is assumed to sit at the same fraction of its peak.
 - GH200 (Grace Hopper superchip): the H100 / H200 die, 989 / 1979 TFLOP/s; `GH200` is the 96 GB HBM3 part at
   4.0 TB/s, `GH200-144GB` the 144 GB HBM3e part at 4.9 TB/s (NVIDIA GH200 datasheet). NVLink 4, 450 GB/s per
   direction. Its clusters put 4 per node with one 200 Gb/s NIC each (HPE Cray EX254n in CSCS Alps: Slingshot-11;
@@ -153,7 +155,7 @@ CATALOGUE["GH200-144GB"] = dataclasses.replace(CATALOGUE["GH200"], name="GH200-1
                                                memory_bandwidth=4900 * GB)
 # GPUs whose cost-model constants were fitted or checked on published measured runs (issue 14: the GPUs of
 # benchmarks/planner_calibration/fit.csv, and the export variants of their silicon, checked on a blind holdout).
-# The others' constants are datasheet assumptions (flopwise.plan.search.calibration_notes says so with each plan).
+# The others' constants are datasheet figures, at most with a GEMM benchmark (plan.search.calibration_notes says so).
 CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800-SXM", "H100-GT-500W", "H200"})
 # GPUs older than Turing: no FlashAttention (FlashAttention 1.x needs Turing or Ampere, 2.x Ampere or newer: the
 # flash-attention README), so Megatron-family runs on them used Megatron-LM's fused softmax over s x s scores. T4
