@@ -161,6 +161,9 @@ CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800
 # flash-attention README), so Megatron-family runs on them used Megatron-LM's fused softmax over s x s scores. T4
 # (Turing) is left out: FlashAttention 1.x ran there, though Megatron-Core's fused paths target Ampere and newer.
 NO_FLASH_ATTENTION = frozenset({"V100-32GB", "V100-16GB", "P100"})
+# GPUs whose tensor cores take block-scaled FP8 (MXFP8: one E8M0 scale per 32 elements) at the FP8 rate: Blackwell
+# (the Blackwell architecture technical brief's fifth-generation Tensor Cores); Hopper's take per-tensor scales only
+BLOCK_SCALED_FP8 = frozenset({"B200", "GB200"})
 # GPUs whose NVLink spans more than a node of 8: the rack-scale domain of the vendor's system (GB200 NVL72)
 NVLINK_DOMAIN = {"GB200": 72}
 # gloo collectives between processes on one machine (loopback TCP): ~1-3 GB/s per direction; a starting

@@ -136,6 +136,8 @@ text heads,4,256,abc,4,1024,gelu,512,128,A100,8,64,0.01,,,,,
 tp beyond a node,4,256,4,4,1024,gelu,512,128,A100,8,64,0.01,64,,,,
 bad recompute,4,256,4,4,1024,gelu,512,128,A100,8,64,0.01,,,,,sometimes
 fp8 on A100,4,256,4,4,1024,gelu,512,128,A100,8,64,0.01,,,,fp8,
+mxfp8 on H100,4,256,4,4,1024,gelu,512,128,H100,8,64,0.01,,,,MXFP8,
+mxfp8 on B200,4,256,4,4,1024,gelu,512,128,B200,8,64,0.01,,,,MXFP8,
 truncated
 """
 
@@ -147,6 +149,7 @@ def test_validate_odd_rows_each_get_a_prediction_or_a_reason(capsys, tmp_path):
     assert code == 0 and "Traceback" not in err
     rows = {r["model"]: r for r in json.loads(out)["rows"]}
     assert rows["dense"]["predicted_s"] > 0 and rows["moe"]["predicted_s"] > 0
+    assert rows["mxfp8 on B200"]["predicted_s"] > 0  # read as mxfp8, not as fp8 (whose name it contains)
     # the experts columns are read: 8 experts of top-2 cost more than the same shape without experts
     assert rows["moe"]["predicted_s"] > rows["moe without experts"]["predicted_s"]
     reasons = {
@@ -157,6 +160,7 @@ def test_validate_odd_rows_each_get_a_prediction_or_a_reason(capsys, tmp_path):
         "tp beyond a node": "tp = 64 exceeds",
         "bad recompute": "recompute = 'sometimes'",
         "fp8 on A100": "no FP8 tensor cores",
+        "mxfp8 on H100": "no block-scaled (MXFP8) tensor cores",
         "truncated": "is blank",
     }
     for model, reason in reasons.items():
@@ -182,3 +186,15 @@ def test_plan_says_when_its_step_has_few_micro_batches(capsys):
     assert code == 0 and "few micro-batches" not in err
     code, out, _ = run([*argv, "--json"], capsys)  # the plan's notes travel with it in the JSON
     assert code == 0 and json.loads(out)["plans"][0]["notes"][0].startswith("few micro-batches: this plan runs 1")
+
+
+def test_plan_takes_mxfp8_on_blackwell_only_and_never_writes_it_as_a_job(capsys, tmp_path):
+    base = ["plan", "--preset", "nano", "--gpus", "8", "--software", "te", "--global-batch", "64", "--top", "1"]
+    code, out, _ = run(base + ["--gpu", "B200", "--precision", "mxfp8", "--json"], capsys)
+    assert code == 0 and json.loads(out)["plans"][0]["step_time_s"] > 0
+    code, _, err = run(base + ["--gpu", "H100-SXM", "--precision", "mxfp8"], capsys)
+    assert code != 0 and "no block-scaled (MXFP8) tensor cores" in err and "Traceback" not in err
+    code, _, err = run(["plan", "--preset", "nano", "--gpus", "8", "--global-batch", "64", "--gpu", "B200",
+                        "--precision", "mxfp8", "--write-config", str(tmp_path / "job.toml")], capsys)
+    assert code != 0 and "--write-config writes a job for flopwise's trainer" in err
+    assert not (tmp_path / "job.toml").exists()

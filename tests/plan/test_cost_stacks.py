@@ -36,6 +36,22 @@ def test_fp8_speeds_up_the_gemms_not_the_rest():
         cost(acc=A100, precision="fp8")
 
 
+def test_mxfp8_is_fp8_at_the_same_rate_plus_its_block_scales_and_needs_blackwell():
+    b200 = get_accelerator("B200")
+    layout = Layout(dp=8, zero=1, micro_batch=1)
+    fp8, mx = (cost(acc=b200, precision=p) for p in ("fp8", "mxfp8"))
+    f, m = fp8.layer_compute(1, False, 1), mx.layer_compute(1, False, 1)
+    assert m["gemm"] == f["gemm"] and m["attention"] == f["attention"]  # the FP8 rate, bf16 attention
+    # the casts write a scale byte per 32 elements for each of two copies: 2/32 more on 4 (or 2 fused) bytes
+    assert f["elementwise"][1] < m["elementwise"][1] < 1.05 * f["elementwise"][1]
+    assert fp8.evaluate(layout).step_time < mx.evaluate(layout).step_time < 1.02 * fp8.evaluate(layout).step_time
+    assert mx.evaluate(layout).memory[0]["activations"] == fp8.evaluate(layout).memory[0]["activations"]
+    with pytest.raises(PlanError, match="MXFP8"):
+        cost(precision="mxfp8")  # Hopper: per-tensor scales only
+    with pytest.raises(PlanError, match="FP8 tensor cores"):
+        cost(acc=A100, precision="mxfp8")
+
+
 def test_context_parallelism_splits_the_work_and_the_activations():
     one = cost().evaluate(Layout(dp=8, zero=1, micro_batch=1))
     two = cost().evaluate(Layout(dp=4, cp=2, zero=1, micro_batch=1))

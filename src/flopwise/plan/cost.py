@@ -62,7 +62,8 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
   norm or activation writes it, and of each output gradient backward; with sequence parallelism the cast
   precedes the all-gather, so it covers the rank's 1/tp of the sequence and the forward gathers move 1 byte per
   element); attention,
-  the LM head and the elementwise work stay bf16.
+  the LM head and the elementwise work stay bf16. MXFP8 (Blackwell): the same, each cast also writing its block
+  scales (MX_SCALE_BYTES).
 - PyTorch-native TP under torch.compile (Software.unfused_across_tp): with tp > 1 the blocks' elementwise work moves
   the eager stack's traffic (Constants.eager_traffic); chosen on the fit rows' CV, scored on a blind set
   (benchmarks/RESULTS.md, "Eighth round" and "Seventeenth blind holdout").
@@ -88,6 +89,7 @@ from flopwise.flops import (
     param_counts,
 )
 from flopwise.hardware import (
+    BLOCK_SCALED_FP8,
     COLLECTIVE_LATENCY_S,
     NVLINK_BUS_EFFICIENCY,
 )
@@ -120,6 +122,9 @@ FP8_CAST_BYTES = 4.0
 # itself (Transformer Engine's LayerNormLinear / LayerNormMLP, torch.compile's fused casts): 1 + 1 bytes, no
 # re-read. The attention output (the input of wo) comes from the attention kernel and is cast on its own.
 FP8_FUSED_CAST_BYTES = 2.0
+# MXFP8 (OCP Microscaling Formats spec v1.0: one 8-bit E8M0 scale per block of 32 elements): the row-wise and the
+# column-wise (transposed) copies carry a scale each, 2 / 32 bytes per element on top of the FP8 casts
+MX_SCALE_BYTES = 2.0 / 32
 FP8_UNFUSED_INPUT = frozenset({"wo"})
 FP8_INPUT_SHARED = frozenset({"wk", "wv"})  # cast once, with wq's input
 FP8_ONE_INPUT = frozenset({"w_up"})  # gate and up (count 2) read one input
@@ -264,9 +269,14 @@ class CostModel:
         self.training = training
         self.constants = constants or DEFAULT_CONSTANTS
         self.acc = cluster.accelerator
-        self.fp8 = training.precision == "fp8"
+        self.fp8 = training.fp8
         if self.fp8 and self.acc.fp8_peak_flops <= 0:
             raise PlanError(f"{self.acc.name} has no FP8 tensor cores: use precision bf16")
+        if training.precision == "mxfp8" and self.acc.name not in BLOCK_SCALED_FP8:
+            raise PlanError(f"{self.acc.name} has no block-scaled (MXFP8) tensor cores, only Blackwell's have "
+                            f"({', '.join(sorted(BLOCK_SCALED_FP8))}): use precision fp8 (per-tensor scales)")
+        # MXFP8: each cast also writes one scale byte per 32 elements, for the row-wise and the column-wise copy
+        self.cast_extra = MX_SCALE_BYTES if training.precision == "mxfp8" else 0.0
         self.fp8_rate = self.acc.fp8_peak_flops * self.acc.gemm_efficiency * FP8_MAMF_RATIO
         self.seq = training.seq_len or model.seq_len
         # fp32 runs on TF32 tensor cores: half the bf16/fp16 dense rate on A100 and H100 (a measured CPU peak
@@ -409,9 +419,9 @@ class CostModel:
                 k, n = self._sharded(g, tp)
                 if g.name not in FP8_INPUT_SHARED:  # Q, K, V share one input; so do gate and up (count 2)
                     per = FP8_FUSED_CAST_BYTES if fused and g.name not in FP8_UNFUSED_INPUT else FP8_CAST_BYTES
-                    per /= shard if g.tp == "column" else 1
+                    per = (per + self.cast_extra) / (shard if g.tp == "column" else 1)
                     ew_fwd += (1 if g.name in FP8_ONE_INPUT else g.count) * per * tokens * k / self.hbm_rate
-                per = FP8_CAST_BYTES / (shard if g.tp == "row" else 1)
+                per = (FP8_CAST_BYTES + self.cast_extra) / (shard if g.tp == "row" else 1)
                 ew_bwd += g.count * per * tokens * n / self.hbm_rate
         attn_bwd = FLASH_BACKWARD_FLOPS if self.training.profile.attention == "flash" else 2.0
         eff = self.constants.backward_efficiency

@@ -128,7 +128,7 @@ def layer_activation_bytes(
         sharded += mlp_inner * (k - 1)  # the MLP inner term above is one expert visit
         router = 3 * n + (n * n if cfg.router == "attention" else 0) + 2 * n + 4 * k
         whole = 3 * k * h * e + 4 * router + (4 * h if e < 4 else 0)
-    if training.precision == "fp8":  # the GEMM inputs are kept as their 1-byte FP8 casts (Transformer Engine)
+    if training.fp8:  # the GEMM inputs are kept as their 1-byte FP8 casts (Transformer Engine)
         replicated -= (h + h) * (e - 1)  # QKV and MLP inputs
         sharded -= (q + ffn) * (e - 1)  # output projection and second MLP matmul inputs
     if sw.attention == "unfused":

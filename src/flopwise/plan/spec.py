@@ -10,8 +10,11 @@ from flopwise.errors import ConfigError
 from flopwise.hardware import Accelerator
 
 # fp8: the transformer blocks' linear-layer GEMMs in FP8 (Transformer Engine, torchao Float8); attention, the LM
-# head, elementwise work, master weights and optimizer state as in bf16 training.
-PRECISIONS = ("bf16", "fp16", "fp32", "fp8")
+# head, elementwise work, master weights and optimizer state as in bf16 training. mxfp8: the same GEMMs in FP8 with
+# one power-of-two scale per 32 elements (the OCP microscaling format; Transformer Engine's MXFP8 recipe, torchao's
+# MX formats), which only Blackwell's tensor cores consume (hardware.BLOCK_SCALED_FP8).
+PRECISIONS = ("bf16", "fp16", "fp32", "fp8", "mxfp8")
+FP8_PRECISIONS = frozenset({"fp8", "mxfp8"})
 # the attention core: 'flash' fused (FlashAttention, SDPA, cuDNN: no s^2 tensors) | 'unfused' (scores, softmax and
 # dropout as tensors of their own: Megatron before flash attention, Hugging Face models' eager attention)
 ATTENTION_KERNELS = ("flash", "unfused")
@@ -188,6 +191,11 @@ class Training:
     @property
     def dtype_bytes(self) -> int:
         return 4 if self.precision == "fp32" else 2
+
+    @property
+    def fp8(self) -> bool:
+        """The blocks' linear layers run FP8 GEMMs (per-tensor or block-scaled)."""
+        return self.precision in FP8_PRECISIONS
 
     @property
     def profile(self) -> Software:

@@ -29,7 +29,7 @@ from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import Constants, Plan
 from flopwise.plan.search import search
 from flopwise.plan.software_rule import ATTENTION_COLUMNS, attention_in_text, infer_software
-from flopwise.plan.spec import ATTENTION_KERNELS, PRECISIONS, SOFTWARE, Cluster, Training
+from flopwise.plan.spec import ATTENTION_KERNELS, FP8_PRECISIONS, PRECISIONS, SOFTWARE, Cluster, Training
 from flopwise.userfiles import read_text
 
 # what the calibration set adds to the published format (shared/published/README.md) to say which stack ran a row and
@@ -89,7 +89,8 @@ def _precision_word(text: str, notes: list[str]) -> str:
     word = text.strip().lower()
     if not word or word in PRECISIONS:
         return word or "bf16"
-    for precision in sorted(PRECISIONS, key=lambda p: p != "fp8"):  # fp8 first: FP8 runs also name their bf16 parts
+    # FP8 first, as FP8 runs also name their bf16 parts; MXFP8 before FP8, whose name it contains
+    for precision in sorted(PRECISIONS, key=lambda p: (p not in FP8_PRECISIONS, -len(p))):
         if precision in word:
             notes.append(f"precision {text!r} read as {precision}")
             return precision
