@@ -53,9 +53,18 @@ def _run_serial(fn, tasks) -> Iterator[int]:
 
 def _run_processes(fn, tasks, workers: int) -> Iterator[int]:
     import multiprocessing as mp
+    import signal
 
     ctx = mp.get_context("fork")
-    with ctx.Pool(min(workers, len(tasks)), maxtasksperchild=64, initializer=_worker_signals) as pool:
+    # SIGTERM stays blocked from each fork until the worker's own handler is in place (_worker_signals). The pool's
+    # threads, which fork replacement workers, are started here and inherit the mask too. This thread's pending
+    # SIGTERM, if any, is delivered once the mask is restored.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        pool = ctx.Pool(min(workers, len(tasks)), maxtasksperchild=64, initializer=_worker_signals)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    with pool:
         for i, _ in enumerate(pool.imap_unordered(fn, tasks), 1):
             yield i
 
@@ -64,11 +73,14 @@ def _worker_signals() -> None:
     """A forked worker inherits its parent's Python signal handlers. The trainer's SIGTERM handler only sets a flag
     (train/preempt.py), so a worker that kept it would outlive Pool.terminate's SIGTERM and its join would wait
     forever (`flopwise train` hung preparing a corpus). Workers die on SIGTERM; Ctrl-C is the parent's to handle, and
-    the parent ends the pool."""
+    the parent ends the pool. The worker starts with SIGTERM blocked (_run_processes): a terminate that came before
+    this point is pending and ends it on the unblock, instead of reaching the inherited handler and being lost (a
+    pool whose tasks were done before its last worker started hung a CI run that way)."""
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 # ---------------------------------------------------------------- Ray
