@@ -192,9 +192,9 @@ def calibration_rows() -> list[dict]:
 
 def test_calibration_rows_in_the_published_format_are_all_predicted():
     """Without the software, stack, notes and citation columns (a CSV in the published format), every calibration
-    row whose layout the planner can express still gets a prediction: rows of stacks flopwise's own trainer cannot run (context parallelism, FSDP inside
-    pipeline stages) are costed with their stack's profile, not refused; and where the source text names the
-    stack, the profile is the one the row's own columns give."""
+    row whose layout the planner can express still gets a prediction: rows of stacks flopwise's own trainer cannot
+    run (context parallelism, FSDP inside pipeline stages) are costed with their stack's profile, not refused; and
+    where the source text names the stack, the profile is the one the row's own columns give."""
     rows = calibration_rows()
     assert len(rows) >= 200
     stripped = [{k: v for k, v in r.items() if k not in PROVENANCE_COLUMNS} for r in rows]
