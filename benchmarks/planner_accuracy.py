@@ -134,8 +134,8 @@ def classes(row: dict) -> list[str]:
         out.append("pipeline >= 8 stages" + (", full recompute" if rc == "full" else ""))
     if cp > 1:
         out.append("context parallel")
-    if row.get("precision") == "fp8":
-        out.append("fp8")
+    if row.get("precision") in ("fp8", "mxfp8"):
+        out.append(row["precision"])
     return out
 
 

@@ -27,9 +27,9 @@ from flopwise.plan.calibrate import fit as fit_constants
 from flopwise.plan.cost import Plan
 from flopwise.plan.memory import PRINTED_PARTS
 from flopwise.plan.search import search
-from flopwise.plan.spec import FP8_PRECISIONS, SOFTWARE, Cluster, Training
+from flopwise.plan.spec import SOFTWARE, Cluster, Training
 from flopwise.plan.validate import validate_files
-from flopwise.train.config import job_for_layout, write_job_config
+from flopwise.train.config import TRAINER_PRECISIONS, job_for_layout, write_job_config
 
 app = typer.Typer(
     help=(
@@ -151,7 +151,7 @@ def plan(
     tokens: float = typer.Option(0.0, help="tokens to train (for days and GPU-hours)", callback=NON_NEGATIVE),
     precision: str = typer.Option(
         "bf16", help="bf16 | fp16 | fp32 | fp8 (FP8 linear layers, Hopper and newer) | mxfp8 (block-scaled FP8, "
-                     "Blackwell: B200, GB200); flopwise's trainer runs bf16, fp16 and fp32"
+                     "Blackwell: B200, GB200); flopwise's trainer runs bf16 and fp32"
     ),
     software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),
     attention: str = typer.Option(
@@ -192,9 +192,9 @@ def plan(
     training = Training(global_batch, tokens=tokens, precision=precision, software=software,
                         expert_imbalance=expert_imbalance, attention=attention.lower() if attention else None,
                         compiled=compile_blocks)
-    if write_config is not None and (software != "flopwise" or precision in FP8_PRECISIONS):
+    if write_config is not None and (software != "flopwise" or precision not in TRAINER_PRECISIONS):
         raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
-                          f"bf16, fp16 or fp32 (got --software {software}, --precision {precision})")
+                          f"{' or '.join(TRAINER_PRECISIONS)} (got --software {software}, --precision {precision})")
     fixed = parse_layout(layout) if layout else {}
     result = search(model, cluster, training, fixed, top=top, split=split)
     if write_config is not None:

@@ -123,7 +123,8 @@ FP8_CAST_BYTES = 4.0
 # re-read. The attention output (the input of wo) comes from the attention kernel and is cast on its own.
 FP8_FUSED_CAST_BYTES = 2.0
 # MXFP8 (OCP Microscaling Formats spec v1.0: one 8-bit E8M0 scale per block of 32 elements): the row-wise and the
-# column-wise (transposed) copies carry a scale each, 2 / 32 bytes per element on top of the FP8 casts
+# column-wise (transposed) copies carry a scale each, 2 / 32 bytes per element on top of the FP8 casts (the sequence-
+# parallel gathers of the FP8 copy and the kept FP8 activations leave the scales out: 1/32 of their bytes)
 MX_SCALE_BYTES = 2.0 / 32
 FP8_UNFUSED_INPUT = frozenset({"wo"})
 FP8_INPUT_SHARED = frozenset({"wk", "wv"})  # cast once, with wq's input

@@ -89,8 +89,11 @@ def _precision_word(text: str, notes: list[str]) -> str:
     word = text.strip().lower()
     if not word or word in PRECISIONS:
         return word or "bf16"
-    # FP8 first, as FP8 runs also name their bf16 parts; MXFP8 before FP8, whose name it contains
-    for precision in sorted(PRECISIONS, key=lambda p: (p not in FP8_PRECISIONS, -len(p))):
+    if "fp8" in word and "mx" in word:  # MXFP8 as recipes spell it: 'fp8_mx' (Megatron-Bridge), 'bf16_with_mxfp8_mixed'
+        notes.append(f"precision {text!r} read as mxfp8")
+        return "mxfp8"
+    # FP8 first, as FP8 runs also name their bf16 parts
+    for precision in sorted(PRECISIONS, key=lambda p: p not in FP8_PRECISIONS):
         if precision in word:
             notes.append(f"precision {text!r} read as {precision}")
             return precision

@@ -314,12 +314,16 @@ def resolve_layout(job: JobConfig, world: int | None = None) -> tuple[Layout, in
     return layout, check_layout(layout, cfg, job.train.global_batch, job.seq_len, world)
 
 
+TRAINER_PRECISIONS = ("bf16", "fp32")  # the planner's precisions the trainer runs (train.dtype)
+
+
 def job_for_layout(layout: Layout, model: ModelConfig, *, global_batch: int, precision: str = "bf16",
                    preset: str | None = None, tokens: float = 0.0, out: str | None = None) -> JobConfig:
     """A job config that runs `layout` (a plan's) as is: its degrees in [parallel], its micro-batch as
     train.micro_batch (which the trainer then honours exactly), its split written out."""
-    if precision not in ("bf16", "fp32"):
-        raise ConfigError(f"precision = {precision!r}: the trainer runs bf16 or fp32 (plan with one of those)")
+    if precision not in TRAINER_PRECISIONS:
+        raise ConfigError(f"precision = {precision!r}: the trainer runs {' or '.join(TRAINER_PRECISIONS)} (plan with "
+                          f"one of those)")
     base = get_preset(preset or "tiny")
     job = JobConfig(preset=preset or "tiny", model={k: v for k, v in model.to_dict().items() if getattr(base, k) != v})
     job.out = out or f"runs/{preset or 'model'}-{layout.describe()}"

@@ -56,10 +56,10 @@ def _run_processes(fn, tasks, workers: int) -> Iterator[int]:
     import signal
 
     ctx = mp.get_context("fork")
-    # SIGTERM stays blocked from each fork until the worker's own handler is in place (_worker_signals). The pool's
-    # threads, which fork replacement workers, are started here and inherit the mask too. This thread's pending
-    # SIGTERM, if any, is delivered once the mask is restored.
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    # SIGTERM and SIGINT stay blocked from each fork until the worker's own handlers are in place (_worker_signals).
+    # The pool's threads, which fork replacement workers, are started here and inherit the mask too. A signal sent to
+    # this process meanwhile is delivered once the mask is restored.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         pool = ctx.Pool(min(workers, len(tasks)), maxtasksperchild=64, initializer=_worker_signals)
     finally:
@@ -80,7 +80,7 @@ def _worker_signals() -> None:
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})  # a pending SIGINT is discarded
 
 
 # ---------------------------------------------------------------- Ray
