@@ -11,7 +11,7 @@ from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan import memory as mem
 from flopwise.plan.calibrate import Observation, fit
-from flopwise.plan.cost import ELEMENTWISE_FWD_PASSES, FP8_FUSED_CAST_BYTES, Constants, CostModel
+from flopwise.plan.cost import ELEMENTWISE_FWD_PASSES, FP8_FUSED_CAST_BYTES, MX_SCALE_BYTES, Constants, CostModel
 from flopwise.plan.spec import SOFTWARE, Cluster, Training
 
 H100 = get_accelerator("H100-SXM")
@@ -44,6 +44,13 @@ def test_mxfp8_is_fp8_at_the_same_rate_plus_its_block_scales_and_needs_blackwell
     assert m["gemm"] == f["gemm"] and m["attention"] == f["attention"]  # the FP8 rate, bf16 attention
     # the casts write a scale byte per 32 elements for each of two copies: 2/32 more on 4 (or 2 fused) bytes
     assert f["elementwise"][1] < m["elementwise"][1] < 1.05 * f["elementwise"][1]
+    # exactly: each distinct GEMM input is cast once forward (QKV's and gate/up's input h, wo's q / tp, w_down's
+    # ffn / tp), and under sequence parallelism the column-parallel inputs are cast on the rank's 1/tp of the sequence
+    tokens, h, q, ffn, tp = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn, 4
+    for sp, column in ((False, 2 * h), (True, 2 * h / tp)):
+        extra = mx.layer_compute(tp, sp, 1)["elementwise"][0] - fp8.layer_compute(tp, sp, 1)["elementwise"][0]
+        elements = tokens * (column + q / tp + ffn / tp)
+        assert extra * mx.hbm_rate == pytest.approx(MX_SCALE_BYTES * elements, rel=1e-9)
     assert fp8.evaluate(layout).step_time < mx.evaluate(layout).step_time < 1.02 * fp8.evaluate(layout).step_time
     assert mx.evaluate(layout).memory[0]["activations"] == fp8.evaluate(layout).memory[0]["activations"]
     with pytest.raises(PlanError, match="MXFP8"):
