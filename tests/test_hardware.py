@@ -39,6 +39,25 @@ def test_user_accelerator_from_toml(tmp_path):
         get_accelerator("TPUv9")
 
 
+def test_user_accelerator_declares_block_scaled_fp8_and_keeps_it_when_written(tmp_path):
+    """A Blackwell-class part outside the catalogue (a B300, say) can take MXFP8 plans: its file says so."""
+    from flopwise.hardware import write_accelerator
+
+    path = tmp_path / "b300.toml"
+    base = 'name = "B300"\npeak_tflops = 2250\nmemory_gb = 270\nmemory_bandwidth_gbps = 8000\nlink_bandwidth_gbps = 900\n'
+    path.write_text(base + "fp8_peak_tflops = 4500\nblock_scaled_fp8 = true\n")
+    acc = load_accelerator(path)
+    assert acc.block_scaled_fp8 and acc.fp8_peak_flops == 4500e12
+    assert load_accelerator(write_accelerator(acc, tmp_path / "again.toml")) == acc
+    assert [a.name for a in CATALOGUE.values() if a.block_scaled_fp8] == ["B200", "GB200"]
+    assert not load_accelerator(write_accelerator(CATALOGUE["H100-SXM"], tmp_path / "h.toml")).block_scaled_fp8
+    for extra, message in (('block_scaled_fp8 = "yes"\nfp8_peak_tflops = 4500\n', "must be true or false"),
+                           ("block_scaled_fp8 = true\n", "needs fp8_peak_tflops")):
+        path.write_text(base + extra)
+        with pytest.raises(ConfigError, match=message):
+            load_accelerator(path)
+
+
 def test_export_variants_and_whole_token_device_names():
     # the export variants: A100 / H100 silicon with NVLink cut to 400 GB/s total
     a800, h800 = get_accelerator("A800"), get_accelerator("h800-sxm")

@@ -109,6 +109,9 @@ class Accelerator:
     memory_efficiency: float = 0.85  # fraction of memory_bandwidth that streaming kernels reach
     fp8_peak_flops: float = 0.0  # dense FP8 FLOP/s; 0: no FP8 tensor cores
     network_bandwidth: float = 25 * GB  # inter-node NIC bytes/s per GPU, one direction (reference system)
+    # tensor cores that take block-scaled FP8 (MXFP8: one E8M0 scale per 32 elements) at the FP8 rate: Blackwell's
+    # fifth-generation Tensor Cores (NVIDIA Blackwell architecture technical brief); Hopper's take per-tensor scales
+    block_scaled_fp8: bool = False
 
     @property
     def peak_label(self) -> str:
@@ -136,9 +139,9 @@ CATALOGUE: dict[str, Accelerator] = {
         Accelerator("H100-GT-500W", 989 * TFLOPS, 96 * GIB, 2400 * GB, 450 * GB, gemm_efficiency=0.63,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
         Accelerator("B200", 2250 * TFLOPS, 180 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.68,
-                    fp8_peak_flops=4500 * TFLOPS, network_bandwidth=50 * GB),
+                    fp8_peak_flops=4500 * TFLOPS, network_bandwidth=50 * GB, block_scaled_fp8=True),
         Accelerator("GB200", 2500 * TFLOPS, 186 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.60,
-                    fp8_peak_flops=5000 * TFLOPS, network_bandwidth=50 * GB),
+                    fp8_peak_flops=5000 * TFLOPS, network_bandwidth=50 * GB, block_scaled_fp8=True),
         Accelerator("GH200", 989 * TFLOPS, 96 * GB, 4000 * GB, 450 * GB, gemm_efficiency=0.72,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
@@ -161,9 +164,6 @@ CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800
 # flash-attention README), so Megatron-family runs on them used Megatron-LM's fused softmax over s x s scores. T4
 # (Turing) is left out: FlashAttention 1.x ran there, though Megatron-Core's fused paths target Ampere and newer.
 NO_FLASH_ATTENTION = frozenset({"V100-32GB", "V100-16GB", "P100"})
-# GPUs whose tensor cores take block-scaled FP8 (MXFP8: one E8M0 scale per 32 elements) at the FP8 rate: Blackwell
-# (the Blackwell architecture technical brief's fifth-generation Tensor Cores); Hopper's take per-tensor scales only
-BLOCK_SCALED_FP8 = frozenset({"B200", "GB200"})
 # GPUs whose NVLink spans more than a node of 8: the rack-scale domain of the vendor's system (GB200 NVL72)
 NVLINK_DOMAIN = {"GB200": 72}
 # gloo collectives between processes on one machine (loopback TCP): ~1-3 GB/s per direction; a starting
@@ -194,8 +194,9 @@ def get_accelerator(name: str) -> Accelerator:
 def load_accelerator(path: str | Path) -> Accelerator:
     """Read a user-defined accelerator from TOML, figures in natural units:
     name, peak_tflops, memory_gb, memory_bandwidth_gbps, link_bandwidth_gbps (per direction);
-    optionally gemm_efficiency and memory_efficiency (fractions, see the module docstring), fp8_peak_tflops
-    and network_bandwidth_gbps (inter-node, per GPU and direction)."""
+    optionally gemm_efficiency and memory_efficiency (fractions, see the module docstring), fp8_peak_tflops,
+    network_bandwidth_gbps (inter-node, per GPU and direction) and block_scaled_fp8 (true where the tensor cores
+    take MXFP8 at the FP8 rate, as Blackwell's do; it needs fp8_peak_tflops)."""
     path = Path(path)
     data = read_toml(path, "accelerator file")
     required = ("name", "peak_tflops", "memory_gb", "memory_bandwidth_gbps", "link_bandwidth_gbps")
@@ -204,7 +205,8 @@ def load_accelerator(path: str | Path) -> Accelerator:
         raise ConfigError(f"accelerator file {path}: missing key(s) {', '.join(missing)}")
     optional = ("gemm_efficiency", "memory_efficiency")
     rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "network_bandwidth_gbps": ("network_bandwidth", GB)}
-    unknown = set(data) - set(required) - set(optional) - set(rates) - {"measured"}
+    flags = ("measured", "block_scaled_fp8")
+    unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags)
     if unknown:
         raise ConfigError(f"accelerator file {path}: unknown key(s) {', '.join(sorted(unknown))}")
     for key in required[1:]:
@@ -216,8 +218,12 @@ def load_accelerator(path: str | Path) -> Accelerator:
     for key in rates:
         if key in data and (not isinstance(data[key], int | float) or data[key] < 0):
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a non-negative number")
-    if not isinstance(data.get("measured", False), bool):
-        raise ConfigError(f"accelerator file {path}: measured = {data['measured']!r} must be true or false")
+    for key in flags:
+        if not isinstance(data.get(key, False), bool):
+            raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be true or false")
+    if data.get("block_scaled_fp8") and not data.get("fp8_peak_tflops"):
+        raise ConfigError(f"accelerator file {path}: block_scaled_fp8 = true needs fp8_peak_tflops (the FP8 rate "
+                          "block-scaled GEMMs run at)")
     return Accelerator(
         str(data["name"]),
         data["peak_tflops"] * TFLOPS,
@@ -225,6 +231,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
         data["memory_bandwidth_gbps"] * GB,
         data["link_bandwidth_gbps"] * GB,
         measured=data.get("measured", False),
+        block_scaled_fp8=data.get("block_scaled_fp8", False),
         **{k: float(data[k]) for k in optional if k in data},
         **{field: data[key] * unit for key, (field, unit) in rates.items() if key in data},
     )
@@ -245,6 +252,8 @@ def accelerator_toml(acc: Accelerator) -> dict:
     }
     if acc.measured:
         data["measured"] = True
+    if acc.block_scaled_fp8:
+        data["block_scaled_fp8"] = True
     return data
 
 

@@ -53,8 +53,11 @@ def test_mxfp8_is_fp8_at_the_same_rate_plus_its_block_scales_and_needs_blackwell
         assert extra * mx.hbm_rate == pytest.approx(MX_SCALE_BYTES * elements, rel=1e-9)
     assert fp8.evaluate(layout).step_time < mx.evaluate(layout).step_time < 1.02 * fp8.evaluate(layout).step_time
     assert mx.evaluate(layout).memory[0]["activations"] == fp8.evaluate(layout).memory[0]["activations"]
-    with pytest.raises(PlanError, match="MXFP8"):
+    with pytest.raises(PlanError, match="MXFP8.*B200, GB200; an accelerator file declares them"):
         cost(precision="mxfp8")  # Hopper: per-tensor scales only
+    # a part outside the catalogue that declares block-scaled tensor cores is costed as the B200 would be
+    b300 = dataclasses.replace(H100, name="B300", fp8_peak_flops=b200.fp8_peak_flops, block_scaled_fp8=True)
+    assert cost(acc=b300, precision="mxfp8").evaluate(layout).step_time > 0
     with pytest.raises(PlanError, match="FP8 tensor cores"):
         cost(acc=A100, precision="mxfp8")
 

@@ -89,7 +89,7 @@ from flopwise.flops import (
     param_counts,
 )
 from flopwise.hardware import (
-    BLOCK_SCALED_FP8,
+    CATALOGUE,
     COLLECTIVE_LATENCY_S,
     NVLINK_BUS_EFFICIENCY,
 )
@@ -273,9 +273,11 @@ class CostModel:
         self.fp8 = training.fp8
         if self.fp8 and self.acc.fp8_peak_flops <= 0:
             raise PlanError(f"{self.acc.name} has no FP8 tensor cores: use precision bf16")
-        if training.precision == "mxfp8" and self.acc.name not in BLOCK_SCALED_FP8:
+        if training.precision == "mxfp8" and not self.acc.block_scaled_fp8:
+            blackwell = ", ".join(a.name for a in CATALOGUE.values() if a.block_scaled_fp8)
             raise PlanError(f"{self.acc.name} has no block-scaled (MXFP8) tensor cores, only Blackwell's have "
-                            f"({', '.join(sorted(BLOCK_SCALED_FP8))}): use precision fp8 (per-tensor scales)")
+                            f"({blackwell}; an accelerator file declares them with block_scaled_fp8 = true): "
+                            "use precision fp8 (per-tensor scales)")
         # MXFP8: each cast also writes one scale byte per 32 elements, for the row-wise and the column-wise copy
         self.cast_extra = MX_SCALE_BYTES if training.precision == "mxfp8" else 0.0
         self.fp8_rate = self.acc.fp8_peak_flops * self.acc.gemm_efficiency * FP8_MAMF_RATIO

@@ -12,7 +12,7 @@ from flopwise.hardware import Accelerator
 # fp8: the transformer blocks' linear-layer GEMMs in FP8 (Transformer Engine, torchao Float8); attention, the LM
 # head, elementwise work, master weights and optimizer state as in bf16 training. mxfp8: the same GEMMs in FP8 with
 # one power-of-two scale per 32 elements (the OCP microscaling format; Transformer Engine's MXFP8 recipe, torchao's
-# MX formats), which only Blackwell's tensor cores consume (hardware.BLOCK_SCALED_FP8).
+# MX formats), which only Blackwell's tensor cores consume (hardware.Accelerator.block_scaled_fp8).
 PRECISIONS = ("bf16", "fp16", "fp32", "fp8", "mxfp8")
 FP8_PRECISIONS = frozenset({"fp8", "mxfp8"})
 # the attention core: 'flash' fused (FlashAttention, SDPA, cuDNN: no s^2 tensors) | 'unfused' (scores, softmax and
