@@ -20,7 +20,9 @@ NANO4 = get_preset("nano").replace(layers=4)  # heads 4, kv_heads 2, ffn 128, vo
     [
         (Layout(tp=2), {"world": 4}, "pp x dp x tp = 1 x 1 x 2 = 2, but the world size is 4"),
         (Layout(tp=4), {}, "tensor parallel degree 4 must divide heads (4) and kv_heads (2)"),
-        (Layout(pp=8, micro_batch=1), {}, "8 pipeline stages (pp 8 x vpp 1) exceed 4 layers"),
+        (Layout(pp=8, micro_batch=1), {}, "8 pipeline stages (pp 8 x vpp 1) exceed 4 layers plus one stage for the "
+         "embedding and one for the LM head"),
+        (Layout(pp=2, vpp=2, split=(1, 0, 2, 1)), {}, "split 1,0,2,1: every stage but the first and the last needs"),
         (Layout(pp=2, vpp=2, schedule="gpipe"), {}, "vpp = 2 runs the interleaved schedule, not 'gpipe'"),
         (Layout(pp=2, schedule="interleaved"), {}, "schedule = 'interleaved' needs vpp > 1"),
         (Layout(vpp=2), {}, "vpp = 2 needs pp > 1"),
@@ -40,6 +42,21 @@ def test_impossible_layouts_name_the_constraint_and_numbers(layout, kwargs, mess
     args = {"global_batch": 8, **kwargs}
     with pytest.raises(LayoutError, match=re.escape(message)):
         check(layout, NANO4, args["global_batch"], args.get("seq_len"), args.get("world"))
+
+
+def test_the_first_and_last_stage_may_hold_only_the_embedding_and_the_head():
+    """Megatron's account_for_embedding/loss_in_pipeline_split: layers + 2 stages, the ends without a layer; the
+    planner's even split puts them there (the trainer runs it: tests/parallel/test_parity.py)."""
+    from flopwise.plan.cost import even_split
+
+    for layout in (Layout(pp=2, vpp=3, micro_batch=1), Layout(pp=2, split=(0, 4), micro_batch=1),
+                   Layout(pp=3, vpp=2, split=(0, 1, 1, 1, 1, 0), micro_batch=1)):
+        check(layout, NANO4, 12)
+    assert even_split(4, 6) == (0, 1, 1, 1, 1, 0) and even_split(4, 5) == (0, 1, 1, 1, 1)
+    assert even_split(126, 128) == (0,) + (1,) * 126 + (0,)
+    assert even_split(126, 64) == (1,) + (2,) * 62 + (1,)  # 128 virtual layers: the same rule at vpp 4
+    with pytest.raises(LayoutError, match=re.escape("7 pipeline stages (pp 7 x vpp 1) exceed 4 layers plus")):
+        check(Layout(pp=7, micro_batch=1), NANO4, 14)
 
 
 def test_vocabulary_not_divisible_by_tp_is_refused_with_the_padded_size():
@@ -106,11 +123,12 @@ def test_earlier_config_keys_are_renamed_or_explained():
 
 
 @pytest.mark.parametrize(("text", "message"), [("2,2", "gives 2 stages"), ("1,1,1", "sums to 3"),
-                                              ("0,2,2", "at least one"), ("a,b,c", "comma-separated")])
+                                              ("2,0,2", "at least one"), ("a,b,c", "comma-separated")])
 def test_explicit_split_is_checked(text, message):
     with pytest.raises(LayoutError, match=message):
         parse_split(text, layers=4, stages=3)
     assert parse_split("1,2,1", 4, 3) == (1, 2, 1) and parse_split("auto", 4, 3) is None
+    assert parse_split("0,4,0", 4, 3) == (0, 4, 0)  # the ends may hold only the embedding and the head
 
 
 @pytest.mark.parametrize(

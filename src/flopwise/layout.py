@@ -173,8 +173,9 @@ def check_split(split: tuple[int, ...], layers: int, stages: int) -> None:
     text = ",".join(map(str, split))
     if len(split) != stages:
         raise LayoutError(f"split {text} gives {len(split)} stages, the layout has {stages} (pp x vpp)")
-    if any(n < 1 for n in split):
-        raise LayoutError(f"split {text}: every stage needs at least one layer")
+    if any(n < 1 for n in split[1:-1]) or min(split) < 0:
+        raise LayoutError(f"split {text}: every stage but the first and the last needs at least one layer (those two "
+                          "may hold only the embedding or only the LM head)")
     if sum(split) != layers:
         raise LayoutError(f"split {text} sums to {sum(split)} layers; the model has {layers}")
 
@@ -227,9 +228,13 @@ def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | 
     seq = seq_len or model.seq_len
     if layout.sp and seq % tp:
         raise LayoutError(f"sequence parallelism needs seq_len ({seq}) divisible by tp ({tp})")
-    if layout.stages > model.layers:
+    # the first and the last stage may hold only the embedding and only the LM head (Megatron's
+    # account_for_embedding_in_pipeline_split / account_for_loss_in_pipeline_split: Llama 3.1 405B's 126 layers on
+    # pp 16 x vpp 8 = 128 stages); every other stage needs a layer
+    if layout.stages > model.layers + (2 if layout.stages > 1 else 0):
         raise LayoutError(
-            f"{layout.stages} pipeline stages (pp {pp} x vpp {vpp}) exceed {model.layers} layers"
+            f"{layout.stages} pipeline stages (pp {pp} x vpp {vpp}) exceed {model.layers} layers plus one stage "
+            "for the embedding and one for the LM head"
         )
     if vpp > 1 and pp == 1:
         raise LayoutError(f"vpp = {vpp} needs pp > 1 (model chunks are interleaved over pipeline ranks)")

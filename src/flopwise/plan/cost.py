@@ -39,7 +39,9 @@ Pipeline (Narayanan et al. 2021, section 2.2): with per-micro-batch stage times 
 (m - 1) max t_i + sum t_i, i.e. (m + p - 1) t for equal stages (bubble (p - 1) / m); the interleaved
 schedule with v chunks takes m max t_i + (sum t_i - max t_i) / v (bubble (p - 1) / (v m)). The same holds
 over an uneven split, t_i being each rank's chunks together: Llama 3 ran 126 layers as 16 x v chunks with the
-first and the last chunk one layer short (Llama Team 2024, section 3.3.2; even_split over pp x vpp chunks).
+first and the last chunk one layer short (Llama Team 2024, section 3.3.2; even_split over pp x vpp chunks), and
+Megatron-Core's recipes run it on 16 x 8 = 128 chunks, the first holding only the embedding and the last only the
+head and loss.
 
 Optimizer step: Adam is memory-bound: OPTIMIZER_BYTES_PER_PARAM bytes read and written per local parameter.
 
@@ -255,7 +257,9 @@ def loss_bytes(dtype_bytes: int, eager: bool) -> float:
 
 def even_split(layers: int, pp: int) -> tuple[int, ...]:
     """As even as possible; the remainder goes to the middle stages (the first holds the most
-    activations, the last the LM head)."""
+    activations, the last the LM head). With more stages than layers (at most two more: layout.check) the first
+    and the last hold none, only the embedding and the head, as Megatron-Core's account_for_embedding_in_pipeline_split
+    and account_for_loss_in_pipeline_split place them."""
     base, extra = divmod(layers, pp)
     return tuple(base + (1 if 0 < i <= extra else 0) for i in range(pp))
 
