@@ -34,6 +34,7 @@ from pathlib import Path
 from flopwise.errors import ConfigError, DataError, FlopwiseError, PlanError
 from flopwise.flops import model_flops_per_token
 from flopwise.hardware import resolve_accelerator
+from flopwise.plan.spec import LOW_PRECISIONS
 from flopwise.plan.validate import PROVENANCE_COLUMNS, row_inputs, validate_rows
 
 HERE = Path(__file__).resolve().parent
@@ -134,7 +135,7 @@ def classes(row: dict) -> list[str]:
         out.append("pipeline >= 8 stages" + (", full recompute" if rc == "full" else ""))
     if cp > 1:
         out.append("context parallel")
-    if row.get("precision") in ("fp8", "mxfp8"):
+    if row.get("precision") in LOW_PRECISIONS:
         out.append(row["precision"])
     return out
 

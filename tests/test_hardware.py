@@ -45,11 +45,14 @@ def test_user_accelerator_declares_block_scaled_fp8_and_keeps_it_when_written(tm
 
     path = tmp_path / "b300.toml"
     base = 'name = "B300"\npeak_tflops = 2250\nmemory_gb = 270\nmemory_bandwidth_gbps = 8000\nlink_bandwidth_gbps = 900\n'
-    path.write_text(base + "fp8_peak_tflops = 4500\nblock_scaled_fp8 = true\n")
+    path.write_text(base + "fp8_peak_tflops = 4500\nfp4_peak_tflops = 13500\nblock_scaled_fp8 = true\n")
     acc = load_accelerator(path)
-    assert acc.block_scaled_fp8 and acc.fp8_peak_flops == 4500e12
+    assert acc.block_scaled_fp8 and acc.fp8_peak_flops == 4500e12 and acc.fp4_peak_flops == 13500e12
     assert load_accelerator(write_accelerator(acc, tmp_path / "again.toml")) == acc
     assert [a.name for a in CATALOGUE.values() if a.block_scaled_fp8] == ["B200", "GB200"]
+    # FP4 (NVFP4): twice the FP8 rate on the Blackwell parts, none before them
+    assert {a.name: a.fp4_peak_flops / a.fp8_peak_flops for a in CATALOGUE.values() if a.fp4_peak_flops} == {
+        "B200": 2.0, "GB200": 2.0}
     assert not load_accelerator(write_accelerator(CATALOGUE["H100-SXM"], tmp_path / "h.toml")).block_scaled_fp8
     for extra, message in (('block_scaled_fp8 = "yes"\nfp8_peak_tflops = 4500\n', "must be true or false"),
                            ("block_scaled_fp8 = true\n", "needs fp8_peak_tflops")):

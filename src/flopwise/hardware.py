@@ -21,6 +21,8 @@ Figures are the vendors' datasheet numbers for dense (no sparsity) tensor-core m
   inter-node link: DGX A100 8 x HDR 200 Gb/s = 25 GB/s; DGX H100 / H200 8 x NDR 400 Gb/s = 50 GB/s.
 Newer parts, from datasheets and at most a GEMM benchmark: no published run calibrates them (CALIBRATED below), so
 each plan says so.
+- FP4 (Blackwell, NVFP4 training): twice the FP8 rate, dense: 9000 TFLOP/s on B200 (DGX B200 datasheet: 144 PFLOP/s
+  FP4 with sparsity over 8 GPUs), 10000 on GB200 (NVL72 datasheet: 1440 PFLOP/s FP4 with sparsity over 72).
 - B200 SXM (HGX / DGX B200): 2250 TFLOP/s bf16 and 4500 FP8 dense, HBM3e 8 TB/s, 180 GB usable per GPU, NVLink 5
   1.8 TB/s total = 900 per direction; DGX B200 8 x ConnectX-7 400 Gb/s = 50 GB/s per GPU. (NVIDIA DGX B200
   datasheet.) gemm_efficiency 0.68: its bf16 MAMF is 0.776 of peak (1745 TFLOP/s, stas00/ml-engineering
@@ -108,6 +110,7 @@ class Accelerator:
     gemm_efficiency: float = 0.75  # sustained fraction of peak for large GEMMs (see module docstring)
     memory_efficiency: float = 0.85  # fraction of memory_bandwidth that streaming kernels reach
     fp8_peak_flops: float = 0.0  # dense FP8 FLOP/s; 0: no FP8 tensor cores
+    fp4_peak_flops: float = 0.0  # dense FP4 FLOP/s (NVFP4 training); 0: no FP4 tensor cores
     network_bandwidth: float = 25 * GB  # inter-node NIC bytes/s per GPU, one direction (reference system)
     # tensor cores that take block-scaled FP8 (MXFP8: one E8M0 scale per 32 elements) at the FP8 rate: Blackwell's
     # fifth-generation Tensor Cores (NVIDIA Blackwell architecture technical brief); Hopper's take per-tensor scales
@@ -139,9 +142,11 @@ CATALOGUE: dict[str, Accelerator] = {
         Accelerator("H100-GT-500W", 989 * TFLOPS, 96 * GIB, 2400 * GB, 450 * GB, gemm_efficiency=0.63,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
         Accelerator("B200", 2250 * TFLOPS, 180 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.68,
-                    fp8_peak_flops=4500 * TFLOPS, network_bandwidth=50 * GB, block_scaled_fp8=True),
+                    fp8_peak_flops=4500 * TFLOPS, fp4_peak_flops=9000 * TFLOPS, network_bandwidth=50 * GB,
+                    block_scaled_fp8=True),
         Accelerator("GB200", 2500 * TFLOPS, 186 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.60,
-                    fp8_peak_flops=5000 * TFLOPS, network_bandwidth=50 * GB, block_scaled_fp8=True),
+                    fp8_peak_flops=5000 * TFLOPS, fp4_peak_flops=10000 * TFLOPS, network_bandwidth=50 * GB,
+                    block_scaled_fp8=True),
         Accelerator("GH200", 989 * TFLOPS, 96 * GB, 4000 * GB, 450 * GB, gemm_efficiency=0.72,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
@@ -195,7 +200,8 @@ def load_accelerator(path: str | Path) -> Accelerator:
     """Read a user-defined accelerator from TOML, figures in natural units:
     name, peak_tflops, memory_gb, memory_bandwidth_gbps, link_bandwidth_gbps (per direction);
     optionally gemm_efficiency and memory_efficiency (fractions, see the module docstring), fp8_peak_tflops,
-    network_bandwidth_gbps (inter-node, per GPU and direction) and block_scaled_fp8 (true where the tensor cores
+    fp4_peak_tflops (dense; for NVFP4 plans), network_bandwidth_gbps (inter-node, per GPU and direction) and
+    block_scaled_fp8 (true where the tensor cores
     take MXFP8 at the FP8 rate, as Blackwell's do; it needs fp8_peak_tflops)."""
     path = Path(path)
     data = read_toml(path, "accelerator file")
@@ -204,7 +210,8 @@ def load_accelerator(path: str | Path) -> Accelerator:
     if missing:
         raise ConfigError(f"accelerator file {path}: missing key(s) {', '.join(missing)}")
     optional = ("gemm_efficiency", "memory_efficiency")
-    rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "network_bandwidth_gbps": ("network_bandwidth", GB)}
+    rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "fp4_peak_tflops": ("fp4_peak_flops", TFLOPS),
+             "network_bandwidth_gbps": ("network_bandwidth", GB)}
     flags = ("measured", "block_scaled_fp8")
     unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags)
     if unknown:
@@ -248,6 +255,7 @@ def accelerator_toml(acc: Accelerator) -> dict:
         "gemm_efficiency": acc.gemm_efficiency,
         "memory_efficiency": acc.memory_efficiency,
         "fp8_peak_tflops": acc.fp8_peak_flops / TFLOPS,
+        "fp4_peak_tflops": acc.fp4_peak_flops / TFLOPS,
         "network_bandwidth_gbps": acc.network_bandwidth / GB,
     }
     if acc.measured:

@@ -198,3 +198,20 @@ def test_plan_takes_mxfp8_on_blackwell_only_and_never_writes_it_as_a_job(capsys,
                         "--precision", "mxfp8", "--write-config", str(tmp_path / "job.toml")], capsys)
     assert code != 0 and "--write-config writes a job for flopwise's trainer" in err
     assert not (tmp_path / "job.toml").exists()
+
+
+def test_plan_takes_nvfp4_on_blackwell_only_says_what_it_assumes_and_never_writes_it_as_a_job(capsys, tmp_path):
+    base = ["plan", "--preset", "nano", "--gpus", "8", "--software", "te", "--global-batch", "64", "--top", "1"]
+    code, out, _ = run(base + ["--gpu", "B200", "--precision", "nvfp4", "--json"], capsys)
+    result = json.loads(out)
+    assert code == 0 and result["plans"][0]["step_time_s"] > 0
+    assert any(n.startswith("nvfp4: the FP4 GEMMs are taken to reach FP8's fraction") for n in result["notes"])
+    code, out, _ = run(base + ["--gpu", "B200", "--precision", "fp8", "--json"], capsys)
+    assert code == 0 and not any(n.startswith("nvfp4") for n in json.loads(out)["notes"])
+    for gpu in ("H100-SXM", "A100-80GB"):
+        code, _, err = run(base + ["--gpu", gpu, "--precision", "nvfp4"], capsys)
+        assert code != 0 and "no FP4 tensor cores, only Blackwell's have (B200, GB200" in err and "Traceback" not in err
+    code, _, err = run(["plan", "--preset", "nano", "--gpus", "8", "--global-batch", "64", "--gpu", "B200",
+                        "--precision", "nvfp4", "--write-config", str(tmp_path / "job.toml")], capsys)
+    assert code != 0 and "--write-config writes a job for flopwise's trainer" in err
+    assert not (tmp_path / "job.toml").exists()

@@ -11,8 +11,8 @@ from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan import memory as mem
 from flopwise.plan.calibrate import Observation, fit
-from flopwise.plan.cost import ELEMENTWISE_FWD_PASSES, FP8_FUSED_CAST_BYTES, MX_SCALE_BYTES, Constants, CostModel
-from flopwise.plan.spec import SOFTWARE, Cluster, Training
+from flopwise.plan.cost import ELEMENTWISE_FWD_PASSES, FP8_FUSED_CAST_BYTES, Constants, CostModel
+from flopwise.plan.spec import GEMM_FORMATS, SOFTWARE, Cluster, Training
 
 H100 = get_accelerator("H100-SXM")
 A100 = get_accelerator("A100-80GB")
@@ -50,7 +50,7 @@ def test_mxfp8_is_fp8_at_the_same_rate_plus_its_block_scales_and_needs_blackwell
     for sp, column in ((False, 2 * h), (True, 2 * h / tp)):
         extra = mx.layer_compute(tp, sp, 1)["elementwise"][0] - fp8.layer_compute(tp, sp, 1)["elementwise"][0]
         elements = tokens * (column + q / tp + ffn / tp)
-        assert extra * mx.hbm_rate == pytest.approx(MX_SCALE_BYTES * elements, rel=1e-9)
+        assert extra * mx.hbm_rate == pytest.approx(2 * GEMM_FORMATS["mxfp8"].scale_bytes * elements, rel=1e-9)
     assert fp8.evaluate(layout).step_time < mx.evaluate(layout).step_time < 1.02 * fp8.evaluate(layout).step_time
     assert mx.evaluate(layout).memory[0]["activations"] == fp8.evaluate(layout).memory[0]["activations"]
     with pytest.raises(PlanError, match="MXFP8.*B200, GB200; an accelerator file declares them"):
@@ -60,6 +60,39 @@ def test_mxfp8_is_fp8_at_the_same_rate_plus_its_block_scales_and_needs_blackwell
     assert cost(acc=b300, precision="mxfp8").evaluate(layout).step_time > 0
     with pytest.raises(PlanError, match="FP8 tensor cores"):
         cost(acc=A100, precision="mxfp8")
+
+
+def test_nvfp4_runs_the_block_gemms_at_the_fp4_rate_with_half_byte_casts_and_needs_fp4_tensor_cores():
+    b200 = get_accelerator("B200")
+    layout = Layout(dp=8, zero=1, micro_batch=1)
+    fp8, nv = (cost(acc=b200, precision=p) for p in ("fp8", "nvfp4"))
+    assert nv.low_rate == pytest.approx(2 * fp8.low_rate)  # B200: 9000 against 4500 TFLOP/s dense
+    f, n = fp8.layer_compute(1, False, 1), nv.layer_compute(1, False, 1)
+    assert n["gemm"][0] == pytest.approx(f["gemm"][0] / 2, rel=0.02)  # the 8B's GEMMs are compute-bound
+    assert n["attention"] == f["attention"]  # attention stays bf16
+    # casts: two half-byte copies and one E4M3 scale byte per 16 elements each, against FP8's two 1-byte copies
+    tokens, h, q, ffn, tp = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn, 4
+    per = 2 * (GEMM_FORMATS["nvfp4"].element_bytes + GEMM_FORMATS["nvfp4"].scale_bytes) - 2
+    for sp, column in ((False, 2 * h), (True, 2 * h / tp)):
+        less = nv.layer_compute(tp, sp, 1)["elementwise"][0] - fp8.layer_compute(tp, sp, 1)["elementwise"][0]
+        # ... and the forward's passes over the kept activations, which are smaller by the half-byte inputs
+        kept = nv._kept_activations(tp, sp, 1, 1) - fp8._kept_activations(tp, sp, 1, 1)
+        passes = nv.elementwise_factor(tp) * ELEMENTWISE_FWD_PASSES * kept
+        assert less * nv.hbm_rate == pytest.approx(per * tokens * (column + q / tp + ffn / tp) + passes, rel=1e-9)
+    # the kept GEMM inputs are half-byte casts; the SP all-gathers move half a byte per element
+    assert nv.evaluate(layout).memory[0]["activations"] < fp8.evaluate(layout).memory[0]["activations"]
+    # (without TE's comm-GEMM overlap, whose faster FP4 GEMMs hide less)
+    sp_layout = Layout(tp=4, sp=True, dp=2, zero=1, micro_batch=1)
+    fp8_tp, nv_tp = (cost(acc=b200, precision=p, software="megatron-lm").evaluate(sp_layout).breakdown["tp"]
+                     for p in ("fp8", "nvfp4"))
+    assert nv_tp < fp8_tp
+    assert nv.evaluate(layout).step_time < fp8.evaluate(layout).step_time
+    for acc in (H100, A100):
+        with pytest.raises(PlanError, match="no FP4 tensor cores"):
+            cost(acc=acc, precision="nvfp4")
+    # a part outside the catalogue declares its FP4 rate in its accelerator file
+    b300 = dataclasses.replace(H100, name="B300", fp8_peak_flops=b200.fp8_peak_flops, fp4_peak_flops=15000e12)
+    assert cost(acc=b300, precision="nvfp4").low_rate > nv.low_rate
 
 
 def test_context_parallelism_splits_the_work_and_the_activations():

@@ -61,6 +61,7 @@ def test_the_stack_the_source_names_picks_the_profile(source, expected):
         ({"tp": "4", "pp": "2", "dp": "2", "zero": "1"}, "te"),
         ({"precision": "fp8", "zero": "1"}, "te"),
         ({"precision": "mxfp8", "zero": "1"}, "te"),  # block-scaled FP8 too
+        ({"precision": "nvfp4", "zero": "1"}, "te"),  # and NVFP4
         ({"zero": "3"}, "torch-compile"),  # FSDP: PyTorch-native (flopwise's own costs)
         ({"zero": "3", "precision": "fp8"}, "torch-compile"),  # FSDP with float8 (torchao), not TE
         ({"zero": "3", "tp": "2", "dp": "8"}, "torch-compile"),  # FSDP + TP (2-D, torchtitan-style)
@@ -256,7 +257,8 @@ def test_planner_accuracy_published_format_hides_the_provenance_columns(tmp_path
     ("cell", "text", "read"),
     [("precision", "BF16", "bf16"), ("precision", "amp_bf16", "bf16"), ("precision", "FP8 (delayed scaling)", "fp8"),
      ("precision", "bf16_with_mxfp8_mixed", "mxfp8"), ("precision", "fp8_mx", "mxfp8"),
-     ("precision", "FP8 (MXFP8 recipe)", "mxfp8"),
+     ("precision", "FP8 (MXFP8 recipe)", "mxfp8"), ("precision", "NVFP4", "nvfp4"),
+     ("precision", "bf16_with_nvfp4_mixed", "nvfp4"), ("precision", "FP4", "nvfp4"),
      ("recompute", "True", "full"), ("recompute", "false", "none"), ("recompute", "Full", "full"),
      ("mlp", "SwiGLU", "swiglu")],
 )

@@ -151,7 +151,8 @@ def plan(
     tokens: float = typer.Option(0.0, help="tokens to train (for days and GPU-hours)", callback=NON_NEGATIVE),
     precision: str = typer.Option(
         "bf16", help="bf16 | fp16 | fp32 | fp8 (FP8 linear layers, Hopper and newer) | mxfp8 (block-scaled FP8, "
-                     "Blackwell: B200, GB200); flopwise's trainer runs bf16 and fp32"
+                     "Blackwell: B200, GB200) | nvfp4 (NVIDIA's 4-bit block-scaled format, Blackwell); flopwise's "
+                     "trainer runs bf16 and fp32"
     ),
     software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),
     attention: str = typer.Option(

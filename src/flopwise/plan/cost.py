@@ -65,7 +65,10 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
   precedes the all-gather, so it covers the rank's 1/tp of the sequence and the forward gathers move 1 byte per
   element); attention,
   the LM head and the elementwise work stay bf16. MXFP8 (Blackwell): the same, each cast also writing its block
-  scales (MX_SCALE_BYTES).
+  scales. NVFP4 (Blackwell): the GEMMs at the FP4 peak (assumed to reach FP8's fraction of it: no FP4 GEMM
+  benchmark was at hand), each cast writing two half-byte copies with one scale byte per 16 elements, the kept
+  activations and the SP gathers half a byte per element; the first and last blocks some recipes keep in bf16,
+  the random Hadamard transforms and stochastic rounding of NVIDIA's recipe are not costed.
 - PyTorch-native TP under torch.compile (Software.unfused_across_tp): with tp > 1 the blocks' elementwise work moves
   the eager stack's traffic (Constants.eager_traffic); chosen on the fit rows' CV, scored on a blind set
   (benchmarks/RESULTS.md, "Eighth round" and "Seventeenth blind holdout").
@@ -124,10 +127,9 @@ FP8_CAST_BYTES = 4.0
 # itself (Transformer Engine's LayerNormLinear / LayerNormMLP, torch.compile's fused casts): 1 + 1 bytes, no
 # re-read. The attention output (the input of wo) comes from the attention kernel and is cast on its own.
 FP8_FUSED_CAST_BYTES = 2.0
-# MXFP8 (OCP Microscaling Formats spec v1.0: one 8-bit E8M0 scale per block of 32 elements): the row-wise and the
-# column-wise (transposed) copies carry a scale each, 2 / 32 bytes per element on top of the FP8 casts (the sequence-
-# parallel gathers of the FP8 copy and the kept FP8 activations leave the scales out: 1/32 of their bytes)
-MX_SCALE_BYTES = 2.0 / 32
+# Block-scaled formats (MXFP8, NVFP4: spec.GEMM_FORMATS): the row-wise and the column-wise copy carry their scales;
+# the sequence-parallel gathers of the low-precision copy and the kept activations leave the scales out (1/32 or
+# 1/16 of a byte per element).
 FP8_UNFUSED_INPUT = frozenset({"wo"})
 FP8_INPUT_SHARED = frozenset({"wk", "wv"})  # cast once, with wq's input
 FP8_ONE_INPUT = frozenset({"w_up"})  # gate and up (count 2) read one input
@@ -274,17 +276,23 @@ class CostModel:
         self.training = training
         self.constants = constants or DEFAULT_CONSTANTS
         self.acc = cluster.accelerator
-        self.fp8 = training.fp8
-        if self.fp8 and self.acc.fp8_peak_flops <= 0:
+        self.low = low = training.gemm_format  # FP8 / MXFP8 / NVFP4 GEMMs in the blocks; None: the training dtype
+        if low and low.rate == "fp8" and self.acc.fp8_peak_flops <= 0:
             raise PlanError(f"{self.acc.name} has no FP8 tensor cores: use precision bf16")
+        if low and low.rate == "fp4" and self.acc.fp4_peak_flops <= 0:
+            raise PlanError(f"{self.acc.name} has no FP4 tensor cores, only Blackwell's have "
+                            f"({self._parts('fp4_peak_flops')}; an accelerator file declares them with "
+                            "fp4_peak_tflops): use precision fp8 or mxfp8")
         if training.precision == "mxfp8" and not self.acc.block_scaled_fp8:
-            blackwell = ", ".join(a.name for a in CATALOGUE.values() if a.block_scaled_fp8)
             raise PlanError(f"{self.acc.name} has no block-scaled (MXFP8) tensor cores, only Blackwell's have "
-                            f"({blackwell}; an accelerator file declares them with block_scaled_fp8 = true): "
-                            "use precision fp8 (per-tensor scales)")
-        # MXFP8: each cast also writes one scale byte per 32 elements, for the row-wise and the column-wise copy
-        self.cast_extra = MX_SCALE_BYTES if training.precision == "mxfp8" else 0.0
-        self.fp8_rate = self.acc.fp8_peak_flops * self.acc.gemm_efficiency * FP8_MAMF_RATIO
+                            f"({self._parts('block_scaled_fp8')}; an accelerator file declares them with "
+                            "block_scaled_fp8 = true): use precision fp8 (per-tensor scales)")
+        # a cast writes a row-wise and a column-wise (transposed) copy with their block scales: the bytes beyond
+        # per-tensor FP8's two 1-byte copies (MXFP8 2/32 more, NVFP4 2 x (1/2 + 1/16) - 2 less)
+        self.cast_extra = 2 * (low.element_bytes + low.scale_bytes) - 2 if low else 0.0
+        # no FP4 GEMM benchmark was at hand: FP4 GEMMs are taken to reach FP8's fraction of their peak
+        low_peak = self.acc.fp4_peak_flops if low and low.rate == "fp4" else self.acc.fp8_peak_flops
+        self.low_rate = low_peak * self.acc.gemm_efficiency * FP8_MAMF_RATIO
         self.seq = training.seq_len or model.seq_len
         # fp32 runs on TF32 tensor cores: half the bf16/fp16 dense rate on A100 and H100 (a measured CPU peak
         # is already the fp32 rate).
@@ -320,6 +328,11 @@ class CostModel:
         return self.ew_factor
 
     # ---- links -----------------------------------------------------------------------------------
+    @staticmethod
+    def _parts(feature: str) -> str:
+        """The catalogue's accelerators that have `feature` (a truthy Accelerator field), for a refusal's text."""
+        return ", ".join(a.name for a in CATALOGUE.values() if getattr(a, feature))
+
     def bus_bandwidth(self, span: int, ranks: int = 1) -> float:
         """Bus bandwidth of a group of `ranks` ranks spanning `span` consecutive GPUs (inside a node or not).
 
@@ -362,13 +375,13 @@ class CostModel:
         return self.ring(kind, nbytes, n, self.bus_bandwidth(span, n), lat) + (buckets - 1) * lat
 
     # ---- compute ---------------------------------------------------------------------------------
-    def gemm_time(self, m: float, k: float, n: float, batch: float = 1.0, fp8: bool = False) -> float:
-        """Roofline time of `batch` matmuls [m, k] x [k, n] in the training dtype (fp8: FP8 inputs, bf16
-        output, at the FP8 rate)."""
+    def gemm_time(self, m: float, k: float, n: float, batch: float = 1.0, low: bool = False) -> float:
+        """Roofline time of `batch` matmuls [m, k] x [k, n] in the training dtype (low: the run's low-precision
+        inputs, FP8 or FP4, bf16 output, at that format's rate)."""
         e = self.training.dtype_bytes
-        if fp8:
-            compute = 2.0 * m * k * n * batch / self.fp8_rate
-            traffic = (m * k + k * n + e * m * n) * batch / self.hbm_rate
+        if low:
+            compute = 2.0 * m * k * n * batch / self.low_rate
+            traffic = (self.low.element_bytes * (m * k + k * n) + e * m * n) * batch / self.hbm_rate
         else:
             compute = 2.0 * m * k * n * batch / self.gemm_rate
             traffic = e * (m * k + k * n + m * n) * batch / self.hbm_rate
@@ -386,7 +399,7 @@ class CostModel:
             key = TP_GEMM_GROUPS.get(g.name)
             if key is None:  # replicated (router, LFA) or expert GEMMs: not beside a TP collective
                 continue
-            groups[key] = groups.get(key, 0.0) + g.count * self.gemm_time(tokens, *self._sharded(g, tp), fp8=self.fp8)
+            groups[key] = groups.get(key, 0.0) + g.count * self.gemm_time(tokens, *self._sharded(g, tp), low=bool(self.low))
         return groups
 
     def attention_time(self, tp: int, mb: int, cp: int = 1) -> float:
@@ -410,13 +423,13 @@ class CostModel:
         GEMMs, the attention core, and the memory-bound rest (norms, activations, residuals, FP8 casts). A profile
         of a step, grouped the same way, checks each (benchmarks/planner_kernels.py, section step)."""
         tokens = self.seq * mb / cp
-        gemm = sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp), fp8=self.fp8) for g in self.gemms)
+        gemm = sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp), low=bool(self.low)) for g in self.gemms)
         attn = self.attention_time(tp, mb, cp)
         act = self._kept_activations(tp, sp, mb, cp)
         ew = self.elementwise_factor(tp)
         ew_fwd = ew * ELEMENTWISE_FWD_PASSES * act / self.hbm_rate
         ew_bwd = ew * ELEMENTWISE_BWD_PASSES * act / self.hbm_rate
-        if self.fp8:  # cast each distinct GEMM input forward and each output gradient backward
+        if self.low:  # cast each distinct GEMM input forward and each output gradient backward
             fused = self.training.profile.fused_elementwise
             # with sequence parallelism the cast precedes the all-gather: a column-parallel GEMM's input and a
             # row-parallel one's output gradient are cast on this rank's 1/tp of the sequence and gathered in FP8
@@ -459,10 +472,14 @@ class CostModel:
         if tp > 1:
             nbytes = tokens * self.model.hidden * self.training.dtype_bytes
             bw = self.bus_bandwidth(tp, tp)
-            if sp:  # under FP8 the forward's all-gathers move the FP8 copy (1 byte per element)
+            if sp:  # under FP8 / FP4 the forward's all-gathers move the low-precision copy (1 / 0.5 byte per element)
                 gather = self.ring("all_gather", nbytes, tp, bw)
                 one = gather + self.ring("reduce_scatter", nbytes, tp, bw)
-                one_fwd = one - (gather - self.ring("all_gather", nbytes / 2, tp, bw) if self.fp8 else 0.0)
+                if self.low:
+                    low_bytes = nbytes * self.low.element_bytes / self.training.dtype_bytes
+                    one_fwd = one - (gather - self.ring("all_gather", low_bytes, tp, bw))
+                else:
+                    one_fwd = one
             else:
                 one = one_fwd = self.ring("all_reduce", nbytes, tp, bw)
             if self.training.profile.tp_overlap:

@@ -128,9 +128,10 @@ def layer_activation_bytes(
         sharded += mlp_inner * (k - 1)  # the MLP inner term above is one expert visit
         router = 3 * n + (n * n if cfg.router == "attention" else 0) + 2 * n + 4 * k
         whole = 3 * k * h * e + 4 * router + (4 * h if e < 4 else 0)
-    if training.fp8:  # the GEMM inputs are kept as their 1-byte FP8 casts (Transformer Engine)
-        replicated -= (h + h) * (e - 1)  # QKV and MLP inputs
-        sharded -= (q + ffn) * (e - 1)  # output projection and second MLP matmul inputs
+    low = training.gemm_format
+    if low:  # the GEMM inputs are kept as their low-precision casts (Transformer Engine): 1 byte in FP8, 1/2 in FP4
+        replicated -= (h + h) * (e - low.element_bytes)  # QKV and MLP inputs
+        sharded -= (q + ffn) * (e - low.element_bytes)  # output projection and second MLP matmul inputs
     if sw.attention == "unfused":
         if recompute != "selective":  # softmax output, dropout output and its 1-byte mask
             sharded += 2 * a * s * e + (a * s if sw.dropout else 0)

@@ -211,11 +211,21 @@ def domain_notes(cluster: Cluster) -> list[str]:
             f"--gpus-per-node {domain} (or the GPUs per rack the job uses)"]
 
 
+def precision_notes(training: Training) -> list[str]:
+    """A precision whose GEMM rate no benchmark measured: NVFP4's (plan/cost.py takes FP8's fraction of peak)."""
+    if training.precision != "nvfp4":
+        return []
+    return ["nvfp4: the FP4 GEMMs are taken to reach FP8's fraction of the FP4 peak (no FP4 GEMM benchmark was at "
+            "hand); the bf16 first and last blocks and the Hadamard transforms of NVIDIA's recipe are not costed; MFU "
+            "is against the bf16 dense peak, so it can pass 100%"]
+
+
 def plan_notes(model: ModelConfig, cluster: Cluster, training: Training) -> list[str]:
-    """What a plan's times rest on (calibration_notes, domain_notes), and how well published runs like it were
-    predicted."""
+    """What a plan's times rest on (calibration_notes, domain_notes, precision_notes), and how well published runs
+    like it were predicted."""
     record = track_record.note(cluster.accelerator.name, training.software, param_counts(model).total)
-    return calibration_notes(cluster.accelerator) + domain_notes(cluster) + ([record] if record else [])
+    return (calibration_notes(cluster.accelerator) + domain_notes(cluster) + precision_notes(training)
+            + ([record] if record else []))
 
 
 def search(

@@ -12,9 +12,29 @@ from flopwise.hardware import Accelerator
 # fp8: the transformer blocks' linear-layer GEMMs in FP8 (Transformer Engine, torchao Float8); attention, the LM
 # head, elementwise work, master weights and optimizer state as in bf16 training. mxfp8: the same GEMMs in FP8 with
 # one power-of-two scale per 32 elements (the OCP microscaling format; Transformer Engine's MXFP8 recipe, torchao's
-# MX formats), which only Blackwell's tensor cores consume (hardware.Accelerator.block_scaled_fp8).
-PRECISIONS = ("bf16", "fp16", "fp32", "fp8", "mxfp8")
-FP8_PRECISIONS = frozenset({"fp8", "mxfp8"})
+# MX formats), which only Blackwell's tensor cores consume (hardware.Accelerator.block_scaled_fp8). nvfp4: the same
+# GEMMs (forward, data and weight gradients) in NVIDIA's 4-bit format, E2M1 values with one E4M3 scale per 16
+# elements and a per-tensor FP32 scale (NVIDIA 2025, "Pretraining Large Language Models with NVFP4", arXiv
+# 2509.25149; Transformer Engine's NVFP4BlockScaling), at the FP4 tensor-core rate (hardware.Accelerator.fp4_peak_flops).
+PRECISIONS = ("bf16", "fp16", "fp32", "fp8", "mxfp8", "nvfp4")
+
+
+@dataclass(frozen=True)
+class GemmFormat:
+    """How a low-precision recipe feeds the blocks' GEMMs: each cast copy's bytes per element, its block scales'
+    bytes per element, and the tensor-core rate its GEMMs run at."""
+
+    element_bytes: float
+    scale_bytes: float
+    rate: str  # 'fp8' | 'fp4'
+
+
+GEMM_FORMATS = {
+    "fp8": GemmFormat(1.0, 0.0, "fp8"),  # per-tensor scales
+    "mxfp8": GemmFormat(1.0, 1 / 32, "fp8"),  # one E8M0 byte per 32 elements (OCP Microscaling spec v1.0)
+    "nvfp4": GemmFormat(0.5, 1 / 16, "fp4"),  # 4-bit values, one E4M3 byte per 16 elements
+}
+LOW_PRECISIONS = frozenset(GEMM_FORMATS)
 # the attention core: 'flash' fused (FlashAttention, SDPA, cuDNN: no s^2 tensors) | 'unfused' (scores, softmax and
 # dropout as tensors of their own: Megatron before flash attention, Hugging Face models' eager attention)
 ATTENTION_KERNELS = ("flash", "unfused")
@@ -193,9 +213,9 @@ class Training:
         return 4 if self.precision == "fp32" else 2
 
     @property
-    def fp8(self) -> bool:
-        """The blocks' linear layers run FP8 GEMMs (per-tensor or block-scaled)."""
-        return self.precision in FP8_PRECISIONS
+    def gemm_format(self) -> GemmFormat | None:
+        """The low-precision format of the blocks' linear-layer GEMMs (FP8, MXFP8, NVFP4); None: the training dtype."""
+        return GEMM_FORMATS.get(self.precision)
 
     @property
     def profile(self) -> Software:

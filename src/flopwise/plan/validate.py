@@ -29,7 +29,7 @@ from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import Constants, Plan
 from flopwise.plan.search import search
 from flopwise.plan.software_rule import ATTENTION_COLUMNS, attention_in_text, infer_software
-from flopwise.plan.spec import ATTENTION_KERNELS, FP8_PRECISIONS, PRECISIONS, SOFTWARE, Cluster, Training
+from flopwise.plan.spec import ATTENTION_KERNELS, LOW_PRECISIONS, PRECISIONS, SOFTWARE, Cluster, Training
 from flopwise.userfiles import read_text
 
 # what the calibration set adds to the published format (shared/published/README.md) to say which stack ran a row and
@@ -92,8 +92,11 @@ def _precision_word(text: str, notes: list[str]) -> str:
     if "fp8" in word and "mx" in word:  # MXFP8 as recipes spell it: 'fp8_mx' (Megatron-Bridge), 'bf16_with_mxfp8_mixed'
         notes.append(f"precision {text!r} read as mxfp8")
         return "mxfp8"
-    # FP8 first, as FP8 runs also name their bf16 parts
-    for precision in sorted(PRECISIONS, key=lambda p: p not in FP8_PRECISIONS):
+    if "fp4" in word and "mx" not in word:  # 'NVFP4', 'bf16_with_nvfp4_mixed', 'FP4' (MXFP4 has no training recipe)
+        notes.append(f"precision {text!r} read as nvfp4")
+        return "nvfp4"
+    # the low precisions first, as their runs also name their bf16 parts
+    for precision in sorted(PRECISIONS, key=lambda p: p not in LOW_PRECISIONS):
         if precision in word:
             notes.append(f"precision {text!r} read as {precision}")
             return precision
