@@ -39,15 +39,18 @@ def test_user_accelerator_from_toml(tmp_path):
         get_accelerator("TPUv9")
 
 
-def test_user_accelerator_declares_block_scaled_fp8_and_keeps_it_when_written(tmp_path):
-    """A Blackwell-class part outside the catalogue (a B300, say) can take MXFP8 plans: its file says so."""
+def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_written(tmp_path):
+    """A Blackwell-class part outside the catalogue (a B300, say) can take MXFP8 and NVFP4 plans and span a rack's
+    NVLink: its file says so."""
     from flopwise.hardware import write_accelerator
 
     path = tmp_path / "b300.toml"
     base = 'name = "B300"\npeak_tflops = 2250\nmemory_gb = 270\nmemory_bandwidth_gbps = 8000\nlink_bandwidth_gbps = 900\n'
-    path.write_text(base + "fp8_peak_tflops = 4500\nfp4_peak_tflops = 13500\nblock_scaled_fp8 = true\n")
+    path.write_text(base + "fp8_peak_tflops = 4500\nfp4_peak_tflops = 13500\nblock_scaled_fp8 = true\n"
+                    "nvlink_domain = 72\n")
     acc = load_accelerator(path)
     assert acc.block_scaled_fp8 and acc.fp8_peak_flops == 4500e12 and acc.fp4_peak_flops == 13500e12
+    assert acc.nvlink_domain == 72 == CATALOGUE["GB200"].nvlink_domain and CATALOGUE["B200"].nvlink_domain == 0
     assert load_accelerator(write_accelerator(acc, tmp_path / "again.toml")) == acc
     assert [a.name for a in CATALOGUE.values() if a.block_scaled_fp8] == ["B200", "GB200"]
     # FP4 (NVFP4): twice the FP8 rate on the Blackwell parts, none before them
@@ -55,7 +58,8 @@ def test_user_accelerator_declares_block_scaled_fp8_and_keeps_it_when_written(tm
         "B200": 2.0, "GB200": 2.0}
     assert not load_accelerator(write_accelerator(CATALOGUE["H100-SXM"], tmp_path / "h.toml")).block_scaled_fp8
     for extra, message in (('block_scaled_fp8 = "yes"\nfp8_peak_tflops = 4500\n', "must be true or false"),
-                           ("block_scaled_fp8 = true\n", "needs fp8_peak_tflops")):
+                           ("block_scaled_fp8 = true\n", "needs fp8_peak_tflops"),
+                           ("nvlink_domain = 7.5\n", "must be a whole number of GPUs")):
         path.write_text(base + extra)
         with pytest.raises(ConfigError, match=message):
             load_accelerator(path)

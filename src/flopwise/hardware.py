@@ -115,6 +115,8 @@ class Accelerator:
     # tensor cores that take block-scaled FP8 (MXFP8: one E8M0 scale per 32 elements) at the FP8 rate: Blackwell's
     # fifth-generation Tensor Cores (NVIDIA Blackwell architecture technical brief); Hopper's take per-tensor scales
     block_scaled_fp8: bool = False
+    # GPUs one NVLink domain spans where it is more than a server (GB200 NVL72: a rack of 72); 0: the node
+    nvlink_domain: int = 0
 
     @property
     def peak_label(self) -> str:
@@ -146,7 +148,7 @@ CATALOGUE: dict[str, Accelerator] = {
                     block_scaled_fp8=True),
         Accelerator("GB200", 2500 * TFLOPS, 186 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.60,
                     fp8_peak_flops=5000 * TFLOPS, fp4_peak_flops=10000 * TFLOPS, network_bandwidth=50 * GB,
-                    block_scaled_fp8=True),
+                    block_scaled_fp8=True, nvlink_domain=72),
         Accelerator("GH200", 989 * TFLOPS, 96 * GB, 4000 * GB, 450 * GB, gemm_efficiency=0.72,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
@@ -169,8 +171,6 @@ CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800
 # flash-attention README), so Megatron-family runs on them used Megatron-LM's fused softmax over s x s scores. T4
 # (Turing) is left out: FlashAttention 1.x ran there, though Megatron-Core's fused paths target Ampere and newer.
 NO_FLASH_ATTENTION = frozenset({"V100-32GB", "V100-16GB", "P100"})
-# GPUs whose NVLink spans more than a node of 8: the rack-scale domain of the vendor's system (GB200 NVL72)
-NVLINK_DOMAIN = {"GB200": 72}
 # gloo collectives between processes on one machine (loopback TCP): ~1-3 GB/s per direction; a starting
 # value that `flopwise plan calibrate` replaces with the user's own.
 CPU_LINK_BANDWIDTH = 2 * GB
@@ -200,7 +200,8 @@ def load_accelerator(path: str | Path) -> Accelerator:
     """Read a user-defined accelerator from TOML, figures in natural units:
     name, peak_tflops, memory_gb, memory_bandwidth_gbps, link_bandwidth_gbps (per direction);
     optionally gemm_efficiency and memory_efficiency (fractions, see the module docstring), fp8_peak_tflops,
-    fp4_peak_tflops (dense; for NVFP4 plans), network_bandwidth_gbps (inter-node, per GPU and direction) and
+    fp4_peak_tflops (dense; for NVFP4 plans), network_bandwidth_gbps (inter-node, per GPU and direction),
+    nvlink_domain (GPUs one NVLink domain spans where it is more than a server, e.g. 72 for an NVL72 rack) and
     block_scaled_fp8 (true where the tensor cores
     take MXFP8 at the FP8 rate, as Blackwell's do; it needs fp8_peak_tflops)."""
     path = Path(path)
@@ -212,8 +213,12 @@ def load_accelerator(path: str | Path) -> Accelerator:
     optional = ("gemm_efficiency", "memory_efficiency")
     rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "fp4_peak_tflops": ("fp4_peak_flops", TFLOPS),
              "network_bandwidth_gbps": ("network_bandwidth", GB)}
+    if "nvlink_domain" in data and (not isinstance(data["nvlink_domain"], int) or isinstance(data["nvlink_domain"], bool)
+                                    or data["nvlink_domain"] < 0):
+        raise ConfigError(f"accelerator file {path}: nvlink_domain = {data['nvlink_domain']!r} must be a whole number "
+                          "of GPUs (0: the node)")
     flags = ("measured", "block_scaled_fp8")
-    unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags)
+    unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags) - {"nvlink_domain"}
     if unknown:
         raise ConfigError(f"accelerator file {path}: unknown key(s) {', '.join(sorted(unknown))}")
     for key in required[1:]:
@@ -239,6 +244,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
         data["link_bandwidth_gbps"] * GB,
         measured=data.get("measured", False),
         block_scaled_fp8=data.get("block_scaled_fp8", False),
+        nvlink_domain=data.get("nvlink_domain", 0),
         **{k: float(data[k]) for k in optional if k in data},
         **{field: data[key] * unit for key, (field, unit) in rates.items() if key in data},
     )
@@ -262,6 +268,8 @@ def accelerator_toml(acc: Accelerator) -> dict:
         data["measured"] = True
     if acc.block_scaled_fp8:
         data["block_scaled_fp8"] = True
+    if acc.nvlink_domain:
+        data["nvlink_domain"] = acc.nvlink_domain
     return data
 
 

@@ -212,9 +212,9 @@ def test_the_calibrated_gpus_are_the_fit_rows_and_plans_on_others_say_so(rows):
 
 
 def test_a_rack_scale_nvlink_gpu_planned_with_small_nodes_says_so():
-    """GB200's NVLink spans its NVL72 rack (hardware.NVLINK_DOMAIN): a plan over more GPUs than its nodes, with nodes
-    smaller than the rack, says that traffic between them is costed at the NIC rate and how to say otherwise; a
-    plan within one node, with rack-sized nodes, or on an 8-GPU-node part says nothing of it."""
+    """GB200's NVLink spans its NVL72 rack (hardware.Accelerator.nvlink_domain): a plan over more GPUs than its
+    nodes, with nodes smaller than the rack, says that traffic between them is costed at the NIC rate and how to say
+    otherwise; a plan within one node, with rack-sized nodes, or on an 8-GPU-node part says nothing of it."""
     from flopwise.models.config import ModelConfig
     from flopwise.plan.search import search
     from flopwise.plan.spec import Cluster, Training

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from flopwise.errors import LayoutError, PlanError
 from flopwise.flops import RECOMPUTE_MODES, param_counts
-from flopwise.hardware import CALIBRATED, CATALOGUE, NVLINK_DOMAIN, Accelerator
+from flopwise.hardware import CALIBRATED, CATALOGUE, Accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan import track_record
@@ -201,9 +201,9 @@ def calibration_notes(acc: Accelerator) -> list[str]:
 
 
 def domain_notes(cluster: Cluster) -> list[str]:
-    """A GPU whose NVLink spans a rack (hardware.NVLINK_DOMAIN) planned with smaller nodes: traffic between those
+    """A GPU whose NVLink spans a rack (Accelerator.nvlink_domain) planned with smaller nodes: traffic between those
     nodes is costed at the NIC rate, where the rack would carry it over NVLink."""
-    domain = NVLINK_DOMAIN.get(cluster.accelerator.name, 0)
+    domain = cluster.accelerator.nvlink_domain
     if cluster.gpus <= cluster.gpus_per_node or cluster.gpus_per_node >= domain:
         return []
     return [f"{cluster.accelerator.name}: NVLink spans up to {domain} GPUs (one rack), but this plan puts "
