@@ -183,7 +183,7 @@ def bench_sustained_block(device, dtype, acc, cfg: ModelConfig, name: str, token
         k, n = (int(v) for v in cm._sharded(g, tp))
         passes = _gemm_passes(tokens, k, n, device, dtype, fp8)
         calls += [passes[prefix + p] for p in ("fwd", "dgrad", "wgrad")] * int(g.count)
-        fwd = cm.gemm_time(tokens, k, n, fp8=fp8)
+        fwd = cm.gemm_time(tokens, k, n, low=fp8)
         planned += g.count * (fwd + 2 * fwd / cm.constants.backward_efficiency)
 
     def block():
@@ -242,8 +242,8 @@ def bench_block(timer, device, dtype, acc, cfg: ModelConfig, name: str, tokens: 
                    "pred_fwd_s": cm.gemm_time(tokens, k, n),
                    "pred_bwd_s": 2 * cm.gemm_time(tokens, k, n) / cm.constants.backward_efficiency}
             if fp8:
-                row["pred_fp8_fwd_s"] = cm8.gemm_time(tokens, k, n, fp8=True)
-                row["pred_fp8_bwd_s"] = 2 * cm8.gemm_time(tokens, k, n, fp8=True) / cm8.constants.backward_efficiency
+                row["pred_fp8_fwd_s"] = cm8.gemm_time(tokens, k, n, low=True)
+                row["pred_fp8_bwd_s"] = 2 * cm8.gemm_time(tokens, k, n, low=True) / cm8.constants.backward_efficiency
             rows.append(row)
     return rows
 

@@ -32,9 +32,11 @@ def test_user_accelerator_from_toml(tmp_path):
                     "link_bandwidth_gbps = 448\n")
     acc = load_accelerator(path)
     assert (acc.name, acc.peak_flops, acc.memory_bytes) == ("MI300X", 1307e12, 192e9)
-    path.write_text('name = "x"\npeak_tflops = -1\nmemory_gb = 1\nmemory_bandwidth_gbps = 1\nlink_bandwidth_gbps = 1\n')
-    with pytest.raises(ConfigError, match="peak_tflops"):
-        load_accelerator(path)
+    for bad in ("-1", "true", "inf"):
+        path.write_text(f'name = "x"\npeak_tflops = {bad}\nmemory_gb = 1\nmemory_bandwidth_gbps = 1\n'
+                        "link_bandwidth_gbps = 1\n")
+        with pytest.raises(ConfigError, match="peak_tflops .* must be a positive number"):
+            load_accelerator(path)
     with pytest.raises(ConfigError, match="unknown accelerator"):
         get_accelerator("TPUv9")
 
@@ -47,10 +49,11 @@ def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_writte
     path = tmp_path / "b300.toml"
     base = 'name = "B300"\npeak_tflops = 2250\nmemory_gb = 270\nmemory_bandwidth_gbps = 8000\nlink_bandwidth_gbps = 900\n'
     path.write_text(base + "fp8_peak_tflops = 4500\nfp4_peak_tflops = 13500\nblock_scaled_fp8 = true\n"
-                    "nvlink_domain = 72\n")
+                    "nvlink_domain_gpus = 72\n")
     acc = load_accelerator(path)
     assert acc.block_scaled_fp8 and acc.fp8_peak_flops == 4500e12 and acc.fp4_peak_flops == 13500e12
-    assert acc.nvlink_domain == 72 == CATALOGUE["GB200"].nvlink_domain and CATALOGUE["B200"].nvlink_domain == 0
+    assert acc.nvlink_domain_gpus == 72 == CATALOGUE["GB200"].nvlink_domain_gpus
+    assert CATALOGUE["B200"].nvlink_domain_gpus == 0
     assert load_accelerator(write_accelerator(acc, tmp_path / "again.toml")) == acc
     assert [a.name for a in CATALOGUE.values() if a.block_scaled_fp8] == ["B200", "GB200"]
     # FP4 (NVFP4): twice the FP8 rate on the Blackwell parts, none before them
@@ -59,7 +62,12 @@ def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_writte
     assert not load_accelerator(write_accelerator(CATALOGUE["H100-SXM"], tmp_path / "h.toml")).block_scaled_fp8
     for extra, message in (('block_scaled_fp8 = "yes"\nfp8_peak_tflops = 4500\n', "must be true or false"),
                            ("block_scaled_fp8 = true\n", "needs fp8_peak_tflops"),
-                           ("nvlink_domain = 7.5\n", "must be a whole number of GPUs")):
+                           ("nvlink_domain_gpus = 7.5\n", "must be a whole number of GPUs"),
+                           ("fp4_peak_tflops = 9000\n", "fp4_peak_tflops needs fp8_peak_tflops"),
+                           # TOML's true is an int to Python, and nan a float: neither is a rate
+                           ("fp8_peak_tflops = true\n", "fp8_peak_tflops = True must be a non-negative number"),
+                           ("fp8_peak_tflops = nan\n", "must be a non-negative number"),
+                           ("gemm_efficiency = true\n", "must be a fraction")):
         path.write_text(base + extra)
         with pytest.raises(ConfigError, match=message):
             load_accelerator(path)

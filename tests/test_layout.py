@@ -58,6 +58,19 @@ def test_the_first_and_last_stage_may_hold_only_the_embedding_and_the_head():
     with pytest.raises(LayoutError, match=re.escape("7 pipeline stages (pp 7 x vpp 1) exceed 4 layers plus")):
         check(Layout(pp=7, micro_batch=1), NANO4, 14)
 
+    # the planner plans them (a fixed pp above the layers; the trainer's split = "auto" picks the even split)
+    from flopwise.hardware import get_accelerator
+    from flopwise.plan.cost import CostModel
+    from flopwise.plan.search import balanced_split, best_split, search
+    from flopwise.plan.spec import Cluster, Training
+
+    cluster, training = Cluster(get_accelerator("H100-SXM"), 6), Training(24, software="te")
+    plan = search(NANO4, cluster, training, fixed={"pp": 6, "micro_batch": 1}, top=1).plans[0]
+    assert (plan.layout.pp, plan.pp_layers) == (6, (0, 1, 1, 1, 1, 0))
+    cm = CostModel(NANO4, cluster, training)
+    assert balanced_split(cm, Layout(pp=6, micro_batch=1), 24) is None  # never a negative stage
+    assert best_split(cm, Layout(pp=6, micro_batch=1)) == (0, 1, 1, 1, 1, 0)
+
 
 def test_vocabulary_not_divisible_by_tp_is_refused_with_the_padded_size():
     with pytest.raises(LayoutError, match=r"must divide the vocabulary \(513\); pad it: model.vocab_size = 514"):

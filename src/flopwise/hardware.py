@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -116,7 +117,7 @@ class Accelerator:
     # fifth-generation Tensor Cores (NVIDIA Blackwell architecture technical brief); Hopper's take per-tensor scales
     block_scaled_fp8: bool = False
     # GPUs one NVLink domain spans where it is more than a server (GB200 NVL72: a rack of 72); 0: the node
-    nvlink_domain: int = 0
+    nvlink_domain_gpus: int = 0
 
     @property
     def peak_label(self) -> str:
@@ -148,7 +149,7 @@ CATALOGUE: dict[str, Accelerator] = {
                     block_scaled_fp8=True),
         Accelerator("GB200", 2500 * TFLOPS, 186 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.60,
                     fp8_peak_flops=5000 * TFLOPS, fp4_peak_flops=10000 * TFLOPS, network_bandwidth=50 * GB,
-                    block_scaled_fp8=True, nvlink_domain=72),
+                    block_scaled_fp8=True, nvlink_domain_gpus=72),
         Accelerator("GH200", 989 * TFLOPS, 96 * GB, 4000 * GB, 450 * GB, gemm_efficiency=0.72,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
@@ -201,9 +202,9 @@ def load_accelerator(path: str | Path) -> Accelerator:
     name, peak_tflops, memory_gb, memory_bandwidth_gbps, link_bandwidth_gbps (per direction);
     optionally gemm_efficiency and memory_efficiency (fractions, see the module docstring), fp8_peak_tflops,
     fp4_peak_tflops (dense; for NVFP4 plans), network_bandwidth_gbps (inter-node, per GPU and direction),
-    nvlink_domain (GPUs one NVLink domain spans where it is more than a server, e.g. 72 for an NVL72 rack) and
-    block_scaled_fp8 (true where the tensor cores
-    take MXFP8 at the FP8 rate, as Blackwell's do; it needs fp8_peak_tflops)."""
+    nvlink_domain_gpus (GPUs one NVLink domain spans where it is more than a server, e.g. 72 for an NVL72 rack)
+    and block_scaled_fp8 (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do). FP4 and
+    block scales need fp8_peak_tflops."""
     path = Path(path)
     data = read_toml(path, "accelerator file")
     required = ("name", "peak_tflops", "memory_gb", "memory_bandwidth_gbps", "link_bandwidth_gbps")
@@ -213,29 +214,35 @@ def load_accelerator(path: str | Path) -> Accelerator:
     optional = ("gemm_efficiency", "memory_efficiency")
     rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "fp4_peak_tflops": ("fp4_peak_flops", TFLOPS),
              "network_bandwidth_gbps": ("network_bandwidth", GB)}
-    if "nvlink_domain" in data and (not isinstance(data["nvlink_domain"], int) or isinstance(data["nvlink_domain"], bool)
-                                    or data["nvlink_domain"] < 0):
-        raise ConfigError(f"accelerator file {path}: nvlink_domain = {data['nvlink_domain']!r} must be a whole number "
-                          "of GPUs (0: the node)")
     flags = ("measured", "block_scaled_fp8")
-    unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags) - {"nvlink_domain"}
+    unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags) - {"nvlink_domain_gpus"}
     if unknown:
         raise ConfigError(f"accelerator file {path}: unknown key(s) {', '.join(sorted(unknown))}")
+
+    def number(key: str) -> bool:  # TOML's true is an int to Python, and nan / inf are floats
+        value = data[key]
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
     for key in required[1:]:
-        if not isinstance(data[key], int | float) or data[key] <= 0:
+        if not number(key) or data[key] <= 0:
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a positive number")
     for key in optional:
-        if key in data and (not isinstance(data[key], int | float) or not 0 < data[key] <= 1):
+        if key in data and (not number(key) or not 0 < data[key] <= 1):
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a fraction in (0, 1]")
     for key in rates:
-        if key in data and (not isinstance(data[key], int | float) or data[key] < 0):
+        if key in data and (not number(key) or data[key] < 0):
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a non-negative number")
+    if "nvlink_domain_gpus" in data and (not number("nvlink_domain_gpus") or not isinstance(data["nvlink_domain_gpus"], int)
+                                         or data["nvlink_domain_gpus"] < 0):
+        raise ConfigError(f"accelerator file {path}: nvlink_domain_gpus = {data['nvlink_domain_gpus']!r} must be a "
+                          "whole number of GPUs (0: the node)")
     for key in flags:
         if not isinstance(data.get(key, False), bool):
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be true or false")
-    if data.get("block_scaled_fp8") and not data.get("fp8_peak_tflops"):
-        raise ConfigError(f"accelerator file {path}: block_scaled_fp8 = true needs fp8_peak_tflops (the FP8 rate "
-                          "block-scaled GEMMs run at)")
+    for key, why in (("block_scaled_fp8", "the FP8 rate block-scaled GEMMs run at"),
+                     ("fp4_peak_tflops", "a part with FP4 tensor cores has FP8 ones")):
+        if data.get(key) and not data.get("fp8_peak_tflops"):
+            raise ConfigError(f"accelerator file {path}: {key} needs fp8_peak_tflops ({why})")
     return Accelerator(
         str(data["name"]),
         data["peak_tflops"] * TFLOPS,
@@ -244,7 +251,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
         data["link_bandwidth_gbps"] * GB,
         measured=data.get("measured", False),
         block_scaled_fp8=data.get("block_scaled_fp8", False),
-        nvlink_domain=data.get("nvlink_domain", 0),
+        nvlink_domain_gpus=data.get("nvlink_domain_gpus", 0),
         **{k: float(data[k]) for k in optional if k in data},
         **{field: data[key] * unit for key, (field, unit) in rates.items() if key in data},
     )
@@ -268,8 +275,8 @@ def accelerator_toml(acc: Accelerator) -> dict:
         data["measured"] = True
     if acc.block_scaled_fp8:
         data["block_scaled_fp8"] = True
-    if acc.nvlink_domain:
-        data["nvlink_domain"] = acc.nvlink_domain
+    if acc.nvlink_domain_gpus:
+        data["nvlink_domain_gpus"] = acc.nvlink_domain_gpus
     return data
 
 

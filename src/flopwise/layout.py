@@ -29,6 +29,9 @@ Decisions the check encodes (the trainer and the planner agree on them):
   the same way; the extra rows are never targets).
 - ZeRO needs a shard group of at least two ranks, and dp_shard > 1 needs zero > 0: no stage runs as a no-op.
 - ZeRO-2/3 shard gradients per micro-batch, so they are not combined with pipeline parallelism (zero <= 1).
+- A pipeline has at most layers + 2 stages (pp x vpp): the first and the last may hold no transformer layer, only
+  the embedding and only the head (Megatron-Core's account_for_embedding/loss_in_pipeline_split); every other
+  stage holds at least one.
 - ep reuses data-parallel ranks (it adds none): ep must divide dp and the experts. It combines with pp, with
   ZeRO 1-3 (expert weights, already split by ep, stay out of the dense model's FSDP and dp_shard partition;
   the ZeRO stage applies to them over the dp / ep ranks holding the same experts) and with tp and

@@ -23,6 +23,7 @@ LAYOUTS = {
     # the first and the last of 6 stages hold only the embedding and only the head (Megatron's
     # account_for_embedding/loss_in_pipeline_split)
     "pp2-interleaved-embedding-and-head-stages": (2, ["parallel.pp=2", "parallel.vpp=3", 'parallel.split="0,1,1,1,1,0"']),
+    "pp2-embedding-only-first-stage": (2, ["parallel.pp=2", 'parallel.split="0,4"']),  # not what split=auto picks
     "dp2xtp2": (4, ["parallel.dp=2", "parallel.tp=2"]),
     "pp2xtp2": (4, ["parallel.pp=2", "parallel.tp=2"]),
     "pp2xdp2-zero1": (4, ["parallel.pp=2", "parallel.dp=2", "parallel.zero=1"]),

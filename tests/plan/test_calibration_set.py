@@ -212,7 +212,7 @@ def test_the_calibrated_gpus_are_the_fit_rows_and_plans_on_others_say_so(rows):
 
 
 def test_a_rack_scale_nvlink_gpu_planned_with_small_nodes_says_so():
-    """GB200's NVLink spans its NVL72 rack (hardware.Accelerator.nvlink_domain): a plan over more GPUs than its
+    """GB200's NVLink spans its NVL72 rack (hardware.Accelerator.nvlink_domain_gpus): a plan over more GPUs than its
     nodes, with nodes smaller than the rack, says that traffic between them is costed at the NIC rate and how to say
     otherwise; a plan within one node, with rack-sized nodes, or on an 8-GPU-node part says nothing of it."""
     from flopwise.models.config import ModelConfig
@@ -222,9 +222,15 @@ def test_a_rack_scale_nvlink_gpu_planned_with_small_nodes_says_so():
     model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, ffn=256, seq_len=64, lfa=False)
 
     def domain(acc, gpus, per_node):
-        plan = search(model, Cluster(CATALOGUE[acc], gpus, per_node), Training(gpus * 2), top=1)
+        acc = CATALOGUE[acc] if isinstance(acc, str) else acc
+        plan = search(model, Cluster(acc, gpus, per_node), Training(gpus * 2), top=1)
         return [n for n in plan.notes if "NVLink spans" in n]
 
     said = domain("GB200", 16, 8)
     assert len(said) == 1 and "--gpus-per-node 72" in said[0] and "8 per node" in said[0]
     assert domain("GB200", 8, 8) == [] and domain("GB200", 144, 72) == [] and domain("B200", 16, 8) == []
+    # a rack-scale part from an accelerator file says so too
+    import dataclasses
+
+    said = domain(dataclasses.replace(CATALOGUE["B200"], name="NVL36 part", nvlink_domain_gpus=36), 16, 8)
+    assert len(said) == 1 and "--gpus-per-node 36" in said[0]

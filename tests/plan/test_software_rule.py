@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from flopwise.errors import ConfigError
 from flopwise.hardware import NO_FLASH_ATTENTION
 from flopwise.plan.software_rule import attention_in_text, infer_software, named_stack, software_for_stack
 from flopwise.plan.validate import PROVENANCE_COLUMNS, row_inputs, validate_files, validate_rows
@@ -268,6 +269,12 @@ def test_cells_are_read_as_sources_write_them(cell, text, read):
     assert got == read
     if text.lower() != read:  # a rewritten cell says so
         assert any(repr(text) in n for n in notes), notes
+
+
+@pytest.mark.parametrize("text", ["MXFP4", "bf16_with_mxfp4_mixed"])
+def test_mxfp4_which_no_training_recipe_uses_is_refused_not_read_as_another_precision(text):
+    with pytest.raises(ConfigError, match="precision = .*mxfp4.*must be one of"):
+        row_inputs(row("torchtitan", precision=text))
 
 
 def test_unreadable_cells_are_the_rows_reason():

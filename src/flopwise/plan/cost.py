@@ -103,7 +103,7 @@ from flopwise.layout import check as check_layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan import experts as moe
 from flopwise.plan import memory as mem
-from flopwise.plan.spec import SOFTWARE, Cluster, Software, Training
+from flopwise.plan.spec import SOFTWARE, Cluster, GemmFormat, Software, Training
 
 # FlashAttention-2 reaches 50-73% of A100 peak forward and less backward (Dao 2023, section 4.1), about 0.7
 # of what large GEMMs sustain.
@@ -259,9 +259,9 @@ def loss_bytes(dtype_bytes: int, eager: bool) -> float:
 
 def even_split(layers: int, pp: int) -> tuple[int, ...]:
     """As even as possible; the remainder goes to the middle stages (the first holds the most
-    activations, the last the LM head). With more stages than layers (at most two more: layout.check) the first
-    and the last hold none, only the embedding and the head, as Megatron-Core's account_for_embedding_in_pipeline_split
-    and account_for_loss_in_pipeline_split place them."""
+    activations, the last the LM head). With more stages than layers (at most two more: layout.check) the ends
+    hold none: the first with one stage more, the first and the last with two, only the embedding and the head, as
+    Megatron-Core's account_for_embedding_in_pipeline_split and account_for_loss_in_pipeline_split place them."""
     base, extra = divmod(layers, pp)
     return tuple(base + (1 if 0 < i <= extra else 0) for i in range(pp))
 
@@ -277,22 +277,13 @@ class CostModel:
         self.constants = constants or DEFAULT_CONSTANTS
         self.acc = cluster.accelerator
         self.low = low = training.gemm_format  # FP8 / MXFP8 / NVFP4 GEMMs in the blocks; None: the training dtype
-        if low and low.rate == "fp8" and self.acc.fp8_peak_flops <= 0:
-            raise PlanError(f"{self.acc.name} has no FP8 tensor cores: use precision bf16")
-        if low and low.rate == "fp4" and self.acc.fp4_peak_flops <= 0:
-            raise PlanError(f"{self.acc.name} has no FP4 tensor cores, only Blackwell's have "
-                            f"({self._parts('fp4_peak_flops')}; an accelerator file declares them with "
-                            "fp4_peak_tflops): use precision fp8 or mxfp8")
-        if training.precision == "mxfp8" and not self.acc.block_scaled_fp8:
-            raise PlanError(f"{self.acc.name} has no block-scaled (MXFP8) tensor cores, only Blackwell's have "
-                            f"({self._parts('block_scaled_fp8')}; an accelerator file declares them with "
-                            "block_scaled_fp8 = true): use precision fp8 (per-tensor scales)")
-        # a cast writes a row-wise and a column-wise (transposed) copy with their block scales: the bytes beyond
-        # per-tensor FP8's two 1-byte copies (MXFP8 2/32 more, NVFP4 2 x (1/2 + 1/16) - 2 less)
-        self.cast_extra = 2 * (low.element_bytes + low.scale_bytes) - 2 if low else 0.0
-        # no FP4 GEMM benchmark was at hand: FP4 GEMMs are taken to reach FP8's fraction of their peak
-        low_peak = self.acc.fp4_peak_flops if low and low.rate == "fp4" else self.acc.fp8_peak_flops
-        self.low_rate = low_peak * self.acc.gemm_efficiency * FP8_MAMF_RATIO
+        if low:
+            self._refuse_without(low, training.precision)
+        # a cast writes a row-wise and a column-wise (transposed) copy with their block scales: its bytes against
+        # per-tensor FP8's two 1-byte copies (MXFP8 2/32 more, NVFP4 2 x (1/2 + 1/16) - 2 = 0.875 fewer)
+        self.cast_delta = 2 * (low.element_bytes + low.scale_bytes) - 2 if low else 0.0
+        # no FP4 GEMM rate from training runs: FP4 GEMMs are taken to reach FP8's fraction of their peak
+        self.low_rate = getattr(self.acc, low.peak_field) * self.acc.gemm_efficiency * FP8_MAMF_RATIO if low else 0.0
         self.seq = training.seq_len or model.seq_len
         # fp32 runs on TF32 tensor cores: half the bf16/fp16 dense rate on A100 and H100 (a measured CPU peak
         # is already the fp32 rate).
@@ -328,10 +319,21 @@ class CostModel:
         return self.ew_factor
 
     # ---- links -----------------------------------------------------------------------------------
-    @staticmethod
-    def _parts(feature: str) -> str:
-        """The catalogue's accelerators that have `feature` (a truthy Accelerator field), for a refusal's text."""
-        return ", ".join(a.name for a in CATALOGUE.values() if getattr(a, feature))
+    def _refuse_without(self, low: GemmFormat, precision: str) -> None:
+        """PlanError where the accelerator lacks the tensor cores the format's GEMMs need."""
+        def parts(field: str) -> str:  # the catalogue's accelerators that have it, for the message
+            return ", ".join(a.name for a in CATALOGUE.values() if getattr(a, field))
+
+        name = self.acc.name
+        if low.peak_field == "fp8_peak_flops" and self.acc.fp8_peak_flops <= 0:
+            raise PlanError(f"{name} has no FP8 tensor cores: use precision bf16")
+        if low.peak_field == "fp4_peak_flops" and self.acc.fp4_peak_flops <= 0:
+            raise PlanError(f"{name} has no FP4 tensor cores, only Blackwell's have ({parts('fp4_peak_flops')}; an "
+                            "accelerator file declares them with fp4_peak_tflops): use precision fp8 or mxfp8")
+        if low.block_scaled and not self.acc.block_scaled_fp8:
+            raise PlanError(f"{name} has no block-scaled ({precision.upper()}) tensor cores, only Blackwell's have "
+                            f"({parts('block_scaled_fp8')}; an accelerator file declares them with "
+                            "block_scaled_fp8 = true): use precision fp8 (per-tensor scales)")
 
     def bus_bandwidth(self, span: int, ranks: int = 1) -> float:
         """Bus bandwidth of a group of `ranks` ranks spanning `span` consecutive GPUs (inside a node or not).
@@ -379,6 +381,8 @@ class CostModel:
         """Roofline time of `batch` matmuls [m, k] x [k, n] in the training dtype (low: the run's low-precision
         inputs, FP8 or FP4, bf16 output, at that format's rate)."""
         e = self.training.dtype_bytes
+        if low and not self.low:
+            raise PlanError(f"a low-precision GEMM was asked of a {self.training.precision} plan")
         if low:
             compute = 2.0 * m * k * n * batch / self.low_rate
             traffic = (self.low.element_bytes * (m * k + k * n) + e * m * n) * batch / self.hbm_rate
@@ -439,9 +443,9 @@ class CostModel:
                 k, n = self._sharded(g, tp)
                 if g.name not in FP8_INPUT_SHARED:  # Q, K, V share one input; so do gate and up (count 2)
                     per = FP8_FUSED_CAST_BYTES if fused and g.name not in FP8_UNFUSED_INPUT else FP8_CAST_BYTES
-                    per = (per + self.cast_extra) / (shard if g.tp == "column" else 1)
+                    per = (per + self.cast_delta) / (shard if g.tp == "column" else 1)
                     ew_fwd += (1 if g.name in FP8_ONE_INPUT else g.count) * per * tokens * k / self.hbm_rate
-                per = (FP8_CAST_BYTES + self.cast_extra) / (shard if g.tp == "row" else 1)
+                per = (FP8_CAST_BYTES + self.cast_delta) / (shard if g.tp == "row" else 1)
                 ew_bwd += g.count * per * tokens * n / self.hbm_rate
         attn_bwd = FLASH_BACKWARD_FLOPS if self.training.profile.attention == "flash" else 2.0
         eff = self.constants.backward_efficiency

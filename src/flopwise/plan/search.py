@@ -50,6 +50,8 @@ def balanced_split(
     cfg, p = cm.model, layout.pp
     if p == 1:
         return (cfg.layers,)
+    if p > cfg.layers:  # a stage without a layer: the even split places the ends so (split_candidates)
+        return None
     lc = cm.layer_cost(layout.tp, layout.sp, layout.micro_batch, layout.recompute, layout.recompute_every)
     t_layer = lc.fwd + lc.bwd + lc.recompute + lc.tp
     head, head_comm = cm.head_time(layout.tp, layout.micro_batch)
@@ -99,7 +101,7 @@ def split_candidates(cm: CostModel, layout: Layout, microbatches: int, split: st
         return [layout.split]
     layers = cm.model.layers
     splits = []
-    if layers % layout.pp == 0 or split == "uniform" or layout.vpp > 1:
+    if layers % layout.pp == 0 or split == "uniform" or layout.vpp > 1 or layout.stages > layers:
         splits.append(even_split(layers, layout.stages))
     if split == "balanced" and layout.pp > 1 and layout.vpp == 1:
         bal = balanced_split(cm, layout, microbatches, require_fit=require_fit)
@@ -155,8 +157,9 @@ def _candidates(cm: CostModel, fixed: dict, failures: list[str] | None = None) -
                 elif pp > 1 and m % pp == 0 and cfg.layers % pp == 0:
                     vpps = [v for v in _divisors(cfg.layers // pp) if v <= MAX_VPP]
                 elif pp > 1 and m % pp == 0:  # uneven: model chunks as even as the layers allow, the first
-                    # and the last chunk one layer short (Llama 3's 126 layers on 16 stages, section 3.3.2)
-                    vpps = [v for v in range(1, MAX_VPP + 1) if pp * v <= cfg.layers]
+                    # and the last chunk one layer short (Llama 3's 126 layers on 16 stages, section 3.3.2), or
+                    # holding only the embedding and the head (126 layers on 16 x 8 chunks: layout.check)
+                    vpps = [v for v in range(1, MAX_VPP + 1) if pp * v <= cfg.layers + 2]
                 else:
                     vpps = [1]
                 schedule = fixed.get("schedule", "1f1b")
@@ -201,9 +204,9 @@ def calibration_notes(acc: Accelerator) -> list[str]:
 
 
 def domain_notes(cluster: Cluster) -> list[str]:
-    """A GPU whose NVLink spans a rack (Accelerator.nvlink_domain) planned with smaller nodes: traffic between those
+    """A GPU whose NVLink spans a rack (Accelerator.nvlink_domain_gpus) planned with smaller nodes: traffic between those
     nodes is costed at the NIC rate, where the rack would carry it over NVLink."""
-    domain = cluster.accelerator.nvlink_domain
+    domain = cluster.accelerator.nvlink_domain_gpus
     if cluster.gpus <= cluster.gpus_per_node or cluster.gpus_per_node >= domain:
         return []
     return [f"{cluster.accelerator.name}: NVLink spans up to {domain} GPUs (one rack), but this plan puts "
@@ -212,8 +215,9 @@ def domain_notes(cluster: Cluster) -> list[str]:
 
 
 def precision_notes(training: Training) -> list[str]:
-    """A precision whose GEMM rate no benchmark measured: NVFP4's (plan/cost.py takes FP8's fraction of peak)."""
-    if training.precision != "nvfp4":
+    """A precision whose GEMM rate no training run measured: FP4's (plan/cost.py takes FP8's fraction of peak)."""
+    low = training.gemm_format
+    if not low or low.peak_field != "fp4_peak_flops":
         return []
     return ["nvfp4: the FP4 GEMMs are taken to reach FP8's fraction of the FP4 peak (no FP4 GEMM benchmark was at "
             "hand); the bf16 first and last blocks and the Hadamard transforms of NVIDIA's recipe are not costed; MFU "
@@ -322,8 +326,9 @@ def _fixed_reason(cm: CostModel, fixed: dict) -> str | None:
     gpus //= fixed.get("cp", 1)  # context-parallel ranks share sequences: the other axes split the rest
     gb = cm.training.global_batch
     tp, pp, dp, mb = (fixed.get(k) for k in ("tp", "pp", "dp", "micro_batch"))
-    if pp is not None and pp > cfg.layers:
-        return f"pp = {pp} pipeline stages but the model has only {cfg.layers} layers"
+    if pp is not None and pp > cfg.layers + 2:
+        return (f"pp = {pp} pipeline stages but the model has only {cfg.layers} layers (plus one stage for the "
+                "embedding and one for the head)")
     if tp is not None and tp > gpn:
         return f"tp = {tp} exceeds the {gpn} GPUs of a node (TP is placed inside a node)"
     product = 1

@@ -22,17 +22,21 @@ PRECISIONS = ("bf16", "fp16", "fp32", "fp8", "mxfp8", "nvfp4")
 @dataclass(frozen=True)
 class GemmFormat:
     """How a low-precision recipe feeds the blocks' GEMMs: each cast copy's bytes per element, its block scales'
-    bytes per element, and the tensor-core rate its GEMMs run at."""
+    bytes per element, the Accelerator field holding the tensor-core peak its GEMMs run at, and whether the tensor
+    cores must take block scales (Accelerator.block_scaled_fp8)."""
 
     element_bytes: float
     scale_bytes: float
-    rate: str  # 'fp8' | 'fp4'
+    peak_field: str  # 'fp8_peak_flops' | 'fp4_peak_flops'
+    block_scaled: bool = False
 
 
 GEMM_FORMATS = {
-    "fp8": GemmFormat(1.0, 0.0, "fp8"),  # per-tensor scales
-    "mxfp8": GemmFormat(1.0, 1 / 32, "fp8"),  # one E8M0 byte per 32 elements (OCP Microscaling spec v1.0)
-    "nvfp4": GemmFormat(0.5, 1 / 16, "fp4"),  # 4-bit values, one E4M3 byte per 16 elements
+    "fp8": GemmFormat(1.0, 0.0, "fp8_peak_flops"),  # per-tensor scales
+    # one E8M0 byte per 32 elements (OCP Microscaling spec v1.0)
+    "mxfp8": GemmFormat(1.0, 1 / 32, "fp8_peak_flops", block_scaled=True),
+    # 4-bit values, one E4M3 byte per 16 elements (FP4 tensor cores take their scales by design)
+    "nvfp4": GemmFormat(0.5, 1 / 16, "fp4_peak_flops"),
 }
 LOW_PRECISIONS = frozenset(GEMM_FORMATS)
 # the attention core: 'flash' fused (FlashAttention, SDPA, cuDNN: no s^2 tensors) | 'unfused' (scores, softmax and

@@ -92,7 +92,9 @@ def _precision_word(text: str, notes: list[str]) -> str:
     if "fp8" in word and "mx" in word:  # MXFP8 as recipes spell it: 'fp8_mx' (Megatron-Bridge), 'bf16_with_mxfp8_mixed'
         notes.append(f"precision {text!r} read as mxfp8")
         return "mxfp8"
-    if "fp4" in word and "mx" not in word:  # 'NVFP4', 'bf16_with_nvfp4_mixed', 'FP4' (MXFP4 has no training recipe)
+    if "fp4" in word:  # 'NVFP4', 'bf16_with_nvfp4_mixed', 'FP4'; MXFP4 (no training recipe) is refused
+        if "mx" in word:
+            return word
         notes.append(f"precision {text!r} read as nvfp4")
         return "nvfp4"
     # the low precisions first, as their runs also name their bf16 parts
