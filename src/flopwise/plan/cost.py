@@ -66,7 +66,8 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
   element); attention,
   the LM head and the elementwise work stay bf16. MXFP8 (Blackwell): the same, each cast also writing its block
   scales. NVFP4 (Blackwell): the GEMMs at the FP4 peak (assumed to reach FP8's fraction of it: no FP4 GEMM
-  benchmark was at hand), each cast writing two half-byte copies with one scale byte per 16 elements, the kept
+  rate from training runs), each cast reading its input twice (an amax pass for the per-tensor scale, then the
+  cast) and writing two half-byte copies with one scale byte per 16 elements, the kept
   activations and the SP gathers half a byte per element; the first and last blocks some recipes keep in bf16,
   the random Hadamard transforms and stochastic rounding of NVIDIA's recipe are not costed.
 - PyTorch-native TP under torch.compile (Software.unfused_across_tp): with tp > 1 the blocks' elementwise work moves
@@ -280,8 +281,12 @@ class CostModel:
         if low:
             self._refuse_without(low, training.precision)
         # a cast writes a row-wise and a column-wise (transposed) copy with their block scales: its bytes against
-        # per-tensor FP8's two 1-byte copies (MXFP8 2/32 more, NVFP4 2 x (1/2 + 1/16) - 2 = 0.875 fewer)
-        self.cast_delta = 2 * (low.element_bytes + low.scale_bytes) - 2 if low else 0.0
+        # per-tensor FP8's two 1-byte copies (MXFP8 2/32 more, NVFP4 2 x (1/2 + 1/16) - 2 = 0.875 fewer), and a
+        # scale from the tensor's own amax reads the input once more first (NVFP4: + 2 bytes in bf16)
+        self.cast_delta = 0.0
+        if low:
+            self.cast_delta = 2 * (low.element_bytes + low.scale_bytes) - 2
+            self.cast_delta += training.dtype_bytes if low.global_amax else 0.0
         # no FP4 GEMM rate from training runs: FP4 GEMMs are taken to reach FP8's fraction of their peak
         self.low_rate = getattr(self.acc, low.peak_field) * self.acc.gemm_efficiency * FP8_MAMF_RATIO if low else 0.0
         self.seq = training.seq_len or model.seq_len

@@ -29,14 +29,18 @@ class GemmFormat:
     scale_bytes: float
     peak_field: str  # 'fp8_peak_flops' | 'fp4_peak_flops'
     block_scaled: bool = False
+    # a per-tensor scale computed from the tensor itself: its amax is reduced before the cast, so the cast reads its
+    # input once more (a fused producer saves the write of the high-precision copy, not that read)
+    global_amax: bool = False
 
 
 GEMM_FORMATS = {
     "fp8": GemmFormat(1.0, 0.0, "fp8_peak_flops"),  # per-tensor scales
     # one E8M0 byte per 32 elements (OCP Microscaling spec v1.0)
     "mxfp8": GemmFormat(1.0, 1 / 32, "fp8_peak_flops", block_scaled=True),
-    # 4-bit values, one E4M3 byte per 16 elements (FP4 tensor cores take their scales by design)
-    "nvfp4": GemmFormat(0.5, 1 / 16, "fp4_peak_flops"),
+    # 4-bit values, one E4M3 byte per 16 elements (FP4 tensor cores take their scales by design), and an FP32
+    # per-tensor scale from the tensor's amax (NVIDIA 2025, arXiv 2509.25149, section 2)
+    "nvfp4": GemmFormat(0.5, 1 / 16, "fp4_peak_flops", global_amax=True),
 }
 LOW_PRECISIONS = frozenset(GEMM_FORMATS)
 # the attention core: 'flash' fused (FlashAttention, SDPA, cuDNN: no s^2 tensors) | 'unfused' (scores, softmax and
