@@ -69,6 +69,8 @@ def build() -> dict:
         params = param_counts(obs.model).total
         for key, _ in track_record.group_keys(obs.cluster.accelerator.name, obs.training.software, params):
             groups.setdefault(key, []).append(row["error"])
+        if obs.training.gemm_format:
+            groups.setdefault(track_record.precision_key(obs.training.precision), []).append(row["error"])
         m = CostModel(obs.model, obs.cluster, obs.training).microbatches(obs.layout)
         if track_record.few_microbatches(obs.cluster.accelerator.name, m, obs.layout.pp):
             groups.setdefault(track_record.microbatch_key(obs.training.software), []).append(row["error"])

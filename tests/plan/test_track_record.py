@@ -89,6 +89,29 @@ def test_few_micro_batches_per_step_carry_their_own_record():
     assert "optimistic" not in track_record.microbatch_note("H100-SXM", "te", 3, record=rec)
 
 
+def test_a_low_precision_carries_its_own_record_where_its_runs_lean():
+    rec = {"groups": {"precision|nvfp4": {"n": 14, "median": 0.192, "p90": 0.29, "max": 0.343, "too_fast": 13,
+                                          "signed_median": -0.192},
+                      "precision|fp8": {"n": 154, "median": 0.076, "p90": 0.25, "max": 0.57, "too_fast": 87,
+                                        "signed_median": -0.018}}}
+    said = track_record.precision_note("nvfp4", record=rec)
+    assert said == ("nvfp4: the 14 published runs in nvfp4 ran a median 19.2% slower than predicted (median error "
+                    "19.2%, worst 34.3%): read its step time as optimistic")
+    assert track_record.precision_note("fp8", record=rec) is None  # leans under 5%: the GPU and stack record speaks
+    assert track_record.precision_note("mxfp8", record=rec) is None  # no runs
+    rec["groups"]["precision|nvfp4"]["n"] = 4
+    assert track_record.precision_note("nvfp4", record=rec) is None  # too few to speak
+    # the shipped record has the group, and a search in that precision carries its note
+    shipped = track_record.load()["groups"][track_record.precision_key("nvfp4")]
+    assert shipped["n"] >= track_record.MIN_RUNS
+    llama = ModelConfig(vocab_size=128256, layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, seq_len=8192,
+                        lfa=False, mlp="swiglu")
+    result = search(llama, Cluster(get_accelerator("B200"), 64), Training(256, software="te", precision="nvfp4"),
+                    {"tp": 1, "pp": 1}, top=1)
+    note = track_record.precision_note("nvfp4")
+    assert note is not None and note in result.notes and f"the {shipped['n']} published runs" in note
+
+
 def test_a_plan_with_few_micro_batches_says_how_such_runs_went():
     rec = track_record.load()
     assert rec["groups"][track_record.microbatch_key("te")]["n"] >= track_record.MIN_RUNS

@@ -215,13 +215,18 @@ def domain_notes(cluster: Cluster) -> list[str]:
 
 
 def precision_notes(training: Training) -> list[str]:
-    """A precision whose GEMM rate no training run measured: FP4's (plan/cost.py takes FP8's fraction of peak)."""
+    """What a low precision's times rest on: FP4's GEMM rate is assumed (plan/cost.py takes FP8's fraction of peak),
+    and how the published runs in that precision were predicted, where they lean one way (track_record)."""
     low = training.gemm_format
-    if not low or low.peak_field != "fp4_peak_flops":
+    if not low:
         return []
-    return ["nvfp4: the FP4 GEMMs are taken to reach FP8's fraction of the FP4 peak (no FP4 GEMM benchmark was at "
-            "hand); the bf16 first and last blocks and the Hadamard transforms of NVIDIA's recipe are not costed; MFU "
-            "is against the bf16 dense peak, so it can pass 100%"]
+    notes = []
+    if low.peak_field == "fp4_peak_flops":
+        notes.append(f"{training.precision}: the FP4 GEMMs are taken to reach FP8's fraction of the FP4 peak (no FP4 "
+                     "GEMM rate from training runs); the bf16 first and last blocks and the Hadamard transforms of "
+                     "NVIDIA's recipe are not costed; MFU is against the bf16 dense peak, so it can pass 100%")
+    record = track_record.precision_note(training.precision)
+    return notes + ([record] if record else [])
 
 
 def plan_notes(model: ModelConfig, cluster: Cluster, training: Training) -> list[str]:

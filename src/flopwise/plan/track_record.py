@@ -2,10 +2,11 @@
 
 `track_record.json` beside this module holds the planner's errors on the published runs of
 benchmarks/planner_calibration (fit rows out of fold under grouped cross-validation, every other row with the
-constants fitted on the fit rows alone), grouped by GPU, software profile and model size, and per profile the runs
-whose steps had few micro-batches and no pipeline. It is written by `benchmarks/planner_track_record.py` with the
-constants it records; `plan.search` attaches the note of the closest group with enough runs to every search, and the
-few-micro-batch note to each plan it concerns, so a user reads the figure beside its evidence.
+constants fitted on the fit rows alone), grouped by GPU, software profile and model size; per profile the runs whose
+steps had few micro-batches and no pipeline; and per low precision (FP8, MXFP8, NVFP4) its runs. It is written by
+`benchmarks/planner_track_record.py` with the constants it records; `plan.search` attaches the note of the closest
+group with enough runs to every search, the precision's note to a search in a low precision whose runs lean one way,
+and the few-micro-batch note to each plan it concerns, so a user reads the figure beside its evidence.
 """
 
 from __future__ import annotations
@@ -59,6 +60,25 @@ def microbatch_key(software: str) -> str:
     return f"{software}|m<={FEW_MICROBATCHES}"
 
 
+def precision_key(precision: str) -> str:
+    """The group of the runs trained in one low precision (fp8, mxfp8, nvfp4)."""
+    return f"precision|{precision}"
+
+
+def _lean(g: dict) -> str:
+    """'ran a median X% slower (faster) than predicted (median error, worst)' for a group that leans one way."""
+    signed = g["signed_median"]
+    return (f"ran a median {100 * abs(signed):.1f}% {'slower' if signed < 0 else 'faster'} than predicted (median "
+            f"error {100 * g['median']:.1f}%, worst {100 * g['max']:.1f}%)")
+
+
+def _leaning(key: str, record: dict | None) -> dict | None:
+    """The group under `key` where it has MIN_RUNS and leans LEAN or more either way, else None."""
+    record = load() if record is None else record
+    g = record.get("groups", {}).get(key, {})
+    return g if g.get("n", 0) >= MIN_RUNS and abs(g.get("signed_median", 0.0)) >= LEAN else None
+
+
 @cache
 def load() -> dict:
     """The recorded track record ({} where the file is missing or unreadable: a plan then carries no note rather
@@ -101,13 +121,19 @@ def microbatch_note(gpu: str, software: str, microbatches: int, pp: int = 1, rec
     profile has fewer than MIN_RUNS such runs, or they lean less than LEAN either way."""
     if not few_microbatches(gpu, microbatches, pp):
         return None
-    record = load() if record is None else record
-    g = record.get("groups", {}).get(microbatch_key(software), {})
-    if g.get("n", 0) < MIN_RUNS or abs(g.get("signed_median", 0.0)) < LEAN:
+    g = _leaning(microbatch_key(software), record)
+    if g is None:
         return None
-    signed = g["signed_median"]
     text = (f"few micro-batches: this plan runs {microbatches} per step; the {g['n']} published runs of the `{software}` "
-            f"profile with at most {FEW_MICROBATCHES} on calibrated GPUs ran a median {100 * abs(signed):.1f}% "
-            f"{'slower' if signed < 0 else 'faster'} than predicted (median error {100 * g['median']:.1f}%, worst "
-            f"{100 * g['max']:.1f}%)")
-    return text + ": read its step time as optimistic" if signed < 0 else text
+            f"profile with at most {FEW_MICROBATCHES} on calibrated GPUs {_lean(g)}")
+    return text + ": read its step time as optimistic" if g["signed_median"] < 0 else text
+
+
+def precision_note(precision: str, record: dict | None = None) -> str | None:
+    """One line on how the published runs in this low precision were predicted, where they are MIN_RUNS or more and
+    lean LEAN or more either way (a precision's own miss, beside the GPU and stack group of `note`)."""
+    g = _leaning(precision_key(precision), record)
+    if g is None:
+        return None
+    text = f"{precision}: the {g['n']} published runs in {precision} {_lean(g)}"
+    return text + ": read its step time as optimistic" if g["signed_median"] < 0 else text
