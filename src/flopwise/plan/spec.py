@@ -35,7 +35,9 @@ class GemmFormat:
 
 
 GEMM_FORMATS = {
-    "fp8": GemmFormat(1.0, 0.0, "fp8_peak_flops"),  # per-tensor scales
+    # per-tensor scales, costed as delayed scaling (from the amax history: no pass before the cast); current scaling's
+    # amax pass is not costed for FP8, whose calibrated runs mix both
+    "fp8": GemmFormat(1.0, 0.0, "fp8_peak_flops"),
     # one E8M0 byte per 32 elements (OCP Microscaling spec v1.0)
     "mxfp8": GemmFormat(1.0, 1 / 32, "fp8_peak_flops", block_scaled=True),
     # 4-bit values, one E4M3 byte per 16 elements (FP4 tensor cores take their scales by design), and an FP32
