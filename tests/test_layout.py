@@ -70,6 +70,12 @@ def test_the_first_and_last_stage_may_hold_only_the_embedding_and_the_head():
     cm = CostModel(NANO4, cluster, training)
     assert balanced_split(cm, Layout(pp=6, micro_batch=1), 24) is None  # never a negative stage
     assert best_split(cm, Layout(pp=6, micro_batch=1)) == (0, 1, 1, 1, 1, 0)
+    # the planner's --layout words take an empty end too (which stages may be empty is check_split's)
+    assert parse_layout("pp=2,split=0/4")["split"] == (0, 4)
+    with pytest.raises(LayoutError, match="each stage's layers = -1: must be >= 0"):
+        parse_layout("pp=2,split=-1/5")
+    with pytest.raises(LayoutError, match="every stage but the first and the last"):
+        check(Layout(pp=3, split=(1, 0, 3), micro_batch=1), NANO4, 12)
 
 
 def test_vocabulary_not_divisible_by_tp_is_refused_with_the_padded_size():

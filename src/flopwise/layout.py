@@ -308,8 +308,8 @@ def parse_value(key: str, value: str):
             return name, parse_bool(key, value)
         if kind is tuple:
             parts = tuple(int(v) for v in value.replace("/", " ").replace(";", " ").split())
-            for part in parts:
-                check_number(f"layout {key} = {value!r}: each stage's layers", part, low=1, integer=True)
+            for part in parts:  # which stages may hold none (the ends) is check_split's, against the stage count
+                check_number(f"layout {key} = {value!r}: each stage's layers", part, low=0, integer=True)
             return name, parts
     except ValueError:
         raise LayoutError(f"layout {key} = {value!r}: not a valid {kind.__name__}") from None

@@ -156,7 +156,9 @@ def train(
     pp: int = typer.Option(None, "--pp", help="Pipeline-parallel degree."),
     zero: int = typer.Option(None, "--zero", help="ZeRO stage 0-3 over the data-parallel ranks (needs --dp > 1)."),
     ep: int = typer.Option(None, "--ep", help="Expert parallelism (MoE): experts split over EP data-parallel ranks."),
-    split: str = typer.Option(None, "--split", "--pp-layers", help="Layers per pipeline stage, e.g. 2,2,3,3, or auto."),
+    split: str = typer.Option(None, "--split", "--pp-layers",
+                              help="Layers per pipeline stage, e.g. 2,2,3,3 (the first and the last may be 0: only "
+                                   "the embedding, only the head), or auto."),
     schedule: str = typer.Option(None, "--schedule", "--pp-schedule", help="Pipeline schedule: gpipe, 1f1b or interleaved."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-step lines."),
     verify_data: bool = typer.Option(None, "--verify-data", help="Check every shard's sha256 against the manifest "
