@@ -1,5 +1,7 @@
 """Correctness bar: the same seed and data give the single-process loss curve under every layout."""
 
+import json
+import os
 import shutil
 
 import pytest
@@ -68,6 +70,8 @@ def layout_runs(nano_shards, request, tmp_path_factory):
     spawned process group per world size: {case: (losses or error, run directory)}."""
     cases = [(p["layout"], p["variant"]) for p in selected_params(request, "test_layout_matches_single_process_loss")]
     cases += [(p["save_layout"], "lfa-on") for p in selected_params(request, "test_resharded_resume_continues_the_curve")]
+    cases += [(p["layout"], "lfa-on")
+              for p in selected_params(request, "test_a_pipeline_sets_the_plan_beside_its_busiest_rank")]
     runs = [_case_run(layout, variant, tmp_path_factory.mktemp(f"{layout}-{variant}"))
             for layout, variant in dict.fromkeys(cases)]
     results = run_batch(nano_shards, runs)
@@ -87,6 +91,18 @@ def test_layout_matches_single_process_loss(references, layout_runs, layout, var
     assert sorted(got) == list(range(1, STEPS + 1))
     assert ref[STEPS] < ref[1] - 0.3  # the curve moves: parity is not trivially met
     assert_same_curve(got, ref)
+
+
+@pytest.mark.parametrize("layout", ["pp2-embedding-only-first-stage"])
+def test_a_pipeline_sets_the_plan_beside_its_busiest_rank(layout_runs, layout):
+    """On a CPU each rank's clock sees only its own stages' work, and the plan's busy time is the busiest stage's: the
+    record compares it with the busiest rank's time (here rank 1, with every layer; rank 0 holds only the embedding)."""
+    _, out = layout_runs[f"{layout}-lfa-on"]
+    with open(os.path.join(out, "metrics-rank0.jsonl")) as fh:
+        record = [r for r in map(json.loads, fh) if r.get("event") == "plan_vs_measured"][-1]
+    by_rank = record["measured_step_s_by_rank"]
+    assert record["step_clock"] == "cpu" and len(by_rank) == 2
+    assert record["measured_step_s"] == max(by_rank) == by_rank[1] > 2 * by_rank[0]
 
 
 def _drop_last_checkpoint(out):

@@ -286,19 +286,31 @@ class Trainer:
                      tensors: float | None) -> dict | None:
         """The planner's step time and memory beside the measured ones, written to metrics.jsonl: the median
         step after the first (on a CPU in the process's CPU time per thread, hardware.cpu_seconds, so that
-        other work on the machine does not count); on a GPU the allocator's peak since before the engine was
-        built, on a CPU the tensors of the last step (model state + the peak of what autograd saved)."""
+        other work on the machine does not count; with a pipeline, the busiest rank's); on a GPU the
+        allocator's peak since before the engine was built, on a CPU the tensors of the last step (model
+        state + the peak of what autograd saved)."""
         if engine.plan is None or not step_times:
             return None
         timed = step_times[1:] or step_times
+        measured = statistics.median(timed)
+        clock = "cpu" if engine.device.type == "cpu" else "wall"
+        by_rank = None
+        if clock == "cpu" and engine.layout.pp > 1 and torch.distributed.is_initialized():
+            # a rank's CPU clock sees its own stages' work only, and the plan's busy time is the busiest stage's:
+            # compare it with the busiest rank's (an uneven split, such as an embedding-only first stage, differs)
+            gathered = [torch.zeros(1, dtype=torch.float64) for _ in range(engine.world_size)]
+            torch.distributed.all_gather(gathered, torch.tensor([measured], dtype=torch.float64))
+            by_rank = [float(t) for t in gathered]
+            measured = max(by_rank)
         if tensors is not None:
             memory, label = tensors, "model state + saved activations"
         else:
             peak, label = engine.peak_memory()
             memory, label = peak - memory_before, label + " since start"
-        clock = "cpu" if engine.device.type == "cpu" else "wall"
-        record = {"step": step, **forecast.comparison(engine.cost_model, engine.plan, statistics.median(timed), clock,
+        record = {"step": step, **forecast.comparison(engine.cost_model, engine.plan, measured, clock,
                                                       memory, label, len(timed), transients=tensors is None)}
+        if by_rank is not None:
+            record["measured_step_s_by_rank"] = by_rank
         if engine.is_logging_rank:
             self.metrics.write(record)
         return record
