@@ -93,8 +93,9 @@ def make(path: Path, kind: str) -> Path:
         (["plan", "budget", "--gpus", "0"], ["--gpus = 0", ">= 1"]),
         (["plan", "--preset", "nano", "--gpus", "2", "--global-batch", "8", "--layout", "mb=0"], ["layout mb = 0"]),
         (["plan", "--preset", "nano", "--gpus", "2", "--global-batch", "8", "--layout", "zero=7"], ["layout zero = 7"]),
-        (["plan", "--preset", "nano", "--gpus", "2", "--global-batch", "8", "--layout", "pp=2,split=2/0"],
-         ["layout split = '2/0'"]),
+        # (an end stage may hold no layer, only the embedding or the head: 2/0 plans; a negative count never does)
+        (["plan", "--preset", "nano", "--gpus", "2", "--global-batch", "8", "--layout", "pp=2,split=3/-1"],
+         ["layout split = '3/-1'", "must be >= 0"]),
         (["plan", "--preset", "nano", "--gpus", "2", "--global-batch", "8", "--layout", "tp=two"], ["layout tp"]),
         (["plan", "--preset", "nano", "--gpus", "0", "--global-batch", "8"], ["--gpus = 0"]),
         (["plan", "--preset", "nano", "--gpus", "2", "--global-batch", "-8"], ["--global-batch = -8"]),
