@@ -172,6 +172,14 @@ def parse_split(text: str, layers: int, stages: int) -> tuple[int, ...] | None:
     return split
 
 
+def max_stages(layers: int) -> int:
+    """Pipeline stages (pp x vpp) a model of `layers` blocks can run on: the first and the last may hold only the
+    embedding and only the LM head (Megatron's account_for_embedding_in_pipeline_split /
+    account_for_loss_in_pipeline_split: Llama 3.1 405B's 126 layers on pp 16 x vpp 8 = 128 stages); every other stage
+    needs a layer (check_split)."""
+    return layers + 2
+
+
 def check_split(split: tuple[int, ...], layers: int, stages: int) -> None:
     text = ",".join(map(str, split))
     if len(split) != stages:
@@ -231,10 +239,7 @@ def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | 
     seq = seq_len or model.seq_len
     if layout.sp and seq % tp:
         raise LayoutError(f"sequence parallelism needs seq_len ({seq}) divisible by tp ({tp})")
-    # the first and the last stage may hold only the embedding and only the LM head (Megatron's
-    # account_for_embedding_in_pipeline_split / account_for_loss_in_pipeline_split: Llama 3.1 405B's 126 layers on
-    # pp 16 x vpp 8 = 128 stages); every other stage needs a layer
-    if layout.stages > model.layers + (2 if layout.stages > 1 else 0):
+    if layout.stages > max_stages(model.layers):
         raise LayoutError(
             f"{layout.stages} pipeline stages (pp {pp} x vpp {vpp}) exceed {model.layers} layers plus one stage "
             "for the embedding and one for the LM head"

@@ -26,6 +26,19 @@ def cost(gpus=8, gb=32, acc=H100, constants=None, inter=None, **training):
     return CostModel(LLAMA, Cluster(acc, gpus, inter_node_bw=inter), Training(gb, **training), constants)
 
 
+def cast_bytes_over_fp8(low, fp8, tp, sp):
+    """(forward bytes a low-precision format's casts move beyond per-tensor FP8's in one layer, the elements they
+    cast). Each distinct GEMM input is cast once forward (QKV's and gate/up's input h, wo's q / tp, w_down's ffn / tp);
+    under sequence parallelism the column-parallel inputs are cast on the rank's 1/tp of the sequence. The forward's
+    passes over the kept activations, which shrink with the element bytes, are taken out."""
+    tokens, h, q, ffn = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn
+    column = 2 * h / tp if sp and tp > 1 else 2 * h
+    moved = (low.layer_compute(tp, sp, 1)["elementwise"][0] - fp8.layer_compute(tp, sp, 1)["elementwise"][0])
+    kept = low._kept_activations(tp, sp, 1, 1) - fp8._kept_activations(tp, sp, 1, 1)
+    passes = low.elementwise_factor(tp) * ELEMENTWISE_FWD_PASSES * kept
+    return moved * low.hbm_rate - passes, tokens * (column + q / tp + ffn / tp)
+
+
 def test_fp8_speeds_up_the_gemms_not_the_rest():
     layout = Layout(dp=8, zero=1, micro_batch=1)
     bf16, fp8 = cost().evaluate(layout), cost(precision="fp8").evaluate(layout)
@@ -44,13 +57,10 @@ def test_mxfp8_is_fp8_at_the_same_rate_plus_its_block_scales_and_needs_blackwell
     assert m["gemm"] == f["gemm"] and m["attention"] == f["attention"]  # the FP8 rate, bf16 attention
     # the casts write a scale byte per 32 elements for each of two copies: 2/32 more on 4 (or 2 fused) bytes
     assert f["elementwise"][1] < m["elementwise"][1] < 1.05 * f["elementwise"][1]
-    # exactly: each distinct GEMM input is cast once forward (QKV's and gate/up's input h, wo's q / tp, w_down's
-    # ffn / tp), and under sequence parallelism the column-parallel inputs are cast on the rank's 1/tp of the sequence
-    tokens, h, q, ffn, tp = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn, 4
-    for sp, column in ((False, 2 * h), (True, 2 * h / tp)):
-        extra = mx.layer_compute(tp, sp, 1)["elementwise"][0] - fp8.layer_compute(tp, sp, 1)["elementwise"][0]
-        elements = tokens * (column + q / tp + ffn / tp)
-        assert extra * mx.hbm_rate == pytest.approx(2 * GEMM_FORMATS["mxfp8"].scale_bytes * elements, rel=1e-9)
+    # exactly, at TP 4 with and without sequence parallelism
+    for sp in (False, True):
+        extra, elements = cast_bytes_over_fp8(mx, fp8, 4, sp)
+        assert extra == pytest.approx(2 * GEMM_FORMATS["mxfp8"].scale_bytes * elements, rel=1e-9)
     assert fp8.evaluate(layout).step_time < mx.evaluate(layout).step_time < 1.02 * fp8.evaluate(layout).step_time
     assert mx.evaluate(layout).memory[0]["activations"] == fp8.evaluate(layout).memory[0]["activations"]
     with pytest.raises(PlanError, match="MXFP8.*B200, GB200; an accelerator file declares them"):
@@ -72,21 +82,25 @@ def test_nvfp4_runs_the_block_gemms_at_the_fp4_rate_with_half_byte_casts_and_nee
     assert n["attention"] == f["attention"]  # attention stays bf16
     # casts: two half-byte copies and one E4M3 scale byte per 16 elements each, against FP8's two 1-byte copies,
     # after an amax pass over the bf16 input for the per-tensor scale
-    tokens, h, q, ffn, tp = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn, 4
-    per = 2 * (GEMM_FORMATS["nvfp4"].element_bytes + GEMM_FORMATS["nvfp4"].scale_bytes) - 2 + 2
-    for sp, column in ((False, 2 * h), (True, 2 * h / tp)):
-        diff = nv.layer_compute(tp, sp, 1)["elementwise"][0] - fp8.layer_compute(tp, sp, 1)["elementwise"][0]
-        # ... and the forward's passes over the kept activations, which are smaller by the half-byte inputs
-        kept = nv._kept_activations(tp, sp, 1, 1) - fp8._kept_activations(tp, sp, 1, 1)
-        passes = nv.elementwise_factor(tp) * ELEMENTWISE_FWD_PASSES * kept
-        assert diff * nv.hbm_rate == pytest.approx(per * tokens * (column + q / tp + ffn / tp) + passes, rel=1e-9)
-    # the kept GEMM inputs are half-byte casts; the SP all-gathers move half a byte per element
-    assert nv.evaluate(layout).memory[0]["activations"] < fp8.evaluate(layout).memory[0]["activations"]
-    # (without TE's comm-GEMM overlap, whose faster FP4 GEMMs hide less)
-    sp_layout = Layout(tp=4, sp=True, dp=2, zero=1, micro_batch=1)
-    fp8_tp, nv_tp = (cost(acc=b200, precision=p, software="megatron-lm").evaluate(sp_layout).breakdown["tp"]
+    nvfp4 = GEMM_FORMATS["nvfp4"]
+    per = 2 * (nvfp4.element_bytes + nvfp4.scale_bytes) - 2 + 2
+    for sp in (False, True):
+        extra, elements = cast_bytes_over_fp8(nv, fp8, 4, sp)
+        assert extra == pytest.approx(per * elements, rel=1e-9)
+    # the kept GEMM inputs (QKV's and the MLP's input h each, wo's q, w_down's ffn) are half-byte casts, not 1-byte
+    tokens, h, q, ffn = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn
+    fewer = mem.layer_activation_bytes(LLAMA, fp8.training, layout) - mem.layer_activation_bytes(LLAMA, nv.training,
+                                                                                                 layout)
+    assert fewer == pytest.approx(tokens * (2 * h + q + ffn) * (1 - nvfp4.element_bytes), rel=1e-9)
+    # the forward's two SP all-gathers per layer move half a byte per element, not one (a stack without TE's
+    # comm-GEMM overlap, whose faster FP4 GEMMs would hide less)
+    tp = 4
+    fp8_lc, nv_lc = (cost(acc=b200, precision=p, software="megatron-lm").layer_cost(tp, True, 1, "none")
                      for p in ("fp8", "nvfp4"))
-    assert nv_tp < fp8_tp
+    bw = fp8.bus_bandwidth(tp, tp)
+    gathered = tokens * h * 2  # the bf16 tensor's bytes
+    saved = 2 * (tp - 1) / tp * gathered * (1 - nvfp4.element_bytes) / 2 / bw
+    assert fp8_lc.tp - nv_lc.tp == pytest.approx(saved, rel=1e-9)
     assert nv.evaluate(layout).step_time < fp8.evaluate(layout).step_time
     for acc in (H100, A100):
         with pytest.raises(PlanError, match="no FP4 tensor cores"):

@@ -278,17 +278,16 @@ class CostModel:
         self.constants = constants or DEFAULT_CONSTANTS
         self.acc = cluster.accelerator
         self.low = low = training.gemm_format  # FP8 / MXFP8 / NVFP4 GEMMs in the blocks; None: the training dtype
+        self.cast_delta = self.low_rate = 0.0
         if low:
             self._refuse_without(low, training.precision)
-        # a cast writes a row-wise and a column-wise (transposed) copy with their block scales: its bytes against
-        # per-tensor FP8's two 1-byte copies (MXFP8 2/32 more, NVFP4 2 x (1/2 + 1/16) - 2 = 0.875 fewer), and a
-        # scale from the tensor's own amax reads the input once more first (NVFP4: + 2 bytes in bf16)
-        self.cast_delta = 0.0
-        if low:
-            self.cast_delta = 2 * (low.element_bytes + low.scale_bytes) - 2
-            self.cast_delta += training.dtype_bytes if low.global_amax else 0.0
-        # no FP4 GEMM rate from training runs: FP4 GEMMs are taken to reach FP8's fraction of their peak
-        self.low_rate = getattr(self.acc, low.peak_field) * self.acc.gemm_efficiency * FP8_MAMF_RATIO if low else 0.0
+            # a cast writes a row-wise and a column-wise (transposed) copy with their block scales: its bytes against
+            # per-tensor FP8's two 1-byte copies (MXFP8 2/32 more, NVFP4 2 x (1/2 + 1/16) - 2 = 0.875 fewer), and a
+            # scale from the tensor's own amax reads the input once more first (NVFP4: + 2 bytes in bf16)
+            amax = training.dtype_bytes if low.global_amax else 0.0
+            self.cast_delta = 2 * (low.element_bytes + low.scale_bytes) - 2 + amax
+            # no FP4 GEMM rate from training runs: FP4 GEMMs are taken to reach FP8's fraction of their peak
+            self.low_rate = getattr(self.acc, low.peak_field) * self.acc.gemm_efficiency * FP8_MAMF_RATIO
         self.seq = training.seq_len or model.seq_len
         # fp32 runs on TF32 tensor cores: half the bf16/fp16 dense rate on A100 and H100 (a measured CPU peak
         # is already the fp32 rate).

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from flopwise.errors import LayoutError, PlanError
 from flopwise.flops import RECOMPUTE_MODES, param_counts
 from flopwise.hardware import CALIBRATED, CATALOGUE, Accelerator
-from flopwise.layout import Layout
+from flopwise.layout import Layout, max_stages
 from flopwise.models.config import ModelConfig
 from flopwise.plan import track_record
 from flopwise.plan.cost import Constants, CostModel, Plan, even_split
@@ -159,7 +159,7 @@ def _candidates(cm: CostModel, fixed: dict, failures: list[str] | None = None) -
                 elif pp > 1 and m % pp == 0:  # uneven: model chunks as even as the layers allow, the first
                     # and the last chunk one layer short (Llama 3's 126 layers on 16 stages, section 3.3.2), or
                     # holding only the embedding and the head (126 layers on 16 x 8 chunks: layout.check)
-                    vpps = [v for v in range(1, MAX_VPP + 1) if pp * v <= cfg.layers + 2]
+                    vpps = [v for v in range(1, MAX_VPP + 1) if pp * v <= max_stages(cfg.layers)]
                 else:
                     vpps = [1]
                 schedule = fixed.get("schedule", "1f1b")
@@ -331,7 +331,7 @@ def _fixed_reason(cm: CostModel, fixed: dict) -> str | None:
     gpus //= fixed.get("cp", 1)  # context-parallel ranks share sequences: the other axes split the rest
     gb = cm.training.global_batch
     tp, pp, dp, mb = (fixed.get(k) for k in ("tp", "pp", "dp", "micro_batch"))
-    if pp is not None and pp > cfg.layers + 2:
+    if pp is not None and pp > max_stages(cfg.layers):
         return (f"pp = {pp} pipeline stages but the model has only {cfg.layers} layers (plus one stage for the "
                 "embedding and one for the head)")
     if tp is not None and tp > gpn:
