@@ -10,6 +10,7 @@ from flopwise.hardware import GB, get_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan import memory as mem
+from flopwise.plan import spec
 from flopwise.plan.calibrate import Observation, fit
 from flopwise.plan.cost import ELEMENTWISE_FWD_PASSES, FP8_FUSED_CAST_BYTES, Constants, CostModel
 from flopwise.plan.spec import GEMM_FORMATS, SOFTWARE, Cluster, Training
@@ -277,6 +278,26 @@ def test_straggler_term_grows_with_the_number_of_ranks():
     ratio = many.breakdown["straggler"] / (many.step_time - many.breakdown["straggler"])
     assert ratio > small.breakdown["straggler"] / (small.step_time - small.breakdown["straggler"])
     assert 0.03 < ratio < 0.05  # 0.01 x sqrt(2 ln 1024) = 3.7%
+
+
+def test_the_stacks_host_overhead_is_paid_once_per_step_whatever_its_size():
+    layout = Layout(dp=8, zero=1, micro_batch=1)
+    overhead = SOFTWARE["te"].step_overhead_s
+    assert overhead > 0 and SOFTWARE["flopwise"].step_overhead_s == 0  # flopwise's own trainer: not measured so
+    short, long = cost(gb=8).evaluate(layout), cost(gb=64).evaluate(layout)  # 1 and 8 micro-batches per step
+    for plan in (short, long):
+        assert plan.breakdown["host"] == overhead
+    assert short.breakdown["host"] / short.step_time > 4 * long.breakdown["host"] / long.step_time
+    without = dataclasses.replace(SOFTWARE["te"], step_overhead_s=0.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(SOFTWARE, "te", without)
+        spec._profile.cache_clear()
+        bare = cost(gb=8).evaluate(layout)
+    spec._profile.cache_clear()
+    assert bare.breakdown["host"] == 0
+    # the straggler term scales the whole step, the host's part with it
+    assert short.step_time - bare.step_time == pytest.approx(overhead * (1 + bare.breakdown["straggler"] / (
+        bare.step_time - bare.breakdown["straggler"])))
 
 
 def test_fit_recovers_a_cost_model_constant():

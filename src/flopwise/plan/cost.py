@@ -73,6 +73,9 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
 - PyTorch-native TP under torch.compile (Software.unfused_across_tp): with tp > 1 the blocks' elementwise work moves
   the eager stack's traffic (Constants.eager_traffic); chosen on the fit rows' CV, scored on a blind set
   (benchmarks/RESULTS.md, "Eighth round" and "Seventeenth blind holdout").
+- A stack's host work between steps (Software.step_overhead_s: the optimizer's syncs, loss reporting, the
+  framework's loop), paid once per step whatever its size: NeMo / Megatron-Core's, read off MLPerf's one-micro-batch
+  Llama 3.1 8B steps (FINDINGS.md section 30).
 - Inter-node collectives at Constants.network_efficiency of the NIC rate times the group's ranks on one node
   (each ring channel leaves the node through another rank's NIC; CostModel.bus_bandwidth), plus a tree latency of
   2 log2(nodes) NET_HOP_LATENCY_S per bucket of DP_BUCKET_BYTES; stragglers: the expected slowest of N ranks
@@ -141,7 +144,7 @@ TP_GEMM_GROUPS = {"wq": "qkv", "wk": "qkv", "wv": "qkv", "wo": "wo", "w_up": "w_
 NET_HOP_LATENCY_S = 7e-6  # one inter-node hop (InfiniBand switch + NIC), NCCL tree: 2 log2(nodes) hops
 DP_BUCKET_BYTES = 40e6 * 4  # gradient buckets (Megatron: 40M fp32 elements; DDP: 25 MB)
 
-BREAKDOWN_KEYS = ("compute", "recompute", "bubble", "tp", "ep", "pp", "dp", "optimizer", "cp", "straggler")
+BREAKDOWN_KEYS = ("compute", "recompute", "bubble", "tp", "ep", "pp", "dp", "optimizer", "cp", "host", "straggler")
 
 
 @dataclass(frozen=True)
@@ -736,6 +739,7 @@ class CostModel:
         opt_bytes = 28.0 if t.precision == "fp32" else OPTIMIZER_BYTES_PER_PARAM
         breakdown["optimizer"] = opt_params * opt_bytes / self.hbm_rate
         breakdown["cp"] = m * cpc
+        breakdown["host"] = t.profile.step_overhead_s  # once per step, whatever its size (Software.step_overhead_s)
         # the slowest of N ranks sets the pace of every synchronising collective
         n = self.cluster.gpus
         sigma = self.constants.straggler_cv

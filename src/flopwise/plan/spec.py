@@ -93,6 +93,11 @@ class Software:
     # layer's kept activations), measured for a trainer whose kernels were profiled; 0: the stack class's own (1 for
     # fused kernels, Constants.eager_traffic, fitted to published runs, for one kernel per op)
     elementwise_traffic: float = 0.0
+    # seconds each optimizer step spends outside the GPU's queue of work, whatever the step's size: the host work
+    # between steps (the optimizer's found-inf and grad-norm syncs, loss reporting and logging, the framework's loop)
+    # during which the GPU waits for the next kernels. Visible only where steps are short (one micro-batch of a
+    # small model); issue 14, benchmarks/planner_calibration/FINDINGS.md section 30.
+    step_overhead_s: float = 0.0
 
 
 # flopwise's blocks on an H200 (benchmarks/planner_kernels.py --sections step, torch.profiler's kernels by kind;
@@ -124,7 +129,10 @@ SOFTWARE = {
     # Hopper), fused norm + cast kernels, distributed optimizer overlapping its reduce-scatter and all-gather.
     # NeMo's distributed fused Adam reduces gradients in bf16 (grad_sync_dtype). TP communication overlapped
     # with the GEMMs (tp_comm_overlap, userbuffers).
-    "te": Software("flash", False, True, 1, attention_kernel="fa3", grad_reduce_bytes=2, tp_overlap=True),
+    # Its step_overhead_s was read off MLPerf's Llama 3.1 8B rows (one micro-batch per step, 0.07-0.7 s steps:
+    # 40-70 ms per step on Blackwell beyond the planned work) and scored blind on the twenty-third fresh holdout.
+    "te": Software("flash", False, True, 1, attention_kernel="fa3", grad_reduce_bytes=2, tp_overlap=True,
+                   step_overhead_s=0.05),
     # Megatron-LM's own training script (pretrain_gpt.py) with Transformer Engine, as its defaults run it when a
     # user launches it (FlagPerf, Megatron-LLaMA, research code): TE's kernels, but bf16 gradients accumulated and
     # reduced in fp32 (arguments.py forces accumulate_allreduce_grads_in_fp32 under bf16 unless
