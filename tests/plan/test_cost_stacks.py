@@ -63,7 +63,11 @@ def test_mxfp8_is_fp8_at_the_same_rate_plus_its_block_scales_and_needs_blackwell
         extra, elements = cast_bytes_over_fp8(mx, fp8, 4, sp)
         assert extra == pytest.approx(2 * GEMM_FORMATS["mxfp8"].scale_bytes * elements, rel=1e-9)
     assert fp8.evaluate(layout).step_time < mx.evaluate(layout).step_time < 1.02 * fp8.evaluate(layout).step_time
-    assert mx.evaluate(layout).memory[0]["activations"] == fp8.evaluate(layout).memory[0]["activations"]
+    # the kept GEMM inputs carry their scales: a byte per 32 elements more than FP8's
+    tokens, h, q, ffn = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn
+    more = mem.layer_activation_bytes(LLAMA, mx.training, layout) - mem.layer_activation_bytes(LLAMA, fp8.training,
+                                                                                               layout)
+    assert more == pytest.approx(tokens * (2 * h + q + ffn) / 32, rel=1e-9)
     with pytest.raises(PlanError, match="MXFP8.*B200, GB200; an accelerator file declares them"):
         cost(precision="mxfp8")  # Hopper: per-tensor scales only
     # a part outside the catalogue that declares block-scaled tensor cores is costed as the B200 would be
@@ -85,22 +89,24 @@ def test_nvfp4_runs_the_block_gemms_at_the_fp4_rate_with_half_byte_casts_and_nee
     # after an amax pass over the bf16 input for the per-tensor scale
     nvfp4 = GEMM_FORMATS["nvfp4"]
     per = 2 * (nvfp4.element_bytes + nvfp4.scale_bytes) - 2 + 2
+    assert nvfp4.stored_bytes == 0.5 + 1 / 16
     for sp in (False, True):
         extra, elements = cast_bytes_over_fp8(nv, fp8, 4, sp)
         assert extra == pytest.approx(per * elements, rel=1e-9)
-    # the kept GEMM inputs (QKV's and the MLP's input h each, wo's q, w_down's ffn) are half-byte casts, not 1-byte
+    # the kept GEMM inputs (QKV's and the MLP's input h each, wo's q, w_down's ffn) are half-byte casts with a scale
+    # byte per 16 elements, not 1-byte ones
     tokens, h, q, ffn = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn
     fewer = mem.layer_activation_bytes(LLAMA, fp8.training, layout) - mem.layer_activation_bytes(LLAMA, nv.training,
                                                                                                  layout)
-    assert fewer == pytest.approx(tokens * (2 * h + q + ffn) * (1 - nvfp4.element_bytes), rel=1e-9)
-    # the forward's two SP all-gathers per layer move half a byte per element, not one (a stack without TE's
-    # comm-GEMM overlap, whose faster FP4 GEMMs would hide less)
+    assert fewer == pytest.approx(tokens * (2 * h + q + ffn) * (1 - 0.5 - 1 / 16), rel=1e-9)
+    # the forward's two SP all-gathers per layer move half a byte and a scale byte per 16 elements, not one (a stack
+    # without TE's comm-GEMM overlap, whose faster FP4 GEMMs would hide less)
     tp = 4
     fp8_lc, nv_lc = (cost(acc=b200, precision=p, software="megatron-lm").layer_cost(tp, True, 1, "none")
                      for p in ("fp8", "nvfp4"))
     bw = fp8.bus_bandwidth(tp, tp)
     gathered = tokens * h * 2  # the bf16 tensor's bytes
-    saved = 2 * (tp - 1) / tp * gathered * (1 - nvfp4.element_bytes) / 2 / bw
+    saved = 2 * (tp - 1) / tp * gathered * (1 - 0.5 - 1 / 16) / 2 / bw
     assert fp8_lc.tp - nv_lc.tp == pytest.approx(saved, rel=1e-9)
     assert nv.evaluate(layout).step_time < fp8.evaluate(layout).step_time
     for acc in (H100, A100):

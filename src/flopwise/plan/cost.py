@@ -64,12 +64,13 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
   norm or activation writes it, and of each output gradient backward; with sequence parallelism the cast
   precedes the all-gather, so it covers the rank's 1/tp of the sequence and the forward gathers move 1 byte per
   element); attention,
-  the LM head and the elementwise work stay bf16. MXFP8 (Blackwell): the same, each cast also writing its block
-  scales. NVFP4 (Blackwell): the GEMMs at the FP4 peak (assumed to reach FP8's fraction of it: no FP4 GEMM
-  rate from training runs), each cast reading its input twice (an amax pass for the per-tensor scale, then the
-  cast) and writing two half-byte copies with one scale byte per 16 elements, the kept
-  activations and the SP gathers half a byte per element; the first and last blocks some recipes keep in bf16,
-  the random Hadamard transforms and stochastic rounding of NVIDIA's recipe are not costed.
+  the LM head and the elementwise work stay bf16. MXFP8 (Blackwell): the same, each copy carrying its block
+  scales (one byte per 32 elements) wherever it is written, kept, gathered or read by a GEMM. NVFP4 (Blackwell):
+  the GEMMs at the FP4 peak (assumed to reach FP8's fraction of it: no FP4 GEMM rate from training runs), each
+  cast reading its input twice (an amax pass for the per-tensor scale, then the cast) and writing two half-byte
+  copies with one scale byte per 16 elements, the kept activations and the SP gathers 1/2 + 1/16 byte per element
+  (GemmFormat.stored_bytes); the first and last blocks some recipes keep in bf16, the random Hadamard transforms
+  and stochastic rounding of NVIDIA's recipe are not costed.
 - PyTorch-native TP under torch.compile (Software.unfused_across_tp): with tp > 1 the blocks' elementwise work moves
   the eager stack's traffic (Constants.eager_traffic); chosen on the fit rows' CV, scored on a blind set
   (benchmarks/RESULTS.md, "Eighth round" and "Seventeenth blind holdout").
@@ -288,7 +289,7 @@ class CostModel:
             # per-tensor FP8's two 1-byte copies (MXFP8 2/32 more, NVFP4 2 x (1/2 + 1/16) - 2 = 0.875 fewer), and a
             # scale from the tensor's own amax reads the input once more first (NVFP4: + 2 bytes in bf16)
             amax = training.dtype_bytes if low.global_amax else 0.0
-            self.cast_delta = 2 * (low.element_bytes + low.scale_bytes) - 2 + amax
+            self.cast_delta = 2 * low.stored_bytes - 2 + amax
             # no FP4 GEMM rate from training runs: FP4 GEMMs are taken to reach FP8's fraction of their peak
             self.low_rate = getattr(self.acc, low.peak_field) * self.acc.gemm_efficiency * FP8_MAMF_RATIO
         self.seq = training.seq_len or model.seq_len
@@ -392,7 +393,7 @@ class CostModel:
             raise PlanError(f"a low-precision GEMM was asked of a {self.training.precision} plan")
         if low:
             compute = 2.0 * m * k * n * batch / self.low_rate
-            traffic = (self.low.element_bytes * (m * k + k * n) + e * m * n) * batch / self.hbm_rate
+            traffic = (self.low.stored_bytes * (m * k + k * n) + e * m * n) * batch / self.hbm_rate
         else:
             compute = 2.0 * m * k * n * batch / self.gemm_rate
             traffic = e * (m * k + k * n + m * n) * batch / self.hbm_rate
@@ -483,11 +484,11 @@ class CostModel:
         if tp > 1:
             nbytes = tokens * self.model.hidden * self.training.dtype_bytes
             bw = self.bus_bandwidth(tp, tp)
-            if sp:  # under FP8 / FP4 the forward's all-gathers move the low-precision copy (1 / 0.5 byte per element)
+            if sp:  # under FP8 / FP4 the forward's all-gathers move the low-precision copy with its block scales
                 gather = self.ring("all_gather", nbytes, tp, bw)
                 one = gather + self.ring("reduce_scatter", nbytes, tp, bw)
                 if self.low:
-                    low_bytes = nbytes * self.low.element_bytes / self.training.dtype_bytes
+                    low_bytes = nbytes * self.low.stored_bytes / self.training.dtype_bytes
                     one_fwd = one - (gather - self.ring("all_gather", low_bytes, tp, bw))
                 else:
                     one_fwd = one

@@ -129,9 +129,10 @@ def layer_activation_bytes(
         router = 3 * n + (n * n if cfg.router == "attention" else 0) + 2 * n + 4 * k
         whole = 3 * k * h * e + 4 * router + (4 * h if e < 4 else 0)
     low = training.gemm_format
-    if low:  # the GEMM inputs are kept as their low-precision casts (Transformer Engine): 1 byte in FP8, 1/2 in FP4
-        replicated -= (h + h) * (e - low.element_bytes)  # QKV and MLP inputs
-        sharded -= (q + ffn) * (e - low.element_bytes)  # output projection and second MLP matmul inputs
+    if low:  # the GEMM inputs are kept as their low-precision casts (Transformer Engine), block scales included:
+        # 1 byte in FP8, 1 + 1/32 in MXFP8, 1/2 + 1/16 in NVFP4
+        replicated -= (h + h) * (e - low.stored_bytes)  # QKV and MLP inputs
+        sharded -= (q + ffn) * (e - low.stored_bytes)  # output projection and second MLP matmul inputs
     if sw.attention == "unfused":
         if recompute != "selective":  # softmax output, dropout output and its 1-byte mask
             sharded += 2 * a * s * e + (a * s if sw.dropout else 0)

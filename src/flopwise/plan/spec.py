@@ -33,6 +33,11 @@ class GemmFormat:
     # input once more (a fused producer saves the write of the high-precision copy, not that read)
     global_amax: bool = False
 
+    @property
+    def stored_bytes(self) -> float:
+        """Bytes per element of one cast copy as it is kept or sent: the values and their block scales."""
+        return self.element_bytes + self.scale_bytes
+
 
 GEMM_FORMATS = {
     # per-tensor scales, costed as delayed scaling (from the amax history: no pass before the cast); current scaling's
