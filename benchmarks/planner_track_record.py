@@ -8,7 +8,8 @@ Every error is out of sample: the fit rows (planner_calibration/fit.csv) are pre
 fresh holdouts) with the constants fitted on fit.csv alone, which are the planner's defaults. `../shared/published`
 is left out: the planner was built on those two papers. Errors are grouped by GPU, software profile and model size
 (flopwise.plan.track_record.group_keys), and the runs of each profile with few micro-batches per step
-(track_record.few_microbatches: no pipeline, calibrated GPUs only); each group keeps n, the median, 90th percentile
+(track_record.few_microbatches: no pipeline, calibrated GPUs only), and the runs whose blocks run under a
+millisecond forward (track_record.small_block); each group keeps n, the median, 90th percentile
 and maximum |error|, the median signed error, and how many runs were slower than predicted. `flopwise plan` prints
 the closest group's line with every plan, and the few-micro-batch line with a plan whose step has that few.
 """
@@ -71,9 +72,12 @@ def build() -> dict:
             groups.setdefault(key, []).append(row["error"])
         if obs.training.gemm_format:
             groups.setdefault(track_record.precision_key(obs.training.precision), []).append(row["error"])
-        m = CostModel(obs.model, obs.cluster, obs.training).microbatches(obs.layout)
+        cm = CostModel(obs.model, obs.cluster, obs.training)
+        m = cm.microbatches(obs.layout)
         if track_record.few_microbatches(obs.cluster.accelerator.name, m, obs.layout.pp):
             groups.setdefault(track_record.microbatch_key(obs.training.software), []).append(row["error"])
+        if track_record.small_block(obs.cluster.accelerator.name, cm.block_forward_time(obs.layout)):
+            groups.setdefault(track_record.SMALL_BLOCK_KEY, []).append(row["error"])
     return {
         "what": "the planner's out-of-sample |error| on published runs (benchmarks/planner_track_record.py)",
         "constants": dataclasses.asdict(DEFAULT_CONSTANTS),

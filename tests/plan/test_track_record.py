@@ -12,7 +12,7 @@ from flopwise.hardware import get_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan import track_record
-from flopwise.plan.cost import DEFAULT_CONSTANTS
+from flopwise.plan.cost import DEFAULT_CONSTANTS, CostModel
 from flopwise.plan.search import search
 from flopwise.plan.spec import Cluster, Training
 
@@ -128,6 +128,33 @@ def test_a_plan_with_few_micro_batches_says_how_such_runs_went():
     assert piped.microbatches == 2 and piped.notes == []  # a pipeline's few micro-batches are its bubble
     # flopwise's own trainer has no published runs at all, so none with few micro-batches either
     assert track_record.microbatch_note("H100-SXM", "flopwise", 1) is None
+
+
+def test_a_plan_whose_blocks_may_wait_on_kernel_launches_says_how_such_runs_went():
+    rec = {"groups": {track_record.SMALL_BLOCK_KEY: {"n": 10, "median": 0.19, "p90": 0.83, "max": 0.895,
+                                                     "too_fast": 8, "signed_median": -0.19}}}
+    said = track_record.small_block_note("H100-SXM", 0.4e-3, rec)
+    assert said.startswith("small blocks: each block runs 0.40 ms forward per micro-batch; the 10 published runs with "
+                           "blocks under 1 ms ran a median 19.0% slower than predicted (median error 19.0%, worst 89.5%)")
+    assert said.endswith("read its step time as optimistic")
+    assert track_record.small_block_note("H100-SXM", 1e-3, rec) is None  # at the threshold: the usual record
+    assert track_record.small_block_note("cpu (measured)", 0.4e-3, rec) is None  # a CPU plan compares busy time
+    rec["groups"][track_record.SMALL_BLOCK_KEY]["n"] = 4
+    assert track_record.small_block_note("H100-SXM", 0.4e-3, rec) is None  # too few runs to speak
+    # the shipped record has the group; a search's plans carry its note where their blocks are that small
+    assert track_record.load()["groups"][track_record.SMALL_BLOCK_KEY]["n"] >= track_record.MIN_RUNS
+    tiny = ModelConfig(vocab_size=32000, layers=4, hidden=512, heads=8, kv_heads=8, ffn=1408, seq_len=1024, lfa=False,
+                       mlp="swiglu")
+    h100 = Cluster(get_accelerator("H100-SXM"), 8)
+    plan = search(tiny, h100, Training(64, software="torch-eager"), {"tp": 1, "pp": 1}, top=1).plans[0]
+    forward = CostModel(tiny, h100, Training(64, software="torch-eager")).block_forward_time(plan.layout)
+    assert forward < track_record.SMALL_BLOCK_S
+    assert track_record.small_block_note("H100-SXM", forward) in plan.notes
+    llama = ModelConfig(vocab_size=128256, layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, seq_len=8192,
+                        lfa=False, mlp="swiglu")
+    big = search(llama, Cluster(get_accelerator("H100-SXM"), 64), Training(512, software="te"), {"tp": 1, "pp": 1},
+                 top=1).plans[0]
+    assert not any(n.startswith("small blocks") for n in big.notes)
 
 
 @pytest.mark.slow

@@ -642,6 +642,12 @@ class CostModel:
     def microbatches(self, layout: Layout) -> int:
         return self.check(layout)
 
+    def block_forward_time(self, layout: Layout) -> float:
+        """One transformer block's planned forward for one micro-batch on one rank (the track record's small-block
+        rule compares it with the host's time to launch the block's kernels)."""
+        return self.layer_cost(layout.tp, layout.sp, layout.micro_batch, layout.recompute, layout.recompute_every,
+                               layout.cp).fwd
+
     def unsharded(self, layout: Layout) -> Layout:
         """A ZeRO stage over a single data-parallel rank (dp = cp = 1: a pure TP / pipeline layout) shards nothing:
         DeepSpeed and Megatron run it as plain training, so other stacks' layouts are costed with zero = 0;

@@ -279,11 +279,11 @@ def search(
     plans.sort(key=lambda p: (not p.fits, p.step_time))
     feasible = sum(p.fits for p in plans)
     if plans:
-        for plan in plans[:top]:  # per plan: how runs with as few micro-batches per step were predicted
-            said = track_record.microbatch_note(cluster.accelerator.name, training.software, plan.microbatches,
-                                                plan.layout.pp)
-            if said:
-                plan.notes.append(said)
+        for plan in plans[:top]:  # per plan: how runs with as few micro-batches per step, or as small blocks, went
+            said = [track_record.microbatch_note(cluster.accelerator.name, training.software, plan.microbatches,
+                                                 plan.layout.pp),
+                    track_record.small_block_note(cluster.accelerator.name, cm.block_forward_time(plan.layout))]
+            plan.notes.extend(n for n in said if n)
         return SearchResult(plans[:top], evaluated, feasible, plan_notes(model, cluster, training))
     if not explain:  # the reason in a few words, without the search for alternatives
         if closest is not None:

@@ -3,10 +3,12 @@
 `track_record.json` beside this module holds the planner's errors on the published runs of
 benchmarks/planner_calibration (fit rows out of fold under grouped cross-validation, every other row with the
 constants fitted on the fit rows alone), grouped by GPU, software profile and model size; per profile the runs whose
-steps had few micro-batches and no pipeline; and per low precision (FP8, MXFP8, NVFP4) its runs. It is written by
+steps had few micro-batches and no pipeline; the runs whose blocks are small enough to wait on kernel launches; and per
+low precision (FP8, MXFP8, NVFP4) its runs. It is written by
 `benchmarks/planner_track_record.py` with the constants it records; `plan.search` attaches the note of the closest
 group with enough runs to every search, the precision's note to a search in a low precision whose runs lean one way,
-and the few-micro-batch note to each plan it concerns, so a user reads the figure beside its evidence.
+and the few-micro-batch and small-block notes to each plan they concern, so a user reads the figure beside its
+evidence.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 from functools import cache
 from importlib.resources import files
 
-from flopwise.hardware import CALIBRATED
+from flopwise.hardware import CALIBRATED, CATALOGUE
 from flopwise.plan.cost import DEFAULT_CONSTANTS
 
 # a group speaks for a plan only with this many runs behind it
@@ -26,11 +28,18 @@ SMALL_MODEL_PARAMS = 15e9
 # a step of this many micro-batches or fewer pays its once-per-step work (the last gradient reduction and the first
 # parameter gather, the optimizer, host synchronisation) over little compute: `te`-profile runs like that ran ~12%
 # slower than predicted on the calibrated GPUs, those with more ~1% (benchmarks/planner_calibration/FINDINGS.md,
-# section 18). Pipelined runs are left out: their few micro-batches show up as a bubble the planner counts.
+# section 18; ~11% since the profile's per-step host term, section 30). Pipelined runs are left out: their few
+# micro-batches show up as a bubble the planner counts.
 FEW_MICROBATCHES = 3
 # ... and such a group speaks only where it leans one way by at least this much (median signed error): torch-compile's
 # few-micro-batch runs (-3%) miss no more than its others
 LEAN = 0.05
+# a block whose planned forward takes under this long per micro-batch may wait on the host: a framework launches a
+# block's tens of kernels (eager PyTorch, Transformer Engine's modules, DTensor) at tens of microseconds each, a
+# millisecond or so, and the planner does not cost launches (FINDINGS.md section 31). CUDA graphs and whole-step
+# compilation take that host time away, so the group holds such runs of every stack, the graphed ones too.
+SMALL_BLOCK_S = 1e-3
+SMALL_BLOCK_KEY = "block<1ms"
 
 
 def size_class(params: float) -> str:
@@ -53,6 +62,12 @@ def few_microbatches(gpu: str, microbatches: int, pp: int) -> bool:
     on a GPU whose constants are calibrated (hardware.CALIBRATED: V100 runs of 2020-21 stacks would speak for an H100
     plan; an uncalibrated GPU's plans already say their constants are assumptions)."""
     return microbatches <= FEW_MICROBATCHES and pp == 1 and gpu in CALIBRATED
+
+
+def small_block(gpu: str, block_forward_s: float) -> bool:
+    """Whether a run or plan on a catalogue GPU (not a measured CPU, whose plans compare busy time) has blocks small
+    enough that launching their kernels may take longer than running them (SMALL_BLOCK_S)."""
+    return gpu in CATALOGUE and block_forward_s < SMALL_BLOCK_S
 
 
 def microbatch_key(software: str) -> str:
@@ -126,6 +141,20 @@ def microbatch_note(gpu: str, software: str, microbatches: int, pp: int = 1, rec
         return None
     text = (f"few micro-batches: this plan runs {microbatches} per step; the {g['n']} published runs of the `{software}` "
             f"profile with at most {FEW_MICROBATCHES} on calibrated GPUs {_lean(g)}")
+    return text + ": read its step time as optimistic" if g["signed_median"] < 0 else text
+
+
+def small_block_note(gpu: str, block_forward_s: float, record: dict | None = None) -> str | None:
+    """One line on published runs whose blocks, like this plan's, run under SMALL_BLOCK_S forward per micro-batch
+    (small_block): how their prediction missed, where they are MIN_RUNS or more and lean LEAN or more either way."""
+    if not small_block(gpu, block_forward_s):
+        return None
+    g = _leaning(SMALL_BLOCK_KEY, record)
+    if g is None:
+        return None
+    text = (f"small blocks: each block runs {1e3 * block_forward_s:.2f} ms forward per micro-batch; the {g['n']} "
+            f"published runs with blocks under {1e3 * SMALL_BLOCK_S:.0f} ms {_lean(g)}. Kernel launches, which the "
+            f"planner does not cost, can set such a step's pace; CUDA graphs or a compiled step take most of them away")
     return text + ": read its step time as optimistic" if g["signed_median"] < 0 else text
 
 
