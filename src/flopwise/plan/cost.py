@@ -153,21 +153,21 @@ class Constants:
     """The cost model's few fitted constants (issue 14). The defaults are fitted on
     benchmarks/planner_calibration/fit.csv only (benchmarks/planner_fit.py; figures in benchmarks/RESULTS.md)."""
 
-    eager_traffic: float = 2.097  # elementwise HBM traffic of an eager (unfused) stack / a fused one
+    eager_traffic: float = 2.102  # elementwise HBM traffic of an eager (unfused) stack / a fused one
     # achieved fraction of the NIC rate between nodes (at its upper bound: with each ring's NICs aggregated,
     # FSDP's collectives hide behind compute in nearly every fit row, so the data barely constrains it)
     network_efficiency: float = 1.0
     # coefficient of variation of per-rank step times: ~1% jitter, not fitted (free, it absorbed a uniform few per
     # cent growing with log(GPUs) and made the large-scale rows too slow; benchmarks/planner_fit.py)
     straggler_cv: float = 0.01
-    pipeline_instruction_s: float = 0.0277  # DeepSpeed pipeline engine: cost per blocking transfer
+    pipeline_instruction_s: float = 0.0272  # DeepSpeed pipeline engine: cost per blocking transfer
     # FlashAttention-2-class kernels on Hopper, fraction of the bf16 peak; fitted well below FA2's ~35% forward:
     # it also absorbs what else PyTorch-native stacks lose on Hopper (FINDINGS.md 3.1)
-    fa2_hopper_efficiency: float = 0.2126
+    fa2_hopper_efficiency: float = 0.2124
     # backward matmuls (dgrad, wgrad, attention backward) at this fraction of the forward's rate: transposed
     # operands and wgrad's long reduction run below the forward's tiles (FlashAttention-2's backward reaches a
     # lower fraction of peak than its forward, Dao 2023 section 4.1)
-    backward_efficiency: float = 0.864
+    backward_efficiency: float = 0.8657
 
 
 DEFAULT_CONSTANTS = Constants()

@@ -157,7 +157,10 @@ SOFTWARE = {
     # Megatron-DeepSpeed as BLOOM and MT-NLG ran (2021-22): Megatron's unfused kernels, DeepSpeed's
     # PipelineEngine (blocking point-to-point, no interleaving), gradient reduction after the backward, and
     # only whole-block activation checkpointing (selective recomputation came with Korthikanti et al. 2022).
-    "deepspeed": Software("unfused", True, True, 4, pipeline="deepspeed", selective_recompute=False),
+    # The DeepSpeed engine syncs the host every step too (the fp16 loss scaler's overflow check, the gradient norm):
+    # te's step_overhead_s, declared before the twenty-fifth fresh holdout.
+    "deepspeed": Software("unfused", True, True, 4, pipeline="deepspeed", selective_recompute=False,
+                          step_overhead_s=0.05),
     # A Hugging Face transformers model under the DeepSpeed engine (ZeRO; a DeepSpeed PipelineModule built from one,
     # as ATorch's 3D strategy does, is costed with Megatron's asynchronous pipeline sends): the model's own PyTorch
     # kernels (SDPA / FlashAttention-2, one kernel per elementwise op, no dropout in Llama-family models), ZeRO-3
@@ -165,7 +168,7 @@ SOFTWARE = {
     # reduced in the training dtype (communication_data_type defaults to it), reentrant checkpointing (the
     # transformers default) and no selective recomputation.
     "deepspeed-hf": Software("flash", False, False, 3, fused_elementwise=False, grad_reduce_bytes=2,
-                             selective_recompute=False),
+                             selective_recompute=False, step_overhead_s=0.05),
 }
 
 
