@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/planner_track_record.py           # rewrite the JSON (~40 s)
     .venv/bin/python benchmarks/planner_track_record.py --check   # exit 1 if it no longer matches the planner
+    .venv/bin/python benchmarks/planner_track_record.py --blocks  # errors by each block's planned forward time
 
 Every error is out of sample: the fit rows (planner_calibration/fit.csv) are predicted out of fold under the same
 5-fold grouped cross-validation `planner_fit.py` reports, and every other calibration file (holdout.csv and the
@@ -76,7 +77,7 @@ def build() -> dict:
         m = cm.microbatches(obs.layout)
         if track_record.few_microbatches(obs.cluster.accelerator.name, m, obs.layout.pp):
             groups.setdefault(track_record.microbatch_key(obs.training.software), []).append(row["error"])
-        if track_record.small_block(obs.cluster.accelerator.name, cm.block_forward_time(obs.layout)):
+        if track_record.small_block(obs.cluster.accelerator, cm.block_forward_time(obs.layout)):
             groups.setdefault(track_record.SMALL_BLOCK_KEY, []).append(row["error"])
     return {
         "what": "the planner's out-of-sample |error| on published runs (benchmarks/planner_track_record.py)",
@@ -87,11 +88,36 @@ def build() -> dict:
     }
 
 
+BLOCK_BINS_MS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, float("inf"))
+
+
+def block_bins() -> list[dict]:
+    """The out-of-sample errors binned by the planned forward time of one block for one micro-batch (FINDINGS.md
+    section 31: below about a millisecond the host's kernel launches can set the pace)."""
+    scored, _ = out_of_sample_errors()
+    timed = []
+    for row in scored:
+        obs = row["_obs"]
+        timed.append((CostModel(obs.model, obs.cluster, obs.training).block_forward_time(obs.layout) * 1e3,
+                      row["error"]))
+    return [{"from_ms": lo, "to_ms": hi, **summarise(errors)}
+            for lo, hi in zip(BLOCK_BINS_MS, BLOCK_BINS_MS[1:], strict=False)
+            if (errors := [e for ms, e in timed if lo <= ms < hi])]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if the JSON differs from a fresh computation")
+    ap.add_argument("--blocks", action="store_true",
+                    help="print the errors binned by each block's planned forward time (writes nothing)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
+    if args.blocks:
+        print("| planned forward of one block, one micro-batch | runs | median |error| | worst | median signed |")
+        for b in block_bins():
+            print(f"| {b['from_ms']:g}-{b['to_ms']:g} ms | {b['n']} | {100 * b['median']:.1f}% | {100 * b['max']:.1f}% "
+                  f"| {100 * b['signed_median']:+.1f}% |")
+        return 0
     record = build()
     text = json.dumps(record, indent=1, sort_keys=True) + "\n"
     if args.check:

@@ -2,7 +2,7 @@
 
 - spec.py      Cluster, Training (the layout and `parse_layout` are flopwise.layout's, re-exported here)
 - memory.py    memory per rank (ZeRO model states, Korthikanti activations, in-flight micro-batches)
-- cost.py      step time and its breakdown (compute, recompute, bubble, TP, PP, DP, optimizer)
+- cost.py      step time and its breakdown (compute, recompute, bubble, TP, EP, PP, DP, optimizer, CP, host, straggler)
 - search.py    layout search with time- and memory-balanced pipeline splits; infeasibility explanations
 - budget.py    training FLOPs, PF-days, Chinchilla-optimal sizes, time on N GPUs
 - validate.py  prediction error against published measured runs

@@ -75,8 +75,9 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
   the eager stack's traffic (Constants.eager_traffic); chosen on the fit rows' CV, scored on a blind set
   (benchmarks/RESULTS.md, "Eighth round" and "Seventeenth blind holdout").
 - A stack's host work between steps (Software.step_overhead_s: the optimizer's syncs, loss reporting, the
-  framework's loop), paid once per step whatever its size: NeMo / Megatron-Core's, read off MLPerf's one-micro-batch
-  Llama 3.1 8B steps (FINDINGS.md section 30).
+  framework's loop), paid once per step whatever its size, by the stacks that sync the host every step (spec.SOFTWARE
+  says which); read off MLPerf's one-micro-batch Llama 3.1 8B steps (FINDINGS.md section 30). The straggler term
+  scales it with the rest of the step.
 - Inter-node collectives at Constants.network_efficiency of the NIC rate times the group's ranks on one node
   (each ring channel leaves the node through another rank's NIC; CostModel.bus_bandwidth), plus a tree latency of
   2 log2(nodes) NET_HOP_LATENCY_S per bucket of DP_BUCKET_BYTES; stragglers: the expected slowest of N ranks
@@ -132,9 +133,8 @@ FP8_CAST_BYTES = 4.0
 # itself (Transformer Engine's LayerNormLinear / LayerNormMLP, torch.compile's fused casts): 1 + 1 bytes, no
 # re-read. The attention output (the input of wo) comes from the attention kernel and is cast on its own.
 FP8_FUSED_CAST_BYTES = 2.0
-# Block-scaled formats (MXFP8, NVFP4: spec.GEMM_FORMATS): the row-wise and the column-wise copy carry their scales;
-# the sequence-parallel gathers of the low-precision copy and the kept activations leave the scales out (1/32 or
-# 1/16 of a byte per element).
+# Block-scaled formats (MXFP8, NVFP4: spec.GEMM_FORMATS): the row-wise and the column-wise copy carry their scales
+# wherever they are written, kept, gathered or read by a GEMM (GemmFormat.stored_bytes).
 FP8_UNFUSED_INPUT = frozenset({"wo"})
 FP8_INPUT_SHARED = frozenset({"wk", "wv"})  # cast once, with wq's input
 FP8_ONE_INPUT = frozenset({"w_up"})  # gate and up (count 2) read one input
@@ -746,7 +746,8 @@ class CostModel:
         opt_bytes = 28.0 if t.precision == "fp32" else OPTIMIZER_BYTES_PER_PARAM
         breakdown["optimizer"] = opt_params * opt_bytes / self.hbm_rate
         breakdown["cp"] = m * cpc
-        breakdown["host"] = t.profile.step_overhead_s  # once per step, whatever its size (Software.step_overhead_s)
+        # once per step, whatever its size (Software.step_overhead_s); the straggler term below scales it too
+        breakdown["host"] = t.profile.step_overhead_s
         # the slowest of N ranks sets the pace of every synchronising collective
         n = self.cluster.gpus
         sigma = self.constants.straggler_cv

@@ -280,10 +280,12 @@ def search(
     feasible = sum(p.fits for p in plans)
     if plans:
         for plan in plans[:top]:  # per plan: how runs with as few micro-batches per step, or as small blocks, went
-            said = [track_record.microbatch_note(cluster.accelerator.name, training.software, plan.microbatches,
-                                                 plan.layout.pp),
-                    track_record.small_block_note(cluster.accelerator.name, cm.block_forward_time(plan.layout))]
-            plan.notes.extend(n for n in said if n)
+            few = track_record.microbatch_note(cluster.accelerator.name, training.software, plan.microbatches,
+                                               plan.layout.pp)
+            small = track_record.small_block_note(cluster.accelerator, cm.block_forward_time(plan.layout))
+            if few and small:  # most small-block runs also ran few micro-batches: one miss, told twice
+                small += "; these runs and the few-micro-batch ones above are largely the same: do not add the two"
+            plan.notes.extend(n for n in (few, small) if n)
         return SearchResult(plans[:top], evaluated, feasible, plan_notes(model, cluster, training))
     if not explain:  # the reason in a few words, without the search for alternatives
         if closest is not None:
