@@ -215,3 +215,22 @@ def test_plan_takes_nvfp4_on_blackwell_only_says_what_it_assumes_and_never_write
                         "--precision", "nvfp4", "--write-config", str(tmp_path / "job.toml")], capsys)
     assert code != 0 and "--write-config writes a job for flopwise's trainer" in err
     assert not (tmp_path / "job.toml").exists()
+
+
+def test_plan_host_time_per_step_defaults_to_the_profile_and_takes_a_measured_value(capsys):
+    base = ["plan", "--preset", "llama-1b", "--gpu", "H100-SXM", "--gpus", "8", "--global-batch", "16",
+            "--software", "te", "--layout", "tp=1,pp=1,mb=2", "--top", "1", "--json"]
+    code, out, _ = run(base, capsys)
+    assert code == 0
+    default = json.loads(out)
+    assert default["training"]["host_s"] == pytest.approx(0.05)
+    assert default["plans"][0]["breakdown_s"]["host"] == pytest.approx(0.05)
+    code, out, _ = run(base + ["--host-ms", "0"], capsys)  # e.g. full-iteration CUDA graphs
+    assert code == 0
+    graphed = json.loads(out)["plans"][0]
+    assert graphed["breakdown_s"]["host"] == 0
+    step = default["plans"][0]["step_time_s"]
+    assert step - graphed["step_time_s"] == pytest.approx(0.05, rel=0.05)  # the straggler term scales it a little
+    for bad in ("-5", "nan"):
+        code, _, err = run(base + ["--host-ms", bad], capsys)
+        assert code == 2 and "--host-ms" in err

@@ -10,7 +10,6 @@ from flopwise.hardware import GB, get_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan import memory as mem
-from flopwise.plan import spec
 from flopwise.plan.calibrate import Observation, fit
 from flopwise.plan.cost import ELEMENTWISE_FWD_PASSES, FP8_FUSED_CAST_BYTES, Constants, CostModel
 from flopwise.plan.spec import GEMM_FORMATS, SOFTWARE, Cluster, Training
@@ -308,12 +307,7 @@ def test_the_stacks_host_overhead_is_paid_once_per_step_whatever_its_size():
     for plan in (short, long):
         assert plan.breakdown["host"] == overhead
     assert short.breakdown["host"] / short.step_time > 4 * long.breakdown["host"] / long.step_time
-    without = dataclasses.replace(SOFTWARE["te"], step_overhead_s=0.0)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(SOFTWARE, "te", without)
-        spec._profile.cache_clear()
-        bare = cost(gb=8).evaluate(layout)
-    spec._profile.cache_clear()
+    bare = cost(gb=8, step_overhead_s=0.0).evaluate(layout)
     assert bare.breakdown["host"] == 0
     # the straggler term scales the whole step, the host's part with it
     assert short.step_time - bare.step_time == pytest.approx(overhead * (1 + bare.breakdown["straggler"] / (
@@ -411,3 +405,13 @@ def test_compiled_pytorch_tp_is_costed_with_eager_elementwise_traffic():
     # selective recomputation re-runs the same elementwise kernels: at the eager rate too
     assert compiled.layer_cost(4, True, 1, "selective").recompute == pytest.approx(
         eager.layer_cost(4, True, 1, "selective").recompute)
+
+
+def test_a_measured_host_time_replaces_the_profiles_and_bad_values_are_refused():
+    layout = Layout(dp=8, zero=1, micro_batch=1)
+    assert cost(gb=8, step_overhead_s=0.012).evaluate(layout).breakdown["host"] == 0.012
+    assert cost(gb=8, software="torch-compile", step_overhead_s=0.03).evaluate(layout).breakdown["host"] == 0.03
+    assert cost(gb=8, software="torch-compile").evaluate(layout).breakdown["host"] == 0
+    for bad in (-0.01, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="step_overhead_s"):
+            Training(8, software="te", step_overhead_s=bad)

@@ -161,6 +161,11 @@ def plan(
                    "--use-flash-attn); the profiles' own: "
                    + ", ".join(f"{name} {sw.attention}" for name, sw in SOFTWARE.items())),
     expert_imbalance: float = typer.Option(1.0, help="MoE: busiest expert-parallel rank's tokens over the mean (>= 1)"),
+    host_ms: float = typer.Option(
+        None, help="the stack's host time per step in ms, where you measured it (about 0 under full-iteration CUDA "
+                   "graphs); default: the profile's, " + ", ".join(
+                       f"{name} {1e3 * sw.step_overhead_s:g}" for name, sw in SOFTWARE.items() if sw.step_overhead_s)
+                   + ", the others 0", callback=NON_NEGATIVE),
     compile_blocks: bool = typer.Option(
         False, "--compile", help="flopwise's trainer with train.compile = true: each block through torch.compile, "
                                  "its elementwise chains fused (on an H200 a 1-8B step took 7-22% less time than eager)"),
@@ -192,7 +197,7 @@ def plan(
     )
     training = Training(global_batch, tokens=tokens, precision=precision, software=software,
                         expert_imbalance=expert_imbalance, attention=attention.lower() if attention else None,
-                        compiled=compile_blocks)
+                        compiled=compile_blocks, step_overhead_s=host_ms / 1e3 if host_ms is not None else None)
     if write_config is not None and (software != "flopwise" or precision not in TRAINER_PRECISIONS):
         raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
                           f"{' or '.join(TRAINER_PRECISIONS)} (got --software {software}, --precision {precision})")
@@ -225,6 +230,7 @@ def plan(
                         "software": software,
                         "compiled": compile_blocks,
                         "attention": training.profile.attention,
+                        "host_s": training.profile.step_overhead_s,
                     },
                     "evaluated": result.evaluated,
                     "feasible": result.feasible,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from functools import cache
 
@@ -114,6 +115,10 @@ class Software:
 # `compiled` changes time only: the compiled step's peak memory was 4-8% below eager's, which the memory model keeps.
 FLOPWISE_EAGER_TRAFFIC = 4.1
 FLOPWISE_COMPILED_TRAFFIC = 1.23
+# the host work between steps of a stack that syncs the host every step (Software.step_overhead_s): read off MLPerf's
+# Llama 3.1 8B rows (one micro-batch per step, 0.07-0.7 s steps: 40-70 ms per step on Blackwell beyond the planned
+# work); each profile that pays it was declared before a blind set and scored on it (FINDINGS.md section 30)
+HOST_SYNC_STEP_S = 0.05
 
 SOFTWARE = {
     # flopwise's trainer: PyTorch SDPA (flash), no dropout, nn.RMSNorm (autograd keeps input, normalised x and
@@ -134,10 +139,10 @@ SOFTWARE = {
     # Hopper), fused norm + cast kernels, distributed optimizer overlapping its reduce-scatter and all-gather.
     # NeMo's distributed fused Adam reduces gradients in bf16 (grad_sync_dtype). TP communication overlapped
     # with the GEMMs (tp_comm_overlap, userbuffers).
-    # Its step_overhead_s was read off MLPerf's Llama 3.1 8B rows (one micro-batch per step, 0.07-0.7 s steps:
-    # 40-70 ms per step on Blackwell beyond the planned work) and scored blind on the twenty-third fresh holdout.
+    # It pays HOST_SYNC_STEP_S (scored blind on the twenty-third fresh holdout: 10.4% / 24.6% with it, 19.5% / 29.5%
+    # without).
     "te": Software("flash", False, True, 1, attention_kernel="fa3", grad_reduce_bytes=2, tp_overlap=True,
-                   step_overhead_s=0.05),
+                   step_overhead_s=HOST_SYNC_STEP_S),
     # Megatron-LM's own training script (pretrain_gpt.py) with Transformer Engine, as its defaults run it when a
     # user launches it (FlagPerf, Megatron-LLaMA, research code): TE's kernels, but bf16 gradients accumulated and
     # reduced in fp32 (arguments.py forces accumulate_allreduce_grads_in_fp32 under bf16 unless
@@ -146,9 +151,9 @@ SOFTWARE = {
     # recipes (NeMo, dgxc, MLPerf) turn these on: that is 'te'. Dropout is off, as Llama-style configs set it
     # (--hidden-dropout 0 --attention-dropout 0); a GPT run on Megatron's 0.1 default does a little more elementwise work.
     # Its training loop and mixed-precision optimizer are NeMo's (Megatron-Core's): the host syncs on the found-inf
-    # check and the gradient norm every step, so it pays te's step_overhead_s (declared before the twenty-fourth fresh
+    # check and the gradient norm every step, so it pays HOST_SYNC_STEP_S (declared before the twenty-fourth fresh
     # holdout and scored on it: 7.6% / 60.3% with it, 16.1% / 83.1% without).
-    "megatron-lm": Software("flash", False, True, 4, attention_kernel="fa3", step_overhead_s=0.05),
+    "megatron-lm": Software("flash", False, True, 4, attention_kernel="fa3", step_overhead_s=HOST_SYNC_STEP_S),
     # PyTorch FSDP stacks (torchtitan, llm-foundry, fms-fsdp) in eager mode: SDPA / flash-attn 2, every
     # elementwise op its own kernel, FSDP overlapping its collectives.
     "torch-eager": Software("flash", False, False, 2, fused_elementwise=False, recompute_early_stop=True),
@@ -158,10 +163,10 @@ SOFTWARE = {
     # PipelineEngine (blocking point-to-point, no interleaving), gradient reduction after the backward, and
     # only whole-block activation checkpointing (selective recomputation came with Korthikanti et al. 2022).
     # The DeepSpeed engine syncs the host every step too (the fp16 loss scaler's overflow check, the gradient norm):
-    # te's step_overhead_s, declared before the twenty-fifth fresh holdout (two rows: 33.8% / 60.2% with it, 41.4% /
-    # 68.6% without).
+    # HOST_SYNC_STEP_S, declared before the twenty-fifth fresh holdout (two rows: 33.8% / 60.2% with it, 41.4% /
+    # 68.6% without; two more in the twenty-sixth: 9.3% / 10.7% against 22.8% / 23.8%).
     "deepspeed": Software("unfused", True, True, 4, pipeline="deepspeed", selective_recompute=False,
-                          step_overhead_s=0.05),
+                          step_overhead_s=HOST_SYNC_STEP_S),
     # A Hugging Face transformers model under the DeepSpeed engine (ZeRO; a DeepSpeed PipelineModule built from one,
     # as ATorch's 3D strategy does, is costed with Megatron's asynchronous pipeline sends): the model's own PyTorch
     # kernels (SDPA / FlashAttention-2, one kernel per elementwise op, no dropout in Llama-family models), ZeRO-3
@@ -169,7 +174,7 @@ SOFTWARE = {
     # reduced in the training dtype (communication_data_type defaults to it), reentrant checkpointing (the
     # transformers default) and no selective recomputation.
     "deepspeed-hf": Software("flash", False, False, 3, fused_elementwise=False, grad_reduce_bytes=2,
-                             selective_recompute=False, step_overhead_s=0.05),
+                             selective_recompute=False, step_overhead_s=HOST_SYNC_STEP_S),
 }
 
 
@@ -214,6 +219,9 @@ class Training:
     expert_imbalance: float = 1.0  # MoE: the busiest expert-parallel rank's tokens over the mean (plan/experts.py)
     attention: str | None = None  # the run's attention kernel where it differs from its stack's; None: the profile's
     compiled: bool = False  # flopwise's trainer with train.compile = true: each block through torch.compile
+    # the stack's host time per step where the user measured it (e.g. ~0 under full-iteration CUDA graphs); None: the
+    # profile's Software.step_overhead_s
+    step_overhead_s: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.global_batch, int) or self.global_batch < 1:
@@ -237,6 +245,8 @@ class Training:
                               f"how its stack runs (torch-compile is PyTorch-native stacks under torch.compile)")
         if not self.expert_imbalance >= 1.0:
             raise ConfigError(f"expert_imbalance = {self.expert_imbalance}: must be at least 1 (1: balanced)")
+        if self.step_overhead_s is not None and not 0.0 <= self.step_overhead_s < math.inf:
+            raise ConfigError(f"step_overhead_s = {self.step_overhead_s}: must be a non-negative number of seconds")
 
     @property
     def dtype_bytes(self) -> int:
@@ -249,14 +259,18 @@ class Training:
 
     @property
     def profile(self) -> Software:
-        return _profile(self.software, self.attention, self.compiled)
+        return _profile(self.software, self.attention, self.compiled, self.step_overhead_s)
 
 
 @cache
-def _profile(software: str, attention: str | None, compiled: bool = False) -> Software:
+def _profile(software: str, attention: str | None, compiled: bool = False,
+             step_overhead_s: float | None = None) -> Software:
     """The stack's profile with the run's attention kernel (Training keeps `attention` None when it is the profile's);
-    `compiled`: flopwise's with its elementwise chains fused by torch.compile."""
+    `compiled`: flopwise's with its elementwise chains fused by torch.compile; `step_overhead_s`: the host time per
+    step the user measured, in place of the profile's."""
     profile = SOFTWARE[software] if attention is None else replace(SOFTWARE[software], attention=attention)
+    if step_overhead_s is not None:
+        profile = replace(profile, step_overhead_s=step_overhead_s)
     if compiled:
         profile = replace(profile, fused_elementwise=True, elementwise_traffic=FLOPWISE_COMPILED_TRAFFIC)
     return profile
