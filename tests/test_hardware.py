@@ -1,7 +1,15 @@
 import pytest
 
 from flopwise.errors import ConfigError
-from flopwise.hardware import CATALOGUE, cpu_accelerator, detect, get_accelerator, load_accelerator, match_device_name
+from flopwise.hardware import (
+    CATALOGUE,
+    cpu_accelerator,
+    detect,
+    get_accelerator,
+    load_accelerator,
+    match_device_name,
+    sustained_fraction,
+)
 
 
 def test_catalogue_has_the_datasheet_figures():
@@ -24,6 +32,15 @@ def test_cpu_peak_is_measured_and_labelled():
     cpu = detect("cpu")
     assert cpu is cpu_accelerator() and cpu.measured and cpu.peak_flops > 1e8
     assert cpu.peak_label == "measured matmul peak"
+    # the planner's GEMM rate on a CPU is the run's median, not the burst that set the peak
+    assert 0.0 < cpu.gemm_efficiency <= 1.0
+
+
+def test_sustained_fraction_is_the_median_over_the_best():
+    assert sustained_fraction([1.0, 2.0, 4.0]) == pytest.approx(0.5)
+    assert sustained_fraction([3.0, 3.0]) == 1.0
+    assert sustained_fraction([0.0, -1.0, 2.0, 1.0]) == pytest.approx(0.75)  # failed timings are left out
+    assert sustained_fraction([]) == 1.0  # nothing timed: no discount
 
 
 def test_user_accelerator_from_toml(tmp_path):
