@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 
 from flopwise.config_values import check_number
 
-console = Console()
-err_console = Console(stderr=True)
+PIPED_WIDTH = 200  # columns when the output is a file or a pipe: Rich's 80 would cut the plan table's columns
+
+
+def _console(stderr: bool = False) -> Console:
+    """A terminal keeps its own width; piped output (a log, `| tee`, CI) gets room for every column, unless
+    COLUMNS says otherwise."""
+    console = Console(stderr=stderr)
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console
+    return Console(stderr=stderr, width=PIPED_WIDTH)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 def number(*, low: float | None = None, high: float | None = None, low_open: bool = False,
