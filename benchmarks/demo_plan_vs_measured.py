@@ -14,13 +14,14 @@ The corpus is prepared once in the data cache (FLOPWISE_CACHE) as `make demo` do
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from flopwise.plan.calibrate import plan_record
 
 FLOPWISE = Path(sys.executable).with_name("flopwise")
 
@@ -31,11 +32,7 @@ def one_run(steps: int, out: Path) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if proc.returncode != 0:
         raise SystemExit(f"flopwise train failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("event") == "plan_vs_measured":
-            return record
-    raise SystemExit(f"{out}: no plan_vs_measured record")
+    return plan_record(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=40)
     args = ap.parse_args(argv)
+    if args.runs < 1 or args.steps < 2:
+        ap.error("--runs must be at least 1 and --steps at least 2 (the first step is not timed)")
     errors = []
     print("| run | planner s | measured s | error | peak TFLOP/s | GEMM efficiency |")
     print("|---|---|---|---|---|---|")
@@ -50,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.runs):
             r = one_run(args.steps, Path(tmp) / f"run{i}")
             acc = r["inputs"]["accelerator"]
+            if r["step_time_error"] is None:
+                raise SystemExit(f"run {i + 1}: no step was timed")
             errors.append(r["step_time_error"])
             print(f"| {i + 1} | {r['predicted_step_s']:.3f} | {r['measured_step_s']:.3f} "
                   f"| {100 * r['step_time_error']:+.1f}% | {acc['peak_flops'] / 1e12:.3f} | {acc['gemm_efficiency']:.3f} |",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -24,3 +26,11 @@ def make_shards(directory, vocab_size: int = 512, docs: int = 300, seed: int = 0
 @pytest.fixture(scope="session")
 def nano_shards(tmp_path_factory):
     return make_shards(tmp_path_factory.mktemp("nano_shards"))
+
+
+@pytest.fixture
+def umask_022():
+    """The umask 022 for one test: a plain write then gives 0644, which a 0600 file cannot pass for."""
+    old = os.umask(0o022)
+    yield 0o644
+    os.umask(old)

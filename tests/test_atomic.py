@@ -8,17 +8,11 @@ import torch
 from safetensors.torch import save_file
 
 from flopwise.atomic import atomic_path, atomic_write_text
+from flopwise.cluster.service.api import Tokens
 
 
 def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
-
-
-@pytest.fixture
-def umask_022():
-    old = os.umask(0o022)
-    yield 0o644
-    os.umask(old)
 
 
 def test_written_files_get_the_usual_permissions(tmp_path, umask_022):
@@ -38,3 +32,10 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_a_secret_is_written_with_its_own_mode(tmp_path, umask_022):
+    atomic_write_text(tmp_path / "secret", "x", mode=0o600)
+    assert _mode(tmp_path / "secret") == 0o600
+    Tokens.create(tmp_path / "tokens.toml")  # the service's admin and team tokens
+    assert _mode(tmp_path / "tokens.toml") == 0o600

@@ -1,5 +1,6 @@
 import pytest
 
+from flopwise import hardware
 from flopwise.errors import ConfigError
 from flopwise.hardware import (
     CATALOGUE,
@@ -34,6 +35,19 @@ def test_cpu_peak_is_measured_and_labelled():
     assert cpu.peak_label == "measured matmul peak"
     # the planner's GEMM rate on a CPU is the run's median, not the burst that set the peak
     assert 0.0 < cpu.gemm_efficiency <= 1.0
+
+
+def test_the_cpu_entry_takes_the_best_rate_as_peak_and_the_sustained_fraction_as_gemm_efficiency(monkeypatch):
+    seen = []
+
+    def fraction(rates):
+        seen.append(list(rates))
+        return 0.5
+
+    monkeypatch.setattr(hardware, "sustained_fraction", fraction)
+    cpu = hardware._cpu_accelerator.__wrapped__(64, 0.0, 1)  # no time at all: still a few timings
+    assert cpu.gemm_efficiency == 0.5
+    assert len(seen[0]) >= hardware.MIN_GEMM_TIMINGS and cpu.peak_flops == max(seen[0])
 
 
 def test_sustained_fraction_is_the_median_over_the_best():

@@ -13,8 +13,10 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync and rename it onto `path`."""
+def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync and rename it onto `path`, with permissions `mode`
+    (None: what a plain `open(path, "w")` gives, 0666 less the umask). The mode is set after the caller's write
+    and before the rename, so a secret never appears under `path` readable by others."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -23,7 +25,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         # mkstemp makes 0600, and writers that replace the file (safetensors' save_file) make it 0600 again
-        usual_permissions(tmp_path)
+        os.chmod(tmp_path, usual_mode() if mode is None else mode)
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -33,13 +35,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    with atomic_path(path, mode) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> None:
+    atomic_write_bytes(path, text.encode(), mode)
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
@@ -48,10 +50,22 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 def usual_permissions(path: str | Path) -> None:
     """Give a file the permissions a plain `open(path, "w")` would have (0666 less the umask)."""
-    os.chmod(path, 0o666 & ~_umask())
+    os.chmod(path, usual_mode())
+
+
+def usual_mode() -> int:
+    return 0o666 & ~_umask()
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (os.umask can only read it by setting it,
+    which another thread could see)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -350,6 +350,9 @@ def cpu_accelerator(size: int = 1024, seconds: float = 0.5) -> Accelerator:
     return _cpu_accelerator(size, seconds, torch.get_num_threads())
 
 
+MIN_GEMM_TIMINGS = 5
+
+
 def sustained_fraction(rates: list[float]) -> float:
     """The median of repeated timings of one GEMM over their best: what a training loop's back-to-back GEMMs
     sustain of the burst that sets the peak. gemm_efficiency means this on every GPU (module docstring); on a CPU
@@ -357,9 +360,7 @@ def sustained_fraction(rates: list[float]) -> float:
     0.80-0.83 of the best, and the demo model's own GEMMs at 0.6-0.85 of it: benchmarks/RESULTS.md, "The CPU's
     sustained GEMM rate".)"""
     rates = [r for r in rates if r > 0]
-    if not rates:
-        return 1.0
-    return min(1.0, statistics.median(rates) / max(rates))
+    return statistics.median(rates) / max(rates) if rates else 1.0
 
 
 @functools.lru_cache(maxsize=4)
@@ -367,9 +368,12 @@ def _cpu_accelerator(size: int, seconds: float, threads: int) -> Accelerator:
     a = torch.randn(size, size)
     b = torch.randn(size, size)
     torch.mm(a, b)  # warm up the BLAS threads
-    rates = []
+    rates: list[float] = []
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
+    tries = 0
+    # past the deadline, a few more timings where there are too few for a median (a slow or busy CPU), but not forever
+    while time.perf_counter() < deadline or (len(rates) < MIN_GEMM_TIMINGS and tries < 10 * MIN_GEMM_TIMINGS):
+        tries += 1
         start = cpu_seconds()
         torch.mm(a, b)
         elapsed = cpu_seconds() - start

@@ -94,3 +94,23 @@ def test_generate_from_a_trained_checkpoint_and_prompt_too_long(nano_shards, tmp
     assert out2 == out  # greedy decoding is deterministic
     code, _, err = run("generate", " ".join(["w3"] * 70), "--checkpoint", str(tmp_path / "run"))
     assert code == 2 and "longer than the model context" in err
+
+
+def _plan_output(env_columns: str | None) -> str:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    if env_columns is not None:
+        env["COLUMNS"] = env_columns
+    proc = subprocess.run([sys.executable, "-m", "flopwise.cli", "plan", "--preset", "nano", "--gpu", "H100-SXM",
+                           "--gpus", "8", "--global-batch", "64"], capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_output_without_a_terminal_keeps_every_column_of_the_plan_table():
+    out = _plan_output(None)  # a batch job or CI: no standard stream is a terminal
+    header = next(line for line in out.splitlines() if "layout" in line and "MFU" in line)
+    assert "peak GB" in header and "days" in header
+    assert all(len(line) <= 100 for line in _plan_output("100").splitlines())  # COLUMNS still decides

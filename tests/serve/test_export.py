@@ -3,7 +3,6 @@ the custom-code path, both with our logits."""
 
 from __future__ import annotations
 
-import os
 import stat
 
 import pytest
@@ -52,7 +51,7 @@ def test_lfa_model_loads_through_custom_code_with_our_logits(lfa_checkpoint, ser
         assert (padded - served_lfa.model(ids[1:, 50:])[0]).abs().max() < 1e-4
 
 
-def test_cli_export_hf_and_refusals(llama_checkpoint, tmp_path, capsys):
+def test_cli_export_hf_and_refusals(llama_checkpoint, tmp_path, capsys, umask_022):
     from flopwise.cli import main
 
     def run(*args) -> int:
@@ -65,9 +64,7 @@ def test_cli_export_hf_and_refusals(llama_checkpoint, tmp_path, capsys):
     assert run(str(llama_checkpoint), str(tmp_path / "out"), "--format", "hf") == 0
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
     # the weights are readable by whoever may read the folder (save_file alone writes them 0600)
-    mask = os.umask(0)
-    os.umask(mask)
-    assert stat.S_IMODE((tmp_path / "out" / "model.safetensors").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "out" / "model.safetensors").stat().st_mode) == umask_022
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
     capsys.readouterr()

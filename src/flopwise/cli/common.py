@@ -8,16 +8,23 @@ from rich.console import Console
 
 from flopwise.config_values import check_number
 
-PIPED_WIDTH = 200  # columns when the output is a file or a pipe: Rich's 80 would cut the plan table's columns
+PIPED_WIDTH = 200  # columns with no terminal at all: Rich's 80 would cut the plan table's last columns
 
 
 def _console(stderr: bool = False) -> Console:
-    """A terminal keeps its own width; piped output (a log, `| tee`, CI) gets room for every column, unless
-    COLUMNS says otherwise."""
-    console = Console(stderr=stderr)
-    if console.is_terminal or os.environ.get("COLUMNS"):
-        return console
+    """Rich takes its width from whichever standard stream is a terminal (`flopwise plan | tee log` keeps the
+    terminal's); with none (a batch job, CI, `nohup`) the output gets room for every column, unless COLUMNS says
+    otherwise."""
+    if os.environ.get("COLUMNS", "").isdigit() or any(_isatty(fd) for fd in (0, 1, 2)):
+        return Console(stderr=stderr)
     return Console(stderr=stderr, width=PIPED_WIDTH)
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
 
 
 console = _console()

@@ -153,8 +153,8 @@ def fit(observations: list[Observation], constants: tuple[str, ...] | list[str] 
     return Calibration(values, before, [o.predict(values) for o in observations], list(observations))
 
 
-def run_observation(run_dir: str | Path) -> Observation:
-    """The last `plan_vs_measured` record of a training run (its metrics.jsonl) as an observation."""
+def plan_record(run_dir: str | Path) -> dict:
+    """The last `plan_vs_measured` record of a training run (its folder or its metrics.jsonl)."""
     path = Path(run_dir)
     metrics = path / "metrics.jsonl" if path.is_dir() else path
     # torn or damaged bytes (a full disk, a killed writer) only spoil their own line
@@ -169,7 +169,14 @@ def run_observation(run_dir: str | Path) -> Observation:
             records.append(record)
     if not records:
         raise DataError(f"{metrics}: no plan_vs_measured record (a finished `flopwise train` run writes one)")
-    rec = records[-1]
+    return records[-1]
+
+
+def run_observation(run_dir: str | Path) -> Observation:
+    """The last `plan_vs_measured` record of a training run (its metrics.jsonl) as an observation."""
+    path = Path(run_dir)
+    metrics = path / "metrics.jsonl" if path.is_dir() else path
+    rec = plan_record(path)
     try:
         inp = rec["inputs"]
         acc = Accelerator(**inp["accelerator"])

@@ -76,8 +76,7 @@ class Tokens:
     def create(cls, path: Path, teams: tuple[str, ...] = ("default",)) -> Tokens:
         tokens = cls({t: secrets.token_urlsafe(24) for t in teams}, secrets.token_urlsafe(24))
         lines = [f'admin = "{tokens.admin}"', "", "[teams]", *(f'{t} = "{v}"' for t, v in tokens.teams.items())]
-        atomic_write_text(path, "\n".join(lines) + "\n")
-        path.chmod(0o600)
+        atomic_write_text(path, "\n".join(lines) + "\n", mode=0o600)  # never readable by others, even briefly
         return tokens
 
 
