@@ -48,12 +48,8 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def usual_permissions(path: str | Path) -> None:
-    """Give a file the permissions a plain `open(path, "w")` would have (0666 less the umask)."""
-    os.chmod(path, usual_mode())
-
-
 def usual_mode() -> int:
+    """The permissions a plain `open(path, "w")` gives a new file: 0666 less the umask."""
     return 0o666 & ~_umask()
 
 

@@ -153,10 +153,14 @@ def fit(observations: list[Observation], constants: tuple[str, ...] | list[str] 
     return Calibration(values, before, [o.predict(values) for o in observations], list(observations))
 
 
+def _metrics_file(run_dir: str | Path) -> Path:
+    path = Path(run_dir)
+    return path / "metrics.jsonl" if path.is_dir() else path
+
+
 def plan_record(run_dir: str | Path) -> dict:
     """The last `plan_vs_measured` record of a training run (its folder or its metrics.jsonl)."""
-    path = Path(run_dir)
-    metrics = path / "metrics.jsonl" if path.is_dir() else path
+    metrics = _metrics_file(run_dir)
     # torn or damaged bytes (a full disk, a killed writer) only spoil their own line
     lines = read_bytes(metrics, "metrics file").decode("utf-8", "replace").splitlines()
     records = []
@@ -174,8 +178,7 @@ def plan_record(run_dir: str | Path) -> dict:
 
 def run_observation(run_dir: str | Path) -> Observation:
     """The last `plan_vs_measured` record of a training run (its metrics.jsonl) as an observation."""
-    path = Path(run_dir)
-    metrics = path / "metrics.jsonl" if path.is_dir() else path
+    path, metrics = Path(run_dir), _metrics_file(run_dir)
     rec = plan_record(path)
     try:
         inp = rec["inputs"]

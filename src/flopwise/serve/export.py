@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from flopwise.atomic import atomic_write_json, usual_permissions
+from flopwise.atomic import atomic_path, atomic_write_json
 from flopwise.errors import ConfigError
 from flopwise.models.config import ModelConfig
 from flopwise.outputs import output_dir
@@ -101,8 +101,8 @@ def export_hf(checkpoint: str | Path, dest: str | Path) -> Path:
     tmp = dest.parent / f".{dest.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "flopwise_config": json.dumps(cfg.to_dict())})
-    usual_permissions(tmp / "model.safetensors")  # save_file writes 0600
+    with atomic_path(tmp / "model.safetensors") as weights:  # which also undoes save_file's 0600
+        save_file(state, str(weights), metadata={"format": "pt", "flopwise_config": json.dumps(cfg.to_dict())})
     atomic_write_json(tmp / "config.json", config)
     atomic_write_json(tmp / "generation_config.json", {"eos_token_id": eod, "bos_token_id": None, "pad_token_id": None})
     shutil.copyfile(directory / "tokenizer.json", tmp / "tokenizer.json")
