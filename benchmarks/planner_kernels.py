@@ -42,14 +42,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flopwise.flops import block_gemms  # noqa: E402
+from flopwise.flops import FLASH_BACKWARD_FLOPS, block_gemms, causal_attention_flops  # noqa: E402
 from flopwise.hardware import detect  # noqa: E402
 from flopwise.layout import Layout  # noqa: E402
 from flopwise.models import Transformer  # noqa: E402
 from flopwise.models.config import ModelConfig, get_preset  # noqa: E402
 from flopwise.models.rope import rope_table  # noqa: E402
 from flopwise.models.transformer import Block  # noqa: E402
-from flopwise.plan.cost import FLASH_BACKWARD_FLOPS, CostModel  # noqa: E402
+from flopwise.plan.cost import CostModel  # noqa: E402
 from flopwise.plan.spec import Cluster, Training  # noqa: E402
 from flopwise.train.engine import fused_adamw  # noqa: E402
 
@@ -263,7 +263,7 @@ def bench_attention(timer, device, dtype, acc, cfg: ModelConfig, name: str, seqs
             k = torch.randn(1, kv, seq, d, device=device, dtype=dtype, requires_grad=True)
             v = torch.randn(1, kv, seq, d, device=device, dtype=dtype, requires_grad=True)
             grad = torch.randn(1, heads, seq, d, device=device, dtype=dtype)
-            flops_fwd = 4.0 * seq * seq * d * heads * 0.5
+            flops_fwd = causal_attention_flops(seq, d, heads, 1)
             for label, backend in backends.items():
                 row = {"model": name, "seq": seq, "tp": tp, "backend": label, "heads": heads, "kv_heads": kv}
                 try:
@@ -284,7 +284,7 @@ def bench_attention(timer, device, dtype, acc, cfg: ModelConfig, name: str, seqs
                     cm = cost_model(cfg, acc, software, seq)
                     attn = cm.attention_time(tp, 1)
                     row[f"pred_fwd_s[{software}]"] = attn
-                    row[f"pred_bwd_s[{software}]"] = FLASH_BACKWARD_FLOPS * attn / cm.constants.backward_efficiency
+                    row[f"pred_bwd_s[{software}]"] = cm.layer_compute(tp, False, 1)["attention"][1]
                 rows.append(row)
     return rows
 

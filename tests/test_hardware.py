@@ -45,9 +45,40 @@ def test_the_cpu_entry_takes_the_best_rate_as_peak_and_the_sustained_fraction_as
         return 0.5
 
     monkeypatch.setattr(hardware, "sustained_fraction", fraction)
+    monkeypatch.setattr(hardware, "attention_rate", lambda: 0.25 * max(seen[0]))
     cpu = hardware._cpu_accelerator.__wrapped__(64, 0.0, 1)  # no time at all: still a few timings
     assert cpu.gemm_efficiency == 0.5
     assert len(seen[0]) >= hardware.MIN_GEMM_TIMINGS and cpu.peak_flops == max(seen[0])
+    # the attention's measured rate over the same peak, capped at 1 (a burst of attention cannot beat the best GEMM)
+    assert cpu.attention_efficiency == pytest.approx(0.25)
+    monkeypatch.setattr(hardware, "attention_rate", lambda: 3.0 * max(seen[0]))
+    assert hardware._cpu_accelerator.__wrapped__(64, 0.0, 1).attention_efficiency == 1.0
+
+
+def test_the_cpu_attention_rate_is_timed_forward_and_backward_wherever_it_is_called():
+    """The start-up timing runs a backward, so it must work where the caller holds autograd off (generation runs
+    under inference mode), and it counts the FLOPs the cost model counts for the same shape."""
+    import torch
+
+    with torch.inference_mode():
+        held_off = hardware.attention_rate(seconds=0.0)
+    with torch.no_grad():
+        assert hardware.attention_rate(seconds=0.0) > 0
+    assert held_off > 0
+    calls = []
+
+    def timed(work, flops, seconds):
+        work()
+        calls.append(flops)
+        return [2.0, 1.0, 4.0]
+
+    from unittest import mock
+
+    with mock.patch.object(hardware, "_timed_rates", timed):
+        assert hardware.attention_rate() == 2.0  # the median, not the best
+    batch, heads, _, seq, head_dim = hardware.ATTENTION_PROBE
+    forward = 4.0 * seq * seq * head_dim * heads * batch / 2  # causal: half the scores
+    assert calls == [pytest.approx(forward * 3.5)]  # backward = 2.5 x forward
 
 
 def test_sustained_fraction_is_the_median_over_the_best():
@@ -91,6 +122,12 @@ def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_writte
     assert {a.name: a.fp4_peak_flops / a.fp8_peak_flops for a in CATALOGUE.values() if a.fp4_peak_flops} == {
         "B200": 2.0, "GB200": 2.0}
     assert not load_accelerator(write_accelerator(CATALOGUE["H100-SXM"], tmp_path / "h.toml")).block_scaled_fp8
+    # a measured attention rate (a CPU's, or one a user timed) is kept; 0 (the class default) stays 0
+    path.write_text(base + "attention_efficiency = 0.4\n")
+    timed = load_accelerator(path)
+    assert timed.attention_efficiency == 0.4
+    assert load_accelerator(write_accelerator(timed, tmp_path / "t.toml")) == timed
+    assert load_accelerator(write_accelerator(CATALOGUE["H100-SXM"], tmp_path / "h.toml")).attention_efficiency == 0
     for extra, message in (('block_scaled_fp8 = "yes"\nfp8_peak_tflops = 4500\n', "must be true or false"),
                            ("block_scaled_fp8 = true\n", "needs fp8_peak_tflops"),
                            ("nvlink_domain_gpus = 7.5\n", "must be a whole number of GPUs"),
@@ -98,7 +135,9 @@ def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_writte
                            # TOML's true is an int to Python, and nan a float: neither is a rate
                            ("fp8_peak_tflops = true\n", "fp8_peak_tflops = True must be a non-negative number"),
                            ("fp8_peak_tflops = nan\n", "must be a non-negative number"),
-                           ("gemm_efficiency = true\n", "must be a fraction")):
+                           ("gemm_efficiency = true\n", "must be a fraction"),
+                           ("attention_efficiency = 0\n", "attention_efficiency = 0 must be a fraction"),
+                           ("attention_efficiency = 1.5\n", "must be a fraction")):
         path.write_text(base + extra)
         with pytest.raises(ConfigError, match=message):
             load_accelerator(path)

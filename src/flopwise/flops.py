@@ -154,6 +154,18 @@ def layer_attention_flops_per_token(cfg: ModelConfig, seq_len: int | None = None
     return 4.0 * s * cfg.heads * cfg.head_dim
 
 
+# A fused attention kernel's backward recomputes the scores (Q K^T) and runs four more matmuls (dV, dP, dQ, dK):
+# 5 against the forward's 2, i.e. 2.5 x the forward's FLOPs (Dao 2023, FlashAttention-2, section 3.1.2; its
+# benchmarks count backward FLOPs as 2.5 x forward). Unfused attention keeps the scores: 2 x, like a GEMM.
+FLASH_BACKWARD_FLOPS = 2.5
+
+
+def causal_attention_flops(seq: float, head_dim: int, heads: int, batch: int) -> float:
+    """Forward FLOPs a fused causal attention kernel runs (QK^T and AV, 2 x 2 x seq^2 x head_dim per head and
+    sequence): half the full-sequence count above, since the kernel skips the masked half."""
+    return 4.0 * seq * seq * head_dim * heads * batch * 0.5
+
+
 def layer_router_flops_per_token(cfg: ModelConfig) -> float:
     """Forward FLOPs of the attention router's core for one token in one layer (its projection is a Gemm):
     the E x E outer product q k^T (E^2 multiplies) and its product with v (E^2 multiply-adds, 2 E^2)."""

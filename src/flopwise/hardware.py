@@ -72,11 +72,16 @@ Achievable fractions (used by the planner's cost model, flopwise/plan/cost.py):
   half-precision GEMMs run near peak (0.8).
 - `memory_efficiency`: the fraction of HBM bandwidth streaming (elementwise) kernels reach; STREAM-like
   copies reach ~85-90% on A100/H100.
+- `attention_efficiency`: the rate of fused causal attention (scaled_dot_product_attention), forward and backward
+  together with the backward counted as flops.FLASH_BACKWARD_FLOPS x the forward, as a fraction of the peak. 0 on
+  the catalogue's GPUs: the cost model's rates by kernel class apply (plan/cost.py). A measured CPU carries its
+  own, and a TOML file may set one.
 On a CPU there is no datasheet peak: `cpu_accelerator()` measures this machine's fp32 matmul rate (the best of a
 short run of one GEMM: the peak; the run's median over it: gemm_efficiency, as on a GPU the sustained rate over the
-burst) and its memory copy bandwidth, and labels the result as measured, so CPU MFU reads "fraction of this
-machine's measured matmul peak". Its "link" (gloo between processes over loopback TCP) gets CPU_LINK_BANDWIDTH until
-`flopwise plan calibrate` fits it to measured runs.
+burst), the median rate of causal attention forward and backward at a CPU-sized shape over that peak
+(ATTENTION_PROBE: attention_efficiency) and its memory copy bandwidth, and labels the result as measured, so CPU
+MFU reads "fraction of this machine's measured matmul peak". Its "link" (gloo between processes over loopback TCP)
+gets CPU_LINK_BANDWIDTH until `flopwise plan calibrate` fits it to measured runs.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ import torch
 
 from flopwise.atomic import atomic_write_text
 from flopwise.errors import ConfigError
+from flopwise.flops import FLASH_BACKWARD_FLOPS, causal_attention_flops
 from flopwise.userfiles import read_toml
 
 GB = 1e9
@@ -112,6 +118,9 @@ class Accelerator:
     measured: bool = False  # True when the peak was measured here, not taken from a datasheet
     gemm_efficiency: float = 0.75  # sustained fraction of peak for large GEMMs (see module docstring)
     memory_efficiency: float = 0.85  # fraction of memory_bandwidth that streaming kernels reach
+    # fused causal attention's sustained rate, forward and backward together, as a fraction of peak_flops; 0: the
+    # cost model's default for the part's class (see module docstring; measured on a CPU)
+    attention_efficiency: float = 0.0
     fp8_peak_flops: float = 0.0  # dense FP8 FLOP/s; 0: no FP8 tensor cores
     fp4_peak_flops: float = 0.0  # dense FP4 FLOP/s (NVFP4 training); 0: no FP4 tensor cores
     network_bandwidth: float = 25 * GB  # inter-node NIC bytes/s per GPU, one direction (reference system)
@@ -202,8 +211,8 @@ def get_accelerator(name: str) -> Accelerator:
 def load_accelerator(path: str | Path) -> Accelerator:
     """Read a user-defined accelerator from TOML, figures in natural units:
     name, peak_tflops, memory_gb, memory_bandwidth_gbps, link_bandwidth_gbps (per direction);
-    optionally gemm_efficiency and memory_efficiency (fractions, see the module docstring), fp8_peak_tflops,
-    fp4_peak_tflops (dense; for NVFP4 plans), network_bandwidth_gbps (inter-node, per GPU and direction),
+    optionally gemm_efficiency, memory_efficiency and attention_efficiency (fractions, see the module docstring),
+    fp8_peak_tflops, fp4_peak_tflops (dense; for NVFP4 plans), network_bandwidth_gbps (inter-node, per GPU and direction),
     nvlink_domain_gpus (GPUs one NVLink domain spans where it is more than a server, e.g. 72 for an NVL72 rack)
     and block_scaled_fp8 (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do). FP4 and
     block scales need fp8_peak_tflops."""
@@ -213,7 +222,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
     missing = [k for k in required if k not in data]
     if missing:
         raise ConfigError(f"accelerator file {path}: missing key(s) {', '.join(missing)}")
-    optional = ("gemm_efficiency", "memory_efficiency")
+    optional = ("gemm_efficiency", "memory_efficiency", "attention_efficiency")
     rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "fp4_peak_tflops": ("fp4_peak_flops", TFLOPS),
              "network_bandwidth_gbps": ("network_bandwidth", GB)}
     flags = ("measured", "block_scaled_fp8")
@@ -273,6 +282,8 @@ def accelerator_toml(acc: Accelerator) -> dict:
         "fp4_peak_tflops": acc.fp4_peak_flops / TFLOPS,
         "network_bandwidth_gbps": acc.network_bandwidth / GB,
     }
+    if acc.attention_efficiency:
+        data["attention_efficiency"] = acc.attention_efficiency
     if acc.measured:
         data["measured"] = True
     if acc.block_scaled_fp8:
@@ -345,12 +356,19 @@ def cpu_seconds() -> float:
 
 def cpu_accelerator(size: int = 1024, seconds: float = 0.5) -> Accelerator:
     """This CPU, as this process's threads see it: peak = the best fp32 matmul rate over a short run, GEMM
-    efficiency = the median rate of the same run over that best (`sustained_fraction`), memory bandwidth = the best
-    large copy, all timed by `cpu_seconds` (measured once per thread count)."""
+    efficiency = the median rate of the same run over that best (`sustained_fraction`), attention efficiency = the
+    median rate of causal attention forward and backward at ATTENTION_PROBE over that best, memory bandwidth = the
+    best large copy, all timed by `cpu_seconds` (measured once per thread count)."""
     return _cpu_accelerator(size, seconds, torch.get_num_threads())
 
 
 MIN_GEMM_TIMINGS = 5
+# batch, heads, KV heads, tokens, head_dim of the attention timed at start-up: a CPU-sized model's, the demo's `tiny`
+# (in fp32 on this project's 2-core CPU its forward and backward ran at 0.044-0.076 TFLOP/s over 2-32 sequences,
+# 256-512 tokens and head_dim 32-64, about 0.3 of the GEMM rate: one shape stands for the models a CPU trains;
+# benchmarks/cpu_attention.py, benchmarks/RESULTS.md "The CPU's attention rate")
+ATTENTION_PROBE = (4, 8, 4, 256, 32)
+ATTENTION_SECONDS = 0.15
 
 
 def sustained_fraction(rates: list[float]) -> float:
@@ -363,22 +381,49 @@ def sustained_fraction(rates: list[float]) -> float:
     return statistics.median(rates) / max(rates) if rates else 1.0
 
 
+def _timed_rates(work, flops: float, seconds: float) -> list[float]:
+    """FLOP/s of `work()` (which runs `flops`), timed by `cpu_seconds` back to back for about `seconds`, after
+    one untimed call; past the deadline, a few more timings where there are too few for a median (a slow or busy
+    CPU), but not forever."""
+    work()  # warm up the threads and the allocator
+    rates: list[float] = []
+    deadline = time.perf_counter() + seconds
+    tries = 0
+    while time.perf_counter() < deadline or (len(rates) < MIN_GEMM_TIMINGS and tries < 10 * MIN_GEMM_TIMINGS):
+        tries += 1
+        start = cpu_seconds()
+        work()
+        elapsed = cpu_seconds() - start
+        if elapsed > 0:
+            rates.append(flops / elapsed)
+    return rates
+
+
+def attention_rate(seconds: float = ATTENTION_SECONDS) -> float:
+    """The median FLOP/s of causal scaled_dot_product_attention, forward and backward, at ATTENTION_PROBE in
+    fp32, the backward counted as FLASH_BACKWARD_FLOPS x the forward (as CostModel.layer_compute counts it)."""
+    batch, heads, kv_heads, seq, head_dim = ATTENTION_PROBE
+    with torch.inference_mode(False), torch.enable_grad():  # callers may hold either off
+        q = torch.randn(batch, heads, seq, head_dim, requires_grad=True)
+        k = torch.randn(batch, kv_heads, seq, head_dim, requires_grad=True)
+        v = torch.randn(batch, kv_heads, seq, head_dim, requires_grad=True)
+        grad = torch.randn(batch, heads, seq, head_dim)
+
+        def forward_backward() -> None:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            torch.autograd.grad(out, (q, k, v), grad)
+
+        flops = causal_attention_flops(seq, head_dim, heads, batch) * (1.0 + FLASH_BACKWARD_FLOPS)
+        rates = _timed_rates(forward_backward, flops, seconds)
+    return statistics.median(rates) if rates else 0.0
+
+
 @functools.lru_cache(maxsize=4)
 def _cpu_accelerator(size: int, seconds: float, threads: int) -> Accelerator:
     a = torch.randn(size, size)
     b = torch.randn(size, size)
-    torch.mm(a, b)  # warm up the BLAS threads
-    rates: list[float] = []
-    deadline = time.perf_counter() + seconds
-    tries = 0
-    # past the deadline, a few more timings where there are too few for a median (a slow or busy CPU), but not forever
-    while time.perf_counter() < deadline or (len(rates) < MIN_GEMM_TIMINGS and tries < 10 * MIN_GEMM_TIMINGS):
-        tries += 1
-        start = cpu_seconds()
-        torch.mm(a, b)
-        elapsed = cpu_seconds() - start
-        if elapsed > 0:
-            rates.append(2.0 * size**3 / elapsed)
+    rates = _timed_rates(lambda: torch.mm(a, b), 2.0 * size**3, seconds)
+    peak = max(rates, default=0.0)
     try:
         import psutil  # optional
 
@@ -386,8 +431,9 @@ def _cpu_accelerator(size: int, seconds: float, threads: int) -> Accelerator:
     except ImportError:
         mem = float(_meminfo_total())
     # the copy bandwidth is itself a measured rate, so large copies reach all of it
-    return Accelerator("CPU", max(rates, default=0.0), mem, _copy_bandwidth(), CPU_LINK_BANDWIDTH, measured=True,
-                       gemm_efficiency=sustained_fraction(rates), memory_efficiency=1.0)
+    return Accelerator("CPU", peak, mem, _copy_bandwidth(), CPU_LINK_BANDWIDTH, measured=True,
+                       gemm_efficiency=sustained_fraction(rates), memory_efficiency=1.0,
+                       attention_efficiency=min(1.0, attention_rate() / peak) if peak > 0 else 0.0)
 
 
 def _copy_bandwidth(megabytes: int = 64, repeats: int = 3) -> float:

@@ -109,6 +109,31 @@ def test_a_reduce_scatter_over_gloo_moves_an_all_reduces_bytes():
     assert over_gloo["compute"] == over_nccl["compute"]
 
 
+def test_a_measured_attention_rate_prices_the_attention_forward_and_backward():
+    """An accelerator that carries its own attention rate (a CPU's, timed at start-up) gets its attention core at
+    that rate, the backward at FLASH_BACKWARD_FLOPS x the forward with no further discount (the timing ran the
+    backward); without one, the class default: FLASH_EFFICIENCY of the GEMM rate, the backward discounted."""
+    from dataclasses import replace
+
+    from flopwise.flops import causal_attention_flops
+    from flopwise.hardware import Accelerator
+    from flopwise.plan.cost import FLASH_EFFICIENCY
+
+    base = Accelerator("this-cpu", 1e12, 64e9, 20e9, 2e9, measured=True, gemm_efficiency=0.8)
+    training = Training(64, precision="fp32", software="flopwise")
+    default = CostModel(CFG, Cluster(base, 1), training)
+    timed = CostModel(CFG, Cluster(replace(base, attention_efficiency=0.25), 1), training)
+    flops = causal_attention_flops(CFG.seq_len, CFG.head_dim, CFG.heads, 2)
+    fwd, bwd = timed.layer_compute(1, False, 2)["attention"]
+    assert fwd == pytest.approx(flops / 0.25e12) and bwd == pytest.approx(2.5 * fwd)
+    fwd0, bwd0 = default.layer_compute(1, False, 2)["attention"]
+    assert fwd0 == pytest.approx(flops / (0.8e12 * FLASH_EFFICIENCY))
+    assert bwd0 == pytest.approx(2.5 * fwd0 / default.constants.backward_efficiency)
+    # nothing else moves: the GEMMs and the memory-bound rest are the same
+    for part in ("gemm", "elementwise"):
+        assert timed.layer_compute(1, False, 2)[part] == default.layer_compute(1, False, 2)[part]
+
+
 def test_tp_across_nodes_uses_the_slow_link():
     cm = model(gpus=16, gb=16)
     assert cm.bus_bandwidth(8) > 5 * cm.bus_bandwidth(16)

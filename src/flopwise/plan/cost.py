@@ -6,7 +6,9 @@ memory_efficiency)) (Williams et al. 2009, "Roofline"), so skinny per-device mat
 head_dim-sized attention batches, small micro-batches) fall below the large-GEMM rate by physics, not by a
 table. The backward pass is twice the forward's matmul work (dgrad + wgrad; Narayanan et al. 2021, section
 5.1: "the backward pass is twice as expensive"). FlashAttention (Dao 2023) executes only the causal half of
-the full-sequence attention FLOPs that flops.py counts, at FLASH_EFFICIENCY of the GEMM rate.
+the full-sequence attention FLOPs that flops.py counts, at FLASH_EFFICIENCY of the GEMM rate (on Hopper-class
+parts, a fraction of the peak by kernel class; where the accelerator carries a measured attention rate, a CPU's,
+at that rate, forward and backward alike: Accelerator.attention_efficiency).
 Non-matmul kernels (norms, activation functions, softmax, dropout, residual adds, RoPE) are memory-bound:
 their traffic is estimated from the activations they produce (plan/memory.py): each kept tensor is written
 once and read once in the forward (ELEMENTWISE_FWD_PASSES) and read, with its gradient written and read, in
@@ -92,8 +94,10 @@ from dataclasses import dataclass, field, replace
 
 from flopwise.errors import LayoutError, PlanError
 from flopwise.flops import (
+    FLASH_BACKWARD_FLOPS,
     Gemm,
     block_gemms,
+    causal_attention_flops,
     hardware_flops_per_token,
     head_gemm,
     model_flops_per_token,
@@ -114,10 +118,6 @@ from flopwise.plan.spec import SOFTWARE, Cluster, GemmFormat, Software, Training
 # FlashAttention-2 reaches 50-73% of A100 peak forward and less backward (Dao 2023, section 4.1), about 0.7
 # of what large GEMMs sustain.
 FLASH_EFFICIENCY = 0.7
-# A fused attention kernel's backward recomputes the scores (Q K^T) and runs four more matmuls (dV, dP, dQ, dK):
-# 5 against the forward's 2, i.e. 2.5 x the forward's FLOPs (Dao 2023, FlashAttention-2, section 3.1.2; its
-# benchmarks count backward FLOPs as 2.5 x forward). Unfused attention keeps the scores: 2 x, like a GEMM.
-FLASH_BACKWARD_FLOPS = 2.5
 ELEMENTWISE_FWD_PASSES = 2.0  # forward: each kept activation written once, read once
 ELEMENTWISE_BWD_PASSES = 3.0  # backward: activation read, its gradient written and read
 # Adam step (mixed precision): read fp32 master, grad, m, v (16 B), write master, m, v (12 B) and the
@@ -304,7 +304,12 @@ class CostModel:
         self.ew_factor = self._traffic(profile)
         # train.compile compiles the blocks only: the final norm before the head stays eager
         self.head_ew_factor = self._traffic(SOFTWARE[training.software]) if training.compiled else self.ew_factor
-        if self.acc.fp8_peak_flops > 0:  # Hopper-class tensor cores: the kernel class decides
+        # the backward's own slowness, already in a measured attention rate (Accelerator.attention_efficiency)
+        self.attention_backward_efficiency = self.constants.backward_efficiency
+        if self.acc.attention_efficiency > 0:
+            self.attention_rate = self.peak * self.acc.attention_efficiency
+            self.attention_backward_efficiency = 1.0
+        elif self.acc.fp8_peak_flops > 0:  # Hopper-class tensor cores: the kernel class decides
             fa2 = profile.attention_kernel == "fa2"
             self.attention_rate = self.peak * (self.constants.fa2_hopper_efficiency if fa2 else FA3_HOPPER_EFFICIENCY)
         else:
@@ -421,8 +426,7 @@ class CostModel:
         heads = math.ceil(cfg.heads / tp)
         d = cfg.head_dim
         if self.training.profile.attention == "flash":
-            flops = 4.0 * s * s * d * heads * mb * 0.5 / cp  # causal: the kernel skips the masked half
-            return flops / self.attention_rate
+            return causal_attention_flops(s, d, heads, mb) / cp / self.attention_rate
         return (self.gemm_time(s, d, s, heads * mb) + self.gemm_time(s, s, d, heads * mb)) / cp
 
     def _kept_activations(self, tp: int, sp: bool, mb: int, cp: int, recompute: str = "none") -> float:
@@ -457,7 +461,7 @@ class CostModel:
                 ew_bwd += g.count * per * tokens * n / self.hbm_rate
         attn_bwd = FLASH_BACKWARD_FLOPS if self.training.profile.attention == "flash" else 2.0
         eff = self.constants.backward_efficiency
-        return {"gemm": (gemm, 2.0 * gemm / eff), "attention": (attn, attn_bwd * attn / eff),
+        return {"gemm": (gemm, 2.0 * gemm / eff), "attention": (attn, attn_bwd * attn / self.attention_backward_efficiency),
                 "elementwise": (ew_fwd, ew_bwd)}
 
     def layer_cost(self, tp: int, sp: bool, mb: int, recompute: str, every: int = 1, cp: int = 1) -> LayerCost:
