@@ -54,6 +54,15 @@ def test_json_has_the_documented_keys_and_records_rejections(tmp_path, capsys):
     assert (tmp_path / "f.png").stat().st_size > 10_000
 
 
+def test_an_unwritable_plot_is_refused_before_the_replay(tmp_path, capsys):
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(JOBS)
+    code, out, err = run(capsys, "cluster", "simulate", str(jobs), "--nodes", "2", "--gpus-per-node", "4",
+                         "--plot", str(tmp_path))
+    assert code == 2 and "--plot" in err and "is a directory" in err and "Traceback" not in err
+    assert "avg" not in out.lower()  # nothing was replayed
+
+
 def test_table_output_and_a_quota_that_can_never_admit(tmp_path, capsys):
     jobs = tmp_path / "jobs.toml"
     jobs.write_text(JOBS.replace("[[jobs]]", '[[jobs]]\nqueue = "small"'))

@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
-from flopwise.hardware import get_accelerator, load_accelerator
+from flopwise.hardware import Accelerator, get_accelerator, load_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan.calibrate import Observation, fit
+from flopwise.plan.cost import CostModel
 from flopwise.plan.spec import Cluster, Training
 from flopwise.train.config import load_config
 from flopwise.train.trainer import train
@@ -112,3 +113,76 @@ def test_calibrate_explains_a_directory_without_measurements(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
     code, _, err = run(["plan", "calibrate", str(tmp_path)], capsys)
     assert code == 2 and "no plan_vs_measured record" in err
+
+
+def _record_run(directory, acc, layout, measured_s):
+    """A finished run's metrics file as the trainer writes it (forecast.comparison), on accelerator `acc`."""
+    from flopwise.train import forecast
+
+    model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, kv_heads=2, ffn=192, seq_len=64)
+    cm = CostModel(model, Cluster(acc, layout.gpus, layout.gpus), Training(8, precision="fp32", software="flopwise"))
+    record = forecast.comparison(cm, cm.evaluate(layout), measured_s, "cpu", 1e6, "saved", 3)
+    directory.mkdir()
+    (directory / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n' + json.dumps(record) + "\n")
+    return directory
+
+
+CPU = Accelerator("CPU", 1e11, 16e9, 20e9, 2e9, measured=True, gemm_efficiency=0.8, memory_efficiency=1.0,
+                  attention_efficiency=0.3)
+
+
+def test_runs_measured_on_different_cpu_starts_give_a_file_that_predicts_the_after_column(tmp_path, capsys):
+    """Each CPU run carries its own start-up measurement; the file holds one. The runs are set on the median of
+    theirs before the fit, so planning with the written file gives exactly what the report calls 'after'."""
+    accs = [dataclasses.replace(CPU, peak_flops=peak, attention_efficiency=eff, memory_bandwidth=bw)
+            for peak, eff, bw in ((1.0e11, 0.30, 20e9), (1.3e11, 0.20, 30e9), (0.8e11, 0.40, 25e9))]
+    layouts = [Layout(micro_batch=8), Layout(micro_batch=2), Layout(micro_batch=4, recompute="full")]
+    runs = [_record_run(tmp_path / f"run{i}", a, lay, 0.05 * (i + 1))
+            for i, (a, lay) in enumerate(zip(accs, layouts, strict=True))]
+    out = tmp_path / "cpu.toml"
+    code, text, err = run(["plan", "calibrate", str(runs[0]), str(runs[1]), "--holdout", str(runs[2]),
+                           "--fit", "gemm_efficiency", "--out", str(out), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(text)
+    acc = load_accelerator(out)
+    assert acc.peak_flops == pytest.approx(1.0e11) and acc.memory_bandwidth == pytest.approx(25e9)
+    assert acc.attention_efficiency * acc.peak_flops == pytest.approx(0.3e11)  # the median attention rate
+    model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, kv_heads=2, ffn=192, seq_len=64)
+    for row, layout in zip(report["runs"], layouts, strict=True):
+        planned = CostModel(model, Cluster(acc, 1, 1), Training(8, precision="fp32", software="flopwise"))
+        assert planned.evaluate(layout).busy_time == pytest.approx(row["predicted_after_s"], rel=1e-9)
+    # 'before' is what each run's own start-up measurement predicted: the trainer's figure
+    saved = [json.loads(r.joinpath("metrics.jsonl").read_text().splitlines()[-1]) for r in runs]
+    for row, record in zip(report["runs"], saved, strict=True):
+        assert row["predicted_before_s"] == pytest.approx(record["predicted_step_s"], rel=1e-9)
+
+
+def test_calibrate_refuses_what_it_cannot_fit_or_write(tmp_path, capsys):
+    a = _record_run(tmp_path / "a", CPU, Layout(micro_batch=8), 0.1)
+    b = _record_run(tmp_path / "b", CPU, Layout(micro_batch=2), 0.1)
+    gpu = _record_run(tmp_path / "gpu", get_accelerator("A100-80GB"), Layout(micro_batch=2), 0.1)
+    for args, message in (
+            ([a, "--fit", "eager_traffic"], "--fit eager_traffic: an accelerator file holds gemm_efficiency"),
+            ([a, b, "--fit", "gemm_efficiency,link_bandwidth"], "every run to fit on ran in one process"),
+            ([a, str(a) + "/"], "is given twice"),
+            ([a, b, "--holdout", b], "is given twice (to fit on and held out)"),
+            ([a, gpu], "different accelerators (A100-80GB, CPU)"),
+            ([tmp_path / "nosuch"], "no such run directory or metrics file"),
+            ([a, "--out", tmp_path], "is a directory: give a file name")):
+        code, _, err = run(["plan", "calibrate", *map(str, args)], capsys)
+        assert code == 2 and message in " ".join(err.split()), (args, err)
+        assert "Traceback" not in err
+
+
+def test_calibrate_warns_when_a_constant_stops_at_its_bound_or_the_holdout_gets_worse(tmp_path, capsys):
+    # measured 100x slower than any efficiency in bounds can explain (a run on a machine busy with other work)
+    slow = _record_run(tmp_path / "slow", CPU, Layout(micro_batch=8), 1000.0)
+    held = _record_run(tmp_path / "held", CPU, Layout(micro_batch=2), 0.01)
+    code, text, err = run(["plan", "calibrate", str(slow), "--holdout", str(held), "--json"], capsys)
+    assert code == 0, err
+    warnings = json.loads(text)["warnings"]
+    assert any("gemm_efficiency stopped at its bound" in w for w in warnings), warnings
+    assert any("held-out runs are predicted worse after calibrating" in w for w in warnings), warnings
+    code, text, err = run(["plan", "calibrate", str(slow), "--holdout", str(held)], capsys)
+    assert code == 0 and "warning: gemm_efficiency stopped at its bound" in " ".join(err.split())
+    assert "median |error|, held-out runs" in text and "error before" in text

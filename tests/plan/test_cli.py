@@ -85,6 +85,27 @@ def test_plan_errors_exit_2_with_an_explanation(capsys):
     assert code == 2 and "unknown preset" in err
 
 
+def test_output_files_are_checked_first_and_a_cpu_plan_is_fp32_by_default(tmp_path, capsys, monkeypatch):
+    code, _, err = run(["plan", "--preset", "nano", "--gpu", "cpu", "--gpus", "1", "--global-batch", "8",
+                        "--write-config", str(tmp_path)], capsys)
+    assert code == 2 and "--write-config" in err and "is a directory" in err and "Traceback" not in err
+    # the trainer's train.dtype = "auto": fp32 on a CPU, bf16 autocast on a GPU; the plan follows unless told
+    for gpu, precision in (("cpu", "fp32"), ("A100-80GB", "bf16")):
+        code, out, err = run(["plan", "--preset", "nano", "--gpu", gpu, "--gpus", "1", "--global-batch", "8",
+                              "--json"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["training"]["precision"] == precision
+    # a file the command cannot read or write, wherever it happens: one line, exit 2
+    import flopwise.cli.plan as plan_cli
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "runs/x/metrics.jsonl")
+
+    monkeypatch.setattr(plan_cli, "calibrate_runs", denied)
+    code, _, err = run(["plan", "calibrate", "runs/x"], capsys)
+    assert code == 2 and err.strip() == "error: runs/x/metrics.jsonl: Permission denied"
+
+
 def test_budget(capsys):
     code, out, _ = run(
         ["plan", "budget", "--params", "7e9", "--tokens", "1e12", "--gpus", "1024", "--mfu", "0.5", "--json"],
@@ -128,6 +149,7 @@ ODD_ROWS = """model,layers,hidden,heads,kv_heads,ffn,mlp,vocab,seq,gpu,gpus,glob
 experts,top_k,precision,recompute
 dense,4,256,4,4,1024,gelu,512,128,A100-80GB,8,64,0.01,,,,,
 unknown gpu,4,256,4,4,1024,gelu,512,128,Z9000-XL,8,64,0.01,,,,,
+this cpu,4,256,4,4,1024,gelu,512,128,CPU,8,64,0.01,,,,,
 moe,4,256,4,4,512,swiglu,512,128,H100,8,64,0.01,,8,2,,
 moe without experts,4,256,4,4,512,swiglu,512,128,H100,8,64,0.01,,,,,
 negative width,4,-5,4,4,1024,gelu,512,128,A100,8,64,0.01,,,,,
@@ -154,6 +176,7 @@ def test_validate_odd_rows_each_get_a_prediction_or_a_reason(capsys, tmp_path):
     assert rows["moe"]["predicted_s"] > rows["moe without experts"]["predicted_s"]
     reasons = {
         "unknown gpu": "unknown accelerator 'Z9000-XL'",
+        "this cpu": "gpu = 'cpu': a row names the accelerator it ran on",
         "negative width": "'hidden' = -5",
         "nan measured": "finite",
         "text heads": "'heads' = 'abc'",

@@ -33,6 +33,7 @@ from flopwise.cluster.traces import (
     read_pollux,
 )
 from flopwise.errors import ConfigError
+from flopwise.outputs import output_file
 
 app = typer.Typer(
     help="A shared GPU pool: queues with quotas, gang scheduling, preemption. `simulate` replays a workload.",
@@ -108,6 +109,8 @@ def simulate_cmd(
     for name, value in (("nodes", nodes), ("gpus-per-node", gpus_per_node)):
         if value is not None and value < 1:
             raise ConfigError(f"--{name} {value}: must be a positive integer")
+    if plot is not None:
+        output_file(plot, "--plot")  # before the replay, not after it
     config = SimConfig(policy, interval, restart_penalty, seed, node_mtbf, placement=placement)
     spec = _cluster(fmt, cluster, nodes, gpus_per_node, gpu)
     planner = PlannerSpeeds(planner_cache)

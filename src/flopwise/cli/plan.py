@@ -21,9 +21,9 @@ from flopwise.errors import ConfigError, PlanError
 from flopwise.hardware import GB, resolve_accelerator, write_accelerator
 from flopwise.layout import parse_layout
 from flopwise.models.config import ModelConfig, get_preset, preset_names
+from flopwise.outputs import output_file
 from flopwise.plan.budget import budget as compute_budget
-from flopwise.plan.calibrate import default_constants, run_observation
-from flopwise.plan.calibrate import fit as fit_constants
+from flopwise.plan.calibrate import DEVICE_CONSTANTS, calibrate_runs
 from flopwise.plan.cost import Plan
 from flopwise.plan.memory import PRINTED_PARTS
 from flopwise.plan.search import search
@@ -150,9 +150,9 @@ def plan(
     global_batch: int = typer.Option(None, help="sequences per optimizer step", callback=POSITIVE_INT),
     tokens: float = typer.Option(0.0, help="tokens to train (for days and GPU-hours)", callback=NON_NEGATIVE),
     precision: str = typer.Option(
-        "bf16", help="bf16 | fp16 | fp32 | fp8 (FP8 linear layers, Hopper and newer) | mxfp8 (block-scaled FP8, "
-                     "Blackwell: B200, GB200) | nvfp4 (NVIDIA's 4-bit block-scaled format, Blackwell); flopwise's "
-                     "trainer runs bf16 and fp32"
+        None, help="bf16 | fp16 | fp32 | fp8 (FP8 linear layers, Hopper and newer) | mxfp8 (block-scaled FP8, "
+                   "Blackwell: B200, GB200) | nvfp4 (NVIDIA's 4-bit block-scaled format, Blackwell); flopwise's "
+                   "trainer runs bf16 and fp32 (default: bf16 on a GPU, fp32 on a measured CPU, as the trainer runs)"
     ),
     software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),
     attention: str = typer.Option(
@@ -188,8 +188,11 @@ def plan(
     if split not in ("balanced", "uniform"):
         raise ConfigError(f"--split {split!r}: must be balanced or uniform")
     model = _model(preset, layers, hidden, heads, kv_heads, ffn, mlp, vocab, seq, lfa)
+    accelerator = resolve_accelerator(gpu)
+    if precision is None:  # the trainer's train.dtype = "auto": bf16 autocast on a GPU, fp32 on a CPU
+        precision = "fp32" if accelerator.measured else "bf16"
     cluster = Cluster(
-        resolve_accelerator(gpu),
+        accelerator,
         gpus,
         gpus_per_node,
         intra_gbps * GB if intra_gbps else None,
@@ -201,6 +204,8 @@ def plan(
     if write_config is not None and (software != "flopwise" or precision not in TRAINER_PRECISIONS):
         raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
                           f"{' or '.join(TRAINER_PRECISIONS)} (got --software {software}, --precision {precision})")
+    if write_config is not None:
+        output_file(write_config, "--write-config")
     fixed = parse_layout(layout) if layout else {}
     result = search(model, cluster, training, fixed, top=top, split=split)
     if write_config is not None:
@@ -302,7 +307,7 @@ def budget_cmd(
 @app.command("validate")
 def validate_cmd(
     files: list[Path] = typer.Argument(
-        ..., help="published-runs CSV file(s) (see shared/published/README.md)"
+        ..., help="published-runs CSV file(s) (the format: ../shared/published/README.md beside the repository)"
     ),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     software: str = typer.Option(
@@ -364,39 +369,43 @@ def calibrate_cmd(
     runs: list[Path] = typer.Argument(..., help="run directories of finished `flopwise train` runs to fit on"),
     holdout: list[Path] = typer.Option(None, "--holdout", help="runs to report the error on, not fitted (repeatable)"),
     fit: str = typer.Option(
-        None, "--fit", help="constants to fit, comma-separated: gemm_efficiency, memory_efficiency, link_bandwidth "
-        "(default: what the runs can tell apart)"
+        None, "--fit", help="constants to fit, comma-separated: " + ", ".join(DEVICE_CONSTANTS)
+        + " (default: what the runs can tell apart)"
     ),
     out: Path = typer.Option(None, "--out", help="write the calibrated accelerator here (TOML for --gpu)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
-    """Fit the device constants to your measured runs; write an accelerator TOML that `flopwise plan --gpu` uses."""
-    observations = [run_observation(r) for r in runs]
-    held = [run_observation(r) for r in holdout or []]
-    names = [n.strip() for n in fit.split(",") if n.strip()] if fit else default_constants(observations)
-    result = fit_constants(observations, names)
-    rows = []
-    for kind, obs, before, after in (
-        [("fit", o, b, a) for o, b, a in zip(observations, result.before, result.after, strict=True)]
-        + [("holdout", o, o.predict(), o.predict(result.constants)) for o in held]
-    ):
-        rows.append({"run": obs.label, "role": kind, "layout": obs.layout.short(), "measured_s": obs.measured_step_s,
-                     "predicted_before_s": before, "predicted_after_s": after,
-                     "error_before": before / obs.measured_step_s - 1, "error_after": after / obs.measured_step_s - 1})
+    """Fit the device constants to your measured runs; write an accelerator TOML that `flopwise plan --gpu` uses.
+
+    Runs on a measured CPU are set on one measurement first (the median of theirs), so planning with the file
+    gives the 'after' column."""
     if out is not None:
-        write_accelerator(result.accelerator(), out)
+        output_file(out, "--out")
+    names = [n.strip() for n in fit.split(",") if n.strip()] if fit else None
+    report = calibrate_runs(runs, holdout or [], names)
+    if out is not None:
+        write_accelerator(report.accelerator, out)
     if as_json:
-        print(json.dumps({"constants": result.constants, "runs": rows, "out": str(out) if out else None}, indent=2))
+        print(json.dumps({"constants": report.constants, "runs": report.rows, "warnings": report.warnings,
+                          "out": str(out) if out else None}, indent=2))
         return
     table = Table(title="planner vs measured step time, before and after calibration", header_style="bold")
-    for col in ("run", "role", "layout", "measured s", "before s", "after s", "error after"):
+    for col in ("run", "role", "layout", "measured s", "before s", "error before", "after s", "error after"):
         table.add_column(col, overflow="fold", justify="left" if col in ("run", "role", "layout") else "right")
-    for r in rows:
+    for r in report.rows:
         table.add_row(r["run"], r["role"], r["layout"], f"{r['measured_s']:.3g}", f"{r['predicted_before_s']:.3g}",
-                      f"{r['predicted_after_s']:.3g}", f"{100 * r['error_after']:+.1f}%")
+                      f"{100 * r['error_before']:+.1f}%", f"{r['predicted_after_s']:.3g}",
+                      f"{100 * r['error_after']:+.1f}%")
     console.print(table)
+    for role in ("fit", "holdout"):
+        before, after = report.median_error(role, "error_before"), report.median_error(role, "error_after")
+        if before is not None:
+            console.print(f"median |error|, {'runs fitted on' if role == 'fit' else 'held-out runs'}: "
+                          f"{100 * before:.1f}% before, {100 * after:.1f}% after")
     fitted = ", ".join(f"{k} = {v / 1e9:.3g} GB/s" if k == "link_bandwidth" else f"{k} = {v:.3g}"
-                       for k, v in result.constants.items())
+                       for k, v in report.constants.items())
     console.print(f"fitted: {fitted}")
+    for warning in report.warnings:
+        err_console.print(f"warning: {warning}", highlight=False)
     if out is not None:
         console.print(f"wrote {out}; plan with it: flopwise plan --gpu {out} ...")

@@ -48,6 +48,9 @@ CONSTANTS = {
     "backward_efficiency": (0.5, 1.0),
 }
 MODEL_CONSTANTS = tuple(f.name for f in dataclasses.fields(Constants))
+# what an accelerator file holds, and so what `flopwise plan calibrate` fits (the cost model's own constants are
+# fitted to published runs: benchmarks/planner_fit.py)
+DEVICE_CONSTANTS = tuple(c for c in CONSTANTS if c not in MODEL_CONSTANTS)
 
 
 def _split(values: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
@@ -155,6 +158,8 @@ def fit(observations: list[Observation], constants: tuple[str, ...] | list[str] 
 
 def _metrics_file(run_dir: str | Path) -> Path:
     path = Path(run_dir)
+    if not path.exists():
+        raise DataError(f"run {path}: no such run directory or metrics file")
     return path / "metrics.jsonl" if path.is_dir() else path
 
 
@@ -202,3 +207,93 @@ def default_constants(observations: list[Observation]) -> list[str]:
     if any(o.layout.gpus > 1 for o in observations):
         names.append("link_bandwidth")
     return names[: len(observations)]
+
+
+def on_one_device(observations: list[Observation]) -> list[Observation]:
+    """The observations set on one accelerator, the one an accelerator file can describe. Runs on a measured CPU
+    each carry their own start-up measurement (peak, bandwidth, efficiencies), which differ from run to run; they are
+    set on the median of each (the attention's rate, peak x efficiency, as a rate), so the calibrated file predicts
+    what the fit reports. Runs on different accelerators are refused: one file, one device."""
+    accs = [o.cluster.accelerator for o in observations]
+    names = sorted({a.name for a in accs})
+    if len(names) > 1:
+        raise ConfigError(f"the runs ran on different accelerators ({', '.join(names)}): calibrate one at a time")
+    if all(a == accs[0] for a in accs):
+        return list(observations)
+
+    def median(field: str) -> float:
+        return float(np.median([getattr(a, field) for a in accs]))
+
+    floats = [f.name for f in dataclasses.fields(Accelerator) if f.type in (float, "float")]
+    reference = dataclasses.replace(accs[0], **{f: median(f) for f in floats})
+    if reference.peak_flops > 0:  # the median attention rate, not the median of fractions of different peaks
+        rate = float(np.median([a.attention_efficiency * a.peak_flops for a in accs]))
+        reference = dataclasses.replace(reference, attention_efficiency=min(1.0, rate / reference.peak_flops))
+    return [dataclasses.replace(o, cluster=dataclasses.replace(o.cluster, accelerator=reference)) for o in observations]
+
+
+def check_device_constants(names: list[str], observations: list[Observation]) -> None:
+    """Refuse constants an accelerator file cannot hold or these runs cannot constrain."""
+    other = [n for n in names if n not in DEVICE_CONSTANTS]
+    if other:
+        raise ConfigError(f"--fit {', '.join(other)}: an accelerator file holds {', '.join(DEVICE_CONSTANTS)}; the cost "
+                          "model's own constants are fitted to published runs (benchmarks/planner_fit.py)")
+    if "link_bandwidth" in names and not any(o.layout.gpus > 1 for o in observations):
+        raise ConfigError("--fit link_bandwidth: every run to fit on ran in one process, so none of them uses the link")
+    if "memory_efficiency" in names and not all(o.cluster.accelerator.memory_bandwidth > 0 for o in observations):
+        raise ConfigError("--fit memory_efficiency: the accelerator has no memory-bandwidth figure to scale")
+
+
+def _distinct(runs: list[Path], holdout: list[Path]) -> None:
+    seen: dict[Path, str] = {}
+    for role, paths in (("to fit on", runs), ("held out", holdout)):
+        for path in paths:
+            key = Path(path).resolve()
+            if key in seen:
+                raise ConfigError(f"run {path} is given twice ({seen[key]} and {role}): each run counts once")
+            seen[key] = role
+
+
+@dataclass
+class Report:
+    """What `flopwise plan calibrate` prints: per run, its prediction before (the trainer's own, from the run's
+    start-up measurement) and after (the calibrated accelerator's, which the written file reproduces)."""
+    constants: dict[str, float]
+    accelerator: Accelerator
+    rows: list[dict]
+    warnings: list[str]
+
+    def median_error(self, role: str, key: str) -> float | None:
+        errors = [abs(r[key]) for r in self.rows if r["role"] == role]
+        return float(np.median(errors)) if errors else None
+
+
+def calibrate_runs(runs: list[str | Path], holdout: list[str | Path] = (), names: list[str] | None = None) -> Report:
+    """Fit the device constants `names` (default: what the runs can tell apart) to finished training runs and score
+    the held-out ones, every run on one accelerator (`on_one_device`)."""
+    _distinct([Path(r) for r in runs], [Path(r) for r in holdout])
+    fit_on, held = [run_observation(r) for r in runs], [run_observation(r) for r in holdout]
+    names = list(names) if names else default_constants(fit_on)
+    check_device_constants(names, fit_on)
+    device = on_one_device(fit_on + held)
+    result = fit(device[: len(fit_on)], names)
+    rows = []
+    for role, own, obs in [("fit", o, d) for o, d in zip(fit_on, device[: len(fit_on)], strict=True)] + [
+            ("holdout", o, d) for o, d in zip(held, device[len(fit_on):], strict=True)]:
+        before, after = own.predict(), obs.predict(result.constants)
+        rows.append({"run": own.label, "role": role, "layout": own.layout.short(), "measured_s": own.measured_step_s,
+                     "predicted_before_s": before, "predicted_after_s": after,
+                     "error_before": before / own.measured_step_s - 1, "error_after": after / own.measured_step_s - 1})
+    report = Report(result.constants, result.accelerator(), rows, [])
+    for name, value in result.constants.items():
+        lo, hi = CONSTANTS[name]
+        if value <= lo * 1.0001 or value >= hi * 0.9999:
+            report.warnings.append(
+                f"{name} stopped at its bound ({value:.3g}): the model cannot match these runs with it; check that "
+                "they ran alone (on a CPU, time per thread grows when other processes share the cores)")
+    before, after = report.median_error("holdout", "error_before"), report.median_error("holdout", "error_after")
+    if before is not None and after > before:
+        report.warnings.append(
+            f"the held-out runs are predicted worse after calibrating (median |error| {100 * before:.1f}% -> "
+            f"{100 * after:.1f}%): the runs fitted on do not stand for them (a busy machine, or too few layouts)")
+    return report

@@ -563,10 +563,10 @@ class CostModel:
         out = moe.model_states(self.model, "fp32" if autocast else t.precision, layout, params, layers)
         out["weight_copies"] = params * t.dtype_bytes if autocast else 0.0  # autocast's casts, saved for backward
         per_layer = mem.mean_layer_activation_bytes(self.model, t, layout)
-        acts = layers * mem.in_flight(layout, stage, microbatches) * per_layer
-        if layout.recompute == "full" and layers:  # one layer's activations alive while it is recomputed
-            acts += mem.layer_activation_bytes(self.model, t, layout, recompute="none")
-        out["activations"] = acts
+        out["activations"] = layers * mem.in_flight(layout, stage, microbatches) * per_layer
+        # one layer's activations alive while it is recomputed in the backward (no saved tensor: a part of its own)
+        out["recompute_layer"] = (mem.layer_activation_bytes(self.model, t, layout, recompute="none")
+                                  if layout.recompute == "full" and layers else 0.0)
         logits = 0.0
         if stage == layout.pp - 1:
             n = mem.in_flight(layout, stage, microbatches) if layout.schedule == "gpipe" else 1

@@ -181,10 +181,11 @@ def loss_backward_bytes(cfg: ModelConfig, training: Training, layout: Layout) ->
     return logits_per_rank(cfg, training, layout) * 8 if training.profile.eager_loss else 0.0
 
 
-# The memory parts a printed table shows in one column (flopwise plan, flopwise train's pipeline table): the eager
-# loss's backward gradients beside the logits, autocast's weight copies with the framework's other tensors.
+# The memory parts a printed table shows in one column (flopwise plan, flopwise train's pipeline table): the layer
+# being recomputed with the saved activations, the eager loss's backward gradients beside the logits, autocast's
+# weight copies with the framework's other tensors.
 PRINTED_PARTS = {"params": ("params",), "grads": ("grads",), "optimizer": ("optimizer",),
-                 "activations": ("activations",), "logits": ("logits", "loss_backward"),
+                 "activations": ("activations", "recompute_layer"), "logits": ("logits", "loss_backward"),
                  "other": ("other", "weight_copies"), "total": ("total",)}
 
 

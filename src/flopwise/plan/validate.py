@@ -73,6 +73,9 @@ def _accelerator(text: str, notes: list[str]) -> Accelerator:
     if not text:
         notes.append("gpu blank: A100-80GB assumed (the published Megatron runs' GPU)")
         return resolve_accelerator("A100-80GB")
+    if text.lower() == "cpu":  # `--gpu cpu` measures this machine, which ran none of these rows
+        raise DataError("gpu = 'cpu': a row names the accelerator it ran on; runs on this machine's CPU are checked "
+                        "with `flopwise plan calibrate`")
     try:
         return resolve_accelerator(text)
     except ConfigError:
@@ -312,7 +315,8 @@ def validate_files(paths: list[str | Path], software: str | None = None) -> dict
         missing -= set(data[0])
         if missing:
             raise DataError(
-                f"{path}: missing column(s) {', '.join(sorted(missing))} (see shared/published/README.md)"
+                f"{path}: missing column(s) {', '.join(sorted(missing))} "
+                "(the format: ../shared/published/README.md beside the repository)"
             )
         got = validate_rows(data, path.name, software)
         files[path.name] = summarise(got)

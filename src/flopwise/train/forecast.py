@@ -67,9 +67,10 @@ def stage_table(plan: Plan) -> list[dict]:
 def tensor_bytes(stage: dict, transients: bool = True) -> float:
     """What a stage's tensors take: the planner's total without the framework's reserve (CUDA context and
     workspaces), comparable with the allocator's peak on a GPU or the growth of peak RSS on a CPU. Without
-    `transients`, also without what lives only inside a backward kernel (the eager loss's gradients), for a
-    measurement of saved tensors (train/memory_probe.py)."""
-    return stage["total"] - mem.RESERVED_BYTES - (0.0 if transients else stage.get("loss_backward", 0.0))
+    `transients`, also without what lives only inside the backward (the eager loss's gradients, the layer being
+    recomputed), for a measurement of saved tensors (train/memory_probe.py)."""
+    backward_only = stage.get("loss_backward", 0.0) + stage.get("recompute_layer", 0.0)
+    return stage["total"] - mem.RESERVED_BYTES - (0.0 if transients else backward_only)
 
 
 def comparison(cm: CostModel, plan: Plan, measured_step_s: float, clock: str, measured_memory: float,
