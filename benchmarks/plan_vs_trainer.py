@@ -77,37 +77,38 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import make_shards
 
-    from flopwise.plan.calibrate import default_constants, fit, run_observation
+    from flopwise.plan.calibrate import calibrate_runs
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="flopwise-plan-vs-trainer-"))
     shards = make_shards(work / "shards", vocab_size=2048, docs=300)
-    observations, records = {}, {}
+    dirs, records = {}, {}
     for name, (world, overrides, _) in LAYOUTS.items():
-        out = work / name.replace(" ", "-")
+        dirs[name] = out = work / name.replace(" ", "-")
         start = time.time()
         run_layout(shards, world, overrides, str(out), args.steps)
-        observations[name] = run_observation(out)
         records[name] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
         print(f"{name}: {time.time() - start:.0f} s", file=sys.stderr)
-    fitted = [observations[n] for n, (_, _, f) in LAYOUTS.items() if f]
-    constants = default_constants(fitted)
-    result = fit(fitted, constants)
+    # the same fit as `flopwise plan calibrate` (every run set on the fitted runs' median CPU measurement)
+    fit_names = [n for n, (_, _, f) in LAYOUTS.items() if f]
+    held_names = [n for n in LAYOUTS if n not in fit_names]
+    report = calibrate_runs([dirs[n] for n in fit_names], [dirs[n] for n in held_names])
     rows = []
-    for name, (_, _, is_fit) in LAYOUTS.items():
-        obs, rec = observations[name], records[name]
-        after = obs.predict(result.constants)
+    for name, row in zip(fit_names + held_names, report.rows, strict=True):
+        rec = records[name]
         rows.append({
-            "layout": name, "role": "fit" if is_fit else "held out", "measured_s": obs.measured_step_s,
-            "predicted_before_s": rec["predicted_step_s"], "predicted_after_s": after,
-            "error_before": rec["step_time_error"], "error_after": after / obs.measured_step_s - 1,
+            "layout": name, "role": "fit" if row["role"] == "fit" else "held out", "measured_s": row["measured_s"],
+            "predicted_before_s": row["predicted_before_s"], "predicted_after_s": row["predicted_after_s"],
+            "error_before": row["error_before"], "error_after": row["error_after"],
             "predicted_memory_mb": rec["predicted_memory_bytes"] / 1e6,
             "measured_memory_mb": rec["measured_memory_bytes"] / 1e6, "memory_error": rec["memory_error"],
         })
+    rows.sort(key=lambda r: list(LAYOUTS).index(r["layout"]))
     meta = {"device": f"CPU ({platform.machine()}, {os.cpu_count()} cores), gloo, 1 thread per rank",
-            "peak_flops_per_rank": fitted[0].cluster.accelerator.peak_flops, "torch": torch.__version__,
+            "peak_flops_per_rank": report.accelerator.peak_flops, "torch": torch.__version__,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
-            "fitted": result.constants, "clock": records[next(iter(records))]["step_clock"]}
+            "fitted": report.constants, "warnings": report.warnings,
+            "clock": records[next(iter(records))]["step_clock"]}
     print(json.dumps(meta))
     print("\n| layout | role | measured s | predicted before | error | predicted after | error | memory planner / "
           "measured MB |")

@@ -118,8 +118,8 @@ class Accelerator:
     measured: bool = False  # True when the peak was measured here, not taken from a datasheet
     gemm_efficiency: float = 0.75  # sustained fraction of peak for large GEMMs (see module docstring)
     memory_efficiency: float = 0.85  # fraction of memory_bandwidth that streaming kernels reach
-    # fused causal attention's sustained rate, forward and backward together, as a fraction of peak_flops; 0: the
-    # cost model's default for the part's class (see module docstring; measured on a CPU)
+    # fused causal attention's sustained rate, forward and backward together, as a fraction of peak_flops; 0 (a TOML
+    # file leaves the key out): the cost model's default for the part's class (module docstring; measured on a CPU)
     attention_efficiency: float = 0.0
     fp8_peak_flops: float = 0.0  # dense FP8 FLOP/s; 0: no FP8 tensor cores
     fp4_peak_flops: float = 0.0  # dense FP4 FLOP/s (NVFP4 training); 0: no FP4 tensor cores

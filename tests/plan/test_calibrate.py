@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from flopwise.errors import ConfigError
 from flopwise.hardware import Accelerator, get_accelerator, load_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
@@ -132,21 +133,28 @@ CPU = Accelerator("CPU", 1e11, 16e9, 20e9, 2e9, measured=True, gemm_efficiency=0
 
 
 def test_runs_measured_on_different_cpu_starts_give_a_file_that_predicts_the_after_column(tmp_path, capsys):
-    """Each CPU run carries its own start-up measurement; the file holds one. The runs are set on the median of
-    theirs before the fit, so planning with the written file gives exactly what the report calls 'after'."""
-    accs = [dataclasses.replace(CPU, peak_flops=peak, attention_efficiency=eff, memory_bandwidth=bw)
-            for peak, eff, bw in ((1.0e11, 0.30, 20e9), (1.3e11, 0.20, 30e9), (0.8e11, 0.40, 25e9))]
-    layouts = [Layout(micro_batch=8), Layout(micro_batch=2), Layout(micro_batch=4, recompute="full")]
+    """Each CPU run carries its own start-up measurement; the file holds one. The runs are set on the median of the
+    fitted runs' measurements (each efficiency as a rate), so planning with the written file gives exactly what the
+    report calls 'after'; the held-out run's own measurement does not shape it."""
+    fit_accs = [dataclasses.replace(CPU, peak_flops=peak, gemm_efficiency=gemm, attention_efficiency=att,
+                                    memory_bandwidth=bw)
+                for peak, gemm, att, bw in ((1.0e11, 0.8, 0.30, 20e9), (1.2e11, 0.7, 0.20, 30e9),
+                                            (1.1e11, 0.9, 0.40, 25e9))]
+    held_acc = dataclasses.replace(CPU, peak_flops=0.9e11, attention_efficiency=0.9, memory_bandwidth=90e9)
+    layouts = [Layout(micro_batch=8), Layout(micro_batch=2), Layout(micro_batch=1),
+               Layout(micro_batch=4, recompute="full")]
     runs = [_record_run(tmp_path / f"run{i}", a, lay, 0.05 * (i + 1))
-            for i, (a, lay) in enumerate(zip(accs, layouts, strict=True))]
+            for i, (a, lay) in enumerate(zip([*fit_accs, held_acc], layouts, strict=True))]
     out = tmp_path / "cpu.toml"
-    code, text, err = run(["plan", "calibrate", str(runs[0]), str(runs[1]), "--holdout", str(runs[2]),
-                           "--fit", "gemm_efficiency", "--out", str(out), "--json"], capsys)
+    code, text, err = run(["plan", "calibrate", *map(str, runs[:3]), "--holdout", str(runs[3]),
+                           "--fit", "memory_efficiency", "--out", str(out), "--json"], capsys)
     assert code == 0, err
     report = json.loads(text)
     acc = load_accelerator(out)
-    assert acc.peak_flops == pytest.approx(1.0e11) and acc.memory_bandwidth == pytest.approx(25e9)
-    assert acc.attention_efficiency * acc.peak_flops == pytest.approx(0.3e11)  # the median attention rate
+    assert acc.peak_flops == pytest.approx(1.1e11) and acc.memory_bandwidth == pytest.approx(25e9)
+    # medians of the rates (0.8, 0.84, 0.99 and 0.30, 0.24, 0.44 x 1e11), not of the fractions (0.8 and 0.3)
+    assert acc.gemm_efficiency * acc.peak_flops == pytest.approx(0.84e11)
+    assert acc.attention_efficiency * acc.peak_flops == pytest.approx(0.30e11)
     model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, kv_heads=2, ffn=192, seq_len=64)
     for row, layout in zip(report["runs"], layouts, strict=True):
         planned = CostModel(model, Cluster(acc, 1, 1), Training(8, precision="fp32", software="flopwise"))
@@ -157,6 +165,26 @@ def test_runs_measured_on_different_cpu_starts_give_a_file_that_predicts_the_aft
         assert row["predicted_before_s"] == pytest.approx(record["predicted_step_s"], rel=1e-9)
 
 
+def test_one_device_takes_only_the_rates_runs_measured_and_refuses_other_thread_counts():
+    from flopwise.plan.calibrate import on_one_device
+
+    model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, kv_heads=2, ffn=192, seq_len=64)
+
+    def obs(**acc):
+        return Observation(model, Cluster(dataclasses.replace(CPU, **acc), 1, 1), Training(8, precision="fp32"),
+                           Layout(micro_batch=8), 0.1, clock="cpu")
+
+    # a record written before the attention was timed reads 0: the median is over the runs that timed it
+    old, new = obs(peak_flops=1.0e11, attention_efficiency=0.0), obs(peak_flops=1.0e11, attention_efficiency=0.3)
+    assert [o.cluster.accelerator.attention_efficiency for o in on_one_device([old, new, old])] == [0.3] * 3
+    # a held-out run is set on the fitted runs' measurement, whatever its own
+    fitted, held = on_one_device([new], [obs(peak_flops=1.2e11, attention_efficiency=0.5)])
+    assert held.cluster.accelerator == fitted.cluster.accelerator == new.cluster.accelerator
+    # one rank of a two-process run (one thread each) against a two-thread single process: no one file
+    with pytest.raises(ConfigError, match="different threads per process"):
+        on_one_device([obs(peak_flops=1.0e11), obs(peak_flops=2.0e11)])
+
+
 def test_calibrate_refuses_what_it_cannot_fit_or_write(tmp_path, capsys):
     a = _record_run(tmp_path / "a", CPU, Layout(micro_batch=8), 0.1)
     b = _record_run(tmp_path / "b", CPU, Layout(micro_batch=2), 0.1)
@@ -165,6 +193,7 @@ def test_calibrate_refuses_what_it_cannot_fit_or_write(tmp_path, capsys):
             ([a, "--fit", "eager_traffic"], "--fit eager_traffic: an accelerator file holds gemm_efficiency"),
             ([a, b, "--fit", "gemm_efficiency,link_bandwidth"], "every run to fit on ran in one process"),
             ([a, str(a) + "/"], "is given twice"),
+            ([a, a / "metrics.jsonl"], "is given twice"),
             ([a, b, "--holdout", b], "is given twice (to fit on and held out)"),
             ([a, gpu], "different accelerators (A100-80GB, CPU)"),
             ([tmp_path / "nosuch"], "no such run directory or metrics file"),
@@ -181,8 +210,18 @@ def test_calibrate_warns_when_a_constant_stops_at_its_bound_or_the_holdout_gets_
     code, text, err = run(["plan", "calibrate", str(slow), "--holdout", str(held), "--json"], capsys)
     assert code == 0, err
     warnings = json.loads(text)["warnings"]
-    assert any("gemm_efficiency stopped at its bound" in w for w in warnings), warnings
+    assert any("gemm_efficiency stopped at its lower bound" in w for w in warnings), warnings
     assert any("held-out runs are predicted worse after calibrating" in w for w in warnings), warnings
     code, text, err = run(["plan", "calibrate", str(slow), "--holdout", str(held)], capsys)
-    assert code == 0 and "warning: gemm_efficiency stopped at its bound" in " ".join(err.split())
+    assert code == 0 and "warning: gemm_efficiency stopped at its lower bound" in " ".join(err.split())
     assert "median |error|, held-out runs" in text and "error before" in text
+    # a measured CPU's memory efficiency starts at its bound (1): runs a little faster than planned leave it there,
+    # which is no news
+    fast = [_record_run(tmp_path / f"fast{i}", CPU, Layout(micro_batch=mb), 0.0) for i, mb in enumerate((8, 2))]
+    for directory in fast:  # measured 5% faster than planned
+        record = json.loads((directory / "metrics.jsonl").read_text().splitlines()[-1])
+        record["measured_step_s"] = record["predicted_step_s"] / 1.05
+        (directory / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    code, text, err = run(["plan", "calibrate", *map(str, fast), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(text)["warnings"] == []

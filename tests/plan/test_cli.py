@@ -104,6 +104,15 @@ def test_output_files_are_checked_first_and_a_cpu_plan_is_fp32_by_default(tmp_pa
     monkeypatch.setattr(plan_cli, "calibrate_runs", denied)
     code, _, err = run(["plan", "calibrate", "runs/x"], capsys)
     assert code == 2 and err.strip() == "error: runs/x/metrics.jsonl: Permission denied"
+    # a broken connection is no bad input: it keeps its traceback
+    from flopwise.cli import main
+
+    def broken(*args, **kwargs):
+        raise ConnectionResetError(104, "Connection reset by peer", "127.0.0.1:29500")
+
+    monkeypatch.setattr(plan_cli, "calibrate_runs", broken)
+    with pytest.raises(ConnectionResetError):
+        main(["plan", "calibrate", "runs/x"])
 
 
 def test_budget(capsys):

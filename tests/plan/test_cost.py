@@ -132,6 +132,10 @@ def test_a_measured_attention_rate_prices_the_attention_forward_and_backward():
     # nothing else moves: the GEMMs and the memory-bound rest are the same
     for part in ("gemm", "elementwise"):
         assert timed.layer_compute(1, False, 2)[part] == default.layer_compute(1, False, 2)[part]
+    # unfused attention runs as GEMMs, forward and backward: the timed fused kernel's rate says nothing about it
+    unfused = Training(64, precision="fp32", software="torch-eager", attention="unfused")
+    assert (CostModel(CFG, Cluster(replace(base, attention_efficiency=0.25), 1), unfused).layer_compute(1, False, 2)
+            == CostModel(CFG, Cluster(base, 1), unfused).layer_compute(1, False, 2))
 
 
 def test_tp_across_nodes_uses_the_slow_link():

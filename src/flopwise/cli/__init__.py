@@ -105,8 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
-    except OSError as exc:  # a file or folder a command reads or writes: one line, like any other bad input
-        print_error(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
+    except OSError as exc:
+        # a file or folder a command reads or writes: one line, like any other bad input; a broken connection or
+        # pipe, or an error without a file, keeps its traceback
+        if not exc.filename or not exc.strerror or isinstance(exc, ConnectionError):
+            raise
+        print_error(f"{exc.filename}: {exc.strerror}")
         sys.exit(2)
     if isinstance(status, int) and status:  # without standalone mode, click returns Exit's code
         sys.exit(status)

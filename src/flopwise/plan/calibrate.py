@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,27 +210,46 @@ def default_constants(observations: list[Observation]) -> list[str]:
     return names[: len(observations)]
 
 
-def on_one_device(observations: list[Observation]) -> list[Observation]:
-    """The observations set on one accelerator, the one an accelerator file can describe. Runs on a measured CPU
-    each carry their own start-up measurement (peak, bandwidth, efficiencies), which differ from run to run; they are
-    set on the median of each (the attention's rate, peak x efficiency, as a rate), so the calibrated file predicts
-    what the fit reports. Runs on different accelerators are refused: one file, one device."""
-    accs = [o.cluster.accelerator for o in observations]
+# each efficiency is a fraction of a measured rate: its median is taken as a rate (fraction x base) over the runs that
+# carry one (an older record has no attention efficiency: 0), then divided by the median base
+_FRACTION_OF = {"gemm_efficiency": "peak_flops", "attention_efficiency": "peak_flops",
+                "memory_efficiency": "memory_bandwidth"}
+# runs whose measured peaks differ more than this ran with different threads per process (cpu_seconds divides by
+# them; `flopwise train --nproc` gives each rank its share of the cores): no single file describes both
+MAX_PEAK_SPREAD = 1.5
+
+
+def on_one_device(observations: list[Observation], held: list[Observation] = ()) -> list[Observation]:
+    """The observations, then `held`, set on one accelerator, the one an accelerator file can describe. Runs on a
+    measured CPU each carry their own start-up measurement, which differs from run to run; they are all set on the
+    median of the measurements of `observations` (the runs fitted on: a held-out run's own measurement does not
+    shape the file it is scored with), so the calibrated file predicts what the fit reports. Runs on different
+    accelerators, or on one CPU with different threads per process, are refused: one file, one device."""
+    everything = list(observations) + list(held)
+    accs = [o.cluster.accelerator for o in everything]
     names = sorted({a.name for a in accs})
     if len(names) > 1:
         raise ConfigError(f"the runs ran on different accelerators ({', '.join(names)}): calibrate one at a time")
     if all(a == accs[0] for a in accs):
-        return list(observations)
+        return everything
+    peaks = [a.peak_flops for a in accs]
+    if min(peaks) > 0 and max(peaks) > MAX_PEAK_SPREAD * min(peaks):
+        raise ConfigError(
+            f"the runs measured peaks from {min(peaks) / 1e12:.3g} to {max(peaks) / 1e12:.3g} TFLOP/s per process: "
+            "different threads per process (a `--nproc` run's ranks share the cores); calibrate runs with the same "
+            "threads per process together")
+    fitted = [o.cluster.accelerator for o in observations] or accs
 
-    def median(field: str) -> float:
-        return float(np.median([getattr(a, field) for a in accs]))
+    def median(values: list[float]) -> float:
+        return float(np.median(values)) if values else 0.0
 
     floats = [f.name for f in dataclasses.fields(Accelerator) if f.type in (float, "float")]
-    reference = dataclasses.replace(accs[0], **{f: median(f) for f in floats})
-    if reference.peak_flops > 0:  # the median attention rate, not the median of fractions of different peaks
-        rate = float(np.median([a.attention_efficiency * a.peak_flops for a in accs]))
-        reference = dataclasses.replace(reference, attention_efficiency=min(1.0, rate / reference.peak_flops))
-    return [dataclasses.replace(o, cluster=dataclasses.replace(o.cluster, accelerator=reference)) for o in observations]
+    reference = dataclasses.replace(fitted[0], **{f: median([getattr(a, f) for a in fitted]) for f in floats})
+    for fraction, base in _FRACTION_OF.items():
+        rates = [getattr(a, fraction) * getattr(a, base) for a in fitted if getattr(a, fraction) > 0]
+        if rates and getattr(reference, base) > 0:
+            reference = dataclasses.replace(reference, **{fraction: min(1.0, median(rates) / getattr(reference, base))})
+    return [dataclasses.replace(o, cluster=dataclasses.replace(o.cluster, accelerator=reference)) for o in everything]
 
 
 def check_device_constants(names: list[str], observations: list[Observation]) -> None:
@@ -248,7 +268,7 @@ def _distinct(runs: list[Path], holdout: list[Path]) -> None:
     seen: dict[Path, str] = {}
     for role, paths in (("to fit on", runs), ("held out", holdout)):
         for path in paths:
-            key = Path(path).resolve()
+            key = _metrics_file(path).resolve()  # a run's folder and its metrics file are one run
             if key in seen:
                 raise ConfigError(f"run {path} is given twice ({seen[key]} and {role}): each run counts once")
             seen[key] = role
@@ -275,7 +295,7 @@ def calibrate_runs(runs: list[str | Path], holdout: list[str | Path] = (), names
     fit_on, held = [run_observation(r) for r in runs], [run_observation(r) for r in holdout]
     names = list(names) if names else default_constants(fit_on)
     check_device_constants(names, fit_on)
-    device = on_one_device(fit_on + held)
+    device = on_one_device(fit_on, held)
     result = fit(device[: len(fit_on)], names)
     rows = []
     for role, own, obs in [("fit", o, d) for o, d in zip(fit_on, device[: len(fit_on)], strict=True)] + [
@@ -285,12 +305,18 @@ def calibrate_runs(runs: list[str | Path], holdout: list[str | Path] = (), names
                      "predicted_before_s": before, "predicted_after_s": after,
                      "error_before": before / own.measured_step_s - 1, "error_after": after / own.measured_step_s - 1})
     report = Report(result.constants, result.accelerator(), rows, [])
+    start = device[0].cluster.accelerator
     for name, value in result.constants.items():
         lo, hi = CONSTANTS[name]
-        if value <= lo * 1.0001 or value >= hi * 0.9999:
+        moved = not math.isclose(value, getattr(start, name), rel_tol=1e-4)
+        if moved and value <= lo * 1.0001:  # the runs are slower than any value in bounds explains
             report.warnings.append(
-                f"{name} stopped at its bound ({value:.3g}): the model cannot match these runs with it; check that "
-                "they ran alone (on a CPU, time per thread grows when other processes share the cores)")
+                f"{name} stopped at its lower bound ({value:.3g}): the runs took far longer than the model allows; "
+                "check that they ran alone (on a CPU, time per thread grows when other processes share the cores)")
+        elif moved and value >= hi * 0.9999:
+            report.warnings.append(
+                f"{name} stopped at its upper bound ({value:.3g}): the runs were faster than the model allows with "
+                "it; the other constants carry the rest")
     before, after = report.median_error("holdout", "error_before"), report.median_error("holdout", "error_after")
     if before is not None and after > before:
         report.warnings.append(

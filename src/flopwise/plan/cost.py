@@ -306,7 +306,7 @@ class CostModel:
         self.head_ew_factor = self._traffic(SOFTWARE[training.software]) if training.compiled else self.ew_factor
         # the backward's own slowness, already in a measured attention rate (Accelerator.attention_efficiency)
         self.attention_backward_efficiency = self.constants.backward_efficiency
-        if self.acc.attention_efficiency > 0:
+        if self.acc.attention_efficiency > 0 and profile.attention == "flash":  # (unfused attention runs as GEMMs)
             self.attention_rate = self.peak * self.acc.attention_efficiency
             self.attention_backward_efficiency = 1.0
         elif self.acc.fp8_peak_flops > 0:  # Hopper-class tensor cores: the kernel class decides

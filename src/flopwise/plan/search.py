@@ -306,7 +306,7 @@ def _explain(cm: CostModel, fixed: dict, failures: list[str], closest: Plan | No
     if closest is not None:
         stage = max(range(len(closest.memory)), key=lambda i: closest.memory[i]["total"])
         parts = closest.memory[stage]
-        detail = ", ".join(f"{k} {_gb(v)}" for k, v in parts.items() if k != "total")
+        detail = ", ".join(f"{k} {_gb(v)}" for k, v in parts.items() if k != "total" and v)
         head = (
             f"nothing fits in {cluster.accelerator.name} memory ({_gb(closest.memory_limit)} usable of "
             f"{_gb(cluster.accelerator.memory_bytes)}): the least memory-hungry layout "
