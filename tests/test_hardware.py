@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from flopwise import hardware
@@ -46,13 +48,26 @@ def test_the_cpu_entry_takes_the_best_rate_as_peak_and_the_sustained_fraction_as
 
     monkeypatch.setattr(hardware, "sustained_fraction", fraction)
     monkeypatch.setattr(hardware, "attention_rate", lambda: 0.25 * max(seen[0]))
+    monkeypatch.setattr(hardware, "op_overhead", lambda: 7e-6)
     cpu = hardware._cpu_accelerator.__wrapped__(64, 0.0, 1)  # no time at all: still a few timings
-    assert cpu.gemm_efficiency == 0.5
+    assert cpu.gemm_efficiency == 0.5 and cpu.op_overhead_s == 7e-6
     assert len(seen[0]) >= hardware.MIN_GEMM_TIMINGS and cpu.peak_flops == max(seen[0])
     # the attention's measured rate over the same peak, capped at 1 (a burst of attention cannot beat the best GEMM)
     assert cpu.attention_efficiency == pytest.approx(0.25)
     monkeypatch.setattr(hardware, "attention_rate", lambda: 3.0 * max(seen[0]))
     assert hardware._cpu_accelerator.__wrapped__(64, 0.0, 1).attention_efficiency == 1.0
+
+
+def test_the_cpu_host_time_per_op_is_a_training_steps_time_over_its_ops(monkeypatch):
+    import torch
+
+    with torch.inference_mode():  # callers may hold autograd off
+        assert 0 < hardware.op_overhead(seconds=0.0) < 1e-3
+    from flopwise import opcount
+
+    monkeypatch.setattr(hardware, "_timed_rates", lambda work, flops, seconds: [100.0, 50.0, 200.0])  # calls / s
+    monkeypatch.setattr(opcount, "count_ops", lambda forward: (30, 70))
+    assert hardware.op_overhead() == pytest.approx(0.01 / 100)  # the median call's time over its 100 ops
 
 
 def test_the_cpu_attention_rate_is_timed_forward_and_backward_wherever_it_is_called():
@@ -122,11 +137,14 @@ def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_writte
     assert {a.name: a.fp4_peak_flops / a.fp8_peak_flops for a in CATALOGUE.values() if a.fp4_peak_flops} == {
         "B200": 2.0, "GB200": 2.0}
     assert not load_accelerator(write_accelerator(CATALOGUE["H100-SXM"], tmp_path / "h.toml")).block_scaled_fp8
-    # a measured attention rate (a CPU's, or one a user timed) is kept; 0 (the class default) stays 0
-    path.write_text(base + "attention_efficiency = 0.4\n")
+    # a measured attention rate (a CPU's, or one a user timed) is kept; 0 (the class default) stays 0; so is a host
+    # time per op
+    path.write_text(base + "attention_efficiency = 0.4\nop_overhead_us = 7.5\n")
     timed = load_accelerator(path)
-    assert timed.attention_efficiency == 0.4
-    assert load_accelerator(write_accelerator(timed, tmp_path / "t.toml")) == timed
+    assert timed.attention_efficiency == 0.4 and timed.op_overhead_s == pytest.approx(7.5e-6)
+    again = load_accelerator(write_accelerator(timed, tmp_path / "t.toml"))
+    assert again.op_overhead_s == pytest.approx(timed.op_overhead_s)
+    assert dataclasses.replace(again, op_overhead_s=timed.op_overhead_s) == timed
     assert load_accelerator(write_accelerator(CATALOGUE["H100-SXM"], tmp_path / "h.toml")).attention_efficiency == 0
     for extra, message in (('block_scaled_fp8 = "yes"\nfp8_peak_tflops = 4500\n', "must be true or false"),
                            ("block_scaled_fp8 = true\n", "needs fp8_peak_tflops"),
@@ -137,7 +155,8 @@ def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_writte
                            ("fp8_peak_tflops = nan\n", "must be a non-negative number"),
                            ("gemm_efficiency = true\n", "must be a fraction"),
                            ("attention_efficiency = 0\n", "attention_efficiency = 0 must be a fraction"),
-                           ("attention_efficiency = 1.5\n", "must be a fraction")):
+                           ("attention_efficiency = 1.5\n", "must be a fraction"),
+                           ("op_overhead_us = -1\n", "op_overhead_us = -1 must be a non-negative number")):
         path.write_text(base + extra)
         with pytest.raises(ConfigError, match=message):
             load_accelerator(path)

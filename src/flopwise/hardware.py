@@ -76,12 +76,17 @@ Achievable fractions (used by the planner's cost model, flopwise/plan/cost.py):
   together with the backward counted as flops.FLASH_BACKWARD_FLOPS x the forward, as a fraction of the peak. 0 on
   the catalogue's GPUs: the cost model's rates by kernel class apply (plan/cost.py). A measured CPU carries its
   own, and a TOML file may set one.
+- `op_overhead_s`: host seconds per op eager PyTorch dispatches, beside the op's arithmetic (Python, the dispatcher,
+  autograd). On a CPU it adds to the step: a measured CPU times it (`op_overhead`), and the planner adds it per op of
+  flopwise's model (opcount.model_ops) to every micro-batch. 0 on a GPU, whose host queues kernels ahead of them: a
+  launch-bound GPU step needs a measurement there (benchmarks/RESULTS.md, "Blocks too small to keep the GPU busy").
 On a CPU there is no datasheet peak: `cpu_accelerator()` measures this machine's fp32 matmul rate (the best of a
 short run of one GEMM: the peak; the run's median over it: gemm_efficiency, as on a GPU the sustained rate over the
 burst), the median rate of causal attention forward and backward at a CPU-sized shape over that peak
-(ATTENTION_PROBE: attention_efficiency) and its memory copy bandwidth, and labels the result as measured, so CPU
-MFU reads "fraction of this machine's measured matmul peak". Its "link" (gloo between processes over loopback TCP)
-gets CPU_LINK_BANDWIDTH until `flopwise plan calibrate` fits it to measured runs.
+(ATTENTION_PROBE: attention_efficiency), the host time per op (op_overhead_s) and its memory copy bandwidth, and
+labels the result as measured, so CPU MFU reads "fraction of this machine's measured matmul peak". Its "link" (gloo
+between processes over loopback TCP) gets CPU_LINK_BANDWIDTH until `flopwise plan calibrate` fits it to measured
+runs.
 """
 
 from __future__ import annotations
@@ -121,6 +126,9 @@ class Accelerator:
     # fused causal attention's sustained rate, forward and backward together, as a fraction of peak_flops; 0 (a TOML
     # file leaves the key out): the cost model's default for the part's class (module docstring; measured on a CPU)
     attention_efficiency: float = 0.0
+    # host seconds per op eager PyTorch dispatches, beside its arithmetic; measured on a CPU, where it adds to the step
+    # (a GPU's host runs ahead of its kernels: not modelled there, 0)
+    op_overhead_s: float = 0.0
     fp8_peak_flops: float = 0.0  # dense FP8 FLOP/s; 0: no FP8 tensor cores
     fp4_peak_flops: float = 0.0  # dense FP4 FLOP/s (NVFP4 training); 0: no FP4 tensor cores
     network_bandwidth: float = 25 * GB  # inter-node NIC bytes/s per GPU, one direction (reference system)
@@ -212,7 +220,8 @@ def load_accelerator(path: str | Path) -> Accelerator:
     """Read a user-defined accelerator from TOML, figures in natural units:
     name, peak_tflops, memory_gb, memory_bandwidth_gbps, link_bandwidth_gbps (per direction);
     optionally gemm_efficiency, memory_efficiency and attention_efficiency (fractions, see the module docstring),
-    fp8_peak_tflops, fp4_peak_tflops (dense; for NVFP4 plans), network_bandwidth_gbps (inter-node, per GPU and direction),
+    fp8_peak_tflops, fp4_peak_tflops (dense; for NVFP4 plans), op_overhead_us (host microseconds per op flopwise's
+    trainer dispatches, where they add to the step, as on a CPU), network_bandwidth_gbps (inter-node, per GPU and direction),
     nvlink_domain_gpus (GPUs one NVLink domain spans where it is more than a server, e.g. 72 for an NVL72 rack)
     and block_scaled_fp8 (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do). FP4 and
     block scales need fp8_peak_tflops."""
@@ -224,7 +233,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
         raise ConfigError(f"accelerator file {path}: missing key(s) {', '.join(missing)}")
     optional = ("gemm_efficiency", "memory_efficiency", "attention_efficiency")
     rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "fp4_peak_tflops": ("fp4_peak_flops", TFLOPS),
-             "network_bandwidth_gbps": ("network_bandwidth", GB)}
+             "network_bandwidth_gbps": ("network_bandwidth", GB), "op_overhead_us": ("op_overhead_s", 1e-6)}
     flags = ("measured", "block_scaled_fp8")
     unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags) - {"nvlink_domain_gpus"}
     if unknown:
@@ -284,6 +293,8 @@ def accelerator_toml(acc: Accelerator) -> dict:
     }
     if acc.attention_efficiency:
         data["attention_efficiency"] = acc.attention_efficiency
+    if acc.op_overhead_s:
+        data["op_overhead_us"] = acc.op_overhead_s / 1e-6
     if acc.measured:
         data["measured"] = True
     if acc.block_scaled_fp8:
@@ -369,6 +380,7 @@ MIN_GEMM_TIMINGS = 5
 # benchmarks/cpu_attention.py, benchmarks/RESULTS.md "The CPU's attention rate")
 ATTENTION_PROBE = (4, 8, 4, 256, 32)
 ATTENTION_SECONDS = 0.15
+OVERHEAD_SECONDS = 0.1
 
 
 def sustained_fraction(rates: list[float]) -> float:
@@ -418,6 +430,20 @@ def attention_rate(seconds: float = ATTENTION_SECONDS) -> float:
     return statistics.median(rates) if rates else 0.0
 
 
+def op_overhead(seconds: float = OVERHEAD_SECONDS) -> float:
+    """Host seconds per dispatched op: the median time of a training step's forward and backward through a narrow
+    copy of the demo's model (opcount.narrow: two `tiny` blocks at widths too small for their arithmetic to count),
+    over the ops it dispatches (opcount.count_ops)."""
+    from flopwise.models.config import get_preset
+    from flopwise.opcount import count_ops, narrow, training_step
+
+    with torch.inference_mode(False), torch.enable_grad():
+        forward = training_step(narrow(get_preset("tiny"), 2))
+        ops = sum(count_ops(forward))
+        calls = _timed_rates(lambda: forward().backward(), 1.0, seconds)  # calls per second
+    return statistics.median(1.0 / c for c in calls) / ops if calls and ops else 0.0
+
+
 @functools.lru_cache(maxsize=4)
 def _cpu_accelerator(size: int, seconds: float, threads: int) -> Accelerator:
     a = torch.randn(size, size)
@@ -433,7 +459,8 @@ def _cpu_accelerator(size: int, seconds: float, threads: int) -> Accelerator:
     # the copy bandwidth is itself a measured rate, so large copies reach all of it
     return Accelerator("CPU", peak, mem, _copy_bandwidth(), CPU_LINK_BANDWIDTH, measured=True,
                        gemm_efficiency=sustained_fraction(rates), memory_efficiency=1.0,
-                       attention_efficiency=min(1.0, attention_rate() / peak) if peak > 0 else 0.0)
+                       attention_efficiency=min(1.0, attention_rate() / peak) if peak > 0 else 0.0,
+                       op_overhead_s=op_overhead())
 
 
 def _copy_bandwidth(megabytes: int = 64, repeats: int = 3) -> float:

@@ -138,6 +138,34 @@ def test_a_measured_attention_rate_prices_the_attention_forward_and_backward():
             == CostModel(CFG, Cluster(base, 1), unfused).layer_compute(1, False, 2))
 
 
+def test_a_cpu_pays_its_host_time_per_op_once_per_micro_batch():
+    """On a measured CPU each op flopwise's model dispatches costs the accelerator's host time beside its arithmetic
+    (counted: opcount.model_ops), so a step of eight one-sequence micro-batches costs 7 more micro-batches' ops than
+    one of eight sequences; GPUs (whose hosts run ahead of the kernels) and other stacks' profiles pay nothing."""
+    from dataclasses import replace
+
+    from flopwise.hardware import Accelerator
+    from flopwise.models.config import get_preset
+    from flopwise.opcount import model_ops
+
+    cfg = get_preset("nano")
+    base = Accelerator("this-cpu", 1e11, 64e9, 20e9, 2e9, measured=True, gemm_efficiency=0.8, memory_efficiency=1.0)
+    training = Training(8, precision="fp32", software="flopwise")
+    ops = model_ops(cfg)
+    per_microbatch = (cfg.layers * sum(ops.block) + sum(ops.rest)) * 5e-6
+    for mb, m in ((8, 1), (1, 8)):
+        free = CostModel(cfg, Cluster(base, 1), training).evaluate(Layout(micro_batch=mb))
+        paid = CostModel(cfg, Cluster(replace(base, op_overhead_s=5e-6), 1), training).evaluate(Layout(micro_batch=mb))
+        assert paid.busy_time - free.busy_time == pytest.approx(m * per_microbatch)
+    # the recomputed forward dispatches its ops again
+    rc = [CostModel(cfg, Cluster(acc, 1), training).evaluate(Layout(micro_batch=8, recompute="full")).busy_time
+          for acc in (base, replace(base, op_overhead_s=5e-6))]
+    assert rc[1] - rc[0] == pytest.approx(per_microbatch + cfg.layers * ops.block[0] * 5e-6)
+    assert CostModel(cfg, Cluster(replace(base, op_overhead_s=5e-6), 1),
+                     Training(8, precision="fp32", software="torch-eager")).ops is None
+    assert model(gpus=8).ops is None
+
+
 def test_tp_across_nodes_uses_the_slow_link():
     cm = model(gpus=16, gb=16)
     assert cm.bus_bandwidth(8) > 5 * cm.bus_bandwidth(16)

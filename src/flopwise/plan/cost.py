@@ -8,7 +8,9 @@ table. The backward pass is twice the forward's matmul work (dgrad + wgrad; Nara
 5.1: "the backward pass is twice as expensive"). FlashAttention (Dao 2023) executes only the causal half of
 the full-sequence attention FLOPs that flops.py counts, at FLASH_EFFICIENCY of the GEMM rate (on Hopper-class
 parts, a fraction of the peak by kernel class; where the accelerator carries a measured attention rate, a CPU's,
-at that rate, forward and backward alike: Accelerator.attention_efficiency).
+at that rate, forward and backward alike: Accelerator.attention_efficiency). On a measured CPU each op flopwise's
+model dispatches adds the accelerator's host time per op (Accelerator.op_overhead_s; the ops counted by
+opcount.model_ops) to every micro-batch, whatever its size: small micro-batches are slower than their FLOPs say.
 Non-matmul kernels (norms, activation functions, softmax, dropout, residual adds, RoPE) are memory-bound:
 their traffic is estimated from the activations they produce (plan/memory.py): each kept tensor is written
 once and read once in the forward (ELEMENTWISE_FWD_PASSES) and read, with its gradient written and read, in
@@ -111,6 +113,7 @@ from flopwise.hardware import (
 from flopwise.layout import Layout
 from flopwise.layout import check as check_layout
 from flopwise.models.config import ModelConfig
+from flopwise.opcount import model_ops
 from flopwise.plan import experts as moe
 from flopwise.plan import memory as mem
 from flopwise.plan.spec import SOFTWARE, Cluster, GemmFormat, Software, Training
@@ -314,6 +317,9 @@ class CostModel:
             self.attention_rate = self.peak * (self.constants.fa2_hopper_efficiency if fa2 else FA3_HOPPER_EFFICIENCY)
         else:
             self.attention_rate = self.gemm_rate * FLASH_EFFICIENCY
+        # a measured CPU's host time per op (a GPU's host runs ahead of its kernels: not costed), for flopwise's own
+        # model, whose ops are counted (opcount.model_ops); it adds to every micro-batch whatever its size
+        self.ops = (model_ops(model) if self.acc.op_overhead_s > 0 and training.software == "flopwise" else None)
         self.counts = param_counts(model)
         self.gemms = block_gemms(model)
         self.layer_params = mem.layer_params(model)
@@ -461,8 +467,11 @@ class CostModel:
                 ew_bwd += g.count * per * tokens * n / self.hbm_rate
         attn_bwd = FLASH_BACKWARD_FLOPS if self.training.profile.attention == "flash" else 2.0
         eff = self.constants.backward_efficiency
-        return {"gemm": (gemm, 2.0 * gemm / eff), "attention": (attn, attn_bwd * attn / self.attention_backward_efficiency),
-                "elementwise": (ew_fwd, ew_bwd)}
+        parts = {"gemm": (gemm, 2.0 * gemm / eff), "attention": (attn, attn_bwd * attn / self.attention_backward_efficiency),
+                 "elementwise": (ew_fwd, ew_bwd)}
+        if self.ops is not None:
+            parts["dispatch"] = tuple(n * self.acc.op_overhead_s for n in self.ops.block)
+        return parts
 
     def layer_cost(self, tp: int, sp: bool, mb: int, recompute: str, every: int = 1, cp: int = 1) -> LayerCost:
         """Costs of one layer; with recompute = 'full' and `every` = k, averaged over the blocks (one in k
@@ -530,7 +539,8 @@ class CostModel:
             tp > 1
         ):  # vocab-parallel cross-entropy: max, sum-exp and target logit all-reduces (s b floats each)
             comm = 3 * self.ring("all_reduce", tokens * 4, tp, self.bus_bandwidth(tp, tp))
-        return gemm + ew, comm
+        dispatch = sum(self.ops.rest) * self.acc.op_overhead_s if self.ops is not None else 0.0
+        return gemm + ew + dispatch, comm
 
     def embedding_time(self, tp: int, sp: bool, mb: int, cp: int = 1) -> float:
         """Vocab-parallel embedding: one all-reduce (or reduce-scatter with SP) of s b h in the forward."""
