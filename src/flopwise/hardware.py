@@ -435,9 +435,11 @@ def op_overhead(seconds: float = OVERHEAD_SECONDS) -> float:
     copy of the demo's model (opcount.narrow: two `tiny` blocks at widths too small for their arithmetic to count),
     over the ops it dispatches (opcount.count_ops)."""
     from flopwise.models.config import get_preset
-    from flopwise.opcount import count_ops, narrow, training_step
+    from flopwise.opcount import _COUNTING, count_ops, narrow, training_step
 
-    with torch.inference_mode(False), torch.enable_grad():
+    # (the timed steps accumulate gradients after the first, as a step's micro-batches do; the count is of one;
+    # the clock is CPU time per thread, the trainer's own on a CPU)
+    with _COUNTING, torch.inference_mode(False), torch.enable_grad():
         forward = training_step(narrow(get_preset("tiny"), 2))
         ops = sum(count_ops(forward))
         calls = _timed_rates(lambda: forward().backward(), 1.0, seconds)  # calls per second

@@ -8,6 +8,7 @@ at widths too small to matter, one and two layers deep; the difference is one bl
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,9 +44,9 @@ def count_ops(forward: Callable[[], torch.Tensor]) -> tuple[int, int]:
 
 def narrow(cfg: ModelConfig, layers: int) -> ModelConfig:
     """`cfg`'s structure at tiny widths: head_dim 4, FFN 8, a 64-token vocabulary and enough tokens that every expert
-    of a mixture gets some (an expert without tokens dispatches nothing)."""
+    of a mixture gets some (an expert without tokens dispatches nothing): 8 per expert of each token's top_k."""
     return cfg.replace(layers=layers, hidden=4 * cfg.heads, attn_dim=0, ffn=8, vocab_size=64,
-                       seq_len=max(16, 4 * cfg.experts))
+                       seq_len=max(16, 8 * cfg.experts // max(1, cfg.top_k)))
 
 
 def training_step(cfg: ModelConfig) -> Callable[[], torch.Tensor]:
@@ -54,7 +55,7 @@ def training_step(cfg: ModelConfig) -> Callable[[], torch.Tensor]:
 
     from flopwise.models.transformer import Transformer
 
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):  # the CPU generator only: no CUDA context on a GPU host
         torch.manual_seed(0)
         model = Transformer(cfg)
         tokens = torch.randint(0, cfg.vocab_size, (1, cfg.seq_len))
@@ -78,9 +79,12 @@ def model_ops(cfg: ModelConfig) -> ModelOps:
     return _narrow_ops(narrow(cfg, 1))
 
 
+_COUNTING = threading.Lock()  # entering a dispatch mode sets process-wide torch state: one count at a time
+
+
 @functools.lru_cache(maxsize=64)
 def _narrow_ops(one_layer: ModelConfig) -> ModelOps:
-    with torch.inference_mode(False), torch.enable_grad():
+    with _COUNTING, torch.inference_mode(False), torch.enable_grad():
         one, two = (count_ops(training_step(one_layer.replace(layers=n))) for n in (1, 2))
     block = (two[0] - one[0], two[1] - one[1])
     return ModelOps(block, (one[0] - block[0], one[1] - block[1]))

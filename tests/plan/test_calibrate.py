@@ -177,6 +177,9 @@ def test_one_device_takes_only_the_rates_runs_measured_and_refuses_other_thread_
     # a record written before the attention was timed reads 0: the median is over the runs that timed it
     old, new = obs(peak_flops=1.0e11, attention_efficiency=0.0), obs(peak_flops=1.0e11, attention_efficiency=0.3)
     assert [o.cluster.accelerator.attention_efficiency for o in on_one_device([old, new, old])] == [0.3] * 3
+    # so is a host time per op
+    timed = [obs(peak_flops=1.0e11, op_overhead_s=t) for t in (0.0, 5e-6, 0.0, 7e-6, 0.0)]
+    assert {o.cluster.accelerator.op_overhead_s for o in on_one_device(timed)} == {6e-6}
     # a held-out run is set on the fitted runs' measurement, whatever its own
     fitted, held = on_one_device([new], [obs(peak_flops=1.2e11, attention_efficiency=0.5)])
     assert held.cluster.accelerator == fitted.cluster.accelerator == new.cluster.accelerator

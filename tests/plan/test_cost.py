@@ -163,6 +163,11 @@ def test_a_cpu_pays_its_host_time_per_op_once_per_micro_batch():
     assert rc[1] - rc[0] == pytest.approx(per_microbatch + cfg.layers * ops.block[0] * 5e-6)
     assert CostModel(cfg, Cluster(replace(base, op_overhead_s=5e-6), 1),
                      Training(8, precision="fp32", software="torch-eager")).ops is None
+    # compiled blocks dispatch fused kernels, which the count does not see; the eager head and loss still pay
+    compiled = CostModel(cfg, Cluster(replace(base, op_overhead_s=5e-6), 1), replace(training, compiled=True))
+    assert "dispatch" not in compiled.layer_compute(1, False, 8)
+    assert compiled.head_time(1, 8)[0] - CostModel(cfg, Cluster(base, 1), replace(training, compiled=True)).head_time(
+        1, 8)[0] == pytest.approx(sum(ops.rest) * 5e-6)
     assert model(gpus=8).ops is None
 
 

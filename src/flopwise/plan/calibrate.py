@@ -245,6 +245,8 @@ def on_one_device(observations: list[Observation], held: list[Observation] = ())
 
     floats = [f.name for f in dataclasses.fields(Accelerator) if f.type in (float, "float")]
     reference = dataclasses.replace(fitted[0], **{f: median([getattr(a, f) for a in fitted]) for f in floats})
+    measured = [a.op_overhead_s for a in fitted if a.op_overhead_s > 0]  # a record older than the timing reads 0
+    reference = dataclasses.replace(reference, op_overhead_s=median(measured))
     for fraction, base in _FRACTION_OF.items():
         rates = [getattr(a, fraction) * getattr(a, base) for a in fitted if getattr(a, fraction) > 0]
         if rates and getattr(reference, base) > 0:

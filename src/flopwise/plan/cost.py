@@ -8,9 +8,10 @@ table. The backward pass is twice the forward's matmul work (dgrad + wgrad; Nara
 5.1: "the backward pass is twice as expensive"). FlashAttention (Dao 2023) executes only the causal half of
 the full-sequence attention FLOPs that flops.py counts, at FLASH_EFFICIENCY of the GEMM rate (on Hopper-class
 parts, a fraction of the peak by kernel class; where the accelerator carries a measured attention rate, a CPU's,
-at that rate, forward and backward alike: Accelerator.attention_efficiency). On a measured CPU each op flopwise's
-model dispatches adds the accelerator's host time per op (Accelerator.op_overhead_s; the ops counted by
-opcount.model_ops) to every micro-batch, whatever its size: small micro-batches are slower than their FLOPs say.
+at that rate, forward and backward alike: Accelerator.attention_efficiency). On a measured CPU (or an accelerator
+file that sets it) each op flopwise's model dispatches adds the accelerator's host time per op
+(Accelerator.op_overhead_s; the ops counted by opcount.model_ops) to every micro-batch, whatever its size: small
+micro-batches are slower than their FLOPs say (a compiled block's fused kernels are not counted).
 Non-matmul kernels (norms, activation functions, softmax, dropout, residual adds, RoPE) are memory-bound:
 their traffic is estimated from the activations they produce (plan/memory.py): each kept tensor is written
 once and read once in the forward (ELEMENTWISE_FWD_PASSES) and read, with its gradient written and read, in
@@ -317,8 +318,8 @@ class CostModel:
             self.attention_rate = self.peak * (self.constants.fa2_hopper_efficiency if fa2 else FA3_HOPPER_EFFICIENCY)
         else:
             self.attention_rate = self.gemm_rate * FLASH_EFFICIENCY
-        # a measured CPU's host time per op (a GPU's host runs ahead of its kernels: not costed), for flopwise's own
-        # model, whose ops are counted (opcount.model_ops); it adds to every micro-batch whatever its size
+        # the host time per op where it adds to the step (a measured CPU; a GPU's host runs ahead of its kernels: 0 in
+        # the catalogue), for flopwise's own model, whose ops are counted (opcount.model_ops); every micro-batch pays it
         self.ops = (model_ops(model) if self.acc.op_overhead_s > 0 and training.software == "flopwise" else None)
         self.counts = param_counts(model)
         self.gemms = block_gemms(model)
@@ -469,7 +470,7 @@ class CostModel:
         eff = self.constants.backward_efficiency
         parts = {"gemm": (gemm, 2.0 * gemm / eff), "attention": (attn, attn_bwd * attn / self.attention_backward_efficiency),
                  "elementwise": (ew_fwd, ew_bwd)}
-        if self.ops is not None:
+        if self.ops is not None and not self.training.compiled:  # compiled blocks dispatch fused kernels, uncounted
             parts["dispatch"] = tuple(n * self.acc.op_overhead_s for n in self.ops.block)
         return parts
 

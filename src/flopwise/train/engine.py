@@ -303,13 +303,22 @@ class Engine:
 
 def _shared_peak(accelerator: Accelerator) -> Accelerator:
     """A measured (CPU) peak as the best any rank measured: ranks time their matmuls while others start up,
-    so their own figures differ; one figure keeps MFU at most 100% and every rank's plan the same."""
+    so their own figures differ; one figure keeps MFU at most 100% and every rank's plan the same (the other
+    measured figures: the ranks' medians, the attention's as a rate)."""
+    import statistics
+
     import torch.distributed as dist
 
-    peaks = [None] * dist.get_world_size()
-    dist.all_gather_object(peaks, (accelerator.peak_flops, accelerator.memory_bandwidth))
-    return dataclasses.replace(accelerator, peak_flops=max(p for p, _ in peaks),
-                               memory_bandwidth=max(b for _, b in peaks))
+    a = accelerator
+    ranks = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, (a.peak_flops, a.memory_bandwidth, a.gemm_efficiency,
+                                   a.attention_efficiency * a.peak_flops, a.op_overhead_s))
+    peak = max(r[0] for r in ranks)
+    return dataclasses.replace(
+        a, peak_flops=peak, memory_bandwidth=max(r[1] for r in ranks),
+        gemm_efficiency=statistics.median(r[2] for r in ranks),
+        attention_efficiency=min(1.0, statistics.median(r[3] for r in ranks) / peak) if peak > 0 else 0.0,
+        op_overhead_s=statistics.median(r[4] for r in ranks))
 
 
 def dcp_load(state: dict, directory) -> None:
