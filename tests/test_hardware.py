@@ -58,6 +58,17 @@ def test_the_cpu_entry_takes_the_best_rate_as_peak_and_the_sustained_fraction_as
     assert hardware._cpu_accelerator.__wrapped__(64, 0.0, 1).attention_efficiency == 1.0
 
 
+def test_a_start_up_timing_that_fails_leaves_the_default_not_a_failed_start(monkeypatch, caplog):
+    def fails():
+        raise RuntimeError("not implemented for this build")
+
+    monkeypatch.setattr(hardware, "attention_rate", fails)
+    monkeypatch.setattr(hardware, "op_overhead", fails)
+    cpu = hardware._cpu_accelerator.__wrapped__(64, 0.0, 1)
+    assert cpu.peak_flops > 0 and cpu.attention_efficiency == 0.0 and cpu.op_overhead_s == 0.0
+    assert "could not time the attention rate" in caplog.text and "could not time the host time per op" in caplog.text
+
+
 def test_the_cpu_host_time_per_op_is_a_training_steps_time_over_its_ops(monkeypatch):
     import torch
 

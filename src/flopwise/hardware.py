@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import re
 import statistics
@@ -459,10 +460,23 @@ def _cpu_accelerator(size: int, seconds: float, threads: int) -> Accelerator:
     except ImportError:
         mem = float(_meminfo_total())
     # the copy bandwidth is itself a measured rate, so large copies reach all of it
+    efficiency = sustained_fraction(rates)
+    attention = _or_default(attention_rate, "the attention rate")
     return Accelerator("CPU", peak, mem, _copy_bandwidth(), CPU_LINK_BANDWIDTH, measured=True,
-                       gemm_efficiency=sustained_fraction(rates), memory_efficiency=1.0,
-                       attention_efficiency=min(1.0, attention_rate() / peak) if peak > 0 else 0.0,
-                       op_overhead_s=op_overhead())
+                       gemm_efficiency=efficiency, memory_efficiency=1.0,
+                       attention_efficiency=min(1.0, attention / peak) if peak > 0 else 0.0,
+                       op_overhead_s=_or_default(op_overhead, "the host time per op"))
+
+
+def _or_default(probe, what: str) -> float:
+    """A start-up timing that the planner can do without: where this torch cannot run it, 0 (the planner's default
+    for the figure) and a warning, not a failed start."""
+    try:
+        return probe()
+    except Exception as exc:  # noqa: BLE001 - any failure of an optional timing leaves the default
+        logging.getLogger(__name__).warning("could not time %s on this CPU (%s: %s); the planner uses its default",
+                                            what, type(exc).__name__, exc)
+        return 0.0
 
 
 def _copy_bandwidth(megabytes: int = 64, repeats: int = 3) -> float:

@@ -137,7 +137,8 @@ def plan(
     vocab: int = typer.Option(None, help="vocabulary size (overrides the preset's)", callback=POSITIVE_INT),
     seq: int = typer.Option(None, help="sequence length in tokens (overrides the preset's)", callback=POSITIVE_INT),
     lfa: bool = typer.Option(None, "--lfa/--no-lfa", help="Localized Filtering-based Attention"),
-    gpu: str = typer.Option("A100-80GB", help="catalogue accelerator or a TOML file defining one"),
+    gpu: str = typer.Option("A100-80GB", help="catalogue accelerator, cpu (this machine, timed at start-up), or a TOML "
+                                              "file defining one (its keys: README, 'Planning a run')"),
     gpus: int = typer.Option(8, help="number of GPUs", callback=POSITIVE_INT),
     gpus_per_node: int = typer.Option(8, help="GPUs per node (a node's GPUs share the intra-node links)",
                                       callback=POSITIVE_INT),
