@@ -9,7 +9,8 @@ with the start-up timing and with the GPU default it had before (FLASH_EFFICIENC
     .venv/bin/python benchmarks/cpu_attention.py              # the process's default threads
     .venv/bin/python benchmarks/cpu_attention.py --threads 1
 
-All timings in CPU time per thread (hardware.cpu_seconds), median of --repeats, fp32.
+All timings in CPU time per thread (hardware.cpu_seconds), fp32: the shape table is hardware.attention_rate (what
+the CPU's entry times at start-up) at each shape; the demo's forward and backward, the median of --repeats each.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from flopwise.flops import FLASH_BACKWARD_FLOPS, causal_attention_flops
-from flopwise.hardware import cpu_accelerator, cpu_seconds
+from flopwise.hardware import ATTENTION_SECONDS, attention_rate, cpu_accelerator, cpu_seconds
 from flopwise.models.config import get_preset
 from flopwise.plan.cost import CostModel
 from flopwise.plan.spec import Cluster, Training
@@ -42,7 +42,8 @@ def timed(work, repeats: int) -> float:
 
 
 def attention(batch: int, heads: int, seq: int, head_dim: int, repeats: int) -> tuple[float, float]:
-    """(forward s, backward s) of causal SDPA with heads / 2 KV heads."""
+    """(forward s, backward s) of causal SDPA with heads / 2 KV heads: the split the planner prices, which the
+    start-up timing (fwd + bwd together) does not give."""
     q = torch.randn(batch, heads, seq, head_dim, requires_grad=True)
     k = torch.randn(batch, heads // 2, seq, head_dim, requires_grad=True)
     v = torch.randn(batch, heads // 2, seq, head_dim, requires_grad=True)
@@ -70,10 +71,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{acc.gemm_efficiency:.3f}, attention efficiency {acc.attention_efficiency:.3f}\n")
     print("| sequences x heads x tokens x head_dim | fwd + bwd TFLOP/s |")
     print("|---|---|")
-    for batch, heads, seq, d in SHAPES:
-        fwd, bwd = attention(batch, heads, seq, d, args.repeats)
-        flops = causal_attention_flops(seq, d, heads, batch) * (1 + FLASH_BACKWARD_FLOPS)
-        print(f"| {batch} x {heads} x {seq} x {d} | {flops / (fwd + bwd) / 1e12:.3f} |", flush=True)
+    for batch, heads, seq, d in SHAPES:  # the start-up timing itself, at other shapes
+        rate = attention_rate(ATTENTION_SECONDS, (batch, heads, heads // 2, seq, d))
+        print(f"| {batch} x {heads} x {seq} x {d} | {rate / 1e12:.3f} |", flush=True)
 
     cfg = get_preset("tiny")
     training = Training(16, precision="fp32", seq_len=cfg.seq_len, software="flopwise")

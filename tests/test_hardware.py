@@ -58,6 +58,28 @@ def test_the_cpu_entry_takes_the_best_rate_as_peak_and_the_sustained_fraction_as
     assert hardware._cpu_accelerator.__wrapped__(64, 0.0, 1).attention_efficiency == 1.0
 
 
+def test_measurements_of_one_cpu_merge_into_one_accelerator():
+    """Runs and ranks each time the CPU at start-up: the planner gets one accelerator, every figure a median, each
+    efficiency a median rate, a figure an older record lacks (0) left out, and for a run's ranks the best peak."""
+    cpu = hardware.Accelerator("CPU", 1e11, 16e9, 20e9, 2e9, measured=True, gemm_efficiency=0.8,
+                               memory_efficiency=1.0, attention_efficiency=0.3, op_overhead_s=5e-6)
+    accs = [cpu,
+            dataclasses.replace(cpu, peak_flops=1.2e11, gemm_efficiency=0.7, attention_efficiency=0.2, op_overhead_s=0),
+            dataclasses.replace(cpu, peak_flops=1.1e11, gemm_efficiency=0.9, attention_efficiency=0.0,
+                                memory_bandwidth=30e9, op_overhead_s=7e-6)]
+    one = hardware.merge_measured(accs)
+    assert one.peak_flops == pytest.approx(1.1e11) and one.memory_bandwidth == pytest.approx(20e9)
+    assert one.gemm_efficiency * one.peak_flops == pytest.approx(0.84e11)  # rates 0.8, 0.84, 0.99 (x 1e11)
+    assert one.attention_efficiency * one.peak_flops == pytest.approx(0.27e11)  # 0.30 and 0.24: the 0 left out
+    assert one.op_overhead_s == pytest.approx(6e-6)
+    ranks = hardware.merge_measured(accs, best_peak=True)
+    assert ranks.peak_flops == 1.2e11 and ranks.memory_bandwidth == 30e9
+    assert ranks.gemm_efficiency * ranks.peak_flops == pytest.approx(0.84e11)  # the sustained rate stays the median
+    assert hardware.merge_measured([cpu]) == cpu
+    with pytest.raises(ConfigError, match="different accelerators"):
+        hardware.merge_measured([cpu, CATALOGUE["H100-SXM"]])
+
+
 def test_a_start_up_timing_that_fails_leaves_the_default_not_a_failed_start(monkeypatch, caplog):
     def fails():
         raise RuntimeError("not implemented for this build")

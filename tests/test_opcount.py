@@ -25,6 +25,10 @@ def test_a_block_is_the_difference_of_two_depths_and_follows_the_structure():
     assert count_ops(training_step(tiny.replace(layers=1))) == one
     assert count_ops(training_step(tiny.replace(layers=1, hidden=512, ffn=1024, seq_len=64))) == one
     assert sum(model_ops(tiny.replace(lfa=False)).block) < sum(ops.block)
+    with torch.inference_mode():  # a caller holding autograd off (serving, evaluation) still gets the count
+        from flopwise.opcount import _narrow_ops
+
+        assert _narrow_ops.__wrapped__(narrow(tiny, 1)) == ops
     assert sum(model_ops(get_preset("tiny-moe")).block) > sum(ops.block)
 
 

@@ -412,10 +412,11 @@ def _timed_rates(work, flops: float, seconds: float) -> list[float]:
     return rates
 
 
-def attention_rate(seconds: float = ATTENTION_SECONDS) -> float:
-    """The median FLOP/s of causal scaled_dot_product_attention, forward and backward, at ATTENTION_PROBE in
-    fp32, the backward counted as FLASH_BACKWARD_FLOPS x the forward (as CostModel.layer_compute counts it)."""
-    batch, heads, kv_heads, seq, head_dim = ATTENTION_PROBE
+def attention_rate(seconds: float = ATTENTION_SECONDS, shape: tuple[int, int, int, int, int] = ATTENTION_PROBE) -> float:
+    """The median FLOP/s of causal scaled_dot_product_attention, forward and backward, at `shape` (batch, heads, KV
+    heads, tokens, head_dim) in fp32, the backward counted as FLASH_BACKWARD_FLOPS x the forward (as
+    CostModel.layer_compute counts it)."""
+    batch, heads, kv_heads, seq, head_dim = shape
     with torch.inference_mode(False), torch.enable_grad():  # callers may hold either off
         q = torch.randn(batch, heads, seq, head_dim, requires_grad=True)
         k = torch.randn(batch, kv_heads, seq, head_dim, requires_grad=True)
@@ -436,11 +437,11 @@ def op_overhead(seconds: float = OVERHEAD_SECONDS) -> float:
     copy of the demo's model (opcount.narrow: two `tiny` blocks at widths too small for their arithmetic to count),
     over the ops it dispatches (opcount.count_ops)."""
     from flopwise.models.config import get_preset
-    from flopwise.opcount import _COUNTING, count_ops, narrow, training_step
+    from flopwise.opcount import count_ops, narrow, training_step
 
     # (the timed steps accumulate gradients after the first, as a step's micro-batches do; the count is of one;
     # the clock is CPU time per thread, the trainer's own on a CPU)
-    with _COUNTING, torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():  # callers may hold either off
         forward = training_step(narrow(get_preset("tiny"), 2))
         ops = sum(count_ops(forward))
         calls = _timed_rates(lambda: forward().backward(), 1.0, seconds)  # calls per second
@@ -466,6 +467,39 @@ def _cpu_accelerator(size: int, seconds: float, threads: int) -> Accelerator:
                        gemm_efficiency=efficiency, memory_efficiency=1.0,
                        attention_efficiency=min(1.0, attention / peak) if peak > 0 else 0.0,
                        op_overhead_s=_or_default(op_overhead, "the host time per op"))
+
+
+# each efficiency is a fraction of a measured rate: merged as a rate (fraction x base), over the measurements that
+# carry one (a record older than a timing reads 0), then divided by the merged base
+_FRACTION_OF = {"gemm_efficiency": "peak_flops", "attention_efficiency": "peak_flops",
+                "memory_efficiency": "memory_bandwidth"}
+
+
+def merge_measured(accs: list[Accelerator], best_peak: bool = False) -> Accelerator:
+    """One accelerator for several measurements of one CPU (each process times it at start-up, and the figures differ
+    from run to run): every figure the median of the measurements, each efficiency as a median rate, a figure some
+    measurements lack (0) the median of those that have it. With `best_peak`, the peak and the memory bandwidth are the
+    best measured instead, so MFU against them stays at most 100% (a distributed run's ranks)."""
+    if not accs:
+        raise ValueError("no measurements to merge")
+    names = sorted({a.name for a in accs})
+    if len(names) > 1:
+        raise ConfigError(f"measurements of different accelerators ({', '.join(names)}): one device at a time")
+
+    def merged(field: str) -> float:
+        values = [getattr(a, field) for a in accs]
+        if best_peak and field in ("peak_flops", "memory_bandwidth"):
+            return max(values)
+        measured = [v for v in values if v > 0] if field == "op_overhead_s" else values
+        return float(statistics.median(measured)) if measured else 0.0
+
+    floats = [f.name for f in dataclasses.fields(Accelerator) if f.type in (float, "float")]
+    out = dataclasses.replace(accs[0], **{f: merged(f) for f in floats})
+    for fraction, base in _FRACTION_OF.items():
+        rates = [getattr(a, fraction) * getattr(a, base) for a in accs if getattr(a, fraction) > 0]
+        if rates and getattr(out, base) > 0:
+            out = dataclasses.replace(out, **{fraction: min(1.0, statistics.median(rates) / getattr(out, base))})
+    return out
 
 
 def _or_default(probe, what: str) -> float:

@@ -33,12 +33,16 @@ class _Counter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+_COUNTING = threading.Lock()  # entering a dispatch mode sets process-wide torch state: one count at a time
+
+
 def count_ops(forward: Callable[[], torch.Tensor]) -> tuple[int, int]:
     """(forward, backward) ATen ops of `forward()` (which returns a scalar loss) and of its backward."""
-    with _Counter() as counter:
-        loss = forward()
-    with _Counter() as backward:
-        loss.backward()
+    with _COUNTING, torch.inference_mode(False), torch.enable_grad():  # callers may hold autograd off
+        with _Counter() as counter:
+            loss = forward()
+        with _Counter() as backward:
+            loss.backward()
     return counter.ops, backward.ops
 
 
@@ -79,12 +83,9 @@ def model_ops(cfg: ModelConfig) -> ModelOps:
     return _narrow_ops(narrow(cfg, 1))
 
 
-_COUNTING = threading.Lock()  # entering a dispatch mode sets process-wide torch state: one count at a time
-
-
 @functools.lru_cache(maxsize=64)
 def _narrow_ops(one_layer: ModelConfig) -> ModelOps:
-    with _COUNTING, torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False):  # the narrow model's weights must be ordinary tensors, whatever the caller holds
         one, two = (count_ops(training_step(one_layer.replace(layers=n))) for n in (1, 2))
     block = (two[0] - one[0], two[1] - one[1])
     return ModelOps(block, (one[0] - block[0], one[1] - block[1]))

@@ -28,7 +28,7 @@ import numpy as np
 
 from flopwise.config_values import positive
 from flopwise.errors import ConfigError, DataError, FlopwiseError
-from flopwise.hardware import Accelerator
+from flopwise.hardware import Accelerator, merge_measured
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import DEFAULT_CONSTANTS, Constants, CostModel
@@ -210,10 +210,6 @@ def default_constants(observations: list[Observation]) -> list[str]:
     return names[: len(observations)]
 
 
-# each efficiency is a fraction of a measured rate: its median is taken as a rate (fraction x base) over the runs that
-# carry one (an older record has no attention efficiency: 0), then divided by the median base
-_FRACTION_OF = {"gemm_efficiency": "peak_flops", "attention_efficiency": "peak_flops",
-                "memory_efficiency": "memory_bandwidth"}
 # runs whose measured peaks differ more than this ran with different threads per process (cpu_seconds divides by
 # them; `flopwise train --nproc` gives each rank its share of the cores): no single file describes both
 MAX_PEAK_SPREAD = 1.5
@@ -222,9 +218,10 @@ MAX_PEAK_SPREAD = 1.5
 def on_one_device(observations: list[Observation], held: list[Observation] = ()) -> list[Observation]:
     """The observations, then `held`, set on one accelerator, the one an accelerator file can describe. Runs on a
     measured CPU each carry their own start-up measurement, which differs from run to run; they are all set on the
-    median of the measurements of `observations` (the runs fitted on: a held-out run's own measurement does not
-    shape the file it is scored with), so the calibrated file predicts what the fit reports. Runs on different
-    accelerators, or on one CPU with different threads per process, are refused: one file, one device."""
+    merge of the measurements of `observations` (hardware.merge_measured; the runs fitted on: a held-out run's own
+    measurement does not shape the file it is scored with), so the calibrated file predicts what the fit reports.
+    Runs on different accelerators, or on one CPU with different threads per process, are refused: one file, one
+    device."""
     everything = list(observations) + list(held)
     accs = [o.cluster.accelerator for o in everything]
     names = sorted({a.name for a in accs})
@@ -238,19 +235,7 @@ def on_one_device(observations: list[Observation], held: list[Observation] = ())
             f"the runs measured peaks from {min(peaks) / 1e12:.3g} to {max(peaks) / 1e12:.3g} TFLOP/s per process: "
             "different threads per process (a `--nproc` run's ranks share the cores); calibrate runs with the same "
             "threads per process together")
-    fitted = [o.cluster.accelerator for o in observations] or accs
-
-    def median(values: list[float]) -> float:
-        return float(np.median(values)) if values else 0.0
-
-    floats = [f.name for f in dataclasses.fields(Accelerator) if f.type in (float, "float")]
-    reference = dataclasses.replace(fitted[0], **{f: median([getattr(a, f) for a in fitted]) for f in floats})
-    measured = [a.op_overhead_s for a in fitted if a.op_overhead_s > 0]  # a record older than the timing reads 0
-    reference = dataclasses.replace(reference, op_overhead_s=median(measured))
-    for fraction, base in _FRACTION_OF.items():
-        rates = [getattr(a, fraction) * getattr(a, base) for a in fitted if getattr(a, fraction) > 0]
-        if rates and getattr(reference, base) > 0:
-            reference = dataclasses.replace(reference, **{fraction: min(1.0, median(rates) / getattr(reference, base))})
+    reference = merge_measured([o.cluster.accelerator for o in observations] or accs)
     return [dataclasses.replace(o, cluster=dataclasses.replace(o.cluster, accelerator=reference)) for o in everything]
 
 

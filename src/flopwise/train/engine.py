@@ -23,7 +23,6 @@ loading, which is fine up to a few billion parameters per stage."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from flopwise.errors import CheckpointError, ConfigError
-from flopwise.hardware import Accelerator, detect
+from flopwise.hardware import Accelerator, detect, merge_measured
 from flopwise.models import Transformer, document_segments
 from flopwise.models.config import ModelConfig
 from flopwise.models.moe import set_aux_loss_scale
@@ -302,23 +301,14 @@ class Engine:
 
 
 def _shared_peak(accelerator: Accelerator) -> Accelerator:
-    """A measured (CPU) peak as the best any rank measured: ranks time their matmuls while others start up,
-    so their own figures differ; one figure keeps MFU at most 100% and every rank's plan the same (the other
-    measured figures: the ranks' medians, the attention's as a rate)."""
-    import statistics
-
+    """A measured (CPU) accelerator merged over the ranks: each rank times it while others start up, so their own
+    figures differ; the best peak keeps MFU at most 100%, and one merge (hardware.merge_measured) gives every rank
+    the same plan."""
     import torch.distributed as dist
 
-    a = accelerator
     ranks = [None] * dist.get_world_size()
-    dist.all_gather_object(ranks, (a.peak_flops, a.memory_bandwidth, a.gemm_efficiency,
-                                   a.attention_efficiency * a.peak_flops, a.op_overhead_s))
-    peak = max(r[0] for r in ranks)
-    return dataclasses.replace(
-        a, peak_flops=peak, memory_bandwidth=max(r[1] for r in ranks),
-        gemm_efficiency=statistics.median(r[2] for r in ranks),
-        attention_efficiency=min(1.0, statistics.median(r[3] for r in ranks) / peak) if peak > 0 else 0.0,
-        op_overhead_s=statistics.median(r[4] for r in ranks))
+    dist.all_gather_object(ranks, accelerator)
+    return merge_measured(ranks, best_peak=True)
 
 
 def dcp_load(state: dict, directory) -> None:
