@@ -172,6 +172,9 @@ def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_writte
     assert not load_accelerator(write_accelerator(CATALOGUE["H100-SXM"], tmp_path / "h.toml")).block_scaled_fp8
     # a measured attention rate (a CPU's, or one a user timed) is kept; 0 (the class default) stays 0; so is a host
     # time per op
+    # a measured device's efficiencies are relative to start-up timings, which its runs may beat
+    path.write_text(base + "measured = true\ngemm_efficiency = 1.2\nmemory_efficiency = 2.5\n")
+    assert load_accelerator(path).gemm_efficiency == 1.2 and load_accelerator(path).memory_efficiency == 2.5
     path.write_text(base + "attention_efficiency = 0.4\nop_overhead_us = 7.5\n")
     timed = load_accelerator(path)
     assert timed.attention_efficiency == 0.4 and timed.op_overhead_s == pytest.approx(7.5e-6)
@@ -188,7 +191,9 @@ def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_writte
                            ("fp8_peak_tflops = nan\n", "must be a non-negative number"),
                            ("gemm_efficiency = true\n", "must be a fraction"),
                            ("attention_efficiency = 0\n", "attention_efficiency = 0 must be a fraction"),
-                           ("attention_efficiency = 1.5\n", "must be a fraction"),
+                           ("attention_efficiency = 1.5\n", "must be a fraction.*measured = true.* may exceed 1"),
+                           ("measured = true\ngemm_efficiency = 4.5\n", "must be at most 4"),
+                           ('measured = "yes"\n', "measured = 'yes' must be true or false"),
                            ("op_overhead_us = -1\n", "op_overhead_us = -1 must be a non-negative number")):
         path.write_text(base + extra)
         with pytest.raises(ConfigError, match=message):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flopwise.errors import ConfigError
-from flopwise.hardware import Accelerator, get_accelerator, load_accelerator
+from flopwise.hardware import MEASURED_EFFICIENCY_CEILING, Accelerator, get_accelerator, load_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan.calibrate import Observation, fit
@@ -41,6 +41,20 @@ def test_fit_recovers_the_constants_that_made_the_measurements():
         assert result.constants[name] == pytest.approx(value, rel=0.02), name
     assert max(abs(e) for e in result.errors(result.after)) < 0.005
     assert max(abs(e) for e in result.errors(result.before)) > 0.1  # the catalogue's constants were off
+
+
+def test_the_default_fit_takes_only_what_the_runs_tell_apart():
+    from flopwise.plan.calibrate import default_constants
+
+    # layouts that mix GEMMs, elementwise passes and collectives differently: all three
+    gpu = _observations({"gemm_efficiency": 0.55, "memory_efficiency": 0.6, "link_bandwidth": 120e9})
+    assert default_constants(gpu) == ["gemm_efficiency", "link_bandwidth", "memory_efficiency"]
+    assert default_constants(gpu[:2]) == ["gemm_efficiency", "link_bandwidth"]  # no more than the runs
+    # one CPU process at micro-batch 8 and 2 spends the same shares on GEMMs and elementwise passes: one efficiency
+    model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, kv_heads=2, ffn=192, seq_len=64)
+    same_mix = [Observation(model, Cluster(CPU, 1, 1), Training(8, precision="fp32"), Layout(micro_batch=mb), 0.1)
+                for mb in (8, 2)]
+    assert default_constants(same_mix) == ["gemm_efficiency"]
 
 
 def test_fit_refuses_more_constants_than_runs_and_unknown_names():
@@ -99,7 +113,9 @@ def test_calibrated_on_two_layouts_the_planner_predicts_a_third(tmp_path, one_th
     # loaded CI machine, hence the best of three above. Recompute costed wrong or not at all (a third more work)
     # still fails it.
     assert len(held) == 1 and abs(held[0]["error_after"]) <= 0.25, report
-    assert 0.01 < report["constants"]["gemm_efficiency"] <= 1.0
+    # relative to the start-up timing of one square GEMM, which the model's narrower GEMMs and cache-resident
+    # elementwise passes beat: 1.0-1.2 over 8 runs of this test's layouts, idle and loaded (RESULTS.md)
+    assert 0.01 < report["constants"]["gemm_efficiency"] <= MEASURED_EFFICIENCY_CEILING
     acc = load_accelerator(acc_file)
     assert acc.measured and acc.gemm_efficiency == pytest.approx(report["constants"]["gemm_efficiency"])
     code, out, err = run(["plan", "--gpu", str(acc_file), "--preset", "nano", "--gpus", "1", "--global-batch", "8",
@@ -116,12 +132,12 @@ def test_calibrate_explains_a_directory_without_measurements(tmp_path, capsys):
     assert code == 2 and "no plan_vs_measured record" in err
 
 
-def _record_run(directory, acc, layout, measured_s):
+def _record_run(directory, acc, layout, measured_s, software="flopwise"):
     """A finished run's metrics file as the trainer writes it (forecast.comparison), on accelerator `acc`."""
     from flopwise.train import forecast
 
     model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, kv_heads=2, ffn=192, seq_len=64)
-    cm = CostModel(model, Cluster(acc, layout.gpus, layout.gpus), Training(8, precision="fp32", software="flopwise"))
+    cm = CostModel(model, Cluster(acc, layout.gpus, layout.gpus), Training(8, precision="fp32", software=software))
     record = forecast.comparison(cm, cm.evaluate(layout), measured_s, "cpu", 1e6, "saved", 3)
     directory.mkdir()
     (directory / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n' + json.dumps(record) + "\n")
@@ -218,8 +234,8 @@ def test_calibrate_warns_when_a_constant_stops_at_its_bound_or_the_holdout_gets_
     code, text, err = run(["plan", "calibrate", str(slow), "--holdout", str(held)], capsys)
     assert code == 0 and "warning: gemm_efficiency stopped at its lower bound" in " ".join(err.split())
     assert "median |error|, held-out runs" in text and "error before" in text
-    # a measured CPU's memory efficiency starts at its bound (1): runs a little faster than planned leave it there,
-    # which is no news
+    # a measured CPU's efficiencies are relative to start-up timings of one shape and may pass 1 (up to
+    # MEASURED_EFFICIENCY_CEILING): runs a little faster than planned move them past 1, which is no news
     fast = [_record_run(tmp_path / f"fast{i}", CPU, Layout(micro_batch=mb), 0.0) for i, mb in enumerate((8, 2))]
     for directory in fast:  # measured 5% faster than planned
         record = json.loads((directory / "metrics.jsonl").read_text().splitlines()[-1])
@@ -228,3 +244,53 @@ def test_calibrate_warns_when_a_constant_stops_at_its_bound_or_the_holdout_gets_
     code, text, err = run(["plan", "calibrate", *map(str, fast), "--json"], capsys)
     assert code == 0, err
     assert json.loads(text)["warnings"] == []
+
+
+def _runs_measured_on(tmp_path, truth, layouts, start=CPU, software="flopwise"):
+    """Runs recorded on `start` whose measured step times are what accelerator `truth` predicts."""
+    out = []
+    for i, layout in enumerate(layouts):
+        model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, kv_heads=2, ffn=192, seq_len=64)
+        training = Training(8, precision="fp32", software=software)
+        measured = CostModel(model, Cluster(truth, 1, 1), training).evaluate(layout).step_time
+        out.append(_record_run(tmp_path / f"run{i}", start, layout, measured, software))
+    return out
+
+
+def test_calibrate_fits_the_host_time_per_op_from_micro_batch_counts(tmp_path, capsys):
+    """Layouts that differ in micro-batches per step tell the per-op host time apart from the arithmetic; a CPU run
+    may beat its start-up GEMM timing (gemm_efficiency above 1)."""
+    truth = dataclasses.replace(CPU, gemm_efficiency=1.15, op_overhead_s=12e-6)
+    runs = _runs_measured_on(tmp_path, truth, [Layout(micro_batch=m) for m in (8, 1, 4)],
+                             start=dataclasses.replace(CPU, op_overhead_s=3e-6))
+    out = tmp_path / "cpu.toml"
+    code, text, err = run(["plan", "calibrate", *map(str, runs[:2]), "--holdout", str(runs[2]),
+                           "--fit", "gemm_efficiency,op_overhead_s", "--out", str(out), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(text)
+    assert report["constants"]["gemm_efficiency"] == pytest.approx(1.15, rel=0.01)
+    assert report["constants"]["op_overhead_s"] == pytest.approx(12e-6, rel=0.01)
+    assert all(abs(r["error_after"]) < 0.005 for r in report["runs"]) and report["warnings"] == []
+    acc = load_accelerator(out)
+    assert acc.gemm_efficiency == pytest.approx(1.15, rel=0.01) and acc.op_overhead_s == pytest.approx(12e-6, rel=0.01)
+
+
+def test_calibrate_reads_a_time_constant_at_its_bound_the_right_way_round(tmp_path, capsys):
+    # the runs are faster than any host time per op allows: the per-op time stops at its lower bound
+    truth = dataclasses.replace(CPU, op_overhead_s=1e-9)
+    runs = _runs_measured_on(tmp_path, truth, [Layout(micro_batch=m) for m in (8, 1)],
+                             start=dataclasses.replace(CPU, op_overhead_s=5e-6))
+    code, text, err = run(["plan", "calibrate", *map(str, runs), "--fit", "gemm_efficiency,op_overhead_s", "--json"],
+                          capsys)
+    assert code == 0, err
+    (warning,) = json.loads(text)["warnings"]
+    assert "op_overhead_s stopped at its lower bound" in warning and "faster than the model allows" in warning
+
+
+def test_calibrate_refuses_constants_the_runs_do_not_exercise(tmp_path, capsys):
+    # Megatron's 2021 stack: softmax kernels, no fused attention
+    runs = _runs_measured_on(tmp_path, CPU, [Layout(micro_batch=m) for m in (8, 1)], software="megatron")
+    for names, message in (("op_overhead_s", "costed for flopwise's own eager model only"),
+                           ("gemm_efficiency,attention_efficiency", "none of the runs to fit on ran fused attention")):
+        code, _, err = run(["plan", "calibrate", *map(str, runs), "--fit", names], capsys)
+        assert code == 2 and message in " ".join(err.split()), (names, err)

@@ -5,6 +5,8 @@ are few and physical, fields of the accelerator (flopwise.hardware):
   gemm_efficiency    fraction of the dense peak that the run's matmuls sustain
   memory_efficiency  fraction of the memory bandwidth that streaming (elementwise) kernels reach
   link_bandwidth     intra-node bytes/s per device and direction (NVLink; gloo over loopback on a CPU)
+  attention_efficiency  fraction of the dense peak that fused causal attention, forward and backward, sustains
+  op_overhead_s      host seconds per op eager PyTorch dispatches (flopwise's own eager model; adds per micro-batch)
 and the cost model's own constants (flopwise.plan.cost.Constants, issue 14), fitted to published runs of many
 stacks: eager_traffic, network_efficiency, straggler_cv, pipeline_instruction_s, fa2_hopper_efficiency,
 backward_efficiency.
@@ -28,7 +30,7 @@ import numpy as np
 
 from flopwise.config_values import positive
 from flopwise.errors import ConfigError, DataError, FlopwiseError
-from flopwise.hardware import Accelerator, merge_measured
+from flopwise.hardware import Accelerator, efficiency_ceiling, merge_measured
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import DEFAULT_CONSTANTS, Constants, CostModel
@@ -40,6 +42,8 @@ CONSTANTS = {
     "gemm_efficiency": (0.01, 1.0),
     "memory_efficiency": (0.01, 1.0),
     "link_bandwidth": (1e6, 1e13),
+    "attention_efficiency": (0.01, 1.0),
+    "op_overhead_s": (1e-7, 1e-3),  # 0.1 us (a GPU's launch) to 1 ms (a very busy Python host)
     # cost-model constants (fields of flopwise.plan.cost.Constants); positive bounds: the fit is in logarithms
     "eager_traffic": (1.0, 8.0),
     "network_efficiency": (0.1, 1.0),
@@ -48,10 +52,18 @@ CONSTANTS = {
     "fa2_hopper_efficiency": (0.1, 0.8),
     "backward_efficiency": (0.5, 1.0),
 }
+# constants that grow with the step time (the rest are rates: the step shrinks as they grow)
+TIME_CONSTANTS = ("op_overhead_s", "eager_traffic", "straggler_cv", "pipeline_instruction_s")
 MODEL_CONSTANTS = tuple(f.name for f in dataclasses.fields(Constants))
 # what an accelerator file holds, and so what `flopwise plan calibrate` fits (the cost model's own constants are
 # fitted to published runs: benchmarks/planner_fit.py)
 DEVICE_CONSTANTS = tuple(c for c in CONSTANTS if c not in MODEL_CONSTANTS)
+
+
+def bounds(name: str, acc: Accelerator) -> tuple[float, float]:
+    """CONSTANTS[name], an efficiency's ceiling raised on a measured device (hardware.efficiency_ceiling)."""
+    lo, hi = CONSTANTS[name]
+    return (lo, efficiency_ceiling(acc)) if name.endswith("_efficiency") and name not in MODEL_CONSTANTS else (lo, hi)
 
 
 def _split(values: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
@@ -119,9 +131,8 @@ def fit(observations: list[Observation], constants: tuple[str, ...] | list[str] 
             f"{len(constants)} constants cannot be fitted to {len(observations)} run(s): give more runs or fewer constants"
         )
     base, start = observations[0].cluster.accelerator, observations[0].constants
-    lo = np.log([CONSTANTS[c][0] for c in constants])
-    hi = np.log([CONSTANTS[c][1] for c in constants])
-    x = np.clip(np.log([max(getattr(start if c in MODEL_CONSTANTS else base, c), CONSTANTS[c][0])
+    lo, hi = (np.log([bounds(c, base)[i] for c in constants]) for i in (0, 1))
+    x = np.clip(np.log([max(getattr(start if c in MODEL_CONSTANTS else base, c), bounds(c, base)[0])
                         for c in constants]), lo, hi)
     measured = np.log([o.measured_step_s for o in observations])
 
@@ -199,15 +210,46 @@ def run_observation(run_dir: str | Path) -> Observation:
         raise DataError(f"{metrics}: malformed plan_vs_measured record ({exc})") from None
 
 
+# a constant whose effect on the runs is mostly that of the constants chosen before it is left out of the default fit:
+# the runs cannot tell it apart, and fitting it lets the two trade off without bound (on a CPU, micro-batch 8 and 2
+# spend the same shares of their step on GEMMs and on elementwise passes; benchmarks/RESULTS.md, "Calibrating a CPU
+# past its start-up timings")
+MIN_OWN_EFFECT = 0.2
+
+
+def sensitivity(observations: list[Observation], name: str) -> np.ndarray:
+    """d log(predicted step) / d log(constant) per observation, at the observations' own value of the constant."""
+    value = getattr(observations[0].cluster.accelerator, name) if name not in MODEL_CONSTANTS else getattr(
+        observations[0].constants, name)
+    if value <= 0:
+        return np.zeros(len(observations))
+    step = 1e-3
+    base = np.log([o.predict() for o in observations])
+    moved = np.log([o.predict({name: value * math.exp(step)}) for o in observations])
+    return (moved - base) / step
+
+
 def default_constants(observations: list[Observation]) -> list[str]:
-    """What the runs can tell apart: GEMM efficiency always, memory efficiency where the device has a
-    bandwidth figure, the link where a run communicates; no more constants than runs."""
-    names = ["gemm_efficiency"]
-    if all(o.cluster.accelerator.memory_bandwidth > 0 for o in observations):
-        names.append("memory_efficiency")
+    """What the runs can tell apart: GEMM efficiency always; then the link where a run communicates and memory efficiency
+    where the device has a bandwidth figure, each where at least MIN_OWN_EFFECT of its effect on the runs (the norm of
+    its sensitivity column) is not a combination of the constants chosen before it; no more constants than runs."""
+    candidates = ["gemm_efficiency"]
     if any(o.layout.gpus > 1 for o in observations):
-        names.append("link_bandwidth")
-    return names[: len(observations)]
+        candidates.append("link_bandwidth")
+    if all(o.cluster.accelerator.memory_bandwidth > 0 for o in observations):
+        candidates.append("memory_efficiency")
+    chosen: list[str] = []
+    columns: list[np.ndarray] = []
+    for name in candidates:
+        column = sensitivity(observations, name)
+        if columns:
+            basis = np.column_stack(columns)
+            own = column - basis @ np.linalg.lstsq(basis, column, rcond=None)[0]
+            if np.linalg.norm(own) < MIN_OWN_EFFECT * np.linalg.norm(column):
+                continue
+        chosen.append(name)
+        columns.append(column)
+    return chosen[: len(observations)]
 
 
 # runs whose measured peaks differ more than this ran with different threads per process (cpu_seconds divides by
@@ -249,6 +291,11 @@ def check_device_constants(names: list[str], observations: list[Observation]) ->
         raise ConfigError("--fit link_bandwidth: every run to fit on ran in one process, so none of them uses the link")
     if "memory_efficiency" in names and not all(o.cluster.accelerator.memory_bandwidth > 0 for o in observations):
         raise ConfigError("--fit memory_efficiency: the accelerator has no memory-bandwidth figure to scale")
+    if "op_overhead_s" in names and not any(o.training.software == "flopwise" for o in observations):
+        raise ConfigError("--fit op_overhead_s: the host time per op is costed for flopwise's own eager model only, and "
+                          "none of the runs to fit on ran it")
+    if "attention_efficiency" in names and not any(o.training.profile.attention == "flash" for o in observations):
+        raise ConfigError("--fit attention_efficiency: none of the runs to fit on ran fused attention")
 
 
 def _distinct(runs: list[Path], holdout: list[Path]) -> None:
@@ -280,9 +327,9 @@ def calibrate_runs(runs: list[str | Path], holdout: list[str | Path] = (), names
     the held-out ones, every run on one accelerator (`on_one_device`)."""
     _distinct([Path(r) for r in runs], [Path(r) for r in holdout])
     fit_on, held = [run_observation(r) for r in runs], [run_observation(r) for r in holdout]
-    names = list(names) if names else default_constants(fit_on)
-    check_device_constants(names, fit_on)
     device = on_one_device(fit_on, held)
+    names = list(names) if names else default_constants(device[: len(fit_on)])
+    check_device_constants(names, fit_on)
     result = fit(device[: len(fit_on)], names)
     rows = []
     for role, own, obs in [("fit", o, d) for o, d in zip(fit_on, device[: len(fit_on)], strict=True)] + [
@@ -294,15 +341,18 @@ def calibrate_runs(runs: list[str | Path], holdout: list[str | Path] = (), names
     report = Report(result.constants, result.accelerator(), rows, [])
     start = device[0].cluster.accelerator
     for name, value in result.constants.items():
-        lo, hi = CONSTANTS[name]
+        lo, hi = bounds(name, start)
         moved = not math.isclose(value, getattr(start, name), rel_tol=1e-4)
-        if moved and value <= lo * 1.0001:  # the runs are slower than any value in bounds explains
+        at = "lower" if moved and value <= lo * 1.0001 else "upper" if moved and value >= hi * 0.9999 else None
+        if at is None:
+            continue
+        if (at == "lower") == (name not in TIME_CONSTANTS):  # the runs are slower than any value in bounds explains
             report.warnings.append(
-                f"{name} stopped at its lower bound ({value:.3g}): the runs took far longer than the model allows; "
+                f"{name} stopped at its {at} bound ({value:.3g}): the runs took far longer than the model allows; "
                 "check that they ran alone (on a CPU, time per thread grows when other processes share the cores)")
-        elif moved and value >= hi * 0.9999:
+        else:
             report.warnings.append(
-                f"{name} stopped at its upper bound ({value:.3g}): the runs were faster than the model allows with "
+                f"{name} stopped at its {at} bound ({value:.3g}): the runs were faster than the model allows with "
                 "it; the other constants carry the rest")
     before, after = report.median_error("holdout", "error_before"), report.median_error("holdout", "error_after")
     if before is not None and after > before:
