@@ -223,6 +223,7 @@ def get_accelerator(name: str) -> Accelerator:
 # demo-width GEMMs (1024 tokens x 256-2048) ran 3-7% above the square GEMM's best, and the elementwise passes over
 # activations that fit the caches at about 2.5x the DRAM copy's rate the planner costs them at (benchmarks/RESULTS.md,
 # "Calibrating a CPU past its start-up timings"). A file calibrated on such runs may hold efficiencies up to this.
+# (MFU stays against the start-up peak, so a plan on such a file may print one above 100%.)
 MEASURED_EFFICIENCY_CEILING = 4.0
 
 
@@ -234,7 +235,8 @@ def efficiency_ceiling(acc: Accelerator) -> float:
 def load_accelerator(path: str | Path) -> Accelerator:
     """Read a user-defined accelerator from TOML, figures in natural units:
     name, peak_tflops, memory_gb, memory_bandwidth_gbps, link_bandwidth_gbps (per direction);
-    optionally gemm_efficiency, memory_efficiency and attention_efficiency (fractions, see the module docstring),
+    optionally gemm_efficiency, memory_efficiency and attention_efficiency (fractions, see the module docstring;
+    up to MEASURED_EFFICIENCY_CEILING with measured = true),
     fp8_peak_tflops, fp4_peak_tflops (dense; for NVFP4 plans), op_overhead_us (host microseconds per op flopwise's
     trainer dispatches, where they add to the step, as on a CPU), network_bandwidth_gbps (inter-node, per GPU and direction),
     nvlink_domain_gpus (GPUs one NVLink domain spans where it is more than a server, e.g. 72 for an NVL72 rack)

@@ -49,12 +49,30 @@ def test_the_default_fit_takes_only_what_the_runs_tell_apart():
     # layouts that mix GEMMs, elementwise passes and collectives differently: all three
     gpu = _observations({"gemm_efficiency": 0.55, "memory_efficiency": 0.6, "link_bandwidth": 120e9})
     assert default_constants(gpu) == ["gemm_efficiency", "link_bandwidth", "memory_efficiency"]
-    assert default_constants(gpu[:2]) == ["gemm_efficiency", "link_bandwidth"]  # no more than the runs
-    # one CPU process at micro-batch 8 and 2 spends the same shares on GEMMs and elementwise passes: one efficiency
-    model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, kv_heads=2, ffn=192, seq_len=64)
+    assert len(default_constants(gpu[:2])) == 2  # no more than the runs
+    # one CPU process at micro-batch 8 and 2 spends the same shares on GEMMs and elementwise passes: one efficiency,
+    # the GEMMs' at the closed-loop test's width
+    model = ModelConfig(vocab_size=2048, layers=2, hidden=256, heads=8, kv_heads=4, ffn=768, seq_len=128)
     same_mix = [Observation(model, Cluster(CPU, 1, 1), Training(8, precision="fp32"), Layout(micro_batch=mb), 0.1)
                 for mb in (8, 2)]
     assert default_constants(same_mix) == ["gemm_efficiency"]
+    # memory-bound runs (a tiny model, long sequences): the efficiency that moves them is the memory one, not the GEMM
+    # one that moves them alike but less
+    small = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, kv_heads=2, ffn=192, seq_len=1024)
+    bound = [Observation(small, Cluster(get_accelerator("A100-80GB"), 1, 1), Training(8), Layout(micro_batch=mb), 0.1)
+             for mb in (8, 1)]
+    assert default_constants(bound) == ["memory_efficiency"]
+
+
+def test_a_measured_device_raises_only_its_own_efficiencies():
+    from flopwise.plan.calibrate import CONSTANTS, bounds
+
+    for name in ("network_efficiency", "fa2_hopper_efficiency", "backward_efficiency", "link_bandwidth",
+                 "op_overhead_s"):
+        assert bounds(name, CPU) == CONSTANTS[name], name
+    for name in ("gemm_efficiency", "memory_efficiency", "attention_efficiency"):
+        assert bounds(name, CPU) == (CONSTANTS[name][0], MEASURED_EFFICIENCY_CEILING)
+        assert bounds(name, get_accelerator("H100-SXM")) == CONSTANTS[name]
 
 
 def test_fit_refuses_more_constants_than_runs_and_unknown_names():
@@ -229,10 +247,11 @@ def test_calibrate_warns_when_a_constant_stops_at_its_bound_or_the_holdout_gets_
     code, text, err = run(["plan", "calibrate", str(slow), "--holdout", str(held), "--json"], capsys)
     assert code == 0, err
     warnings = json.loads(text)["warnings"]
-    assert any("gemm_efficiency stopped at its lower bound" in w for w in warnings), warnings
+    # (this small model's step is mostly elementwise passes on a CPU: the default fit takes the memory efficiency)
+    assert any("memory_efficiency stopped at its lower bound" in w for w in warnings), warnings
     assert any("held-out runs are predicted worse after calibrating" in w for w in warnings), warnings
     code, text, err = run(["plan", "calibrate", str(slow), "--holdout", str(held)], capsys)
-    assert code == 0 and "warning: gemm_efficiency stopped at its lower bound" in " ".join(err.split())
+    assert code == 0 and "warning: memory_efficiency stopped at its lower bound" in " ".join(err.split())
     assert "median |error|, held-out runs" in text and "error before" in text
     # a measured CPU's efficiencies are relative to start-up timings of one shape and may pass 1 (up to
     # MEASURED_EFFICIENCY_CEILING): runs a little faster than planned move them past 1, which is no news
@@ -248,6 +267,7 @@ def test_calibrate_warns_when_a_constant_stops_at_its_bound_or_the_holdout_gets_
 
 def _runs_measured_on(tmp_path, truth, layouts, start=CPU, software="flopwise"):
     """Runs recorded on `start` whose measured step times are what accelerator `truth` predicts."""
+    tmp_path.mkdir(exist_ok=True)
     out = []
     for i, layout in enumerate(layouts):
         model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, kv_heads=2, ffn=192, seq_len=64)
@@ -290,7 +310,13 @@ def test_calibrate_reads_a_time_constant_at_its_bound_the_right_way_round(tmp_pa
 def test_calibrate_refuses_constants_the_runs_do_not_exercise(tmp_path, capsys):
     # Megatron's 2021 stack: softmax kernels, no fused attention
     runs = _runs_measured_on(tmp_path, CPU, [Layout(micro_batch=m) for m in (8, 1)], software="megatron")
-    for names, message in (("op_overhead_s", "costed for flopwise's own eager model only"),
-                           ("gemm_efficiency,attention_efficiency", "none of the runs to fit on ran fused attention")):
-        code, _, err = run(["plan", "calibrate", *map(str, runs), "--fit", names], capsys)
+    # flopwise's own model on a GPU: its host runs ahead of the kernels, no host time per op to fit
+    gpu = _runs_measured_on(tmp_path / "gpu", get_accelerator("H100-SXM"), [Layout(micro_batch=m) for m in (8, 1)],
+                            start=get_accelerator("H100-SXM"))
+    own_model_on_a_cpu_only = "costed for flopwise's own eager model on a measured CPU only"
+    for these, names, message in ((runs, "op_overhead_s", own_model_on_a_cpu_only),
+                                  (gpu, "gemm_efficiency,op_overhead_s", own_model_on_a_cpu_only),
+                                  (runs, "gemm_efficiency,attention_efficiency",
+                                   "none of the runs to fit on ran fused attention")):
+        code, _, err = run(["plan", "calibrate", *map(str, these), "--fit", names], capsys)
         assert code == 2 and message in " ".join(err.split()), (names, err)

@@ -6,13 +6,16 @@ are few and physical, fields of the accelerator (flopwise.hardware):
   memory_efficiency  fraction of the memory bandwidth that streaming (elementwise) kernels reach
   link_bandwidth     intra-node bytes/s per device and direction (NVLink; gloo over loopback on a CPU)
   attention_efficiency  fraction of the dense peak that fused causal attention, forward and backward, sustains
-  op_overhead_s      host seconds per op eager PyTorch dispatches (flopwise's own eager model; adds per micro-batch)
+  op_overhead_s      host seconds per op eager PyTorch dispatches (flopwise's own eager model on a measured CPU; it
+                     adds to every micro-batch)
+(on a measured device the efficiencies are relative to start-up timings and may pass 1: `bounds`)
 and the cost model's own constants (flopwise.plan.cost.Constants, issue 14), fitted to published runs of many
 stacks: eager_traffic, network_efficiency, straggler_cv, pipeline_instruction_s, fa2_hopper_efficiency,
 backward_efficiency.
 The fit minimises the squared log error log(predicted / measured) summed over the observations, by damped
 Gauss-Newton (Levenberg-Marquardt) on the logarithms of the constants, within their bounds: each constant
-divides one part of the step time, so the error is smooth and nearly linear in those logarithms.
+divides (a rate) or multiplies (a time, TIME_CONSTANTS) one part of the step time, so the error is smooth and nearly
+linear in those logarithms.
 
 `fit` takes any observations, the trainer's own runs (`runs_observations` reads their metrics.jsonl) or
 published ones, and the names of the constants to fit.
@@ -230,26 +233,29 @@ def sensitivity(observations: list[Observation], name: str) -> np.ndarray:
 
 
 def default_constants(observations: list[Observation]) -> list[str]:
-    """What the runs can tell apart: GEMM efficiency always; then the link where a run communicates and memory efficiency
-    where the device has a bandwidth figure, each where at least MIN_OWN_EFFECT of its effect on the runs (the norm of
-    its sensitivity column) is not a combination of the constants chosen before it; no more constants than runs."""
+    """What the runs can tell apart, among GEMM efficiency, the link (where a run communicates) and memory efficiency
+    (where the device has a bandwidth figure): strongest effect on the runs first (the norm of its sensitivity
+    column), each taken where at least MIN_OWN_EFFECT of its effect is not a combination of those taken before it
+    (of two that move the runs alike, the one that moves them more), none that does not move them; no more constants
+    than runs; in that order of names."""
     candidates = ["gemm_efficiency"]
     if any(o.layout.gpus > 1 for o in observations):
         candidates.append("link_bandwidth")
     if all(o.cluster.accelerator.memory_bandwidth > 0 for o in observations):
         candidates.append("memory_efficiency")
+    columns = {name: sensitivity(observations, name) for name in candidates}
     chosen: list[str] = []
-    columns: list[np.ndarray] = []
-    for name in candidates:
-        column = sensitivity(observations, name)
-        if columns:
-            basis = np.column_stack(columns)
+    for name in sorted(candidates, key=lambda n: -float(np.linalg.norm(columns[n]))):
+        column, norm = columns[name], float(np.linalg.norm(columns[name]))
+        if norm == 0 or len(chosen) == len(observations):
+            continue
+        if chosen:
+            basis = np.column_stack([columns[c] for c in chosen])
             own = column - basis @ np.linalg.lstsq(basis, column, rcond=None)[0]
-            if np.linalg.norm(own) < MIN_OWN_EFFECT * np.linalg.norm(column):
+            if np.linalg.norm(own) < MIN_OWN_EFFECT * norm:
                 continue
         chosen.append(name)
-        columns.append(column)
-    return chosen[: len(observations)]
+    return [c for c in candidates if c in chosen] or ["gemm_efficiency"]
 
 
 # runs whose measured peaks differ more than this ran with different threads per process (cpu_seconds divides by
@@ -291,9 +297,11 @@ def check_device_constants(names: list[str], observations: list[Observation]) ->
         raise ConfigError("--fit link_bandwidth: every run to fit on ran in one process, so none of them uses the link")
     if "memory_efficiency" in names and not all(o.cluster.accelerator.memory_bandwidth > 0 for o in observations):
         raise ConfigError("--fit memory_efficiency: the accelerator has no memory-bandwidth figure to scale")
-    if "op_overhead_s" in names and not any(o.training.software == "flopwise" for o in observations):
-        raise ConfigError("--fit op_overhead_s: the host time per op is costed for flopwise's own eager model only, and "
-                          "none of the runs to fit on ran it")
+    if "op_overhead_s" in names and not any(o.training.software == "flopwise" and o.cluster.accelerator.measured
+                                            for o in observations):
+        raise ConfigError("--fit op_overhead_s: the host time per op is costed for flopwise's own eager model on a "
+                          "measured CPU only (a GPU's host runs ahead of its kernels), and none of the runs to fit on "
+                          "is one")
     if "attention_efficiency" in names and not any(o.training.profile.attention == "flash" for o in observations):
         raise ConfigError("--fit attention_efficiency: none of the runs to fit on ran fused attention")
 
