@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import platform
 import statistics
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.planner_kernels import kernel_kind  # noqa: E402
 from flopwise import hardware  # noqa: E402
-from tests.plan.test_calibrate import LAYOUTS, SHAPE  # noqa: E402 - the closed-loop test's model and layouts
+from tests.plan.test_calibrate import SHAPE, fastest_of_rounds  # noqa: E402 - the closed-loop test's runs
 
 WIDTH, TOKENS = 256, 1024
 
@@ -107,23 +106,13 @@ def profile(micro_batch: int = 8) -> None:
 
 def _closed_loop(work: Path, shards: Path) -> dict:
     from flopwise.plan.calibrate import calibrate_runs
-    from flopwise.train.config import load_config
-    from flopwise.train.trainer import train
 
-    runs: dict[str, tuple[Path, float]] = {}
-    for round_ in range(3):
-        for name, extra in LAYOUTS.items():
-            out = work / f"{name}-{round_}"
-            train(load_config(None, [f'data.shards="{shards}"', *SHAPE, *extra], preset="tiny", out=str(out),
-                              **{"train.steps": 5}))
-            record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-            if name not in runs or record["measured_step_s"] < runs[name][1]:
-                runs[name] = (out, record["measured_step_s"])
+    runs = fastest_of_rounds(work, shards)
     result = {}
     for label, ceiling in (("capped at 1", 1.0), ("measured ceiling", hardware.MEASURED_EFFICIENCY_CEILING)):
         saved, hardware.MEASURED_EFFICIENCY_CEILING = hardware.MEASURED_EFFICIENCY_CEILING, ceiling
         try:
-            report = calibrate_runs([runs["fit-mb8"][0], runs["fit-mb2"][0]], [runs["held-out-mb4-full"][0]],
+            report = calibrate_runs([runs["fit-mb8"], runs["fit-mb2"]], [runs["held-out-mb4-full"]],
                                     ["gemm_efficiency"])
         finally:
             hardware.MEASURED_EFFICIENCY_CEILING = saved

@@ -225,11 +225,14 @@ def get_accelerator(name: str) -> Accelerator:
 # "Calibrating a CPU past its start-up timings"). A file calibrated on such runs may hold efficiencies up to this.
 # (MFU stays against the start-up peak, so a plan on such a file may print one above 100%.)
 MEASURED_EFFICIENCY_CEILING = 4.0
+# the accelerator's efficiencies (module docstring): fractions of the figure each scales, bounded by efficiency_ceiling
+EFFICIENCIES = ("gemm_efficiency", "memory_efficiency", "attention_efficiency")
 
 
-def efficiency_ceiling(acc: Accelerator) -> float:
-    """The largest efficiency `acc` may carry: 1 (a fraction of a datasheet figure), or more on a measured device."""
-    return MEASURED_EFFICIENCY_CEILING if acc.measured else 1.0
+def efficiency_ceiling(measured: bool) -> float:
+    """The largest efficiency an accelerator may carry: 1 (a fraction of a datasheet figure), or more on a measured
+    device."""
+    return MEASURED_EFFICIENCY_CEILING if measured else 1.0
 
 
 def load_accelerator(path: str | Path) -> Accelerator:
@@ -248,7 +251,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
     missing = [k for k in required if k not in data]
     if missing:
         raise ConfigError(f"accelerator file {path}: missing key(s) {', '.join(missing)}")
-    optional = ("gemm_efficiency", "memory_efficiency", "attention_efficiency")
+    optional = EFFICIENCIES
     rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "fp4_peak_tflops": ("fp4_peak_flops", TFLOPS),
              "network_bandwidth_gbps": ("network_bandwidth", GB), "op_overhead_us": ("op_overhead_s", 1e-6)}
     flags = ("measured", "block_scaled_fp8")
@@ -266,7 +269,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
     for key in flags:
         if not isinstance(data.get(key, False), bool):
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be true or false")
-    ceiling = MEASURED_EFFICIENCY_CEILING if data.get("measured") else 1
+    ceiling = efficiency_ceiling(data.get("measured", False))
     for key in optional:
         if key in data and (not number(key) or not 0 < data[key] <= ceiling):
             why = (f"at most {ceiling:g} (measured = true: relative to start-up timings)" if data.get("measured")

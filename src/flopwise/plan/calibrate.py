@@ -33,7 +33,7 @@ import numpy as np
 
 from flopwise.config_values import positive
 from flopwise.errors import ConfigError, DataError, FlopwiseError
-from flopwise.hardware import Accelerator, efficiency_ceiling, merge_measured
+from flopwise.hardware import EFFICIENCIES, Accelerator, efficiency_ceiling, merge_measured
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import DEFAULT_CONSTANTS, Constants, CostModel
@@ -66,7 +66,12 @@ DEVICE_CONSTANTS = tuple(c for c in CONSTANTS if c not in MODEL_CONSTANTS)
 def bounds(name: str, acc: Accelerator) -> tuple[float, float]:
     """CONSTANTS[name], an efficiency's ceiling raised on a measured device (hardware.efficiency_ceiling)."""
     lo, hi = CONSTANTS[name]
-    return (lo, efficiency_ceiling(acc)) if name.endswith("_efficiency") and name not in MODEL_CONSTANTS else (lo, hi)
+    return (lo, efficiency_ceiling(acc.measured)) if name in EFFICIENCIES else (lo, hi)
+
+
+def _value(observation: Observation, name: str) -> float:
+    """The value of constant `name` the observation starts from: its accelerator's or its cost model's."""
+    return getattr(observation.constants if name in MODEL_CONSTANTS else observation.cluster.accelerator, name)
 
 
 def _split(values: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
@@ -133,10 +138,9 @@ def fit(observations: list[Observation], constants: tuple[str, ...] | list[str] 
         raise ConfigError(
             f"{len(constants)} constants cannot be fitted to {len(observations)} run(s): give more runs or fewer constants"
         )
-    base, start = observations[0].cluster.accelerator, observations[0].constants
+    base = observations[0].cluster.accelerator
     lo, hi = (np.log([bounds(c, base)[i] for c in constants]) for i in (0, 1))
-    x = np.clip(np.log([max(getattr(start if c in MODEL_CONSTANTS else base, c), bounds(c, base)[0])
-                        for c in constants]), lo, hi)
+    x = np.clip(np.log([max(_value(observations[0], c), bounds(c, base)[0]) for c in constants]), lo, hi)
     measured = np.log([o.measured_step_s for o in observations])
 
     def residuals(v: np.ndarray) -> np.ndarray:
@@ -222,8 +226,7 @@ MIN_OWN_EFFECT = 0.2
 
 def sensitivity(observations: list[Observation], name: str) -> np.ndarray:
     """d log(predicted step) / d log(constant) per observation, at the observations' own value of the constant."""
-    value = getattr(observations[0].cluster.accelerator, name) if name not in MODEL_CONSTANTS else getattr(
-        observations[0].constants, name)
+    value = _value(observations[0], name)
     if value <= 0:
         return np.zeros(len(observations))
     step = 1e-3
