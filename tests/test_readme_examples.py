@@ -35,6 +35,7 @@ SKIPPED = [
     (r"\bplan calibrate\b", "needs finished training runs"),
     (r"--gpu (cpu|my-cpu\.toml)", "measures this machine's peak (seconds of matmuls) or needs calibrated runs"),
     (r"philly|openb", "a trace replay of 30 s or more (benchmarks/scheduler.py)"),
+    (r"--device cuda\b", "needs a GPU"),
     (r"^jq\b", "needs jq"),
     (r"\bcluster (up|submit|queue|ls|logs|show|nodes|usage|cancel)\b",
      "the live cluster service and its clients (tests/cluster/service)"),

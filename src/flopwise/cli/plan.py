@@ -167,6 +167,11 @@ def plan(
                    "graphs); default: the profile's, " + ", ".join(
                        f"{name} {1e3 * sw.step_overhead_s:g}" for name, sw in SOFTWARE.items() if sw.step_overhead_s)
                    + ", the others 0", callback=NON_NEGATIVE),
+    block_host_ms: float = typer.Option(
+        None, help="the host's time per transformer block and micro-batch in ms, forward + backward, where you "
+                   "measured it (`flopwise plan host-probe` on your server); a block whose GPU work is shorter "
+                   "waits for it. Default: not costed (a plan with blocks under ~1 ms says so)",
+        callback=NON_NEGATIVE),
     compile_blocks: bool = typer.Option(
         False, "--compile", help="flopwise's trainer with train.compile = true: each block through torch.compile, "
                                  "its elementwise chains fused (on an H200 a 1-8B step took 7-22% less time than eager)"),
@@ -201,7 +206,8 @@ def plan(
     )
     training = Training(global_batch, tokens=tokens, precision=precision, software=software,
                         expert_imbalance=expert_imbalance, attention=attention.lower() if attention else None,
-                        compiled=compile_blocks, step_overhead_s=host_ms / 1e3 if host_ms is not None else None)
+                        compiled=compile_blocks, step_overhead_s=host_ms / 1e3 if host_ms is not None else None,
+                        block_host_s=block_host_ms / 1e3 if block_host_ms is not None else None)
     if write_config is not None and (software != "flopwise" or precision not in TRAINER_PRECISIONS):
         raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
                           f"{' or '.join(TRAINER_PRECISIONS)} (got --software {software}, --precision {precision})")
@@ -237,6 +243,7 @@ def plan(
                         "compiled": compile_blocks,
                         "attention": training.profile.attention,
                         "host_s": training.profile.step_overhead_s,
+                        "block_host_s": training.profile.block_host_s,
                     },
                     "evaluated": result.evaluated,
                     "feasible": result.feasible,
@@ -410,3 +417,49 @@ def calibrate_cmd(
         err_console.print(f"warning: {warning}", highlight=False)
     if out is not None:
         console.print(f"wrote {out}; plan with it: flopwise plan --gpu {out} ...")
+
+
+@app.command("host-probe")
+def host_probe_cmd(
+    wrappers: str = typer.Option(
+        None, "--wrappers", help="comma-separated stacks of wrappers to time, each 'eager' or parts of tp, ac (full "
+                                 "recomputation), fsdp, autocast joined by '+', e.g. tp+ac+fsdp+autocast (default: "
+                                 "plain eager, each alone, then torchtitan's combinations)"),
+    world: int = typer.Option(8, help="the TP and FSDP degree (the fake process group has its square of ranks)",
+                              callback=POSITIVE_INT),
+    repeats: int = typer.Option(40, help="timed steps per stack (the median is reported)", callback=POSITIVE_INT),
+    device: str = typer.Option("cpu", help="cpu | cuda: on a GPU server, cuda counts the kernel launches too"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Time the host's work per transformer block under PyTorch-native wrappers, for `flopwise plan --block-host-ms`.
+
+    A Llama-style block too narrow for its kernels to matter runs forward and backward under DTensor TP, FSDP2, full
+    recomputation and bf16 autocast as torchtitan-style stacks apply them, the collectives on PyTorch's fake process
+    group; what is timed is the host's share (dispatcher, autograd, the wrappers, launches). Run it on the training
+    server's host, in a process of its own: a block whose GPU work is shorter than the figure of its stack waits for
+    the host, which the planner costs only when given it. Other stacks' own layers (Megatron, Transformer Engine,
+    DeepSpeed) dispatch differently: this measures the PyTorch-native ones."""
+    from flopwise.plan import host_probe  # imports torch.distributed: only here
+
+    chosen = tuple(w.strip() for w in wrappers.split(",") if w.strip()) if wrappers else host_probe.WRAPPERS
+    host_probe.check(chosen, world, repeats, device)
+    err_console.print(f"timing {len(chosen)} stack(s) of wrappers, {repeats} steps each, on {device} ...",
+                      highlight=False)
+    times = host_probe.measure(chosen, world=world, repeats=repeats, device=device)
+    if as_json:
+        print(json.dumps({"device": device, "world": world, "repeats": repeats,
+                          "blocks": [t.to_dict() for t in times]}, indent=2))
+        return
+    table = Table(title=f"host time per transformer block and micro-batch on {device} (world {world})",
+                  header_style="bold")
+    for col in ("wrappers", "forward ms", "forward + backward ms (--block-host-ms)"):
+        table.add_column(col, justify="left" if col == "wrappers" else "right")
+    for t in times:
+        table.add_row(t.wrapper, f"{1e3 * t.forward_s:.2f}", f"{1e3 * t.step_s:.2f}")
+    console.print(table)
+    last = times[-1]
+    console.print(f"plan with your stack's figure, e.g. flopwise plan ... --block-host-ms {1e3 * last.step_s:.2f} "
+                  f"({last.wrapper})", highlight=False)
+    if device == "cpu":
+        console.print("measured on the CPU alone: on the GPU server, --device cuda adds the kernel launches",
+                      highlight=False)

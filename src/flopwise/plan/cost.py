@@ -83,6 +83,9 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
   framework's loop), paid once per step whatever its size, by the stacks that sync the host every step (spec.SOFTWARE
   says which); read off MLPerf's one-micro-batch Llama 3.1 8B steps (FINDINGS.md section 30). The straggler term
   scales it with the rest of the step.
+- The host's time to issue a block where the user measured it (Software.block_host_s, `flopwise plan host-probe`):
+  the host runs ahead of the GPU, so each block and micro-batch takes the longer of its GPU work and the host's time
+  (CostModel.launch_wait), the difference counted under `host`. No profile has a figure (FINDINGS.md section 32).
 - Inter-node collectives at Constants.network_efficiency of the NIC rate times the group's ranks on one node
   (each ring channel leaves the node through another rank's NIC; CostModel.bus_bandwidth), plus a tree latency of
   2 log2(nodes) NET_HOP_LATENCY_S per bucket of DP_BUCKET_BYTES; stragglers: the expected slowest of N ranks
@@ -95,7 +98,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from flopwise.errors import LayoutError, PlanError
+from flopwise.errors import ConfigError, LayoutError, PlanError
 from flopwise.flops import (
     FLASH_BACKWARD_FLOPS,
     Gemm,
@@ -296,6 +299,9 @@ class CostModel:
             self.cast_delta = 2 * low.stored_bytes - 2 + amax
             # no FP4 GEMM rate from training runs: FP4 GEMMs are taken to reach FP8's fraction of their peak
             self.low_rate = getattr(self.acc, low.peak_field) * self.acc.gemm_efficiency * FP8_MAMF_RATIO
+        if training.profile.block_host_s and self.acc.measured:
+            raise ConfigError("block_host_s: a CPU runs its kernels on the host, which is already costed (the "
+                              "measured time per op, op_overhead_s); the host time per block is for GPUs")
         self.seq = training.seq_len or model.seq_len
         # fp32 runs on TF32 tensor cores: half the bf16/fp16 dense rate on A100 and H100 (a measured CPU peak
         # is already the fp32 rate).
@@ -654,6 +660,11 @@ class CostModel:
         return m * (layers * exposed + ag + rs + edge)
 
     # ---- the whole step --------------------------------------------------------------------------
+    def launch_wait(self, layer_gpu_s: float) -> float:
+        """Seconds a layer's GPU work of `layer_gpu_s` per micro-batch waits on the host that issues it: the host runs
+        ahead, so only a block it needs longer for than the GPU (Software.block_host_s) is held up."""
+        return max(0.0, self.training.profile.block_host_s - layer_gpu_s)
+
     def microbatches(self, layout: Layout) -> int:
         return self.check(layout)
 
@@ -713,7 +724,8 @@ class CostModel:
         emb_comm = self.embedding_time(tp, sp, mb, cp)
         moe_comp, moe_a2a = moe.moe_layer_time(self, layout, t.expert_imbalance)
 
-        # per-micro-batch time of each stage: (compute, recompute, tp, cp, ep)
+        # per-micro-batch time of each stage: (compute, recompute, tp, cp, ep, the blocks' wait on the host)
+        wait = self.launch_wait(lc.fwd + lc.bwd + moe_comp + lc.recompute + lc.tp + lc.cp + moe_a2a)
         stages = []
         for i, n in enumerate(pp_layers):
             comp = n * (lc.fwd + lc.bwd + moe_comp)
@@ -723,7 +735,7 @@ class CostModel:
             if i == p - 1:
                 comp += head_compute
                 tpc += head_comm
-            stages.append((comp, n * lc.recompute, tpc, n * lc.cp, n * moe_a2a))
+            stages.append((comp, n * lc.recompute, tpc, n * lc.cp, n * moe_a2a, n * wait))
         totals = [sum(s) for s in stages]
         slowest = max(range(p), key=lambda i: totals[i])
         t_max = totals[slowest]
@@ -731,7 +743,7 @@ class CostModel:
             pipeline = m * t_max + (sum(totals) - t_max) / v
         else:
             pipeline = (m - 1) * t_max + sum(totals)
-        comp, rc, tpc, cpc, epc = stages[slowest]
+        comp, rc, tpc, cpc, epc, waitc = stages[slowest]
         breakdown = {"compute": m * comp, "recompute": m * rc, "bubble": pipeline - m * t_max, "tp": m * tpc,
                      "ep": m * epc}
 
@@ -761,8 +773,9 @@ class CostModel:
         opt_bytes = 28.0 if t.precision == "fp32" else OPTIMIZER_BYTES_PER_PARAM
         breakdown["optimizer"] = opt_params * opt_bytes / self.hbm_rate
         breakdown["cp"] = m * cpc
-        # once per step, whatever its size (Software.step_overhead_s); the straggler term below scales it too
-        breakdown["host"] = t.profile.step_overhead_s
+        # once per step, whatever its size (Software.step_overhead_s), and the blocks' wait on the host per micro-batch
+        # (Software.block_host_s); the straggler term below scales them too
+        breakdown["host"] = t.profile.step_overhead_s + m * waitc
         # the slowest of N ranks sets the pace of every synchronising collective
         n = self.cluster.gpus
         sigma = self.constants.straggler_cv

@@ -104,6 +104,12 @@ class Software:
     # during which the GPU waits for the next kernels. Visible only where steps are short (one micro-batch of a
     # small model); issue 14, benchmarks/planner_calibration/FINDINGS.md section 30.
     step_overhead_s: float = 0.0
+    # seconds the host needs to issue one transformer block's work for one micro-batch, forward and backward (the
+    # recomputed forward included): the dispatcher, autograd, the stack's wrappers and the kernel launches. The host
+    # runs ahead of the GPU, so this costs nothing until a block's kernels take less time than it; then the block
+    # takes this long. 0: not costed (no profile has a figure: it differs twentyfold between stacks, FINDINGS.md
+    # sections 31-32); a user sets what `flopwise plan host-probe` measured for theirs.
+    block_host_s: float = 0.0
 
 
 # flopwise's blocks on an H200 (benchmarks/planner_kernels.py --sections step, torch.profiler's kernels by kind;
@@ -222,6 +228,9 @@ class Training:
     # the stack's host time per step where the user measured it (e.g. ~0 under full-iteration CUDA graphs); None: the
     # profile's Software.step_overhead_s
     step_overhead_s: float | None = None
+    # the stack's host time per block and micro-batch where the user measured it (flopwise plan host-probe); None: the
+    # profile's Software.block_host_s
+    block_host_s: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.global_batch, int) or self.global_batch < 1:
@@ -245,8 +254,10 @@ class Training:
                               f"how its stack runs (torch-compile is PyTorch-native stacks under torch.compile)")
         if not self.expert_imbalance >= 1.0:
             raise ConfigError(f"expert_imbalance = {self.expert_imbalance}: must be at least 1 (1: balanced)")
-        if self.step_overhead_s is not None and not 0.0 <= self.step_overhead_s < math.inf:
-            raise ConfigError(f"step_overhead_s = {self.step_overhead_s}: must be a non-negative number of seconds")
+        for name in ("step_overhead_s", "block_host_s"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < math.inf:
+                raise ConfigError(f"{name} = {value}: must be a non-negative number of seconds")
 
     @property
     def dtype_bytes(self) -> int:
@@ -259,18 +270,20 @@ class Training:
 
     @property
     def profile(self) -> Software:
-        return _profile(self.software, self.attention, self.compiled, self.step_overhead_s)
+        return _profile(self.software, self.attention, self.compiled, self.step_overhead_s, self.block_host_s)
 
 
 @cache
 def _profile(software: str, attention: str | None, compiled: bool = False,
-             step_overhead_s: float | None = None) -> Software:
+             step_overhead_s: float | None = None, block_host_s: float | None = None) -> Software:
     """The stack's profile with the run's attention kernel (Training keeps `attention` None when it is the profile's);
-    `compiled`: flopwise's with its elementwise chains fused by torch.compile; `step_overhead_s`: the host time per
-    step the user measured, in place of the profile's."""
+    `compiled`: flopwise's with its elementwise chains fused by torch.compile; `step_overhead_s` and `block_host_s`:
+    the host times per step and per block the user measured, in place of the profile's."""
     profile = SOFTWARE[software] if attention is None else replace(SOFTWARE[software], attention=attention)
     if step_overhead_s is not None:
         profile = replace(profile, step_overhead_s=step_overhead_s)
+    if block_host_s is not None:
+        profile = replace(profile, block_host_s=block_host_s)
     if compiled:
         profile = replace(profile, fused_elementwise=True, elementwise_traffic=FLOPWISE_COMPILED_TRAFFIC)
     return profile

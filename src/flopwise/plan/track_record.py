@@ -164,7 +164,9 @@ def small_block_note(accelerator: Accelerator, block_forward_s: float, record: d
         text += (f". Under {1e3 * TINY_BLOCK_S:.2f} ms the step can take several times the plan (flopwise's trainer ran "
                  f"the `tiny` preset at 31x its planned step on an H200)")
     return text + (". Kernel launches, which the planner does not cost, set such a step's pace; full-iteration CUDA "
-                   "graphs took that away in the two graphed runs of the group (MLPerf, predicted 8-14% too slow)")
+                   "graphs took that away in the two graphed runs of the group (MLPerf, predicted 8-14% too slow). "
+                   "`flopwise plan host-probe` measures a PyTorch-native stack's host time per block on your server; "
+                   "`--block-host-ms` costs it")
 
 
 def precision_note(precision: str, record: dict | None = None) -> str | None:

@@ -1,0 +1,157 @@
+"""The host's time per block (Software.block_host_s, `--block-host-ms`) and its probe (`flopwise plan host-probe`):
+a block whose GPU work is shorter than the host's time to issue it waits for the host; a longer one does not."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from flopwise.errors import ConfigError
+from flopwise.hardware import Accelerator, get_accelerator
+from flopwise.layout import Layout
+from flopwise.models.config import ModelConfig
+from flopwise.plan import host_probe
+from flopwise.plan.cost import Constants, CostModel
+from flopwise.plan.search import search
+from flopwise.plan.spec import Cluster, Training
+from tests.cli_run import run_cli
+
+H100 = get_accelerator("H100-SXM")
+# blocks of a few microseconds on an H100: any host figure of a millisecond holds them up
+SMALL = ModelConfig(vocab_size=512, layers=4, hidden=256, heads=4, kv_heads=4, ffn=1024, seq_len=256, lfa=False,
+                    mlp="swiglu")
+NO_STRAGGLERS = Constants(straggler_cv=0.0)
+
+
+def model_cost(host_s=None, gpus=1, model=SMALL, gb=8):
+    return CostModel(model, Cluster(H100, gpus), Training(gb, software="torch-eager", block_host_s=host_s),
+                     NO_STRAGGLERS)
+
+
+def layer_gpu(cm: CostModel, layout: Layout) -> float:
+    lc = cm.layer_cost(layout.tp, layout.sp, layout.micro_batch, layout.recompute, layout.recompute_every, layout.cp)
+    return lc.fwd + lc.bwd + lc.recompute + lc.tp + lc.cp
+
+
+def test_a_block_shorter_than_the_hosts_time_waits_for_it_each_micro_batch():
+    layout = Layout(micro_batch=2)  # 4 micro-batches of the global 8
+    host = 2e-3
+    bare, held = model_cost().evaluate(layout), model_cost(host).evaluate(layout)
+    gpu = layer_gpu(model_cost(), layout)
+    assert gpu < host / 10
+    wait = held.microbatches * SMALL.layers * (host - gpu)
+    assert held.breakdown["host"] == pytest.approx(wait)
+    assert held.step_time - bare.step_time == pytest.approx(wait)
+    # everything else the same: the wait is the host's alone
+    for key in ("compute", "recompute", "tp", "dp", "optimizer"):
+        assert held.breakdown[key] == bare.breakdown[key]
+
+
+def test_a_block_longer_than_the_hosts_time_is_not_held_up():
+    big = SMALL.replace(hidden=4096, heads=32, kv_heads=8, ffn=14336, seq_len=8192)
+    layout = Layout(micro_batch=1)
+    gpu = layer_gpu(model_cost(model=big), layout)
+    held = model_cost(gpu / 2, model=big).evaluate(layout)
+    assert held.breakdown["host"] == 0
+    assert held.step_time == model_cost(model=big).evaluate(layout).step_time
+
+
+def test_a_pipeline_waits_in_every_stage_and_in_its_fill_and_drain():
+    layout = Layout(pp=2, micro_batch=1)  # 8 micro-batches, two stages of 2 layers
+    host = 2e-3
+    bare, held = model_cost(gpus=2).evaluate(layout), model_cost(host, gpus=2).evaluate(layout)
+    per_stage = 2 * (host - layer_gpu(model_cost(gpus=2), layout))
+    m, p = held.microbatches, 2
+    assert held.step_time - bare.step_time == pytest.approx((m - 1 + p) * per_stage)
+    assert held.breakdown["host"] == pytest.approx(m * per_stage)
+
+
+@pytest.mark.parametrize("value", [-1e-3, math.nan, math.inf])
+def test_a_host_time_must_be_a_non_negative_number(value):
+    with pytest.raises(ConfigError, match="block_host_s"):
+        Training(8, block_host_s=value)
+
+
+def test_a_measured_cpu_refuses_it_its_host_is_already_costed():
+    cpu = Accelerator("CPU", 1e11, 16e9, 20e9, 2e9, measured=True, gemm_efficiency=0.8, memory_efficiency=1.0)
+    with pytest.raises(ConfigError, match="op_overhead_s"):
+        CostModel(SMALL, Cluster(cpu, 1), Training(8, precision="fp32", block_host_s=1e-3))
+
+
+def test_a_plan_that_costs_the_host_drops_the_small_block_note():
+    cluster = Cluster(H100, 8)
+    fixed = {"tp": 1, "pp": 1, "dp": 8, "micro_batch": 1}
+
+    def notes(host_s):
+        result = search(SMALL, cluster, Training(8, software="torch-eager", block_host_s=host_s), fixed, top=1)
+        return result.plans[0].notes
+
+    assert any(n.startswith("small blocks:") for n in notes(None))
+    assert not any(n.startswith("small blocks:") for n in notes(2e-3))
+
+
+def test_the_cli_costs_the_host_time_and_records_it(capsys):
+    args = ("plan", "--layers", 4, "--hidden", 256, "--heads", 4, "--ffn", 1024, "--vocab", 512, "--seq", 256,
+            "--no-lfa", "--gpu", "H100", "--gpus", 1, "--global-batch", 8, "--software", "torch-eager",
+            "--layout", "micro_batch=2", "--json")
+    code, out, _ = run_cli(capsys, *args, "--block-host-ms", 2)
+    assert code == 0
+    report = json.loads(out)
+    assert report["training"]["block_host_s"] == pytest.approx(2e-3)
+    best = report["plans"][0]
+    assert best["breakdown_s"]["host"] > 4 * 4 * 1.9e-3  # 4 micro-batches x 4 blocks, each held to ~2 ms
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and json.loads(out)["plans"][0]["breakdown_s"]["host"] == 0
+    code, _, err = run_cli(capsys, *args, "--block-host-ms", -1)
+    assert code != 0 and "block-host-ms" in err
+
+
+@pytest.mark.parametrize("text, parts", [("eager", set()), ("tp", {"tp"}), ("TP+ac+fsdp+autocast",
+                                                                          {"tp", "ac", "fsdp", "autocast"})])
+def test_wrapper_stacks_are_read(text, parts):
+    assert host_probe.parse_wrapper(text) == parts
+
+
+@pytest.mark.parametrize("text", ["tp+tp", "eager+tp", "tp+zero3", ""])
+def test_unknown_or_repeated_wrappers_are_refused(text):
+    with pytest.raises(ConfigError, match="wrapper"):
+        host_probe.parse_wrapper(text)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"world": 1}, "world"), ({"repeats": 0}, "repeats"),
+                                           ({"device": "tpu"}, "cpu or cuda"), ({"wrappers": ()}, "at least one")])
+def test_the_probe_refuses_bad_arguments_before_timing(kwargs, match):
+    args = {"wrappers": ("eager",), "world": 2, "repeats": 1, "device": "cpu", **kwargs}
+    with pytest.raises(ConfigError, match=match):
+        host_probe.check(**args)
+
+
+def test_the_probe_times_each_stack_and_leaves_no_process_group(capsys):
+    code, out, _ = run_cli(capsys, "plan", "host-probe", "--wrappers", "eager,tp+ac+fsdp+autocast", "--world", 2,
+                           "--repeats", 2, "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert [b["wrapper"] for b in report["blocks"]] == ["eager", "tp+ac+fsdp+autocast"]
+    for b in report["blocks"]:
+        assert 0 < b["forward_ms"] < b["step_ms"]  # the backward is timed on top of a forward
+    import torch.distributed as dist
+    assert not dist.is_initialized()
+    assert host_probe.plain_block_ops() > 50  # a block's norms, projections, attention and their backward
+
+
+def test_the_probe_refuses_to_replace_a_process_group():
+    """In a process of its own: a gloo group of one rank is up, the probe would tear it down."""
+    code = ("import os, torch.distributed as dist\n"
+            "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='0')\n"
+            "from torch.distributed import TCPStore\n"
+            "store = TCPStore('127.0.0.1', 0, 1, True)\n"
+            "dist.init_process_group('gloo', store=store, rank=0, world_size=1)\n"
+            "from flopwise.errors import ConfigError\n"
+            "from flopwise.plan.host_probe import measure\n"
+            "try:\n    measure(('eager',), world=2, repeats=1)\nexcept ConfigError as e:\n    print('refused:', e)\n"
+            "assert dist.is_initialized()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused: a process group is already initialised" in out.stdout
