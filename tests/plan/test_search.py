@@ -36,6 +36,33 @@ def test_fixed_fields_are_respected():
         assert p.layout.sp
 
 
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe", "interleaved"])
+def test_a_fixed_schedule_is_the_schedule_of_every_plan(schedule):
+    """Interleaving is the schedule of vpp > 1: a fixed 1f1b or gpipe keeps one chunk per stage, a fixed interleaved
+    more than one (the search used to try every vpp and rename the schedule)."""
+    res = search(get_preset("yuan2-2b"), Cluster(A100, 64), Training(128), {"pp": 4, "schedule": schedule}, top=3)
+    for p in res.plans:
+        assert p.layout.schedule == schedule
+        assert (p.layout.vpp > 1) == (schedule == "interleaved")
+
+
+def test_fixed_sequence_parallelism_asks_for_tp():
+    res = search(get_preset("yuan-1b"), Cluster(A100, 16), Training(64), {"sp": True}, top=3)
+    assert all(p.layout.tp > 1 and p.layout.sp for p in res.plans)
+
+
+@pytest.mark.parametrize("fixed, said", [
+    ({"tp": 1, "sp": True}, "sp = 1 (sequence parallelism) needs tp > 1"),
+    ({"pp": 4, "vpp": 2, "schedule": "1f1b"}, "schedule = 1f1b runs one model chunk per stage"),
+    ({"pp": 4, "vpp": 1, "schedule": "interleaved"}, "schedule = interleaved needs pp > 1 and vpp > 1"),
+    ({"dp": 32, "cp": 3}, "the fixed degrees (dp 32 x cp 3 = 96) do not divide the 32 GPUs"),
+])
+def test_a_contradictory_fixed_layout_is_refused_with_its_reason(fixed, said):
+    with pytest.raises(PlanError) as exc:
+        search(get_preset("tiny"), Cluster(A100, 32), Training(64, software="torch-eager"), fixed)
+    assert said in str(exc.value)
+
+
 # a device of 80e9 bytes (an "80 GB" A100 has 81920 MiB, on which the uniform split just fits): memory pressure
 TIGHT = dataclasses.replace(A100, memory_bytes=80e9)
 

@@ -130,6 +130,8 @@ def _candidates(cm: CostModel, fixed: dict, failures: list[str] | None = None) -
     gb = cm.training.global_batch
     out = []
     tps = [fixed["tp"]] if "tp" in fixed else [t for t in _divisors(min(gpn, gpus)) if gpus % t == 0]
+    if fixed.get("sp"):  # sequence parallelism splits the TP group's sequence: it asks for tp > 1
+        tps = [t for t in tps if t > 1]
     # fields the search never varies: they are taken as given (defaults otherwise)
     given = {k: fixed[k] for k in ("dp_shard", "split", "ep", "cp") if k in fixed}
     for tp in tps:
@@ -164,8 +166,10 @@ def _candidates(cm: CostModel, fixed: dict, failures: list[str] | None = None) -
                 else:
                     vpps = [1]
                 schedule = fixed.get("schedule", "1f1b")
-                if schedule == "interleaved" and "vpp" not in fixed:
+                if schedule == "interleaved":  # a fixed schedule keeps its own chunks: interleaved > 1, others 1
                     vpps = [v for v in vpps if v > 1]
+                elif "schedule" in fixed:
+                    vpps = [v for v in vpps if v == 1]
                 zeros = [fixed["zero"]] if "zero" in fixed else ([0] if dp == 1 else [0, 1] if pp > 1 else [0, 1, 2, 3])
                 sps = [fixed["sp"]] if "sp" in fixed else ([False, True] if tp > 1 else [False])
                 rcs = [fixed["recompute"]] if "recompute" in fixed else [
@@ -332,19 +336,26 @@ def _explain(cm: CostModel, fixed: dict, failures: list[str], closest: Plan | No
 def _fixed_reason(cm: CostModel, fixed: dict) -> str | None:
     """The first fixed field that rules out every layout, in words."""
     cfg, gpus, gpn = cm.model, cm.cluster.gpus, cm.cluster.gpus_per_node
-    gpus //= fixed.get("cp", 1)  # context-parallel ranks share sequences: the other axes split the rest
     gb = cm.training.global_batch
-    tp, pp, dp, mb = (fixed.get(k) for k in ("tp", "pp", "dp", "micro_batch"))
+    tp, pp, dp, mb, cp = (fixed.get(k) for k in ("tp", "pp", "dp", "micro_batch", "cp"))
+    if fixed.get("sp") and tp == 1:
+        return "sp = 1 (sequence parallelism) needs tp > 1: it splits the TP group's sequence"
+    vpp, schedule = fixed.get("vpp"), fixed.get("schedule")
+    if schedule in ("1f1b", "gpipe") and vpp is not None and vpp > 1:
+        return f"schedule = {schedule} runs one model chunk per stage; vpp = {vpp} is the interleaved schedule's"
+    if schedule == "interleaved" and ((vpp is not None and vpp < 2) or pp == 1):
+        return "schedule = interleaved needs pp > 1 and vpp > 1 (model chunks per stage)"
     if pp is not None and pp > max_stages(cfg.layers):
         return (f"pp = {pp} pipeline stages but the model has only {cfg.layers} layers (plus one stage for the "
                 "embedding and one for the head)")
     if tp is not None and tp > gpn:
         return f"tp = {tp} exceeds the {gpn} GPUs of a node (TP is placed inside a node)"
     product = 1
-    for v in (tp, pp, dp):
+    for v in (tp, pp, dp, cp):
         product *= v or 1
     if gpus % product:
-        return f"the fixed degrees (product {product}) do not divide the {gpus} GPUs"
+        named = " x ".join(f"{k} {v}" for k, v in (("tp", tp), ("pp", pp), ("dp", dp), ("cp", cp)) if v)
+        return f"the fixed degrees ({named} = {product}) do not divide the {gpus} GPUs"
     if dp is not None and gb % (dp * (mb or 1)):
         return f"global batch {gb} is not divisible by dp x micro_batch = {dp} x {mb or 1}"
     if mb is not None and gb % mb:
