@@ -13,9 +13,9 @@ from flopwise.hardware import Accelerator, get_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan import host_probe
-from flopwise.plan.cost import Constants, CostModel
+from flopwise.plan.cost import Constants, CostModel, block_wrappers
 from flopwise.plan.search import search
-from flopwise.plan.spec import Cluster, Training
+from flopwise.plan.spec import EAGER_BLOCK_HOST_S, SOFTWARE, Cluster, Training
 from tests.cli_run import run_cli
 
 H100 = get_accelerator("H100-SXM")
@@ -25,9 +25,9 @@ SMALL = ModelConfig(vocab_size=512, layers=4, hidden=256, heads=4, kv_heads=4, f
 NO_STRAGGLERS = Constants(straggler_cv=0.0)
 
 
-def model_cost(host_s=None, gpus=1, model=SMALL, gb=8):
-    return CostModel(model, Cluster(H100, gpus), Training(gb, software="torch-eager", block_host_s=host_s),
-                     NO_STRAGGLERS)
+def model_cost(host_s=None, gpus=1, model=SMALL, gb=8, software="torch-compile"):
+    """A profile without a host figure of its own (torch-eager has one: EAGER_BLOCK_HOST_S)."""
+    return CostModel(model, Cluster(H100, gpus), Training(gb, software=software, block_host_s=host_s), NO_STRAGGLERS)
 
 
 def layer_gpu(cm: CostModel, layout: Layout) -> float:
@@ -85,16 +85,48 @@ def test_a_plan_that_costs_the_host_drops_the_small_block_note():
     fixed = {"tp": 1, "pp": 1, "dp": 8, "micro_batch": 1}
 
     def notes(host_s):
-        result = search(SMALL, cluster, Training(8, software="torch-eager", block_host_s=host_s), fixed, top=1)
+        result = search(SMALL, cluster, Training(8, software="torch-compile", block_host_s=host_s), fixed, top=1)
         return result.plans[0].notes
 
     assert any(n.startswith("small blocks:") for n in notes(None))
     assert not any(n.startswith("small blocks:") for n in notes(2e-3))
+    assert not any(n.startswith("small blocks:") for n in notes(0.0))  # measured as none (CUDA graphs): no note
+
+
+@pytest.mark.parametrize("layout, key", [
+    (Layout(), "eager"), (Layout(tp=8), "tp"), (Layout(recompute="full"), "ac"), (Layout(dp=8, zero=3), "fsdp"),
+    (Layout(dp=8, zero=2), "fsdp"), (Layout(dp=8, zero=1), "eager"), (Layout(tp=4, dp=2, zero=3, recompute="full"),
+                                                                      "tp+ac+fsdp"),
+    (Layout(tp=2, recompute="selective"), "tp"), (Layout(tp=4, recompute="full"), "tp+ac"),
+])
+def test_the_wrappers_a_layout_puts_on_a_pytorch_block(layout, key):
+    assert block_wrappers(layout) == key and key in EAGER_BLOCK_HOST_S
+
+
+def test_pytorch_eager_blocks_take_the_probes_figure_for_their_wrappers_unless_the_user_gives_one():
+    assert [n for n, sw in SOFTWARE.items() if sw.eager_block_host] == ["torch-eager"]
+    for layout in (Layout(dp=1), Layout(tp=4), Layout(recompute="full", micro_batch=2)):
+        eager = model_cost(software="torch-eager", gpus=layout.gpus)
+        assert eager.block_host_time(layout) == EAGER_BLOCK_HOST_S[block_wrappers(layout)]
+        assert model_cost(gpus=layout.gpus).block_host_time(layout) == 0  # torch-compile: not costed
+        given = model_cost(3e-3, software="torch-eager", gpus=layout.gpus)
+        assert given.block_host_time(layout) == 3e-3
+        assert model_cost(0.0, software="torch-eager", gpus=layout.gpus).block_host_time(layout) == 0
+        plan, bare = eager.evaluate(layout), model_cost(0.0, software="torch-eager", gpus=layout.gpus).evaluate(layout)
+        wait = EAGER_BLOCK_HOST_S[block_wrappers(layout)] - layer_gpu(eager, layout)
+        assert wait > 0 and plan.breakdown["host"] == pytest.approx(plan.microbatches * SMALL.layers * wait)
+        assert plan.step_time - bare.step_time == pytest.approx(plan.breakdown["host"])
+    # FSDP wraps the blocks over a single data-parallel rank too, though it shards nothing (costed as zero = 0)
+    assert model_cost(software="torch-eager", gpus=4).block_host_time(Layout(tp=4, zero=3)) == EAGER_BLOCK_HOST_S[
+        "tp+fsdp"]
+    cpu = Accelerator("CPU", 1e11, 16e9, 20e9, 2e9, measured=True, gemm_efficiency=0.8, memory_efficiency=1.0)
+    on_cpu = CostModel(SMALL, Cluster(cpu, 1), Training(8, precision="fp32", software="torch-eager"))
+    assert on_cpu.block_host_time(Layout()) == 0  # a CPU's host time is its op_overhead_s
 
 
 def test_the_cli_costs_the_host_time_and_records_it(capsys):
     args = ("plan", "--layers", 4, "--hidden", 256, "--heads", 4, "--ffn", 1024, "--vocab", 512, "--seq", 256,
-            "--no-lfa", "--gpu", "H100", "--gpus", 1, "--global-batch", 8, "--software", "torch-eager",
+            "--no-lfa", "--gpu", "H100", "--gpus", 1, "--global-batch", 8, "--software", "torch-compile",
             "--layout", "micro_batch=2", "--json")
     code, out, _ = run_cli(capsys, *args, "--block-host-ms", 2)
     assert code == 0
@@ -103,7 +135,8 @@ def test_the_cli_costs_the_host_time_and_records_it(capsys):
     best = report["plans"][0]
     assert best["breakdown_s"]["host"] > 4 * 4 * 1.9e-3  # 4 micro-batches x 4 blocks, each held to ~2 ms
     code, out, _ = run_cli(capsys, *args)
-    assert code == 0 and json.loads(out)["plans"][0]["breakdown_s"]["host"] == 0
+    report = json.loads(out)
+    assert code == 0 and report["plans"][0]["breakdown_s"]["host"] == 0 and report["training"]["block_host_s"] is None
     code, _, err = run_cli(capsys, *args, "--block-host-ms", -1)
     assert code != 0 and "block-host-ms" in err
 

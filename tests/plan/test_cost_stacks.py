@@ -254,7 +254,8 @@ def test_zero_over_a_single_data_parallel_rank_is_costed_as_no_zero_for_other_st
         layout = Layout(pp=8, dp=1, zero=zero, micro_batch=1)
         costed = cost(gb=16, software="deepspeed").evaluate(layout)
         plain = cost(gb=16, software="deepspeed").evaluate(layout.replace(zero=0))
-        assert costed.layout.zero == 0 and costed.step_time == pytest.approx(plain.step_time)
+        assert costed.step_time == pytest.approx(plain.step_time)
+        assert costed.layout.zero == zero  # the plan reports the run's layout (FSDP wraps the blocks all the same)
         assert costed.memory[0]["total"] == pytest.approx(plain.memory[0]["total"])
         with pytest.raises(LayoutError, match="shard group has one rank"):
             cost(gb=16, software="flopwise").evaluate(layout)

@@ -170,7 +170,8 @@ def plan(
     block_host_ms: float = typer.Option(
         None, help="the host's time per transformer block and micro-batch in ms, forward + backward, where you "
                    "measured it (`flopwise plan host-probe` on your server); a block whose GPU work is shorter "
-                   "waits for it. Default: not costed (a plan with blocks under ~1 ms says so)",
+                   "waits for it; 0 turns it off. Default: torch-eager, this project's figures for the layout's "
+                   "wrappers (0.5-8.5 ms); the other profiles, not costed (a plan with blocks under ~1 ms says so)",
         callback=NON_NEGATIVE),
     compile_blocks: bool = typer.Option(
         False, "--compile", help="flopwise's trainer with train.compile = true: each block through torch.compile, "
@@ -437,8 +438,9 @@ def host_probe_cmd(
     recomputation and bf16 autocast as torchtitan-style stacks apply them, the collectives on PyTorch's fake process
     group; what is timed is the host's share (dispatcher, autograd, the wrappers, launches). Run it on the training
     server's host, in a process of its own: a block whose GPU work is shorter than the figure of its stack waits for
-    the host, which the planner costs only when given it. Other stacks' own layers (Megatron, Transformer Engine,
-    DeepSpeed) dispatch differently: this measures the PyTorch-native ones."""
+    the host. The torch-eager profile carries this project's figures (measured on a CPU); yours replace them. Other
+    stacks' own layers (Megatron, Transformer Engine, DeepSpeed) dispatch differently: this measures the PyTorch-native
+    ones."""
     from flopwise.plan import host_probe  # imports torch.distributed: only here
 
     chosen = tuple(w.strip() for w in wrappers.split(",") if w.strip()) if wrappers else host_probe.WRAPPERS

@@ -83,9 +83,12 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
   framework's loop), paid once per step whatever its size, by the stacks that sync the host every step (spec.SOFTWARE
   says which); read off MLPerf's one-micro-batch Llama 3.1 8B steps (FINDINGS.md section 30). The straggler term
   scales it with the rest of the step.
-- The host's time to issue a block where the user measured it (Software.block_host_s, `flopwise plan host-probe`):
-  the host runs ahead of the GPU, so each block and micro-batch takes the longer of its GPU work and the host's time
-  (CostModel.launch_wait), the difference counted under `host`. No profile has a figure (FINDINGS.md section 32).
+- The host's time to issue a block (CostModel.block_host_time): the user's figure (Software.block_host_s, measured
+  with `flopwise plan host-probe`), else for PyTorch-native eager stacks the probe's figure on this project's CPU for
+  the wrappers the layout puts on a block (spec.EAGER_BLOCK_HOST_S: DTensor TP, recomputation, FSDP; declared before
+  the twenty-seventh blind set and adopted on it, FINDINGS.md sections 32-33). The host runs ahead of the GPU, so each
+  block and micro-batch takes the longer of its GPU work and the host's time (CostModel.launch_wait), the difference
+  counted under `host`.
 - Inter-node collectives at Constants.network_efficiency of the NIC rate times the group's ranks on one node
   (each ring channel leaves the node through another rank's NIC; CostModel.bus_bandwidth), plus a tree latency of
   2 log2(nodes) NET_HOP_LATENCY_S per bucket of DP_BUCKET_BYTES; stragglers: the expected slowest of N ranks
@@ -120,7 +123,7 @@ from flopwise.models.config import ModelConfig
 from flopwise.opcount import model_ops
 from flopwise.plan import experts as moe
 from flopwise.plan import memory as mem
-from flopwise.plan.spec import SOFTWARE, Cluster, GemmFormat, Software, Training
+from flopwise.plan.spec import EAGER_BLOCK_HOST_S, SOFTWARE, Cluster, GemmFormat, Software, Training
 
 # FlashAttention-2 reaches 50-73% of A100 peak forward and less backward (Dao 2023, section 4.1), about 0.7
 # of what large GEMMs sustain.
@@ -178,6 +181,15 @@ class Constants:
 
 
 DEFAULT_CONSTANTS = Constants()
+
+
+def block_wrappers(layout: Layout) -> str:
+    """The wrappers a PyTorch-native stack puts on each block under `layout`, as plan.host_probe names them: tp
+    (DTensor TP), ac (full recomputation), fsdp (FSDP's SHARD_GRAD_OP and FULL_SHARD wrap every block; DDP and ZeRO-1
+    do not); 'eager' for none."""
+    parts = [name for name, on in (("tp", layout.tp > 1), ("ac", layout.recompute == "full"),
+                                   ("fsdp", layout.zero >= 2)) if on]
+    return "+".join(parts) or "eager"
 
 
 @dataclass(frozen=True)
@@ -299,7 +311,7 @@ class CostModel:
             self.cast_delta = 2 * low.stored_bytes - 2 + amax
             # no FP4 GEMM rate from training runs: FP4 GEMMs are taken to reach FP8's fraction of their peak
             self.low_rate = getattr(self.acc, low.peak_field) * self.acc.gemm_efficiency * FP8_MAMF_RATIO
-        if training.profile.block_host_s and self.acc.measured:
+        if (training.profile.block_host_s or 0.0) > 0 and self.acc.measured:
             raise ConfigError("block_host_s: a CPU runs its kernels on the host, which is already costed (the "
                               "measured time per op, op_overhead_s); the host time per block is for GPUs")
         self.seq = training.seq_len or model.seq_len
@@ -660,10 +672,23 @@ class CostModel:
         return m * (layers * exposed + ag + rs + edge)
 
     # ---- the whole step --------------------------------------------------------------------------
-    def launch_wait(self, layer_gpu_s: float) -> float:
-        """Seconds a layer's GPU work of `layer_gpu_s` per micro-batch waits on the host that issues it: the host runs
-        ahead, so only a block it needs longer for than the GPU (Software.block_host_s) is held up."""
-        return max(0.0, self.training.profile.block_host_s - layer_gpu_s)
+    def block_host_time(self, layout: Layout) -> float:
+        """Seconds the host needs to issue one block's work for one micro-batch, forward and backward: the user's or
+        profile's figure (Software.block_host_s), else a PyTorch-native eager stack's for the wrappers `layout` puts on
+        its blocks (spec.EAGER_BLOCK_HOST_S, on a GPU: a measured CPU's host time is its op_overhead_s), else 0. Taken
+        from the layout as given, before `unsharded`: FSDP wraps the blocks even over a single data-parallel rank."""
+        profile = self.training.profile
+        if profile.block_host_s is not None:
+            return profile.block_host_s
+        if profile.eager_block_host and not self.acc.measured:
+            return EAGER_BLOCK_HOST_S[block_wrappers(layout)]
+        return 0.0
+
+    @staticmethod
+    def launch_wait(host_s: float, layer_gpu_s: float) -> float:
+        """Seconds a layer's GPU work of `layer_gpu_s` per micro-batch waits on a host that needs `host_s` to issue
+        it: the host runs ahead, so only a block it needs longer for than the GPU is held up."""
+        return max(0.0, host_s - layer_gpu_s)
 
     def microbatches(self, layout: Layout) -> int:
         return self.check(layout)
@@ -712,6 +737,8 @@ class CostModel:
         """Step time, memory and cost of `layout` with `split` (layers per pipeline stage, pp x vpp
         entries; default: the layout's, else as even as possible)."""
         cfg, t = self.model, self.training
+        host_s = self.block_host_time(layout)
+        asked = layout  # what the plan reports: a ZeRO stage over one rank is the run's, though it shards nothing
         layout = self.unsharded(layout)
         split = tuple(split or layout.split or even_split(cfg.layers, layout.stages))
         layout = layout.replace(split=split)
@@ -725,7 +752,7 @@ class CostModel:
         moe_comp, moe_a2a = moe.moe_layer_time(self, layout, t.expert_imbalance)
 
         # per-micro-batch time of each stage: (compute, recompute, tp, cp, ep, the blocks' wait on the host)
-        wait = self.launch_wait(lc.fwd + lc.bwd + moe_comp + lc.recompute + lc.tp + lc.cp + moe_a2a)
+        wait = self.launch_wait(host_s, lc.fwd + lc.bwd + moe_comp + lc.recompute + lc.tp + lc.cp + moe_a2a)
         stages = []
         for i, n in enumerate(pp_layers):
             comp = n * (lc.fwd + lc.bwd + moe_comp)
@@ -790,7 +817,7 @@ class CostModel:
         limit = self.memory_limit
         seconds = t.tokens / (tps_gpu * self.cluster.gpus) if t.tokens else 0.0
         return Plan(
-            layout=layout,
+            layout=asked.replace(split=split),
             pp_layers=pp_layers,
             microbatches=m,
             step_time=step,

@@ -2,7 +2,8 @@
 
 The planner costs a GPU's kernels; the host that issues them runs ahead, unseen, until a block's kernels take less
 time than the host needs to issue them (tiny blocks, one sequence at a time, high TP): then the host sets the pace
-(plan/cost.py, Software.block_host_s; benchmarks/planner_calibration/FINDINGS.md sections 31-32). What a block costs
+(plan/cost.py, CostModel.block_host_time; spec.EAGER_BLOCK_HOST_S holds this probe's figures on this project's CPU;
+benchmarks/planner_calibration/FINDINGS.md sections 31-33). What a block costs
 the host depends on the stack far more than on the block's size: the same block costs twenty times more under DTensor
 TP, FSDP2, recomputation and autocast than in plain eager PyTorch. This times it.
 

@@ -107,9 +107,12 @@ class Software:
     # seconds the host needs to issue one transformer block's work for one micro-batch, forward and backward (the
     # recomputed forward included): the dispatcher, autograd, the stack's wrappers and the kernel launches. The host
     # runs ahead of the GPU, so this costs nothing until a block's kernels take less time than it; then the block
-    # takes this long. 0: not costed (no profile has a figure: it differs twentyfold between stacks, FINDINGS.md
-    # sections 31-32); a user sets what `flopwise plan host-probe` measured for theirs.
-    block_host_s: float = 0.0
+    # takes this long. None: the profile's rule (eager_block_host), else not costed (it differs twentyfold between
+    # stacks, FINDINGS.md sections 31-32); a user sets what `flopwise plan host-probe` measured for theirs.
+    block_host_s: float | None = None
+    # a PyTorch-native eager stack: without a block_host_s, a block's host time is EAGER_BLOCK_HOST_S's figure for
+    # the wrappers its layout puts on it (DTensor TP, recomputation, FSDP); on a GPU
+    eager_block_host: bool = False
 
 
 # flopwise's blocks on an H200 (benchmarks/planner_kernels.py --sections step, torch.profiler's kernels by kind;
@@ -125,6 +128,14 @@ FLOPWISE_COMPILED_TRAFFIC = 1.23
 # Llama 3.1 8B rows (one micro-batch per step, 0.07-0.7 s steps: 40-70 ms per step on Blackwell beyond the planned
 # work); each profile that pays it was declared before a blind set and scored on it (FINDINGS.md section 30)
 HOST_SYNC_STEP_S = 0.05
+
+# the host time per block and micro-batch, forward and backward, of a Llama-style block under the wrappers a
+# PyTorch-native eager stack puts on it (plan.host_probe, `flopwise plan host-probe` on this project's CPU: Intel Xeon
+# under KVM, torch 2.13.0+cpu, 2026-12-05, world 8, 40 repeats). Declared before the twenty-seventh fresh holdout
+# and adopted on it as the `torch-eager` profile's (9 rows: 73.8% / 85.1% without, 71.3% / 82.5% with; FINDINGS.md
+# section 33). Keys as host_probe names the stacks of wrappers: tp (tp > 1), ac (full recomputation), fsdp (zero >= 2).
+EAGER_BLOCK_HOST_S = {"eager": 0.52e-3, "tp": 4.49e-3, "ac": 1.47e-3, "fsdp": 1.80e-3, "tp+ac": 7.30e-3,
+                      "tp+fsdp": 5.85e-3, "ac+fsdp": 2.75e-3, "tp+ac+fsdp": 8.50e-3}
 
 SOFTWARE = {
     # flopwise's trainer: PyTorch SDPA (flash), no dropout, nn.RMSNorm (autograd keeps input, normalised x and
@@ -161,8 +172,10 @@ SOFTWARE = {
     # holdout and scored on it: 7.6% / 60.3% with it, 16.1% / 83.1% without).
     "megatron-lm": Software("flash", False, True, 4, attention_kernel="fa3", step_overhead_s=HOST_SYNC_STEP_S),
     # PyTorch FSDP stacks (torchtitan, llm-foundry, fms-fsdp) in eager mode: SDPA / flash-attn 2, every
-    # elementwise op its own kernel, FSDP overlapping its collectives.
-    "torch-eager": Software("flash", False, False, 2, fused_elementwise=False, recompute_early_stop=True),
+    # elementwise op its own kernel, FSDP overlapping its collectives; the host's time per block by its wrappers
+    # (EAGER_BLOCK_HOST_S).
+    "torch-eager": Software("flash", False, False, 2, fused_elementwise=False, recompute_early_stop=True,
+                            eager_block_host=True),
     # the same under torch.compile: elementwise chains fused by Inductor.
     "torch-compile": Software("flash", False, False, 2, recompute_early_stop=True, unfused_across_tp=True),
     # Megatron-DeepSpeed as BLOOM and MT-NLG ran (2021-22): Megatron's unfused kernels, DeepSpeed's
