@@ -182,3 +182,14 @@ def test_one_boolean_parser(text, value):
 def test_boolean_parser_refuses_other_words():
     with pytest.raises(ConfigError, match="x = 'offf': expected true or false"):
         parse_bool("x", "offf")
+
+
+@pytest.mark.parametrize("layout", [
+    Layout(tp=4, pp=8, dp=32, zero=1, sp=True, recompute="full", recompute_every=4),
+    Layout(tp=2, pp=2, schedule="gpipe", micro_batch=8),
+    Layout(pp=4, vpp=2),
+    Layout(dp=8, zero=3, dp_shard=4, ep=2),
+])
+def test_a_printed_layout_reads_back(layout):
+    """What a plan table prints (Layout.short) is a valid --layout: every=N and a bare schedule name included."""
+    assert Layout(**parse_layout(layout.short())) == layout

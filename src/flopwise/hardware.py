@@ -192,7 +192,15 @@ CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800
 # GPUs older than Turing: no FlashAttention (FlashAttention 1.x needs Turing or Ampere, 2.x Ampere or newer: the
 # flash-attention README), so Megatron-family runs on them used Megatron-LM's fused softmax over s x s scores. T4
 # (Turing) is left out: FlashAttention 1.x ran there, though Megatron-Core's fused paths target Ampere and newer.
-NO_FLASH_ATTENTION = frozenset({"V100-32GB", "V100-16GB", "P100"})
+# the catalogue's parts older than Ampere: no bf16 (fp16 is their training precision) and no FlashAttention
+PRE_AMPERE = frozenset({"V100-32GB", "V100-16GB", "P100"})
+NO_FLASH_ATTENTION = PRE_AMPERE
+
+
+def training_precision(acc: Accelerator) -> str:
+    """The precision a run trains in on `acc` unless told otherwise: fp32 on a measured CPU (as flopwise's trainer
+    runs it), fp16 on a part without bf16, bf16 on the rest."""
+    return "fp32" if acc.measured else "fp16" if acc.name in PRE_AMPERE else "bf16"
 # gloo collectives between processes on one machine (loopback TCP): ~1-3 GB/s per direction; a starting
 # value that `flopwise plan calibrate` replaces with the user's own.
 CPU_LINK_BANDWIDTH = 2 * GB
@@ -263,9 +271,14 @@ def load_accelerator(path: str | Path) -> Accelerator:
         value = data[key]
         return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
-    for key in required[1:]:
-        if not number(key) or data[key] <= 0:
-            raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a positive number")
+    if not isinstance(data["name"], str) or not data["name"].strip():
+        raise ConfigError(f"accelerator file {path}: name = {data['name']!r} must be a non-empty string")
+    units = {"peak_tflops": TFLOPS, "memory_gb": GB, "memory_bandwidth_gbps": GB, "link_bandwidth_gbps": GB,
+             **{key: unit for key, (_, unit) in rates.items()}}
+    for key in required[1:]:  # finite in the units the planner computes in, too (1e308 TFLOP/s is not)
+        if not number(key) or data[key] <= 0 or not math.isfinite(data[key] * units[key]):
+            raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a positive number (and not so "
+                              "large that it overflows)")
     for key in flags:
         if not isinstance(data.get(key, False), bool):
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be true or false")
@@ -275,9 +288,12 @@ def load_accelerator(path: str | Path) -> Accelerator:
             why = (f"at most {ceiling:g} (measured = true: relative to start-up timings)" if data.get("measured")
                    else "a fraction in (0, 1]; a measured device (measured = true) may exceed 1")
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be {why}")
-    for key in rates:
-        if key in data and (not number(key) or data[key] < 0):
-            raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a non-negative number")
+    for key in rates:  # 0: none (no FP8 / FP4 tensor cores, no host time per op); a network is never 0
+        low_ok = key != "network_bandwidth_gbps"
+        if key in data and (not number(key) or data[key] < 0 or (data[key] == 0 and not low_ok)
+                            or not math.isfinite(data[key] * units[key])):
+            kind = "a non-negative number" if low_ok else "a positive number (a single node: leave the key out)"
+            raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be {kind}")
     if "nvlink_domain_gpus" in data and (not number("nvlink_domain_gpus") or not isinstance(data["nvlink_domain_gpus"], int)
                                          or data["nvlink_domain_gpus"] < 0):
         raise ConfigError(f"accelerator file {path}: nvlink_domain_gpus = {data['nvlink_domain_gpus']!r} must be a "
@@ -287,7 +303,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
         if data.get(key) and not data.get("fp8_peak_tflops"):
             raise ConfigError(f"accelerator file {path}: {key} needs fp8_peak_tflops ({why})")
     return Accelerator(
-        str(data["name"]),
+        data["name"].strip(),
         data["peak_tflops"] * TFLOPS,
         data["memory_gb"] * GB,
         data["memory_bandwidth_gbps"] * GB,

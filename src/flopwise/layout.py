@@ -294,8 +294,9 @@ KEYS = {
     "dp": int, "zero": int, "dp_shard": int, "tp": int, "sp": bool, "pp": int, "vpp": int, "schedule": str,
     "split": tuple, "micro_batch": int, "recompute": str, "recompute_every": int, "ep": int, "cp": int,
 }
+# short forms, Layout.short()'s among them, so a printed layout reads back
 ALIASES = {"mb": "micro_batch", "sequence_parallel": "sp", "rc": "recompute", "pp_layers": "split",
-           "chunks": "vpp"}
+           "chunks": "vpp", "every": "recompute_every"}
 
 
 def parse_value(key: str, value: str):
@@ -327,6 +328,8 @@ def parse_layout(text: str) -> dict:
     """'tp=8,pp=16,recompute=full,split=2/3/3/2' -> the fixed fields (the planner searches the rest)."""
     fixed: dict = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
+        if item in SCHEDULES:  # Layout.short() prints a non-default schedule by its name alone
+            item = f"schedule={item}"
         if "=" not in item:
             raise LayoutError(f"layout item {item!r}: expected key=value (keys: {', '.join(KEYS)})")
         key, value = (x.strip() for x in item.split("=", 1))

@@ -166,6 +166,16 @@ def _record_run(directory, acc, layout, measured_s, software="flopwise"):
     return directory
 
 
+def _damaged(directory, run, **accelerator):
+    """A copy of `run` whose record's accelerator has the given (bad) values: a damaged file, not a crash."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    record = json.loads(lines[-1])
+    record["inputs"]["accelerator"].update(accelerator)
+    directory.mkdir()
+    (directory / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(record)]) + "\n")
+    return directory
+
+
 CPU = Accelerator("CPU", 1e11, 16e9, 20e9, 2e9, measured=True, gemm_efficiency=0.8, memory_efficiency=1.0,
                   attention_efficiency=0.3)
 
@@ -238,7 +248,10 @@ def test_calibrate_refuses_what_it_cannot_fit_or_write(tmp_path, capsys):
             ([a, b, "--holdout", b], "is given twice (to fit on and held out)"),
             ([a, gpu], "different accelerators (A100-80GB, CPU)"),
             ([tmp_path / "nosuch"], "no such run directory or metrics file"),
-            ([a, "--out", tmp_path], "is a directory: give a file name")):
+            ([a, "--out", tmp_path], "is a directory: give a file name"),
+            ([a, b, "--fit", "gemm_efficiency,gemm_efficiency"], "a constant named twice"),
+            ([a, _damaged(tmp_path / "zero", a, peak_flops=0)], "peak_flops = 0: must be positive"),
+            ([a, _damaged(tmp_path / "text", a, peak_flops="x")], "peak_flops = 'x': not a non-negative number")):
         code, _, err = run(["plan", "calibrate", *map(str, args)], capsys)
         assert code == 2 and message in " ".join(err.split()), (args, err)
         assert "Traceback" not in err

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from flopwise.cli.common import NON_NEGATIVE, POSITIVE, POSITIVE_INT, console, err_console, number
 from flopwise.errors import ConfigError, PlanError
-from flopwise.hardware import GB, resolve_accelerator, write_accelerator
+from flopwise.hardware import GB, resolve_accelerator, training_precision, write_accelerator
 from flopwise.layout import parse_layout
 from flopwise.models.config import ModelConfig, get_preset, preset_names
 from flopwise.outputs import output_file
@@ -69,6 +69,12 @@ def _model(preset, layers, hidden, heads, kv_heads, ffn, mlp, vocab, seq, lfa) -
     return ModelConfig(**given)
 
 
+def _amount(x: float, decimals: int = 1) -> str:
+    """A count of days or hours for a table: 1,234.5 up to a billion, 1.23e+12 beyond (a huge --tokens must not
+    print a wall of digits)."""
+    return f"{x:,.{decimals}f}" if abs(x) < 1e9 else f"{x:.3g}"
+
+
 def _gb(x: float) -> str:
     return f"{x / 1e9:.1f}"
 
@@ -90,7 +96,7 @@ def _plans_table(plans: list[Plan], title: str) -> Table:
             f"{p.tokens_per_s_per_gpu:,.0f}",
             f"{100 * p.mfu:.1f}%",
             _gb(p.peak_memory) + ("" if p.fits else " !"),
-            f"{p.days:.1f}" if p.days else "-",
+            _amount(p.days) if p.days else "-",
         )
     return table
 
@@ -119,7 +125,8 @@ def _breakdown(plan: Plan) -> None:
         )
     console.print(mem)
     if plan.gpu_hours:
-        console.print(f"training the requested tokens: {plan.days:.1f} days, {plan.gpu_hours:,.0f} GPU-hours")
+        console.print(f"training the requested tokens: {_amount(plan.days)} days, {_amount(plan.gpu_hours, 0)} "
+                      "GPU-hours")
 
 
 @app.callback()
@@ -153,7 +160,8 @@ def plan(
     precision: str = typer.Option(
         None, help="bf16 | fp16 | fp32 | fp8 (FP8 linear layers, Hopper and newer) | mxfp8 (block-scaled FP8, "
                    "Blackwell: B200, GB200) | nvfp4 (NVIDIA's 4-bit block-scaled format, Blackwell); flopwise's "
-                   "trainer runs bf16 and fp32 (default: bf16 on a GPU, fp32 on a measured CPU, as the trainer runs)"
+                   "trainer runs bf16 and fp32 (default: bf16 on a GPU, fp16 on V100 and P100, which lack bf16, fp32 "
+                   "on a measured CPU, as the trainer runs)"
     ),
     software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),
     attention: str = typer.Option(
@@ -187,7 +195,8 @@ def plan(
     """Search the layouts of a model on a cluster; print the best plans and the first's breakdown."""
     if ctx.invoked_subcommand is not None:
         return
-    if preset is None and layers is None:
+    shape = (layers, hidden, heads, kv_heads, ffn, mlp, vocab, seq, lfa)
+    if preset is None and global_batch is None and all(v is None for v in shape):  # a bare `flopwise plan`
         console.print(ctx.get_help())
         raise typer.Exit(0)
     if global_batch is None:
@@ -196,8 +205,8 @@ def plan(
         raise ConfigError(f"--split {split!r}: must be balanced or uniform")
     model = _model(preset, layers, hidden, heads, kv_heads, ffn, mlp, vocab, seq, lfa)
     accelerator = resolve_accelerator(gpu)
-    if precision is None:  # the trainer's train.dtype = "auto": bf16 autocast on a GPU, fp32 on a CPU
-        precision = "fp32" if accelerator.measured else "bf16"
+    if precision is None:  # the trainer's train.dtype = "auto"; fp16 where a GPU lacks bf16
+        precision = training_precision(accelerator)
     cluster = Cluster(
         accelerator,
         gpus,
@@ -212,11 +221,10 @@ def plan(
     if write_config is not None and (software != "flopwise" or precision not in TRAINER_PRECISIONS):
         raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
                           f"{' or '.join(TRAINER_PRECISIONS)} (got --software {software}, --precision {precision})")
-    if write_config is not None:
-        output_file(write_config, "--write-config")
     fixed = parse_layout(layout) if layout else {}
     result = search(model, cluster, training, fixed, top=top, split=split)
     if write_config is not None:
+        output_file(write_config, "--write-config")  # after the search (seconds): a plan that fails makes no folder
         best = result.plans[0]
         job = job_for_layout(best.layout, model, global_batch=global_batch, precision=precision, preset=preset,
                              tokens=tokens)
@@ -297,7 +305,7 @@ def budget_cmd(
         ("parameters", f"{b.params:.4g}"),
         ("tokens", f"{b.tokens:.4g}"),
         ("training FLOPs", f"{b.flops:.4g}"),
-        ("PF-days", f"{b.pf_days:,.1f}"),
+        ("PF-days", _amount(b.pf_days)),
         ("compute-optimal tokens for this size (20 N)", f"{b.optimal_tokens:.4g}"),
         (
             "compute-optimal size for these FLOPs",
@@ -305,7 +313,7 @@ def budget_cmd(
         ),
         (
             f"time on {b.gpus} x {b.accelerator} at {100 * b.mfu:.0f}% MFU",
-            f"{b.days:,.1f} days ({b.gpu_hours:,.0f} GPU-hours)",
+            f"{_amount(b.days)} days ({_amount(b.gpu_hours, 0)} GPU-hours)",
         ),
     ]
     for row in rows:
@@ -388,11 +396,12 @@ def calibrate_cmd(
 
     Runs on a measured CPU are set on one measurement first (the median of theirs), so planning with the file
     gives the 'after' column."""
-    if out is not None:
-        output_file(out, "--out")
     names = [n.strip() for n in fit.split(",") if n.strip()] if fit else None
+    if names is not None and len(set(names)) != len(names):
+        raise ConfigError(f"--fit {fit}: a constant named twice")
     report = calibrate_runs(runs, holdout or [], names)
     if out is not None:
+        output_file(out, "--out")  # after the fit (seconds): a fit that fails makes no folder
         write_accelerator(report.accelerator, out)
     if as_json:
         print(json.dumps({"constants": report.constants, "runs": report.rows, "warnings": report.warnings,

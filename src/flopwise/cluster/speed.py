@@ -17,7 +17,7 @@ from pathlib import Path
 
 from flopwise.atomic import atomic_write_json
 from flopwise.errors import ConfigError, PlanError
-from flopwise.hardware import GB, Accelerator
+from flopwise.hardware import GB, Accelerator, training_precision
 from flopwise.models.config import ModelConfig, get_preset
 from flopwise.plan import Cluster, Training, search
 from flopwise.plan.cost import DEFAULT_CONSTANTS
@@ -66,12 +66,12 @@ class PlannerSpeeds:
         global_batch: int,
         inter_node_gbps: float = 25.0,
     ) -> LLMSpeed:
-        training = Training(global_batch)
+        training = Training(global_batch, precision=training_precision(accelerator))
         # the planner's own facts are in the key too: a cache written before its profile or constants changed
         # must not answer after
         key_src = json.dumps(
             [model.to_dict(), dataclasses.asdict(accelerator), gpus, gpus_per_node, global_batch, inter_node_gbps,
-             dataclasses.asdict(training.profile), dataclasses.asdict(DEFAULT_CONSTANTS)],
+             training.precision, dataclasses.asdict(training.profile), dataclasses.asdict(DEFAULT_CONSTANTS)],
             sort_keys=True,
         )
         key = hashlib.sha1(key_src.encode()).hexdigest()

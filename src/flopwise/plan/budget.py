@@ -63,13 +63,17 @@ def budget(
     flops: float | None = None,
     model: ModelConfig | None = None,
 ) -> Budget:
-    """Fill in what was not given: from a model (or a parameter count) and tokens, or a FLOP budget alone.
-
-    Tokens default to the compute-optimal 20 N; a FLOP budget alone gives the compute-optimal N and D."""
+    """Fill in what was not given: from a model (or a parameter count) and tokens, a FLOP budget and tokens, or a FLOP
+    budget alone. Tokens default to the compute-optimal 20 N; a FLOP budget alone gives the compute-optimal N and D.
+    Two of size, tokens and budget fix the third, so all three (or a model and a count) are refused."""
     if not 0 < mfu <= 1:
         raise ConfigError(f"mfu = {mfu}: must be a fraction in (0, 1]")
     if gpus < 1:
         raise ConfigError(f"gpus = {gpus}: must be a positive integer")
+    if model is not None and params is not None:
+        raise ConfigError("give a model (--preset) or a parameter count (--params), not both: the model has its own")
+    if sum(x is not None for x in (params if model is None else 1.0, tokens, flops)) == 3:
+        raise ConfigError("give at most two of the model size, the tokens and the FLOP budget: C = 6 N D ties the third")
     if model is not None:
         params = float(param_counts(model).total)
     if params is None:
@@ -77,7 +81,8 @@ def budget(
             raise ConfigError(
                 "give a model (--preset), a parameter count (--params) or a FLOP budget (--flops)"
             )
-        params = optimal_params(flops)
+        # a budget and its tokens fix the size (C = 6 N D); a budget alone, the compute-optimal size and tokens
+        params = flops / (6.0 * tokens) if tokens is not None else optimal_params(flops)
         tokens = tokens or optimal_tokens(params)
     if params <= 0:
         raise ConfigError(f"params = {params}: must be positive")
@@ -88,6 +93,9 @@ def budget(
     if flops is None:
         flops = model_flops_per_token(model) * tokens if model is not None else training_flops(params, tokens)
     seconds = flops / (gpus * accelerator.peak_flops * mfu)
+    if not all(math.isfinite(x) for x in (params, tokens, flops, seconds, optimal_params(flops))):
+        raise ConfigError("the numbers are too large to compute with (they overflow): check the parameters, tokens "
+                          "and FLOP budget")
     return Budget(
         params=params,
         tokens=tokens,

@@ -207,6 +207,12 @@ def run_observation(run_dir: str | Path) -> Observation:
     try:
         inp = rec["inputs"]
         acc = Accelerator(**inp["accelerator"])
+        for key, value in dataclasses.asdict(acc).items():  # a damaged record, not a crash further on
+            if key != "name" and not isinstance(value, bool) and not (
+                    isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"accelerator {key} = {value!r}: not a non-negative number")
+        if acc.peak_flops <= 0:
+            raise ValueError(f"accelerator peak_flops = {acc.peak_flops!r}: must be positive")
         c = inp["cluster"]
         cluster = Cluster(acc, c["gpus"], c["gpus_per_node"], c["intra_node_bw"], c["inter_node_bw"])
         return Observation(ModelConfig.from_dict(inp["model"]), cluster, Training(**inp["training"]),
@@ -262,7 +268,8 @@ def default_constants(observations: list[Observation]) -> list[str]:
 
 
 # runs whose measured peaks differ more than this ran with different threads per process (cpu_seconds divides by
-# them; `flopwise train --nproc` gives each rank its share of the cores): no single file describes both
+# them; `flopwise train --nproc` gives each rank its share of the cores) or on a machine busy with other work while
+# one of them timed its start-up: no single file describes both
 MAX_PEAK_SPREAD = 1.5
 
 
@@ -283,9 +290,11 @@ def on_one_device(observations: list[Observation], held: list[Observation] = ())
     peaks = [a.peak_flops for a in accs]
     if min(peaks) > 0 and max(peaks) > MAX_PEAK_SPREAD * min(peaks):
         raise ConfigError(
-            f"the runs measured peaks from {min(peaks) / 1e12:.3g} to {max(peaks) / 1e12:.3g} TFLOP/s per process: "
-            "different threads per process (a `--nproc` run's ranks share the cores); calibrate runs with the same "
-            "threads per process together")
+            f"the runs measured peaks from {min(peaks) / 1e12:.3g} to {max(peaks) / 1e12:.3g} TFLOP/s per process, "
+            f"more than {MAX_PEAK_SPREAD:g}x apart, so no one file describes them; different threads per process (a "
+            "`--nproc` run's ranks share the cores) or other work on the machine during a run's start-up timing do "
+            "that: calibrate runs with the same threads per process, made on an otherwise idle machine (rerun the "
+            "odd one)")
     reference = merge_measured([o.cluster.accelerator for o in observations] or accs)
     return [dataclasses.replace(o, cluster=dataclasses.replace(o.cluster, accelerator=reference)) for o in everything]
 

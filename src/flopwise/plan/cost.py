@@ -116,6 +116,7 @@ from flopwise.hardware import (
     CATALOGUE,
     COLLECTIVE_LATENCY_S,
     NVLINK_BUS_EFFICIENCY,
+    training_precision,
 )
 from flopwise.layout import Layout
 from flopwise.layout import check as check_layout
@@ -364,7 +365,7 @@ class CostModel:
 
         name = self.acc.name
         if low.peak_field == "fp8_peak_flops" and self.acc.fp8_peak_flops <= 0:
-            raise PlanError(f"{name} has no FP8 tensor cores: use precision bf16")
+            raise PlanError(f"{name} has no FP8 tensor cores: use precision {training_precision(self.acc)}")
         if low.peak_field == "fp4_peak_flops" and self.acc.fp4_peak_flops <= 0:
             raise PlanError(f"{name} has no FP4 tensor cores, only Blackwell's have ({parts('fp4_peak_flops')}; an "
                             "accelerator file declares them with fp4_peak_tflops): use precision fp8 or mxfp8")

@@ -240,6 +240,9 @@ def row_plan(row: dict, software: str | None = None, constants: Constants | None
     return model, cluster, training, unfitted, notes
 
 
+TOO_LARGE = "the row's numbers are too large to cost (the step time overflows)"
+
+
 def validate_rows(rows: list[dict], label: str = "", software: str | None = None) -> list[dict]:
     """Predict each row: prediction, error and breakdown, or the specific reason it cannot be predicted
     (`software`: the profile for rows without a `software` cell; None: inferred per row)."""
@@ -251,8 +254,12 @@ def validate_rows(rows: list[dict], label: str = "", software: str | None = None
         try:
             measured = _number(row, "measured_step_s", integer=False)
             model, cluster, training, plan, notes = row_plan(row, software)
-        except FlopwiseError as exc:  # one row's problem (a bad cell, a shape or layout refused): the row's note
-            out.append({"file": label, "source": source, "model": name, "error_message": str(exc),
+            if not math.isfinite(plan.step_time) or not all(math.isfinite(v) for v in plan.breakdown.values()):
+                raise DataError(TOO_LARGE)
+        except (FlopwiseError, OverflowError) as exc:  # one row's problem (a bad cell, a shape or layout refused, a
+            # count too large for a float): the row's note
+            out.append({"file": label, "source": source, "model": name,
+                        "error_message": TOO_LARGE if isinstance(exc, OverflowError) else str(exc),
                         "measured_s": measured if math.isfinite(measured) else None})
             continue
         error = plan.step_time / measured - 1.0
@@ -290,11 +297,15 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def validate_files(paths: list[str | Path], software: str | None = None) -> dict:
-    """Predict every row of each published-runs CSV: {'rows': [...], 'files': {name: summary},
+    """Predict every row of each published-runs CSV: {'rows': [...], 'files': {name (path where names repeat): summary},
     'sources': {source_id or source: summary}, 'summary'}."""
     rows: list[dict] = []
     files = {}
-    for path in map(Path, paths):
+    paths = list(map(Path, paths))
+    names = [p.name for p in paths]
+    for path in paths:
+        # a file is known by its name; where two share one (a/runs.csv, b/runs.csv), by its path as given
+        label = path.name if names.count(path.name) == 1 else str(path)
         try:
             data = list(csv.DictReader(io.StringIO(read_text(path, "CSV file"), newline="")))
         except csv.Error as exc:
@@ -318,8 +329,8 @@ def validate_files(paths: list[str | Path], software: str | None = None) -> dict
                 f"{path}: missing column(s) {', '.join(sorted(missing))} "
                 "(the format: ../shared/published/README.md beside the repository)"
             )
-        got = validate_rows(data, path.name, software)
-        files[path.name] = summarise(got)
+        got = validate_rows(data, label, software)
+        files[label] = summarise(got)
         rows += got
     sources: dict[str, list[dict]] = {}
     for row in rows:
