@@ -59,6 +59,12 @@ def _bound(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# the largest seed every generator here takes (torch.manual_seed: a 64-bit signed integer; numpy: non-negative)
+SEED_LIMIT = 2**63
+# the highest sampling temperature a request may ask for: far past it every distribution is uniform to float precision
+MAX_TEMPERATURE = 100.0
+
+
 def check_number(
     name: str,
     value,

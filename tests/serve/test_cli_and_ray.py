@@ -94,6 +94,15 @@ def test_serve_bad_input_is_one_line_and_exit_2(capsys, lfa_checkpoint):
     assert "serve.block_size = 0" in capsys.readouterr().err
 
 
+def test_generate_checks_the_prompt_before_printing_it_and_says_when_the_context_caps_it(capsys, lfa_checkpoint):
+    assert run_cli("generate", "x " * 400, "--checkpoint", str(lfa_checkpoint), "-n", "5") == 2
+    out, err = capsys.readouterr()
+    assert "longer than the model context" in err and "x x" not in out  # nothing printed for a refused prompt
+    assert run_cli("generate", "def ", "--checkpoint", str(lfa_checkpoint), "-n", str(10**6), "--seed", "1") == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("def ") and "--max-tokens 1000000 is past the model's context" in err
+
+
 @pytest.mark.slow
 def test_serve_command_answers_curl_and_the_openai_client(lfa_checkpoint):
     port = free_port()

@@ -107,6 +107,56 @@ def test_loss_guard_skips_spikes_and_rolls_back(nano_shards, tmp_path, monkeypat
     assert result.steps == 8 and result.skipped_steps == 4 and result.rollbacks == 1
 
 
+def test_a_loss_that_diverges_after_every_rollback_ends_the_run(nano_shards, tmp_path, monkeypatch):
+    """Rolled back guard.max_rollbacks times to one checkpoint and diverging again: an error, not an endless loop;
+    the metrics keep no record past the checkpoint (each rollback truncates them, as a resume does)."""
+    calls = {"n": 0}
+
+    class DivergingEngine(Engine):  # good for the first 4 steps, NaN from then on
+        def forward_backward(self, inputs, targets, eod_id=None):
+            loss = super().forward_backward(inputs, targets, eod_id)
+            calls["n"] += 1
+            return loss if calls["n"] <= 4 else float("nan")
+
+    monkeypatch.setattr(trainer_mod, "build_engine", DivergingEngine)
+    events = []
+    with pytest.raises(FlopwiseError, match="loss keeps diverging: rolled back to step_00000004 2 times"):
+        train(_job(nano_shards, tmp_path / "run", "train.steps=20", "checkpoint.every=4", "guard.max_rollbacks=2"),
+              on_event=events.append)
+    assert [e["event"] for e in events].count("rollback") == 2
+    assert calls["n"] == 4 + 3 * 3  # three rounds of max_consecutive bad steps, the third ends it
+    assert max(_losses(tmp_path / "run" / "metrics.jsonl")) == 4
+
+
+def test_a_rollback_drops_the_records_it_will_log_again(nano_shards, tmp_path, monkeypatch):
+    spikes = {8, 9, 10}  # steps 5-7 logged, then 3 bad in a row: back to step 4, and 5-7 are logged again
+    calls = {"n": 0}
+
+    class SpikyEngine(Engine):
+        def forward_backward(self, inputs, targets, eod_id=None):
+            loss = super().forward_backward(inputs, targets, eod_id)
+            calls["n"] += 1
+            return float("nan") if calls["n"] in spikes else loss
+
+    monkeypatch.setattr(trainer_mod, "build_engine", SpikyEngine)
+    train(_job(nano_shards, tmp_path / "run", "train.steps=8", "checkpoint.every=4"))
+    steps = [json.loads(line).get("step") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == list(range(1, 9))
+
+
+def test_a_run_that_starts_at_step_zero_starts_its_own_metrics(nano_shards, tmp_path):
+    """An earlier attempt that never checkpointed (or another run's --metrics file) leaves records behind: a run
+    starting at step 0 does not append its steps to them, and a torn line there does not swallow its first record."""
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    metrics.write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n{"step": 3, "loss": 6.2')
+    train(_job(nano_shards, tmp_path / "run", "train.steps=3"), resume=True)  # --resume with no checkpoint: fresh
+    losses = _losses(metrics)
+    assert sorted(losses) == [1, 2, 3] and 9.0 not in losses.values()
+    assert len([line for line in metrics.read_text().splitlines() if '"loss"' in line]) == 3
+
+
 def test_divergence_without_checkpoint_is_a_clear_error(nano_shards, tmp_path, monkeypatch):
     class NanEngine(Engine):
         def forward_backward(self, inputs, targets, eod_id=None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -13,7 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from flopwise.cli.common import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, console, err_console
+from flopwise.cli.common import NON_NEGATIVE_INT, POSITIVE_INT, console, err_console, number
+from flopwise.config_values import MAX_TEMPERATURE, SEED_LIMIT
 from flopwise.errors import FlopwiseError
 from flopwise.outputs import output_file
 from flopwise.plan.memory import PRINTED_PARTS
@@ -245,19 +247,29 @@ def generate(
     prompt: str = typer.Argument(..., help="Text to continue."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A run directory (latest checkpoint) or a step directory."),
     max_tokens: int = typer.Option(100, "--max-tokens", "-n", help="Most tokens to sample.", callback=POSITIVE_INT),
-    temperature: float = typer.Option(0.8, "--temperature", "-t", help="Sampling temperature; 0 is greedy.",
-                                      callback=NON_NEGATIVE),
+    temperature: float = typer.Option(0.8, "--temperature", "-t", help=f"Sampling temperature, 0 to "
+                                      f"{MAX_TEMPERATURE:g}; 0 is greedy.",
+                                      callback=number(low=0, high=MAX_TEMPERATURE)),
     top_k: int = typer.Option(50, "--top-k", help="Sample among the k most likely tokens; 0 for all.",
                               callback=NON_NEGATIVE_INT),
-    seed: int = typer.Option(None, "--seed", help="Seed for reproducible samples.", callback=NON_NEGATIVE_INT),
+    seed: int = typer.Option(None, "--seed", help="Seed for reproducible samples (0 to 2**63 - 1).",
+                             callback=number(low=0, high=SEED_LIMIT - 1, integer=True)),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Sample a continuation of PROMPT from a trained checkpoint."""
     from flopwise.serve.generate import Generator
 
     gen = Generator.from_checkpoint(checkpoint, device)
+
+    def capped(tokens: int) -> None:
+        err_console.print(f"note: --max-tokens {max_tokens} is past the model's context: at most {tokens} tokens "
+                          "follow this prompt", highlight=False)
+
+    pieces = gen.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                        on_capped=capped)
+    first = next(pieces, "")  # the prompt is checked (length, sampling parameters) before any of it is printed
     console.print(prompt, end="", style="bold", highlight=False, markup=False)
-    for piece in gen.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed):
+    for piece in itertools.chain([first], pieces):
         console.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
     console.print()
 

@@ -35,8 +35,9 @@ class Generator:
         return self.engine.eod_id
 
     def stream(self, prompt: str, max_tokens: int = 100, temperature: float = 0.8, top_k: int = 50,
-               seed: int | None = None) -> Iterator[str]:
-        """Yield decoded text pieces as tokens are sampled; stops at end-of-document or max_tokens."""
+               seed: int | None = None, on_capped=None) -> Iterator[str]:
+        """Yield decoded text pieces as tokens are sampled; stops at end-of-document or max_tokens, or the model's
+        context (then `on_capped(tokens)` is told how many it can sample)."""
         if max_tokens <= 0:
             raise ConfigError(f"max tokens = {max_tokens}: must be positive")
         if temperature < 0:
@@ -51,7 +52,9 @@ class Generator:
             raise ConfigError(f"prompt is {len(ids)} tokens: longer than the model context of {context} allows")
         params = SamplingParams(max_tokens=min(max_tokens, context - len(ids)), temperature=temperature,
                                 top_k=top_k, seed=seed)
-        request = self.engine.add_request(ids, params)
+        request = self.engine.add_request(ids, params)  # validates the sampling parameters
+        if params.max_tokens < max_tokens and on_capped is not None:
+            on_capped(params.max_tokens)
         try:
             while True:
                 for out in self.engine.step():

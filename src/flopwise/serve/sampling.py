@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flopwise.config_values import MAX_TEMPERATURE
 from flopwise.serve.config import RequestError
 
 MAX_LOGPROBS = 20  # as OpenAI: at most 20 alternatives per position
@@ -35,8 +36,9 @@ class SamplingParams:
     def validate(self) -> None:
         if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
             raise RequestError(f"max_tokens = {self.max_tokens!r}: must be a positive integer", "max_tokens")
-        if not 0 <= self.temperature <= 100:
-            raise RequestError(f"temperature = {self.temperature}: must be in [0, 100] (0 is greedy)", "temperature")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise RequestError(f"temperature = {self.temperature}: must be in [0, {MAX_TEMPERATURE:g}] (0 is greedy)",
+                               "temperature")
         if not 0 < self.top_p <= 1:
             raise RequestError(f"top_p = {self.top_p}: must be in (0, 1]", "top_p")
         if not isinstance(self.top_k, int) or self.top_k < 0:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flopwise.atomic import atomic_write_text
-from flopwise.config_values import check_value
+from flopwise.config_values import SEED_LIMIT, check_value
 from flopwise.errors import ConfigError, LayoutError
 from flopwise.layout import Layout, local_batch, parse_split
 from flopwise.layout import check as check_layout
@@ -51,6 +51,8 @@ class TrainSection:
     def validate(self) -> None:
         _positive(self, "train", ("steps", "global_batch", "micro_batch", "lr", "eval_batches", "log_every"))
         _non_negative(self, "train", ("seq_len", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "eval_every"))
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"train.seed = {self.seed}: must be in [0, 2**63)")
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} = {getattr(self, key)}: must be in [0, 1)")
@@ -91,11 +93,12 @@ class GuardSection:
     window: int = 20  # accepted losses in the running mean
     min_history: int = 5  # no spike verdict before this many accepted losses
     max_consecutive: int = 3  # this many bad steps in a row -> roll back to the last checkpoint
+    max_rollbacks: int = 3  # rollbacks to one checkpoint; diverging once more ends the run with an error
 
     def validate(self) -> None:
         if self.spike_factor <= 1:
             raise ConfigError(f"guard.spike_factor = {self.spike_factor}: must be greater than 1")
-        _positive(self, "guard", ("window", "min_history", "max_consecutive"))
+        _positive(self, "guard", ("window", "min_history", "max_consecutive", "max_rollbacks"))
 
 
 @dataclass
@@ -163,6 +166,8 @@ class JobConfig:
     parallel: ParallelSection = field(default_factory=ParallelSection)
 
     def validate(self) -> None:
+        if not str(self.out).strip():  # an empty --out (an unset $OUT) would be the working directory
+            raise ConfigError(f"out = {self.out!r}: give a directory for the run (--out)")
         self.model_config()
         for section in (self.train, self.data, self.checkpoint, self.guard, self.parallel):
             section.validate()

@@ -45,6 +45,13 @@ class MetricsWriter:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         return bad
 
+    def start(self) -> None:
+        """A run that starts at step 0 starts its own file: records of an earlier attempt that never checkpointed
+        (or of another run given the same --metrics) would repeat its steps."""
+        if self.path is not None and self.path.is_file():
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("")
+
     def write(self, record: dict) -> None:
         if self.path is None:
             return

@@ -158,6 +158,8 @@ class Trainer:
                     self._emit(event="warning", message=f"{self.metrics.path}: dropped {torn} torn or unreadable "
                                                         "line(s) (an interrupted write)")
             self._emit(event="resume", step=step, checkpoint=str(existing))
+        elif engine.is_logging_rank:
+            self.metrics.start()
 
         flops_tok = model_flops_per_token(model_cfg, job.seq_len)
         entropy = unigram_entropy(train_shards) if engine.is_logging_rank else None
@@ -179,6 +181,7 @@ class Trainer:
             return path
 
         last_ckpt = existing
+        rollbacks_here = 0  # rollbacks to last_ckpt: a loss that diverges again each time ends the run
         history: list[dict] = []
         tokens_per_step = job.train.global_batch * job.seq_len
         window_start, window_tokens, last_loss, eval_loss = time.perf_counter(), 0, None, None
@@ -213,11 +216,20 @@ class Trainer:
                         f"loss diverged at step {step + 1} ({job.guard.max_consecutive} bad steps in a row, last "
                         f"{loss:.4g}) and there is no checkpoint to roll back to"
                     )
+                rollbacks_here += 1
+                if rollbacks_here > job.guard.max_rollbacks:
+                    raise FlopwiseError(
+                        f"loss keeps diverging: rolled back to {last_ckpt.name} {job.guard.max_rollbacks} times "
+                        f"(guard.max_rollbacks) and it diverged again at step {step + 1} (last loss {loss:.4g}); "
+                        "lower train.lr, clip gradients (train.grad_clip) or loosen the guard (guard.spike_factor)"
+                    )
                 position = loader.position
                 engine.load(last_ckpt)
                 state = ckpt.read_trainer_state(last_ckpt)
                 step = state["step"]
                 loader.position = position  # keep moving forward: do not replay the batches that spiked
+                if engine.is_logging_rank:  # the steps after the checkpoint will be logged again
+                    self.metrics.truncate_after(step)
                 self._emit(event="rollback", step=step, checkpoint=str(last_ckpt), loss=loss,
                            rollbacks=guard.rollbacks)
                 continue
@@ -251,7 +263,7 @@ class Trainer:
                     self.metrics.write(record)
                 self._emit(event="log", **record)
             if job.checkpoint.every and step % job.checkpoint.every == 0 and step != job.train.steps:
-                last_ckpt = save(step)
+                last_ckpt, rollbacks_here = save(step), 0  # past the last rollback's checkpoint: a fresh count
             if record is not None and "tokens_per_s" in record:
                 window_start, window_tokens = time.perf_counter(), 0
         if last_ckpt is None or ckpt.read_trainer_state(last_ckpt)["step"] != step:
