@@ -148,6 +148,18 @@ def test_bad_output_locations_fail_first(run_copy, nano_shards, tmp_path, capsys
     assert a_file.read_text() == "mine" and not (tmp_path / "new" / "metrics.jsonl").exists()
 
 
+def test_a_refused_run_leaves_no_empty_folder_but_keeps_one_it_found(nano_shards, tmp_path, capsys):
+    for extra, needle in ((["--split", "5,5"], "split 5,5 gives 2 stages"),
+                          (["--set", "train.micro_batch=5"], "not divisible by micro_batch 5")):
+        code, _, err = cli(capsys, *_train_args(nano_shards, tmp_path / "new", 2, *extra))
+        one_error(code, err, needle)
+        assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    code, _, err = cli(capsys, *_train_args(nano_shards, tmp_path / "mine", 2, "--split", "5,5"))
+    one_error(code, err, "split 5,5")
+    assert (tmp_path / "mine").is_dir()
+
+
 def test_the_launcher_passes_paths_with_quotes_to_the_ranks_intact():
     odd = '/tmp/we"ird \\ dir\x7f/shards'
     cmd = torchrun_command(2, ["train", "--nproc", "2", "--out", "x"], odd)

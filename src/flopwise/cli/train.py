@@ -193,6 +193,7 @@ def train(
     from flopwise.train.signals import Stopped, stop_on_signals
 
     view = TrainView(quiet)
+    made_out = not in_rank and not Path(job.out).exists()  # a refused run leaves no empty folder behind
     try:  # a rank keeps the default SIGTERM (it ends at once): the launcher reports the stop
         with stop_on_signals() if not in_rank else contextlib.nullcontext(), \
                 run_lock(job.out) if rank0 else contextlib.nullcontext() as took_over:
@@ -216,6 +217,9 @@ def train(
 
         if in_rank and report_rank_error(str(exc)):  # a rank of `train --nproc`: the launcher prints it once
             raise typer.Exit(2) from None
+        if made_out:
+            with contextlib.suppress(OSError):  # only if nothing was written there (the lock is gone by now)
+                Path(job.out).rmdir()
         raise
     except Exception:
         from flopwise.train.launch import another_rank_failed
