@@ -198,6 +198,20 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(case, run_copy, nano_
     assert not checkpoint_problems(step_dirs(run_copy)[-1])  # the damaged step 2 was written again, whole
 
 
+def test_export_reads_the_newest_intact_checkpoint_and_refuses_a_damaged_step(run_copy, tmp_path, capsys, caplog):
+    newest = step_dirs(run_copy)[-1]
+    data = next(p for p in newest.iterdir() if p.suffix == ".distcp")
+    data.write_bytes(data.read_bytes()[:1000])
+    code, _, err = cli(capsys, "export", run_copy, tmp_path / "m.safetensors")
+    assert code == 0 and (tmp_path / "m.safetensors").is_file(), err
+    assert f"checkpoint {newest} is damaged ({data.name} has 1000 bytes" in caplog.text
+    assert "reading step_00000001" in caplog.text
+    code, _, err = cli(capsys, "export", newest, tmp_path / "n.safetensors")
+    one_error(code, err, f"checkpoint {newest} is damaged: {data.name} has 1000 bytes")
+    code, _, err = cli(capsys, "export", data, tmp_path / "n.safetensors")
+    one_error(code, err, "is a file: give a run directory or a step directory")
+
+
 def test_no_intact_checkpoint_is_one_line_naming_each(run_copy, nano_shards, capsys):
     for d in step_dirs(run_copy):
         (d / "trainer.json").write_text("")

@@ -13,6 +13,7 @@ trainer state parses, with the reason for every newer one it passed over."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -24,6 +25,8 @@ from flopwise.data.shards import sha256_file
 from flopwise.errors import CheckpointError
 from flopwise.outputs import output_file
 from flopwise.train.signals import Stopped, find_wrapped, reraise_stop
+
+log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 CHECKSUMS = "checksums.json"
@@ -53,15 +56,28 @@ def latest_checkpoint(out: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint given as a run directory (its latest checkpoint) or a step directory."""
+    """A checkpoint to read (export, generate, serve) given as a run directory (its newest intact checkpoint; a
+    newer damaged one is skipped with a warning, as a resume skips it) or a step directory (refused, naming the
+    damage, when it is damaged)."""
     path = Path(path)
     if (path / "trainer.json").is_file():
+        problems = checkpoint_problems(path, to_resume=False)
+        if problems:
+            raise CheckpointError(f"checkpoint {path} is damaged: {'; '.join(problems)}")
         return path
     if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is not None:
-            return found
+        if latest_checkpoint(path) is not None:
+            found, damaged = choose_checkpoint(path, to_resume=False)
+            for directory, reason in damaged:
+                log.warning("warning: checkpoint %s is damaged (%s); %s", directory, reason,
+                            f"reading {found.name}" if found is not None else "no older one")
+            if found is not None:
+                return found
+            raise CheckpointError(f"no intact checkpoint in {path}: the newest, {damaged[0][0].name}, "
+                                  f"{damaged[0][1]}")
         raise CheckpointError(f"no checkpoint in {path} (expected {checkpoints_dir(path)}/step_*/)")
+    if path.exists():
+        raise CheckpointError(f"checkpoint {path} is a file: give a run directory or a step directory")
     raise CheckpointError(f"checkpoint {path} does not exist")
 
 
@@ -182,11 +198,11 @@ def _check_json(directory: Path, name: str, keys: dict) -> str | None:
     return None
 
 
-def checkpoint_problems(directory: Path) -> list[str]:
+def checkpoint_problems(directory: Path, to_resume: bool = True) -> list[str]:
     """What is wrong with a checkpoint directory: files that differ from checksums.json (each rank checks a
     share; a collective in a distributed job), a trainer.json or config.json that does not parse, this rank's
     RNG state that does not load. Empty when it is intact. A checkpoint from before checksums is checked
-    for the rest."""
+    for the rest. `to_resume` False: only what reading the weights needs (export, generate, serve)."""
     rank, world = _rank_world()
     problems = []
     try:
@@ -197,7 +213,10 @@ def checkpoint_problems(directory: Path) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
         listed = {}
         problems.append(f"{CHECKSUMS} is unreadable")
-    for name in sorted(listed)[rank::world]:
+    # reading the weights checks the weight files; its JSON files are parsed below (a hand-edited config.json,
+    # e.g. one pointing at moved shards, still reads)
+    names = sorted(n for n in listed if to_resume or not n.endswith(".json"))
+    for name in names[rank::world]:
         path, want = directory / name, listed[name]
         if not path.is_file():
             problems.append(f"{name} is missing")
@@ -205,9 +224,13 @@ def checkpoint_problems(directory: Path) -> list[str]:
             problems.append(f"{name} has {path.stat().st_size} bytes, {want.get('bytes')} were written")
         elif sha256_file(path) != want.get("sha256"):
             problems.append(f"{name} does not match its sha256")
-    problems += [p for p in (_check_json(directory, "trainer.json", {"step": int, "loader": dict, "guard": dict}),
-                             _check_json(directory, "config.json", {"job": dict, "model": dict})) if p]
-    if not listed:
+    # to read the weights (export, generate, serve) the trainer's own state need not be there: a checkpoint written
+    # outside a training run (serve.toy) has none
+    trainer_keys = {"step": int, "loader": dict, "guard": dict} if to_resume else {"step": int}
+    problems += [p for p in (_check_json(directory, "trainer.json", trainer_keys),
+                             _check_json(directory, "config.json", {"model": dict} if not to_resume
+                                         else {"job": dict, "model": dict})) if p]
+    if not listed and to_resume:
         try:
             _read_rng(directory, rank)
         except CheckpointError as exc:
@@ -215,11 +238,12 @@ def checkpoint_problems(directory: Path) -> list[str]:
     return sorted({p for ps in _gather(problems) for p in ps})
 
 
-def choose_checkpoint(out: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest intact checkpoint of a run, and (checkpoint, reason) for each newer damaged one."""
+def choose_checkpoint(out: str | Path, to_resume: bool = True) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint of a run, and (checkpoint, reason) for each newer damaged one (`to_resume`
+    False: intact enough to read its weights, checkpoint_problems)."""
     damaged = []
     for directory in reversed(step_dirs(out)):
-        problems = checkpoint_problems(directory)
+        problems = checkpoint_problems(directory, to_resume)
         if not problems:
             return directory, damaged
         damaged.append((directory, "; ".join(problems)))
