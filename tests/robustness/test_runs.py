@@ -148,6 +148,23 @@ def test_bad_output_locations_fail_first(run_copy, nano_shards, tmp_path, capsys
     assert a_file.read_text() == "mine" and not (tmp_path / "new" / "metrics.jsonl").exists()
 
 
+def test_a_run_the_layout_or_context_refuses_is_refused_before_the_data_is_prepared(trained_run, nano_shards, tmp_path,
+                                                                                   capsys, monkeypatch):
+    def prepared(*a, **k):
+        raise AssertionError("the data was prepared before the refusal")
+
+    monkeypatch.setattr(trainer_mod, "resolve_shards", prepared)
+    for extra, needle in ((["--set", "train.micro_batch=5"], "not divisible by micro_batch 5"),
+                          (["--set", "train.seq_len=1000"], "train.seq_len = 1000: exceeds the model context")):
+        code, _, err = cli(capsys, *_train_args(nano_shards, tmp_path / "new", 2, *extra))
+        one_error(code, err, needle)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    code, _, err = cli(capsys, *_train_args(nano_shards, run, 4, "--resume", "--set", "model.hidden=96",
+                                            "--set", "model.heads=4"))
+    one_error(code, err, "holds another model")
+
+
 def test_a_refused_run_leaves_no_empty_folder_but_keeps_one_it_found(nano_shards, tmp_path, capsys):
     for extra, needle in ((["--split", "5,5"], "split 5,5 gives 2 stages"),
                           (["--set", "train.micro_batch=5"], "not divisible by micro_batch 5")):

@@ -25,7 +25,7 @@ from flopwise.hardware import cpu_seconds, detect
 from flopwise.models.moe import moe_metrics
 from flopwise.train import checkpoint as ckpt
 from flopwise.train import forecast
-from flopwise.train.config import JobConfig
+from flopwise.train.config import JobConfig, resolve_layout
 from flopwise.train.engine import build_engine, peak_memory, resolve_device
 from flopwise.train.loss_guard import LossGuard, Verdict
 from flopwise.train.memory_probe import model_state_bytes, saved_tensor_peak
@@ -112,6 +112,17 @@ class Trainer:
                 f"{self.out} already holds a run (checkpoint {existing.name}); pass --resume to continue it "
                 "or --out to start another"
             )
+        # refuse what can be refused before the data and the model are prepared (minutes on a fresh cache)
+        if job.seq_len > job.model_config().seq_len:
+            raise ConfigError(f"train.seq_len = {job.seq_len}: exceeds the model context {job.model_config().seq_len}")
+        resolve_layout(job, int(os.environ.get("WORLD_SIZE", "1")))
+        if existing is not None:
+            try:
+                ckpt.read_config(existing)
+            except (CheckpointError, OSError, ValueError):
+                pass  # a damaged newest checkpoint is judged with the others once the ranks are up
+            else:
+                ckpt.check_same_model(existing, job.model_config().to_dict())
         # Measure the device peak first: on CPU it is a timed matmul, which other work would disturb.
         # A CPU rank measures what its own threads reach while the other ranks run theirs (the launcher gives
         # each cores / ranks threads): that is its share of the machine, not to be divided again.
@@ -128,8 +139,6 @@ class Trainer:
                 f"model.vocab_size = {model_cfg.vocab_size} is smaller than the data's vocabulary "
                 f"({train_shards.vocab_size} in {shards_dir})"
             )
-        if job.seq_len > model_cfg.seq_len:
-            raise ConfigError(f"train.seq_len = {job.seq_len}: exceeds the model context {model_cfg.seq_len}")
 
         memory_before = peak_memory(resolve_device(job.train.device))[0]
         self.engine = engine = build_engine(job, accel)
