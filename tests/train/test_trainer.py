@@ -87,17 +87,22 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(nano_shards, tmp_
     assert after == reference
 
 
-def test_loss_guard_skips_spikes_and_rolls_back(nano_shards, tmp_path, monkeypatch):
-    spikes = {7, 8, 9, 10}  # calls to forward_backward that return a spike: 3 in a row -> rollback
+def nan_on(monkeypatch, bad) -> dict:
+    """Build engines whose forward_backward returns NaN on the calls `bad(n)` picks (n counted from 1); the count."""
     calls = {"n": 0}
 
     class SpikyEngine(Engine):
         def forward_backward(self, inputs, targets, eod_id=None):
             loss = super().forward_backward(inputs, targets, eod_id)
             calls["n"] += 1
-            return float("nan") if calls["n"] in spikes else loss
+            return float("nan") if bad(calls["n"]) else loss
 
     monkeypatch.setattr(trainer_mod, "build_engine", SpikyEngine)
+    return calls
+
+
+def test_loss_guard_skips_spikes_and_rolls_back(nano_shards, tmp_path, monkeypatch):
+    nan_on(monkeypatch, {7, 8, 9, 10}.__contains__)  # calls that return a spike: 3 in a row -> rollback
     events = []
     result = train(_job(nano_shards, tmp_path / "run", "train.steps=8", "checkpoint.every=4"), on_event=events.append)
     kinds = [e["event"] for e in events]
@@ -110,15 +115,7 @@ def test_loss_guard_skips_spikes_and_rolls_back(nano_shards, tmp_path, monkeypat
 def test_a_loss_that_diverges_after_every_rollback_ends_the_run(nano_shards, tmp_path, monkeypatch):
     """Rolled back guard.max_rollbacks times to one checkpoint and diverging again: an error, not an endless loop;
     the metrics keep no record past the checkpoint (each rollback truncates them, as a resume does)."""
-    calls = {"n": 0}
-
-    class DivergingEngine(Engine):  # good for the first 4 steps, NaN from then on
-        def forward_backward(self, inputs, targets, eod_id=None):
-            loss = super().forward_backward(inputs, targets, eod_id)
-            calls["n"] += 1
-            return loss if calls["n"] <= 4 else float("nan")
-
-    monkeypatch.setattr(trainer_mod, "build_engine", DivergingEngine)
+    calls = nan_on(monkeypatch, lambda n: n > 4)  # good for the first 4 steps, NaN from then on
     events = []
     with pytest.raises(FlopwiseError, match="loss keeps diverging: rolled back to step_00000004 2 times"):
         train(_job(nano_shards, tmp_path / "run", "train.steps=20", "checkpoint.every=4", "guard.max_rollbacks=2"),
@@ -129,16 +126,7 @@ def test_a_loss_that_diverges_after_every_rollback_ends_the_run(nano_shards, tmp
 
 
 def test_a_rollback_drops_the_records_it_will_log_again(nano_shards, tmp_path, monkeypatch):
-    spikes = {8, 9, 10}  # steps 5-7 logged, then 3 bad in a row: back to step 4, and 5-7 are logged again
-    calls = {"n": 0}
-
-    class SpikyEngine(Engine):
-        def forward_backward(self, inputs, targets, eod_id=None):
-            loss = super().forward_backward(inputs, targets, eod_id)
-            calls["n"] += 1
-            return float("nan") if calls["n"] in spikes else loss
-
-    monkeypatch.setattr(trainer_mod, "build_engine", SpikyEngine)
+    nan_on(monkeypatch, {8, 9, 10}.__contains__)  # steps 5-7 logged, then 3 bad: back to step 4, 5-7 logged again
     train(_job(nano_shards, tmp_path / "run", "train.steps=8", "checkpoint.every=4"))
     steps = [json.loads(line).get("step") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
