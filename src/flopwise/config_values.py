@@ -79,7 +79,7 @@ def check_number(
     low_open / high_open); else raise ConfigError naming the key, the value and the allowed range."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{name} = {value!r}: expected {'an integer' if integer else 'a number'}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):  # (an int is finite, and too large for isfinite)
         raise ConfigError(f"{name} = {value!r}: must be a finite number (not NaN or infinity)")
     if integer and not isinstance(value, int):
         raise ConfigError(f"{name} = {value!r}: expected an integer")
@@ -92,7 +92,9 @@ def check_number(
             allowed = f"{'>' if low_open else '>='} {_bound(low)}"
         else:
             allowed = f"{'<' if high_open else '<='} {_bound(high)}"
-        raise ConfigError(f"{name} = {value!r}: must be {allowed}")
+        text = repr(value)
+        shown = text if len(text) <= 40 else f"{text[:12]}... ({len(text)} characters)"
+        raise ConfigError(f"{name} = {shown}: must be {allowed}")
     return value
 
 

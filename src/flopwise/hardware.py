@@ -192,15 +192,16 @@ CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800
 # GPUs older than Turing: no FlashAttention (FlashAttention 1.x needs Turing or Ampere, 2.x Ampere or newer: the
 # flash-attention README), so Megatron-family runs on them used Megatron-LM's fused softmax over s x s scores. T4
 # (Turing) is left out: FlashAttention 1.x ran there, though Megatron-Core's fused paths target Ampere and newer.
-# the catalogue's parts older than Ampere: no bf16 (fp16 is their training precision) and no FlashAttention
-PRE_AMPERE = frozenset({"V100-32GB", "V100-16GB", "P100"})
-NO_FLASH_ATTENTION = PRE_AMPERE
+# the catalogue's parts without FlashAttention-2 (Volta, Pascal), and those without bf16 (also Turing's T4): fp16 is
+# their training precision
+NO_FLASH_ATTENTION = frozenset({"V100-32GB", "V100-16GB", "P100"})
+NO_BF16 = NO_FLASH_ATTENTION | {"T4"}
 
 
 def training_precision(acc: Accelerator) -> str:
     """The precision a run trains in on `acc` unless told otherwise: fp32 on a measured CPU (as flopwise's trainer
     runs it), fp16 on a part without bf16, bf16 on the rest."""
-    return "fp32" if acc.measured else "fp16" if acc.name in PRE_AMPERE else "bf16"
+    return "fp32" if acc.measured else "fp16" if acc.name in NO_BF16 else "bf16"
 # gloo collectives between processes on one machine (loopback TCP): ~1-3 GB/s per direction; a starting
 # value that `flopwise plan calibrate` replaces with the user's own.
 CPU_LINK_BANDWIDTH = 2 * GB

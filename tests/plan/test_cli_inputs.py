@@ -46,8 +46,8 @@ def test_budget_refuses_conflicting_or_overflowing_inputs(capsys, args, said):
 
 
 def test_parts_without_bf16_plan_in_fp16(capsys):
-    assert [training_precision(get_accelerator(n)) for n in ("V100-32GB", "P100", "A100-80GB")] == [
-        "fp16", "fp16", "bf16"]
+    assert [training_precision(get_accelerator(n)) for n in ("V100-32GB", "P100", "T4", "A100-80GB")] == [
+        "fp16", "fp16", "fp16", "bf16"]
     code, out, _ = run_cli(capsys, "plan", "--preset", "tiny", "--gpu", "V100-32GB", "--gpus", 8, "--global-batch",
                            8, "--json")
     assert code == 0 and json.loads(out)["training"]["precision"] == "fp16"

@@ -191,6 +191,8 @@ DAMAGE = {
     "truncated rng_rank0.pt": ("rng_rank0.pt", lambda b: b[:100], "rng_rank0.pt has 100 bytes"),
     "empty trainer.json": ("trainer.json", lambda b: b"", "trainer.json"),
     "wrong trainer.json": ("trainer.json", lambda b: b"[1, 2]", "trainer.json"),
+    "config without model": ("config.json", lambda b: b"{}", "config.json"),
+    "config a list": ("config.json", lambda b: b"[1, 2]", "config.json"),
 }
 
 

@@ -103,6 +103,22 @@ def test_generate_checks_the_prompt_before_printing_it_and_says_when_the_context
     assert out.startswith("def ") and "--max-tokens 1000000 is past the model's context" in err
 
 
+def test_a_checkpoint_read_for_its_weights_checks_its_tokenizer_and_its_job(capsys, lfa_checkpoint, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(lfa_checkpoint, run)
+    step = next((run / "checkpoints").glob("step_*"))
+    tokenizer = step / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"hello"', '"hellp"', 1) + " ")
+    assert run_cli("generate", "hi", "--checkpoint", str(step)) == 2
+    assert "tokenizer.json" in capsys.readouterr().err
+    shutil.copy(lfa_checkpoint / "checkpoints" / step.name / "tokenizer.json", tokenizer)
+    config = json.loads((step / "config.json").read_text())
+    del config["job"]
+    (step / "config.json").write_text(json.dumps(config))
+    assert run_cli("generate", "hi", "--checkpoint", str(step)) == 2
+    assert "config.json lacks 'job'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_serve_command_answers_curl_and_the_openai_client(lfa_checkpoint):
     port = free_port()

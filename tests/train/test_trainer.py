@@ -113,8 +113,7 @@ def test_loss_guard_skips_spikes_and_rolls_back(nano_shards, tmp_path, monkeypat
 
 
 def test_a_loss_that_diverges_after_every_rollback_ends_the_run(nano_shards, tmp_path, monkeypatch):
-    """Rolled back guard.max_rollbacks times to one checkpoint and diverging again: an error, not an endless loop;
-    the metrics keep no record past the checkpoint (each rollback truncates them, as a resume does)."""
+    """Rolled back guard.max_rollbacks times to one checkpoint and diverging again: an error, not an endless loop."""
     calls = nan_on(monkeypatch, lambda n: n > 4)  # good for the first 4 steps, NaN from then on
     events = []
     with pytest.raises(FlopwiseError, match="loss keeps diverging: rolled back to step_00000004 2 times"):
@@ -122,15 +121,23 @@ def test_a_loss_that_diverges_after_every_rollback_ends_the_run(nano_shards, tmp
               on_event=events.append)
     assert [e["event"] for e in events].count("rollback") == 2
     assert calls["n"] == 4 + 3 * 3  # three rounds of max_consecutive bad steps, the third ends it
-    assert max(_losses(tmp_path / "run" / "metrics.jsonl")) == 4
 
 
 def test_a_rollback_drops_the_records_it_will_log_again(nano_shards, tmp_path, monkeypatch):
     nan_on(monkeypatch, {8, 9, 10}.__contains__)  # steps 5-7 logged, then 3 bad: back to step 4, 5-7 logged again
-    train(_job(nano_shards, tmp_path / "run", "train.steps=8", "checkpoint.every=4"))
+    result = train(_job(nano_shards, tmp_path / "run", "train.steps=8", "checkpoint.every=4"))
     steps = [json.loads(line).get("step") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
     assert steps == list(range(1, 9))
+    assert [r["step"] for r in result.history] == list(range(1, 9))  # the history the caller gets, too
+
+
+def test_a_new_checkpoint_gives_the_rollbacks_a_fresh_count(nano_shards, tmp_path, monkeypatch):
+    """Two rollbacks to step 4, progress to a checkpoint at step 8, two more to it: with guard.max_rollbacks = 2
+    the run finishes (the count is per checkpoint, not per run)."""
+    nan_on(monkeypatch, (set(range(5, 11)) | set(range(15, 21))).__contains__)
+    result = train(_job(nano_shards, tmp_path / "run", "train.steps=12", "checkpoint.every=4", "guard.max_rollbacks=2"))
+    assert result.steps == 12 and result.rollbacks == 4
 
 
 def test_a_run_that_starts_at_step_zero_starts_its_own_metrics(nano_shards, tmp_path):

@@ -160,7 +160,7 @@ def plan(
     precision: str = typer.Option(
         None, help="bf16 | fp16 | fp32 | fp8 (FP8 linear layers, Hopper and newer) | mxfp8 (block-scaled FP8, "
                    "Blackwell: B200, GB200) | nvfp4 (NVIDIA's 4-bit block-scaled format, Blackwell); flopwise's "
-                   "trainer runs bf16 and fp32 (default: bf16 on a GPU, fp16 on V100 and P100, which lack bf16, fp32 "
+                   "trainer runs bf16 and fp32 (default: bf16 on a GPU, fp16 on V100, P100 and T4, which lack bf16, fp32 "
                    "on a measured CPU, as the trainer runs)"
     ),
     software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),

@@ -184,12 +184,12 @@ class Constants:
 DEFAULT_CONSTANTS = Constants()
 
 
-def block_wrappers(layout: Layout) -> str:
-    """The wrappers a PyTorch-native stack puts on each block under `layout`, as plan.host_probe names them: tp
-    (DTensor TP), ac (full recomputation), fsdp (FSDP's SHARD_GRAD_OP and FULL_SHARD wrap every block; DDP and ZeRO-1
-    do not); 'eager' for none."""
-    parts = [name for name, on in (("tp", layout.tp > 1), ("ac", layout.recompute == "full"),
-                                   ("fsdp", layout.zero >= 2)) if on]
+def block_wrappers(layout: Layout, recompute: bool | None = None) -> str:
+    """The wrappers a PyTorch-native stack puts on a block under `layout`, as plan.host_probe names them: tp
+    (DTensor TP), ac (full recomputation; `recompute` overrides whether this block is one of those recomputed), fsdp
+    (FSDP's SHARD_GRAD_OP and FULL_SHARD wrap every block; DDP and ZeRO-1 do not); 'eager' for none."""
+    ac = layout.recompute == "full" if recompute is None else recompute
+    parts = [name for name, on in (("tp", layout.tp > 1), ("ac", ac), ("fsdp", layout.zero >= 2)) if on]
     return "+".join(parts) or "eager"
 
 
@@ -219,6 +219,7 @@ class Plan:
     days: float
     gpu_hours: float
     notes: list[str] = field(default_factory=list)
+    block_host_s: float = 0.0  # the host's time per block and micro-batch it was costed with (CostModel.block_host_time)
 
     @property
     def peak_memory(self) -> float:
@@ -254,6 +255,7 @@ class Plan:
             "fits": self.fits,
             "days": self.days,
             "gpu_hours": self.gpu_hours,
+            "block_host_s": self.block_host_s,
             "notes": list(self.notes),
         }
 
@@ -681,9 +683,21 @@ class CostModel:
         profile = self.training.profile
         if profile.block_host_s is not None:
             return profile.block_host_s
-        if profile.eager_block_host and not self.acc.measured:
-            return EAGER_BLOCK_HOST_S[block_wrappers(layout)]
-        return 0.0
+        if not profile.eager_block_host or self.acc.measured:
+            return 0.0
+        plain = EAGER_BLOCK_HOST_S[block_wrappers(layout, recompute=False)]
+        if layout.recompute != "full":
+            return plain
+        # one block in recompute_every is checkpointed: the mean over the blocks
+        return plain + (EAGER_BLOCK_HOST_S[block_wrappers(layout, recompute=True)] - plain) / layout.recompute_every
+
+    def layer_gpu_time(self, layout: Layout, lc: LayerCost | None = None) -> float:
+        """One layer's GPU work per micro-batch on one rank: its kernels, recomputation, exposed TP and CP
+        collectives, and a mixture's expert work and all-to-all (what the host's time per block is set against)."""
+        lc = lc or self.layer_cost(layout.tp, layout.sp, layout.micro_batch, layout.recompute, layout.recompute_every,
+                                   layout.cp)
+        moe_comp, moe_a2a = moe.moe_layer_time(self, layout, self.training.expert_imbalance)
+        return lc.fwd + lc.bwd + moe_comp + lc.recompute + lc.tp + lc.cp + moe_a2a
 
     @staticmethod
     def launch_wait(host_s: float, layer_gpu_s: float) -> float:
@@ -753,7 +767,7 @@ class CostModel:
         moe_comp, moe_a2a = moe.moe_layer_time(self, layout, t.expert_imbalance)
 
         # per-micro-batch time of each stage: (compute, recompute, tp, cp, ep, the blocks' wait on the host)
-        wait = self.launch_wait(host_s, lc.fwd + lc.bwd + moe_comp + lc.recompute + lc.tp + lc.cp + moe_a2a)
+        wait = self.launch_wait(host_s, self.layer_gpu_time(layout, lc))
         stages = []
         for i, n in enumerate(pp_layers):
             comp = n * (lc.fwd + lc.bwd + moe_comp)
@@ -830,4 +844,5 @@ class CostModel:
             memory_limit=limit,
             days=seconds / 86400.0,
             gpu_hours=seconds * self.cluster.gpus / 3600.0,
+            block_host_s=host_s,
         )

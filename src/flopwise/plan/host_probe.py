@@ -177,11 +177,12 @@ def measure(wrappers: tuple[str, ...] = WRAPPERS, world: int = 8, repeats: int =
     from torch.distributed.device_mesh import init_device_mesh
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the host's one dispatching thread, not intra-op parallelism
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world * world)
     try:
+        torch.set_num_threads(1)  # the host's one dispatching thread, not intra-op parallelism
+        dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world * world)
         mesh = init_device_mesh(dev.type, (world, world), mesh_dim_names=("dp", "tp"))
         return [_time(wrapper, mesh, dev, repeats) for wrapper in wrappers]
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
         torch.set_num_threads(threads)

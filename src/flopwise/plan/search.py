@@ -52,8 +52,7 @@ def balanced_split(
         return (cfg.layers,)
     if p > cfg.layers:  # a stage without a layer: the even split places the ends so (split_candidates)
         return None
-    lc = cm.layer_cost(layout.tp, layout.sp, layout.micro_batch, layout.recompute, layout.recompute_every)
-    t_layer = lc.fwd + lc.bwd + lc.recompute + lc.tp
+    t_layer = cm.layer_gpu_time(layout)
     t_layer += cm.launch_wait(cm.block_host_time(layout), t_layer)
     head, head_comm = cm.head_time(layout.tp, layout.micro_batch)
     extra = [0.0] * p
@@ -287,7 +286,8 @@ def search(
         for plan in plans[:top]:  # per plan: how runs with as few micro-batches per step, or as small blocks, went
             few = track_record.microbatch_note(cluster.accelerator.name, training.software, plan.microbatches,
                                                plan.layout.pp)
-            small = (None if training.block_host_s is not None  # the user measured the host's time per block
+            costed = training.block_host_s is not None or plan.block_host_s > 0  # the plan has the host's time
+            small = (None if costed
                      else track_record.small_block_note(cluster.accelerator, cm.block_forward_time(plan.layout)))
             if few and small:  # most small-block runs also ran few micro-batches: one miss, told twice
                 small += "; these runs and the few-micro-batch ones above are largely the same: do not add the two"

@@ -177,6 +177,11 @@ def _raise_if_failed(failures: list, out, step: int, tmp: Path, rank: int) -> No
     raise CheckpointError(f"cannot write checkpoint step {step} in {checkpoints_dir(out)}: {reasons[0]}; {kept}")
 
 
+def config_problem(directory: Path) -> str | None:
+    """What is wrong with a checkpoint's config.json (the job and the model it was saved for), or None."""
+    return _check_json(directory, "config.json", {"job": dict, "model": dict})
+
+
 def _check_json(directory: Path, name: str, keys: dict) -> str | None:
     try:
         text = (directory / name).read_text()
@@ -213,9 +218,9 @@ def checkpoint_problems(directory: Path, to_resume: bool = True) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
         listed = {}
         problems.append(f"{CHECKSUMS} is unreadable")
-    # reading the weights checks the weight files; its JSON files are parsed below (a hand-edited config.json,
-    # e.g. one pointing at moved shards, still reads)
-    names = sorted(n for n in listed if to_resume or not n.endswith(".json"))
+    # reading the weights checks every file but the two the trainer rewrites by hand's reach, parsed below (a
+    # hand-edited config.json, e.g. one pointing at moved shards, still reads); the tokenizer is checked
+    names = sorted(n for n in listed if to_resume or n not in ("config.json", "trainer.json"))
     for name in names[rank::world]:
         path, want = directory / name, listed[name]
         if not path.is_file():
@@ -227,9 +232,7 @@ def checkpoint_problems(directory: Path, to_resume: bool = True) -> list[str]:
     # to read the weights (export, generate, serve) the trainer's own state need not be there: a checkpoint written
     # outside a training run (serve.toy) has none
     trainer_keys = {"step": int, "loader": dict, "guard": dict} if to_resume else {"step": int}
-    problems += [p for p in (_check_json(directory, "trainer.json", trainer_keys),
-                             _check_json(directory, "config.json", {"model": dict} if not to_resume
-                                         else {"job": dict, "model": dict})) if p]
+    problems += [p for p in (_check_json(directory, "trainer.json", trainer_keys), config_problem(directory)) if p]
     if not listed and to_resume:
         try:
             _read_rng(directory, rank)

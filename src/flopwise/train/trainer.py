@@ -115,14 +115,11 @@ class Trainer:
         # refuse what can be refused before the data and the model are prepared (minutes on a fresh cache)
         if job.seq_len > job.model_config().seq_len:
             raise ConfigError(f"train.seq_len = {job.seq_len}: exceeds the model context {job.model_config().seq_len}")
-        resolve_layout(job, int(os.environ.get("WORLD_SIZE", "1")))
-        if existing is not None:
-            try:
-                ckpt.read_config(existing)
-            except (CheckpointError, OSError, ValueError):
-                pass  # a damaged newest checkpoint is judged with the others once the ranks are up
-            else:
-                ckpt.check_same_model(existing, job.model_config().to_dict())
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == job.parallel.world_size:  # else the engine says how to launch the ranks the layout needs
+            resolve_layout(job, world)
+        if existing is not None and ckpt.config_problem(existing) is None:  # a damaged one: judged with the others
+            ckpt.check_same_model(existing, job.model_config().to_dict())
         # Measure the device peak first: on CPU it is a timed matmul, which other work would disturb.
         # A CPU rank measures what its own threads reach while the other ranks run theirs (the launcher gives
         # each cores / ranks threads): that is its share of the machine, not to be divided again.
@@ -237,7 +234,8 @@ class Trainer:
                 state = ckpt.read_trainer_state(last_ckpt)
                 step = state["step"]
                 loader.position = position  # keep moving forward: do not replay the batches that spiked
-                if engine.is_logging_rank:  # the steps after the checkpoint will be logged again
+                history[:] = [r for r in history if r["step"] <= step]  # the steps after it are run again
+                if engine.is_logging_rank:
                     self.metrics.truncate_after(step)
                 self._emit(event="rollback", step=step, checkpoint=str(last_ckpt), loss=loss,
                            rollbacks=guard.rollbacks)
