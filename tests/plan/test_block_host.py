@@ -15,7 +15,7 @@ from flopwise.models.config import ModelConfig
 from flopwise.plan import host_probe
 from flopwise.plan.cost import Constants, CostModel, block_wrappers
 from flopwise.plan.search import search
-from flopwise.plan.spec import EAGER_BLOCK_HOST_S, SOFTWARE, Cluster, Training
+from flopwise.plan.spec import EAGER_BLOCK_HOST_S, SOFTWARE, Cluster, Training, wrapper_key
 from tests.cli_run import run_cli
 
 H100 = get_accelerator("H100-SXM")
@@ -130,6 +130,13 @@ def test_the_balanced_split_weighs_the_hosts_time_per_block():
 ])
 def test_the_wrappers_a_layout_puts_on_a_pytorch_block(layout, key):
     assert block_wrappers(layout) == key and key in EAGER_BLOCK_HOST_S
+
+
+def test_the_probe_and_the_planner_name_a_stack_of_wrappers_alike():
+    """Each figure's key is the name the probe reads back and the planner builds (one wrapper_key for both)."""
+    for key in EAGER_BLOCK_HOST_S:
+        assert wrapper_key(host_probe.parse_wrapper(key)) == key
+    assert wrapper_key(host_probe.parse_wrapper("fsdp+TP+ac")) == "tp+ac+fsdp"
 
 
 def test_pytorch_eager_blocks_take_the_probes_figure_for_their_wrappers_unless_the_user_gives_one():

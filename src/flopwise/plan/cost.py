@@ -124,7 +124,7 @@ from flopwise.models.config import ModelConfig
 from flopwise.opcount import model_ops
 from flopwise.plan import experts as moe
 from flopwise.plan import memory as mem
-from flopwise.plan.spec import EAGER_BLOCK_HOST_S, SOFTWARE, Cluster, GemmFormat, Software, Training
+from flopwise.plan.spec import EAGER_BLOCK_HOST_S, SOFTWARE, Cluster, GemmFormat, Software, Training, wrapper_key
 
 # FlashAttention-2 reaches 50-73% of A100 peak forward and less backward (Dao 2023, section 4.1), about 0.7
 # of what large GEMMs sustain.
@@ -189,8 +189,7 @@ def block_wrappers(layout: Layout, recompute: bool | None = None) -> str:
     (DTensor TP), ac (full recomputation; `recompute` overrides whether this block is one of those recomputed), fsdp
     (FSDP's SHARD_GRAD_OP and FULL_SHARD wrap every block; DDP and ZeRO-1 do not); 'eager' for none."""
     ac = layout.recompute == "full" if recompute is None else recompute
-    parts = [name for name, on in (("tp", layout.tp > 1), ("ac", ac), ("fsdp", layout.zero >= 2)) if on]
-    return "+".join(parts) or "eager"
+    return wrapper_key({name for name, on in (("tp", layout.tp > 1), ("ac", ac), ("fsdp", layout.zero >= 2)) if on})
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from torch import nn
 
 from flopwise.errors import ConfigError
 from flopwise.opcount import count_ops
+from flopwise.plan.spec import WRAPPER_PARTS
 
 WIDTH, HEADS, FFN, TOKENS, BLOCKS = 64, 8, 128, 16, 4
-PARTS = ("tp", "ac", "fsdp", "autocast")
 # the table `flopwise plan host-probe` prints by default: plain eager, each wrapper alone, then torchtitan's stack
 WRAPPERS = ("eager", "ac", "tp", "fsdp", "tp+fsdp", "tp+ac+fsdp", "tp+ac+fsdp+autocast")
 
@@ -82,9 +82,9 @@ def parse_wrapper(text: str) -> frozenset[str]:
     parts = [p.strip().lower() for p in text.split("+")]
     if parts == ["eager"]:
         return frozenset()
-    unknown = [p for p in parts if p not in PARTS]
+    unknown = [p for p in parts if p not in WRAPPER_PARTS]
     if unknown or len(set(parts)) != len(parts):
-        raise ConfigError(f"wrapper {text!r}: must be 'eager' or parts of {', '.join(PARTS)} joined by '+', each "
+        raise ConfigError(f"wrapper {text!r}: must be 'eager' or parts of {', '.join(WRAPPER_PARTS)} joined by '+', each "
                           f"once (e.g. tp+ac+fsdp+autocast)")
     return frozenset(parts)
 

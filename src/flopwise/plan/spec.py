@@ -129,6 +129,16 @@ FLOPWISE_COMPILED_TRAFFIC = 1.23
 # work); each profile that pays it was declared before a blind set and scored on it (FINDINGS.md section 30)
 HOST_SYNC_STEP_S = 0.05
 
+# the wrappers a PyTorch-native stack can put on a block, in the order their names are joined: DTensor TP, full
+# activation recomputation, FSDP, bf16 autocast (plan.host_probe times stacks of them; EAGER_BLOCK_HOST_S is keyed so)
+WRAPPER_PARTS = ("tp", "ac", "fsdp", "autocast")
+
+
+def wrapper_key(parts) -> str:
+    """A stack of wrappers by its one name: the parts in WRAPPER_PARTS order joined by '+', 'eager' for none."""
+    return "+".join(p for p in WRAPPER_PARTS if p in parts) or "eager"
+
+
 # the host time per block and micro-batch, forward and backward, of a Llama-style block under the wrappers a
 # PyTorch-native eager stack puts on it (plan.host_probe, `flopwise plan host-probe` on this project's CPU: Intel Xeon
 # under KVM, torch 2.13.0+cpu, 2026-12-05, world 8, 40 repeats). Declared before the twenty-seventh fresh holdout

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flopwise.atomic import atomic_write_text
-from flopwise.config_values import SEED_LIMIT, check_value
+from flopwise.config_values import SEED_LIMIT, check_number, check_value
 from flopwise.errors import ConfigError, LayoutError
 from flopwise.layout import Layout, local_batch, parse_split
 from flopwise.layout import check as check_layout
@@ -51,8 +51,7 @@ class TrainSection:
     def validate(self) -> None:
         _positive(self, "train", ("steps", "global_batch", "micro_batch", "lr", "eval_batches", "log_every"))
         _non_negative(self, "train", ("seq_len", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "eval_every"))
-        if not 0 <= self.seed < SEED_LIMIT:
-            raise ConfigError(f"train.seed = {self.seed}: must be in [0, 2**63)")
+        check_number("train.seed", self.seed, low=0, high=SEED_LIMIT - 1, integer=True)
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} = {getattr(self, key)}: must be in [0, 1)")

@@ -113,8 +113,9 @@ class Trainer:
                 "or --out to start another"
             )
         # refuse what can be refused before the data and the model are prepared (minutes on a fresh cache)
-        if job.seq_len > job.model_config().seq_len:
-            raise ConfigError(f"train.seq_len = {job.seq_len}: exceeds the model context {job.model_config().seq_len}")
+        context = job.model_config().seq_len
+        if job.seq_len > context:
+            raise ConfigError(f"train.seq_len = {job.seq_len}: exceeds the model context {context}")
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == job.parallel.world_size:  # else the engine says how to launch the ranks the layout needs
             resolve_layout(job, world)
