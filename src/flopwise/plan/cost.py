@@ -124,7 +124,7 @@ from flopwise.models.config import ModelConfig
 from flopwise.opcount import model_ops
 from flopwise.plan import experts as moe
 from flopwise.plan import memory as mem
-from flopwise.plan.spec import EAGER_BLOCK_HOST_S, SOFTWARE, Cluster, GemmFormat, Software, Training, wrapper_key
+from flopwise.plan.spec import EAGER_BLOCK_HOST_S, FULL_PRECISIONS, SOFTWARE, Cluster, GemmFormat, Software, Training, wrapper_key
 
 # FlashAttention-2 reaches 50-73% of A100 peak forward and less backward (Dao 2023, section 4.1), about 0.7
 # of what large GEMMs sustain.
@@ -811,7 +811,7 @@ class CostModel:
             big = stage_params.index(local)
             experts = pp_layers[big] * moe.expert_params_per_rank(cfg, layout) if layout.ep > 1 else 0.0
             opt_params = (local - experts) / shard + experts / (layout.dp // layout.ep * cp)
-        opt_bytes = 28.0 if t.precision == "fp32" else OPTIMIZER_BYTES_PER_PARAM
+        opt_bytes = 28.0 if t.precision in FULL_PRECISIONS else OPTIMIZER_BYTES_PER_PARAM
         breakdown["optimizer"] = opt_params * opt_bytes / self.hbm_rate
         breakdown["cp"] = m * cpc
         # once per step, whatever its size (Software.step_overhead_s), and the blocks' wait on the host per micro-batch

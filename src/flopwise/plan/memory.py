@@ -58,7 +58,7 @@ from flopwise.flops import block_gemms, param_counts
 from flopwise.hardware import GB
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
-from flopwise.plan.spec import Training
+from flopwise.plan.spec import FULL_PRECISIONS, Training
 
 # Memory the framework takes besides tensors: CUDA context, NCCL and cuBLAS workspaces (~1-2 GB measured on
 # A100/H100 with PyTorch), and the caching allocator's fragmentation, taken as a fraction of the device.
@@ -83,7 +83,7 @@ def layer_params(cfg: ModelConfig) -> LayerParams:
 
 def state_bytes_per_param(precision: str) -> tuple[int, int, int]:
     """(parameter, gradient, optimizer) bytes per parameter: ZeRO paper's 2 + 2 + 12, or fp32's 4 + 4 + 8."""
-    return (4, 4, 8) if precision == "fp32" else (2, 2, 12)
+    return (4, 4, 8) if precision in FULL_PRECISIONS else (2, 2, 12)
 
 
 def model_state_bytes(params: float, precision: str, zero: int, dp: int) -> dict[str, float]:

@@ -17,7 +17,11 @@ from flopwise.hardware import Accelerator
 # GEMMs (forward, data and weight gradients) in NVIDIA's 4-bit format, E2M1 values with one E4M3 scale per 16
 # elements and a per-tensor FP32 scale (NVIDIA 2025, "Pretraining Large Language Models with NVFP4", arXiv
 # 2509.25149; Transformer Engine's NVFP4BlockScaling), at the FP4 tensor-core rate (hardware.Accelerator.fp4_peak_flops).
-PRECISIONS = ("bf16", "fp16", "fp32", "fp8", "mxfp8", "nvfp4")
+# fp32: IEEE fp32 GEMMs, PyTorch's default (torch.backends.cuda.matmul.allow_tf32 is False since 1.12), at the FP32
+# (non-tensor) rate; tf32: fp32 weights and activations with TF32 tensor-core GEMMs (a script that sets allow_tf32 or
+# torch.set_float32_matmul_precision("high")), at the TF32 rate (hardware.Accelerator.fp32_peak_flops, tf32_peak_flops).
+PRECISIONS = ("bf16", "fp16", "fp32", "tf32", "fp8", "mxfp8", "nvfp4")
+FULL_PRECISIONS = frozenset({"fp32", "tf32"})  # 4-byte weights, gradients and activations
 
 
 @dataclass(frozen=True)
@@ -284,7 +288,7 @@ class Training:
 
     @property
     def dtype_bytes(self) -> int:
-        return 4 if self.precision == "fp32" else 2
+        return 4 if self.precision in FULL_PRECISIONS else 2
 
     @property
     def gemm_format(self) -> GemmFormat | None:

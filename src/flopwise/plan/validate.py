@@ -95,6 +95,9 @@ def _precision_word(text: str, notes: list[str]) -> str:
     if "fp8" in word and "mx" in word:  # MXFP8 as recipes spell it: 'fp8_mx' (Megatron-Bridge), 'bf16_with_mxfp8_mixed'
         notes.append(f"precision {text!r} read as mxfp8")
         return "mxfp8"
+    if "tf32" in word:  # 'fp32 (TF32)', 'tf32': fp32 storage, TF32 GEMMs
+        notes.append(f"precision {text!r} read as tf32")
+        return "tf32"
     if "fp4" in word:  # 'NVFP4', 'bf16_with_nvfp4_mixed', 'FP4'; MXFP4 (no training recipe) is refused
         if "mx" in word:
             return word
