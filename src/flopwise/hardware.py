@@ -19,6 +19,12 @@ Figures are the vendors' datasheet numbers for dense (no sparsity) tensor-core m
   figures halved). Parts without FP8 tensor cores have fp8_peak_flops = 0 and the planner refuses fp8 on them.
 - network_bandwidth: the NIC rate per GPU and direction of the vendor's reference node, the planner's default
   inter-node link: DGX A100 8 x HDR 200 Gb/s = 25 GB/s; DGX H100 / H200 8 x NDR 400 Gb/s = 50 GB/s.
+- fp32 and TF32 (dense; the datasheets' TF32 figures are given with sparsity, halved here): fp32_peak_flops is the
+  CUDA cores' IEEE FP32 rate, which fp32 GEMMs run at with TF32 off (PyTorch's default for matmuls since 1.12);
+  tf32_peak_flops the TF32 tensor-core rate. V100 15.7 / none, A100 19.5 / 156, H100 SXM and H200 67 / 494.5 (also
+  GH200 and Grand Teton's H100, the same die), H100 PCIe 51 / 378, B200 80 / 1100 and GB200 90 / 1250 (NVIDIA's
+  HGX B200 and GB200 NVL72 specifications), P100 PCIe 9.3 / none, T4 8.1 / none, A10 31.2 / 62.5. Before item 36 of
+  issue 14 the planner costed every fp32 run at half the bf16 rate, the TF32 rate, whatever the script set.
 Newer parts, from datasheets and at most a GEMM benchmark: no published run calibrates them (CALIBRATED below), so
 each plan says so.
 - FP4 (Blackwell, NVFP4 training): twice the FP8 rate, dense: 9000 TFLOP/s on B200 (DGX B200 datasheet: 144 PFLOP/s
@@ -133,6 +139,10 @@ class Accelerator:
     op_overhead_s: float = 0.0
     fp8_peak_flops: float = 0.0  # dense FP8 FLOP/s; 0: no FP8 tensor cores
     fp4_peak_flops: float = 0.0  # dense FP4 FLOP/s (NVFP4 training); 0: no FP4 tensor cores
+    # dense IEEE FP32 FLOP/s on the CUDA cores (fp32 GEMMs with TF32 off, PyTorch's default); 0: not given (on a
+    # measured device peak_flops is already the fp32 rate)
+    fp32_peak_flops: float = 0.0
+    tf32_peak_flops: float = 0.0  # dense TF32 tensor-core FLOP/s; 0: no TF32 tensor cores (before Ampere; a CPU)
     network_bandwidth: float = 25 * GB  # inter-node NIC bytes/s per GPU, one direction (reference system)
     # tensor cores that take block-scaled FP8 (MXFP8: one E8M0 scale per 32 elements) at the FP8 rate: Blackwell's
     # fifth-generation Tensor Cores (NVIDIA Blackwell architecture technical brief); Hopper's take per-tensor scales
@@ -144,6 +154,13 @@ class Accelerator:
     def peak_label(self) -> str:
         return "measured matmul peak" if self.measured else "datasheet dense peak"
 
+    def full_precision_peak(self, tf32: bool) -> float:
+        """The dense rate of 4-byte GEMMs: TF32 tensor cores (`tf32`) or IEEE fp32 (a measured device's own peak);
+        0 where the part has none or its file does not say."""
+        if self.measured:
+            return 0.0 if tf32 else self.peak_flops
+        return self.tf32_peak_flops if tf32 else self.fp32_peak_flops
+
     @property
     def collectives(self) -> str:
         """The collective library its ranks train over: gloo on a measured CPU (cpu_accelerator), NCCL on a GPU."""
@@ -153,30 +170,43 @@ class Accelerator:
 CATALOGUE: dict[str, Accelerator] = {
     a.name: a
     for a in (
-        Accelerator("V100-32GB", 125 * TFLOPS, 32 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
-        Accelerator("A100-40GB", 312 * TFLOPS, 40960 * MIB, 1555 * GB, 300 * GB, gemm_efficiency=0.75),
-        Accelerator("A100-80GB", 312 * TFLOPS, 81920 * MIB, 2039 * GB, 300 * GB, gemm_efficiency=0.75),
+        Accelerator("V100-32GB", 125 * TFLOPS, 32 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80,
+                    fp32_peak_flops=15.7 * TFLOPS),
+        Accelerator("A100-40GB", 312 * TFLOPS, 40960 * MIB, 1555 * GB, 300 * GB, gemm_efficiency=0.75,
+                    fp32_peak_flops=19.5 * TFLOPS, tf32_peak_flops=156 * TFLOPS),
+        Accelerator("A100-80GB", 312 * TFLOPS, 81920 * MIB, 2039 * GB, 300 * GB, gemm_efficiency=0.75,
+                    fp32_peak_flops=19.5 * TFLOPS, tf32_peak_flops=156 * TFLOPS),
         Accelerator("H100-SXM", 989 * TFLOPS, 81559 * MIB, 3350 * GB, 450 * GB, gemm_efficiency=0.70,
-                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
+                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB,
+                    fp32_peak_flops=67 * TFLOPS, tf32_peak_flops=494.5 * TFLOPS),
         Accelerator("H100-PCIe", 756 * TFLOPS, 81559 * MIB, 2000 * GB, 300 * GB, gemm_efficiency=0.65,
-                    fp8_peak_flops=1513 * TFLOPS, network_bandwidth=50 * GB),
+                    fp8_peak_flops=1513 * TFLOPS, network_bandwidth=50 * GB,
+                    fp32_peak_flops=51 * TFLOPS, tf32_peak_flops=378 * TFLOPS),
         Accelerator("H200", 989 * TFLOPS, 143771 * MIB, 4800 * GB, 450 * GB, gemm_efficiency=0.72,
-                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
+                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB,
+                    fp32_peak_flops=67 * TFLOPS, tf32_peak_flops=494.5 * TFLOPS),
         # Meta's Grand Teton H100 (torchtitan's benchmarks): 96 GB HBM2e at 2.4 TB/s, 500 W power limit
         Accelerator("H100-GT-500W", 989 * TFLOPS, 96 * GIB, 2400 * GB, 450 * GB, gemm_efficiency=0.63,
-                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB),
+                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB,
+                    fp32_peak_flops=67 * TFLOPS, tf32_peak_flops=494.5 * TFLOPS),
         Accelerator("B200", 2250 * TFLOPS, 180 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.68,
                     fp8_peak_flops=4500 * TFLOPS, fp4_peak_flops=9000 * TFLOPS, network_bandwidth=50 * GB,
-                    block_scaled_fp8=True),
+                    block_scaled_fp8=True, fp32_peak_flops=80 * TFLOPS, tf32_peak_flops=1100 * TFLOPS),
         Accelerator("GB200", 2500 * TFLOPS, 186 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.60,
                     fp8_peak_flops=5000 * TFLOPS, fp4_peak_flops=10000 * TFLOPS, network_bandwidth=50 * GB,
-                    block_scaled_fp8=True, nvlink_domain_gpus=72),
+                    block_scaled_fp8=True, nvlink_domain_gpus=72,
+                    fp32_peak_flops=90 * TFLOPS, tf32_peak_flops=1250 * TFLOPS),
         Accelerator("GH200", 989 * TFLOPS, 96 * GB, 4000 * GB, 450 * GB, gemm_efficiency=0.72,
-                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB),
-        Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80),
-        Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80),
-        Accelerator("T4", 65 * TFLOPS, 16 * GB, 300 * GB, 16 * GB, gemm_efficiency=0.45, memory_efficiency=0.80),
-        Accelerator("A10", 125 * TFLOPS, 24 * GB, 600 * GB, 32 * GB, gemm_efficiency=0.60, memory_efficiency=0.80),
+                    fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB,
+                    fp32_peak_flops=67 * TFLOPS, tf32_peak_flops=494.5 * TFLOPS),
+        Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80,
+                    fp32_peak_flops=15.7 * TFLOPS),
+        Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80,
+                    fp32_peak_flops=9.3 * TFLOPS),
+        Accelerator("T4", 65 * TFLOPS, 16 * GB, 300 * GB, 16 * GB, gemm_efficiency=0.45, memory_efficiency=0.80,
+                    fp32_peak_flops=8.1 * TFLOPS),
+        Accelerator("A10", 125 * TFLOPS, 24 * GB, 600 * GB, 32 * GB, gemm_efficiency=0.60, memory_efficiency=0.80,
+                    fp32_peak_flops=31.2 * TFLOPS, tf32_peak_flops=62.5 * TFLOPS),
     )
 }
 # the export variants: the A100's and H100's silicon with NVLink cut to 400 GB/s total (module docstring)
@@ -248,12 +278,13 @@ def load_accelerator(path: str | Path) -> Accelerator:
     """Read a user-defined accelerator from TOML, figures in natural units:
     name, peak_tflops, memory_gb, memory_bandwidth_gbps, link_bandwidth_gbps (per direction);
     optionally gemm_efficiency, memory_efficiency and attention_efficiency (fractions, see the module docstring;
-    up to MEASURED_EFFICIENCY_CEILING with measured = true),
-    fp8_peak_tflops, fp4_peak_tflops (dense; for NVFP4 plans), op_overhead_us (host microseconds per op flopwise's
-    trainer dispatches, where they add to the step, as on a CPU), network_bandwidth_gbps (inter-node, per GPU and direction),
-    nvlink_domain_gpus (GPUs one NVLink domain spans where it is more than a server, e.g. 72 for an NVL72 rack)
-    and block_scaled_fp8 (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do). FP4 and
-    block scales need fp8_peak_tflops."""
+    up to MEASURED_EFFICIENCY_CEILING with measured = true), fp8_peak_tflops, fp4_peak_tflops (dense; for NVFP4
+    plans), fp32_peak_tflops (the CUDA cores' FP32 rate: fp32 plans with TF32 off), tf32_peak_tflops (dense TF32
+    tensor cores: tf32 plans), op_overhead_us (host microseconds per op flopwise's trainer dispatches, where they
+    add to the step, as on a CPU), network_bandwidth_gbps (inter-node, per GPU and direction), nvlink_domain_gpus
+    (GPUs one NVLink domain spans where it is more than a server, e.g. 72 for an NVL72 rack) and block_scaled_fp8
+    (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do). FP4 and block scales need
+    fp8_peak_tflops."""
     path = Path(path)
     data = read_toml(path, "accelerator file")
     required = ("name", "peak_tflops", "memory_gb", "memory_bandwidth_gbps", "link_bandwidth_gbps")
@@ -262,6 +293,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
         raise ConfigError(f"accelerator file {path}: missing key(s) {', '.join(missing)}")
     optional = EFFICIENCIES
     rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "fp4_peak_tflops": ("fp4_peak_flops", TFLOPS),
+             "fp32_peak_tflops": ("fp32_peak_flops", TFLOPS), "tf32_peak_tflops": ("tf32_peak_flops", TFLOPS),
              "network_bandwidth_gbps": ("network_bandwidth", GB), "op_overhead_us": ("op_overhead_s", 1e-6)}
     flags = ("measured", "block_scaled_fp8")
     unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags) - {"nvlink_domain_gpus"}
@@ -289,7 +321,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
             why = (f"at most {ceiling:g} (measured = true: relative to start-up timings)" if data.get("measured")
                    else "a fraction in (0, 1]; a measured device (measured = true) may exceed 1")
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be {why}")
-    for key in rates:  # 0: none (no FP8 / FP4 tensor cores, no host time per op); a network is never 0
+    for key in rates:  # 0: none (no FP8 / FP4 / TF32 tensor cores, no host time per op); a network is never 0
         low_ok = key != "network_bandwidth_gbps"
         if key in data and (not number(key) or data[key] < 0 or (data[key] == 0 and not low_ok)
                             or not math.isfinite(data[key] * units[key])):
@@ -329,6 +361,8 @@ def accelerator_toml(acc: Accelerator) -> dict:
         "memory_efficiency": acc.memory_efficiency,
         "fp8_peak_tflops": acc.fp8_peak_flops / TFLOPS,
         "fp4_peak_tflops": acc.fp4_peak_flops / TFLOPS,
+        "fp32_peak_tflops": acc.fp32_peak_flops / TFLOPS,
+        "tf32_peak_tflops": acc.tf32_peak_flops / TFLOPS,
         "network_bandwidth_gbps": acc.network_bandwidth / GB,
     }
     if acc.attention_efficiency:

@@ -124,7 +124,16 @@ from flopwise.models.config import ModelConfig
 from flopwise.opcount import model_ops
 from flopwise.plan import experts as moe
 from flopwise.plan import memory as mem
-from flopwise.plan.spec import EAGER_BLOCK_HOST_S, FULL_PRECISIONS, SOFTWARE, Cluster, GemmFormat, Software, Training, wrapper_key
+from flopwise.plan.spec import (
+    EAGER_BLOCK_HOST_S,
+    FULL_PRECISIONS,
+    SOFTWARE,
+    Cluster,
+    GemmFormat,
+    Software,
+    Training,
+    wrapper_key,
+)
 
 # FlashAttention-2 reaches 50-73% of A100 peak forward and less backward (Dao 2023, section 4.1), about 0.7
 # of what large GEMMs sustain.
@@ -317,10 +326,9 @@ class CostModel:
             raise ConfigError("block_host_s: a CPU runs its kernels on the host, which is already costed (the "
                               "measured time per op, op_overhead_s); the host time per block is for GPUs")
         self.seq = training.seq_len or model.seq_len
-        # fp32 runs on TF32 tensor cores: half the bf16/fp16 dense rate on A100 and H100 (a measured CPU peak
-        # is already the fp32 rate).
-        tf32 = training.precision == "fp32" and not self.acc.measured
-        self.peak = self.acc.peak_flops / (2 if tf32 else 1)
+        # fp32 GEMMs run on the CUDA cores unless the script turns TF32 on (tf32): each at its own datasheet rate (a
+        # measured CPU's peak is already the fp32 rate); attention keeps its ratio to the GEMMs through self.peak
+        self.peak = self._full_precision_peak(training.precision) or self.acc.peak_flops
         self.gemm_rate = self.peak * self.acc.gemm_efficiency
         # an accelerator without a memory-bandwidth figure (a measured CPU) gets no memory-bound time
         self.hbm_rate = self.acc.memory_bandwidth * self.acc.memory_efficiency or float("inf")
@@ -359,6 +367,22 @@ class CostModel:
         return self.ew_factor
 
     # ---- links -----------------------------------------------------------------------------------
+    def _full_precision_peak(self, precision: str) -> float:
+        """The 4-byte GEMMs' dense rate for fp32 / tf32 (PlanError where the part has none); 0 for other precisions."""
+        if precision not in FULL_PRECISIONS:
+            return 0.0
+        tf32 = precision == "tf32"
+        peak = self.acc.full_precision_peak(tf32)
+        if peak > 0:
+            return peak
+        name = self.acc.name
+        if tf32:
+            other = sorted({"fp32", training_precision(self.acc)})
+            raise PlanError(f"{name} has no TF32 tensor cores (NVIDIA's have since Ampere; an accelerator file declares "
+                            f"them with tf32_peak_tflops): use precision {' or '.join(other)}")
+        raise PlanError(f"{name} gives no FP32 rate (fp32 GEMMs with TF32 off run on the CUDA cores): add "
+                        "fp32_peak_tflops to its accelerator file, or plan tf32 if the run turns TF32 on")
+
     def _refuse_without(self, low: GemmFormat, precision: str) -> None:
         """PlanError where the accelerator lacks the tensor cores the format's GEMMs need."""
         def parts(field: str) -> str:  # the catalogue's accelerators that have it, for the message

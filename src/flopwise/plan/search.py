@@ -218,14 +218,17 @@ def domain_notes(cluster: Cluster) -> list[str]:
             f"--gpus-per-node {domain} (or the GPUs per rack the job uses)"]
 
 
-def precision_notes(training: Training) -> list[str]:
-    """What a low precision's times rest on: FP4's GEMM rate is assumed (plan/cost.py takes FP8's fraction of peak),
-    and how the published runs in that precision were predicted, where they lean one way (track_record)."""
+def precision_notes(training: Training, acc: Accelerator) -> list[str]:
+    """What a precision's times rest on: fp32 on a GPU is costed with TF32 off, FP4's GEMM rate is assumed (plan/cost.py
+    takes FP8's fraction of peak), and how the published runs in that precision were predicted, where they lean one
+    way (track_record)."""
     low = training.gemm_format
-    if not low:
-        return []
     notes = []
-    if low.peak_field == "fp4_peak_flops":
+    if training.precision == "fp32" and not acc.measured:
+        notes.append(f"fp32: the GEMMs run on the CUDA cores at {acc.fp32_peak_flops / 1e12:.3g} TFLOP/s (TF32 off, "
+                     "PyTorch's default); plan tf32 if the run sets torch.backends.cuda.matmul.allow_tf32 or "
+                     "torch.set_float32_matmul_precision('high'); MFU is against the bf16 dense peak")
+    if low and low.peak_field == "fp4_peak_flops":
         notes.append(f"{training.precision}: the FP4 GEMMs are taken to reach FP8's fraction of the FP4 peak (no FP4 "
                      "GEMM rate from training runs); the bf16 first and last blocks and the Hadamard transforms of "
                      "NVIDIA's recipe are not costed; MFU is against the bf16 dense peak, so it can pass 100%")
@@ -237,7 +240,7 @@ def plan_notes(model: ModelConfig, cluster: Cluster, training: Training) -> list
     """What a plan's times rest on (calibration_notes, domain_notes, precision_notes), and how well published runs
     like it were predicted."""
     record = track_record.note(cluster.accelerator.name, training.software, param_counts(model).total)
-    return (calibration_notes(cluster.accelerator) + domain_notes(cluster) + precision_notes(training)
+    return (calibration_notes(cluster.accelerator) + domain_notes(cluster) + precision_notes(training, cluster.accelerator)
             + ([record] if record else []))
 
 
