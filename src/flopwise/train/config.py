@@ -23,6 +23,9 @@ from flopwise.userfiles import read_toml
 # passes, 2.5x the time on an H200: benchmarks/RESULTS.md "Kernels on an H200"); auto takes fused on a GPU and foreach
 # on a CPU, where the planner's CPU calibration was fitted (train/engine.py build_optimizer)
 OPTIMIZER_KERNELS = ("auto", "fused", "foreach")
+# the training dtypes: auto (bf16 autocast on a GPU, fp32 on a CPU), fp32 (IEEE matmuls, PyTorch's default), tf32 (fp32
+# with TF32 tensor-core matmuls, NVIDIA GPUs from Ampere on), bf16 (autocast over fp32 master weights)
+TRAIN_DTYPES = ("auto", "fp32", "tf32", "bf16")
 
 
 @dataclass
@@ -40,7 +43,7 @@ class TrainSection:
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | tf32 (fp32, TF32 matmuls: a GPU) | bf16
     compile: bool = False
     optimizer: str = "auto"  # AdamW kernel: auto (fused on GPU, foreach on CPU) | fused | foreach
     eval_every: int = 50
@@ -57,8 +60,11 @@ class TrainSection:
                 raise ConfigError(f"train.{key} = {getattr(self, key)}: must be in [0, 1)")
         if self.min_lr > self.lr:
             raise ConfigError(f"train.min_lr = {self.min_lr}: must not exceed train.lr = {self.lr}")
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"train.dtype = {self.dtype!r}: must be one of auto, fp32, bf16")
+        if self.dtype not in TRAIN_DTYPES:
+            raise ConfigError(f"train.dtype = {self.dtype!r}: must be one of {', '.join(TRAIN_DTYPES)}")
+        if self.dtype == "tf32" and self.device == "cpu":
+            raise ConfigError("train.dtype = 'tf32': TF32 matmuls run on NVIDIA GPUs (Ampere and newer); on a CPU "
+                              "use fp32")
         if self.optimizer not in OPTIMIZER_KERNELS:
             raise ConfigError(f"train.optimizer = {self.optimizer!r}: must be one of {', '.join(OPTIMIZER_KERNELS)}")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
@@ -318,7 +324,7 @@ def resolve_layout(job: JobConfig, world: int | None = None) -> tuple[Layout, in
     return layout, check_layout(layout, cfg, job.train.global_batch, job.seq_len, world)
 
 
-TRAINER_PRECISIONS = ("bf16", "fp32")  # the planner's precisions the trainer runs (train.dtype)
+TRAINER_PRECISIONS = ("bf16", "fp32", "tf32")  # the planner's precisions the trainer runs (train.dtype)
 
 
 def job_for_layout(layout: Layout, model: ModelConfig, *, global_batch: int, precision: str = "bf16",

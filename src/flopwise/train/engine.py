@@ -68,6 +68,19 @@ def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def matmul_precision(dtype: str, device: torch.device) -> str:
+    """The planner's name for the precision a run's matmuls take (bf16 | fp32 | tf32), after setting a GPU's fp32
+    matmuls to TF32 for tf32 and back to IEEE fp32 otherwise (a process-wide switch, so each engine sets its own)."""
+    if dtype == "tf32" and device.type != "cuda":
+        raise ConfigError(f"train.dtype = 'tf32': TF32 matmuls run on NVIDIA GPUs (Ampere and newer); this run is on "
+                          f"{device.type}: use fp32")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if dtype == "tf32" else "highest")
+    if autocast_dtype(dtype, device) is not None:
+        return "bf16"
+    return "tf32" if dtype == "tf32" else "fp32"
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy, computed in fp32."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
@@ -139,13 +152,13 @@ class Engine:
             self.rank, self.world_size = 0, 1
         layout, self.microbatches = resolve_layout(job, self.world_size)
         self.amp_dtype = autocast_dtype(job.train.dtype, self.device)
+        self.precision = matmul_precision(job.train.dtype, self.device)
         accelerator = accelerator or detect(self.device)
         if self.world_size > 1 and accelerator.measured:
             accelerator = _shared_peak(accelerator)
         self.accelerator = accelerator
         local = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world_size)))
-        self.cost_model = forecast.cost_model(job, accelerator, self.world_size, local,
-                                              "fp32" if self.amp_dtype is None else "bf16")
+        self.cost_model = forecast.cost_model(job, accelerator, self.world_size, local, self.precision)
         self.layout = layout.replace(split=forecast.choose_split(self.cost_model, layout, cfg.layers))
         self.plan = forecast.forecast(self.cost_model, self.layout)
         self.is_logging_rank = self.rank == 0
