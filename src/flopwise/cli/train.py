@@ -49,8 +49,8 @@ class TrainView:
         kind = ev["event"]
         if kind == "prepare":
             console.print(f"[cyan]data[/] {ev['message']}")
-        elif kind == "warning":
-            self.progress.console.print(_warning(ev["message"]), highlight=False)
+        elif kind == "warning":  # warnings go to stderr, as the command's own do (above a live bar all the same)
+            err_console.print(_warning(ev["message"]), highlight=False, soft_wrap=True)
         elif kind == "resume":
             console.print(f"resuming from {ev['checkpoint']} (step {ev['step']})")
         elif kind == "start":
@@ -81,12 +81,11 @@ class TrainView:
             if self.task is not None:
                 self.progress.update(self.task, completed=ev["step"], status=f"loss {ev['loss']:.3f}")
         elif kind == "skip":
-            self.progress.console.print(f"[yellow]step {ev['step']}: loss {ev['loss']:.4g} skipped (spike or non-finite)")
+            err_console.print(_warning(f"step {ev['step']}: loss {ev['loss']:.4g} skipped (spike or non-finite)"),
+                              highlight=False)
         elif kind == "rollback":
-            self.progress.console.print(
-                f"[bold yellow]rolled back to {ev['checkpoint']} (step {ev['step']}) after repeated loss spikes; "
-                "data continues past the bad batches"
-            )
+            err_console.print(_warning(f"rolled back to {ev['checkpoint']} (step {ev['step']}) after repeated loss "
+                                       "spikes; data continues past the bad batches"), highlight=False, soft_wrap=True)
         elif kind == "checkpoint":
             if self.quiet:
                 return
