@@ -22,9 +22,11 @@ Figures are the vendors' datasheet numbers for dense (no sparsity) tensor-core m
 - fp32 and TF32 (dense; the datasheets' TF32 figures are given with sparsity, halved here): fp32_peak_flops is the
   CUDA cores' IEEE FP32 rate, which fp32 GEMMs run at with TF32 off (PyTorch's default for matmuls since 1.12);
   tf32_peak_flops the TF32 tensor-core rate. V100 15.7 / none, A100 19.5 / 156, H100 SXM and H200 67 / 494.5 (also
-  GH200 and Grand Teton's H100, the same die), H100 PCIe 51 / 378, B200 80 / 1100 and GB200 90 / 1250 (NVIDIA's
-  HGX B200 and GB200 NVL72 specifications), P100 PCIe 9.3 / none, T4 8.1 / none, A10 31.2 / 62.5. Before item 36 of
-  issue 14 the planner costed every fp32 run at half the bf16 rate, the TF32 rate, whatever the script set.
+  GH200 and Grand Teton's H100, the same die), H100 PCIe 51 / 378, B200 80 / 1100 (at 1000 W) and GB200 90 / 1250
+  (at 1200 W; NVIDIA's per-GPU launch figures as compiled at glennklockwood.com/garden/processors/B200; NVIDIA's HGX
+  table, not readable here, may differ by a few per cent), P100 PCIe 9.3 / none, T4 8.1 / none, A10 31.2 / 62.5.
+  Before item 36 of issue 14 the planner costed every fp32 run at half the bf16 rate, the TF32 rate, whatever the
+  script set.
 Newer parts, from datasheets and at most a GEMM benchmark: no published run calibrates them (CALIBRATED below), so
 each plan says so.
 - FP4 (Blackwell, NVFP4 training): twice the FP8 rate, dense: 9000 TFLOP/s on B200 (DGX B200 datasheet: 144 PFLOP/s
@@ -331,6 +333,9 @@ def load_accelerator(path: str | Path) -> Accelerator:
                                          or data["nvlink_domain_gpus"] < 0):
         raise ConfigError(f"accelerator file {path}: nvlink_domain_gpus = {data['nvlink_domain_gpus']!r} must be a "
                           "whole number of GPUs (0: the node)")
+    if data.get("measured") and (data.get("fp32_peak_tflops") or data.get("tf32_peak_tflops")):
+        raise ConfigError(f"accelerator file {path}: a measured device's peak_tflops is its fp32 rate and it has no "
+                          "TF32: leave fp32_peak_tflops and tf32_peak_tflops out (or 0)")
     for key, why in (("block_scaled_fp8", "the FP8 rate block-scaled GEMMs run at"),
                      ("fp4_peak_tflops", "a part with FP4 tensor cores has FP8 ones")):
         if data.get(key) and not data.get("fp8_peak_tflops"):

@@ -337,3 +337,20 @@ def test_calibrate_refuses_constants_the_runs_do_not_exercise(tmp_path, capsys):
                                    "none of the runs to fit on ran fused attention")):
         code, _, err = run(["plan", "calibrate", *map(str, these), "--fit", names], capsys)
         assert code == 2 and message in " ".join(err.split()), (names, err)
+
+
+def test_a_gpu_run_recorded_before_the_fp32_and_tf32_rates_reads_them_from_the_catalogue(tmp_path):
+    from flopwise.hardware import get_accelerator
+    from flopwise.plan.calibrate import run_observation
+
+    a100 = get_accelerator("A100-80GB")
+    run = _record_run(tmp_path / "run", a100, Layout(micro_batch=8), 0.5)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    record = json.loads(lines[-1])
+    for key in ("fp32_peak_flops", "tf32_peak_flops"):
+        del record["inputs"]["accelerator"][key]
+    (run / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(record)]) + "\n")
+    observed = run_observation(run)
+    acc = observed.cluster.accelerator
+    assert acc.fp32_peak_flops == a100.fp32_peak_flops > 0 and acc.tf32_peak_flops == a100.tf32_peak_flops
+    assert observed.predict() > 0  # an fp32 run on a GPU plans again

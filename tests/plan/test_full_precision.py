@@ -77,14 +77,17 @@ def test_an_accelerator_file_names_its_fp32_and_tf32_rates_or_the_plan_says_what
     lines = [f"{k} = {v!r}".replace("'", '"') for k, v in data.items()]
     (tmp_path / "bare.toml").write_text("\n".join(lines) + "\n")
     bare = load_accelerator(tmp_path / "bare.toml")
-    with pytest.raises(PlanError, match="gives no FP32 rate.*fp32_peak_tflops"):
+    with pytest.raises(PlanError, match="accelerator file gives no fp32_peak_tflops"):
         cost(bare, "fp32")
-    with pytest.raises(PlanError, match="tf32_peak_tflops"):
-        cost(bare, "tf32")
+    with pytest.raises(PlanError, match=r"file gives no tf32_peak_tflops .*: add it, or use precision bf16$"):
+        cost(bare, "tf32")  # fp32 is not offered where the file cannot plan it either
     assert cost(bare, "bf16").gemm_rate == pytest.approx(a100.peak_flops * a100.gemm_efficiency)
     (tmp_path / "bad.toml").write_text("\n".join(lines + ["fp32_peak_tflops = -1"]) + "\n")
     with pytest.raises(ConfigError, match="fp32_peak_tflops"):
         load_accelerator(tmp_path / "bad.toml")
+    (tmp_path / "cpu.toml").write_text("\n".join(lines + ["measured = true", "tf32_peak_tflops = 100"]) + "\n")
+    with pytest.raises(ConfigError, match="measured device's peak_tflops is its fp32 rate"):
+        load_accelerator(tmp_path / "cpu.toml")
 
 
 def test_a_gpu_fp32_plan_says_tf32_is_off_and_a_tf32_plan_does_not():
@@ -94,9 +97,11 @@ def test_a_gpu_fp32_plan_says_tf32_is_off_and_a_tf32_plan_does_not():
     assert "CUDA cores" not in " ".join(plan_notes(MODEL, Cluster(h100, 1), Training(1, precision="tf32")))
 
 
-@pytest.mark.parametrize("cell, precision", [("TF32", "tf32"), ("fp32 (TF32 on)", "tf32"), ("FP32", "fp32"),
-                                             ("fp32", "fp32")])
-def test_a_calibration_cell_naming_tf32_reads_as_tf32(cell, precision):
+@pytest.mark.parametrize("cell, precision", [
+    ("TF32", "tf32"), ("fp32 (TF32 on)", "tf32"), ("FP32", "fp32"), ("fp32", "fp32"), ("fp32 (TF32 off)", "fp32"),
+    ("FP32 (TF32 disabled)", "fp32"), ("fp32, no tf32", "fp32"), ("bf16-mixed + tf32", "bf16"),
+    ("amp_bf16, allow_tf32", "bf16"), ("fp8 with tf32", "fp8")])
+def test_a_calibration_cell_naming_tf32_reads_as_tf32_unless_it_is_off_or_another_precision(cell, precision):
     row = {"model": "m", "layers": "2", "hidden": "256", "heads": "4", "kv_heads": "4", "ffn": "1024", "mlp": "gelu",
            "vocab": "1024", "seq": "128", "gpu": "A100-80GB", "gpus": "1", "global_batch": "8", "micro_batch": "8",
            "precision": cell, "software": "torch-eager"}
@@ -109,3 +114,15 @@ def test_the_cli_plans_tf32_and_refuses_it_on_a_v100_in_one_line(capsys):
     assert code == 0 and "CUDA cores" not in out
     code, _, err = run_cli(capsys, *base, "--gpu", "V100-32GB", "--precision", "tf32")
     assert code != 0 and "no TF32 tensor cores" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("software", ["te", "deepspeed-hf", "megatron", "torch-compile"])
+def test_tf32_gradients_are_reduced_in_fp32_as_fp32_ones_are(software):
+    h100 = get_accelerator("H100-SXM")
+    layout = Layout(dp=64, micro_batch=1)
+
+    def dp_time(precision):
+        cm = CostModel(MODEL, Cluster(h100, 64), Training(64, precision=precision, software=software))
+        return cm.evaluate(layout).breakdown["dp"]
+
+    assert dp_time("tf32") == pytest.approx(dp_time("fp32")) and dp_time("tf32") > 0

@@ -33,7 +33,7 @@ import numpy as np
 
 from flopwise.config_values import positive
 from flopwise.errors import ConfigError, DataError, FlopwiseError
-from flopwise.hardware import EFFICIENCIES, Accelerator, efficiency_ceiling, merge_measured
+from flopwise.hardware import CATALOGUE, EFFICIENCIES, Accelerator, efficiency_ceiling, merge_measured
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import DEFAULT_CONSTANTS, Constants, CostModel
@@ -206,7 +206,12 @@ def run_observation(run_dir: str | Path) -> Observation:
     rec = plan_record(path)
     try:
         inp = rec["inputs"]
-        acc = Accelerator(**inp["accelerator"])
+        fields = dict(inp["accelerator"])
+        known = CATALOGUE.get(fields.get("name"))
+        for key in ("fp32_peak_flops", "tf32_peak_flops"):  # a record written before the planner had them
+            if key not in fields and known is not None:
+                fields[key] = getattr(known, key)
+        acc = Accelerator(**fields)
         for key, value in dataclasses.asdict(acc).items():  # a damaged record, not a crash further on
             if key != "name" and not isinstance(value, bool) and not (
                     isinstance(value, int | float) and math.isfinite(value) and value >= 0):

@@ -376,12 +376,16 @@ class CostModel:
         if peak > 0:
             return peak
         name = self.acc.name
+        known = CATALOGUE.get(name) == self.acc  # a catalogue part, not a file that names one
         if tf32:
-            other = sorted({"fp32", training_precision(self.acc)})
-            raise PlanError(f"{name} has no TF32 tensor cores (NVIDIA's have since Ampere; an accelerator file declares "
-                            f"them with tf32_peak_tflops): use precision {' or '.join(other)}")
-        raise PlanError(f"{name} gives no FP32 rate (fp32 GEMMs with TF32 off run on the CUDA cores): add "
-                        "fp32_peak_tflops to its accelerator file, or plan tf32 if the run turns TF32 on")
+            other = sorted({training_precision(self.acc)} | ({"fp32"} if self.acc.full_precision_peak(False) else set()))
+            use = f"use precision {' or '.join(other)}"
+            if known or self.acc.measured:
+                raise PlanError(f"{name} has no TF32 tensor cores (NVIDIA's have since Ampere): {use}")
+            raise PlanError(f"{name}'s accelerator file gives no tf32_peak_tflops (the dense TF32 tensor-core rate): "
+                            f"add it, or {use}")
+        raise PlanError(f"{name}'s accelerator file gives no fp32_peak_tflops (fp32 GEMMs with TF32 off run on the "
+                        "CUDA cores at that rate): add it, or plan tf32 if the run turns TF32 on")
 
     def _refuse_without(self, low: GemmFormat, precision: str) -> None:
         """PlanError where the accelerator lacks the tensor cores the format's GEMMs need."""
@@ -647,7 +651,7 @@ class CostModel:
         t, tp, cp = self.training, layout.tp, layout.cp
         dp, shard = layout.dp * cp, layout.shard_degree * cp
         # fp16 gradients are reduced in fp16, fp32 ones in fp32; bf16 ones as the stack does (fp32: Megatron, FSDP)
-        grad_bytes = {"fp16": 2, "fp32": 4}.get(t.precision, t.profile.grad_reduce_bytes)
+        grad_bytes = 4 if t.precision in FULL_PRECISIONS else {"fp16": 2}.get(t.precision, t.profile.grad_reduce_bytes)
         e = t.dtype_bytes
         span = tp * dp
         full_span = span

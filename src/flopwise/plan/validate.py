@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import io
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -29,7 +30,15 @@ from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import Constants, Plan
 from flopwise.plan.search import search
 from flopwise.plan.software_rule import ATTENTION_COLUMNS, attention_in_text, infer_software
-from flopwise.plan.spec import ATTENTION_KERNELS, LOW_PRECISIONS, PRECISIONS, SOFTWARE, Cluster, Training
+from flopwise.plan.spec import (
+    ATTENTION_KERNELS,
+    FULL_PRECISIONS,
+    LOW_PRECISIONS,
+    PRECISIONS,
+    SOFTWARE,
+    Cluster,
+    Training,
+)
 from flopwise.userfiles import read_text
 
 # what the calibration set adds to the published format (shared/published/README.md) to say which stack ran a row and
@@ -95,9 +104,13 @@ def _precision_word(text: str, notes: list[str]) -> str:
     if "fp8" in word and "mx" in word:  # MXFP8 as recipes spell it: 'fp8_mx' (Megatron-Bridge), 'bf16_with_mxfp8_mixed'
         notes.append(f"precision {text!r} read as mxfp8")
         return "mxfp8"
-    if "tf32" in word:  # 'fp32 (TF32)', 'tf32': fp32 storage, TF32 GEMMs
-        notes.append(f"precision {text!r} read as tf32")
-        return "tf32"
+    if "tf32" in word and not any(p in word for p in PRECISIONS if p not in FULL_PRECISIONS):
+        # fp32 storage with TF32 GEMMs ('tf32', 'fp32 (TF32)'); 'fp32, TF32 off' is fp32, and a bf16 or FP8 run
+        # that also allows TF32 is read by its own precision below
+        off = re.search(r"tf32[\s:=_-]*(off|disabled|false|0\b)|(no|without|not)[\s_-]+tf32", word)
+        read = "fp32" if off else "tf32"
+        notes.append(f"precision {text!r} read as {read}")
+        return read
     if "fp4" in word:  # 'NVFP4', 'bf16_with_nvfp4_mixed', 'FP4'; MXFP4 (no training recipe) is refused
         if "mx" in word:
             return word

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from flopwise.errors import CheckpointError, ConfigError
-from flopwise.hardware import Accelerator, detect, merge_measured
+from flopwise.hardware import CATALOGUE, Accelerator, detect, merge_measured
 from flopwise.models import Transformer, document_segments
 from flopwise.models.config import ModelConfig
 from flopwise.models.moe import set_aux_loss_scale
@@ -68,17 +68,41 @@ def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def matmul_precision(dtype: str, device: torch.device) -> str:
-    """The planner's name for the precision a run's matmuls take (bf16 | fp32 | tf32), after setting a GPU's fp32
-    matmuls to TF32 for tf32 and back to IEEE fp32 otherwise (a process-wide switch, so each engine sets its own)."""
-    if dtype == "tf32" and device.type != "cuda":
+def refuse_tf32(dtype: str, device: torch.device, accelerator: Accelerator | None = None) -> None:
+    """ConfigError where train.dtype = 'tf32' cannot run: off a GPU, or on a catalogue GPU without TF32 tensor cores."""
+    if dtype != "tf32":
+        return
+    if device.type != "cuda":
         raise ConfigError(f"train.dtype = 'tf32': TF32 matmuls run on NVIDIA GPUs (Ampere and newer); this run is on "
                           f"{device.type}: use fp32")
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high" if dtype == "tf32" else "highest")
+    if accelerator is not None and accelerator.name in CATALOGUE and accelerator.tf32_peak_flops <= 0:
+        raise ConfigError(f"train.dtype = 'tf32': {accelerator.name} has no TF32 tensor cores (Ampere and newer "
+                          "have): use fp32")
+
+
+def matmul_precision(dtype: str, device: torch.device) -> tuple[str, str | None]:
+    """(the planner's name for the precision the run's matmuls take: bf16 | fp32 | tf32, the fp32 matmul setting its
+    steps run under on a GPU: 'high' = TF32, 'highest' = IEEE; None on a CPU)."""
+    refuse_tf32(dtype, device)
+    setting = ("high" if dtype == "tf32" else "highest") if device.type == "cuda" else None
     if autocast_dtype(dtype, device) is not None:
-        return "bf16"
-    return "tf32" if dtype == "tf32" else "fp32"
+        return "bf16", setting
+    return ("tf32" if dtype == "tf32" else "fp32"), setting
+
+
+@contextlib.contextmanager
+def fp32_matmuls(setting: str | None):
+    """torch's process-wide fp32 matmul setting as `setting` for the block, then as it was (None: left alone), so
+    engines of different dtypes in one process, and the caller's own setting, do not leak into one another."""
+    if setting is None:
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(setting)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -152,8 +176,9 @@ class Engine:
             self.rank, self.world_size = 0, 1
         layout, self.microbatches = resolve_layout(job, self.world_size)
         self.amp_dtype = autocast_dtype(job.train.dtype, self.device)
-        self.precision = matmul_precision(job.train.dtype, self.device)
+        self.precision, self._fp32_matmuls = matmul_precision(job.train.dtype, self.device)
         accelerator = accelerator or detect(self.device)
+        refuse_tf32(job.train.dtype, self.device, accelerator)
         if self.world_size > 1 and accelerator.measured:
             accelerator = _shared_peak(accelerator)
         self.accelerator = accelerator
@@ -201,6 +226,13 @@ class Engine:
         aux_scale = 1.0 if self._schedule is not None else 1.0 / n_micro
         for part in self.parts.modules:
             set_aux_loss_scale(part, aux_scale)
+        with fp32_matmuls(self._fp32_matmuls):
+            local = self._accumulate(inputs, targets, segments)
+        self.parts.sync_grads()
+        return self.parts.dp_mean(local)
+
+    def _accumulate(self, inputs, targets, segments) -> float:
+        """Forward and backward over this rank's micro-batches; the rank's mean loss."""
         if self._schedule is not None:
             with self._autocast():
                 local = pipeline_train_step(self.parts, self._schedule, inputs, targets, segments)
@@ -218,8 +250,7 @@ class Engine:
                 (loss / n).backward()
                 total += loss.detach().double() / n
             local = total.item()
-        self.parts.sync_grads()
-        return self.parts.dp_mean(local)
+        return local
 
     def clip_and_step(self, lr: float) -> float:
         """Clip the global gradient norm to train.grad_clip, step at `lr`; return the pre-clip norm."""
@@ -252,7 +283,7 @@ class Engine:
         for i in range(inputs.shape[0] // micro):
             sl = slice(i * micro, (i + 1) * micro)
             seg = segments[sl] if segments is not None else None
-            with self._autocast():
+            with fp32_matmuls(self._fp32_matmuls), self._autocast():
                 if self._schedule is None:
                     losses.append(self._loss(self.model(inputs[sl], seg), targets[sl]).item())
                 else:

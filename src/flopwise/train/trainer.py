@@ -26,7 +26,7 @@ from flopwise.models.moe import moe_metrics
 from flopwise.train import checkpoint as ckpt
 from flopwise.train import forecast
 from flopwise.train.config import JobConfig, resolve_layout
-from flopwise.train.engine import build_engine, peak_memory, resolve_device
+from flopwise.train.engine import build_engine, peak_memory, refuse_tf32, resolve_device
 from flopwise.train.loss_guard import LossGuard, Verdict
 from flopwise.train.memory_probe import model_state_bytes, saved_tensor_peak
 from flopwise.train.metrics import MetricsWriter, plot_losses
@@ -124,7 +124,9 @@ class Trainer:
         # Measure the device peak first: on CPU it is a timed matmul, which other work would disturb.
         # A CPU rank measures what its own threads reach while the other ranks run theirs (the launcher gives
         # each cores / ranks threads): that is its share of the machine, not to be divided again.
-        accel = detect(resolve_device(job.train.device))
+        device = resolve_device(job.train.device)
+        accel = detect(device)
+        refuse_tf32(job.train.dtype, device, accel)  # before the data is prepared
         shards_dir = resolve_shards(job, progress=lambda msg: self.on_event({"event": "prepare", "message": msg}))
         if job.data.verify:
             self.on_event({"event": "prepare", "message": f"verifying the sha256 of every shard in {shards_dir}"})
