@@ -29,7 +29,10 @@ import torch
 from flopwise.errors import ConfigError
 from flopwise.models.config import ModelConfig
 
-RECOMPUTE_MODES = ("none", "selective", "full")
+# none | selective (Megatron's: the attention core) | full (whole blocks) | op (per-op selective checkpointing as
+# torchtitan runs it: each block keeps its input, every second matmul's output and the attention output, and
+# recomputes the rest; op_checkpoint_gemms)
+RECOMPUTE_MODES = ("none", "selective", "full", "op")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,18 @@ def head_gemm(cfg: ModelConfig) -> Gemm:
     return Gemm("head", cfg.hidden, cfg.vocab_size, "column")
 
 
+def op_checkpoint_gemms(cfg: ModelConfig) -> tuple[tuple[Gemm, ...], tuple[Gemm, ...]]:
+    """(saved, recomputed): a dense block's matmuls in the order its forward runs them (Q, K, V, output, then gate and
+    up or the first MLP matmul, then down), one GEMM each, split as per-op selective checkpointing splits them: the
+    1st, 3rd, ... outputs kept, the 2nd, 4th, ... recomputed in the backward (torchtitan's op policy; the LFA filter's
+    convolutions are not matmuls and are recomputed)."""
+    if cfg.experts:
+        raise ConfigError("recompute = 'op' is for dense blocks: an MoE layer's expert matmuls are not costed under it")
+    order = [Gemm(g.name, g.k, g.n, g.tp) for g in block_gemms(cfg) if not g.name.startswith("lfa")
+             for _ in range(g.count)]
+    return tuple(order[0::2]), tuple(order[1::2])
+
+
 def _block_matmul_params(cfg: ModelConfig) -> tuple[int, int, int]:
     """(matmul weights one token multiplies in one block, matmul weights stored in one block, of which LFA)."""
     gemms = block_gemms(cfg)
@@ -191,6 +206,8 @@ def recompute_flops_per_token(cfg: ModelConfig, recompute: str, seq_len: int | N
         return 0.0
     if recompute == "selective":
         return attention_flops_per_token(cfg, seq_len)
+    if recompute == "op":
+        return 2.0 * cfg.layers * sum(g.k * g.n for g in op_checkpoint_gemms(cfg)[1])
     return (2.0 * param_counts(cfg).layers_matmul + attention_flops_per_token(cfg, seq_len)
             + cfg.layers * layer_router_flops_per_token(cfg))
 

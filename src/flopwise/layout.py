@@ -17,7 +17,9 @@ layout the planner proposes is one the trainer runs, and the trainer runs every 
                    None: chosen by the planner's time- and memory-balanced split (flopwise.plan.search)
   micro_batch      sequences per forward/backward on one rank
   recompute        none | selective (the attention core, Korthikanti et al. 2022 section 5, as in Megatron-LM)
-                   | full (whole transformer blocks, keeping only each block's input)
+                   | op (per-op selective checkpointing, torchtitan's default: each block keeps its input, every
+                   second matmul's output and the attention output) | full (whole transformer blocks, keeping only
+                   each block's input)
   recompute_every  with full: recompute every k-th block only (global index % k == 0)
   ep               expert-parallel degree: each MoE layer's experts split over groups of ep data-parallel
                    ranks, tokens exchanged with all-to-all (flopwise.parallel.expert); ep divides dp
@@ -267,6 +269,9 @@ def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | 
             f"zero = {layout.zero} shards gradients per micro-batch; with pipeline parallelism use zero <= 1"
         )
     check_experts(layout, model)
+    if layout.recompute == "op" and model.experts:
+        raise LayoutError("recompute = 'op' (per-op checkpointing) is for dense blocks: use selective or full with "
+                          "experts")
     if layout.recompute_every > 1 and layout.recompute != "full":
         raise LayoutError(
             f"recompute_every = {layout.recompute_every} applies to recompute = 'full' (whole blocks), "

@@ -37,11 +37,12 @@ VARIANTS = {
     "lfa-off": ["model.lfa=false"],
     "ac-full": ['parallel.recompute="full"'],
     "ac-every-2": ['parallel.recompute="full"', "parallel.recompute_every=2"],
+    "ac-op": ['parallel.recompute="op"'],
 }
 # every layout with LFA on; the variants on a representative subset (keeps the suite a few minutes)
 CASES = [(name, "lfa-on") for name in LAYOUTS] + [
     ("tp2-sp", "lfa-off"), ("pp2-1f1b", "lfa-off"), ("dp2xtp2", "lfa-off"),
-    ("tp2-sp", "ac-full"), ("pp2xtp2", "ac-every-2"), ("zero3-dp2", "ac-full"),
+    ("tp2-sp", "ac-full"), ("pp2xtp2", "ac-every-2"), ("zero3-dp2", "ac-full"), ("tp2-sp", "ac-op"),
 ]
 
 

@@ -26,19 +26,23 @@ from flopwise.models.moe import moe_layers
 from flopwise.parallel.data_parallel import all_reduce_grads, apply_fsdp, broadcast_from_owners, partition_params
 from flopwise.parallel.dims import ParallelDims, build_expert_mesh, build_mesh
 from flopwise.parallel.expert import apply_expert_parallel
+from flopwise.parallel.op_checkpoint import checkpoint_ops
 from flopwise.parallel.pipeline import build_stage_part, stage_layers
 from flopwise.parallel.tensor import TensorParallelInfo, apply_tensor_parallel
 
 
 def apply_recompute(part: nn.Module, mode: str, every: int = 1) -> None:
     """Recompute in the backward what the forward would keep: the attention core of every block (selective,
-    Korthikanti et al. 2022) or whole blocks (full; every k-th one with `every` = k). The forward is
+    Korthikanti et al. 2022), every second matmul and the elementwise work of every block (op, per-op selective
+    checkpointing: parallel/op_checkpoint.py) or whole blocks (full; every k-th one with `every` = k). The forward is
     replaced on the instance, so parameter names stay those of the single-device model."""
     if mode == "none":
         return
     for key, block in part.layers.items():
         if mode == "selective":
             block.attn.core = functools.partial(checkpoint, block.attn.core, use_reentrant=False)
+        elif mode == "op":
+            block.forward = checkpoint_ops(block.forward)
         elif int(key) % every == 0:
             block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
 

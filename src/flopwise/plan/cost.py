@@ -110,6 +110,7 @@ from flopwise.flops import (
     hardware_flops_per_token,
     head_gemm,
     model_flops_per_token,
+    op_checkpoint_gemms,
     param_counts,
 )
 from flopwise.hardware import (
@@ -197,7 +198,7 @@ def block_wrappers(layout: Layout, recompute: bool | None = None) -> str:
     """The wrappers a PyTorch-native stack puts on a block under `layout`, as plan.host_probe names them: tp
     (DTensor TP), ac (full recomputation; `recompute` overrides whether this block is one of those recomputed), fsdp
     (FSDP's SHARD_GRAD_OP and FULL_SHARD wrap every block; DDP and ZeRO-1 do not); 'eager' for none."""
-    ac = layout.recompute == "full" if recompute is None else recompute
+    ac = layout.recompute in ("full", "op") if recompute is None else recompute
     return wrapper_key({name for name, on in (("tp", layout.tp > 1), ("ac", ac), ("fsdp", layout.zero >= 2)) if on})
 
 
@@ -540,6 +541,12 @@ class CostModel:
         elif recompute == "selective":
             s_act = self._kept_activations(tp, sp, mb, cp) - self._kept_activations(tp, sp, mb, cp, "selective")
             rc = attn + self.elementwise_factor(tp) * ELEMENTWISE_FWD_PASSES * s_act / self.hbm_rate
+        elif recompute == "op":  # the matmuls it does not keep, the elementwise work between them, unfused attention
+            again = op_checkpoint_gemms(self.model)[1]
+            rc = sum(self.gemm_time(tokens, *self._sharded(g, tp), low=bool(self.low)) for g in again)
+            o_act = self._kept_activations(tp, sp, mb, cp) - self._kept_activations(tp, sp, mb, cp, "op")
+            rc += self.elementwise_factor(tp) * ELEMENTWISE_FWD_PASSES * o_act / self.hbm_rate
+            rc += attn if self.training.profile.attention == "unfused" else 0.0
         else:
             rc = 0.0
         tp_time = 0.0
@@ -563,7 +570,11 @@ class CostModel:
                 one, one_fwd = (c / tp + max(0.0, c * (tp - 1) / tp - hidden) for c in (one, one_fwd))
             # two collectives (attention, MLP) in the forward and two in the backward, two more in a
             # recomputed forward
-            tp_time = one_fwd * (2 + ((1 if early_stop else 2) / every if recompute == "full" else 0)) + 2 * one
+            # recomputed forward collectives: full recomputation's; per-op checkpointing's all-reduces (its reduce-
+            # scatters under SP are kept, torchtitan's save list)
+            again = ((1 if early_stop else 2) / every if recompute == "full" else 2 if recompute == "op" and not sp
+                     else 0)
+            tp_time = one_fwd * (2 + again) + 2 * one
         cp_time = 0.0
         if cp > 1:  # ring: cp - 1 steps, each hidden behind one step's share of the attention
             kv = 2 * tokens * self.model.kv_heads / tp * self.model.head_dim * self.training.dtype_bytes
@@ -625,7 +636,7 @@ class CostModel:
         out["activations"] = layers * mem.in_flight(layout, stage, microbatches) * per_layer
         # one layer's activations alive while it is recomputed in the backward (no saved tensor: a part of its own)
         out["recompute_layer"] = (mem.layer_activation_bytes(self.model, t, layout, recompute="none")
-                                  if layout.recompute == "full" and layers else 0.0)
+                                  if layout.recompute in ("full", "op") and layers else 0.0)
         logits = 0.0
         if stage == layout.pp - 1:
             n = mem.in_flight(layout, stage, microbatches) if layout.schedule == "gpipe" else 1
@@ -713,6 +724,8 @@ class CostModel:
         if not profile.eager_block_host or self.acc.measured:
             return 0.0
         plain = EAGER_BLOCK_HOST_S[block_wrappers(layout, recompute=False)]
+        if layout.recompute == "op":  # a checkpoint wrapper on every block, as full recomputation's
+            return EAGER_BLOCK_HOST_S[block_wrappers(layout, recompute=True)]
         if layout.recompute != "full":
             return plain
         # one block in recompute_every is checkpointed: the mean over the blocks

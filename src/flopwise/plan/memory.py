@@ -36,7 +36,10 @@ flopwise's own model on CPU matches PyTorch's saved tensors within 1% (tests/pla
 Context parallelism (cp ranks share each sequence) divides every count by cp.
 Sequence parallelism splits the replicated share by t too (their equation 4:
 s b h (34 + 5 a s / h) / t). Selective recomputation drops the attention core (their equation 6:
-34 s b h / t with SP); full recomputation keeps only each layer's input, 2 s b h (/t with SP).
+34 s b h / t with SP); full recomputation keeps only each layer's input, 2 s b h (/t with SP). Per-op selective
+checkpointing (recompute = 'op', torchtitan's op policy) keeps the input, the output of every second matmul in the
+order the forward runs them (Q, V, gate, down in a SwiGLU block; a row-parallel one whole, before its reduction)
+and the fused attention's output with its log-sum-exp; everything else is recomputed in the backward.
 
 In-flight micro-batches (Narayanan et al. 2021, section 2.2): GPipe keeps all m; 1F1B keeps p - i on stage i
 (at most m); the interleaved schedule keeps (2 (p - i - 1) + (v - 1) p + 1) model chunks of L / (p v)
@@ -54,7 +57,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flopwise.flops import block_gemms, param_counts
+from flopwise.flops import block_gemms, op_checkpoint_gemms, param_counts
 from flopwise.hardware import GB
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
@@ -111,6 +114,13 @@ def layer_activation_bytes(
     rep_div = t if layout.sp else 1  # sequence parallelism splits the replicated share
     if recompute == "full":  # only the layer input is kept (Korthikanti section 5: 2 s b h)
         return tokens * h * e / rep_div
+    if recompute == "op":  # the input, every second matmul's output (flops.op_checkpoint_gemms), the attention output
+        # a column-parallel output is this rank's 1/tp of n; a row-parallel one is the partial sum over all of n,
+        # before its all-reduce or reduce-scatter
+        kept = sum(g.n * e / (t if g.tp == "column" else 1) for g in op_checkpoint_gemms(cfg)[0])
+        if sw.attention != "unfused":  # the fused kernel's output and its fp32 log-sum-exp (unfused: recomputed)
+            kept += (q * e + 4 * a) / t
+        return tokens * (h * e / rep_div + kept)
     norm = h * e if sw.fused_norm else 2 * h * e + 4  # fused: input; PyTorch: input, normalised x, fp32 rstd
     replicated = 2 * norm + (h + h) * e  # both norms, then QKV input and MLP input (the norms' outputs)
     if cfg.lfa:  # x[t-1], y1, y1[t-1] (conv inputs), the filter's norm, its output x' (Q and K input)

@@ -171,8 +171,11 @@ def _candidates(cm: CostModel, fixed: dict, failures: list[str] | None = None) -
                     vpps = [v for v in vpps if v == 1]
                 zeros = [fixed["zero"]] if "zero" in fixed else ([0] if dp == 1 else [0, 1] if pp > 1 else [0, 1, 2, 3])
                 sps = [fixed["sp"]] if "sp" in fixed else ([False, True] if tp > 1 else [False])
+                # per-op checkpointing ("op") is costed where asked for, not searched: the calibration rows' torchtitan
+                # runs are read as "selective" (benchmarks/planner_calibration/FINDINGS.md section 36)
                 rcs = [fixed["recompute"]] if "recompute" in fixed else [
-                    r for r in RECOMPUTE_MODES if r != "selective" or cm.training.profile.selective_recompute]
+                    r for r in RECOMPUTE_MODES
+                    if r != "op" and (r != "selective" or cm.training.profile.selective_recompute)]
                 # a blank recompute: full recomputation of every block or of one block in k (Megatron's
                 # recompute_method = 'block'), so the search finds the least recomputation that fits; a stated
                 # 'full' means every block

@@ -121,7 +121,9 @@ class ParallelSection:
     vpp: int = 1  # model chunks per pipeline rank (interleaved 1F1B when > 1)
     schedule: str = "1f1b"  # gpipe | 1f1b | interleaved
     split: str = "auto"  # "auto" (the planner's balanced split) or layers per stage, e.g. "2,2,3,3,4,4,4,2"
-    recompute: str = "none"  # none | selective (attention core, Korthikanti) | full (whole blocks)
+    # none | selective (attention core, Korthikanti) | op (every second matmul and the elementwise work: torchtitan's
+    # per-op selective checkpointing) | full (whole blocks)
+    recompute: str = "none"
     recompute_every: int = 1  # with full: recompute every k-th block only
     ep: int = 1  # expert parallelism: MoE experts split over groups of ep data-parallel ranks (divides dp)
     cp: int = 1  # context parallelism (not implemented yet)
