@@ -117,15 +117,24 @@ def head_gemm(cfg: ModelConfig) -> Gemm:
 
 
 def op_checkpoint_gemms(cfg: ModelConfig) -> tuple[tuple[Gemm, ...], tuple[Gemm, ...]]:
-    """(saved, recomputed): a dense block's matmuls in the order its forward runs them (Q, K, V, output, then gate and
-    up or the first MLP matmul, then down), one GEMM each, split as per-op selective checkpointing splits them: the
-    1st, 3rd, ... outputs kept, the 2nd, 4th, ... recomputed in the backward (torchtitan's op policy; the LFA filter's
-    convolutions are not matmuls and are recomputed)."""
+    """(kept, recomputed): a dense block's matmuls, one GEMM each, split as per-op selective checkpointing splits
+    them. Its policy counts the bias-free matmuls (aten.mm) in the order the forward runs them, keeps the 1st, 3rd, ...
+    outputs and recomputes the rest (torchtitan's op policy; parallel/op_checkpoint.py). The order: the LFA filter
+    first (each kernel-2 convolution is a bias-free matmul of the previous token, counted, and one of the current
+    token with the bias, an addmm, always recomputed), then Q, K, V, the output projection, gate and up (or the first
+    MLP matmul), down."""
     if cfg.experts:
         raise ConfigError("recompute = 'op' is for dense blocks: an MoE layer's expert matmuls are not costed under it")
-    order = [Gemm(g.name, g.k, g.n, g.tp) for g in block_gemms(cfg) if not g.name.startswith("lfa")
-             for _ in range(g.count)]
-    return tuple(order[0::2]), tuple(order[1::2])
+    gemms = block_gemms(cfg)
+    lfa = [g for g in gemms if g.name.startswith("lfa")]
+    counted: list[Gemm] = []
+    always: list[Gemm] = []
+    for g in lfa:
+        one = Gemm(g.name, g.k, g.n, g.tp)
+        counted.append(one)  # x[t-1] W0: counted
+        always.extend([one] * (g.count - 1))  # x[t] W1 + b: an addmm
+    counted += [Gemm(g.name, g.k, g.n, g.tp) for g in gemms if not g.name.startswith("lfa") for _ in range(g.count)]
+    return tuple(counted[0::2]), tuple(counted[1::2]) + tuple(always)
 
 
 def _block_matmul_params(cfg: ModelConfig) -> tuple[int, int, int]:

@@ -45,6 +45,7 @@ def _planned(job, layout: Layout, stage: int, layers: int) -> tuple[float, float
 
 CASES = {
     "single": (1, [], Layout(micro_batch=2)),
+    "op-checkpointing": (1, ['parallel.recompute="op"'], Layout(micro_batch=2, recompute="op")),
     "zero1-dp2": (2, ["parallel.dp=2", "parallel.zero=1"], Layout(dp=2, zero=1, micro_batch=2)),
     "tp2-sp": (2, ["parallel.tp=2"], Layout(tp=2, sp=True, micro_batch=2)),
     "pp2-1f1b": (2, ["parallel.pp=2", 'parallel.split="2,2"'], Layout(pp=2, micro_batch=2, split=(2, 2))),

@@ -28,8 +28,9 @@ def test_a_swiglu_block_keeps_q_v_gate_and_down_and_recomputes_k_o_and_up():
     assert [g.name for g in again] == ["wk", "wo", "w_up"]
     gelu = ModelConfig(vocab_size=1024, layers=2, hidden=256, heads=4, kv_heads=4, ffn=1024, seq_len=128, lfa=True,
                        mlp="gelu")
-    kept, again = op_checkpoint_gemms(gelu)  # the LFA filter's convolutions are not matmuls
-    assert [g.name for g in kept] == ["wq", "wv", "w_up"] and [g.name for g in again] == ["wk", "wo", "w_down"]
+    kept, again = op_checkpoint_gemms(gelu)  # the LFA filter runs first: per convolution one counted matmul, one addmm
+    assert [g.name for g in kept] == ["lfa_conv1", "wq", "wv", "w_up"]
+    assert [g.name for g in again] == ["lfa_conv2", "wk", "wo", "w_down", "lfa_conv1", "lfa_conv2"]
     total = sum(g.k * g.n * g.count for g in block_gemms(LLAMA))
     assert 0 < sum(g.k * g.n for g in again) < total / 2
 

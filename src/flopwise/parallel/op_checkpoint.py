@@ -6,10 +6,12 @@ same set (flopwise.flops.op_checkpoint_gemms, plan/memory.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import Counter
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 # a linear layer's matmul, as autograd's dispatcher sees it (nn.Linear without bias on any batch shape)
@@ -38,6 +40,66 @@ def _contexts():
     return create_selective_checkpoint_contexts(_policy(Counter()))
 
 
+# callables shown each tensor the policy keeps in a block's forward, the block input included (the memory probe's:
+# these live in the checkpoint's own cache, which autograd's saved-tensor hooks do not see); each may return a
+# callable, called when the block's backward starts, after which the cache goes
+_observers: list = []
+
+
+@contextlib.contextmanager
+def observe_kept(callback):
+    """Within the block, `callback(tensor)` for every tensor per-op checkpointing keeps in a block's forward; what it
+    returns (if not None) is called when that block's backward starts."""
+    _observers.append(callback)
+    try:
+        yield
+    finally:
+        _observers.remove(callback)
+
+
+class _KeptRecorder(TorchDispatchMode):
+    """Shows what the policy keeps as the block's own ops run (the forward, not the recomputation)."""
+
+    def __init__(self, show):
+        super().__init__()
+        self.show, self.matmuls = show, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        keep = func in ATTENTION
+        if func in MATMULS:
+            self.matmuls += 1
+            keep = self.matmuls % 2 == 1
+        if keep:
+            for t in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.show(t)
+        return out
+
+
 def checkpoint_ops(forward):
     """`forward` under per-op selective checkpointing (one count of matmuls per call)."""
-    return functools.partial(checkpoint, forward, use_reentrant=False, context_fn=_contexts)
+    run = functools.partial(checkpoint, forward, use_reentrant=False, context_fn=_contexts)
+
+    @functools.wraps(forward)
+    def block(x, *args, **kwargs):
+        if not _observers or not torch.is_grad_enabled():
+            return run(x, *args, **kwargs)
+        releases = []
+
+        def show(t):
+            releases.extend(r for observe in _observers if (r := observe(t)) is not None)
+
+        show(x)  # kept to recompute from
+        with _KeptRecorder(show):
+            y = run(x, *args, **kwargs)
+        if releases and isinstance(y, torch.Tensor) and y.requires_grad:
+            def release(grad):
+                for r in releases:
+                    r()
+                return grad
+
+            y.register_hook(release)
+        return y
+
+    return block

@@ -2,7 +2,9 @@
 
 Model state: this rank's parameters, gradients and optimizer tensors (local shards), after a step.
 Activations: peak bytes autograd holds for the backward during one step, counted per storage (views of one
-tensor count once), parameters excluded: a storage is live from its first save to its last use.
+tensor count once), parameters excluded: a storage is live from its first save to its last use. Per-op
+checkpointing keeps its tensors in the checkpoint's own cache, out of the hooks' sight: parallel/op_checkpoint.py shows
+them to the probe, live from the block's forward to the start of its backward.
 On a CPU, where no allocator keeps a peak, this is the trainer's measured memory; benchmarks/parallel_memory.py
 and the test that holds the planner to the trainer use it too."""
 
@@ -12,6 +14,8 @@ from collections import Counter
 from contextlib import contextmanager
 
 import torch
+
+from flopwise.parallel.op_checkpoint import observe_kept
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -60,7 +64,11 @@ def saved_tensor_peak(engine):
             live[0] -= size.pop(ptr)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+    def kept(t):  # per-op checkpointing's own cache: alive from the block's forward to its backward
+        packed = pack(t)
+        return None if packed is t else (lambda: unpack(packed))
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack), observe_kept(kept):
         yield result
 
 
