@@ -119,7 +119,8 @@ def head_gemm(cfg: ModelConfig) -> Gemm:
 def op_checkpoint_gemms(cfg: ModelConfig) -> tuple[tuple[Gemm, ...], tuple[Gemm, ...]]:
     """(kept, recomputed): a dense block's matmuls, one GEMM each, split as per-op selective checkpointing splits
     them. Its policy counts the bias-free matmuls (aten.mm) in the order the forward runs them, keeps the 1st, 3rd, ...
-    outputs and recomputes the rest (torchtitan's op policy; parallel/op_checkpoint.py). The order: the LFA filter
+    outputs and recomputes the rest up to the last output a backward needs (torchtitan's op policy;
+    parallel/op_checkpoint.py). The order: the LFA filter
     first (each kernel-2 convolution is a bias-free matmul of the previous token, counted, and one of the current
     token with the bias, an addmm, always recomputed), then Q, K, V, the output projection, gate and up (or the first
     MLP matmul), down."""
@@ -134,7 +135,10 @@ def op_checkpoint_gemms(cfg: ModelConfig) -> tuple[tuple[Gemm, ...], tuple[Gemm,
         counted.append(one)  # x[t-1] W0: counted
         always.extend([one] * (g.count - 1))  # x[t] W1 + b: an addmm
     counted += [Gemm(g.name, g.k, g.n, g.tp) for g in gemms if not g.name.startswith("lfa") for _ in range(g.count)]
-    return tuple(counted[0::2]), tuple(counted[1::2]) + tuple(always)
+    kept, again = counted[0::2], counted[1::2]
+    if len(counted) % 2 == 0:  # the block's last matmul (down) not kept: nothing needs its output, so the
+        again = again[:-1]     # non-reentrant recomputation stops before it (a GELU block's)
+    return tuple(kept), tuple(again) + tuple(always)
 
 
 def _block_matmul_params(cfg: ModelConfig) -> tuple[int, int, int]:

@@ -178,12 +178,13 @@ def test_the_cli_costs_the_host_time_and_records_it(capsys):
 
 
 @pytest.mark.parametrize("text, parts", [("eager", set()), ("tp", {"tp"}), ("TP+ac+fsdp+autocast",
-                                                                          {"tp", "ac", "fsdp", "autocast"})])
+                                                                          {"tp", "ac", "fsdp", "autocast"}),
+                                         ("sac+tp", {"tp", "sac"})])
 def test_wrapper_stacks_are_read(text, parts):
     assert host_probe.parse_wrapper(text) == parts
 
 
-@pytest.mark.parametrize("text", ["tp+tp", "eager+tp", "tp+zero3", ""])
+@pytest.mark.parametrize("text", ["tp+tp", "eager+tp", "tp+zero3", "", "ac+sac"])
 def test_unknown_or_repeated_wrappers_are_refused(text):
     with pytest.raises(ConfigError, match="wrapper"):
         host_probe.parse_wrapper(text)

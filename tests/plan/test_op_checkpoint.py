@@ -2,15 +2,20 @@
 against torch in test_memory_vs_torch.py), what it recomputes, and where it is offered."""
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from flopwise.errors import ConfigError, LayoutError, PlanError
 from flopwise.flops import block_gemms, op_checkpoint_gemms, recompute_flops_per_token
 from flopwise.hardware import get_accelerator
 from flopwise.layout import Layout
+from flopwise.models import Transformer
 from flopwise.models.config import ModelConfig
-from flopwise.plan.cost import CostModel
+from flopwise.parallel.parallelize import apply_recompute
+from flopwise.plan.cost import CostModel, block_wrappers
 from flopwise.plan.search import search
-from flopwise.plan.spec import Cluster, Training
+from flopwise.plan.spec import EAGER_BLOCK_HOST_S, Cluster, Training
 from tests.cli_run import run_cli
 
 LLAMA = ModelConfig(vocab_size=32000, layers=4, hidden=4096, heads=32, kv_heads=8, ffn=14336, seq_len=4096,
@@ -30,7 +35,8 @@ def test_a_swiglu_block_keeps_q_v_gate_and_down_and_recomputes_k_o_and_up():
                        mlp="gelu")
     kept, again = op_checkpoint_gemms(gelu)  # the LFA filter runs first: per convolution one counted matmul, one addmm
     assert [g.name for g in kept] == ["lfa_conv1", "wq", "wv", "w_up"]
-    assert [g.name for g in again] == ["lfa_conv2", "wk", "wo", "w_down", "lfa_conv1", "lfa_conv2"]
+    # down is not kept and nothing needs its output: the recomputation stops before it
+    assert [g.name for g in again] == ["lfa_conv2", "wk", "wo", "lfa_conv1", "lfa_conv2"]
     total = sum(g.k * g.n * g.count for g in block_gemms(LLAMA))
     assert 0 < sum(g.k * g.n for g in again) < total / 2
 
@@ -70,3 +76,52 @@ def test_the_cli_costs_a_layout_with_op(capsys):
                              "8", "--software", "torch-compile", "--layout", "recompute=op", "--top", "1")
     assert code == 0, err
     assert "rc=op" in out
+
+
+class _Matmuls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+        return func(*args, **(kwargs or {}))
+
+
+def _backward_matmuls(cfg: ModelConfig, recompute: str) -> int:
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    apply_recompute(model, recompute)
+    tokens = torch.randint(0, cfg.vocab_size, (1, cfg.seq_len))
+    loss = F.cross_entropy(model(tokens).view(-1, cfg.vocab_size), tokens.view(-1))
+    with _Matmuls() as counter:
+        loss.backward()
+    return counter.calls
+
+
+@pytest.mark.parametrize(("mlp", "lfa"), [("swiglu", False), ("swiglu", True), ("gelu", False), ("gelu", True)])
+def test_the_matmuls_the_planner_recomputes_are_the_ones_the_trainer_runs_again(mlp, lfa):
+    cfg = ModelConfig(vocab_size=256, layers=2, hidden=64, heads=4, kv_heads=2, ffn=128, seq_len=32, lfa=lfa, mlp=mlp)
+    again = _backward_matmuls(cfg, "op") - _backward_matmuls(cfg, "none")
+    assert again == cfg.layers * len(op_checkpoint_gemms(cfg)[1])
+
+
+def test_op_runs_the_tp_collectives_again_as_full_recomputation_does():
+    cm = cost(gpus=8)
+    for sp in (False, True):
+        none, op, full = (cm.layer_cost(8, sp, 1, mode).tp for mode in ("none", "op", "full"))
+        assert op == pytest.approx(full) and op > none
+
+
+def test_op_costs_the_host_its_own_measured_wrapper():
+    layout = Layout(tp=8, zero=3, dp=1, micro_batch=1, recompute="op")
+    assert block_wrappers(layout) == "tp+sac+fsdp"
+    cm = CostModel(LLAMA, Cluster(H100, 8), Training(8, software="torch-eager"))
+    assert cm.block_host_time(layout) == EAGER_BLOCK_HOST_S["tp+sac+fsdp"]
+    assert EAGER_BLOCK_HOST_S["sac"] > EAGER_BLOCK_HOST_S["ac"]  # a dispatch mode on every op
+
+
+@pytest.mark.parametrize("software", ["te", "megatron-lm", "megatron", "deepspeed", "deepspeed-hf"])
+def test_op_is_refused_for_stacks_without_per_op_checkpointing(software):
+    with pytest.raises(LayoutError, match=f"the {software} profile has no such mode: use selective or full"):
+        cost(software=software).evaluate(Layout(micro_batch=1, recompute="op"))

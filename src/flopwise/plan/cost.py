@@ -196,10 +196,12 @@ DEFAULT_CONSTANTS = Constants()
 
 def block_wrappers(layout: Layout, recompute: bool | None = None) -> str:
     """The wrappers a PyTorch-native stack puts on a block under `layout`, as plan.host_probe names them: tp
-    (DTensor TP), ac (full recomputation; `recompute` overrides whether this block is one of those recomputed), fsdp
-    (FSDP's SHARD_GRAD_OP and FULL_SHARD wrap every block; DDP and ZeRO-1 do not); 'eager' for none."""
-    ac = layout.recompute in ("full", "op") if recompute is None else recompute
-    return wrapper_key({name for name, on in (("tp", layout.tp > 1), ("ac", ac), ("fsdp", layout.zero >= 2)) if on})
+    (DTensor TP), ac (full recomputation; `recompute` overrides whether this block is one of those recomputed) or sac
+    (per-op checkpointing, recompute = 'op'), fsdp (FSDP's SHARD_GRAD_OP and FULL_SHARD wrap every block; DDP and
+    ZeRO-1 do not); 'eager' for none."""
+    ckpt = layout.recompute in ("full", "op") if recompute is None else recompute
+    kind = "sac" if layout.recompute == "op" else "ac"
+    return wrapper_key({name for name, on in (("tp", layout.tp > 1), (kind, ckpt), ("fsdp", layout.zero >= 2)) if on})
 
 
 @dataclass(frozen=True)
@@ -570,10 +572,11 @@ class CostModel:
                 one, one_fwd = (c / tp + max(0.0, c * (tp - 1) / tp - hidden) for c in (one, one_fwd))
             # two collectives (attention, MLP) in the forward and two in the backward, two more in a
             # recomputed forward
-            # recomputed forward collectives: full recomputation's; per-op checkpointing's all-reduces (its reduce-
-            # scatters under SP are kept, torchtitan's save list)
-            again = ((1 if early_stop else 2) / every if recompute == "full" else 2 if recompute == "op" and not sp
-                     else 0)
+            # the forward collectives a recomputation runs again: per-op checkpointing keeps no collective's output
+            # (its policy keeps matmuls and attention), so like full recomputation it re-gathers the column-parallel
+            # inputs and re-reduces the attention output, and stops before the last one (measured on gloo)
+            again = ((1 if early_stop else 2) / every if recompute == "full"
+                     else (1 if early_stop else 2) if recompute == "op" else 0)
             tp_time = one_fwd * (2 + again) + 2 * one
         cp_time = 0.0
         if cp > 1:  # ring: cp - 1 steps, each hidden behind one step's share of the attention
@@ -724,8 +727,8 @@ class CostModel:
         if not profile.eager_block_host or self.acc.measured:
             return 0.0
         plain = EAGER_BLOCK_HOST_S[block_wrappers(layout, recompute=False)]
-        if layout.recompute == "op":  # a checkpoint wrapper on every block, as full recomputation's
-            return EAGER_BLOCK_HOST_S[block_wrappers(layout, recompute=True)]
+        if layout.recompute == "op":  # per-op checkpointing on every block (its dispatch mode runs on every op)
+            return EAGER_BLOCK_HOST_S[block_wrappers(layout)]
         if layout.recompute != "full":
             return plain
         # one block in recompute_every is checkpointed: the mean over the blocks
@@ -772,6 +775,10 @@ class CostModel:
         share of the GPUs and of the sequence, with ZeRO-1 in place of ZeRO-2/3 under pipelining."""
         layout = self.unsharded(layout)
         cp = layout.cp
+        if layout.recompute == "op" and not self.training.profile.op_checkpoint:
+            raise LayoutError(f"recompute = 'op' is per-op selective checkpointing as PyTorch-native stacks run it "
+                              f"(torchtitan, flopwise's trainer); the {self.training.software} profile has no such "
+                              "mode: use selective or full")
         if self.training.software == "flopwise":
             return check_layout(layout, self.model, self.training.global_batch, self.seq, self.cluster.gpus)
         probe = layout

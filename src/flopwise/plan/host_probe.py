@@ -67,6 +67,14 @@ class Checkpointed(nn.Module):
         return checkpoint(self.block, x, use_reentrant=False)
 
 
+class OpCheckpointed(Checkpointed):
+    """Per-op selective checkpointing of one block (recompute = 'op'; flopwise.parallel.op_checkpoint)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from flopwise.parallel.op_checkpoint import checkpoint_ops
+        return checkpoint_ops(self.block)(x)
+
+
 @dataclass(frozen=True)
 class HostTime:
     wrapper: str
@@ -86,6 +94,9 @@ def parse_wrapper(text: str) -> frozenset[str]:
     if unknown or len(set(parts)) != len(parts):
         raise ConfigError(f"wrapper {text!r}: must be 'eager' or parts of {', '.join(WRAPPER_PARTS)} joined by '+', each "
                           f"once (e.g. tp+ac+fsdp+autocast)")
+    if {"ac", "sac"} <= set(parts):
+        raise ConfigError(f"wrapper {text!r}: ac (full recomputation) and sac (per-op checkpointing) are two ways to "
+                          "checkpoint a block: one of them")
     return frozenset(parts)
 
 
@@ -101,6 +112,8 @@ def _blocks(parts: frozenset[str], mesh, device: torch.device) -> nn.Sequential:
             parallelize_module(block, mesh["tp"], plan)
     if "ac" in parts:
         blocks = [Checkpointed(block) for block in blocks]
+    if "sac" in parts:
+        blocks = [OpCheckpointed(block) for block in blocks]
     if "fsdp" in parts:
         from torch.distributed.fsdp import fully_shard
         for block in blocks:

@@ -75,6 +75,9 @@ class Software:
     pipeline: str = "megatron"  # 'megatron': async p2p | 'deepspeed': blocking p2p, one instruction at a time
     grad_reduce_bytes: int = 4  # bytes per gradient element in the data-parallel reduction (bf16/fp32 runs)
     selective_recompute: bool = True  # the stack has Megatron's selective recomputation (the search may pick it)
+    # the stack has per-op selective checkpointing (recompute = 'op': torch's SAC API, as torchtitan and flopwise's
+    # trainer apply it to a block of aten matmuls); the others' layouts refuse it
+    op_checkpoint: bool = False
     # TP collectives split into tp chunks and pipelined with the adjacent GEMM's chunks (Transformer Engine's
     # userbuffers comm-GEMM overlap, on in NeMo's H100 recipes): only one chunk per collective stays exposed
     tp_overlap: bool = False
@@ -134,8 +137,9 @@ FLOPWISE_COMPILED_TRAFFIC = 1.23
 HOST_SYNC_STEP_S = 0.05
 
 # the wrappers a PyTorch-native stack can put on a block, in the order their names are joined: DTensor TP, full
-# activation recomputation, FSDP, bf16 autocast (plan.host_probe times stacks of them; EAGER_BLOCK_HOST_S is keyed so)
-WRAPPER_PARTS = ("tp", "ac", "fsdp", "autocast")
+# activation recomputation, per-op selective checkpointing (recompute = 'op'), FSDP, bf16 autocast (plan.host_probe
+# times stacks of them; EAGER_BLOCK_HOST_S is keyed so)
+WRAPPER_PARTS = ("tp", "ac", "sac", "fsdp", "autocast")
 
 
 def wrapper_key(parts) -> str:
@@ -148,8 +152,12 @@ def wrapper_key(parts) -> str:
 # under KVM, torch 2.13.0+cpu, 2026-12-05, world 8, 40 repeats). Declared before the twenty-seventh fresh holdout
 # and adopted on it as the `torch-eager` profile's (9 rows: 73.8% / 85.1% without, 71.3% / 82.5% with; FINDINGS.md
 # section 33). Keys as host_probe names the stacks of wrappers: tp (tp > 1), ac (full recomputation), fsdp (zero >= 2).
+# The stacks with sac (per-op checkpointing, recompute = 'op') were timed on the same machine class on 2026-12-05 (the
+# fifteenth session; the same run gave eager 0.52, ac 1.39, tp+ac 7.75, tp+ac+fsdp 8.85 ms: within 6% of the figures
+# above); not scored on any run.
 EAGER_BLOCK_HOST_S = {"eager": 0.52e-3, "tp": 4.49e-3, "ac": 1.47e-3, "fsdp": 1.80e-3, "tp+ac": 7.30e-3,
-                      "tp+fsdp": 5.85e-3, "ac+fsdp": 2.75e-3, "tp+ac+fsdp": 8.50e-3}
+                      "tp+fsdp": 5.85e-3, "ac+fsdp": 2.75e-3, "tp+ac+fsdp": 8.50e-3,
+                      "sac": 2.80e-3, "tp+sac": 9.50e-3, "sac+fsdp": 4.28e-3, "tp+sac+fsdp": 10.99e-3}
 
 SOFTWARE = {
     # flopwise's trainer: PyTorch SDPA (flash), no dropout, nn.RMSNorm (autograd keeps input, normalised x and
@@ -159,7 +167,7 @@ SOFTWARE = {
     # kernel per op (Training.compiled: fused by torch.compile). On Hopper its SDPA call runs cuDNN's fused attention
     # (the H200 profile's kernels: cudnn_generated_fort_native_sdpa_sm90_flash_*, torch 2.11, cuDNN 9.19), the FA3
     # class; on older GPUs the cost model prices flash attention at one rate whatever the kernel.
-    "flopwise": Software("flash", False, False, 2, attention_kernel="fa3", fused_elementwise=False,
+    "flopwise": Software("flash", False, False, 2, attention_kernel="fa3", fused_elementwise=False, op_checkpoint=True,
                          elementwise_traffic=FLOPWISE_EAGER_TRAFFIC, recompute_early_stop=True, eager_loss=True,
                          autocast_weights=True),
     # Megatron-LM as in the published runs (Narayanan et al. 2021, Korthikanti et al. 2022): fused
@@ -188,10 +196,11 @@ SOFTWARE = {
     # PyTorch FSDP stacks (torchtitan, llm-foundry, fms-fsdp) in eager mode: SDPA / flash-attn 2, every
     # elementwise op its own kernel, FSDP overlapping its collectives; the host's time per block by its wrappers
     # (EAGER_BLOCK_HOST_S).
-    "torch-eager": Software("flash", False, False, 2, fused_elementwise=False, recompute_early_stop=True,
+    "torch-eager": Software("flash", False, False, 2, fused_elementwise=False, recompute_early_stop=True, op_checkpoint=True,
                             eager_block_host=True),
     # the same under torch.compile: elementwise chains fused by Inductor.
-    "torch-compile": Software("flash", False, False, 2, recompute_early_stop=True, unfused_across_tp=True),
+    "torch-compile": Software("flash", False, False, 2, recompute_early_stop=True, unfused_across_tp=True,
+                              op_checkpoint=True),
     # Megatron-DeepSpeed as BLOOM and MT-NLG ran (2021-22): Megatron's unfused kernels, DeepSpeed's
     # PipelineEngine (blocking point-to-point, no interleaving), gradient reduction after the backward, and
     # only whole-block activation checkpointing (selective recomputation came with Korthikanti et al. 2022).
