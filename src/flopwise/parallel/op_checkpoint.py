@@ -83,7 +83,9 @@ def checkpoint_ops(forward):
 
     @functools.wraps(forward)
     def block(x, *args, **kwargs):
-        if not _observers or not torch.is_grad_enabled():
+        if not torch.is_grad_enabled():  # evaluation or generation: nothing to keep, no dispatch mode to pay for
+            return forward(x, *args, **kwargs)
+        if not _observers:
             return run(x, *args, **kwargs)
         releases = []
 
