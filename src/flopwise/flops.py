@@ -33,6 +33,8 @@ from flopwise.models.config import ModelConfig
 # torchtitan runs it: each block keeps its input, every second matmul's output and the attention output, and
 # recomputes the rest; op_checkpoint_gemms)
 RECOMPUTE_MODES = ("none", "selective", "full", "op")
+# the modes that checkpoint whole blocks: the block's input kept, its forward (all or part) run again in the backward
+BLOCK_CHECKPOINTS = frozenset({"full", "op"})
 
 
 @dataclass(frozen=True)
@@ -127,14 +129,15 @@ def op_checkpoint_gemms(cfg: ModelConfig) -> tuple[tuple[Gemm, ...], tuple[Gemm,
     if cfg.experts:
         raise ConfigError("recompute = 'op' is for dense blocks: an MoE layer's expert matmuls are not costed under it")
     gemms = block_gemms(cfg)
-    lfa = [g for g in gemms if g.name.startswith("lfa")]
     counted: list[Gemm] = []
     always: list[Gemm] = []
-    for g in lfa:
+    for g in sorted(gemms, key=lambda g: not g.name.startswith("lfa")):  # the filter runs first
         one = Gemm(g.name, g.k, g.n, g.tp)
-        counted.append(one)  # x[t-1] W0: counted
-        always.extend([one] * (g.count - 1))  # x[t] W1 + b: an addmm
-    counted += [Gemm(g.name, g.k, g.n, g.tp) for g in gemms if not g.name.startswith("lfa") for _ in range(g.count)]
+        if g.name.startswith("lfa"):
+            counted.append(one)  # x[t-1] W0: counted
+            always.extend([one] * (g.count - 1))  # x[t] W1 + b: an addmm
+        else:
+            counted.extend([one] * g.count)
     kept, again = counted[0::2], counted[1::2]
     if len(counted) % 2 == 0:  # the block's last matmul (down) not kept: nothing needs its output, so the
         again = again[:-1]     # non-reentrant recomputation stops before it (a GELU block's)

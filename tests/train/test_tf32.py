@@ -11,7 +11,7 @@ from flopwise.models.config import get_preset
 from flopwise.train import engine as engine_module
 from flopwise.train import forecast
 from flopwise.train.config import job_for_layout, load_config
-from flopwise.train.engine import Engine, fp32_matmuls, matmul_precision
+from flopwise.train.engine import Engine, fp32_matmuls, matmul_precision, refuse_tf32
 from tests.cli_run import run_cli
 
 CPU = torch.device("cpu")
@@ -20,7 +20,8 @@ CPU = torch.device("cpu")
 def test_tf32_is_a_training_dtype_but_not_on_a_cpu_device():
     assert load_config(None, ["train.dtype=tf32"]).train.dtype == "tf32"
     with pytest.raises(ConfigError, match="train.dtype = 'tf32': TF32 matmuls run on NVIDIA GPUs.*use fp32"):
-        load_config(None, ["train.dtype=tf32", "train.device=cpu"])
+        refuse_tf32("tf32", CPU)
+    refuse_tf32("fp32", CPU)  # every other dtype runs anywhere
     with pytest.raises(ConfigError, match="must be one of auto, fp32, tf32, bf16"):
         load_config(None, ["train.dtype=fp16"])
 

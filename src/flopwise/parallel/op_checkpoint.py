@@ -25,13 +25,20 @@ ATTENTION = frozenset(
 )
 
 
+def keeps(func, counts: Counter, mode: str = "forward") -> bool:
+    """The policy's one rule: keep the output of the 1st, 3rd, ... matmul (counted per pass in `counts`) and of a
+    fused attention kernel; recompute everything else."""
+    if func in MATMULS:
+        counts[mode] += 1
+        return counts[mode] % 2 == 1
+    return func in ATTENTION
+
+
 def _policy(counts: Counter):
     def policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
-        if func in MATMULS:  # the forward and its recomputation count separately: they must agree
-            mode = "recompute" if ctx.is_recompute else "forward"
-            counts[mode] += 1
-            return CheckpointPolicy.MUST_SAVE if counts[mode] % 2 else CheckpointPolicy.PREFER_RECOMPUTE
-        return CheckpointPolicy.MUST_SAVE if func in ATTENTION else CheckpointPolicy.PREFER_RECOMPUTE
+        # the forward and its recomputation count separately: they must agree
+        keep = keeps(func, counts, "recompute" if ctx.is_recompute else "forward")
+        return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
 
     return policy
 
@@ -62,15 +69,11 @@ class _KeptRecorder(TorchDispatchMode):
 
     def __init__(self, show):
         super().__init__()
-        self.show, self.matmuls = show, 0
+        self.show, self.counts = show, Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        keep = func in ATTENTION
-        if func in MATMULS:
-            self.matmuls += 1
-            keep = self.matmuls % 2 == 1
-        if keep:
+        if keeps(func, self.counts):
             for t in out if isinstance(out, tuple | list) else (out,):
                 if isinstance(t, torch.Tensor):
                     self.show(t)

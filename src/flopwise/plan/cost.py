@@ -103,6 +103,7 @@ from dataclasses import dataclass, field, replace
 
 from flopwise.errors import ConfigError, LayoutError, PlanError
 from flopwise.flops import (
+    BLOCK_CHECKPOINTS,
     FLASH_BACKWARD_FLOPS,
     Gemm,
     block_gemms,
@@ -199,7 +200,7 @@ def block_wrappers(layout: Layout, recompute: bool | None = None) -> str:
     (DTensor TP), ac (full recomputation; `recompute` overrides whether this block is one of those recomputed) or sac
     (per-op checkpointing, recompute = 'op'), fsdp (FSDP's SHARD_GRAD_OP and FULL_SHARD wrap every block; DDP and
     ZeRO-1 do not); 'eager' for none."""
-    ckpt = layout.recompute in ("full", "op") if recompute is None else recompute
+    ckpt = layout.recompute in BLOCK_CHECKPOINTS if recompute is None else recompute
     kind = "sac" if layout.recompute == "op" else "ac"
     return wrapper_key({name for name, on in (("tp", layout.tp > 1), (kind, ckpt), ("fsdp", layout.zero >= 2)) if on})
 
@@ -575,8 +576,8 @@ class CostModel:
             # the forward collectives a recomputation runs again: per-op checkpointing keeps no collective's output
             # (its policy keeps matmuls and attention), so like full recomputation it re-gathers the column-parallel
             # inputs and re-reduces the attention output, and stops before the last one (measured on gloo)
-            again = ((1 if early_stop else 2) / every if recompute == "full"
-                     else (1 if early_stop else 2) if recompute == "op" else 0)
+            again = (((1 if early_stop else 2) / (every if recompute == "full" else 1))
+                     if recompute in BLOCK_CHECKPOINTS else 0)
             tp_time = one_fwd * (2 + again) + 2 * one
         cp_time = 0.0
         if cp > 1:  # ring: cp - 1 steps, each hidden behind one step's share of the attention
@@ -639,7 +640,7 @@ class CostModel:
         out["activations"] = layers * mem.in_flight(layout, stage, microbatches) * per_layer
         # one layer's activations alive while it is recomputed in the backward (no saved tensor: a part of its own)
         out["recompute_layer"] = (mem.layer_activation_bytes(self.model, t, layout, recompute="none")
-                                  if layout.recompute in ("full", "op") and layers else 0.0)
+                                  if layout.recompute in BLOCK_CHECKPOINTS and layers else 0.0)
         logits = 0.0
         if stage == layout.pp - 1:
             n = mem.in_flight(layout, stage, microbatches) if layout.schedule == "gpipe" else 1

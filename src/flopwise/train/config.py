@@ -62,9 +62,6 @@ class TrainSection:
             raise ConfigError(f"train.min_lr = {self.min_lr}: must not exceed train.lr = {self.lr}")
         if self.dtype not in TRAIN_DTYPES:
             raise ConfigError(f"train.dtype = {self.dtype!r}: must be one of {', '.join(TRAIN_DTYPES)}")
-        if self.dtype == "tf32" and self.device == "cpu":
-            raise ConfigError("train.dtype = 'tf32': TF32 matmuls run on NVIDIA GPUs (Ampere and newer); on a CPU "
-                              "use fp32")
         if self.optimizer not in OPTIMIZER_KERNELS:
             raise ConfigError(f"train.optimizer = {self.optimizer!r}: must be one of {', '.join(OPTIMIZER_KERNELS)}")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
