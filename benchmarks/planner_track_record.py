@@ -11,7 +11,9 @@ is left out: the planner was built on those two papers. Errors are grouped by GP
 (flopwise.plan.track_record.group_keys), and the runs of each profile with few micro-batches per step
 (track_record.few_microbatches: no pipeline, calibrated GPUs only), and the runs whose blocks run under a
 millisecond forward (track_record.small_block); each group keeps n, the median, 90th percentile
-and maximum |error|, the median signed error, and how many runs were slower than predicted. `flopwise plan` prints
+and maximum |error|, the median signed error, and how many runs were slower than predicted. Runs whose source printed
+their peak memory per GPU (the `measured_memory_gib` column) also give the planned peak's error, overall and per
+profile (`memory`; `too_fast` there counts runs that printed more than was planned). `flopwise plan` prints
 the closest group's line with every plan, and the few-micro-batch line with a plan whose step has that few.
 """
 
@@ -30,6 +32,8 @@ from planner_fit import attach, fit_constants, predict
 from flopwise.flops import param_counts
 from flopwise.plan import track_record
 from flopwise.plan.cost import DEFAULT_CONSTANTS, CostModel
+from flopwise.plan.memory import printed_counterpart
+from flopwise.plan.validate import measured_memory
 
 OUT = Path(__file__).resolve().parent.parent / "src" / "flopwise" / "plan" / "track_record.json"
 FOLDS = 5
@@ -66,8 +70,15 @@ def summarise(errors: list[float]) -> dict:
 def build() -> dict:
     scored, counts = out_of_sample_errors()
     groups: dict[str, list[float]] = {}
+    memory: dict[str, list[float]] = {}
     for row in scored:
         obs = row["_obs"]
+        printed = measured_memory(row)
+        if printed is not None:  # the planned peak (no fitted constant moves it) against the printed one
+            peak = CostModel(obs.model, obs.cluster, obs.training).evaluate(obs.layout).peak_memory
+            error = printed_counterpart(peak, printed[1]) / printed[0] - 1.0
+            for key in (track_record.MEMORY_KEY, track_record.memory_key(obs.training.software)):
+                memory.setdefault(key, []).append(error)
         params = param_counts(obs.model).total
         for key, _ in track_record.group_keys(obs.cluster.accelerator.name, obs.training.software, params):
             groups.setdefault(key, []).append(row["error"])
@@ -85,6 +96,7 @@ def build() -> dict:
         "rows": counts,
         "all": summarise([r["error"] for r in scored]),
         "groups": {k: summarise(v) for k, v in sorted(groups.items())},
+        "memory": {k: summarise(v) for k, v in sorted(memory.items())},
     }
 
 

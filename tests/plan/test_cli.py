@@ -139,6 +139,23 @@ def test_validate_json_and_table(capsys, published):
         assert sum(row["breakdown_s"].values()) == pytest.approx(row["predicted_s"])
     code, out, _ = run(["plan", "validate", path], capsys)
     assert code == 0 and "median |error|" in out and "source Korthikanti" in out
+    assert "memory GiB" not in out and "peak memory on" not in out  # no row printed a peak: no memory column
+
+
+def test_validate_sets_a_printed_peak_memory_beside_the_planned_one(capsys, tmp_path):
+    path = tmp_path / "runs.csv"
+    head = "model,layers,hidden,heads,kv_heads,ffn,mlp,vocab,seq,gpu,gpus,tp,pp,zero,global_batch,micro_batch,"
+    shape = "8b,32,4096,32,8,14336,swiglu,128256,8192,H100-SXM,8,1,1,3,8,1,1.5"
+    path.write_text(head + "measured_step_s,measured_memory_gib,memory_measure\n"
+                    f"{shape},40,reserved\n{shape},,\n")
+    code, out, _ = run(["plan", "validate", str(path), "--json"], capsys)
+    rows = json.loads(out)["rows"]
+    assert code == 0 and rows[0]["memory_measure"] == "reserved" and "memory_error" not in rows[1]
+    code, out, _ = run(["plan", "validate", str(path)], capsys)
+    planned = rows[0]["planned_memory_gib"]
+    assert code == 0 and "memory GiB: planned / printed" in out
+    assert f"{planned:.1f} / 40.0 reserved" in out.replace("\n", " ").replace("│", " ")
+    assert f"peak memory on 1 row that printed it: median |error| {100 * abs(planned / 40 - 1):.1f}%" in out
 
 
 def test_validate_missing_file_exits_2(capsys, tmp_path):

@@ -59,6 +59,11 @@ def test_the_shipped_record_is_current_and_reaches_the_plans():
                     {"tp": 1, "pp": 1}, top=1)
     said = [n for n in result.notes if n.startswith("track record")]
     assert said == [track_record.note("H100-SXM", "te", 8.03e9)]
+    for g in rec["memory"].values():  # the planned peak's record: every run that printed one, and per profile
+        assert 0 <= g["too_fast"] <= g["n"] and g["median"] <= g["p90"] <= g["max"]
+    assert rec["memory"][track_record.MEMORY_KEY]["n"] >= 80
+    memory = [n for n in result.notes if n.startswith("memory track record")]
+    assert memory == [track_record.memory_note(get_accelerator("H100-SXM"), "te", rec)]
     assert f"{rec['groups']['H100-SXM|te|<15B']['n']} published runs" in said[0]
     assert result.plans[0].layout.tp == 1 and isinstance(result.plans[0].layout, Layout)
 
@@ -174,3 +179,21 @@ def test_the_shipped_record_matches_a_fresh_computation():
     done = subprocess.run([sys.executable, "benchmarks/planner_track_record.py", "--check"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
+def test_the_planned_peak_memory_has_its_own_record():
+    """Runs that printed their peak memory give the planned peak's error: the profile's runs speak where they are
+    enough, else all of them; a measured CPU's plans and a thin record carry no line."""
+    rec = {"memory": {track_record.MEMORY_KEY: {"n": 12, "median": 0.1, "p90": 0.3, "max": 0.5, "too_fast": 3},
+                      track_record.memory_key("torch-compile"): {"n": 6, "median": 0.04, "p90": 0.1, "max": 0.2,
+                                                                 "too_fast": 3},
+                      track_record.memory_key("te"): {"n": 2, "median": 0.0, "p90": 0.0, "max": 0.0, "too_fast": 0}}}
+    h100 = get_accelerator("H100-SXM")
+    own = track_record.memory_note(h100, "torch-compile", rec)
+    assert own.startswith("memory track record: on 6 published runs (the `torch-compile` profile's)")
+    assert "a median 4.0% off (90% within 10.0%, worst 20.0%); 50% printed more than planned" in own
+    assert "on 12 published runs (all profiles')" in track_record.memory_note(h100, "te", rec)  # 2 are too few
+    cpu = dataclasses.replace(h100, measured=True)
+    assert track_record.memory_note(cpu, "te", rec) is None
+    rec["memory"][track_record.MEMORY_KEY]["n"] = 4
+    assert track_record.memory_note(h100, "te", rec) is None and track_record.memory_note(h100, "te", {}) is None

@@ -1,6 +1,6 @@
 import pytest
 
-from flopwise.plan.validate import row_inputs, row_plan, validate_files, validate_rows
+from flopwise.plan.validate import row_inputs, row_plan, summarise, validate_files, validate_rows
 
 FILES = ("megatron_sc21_table1.csv", "korthikanti_2022.csv")
 
@@ -134,3 +134,34 @@ def test_a_head_dim_column_sets_the_attention_width():
     assert 31.0e9 < param_counts(wide).layers_matmul < 31.4e9  # Qwen3-32B's model card: 31.2B without embeddings
     assert param_counts(wide).total > param_counts(plain).total
     assert "error_message" in validate_rows([{**qwen, "head_dim": "x"}])[0]
+
+
+def test_a_printed_peak_memory_is_set_against_the_planned_one():
+    """Rows that give the peak memory per GPU their run printed (`measured_memory_gib`, `memory_measure`) get the
+    planned peak beside it: torch's counters against the planned tensors, a device total against them plus the
+    framework's own memory; a bad cell is that row's reason, and rows without the columns are reported as before."""
+    from flopwise.hardware import GIB
+    from flopwise.plan.memory import RESERVED_BYTES
+
+    row = {"source": "x", "layers": "32", "hidden": "4096", "heads": "32", "kv_heads": "8", "ffn": "14336",
+           "mlp": "swiglu", "vocab": "128256", "seq": "8192", "gpu": "H100-SXM", "gpus": "8", "tp": "1", "pp": "1",
+           "zero": "3", "recompute": "full", "global_batch": "8", "micro_batch": "1", "measured_step_s": "1.5"}
+    bare, reserved, device = validate_rows([row, {**row, "measured_memory_gib": "40", "memory_measure": "Reserved"},
+                                            {**row, "measured_memory_gib": "40", "memory_measure": "device"}])
+    assert "memory_error" not in bare
+    tensors = bare["peak_memory_gb"] * 1e9
+    assert reserved["memory_measure"] == "reserved" and reserved["measured_memory_gib"] == 40
+    assert reserved["memory_error"] == pytest.approx(tensors / (40 * GIB) - 1)
+    assert device["planned_memory_gib"] * GIB == pytest.approx(tensors + RESERVED_BYTES)
+    assert device["memory_error"] == pytest.approx((tensors + RESERVED_BYTES) / (40 * GIB) - 1)
+    unstated = validate_rows([{**row, "measured_memory_gib": "40"}])[0]
+    assert unstated["memory_measure"] is None and unstated["memory_error"] == pytest.approx(reserved["memory_error"])
+    # a bad cell is the row's reason, not a crash and not a silent skip
+    for bad, words in ((dict(measured_memory_gib="40", memory_measure="smi"), "memory_measure"),
+                       (dict(memory_measure="reserved"), "'measured_memory_gib' is blank"),
+                       (dict(measured_memory_gib="-3"), "measured_memory_gib")):
+        assert words in validate_rows([{**row, **bad}])[0]["error_message"]
+    s = summarise([bare, reserved, device])
+    assert s["memory_rows"] == 2 and s["predicted"] == 3
+    assert s["memory_max_abs_error"] == pytest.approx(max(abs(reserved["memory_error"]), abs(device["memory_error"])))
+    assert "memory_rows" not in summarise([bare])

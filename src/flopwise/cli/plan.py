@@ -337,7 +337,8 @@ def validate_cmd(
     Each row is costed with the profile of the stack that ran it, and with its attention kernel where that differs
     (an `attention` column, flash | unfused, else what its notes say, else flash where unfused attention could not
     have run: scores too large for the GPUs, or a layout that needs a fused kernel); the table shows which (and why,
-    when inferred)."""
+    when inferred). Rows that give the peak memory per GPU their run printed (optional columns `measured_memory_gib`
+    and `memory_measure`: reserved | allocated | device) also get the planned peak beside it."""
     if software is not None and software not in SOFTWARE:
         raise ConfigError(f"--software {software!r}: must be one of {', '.join(SOFTWARE)}")
     report = validate_files(files, software)
@@ -345,34 +346,50 @@ def validate_cmd(
         print(json.dumps(report, indent=2))
         _fail_if_nothing_predicted(report)
         return
+    memory = any("memory_error" in r for r in report["rows"])  # a memory column only where a row printed a peak
     table = Table(title="predicted vs measured step time (error = predicted / measured - 1)", header_style="bold")
-    for col in ("source", "model", "layout / reason", "predicted s", "measured s", "error", "where the time goes"):
+    columns = ("source", "model", "layout / reason", "predicted s", "measured s", "error", "where the time goes",
+               *(("memory GiB: planned / printed",) if memory else ()))
+    for col in columns:
         if col in ("source", "model", "layout / reason", "where the time goes"):
             table.add_column(col, overflow="fold")
         else:
-            table.add_column(col, justify="right", no_wrap=True)
+            table.add_column(col, justify="right", overflow="fold" if col.startswith("memory") else "ellipsis",
+                             no_wrap=not col.startswith("memory"))
     for r in report["rows"]:
         if "error" not in r:
             measured = "-" if r["measured_s"] is None else f"{r['measured_s']:.3g}"
-            table.add_row(r["source"], r["model"], r.get("error_message", ""), "-", measured, "-", "")
+            table.add_row(r["source"], r["model"], r.get("error_message", ""), "-", measured, "-", "",
+                          *(("",) if memory else ()))
             continue
         parts = sorted(r["breakdown_percent"].items(), key=lambda kv: -kv[1])
         where = " ".join(f"{k} {v:.0f}%" for k, v in parts if v >= 0.5)
         how = "; ".join([f"{r['layout']} [{r['software']}]", *r["notes"]])
         table.add_row(r["source"], r["model"], how, f"{r['predicted_s']:.3f}", f"{r['measured_s']:.3f}",
-                      f"{100 * r['error']:+.1f}%", where)
+                      f"{100 * r['error']:+.1f}%", where, *((_memory_cell(r),) if memory else ()))
     console.print(table)
     summaries = {**report["files"], **{f"source {k}": v for k, v in report["sources"].items()}}
     for name, s in {**summaries, "all": report["summary"]}.items():
         if s["median_abs_error"] is None:
             console.print(f"{name}: no row could be predicted")
             continue
-        console.print(
-            f"{name}: {s['predicted']} row{'' if s['predicted'] == 1 else 's'}, median |error| "
-            f"{100 * s['median_abs_error']:.1f}%, "
-            f"max |error| {100 * s['max_abs_error']:.1f}%"
-        )
+        line = (f"{name}: {s['predicted']} row{'' if s['predicted'] == 1 else 's'}, median |error| "
+                f"{100 * s['median_abs_error']:.1f}%, max |error| {100 * s['max_abs_error']:.1f}%")
+        if "memory_rows" in s:
+            line += (f"; peak memory on {s['memory_rows']} row{'' if s['memory_rows'] == 1 else 's'} that printed "
+                     f"it: median |error| {100 * s['memory_median_abs_error']:.1f}%, max "
+                     f"{100 * s['memory_max_abs_error']:.1f}%")
+        console.print(line)
     _fail_if_nothing_predicted(report)
+
+
+def _memory_cell(r: dict) -> str:
+    """'61.2 / 67.0 reserved (-9%)' for a row that printed its peak memory, '' for one that did not."""
+    if "memory_error" not in r:
+        return ""
+    measure = f" {r['memory_measure']}" if r["memory_measure"] else ""
+    return (f"{r['planned_memory_gib']:.1f} / {r['measured_memory_gib']:.1f}{measure} "
+            f"({100 * r['memory_error']:+.0f}%)")
 
 
 def _fail_if_nothing_predicted(report: dict) -> None:

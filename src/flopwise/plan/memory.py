@@ -213,3 +213,17 @@ def in_flight(layout: Layout, stage: int, microbatches: int) -> float:
 def usable_bytes(memory_bytes: float) -> float:
     """Device memory left for tensors after the framework's reserve and the allocator's headroom."""
     return memory_bytes * (1 - ALLOCATOR_HEADROOM) - RESERVED_BYTES
+
+
+# what a printed peak memory per GPU counts, as sources print it: torch's caching-allocator counters (torchtitan's
+# "memory:" log line is max_memory_reserved), or the whole device's use (nvidia-smi, a profiler's device total)
+MEMORY_MEASURES = ("reserved", "allocated", "device")
+
+
+def printed_counterpart(tensor_peak_bytes: float, measure: str) -> float:
+    """The planned figure to set against a printed peak of `measure` (blank: unstated): the tensors' peak for torch's
+    counters, and for a device-wide figure that plus the framework's memory besides tensors (RESERVED_BYTES: the CUDA
+    context, NCCL and cuBLAS workspaces). The allocator's cached blocks beyond the tensors (reserved minus allocated)
+    are fragmentation the planner budgets as headroom (ALLOCATOR_HEADROOM), not a size it predicts, so a `reserved`
+    figure is compared with the tensors' peak too and reads a few per cent above it."""
+    return tensor_peak_bytes + (RESERVED_BYTES if measure == "device" else 0.0)

@@ -241,10 +241,11 @@ def precision_notes(training: Training, acc: Accelerator) -> list[str]:
 
 def plan_notes(model: ModelConfig, cluster: Cluster, training: Training) -> list[str]:
     """What a plan's times rest on (calibration_notes, domain_notes, precision_notes), and how well published runs
-    like it were predicted."""
+    like it were predicted, step time and peak memory."""
     record = track_record.note(cluster.accelerator.name, training.software, param_counts(model).total)
+    memory = track_record.memory_note(cluster.accelerator, training.software)
     return (calibration_notes(cluster.accelerator) + domain_notes(cluster) + precision_notes(training, cluster.accelerator)
-            + ([record] if record else []))
+            + [n for n in (record, memory) if n])
 
 
 def search(

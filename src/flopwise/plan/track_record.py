@@ -8,7 +8,7 @@ low precision (FP8, MXFP8, NVFP4) its runs. It is written by
 `benchmarks/planner_track_record.py` with the constants it records; `plan.search` attaches the note of the closest
 group with enough runs to every search, the precision's note to a search in a low precision whose runs lean one way,
 and the few-micro-batch and small-block notes to each plan they concern, so a user reads the figure beside its
-evidence.
+evidence. Runs whose source printed their peak memory per GPU give the same for the planned peak (`memory`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,14 @@ SMALL_BLOCK_S = 1e-3
 SMALL_BLOCK_KEY = "block<1ms"
 # ... and far below it: the three runs under 0.25 ms ran a median 53% slower than predicted (too few for a group)
 TINY_BLOCK_S = 0.25e-3
+
+
+# the runs whose source printed their peak memory per GPU, all of them and per software profile
+MEMORY_KEY = "memory"
+
+
+def memory_key(software: str) -> str:
+    return f"{MEMORY_KEY}|{software}"
 
 
 def size_class(params: float) -> str:
@@ -177,3 +185,24 @@ def precision_note(precision: str, record: dict | None = None) -> str | None:
         return None
     text = f"{precision}: the {g['n']} published runs in {precision} {_lean(g)}"
     return text + ": read its step time as optimistic" if g["signed_median"] < 0 else text
+
+
+def memory_note(accelerator: Accelerator, software: str, record: dict | None = None) -> str | None:
+    """One line on how the planned peak memory compared with what published runs printed: the profile's runs where
+    they are MIN_RUNS or more, else all of them; None on a measured CPU (its plans come from flopwise's own trainer,
+    which tests/train checks) or where fewer than MIN_RUNS printed one."""
+    if accelerator.measured:
+        return None
+    record = load() if record is None else record
+    groups = record.get("memory", {})
+    found = next(((groups[key], label) for key, label in ((memory_key(software), f"the `{software}` profile's"),
+                                                          (MEMORY_KEY, "all profiles'"))
+                  if groups.get(key, {}).get("n", 0) >= MIN_RUNS), None)
+    if found is None:
+        return None
+    g, label = found
+    more = round(100 * g["too_fast"] / g["n"])
+    return (f"memory track record: on {g['n']} published runs ({label}) that printed their peak memory per GPU, the "
+            f"planned peak was a median {100 * g['median']:.1f}% off (90% within {100 * g['p90']:.1f}%, worst "
+            f"{100 * g['max']:.1f}%); {more}% printed more than planned (torch's reserved or allocated peak set "
+            f"against the planned tensors, a device total against them plus the CUDA context and workspaces)")

@@ -24,10 +24,11 @@ from pathlib import Path
 
 from flopwise.config_values import positive
 from flopwise.errors import ConfigError, DataError, FlopwiseError, PlanError
-from flopwise.hardware import GB, Accelerator, match_device_name, resolve_accelerator
+from flopwise.hardware import GB, GIB, Accelerator, match_device_name, resolve_accelerator
 from flopwise.layout import parse_value
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import Constants, Plan
+from flopwise.plan.memory import MEMORY_MEASURES, printed_counterpart
 from flopwise.plan.search import search
 from flopwise.plan.software_rule import ATTENTION_COLUMNS, attention_in_text, infer_software
 from flopwise.plan.spec import (
@@ -133,6 +134,19 @@ def _recompute_word(text: str, notes: list[str]) -> str:
         notes.append(f"recompute {text!r} read as {flag}")
         return flag
     return word
+
+
+def measured_memory(row: dict) -> tuple[float, str] | None:
+    """(bytes, measure) of the peak memory per GPU a row's source printed (optional columns `measured_memory_gib` and
+    `memory_measure`, one of memory.MEMORY_MEASURES or blank), or None where it printed none."""
+    measure = _cell(row, "memory_measure").lower()
+    if measure and measure not in MEMORY_MEASURES:
+        raise DataError(f"column 'memory_measure' = {measure!r}: must be one of {', '.join(MEMORY_MEASURES)} or blank")
+    if not _cell(row, "measured_memory_gib"):
+        if measure:
+            raise DataError("column 'memory_measure' is set but 'measured_memory_gib' is blank: give the printed peak")
+        return None
+    return _number(row, "measured_memory_gib", integer=False) * GIB, measure
 
 
 def _stated_attention(row: dict) -> tuple[str, str | None] | None:
@@ -269,6 +283,7 @@ def validate_rows(rows: list[dict], label: str = "", software: str | None = None
         measured = float("nan")
         try:
             measured = _number(row, "measured_step_s", integer=False)
+            memory = measured_memory(row)
             model, cluster, training, plan, notes = row_plan(row, software)
             if not math.isfinite(plan.step_time) or not all(math.isfinite(v) for v in plan.breakdown.values()):
                 raise DataError(TOO_LARGE)
@@ -279,6 +294,13 @@ def validate_rows(rows: list[dict], label: str = "", software: str | None = None
                         "measured_s": measured if math.isfinite(measured) else None})
             continue
         error = plan.step_time / measured - 1.0
+        if memory is not None:  # the planned peak against the printed one, as that counts it
+            printed, measure = memory
+            planned = printed_counterpart(plan.peak_memory, measure)
+            memory_fields = {"measured_memory_gib": printed / GIB, "memory_measure": measure or None,
+                             "planned_memory_gib": planned / GIB, "memory_error": planned / printed - 1.0}
+        else:
+            memory_fields = {}
         out.append(
             {
                 "file": label,
@@ -294,6 +316,7 @@ def validate_rows(rows: list[dict], label: str = "", software: str | None = None
                 "breakdown_percent": plan.breakdown_percent,
                 "breakdown_s": dict(plan.breakdown),
                 "peak_memory_gb": plan.peak_memory / 1e9,
+                **memory_fields,
                 "notes": notes,
             }
         )
@@ -301,15 +324,17 @@ def validate_rows(rows: list[dict], label: str = "", software: str | None = None
 
 
 def summarise(rows: list[dict]) -> dict:
+    """Step-time errors' median and max over the predicted rows; where rows printed a peak memory, the planned peak's
+    too (`memory_rows`, `memory_median_abs_error`, `memory_max_abs_error`)."""
     errors = [r["abs_error"] for r in rows if "abs_error" in r]
-    if not errors:
-        return {"rows": len(rows), "predicted": 0, "median_abs_error": None, "max_abs_error": None}
-    return {
-        "rows": len(rows),
-        "predicted": len(errors),
-        "median_abs_error": statistics.median(errors),
-        "max_abs_error": max(errors),
-    }
+    memory = [abs(r["memory_error"]) for r in rows if "memory_error" in r]
+    out = {"rows": len(rows), "predicted": len(errors),
+           "median_abs_error": statistics.median(errors) if errors else None,
+           "max_abs_error": max(errors, default=None)}
+    if memory:
+        out.update(memory_rows=len(memory), memory_median_abs_error=statistics.median(memory),
+                   memory_max_abs_error=max(memory))
+    return out
 
 
 def validate_files(paths: list[str | Path], software: str | None = None) -> dict:
