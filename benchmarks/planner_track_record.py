@@ -32,7 +32,7 @@ from planner_fit import attach, fit_constants, predict
 from flopwise.flops import param_counts
 from flopwise.plan import track_record
 from flopwise.plan.cost import DEFAULT_CONSTANTS, CostModel
-from flopwise.plan.memory import printed_counterpart
+from flopwise.plan.memory import memory_error
 from flopwise.plan.validate import measured_memory
 
 OUT = Path(__file__).resolve().parent.parent / "src" / "flopwise" / "plan" / "track_record.json"
@@ -75,8 +75,8 @@ def build() -> dict:
         obs = row["_obs"]
         printed = measured_memory(row)
         if printed is not None:  # the planned peak (no fitted constant moves it) against the printed one
-            peak = CostModel(obs.model, obs.cluster, obs.training).evaluate(obs.layout).peak_memory
-            error = printed_counterpart(peak, printed[1]) / printed[0] - 1.0
+            error = memory_error(CostModel(obs.model, obs.cluster, obs.training).evaluate(obs.layout).peak_memory,
+                                 *printed)
             for key in (track_record.MEMORY_KEY, track_record.memory_key(obs.training.software)):
                 memory.setdefault(key, []).append(error)
         params = param_counts(obs.model).total

@@ -58,8 +58,8 @@ def test_usage_errors_are_click_messages_and_exit_2(args, message):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--nproc", "3", "--tp", "3"], "[parallel] tensor parallel degree 3 must divide heads (8) and kv_heads (4)"),
-        (["--nproc", "2", "--pp", "2", "--pp-layers", "1,1"], "[parallel] split 1,1 sums to 2 layers; the model has 4"),
+        (["--nproc", "3", "--tp", "3"], "tensor parallel degree 3 must divide heads (8) and kv_heads (4)"),
+        (["--nproc", "2", "--pp", "2", "--pp-layers", "1,1"], "sums to 2 layers; the model has 4"),
         (["--nproc", "2", "--dp", "2", "--set", "train.global_batch=3"], "global batch 3 is not divisible"),
     ],
 )

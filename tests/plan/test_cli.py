@@ -147,15 +147,19 @@ def test_validate_sets_a_printed_peak_memory_beside_the_planned_one(capsys, tmp_
     head = "model,layers,hidden,heads,kv_heads,ffn,mlp,vocab,seq,gpu,gpus,tp,pp,zero,global_batch,micro_batch,"
     shape = "8b,32,4096,32,8,14336,swiglu,128256,8192,H100-SXM,8,1,1,3,8,1,1.5"
     path.write_text(head + "measured_step_s,measured_memory_gib,memory_measure\n"
-                    f"{shape},40,reserved\n{shape},,\n")
+                    f"{shape},40,reserved\n{shape},,\n{shape},40 GiB,\n")
     code, out, _ = run(["plan", "validate", str(path), "--json"], capsys)
-    rows = json.loads(out)["rows"]
+    data = json.loads(out)
+    rows = data["rows"]
     assert code == 0 and rows[0]["memory_measure"] == "reserved" and "memory_error" not in rows[1]
+    assert "not a number" in rows[2]["memory_message"] and "error" in rows[2]  # the step still predicted
+    assert data["summary"]["memory_rows"] == 1 and data["summary"]["predicted"] == 3
     code, out, _ = run(["plan", "validate", str(path)], capsys)
-    planned = rows[0]["planned_memory_gib"]
-    assert code == 0 and "memory GiB: planned / printed" in out
-    assert f"{planned:.1f} / 40.0 reserved" in out.replace("\n", " ").replace("│", " ")
-    assert f"peak memory on 1 row that printed it: median |error| {100 * abs(planned / 40 - 1):.1f}%" in out
+    planned, error = rows[0]["planned_memory_gib"], rows[0]["memory_error"]
+    flat = out.replace("\n", " ").replace("│", " ")
+    assert code == 0 and "memory GiB: planned / printed (error)" in out
+    assert f"{planned:.1f} / 40.0 reserved ({100 * error:+.0f}%)" in " ".join(flat.split())
+    assert f"peak memory on 1 row that printed it: median |error| {100 * abs(error):.1f}%" in out
 
 
 def test_validate_missing_file_exits_2(capsys, tmp_path):

@@ -192,7 +192,7 @@ def test_the_planned_peak_memory_has_its_own_record():
     own = track_record.memory_note(h100, "torch-compile", rec)
     assert own.startswith("memory track record: on 6 published runs (the `torch-compile` profile's)")
     assert "a median 4.0% off (90% within 10.0%, worst 20.0%); 50% printed more than planned" in own
-    assert "on 12 published runs (all profiles')" in track_record.memory_note(h100, "te", rec)  # 2 are too few
+    assert "on 12 published runs (all profiles)" in track_record.memory_note(h100, "te", rec)  # 2 are too few
     cpu = dataclasses.replace(h100, measured=True)
     assert track_record.memory_note(cpu, "te", rec) is None
     rec["memory"][track_record.MEMORY_KEY]["n"] = 4

@@ -138,30 +138,42 @@ def test_a_head_dim_column_sets_the_attention_width():
 
 def test_a_printed_peak_memory_is_set_against_the_planned_one():
     """Rows that give the peak memory per GPU their run printed (`measured_memory_gib`, `memory_measure`) get the
-    planned peak beside it: torch's counters against the planned tensors, a device total against them plus the
-    framework's own memory; a bad cell is that row's reason, and rows without the columns are reported as before."""
+    planned peak beside it: a device total against the whole plan, torch's counters (or an unstated figure) against it
+    less the framework's reserve, as the trainer's forecast compares them; a bad memory cell is said beside the step's
+    prediction, and rows without the columns are reported as before."""
     from flopwise.hardware import GIB
     from flopwise.plan.memory import RESERVED_BYTES
+    from flopwise.train.forecast import stage_table, tensor_bytes
 
     row = {"source": "x", "layers": "32", "hidden": "4096", "heads": "32", "kv_heads": "8", "ffn": "14336",
            "mlp": "swiglu", "vocab": "128256", "seq": "8192", "gpu": "H100-SXM", "gpus": "8", "tp": "1", "pp": "1",
            "zero": "3", "recompute": "full", "global_batch": "8", "micro_batch": "1", "measured_step_s": "1.5"}
     bare, reserved, device = validate_rows([row, {**row, "measured_memory_gib": "40", "memory_measure": "Reserved"},
                                             {**row, "measured_memory_gib": "40", "memory_measure": "device"}])
-    assert "memory_error" not in bare
-    tensors = bare["peak_memory_gb"] * 1e9
+    assert "memory_error" not in bare and "measured_memory_gib" not in bare
+    whole = bare["peak_memory_gb"] * 1e9  # the plan's peak: tensors plus the CUDA context and workspaces
+    plan = row_plan(row)[3]
+    assert whole == pytest.approx(max(s["total"] for s in stage_table(plan)))
     assert reserved["memory_measure"] == "reserved" and reserved["measured_memory_gib"] == 40
-    assert reserved["memory_error"] == pytest.approx(tensors / (40 * GIB) - 1)
-    assert device["planned_memory_gib"] * GIB == pytest.approx(tensors + RESERVED_BYTES)
-    assert device["memory_error"] == pytest.approx((tensors + RESERVED_BYTES) / (40 * GIB) - 1)
+    assert reserved["planned_memory_gib"] * GIB == pytest.approx(whole - RESERVED_BYTES)
+    assert reserved["planned_memory_gib"] * GIB == pytest.approx(max(tensor_bytes(s) for s in stage_table(plan)))
+    assert reserved["memory_error"] == pytest.approx((whole - RESERVED_BYTES) / (40 * GIB) - 1)
+    assert device["planned_memory_gib"] * GIB == pytest.approx(whole)
+    assert device["memory_error"] == pytest.approx(whole / (40 * GIB) - 1)
     unstated = validate_rows([{**row, "measured_memory_gib": "40"}])[0]
     assert unstated["memory_measure"] is None and unstated["memory_error"] == pytest.approx(reserved["memory_error"])
-    # a bad cell is the row's reason, not a crash and not a silent skip
+    # a bad memory cell is said beside the step's prediction: not a crash, not a silent skip, not the step lost
     for bad, words in ((dict(measured_memory_gib="40", memory_measure="smi"), "memory_measure"),
                        (dict(memory_measure="reserved"), "'measured_memory_gib' is blank"),
+                       (dict(measured_memory_gib="40 GiB"), "not a number"),
                        (dict(measured_memory_gib="-3"), "measured_memory_gib")):
-        assert words in validate_rows([{**row, **bad}])[0]["error_message"]
-    s = summarise([bare, reserved, device])
+        said = validate_rows([{**row, **bad}])[0]
+        assert words in said["memory_message"] and said["error"] == pytest.approx(bare["error"]), bad
+        assert "memory_error" not in said
+    # a row whose step cannot be planned keeps what it printed
+    lost = validate_rows([{**row, "gpu": "Z9000", "measured_memory_gib": "40"}])[0]
+    assert "error_message" in lost and lost["measured_memory_gib"] == 40 and "memory_error" not in lost
+    s = summarise([bare, reserved, device, lost])
     assert s["memory_rows"] == 2 and s["predicted"] == 3
     assert s["memory_max_abs_error"] == pytest.approx(max(abs(reserved["memory_error"]), abs(device["memory_error"])))
-    assert "memory_rows" not in summarise([bare])
+    assert summarise([bare])["memory_rows"] == 0 and summarise([bare])["memory_median_abs_error"] is None

@@ -338,7 +338,8 @@ def validate_cmd(
     (an `attention` column, flash | unfused, else what its notes say, else flash where unfused attention could not
     have run: scores too large for the GPUs, or a layout that needs a fused kernel); the table shows which (and why,
     when inferred). Rows that give the peak memory per GPU their run printed (optional columns `measured_memory_gib`
-    and `memory_measure`: reserved | allocated | device) also get the planned peak beside it."""
+    and `memory_measure`: reserved | allocated | device | blank) also get the planned peak beside it: the whole of it
+    for a device figure (nvidia-smi), less the CUDA context and workspaces for torch's counters or a blank measure."""
     if software is not None and software not in SOFTWARE:
         raise ConfigError(f"--software {software!r}: must be one of {', '.join(SOFTWARE)}")
     report = validate_files(files, software)
@@ -346,10 +347,11 @@ def validate_cmd(
         print(json.dumps(report, indent=2))
         _fail_if_nothing_predicted(report)
         return
-    memory = any("memory_error" in r for r in report["rows"])  # a memory column only where a row printed a peak
+    # a memory column only where a row printed a peak (or gave a bad one)
+    memory = any("measured_memory_gib" in r or "memory_message" in r for r in report["rows"])
     table = Table(title="predicted vs measured step time (error = predicted / measured - 1)", header_style="bold")
     columns = ("source", "model", "layout / reason", "predicted s", "measured s", "error", "where the time goes",
-               *(("memory GiB: planned / printed",) if memory else ()))
+               *(("memory GiB: planned / printed (error)",) if memory else ()))
     for col in columns:
         if col in ("source", "model", "layout / reason", "where the time goes"):
             table.add_column(col, overflow="fold")
@@ -360,7 +362,7 @@ def validate_cmd(
         if "error" not in r:
             measured = "-" if r["measured_s"] is None else f"{r['measured_s']:.3g}"
             table.add_row(r["source"], r["model"], r.get("error_message", ""), "-", measured, "-", "",
-                          *(("",) if memory else ()))
+                          *((_memory_cell(r),) if memory else ()))
             continue
         parts = sorted(r["breakdown_percent"].items(), key=lambda kv: -kv[1])
         where = " ".join(f"{k} {v:.0f}%" for k, v in parts if v >= 0.5)
@@ -375,7 +377,7 @@ def validate_cmd(
             continue
         line = (f"{name}: {s['predicted']} row{'' if s['predicted'] == 1 else 's'}, median |error| "
                 f"{100 * s['median_abs_error']:.1f}%, max |error| {100 * s['max_abs_error']:.1f}%")
-        if "memory_rows" in s:
+        if s["memory_rows"]:
             line += (f"; peak memory on {s['memory_rows']} row{'' if s['memory_rows'] == 1 else 's'} that printed "
                      f"it: median |error| {100 * s['memory_median_abs_error']:.1f}%, max "
                      f"{100 * s['memory_max_abs_error']:.1f}%")
@@ -384,10 +386,15 @@ def validate_cmd(
 
 
 def _memory_cell(r: dict) -> str:
-    """'61.2 / 67.0 reserved (-9%)' for a row that printed its peak memory, '' for one that did not."""
-    if "memory_error" not in r:
+    """'61.2 / 67.0 reserved (-9%)' for a row that printed its peak memory, '- / 67.0' where its step could not be
+    planned, the reason for a bad memory cell, '' for a row that printed none."""
+    if "memory_message" in r:
+        return r["memory_message"]
+    if "measured_memory_gib" not in r:
         return ""
     measure = f" {r['memory_measure']}" if r["memory_measure"] else ""
+    if "memory_error" not in r:
+        return f"- / {r['measured_memory_gib']:.1f}{measure}"
     return (f"{r['planned_memory_gib']:.1f} / {r['measured_memory_gib']:.1f}{measure} "
             f"({100 * r['memory_error']:+.0f}%)")
 

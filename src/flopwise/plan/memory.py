@@ -220,10 +220,21 @@ def usable_bytes(memory_bytes: float) -> float:
 MEMORY_MEASURES = ("reserved", "allocated", "device")
 
 
-def printed_counterpart(tensor_peak_bytes: float, measure: str) -> float:
-    """The planned figure to set against a printed peak of `measure` (blank: unstated): the tensors' peak for torch's
-    counters, and for a device-wide figure that plus the framework's memory besides tensors (RESERVED_BYTES: the CUDA
-    context, NCCL and cuBLAS workspaces). The allocator's cached blocks beyond the tensors (reserved minus allocated)
-    are fragmentation the planner budgets as headroom (ALLOCATOR_HEADROOM), not a size it predicts, so a `reserved`
-    figure is compared with the tensors' peak too and reads a few per cent above it."""
-    return tensor_peak_bytes + (RESERVED_BYTES if measure == "device" else 0.0)
+def tensor_bytes(planned_bytes: float) -> float:
+    """A planned memory figure without the framework's reserve (RESERVED_BYTES, which a stage's `other` holds: the
+    CUDA context, NCCL and cuBLAS workspaces): what the tensors take, as torch's allocator counters see them."""
+    return planned_bytes - RESERVED_BYTES
+
+
+def printed_counterpart(planned_peak_bytes: float, measure: str) -> float:
+    """The planned figure to set against a printed peak of `measure` (blank: unstated, taken as torch's counters, what
+    training scripts print): the whole planned peak for a device-wide figure, the tensors (tensor_bytes) for torch's
+    counters. The allocator's cached blocks beyond the tensors (reserved minus allocated) are fragmentation the planner
+    budgets as headroom (ALLOCATOR_HEADROOM), not a size it predicts, so a `reserved` figure reads a few per cent above
+    its counterpart."""
+    return planned_peak_bytes if measure == "device" else tensor_bytes(planned_peak_bytes)
+
+
+def memory_error(planned_peak_bytes: float, printed_bytes: float, measure: str) -> float:
+    """The planned peak's error against a printed one of `measure`: counterpart / printed - 1."""
+    return printed_counterpart(planned_peak_bytes, measure) / printed_bytes - 1.0

@@ -196,7 +196,7 @@ def memory_note(accelerator: Accelerator, software: str, record: dict | None = N
     record = load() if record is None else record
     groups = record.get("memory", {})
     found = next(((groups[key], label) for key, label in ((memory_key(software), f"the `{software}` profile's"),
-                                                          (MEMORY_KEY, "all profiles'"))
+                                                          (MEMORY_KEY, "all profiles"))
                   if groups.get(key, {}).get("n", 0) >= MIN_RUNS), None)
     if found is None:
         return None
@@ -204,5 +204,6 @@ def memory_note(accelerator: Accelerator, software: str, record: dict | None = N
     more = round(100 * g["too_fast"] / g["n"])
     return (f"memory track record: on {g['n']} published runs ({label}) that printed their peak memory per GPU, the "
             f"planned peak was a median {100 * g['median']:.1f}% off (90% within {100 * g['p90']:.1f}%, worst "
-            f"{100 * g['max']:.1f}%); {more}% printed more than planned (torch's reserved or allocated peak set "
-            f"against the planned tensors, a device total against them plus the CUDA context and workspaces)")
+            f"{100 * g['max']:.1f}%); {more}% printed more than planned (a torch counter or an unstated figure set "
+            f"against the planned peak less the CUDA context and workspaces, a device total against all of it; most "
+            f"runs do not say which they printed)")

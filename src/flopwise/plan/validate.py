@@ -28,7 +28,7 @@ from flopwise.hardware import GB, GIB, Accelerator, match_device_name, resolve_a
 from flopwise.layout import parse_value
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import Constants, Plan
-from flopwise.plan.memory import MEMORY_MEASURES, printed_counterpart
+from flopwise.plan.memory import MEMORY_MEASURES, memory_error, printed_counterpart
 from flopwise.plan.search import search
 from flopwise.plan.software_rule import ATTENTION_COLUMNS, attention_in_text, infer_software
 from flopwise.plan.spec import (
@@ -282,8 +282,13 @@ def validate_rows(rows: list[dict], label: str = "", software: str | None = None
         source = _cell(row, "source_id") or _cell(row, "source") or label
         measured = float("nan")
         try:
+            printed, memory = measured_memory(row), {}
+        except DataError as exc:  # a bad optional memory cell is said beside the step's prediction, not instead of it
+            printed, memory = None, {"memory_message": str(exc)}
+        if printed is not None:
+            memory = {"measured_memory_gib": printed[0] / GIB, "memory_measure": printed[1] or None}
+        try:
             measured = _number(row, "measured_step_s", integer=False)
-            memory = measured_memory(row)
             model, cluster, training, plan, notes = row_plan(row, software)
             if not math.isfinite(plan.step_time) or not all(math.isfinite(v) for v in plan.breakdown.values()):
                 raise DataError(TOO_LARGE)
@@ -291,16 +296,13 @@ def validate_rows(rows: list[dict], label: str = "", software: str | None = None
             # count too large for a float): the row's note
             out.append({"file": label, "source": source, "model": name,
                         "error_message": TOO_LARGE if isinstance(exc, OverflowError) else str(exc),
-                        "measured_s": measured if math.isfinite(measured) else None})
+                        "measured_s": measured if math.isfinite(measured) else None,
+                        **memory})
             continue
         error = plan.step_time / measured - 1.0
-        if memory is not None:  # the planned peak against the printed one, as that counts it
-            printed, measure = memory
-            planned = printed_counterpart(plan.peak_memory, measure)
-            memory_fields = {"measured_memory_gib": printed / GIB, "memory_measure": measure or None,
-                             "planned_memory_gib": planned / GIB, "memory_error": planned / printed - 1.0}
-        else:
-            memory_fields = {}
+        if printed is not None:  # the planned peak against the printed one, as that counts it
+            memory.update(planned_memory_gib=printed_counterpart(plan.peak_memory, printed[1]) / GIB,
+                          memory_error=memory_error(plan.peak_memory, *printed))
         out.append(
             {
                 "file": label,
@@ -316,7 +318,7 @@ def validate_rows(rows: list[dict], label: str = "", software: str | None = None
                 "breakdown_percent": plan.breakdown_percent,
                 "breakdown_s": dict(plan.breakdown),
                 "peak_memory_gb": plan.peak_memory / 1e9,
-                **memory_fields,
+                **memory,
                 "notes": notes,
             }
         )
@@ -324,17 +326,16 @@ def validate_rows(rows: list[dict], label: str = "", software: str | None = None
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Step-time errors' median and max over the predicted rows; where rows printed a peak memory, the planned peak's
-    too (`memory_rows`, `memory_median_abs_error`, `memory_max_abs_error`)."""
+    """Step-time errors' median and max over the predicted rows, and the planned peak memory's over the predicted rows
+    that printed one (`memory_rows`: 0, and None for the figures, where none did)."""
     errors = [r["abs_error"] for r in rows if "abs_error" in r]
     memory = [abs(r["memory_error"]) for r in rows if "memory_error" in r]
-    out = {"rows": len(rows), "predicted": len(errors),
-           "median_abs_error": statistics.median(errors) if errors else None,
-           "max_abs_error": max(errors, default=None)}
-    if memory:
-        out.update(memory_rows=len(memory), memory_median_abs_error=statistics.median(memory),
-                   memory_max_abs_error=max(memory))
-    return out
+    return {"rows": len(rows), "predicted": len(errors),
+            "median_abs_error": statistics.median(errors) if errors else None,
+            "max_abs_error": max(errors, default=None),
+            "memory_rows": len(memory),
+            "memory_median_abs_error": statistics.median(memory) if memory else None,
+            "memory_max_abs_error": max(memory, default=None)}
 
 
 def validate_files(paths: list[str | Path], software: str | None = None) -> dict:

@@ -318,12 +318,9 @@ def resolve_layout(job: JobConfig, world: int | None = None) -> tuple[Layout, in
     rank. Returns the layout and the micro-batches per rank and step."""
     p, cfg = job.parallel, job.model_config()
     micro = micro_batch_for(job, local_batch(job.train.global_batch, p.dp))
-    try:
-        split = parse_split(p.split, cfg.layers, p.pp * p.vpp)
-        layout = p.layout(micro, split)
-        return layout, check_layout(layout, cfg, job.train.global_batch, job.seq_len, world)
-    except LayoutError as exc:  # the planner's words ("tp", "cp = 2"), said of the config section that set them
-        raise LayoutError(f"[parallel] {exc}") from None
+    split = parse_split(p.split, cfg.layers, p.pp * p.vpp)
+    layout = p.layout(micro, split)
+    return layout, check_layout(layout, cfg, job.train.global_batch, job.seq_len, world)
 
 
 TRAINER_PRECISIONS = ("bf16", "fp32", "tf32")  # the planner's precisions the trainer runs (train.dtype)

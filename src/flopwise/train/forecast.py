@@ -70,7 +70,7 @@ def tensor_bytes(stage: dict, transients: bool = True) -> float:
     `transients`, also without what lives only inside the backward (the eager loss's gradients, the layer being
     recomputed), for a measurement of saved tensors (train/memory_probe.py)."""
     backward_only = stage.get("loss_backward", 0.0) + stage.get("recompute_layer", 0.0)
-    return stage["total"] - mem.RESERVED_BYTES - (0.0 if transients else backward_only)
+    return mem.tensor_bytes(stage["total"]) - (0.0 if transients else backward_only)
 
 
 def comparison(cm: CostModel, plan: Plan, measured_step_s: float, clock: str, measured_memory: float,
