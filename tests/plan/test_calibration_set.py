@@ -176,7 +176,7 @@ def test_every_fresh_set_is_checked():
 
 @pytest.mark.parametrize("name", list(FRESH_SETS))
 def test_fresh_holdouts_are_new_sources_parsed_cited_and_software_by_the_rule(build, rows, name):
-    from flopwise.plan.validate import row_inputs
+    from flopwise.plan.validate import measured_memory, row_inputs
 
     with (CALIBRATION / f"{name}.csv").open(newline="") as fh:
         fresh = list(csv.DictReader(fh))
@@ -190,6 +190,9 @@ def test_fresh_holdouts_are_new_sources_parsed_cited_and_software_by_the_rule(bu
         assert row["citation"].strip() and row["derived_from"].strip() and float(row["measured_step_s"]) > 0, where
         assert row["software"] == build.software_profile(row["stack"], row["notes"]), where
         row_inputs(row)  # every row parses into a model, a cluster, a training run and a layout
+        if "measured_memory_gib" in row:  # a printed peak is a figure and a known measure, or blank in both cells
+            printed = measured_memory(row)
+            assert printed is None or 1 * 2**30 < printed[0] < 300 * 2**30, where
 
 
 def test_the_calibrated_gpus_are_the_fit_rows_and_plans_on_others_say_so(rows):

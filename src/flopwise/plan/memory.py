@@ -230,8 +230,8 @@ def printed_counterpart(planned_peak_bytes: float, measure: str) -> float:
     """The planned figure to set against a printed peak of `measure` (blank: unstated, taken as torch's counters, what
     training scripts print): the whole planned peak for a device-wide figure, the tensors (tensor_bytes) for torch's
     counters. The allocator's cached blocks beyond the tensors (reserved minus allocated) are fragmentation the planner
-    budgets as headroom (ALLOCATOR_HEADROOM), not a size it predicts, so a `reserved` figure reads a few per cent above
-    its counterpart."""
+    budgets as headroom (ALLOCATOR_HEADROOM), not a size it predicts, so a `reserved` figure should read above its
+    counterpart by about that much where the activations are modelled right."""
     return planned_peak_bytes if measure == "device" else tensor_bytes(planned_peak_bytes)
 
 
