@@ -227,7 +227,8 @@ def test_non_reentrant_recompute_stops_before_the_down_projection():
 def test_fp8_with_sequence_parallelism_casts_and_gathers_the_local_shard():
     m8, m16 = cost(precision="fp8", software="torch-compile"), cost(software="torch-compile")
     no_sp, sp = m8.layer_cost(4, False, 1, "none"), m8.layer_cost(4, True, 1, "none")
-    acts = [mem.layer_activation_bytes(LLAMA, m8.training, Layout(tp=4, sp=s, micro_batch=1)) for s in (False, True)]
+    acts = [mem.layer_activation_bytes(LLAMA, m8.training, Layout(tp=4, sp=s, micro_batch=1), written=True)
+            for s in (False, True)]
     # SP shrinks the elementwise traffic of the activations; under FP8 the casts of the QKV and MLP inputs shrink
     # by tp on top of it (each rank casts its 1/tp of the sequence before the all-gather)
     from_activations = m8.elementwise_factor(4) * ELEMENTWISE_FWD_PASSES * (acts[0] - acts[1]) / m8.hbm_rate

@@ -1,10 +1,13 @@
 """Memory formulas against hand-computed values (Korthikanti et al. 2022; ZeRO; Narayanan et al. 2021)."""
 
+from dataclasses import replace
+
 import pytest
 
 from flopwise.hardware import get_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
+from flopwise.plan import spec
 from flopwise.plan.cost import CostModel
 from flopwise.plan.memory import in_flight, layer_activation_bytes, model_state_bytes
 from flopwise.plan.spec import Cluster, Training
@@ -103,3 +106,25 @@ def test_swiglu_keeps_four_ffn_tensors_unfused_three_with_megatrons_fused_kernel
         t = Training(64, software=software)
         extra = layer_activation_bytes(swiglu, t, layout) - layer_activation_bytes(GPT, t, layout)
         assert extra == pytest.approx((tensors - 2) * per_ffn)  # GELU keeps 2 (its input, the product)
+
+
+def test_a_compiled_stack_keeps_what_fused_kernels_keep_and_costs_the_same_time():
+    """torch.compile's partitioner keeps each norm's input (not its normalised x) and SwiGLU's gate, up and product
+    (not SiLU's output): the planned peak falls by 2 h + 1 ffn per token and layer; the elementwise kernels still write
+    what eager writes, so the step time does not move."""
+    llama = ModelConfig(vocab_size=32000, layers=8, hidden=2048, heads=16, kv_heads=8, ffn=5632, seq_len=4096, lfa=False)
+    layout = Layout(micro_batch=2, dp=8, zero=3)
+    cluster = Cluster(get_accelerator("h100"), 8)
+    compiled = Training(64, software="torch-compile")
+    per_token = 2 * llama.hidden + llama.ffn  # elements: both norms' normalised x and SiLU's output
+    saved = layer_activation_bytes(llama, compiled, layout, written=True) - layer_activation_bytes(llama, compiled, layout)
+    assert saved == pytest.approx(4096 * 2 * (per_token * 2 + 2 * 4))  # bf16, plus the two norms' fp32 rstd
+    keeps_all = replace(spec.SOFTWARE["torch-compile"], compiled_saves=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(spec.SOFTWARE, "torch-compile", keeps_all)
+        spec._profile.cache_clear()
+        eager_saves = CostModel(llama, cluster, compiled).evaluate(layout)
+    spec._profile.cache_clear()
+    plan = CostModel(llama, cluster, compiled).evaluate(layout)
+    assert plan.step_time == pytest.approx(eager_saves.step_time, rel=1e-12)
+    assert eager_saves.peak_memory - plan.peak_memory == pytest.approx(llama.layers * saved, rel=0.01)

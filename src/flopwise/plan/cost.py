@@ -489,9 +489,10 @@ class CostModel:
         return (self.gemm_time(s, d, s, heads * mb) + self.gemm_time(s, s, d, heads * mb)) / cp
 
     def _kept_activations(self, tp: int, sp: bool, mb: int, cp: int, recompute: str = "none") -> float:
-        """Bytes one layer keeps for its backward (the elementwise passes run over them)."""
+        """Bytes one layer's kernels write for its backward, as an eager stack keeps them (the elementwise passes run
+        over them)."""
         probe = Layout(tp=tp, sp=sp, micro_batch=mb, recompute="none", cp=cp)
-        return mem.layer_activation_bytes(self.model, self.training, probe, recompute=recompute)
+        return mem.layer_activation_bytes(self.model, self.training, probe, recompute=recompute, written=True)
 
     def layer_compute(self, tp: int, sp: bool, mb: int, cp: int = 1) -> dict[str, tuple[float, float]]:
         """(forward, backward) seconds of one layer's kernels for one micro-batch on one rank, by kind: the weight

@@ -23,6 +23,8 @@ that SwiGLU, LFA, grouped-query attention, fused (flash) attention and no-dropou
   MLP inner            GELU: 2 x ffn (GELU input, second matmul input);
                        SwiGLU: 4 x ffn (gate, up, SiLU output, product); 3 x ffn with
                        Megatron's fused bias-SwiGLU kernel (gate, up, product)          split by TP
+                       (blocks under torch.compile keep what the fused kernels keep: its partitioner
+                       recomputes the normalised x and SiLU from the saved inputs; Software.compiled_saves)
   dropout masks        2 x h, 1 byte each (after attention and MLP)                     replicated
   MoE (models/moe.py)  the MLP inner term per expert visit, top_k x (the above)          split by TP
                        the routed rows: gathered input, expert output, weighted output, 3 top_k h,
@@ -101,9 +103,11 @@ def model_state_bytes(params: float, precision: str, zero: int, dp: int) -> dict
 
 
 def layer_activation_bytes(
-    cfg: ModelConfig, training: Training, layout: Layout, recompute: str | None = None
+    cfg: ModelConfig, training: Training, layout: Layout, recompute: str | None = None, written: bool = False
 ) -> float:
-    """Activation bytes one layer keeps for one micro-batch on one TP rank (see the module docstring)."""
+    """Activation bytes one layer keeps for one micro-batch on one TP rank (see the module docstring). `written`: the
+    tensors its kernels write as an eager stack keeps them, over which the cost model runs its elementwise passes
+    (a compiled stack keeps fewer of them: Software.compiled_saves)."""
     recompute = recompute or layout.recompute
     s = training.seq_len or cfg.seq_len
     tokens = s * layout.micro_batch / layout.cp  # context parallelism splits the sequence
@@ -121,16 +125,17 @@ def layer_activation_bytes(
         if sw.attention != "unfused":  # the fused kernel's output and its fp32 log-sum-exp (unfused: recomputed)
             kept += (q * e + 4 * a) / t
         return tokens * (h * e / rep_div + kept)
-    norm = h * e if sw.fused_norm else 2 * h * e + 4  # fused: input; PyTorch: input, normalised x, fp32 rstd
+    fused = sw.fused_norm or (sw.compiled_saves and not written)
+    norm = h * e if fused else 2 * h * e + 4  # fused: input; PyTorch: input, normalised x, fp32 rstd
     replicated = 2 * norm + (h + h) * e  # both norms, then QKV input and MLP input (the norms' outputs)
     if cfg.lfa:  # x[t-1], y1, y1[t-1] (conv inputs), the filter's norm, its output x' (Q and K input)
         replicated += 2 * h * e + norm + h * e
     if sw.dropout:
         replicated += 2 * h  # two 1-byte masks
     sharded = (q + 2 * kv + q) * e  # Q, K, V and the output projection's input (= flash's saved output)
-    # SwiGLU: gate and up outputs, SiLU output, product (4 ffn); Megatron-family fused kernels (bias_swiglu)
-    # keep only the fc1 output (gate and up) and recompute SiLU in the backward (3 ffn)
-    mlp_inner = (2 if cfg.mlp != "swiglu" else 3 if sw.fused_norm else 4) * ffn * e
+    # SwiGLU: gate and up outputs, SiLU output, product (4 ffn); Megatron-family fused kernels (bias_swiglu) and
+    # torch.compile's partitioner keep the fc1 output (gate and up) and the product, and recompute SiLU (3 ffn)
+    mlp_inner = (2 if cfg.mlp != "swiglu" else 3 if fused else 4) * ffn * e
     sharded += mlp_inner
     whole = 0.0  # on every TP rank whatever sp is: the MoE layer's routed rows and router
     if cfg.experts:

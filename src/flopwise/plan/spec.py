@@ -120,6 +120,11 @@ class Software:
     # a PyTorch-native eager stack: without a block_host_s, a block's host time is EAGER_BLOCK_HOST_S's figure for
     # the wrappers its layout puts on it (DTensor TP, recomputation, FSDP); on a GPU
     eager_block_host: bool = False
+    # blocks through torch.compile, whose partitioner (AOTAutograd's min-cut rematerialization) picks what the backward
+    # keeps: each norm its input and fp32 rstd, a SwiGLU its gate, up and product (SiLU recomputed), as fused kernels
+    # do (fused_norm); measured on CPU against Inductor's saved tensors (tests/plan/test_memory_vs_torch.py). Memory
+    # only: the elementwise kernels' traffic (plan/cost.py) still runs over the tensors they write.
+    compiled_saves: bool = False
 
 
 # flopwise's blocks on an H200 (benchmarks/planner_kernels.py --sections step, torch.profiler's kernels by kind;
@@ -128,7 +133,8 @@ class Software:
 # 1.23x. Both fitted on the 2048-wide model alone; at widths 1024, 3072, 4096 and the 8B's (seq 8192) the eager
 # factor is within -15%..+10%, the compiled one within -9%..+6%. Measured under bf16 autocast: an fp32 run has no
 # casts (about a third of that time), so it overstates fp32 runs, a small term on a CPU where GEMMs dominate.
-# `compiled` changes time only: the compiled step's peak memory was 4-8% below eager's, which the memory model keeps.
+# `compiled` also plans the partitioner's saved tensors (Software.compiled_saves); on that H200 the compiled step's
+# peak memory was 4-8% below eager's.
 FLOPWISE_EAGER_TRAFFIC = 4.1
 FLOPWISE_COMPILED_TRAFFIC = 1.23
 # the host work between steps of a stack that syncs the host every step (Software.step_overhead_s): read off MLPerf's
@@ -200,7 +206,7 @@ SOFTWARE = {
                             eager_block_host=True),
     # the same under torch.compile: elementwise chains fused by Inductor.
     "torch-compile": Software("flash", False, False, 2, recompute_early_stop=True, unfused_across_tp=True,
-                              op_checkpoint=True),
+                              op_checkpoint=True, compiled_saves=True),
     # Megatron-DeepSpeed as BLOOM and MT-NLG ran (2021-22): Megatron's unfused kernels, DeepSpeed's
     # PipelineEngine (blocking point-to-point, no interleaving), gradient reduction after the backward, and
     # only whole-block activation checkpointing (selective recomputation came with Korthikanti et al. 2022).
@@ -321,5 +327,6 @@ def _profile(software: str, attention: str | None, compiled: bool = False,
     if block_host_s is not None:
         profile = replace(profile, block_host_s=block_host_s)
     if compiled:
-        profile = replace(profile, fused_elementwise=True, elementwise_traffic=FLOPWISE_COMPILED_TRAFFIC)
+        profile = replace(profile, fused_elementwise=True, elementwise_traffic=FLOPWISE_COMPILED_TRAFFIC,
+                          compiled_saves=True)
     return profile
