@@ -131,6 +131,27 @@ def test_planner_keys_and_job_config_keys_are_the_same_words(tmp_path):
     assert layout == Layout(**{**fixed, "micro_batch": 2}) and microbatches == 2
 
 
+@pytest.mark.parametrize(
+    ("sets", "world", "keys"),
+    [
+        (["parallel.tp=3"], None, "parallel.tp, model.heads, model.kv_heads"),
+        (["parallel.dp=3"], None, "train.global_batch, parallel.dp"),
+        (["train.micro_batch=3"], None, "train.global_batch, parallel.dp, train.micro_batch"),
+        (["parallel.pp=2", "parallel.dp=2", "parallel.zero=2"], None, "parallel.zero, parallel.pp"),
+        (['parallel.split="1,2"'], None, "parallel.split, parallel.pp, parallel.vpp"),
+        (["parallel.tp=2", "model.seq_len=255", "model.vocab_size=512"], None, "parallel.sp, model.seq_len, parallel.tp"),
+        (["parallel.tp=2", "train.seq_len=127", "model.vocab_size=512"], None, "parallel.sp, train.seq_len, parallel.tp"),
+        ([], 2, "parallel.pp, parallel.dp, parallel.tp, the process count"),
+    ],
+)
+def test_a_refused_job_layout_names_its_config_keys(sets, world, keys):
+    """The trainer's refusal names the keys to change in the job's own words (the shared check speaks the planner's)."""
+    job = load_config(overrides=["train.global_batch=16", *sets], preset="tiny")
+    with pytest.raises(LayoutError, match=rf"\(set by {re.escape(keys)}") as refused:
+        resolve_layout(job, world)
+    assert refused.value.keys
+
+
 def test_earlier_config_keys_are_renamed_or_explained():
     job = load_config(overrides=["parallel.pp=2", 'parallel.pp_layers="1,3"', "parallel.sequence_parallel=false",
                                  "model.layers=4"])

@@ -22,7 +22,13 @@ class ParallelError(FlopwiseError):
 
 
 class LayoutError(ConfigError):
-    """A parallel layout does not fit the model, the batch or the world size (flopwise.layout.check)."""
+    """A parallel layout does not fit the model, the batch or the world size (flopwise.layout.check). `keys`: the
+    settings in conflict, named as the check names them (a layout field such as 'tp', a model field such as 'heads',
+    'global_batch', 'seq_len', 'world'), which a front end turns into its own keys or flags."""
+
+    def __init__(self, message: str, keys: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.keys = keys
 
 
 class PlanError(FlopwiseError):

@@ -76,15 +76,16 @@ class Layout:
         for key in DEGREES:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise LayoutError(f"{key} = {value!r}: must be a positive integer")
+                raise LayoutError(f"{key} = {value!r}: must be a positive integer", (key,))
         if self.zero not in (0, 1, 2, 3) or isinstance(self.zero, bool):
-            raise LayoutError(f"zero = {self.zero!r}: must be 0, 1, 2 or 3")
+            raise LayoutError(f"zero = {self.zero!r}: must be 0, 1, 2 or 3", ("zero",))
         if not isinstance(self.dp_shard, int) or isinstance(self.dp_shard, bool) or self.dp_shard < 0:
-            raise LayoutError(f"dp_shard = {self.dp_shard!r}: must be 0 (all of dp) or a positive integer")
+            raise LayoutError(f"dp_shard = {self.dp_shard!r}: must be 0 (all of dp) or a positive integer", ("dp_shard",))
         if self.recompute not in RECOMPUTE_MODES:
-            raise LayoutError(f"recompute = {self.recompute!r}: must be one of {', '.join(RECOMPUTE_MODES)}")
+            raise LayoutError(f"recompute = {self.recompute!r}: must be one of {', '.join(RECOMPUTE_MODES)}",
+                              ("recompute",))
         if self.schedule not in SCHEDULES:
-            raise LayoutError(f"schedule = {self.schedule!r}: must be one of {', '.join(SCHEDULES)}")
+            raise LayoutError(f"schedule = {self.schedule!r}: must be one of {', '.join(SCHEDULES)}", ("schedule",))
         # one spelling per layout: no sequence parallelism without TP, interleaving is the schedule of vpp > 1
         if self.tp == 1 and self.sp:
             object.__setattr__(self, "sp", False)
@@ -158,7 +159,8 @@ class Layout:
 def local_batch(global_batch: int, dp: int) -> int:
     """Sequences per data-parallel rank per step."""
     if global_batch % dp:
-        raise LayoutError(f"global batch {global_batch} is not divisible by the data-parallel degree {dp}")
+        raise LayoutError(f"global batch {global_batch} is not divisible by the data-parallel degree {dp}",
+                          ("global_batch", "dp"))
     return global_batch // dp
 
 
@@ -169,7 +171,7 @@ def parse_split(text: str, layers: int, stages: int) -> tuple[int, ...] | None:
     try:
         split = tuple(int(x) for x in text.replace("/", ",").split(","))
     except ValueError:
-        raise LayoutError(f"split = {text!r}: expected 'auto' or comma-separated integers") from None
+        raise LayoutError(f"split = {text!r}: expected 'auto' or comma-separated integers", ("split",)) from None
     check_split(split, layers, stages)
     return split
 
@@ -185,18 +187,19 @@ def max_stages(layers: int) -> int:
 def check_split(split: tuple[int, ...], layers: int, stages: int) -> None:
     text = ",".join(map(str, split))
     if len(split) != stages:
-        raise LayoutError(f"split {text} gives {len(split)} stages, the layout has {stages} (pp x vpp)")
+        raise LayoutError(f"split {text} gives {len(split)} stages, the layout has {stages} (pp x vpp)",
+                          ("split", "pp", "vpp"))
     if any(n < 1 for n in split[1:-1]) or min(split) < 0:
         raise LayoutError(f"split {text}: every stage but the first and the last needs at least one layer (those two "
-                          "may hold only the embedding or only the LM head)")
+                          "may hold only the embedding or only the LM head)", ("split",))
     if sum(split) != layers:
-        raise LayoutError(f"split {text} sums to {sum(split)} layers; the model has {layers}")
+        raise LayoutError(f"split {text} sums to {sum(split)} layers; the model has {layers}", ("split", "layers"))
 
 
 def check_implemented(layout: Layout) -> None:
     """Degrees the vocabulary names but the trainer does not run yet: the planner may not propose them."""
     if layout.cp > 1:
-        raise LayoutError(f"cp = {layout.cp}: context parallelism is not implemented yet (use cp = 1)")
+        raise LayoutError(f"cp = {layout.cp}: context parallelism is not implemented yet (use cp = 1)", ("cp",))
 
 
 def check_experts(layout: Layout, model: ModelConfig) -> None:
@@ -206,13 +209,14 @@ def check_experts(layout: Layout, model: ModelConfig) -> None:
     if ep == 1:
         return
     if not experts:
-        raise LayoutError(f"ep = {ep} needs a mixture-of-experts model (model.experts > 0); this one is dense")
+        raise LayoutError(f"ep = {ep} needs a mixture-of-experts model (model.experts > 0); this one is dense",
+                          ("ep", "experts"))
     if experts % ep:
-        raise LayoutError(f"expert parallel degree {ep} must divide the experts ({experts})")
+        raise LayoutError(f"expert parallel degree {ep} must divide the experts ({experts})", ("ep", "experts"))
     if layout.dp % ep:
         raise LayoutError(
-            f"expert parallel degree {ep} must divide dp = {layout.dp}: ep groups are made of data-parallel ranks"
-        )
+            f"expert parallel degree {ep} must divide dp = {layout.dp}: ep groups are made of data-parallel ranks",
+            ("ep", "dp"))
 
 
 def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | None = None,
@@ -223,74 +227,70 @@ def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | 
     tp, pp, dp, vpp = layout.tp, layout.pp, layout.dp, layout.vpp
     if world is not None and layout.gpus != world:
         raise LayoutError(
-            f"pp x dp x tp = {pp} x {dp} x {tp} = {layout.gpus}, but the world size is {world}"
-        )
+            f"pp x dp x tp = {pp} x {dp} x {tp} = {layout.gpus}, but the world size is {world}",
+            ("pp", "dp", "tp", "world"))
     if model.heads % tp or model.kv_heads % tp:
         raise LayoutError(
             f"tensor parallel degree {tp} must divide heads ({model.heads}) and kv_heads ({model.kv_heads}); "
-            "KV heads are split across TP ranks, not replicated"
-        )
+            "KV heads are split across TP ranks, not replicated", ("tp", "heads", "kv_heads"))
     if model.ffn % tp:
-        raise LayoutError(f"tensor parallel degree {tp} must divide ffn ({model.ffn})")
+        raise LayoutError(f"tensor parallel degree {tp} must divide ffn ({model.ffn})", ("tp", "ffn"))
     if model.vocab_size % tp:
         padded = -(-model.vocab_size // tp) * tp
         raise LayoutError(
             f"tensor parallel degree {tp} must divide the vocabulary ({model.vocab_size}); pad it: "
-            f"model.vocab_size = {padded}"
-        )
+            f"model.vocab_size = {padded}", ("tp", "vocab_size"))
     seq = seq_len or model.seq_len
     if layout.sp and seq % tp:
-        raise LayoutError(f"sequence parallelism needs seq_len ({seq}) divisible by tp ({tp})")
+        raise LayoutError(f"sequence parallelism needs seq_len ({seq}) divisible by tp ({tp})", ("sp", "seq_len", "tp"))
     if layout.stages > max_stages(model.layers):
         raise LayoutError(
             f"{layout.stages} pipeline stages (pp {pp} x vpp {vpp}) exceed {model.layers} layers plus one stage "
-            "for the embedding and one for the LM head"
-        )
+            "for the embedding and one for the LM head", ("pp", "vpp", "layers"))
     if vpp > 1 and pp == 1:
-        raise LayoutError(f"vpp = {vpp} needs pp > 1 (model chunks are interleaved over pipeline ranks)")
+        raise LayoutError(f"vpp = {vpp} needs pp > 1 (model chunks are interleaved over pipeline ranks)", ("vpp", "pp"))
     if vpp > 1 and layout.schedule != "interleaved":
-        raise LayoutError(f"vpp = {vpp} runs the interleaved schedule, not {layout.schedule!r}")
+        raise LayoutError(f"vpp = {vpp} runs the interleaved schedule, not {layout.schedule!r}", ("vpp", "schedule"))
     if layout.schedule == "interleaved" and vpp == 1:
-        raise LayoutError("schedule = 'interleaved' needs vpp > 1 model chunks per rank; use 1f1b for one")
+        raise LayoutError("schedule = 'interleaved' needs vpp > 1 model chunks per rank; use 1f1b for one",
+                          ("schedule", "vpp"))
     if layout.split is not None:
         check_split(layout.split, model.layers, layout.stages)
     shard = layout.shard_degree
     if dp % shard:
-        raise LayoutError(f"dp_shard = {layout.dp_shard} must divide dp = {dp}")
+        raise LayoutError(f"dp_shard = {layout.dp_shard} must divide dp = {dp}", ("dp_shard", "dp"))
     if layout.zero and shard == 1:
         raise LayoutError(
             f"zero = {layout.zero} shards over data-parallel ranks, but its shard group has one rank "
-            f"(dp = {dp}, dp_shard = {layout.dp_shard}): use dp > 1 or zero = 0"
-        )
+            f"(dp = {dp}, dp_shard = {layout.dp_shard}): use dp > 1 or zero = 0", ("zero", "dp", "dp_shard"))
     if not layout.zero and shard > 1:
-        raise LayoutError(f"dp_shard = {layout.dp_shard} shards nothing with zero = 0: set zero or dp_shard = 0")
+        raise LayoutError(f"dp_shard = {layout.dp_shard} shards nothing with zero = 0: set zero or dp_shard = 0",
+                          ("dp_shard", "zero"))
     if layout.zero >= 2 and pp > 1:
         raise LayoutError(
-            f"zero = {layout.zero} shards gradients per micro-batch; with pipeline parallelism use zero <= 1"
-        )
+            f"zero = {layout.zero} shards gradients per micro-batch; with pipeline parallelism use zero <= 1",
+            ("zero", "pp"))
     check_experts(layout, model)
     if layout.recompute == "op" and model.experts:
         raise LayoutError("recompute = 'op' (per-op checkpointing) is for dense blocks: use selective or full with "
-                          "experts")
+                          "experts", ("recompute", "experts"))
     if layout.recompute_every > 1 and layout.recompute != "full":
         raise LayoutError(
             f"recompute_every = {layout.recompute_every} applies to recompute = 'full' (whole blocks), "
-            f"not {layout.recompute!r}"
-        )
+            f"not {layout.recompute!r}", ("recompute_every", "recompute"))
     local = local_batch(global_batch, dp)
     if local % layout.micro_batch:
         raise LayoutError(
             f"{local} sequences per data-parallel rank (global batch {global_batch} / dp {dp}) are not "
-            f"divisible by micro_batch {layout.micro_batch}"
-        )
+            f"divisible by micro_batch {layout.micro_batch}", ("global_batch", "dp", "micro_batch"))
     m = local // layout.micro_batch
     if pp > 1 and m < pp:
         raise LayoutError(
             f"pipeline of {pp} stages needs at least {pp} micro-batches per step; have {local} sequences "
-            f"per rank / micro_batch {layout.micro_batch} = {m}"
-        )
+            f"per rank / micro_batch {layout.micro_batch} = {m}", ("pp", "global_batch", "dp", "micro_batch"))
     if vpp > 1 and m % pp:
-        raise LayoutError(f"interleaved 1F1B needs micro-batches ({m}) divisible by pp ({pp})")
+        raise LayoutError(f"interleaved 1F1B needs micro-batches ({m}) divisible by pp ({pp})",
+                          ("global_batch", "dp", "micro_batch", "pp"))
     return m
 
 

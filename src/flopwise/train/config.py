@@ -312,15 +312,32 @@ def micro_batch_for(job: JobConfig, local: int) -> int:
     return local // n
 
 
+# the layout check's names (flopwise.layout.check, LayoutError.keys) as a job's config keys; model fields are model.*
+_JOB_KEYS = {"global_batch": "train.global_batch", "micro_batch": "train.micro_batch",
+             "world": "the process count (--nproc)"}
+
+
+def job_keys(job: JobConfig, keys: tuple[str, ...]) -> list[str]:
+    """The config keys (or launcher flag) behind a layout check's `keys`."""
+    layout_fields = {f.name for f in dataclasses.fields(Layout)}
+    named = {**_JOB_KEYS, "seq_len": "train.seq_len" if job.train.seq_len else "model.seq_len"}
+    return [named.get(k) or (f"parallel.{k}" if k in layout_fields else f"model.{k}") for k in keys]
+
+
 def resolve_layout(job: JobConfig, world: int | None = None) -> tuple[Layout, int]:
     """The job's layout with its exact micro-batch and split, checked against its model, batch and `world`
     (flopwise.layout.check, the planner's check): in the launcher before any process starts, and in every
-    rank. Returns the layout and the micro-batches per rank and step."""
+    rank. Returns the layout and the micro-batches per rank and step. A refusal names the config keys it involves."""
     p, cfg = job.parallel, job.model_config()
-    micro = micro_batch_for(job, local_batch(job.train.global_batch, p.dp))
-    split = parse_split(p.split, cfg.layers, p.pp * p.vpp)
-    layout = p.layout(micro, split)
-    return layout, check_layout(layout, cfg, job.train.global_batch, job.seq_len, world)
+    try:
+        micro = micro_batch_for(job, local_batch(job.train.global_batch, p.dp))
+        split = parse_split(p.split, cfg.layers, p.pp * p.vpp)
+        layout = p.layout(micro, split)
+        return layout, check_layout(layout, cfg, job.train.global_batch, job.seq_len, world)
+    except LayoutError as exc:
+        if not exc.keys:
+            raise
+        raise LayoutError(f"{exc} (set by {', '.join(job_keys(job, exc.keys))})", exc.keys) from None
 
 
 TRAINER_PRECISIONS = ("bf16", "fp32", "tf32")  # the planner's precisions the trainer runs (train.dtype)
