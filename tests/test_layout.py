@@ -10,7 +10,7 @@ from flopwise.errors import ConfigError, LayoutError
 from flopwise.layout import Layout, check, parse_layout, parse_split
 from flopwise.models import get_preset
 from flopwise.parallel.dims import ParallelDims
-from flopwise.train.config import load_config, micro_batch_for, resolve_layout
+from flopwise.train.config import job_keys, load_config, micro_batch_for, resolve_layout
 
 NANO4 = get_preset("nano").replace(layers=4)  # heads 4, kv_heads 2, ffn 128, vocab 512, seq 64
 
@@ -141,15 +141,32 @@ def test_planner_keys_and_job_config_keys_are_the_same_words(tmp_path):
         (['parallel.split="1,2"'], None, "parallel.split, parallel.pp, parallel.vpp"),
         (["parallel.tp=2", "model.seq_len=255", "model.vocab_size=512"], None, "parallel.sp, model.seq_len, parallel.tp"),
         (["parallel.tp=2", "train.seq_len=127", "model.vocab_size=512"], None, "parallel.sp, train.seq_len, parallel.tp"),
-        ([], 2, "parallel.pp, parallel.dp, parallel.tp, the process count"),
+        ([], 2, "parallel.pp, parallel.dp, parallel.tp, the process count: --nproc, or torchrun's"),
+        (["parallel.pp=3", "parallel.vpp=2", "parallel.microbatches=4", "model.layers=6", "train.global_batch=12"], None,
+         "train.global_batch, parallel.dp, parallel.microbatches, parallel.pp"),
+        (["parallel.dp=4", "parallel.zero=1", "parallel.dp_shard=3"], None, "parallel.dp_shard, parallel.dp"),
+        (["parallel.dp=4", "parallel.dp_shard=2"], None, "parallel.dp_shard, parallel.zero"),
+        (["parallel.zero=1"], None, "parallel.zero, parallel.dp, parallel.dp_shard"),
+        (["parallel.ep=2", "parallel.dp=2"], None, "parallel.ep, model.experts"),
+        (["parallel.pp=2", "parallel.schedule=\"interleaved\""], None, "parallel.schedule, parallel.vpp"),
+        (["parallel.recompute_every=2"], None, "parallel.recompute_every, parallel.recompute"),
+        (["parallel.pp=20"], None, "parallel.pp, parallel.vpp, model.layers"),
+        (["parallel.tp=2", "model.ffn=701", "model.vocab_size=512"], None, "parallel.tp, model.ffn"),
+        (["parallel.tp=2", "model.vocab_size=511"], None, "parallel.tp, model.vocab_size"),
+        (["parallel.pp=2", "train.global_batch=2", "parallel.dp=2"], None,
+         "parallel.pp, train.global_batch, parallel.dp, train.micro_batch"),
     ],
 )
 def test_a_refused_job_layout_names_its_config_keys(sets, world, keys):
-    """The trainer's refusal names the keys to change in the job's own words (the shared check speaks the planner's)."""
+    """The trainer's refusal names the keys to change in the job's own words (the shared check speaks the planner's),
+    and every key it names is one the job has."""
     job = load_config(overrides=["train.global_batch=16", *sets], preset="tiny")
-    with pytest.raises(LayoutError, match=rf"\(set by {re.escape(keys)}") as refused:
+    with pytest.raises(LayoutError, match=rf"\(set by {re.escape(keys)}\)") as refused:
         resolve_layout(job, world)
-    assert refused.value.keys
+    sections = {"parallel": job.parallel, "train": job.train, "model": job.model_config()}
+    for key in job_keys(job, refused.value.keys):
+        section, _, name = key.partition(".")
+        assert key.startswith("the process count") or hasattr(sections[section], name), key
 
 
 def test_earlier_config_keys_are_renamed_or_explained():

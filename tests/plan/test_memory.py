@@ -120,11 +120,13 @@ def test_a_compiled_stack_keeps_what_fused_kernels_keep_and_costs_the_same_time(
     saved = layer_activation_bytes(llama, compiled, layout, written=True) - layer_activation_bytes(llama, compiled, layout)
     assert saved == pytest.approx(4096 * 2 * (per_token * 2 + 2 * 4))  # bf16, plus the two norms' fp32 rstd
     keeps_all = replace(spec.SOFTWARE["torch-compile"], compiled_saves=False)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(spec.SOFTWARE, "torch-compile", keeps_all)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setitem(spec.SOFTWARE, "torch-compile", keeps_all)
+            spec._profile.cache_clear()
+            eager_saves = CostModel(llama, cluster, compiled).evaluate(layout)
+    finally:  # no patched profile left in the cache for later tests
         spec._profile.cache_clear()
-        eager_saves = CostModel(llama, cluster, compiled).evaluate(layout)
-    spec._profile.cache_clear()
     plan = CostModel(llama, cluster, compiled).evaluate(layout)
     assert plan.step_time == pytest.approx(eager_saves.step_time, rel=1e-12)
     assert eager_saves.peak_memory - plan.peak_memory == pytest.approx(llama.layers * saved, rel=0.01)

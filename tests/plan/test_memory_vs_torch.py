@@ -35,7 +35,7 @@ def measure(cfg: ModelConfig, batch: int, recompute: str, compiled: bool = False
     """(model-state bytes, saved-activation bytes) of one training step on CPU in fp32."""
     torch.manual_seed(0)
     model = Transformer(cfg)
-    if compiled:  # each block, as the trainer compiles them (parallelize.py)
+    if compiled:  # each block, as the trainer compiles them (parallelize.py; no recomputation wrapper here)
         torch._dynamo.reset()
         for block in model.layers.values():
             block.compile(backend="aot_eager_decomp_partition", dynamic=False)

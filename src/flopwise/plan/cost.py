@@ -13,9 +13,10 @@ file that sets it) each op flopwise's model dispatches adds the accelerator's ho
 (Accelerator.op_overhead_s; the ops counted by opcount.model_ops) to every micro-batch, whatever its size: small
 micro-batches are slower than their FLOPs say (a compiled block's fused kernels are not counted).
 Non-matmul kernels (norms, activation functions, softmax, dropout, residual adds, RoPE) are memory-bound:
-their traffic is estimated from the activations they produce (plan/memory.py): each kept tensor is written
-once and read once in the forward (ELEMENTWISE_FWD_PASSES) and read, with its gradient written and read, in
-the backward (ELEMENTWISE_BWD_PASSES).
+their traffic is estimated from the activations they produce (plan/memory.py, the tensors the kernels write, as
+an eager stack keeps them, even where a compiled one keeps fewer): each such tensor is written once and read once in
+the forward (ELEMENTWISE_FWD_PASSES) and read, with its gradient written and read, in the backward
+(ELEMENTWISE_BWD_PASSES).
 Recomputation repeats the forward of every layer (full) or of the attention core (selective; Korthikanti et
 al. 2022, section 5), including the TP collectives of the repeated forward under full recomputation. PyTorch's
 non-reentrant checkpoint (torch.utils.checkpoint(use_reentrant=False), used by torchtitan, FSDP stacks and

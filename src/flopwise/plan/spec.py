@@ -121,9 +121,11 @@ class Software:
     # the wrappers its layout puts on it (DTensor TP, recomputation, FSDP); on a GPU
     eager_block_host: bool = False
     # blocks through torch.compile, whose partitioner (AOTAutograd's min-cut rematerialization) picks what the backward
-    # keeps: each norm its input and fp32 rstd, a SwiGLU its gate, up and product (SiLU recomputed), as fused kernels
-    # do (fused_norm); measured on CPU against Inductor's saved tensors (tests/plan/test_memory_vs_torch.py). Memory
-    # only: the elementwise kernels' traffic (plan/cost.py) still runs over the tensors they write.
+    # keeps: each norm its input and output (the normalised x recomputed), a SwiGLU its gate, up and product (SiLU
+    # recomputed), as fused kernels do (fused_norm, whose count also leaves out the norm's fp32 rstd, 4 bytes a token);
+    # measured for dense blocks on CPU against Inductor's saved tensors (tests/plan/test_memory_vs_torch.py; a compiled
+    # MoE block keeps 6% less than planned, not tested). Memory only: the elementwise kernels' traffic (plan/cost.py)
+    # still runs over the tensors they write.
     compiled_saves: bool = False
 
 

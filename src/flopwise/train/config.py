@@ -314,14 +314,17 @@ def micro_batch_for(job: JobConfig, local: int) -> int:
 
 # the layout check's names (flopwise.layout.check, LayoutError.keys) as a job's config keys; model fields are model.*
 _JOB_KEYS = {"global_batch": "train.global_batch", "micro_batch": "train.micro_batch",
-             "world": "the process count (--nproc)"}
+             "world": "the process count: --nproc, or torchrun's"}
 
 
 def job_keys(job: JobConfig, keys: tuple[str, ...]) -> list[str]:
-    """The config keys (or launcher flag) behind a layout check's `keys`."""
-    layout_fields = {f.name for f in dataclasses.fields(Layout)}
+    """The config keys (or launcher flag) behind a layout check's `keys`; a name no section holds is given as is."""
+    parallel = {f.name for f in dataclasses.fields(ParallelSection)}
+    model = {f.name for f in dataclasses.fields(ModelConfig)}
     named = {**_JOB_KEYS, "seq_len": "train.seq_len" if job.train.seq_len else "model.seq_len"}
-    return [named.get(k) or (f"parallel.{k}" if k in layout_fields else f"model.{k}") for k in keys]
+    if job.parallel.microbatches:  # the count the job set, from which the micro-batch follows (micro_batch_for)
+        named["micro_batch"] = "parallel.microbatches"
+    return [named.get(k) or (f"parallel.{k}" if k in parallel else f"model.{k}" if k in model else k) for k in keys]
 
 
 def resolve_layout(job: JobConfig, world: int | None = None) -> tuple[Layout, int]:
