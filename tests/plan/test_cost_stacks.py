@@ -125,6 +125,29 @@ def test_nvfp4_runs_the_block_gemms_at_the_fp4_rate_with_half_byte_casts_and_nee
     assert cost(acc=b300, precision="nvfp4").low_rate > nv.low_rate
 
 
+def test_fp8_rowwise_is_fp8_at_the_same_rate_plus_a_transposed_copy_per_cast_and_its_weights_cast_each_microbatch():
+    layout = Layout(dp=8, zero=3, micro_batch=1)
+    fp8, rw = (cost(precision=p, software="torch-compile") for p in ("fp8", "fp8-rowwise"))
+    f, r = fp8.layer_compute(4, False, 1), rw.layer_compute(4, False, 1)
+    assert r["gemm"] == f["gemm"] and r["attention"] == f["attention"]  # tensorwise FP8's rate, bf16 attention
+    # every cast, forward and backward, writes a bf16 transposed copy for the column-wise scales and reads it back:
+    # 2 x 2 bytes per cast element beyond per-tensor FP8's
+    tokens, h, q, ffn = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn
+    kv = LLAMA.kv_heads * LLAMA.head_dim
+    forward_elements = tokens * (2 * h + q / 4 + ffn / 4)  # QKV's and gate/up's input h, wo's and w_down's shard
+    backward_elements = tokens * ((q + 2 * kv) / 4 + h + 2 * ffn / 4 + h)  # each GEMM's output gradient on this rank
+    weights = (h * (q + 2 * kv) + q * h + 3 * h * ffn) / 4  # this rank's block weights, cast on every micro-batch
+    fwd_bytes = 4 * forward_elements + 3 * weights
+    bwd_bytes = 4 * backward_elements + 7 * weights
+    assert (r["elementwise"][0] - f["elementwise"][0]) * rw.hbm_rate == pytest.approx(fwd_bytes, rel=1e-9)
+    assert (r["elementwise"][1] - f["elementwise"][1]) * rw.hbm_rate == pytest.approx(bwd_bytes, rel=1e-9)
+    # slower than tensorwise, still faster than bf16 on the 8B's shapes, and refused without FP8 tensor cores
+    bf16 = cost(software="torch-compile").evaluate(layout).step_time
+    assert fp8.evaluate(layout).step_time < rw.evaluate(layout).step_time < bf16
+    with pytest.raises(PlanError, match="FP8"):
+        cost(acc=A100, precision="fp8-rowwise")
+
+
 def test_context_parallelism_splits_the_work_and_the_activations():
     one = cost().evaluate(Layout(dp=8, zero=1, micro_batch=1))
     two = cost().evaluate(Layout(dp=4, cp=2, zero=1, micro_batch=1))

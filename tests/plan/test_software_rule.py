@@ -262,6 +262,8 @@ def test_planner_accuracy_published_format_hides_the_provenance_columns(tmp_path
      ("precision", "bf16_with_mxfp8_mixed", "mxfp8"), ("precision", "fp8_mx", "mxfp8"),
      ("precision", "FP8 (MXFP8 recipe)", "mxfp8"), ("precision", "NVFP4", "nvfp4"),
      ("precision", "bf16_with_nvfp4_mixed", "nvfp4"), ("precision", "FP4", "nvfp4"),
+     ("precision", "float8 rowwise", "fp8-rowwise"), ("precision", "FP8 (row-wise scaling)", "fp8-rowwise"),
+     ("precision", "fp8-rowwise", "fp8-rowwise"), ("precision", "float8 tensorwise", "fp8"),
      ("recompute", "True", "full"), ("recompute", "false", "none"), ("recompute", "Full", "full"),
      ("mlp", "SwiGLU", "swiglu")],
 )
@@ -273,9 +275,10 @@ def test_cells_are_read_as_sources_write_them(cell, text, read):
         assert any(repr(text) in n for n in notes), notes
 
 
-@pytest.mark.parametrize("text", ["MXFP4", "bf16_with_mxfp4_mixed"])
-def test_mxfp4_which_no_training_recipe_uses_is_refused_not_read_as_another_precision(text):
-    with pytest.raises(ConfigError, match="precision = .*mxfp4.*must be one of"):
+@pytest.mark.parametrize("text", ["MXFP4", "bf16_with_mxfp4_mixed", "float8 rowwise_with_gw_hp"])
+def test_a_recipe_no_precision_costs_is_refused_not_read_as_another_precision(text):
+    # MXFP4 has no training recipe; torchao's rowwise_with_gw_hp runs its weight-gradient GEMMs in bf16
+    with pytest.raises(ConfigError, match="precision = .*(mxfp4|gw_hp).*must be one of"):
         row_inputs(row("torchtitan", precision=text))
 
 

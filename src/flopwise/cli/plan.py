@@ -159,7 +159,8 @@ def plan(
     tokens: float = typer.Option(0.0, help="tokens to train (for days and GPU-hours)", callback=NON_NEGATIVE),
     precision: str = typer.Option(
         None, help="bf16 | fp16 | fp32 (TF32 off, PyTorch's default: the CUDA cores' FP32 rate) | tf32 (fp32 with "
-                   "TF32 matmuls, Ampere and newer) | fp8 (FP8 linear layers, Hopper and newer) | mxfp8 (block-scaled "
+                   "TF32 matmuls, Ampere and newer) | fp8 (FP8 linear layers, per-tensor scales, Hopper and newer) | "
+                   "fp8-rowwise (row-wise scales, torchao's rowwise recipe: more cast traffic) | mxfp8 (block-scaled "
                    "FP8, Blackwell: B200, GB200) | nvfp4 (NVIDIA's 4-bit block-scaled format, Blackwell); flopwise's "
                    "trainer runs bf16, fp32 and tf32 (default: bf16 on a GPU, fp16 on V100, P100 and T4, which lack "
                    "bf16, fp32 on a measured CPU, as the trainer runs)"

@@ -161,6 +161,10 @@ FP8_FUSED_CAST_BYTES = 2.0
 FP8_UNFUSED_INPUT = frozenset({"wo"})
 FP8_INPUT_SHARED = frozenset({"wk", "wv"})  # cast once, with wq's input
 FP8_ONE_INPUT = frozenset({"w_up"})  # gate and up (count 2) read one input
+# a row-wise recipe's (GemmFormat.axiswise) weights, gathered in bf16, cast on every micro-batch: forward, read 2 and
+# write the row-wise copy 1; backward, write a transposed bf16 copy (read 2, write 2), then cast it (read 2, write 1)
+AXISWISE_WEIGHT_FWD_BYTES = 3.0
+AXISWISE_WEIGHT_BWD_BYTES = 7.0
 # FA3 / cuDNN fused attention on Hopper, fraction of the dense bf16 peak averaged over forward (~75%) and
 # backward (~55%) (Shah et al. 2024); FA2 there (~35% forward) is Constants.fa2_hopper_efficiency
 FA3_HOPPER_EFFICIENCY = 0.6
@@ -324,7 +328,9 @@ class CostModel:
             # per-tensor FP8's two 1-byte copies (MXFP8 2/32 more, NVFP4 2 x (1/2 + 1/16) - 2 = 0.875 fewer), and a
             # scale from the tensor's own amax reads the input once more first (NVFP4: + 2 bytes in bf16)
             amax = training.dtype_bytes if low.global_amax else 0.0
-            self.cast_delta = 2 * low.stored_bytes - 2 + amax
+            # a row-wise recipe writes a transposed high-precision copy for the column-wise scales and reads it back
+            transposed = 2 * training.dtype_bytes if low.axiswise else 0.0
+            self.cast_delta = 2 * low.stored_bytes - 2 + amax + transposed
             # no FP4 GEMM rate from training runs: FP4 GEMMs are taken to reach FP8's fraction of their peak
             self.low_rate = getattr(self.acc, low.peak_field) * self.acc.gemm_efficiency * FP8_MAMF_RATIO
         if (training.profile.block_host_s or 0.0) > 0 and self.acc.measured:
@@ -520,6 +526,9 @@ class CostModel:
                     ew_fwd += (1 if g.name in FP8_ONE_INPUT else g.count) * per * tokens * k / self.hbm_rate
                 per = (FP8_CAST_BYTES + self.cast_delta) / (shard if g.tp == "row" else 1)
                 ew_bwd += g.count * per * tokens * n / self.hbm_rate
+                if self.low.axiswise:  # this rank's weights, cast on every micro-batch
+                    ew_fwd += g.count * AXISWISE_WEIGHT_FWD_BYTES * k * n / self.hbm_rate
+                    ew_bwd += g.count * AXISWISE_WEIGHT_BWD_BYTES * k * n / self.hbm_rate
         attn_bwd = FLASH_BACKWARD_FLOPS if self.training.profile.attention == "flash" else 2.0
         eff = self.constants.backward_efficiency
         parts = {"gemm": (gemm, 2.0 * gemm / eff), "attention": (attn, attn_bwd * attn / self.attention_backward_efficiency),

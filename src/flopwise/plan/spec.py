@@ -10,17 +10,20 @@ from functools import cache
 from flopwise.errors import ConfigError
 from flopwise.hardware import Accelerator
 
-# fp8: the transformer blocks' linear-layer GEMMs in FP8 (Transformer Engine, torchao Float8); attention, the LM
-# head, elementwise work, master weights and optimizer state as in bf16 training. mxfp8: the same GEMMs in FP8 with
-# one power-of-two scale per 32 elements (the OCP microscaling format; Transformer Engine's MXFP8 recipe, torchao's
-# MX formats), which only Blackwell's tensor cores consume (hardware.Accelerator.block_scaled_fp8). nvfp4: the same
-# GEMMs (forward, data and weight gradients) in NVIDIA's 4-bit format, E2M1 values with one E4M3 scale per 16
-# elements and a per-tensor FP32 scale (NVIDIA 2025, "Pretraining Large Language Models with NVFP4", arXiv
-# 2509.25149; Transformer Engine's NVFP4BlockScaling), at the FP4 tensor-core rate (hardware.Accelerator.fp4_peak_flops).
-# fp32: IEEE fp32 GEMMs, PyTorch's default (torch.backends.cuda.matmul.allow_tf32 is False since 1.12), at the FP32
-# (non-tensor) rate; tf32: fp32 weights and activations with TF32 tensor-core GEMMs (a script that sets allow_tf32 or
-# torch.set_float32_matmul_precision("high")), at the TF32 rate (hardware.Accelerator.fp32_peak_flops, tf32_peak_flops).
-PRECISIONS = ("bf16", "fp16", "fp32", "tf32", "fp8", "mxfp8", "nvfp4")
+# fp8: the transformer blocks' linear-layer GEMMs in FP8 (Transformer Engine, torchao Float8); attention, the LM head,
+# elementwise work, master weights and optimizer state as in bf16 training. fp8-rowwise: the same GEMMs with one scale
+# per row of each operand (torchao's `rowwise` recipe, torchtitan's --float8.recipe_name rowwise). mxfp8: the same
+# GEMMs in FP8 with one power-of-two scale per 32 elements (the OCP microscaling format; Transformer Engine's MXFP8
+# recipe, torchao's MX formats), which only Blackwell's tensor cores consume (hardware.Accelerator.block_scaled_fp8).
+# nvfp4: the same GEMMs (forward, data and weight gradients) in NVIDIA's 4-bit format, E2M1 values with one E4M3 scale
+# per 16 elements and a per-tensor FP32 scale (NVIDIA 2025, "Pretraining Large Language Models with NVFP4", arXiv
+# 2509.25149; Transformer Engine's NVFP4BlockScaling), at the FP4 tensor-core rate
+# (hardware.Accelerator.fp4_peak_flops). fp32: IEEE fp32 GEMMs, PyTorch's default
+# (torch.backends.cuda.matmul.allow_tf32 is False since 1.12), at the FP32 (non-tensor) rate; tf32: fp32 weights and
+# activations with TF32 tensor-core GEMMs (a script that sets allow_tf32 or
+# torch.set_float32_matmul_precision("high")), at the TF32 rate (hardware.Accelerator.fp32_peak_flops,
+# tf32_peak_flops).
+PRECISIONS = ("bf16", "fp16", "fp32", "tf32", "fp8", "fp8-rowwise", "mxfp8", "nvfp4")
 FULL_PRECISIONS = frozenset({"fp32", "tf32"})  # 4-byte weights, gradients and activations
 
 
@@ -37,6 +40,10 @@ class GemmFormat:
     # a per-tensor scale computed from the tensor itself: its amax is reduced before the cast, so the cast reads its
     # input once more (a fused producer saves the write of the high-precision copy, not that read)
     global_amax: bool = False
+    # scales along one axis (row-wise): the backward's copy is scaled along the other axis, so each cast also writes a
+    # transposed high-precision copy and reads it back, and the weights, gathered in high precision, are cast on every
+    # micro-batch (torchao's kernel sequence for its rowwise recipe, torchao/testing/training/roofline_utils.py)
+    axiswise: bool = False
 
     @property
     def stored_bytes(self) -> float:
@@ -48,6 +55,9 @@ GEMM_FORMATS = {
     # per-tensor scales, costed as delayed scaling (from the amax history: no pass before the cast); current scaling's
     # amax pass is not costed for FP8, whose calibrated runs mix both
     "fp8": GemmFormat(1.0, 0.0, "fp8_peak_flops"),
+    # one fp32 scale per row of K elements (4 / K bytes per element: left out); its GEMMs are taken at tensorwise
+    # FP8's rate, as torchao's roofline takes them
+    "fp8-rowwise": GemmFormat(1.0, 0.0, "fp8_peak_flops", axiswise=True),
     # one E8M0 byte per 32 elements (OCP Microscaling spec v1.0)
     "mxfp8": GemmFormat(1.0, 1 / 32, "fp8_peak_flops", block_scaled=True),
     # 4-bit values, one E4M3 byte per 16 elements (FP4 tensor cores take their scales by design), and an FP32

@@ -99,9 +99,16 @@ def _accelerator(text: str, notes: list[str]) -> Accelerator:
 def _precision_word(text: str, notes: list[str]) -> str:
     """The training precision from a cell as sources write it ('BF16', 'amp_bf16', 'bf16-mixed', 'FP8 (delayed)');
     blank: bf16. A cell naming none of PRECISIONS is passed on for Training to refuse."""
-    word = text.strip().lower()
+    word = text.strip().lower().replace("float8", "fp8")  # torchao's and torchtitan's spelling
     if not word or word in PRECISIONS:
         return word or "bf16"
+    if "fp8" in word and re.search(r"row[\s_-]?wise", word):
+        # torchao's rowwise recipe ('float8 rowwise', 'fp8_rowwise'); 'rowwise_with_gw_hp' runs its weight-gradient
+        # GEMMs in bf16, which no precision here costs: passed on for Training to refuse
+        if "gw_hp" in word:
+            return word
+        notes.append(f"precision {text!r} read as fp8-rowwise")
+        return "fp8-rowwise"
     if "fp8" in word and "mx" in word:  # MXFP8 as recipes spell it: 'fp8_mx' (Megatron-Bridge), 'bf16_with_mxfp8_mixed'
         notes.append(f"precision {text!r} read as mxfp8")
         return "mxfp8"
