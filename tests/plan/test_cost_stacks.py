@@ -148,6 +148,24 @@ def test_fp8_rowwise_is_fp8_at_the_same_rate_plus_a_transposed_copy_per_cast_and
         cost(acc=A100, precision="fp8-rowwise")
 
 
+def test_torchao_stacks_keep_fp8_gemm_inputs_in_bf16_and_transformer_engine_keeps_the_casts(monkeypatch):
+    # torchao's Float8Linear saves its high-precision input and weight for the backward (matmul_with_hp_or_float8_args)
+    layout = Layout(dp=8, zero=3, micro_batch=1)
+    tokens, h, q, ffn = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn
+    one_byte_fewer = LLAMA.layers * tokens * (2 * h + q + ffn)  # QKV's and the MLP's input h, wo's q, w_down's ffn
+    for software in ("torch-compile", "torch-eager"):
+        bf16, fp8 = (cost(software=software, precision=p).evaluate(layout) for p in ("bf16", "fp8"))
+        assert fp8.memory[0]["activations"] == pytest.approx(bf16.memory[0]["activations"], rel=1e-12)
+        # memory only: with the casts kept the plan holds 1 byte fewer per GEMM input, at the same step time
+        monkeypatch.setitem(SOFTWARE, f"{software}-casts-kept",
+                            dataclasses.replace(SOFTWARE[software], keeps_low_casts=True))
+        kept = cost(software=f"{software}-casts-kept", precision="fp8").evaluate(layout)
+        assert kept.step_time == pytest.approx(fp8.step_time, rel=1e-12)
+        assert fp8.memory[0]["activations"] - kept.memory[0]["activations"] == pytest.approx(one_byte_fewer, rel=1e-9)
+    te_bf16, te_fp8 = (cost(precision=p).evaluate(layout) for p in ("bf16", "fp8"))
+    assert te_bf16.memory[0]["activations"] - te_fp8.memory[0]["activations"] == pytest.approx(one_byte_fewer, rel=1e-9)
+
+
 def test_context_parallelism_splits_the_work_and_the_activations():
     one = cost().evaluate(Layout(dp=8, zero=1, micro_batch=1))
     two = cost().evaluate(Layout(dp=4, cp=2, zero=1, micro_batch=1))

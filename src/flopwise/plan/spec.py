@@ -137,6 +137,11 @@ class Software:
     # MoE block keeps 6% less than planned, not tested). Memory only: the elementwise kernels' traffic (plan/cost.py)
     # still runs over the tensors they write.
     compiled_saves: bool = False
+    # under a low-precision GEMM format, whether the backward keeps each GEMM input as its low-precision cast
+    # (Transformer Engine's linear layers) or in the training dtype, cast again in the backward (torchao's Float8Linear
+    # since pytorch/ao#920, 2024-10: matmul_with_hp_or_float8_args saves input_hp and weight_hp_t; torchao's float8
+    # tables print the same peak memory in bf16 and FP8, 47.65 / 47.77 / 47.79 GB). Memory only.
+    keeps_low_casts: bool = True
 
 
 # flopwise's blocks on an H200 (benchmarks/planner_kernels.py --sections step, torch.profiler's kernels by kind;
@@ -215,10 +220,10 @@ SOFTWARE = {
     # elementwise op its own kernel, FSDP overlapping its collectives; the host's time per block by its wrappers
     # (EAGER_BLOCK_HOST_S).
     "torch-eager": Software("flash", False, False, 2, fused_elementwise=False, recompute_early_stop=True, op_checkpoint=True,
-                            eager_block_host=True),
+                            eager_block_host=True, keeps_low_casts=False),
     # the same under torch.compile: elementwise chains fused by Inductor.
     "torch-compile": Software("flash", False, False, 2, recompute_early_stop=True, unfused_across_tp=True,
-                              op_checkpoint=True, compiled_saves=True),
+                              op_checkpoint=True, compiled_saves=True, keeps_low_casts=False),
     # Megatron-DeepSpeed as BLOOM and MT-NLG ran (2021-22): Megatron's unfused kernels, DeepSpeed's
     # PipelineEngine (blocking point-to-point, no interleaving), gradient reduction after the backward, and
     # only whole-block activation checkpointing (selective recomputation came with Korthikanti et al. 2022).
