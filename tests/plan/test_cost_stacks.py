@@ -146,6 +146,21 @@ def test_fp8_rowwise_is_fp8_at_the_same_rate_plus_a_transposed_copy_per_cast_and
     assert fp8.evaluate(layout).step_time < rw.evaluate(layout).step_time < bf16
     with pytest.raises(PlanError, match="FP8"):
         cost(acc=A100, precision="fp8-rowwise")
+    # under sequence parallelism torchtitan runs the recipe with plain TP: every rank casts the whole gathered
+    # sequence, and the forward's all-gathers move bf16 (tensorwise FP8 casts its 1/tp shard and gathers FP8)
+    r_sp, f_sp = rw.layer_compute(4, True, 1), fp8.layer_compute(4, True, 1)
+    casts_sp = (r_sp["elementwise"][0] - f_sp["elementwise"][0]) * rw.hbm_rate
+    shard_saving = FP8_FUSED_CAST_BYTES * 2 * tokens * h * (1 - 1 / 4)  # what tensorwise saves on QKV's and MLP's input
+    assert casts_sp == pytest.approx(fwd_bytes + shard_saving, rel=1e-9)
+    bf16_tp = cost(software="torch-compile").layer_cost(4, True, 1, "none").tp
+    assert rw.layer_cost(4, True, 1, "none").tp == pytest.approx(bf16_tp, rel=1e-12)
+    assert fp8.layer_cost(4, True, 1, "none").tp < bf16_tp
+    # Transformer Engine has no rowwise recipe; torchao's Float8Linear is costed for dense models only
+    with pytest.raises(PlanError, match="Transformer Engine does not run"):
+        cost(precision="fp8-rowwise", software="te")
+    moe = dataclasses.replace(LLAMA, experts=8, top_k=2)
+    with pytest.raises(PlanError, match="dense models"):
+        CostModel(moe, Cluster(H100, 8), Training(32, precision="fp8-rowwise", software="torch-compile"))
 
 
 def test_torchao_stacks_keep_fp8_gemm_inputs_in_bf16_and_transformer_engine_keeps_the_casts(monkeypatch):
@@ -154,11 +169,13 @@ def test_torchao_stacks_keep_fp8_gemm_inputs_in_bf16_and_transformer_engine_keep
     tokens, h, q, ffn = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn
     one_byte_fewer = LLAMA.layers * tokens * (2 * h + q + ffn)  # QKV's and the MLP's input h, wo's q, w_down's ffn
     for software in ("torch-compile", "torch-eager"):
-        bf16, fp8 = (cost(software=software, precision=p).evaluate(layout) for p in ("bf16", "fp8"))
+        bf16, fp8, rw = (cost(software=software, precision=p).evaluate(layout) for p in ("bf16", "fp8", "fp8-rowwise"))
         assert fp8.memory[0]["activations"] == pytest.approx(bf16.memory[0]["activations"], rel=1e-12)
-        # memory only: with the casts kept the plan holds 1 byte fewer per GEMM input, at the same step time
+        assert rw.memory[0]["activations"] == pytest.approx(bf16.memory[0]["activations"], rel=1e-12)
+        # memory only: with Transformer Engine's saved casts the plan holds 1 byte fewer per GEMM input, at the same
+        # step time
         monkeypatch.setitem(SOFTWARE, f"{software}-casts-kept",
-                            dataclasses.replace(SOFTWARE[software], keeps_low_casts=True))
+                            dataclasses.replace(SOFTWARE[software], fp8_library="transformer-engine"))
         kept = cost(software=f"{software}-casts-kept", precision="fp8").evaluate(layout)
         assert kept.step_time == pytest.approx(fp8.step_time, rel=1e-12)
         assert fp8.memory[0]["activations"] - kept.memory[0]["activations"] == pytest.approx(one_byte_fewer, rel=1e-9)

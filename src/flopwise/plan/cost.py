@@ -162,7 +162,9 @@ FP8_UNFUSED_INPUT = frozenset({"wo"})
 FP8_INPUT_SHARED = frozenset({"wk", "wv"})  # cast once, with wq's input
 FP8_ONE_INPUT = frozenset({"w_up"})  # gate and up (count 2) read one input
 # a row-wise recipe's (GemmFormat.axiswise) weights, gathered in bf16, cast on every micro-batch: forward, read 2 and
-# write the row-wise copy 1; backward, write a transposed bf16 copy (read 2, write 2), then cast it (read 2, write 1)
+# write the row-wise copy 1; backward, write a transposed bf16 copy (read 2, write 2), then cast it (read 2, write 1).
+# bf16 weights assumed (torchao's recipe gathers them in the training dtype, bf16 in every run it publishes). A
+# tensorwise run without float8 all-gather casts its weights each micro-batch too; `fp8` does not cost that.
 AXISWISE_WEIGHT_FWD_BYTES = 3.0
 AXISWISE_WEIGHT_BWD_BYTES = 7.0
 # FA3 / cuDNN fused attention on Hopper, fraction of the dense bf16 peak averaged over forward (~75%) and
@@ -409,6 +411,12 @@ class CostModel:
         if low.peak_field == "fp4_peak_flops" and self.acc.fp4_peak_flops <= 0:
             raise PlanError(f"{name} has no FP4 tensor cores, only Blackwell's have ({parts('fp4_peak_flops')}; an "
                             "accelerator file declares them with fp4_peak_tflops): use precision fp8 or mxfp8")
+        if low.axiswise and self.training.profile.fp8_library != "torchao":
+            raise PlanError(f"precision {precision} is torchao's rowwise recipe, which Transformer Engine does not run: "
+                            "plan it with --software torch-compile or torch-eager, or use precision fp8")
+        if low.axiswise and self.model.experts:
+            raise PlanError(f"precision {precision} is costed for dense models (torchao's Float8Linear); this model "
+                            "has experts: use precision fp8")
         if low.block_scaled and not self.acc.block_scaled_fp8:
             raise PlanError(f"{name} has no block-scaled ({precision.upper()}) tensor cores, only Blackwell's have "
                             f"({parts('block_scaled_fp8')}; an accelerator file declares them with "
@@ -517,7 +525,8 @@ class CostModel:
             # with sequence parallelism the cast precedes the all-gather: a column-parallel GEMM's input and a
             # row-parallel one's output gradient are cast on this rank's 1/tp of the sequence and gathered in FP8
             # (Transformer Engine; torchao's Float8ColwiseParallel)
-            shard = tp if sp and tp > 1 else 1
+            # (torchtitan runs a row-wise recipe with plain TP: it gathers in bf16 and casts the whole sequence)
+            shard = tp if sp and tp > 1 and not self.low.axiswise else 1
             for g in self.gemms:
                 k, n = self._sharded(g, tp)
                 if g.name not in FP8_INPUT_SHARED:  # Q, K, V share one input; so do gate and up (count 2)
@@ -570,7 +579,7 @@ class CostModel:
             if sp:  # under FP8 / FP4 the forward's all-gathers move the low-precision copy with its block scales
                 gather = self.ring("all_gather", nbytes, tp, bw)
                 one = gather + self.ring("reduce_scatter", nbytes, tp, bw)
-                if self.low:
+                if self.low and not self.low.axiswise:  # a row-wise recipe gathers in bf16 (torchtitan)
                     low_bytes = nbytes * self.low.stored_bytes / self.training.dtype_bytes
                     one_fwd = one - (gather - self.ring("all_gather", low_bytes, tp, bw))
                 else:

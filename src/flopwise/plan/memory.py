@@ -144,9 +144,10 @@ def layer_activation_bytes(
         router = 3 * n + (n * n if cfg.router == "attention" else 0) + 2 * n + 4 * k
         whole = 3 * k * h * e + 4 * router + (4 * h if e < 4 else 0)
     low = training.gemm_format
-    if low and (sw.keeps_low_casts or written):  # the GEMM inputs kept as their low-precision casts (Transformer
-        # Engine; the elementwise passes run over what the casts write), block scales included: 1 byte in FP8,
-        # 1 + 1/32 in MXFP8, 1/2 + 1/16 in NVFP4
+    # the GEMM inputs kept as their low-precision casts by Transformer Engine, block scales included: 1 byte in FP8,
+    # 1 + 1/32 in MXFP8, 1/2 + 1/16 in NVFP4; torchao keeps them in the training dtype (Software.fp8_library), but the
+    # elementwise passes (`written`) run over what the casts write either way, so its step time is costed the same
+    if low and (sw.fp8_library == "transformer-engine" or written):
         replicated -= (h + h) * (e - low.stored_bytes)  # QKV and MLP inputs
         sharded -= (q + ffn) * (e - low.stored_bytes)  # output projection and second MLP matmul inputs
     if sw.attention == "unfused":

@@ -56,7 +56,7 @@ GEMM_FORMATS = {
     # amax pass is not costed for FP8, whose calibrated runs mix both
     "fp8": GemmFormat(1.0, 0.0, "fp8_peak_flops"),
     # one fp32 scale per row of K elements (4 / K bytes per element: left out); its GEMMs are taken at tensorwise
-    # FP8's rate, as torchao's roofline takes them
+    # FP8's rate, as torchao's roofline takes them; torchao's recipe, for dense models
     "fp8-rowwise": GemmFormat(1.0, 0.0, "fp8_peak_flops", axiswise=True),
     # one E8M0 byte per 32 elements (OCP Microscaling spec v1.0)
     "mxfp8": GemmFormat(1.0, 1 / 32, "fp8_peak_flops", block_scaled=True),
@@ -137,11 +137,11 @@ class Software:
     # MoE block keeps 6% less than planned, not tested). Memory only: the elementwise kernels' traffic (plan/cost.py)
     # still runs over the tensors they write.
     compiled_saves: bool = False
-    # under a low-precision GEMM format, whether the backward keeps each GEMM input as its low-precision cast
-    # (Transformer Engine's linear layers) or in the training dtype, cast again in the backward (torchao's Float8Linear
-    # since pytorch/ao#920, 2024-10: matmul_with_hp_or_float8_args saves input_hp and weight_hp_t; torchao's float8
-    # tables print the same peak memory in bf16 and FP8, 47.65 / 47.77 / 47.79 GB). Memory only.
-    keeps_low_casts: bool = True
+    # the library of its low-precision linear layers: 'transformer-engine', whose backward keeps each GEMM input as its
+    # low-precision cast, or 'torchao' (Float8Linear), which keeps them in the training dtype and casts them again in
+    # the backward (since pytorch/ao#920, 2024-10: matmul_with_hp_or_float8_args saves input_hp and weight_hp_t) and
+    # offers the rowwise recipe (fp8-rowwise) that Transformer Engine does not
+    fp8_library: str = "transformer-engine"
 
 
 # flopwise's blocks on an H200 (benchmarks/planner_kernels.py --sections step, torch.profiler's kernels by kind;
@@ -220,10 +220,10 @@ SOFTWARE = {
     # elementwise op its own kernel, FSDP overlapping its collectives; the host's time per block by its wrappers
     # (EAGER_BLOCK_HOST_S).
     "torch-eager": Software("flash", False, False, 2, fused_elementwise=False, recompute_early_stop=True, op_checkpoint=True,
-                            eager_block_host=True, keeps_low_casts=False),
+                            eager_block_host=True, fp8_library="torchao"),
     # the same under torch.compile: elementwise chains fused by Inductor.
     "torch-compile": Software("flash", False, False, 2, recompute_early_stop=True, unfused_across_tp=True,
-                              op_checkpoint=True, compiled_saves=True, keeps_low_casts=False),
+                              op_checkpoint=True, compiled_saves=True, fp8_library="torchao"),
     # Megatron-DeepSpeed as BLOOM and MT-NLG ran (2021-22): Megatron's unfused kernels, DeepSpeed's
     # PipelineEngine (blocking point-to-point, no interleaving), gradient reduction after the backward, and
     # only whole-block activation checkpointing (selective recomputation came with Korthikanti et al. 2022).

@@ -102,11 +102,12 @@ def _precision_word(text: str, notes: list[str]) -> str:
     word = text.strip().lower().replace("float8", "fp8")  # torchao's and torchtitan's spelling
     if not word or word in PRECISIONS:
         return word or "bf16"
-    if "fp8" in word and re.search(r"row[\s_-]?wise", word):
-        # torchao's rowwise recipe ('float8 rowwise', 'fp8_rowwise'); 'rowwise_with_gw_hp' runs its weight-gradient
-        # GEMMs in bf16, which no precision here costs: passed on for Training to refuse
-        if "gw_hp" in word:
-            return word
+    if re.fullmatch(r"row[\s_-]?wise", word) or ("fp8" in word and re.search(r"row[\s_-]?wise", word)):
+        # torchao's rowwise recipe ('float8 rowwise', 'fp8_rowwise', torchtitan's recipe_name 'rowwise');
+        # 'rowwise_with_gw_hp' runs its weight-gradient GEMMs in bf16, which no precision here costs: passed on, as
+        # written, for Training to refuse
+        if re.search(r"gw[\s_-]?hp", word):
+            return text.strip().lower()
         notes.append(f"precision {text!r} read as fp8-rowwise")
         return "fp8-rowwise"
     if "fp8" in word and "mx" in word:  # MXFP8 as recipes spell it: 'fp8_mx' (Megatron-Bridge), 'bf16_with_mxfp8_mixed'
