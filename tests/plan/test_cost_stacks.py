@@ -156,8 +156,9 @@ def test_fp8_rowwise_is_fp8_at_the_same_rate_plus_a_transposed_copy_per_cast_and
     assert rw.layer_cost(4, True, 1, "none").tp == pytest.approx(bf16_tp, rel=1e-12)
     assert fp8.layer_cost(4, True, 1, "none").tp < bf16_tp
     # Transformer Engine has no rowwise recipe; torchao's Float8Linear is costed for dense models only
-    with pytest.raises(PlanError, match="Transformer Engine does not run"):
-        cost(precision="fp8-rowwise", software="te")
+    for software in ("te", "flopwise"):
+        with pytest.raises(PlanError, match=f"the `{software}` profile's FP8 layers are Transformer Engine's"):
+            cost(precision="fp8-rowwise", software=software)
     moe = dataclasses.replace(LLAMA, experts=8, top_k=2)
     with pytest.raises(PlanError, match="dense models"):
         CostModel(moe, Cluster(H100, 8), Training(32, precision="fp8-rowwise", software="torch-compile"))

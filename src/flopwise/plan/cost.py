@@ -412,8 +412,9 @@ class CostModel:
             raise PlanError(f"{name} has no FP4 tensor cores, only Blackwell's have ({parts('fp4_peak_flops')}; an "
                             "accelerator file declares them with fp4_peak_tflops): use precision fp8 or mxfp8")
         if low.axiswise and self.training.profile.fp8_library != "torchao":
-            raise PlanError(f"precision {precision} is torchao's rowwise recipe, which Transformer Engine does not run: "
-                            "plan it with --software torch-compile or torch-eager, or use precision fp8")
+            raise PlanError(f"precision {precision} is torchao's rowwise recipe; the `{self.training.software}` "
+                            "profile's FP8 layers are Transformer Engine's, which has none: plan it with --software "
+                            "torch-compile or torch-eager, or use precision fp8")
         if low.axiswise and self.model.experts:
             raise PlanError(f"precision {precision} is costed for dense models (torchao's Float8Linear); this model "
                             "has experts: use precision fp8")
