@@ -64,6 +64,7 @@ COLUMNS = (
     "software",
     "citation",
     "notes",
+    "fp8_all_gather",  # the FSDP gather moved FP8 weights (optional column; blank: off, the stacks' default)
 )
 
 # Whole sources held out of fitting: every GPU type and stack appears on both sides (README.md).
@@ -372,6 +373,7 @@ def torchtitan_h100_2408() -> list[dict]:
         r = row(
             "Llama-3.1-405B", 8192, 128, **GRAND_TETON, tp=8, pp=1, dp=16, cp=1, zero=3, sequence_parallel=1,
             recompute="full", global_batch=32, micro_batch=2, precision=prec,
+            fp8_all_gather="true" if prec == "fp8" else "",
         )  # fmt: skip
         from_tokens(r, wps, f"{wps} WPS (tokens/s/GPU), MFU {mfu}")
         r["notes"] = (
@@ -479,7 +481,7 @@ def torchtitan_h200_trainy() -> list[dict]:
         r = row(
             "Llama-3-8B", 8192, gpus, gpu="H200", gpus_per_node=8, intra_node_GBps=450, inter_node_GBps_per_gpu=50,
             tp=1, pp=1, dp=gpus, cp=1, zero=3, sequence_parallel=0, recompute="selective", global_batch=2 * gpus,
-            micro_batch=2, precision="fp8",
+            micro_batch=2, precision="fp8", fp8_all_gather="true",
         )  # fmt: skip
         from_tokens(r, tps, f"{tps} TPS/GPU ({nodes} nodes)")
         r["notes"] = (

@@ -18,6 +18,7 @@ from flopwise.plan.spec import SOFTWARE
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIBRATION = ROOT / "benchmarks" / "planner_calibration"
+OPTIONAL_COLUMNS = {"measured_memory_gib", "memory_measure", "fp8_all_gather"}
 INT_COLUMNS = ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "seq", "gpus", "gpus_per_node", "global_batch")
 OPTIONAL_INT = ("tp", "pp", "dp", "vpp", "cp", "zero", "sequence_parallel", "micro_batch")
 
@@ -185,8 +186,10 @@ def test_fresh_holdouts_are_new_sources_parsed_cited_and_software_by_the_rule(bu
     seen = {r["source_id"] for r in rows["fit"] + rows["holdout"]}
     for row in fresh:
         where = f"{name}: {row['source_id']} {row['model']} {row['gpus']}"
-        # the printed peak memory per GPU (validate.measured_memory) may follow, in files where a row quotes one
-        assert list(row) in (list(build.COLUMNS), [*build.COLUMNS, "measured_memory_gib", "memory_measure"]), where
+        # the printed peak memory per GPU (validate.measured_memory) and whether the weights were gathered in FP8 may
+        # follow, in files where a row says so
+        base = [c for c in build.COLUMNS if c not in OPTIONAL_COLUMNS]
+        assert list(row)[:len(base)] == base and set(list(row)[len(base):]) <= OPTIONAL_COLUMNS, where
         assert row["source_id"] and row["source_id"] not in seen, where  # never a fit or holdout source
         assert row["citation"].strip() and row["derived_from"].strip() and float(row["measured_step_s"]) > 0, where
         assert row["software"] == build.software_profile(row["stack"], row["notes"]), where

@@ -270,6 +270,23 @@ def test_plan_takes_nvfp4_on_blackwell_only_says_what_it_assumes_and_never_write
     assert not (tmp_path / "job.toml").exists()
 
 
+def test_plan_fp8_all_gather_reaches_the_plan_and_is_refused_where_it_cannot_apply(capsys):
+    base = ["plan", "--preset", "llama-1b", "--gpu", "H100-SXM", "--gpus", "8", "--global-batch", "16",
+            "--software", "torch-compile", "--layout", "zero=3,mb=2", "--top", "1", "--json"]
+    code, out, _ = run(base + ["--precision", "fp8"], capsys)
+    assert code == 0
+    plain = json.loads(out)
+    code, out, _ = run(base + ["--precision", "fp8", "--fp8-all-gather"], capsys)
+    assert code == 0
+    gathered = json.loads(out)
+    assert gathered["training"]["fp8_all_gather"] is True and plain["training"]["fp8_all_gather"] is False
+    assert gathered["plans"][0]["step_time_s"] < plain["plans"][0]["step_time_s"]
+    code, _, err = run(base + ["--fp8-all-gather"], capsys)  # bf16
+    assert code != 0 and "needs precision = fp8" in err and "Traceback" not in err
+    code, _, err = run(base[:-5] + ["--layout", "zero=0,dp=8", "--precision", "fp8", "--fp8-all-gather"], capsys)
+    assert code != 0 and "shards none" in err and "Traceback" not in err
+
+
 def test_plan_host_time_per_step_defaults_to_the_profile_and_takes_a_measured_value(capsys):
     base = ["plan", "--preset", "llama-1b", "--gpu", "H100-SXM", "--gpus", "8", "--global-batch", "16",
             "--software", "te", "--layout", "tp=1,pp=1,mb=2", "--top", "1", "--json"]

@@ -136,6 +136,21 @@ def test_a_head_dim_column_sets_the_attention_width():
     assert "error_message" in validate_rows([{**qwen, "head_dim": "x"}])[0]
 
 
+def test_an_fp8_all_gather_column_says_the_weights_were_gathered_in_fp8():
+    row = {"source": "x", "layers": "32", "hidden": "4096", "heads": "32", "kv_heads": "8", "ffn": "14336",
+           "mlp": "swiglu", "vocab": "128256", "seq": "8192", "gpu": "H100-SXM", "gpus": "8", "tp": "1", "zero": "3",
+           "global_batch": "8", "micro_batch": "1", "precision": "float8", "software": "torch-compile",
+           "measured_step_s": "1"}
+    assert not row_inputs(row)[2].fp8_all_gather  # blank: torchtitan's and Megatron's default, off
+    for cell, on in (("true", True), ("Yes", True), ("1", True), ("false", False), ("off", False)):
+        assert row_inputs({**row, "fp8_all_gather": cell})[2].fp8_all_gather is on
+    faster = validate_rows([{**row, "fp8_all_gather": "true"}])[0]["predicted_s"]
+    assert faster < validate_rows([row])[0]["predicted_s"]  # no cast of each gathered weight on each micro-batch
+    for bad, words in (({"fp8_all_gather": "maybe"}, "must be true, false or blank"),
+                       ({"fp8_all_gather": "true", "precision": "bf16"}, "needs precision = fp8")):
+        assert words in validate_rows([{**row, **bad}])[0]["error_message"]
+
+
 def test_a_printed_peak_memory_is_set_against_the_planned_one():
     """Rows that give the peak memory per GPU their run printed (`measured_memory_gib`, `memory_measure`) get the
     planned peak beside it: a device total against the whole plan, torch's counters (or an unstated figure) against it

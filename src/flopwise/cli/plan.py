@@ -188,6 +188,11 @@ def plan(
                                  "its elementwise chains fused (on an H200 a 1-8B step took 7-22% less time than "
                                  "eager) and its backward keeping fewer activations (each norm's input, not its "
                                  "normalised x; not SiLU's output)"),
+    fp8_all_gather: bool = typer.Option(
+        False, "--fp8-all-gather", help="precision fp8: the sharded weights are gathered in FP8 (torchtitan's "
+                                        "enable_fsdp_float8_all_gather, Megatron's --fp8-param-gather): half the "
+                                        "gather's bytes, and torchao casts each shard before it, not each gathered "
+                                        "weight on every micro-batch; only layouts with ZeRO / FSDP (zero >= 1)"),
     layout: str = typer.Option(None, help="fix some layout fields, e.g. tp=8,pp=16 (the rest is searched)"),
     top: int = typer.Option(5, help="plans to show", callback=POSITIVE_INT),
     split: str = typer.Option("balanced", help="pipeline split: balanced | uniform"),
@@ -221,7 +226,8 @@ def plan(
     training = Training(global_batch, tokens=tokens, precision=precision, software=software,
                         expert_imbalance=expert_imbalance, attention=attention.lower() if attention else None,
                         compiled=compile_blocks, step_overhead_s=host_ms / 1e3 if host_ms is not None else None,
-                        block_host_s=block_host_ms / 1e3 if block_host_ms is not None else None)
+                        block_host_s=block_host_ms / 1e3 if block_host_ms is not None else None,
+                        fp8_all_gather=fp8_all_gather)
     if write_config is not None and (software != "flopwise" or precision not in TRAINER_PRECISIONS):
         raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
                           f"{' or '.join(TRAINER_PRECISIONS)} (got --software {software}, --precision {precision})")
@@ -257,6 +263,7 @@ def plan(
                         "attention": training.profile.attention,
                         "host_s": training.profile.step_overhead_s,
                         "block_host_s": training.profile.block_host_s,
+                        "fp8_all_gather": fp8_all_gather,
                     },
                     "evaluated": result.evaluated,
                     "feasible": result.feasible,

@@ -76,7 +76,9 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
   cast reading its input twice (an amax pass for the per-tensor scale, then the cast) and writing two half-byte
   copies with one scale byte per 16 elements, the kept activations and the SP gathers 1/2 + 1/16 byte per element
   (GemmFormat.stored_bytes); the first and last blocks some recipes keep in bf16, the random Hadamard transforms
-  and stochastic rounding of NVIDIA's recipe are not costed.
+  and stochastic rounding of NVIDIA's recipe are not costed. torchao's linears (Software.fp8_library) cast each
+  gathered weight on every micro-batch, forward and backward (torchao_weight_cast_bytes); with fp8_all_gather the
+  data-parallel gather moves and holds the FP8 copy instead (Training.gathered_weight_bytes).
 - PyTorch-native TP under torch.compile (Software.unfused_across_tp): with tp > 1 the blocks' elementwise work moves
   the eager stack's traffic (Constants.eager_traffic); chosen on the fit rows' CV, scored on a blind set
   (benchmarks/RESULTS.md, "Eighth round" and "Seventeenth blind holdout").
@@ -161,12 +163,23 @@ FP8_FUSED_CAST_BYTES = 2.0
 FP8_UNFUSED_INPUT = frozenset({"wo"})
 FP8_INPUT_SHARED = frozenset({"wk", "wv"})  # cast once, with wq's input
 FP8_ONE_INPUT = frozenset({"w_up"})  # gate and up (count 2) read one input
-# a row-wise recipe's (GemmFormat.axiswise) weights, gathered in bf16, cast on every micro-batch: forward, read 2 and
-# write the row-wise copy 1; backward, write a transposed bf16 copy (read 2, write 2), then cast it (read 2, write 1).
-# bf16 weights assumed (torchao's recipe gathers them in the training dtype, bf16 in every run it publishes). A
-# tensorwise run without float8 all-gather casts its weights each micro-batch too; `fp8` does not cost that.
-AXISWISE_WEIGHT_FWD_BYTES = 3.0
-AXISWISE_WEIGHT_BWD_BYTES = 7.0
+
+
+def torchao_weight_cast_bytes(low: GemmFormat, dtype_bytes: int, fp8_all_gather: bool) -> tuple[float, float]:
+    """Bytes moved per block weight element on every micro-batch, forward and backward, by torchao's low-precision
+    linears (Software.fp8_library = 'torchao'), which cast the gathered weight in each forward and, having saved it in
+    high precision, again in the backward (torchao's matmul_with_hp_or_float8_args since pytorch/ao#920): a read of
+    the weight and a write of the cast copy each time, a per-tensor scale's amax one more read first (its code notes
+    the backward cannot reuse the forward's), and a row-wise recipe's backward a transposed high-precision copy
+    written and read back (torchao/testing/training/roofline_utils.py). With fp8_all_gather the shard is cast before
+    the gather (1/dp of the weight, left out) and the backward takes the gathered FP8 weight's transposed copy.
+    Transformer Engine keeps a step's FP8 weights across its micro-batches: not costed."""
+    if fp8_all_gather:
+        return 0.0, 2 * low.stored_bytes
+    amax = 0.0 if low.axiswise or low.block_scaled else dtype_bytes
+    one = dtype_bytes + low.stored_bytes + amax
+    return one, one + (2 * dtype_bytes if low.axiswise else 0.0)
+
 # FA3 / cuDNN fused attention on Hopper, fraction of the dense bf16 peak averaged over forward (~75%) and
 # backward (~55%) (Shah et al. 2024); FA2 there (~35% forward) is Constants.fa2_hopper_efficiency
 FA3_HOPPER_EFFICIENCY = 0.6
@@ -528,6 +541,9 @@ class CostModel:
             # (Transformer Engine; torchao's Float8ColwiseParallel)
             # (torchtitan runs a row-wise recipe with plain TP: it gathers in bf16 and casts the whole sequence)
             shard = tp if sp and tp > 1 and not self.low.axiswise else 1
+            weight_fwd, weight_bwd = (torchao_weight_cast_bytes(self.low, self.training.dtype_bytes,
+                                                                self.training.fp8_all_gather)
+                                      if self.training.profile.fp8_library == "torchao" else (0.0, 0.0))
             for g in self.gemms:
                 k, n = self._sharded(g, tp)
                 if g.name not in FP8_INPUT_SHARED:  # Q, K, V share one input; so do gate and up (count 2)
@@ -536,9 +552,8 @@ class CostModel:
                     ew_fwd += (1 if g.name in FP8_ONE_INPUT else g.count) * per * tokens * k / self.hbm_rate
                 per = (FP8_CAST_BYTES + self.cast_delta) / (shard if g.tp == "row" else 1)
                 ew_bwd += g.count * per * tokens * n / self.hbm_rate
-                if self.low.axiswise:  # this rank's weights, cast on every micro-batch
-                    ew_fwd += g.count * AXISWISE_WEIGHT_FWD_BYTES * k * n / self.hbm_rate
-                    ew_bwd += g.count * AXISWISE_WEIGHT_BWD_BYTES * k * n / self.hbm_rate
+                ew_fwd += g.count * weight_fwd * k * n / self.hbm_rate  # this rank's weights, every micro-batch
+                ew_bwd += g.count * weight_bwd * k * n / self.hbm_rate
         attn_bwd = FLASH_BACKWARD_FLOPS if self.training.profile.attention == "flash" else 2.0
         eff = self.constants.backward_efficiency
         parts = {"gemm": (gemm, 2.0 * gemm / eff), "attention": (attn, attn_bwd * attn / self.attention_backward_efficiency),
@@ -673,7 +688,7 @@ class CostModel:
         other = mem.RESERVED_BYTES
         if layout.zero >= 3:  # gathered full parameters of the current and the prefetched layer (experts: this rank's)
             gathered = self.layer_params.per_rank(layout.tp) - moe.expert_params_not_gathered(self.model, layout)
-            other += 2 * gathered * t.dtype_bytes
+            other += 2 * gathered * t.gathered_weight_bytes
         out["other"] = other
         out["total"] = sum(out.values())
         return out
@@ -688,7 +703,7 @@ class CostModel:
         dp, shard = layout.dp * cp, layout.shard_degree * cp
         # fp16 gradients are reduced in fp16, fp32 ones in fp32; bf16 ones as the stack does (fp32: Megatron, FSDP)
         grad_bytes = 4 if t.precision in FULL_PRECISIONS else {"fp16": 2}.get(t.precision, t.profile.grad_reduce_bytes)
-        e = t.dtype_bytes
+        e, g = t.dtype_bytes, t.gathered_weight_bytes  # the blocks' weights may be gathered in FP8, the rest not
         span = tp * dp
         full_span = span
         groups = 1
@@ -720,13 +735,17 @@ class CostModel:
         if layout.zero in (1, 2):
             red = both("reduce_scatter", dense_local, experts, grad_bytes) + replicas(dense_local)
             gat = both("all_gather", dense_local, experts, e)
+            if g != e:  # the blocks' weights in FP8; the embedding, LM head and final norm in the training dtype
+                blocks = min(dense_local, layers * dense_layer)
+                gat = both("all_gather", blocks, experts, g) + self.bucketed(
+                    "all_gather", (dense_local - blocks) * e, dp, span)
             return (max(0.0, red - window_b) + max(0.0, gat - window_f)) if overlap else red + gat
         # ZeRO-3 / FSDP: per layer and micro-batch, the prefetched all-gather hides behind the layer's forward,
         # the backward's re-gather and the reduce-scatter (and HSDP's all-reduce) behind its backward
         bw, lat = self.bus_bandwidth(span, dp), self.latency(span)
         ebw, elat = self.bus_bandwidth(full_span, ep_dp), self.latency(full_span)
-        ag = self.ring("all_gather", dense_layer * e, dp, bw, lat) + self.ring(
-            "all_gather", expert_layer * e, ep_dp, ebw, elat)
+        ag = self.ring("all_gather", dense_layer * g, dp, bw, lat) + self.ring(
+            "all_gather", expert_layer * g, ep_dp, ebw, elat)
         rs = self.ring("reduce_scatter", dense_layer * grad_bytes, dp, bw, lat) + replicas(dense_layer) + self.ring(
             "reduce_scatter", expert_layer * grad_bytes, ep_dp, ebw, elat)
         rest = max(0.0, dense_local - layers * dense_layer)  # embedding, LM head, final norm: gathered once, exposed
@@ -797,6 +816,9 @@ class CostModel:
         share of the GPUs and of the sequence, with ZeRO-1 in place of ZeRO-2/3 under pipelining."""
         layout = self.unsharded(layout)
         cp = layout.cp
+        if self.training.fp8_all_gather and not layout.zero:
+            raise LayoutError("fp8_all_gather is the FP8 gather of sharded weights (FSDP / ZeRO over more than one "
+                              f"rank); {layout.short()} shards none: drop it, or set zero >= 1")
         if layout.recompute == "op" and not self.training.profile.op_checkpoint:
             raise LayoutError(f"recompute = 'op' is per-op selective checkpointing as PyTorch-native stacks run it "
                               f"(torchtitan, flopwise's trainer); the {self.training.software} profile has no such "

@@ -290,6 +290,10 @@ class Training:
     # the stack's host time per block and micro-batch where the user measured it (flopwise plan host-probe); None: the
     # profile's Software.block_host_s
     block_host_s: float | None = None
+    # the data-parallel gather of the blocks' weights moves their FP8 cast (torchao's enable_fsdp_float8_all_gather,
+    # Megatron's --fp8-param-gather): half the bytes, and the weights are cast on each rank's shard before the gather,
+    # not after it on every micro-batch (plan/cost.py, torchao_weight_cast_bytes); per-tensor FP8 (precision fp8) only
+    fp8_all_gather: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.global_batch, int) or self.global_batch < 1:
@@ -313,6 +317,10 @@ class Training:
                               f"how its stack runs (torch-compile is PyTorch-native stacks under torch.compile)")
         if not self.expert_imbalance >= 1.0:
             raise ConfigError(f"expert_imbalance = {self.expert_imbalance}: must be at least 1 (1: balanced)")
+        if self.fp8_all_gather and self.precision != "fp8":
+            raise ConfigError(f"fp8_all_gather: the weights' FP8 gather (torchao's enable_fsdp_float8_all_gather, "
+                              f"Megatron's --fp8-param-gather) is per-tensor FP8's: it needs precision = fp8, not "
+                              f"{self.precision!r}")
         for name in ("step_overhead_s", "block_host_s"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < math.inf:
@@ -321,6 +329,11 @@ class Training:
     @property
     def dtype_bytes(self) -> int:
         return 4 if self.precision in FULL_PRECISIONS else 2
+
+    @property
+    def gathered_weight_bytes(self) -> float:
+        """Bytes per element of a block weight as the data-parallel gather moves and holds it (fp8_all_gather)."""
+        return GEMM_FORMATS["fp8"].stored_bytes if self.fp8_all_gather else self.dtype_bytes
 
     @property
     def gemm_format(self) -> GemmFormat | None:

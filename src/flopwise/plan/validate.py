@@ -144,6 +144,17 @@ def _recompute_word(text: str, notes: list[str]) -> str:
     return word
 
 
+def _fp8_all_gather(row: dict) -> bool:
+    """The optional `fp8_all_gather` column: whether the run gathered its sharded weights in FP8 (torchtitan's
+    enable_fsdp_float8_all_gather, Megatron's --fp8-param-gather); blank: no, their defaults."""
+    word = _cell(row, "fp8_all_gather").lower()
+    flag = {"": False, "false": False, "no": False, "off": False, "0": False,
+            "true": True, "yes": True, "on": True, "1": True}.get(word)
+    if flag is None:
+        raise DataError(f"column 'fp8_all_gather' = {word!r}: must be true, false or blank")
+    return flag
+
+
 def measured_memory(row: dict) -> tuple[float, str] | None:
     """(bytes, measure) of the peak memory per GPU a row's source printed (optional columns `measured_memory_gib` and
     `memory_measure`, one of memory.MEMORY_MEASURES or blank), or None where it printed none."""
@@ -229,7 +240,8 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
         if why:
             notes.append(why)
     attention = _attention(row, SOFTWARE[profile].attention, notes) if profile in SOFTWARE else None
-    training = Training(_int(row, "global_batch"), precision=precision, software=profile, attention=attention)
+    training = Training(_int(row, "global_batch"), precision=precision, software=profile, attention=attention,
+                        fp8_all_gather=_fp8_all_gather(row))
     if "vpp" in fixed and "pp" in fixed and fixed["vpp"] > 1:
         per_stage = model.layers // fixed["pp"]
         if model.layers % fixed["pp"] == 0 and per_stage % fixed["vpp"]:
