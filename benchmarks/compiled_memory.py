@@ -23,6 +23,7 @@ from flopwise.models import Transformer
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import CostModel
 from flopwise.plan.spec import Cluster, Training
+from flopwise.train.memory_probe import saved_tensor_bytes
 
 MODELS = {
     "llama-swiglu (h 128)": ModelConfig(1024, 3, 128, 4, 4, 352, 128, lfa=False),
@@ -40,21 +41,12 @@ def saved_bytes(cfg: ModelConfig, dtype: torch.dtype, backend: str | None) -> in
     if backend:
         for block in model.layers.values():
             block.compile(backend=backend, dynamic=False)
-    owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in owned:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
     tokens = torch.randint(0, cfg.vocab_size, (BATCH, cfg.seq_len))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_tensor_bytes([*model.parameters(), *model.buffers()]) as saved:
         logits = model(tokens)
         loss = F.cross_entropy(logits.float().view(-1, cfg.vocab_size), tokens.view(-1))
     loss.backward()
-    return sum(saved.values())
+    return saved["total"]
 
 
 def planned_bytes(cfg: ModelConfig, precision: str, compiled: bool) -> float:

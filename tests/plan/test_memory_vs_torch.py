@@ -17,10 +17,10 @@ from flopwise.hardware import cpu_accelerator
 from flopwise.layout import Layout
 from flopwise.models import Transformer
 from flopwise.models.config import ModelConfig
-from flopwise.parallel import op_checkpoint
 from flopwise.parallel.parallelize import apply_recompute
 from flopwise.plan.cost import CostModel
 from flopwise.plan.spec import Cluster, Training
+from flopwise.train.memory_probe import saved_tensor_bytes
 
 CONFIGS = {
     "lfa-swiglu-gqa": ModelConfig(512, 2, 64, 4, 2, 128, 64, lfa=True),
@@ -42,22 +42,10 @@ def measure(cfg: ModelConfig, batch: int, recompute: str, compiled: bool = False
     if recompute == "full":
         for block in model.layers.values():
             block.forward = lambda *a, _f=block.forward: checkpoint(_f, *a, use_reentrant=True)
-    owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    saved: dict[int, int] = {}
     if recompute == "op":  # the trainer's own mode: its checkpoint cache is shown to observe_kept, not to the hooks
         apply_recompute(model, "op")
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in owned:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
     tokens = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len))
-    def kept(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), op_checkpoint.observe_kept(kept):
+    with saved_tensor_bytes([*model.parameters(), *model.buffers()]) as saved:
         logits = model(tokens)
         loss = F.cross_entropy(logits.view(-1, cfg.vocab_size), tokens.view(-1))
     loss.backward()
@@ -66,7 +54,7 @@ def measure(cfg: ModelConfig, batch: int, recompute: str, compiled: bool = False
     states = sum(p.numel() * p.element_size() for p in model.parameters())
     states += sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
     states += sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if v.dim() > 0)
-    return states, sum(saved.values())
+    return states, saved["total"]
 
 
 def planned(cfg: ModelConfig, batch: int, recompute: str, compiled: bool = False) -> tuple[float, float]:

@@ -5,12 +5,13 @@ Activations: peak bytes autograd holds for the backward during one step, counted
 tensor count once), parameters excluded: a storage is live from its first save to its last use. Per-op
 checkpointing keeps its tensors in the checkpoint's own cache, out of the hooks' sight: parallel/op_checkpoint.py shows
 them to the probe, live from the block's forward to the start of its backward.
-On a CPU, where no allocator keeps a peak, this is the trainer's measured memory; benchmarks/parallel_memory.py
-and the test that holds the planner to the trainer use it too."""
+On a CPU, where no allocator keeps a peak, this is the trainer's measured memory; benchmarks/parallel_memory.py,
+benchmarks/compiled_memory.py and the tests that hold the planner to the trainer and to PyTorch use it too."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from contextlib import contextmanager
 
 import torch
@@ -36,12 +37,16 @@ def model_state_bytes(engine) -> int:
 
 
 @contextmanager
-def saved_tensor_peak(engine):
-    """Within the block, count the bytes autograd saves for the backward; yields a dict whose "peak" is set."""
-    owned = {_local(p).untyped_storage().data_ptr() for _, p in engine.named}
+def saved_tensor_bytes(exclude: Iterable[torch.Tensor]):
+    """Within the block, count the bytes autograd saves for the backward, once per storage, leaving out the storages
+    of `exclude` (parameters, buffers); yields a dict whose "peak" (the most alive at once, a storage alive from its
+    first save to its last unpack) is kept up to date and whose "total" (every storage saved, as the planner counts a
+    step's activations) is set on leaving."""
+    owned = {_local(t).untyped_storage().data_ptr() for t in exclude}
     refs: Counter[int] = Counter()
     size: dict[int, int] = {}
-    live, result = [0], {"peak": 0}
+    seen: dict[int, int] = {}
+    live, result = [0], {"peak": 0, "total": 0}
 
     def pack(t):
         storage = t.untyped_storage()
@@ -49,7 +54,7 @@ def saved_tensor_peak(engine):
         if ptr in owned or ptr == 0:
             return t
         if refs[ptr] == 0:
-            size[ptr] = storage.nbytes()
+            size[ptr] = seen[ptr] = storage.nbytes()
             live[0] += size[ptr]
             result["peak"] = max(result["peak"], live[0])
         refs[ptr] += 1
@@ -68,8 +73,16 @@ def saved_tensor_peak(engine):
         packed = pack(t)
         return None if packed is t else (lambda: unpack(packed))
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack), observe_kept(kept):
-        yield result
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack), observe_kept(kept):
+            yield result
+    finally:
+        result["total"] = sum(seen.values())
+
+
+def saved_tensor_peak(engine):
+    """saved_tensor_bytes for the engine's step, its parameters (this rank's shards) left out."""
+    return saved_tensor_bytes(p for _, p in engine.named)
 
 
 def measure_step_memory(engine, inputs: torch.Tensor, targets: torch.Tensor, eod_id: int | None = None) -> dict:
