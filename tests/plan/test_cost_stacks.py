@@ -202,15 +202,43 @@ def test_fp8_all_gather_moves_and_holds_fp8_weights_and_torchao_casts_the_shard_
     # the gathered layer and the prefetched one are held in FP8: half the bf16 buffers
     pm, gm = plain.evaluate(layout).memory[0]["other"], gathered.evaluate(layout).memory[0]["other"]
     assert pm - gm == pytest.approx(2 * plain.layer_params.per_rank(1) * (2 - 1), rel=1e-9)
-    # on a network slow enough to expose the gathers, ZeRO-3's and ZeRO-1's take less time (the embedding and the
-    # head are still gathered in bf16)
-    for lay in (Layout(dp=16, zero=3, micro_batch=1), Layout(dp=16, zero=1, micro_batch=1)):
-        slow_plain, slow_gathered = (cost(gpus=16, inter=1 * GB, precision="fp8", software="torch-compile",
-                                          fp8_all_gather=g).evaluate(lay).breakdown["dp"] for g in (False, True))
-        assert 0 < slow_gathered < slow_plain
+    # on a network slow enough to expose the gathers, ZeRO-3's take less time
+    lay = Layout(dp=16, zero=3, micro_batch=1)
+    slow_plain, slow_gathered = (cost(gpus=16, inter=1 * GB, precision="fp8", software="torch-compile",
+                                      fp8_all_gather=g).evaluate(lay).breakdown["dp"] for g in (False, True))
+    assert 0 < slow_gathered < slow_plain
+    # ZeRO-1's gather after the step (not overlapped by this profile): the blocks' weights in FP8, the embedding, head
+    # and final norm in bf16
+    lay = Layout(dp=8, zero=1, micro_batch=1)
+    local = plain.stage_params(lay, 0, LLAMA.layers)
+    blocks = LLAMA.layers * plain.layer_params.per_rank(1)
+    gather = (gathered.bucketed("all_gather", blocks * 1, 8, 8)
+              + gathered.bucketed("all_gather", (local - blocks) * 2, 8, 8))
+    dp_plain, dp_gathered = (c.evaluate(lay).breakdown["dp"] for c in (plain, gathered))
+    assert dp_plain - dp_gathered == pytest.approx(plain.bucketed("all_gather", local * 2, 8, 8) - gather, rel=1e-9)
+    # torchao casts each rank's shard before every gather: ZeRO-3 in each forward and backward, ZeRO-1/2 once a step
+    shard_bytes = 5 * plain.layer_params.per_rank(1) / 8  # read 2, amax read 2, write 1 per shard element
+    assert gathered.shard_cast_time(layout, 4) == pytest.approx(2 * shard_bytes / plain.hbm_rate, rel=1e-12)
+    assert gathered.shard_cast_time(lay, 4) == pytest.approx(shard_bytes / 4 / plain.hbm_rate, rel=1e-12)
+    assert plain.shard_cast_time(layout, 4) == 0.0
+    with_casts = gathered.evaluate(layout)
+    monkeypatched = CostModel.shard_cast_time
+    try:
+        CostModel.shard_cast_time = lambda self, layout, m: 0.0
+        without = gathered.evaluate(layout)
+    finally:
+        CostModel.shard_cast_time = monkeypatched
+    assert with_casts.breakdown["compute"] - without.breakdown["compute"] == pytest.approx(
+        with_casts.microbatches * LLAMA.layers * 2 * shard_bytes / plain.hbm_rate, rel=1e-9)
     # a layout that gathers no weights has nothing to gather in FP8: refused, and the search leaves it out
-    with pytest.raises(LayoutError, match="fp8_all_gather is the FP8 gather of sharded weights"):
+    with pytest.raises(LayoutError, match="fp8_all_gather is the FP8 gather of sharded weights.*set zero >= 1"):
         gathered.evaluate(Layout(dp=8, zero=0, micro_batch=1))
+    one_rank = cost(gpus=8, precision="fp8", software="torch-compile", fp8_all_gather=True)
+    with pytest.raises(LayoutError, match=r"tp=8,pp=1,dp=1,zero=3.*a single data-parallel rank \(dp x cp = 1\)"):
+        one_rank.evaluate(Layout(tp=8, dp=1, zero=3, micro_batch=1))
+    moe = dataclasses.replace(LLAMA, experts=8, top_k=2)
+    with pytest.raises(PlanError, match="fp8_all_gather is costed for dense models"):
+        CostModel(moe, Cluster(H100, 8), Training(32, precision="fp8", software="torch-compile", fp8_all_gather=True))
     from flopwise.plan.search import search
     plans = search(LLAMA, Cluster(H100, 8), Training(32, precision="fp8", software="torch-compile",
                                                        fp8_all_gather=True), top=20).plans

@@ -146,7 +146,7 @@ def test_an_fp8_all_gather_column_says_the_weights_were_gathered_in_fp8():
         assert row_inputs({**row, "fp8_all_gather": cell})[2].fp8_all_gather is on
     faster = validate_rows([{**row, "fp8_all_gather": "true"}])[0]["predicted_s"]
     assert faster < validate_rows([row])[0]["predicted_s"]  # no cast of each gathered weight on each micro-batch
-    for bad, words in (({"fp8_all_gather": "maybe"}, "must be true, false or blank"),
+    for bad, words in (({"fp8_all_gather": "maybe"}, "expected true or false"),
                        ({"fp8_all_gather": "true", "precision": "bf16"}, "needs precision = fp8")):
         assert words in validate_rows([{**row, **bad}])[0]["error_message"]
 

@@ -17,3 +17,14 @@ def test_saved_tensor_bytes_counts_each_storage_once_with_its_peak_and_total():
         (y2 * y2).sum().backward()
     assert saved["peak"] == 2 * one  # never more than one step's alive at once
     assert saved["total"] == 4 * one  # every storage saved, once each
+
+
+def test_saved_tensor_bytes_counts_a_released_storage_again_when_its_address_is_reused():
+    w = torch.randn(64, 64, requires_grad=True)
+    one = 32 * 64 * 4
+    with saved_tensor_bytes([w]) as saved:
+        for _ in range(3):  # nothing held between steps: the allocator may hand the same addresses out again
+            x = torch.randn(32, 64, requires_grad=True)
+            (x @ w).relu().sum().backward()
+            del x
+    assert saved["peak"] == 2 * one and saved["total"] == 3 * 2 * one

@@ -191,8 +191,9 @@ def plan(
     fp8_all_gather: bool = typer.Option(
         False, "--fp8-all-gather", help="precision fp8: the sharded weights are gathered in FP8 (torchtitan's "
                                         "enable_fsdp_float8_all_gather, Megatron's --fp8-param-gather): half the "
-                                        "gather's bytes, and torchao casts each shard before it, not each gathered "
-                                        "weight on every micro-batch; only layouts with ZeRO / FSDP (zero >= 1)"),
+                                        "gather's bytes, and torchao casts each shard before every gather, not each "
+                                        "weight on every micro-batch; dense models, layouts with ZeRO / FSDP "
+                                        "(zero >= 1, dp x cp > 1)"),
     layout: str = typer.Option(None, help="fix some layout fields, e.g. tp=8,pp=16 (the rest is searched)"),
     top: int = typer.Option(5, help="plans to show", callback=POSITIVE_INT),
     split: str = typer.Option("balanced", help="pipeline split: balanced | uniform"),

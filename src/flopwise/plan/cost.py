@@ -78,7 +78,8 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
   (GemmFormat.stored_bytes); the first and last blocks some recipes keep in bf16, the random Hadamard transforms
   and stochastic rounding of NVIDIA's recipe are not costed. torchao's linears (Software.fp8_library) cast each
   gathered weight on every micro-batch, forward and backward (torchao_weight_cast_bytes); with fp8_all_gather the
-  data-parallel gather moves and holds the FP8 copy instead (Training.gathered_weight_bytes).
+  data-parallel gather moves the FP8 copy (ZeRO-3 also holds its gathered layers in it: Training.gathered_weight_bytes)
+  and torchao casts each rank's shard before every gather (CostModel.shard_cast_time).
 - PyTorch-native TP under torch.compile (Software.unfused_across_tp): with tp > 1 the blocks' elementwise work moves
   the eager stack's traffic (Constants.eager_traffic); chosen on the fit rows' CV, scored on a blind set
   (benchmarks/RESULTS.md, "Eighth round" and "Seventeenth blind holdout").
@@ -168,17 +169,25 @@ FP8_ONE_INPUT = frozenset({"w_up"})  # gate and up (count 2) read one input
 def torchao_weight_cast_bytes(low: GemmFormat, dtype_bytes: int, fp8_all_gather: bool) -> tuple[float, float]:
     """Bytes moved per block weight element on every micro-batch, forward and backward, by torchao's low-precision
     linears (Software.fp8_library = 'torchao'), which cast the gathered weight in each forward and, having saved it in
-    high precision, again in the backward (torchao's matmul_with_hp_or_float8_args since pytorch/ao#920): a read of
-    the weight and a write of the cast copy each time, a per-tensor scale's amax one more read first (its code notes
-    the backward cannot reuse the forward's), and a row-wise recipe's backward a transposed high-precision copy
-    written and read back (torchao/testing/training/roofline_utils.py). With fp8_all_gather the shard is cast before
-    the gather (1/dp of the weight, left out) and the backward takes the gathered FP8 weight's transposed copy.
-    Transformer Engine keeps a step's FP8 weights across its micro-batches: not costed."""
+    high precision, again in the backward (torchao's matmul_with_hp_or_float8_args since pytorch/ao#920, 2024-10): a
+    read of the weight and a write of the cast copy each time, a per-tensor scale's amax one more read first (the
+    backward recomputed it until pytorch/ao#2595, 2025-07; torchao's roofline, roofline_utils.py, shares one amax: 5 + 3
+    bytes, not 5 + 5), and a row-wise recipe's backward a transposed high-precision copy written and read back. With
+    fp8_all_gather the shard is cast before each gather instead (CostModel.shard_cast_time) and the backward takes the
+    gathered FP8 weight's transposed copy. Under torch.compile the backward's cast writes the transposed layout itself;
+    eager torchao copies it once more (2 bytes, not costed). Transformer Engine keeps a step's FP8 weights across its
+    micro-batches: not costed."""
     if fp8_all_gather:
         return 0.0, 2 * low.stored_bytes
+    return torchao_cast_once_bytes(low, dtype_bytes), (torchao_cast_once_bytes(low, dtype_bytes)
+                                                        + low.transposed_copy_bytes(dtype_bytes))
+
+
+def torchao_cast_once_bytes(low: GemmFormat, dtype_bytes: int) -> float:
+    """One cast of a high-precision weight by torchao: read it, write the cast copy, and first read it for its amax
+    where the scale is per tensor (a row-wise or block scale comes from the row or block the cast kernel reads)."""
     amax = 0.0 if low.axiswise or low.block_scaled else dtype_bytes
-    one = dtype_bytes + low.stored_bytes + amax
-    return one, one + (2 * dtype_bytes if low.axiswise else 0.0)
+    return dtype_bytes + low.stored_bytes + amax
 
 # FA3 / cuDNN fused attention on Hopper, fraction of the dense bf16 peak averaged over forward (~75%) and
 # backward (~55%) (Shah et al. 2024); FA2 there (~35% forward) is Constants.fa2_hopper_efficiency
@@ -344,8 +353,7 @@ class CostModel:
             # scale from the tensor's own amax reads the input once more first (NVFP4: + 2 bytes in bf16)
             amax = training.dtype_bytes if low.global_amax else 0.0
             # a row-wise recipe writes a transposed high-precision copy for the column-wise scales and reads it back
-            transposed = 2 * training.dtype_bytes if low.axiswise else 0.0
-            self.cast_delta = 2 * low.stored_bytes - 2 + amax + transposed
+            self.cast_delta = 2 * low.stored_bytes - 2 + amax + low.transposed_copy_bytes(training.dtype_bytes)
             # no FP4 GEMM rate from training runs: FP4 GEMMs are taken to reach FP8's fraction of their peak
             self.low_rate = getattr(self.acc, low.peak_field) * self.acc.gemm_efficiency * FP8_MAMF_RATIO
         if (training.profile.block_host_s or 0.0) > 0 and self.acc.measured:
@@ -428,6 +436,9 @@ class CostModel:
             raise PlanError(f"precision {precision} is torchao's rowwise recipe; the `{self.training.software}` "
                             "profile's FP8 layers are Transformer Engine's, which has none: plan it with --software "
                             "torch-compile or torch-eager, or use precision fp8")
+        if self.training.fp8_all_gather and self.model.experts:
+            raise PlanError("fp8_all_gather is costed for dense models (torchao's float8 all-gather wraps its linear "
+                            "layers' weights, not grouped experts): plan this model without it")
         if low.axiswise and self.model.experts:
             raise PlanError(f"precision {precision} is costed for dense models (torchao's Float8Linear); this model "
                             "has experts: use precision fp8")
@@ -552,8 +563,9 @@ class CostModel:
                     ew_fwd += (1 if g.name in FP8_ONE_INPUT else g.count) * per * tokens * k / self.hbm_rate
                 per = (FP8_CAST_BYTES + self.cast_delta) / (shard if g.tp == "row" else 1)
                 ew_bwd += g.count * per * tokens * n / self.hbm_rate
-                ew_fwd += g.count * weight_fwd * k * n / self.hbm_rate  # this rank's weights, every micro-batch
-                ew_bwd += g.count * weight_bwd * k * n / self.hbm_rate
+                if not g.stored:  # this rank's weights, every micro-batch (MoE experts' grouped GEMMs: not costed)
+                    ew_fwd += g.count * weight_fwd * k * n / self.hbm_rate
+                    ew_bwd += g.count * weight_bwd * k * n / self.hbm_rate
         attn_bwd = FLASH_BACKWARD_FLOPS if self.training.profile.attention == "flash" else 2.0
         eff = self.constants.backward_efficiency
         parts = {"gemm": (gemm, 2.0 * gemm / eff), "attention": (attn, attn_bwd * attn / self.attention_backward_efficiency),
@@ -775,6 +787,18 @@ class CostModel:
         # one block in recompute_every is checkpointed: the mean over the blocks
         return plain + (EAGER_BLOCK_HOST_S[block_wrappers(layout, recompute=True)] - plain) / layout.recompute_every
 
+    def shard_cast_time(self, layout: Layout, microbatches: int) -> float:
+        """Seconds per layer and micro-batch torchao spends casting this rank's shard of the block weights to FP8 before
+        each gather under fp8_all_gather (WeightWithDynamicFloat8CastTensor's pre-all-gather cast, torchao_cast_once_bytes):
+        ZeRO-3 gathers in every forward and again in every backward, ZeRO-1/2 once per step. Each weight's amax
+        all-reduce (without torchtitan's precompute_float8_dynamic_scale_for_fsdp) is not costed."""
+        t = self.training
+        if not (t.fp8_all_gather and t.profile.fp8_library == "torchao" and layout.zero):
+            return 0.0
+        gathers = 2.0 if layout.zero >= 3 else 1.0 / microbatches
+        shard = self.layer_params.per_rank(layout.tp) / (layout.shard_degree * layout.cp)
+        return gathers * torchao_cast_once_bytes(self.low, t.dtype_bytes) * shard / self.hbm_rate
+
     def layer_gpu_time(self, layout: Layout, lc: LayerCost | None = None) -> float:
         """One layer's GPU work per micro-batch on one rank: its kernels, recomputation, exposed TP and CP
         collectives, and a mixture's expert work and all-to-all (what the host's time per block is set against)."""
@@ -814,11 +838,13 @@ class CostModel:
         FSDP2 inside each stage, gathering per micro-batch), are costed for other trainers (software profiles
         other than flopwise's own, whose trainer runs neither): the rest of the layout is checked on the cp-th
         share of the GPUs and of the sequence, with ZeRO-1 in place of ZeRO-2/3 under pipelining."""
-        layout = self.unsharded(layout)
+        asked, layout = layout, self.unsharded(layout)
         cp = layout.cp
         if self.training.fp8_all_gather and not layout.zero:
+            why = ("a single data-parallel rank (dp x cp = 1) shards nothing: use dp x cp > 1" if asked.zero else
+                   "it shards none: set zero >= 1")
             raise LayoutError("fp8_all_gather is the FP8 gather of sharded weights (FSDP / ZeRO over more than one "
-                              f"rank); {layout.short()} shards none: drop it, or set zero >= 1")
+                              f"rank); {asked.short()}: {why}, or drop fp8_all_gather")
         if layout.recompute == "op" and not self.training.profile.op_checkpoint:
             raise LayoutError(f"recompute = 'op' is per-op selective checkpointing as PyTorch-native stacks run it "
                               f"(torchtitan, flopwise's trainer); the {self.training.software} profile has no such "
@@ -848,7 +874,7 @@ class CostModel:
         layout = self.unsharded(layout)
         split = tuple(split or layout.split or even_split(cfg.layers, layout.stages))
         layout = layout.replace(split=split)
-        m = self.check(layout)
+        m = self.check(asked.replace(split=split))  # as asked: check unshards it, and its refusals name it so
         pp_layers = layout.rank_layers(split)
         tp, sp, mb, p, v = layout.tp, layout.sp, layout.micro_batch, layout.pp, layout.vpp
         cp = layout.cp
@@ -859,9 +885,10 @@ class CostModel:
 
         # per-micro-batch time of each stage: (compute, recompute, tp, cp, ep, the blocks' wait on the host)
         wait = self.launch_wait(host_s, self.layer_gpu_time(layout, lc))
+        shard_cast = self.shard_cast_time(layout, m)
         stages = []
         for i, n in enumerate(pp_layers):
-            comp = n * (lc.fwd + lc.bwd + moe_comp)
+            comp = n * (lc.fwd + lc.bwd + moe_comp + shard_cast)
             tpc = n * lc.tp
             if i == 0:
                 tpc += emb_comm

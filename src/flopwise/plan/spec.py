@@ -50,10 +50,16 @@ class GemmFormat:
         """Bytes per element of one cast copy as it is kept or sent: the values and their block scales."""
         return self.element_bytes + self.scale_bytes
 
+    def transposed_copy_bytes(self, dtype_bytes: int) -> float:
+        """Bytes a cast moves beyond the cast itself for the transposed high-precision copy an axis-wise recipe writes
+        for its column-wise scales and reads back (0 for the others)."""
+        return 2.0 * dtype_bytes if self.axiswise else 0.0
+
 
 GEMM_FORMATS = {
-    # per-tensor scales, costed as delayed scaling (from the amax history: no pass before the cast); current scaling's
-    # amax pass is not costed for FP8, whose calibrated runs mix both
+    # per-tensor scales; the activations' and gradients' casts costed as delayed scaling (from the amax history: no
+    # pass before the cast), current scaling's amax pass not costed for them (the calibrated runs mix both); torchao's
+    # weight casts pay theirs (cost.torchao_weight_cast_bytes)
     "fp8": GemmFormat(1.0, 0.0, "fp8_peak_flops"),
     # one fp32 scale per row of K elements (4 / K bytes per element: left out); its GEMMs are taken at tensorwise
     # FP8's rate, as torchao's roofline takes them; torchao's recipe, for dense models
@@ -291,8 +297,9 @@ class Training:
     # profile's Software.block_host_s
     block_host_s: float | None = None
     # the data-parallel gather of the blocks' weights moves their FP8 cast (torchao's enable_fsdp_float8_all_gather,
-    # Megatron's --fp8-param-gather): half the bytes, and the weights are cast on each rank's shard before the gather,
-    # not after it on every micro-batch (plan/cost.py, torchao_weight_cast_bytes); per-tensor FP8 (precision fp8) only
+    # Megatron's --fp8-param-gather): half the bytes (and ZeRO-3's gathered layers held in FP8), and torchao casts each
+    # rank's shard before every gather, not the gathered weight on every micro-batch (plan/cost.py,
+    # torchao_weight_cast_bytes, CostModel.shard_cast_time); per-tensor FP8 (precision fp8), dense models only
     fp8_all_gather: bool = False
 
     def __post_init__(self) -> None:

@@ -22,7 +22,7 @@ import re
 import statistics
 from pathlib import Path
 
-from flopwise.config_values import positive
+from flopwise.config_values import parse_bool, positive
 from flopwise.errors import ConfigError, DataError, FlopwiseError, PlanError
 from flopwise.hardware import GB, GIB, Accelerator, match_device_name, resolve_accelerator
 from flopwise.layout import parse_value
@@ -147,12 +147,11 @@ def _recompute_word(text: str, notes: list[str]) -> str:
 def _fp8_all_gather(row: dict) -> bool:
     """The optional `fp8_all_gather` column: whether the run gathered its sharded weights in FP8 (torchtitan's
     enable_fsdp_float8_all_gather, Megatron's --fp8-param-gather); blank: no, their defaults."""
-    word = _cell(row, "fp8_all_gather").lower()
-    flag = {"": False, "false": False, "no": False, "off": False, "0": False,
-            "true": True, "yes": True, "on": True, "1": True}.get(word)
-    if flag is None:
-        raise DataError(f"column 'fp8_all_gather' = {word!r}: must be true, false or blank")
-    return flag
+    text = _cell(row, "fp8_all_gather")
+    try:
+        return parse_bool("column 'fp8_all_gather'", text) if text else False
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
 
 
 def measured_memory(row: dict) -> tuple[float, str] | None:

@@ -38,14 +38,13 @@ def model_state_bytes(engine) -> int:
 
 @contextmanager
 def saved_tensor_bytes(exclude: Iterable[torch.Tensor]):
-    """Within the block, count the bytes autograd saves for the backward, once per storage, leaving out the storages
-    of `exclude` (parameters, buffers); yields a dict whose "peak" (the most alive at once, a storage alive from its
-    first save to its last unpack) is kept up to date and whose "total" (every storage saved, as the planner counts a
-    step's activations) is set on leaving."""
+    """Within the block, count the bytes autograd saves for the backward, once per storage while it is alive, leaving
+    out the storages of `exclude` (parameters, buffers); yields a dict, kept up to date, with "peak" (the most alive at
+    once, a storage alive from its first save to its last unpack) and "total" (every storage saved while not already
+    alive: over a forward, the step's activations as the planner counts them)."""
     owned = {_local(t).untyped_storage().data_ptr() for t in exclude}
     refs: Counter[int] = Counter()
     size: dict[int, int] = {}
-    seen: dict[int, int] = {}
     live, result = [0], {"peak": 0, "total": 0}
 
     def pack(t):
@@ -54,8 +53,9 @@ def saved_tensor_bytes(exclude: Iterable[torch.Tensor]):
         if ptr in owned or ptr == 0:
             return t
         if refs[ptr] == 0:
-            size[ptr] = seen[ptr] = storage.nbytes()
+            size[ptr] = storage.nbytes()
             live[0] += size[ptr]
+            result["total"] += size[ptr]
             result["peak"] = max(result["peak"], live[0])
         refs[ptr] += 1
         return (t, ptr)
@@ -73,11 +73,8 @@ def saved_tensor_bytes(exclude: Iterable[torch.Tensor]):
         packed = pack(t)
         return None if packed is t else (lambda: unpack(packed))
 
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack), observe_kept(kept):
-            yield result
-    finally:
-        result["total"] = sum(seen.values())
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack), observe_kept(kept):
+        yield result
 
 
 def saved_tensor_peak(engine):
