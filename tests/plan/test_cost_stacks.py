@@ -2,6 +2,7 @@
 profiles, network defaults, stragglers, and fitting the cost model's own constants."""
 
 import dataclasses
+import math
 
 import pytest
 
@@ -187,6 +188,14 @@ def test_torchao_casts_each_gathered_weight_on_every_microbatch_transformer_engi
     if precision != "fp8-rowwise":  # Transformer Engine keeps a step's FP8 weights across its micro-batches
         assert per_microbatch_fixed(cost(acc=acc, precision=precision, software="te")) == pytest.approx(
             (0.0, 0.0), abs=1e-6 * weights)
+
+
+def test_torchao_weight_casts_leave_out_moe_experts_grouped_gemms():
+    moe = dataclasses.replace(LLAMA, experts=8, top_k=2)
+    cm = CostModel(moe, Cluster(H100, 8), Training(32, precision="fp8", software="torch-compile"))
+    one, two = (cm.layer_compute(2, False, mb)["elementwise"][0] for mb in (1, 2))
+    dense = sum(g.count * math.prod(cm._sharded(g, 2)) for g in cm.gemms if not g.stored)  # attention, router
+    assert any(g.stored for g in cm.gemms) and (2 * one - two) * cm.hbm_rate == pytest.approx(5 * dense, rel=1e-6)
 
 
 def test_fp8_all_gather_moves_and_holds_fp8_weights_and_torchao_casts_the_shard_not_each_microbatch():

@@ -179,8 +179,8 @@ def torchao_weight_cast_bytes(low: GemmFormat, dtype_bytes: int, fp8_all_gather:
     micro-batches: not costed."""
     if fp8_all_gather:
         return 0.0, 2 * low.stored_bytes
-    return torchao_cast_once_bytes(low, dtype_bytes), (torchao_cast_once_bytes(low, dtype_bytes)
-                                                        + low.transposed_copy_bytes(dtype_bytes))
+    once = torchao_cast_once_bytes(low, dtype_bytes)
+    return once, once + low.transposed_copy_bytes(dtype_bytes)
 
 
 def torchao_cast_once_bytes(low: GemmFormat, dtype_bytes: int) -> float:
@@ -746,11 +746,10 @@ class CostModel:
             return max(0.0, red - window_b) if overlap else red
         if layout.zero in (1, 2):
             red = both("reduce_scatter", dense_local, experts, grad_bytes) + replicas(dense_local)
-            gat = both("all_gather", dense_local, experts, e)
-            if g != e:  # the blocks' weights in FP8; the embedding, LM head and final norm in the training dtype
-                blocks = min(dense_local, layers * dense_layer)
-                gat = both("all_gather", blocks, experts, g) + self.bucketed(
-                    "all_gather", (dense_local - blocks) * e, dp, span)
+            # the blocks' weights as gathered (FP8 under fp8_all_gather); the embedding, LM head and final norm in the
+            # training dtype (gathered with them in one pass where the two are the same)
+            blocks = dense_local if g == e else min(dense_local, layers * dense_layer)
+            gat = both("all_gather", blocks, experts, g) + self.bucketed("all_gather", (dense_local - blocks) * e, dp, span)
             return (max(0.0, red - window_b) + max(0.0, gat - window_f)) if overlap else red + gat
         # ZeRO-3 / FSDP: per layer and micro-batch, the prefetched all-gather hides behind the layer's forward,
         # the backward's re-gather and the reduce-scatter (and HSDP's all-reduce) behind its backward

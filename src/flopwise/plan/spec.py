@@ -340,7 +340,7 @@ class Training:
     @property
     def gathered_weight_bytes(self) -> float:
         """Bytes per element of a block weight as the data-parallel gather moves and holds it (fp8_all_gather)."""
-        return GEMM_FORMATS["fp8"].stored_bytes if self.fp8_all_gather else self.dtype_bytes
+        return self.gemm_format.stored_bytes if self.fp8_all_gather else self.dtype_bytes  # fp8: __post_init__
 
     @property
     def gemm_format(self) -> GemmFormat | None:
