@@ -10,7 +10,8 @@ them. The same rows are predicted with the shipped constants (fitted on fit.csv 
 uses only rows gathered before it, so the comparison is out of sample for the constants. It is not out of sample
 for the model's structure, which was built while these sets were scored; both arms share that structure.
 
-The decision rule was declared before this script was first run (FINDINGS.md section 44).
+The decision rule was declared before this script was first run (FINDINGS.md section 44); run once on 2026-12-06, it
+fell 0.02 points short, and the thirty-sixth blind set then rejected the wider fit (section 45): not adopted.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 from planner_accuracy import CALIBRATION, load_rows
 from planner_fit import NAMES, PUBLISHED, attach, fit_constants, predict
+from planner_track_record import summarise
 
 from flopwise.plan.cost import DEFAULT_CONSTANTS
 
@@ -39,12 +39,6 @@ def set_number(path: Path) -> int:
 
 def errors(rows: list[dict], params: dict[str, float]) -> list[float]:
     return [predict(r, params) / float(r["measured_step_s"]) - 1.0 for r in rows]
-
-
-def summary(errs: list[float]) -> dict:
-    a = np.abs(np.array(errs))
-    return {"n": len(errs), "median": float(np.median(a)), "p90": float(np.percentile(a, 90)), "max": float(a.max()),
-            "signed_median": float(np.median(errs))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         all_shipped += e_ship
         all_forward += e_fwd
         entry = {"set": set_number(path), "file": path.name, "pool": len(pool), "params": params,
-                 "shipped": summary(e_ship), "forward": summary(e_fwd)}
+                 "shipped": summarise(e_ship), "forward": summarise(e_fwd)}
         report["sets"].append(entry)
         print(f"set {entry['set']:2} n={len(rows):3} pool={len(pool):3}  shipped {100 * entry['shipped']['median']:5.1f}% "
               f"/ {100 * entry['shipped']['max']:5.1f}%  forward {100 * entry['forward']['median']:5.1f}% / "
@@ -75,13 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         pool += rows
     final = fit_constants(pool)
     report["final"] = {"pool": len(pool), "params": final}
-    report["pooled"] = {"shipped": summary(all_shipped), "forward": summary(all_forward)}
+    report["pooled"] = {"shipped": summarise(all_shipped), "forward": summarise(all_forward)}
     wins = sum(1 for s in report["sets"] if s["forward"]["median"] < s["shipped"]["median"])
     losses = sum(1 for s in report["sets"] if s["forward"]["median"] > s["shipped"]["median"])
     report["sets_better"], report["sets_worse"] = wins, losses
     published = attach(load_rows(sorted(PUBLISHED.glob("*.csv")))) if PUBLISHED.exists() else []
     if published:
-        report["published"] = {"shipped": summary(errors(published, shipped)), "final": summary(errors(published, final))}
+        report["published"] = {"shipped": summarise(errors(published, shipped)),
+                               "final": summarise(errors(published, final))}
 
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     for arm in ("shipped", "forward"):
@@ -94,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         for arm in ("shipped", "final"):
             s = report["published"][arm]
             print(f"../shared/published, {arm} constants: median {pct(s['median'])}, max {pct(s['max'])}")
-    print("shipped median per set:", statistics.median(s["shipped"]["median"] for s in report["sets"]))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
         print(f"wrote {args.json}")
