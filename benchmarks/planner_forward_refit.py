@@ -20,6 +20,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from planner_accuracy import CALIBRATION, load_rows
@@ -37,6 +38,20 @@ def set_number(path: Path) -> int:
     return int(found.group(1) or 1)
 
 
+def chain() -> list[Path]:
+    """The fresh holdouts in the order they were gathered (set 10 after set 9, not after set 1)."""
+    return sorted(CALIBRATION.glob("fresh_holdout*.csv"), key=set_number)
+
+
+def forward(pool: list, sets: list[tuple[Path, list]], fit: Callable[[list], dict]) -> list[tuple[Path, list, dict]]:
+    """(path, rows, constants) per set, the constants fitted on `pool` and every set before this one, never on it."""
+    pool, out = list(pool), []
+    for path, rows in sets:
+        out.append((path, rows, fit(pool)))
+        pool += rows
+    return out
+
+
 def errors(rows: list[dict], params: dict[str, float]) -> list[float]:
     return [predict(r, params) / float(r["measured_step_s"]) - 1.0 for r in rows]
 
@@ -48,14 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
     shipped = {k: getattr(DEFAULT_CONSTANTS, k) for k in NAMES}
     pool = attach(load_rows([CALIBRATION / "fit.csv", CALIBRATION / "holdout.csv"]))
-    sets = sorted(CALIBRATION.glob("fresh_holdout*.csv"), key=set_number)
+    sets = [(path, rows) for path in chain() if (rows := attach(load_rows([path])))]
     report: dict = {"shipped": shipped, "sets": []}
     all_shipped, all_forward = [], []
-    for path in sets:
-        rows = attach(load_rows([path]))
-        if not rows:
-            continue
-        params = fit_constants(pool)
+    for path, rows, params in forward(pool, sets, fit_constants):
         e_ship, e_fwd = errors(rows, shipped), errors(rows, params)
         all_shipped += e_ship
         all_forward += e_fwd
@@ -66,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
               f"/ {100 * entry['shipped']['max']:5.1f}%  forward {100 * entry['forward']['median']:5.1f}% / "
               f"{100 * entry['forward']['max']:5.1f}%  " + " ".join(f"{k}={v:.3g}" for k, v in params.items()),
               flush=True)
-        pool += rows
-    final = fit_constants(pool)
-    report["final"] = {"pool": len(pool), "params": final}
+    every = pool + [row for _, rows in sets for row in rows]
+    final = fit_constants(every)
+    report["final"] = {"pool": len(every), "params": final}
     report["pooled"] = {"shipped": summarise(all_shipped), "forward": summarise(all_forward)}
     wins = sum(1 for s in report["sets"] if s["forward"]["median"] < s["shipped"]["median"])
     losses = sum(1 for s in report["sets"] if s["forward"]["median"] > s["shipped"]["median"])
@@ -84,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pooled {arm:8} n={s['n']} median {pct(s['median'])} p90 {pct(s['p90'])} max {pct(s['max'])} "
               f"signed median {pct(s['signed_median'])}")
     print(f"sets with a lower median forward: {wins}, higher: {losses}, of {len(report['sets'])}")
-    print(f"fitted on all {len(pool)} rows: " + ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
+    print(f"fitted on all {len(every)} rows: " + ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
     if published:
         for arm in ("shipped", "final"):
             s = report["published"][arm]
