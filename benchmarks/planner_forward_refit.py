@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -52,8 +54,28 @@ def forward(pool: list, sets: list[tuple[Path, list]], fit: Callable[[list], dic
     return out
 
 
-def errors(rows: list[dict], params: dict[str, float]) -> list[float]:
-    return [predict(r, params) / float(r["measured_step_s"]) - 1.0 for r in rows]
+def errors(rows: list[dict], params: dict[str, float], leans: dict[str, float] | None = None) -> list[float]:
+    """Each row's signed error with `params`, its plan scaled by its software profile's lean where `leans` is given."""
+    return [predict(r, params) * (leans or {}).get(software(r), 1.0) / float(r["measured_step_s"]) - 1.0
+            for r in rows]
+
+
+def software(row: dict) -> str:
+    return row["_obs"].training.software
+
+
+SHRINK_RUNS = 20  # a profile's lean counts n / (n + 20) of its median: declared in FINDINGS.md section 46, not tuned
+
+
+def profile_leans(pool: list[dict], params: dict[str, float], shrink: float = SHRINK_RUNS) -> dict[str, float]:
+    """Per software profile, exp(median log(measured / planned) x n / (n + shrink)) over its n runs in `pool`."""
+    logs: dict[str, list[float]] = {}
+    for r in pool:
+        logs.setdefault(software(r), []).append(math.log(float(r["measured_step_s"]) / predict(r, params)))
+    return {p: math.exp(statistics.median(v) * len(v) / (len(v) + shrink)) for p, v in logs.items()}
+
+
+ARMS = ("shipped", "forward", "lean")  # shipped constants; refitted on the runs before; shipped x profile lean
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,42 +86,42 @@ def main(argv: list[str] | None = None) -> int:
     shipped = {k: getattr(DEFAULT_CONSTANTS, k) for k in NAMES}
     pool = attach(load_rows([CALIBRATION / "fit.csv", CALIBRATION / "holdout.csv"]))
     sets = [(path, rows) for path in chain() if (rows := attach(load_rows([path])))]
+    leans = forward(pool, sets, lambda before: profile_leans(before, shipped))
     report: dict = {"shipped": shipped, "sets": []}
-    all_shipped, all_forward = [], []
-    for path, rows, params in forward(pool, sets, fit_constants):
-        e_ship, e_fwd = errors(rows, shipped), errors(rows, params)
-        all_shipped += e_ship
-        all_forward += e_fwd
-        entry = {"set": set_number(path), "file": path.name, "pool": len(pool), "params": params,
-                 "shipped": summarise(e_ship), "forward": summarise(e_fwd)}
+    pooled: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    seen = len(pool)
+    for (path, rows, params), (_, _, lean) in zip(forward(pool, sets, fit_constants), leans, strict=True):
+        errs = {"shipped": errors(rows, shipped), "forward": errors(rows, params), "lean": errors(rows, shipped, lean)}
+        entry = {"set": set_number(path), "file": path.name, "pool": seen, "params": params, "leans": lean,
+                 **{arm: summarise(e) for arm, e in errs.items()}}
+        for arm, e in errs.items():
+            pooled[arm] += e
         report["sets"].append(entry)
-        print(f"set {entry['set']:2} n={len(rows):3} pool={len(pool):3}  shipped {100 * entry['shipped']['median']:5.1f}% "
-              f"/ {100 * entry['shipped']['max']:5.1f}%  forward {100 * entry['forward']['median']:5.1f}% / "
-              f"{100 * entry['forward']['max']:5.1f}%  " + " ".join(f"{k}={v:.3g}" for k, v in params.items()),
-              flush=True)
+        seen += len(rows)
+        print(f"set {entry['set']:2} n={len(rows):3} pool={entry['pool']:3}  " + "  ".join(
+            f"{arm} {100 * entry[arm]['median']:5.1f}% / {100 * entry[arm]['max']:5.1f}%" for arm in ARMS), flush=True)
     every = pool + [row for _, rows in sets for row in rows]
-    final = fit_constants(every)
-    report["final"] = {"pool": len(every), "params": final}
-    report["pooled"] = {"shipped": summarise(all_shipped), "forward": summarise(all_forward)}
-    wins = sum(1 for s in report["sets"] if s["forward"]["median"] < s["shipped"]["median"])
-    losses = sum(1 for s in report["sets"] if s["forward"]["median"] > s["shipped"]["median"])
-    report["sets_better"], report["sets_worse"] = wins, losses
+    final, final_leans = fit_constants(every), profile_leans(every, shipped)
+    report["final"] = {"pool": len(every), "params": final, "leans": final_leans}
+    report["pooled"] = {arm: summarise(e) for arm, e in pooled.items()}
     published = attach(load_rows(sorted(PUBLISHED.glob("*.csv")))) if PUBLISHED.exists() else []
     if published:
         report["published"] = {"shipped": summarise(errors(published, shipped)),
-                               "final": summarise(errors(published, final))}
+                               "forward": summarise(errors(published, final)),
+                               "lean": summarise(errors(published, shipped, final_leans))}
 
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
-    for arm in ("shipped", "forward"):
+    for arm in ARMS:
         s = report["pooled"][arm]
+        better = sum(1 for e in report["sets"] if e[arm]["median"] < e["shipped"]["median"])
+        worse = sum(1 for e in report["sets"] if e[arm]["median"] > e["shipped"]["median"])
         print(f"pooled {arm:8} n={s['n']} median {pct(s['median'])} p90 {pct(s['p90'])} max {pct(s['max'])} "
-              f"signed median {pct(s['signed_median'])}")
-    print(f"sets with a lower median forward: {wins}, higher: {losses}, of {len(report['sets'])}")
+              f"signed median {pct(s['signed_median'])}" + (f"; sets better {better}, worse {worse}, of "
+                                                            f"{len(report['sets'])}" if arm != "shipped" else ""))
     print(f"fitted on all {len(every)} rows: " + ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
-    if published:
-        for arm in ("shipped", "final"):
-            s = report["published"][arm]
-            print(f"../shared/published, {arm} constants: median {pct(s['median'])}, max {pct(s['max'])}")
+    print("profile leans from all rows: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(final_leans.items())))
+    for arm, s in report.get("published", {}).items():
+        print(f"../shared/published, {arm}: median {pct(s['median'])}, max {pct(s['max'])}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
         print(f"wrote {args.json}")
