@@ -46,3 +46,29 @@ def test_each_set_is_predicted_with_constants_fitted_only_on_the_rows_before_it(
     ]
     assert [rows for _, rows, _ in chained] == [rows for _, rows in sets]
     assert first == ["fit-1", "fit-2"]  # the caller's pool is left as it was
+
+
+class _Obs:
+    """What the script reads of an observation: its profile and its plan's step time."""
+
+    def __init__(self, software: str, planned: float):
+        self.training = type("T", (), {"software": software})()
+        self.planned = planned
+
+    def predict(self, params):
+        return self.planned
+
+
+def test_a_profile_lean_is_its_median_shrunk_by_how_few_runs_it_has():
+    mod = _module()
+    # 20 te runs all twice as slow as planned (log 2 each), 5 torch-eager runs exactly as planned, one deepspeed run
+    pool = ([{"_obs": _Obs("te", 1.0), "measured_step_s": "2.0"}] * 20
+            + [{"_obs": _Obs("torch-eager", 3.0), "measured_step_s": "3.0"}] * 5
+            + [{"_obs": _Obs("deepspeed", 1.0), "measured_step_s": "1.5"}])
+    leans = mod.profile_leans(pool, {})
+    assert leans["te"] == pytest.approx(2.0 ** (20 / 40))  # n = k: half the median's log
+    assert leans["torch-eager"] == pytest.approx(1.0)
+    assert leans["deepspeed"] == pytest.approx(1.5 ** (1 / 21))
+    row = {"_obs": _Obs("te", 1.0), "measured_step_s": "2.0"}
+    other = {"_obs": _Obs("megatron-lm", 1.0), "measured_step_s": "2.0"}  # a profile with no runs: no lean
+    assert mod.errors([row, other], {}, leans) == pytest.approx([2.0 ** 0.5 / 2 - 1, -0.5])
