@@ -1,4 +1,4 @@
-"""Would fitting the cost model's constants on every run gathered so far have predicted the next blind set better?
+"""Would constants, or per-profile leans, learnt from every run gathered so far have predicted the next blind set better?
 
     .venv/bin/python benchmarks/planner_forward_refit.py                 # ~6 min on 2 cores
     .venv/bin/python benchmarks/planner_forward_refit.py --json /tmp/forward.json
@@ -10,8 +10,12 @@ them. The same rows are predicted with the shipped constants (fitted on fit.csv 
 uses only rows gathered before it, so the comparison is out of sample for the constants. It is not out of sample
 for the model's structure, which was built while these sets were scored; both arms share that structure.
 
-The decision rule was declared before this script was first run (FINDINGS.md section 44); run once on 2026-12-06, it
-fell 0.02 points short, and the thirty-sixth blind set then rejected the wider fit (section 45): not adopted.
+A third arm keeps the shipped constants and multiplies each plan by its software profile's lean over the runs
+before the set (`profile_leans`, FINDINGS.md section 46).
+
+Each arm's decision rule was declared before it first ran (FINDINGS.md sections 44 and 46). Run on 2026-12-06: the
+refit fell 0.02 points short and the thirty-sixth blind set then rejected it (section 45); the lean fell 0.13 points
+short. Neither is adopted.
 """
 
 from __future__ import annotations
