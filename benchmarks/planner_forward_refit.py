@@ -1,6 +1,6 @@
 """Would constants, or per-profile leans, learnt from every run gathered so far have predicted the next blind set better?
 
-    .venv/bin/python benchmarks/planner_forward_refit.py                 # ~6 min on 2 cores
+    .venv/bin/python benchmarks/planner_forward_refit.py                 # ~7 min on 2 cores
     .venv/bin/python benchmarks/planner_forward_refit.py --json /tmp/forward.json
 
 Forward chaining over the calibration files in the order they were gathered: for each fresh holdout j (the file
