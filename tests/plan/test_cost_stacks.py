@@ -167,9 +167,43 @@ def test_fp8_rowwise_is_fp8_at_the_same_rate_plus_a_transposed_copy_per_cast_and
         CostModel(moe, Cluster(H100, 8), Training(32, precision="fp8-rowwise", software="torch-compile"))
 
 
+def test_fp8_rowwise_gw_hp_runs_the_weight_gradient_gemm_in_bf16_and_casts_one_copy_without_a_transposed_one():
+    """torchao's rowwise_with_gw_hp (Float8LinearConfig.from_recipe_name; roofline_utils.py): the forward and input-
+    gradient GEMMs as fp8-rowwise's, the weight-gradient GEMM at bf16's rate; each activation and output gradient cast
+    once (no column-wise copy, no transposed bf16 copy), the weight cast 3 + 3 bytes."""
+    layout = Layout(dp=8, zero=3, micro_batch=1)
+    rw, gw, bf = (cost(precision=p, software="torch-compile") for p in ("fp8-rowwise", "fp8-rowwise-gw-hp", "bf16"))
+    r, g, b = (c.layer_compute(4, False, 1) for c in (rw, gw, bf))
+    eff = gw.constants.backward_efficiency
+    assert g["gemm"][0] == r["gemm"][0] and g["attention"] == r["attention"]
+    assert g["gemm"][1] == pytest.approx((r["gemm"][0] + b["gemm"][0]) / eff, rel=1e-12)
+    assert r["gemm"][1] < g["gemm"][1] < b["gemm"][1]
+    # against fp8-rowwise: one 1-byte copy fewer and no 2 x 2-byte transposed copy per cast element (5 bytes), and the
+    # backward's weight cast without its transposed copy (7 -> 3 bytes)
+    tokens, h, q, ffn = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn
+    kv = LLAMA.kv_heads * LLAMA.head_dim
+    forward_elements = tokens * (2 * h + q / 4 + ffn / 4)
+    backward_elements = tokens * ((q + 2 * kv) / 4 + h + 2 * ffn / 4 + h)
+    weights = (h * (q + 2 * kv) + q * h + 3 * h * ffn) / 4
+    assert (r["elementwise"][0] - g["elementwise"][0]) * gw.hbm_rate == pytest.approx(5 * forward_elements, rel=1e-9)
+    assert (r["elementwise"][1] - g["elementwise"][1]) * gw.hbm_rate == pytest.approx(
+        5 * backward_elements + 4 * weights, rel=1e-9)
+    assert gw.evaluate(layout).step_time < bf.evaluate(layout).step_time
+    # torchtitan's plain TP for both row-wise recipes: bf16 gathers under sequence parallelism
+    assert gw.layer_cost(4, True, 1, "none").tp == pytest.approx(bf.layer_cost(4, True, 1, "none").tp, rel=1e-12)
+    # a recipe of torchao's, for dense models on parts with FP8 tensor cores, as fp8-rowwise
+    with pytest.raises(PlanError, match="the `te` profile's FP8 layers are Transformer Engine's"):
+        cost(precision="fp8-rowwise-gw-hp", software="te")
+    with pytest.raises(PlanError, match="FP8"):
+        cost(acc=A100, precision="fp8-rowwise-gw-hp", software="torch-compile")
+    with pytest.raises(ConfigError, match="fp8_all_gather"):
+        Training(32, precision="fp8-rowwise-gw-hp", software="torch-compile", fp8_all_gather=True)
+
+
 @pytest.mark.parametrize("precision, gpu, per_microbatch", [
     ("fp8", "H100-SXM", (5.0, 5.0)),  # amax read 2, read 2, write 1; the backward again (torchao cannot reuse the amax)
     ("fp8-rowwise", "H100-SXM", (3.0, 7.0)),  # the amax in the cast kernel; backward: a transposed bf16 copy too
+    ("fp8-rowwise-gw-hp", "H100-SXM", (3.0, 3.0)),  # backward: per tensor, its scale from the forward's row scales
     ("mxfp8", "B200", (3.0 + 1 / 32, 3.0 + 1 / 32)),  # block scales from the block, written beside the values
 ])
 def test_torchao_casts_each_gathered_weight_on_every_microbatch_transformer_engine_does_not(
@@ -185,7 +219,7 @@ def test_torchao_casts_each_gathered_weight_on_every_microbatch_transformer_engi
 
     assert per_microbatch_fixed(cost(acc=acc, precision=precision, software="torch-compile")) == pytest.approx(
         tuple(b * weights for b in per_microbatch), rel=1e-6)
-    if precision != "fp8-rowwise":  # Transformer Engine keeps a step's FP8 weights across its micro-batches
+    if not precision.startswith("fp8-rowwise"):  # Transformer Engine keeps a step's FP8 weights across micro-batches
         assert per_microbatch_fixed(cost(acc=acc, precision=precision, software="te")) == pytest.approx(
             (0.0, 0.0), abs=1e-6 * weights)
 

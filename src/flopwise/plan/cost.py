@@ -79,7 +79,9 @@ Added for issue 14 (published runs beyond the two Megatron papers; benchmarks/pl
   and stochastic rounding of NVIDIA's recipe are not costed. torchao's linears (Software.fp8_library) cast each
   gathered weight on every micro-batch, forward and backward (torchao_weight_cast_bytes); with fp8_all_gather the
   data-parallel gather moves the FP8 copy (ZeRO-3 also holds its gathered layers in it: Training.gathered_weight_bytes)
-  and torchao casts each rank's shard before every gather (CostModel.shard_cast_time).
+  and torchao casts each rank's shard before every gather (CostModel.shard_cast_time). torchao's row-wise recipes
+  (spec.GEMM_FORMATS): fp8-rowwise's casts also write and read back a transposed bf16 copy; fp8-rowwise-gw-hp runs
+  the weight-gradient GEMM in bf16 and writes one row-wise copy per cast.
 - PyTorch-native TP under torch.compile (Software.unfused_across_tp): with tp > 1 the blocks' elementwise work moves
   the eager stack's traffic (Constants.eager_traffic); chosen on the fit rows' CV, scored on a blind set
   (benchmarks/RESULTS.md, "Eighth round" and "Seventeenth blind holdout").
@@ -172,7 +174,8 @@ def torchao_weight_cast_bytes(low: GemmFormat, dtype_bytes: int, fp8_all_gather:
     high precision, again in the backward (torchao's matmul_with_hp_or_float8_args since pytorch/ao#920, 2024-10): a
     read of the weight and a write of the cast copy each time, a per-tensor scale's amax one more read first (the
     backward recomputed it until pytorch/ao#2595, 2025-07; torchao's roofline, roofline_utils.py, shares one amax: 5 + 3
-    bytes, not 5 + 5), and a row-wise recipe's backward a transposed high-precision copy written and read back. With
+    bytes, not 5 + 5), and a row-wise recipe's backward a transposed high-precision copy written and read back (not
+    rowwise_with_gw_hp's, whose backward casts per tensor with a scale from the forward's row scales: 3 + 3). With
     fp8_all_gather the shard is cast before each gather instead (CostModel.shard_cast_time) and the backward takes the
     gathered FP8 weight's transposed copy. Under torch.compile the backward's cast writes the transposed layout itself;
     eager torchao copies it once more (2 bytes, not costed). Transformer Engine keeps a step's FP8 weights across its
@@ -352,8 +355,10 @@ class CostModel:
             # per-tensor FP8's two 1-byte copies (MXFP8 2/32 more, NVFP4 2 x (1/2 + 1/16) - 2 = 0.875 fewer), and a
             # scale from the tensor's own amax reads the input once more first (NVFP4: + 2 bytes in bf16)
             amax = training.dtype_bytes if low.global_amax else 0.0
-            # a row-wise recipe writes a transposed high-precision copy for the column-wise scales and reads it back
-            self.cast_delta = 2 * low.stored_bytes - 2 + amax + low.transposed_copy_bytes(training.dtype_bytes)
+            # a row-wise recipe writes a transposed high-precision copy for the column-wise scales and reads it back;
+            # with a high-precision weight gradient one row-wise copy, no transposed one (torchao's roofline_utils.py)
+            self.cast_delta = (low.cast_copies * low.stored_bytes - 2 + amax
+                               + low.transposed_copy_bytes(training.dtype_bytes))
             # no FP4 GEMM rate from training runs: FP4 GEMMs are taken to reach FP8's fraction of their peak
             self.low_rate = getattr(self.acc, low.peak_field) * self.acc.gemm_efficiency * FP8_MAMF_RATIO
         if (training.profile.block_host_s or 0.0) > 0 and self.acc.measured:
@@ -433,7 +438,7 @@ class CostModel:
             raise PlanError(f"{name} has no FP4 tensor cores, only Blackwell's have ({parts('fp4_peak_flops')}; an "
                             "accelerator file declares them with fp4_peak_tflops): use precision fp8 or mxfp8")
         if low.axiswise and self.training.profile.fp8_library != "torchao":
-            raise PlanError(f"precision {precision} is torchao's rowwise recipe; the `{self.training.software}` "
+            raise PlanError(f"precision {precision} is a torchao row-wise recipe; the `{self.training.software}` "
                             "profile's FP8 layers are Transformer Engine's, which has none: plan it with --software "
                             "torch-compile or torch-eager, or use precision fp8")
         if self.training.fp8_all_gather and self.model.experts:
@@ -540,6 +545,10 @@ class CostModel:
         of a step, grouped the same way, checks each (benchmarks/planner_kernels.py, section step)."""
         tokens = self.seq * mb / cp
         gemm = sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp), low=bool(self.low)) for g in self.gemms)
+        # the backward's input- and weight-gradient GEMMs each as much work as the forward's; torchao's
+        # rowwise_with_gw_hp runs the weight-gradient one in the training dtype (the roofline is symmetric in m, k, n)
+        weight_grad = (sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp)) for g in self.gemms)
+                       if self.low and self.low.hp_weight_grad else gemm)
         attn = self.attention_time(tp, mb, cp)
         act = self._kept_activations(tp, sp, mb, cp)
         ew = self.elementwise_factor(tp)
@@ -568,7 +577,8 @@ class CostModel:
                     ew_bwd += g.count * weight_bwd * k * n / self.hbm_rate
         attn_bwd = FLASH_BACKWARD_FLOPS if self.training.profile.attention == "flash" else 2.0
         eff = self.constants.backward_efficiency
-        parts = {"gemm": (gemm, 2.0 * gemm / eff), "attention": (attn, attn_bwd * attn / self.attention_backward_efficiency),
+        parts = {"gemm": (gemm, (gemm + weight_grad) / eff),
+                 "attention": (attn, attn_bwd * attn / self.attention_backward_efficiency),
                  "elementwise": (ew_fwd, ew_bwd)}
         if self.ops is not None and not self.training.compiled:  # compiled blocks dispatch fused kernels, uncounted
             parts["dispatch"] = tuple(n * self.acc.op_overhead_s for n in self.ops.block)

@@ -12,7 +12,9 @@ from flopwise.hardware import Accelerator
 
 # fp8: the transformer blocks' linear-layer GEMMs in FP8 (Transformer Engine, torchao Float8); attention, the LM head,
 # elementwise work, master weights and optimizer state as in bf16 training. fp8-rowwise: the same GEMMs with one scale
-# per row of each operand (torchao's `rowwise` recipe, torchtitan's --float8.recipe_name rowwise). mxfp8: the same
+# per row of each operand (torchao's `rowwise` recipe, torchtitan's --float8.recipe_name rowwise). fp8-rowwise-gw-hp:
+# torchao's `rowwise_with_gw_hp`, the forward and input-gradient GEMMs as fp8-rowwise, the weight-gradient GEMM in bf16
+# (torchao's Float8LinearConfig.from_recipe_name; in its roofline, roofline_utils.py). mxfp8: the same
 # GEMMs in FP8 with one power-of-two scale per 32 elements (the OCP microscaling format; Transformer Engine's MXFP8
 # recipe, torchao's MX formats), which only Blackwell's tensor cores consume (hardware.Accelerator.block_scaled_fp8).
 # nvfp4: the same GEMMs (forward, data and weight gradients) in NVIDIA's 4-bit format, E2M1 values with one E4M3 scale
@@ -23,7 +25,7 @@ from flopwise.hardware import Accelerator
 # activations with TF32 tensor-core GEMMs (a script that sets allow_tf32 or
 # torch.set_float32_matmul_precision("high")), at the TF32 rate (hardware.Accelerator.fp32_peak_flops,
 # tf32_peak_flops).
-PRECISIONS = ("bf16", "fp16", "fp32", "tf32", "fp8", "fp8-rowwise", "mxfp8", "nvfp4")
+PRECISIONS = ("bf16", "fp16", "fp32", "tf32", "fp8", "fp8-rowwise", "fp8-rowwise-gw-hp", "mxfp8", "nvfp4")
 FULL_PRECISIONS = frozenset({"fp32", "tf32"})  # 4-byte weights, gradients and activations
 
 
@@ -44,16 +46,27 @@ class GemmFormat:
     # transposed high-precision copy and reads it back, and the weights, gathered in high precision, are cast on every
     # micro-batch (torchao's kernel sequence for its rowwise recipe, torchao/testing/training/roofline_utils.py)
     axiswise: bool = False
+    # the weight-gradient GEMM in the training dtype, from the saved high-precision input and the high-precision output
+    # gradient (torchao's rowwise_with_gw_hp): the other two GEMMs need one row-wise copy of each activation and output
+    # gradient (no column-wise copy, so no transposed copy), and the backward's weight cast takes a per-tensor scale
+    # from the forward's row scales (no amax pass, no transposed copy)
+    hp_weight_grad: bool = False
 
     @property
     def stored_bytes(self) -> float:
         """Bytes per element of one cast copy as it is kept or sent: the values and their block scales."""
         return self.element_bytes + self.scale_bytes
 
+    @property
+    def cast_copies(self) -> int:
+        """Copies a cast of an activation or output gradient writes: row-wise for one GEMM, column-wise for the
+        weight-gradient GEMM, which a high-precision weight gradient does not need."""
+        return 1 if self.hp_weight_grad else 2
+
     def transposed_copy_bytes(self, dtype_bytes: int) -> float:
         """Bytes a cast moves beyond the cast itself for the transposed high-precision copy an axis-wise recipe writes
         for its column-wise scales and reads back (0 for the others)."""
-        return 2.0 * dtype_bytes if self.axiswise else 0.0
+        return 2.0 * dtype_bytes if self.axiswise and not self.hp_weight_grad else 0.0
 
 
 GEMM_FORMATS = {
@@ -64,6 +77,7 @@ GEMM_FORMATS = {
     # one fp32 scale per row of K elements (4 / K bytes per element: left out); its GEMMs are taken at tensorwise
     # FP8's rate, as torchao's roofline takes them; torchao's recipe, for dense models
     "fp8-rowwise": GemmFormat(1.0, 0.0, "fp8_peak_flops", axiswise=True),
+    "fp8-rowwise-gw-hp": GemmFormat(1.0, 0.0, "fp8_peak_flops", axiswise=True, hp_weight_grad=True),
     # one E8M0 byte per 32 elements (OCP Microscaling spec v1.0)
     "mxfp8": GemmFormat(1.0, 1 / 32, "fp8_peak_flops", block_scaled=True),
     # 4-bit values, one E4M3 byte per 16 elements (FP4 tensor cores take their scales by design), and an FP32
@@ -146,7 +160,7 @@ class Software:
     # the library of its low-precision linear layers: 'transformer-engine', whose backward keeps each GEMM input as its
     # low-precision cast, or 'torchao' (Float8Linear), which keeps them in the training dtype and casts them again in
     # the backward (since pytorch/ao#920, 2024-10: matmul_with_hp_or_float8_args saves input_hp and weight_hp_t) and
-    # offers the rowwise recipe (fp8-rowwise) that Transformer Engine does not
+    # offers the rowwise recipes (fp8-rowwise, fp8-rowwise-gw-hp) that Transformer Engine does not
     fp8_library: str = "transformer-engine"
 
 

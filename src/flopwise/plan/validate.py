@@ -102,14 +102,13 @@ def _precision_word(text: str, notes: list[str]) -> str:
     word = text.strip().lower().replace("float8", "fp8")  # torchao's and torchtitan's spelling
     if not word or word in PRECISIONS:
         return word or "bf16"
-    if re.fullmatch(r"row[\s_-]?wise", word) or ("fp8" in word and re.search(r"row[\s_-]?wise", word)):
-        # torchao's rowwise recipe ('float8 rowwise', 'fp8_rowwise', torchtitan's recipe_name 'rowwise');
-        # 'rowwise_with_gw_hp' runs its weight-gradient GEMMs in bf16, which no precision here costs: passed on, as
-        # written, for Training to refuse
-        if re.search(r"gw[\s_-]?hp", word):
-            return text.strip().lower()
-        notes.append(f"precision {text!r} read as fp8-rowwise")
-        return "fp8-rowwise"
+    if re.fullmatch(r"row[\s_-]?wise([\s_-]+with[\s_-]+gw[\s_-]?hp)?", word) or (
+            "fp8" in word and re.search(r"row[\s_-]?wise", word)):
+        # torchao's row-wise recipes ('float8 rowwise', 'fp8_rowwise', torchtitan's recipe_name 'rowwise'), and
+        # 'rowwise_with_gw_hp', whose weight-gradient GEMMs run in bf16
+        read = "fp8-rowwise-gw-hp" if re.search(r"gw[\s_-]?hp", word) else "fp8-rowwise"
+        notes.append(f"precision {text!r} read as {read}")
+        return read
     if "fp8" in word and "mx" in word:  # MXFP8 as recipes spell it: 'fp8_mx' (Megatron-Bridge), 'bf16_with_mxfp8_mixed'
         notes.append(f"precision {text!r} read as mxfp8")
         return "mxfp8"
