@@ -44,6 +44,16 @@ def test_impossible_layouts_name_the_constraint_and_numbers(layout, kwargs, mess
         check(layout, NANO4, args["global_batch"], args.get("seq_len"), args.get("world"))
 
 
+def test_another_trainers_1f1b_may_run_fewer_microbatches_than_stages_an_interleaved_one_may_not():
+    # Megatron's and DeepSpeed's 1F1B warm up min(stages - rank - 1, micro-batches): 2 through 4 stages is all fill
+    # and drain; flopwise's trainer (and torch.distributed.pipelining's 1F1B) refuse it
+    assert check(Layout(pp=4, micro_batch=1), NANO4, 2, fewer_microbatches=True) == 2
+    with pytest.raises(LayoutError, match=re.escape("pipeline of 4 stages needs at least 4 micro-batches")):
+        check(Layout(pp=4, micro_batch=1), NANO4, 2)
+    with pytest.raises(LayoutError, match=re.escape("pipeline of 2 stages needs at least 2 micro-batches")):
+        check(Layout(pp=2, vpp=2, micro_batch=1), NANO4, 1, fewer_microbatches=True)  # interleaved
+
+
 def test_the_first_and_last_stage_may_hold_only_the_embedding_and_the_head():
     """Megatron's account_for_embedding/loss_in_pipeline_split: layers + 2 stages, the ends without a layer; the
     planner's even split puts them there (the trainer runs it: tests/parallel/test_parity.py)."""

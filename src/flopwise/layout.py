@@ -220,9 +220,11 @@ def check_experts(layout: Layout, model: ModelConfig) -> None:
 
 
 def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | None = None,
-          world: int | None = None) -> int:
+          world: int | None = None, fewer_microbatches: bool = False) -> int:
     """Raise LayoutError naming the first broken constraint and its numbers; return the micro-batches each
-    rank runs per step. `world`: the ranks available (None: not checked)."""
+    rank runs per step. `world`: the ranks available (None: not checked). `fewer_microbatches`: the schedule runs
+    fewer micro-batches than stages (another trainer's 1F1B, Software.fewer_microbatches_than_stages; flopwise's own
+    trainer asks for one per stage at least)."""
     check_implemented(layout)
     tp, pp, dp, vpp = layout.tp, layout.pp, layout.dp, layout.vpp
     if world is not None and layout.gpus != world:
@@ -284,7 +286,7 @@ def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | 
             f"{local} sequences per data-parallel rank (global batch {global_batch} / dp {dp}) are not "
             f"divisible by micro_batch {layout.micro_batch}", ("global_batch", "dp", "micro_batch"))
     m = local // layout.micro_batch
-    if pp > 1 and m < pp:
+    if pp > 1 and m < pp and not (fewer_microbatches and vpp == 1):
         raise LayoutError(
             f"pipeline of {pp} stages needs at least {pp} micro-batches per step; have {local} sequences "
             f"per rank / micro_batch {layout.micro_batch} = {m}", ("pp", "global_batch", "dp", "micro_batch"))

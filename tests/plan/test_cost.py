@@ -1,6 +1,7 @@
 import pytest
 
 from flopwise.hardware import COLLECTIVE_LATENCY_S, get_accelerator
+from flopwise.errors import LayoutError
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig, get_preset
 from flopwise.plan.cost import CostModel, ring_time
@@ -36,6 +37,25 @@ def test_1f1b_and_gpipe_bubble_is_p_minus_1_over_m(p, m):
     assert gpipe.memory[-1]["activations"] == pytest.approx(
         plan.memory[-1]["activations"] * m
     )  # all m in flight
+
+
+@pytest.mark.parametrize("software, allowed", [("megatron", True), ("te", True), ("megatron-lm", True),
+                                                ("deepspeed", True), ("torch-compile", False), ("flopwise", False)])
+def test_fewer_microbatches_than_stages_is_all_fill_and_drain_where_the_schedule_allows_it(software, allowed):
+    """(m - 1) max t_i + sum t_i still holds with m < p: 2 micro-batches through 8 stages take (2 + 7) stage
+    times, a bubble of 7 / 2 of the busy time, and each stage holds at most m micro-batches' activations."""
+    cm = model(gpus=8, gb=2, software=software)
+    layout = Layout(tp=1, pp=8, dp=1, micro_batch=1)
+    if not allowed:
+        with pytest.raises(LayoutError, match="needs at least 8 micro-batches"):
+            cm.evaluate(layout)
+        return
+    plan = cm.evaluate(layout)
+    busy = plan.breakdown["compute"] + plan.breakdown["recompute"] + plan.breakdown["tp"]
+    assert plan.microbatches == 2
+    assert plan.breakdown["bubble"] / busy == pytest.approx(7 / 2, rel=0.02)
+    one = model(gpus=8, gb=1, software=software).evaluate(layout)
+    assert plan.memory[0]["activations"] == pytest.approx(2 * one.memory[0]["activations"])
 
 
 def test_interleaved_bubble_is_divided_by_v():

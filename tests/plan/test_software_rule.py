@@ -204,8 +204,8 @@ def test_calibration_rows_in_the_published_format_are_all_predicted():
     report = validate_rows(stripped)
     refused = [r.get("error_message") for r in report if "predicted_s" not in r]
     # the one that was refused until 2026-12-05, Megatron-Core counting the embedding and the loss as pipeline layers
-    # (126 + 2 = 128 stages), is predicted too, and so are torchao's rowwise_with_gw_hp runs (sets 34, 35), refused
-    # by name until 2026-12-06
+    # (126 + 2 = 128 stages), is predicted too, and so are torchao's rowwise_with_gw_hp runs (sets 34, 35, 37) and
+    # Megatron-LM's pipelines of more stages than micro-batches (set 37), refused until 2026-12-06
     assert not refused, refused
     assert sum("gw_hp" in r["precision"] for r in rows) >= 2
     same_family = {"te": {"te"}, "deepspeed": {"deepspeed"}, "megatron": {"megatron"}, "megatron-lm": {"megatron-lm"},
@@ -221,10 +221,12 @@ def test_calibration_rows_in_the_published_format_are_all_predicted():
     # the notes: ColossalAI's Lightning benchmark ran DeepSpeed; the Megatron-LLaMA README's comparison row and
     # ATorch's DeepSpeed 3D rows ran a Hugging Face model under DeepSpeed (read as Megatron-DeepSpeed); tohtana's
     # benchmark compares DeepSpeed AutoTP with PyTorch's TP, and its source names DeepSpeed first; Lightning's nanoGPT
-    # benchmark ran Fabric's DeepSpeed strategy, and its source names Lightning Fabric first
+    # benchmark ran Fabric's DeepSpeed strategy, and its source names Lightning Fabric first; BigScience's 2021 notes
+    # ran plain Megatron-LM, and their source names BigScience (Megatron-DeepSpeed's BLOOM) first
     known = {"colossalai-lightning-gpt2xl-a100-40gb", "megatron-llama-2023-hf-deepspeed",
              "atorch-llama2-7b-ds3d-a100-2023-11", "tohtana-benchmark-tp-qwen3-32b-h100-2025-12",
-             "lightning-nanogpt-fabric-deepspeed-a100-2023-01"}
+             "lightning-nanogpt-fabric-deepspeed-a100-2023-01", "bigscience-gpt2-16gb-megatron-v100-2021-05",
+             "bigscience-gpt2-meg-base-v100-32gb-2021-05"}
     assert len(named) >= 180 and wrong <= known, wrong - known
 
 

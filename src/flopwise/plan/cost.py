@@ -872,7 +872,8 @@ class CostModel:
             probe = layout.replace(cp=1, zero=layout.zero if layout.shard_degree > 1 else 0)
         if probe.pp > 1 and probe.zero >= 2:
             probe = probe.replace(zero=1)
-        return check_layout(probe, self.model, self.training.global_batch, self.seq // cp, self.cluster.gpus // cp)
+        return check_layout(probe, self.model, self.training.global_batch, self.seq // cp, self.cluster.gpus // cp,
+                            fewer_microbatches=self.training.profile.fewer_microbatches_than_stages)
 
     def evaluate(self, layout: Layout, split: tuple[int, ...] | None = None) -> Plan:
         """Step time, memory and cost of `layout` with `split` (layers per pipeline stage, pp x vpp

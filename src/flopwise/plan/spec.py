@@ -162,6 +162,10 @@ class Software:
     # the backward (since pytorch/ao#920, 2024-10: matmul_with_hp_or_float8_args saves input_hp and weight_hp_t) and
     # offers the rowwise recipes (fp8-rowwise, fp8-rowwise-gw-hp) that Transformer Engine does not
     fp8_library: str = "transformer-engine"
+    # its non-interleaved pipeline runs fewer micro-batches than stages, all in fill and drain: Megatron's 1F1B warms
+    # up min(stages - rank - 1, micro-batches) (megatron/core/pipeline_parallel/schedules.py), DeepSpeed's
+    # TrainSchedule likewise; torch.distributed.pipelining's 1F1B (torchtitan) and flopwise's trainer refuse it
+    fewer_microbatches_than_stages: bool = False
 
 
 # flopwise's blocks on an H200 (benchmarks/planner_kernels.py --sections step, torch.profiler's kernels by kind;
@@ -216,7 +220,7 @@ SOFTWARE = {
     # Megatron-LM as in the published runs (Narayanan et al. 2021, Korthikanti et al. 2022): fused
     # scale-mask-softmax + dropout (no flash attention yet), GPT dropout, apex fused LayerNorm, gradient
     # all-reduce after the backward (no overlap in those versions).
-    "megatron": Software("unfused", True, True, 4),
+    "megatron": Software("unfused", True, True, 4, fewer_microbatches_than_stages=True),
     # NeMo / Megatron-Core / Megatron-Bridge with Transformer Engine: cuDNN fused attention (FA3 class on
     # Hopper), fused norm + cast kernels, distributed optimizer overlapping its reduce-scatter and all-gather.
     # NeMo's distributed fused Adam reduces gradients in bf16 (grad_sync_dtype). TP communication overlapped
@@ -224,7 +228,7 @@ SOFTWARE = {
     # It pays HOST_SYNC_STEP_S (scored blind on the twenty-third fresh holdout: 10.4% / 24.6% with it, 19.5% / 29.5%
     # without).
     "te": Software("flash", False, True, 1, attention_kernel="fa3", grad_reduce_bytes=2, tp_overlap=True,
-                   step_overhead_s=HOST_SYNC_STEP_S),
+                   step_overhead_s=HOST_SYNC_STEP_S, fewer_microbatches_than_stages=True),
     # Megatron-LM's own training script (pretrain_gpt.py) with Transformer Engine, as its defaults run it when a
     # user launches it (FlagPerf, Megatron-LLaMA, research code): TE's kernels, but bf16 gradients accumulated and
     # reduced in fp32 (arguments.py forces accumulate_allreduce_grads_in_fp32 under bf16 unless
@@ -235,7 +239,8 @@ SOFTWARE = {
     # Its training loop and mixed-precision optimizer are NeMo's (Megatron-Core's): the host syncs on the found-inf
     # check and the gradient norm every step, so it pays HOST_SYNC_STEP_S (declared before the twenty-fourth fresh
     # holdout and scored on it: 7.6% / 60.3% with it, 16.1% / 83.1% without).
-    "megatron-lm": Software("flash", False, True, 4, attention_kernel="fa3", step_overhead_s=HOST_SYNC_STEP_S),
+    "megatron-lm": Software("flash", False, True, 4, attention_kernel="fa3", step_overhead_s=HOST_SYNC_STEP_S,
+                            fewer_microbatches_than_stages=True),
     # PyTorch FSDP stacks (torchtitan, llm-foundry, fms-fsdp) in eager mode: SDPA / flash-attn 2, every
     # elementwise op its own kernel, FSDP overlapping its collectives; the host's time per block by its wrappers
     # (EAGER_BLOCK_HOST_S).
@@ -251,7 +256,7 @@ SOFTWARE = {
     # HOST_SYNC_STEP_S, declared before the twenty-fifth fresh holdout (two rows: 33.8% / 60.2% with it, 41.4% /
     # 68.6% without; two more in the twenty-sixth: 9.3% / 10.7% against 22.8% / 23.8%).
     "deepspeed": Software("unfused", True, True, 4, pipeline="deepspeed", selective_recompute=False,
-                          step_overhead_s=HOST_SYNC_STEP_S),
+                          step_overhead_s=HOST_SYNC_STEP_S, fewer_microbatches_than_stages=True),
     # A Hugging Face transformers model under the DeepSpeed engine (ZeRO; a DeepSpeed PipelineModule built from one,
     # as ATorch's 3D strategy does, is costed with Megatron's asynchronous pipeline sends): the model's own PyTorch
     # kernels (SDPA / FlashAttention-2, one kernel per elementwise op, no dropout in Llama-family models), ZeRO-3
@@ -259,7 +264,8 @@ SOFTWARE = {
     # reduced in the training dtype (communication_data_type defaults to it), reentrant checkpointing (the
     # transformers default) and no selective recomputation.
     "deepspeed-hf": Software("flash", False, False, 3, fused_elementwise=False, grad_reduce_bytes=2,
-                             selective_recompute=False, step_overhead_s=HOST_SYNC_STEP_S),
+                             selective_recompute=False, step_overhead_s=HOST_SYNC_STEP_S,
+                             fewer_microbatches_than_stages=True),
 }
 
 
