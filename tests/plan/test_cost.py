@@ -1,7 +1,7 @@
 import pytest
 
-from flopwise.hardware import COLLECTIVE_LATENCY_S, get_accelerator
 from flopwise.errors import LayoutError
+from flopwise.hardware import COLLECTIVE_LATENCY_S, get_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig, get_preset
 from flopwise.plan.cost import CostModel, ring_time
