@@ -2,7 +2,8 @@
 
 The planner (flopwise.plan) searches and costs `Layout`s, the job config's [parallel] section holds the same
 fields under the same names, and ParallelDims turns one into a DeviceMesh. Both sides call `check`, so a
-layout the planner proposes is one the trainer runs, and the trainer runs every layout the planner can cost.
+layout the planner proposes for flopwise's trainer is one the trainer runs, and the trainer runs every layout the
+planner can cost for it (other trainers' profiles relax what their stacks allow: `fewer_microbatches`).
 
   dp               data-parallel degree: every replica and every shard
   zero             ZeRO stage over the sharded group (Rajbhandari et al. 2020): 1 optimizer state,
@@ -31,6 +32,9 @@ Decisions the check encodes (the trainer and the planner agree on them):
   the same way; the extra rows are never targets).
 - ZeRO needs a shard group of at least two ranks, and dp_shard > 1 needs zero > 0: no stage runs as a no-op.
 - ZeRO-2/3 shard gradients per micro-batch, so they are not combined with pipeline parallelism (zero <= 1).
+- A pipeline runs at least one micro-batch per stage (flopwise's trainer; torch.distributed.pipelining's 1F1B);
+  Megatron's and DeepSpeed's non-interleaved 1F1B run fewer, all in fill and drain (`fewer_microbatches`, which
+  the planner passes for their profiles).
 - A pipeline has at most layers + 2 stages (pp x vpp): the first and the last may hold no transformer layer, only
   the embedding and only the head (Megatron-Core's account_for_embedding/loss_in_pipeline_split); every other
   stage holds at least one.
@@ -287,8 +291,10 @@ def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | 
             f"divisible by micro_batch {layout.micro_batch}", ("global_batch", "dp", "micro_batch"))
     m = local // layout.micro_batch
     if pp > 1 and m < pp and not (fewer_microbatches and vpp == 1):
+        why = ("the interleaved schedule does (a non-interleaved 1F1B runs fewer)" if fewer_microbatches else
+               "this trainer's schedule does (Megatron's and DeepSpeed's profiles plan fewer)")
         raise LayoutError(
-            f"pipeline of {pp} stages needs at least {pp} micro-batches per step; have {local} sequences "
+            f"pipeline of {pp} stages needs at least {pp} micro-batches per step: {why}; have {local} sequences "
             f"per rank / micro_batch {layout.micro_batch} = {m}", ("pp", "global_batch", "dp", "micro_batch"))
     if vpp > 1 and m % pp:
         raise LayoutError(f"interleaved 1F1B needs micro-batches ({m}) divisible by pp ({pp})",

@@ -40,16 +40,19 @@ def test_1f1b_and_gpipe_bubble_is_p_minus_1_over_m(p, m):
 
 
 @pytest.mark.parametrize("software, allowed", [("megatron", True), ("te", True), ("megatron-lm", True),
-                                                ("deepspeed", True), ("torch-compile", False), ("flopwise", False)])
+                                                ("deepspeed", True), ("deepspeed-hf", True), ("torch-compile", False),
+                                                ("torch-eager", False), ("flopwise", False)])
 def test_fewer_microbatches_than_stages_is_all_fill_and_drain_where_the_schedule_allows_it(software, allowed):
     """(m - 1) max t_i + sum t_i still holds with m < p: 2 micro-batches through 8 stages take (2 + 7) stage
     times, a bubble of 7 / 2 of the busy time, and each stage holds at most m micro-batches' activations."""
     cm = model(gpus=8, gb=2, software=software)
     layout = Layout(tp=1, pp=8, dp=1, micro_batch=1)
     if not allowed:
-        with pytest.raises(LayoutError, match="needs at least 8 micro-batches"):
+        with pytest.raises(LayoutError, match="needs at least 8 micro-batches per step: this trainer's schedule"):
             cm.evaluate(layout)
         return
+    with pytest.raises(LayoutError, match="the interleaved schedule does"):  # interleaving asks one per stage
+        cm.evaluate(Layout(tp=1, pp=8, dp=1, vpp=2, micro_batch=1))
     plan = cm.evaluate(layout)
     busy = plan.breakdown["compute"] + plan.breakdown["recompute"] + plan.breakdown["tp"]
     assert plan.microbatches == 2

@@ -40,6 +40,15 @@ def cast_bytes_over_fp8(low, fp8, tp, sp):
     return moved * low.hbm_rate - passes, tokens * (column + q / tp + ffn / tp)
 
 
+def cast_elements(tp):
+    """(forward cast elements, backward cast elements, block weight elements) of one layer on one of tp ranks, no SP:
+    QKV's and gate/up's input h, wo's and w_down's shard forward; each GEMM's output gradient backward."""
+    tokens, h, q, ffn = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn
+    kv = LLAMA.kv_heads * LLAMA.head_dim
+    return (tokens * (2 * h + q / tp + ffn / tp), tokens * ((q + 2 * kv) / tp + h + 2 * ffn / tp + h),
+            (h * (q + 2 * kv) + q * h + 3 * h * ffn) / tp)
+
+
 def test_fp8_speeds_up_the_gemms_not_the_rest():
     layout = Layout(dp=8, zero=1, micro_batch=1)
     bf16, fp8 = cost().evaluate(layout), cost(precision="fp8").evaluate(layout)
@@ -133,11 +142,8 @@ def test_fp8_rowwise_is_fp8_at_the_same_rate_plus_a_transposed_copy_per_cast_and
     assert r["gemm"] == f["gemm"] and r["attention"] == f["attention"]  # tensorwise FP8's rate, bf16 attention
     # every cast, forward and backward, writes a bf16 transposed copy for the column-wise scales and reads it back:
     # 2 x 2 bytes per cast element beyond per-tensor FP8's
-    tokens, h, q, ffn = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn
-    kv = LLAMA.kv_heads * LLAMA.head_dim
-    forward_elements = tokens * (2 * h + q / 4 + ffn / 4)  # QKV's and gate/up's input h, wo's and w_down's shard
-    backward_elements = tokens * ((q + 2 * kv) / 4 + h + 2 * ffn / 4 + h)  # each GEMM's output gradient on this rank
-    weights = (h * (q + 2 * kv) + q * h + 3 * h * ffn) / 4  # this rank's block weights, cast on every micro-batch
+    tokens, h = LLAMA.seq_len, LLAMA.hidden
+    forward_elements, backward_elements, weights = cast_elements(4)  # weights: cast on every micro-batch
     # ... by both recipes (torchao): rowwise reads 2 and writes 1 forward, and backward also writes and reads back a
     # transposed bf16 copy (3, 7 bytes); tensorwise reads the weight once more for its amax each time (5, 5)
     fwd_bytes = 4 * forward_elements + (3 - 5) * weights
@@ -180,17 +186,17 @@ def test_fp8_rowwise_gw_hp_runs_the_weight_gradient_gemm_in_bf16_and_casts_one_c
     assert r["gemm"][1] < g["gemm"][1] < b["gemm"][1]
     # against fp8-rowwise: one 1-byte copy fewer and no 2 x 2-byte transposed copy per cast element (5 bytes), and the
     # backward's weight cast without its transposed copy (7 -> 3 bytes)
-    tokens, h, q, ffn = LLAMA.seq_len, LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.ffn
-    kv = LLAMA.kv_heads * LLAMA.head_dim
-    forward_elements = tokens * (2 * h + q / 4 + ffn / 4)
-    backward_elements = tokens * ((q + 2 * kv) / 4 + h + 2 * ffn / 4 + h)
-    weights = (h * (q + 2 * kv) + q * h + 3 * h * ffn) / 4
+    forward_elements, backward_elements, weights = cast_elements(4)
     assert (r["elementwise"][0] - g["elementwise"][0]) * gw.hbm_rate == pytest.approx(5 * forward_elements, rel=1e-9)
     assert (r["elementwise"][1] - g["elementwise"][1]) * gw.hbm_rate == pytest.approx(
         5 * backward_elements + 4 * weights, rel=1e-9)
     assert gw.evaluate(layout).step_time < bf.evaluate(layout).step_time
-    # torchtitan's plain TP for both row-wise recipes: bf16 gathers under sequence parallelism
+    # torchtitan's plain TP for both row-wise recipes: bf16 gathers under sequence parallelism, and every rank casts the
+    # whole gathered sequence, so SP changes the casts' bytes by no more than fp8-rowwise's do
     assert gw.layer_cost(4, True, 1, "none").tp == pytest.approx(bf.layer_cost(4, True, 1, "none").tp, rel=1e-12)
+    g_sp, r_sp = gw.layer_compute(4, True, 1), rw.layer_compute(4, True, 1)
+    assert (r_sp["elementwise"][0] - g_sp["elementwise"][0]) * gw.hbm_rate == pytest.approx(5 * forward_elements,
+                                                                                          rel=1e-9)
     # a recipe of torchao's, for dense models on parts with FP8 tensor cores, as fp8-rowwise
     with pytest.raises(PlanError, match="the `te` profile's FP8 layers are Transformer Engine's"):
         cost(precision="fp8-rowwise-gw-hp", software="te")

@@ -67,6 +67,9 @@ def test_the_stack_the_source_names_picks_the_profile(source, expected):
         ({"zero": "3", "precision": "fp8"}, "torch-compile"),  # FSDP with float8 (torchao), not TE
         ({"zero": "3", "tp": "2", "dp": "8"}, "torch-compile"),  # FSDP + TP (2-D, torchtitan-style)
         ({"zero": "0"}, "torch-compile"),
+        # torchao's row-wise recipes are PyTorch-native whatever the layout (Transformer Engine has none)
+        ({"precision": "float8 rowwise", "tp": "2", "dp": "4", "zero": "1"}, "torch-compile"),
+        ({"precision": "rowwise_with_gw_hp", "zero": "0"}, "torch-compile"),
     ],
 )
 def test_a_row_that_names_no_stack_is_costed_as_its_layouts_family(cells, expected):
@@ -270,7 +273,7 @@ def test_planner_accuracy_published_format_hides_the_provenance_columns(tmp_path
      ("precision", "fp8-rowwise", "fp8-rowwise"), ("precision", "rowwise", "fp8-rowwise"),
      ("precision", "float8 rowwise_with_gw_hp", "fp8-rowwise-gw-hp"), ("precision", "FP8 rowwise gw-hp",
                                                                         "fp8-rowwise-gw-hp"),
-     ("precision", "rowwise_with_gw_hp", "fp8-rowwise-gw-hp"),
+     ("precision", "rowwise_with_gw_hp", "fp8-rowwise-gw-hp"), ("precision", "rowwise gw_hp", "fp8-rowwise-gw-hp"),
      ("precision", "float8 tensorwise", "fp8"),
      ("recompute", "True", "full"), ("recompute", "false", "none"), ("recompute", "Full", "full"),
      ("mlp", "SwiGLU", "swiglu")],

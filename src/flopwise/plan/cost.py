@@ -523,6 +523,10 @@ class CostModel:
             groups[key] = groups.get(key, 0.0) + g.count * self.gemm_time(tokens, *self._sharded(g, tp), low=bool(self.low))
         return groups
 
+    def _gemm_total(self, tokens: float, tp: int, low: bool) -> float:
+        """Forward time of all of one layer's weight GEMMs on one rank."""
+        return sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp), low=low) for g in self.gemms)
+
     def attention_time(self, tp: int, mb: int, cp: int = 1) -> float:
         """Forward time of the attention core (QK^T, softmax, AV) for one layer and micro-batch on one rank
         (context parallel: the load-balanced causal share 1/cp of it)."""
@@ -544,11 +548,10 @@ class CostModel:
         GEMMs, the attention core, and the memory-bound rest (norms, activations, residuals, FP8 casts). A profile
         of a step, grouped the same way, checks each (benchmarks/planner_kernels.py, section step)."""
         tokens = self.seq * mb / cp
-        gemm = sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp), low=bool(self.low)) for g in self.gemms)
+        gemm = self._gemm_total(tokens, tp, low=bool(self.low))
         # the backward's input- and weight-gradient GEMMs each as much work as the forward's; torchao's
         # rowwise_with_gw_hp runs the weight-gradient one in the training dtype (the roofline is symmetric in m, k, n)
-        weight_grad = (sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp)) for g in self.gemms)
-                       if self.low and self.low.hp_weight_grad else gemm)
+        weight_grad = self._gemm_total(tokens, tp, low=False) if self.low and self.low.hp_weight_grad else gemm
         attn = self.attention_time(tp, mb, cp)
         act = self._kept_activations(tp, sp, mb, cp)
         ew = self.elementwise_factor(tp)
@@ -841,7 +844,8 @@ class CostModel:
 
     def check(self, layout: Layout) -> int:
         """Raise LayoutError when the layout cannot run (flopwise.layout.check, the trainer's check, on this
-        cluster's GPUs); return the number of micro-batches.
+        cluster's GPUs, relaxed where the profile's stack allows fewer micro-batches than stages); return the number
+        of micro-batches.
 
         Context parallelism, and FSDP / ZeRO-2/3 under pipeline parallelism (torchtitan and KempnerForge run
         FSDP2 inside each stage, gathering per micro-batch), are costed for other trainers (software profiles

@@ -16,7 +16,7 @@ import re
 
 from flopwise.errors import DataError
 from flopwise.hardware import NO_FLASH_ATTENTION
-from flopwise.plan.spec import LOW_PRECISIONS, SOFTWARE
+from flopwise.plan.spec import GEMM_FORMATS, LOW_PRECISIONS, SOFTWARE
 
 # The stacks a `stack` cell names (the calibration set's vocabulary) besides the profiles' own names.
 STACKS = ("nemo", "megatron", "other", "deepspeed", "fsdp", "torchtitan")
@@ -146,6 +146,8 @@ def _inferred(row: dict, *, tp: int, pp: int, cp: int, vpp: int, zero: int, prec
     # known about its kernels, a PyTorch-native row gets flopwise's own costs (fused elementwise work, as compiled),
     # as before this rule; a *named* PyTorch stack whose row does not say it compiled is costed eager, the
     # calibration set's convention (its notes say when a stack compiled).
+    if precision in GEMM_FORMATS and GEMM_FORMATS[precision].axiswise:  # torchao's row-wise recipes: no TE profile
+        return "torch-compile", f"no stack named; {precision} is a torchao recipe (PyTorch-native)", LAYOUT_GUESS
     if zero <= 1 and (cp > 1 or vpp > 1 or precision in LOW_PRECISIONS or tp > 1 or pp > 1):
         return "te", "no stack named; the layout is Megatron-style (Megatron-Core / NeMo)", LAYOUT_GUESS
     return "torch-compile", "no stack named; the layout is PyTorch-native (FSDP / DDP)", LAYOUT_GUESS

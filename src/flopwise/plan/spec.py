@@ -43,8 +43,9 @@ class GemmFormat:
     # input once more (a fused producer saves the write of the high-precision copy, not that read)
     global_amax: bool = False
     # scales along one axis (row-wise): the backward's copy is scaled along the other axis, so each cast also writes a
-    # transposed high-precision copy and reads it back, and the weights, gathered in high precision, are cast on every
-    # micro-batch (torchao's kernel sequence for its rowwise recipe, torchao/testing/training/roofline_utils.py)
+    # transposed high-precision copy and reads it back (unless hp_weight_grad), and the weights, gathered in high
+    # precision, are cast on every micro-batch (torchao's kernel sequence for its rowwise recipe,
+    # torchao/testing/training/roofline_utils.py)
     axiswise: bool = False
     # the weight-gradient GEMM in the training dtype, from the saved high-precision input and the high-precision output
     # gradient (torchao's rowwise_with_gw_hp): the other two GEMMs need one row-wise copy of each activation and output

@@ -102,7 +102,7 @@ def _precision_word(text: str, notes: list[str]) -> str:
     word = text.strip().lower().replace("float8", "fp8")  # torchao's and torchtitan's spelling
     if not word or word in PRECISIONS:
         return word or "bf16"
-    if re.fullmatch(r"row[\s_-]?wise([\s_-]+with[\s_-]+gw[\s_-]?hp)?", word) or (
+    if re.fullmatch(r"row[\s_-]?wise([\s_-]+(with[\s_-]+)?gw[\s_-]?hp)?", word) or (
             "fp8" in word and re.search(r"row[\s_-]?wise", word)):
         # torchao's row-wise recipes ('float8 rowwise', 'fp8_rowwise', torchtitan's recipe_name 'rowwise'), and
         # 'rowwise_with_gw_hp', whose weight-gradient GEMMs run in bf16
