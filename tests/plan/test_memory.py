@@ -10,7 +10,7 @@ from flopwise.models.config import ModelConfig
 from flopwise.plan import spec
 from flopwise.plan.cost import CostModel
 from flopwise.plan.memory import in_flight, layer_activation_bytes, model_state_bytes
-from flopwise.plan.spec import Cluster, Training
+from flopwise.plan.spec import SOFTWARE, Cluster, Training
 
 # GPT-style layer (GELU 4h MLP, dropout, unfused attention, fp16): Korthikanti's setting
 GPT = ModelConfig(
@@ -78,6 +78,26 @@ def test_zero_stages():
     assert sum(model_state_bytes(psi, "fp32", 0, 1).values()) == pytest.approx(16e9)  # 4 + 4 + 8
 
 
+def test_megatrons_main_grads_hold_the_bytes_its_readme_gives():
+    """Megatron-LM README, Distributed Optimizer: bf16 parameters with fp32 gradients 18 bytes per parameter, 6 + 12/d
+    with the distributed optimizer (ZeRO-1); fp16 20, 4 + 16/d. NeMo's recipes reduce in bf16 (the `te` profile's
+    2-byte main grads): 16, 4 + 12/d, as ZeRO's count; a PyTorch-native stack keeps ZeRO's count."""
+    psi, dp = 1e9, 8
+
+    def total(precision, zero, software):
+        return sum(model_state_bytes(psi, precision, zero, dp, SOFTWARE[software]).values())
+
+    for software in ("megatron-lm", "megatron"):
+        assert total("bf16", 0, software) == pytest.approx(18e9)
+        assert total("bf16", 1, software) == pytest.approx(6e9 + 12e9 / dp)
+        assert total("fp8", 1, software) == pytest.approx(6e9 + 12e9 / dp)  # bf16 parameters under FP8 GEMMs
+        assert total("fp16", 0, software) == pytest.approx(20e9)
+        assert total("fp16", 1, software) == pytest.approx(4e9 + 16e9 / dp)
+    assert total("bf16", 1, "te") == pytest.approx(4e9 + 12e9 / dp)
+    assert total("bf16", 1, "torch-compile") == total("bf16", 1, "deepspeed") == pytest.approx(4e9 + 12e9 / dp)
+    assert total("fp32", 0, "megatron-lm") == pytest.approx(16e9)  # 4 + 4 + 8 whatever the stack
+
+
 def test_in_flight_micro_batches_per_schedule():
     assert [in_flight(Layout(pp=4), i, 8) for i in range(4)] == [4, 3, 2, 1]  # 1F1B: p - i
     assert [in_flight(Layout(pp=4), i, 2) for i in range(4)] == [2, 2, 2, 1]  # at most m
@@ -130,3 +150,17 @@ def test_a_compiled_stack_keeps_what_fused_kernels_keep_and_costs_the_same_time(
     plan = CostModel(llama, cluster, compiled).evaluate(layout)
     assert plan.step_time == pytest.approx(eager_saves.step_time, rel=1e-12)
     assert eager_saves.peak_memory - plan.peak_memory == pytest.approx(llama.layers * saved, rel=0.01)
+
+
+def test_a_megatron_plan_holds_its_fp32_main_grads():
+    """The planned peak of a Megatron-LM run carries 4 bytes of gradient per parameter (its fp32 main-grad buffer,
+    whole under ZeRO-1); the same layout under NeMo's profile (bf16 reduction) carries 2."""
+    cfg = ModelConfig(vocab_size=32000, layers=8, hidden=4096, heads=32, kv_heads=8, ffn=14336, seq_len=4096,
+                      lfa=False, mlp="swiglu")
+    layout = Layout(tp=2, dp=4, zero=1, micro_batch=1)
+    plans = {sw: CostModel(cfg, Cluster(get_accelerator("H100-SXM"), 8), Training(32, software=sw)).evaluate(layout)
+             for sw in ("megatron-lm", "te")}
+    grads = {sw: p.memory[0]["grads"] for sw, p in plans.items()}
+    assert grads["megatron-lm"] == pytest.approx(2 * grads["te"])
+    assert plans["megatron-lm"].memory[0]["optimizer"] == pytest.approx(plans["te"].memory[0]["optimizer"])
+    assert plans["megatron-lm"].peak_memory - plans["te"].peak_memory == pytest.approx(grads["te"], rel=1e-6)

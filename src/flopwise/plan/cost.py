@@ -695,7 +695,7 @@ class CostModel:
         autocast = t.profile.autocast_weights and t.dtype_bytes < 4
         # ZeRO and FSDP shard the non-expert weights over dp x cp (context-parallel ranks hold the same weights);
         # under autocast the model's own weights and gradients are fp32 and the optimizer keeps no master copy
-        out = moe.model_states(self.model, "fp32" if autocast else t.precision, layout, params, layers)
+        out = moe.model_states(self.model, "fp32" if autocast else t.precision, layout, params, layers, t.profile)
         out["weight_copies"] = params * t.dtype_bytes if autocast else 0.0  # autocast's casts, saved for backward
         per_layer = mem.mean_layer_activation_bytes(self.model, t, layout)
         out["activations"] = layers * mem.in_flight(layout, stage, microbatches) * per_layer

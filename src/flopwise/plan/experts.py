@@ -63,16 +63,16 @@ def expert_params_not_gathered(cfg, layout: Layout) -> float:
     return cut if layout.dp // layout.ep == 1 else cut - expert_params_per_rank(cfg, layout)
 
 
-def model_states(cfg, precision: str, layout: Layout, params: float, layers: int) -> dict[str, float]:
+def model_states(cfg, precision: str, layout: Layout, params: float, layers: int, profile=None) -> dict[str, float]:
     """Parameter, gradient and optimizer bytes of one rank holding `params` parameters (its experts
     included, E / ep per layer cut by tp): ZeRO shards the non-expert part over the shard group and, under
-    ep, the experts over the dp / ep ranks holding the same experts."""
+    ep, the experts over the dp / ep ranks holding the same experts; `profile`: the stack's (memory.model_state_bytes)."""
     shard = layout.shard_degree * layout.cp
     if layout.ep == 1:
-        return mem.model_state_bytes(params, precision, layout.zero, shard)
+        return mem.model_state_bytes(params, precision, layout.zero, shard, profile)
     experts = layers * expert_params_per_rank(cfg, layout)
-    out = mem.model_state_bytes(params - experts, precision, layout.zero, shard)
-    own = mem.model_state_bytes(experts, precision, layout.zero, layout.dp // layout.ep)
+    out = mem.model_state_bytes(params - experts, precision, layout.zero, shard, profile)
+    own = mem.model_state_bytes(experts, precision, layout.zero, layout.dp // layout.ep, profile)
     return {k: out[k] + own[k] for k in out}
 
 

@@ -4,7 +4,10 @@ Model states (Rajbhandari et al. 2020, "ZeRO", section 3.1): mixed-precision Ada
 parameters, 2 bytes of gradients and K = 12 bytes of optimizer state (fp32 master copy, momentum, variance)
 per parameter, 16 in all. Pure fp32 training (the CPU trainer) keeps 4 + 4 + 8 (AdamW exp_avg and
 exp_avg_sq, no master copy): also 16. ZeRO-1 divides the optimizer state by dp, ZeRO-2 also the gradients,
-ZeRO-3 also the parameters.
+ZeRO-3 also the parameters. Megatron's own data parallelism (Software.main_grads) accumulates the gradients into a
+main-grad buffer of the reduction's dtype, fp32 under bf16 unless the recipe reduces in bf16, and under fp16 its
+optimizer keeps an fp32 copy of the gradients beside the master weights (Megatron-LM README, "Distributed Optimizer":
+bf16 parameters with fp32 gradients 18 bytes per parameter, 6 + 12/d with the distributed optimizer; fp16 20, 4 + 16/d).
 
 Activations per transformer layer and micro-batch (Korthikanti et al. 2022, "Reducing Activation
 Recomputation in Large Transformer Models", section 4, equation 1 and Table 2): for a GELU MLP of 4h with
@@ -63,7 +66,7 @@ from flopwise.flops import block_gemms, op_checkpoint_gemms, param_counts
 from flopwise.hardware import GB
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
-from flopwise.plan.spec import FULL_PRECISIONS, Training
+from flopwise.plan.spec import FULL_PRECISIONS, Software, Training
 
 # Memory the framework takes besides tensors: CUDA context, NCCL and cuBLAS workspaces (~1-2 GB measured on
 # A100/H100 with PyTorch), and the caching allocator's fragmentation, taken as a fraction of the device.
@@ -86,15 +89,21 @@ def layer_params(cfg: ModelConfig) -> LayerParams:
     return LayerParams(sharded, counts.per_layer - sharded)
 
 
-def state_bytes_per_param(precision: str) -> tuple[int, int, int]:
-    """(parameter, gradient, optimizer) bytes per parameter: ZeRO paper's 2 + 2 + 12, or fp32's 4 + 4 + 8."""
-    return (4, 4, 8) if precision in FULL_PRECISIONS else (2, 2, 12)
+def state_bytes_per_param(precision: str, profile: Software | None = None) -> tuple[int, int, int]:
+    """(parameter, gradient, optimizer) bytes per parameter: ZeRO paper's 2 + 2 + 12, or fp32's 4 + 4 + 8; under
+    Megatron's main grads (`profile.main_grads`) 2 + the reduction's bytes + 12, or fp16's 2 + 2 + 16."""
+    if precision in FULL_PRECISIONS:
+        return 4, 4, 8
+    if profile is not None and profile.main_grads:
+        return (2, 2, 16) if precision == "fp16" else (2, profile.grad_reduce_bytes, 12)
+    return 2, 2, 12
 
 
-def model_state_bytes(params: float, precision: str, zero: int, dp: int) -> dict[str, float]:
+def model_state_bytes(params: float, precision: str, zero: int, dp: int,
+                      profile: Software | None = None) -> dict[str, float]:
     """Parameters, gradients and optimizer state of `params` parameters on one rank, ZeRO-sharded over dp
-    ranks (the layout's shard group: Layout.shard_degree)."""
-    p, g, o = state_bytes_per_param(precision)
+    ranks (the layout's shard group: Layout.shard_degree), as the stack's `profile` keeps them."""
+    p, g, o = state_bytes_per_param(precision, profile)
     return {
         "params": params * p / (dp if zero >= 3 else 1),
         "grads": params * g / (dp if zero >= 2 else 1),

@@ -167,6 +167,11 @@ class Software:
     # up min(stages - rank - 1, micro-batches) (megatron/core/pipeline_parallel/schedules.py), DeepSpeed's
     # TrainSchedule likewise; torch.distributed.pipelining's 1F1B (torchtitan) and flopwise's trainer refuse it
     fewer_microbatches_than_stages: bool = False
+    # Megatron's own data parallelism: gradients accumulate into a main-grad buffer of grad_reduce_bytes per element
+    # (fp32 under bf16: Megatron-LM forces accumulate_allreduce_grads_in_fp32), held whole under the distributed
+    # optimizer, and under fp16 the optimizer keeps an fp32 gradient copy (plan/memory.py: 18 and 20 bytes per
+    # parameter, Megatron-LM README); memory only
+    main_grads: bool = False
 
 
 # flopwise's blocks on an H200 (benchmarks/planner_kernels.py --sections step, torch.profiler's kernels by kind;
@@ -221,7 +226,7 @@ SOFTWARE = {
     # Megatron-LM as in the published runs (Narayanan et al. 2021, Korthikanti et al. 2022): fused
     # scale-mask-softmax + dropout (no flash attention yet), GPT dropout, apex fused LayerNorm, gradient
     # all-reduce after the backward (no overlap in those versions).
-    "megatron": Software("unfused", True, True, 4, fewer_microbatches_than_stages=True),
+    "megatron": Software("unfused", True, True, 4, fewer_microbatches_than_stages=True, main_grads=True),
     # NeMo / Megatron-Core / Megatron-Bridge with Transformer Engine: cuDNN fused attention (FA3 class on
     # Hopper), fused norm + cast kernels, distributed optimizer overlapping its reduce-scatter and all-gather.
     # NeMo's distributed fused Adam reduces gradients in bf16 (grad_sync_dtype). TP communication overlapped
@@ -229,7 +234,7 @@ SOFTWARE = {
     # It pays HOST_SYNC_STEP_S (scored blind on the twenty-third fresh holdout: 10.4% / 24.6% with it, 19.5% / 29.5%
     # without).
     "te": Software("flash", False, True, 1, attention_kernel="fa3", grad_reduce_bytes=2, tp_overlap=True,
-                   step_overhead_s=HOST_SYNC_STEP_S, fewer_microbatches_than_stages=True),
+                   step_overhead_s=HOST_SYNC_STEP_S, fewer_microbatches_than_stages=True, main_grads=True),
     # Megatron-LM's own training script (pretrain_gpt.py) with Transformer Engine, as its defaults run it when a
     # user launches it (FlagPerf, Megatron-LLaMA, research code): TE's kernels, but bf16 gradients accumulated and
     # reduced in fp32 (arguments.py forces accumulate_allreduce_grads_in_fp32 under bf16 unless
@@ -241,7 +246,7 @@ SOFTWARE = {
     # check and the gradient norm every step, so it pays HOST_SYNC_STEP_S (declared before the twenty-fourth fresh
     # holdout and scored on it: 7.6% / 60.3% with it, 16.1% / 83.1% without).
     "megatron-lm": Software("flash", False, True, 4, attention_kernel="fa3", step_overhead_s=HOST_SYNC_STEP_S,
-                            fewer_microbatches_than_stages=True),
+                            fewer_microbatches_than_stages=True, main_grads=True),
     # PyTorch FSDP stacks (torchtitan, llm-foundry, fms-fsdp) in eager mode: SDPA / flash-attn 2, every
     # elementwise op its own kernel, FSDP overlapping its collectives; the host's time per block by its wrappers
     # (EAGER_BLOCK_HOST_S).
