@@ -520,12 +520,17 @@ class CostModel:
             key = TP_GEMM_GROUPS.get(g.name)
             if key is None:  # replicated (router, LFA) or expert GEMMs: not beside a TP collective
                 continue
-            groups[key] = groups.get(key, 0.0) + g.count * self.gemm_time(tokens, *self._sharded(g, tp), low=bool(self.low))
+            groups[key] = groups.get(key, 0.0) + g.count * self._block_gemm(g, tokens, tp)
         return groups
+
+    def _block_gemm(self, g: Gemm, tokens: float, tp: int, low: bool | None = None) -> float:
+        """Forward time of one of a block's weight GEMMs on one rank (low: in the run's low precision; None: as the
+        run's blocks do)."""
+        return self.gemm_time(tokens, *self._sharded(g, tp), low=bool(self.low) if low is None else low)
 
     def _gemm_total(self, tokens: float, tp: int, low: bool) -> float:
         """Forward time of all of one layer's weight GEMMs on one rank."""
-        return sum(g.count * self.gemm_time(tokens, *self._sharded(g, tp), low=low) for g in self.gemms)
+        return sum(g.count * self._block_gemm(g, tokens, tp, low) for g in self.gemms)
 
     def attention_time(self, tp: int, mb: int, cp: int = 1) -> float:
         """Forward time of the attention core (QK^T, softmax, AV) for one layer and micro-batch on one rank
@@ -607,7 +612,7 @@ class CostModel:
             rc = attn + self.elementwise_factor(tp) * ELEMENTWISE_FWD_PASSES * s_act / self.hbm_rate
         elif recompute == "op":  # the matmuls it does not keep, the elementwise work between them, unfused attention
             again = op_checkpoint_gemms(self.model)[1]
-            rc = sum(self.gemm_time(tokens, *self._sharded(g, tp), low=bool(self.low)) for g in again)
+            rc = sum(self._block_gemm(g, tokens, tp) for g in again)
             o_act = self._kept_activations(tp, sp, mb, cp) - self._kept_activations(tp, sp, mb, cp, "op")
             rc += self.elementwise_factor(tp) * ELEMENTWISE_FWD_PASSES * o_act / self.hbm_rate
             rc += attn if self.training.profile.attention == "unfused" else 0.0
