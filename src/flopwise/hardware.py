@@ -151,6 +151,9 @@ class Accelerator:
     block_scaled_fp8: bool = False
     # GPUs one NVLink domain spans where it is more than a server (GB200 NVL72: a rack of 72); 0: the node
     nvlink_domain_gpus: int = 0
+    # FlashAttention runs on it (1.x needs Turing or Ampere, 2.x and cuDNN's fused attention Ampere or newer: the
+    # flash-attention README); False for Volta and Pascal, where a stack runs its own fallback (Software.flash_fallback)
+    flash_attention: bool = True
 
     @property
     def peak_label(self) -> str:
@@ -173,7 +176,7 @@ CATALOGUE: dict[str, Accelerator] = {
     a.name: a
     for a in (
         Accelerator("V100-32GB", 125 * TFLOPS, 32 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80,
-                    fp32_peak_flops=15.7 * TFLOPS),
+                    fp32_peak_flops=15.7 * TFLOPS, flash_attention=False),
         Accelerator("A100-40GB", 312 * TFLOPS, 40960 * MIB, 1555 * GB, 300 * GB, gemm_efficiency=0.75,
                     fp32_peak_flops=19.5 * TFLOPS, tf32_peak_flops=156 * TFLOPS),
         Accelerator("A100-80GB", 312 * TFLOPS, 81920 * MIB, 2039 * GB, 300 * GB, gemm_efficiency=0.75,
@@ -202,9 +205,9 @@ CATALOGUE: dict[str, Accelerator] = {
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB,
                     fp32_peak_flops=67 * TFLOPS, tf32_peak_flops=494.5 * TFLOPS),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80,
-                    fp32_peak_flops=15.7 * TFLOPS),
+                    fp32_peak_flops=15.7 * TFLOPS, flash_attention=False),
         Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80,
-                    fp32_peak_flops=9.3 * TFLOPS),
+                    fp32_peak_flops=9.3 * TFLOPS, flash_attention=False),
         Accelerator("T4", 65 * TFLOPS, 16 * GB, 300 * GB, 16 * GB, gemm_efficiency=0.45, memory_efficiency=0.80,
                     fp32_peak_flops=8.1 * TFLOPS),
         Accelerator("A10", 125 * TFLOPS, 24 * GB, 600 * GB, 32 * GB, gemm_efficiency=0.60, memory_efficiency=0.80,
@@ -221,12 +224,10 @@ CATALOGUE["GH200-144GB"] = dataclasses.replace(CATALOGUE["GH200"], name="GH200-1
 # benchmarks/planner_calibration/fit.csv, and the export variants of their silicon, checked on a blind holdout).
 # The others' constants are datasheet figures, at most with a GEMM benchmark (plan.search.calibration_notes says so).
 CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800-SXM", "H100-GT-500W", "H200"})
-# GPUs older than Turing: no FlashAttention (FlashAttention 1.x needs Turing or Ampere, 2.x Ampere or newer: the
-# flash-attention README), so Megatron-family runs on them used Megatron-LM's fused softmax over s x s scores. T4
-# (Turing) is left out: FlashAttention 1.x ran there, though Megatron-Core's fused paths target Ampere and newer.
-# the catalogue's parts without FlashAttention-2 (Volta, Pascal), and those without bf16 (also Turing's T4): fp16 is
-# their training precision
-NO_FLASH_ATTENTION = frozenset({"V100-32GB", "V100-16GB", "P100"})
+# the catalogue's parts without FlashAttention (Accelerator.flash_attention: Volta, Pascal), and those without bf16
+# (also Turing's T4): fp16 is their training precision. T4 keeps FlashAttention: 1.x ran there, though Megatron-Core's
+# fused paths target Ampere and newer.
+NO_FLASH_ATTENTION = frozenset(a.name for a in CATALOGUE.values() if not a.flash_attention)
 NO_BF16 = NO_FLASH_ATTENTION | {"T4"}
 
 
@@ -285,8 +286,9 @@ def load_accelerator(path: str | Path) -> Accelerator:
     tensor cores: tf32 plans), op_overhead_us (host microseconds per op flopwise's trainer dispatches, where they
     add to the step, as on a CPU), network_bandwidth_gbps (inter-node, per GPU and direction), nvlink_domain_gpus
     (GPUs one NVLink domain spans where it is more than a server, e.g. 72 for an NVL72 rack) and block_scaled_fp8
-    (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do). FP4 and block scales need
-    fp8_peak_tflops."""
+    (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do) and flash_attention (false for a part
+    FlashAttention does not run on, as Volta and Pascal: each stack's fallback kernel is costed). FP4 and block scales
+    need fp8_peak_tflops."""
     path = Path(path)
     data = read_toml(path, "accelerator file")
     required = ("name", "peak_tflops", "memory_gb", "memory_bandwidth_gbps", "link_bandwidth_gbps")
@@ -297,7 +299,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
     rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "fp4_peak_tflops": ("fp4_peak_flops", TFLOPS),
              "fp32_peak_tflops": ("fp32_peak_flops", TFLOPS), "tf32_peak_tflops": ("tf32_peak_flops", TFLOPS),
              "network_bandwidth_gbps": ("network_bandwidth", GB), "op_overhead_us": ("op_overhead_s", 1e-6)}
-    flags = ("measured", "block_scaled_fp8")
+    flags = ("measured", "block_scaled_fp8", "flash_attention")
     unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags) - {"nvlink_domain_gpus"}
     if unknown:
         raise ConfigError(f"accelerator file {path}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -315,7 +317,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a positive number (and not so "
                               "large that it overflows)")
     for key in flags:
-        if not isinstance(data.get(key, False), bool):
+        if key in data and not isinstance(data[key], bool):
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be true or false")
     ceiling = efficiency_ceiling(data.get("measured", False))
     for key in optional:
@@ -348,6 +350,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
         data["link_bandwidth_gbps"] * GB,
         measured=data.get("measured", False),
         block_scaled_fp8=data.get("block_scaled_fp8", False),
+        flash_attention=data.get("flash_attention", True),
         nvlink_domain_gpus=data.get("nvlink_domain_gpus", 0),
         **{k: float(data[k]) for k in optional if k in data},
         **{field: data[key] * unit for key, (field, unit) in rates.items() if key in data},
@@ -380,6 +383,8 @@ def accelerator_toml(acc: Accelerator) -> dict:
         data["block_scaled_fp8"] = True
     if acc.nvlink_domain_gpus:
         data["nvlink_domain_gpus"] = acc.nvlink_domain_gpus
+    if not acc.flash_attention:
+        data["flash_attention"] = False
     return data
 
 

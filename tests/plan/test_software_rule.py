@@ -186,6 +186,11 @@ def test_plan_attention_option(tmp_path, capsys):
     assert code == 0 and (tmp_path / "job.toml").exists(), err  # its own kernel: nothing overridden
     code, out, err = run_cli(capsys, *args, "--attention", "paged")
     assert code == 2 and "attention = 'paged': must be one of flash, unfused" in err
+    v100 = [a if a != "A100-80GB" else "V100-32GB" for a in args]  # no FlashAttention: the kernel it falls back to
+    code, out, err = run_cli(capsys, *v100, "--software", "megatron-lm", "--json")
+    assert code == 0 and json.loads(out)["training"]["attention"] == "unfused", err
+    code, out, err = run_cli(capsys, *v100, "--software", "megatron-lm", "--attention", "flash", "--json")
+    assert code == 0 and json.loads(out)["training"]["attention"] == "flash", err
 
 
 def calibration_rows() -> list[dict]:

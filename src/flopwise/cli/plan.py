@@ -27,7 +27,7 @@ from flopwise.plan.calibrate import DEVICE_CONSTANTS, calibrate_runs
 from flopwise.plan.cost import Plan
 from flopwise.plan.memory import PRINTED_PARTS
 from flopwise.plan.search import search
-from flopwise.plan.spec import SOFTWARE, Cluster, Training
+from flopwise.plan.spec import SOFTWARE, Cluster, Training, attention_kernel
 from flopwise.plan.validate import validate_files
 from flopwise.train.config import TRAINER_PRECISIONS, job_for_layout, write_job_config
 
@@ -171,7 +171,9 @@ def plan(
         None, help="attention kernel where it differs from the profile's: flash (FlashAttention, SDPA, cuDNN) | "
                    "unfused (scores and softmax as tensors: Hugging Face eager attention, Megatron-LM without "
                    "--use-flash-attn); the profiles' own: "
-                   + ", ".join(f"{name} {sw.attention}" for name, sw in SOFTWARE.items())),
+                   + ", ".join(f"{name} {sw.attention}" for name, sw in SOFTWARE.items())
+                   + "; on parts without FlashAttention (V100, P100) te and megatron-lm fall back to unfused, which "
+                     "--attention flash overrides (a memory-efficient fused kernel)"),
     expert_imbalance: float = typer.Option(1.0, help="MoE: busiest expert-parallel rank's tokens over the mean (>= 1)"),
     host_ms: float = typer.Option(
         None, help="the stack's host time per step in ms, where you measured it (about 0 under full-iteration CUDA "
@@ -262,7 +264,7 @@ def plan(
                         "precision": precision,
                         "software": software,
                         "compiled": compile_blocks,
-                        "attention": training.profile.attention,
+                        "attention": attention_kernel(training, accelerator),
                         "host_s": training.profile.step_overhead_s,
                         "block_host_s": training.profile.block_host_s,
                         "fp8_all_gather": fp8_all_gather,

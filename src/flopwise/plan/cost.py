@@ -8,7 +8,8 @@ table. The backward pass is twice the forward's matmul work (dgrad + wgrad; Nara
 5.1: "the backward pass is twice as expensive"). FlashAttention (Dao 2023) executes only the causal half of
 the full-sequence attention FLOPs that flops.py counts, at FLASH_EFFICIENCY of the GEMM rate (on Hopper-class
 parts, a fraction of the peak by kernel class; where the accelerator carries a measured attention rate, a CPU's,
-at that rate, forward and backward alike: Accelerator.attention_efficiency). On a measured CPU (or an accelerator
+at that rate, forward and backward alike: Accelerator.attention_efficiency); on a part FlashAttention does not run
+on, each stack's own fallback (spec.attention_kernel). On a measured CPU (or an accelerator
 file that sets it) each op flopwise's model dispatches adds the accelerator's host time per op
 (Accelerator.op_overhead_s; the ops counted by opcount.model_ops) to every micro-batch, whatever its size: small
 micro-batches are slower than their FLOPs say (a compiled block's fused kernels are not counted).
@@ -140,6 +141,7 @@ from flopwise.plan.spec import (
     GemmFormat,
     Software,
     Training,
+    attention_kernel,
     wrapper_key,
 )
 
@@ -344,9 +346,12 @@ class CostModel:
                  constants: Constants | None = None) -> None:
         self.model = model
         self.cluster = cluster
+        self.acc = cluster.accelerator
+        kernel = attention_kernel(training, self.acc)
+        if kernel != training.profile.attention:  # no FlashAttention on this part: the stack's own fallback
+            training = replace(training, attention=kernel)
         self.training = training
         self.constants = constants or DEFAULT_CONSTANTS
-        self.acc = cluster.accelerator
         self.low = low = training.gemm_format  # FP8 / MXFP8 / NVFP4 GEMMs in the blocks; None: the training dtype
         self.cast_delta = self.low_rate = 0.0
         if low:

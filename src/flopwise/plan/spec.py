@@ -133,6 +133,11 @@ class Software:
     # the batch-first sequence gathers add layout copies. Chosen on the fit rows' cross-validation (issue 14,
     # benchmarks/RESULTS.md "Eighth round"), not measured kernel by kernel.
     unfused_across_tp: bool = False
+    # the attention core the stack runs where FlashAttention does not (Accelerator.flash_attention: Volta, Pascal):
+    # 'unfused' for stacks whose fused attention is FlashAttention's or cuDNN's (Megatron-LM then runs its own fused
+    # softmax over s x s scores; Transformer Engine's fused attention needs Ampere), 'flash' for PyTorch's SDPA, which
+    # picks its memory-efficient kernel there (fused, no s^2 tensors; costed at the flash rate of pre-Hopper parts)
+    flash_fallback: str = "flash"
     # bytes the elementwise kernels move per byte of the planner's elementwise passes (ELEMENTWISE_*_PASSES over a
     # layer's kept activations), measured for a trainer whose kernels were profiled; 0: the stack class's own (1 for
     # fused kernels, Constants.eager_traffic, fitted to published runs, for one kernel per op)
@@ -234,7 +239,8 @@ SOFTWARE = {
     # It pays HOST_SYNC_STEP_S (scored blind on the twenty-third fresh holdout: 10.4% / 24.6% with it, 19.5% / 29.5%
     # without).
     "te": Software("flash", False, True, 1, attention_kernel="fa3", grad_reduce_bytes=2, tp_overlap=True,
-                   step_overhead_s=HOST_SYNC_STEP_S, fewer_microbatches_than_stages=True, main_grads=True),
+                   step_overhead_s=HOST_SYNC_STEP_S, fewer_microbatches_than_stages=True, main_grads=True,
+                   flash_fallback="unfused"),
     # Megatron-LM's own training script (pretrain_gpt.py) with Transformer Engine, as its defaults run it when a
     # user launches it (FlagPerf, Megatron-LLaMA, research code): TE's kernels, but bf16 gradients accumulated and
     # reduced in fp32 (arguments.py forces accumulate_allreduce_grads_in_fp32 under bf16 unless
@@ -246,7 +252,7 @@ SOFTWARE = {
     # check and the gradient norm every step, so it pays HOST_SYNC_STEP_S (declared before the twenty-fourth fresh
     # holdout and scored on it: 7.6% / 60.3% with it, 16.1% / 83.1% without).
     "megatron-lm": Software("flash", False, True, 4, attention_kernel="fa3", step_overhead_s=HOST_SYNC_STEP_S,
-                            fewer_microbatches_than_stages=True, main_grads=True),
+                            fewer_microbatches_than_stages=True, main_grads=True, flash_fallback="unfused"),
     # PyTorch FSDP stacks (torchtitan, llm-foundry, fms-fsdp) in eager mode: SDPA / flash-attn 2, every
     # elementwise op its own kernel, FSDP overlapping its collectives; the host's time per block by its wrappers
     # (EAGER_BLOCK_HOST_S).
@@ -340,9 +346,9 @@ class Training:
         if self.attention is not None:
             if self.attention not in ATTENTION_KERNELS:
                 raise ConfigError(f"attention = {self.attention!r}: must be one of {', '.join(ATTENTION_KERNELS)}")
-            if self.attention == SOFTWARE[self.software].attention:  # the profile's own kernel: nothing to override
-                object.__setattr__(self, "attention", None)
-            elif self.software == "flopwise":
+            # a stated kernel is kept even where it is the profile's: on a part without FlashAttention it says the run
+            # had a fused kernel all the same (attention_kernel)
+            if self.software == "flopwise" and self.attention != SOFTWARE["flopwise"].attention:
                 raise ConfigError(f"attention = {self.attention!r}: flopwise's trainer runs SDPA (flash) attention; "
                                   f"set it for another stack's profile (software)")
         if self.compiled and self.software != "flopwise":
@@ -376,6 +382,15 @@ class Training:
     @property
     def profile(self) -> Software:
         return _profile(self.software, self.attention, self.compiled, self.step_overhead_s, self.block_host_s)
+
+
+def attention_kernel(training: Training, acc: Accelerator) -> str:
+    """The attention core `training` is costed with on `acc`: the kernel it states (Training.attention), else its
+    profile's where FlashAttention runs on the part, else the profile's fallback there (Software.flash_fallback)."""
+    profile = training.profile
+    if training.attention is not None or acc.flash_attention or profile.attention != "flash":
+        return profile.attention
+    return profile.flash_fallback
 
 
 @cache

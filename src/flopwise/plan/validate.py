@@ -39,6 +39,7 @@ from flopwise.plan.spec import (
     SOFTWARE,
     Cluster,
     Training,
+    attention_kernel,
 )
 from flopwise.userfiles import read_text
 
@@ -253,9 +254,10 @@ def row_plan(row: dict, software: str | None = None, constants: Constants | None
              ) -> tuple[ModelConfig, Cluster, Training, Plan, list[str]]:
     """One row's inputs and its plan: blank layout cells searched (uniform split, as Megatron splits), with
     `constants` (None: the defaults). The run ran, so a layout the memory model says cannot fit is still costed, with
-    a note. Where the row does not say which attention kernel it ran and its profile's is unfused, the run ran a fused
-    one if it had to: when the layout needs one (context parallelism), or when the unfused s x s scores make the layout
-    not fit and a fused kernel fits; the row is then costed with flash attention, and a note says why."""
+    a note. Where the row does not say which attention kernel it ran and it would be costed unfused (its profile's
+    kernel, or the profile's fallback on a part without FlashAttention: spec.attention_kernel), the run ran a fused
+    one if it had to: when the layout needs one (context parallelism), or when the unfused s x s scores make the
+    layout not fit and a fused kernel fits; the row is then costed with flash attention, and a note says why."""
     model, cluster, training, fixed, notes = row_inputs(row, software)
 
     def plan_of(run: Training, fit: bool) -> Plan:
@@ -270,7 +272,7 @@ def row_plan(row: dict, software: str | None = None, constants: Constants | None
         unfitted = plan_of(training, False)  # a layout that ran though the memory model says it cannot fit
     except PlanError as exc:
         unfitted, refused = None, exc  # no layout at all: refused, unless a fused kernel was what it lacked
-    if training.profile.attention == "unfused" and _stated_attention(row) is None:
+    if attention_kernel(training, cluster.accelerator) == "unfused" and _stated_attention(row) is None:
         fused = dataclasses.replace(training, attention="flash")
         try:
             plan = plan_of(fused, unfitted is not None)
