@@ -151,8 +151,9 @@ class Accelerator:
     block_scaled_fp8: bool = False
     # GPUs one NVLink domain spans where it is more than a server (GB200 NVL72: a rack of 72); 0: the node
     nvlink_domain_gpus: int = 0
-    # FlashAttention runs on it (1.x needs Turing or Ampere, 2.x and cuDNN's fused attention Ampere or newer: the
-    # flash-attention README); False for Volta and Pascal, where a stack runs its own fallback (Software.flash_fallback)
+    # FlashAttention-2 and the fused attention of cuDNN and Transformer Engine run on it: Ampere or newer (the
+    # flash-attention README; TE's backend selection asks for sm80). False for Volta, Pascal and Turing, where each stack
+    # runs its own fallback (Software.flash_fallback)
     flash_attention: bool = True
 
     @property
@@ -209,7 +210,7 @@ CATALOGUE: dict[str, Accelerator] = {
         Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80,
                     fp32_peak_flops=9.3 * TFLOPS, flash_attention=False),
         Accelerator("T4", 65 * TFLOPS, 16 * GB, 300 * GB, 16 * GB, gemm_efficiency=0.45, memory_efficiency=0.80,
-                    fp32_peak_flops=8.1 * TFLOPS),
+                    fp32_peak_flops=8.1 * TFLOPS, flash_attention=False),
         Accelerator("A10", 125 * TFLOPS, 24 * GB, 600 * GB, 32 * GB, gemm_efficiency=0.60, memory_efficiency=0.80,
                     fp32_peak_flops=31.2 * TFLOPS, tf32_peak_flops=62.5 * TFLOPS),
     )
@@ -224,11 +225,10 @@ CATALOGUE["GH200-144GB"] = dataclasses.replace(CATALOGUE["GH200"], name="GH200-1
 # benchmarks/planner_calibration/fit.csv, and the export variants of their silicon, checked on a blind holdout).
 # The others' constants are datasheet figures, at most with a GEMM benchmark (plan.search.calibration_notes says so).
 CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800-SXM", "H100-GT-500W", "H200"})
-# the catalogue's parts without FlashAttention (Accelerator.flash_attention: Volta, Pascal), and those without bf16
-# (also Turing's T4): fp16 is their training precision. T4 keeps FlashAttention: 1.x ran there, though Megatron-Core's
-# fused paths target Ampere and newer.
+# the catalogue's parts without FlashAttention-2 (Accelerator.flash_attention: Volta, Pascal, Turing), and those
+# without bf16, whose training precision is fp16 (the same parts today; two facts all the same)
 NO_FLASH_ATTENTION = frozenset(a.name for a in CATALOGUE.values() if not a.flash_attention)
-NO_BF16 = NO_FLASH_ATTENTION | {"T4"}
+NO_BF16 = frozenset({"V100-32GB", "V100-16GB", "P100", "T4"})
 
 
 def training_precision(acc: Accelerator) -> str:
@@ -286,9 +286,9 @@ def load_accelerator(path: str | Path) -> Accelerator:
     tensor cores: tf32 plans), op_overhead_us (host microseconds per op flopwise's trainer dispatches, where they
     add to the step, as on a CPU), network_bandwidth_gbps (inter-node, per GPU and direction), nvlink_domain_gpus
     (GPUs one NVLink domain spans where it is more than a server, e.g. 72 for an NVL72 rack) and block_scaled_fp8
-    (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do) and flash_attention (false for a part
-    FlashAttention does not run on, as Volta and Pascal: each stack's fallback kernel is costed). FP4 and block scales
-    need fp8_peak_tflops."""
+    (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do), flash_attention (false for a part
+    FlashAttention-2 does not run on, as Volta, Pascal and Turing: each stack's fallback kernel is costed). FP4 and
+    block scales need fp8_peak_tflops."""
     path = Path(path)
     data = read_toml(path, "accelerator file")
     required = ("name", "peak_tflops", "memory_gb", "memory_bandwidth_gbps", "link_bandwidth_gbps")

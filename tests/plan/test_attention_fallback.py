@@ -5,13 +5,13 @@ import dataclasses
 
 import pytest
 
-from flopwise.errors import ConfigError
+from flopwise.errors import ConfigError, LayoutError
 from flopwise.hardware import CATALOGUE, NO_FLASH_ATTENTION, load_accelerator, write_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan.cost import CostModel
 from flopwise.plan.search import plan_notes
-from flopwise.plan.spec import Cluster, Training, attention_kernel
+from flopwise.plan.spec import ATTENTION_KERNELS, SOFTWARE, Cluster, Training, attention_kernel
 from flopwise.plan.validate import row_inputs, validate_rows
 
 V100, A100 = CATALOGUE["V100-32GB"], CATALOGUE["A100-80GB"]
@@ -24,9 +24,10 @@ def plan(acc, **training):
     return cm, cm.evaluate(LAYOUT)
 
 
-def test_the_catalogue_marks_the_parts_flash_attention_does_not_run_on():
-    assert NO_FLASH_ATTENTION == {"V100-32GB", "V100-16GB", "P100"}
-    assert CATALOGUE["T4"].flash_attention and A100.flash_attention  # FlashAttention 1.x ran on Turing
+def test_the_catalogue_marks_the_parts_flash_attention_2_does_not_run_on():
+    assert NO_FLASH_ATTENTION == {"V100-32GB", "V100-16GB", "P100", "T4"}  # before Ampere
+    assert all(a.flash_attention for a in (A100, CATALOGUE["H100-SXM"], CATALOGUE["B200"], CATALOGUE["A10"]))
+    assert {sw.flash_fallback for sw in SOFTWARE.values()} <= set(ATTENTION_KERNELS)
 
 
 @pytest.mark.parametrize("software", ["te", "megatron-lm"])
@@ -56,7 +57,10 @@ def test_the_attention_a_run_states_wins_and_a_stack_already_unfused_stays_so():
     assert training.attention == "flash" and attention_kernel(training, V100) == "flash"
     assert attention_kernel(Training(64, software="te"), V100) == "unfused"
     assert attention_kernel(Training(64, software="te"), A100) == "flash"
-    assert attention_kernel(Training(64, software="deepspeed"), A100) == "unfused"
+    for already in ("deepspeed", "megatron"):  # unfused everywhere: nothing to fall back from
+        assert attention_kernel(Training(64, software=already), V100) == "unfused"
+        cm, _ = plan(V100, software=already)
+        assert cm.training.attention is None and not cm.attention_fallback
     with pytest.raises(ConfigError, match="flopwise's trainer runs SDPA"):
         Training(64, software="flopwise", attention="unfused")
 
@@ -66,12 +70,22 @@ def test_a_plan_says_which_attention_it_costed_without_flash_attention():
         return [n for n in plan_notes(MODEL, Cluster(acc, 8), Training(64, **training)) if "FlashAttention" in n]
 
     (megatron,) = said(V100, software="te")
-    assert megatron.startswith("V100-32GB has no FlashAttention") and "Megatron-LM's fused softmax" in megatron
+    assert megatron.startswith("V100-32GB cannot run FlashAttention-2") and "Megatron-LM's fused softmax" in megatron
     assert "--attention flash" in megatron
     (sdpa,) = said(V100, software="torch-compile")
     assert "memory-efficient kernel" in sdpa
     assert said(A100, software="te") == [] and said(V100, software="deepspeed") == []  # already unfused
     assert said(V100, software="te", attention="flash") == []  # stated: nothing to explain
+
+
+def test_context_parallelism_refused_by_the_fallback_says_how_to_state_a_fused_kernel():
+    cm, _ = plan(V100, software="te")
+    with pytest.raises(LayoutError, match=r"needs a fused \(flash\) attention kernel \(V100-32GB cannot run "
+                                          r"FlashAttention-2.*--attention flash if the run had a fused kernel\)"):
+        cm.evaluate(Layout(dp=4, cp=2, zero=1, micro_batch=1))
+    with pytest.raises(LayoutError, match=r"attention kernel$"):  # stated unfused: nothing to explain
+        plan(V100, software="te", attention="unfused")[0].evaluate(Layout(dp=4, cp=2, zero=1, micro_batch=1))
+    assert plan(V100, software="te", attention="flash")[0].evaluate(Layout(dp=4, cp=2, zero=1, micro_batch=1))
 
 
 def test_an_accelerator_file_declares_a_part_without_flash_attention(tmp_path):
@@ -102,8 +116,10 @@ def test_a_calibration_row_that_names_a_flash_profile_on_a_v100_is_costed_with_u
     """A row's `software` cell names the profile; the part decides the kernel, as for a plan."""
     _, cluster, training, _, _ = row_inputs(row())
     assert attention_kernel(training, cluster.accelerator) == "unfused"
-    on_v100, stated = validate_rows([row(), row(attention="unfused")])
-    assert on_v100["predicted_s"] == stated["predicted_s"]
+    on_v100, stated, fused = validate_rows([row(), row(attention="unfused"), row(attention="flash")])
+    assert on_v100["predicted_s"] == stated["predicted_s"] > fused["predicted_s"]  # a stated fused kernel wins
+    assert any(n.startswith("attention unfused: V100-32GB cannot run FlashAttention-2") for n in on_v100["notes"])
+    assert not any("FlashAttention-2" in n for n in stated["notes"] + fused["notes"])
     _, cluster, training, _, _ = row_inputs(row(gpu="A100-80GB", precision="bf16"))
     assert attention_kernel(training, cluster.accelerator) == "flash"
 
@@ -116,4 +132,5 @@ def test_a_row_whose_unfused_scores_could_not_fit_ran_a_fused_kernel_on_a_v100_t
     assert result.get("error") is not None, result.get("error_message")
     assert any(n.startswith("attention flash: unfused attention's 16384 x 16384 scores would not fit V100-16GB memory")
                for n in result["notes"])
-    assert result["predicted_s"] < validate_rows([{**long, "attention": "unfused"}])[0]["predicted_s"]
+    unfused, fused = validate_rows([{**long, "attention": "unfused"}, {**long, "attention": "flash"}])
+    assert result["predicted_s"] == fused["predicted_s"] < unfused["predicted_s"]

@@ -215,9 +215,9 @@ def test_the_calibrated_gpus_are_the_fit_rows_and_plans_on_others_say_so(rows):
     model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, ffn=256, seq_len=64, lfa=False)
 
     def notes(acc):  # the calibration warning; the track record lines (tests/plan/test_track_record.py) and V100's
-        # attention fallback (tests/plan/test_cost_stacks.py) aside
+        # attention fallback (tests/plan/test_attention_fallback.py) aside
         return [n for n in search(model, Cluster(acc, 1), Training(8), top=1).notes
-                if not n.startswith(("track record", "memory track record")) and "no FlashAttention" not in n]
+                if not n.startswith(("track record", "memory track record")) and "FlashAttention-2" not in n]
 
     measured_here = Accelerator("this-cpu", 1e12, 16e9, 20e9, 2e9, measured=True)  # what `plan calibrate` fits
     assert notes(CATALOGUE["A100-80GB"]) == [] and notes(measured_here) == []

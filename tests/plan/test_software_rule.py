@@ -5,6 +5,7 @@ or stack column) still gets every row predicted with the right profile."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flopwise.errors import ConfigError
-from flopwise.hardware import NO_FLASH_ATTENTION
+from flopwise.hardware import NO_FLASH_ATTENTION, get_accelerator
 from flopwise.plan.software_rule import attention_in_text, infer_software, named_stack, software_for_stack
 from flopwise.plan.validate import PROVENANCE_COLUMNS, row_inputs, validate_files, validate_rows
 from flopwise.train.config import load_config
@@ -159,14 +160,17 @@ def test_the_attention_kernel_a_text_names(text, expected):
 
 def test_a_rows_attention_kernel_overrides_its_stacks():
     """A row whose notes say its attention kernel differs from its stack's profile is costed with that kernel (and
-    says so); an `attention` cell wins over the text; the same kernel as the profile's changes nothing."""
+    says so); an `attention` cell wins over the text; the same kernel as the profile's is kept (it matters only on a
+    part without FlashAttention-2: tests/plan/test_attention_fallback.py) and costs the same."""
     base = row("Megatron-LM run", tp="2", dp="8", zero="1", recompute="none")
     _, _, flash, _, _ = row_inputs(base)
     _, _, unfused, _, notes = row_inputs({**base, "notes": "2021 code: no flash attention"})
     assert flash.software == unfused.software == "megatron-lm"
     assert flash.attention is None and unfused.attention == "unfused" and unfused.profile.attention == "unfused"
     assert "attention unfused: the row's text says 'no flash attention'" in notes
-    assert row_inputs({**base, "notes": "no flash attention", "attention": "flash"})[2].attention is None
+    said_flash = {**base, "notes": "no flash attention", "attention": "flash"}
+    assert row_inputs(said_flash)[2].attention == "flash"
+    assert validate_rows([said_flash])[0]["predicted_s"] == validate_rows([base])[0]["predicted_s"]
     assert row_inputs({**base, "attention": "unfused"})[2].attention == "unfused"
     fast, slow = validate_rows([base, {**base, "notes": "no flash attention"}])
     assert slow["predicted_s"] > fast["predicted_s"]  # the s^2 scores, softmax and their traffic
@@ -331,10 +335,15 @@ def test_a_megatron_family_run_on_a_gpu_without_flash_attention_ran_megatrons_le
     v100 = dict(gpu="V100-16GB", gpus="8", tp="2", dp="4", zero="0", precision="fp16", heads="32", kv_heads="32")
     _, _, training, _, notes = row_inputs(row("DLPerf Megatron-LM GPT on V100", **v100))
     assert training.software == "megatron" and training.profile.attention == "unfused"
-    assert any("on V100-16GB, which has no FlashAttention" in n for n in notes), notes
+    assert any("on V100-16GB, which cannot run FlashAttention-2" in n for n in notes), notes
     assert row_inputs(row("", **v100))[2].software == "megatron"  # the layout's Megatron-Core guess, too
     assert row_inputs(row("DLPerf Megatron-LM GPT on V100", software="te", **v100))[2].software == "te"
     assert row_inputs(row("torchtitan", **{**v100, "tp": "1", "dp": "8", "zero": "3"}))[2].software == "torch-eager"
     assert row_inputs(row("DLPerf Megatron-LM GPT on A100", **{**v100, "gpu": "A100-80GB"}))[2].software == "megatron-lm"
     # a stack with kernels of its own ('other': InternEvo and the like) is not Megatron's
     assert row_inputs(row("InternEvo on V100", **v100))[2].software == "te"
+    # an accelerator file that says so is read the same way
+    old_part = dataclasses.replace(get_accelerator("A100-80GB"), name="old-part", flash_attention=False)
+    assert infer_software(row("DLPerf Megatron-LM GPT", **v100), tp=2, accelerator=old_part)[0] == "megatron"
+    assert infer_software(row("DLPerf Megatron-LM GPT", **v100), tp=2, accelerator=get_accelerator("A100-80GB"))[0] \
+        == "megatron-lm"

@@ -168,12 +168,12 @@ def plan(
     ),
     software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),
     attention: str = typer.Option(
-        None, help="attention kernel where it differs from the profile's: flash (FlashAttention, SDPA, cuDNN) | "
+        None, help="the run's attention kernel (default: the profile's): flash (FlashAttention, SDPA, cuDNN) | "
                    "unfused (scores and softmax as tensors: Hugging Face eager attention, Megatron-LM without "
                    "--use-flash-attn); the profiles' own: "
                    + ", ".join(f"{name} {sw.attention}" for name, sw in SOFTWARE.items())
-                   + "; on parts without FlashAttention (V100, P100) te and megatron-lm fall back to unfused, which "
-                     "--attention flash overrides (a memory-efficient fused kernel)"),
+                   + "; on parts without FlashAttention-2 (V100, P100, T4) te and megatron-lm fall back to unfused, "
+                     "which --attention flash overrides (a memory-efficient fused kernel)"),
     expert_imbalance: float = typer.Option(1.0, help="MoE: busiest expert-parallel rank's tokens over the mean (>= 1)"),
     host_ms: float = typer.Option(
         None, help="the stack's host time per step in ms, where you measured it (about 0 under full-iteration CUDA "
@@ -348,10 +348,11 @@ def validate_cmd(
 ) -> None:
     """Predict the step time of every row of published-runs CSVs; print errors, median and maximum.
 
-    Each row is costed with the profile of the stack that ran it, and with its attention kernel where that differs
-    (an `attention` column, flash | unfused, else what its notes say, else flash where unfused attention could not
-    have run: scores too large for the GPUs, or a layout that needs a fused kernel); the table shows which (and why,
-    when inferred). Rows that give the peak memory per GPU their run printed (optional columns `measured_memory_gib`
+    Each row is costed with the profile of the stack that ran it, and with the attention kernel it states (an
+    `attention` column, flash | unfused, else what its notes say), else the profile's (on V100, P100 and T4 its
+    fallback, unfused for Megatron-family stacks), else flash where unfused attention could not have run: scores too
+    large for the GPUs, or a layout that needs a fused kernel; the table shows which (and why, when inferred). Rows
+    that give the peak memory per GPU their run printed (optional columns `measured_memory_gib`
     and `memory_measure`: reserved | allocated | device | blank) also get the planned peak beside it: the whole of it
     for a device figure (nvidia-smi), less the CUDA context and workspaces for torch's counters or a blank measure."""
     if software is not None and software not in SOFTWARE:

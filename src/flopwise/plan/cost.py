@@ -142,6 +142,8 @@ from flopwise.plan.spec import (
     Software,
     Training,
     attention_kernel,
+    fallback_words,
+    falls_back,
     wrapper_key,
 )
 
@@ -347,9 +349,10 @@ class CostModel:
         self.model = model
         self.cluster = cluster
         self.acc = cluster.accelerator
-        kernel = attention_kernel(training, self.acc)
-        if kernel != training.profile.attention:  # no FlashAttention on this part: the stack's own fallback
-            training = replace(training, attention=kernel)
+        # no FlashAttention-2 on this part: the stack's own fallback, stated (the errors name it)
+        self.attention_fallback = falls_back(training, self.acc)
+        if self.attention_fallback:
+            training = replace(training, attention=attention_kernel(training, self.acc))
         self.training = training
         self.constants = constants or DEFAULT_CONSTANTS
         self.low = low = training.gemm_format  # FP8 / MXFP8 / NVFP4 GEMMs in the blocks; None: the training dtype
@@ -881,7 +884,9 @@ class CostModel:
             if self.cluster.gpus % cp:
                 raise LayoutError(f"cp = {cp} must divide the {self.cluster.gpus} GPUs")
             if self.training.profile.attention != "flash":
-                raise LayoutError("context parallelism needs a fused (flash) attention kernel")
+                why = (f" ({fallback_words(self.training, self.acc)}; --attention flash if the run had a fused kernel)"
+                       if self.attention_fallback else "")
+                raise LayoutError(f"context parallelism needs a fused (flash) attention kernel{why}")
             # ZeRO shards over dp x cp ranks, so a ZeRO layout with dp = 1 is still sharded
             probe = layout.replace(cp=1, zero=layout.zero if layout.shard_degree > 1 else 0)
         if probe.pp > 1 and probe.zero >= 2:

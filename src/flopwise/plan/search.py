@@ -24,7 +24,7 @@ from flopwise.models.config import ModelConfig
 from flopwise.plan import track_record
 from flopwise.plan.cost import Constants, CostModel, Plan, even_split
 from flopwise.plan.experts import expert_degrees
-from flopwise.plan.spec import Cluster, Training, attention_kernel
+from flopwise.plan.spec import Cluster, Training, attention_kernel, fallback_words, falls_back
 
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 MAX_VPP = 8
@@ -240,16 +240,12 @@ def precision_notes(training: Training, acc: Accelerator) -> list[str]:
 
 
 def attention_notes(training: Training, acc: Accelerator) -> list[str]:
-    """The attention kernel a stack falls back to on a part without FlashAttention (spec.attention_kernel)."""
-    if acc.flash_attention or training.attention is not None or training.profile.attention != "flash":
+    """The attention kernel a stack falls back to on a part without FlashAttention-2 (spec.falls_back)."""
+    if not falls_back(training, acc):
         return []
-    if attention_kernel(training, acc) == "unfused":
-        return [f"{acc.name} has no FlashAttention (it needs Turing or Ampere and newer): the `{training.software}` "
-                f"profile's stack runs unfused attention there (Megatron-LM's fused softmax over s x s scores), costed "
-                f"so, time and memory; --attention flash if the run had a memory-efficient fused kernel"]
-    return [f"{acc.name} has no FlashAttention (it needs Turing or Ampere and newer): PyTorch's SDPA runs its "
-            f"memory-efficient kernel there, costed as fused attention at the flash rate of pre-Hopper parts (no rate "
-            f"measured on {acc.name})"]
+    fused = attention_kernel(training, acc) == "flash"
+    return [fallback_words(training, acc) + ("" if fused else ", costed so, time and memory; --attention flash if "
+                                                              "the run had a memory-efficient fused kernel")]
 
 
 def plan_notes(model: ModelConfig, cluster: Cluster, training: Training) -> list[str]:

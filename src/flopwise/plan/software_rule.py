@@ -7,7 +7,7 @@ for the name of a stack (its `source` first, then derived_from, published_value,
 names none is costed as the stack family its layout implies. One rule for all three, used by `flopwise plan
 validate` and by the calibration set's builder (benchmarks/planner_calibration/build.py), which labels rows by their
 stack (`software_for_stack`). `plan validate` adds one fact of the GPU: a Megatron-family row on a GPU without
-FlashAttention (hardware.NO_FLASH_ATTENTION) is costed with Megatron-LM's legacy kernels.
+FlashAttention-2 (hardware.Accelerator.flash_attention) is costed with Megatron-LM's legacy kernels.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from flopwise.errors import DataError
-from flopwise.hardware import NO_FLASH_ATTENTION
+from flopwise.hardware import Accelerator
 from flopwise.plan.spec import GEMM_FORMATS, LOW_PRECISIONS, SOFTWARE
 
 # The stacks a `stack` cell names (the calibration set's vocabulary) besides the profiles' own names.
@@ -103,18 +103,19 @@ def named_stack(text: str) -> tuple[str, str] | None:
 
 
 def infer_software(row: dict, *, tp: int = 0, pp: int = 0, cp: int = 0, vpp: int = 0, zero: int = 0,
-                   precision: str = "bf16", gpu: str = "") -> tuple[str, str]:
+                   precision: str = "bf16", accelerator: Accelerator | None = None) -> tuple[str, str]:
     """(profile, why) for a CSV row: its `software` cell, else its `stack` cell, else a stack its text names, else
     the family its layout implies (the layout cells as parsed; 0: blank). `why` is empty when the row said it.
-    A Megatron-family run on a GPU without FlashAttention (`gpu`, a catalogue name in NO_FLASH_ATTENTION) ran
+    A Megatron-family run on a GPU without FlashAttention-2 (`accelerator`, Accelerator.flash_attention False) ran
     Megatron-LM's legacy kernels: the 'megatron' profile."""
     software = (row.get("software") or "").strip().lower()
     if software:
         return software, ""
     profile, reason, stack = _inferred(row, tp=tp, pp=pp, cp=cp, vpp=vpp, zero=zero, precision=precision)
-    if gpu in NO_FLASH_ATTENTION and stack in MEGATRON_FAMILY and profile in ("te", "megatron-lm"):
-        return "megatron", (f"software megatron: {reason or 'a Megatron-family stack'}, on {gpu}, which has no "
-                            f"FlashAttention: Megatron-LM's legacy kernels")
+    if (accelerator is not None and not accelerator.flash_attention and stack in MEGATRON_FAMILY
+            and profile in ("te", "megatron-lm")):
+        return "megatron", (f"software megatron: {reason or 'a Megatron-family stack'}, on {accelerator.name}, which "
+                            f"cannot run FlashAttention-2: Megatron-LM's legacy kernels")
     return profile, f"software {profile}: {reason}" if reason else ""
 
 

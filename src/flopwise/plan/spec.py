@@ -133,10 +133,10 @@ class Software:
     # the batch-first sequence gathers add layout copies. Chosen on the fit rows' cross-validation (issue 14,
     # benchmarks/RESULTS.md "Eighth round"), not measured kernel by kernel.
     unfused_across_tp: bool = False
-    # the attention core the stack runs where FlashAttention does not (Accelerator.flash_attention: Volta, Pascal):
-    # 'unfused' for stacks whose fused attention is FlashAttention's or cuDNN's (Megatron-LM then runs its own fused
-    # softmax over s x s scores; Transformer Engine's fused attention needs Ampere), 'flash' for PyTorch's SDPA, which
-    # picks its memory-efficient kernel there (fused, no s^2 tensors; costed at the flash rate of pre-Hopper parts)
+    # the attention core the stack runs where FlashAttention-2 does not (Accelerator.flash_attention: Volta, Pascal,
+    # Turing): 'unfused' for stacks whose fused attention is FlashAttention's or cuDNN's (Megatron-LM then runs its own
+    # fused softmax over s x s scores; Transformer Engine's fused attention needs Ampere), 'flash' for PyTorch's SDPA,
+    # which picks its memory-efficient kernel there (fused, no s^2 tensors; costed at the flash rate of pre-Hopper parts)
     flash_fallback: str = "flash"
     # bytes the elementwise kernels move per byte of the planner's elementwise passes (ELEMENTWISE_*_PASSES over a
     # layer's kept activations), measured for a trainer whose kernels were profiled; 0: the stack class's own (1 for
@@ -320,7 +320,9 @@ class Training:
     seq_len: int | None = None  # None: the model's context
     software: str = "flopwise"  # which trainer runs the layout: its kernels and overlaps (SOFTWARE)
     expert_imbalance: float = 1.0  # MoE: the busiest expert-parallel rank's tokens over the mean (plan/experts.py)
-    attention: str | None = None  # the run's attention kernel where it differs from its stack's; None: the profile's
+    # the run's attention kernel as stated; None: the profile's (or its fallback on a part without FlashAttention-2:
+    # attention_kernel)
+    attention: str | None = None
     compiled: bool = False  # flopwise's trainer with train.compile = true: each block through torch.compile
     # the stack's host time per step where the user measured it (e.g. ~0 under full-iteration CUDA graphs); None: the
     # profile's Software.step_overhead_s
@@ -384,19 +386,33 @@ class Training:
         return _profile(self.software, self.attention, self.compiled, self.step_overhead_s, self.block_host_s)
 
 
+def falls_back(training: Training, acc: Accelerator) -> bool:
+    """Whether `training`'s attention is its profile's fallback on `acc`: a fused kernel not stated by the run, on a
+    part FlashAttention-2 does not run on (Accelerator.flash_attention)."""
+    return training.attention is None and not acc.flash_attention and training.profile.attention == "flash"
+
+
+def fallback_words(training: Training, acc: Accelerator) -> str:
+    """What a plan says of `training`'s fallback on `acc` (where falls_back holds before the fallback is applied)."""
+    kernel = training.profile.flash_fallback if training.attention is None else training.attention
+    if kernel == "unfused":
+        return (f"{acc.name} cannot run FlashAttention-2 (it needs Ampere or newer): the `{training.software}` "
+                f"profile's stack runs unfused attention there (Megatron-LM's fused softmax over s x s scores)")
+    return (f"{acc.name} cannot run FlashAttention-2 (it needs Ampere or newer): PyTorch's SDPA runs its "
+            f"memory-efficient kernel there, costed as fused attention at the flash rate of pre-Hopper parts")
+
+
 def attention_kernel(training: Training, acc: Accelerator) -> str:
     """The attention core `training` is costed with on `acc`: the kernel it states (Training.attention), else its
-    profile's where FlashAttention runs on the part, else the profile's fallback there (Software.flash_fallback)."""
-    profile = training.profile
-    if training.attention is not None or acc.flash_attention or profile.attention != "flash":
-        return profile.attention
-    return profile.flash_fallback
+    profile's, else, where that is fused and the part cannot run FlashAttention-2, the profile's fallback there
+    (Software.flash_fallback)."""
+    return training.profile.flash_fallback if falls_back(training, acc) else training.profile.attention
 
 
 @cache
 def _profile(software: str, attention: str | None, compiled: bool = False,
              step_overhead_s: float | None = None, block_host_s: float | None = None) -> Software:
-    """The stack's profile with the run's attention kernel (Training keeps `attention` None when it is the profile's);
+    """The stack's profile with the run's attention kernel where it states one (`attention`; None: the profile's);
     `compiled`: flopwise's with its elementwise chains fused by torch.compile; `step_overhead_s` and `block_host_s`:
     the host times per step and per block the user measured, in place of the profile's."""
     profile = SOFTWARE[software] if attention is None else replace(SOFTWARE[software], attention=attention)

@@ -40,6 +40,8 @@ from flopwise.plan.spec import (
     Cluster,
     Training,
     attention_kernel,
+    fallback_words,
+    falls_back,
 )
 from flopwise.userfiles import read_text
 
@@ -179,11 +181,13 @@ def _stated_attention(row: dict) -> tuple[str, str | None] | None:
 
 
 def _attention(row: dict, profile_attention: str, notes: list[str]) -> str | None:
-    """The row's attention kernel where it differs from its profile's (`profile_attention`); None: the profile's own."""
+    """The attention kernel the row states (kept even where it is its profile's, `profile_attention`: on a part without
+    FlashAttention-2 a stated fused kernel wins over the profile's fallback, spec.attention_kernel); None: it states
+    none. Read from its text, it gets a note where it differs from the profile's."""
     stated = _stated_attention(row)
-    if stated is None or stated[0] == profile_attention:
+    if stated is None:
         return None
-    if stated[1]:
+    if stated[1] and stated[0] != profile_attention:
         notes.append(f"attention {stated[0]}: the row's text says {stated[1]!r}")
     return stated[0]
 
@@ -235,7 +239,7 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
     else:
         profile, why = infer_software(row, tp=fixed.get("tp", 0), pp=fixed.get("pp", 0), cp=fixed.get("cp", 0),
                                       vpp=fixed.get("vpp", 0), zero=fixed.get("zero", 0), precision=precision,
-                                      gpu=acc.name)
+                                      accelerator=acc)
         if why:
             notes.append(why)
     attention = _attention(row, SOFTWARE[profile].attention, notes) if profile in SOFTWARE else None
@@ -264,6 +268,9 @@ def row_plan(row: dict, software: str | None = None, constants: Constants | None
         return search(model, cluster, run, fixed, top=1, split="uniform", explain=False, constants=constants,
                       require_fit=fit).plans[0]
 
+    if falls_back(training, cluster.accelerator):
+        notes.append(f"attention {attention_kernel(training, cluster.accelerator)}: "
+                     + fallback_words(training, cluster.accelerator))
     try:
         return model, cluster, training, plan_of(training, True), notes
     except PlanError:
