@@ -46,13 +46,27 @@ TINY_BLOCK_S = 0.25e-3
 
 # the runs whose source printed their peak memory per GPU, all of them and per software profile
 MEMORY_KEY = "memory"
-# the memory lines against runs gathered blind after they were first quoted: (runs within the 90% figure their plans
-# quoted, runs, that figure). Declared before the thirty-ninth fresh holdout and scored once on it (6 torchtitan runs
-# against the `torch-eager` line: benchmarks/planner_calibration/README.md, FINDINGS.md section 51). Below
-# UNSEEN_SHARE (the bar the step-time line's check uses too, in prose: README "Thirty-fifth fresh holdout") every
-# memory line gives this share in place of its own "90% within".
+# Each line's "90% within X%" checked on runs gathered blind after such lines were first quoted, each set's test
+# declared before it existed and scored once (benchmarks/planner_calibration/README.md): (runs within the 90% figure
+# their plans quoted, runs, what they were held to). Below UNSEEN_SHARE a line gives that share in place of its own
+# "90% within"; at or above it, beside it.
+# The step-time lines: sets 35-39 (FINDINGS.md sections 43-51), 31 of 37.
+STEP_UNSEEN = (31, 37, "")  # each run against its own group's line
+# The memory lines: set 39, 6 torchtitan runs against the `torch-eager` line (FINDINGS.md section 51), 1 of 6.
 MEMORY_UNSEEN = (1, 6, "the `torch-eager` line's 56.5%")
 UNSEEN_SHARE = 0.8
+
+
+def _spread(g: dict, unseen: tuple[int, int, str]) -> str:
+    """A group's "90% within X%, worst Y%", with what the blind check (`unseen`) found of such figures."""
+    within, of, held_to = unseen
+    if not of:
+        return f"90% within {100 * g['p90']:.1f}%, worst {100 * g['max']:.1f}%"
+    check = (f"of {of} runs gathered blind after these lines were first quoted, {within} lay within the 90% figure "
+             f"their plans quoted" + (f", {held_to}" if held_to else ""))
+    if within >= UNSEEN_SHARE * of:
+        return f"90% within {100 * g['p90']:.1f}% ({check}), worst {100 * g['max']:.1f}%"
+    return f"worst {100 * g['max']:.1f}%; {check}"
 
 
 def memory_key(software: str) -> str:
@@ -127,8 +141,10 @@ def current(record: dict) -> bool:
     return record.get("constants") == dataclasses.asdict(DEFAULT_CONSTANTS)
 
 
-def note(gpu: str, software: str, params: float, record: dict | None = None) -> str | None:
-    """One line on how well published runs like this plan were predicted, or None where no group has MIN_RUNS."""
+def note(gpu: str, software: str, params: float, record: dict | None = None,
+         unseen: tuple[int, int, str] = STEP_UNSEEN) -> str | None:
+    """One line on how well published runs like this plan were predicted, or None where no group has MIN_RUNS; with
+    what the blind check of such lines (`unseen`) found."""
     record = load() if record is None else record
     groups = record.get("groups", {})
     found = next(((groups[key], label) for key, label in group_keys(gpu, software, params)
@@ -138,8 +154,8 @@ def note(gpu: str, software: str, params: float, record: dict | None = None) -> 
     g, label = found
     too_fast = round(100 * g["too_fast"] / g["n"])
     text = (f"track record: {g['n']} published runs like this ({label}), none of them fitted to, were predicted with "
-            f"median error {100 * g['median']:.1f}%, 90% within {100 * g['p90']:.1f}%, worst {100 * g['max']:.1f}%; "
-            f"{too_fast}% ran slower than predicted (benchmarks/planner_calibration)")
+            f"median error {100 * g['median']:.1f}%, {_spread(g, unseen)}; {too_fast}% ran slower than predicted "
+            f"(benchmarks/planner_calibration)")
     if software == "flopwise":
         text += ("; no published run uses flopwise's trainer: these are other stacks' runs on this GPU, "
                  "and `flopwise plan calibrate` fits the constants to your own")
@@ -212,12 +228,7 @@ def memory_note(accelerator: Accelerator, software: str, record: dict | None = N
         return None
     g, label = found
     more = round(100 * g["too_fast"] / g["n"])
-    within, of, held_to = unseen
-    spread = (f"90% within {100 * g['p90']:.1f}%, worst {100 * g['max']:.1f}%" if within >= UNSEEN_SHARE * of else
-              f"worst {100 * g['max']:.1f}%; of {of} runs gathered blind after these lines were first quoted, {within} "
-              f"lay within the 90% figure their plans quoted, {held_to}")
     return (f"memory track record: on {g['n']} published runs ({label}) that printed their peak memory per GPU, the "
-            f"planned peak was a median {100 * g['median']:.1f}% off ({spread}); {more}% printed more than planned "
-            f"(a torch counter or an unstated figure set "
-            f"against the planned peak less the CUDA context and workspaces, a device total against all of it; most "
-            f"runs do not say which they printed)")
+            f"planned peak was a median {100 * g['median']:.1f}% off ({_spread(g, unseen)}); {more}% printed more than "
+            f"planned (a torch counter or an unstated figure set against the planned peak less the CUDA context and "
+            f"workspaces, a device total against all of it; most runs do not say which they printed)")
