@@ -155,6 +155,8 @@ class Accelerator:
     # flash-attention README; TE's backend selection asks for sm80). False for Volta, Pascal and Turing, where each stack
     # runs its own fallback (Software.flash_fallback)
     flash_attention: bool = True
+    # bf16 tensor cores (Ampere and newer); False for Volta, Pascal and Turing, whose training precision is fp16
+    bf16: bool = True
 
     @property
     def peak_label(self) -> str:
@@ -177,7 +179,7 @@ CATALOGUE: dict[str, Accelerator] = {
     a.name: a
     for a in (
         Accelerator("V100-32GB", 125 * TFLOPS, 32 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80,
-                    fp32_peak_flops=15.7 * TFLOPS, flash_attention=False),
+                    fp32_peak_flops=15.7 * TFLOPS, flash_attention=False, bf16=False),
         Accelerator("A100-40GB", 312 * TFLOPS, 40960 * MIB, 1555 * GB, 300 * GB, gemm_efficiency=0.75,
                     fp32_peak_flops=19.5 * TFLOPS, tf32_peak_flops=156 * TFLOPS),
         Accelerator("A100-80GB", 312 * TFLOPS, 81920 * MIB, 2039 * GB, 300 * GB, gemm_efficiency=0.75,
@@ -206,11 +208,11 @@ CATALOGUE: dict[str, Accelerator] = {
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB,
                     fp32_peak_flops=67 * TFLOPS, tf32_peak_flops=494.5 * TFLOPS),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80,
-                    fp32_peak_flops=15.7 * TFLOPS, flash_attention=False),
+                    fp32_peak_flops=15.7 * TFLOPS, flash_attention=False, bf16=False),
         Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80,
-                    fp32_peak_flops=9.3 * TFLOPS, flash_attention=False),
+                    fp32_peak_flops=9.3 * TFLOPS, flash_attention=False, bf16=False),
         Accelerator("T4", 65 * TFLOPS, 16 * GB, 300 * GB, 16 * GB, gemm_efficiency=0.45, memory_efficiency=0.80,
-                    fp32_peak_flops=8.1 * TFLOPS, flash_attention=False),
+                    fp32_peak_flops=8.1 * TFLOPS, flash_attention=False, bf16=False),
         Accelerator("A10", 125 * TFLOPS, 24 * GB, 600 * GB, 32 * GB, gemm_efficiency=0.60, memory_efficiency=0.80,
                     fp32_peak_flops=31.2 * TFLOPS, tf32_peak_flops=62.5 * TFLOPS),
     )
@@ -225,16 +227,14 @@ CATALOGUE["GH200-144GB"] = dataclasses.replace(CATALOGUE["GH200"], name="GH200-1
 # benchmarks/planner_calibration/fit.csv, and the export variants of their silicon, checked on a blind holdout).
 # The others' constants are datasheet figures, at most with a GEMM benchmark (plan.search.calibration_notes says so).
 CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800-SXM", "H100-GT-500W", "H200"})
-# the catalogue's parts without FlashAttention-2 (Accelerator.flash_attention: Volta, Pascal, Turing), and those
-# without bf16, whose training precision is fp16 (the same parts today; two facts all the same)
+# the catalogue's parts without FlashAttention-2 (Accelerator.flash_attention: Volta, Pascal, Turing)
 NO_FLASH_ATTENTION = frozenset(a.name for a in CATALOGUE.values() if not a.flash_attention)
-NO_BF16 = frozenset({"V100-32GB", "V100-16GB", "P100", "T4"})
 
 
 def training_precision(acc: Accelerator) -> str:
     """The precision a run trains in on `acc` unless told otherwise: fp32 on a measured CPU (as flopwise's trainer
     runs it), fp16 on a part without bf16, bf16 on the rest."""
-    return "fp32" if acc.measured else "fp16" if acc.name in NO_BF16 else "bf16"
+    return "fp32" if acc.measured else "bf16" if acc.bf16 else "fp16"
 # gloo collectives between processes on one machine (loopback TCP): ~1-3 GB/s per direction; a starting
 # value that `flopwise plan calibrate` replaces with the user's own.
 CPU_LINK_BANDWIDTH = 2 * GB
@@ -287,8 +287,9 @@ def load_accelerator(path: str | Path) -> Accelerator:
     add to the step, as on a CPU), network_bandwidth_gbps (inter-node, per GPU and direction), nvlink_domain_gpus
     (GPUs one NVLink domain spans where it is more than a server, e.g. 72 for an NVL72 rack) and block_scaled_fp8
     (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do), flash_attention (false for a part
-    FlashAttention-2 does not run on, as Volta, Pascal and Turing: each stack's fallback kernel is costed). FP4 and
-    block scales need fp8_peak_tflops."""
+    FlashAttention-2 does not run on, as Volta, Pascal and Turing: each stack's fallback kernel is costed) and bf16
+    (false for a part without bf16 tensor cores, as those: it plans fp16 and refuses bf16). FP4 and block scales need
+    fp8_peak_tflops."""
     path = Path(path)
     data = read_toml(path, "accelerator file")
     required = ("name", "peak_tflops", "memory_gb", "memory_bandwidth_gbps", "link_bandwidth_gbps")
@@ -299,7 +300,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
     rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "fp4_peak_tflops": ("fp4_peak_flops", TFLOPS),
              "fp32_peak_tflops": ("fp32_peak_flops", TFLOPS), "tf32_peak_tflops": ("tf32_peak_flops", TFLOPS),
              "network_bandwidth_gbps": ("network_bandwidth", GB), "op_overhead_us": ("op_overhead_s", 1e-6)}
-    flags = ("measured", "block_scaled_fp8", "flash_attention")
+    flags = ("measured", "block_scaled_fp8", "flash_attention", "bf16")
     unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags) - {"nvlink_domain_gpus"}
     if unknown:
         raise ConfigError(f"accelerator file {path}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -351,6 +352,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
         measured=data.get("measured", False),
         block_scaled_fp8=data.get("block_scaled_fp8", False),
         flash_attention=data.get("flash_attention", True),
+        bf16=data.get("bf16", True),
         nvlink_domain_gpus=data.get("nvlink_domain_gpus", 0),
         **{k: float(data[k]) for k in optional if k in data},
         **{field: data[key] * unit for key, (field, unit) in rates.items() if key in data},
@@ -385,6 +387,8 @@ def accelerator_toml(acc: Accelerator) -> dict:
         data["nvlink_domain_gpus"] = acc.nvlink_domain_gpus
     if not acc.flash_attention:
         data["flash_attention"] = False
+    if not acc.bf16:
+        data["bf16"] = False
     return data
 
 

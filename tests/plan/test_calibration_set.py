@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flopwise.hardware import CATALOGUE
+from flopwise.hardware import CATALOGUE, training_precision
 from flopwise.plan.software_rule import STACKS
 from flopwise.plan.spec import SOFTWARE
 
@@ -216,7 +216,7 @@ def test_the_calibrated_gpus_are_the_fit_rows_and_plans_on_others_say_so(rows):
 
     def notes(acc):  # the calibration warning; the track record lines (tests/plan/test_track_record.py) and V100's
         # attention fallback (tests/plan/test_attention_fallback.py) aside
-        return [n for n in search(model, Cluster(acc, 1), Training(8), top=1).notes
+        return [n for n in search(model, Cluster(acc, 1), Training(8, precision=training_precision(acc)), top=1).notes
                 if not n.startswith(("track record", "memory track record")) and "FlashAttention-2" not in n]
 
     measured_here = Accelerator("this-cpu", 1e12, 16e9, 20e9, 2e9, measured=True)  # what `plan calibrate` fits

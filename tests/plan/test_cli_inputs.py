@@ -6,7 +6,7 @@ import json
 import pytest
 
 from flopwise.errors import ConfigError
-from flopwise.hardware import get_accelerator, load_accelerator, training_precision
+from flopwise.hardware import get_accelerator, load_accelerator, training_precision, write_accelerator
 from tests.cli_run import run_cli
 
 SHAPE = ["--hidden", 4096, "--heads", 32, "--ffn", 11008, "--vocab", 32000, "--seq", 4096]
@@ -54,9 +54,25 @@ def test_parts_without_bf16_plan_in_fp16(capsys):
     code, _, err = run_cli(capsys, "plan", "--preset", "tiny", "--gpu", "V100-32GB", "--gpus", 8, "--global-batch",
                            8, "--precision", "fp8", "--software", "te")
     assert code == 2 and "use precision fp16" in err
+    code, _, err = run_cli(capsys, "plan", "--preset", "tiny", "--gpu", "T4", "--gpus", 8, "--global-batch", 8,
+                           "--precision", "bf16")
+    assert code == 2 and "T4 has no bf16 tensor cores (they came with Ampere): use precision fp16" in err
     code, _, err = run_cli(capsys, "plan", "--preset", "tiny", "--gpu", "V100-32GB", "--gpus", 8, "--global-batch",
                            8, "--write-config", "job.toml")
     assert code == 2 and "bf16 or fp32" in err  # the trainer's precisions: no job written for a part without them
+
+
+def test_an_accelerator_file_says_whether_its_part_has_bf16(tmp_path):
+    v100 = get_accelerator("V100-32GB")
+    path = write_accelerator(v100, tmp_path / "v100.toml")
+    assert "bf16 = false" in path.read_text() and load_accelerator(path) == v100
+    assert training_precision(load_accelerator(path)) == "fp16"
+    a100 = write_accelerator(get_accelerator("A100-80GB"), tmp_path / "a100.toml")
+    assert "bf16" not in a100.read_text() and training_precision(load_accelerator(a100)) == "bf16"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(path.read_text().replace("bf16 = false", "bf16 = 0"))
+    with pytest.raises(ConfigError, match="bf16 = 0 must be true or false"):
+        load_accelerator(bad)
 
 
 BASE = 'peak_tflops = 100\nmemory_gb = 80\nmemory_bandwidth_gbps = 2000\nlink_bandwidth_gbps = 300\n'

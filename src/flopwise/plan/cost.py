@@ -355,6 +355,9 @@ class CostModel:
             training = replace(training, attention=attention_kernel(training, self.acc))
         self.training = training
         self.constants = constants or DEFAULT_CONSTANTS
+        if training.precision == "bf16" and not self.acc.bf16:
+            raise PlanError(f"{self.acc.name} has no bf16 tensor cores (they came with Ampere): use precision fp16, "
+                            "as runs on it did")
         self.low = low = training.gemm_format  # FP8 / MXFP8 / NVFP4 GEMMs in the blocks; None: the training dtype
         self.cast_delta = self.low_rate = 0.0
         if low:
