@@ -149,8 +149,11 @@ class Accelerator:
     # tensor cores that take block-scaled FP8 (MXFP8: one E8M0 scale per 32 elements) at the FP8 rate: Blackwell's
     # fifth-generation Tensor Cores (NVIDIA Blackwell architecture technical brief); Hopper's take per-tensor scales
     block_scaled_fp8: bool = False
-    # GPUs one NVLink domain spans where it is more than a server (GB200 NVL72: a rack of 72); 0: the node
+    # GPUs one NVLink domain spans where it is not the server: more (GB200 NVL72: a rack of 72) or fewer (H100 PCIe:
+    # bridged pairs, wider groups crossing PCIe at pcie_bandwidth); 0: the node
     nvlink_domain_gpus: int = 0
+    # PCIe bytes/s per GPU, one direction, for groups wider than an NVLink domain smaller than the node; 0: not given
+    pcie_bandwidth: float = 0.0
     # FlashAttention-2 and the fused attention of cuDNN and Transformer Engine run on it: Ampere or newer (the
     # flash-attention README; TE's backend selection asks for sm80). False for Volta, Pascal and Turing, where each stack
     # runs its own fallback (Software.flash_fallback)
@@ -188,7 +191,8 @@ CATALOGUE: dict[str, Accelerator] = {
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB,
                     fp32_peak_flops=67 * TFLOPS, tf32_peak_flops=494.5 * TFLOPS),
         Accelerator("H100-PCIe", 756 * TFLOPS, 81559 * MIB, 2000 * GB, 300 * GB, gemm_efficiency=0.65,
-                    fp8_peak_flops=1513 * TFLOPS, network_bandwidth=50 * GB,
+                    fp8_peak_flops=1513 * TFLOPS, network_bandwidth=50 * GB, nvlink_domain_gpus=2,
+                    pcie_bandwidth=64 * GB,
                     fp32_peak_flops=51 * TFLOPS, tf32_peak_flops=378 * TFLOPS),
         Accelerator("H200", 989 * TFLOPS, 143771 * MIB, 4800 * GB, 450 * GB, gemm_efficiency=0.72,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=50 * GB,
@@ -285,7 +289,8 @@ def load_accelerator(path: str | Path) -> Accelerator:
     plans), fp32_peak_tflops (the CUDA cores' FP32 rate: fp32 plans with TF32 off), tf32_peak_tflops (dense TF32
     tensor cores: tf32 plans), op_overhead_us (host microseconds per op flopwise's trainer dispatches, where they
     add to the step, as on a CPU), network_bandwidth_gbps (inter-node, per GPU and direction), nvlink_domain_gpus
-    (GPUs one NVLink domain spans where it is more than a server, e.g. 72 for an NVL72 rack) and block_scaled_fp8
+    (GPUs one NVLink domain spans where it is not the server: 72 for an NVL72 rack, 2 for bridged PCIe pairs, whose
+    wider groups cross PCIe at pcie_bandwidth_gbps, per GPU and direction) and block_scaled_fp8
     (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do), flash_attention (false for a part
     FlashAttention-2 does not run on, as Volta, Pascal and Turing: each stack's fallback kernel is costed) and bf16
     (false for a part without bf16 tensor cores, as those: it plans fp16 and refuses bf16). FP4 and block scales need
@@ -299,7 +304,8 @@ def load_accelerator(path: str | Path) -> Accelerator:
     optional = EFFICIENCIES
     rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "fp4_peak_tflops": ("fp4_peak_flops", TFLOPS),
              "fp32_peak_tflops": ("fp32_peak_flops", TFLOPS), "tf32_peak_tflops": ("tf32_peak_flops", TFLOPS),
-             "network_bandwidth_gbps": ("network_bandwidth", GB), "op_overhead_us": ("op_overhead_s", 1e-6)}
+             "network_bandwidth_gbps": ("network_bandwidth", GB), "op_overhead_us": ("op_overhead_s", 1e-6),
+             "pcie_bandwidth_gbps": ("pcie_bandwidth", GB)}
     flags = ("measured", "block_scaled_fp8", "flash_attention", "bf16")
     unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags) - {"nvlink_domain_gpus"}
     if unknown:
@@ -385,6 +391,8 @@ def accelerator_toml(acc: Accelerator) -> dict:
         data["block_scaled_fp8"] = True
     if acc.nvlink_domain_gpus:
         data["nvlink_domain_gpus"] = acc.nvlink_domain_gpus
+    if acc.pcie_bandwidth:
+        data["pcie_bandwidth_gbps"] = acc.pcie_bandwidth / GB
     if not acc.flash_attention:
         data["flash_attention"] = False
     if not acc.bf16:

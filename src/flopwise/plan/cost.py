@@ -476,11 +476,11 @@ class CostModel:
         if span <= gpn:
             if self.cluster.intra_bw <= 0:
                 raise PlanError(f"{self.acc.name} has no intra-node link bandwidth; give --intra-gbps")
-            return self.cluster.intra_bw * NVLINK_BUS_EFFICIENCY
+            return self.cluster.intra_link(span) * NVLINK_BUS_EFFICIENCY
         per_node = max(1, min(gpn, ranks * gpn // span))
         net = per_node * self.cluster.inter_bw * self.constants.network_efficiency
-        if per_node > 1 and self.cluster.intra_bw > 0:
-            net = min(net, self.cluster.intra_bw * NVLINK_BUS_EFFICIENCY)
+        if per_node > 1 and self.cluster.intra_bw > 0:  # the ring's in-node part, over the node's per_node GPUs
+            net = min(net, self.cluster.intra_link(per_node) * NVLINK_BUS_EFFICIENCY)
         return net
 
     def latency(self, span: int) -> float:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from flopwise.errors import LayoutError, PlanError
 from flopwise.flops import RECOMPUTE_MODES, param_counts
-from flopwise.hardware import CALIBRATED, CATALOGUE, Accelerator
+from flopwise.hardware import CALIBRATED, CATALOGUE, GB, Accelerator
 from flopwise.layout import Layout, max_stages
 from flopwise.models.config import ModelConfig
 from flopwise.plan import track_record
@@ -211,12 +211,18 @@ def calibration_notes(acc: Accelerator) -> list[str]:
 
 
 def domain_notes(cluster: Cluster) -> list[str]:
-    """A GPU whose NVLink spans a rack (Accelerator.nvlink_domain_gpus) planned with smaller nodes: traffic between those
-    nodes is costed at the NIC rate, where the rack would carry it over NVLink."""
-    domain = cluster.accelerator.nvlink_domain_gpus
+    """An NVLink domain that is not the node (Accelerator.nvlink_domain_gpus): a rack planned with smaller nodes, whose
+    traffic between them is costed at the NIC rate where the rack would carry it over NVLink; or bridged pairs inside
+    a larger node, whose wider groups are costed at the PCIe rate (Cluster.intra_link)."""
+    acc = cluster.accelerator
+    domain = acc.nvlink_domain_gpus
+    if 0 < domain < cluster.gpus_per_node and cluster.intra_link(cluster.gpus_per_node) != cluster.intra_bw:
+        return [f"{acc.name}: NVLink bridges join pairs of {domain} GPUs; a group wider than that (TP, or data "
+                f"parallelism inside a node) crosses PCIe, costed at {acc.pcie_bandwidth / GB:.0f} GB/s per GPU and "
+                f"direction: keep TP within {domain}, or give --intra-gbps for the server's own links"]
     if cluster.gpus <= cluster.gpus_per_node or cluster.gpus_per_node >= domain:
         return []
-    return [f"{cluster.accelerator.name}: NVLink spans up to {domain} GPUs (one rack), but this plan puts "
+    return [f"{acc.name}: NVLink spans up to {domain} GPUs (one rack), but this plan puts "
             f"{cluster.gpus_per_node} per node, so traffic between them is costed at the NIC rate: give "
             f"--gpus-per-node {domain} (or the GPUs per rack the job uses)"]
 

@@ -307,6 +307,15 @@ class Cluster:
     def intra_bw(self) -> float:
         return self.intra_node_bw if self.intra_node_bw is not None else self.accelerator.link_bandwidth
 
+    def intra_link(self, span: int) -> float:
+        """Bytes/s per GPU and direction inside a node for a group over `span` consecutive GPUs: NVLink, or PCIe where
+        the group is wider than an NVLink domain smaller than the node (Accelerator.nvlink_domain_gpus: H100 PCIe's
+        bridged pairs); a given intra_node_bw (--intra-gbps) holds for every group."""
+        acc = self.accelerator
+        if self.intra_node_bw is None and 0 < acc.nvlink_domain_gpus < span and acc.pcie_bandwidth > 0:
+            return acc.pcie_bandwidth
+        return self.intra_bw
+
     @property
     def inter_bw(self) -> float:
         return self.inter_node_bw if self.inter_node_bw is not None else self.accelerator.network_bandwidth
