@@ -345,6 +345,10 @@ def load_accelerator(path: str | Path) -> Accelerator:
     if data.get("measured") and (data.get("fp32_peak_tflops") or data.get("tf32_peak_tflops")):
         raise ConfigError(f"accelerator file {path}: a measured device's peak_tflops is its fp32 rate and it has no "
                           "TF32: leave fp32_peak_tflops and tf32_peak_tflops out (or 0)")
+    if data.get("pcie_bandwidth_gbps") and not data.get("nvlink_domain_gpus"):
+        raise ConfigError(f"accelerator file {path}: pcie_bandwidth_gbps is the link of groups wider than an NVLink "
+                          "domain smaller than the node: give nvlink_domain_gpus too (2 for bridged pairs), or leave "
+                          "it out (link_bandwidth_gbps is then every intra-node group's link)")
     for key, why in (("block_scaled_fp8", "the FP8 rate block-scaled GEMMs run at"),
                      ("fp4_peak_tflops", "a part with FP4 tensor cores has FP8 ones")):
         if data.get(key) and not data.get("fp8_peak_tflops"):

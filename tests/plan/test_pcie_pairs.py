@@ -3,6 +3,9 @@
 
 import dataclasses
 
+import pytest
+
+from flopwise.errors import ConfigError
 from flopwise.hardware import CATALOGUE, GB, NVLINK_BUS_EFFICIENCY, load_accelerator, write_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
@@ -41,7 +44,7 @@ def test_tensor_parallelism_beyond_a_pair_is_planned_slower_on_pcie_than_within_
 
 def test_a_plan_on_bridged_pairs_says_how_its_links_are_costed():
     (said,) = domain_notes(Cluster(PCIE, 8))
-    assert said.startswith("H100-PCIe: NVLink bridges join pairs of 2 GPUs") and "64 GB/s" in said
+    assert said.startswith("H100-PCIe: NVLink joins groups of 2 GPUs only (bridges)") and "64 GB/s" in said
     assert domain_notes(Cluster(PCIE, 8, gpus_per_node=2)) == []  # one pair per node: NVLink throughout
     assert domain_notes(Cluster(PCIE, 8, intra_node_bw=100 * GB)) == []  # the user's figure
     assert domain_notes(Cluster(CATALOGUE["H100-SXM"], 8)) == []
@@ -53,3 +56,7 @@ def test_an_accelerator_file_declares_bridged_pairs(tmp_path):
     assert "nvlink_domain_gpus = 2" in text and "pcie_bandwidth_gbps = 64" in text
     assert load_accelerator(path) == PCIE
     assert "pcie_bandwidth_gbps" not in write_accelerator(CATALOGUE["A100-80GB"], tmp_path / "a.toml").read_text()
+    alone = tmp_path / "alone.toml"
+    alone.write_text(text.replace("nvlink_domain_gpus = 2\n", ""))
+    with pytest.raises(ConfigError, match="pcie_bandwidth_gbps .* give nvlink_domain_gpus too"):
+        load_accelerator(alone)

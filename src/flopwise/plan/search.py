@@ -217,7 +217,7 @@ def domain_notes(cluster: Cluster) -> list[str]:
     acc = cluster.accelerator
     domain = acc.nvlink_domain_gpus
     if 0 < domain < cluster.gpus_per_node and cluster.intra_link(cluster.gpus_per_node) != cluster.intra_bw:
-        return [f"{acc.name}: NVLink bridges join pairs of {domain} GPUs; a group wider than that (TP, or data "
+        return [f"{acc.name}: NVLink joins groups of {domain} GPUs only (bridges); a group wider than that (TP, or data "
                 f"parallelism inside a node) crosses PCIe, costed at {acc.pcie_bandwidth / GB:.0f} GB/s per GPU and "
                 f"direction: keep TP within {domain}, or give --intra-gbps for the server's own links"]
     if cluster.gpus <= cluster.gpus_per_node or cluster.gpus_per_node >= domain:

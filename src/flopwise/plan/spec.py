@@ -402,7 +402,8 @@ def falls_back(training: Training, acc: Accelerator) -> bool:
 
 
 def fallback_words(training: Training, acc: Accelerator) -> str:
-    """What a plan says of `training`'s fallback on `acc` (where falls_back holds before the fallback is applied)."""
+    """What a plan says of the fallback kernel on `acc`: `training` as stated (falls_back holds) or with the fallback
+    already applied (CostModel.training)."""
     kernel = training.profile.flash_fallback if training.attention is None else training.attention
     if kernel == "unfused":
         return (f"{acc.name} cannot run FlashAttention-2 (it needs Ampere or newer): the `{training.software}` "
