@@ -175,7 +175,7 @@ def test_a_rows_attention_kernel_overrides_its_stacks():
     fast, slow = validate_rows([base, {**base, "notes": "no flash attention"}])
     assert slow["predicted_s"] > fast["predicted_s"]  # the s^2 scores, softmax and their traffic
     assert validate_rows([{**base, "attention": "paged"}])[0]["error_message"].startswith(
-        "column 'attention' = 'paged': must be one of flash, unfused")
+        "column 'attention' = 'paged': must be one of flash, fa2, fa3, unfused")
     # the citation names documents, not the run's kernel
     assert row_inputs({**base, "citation": "github.com/Dao-AILab/flash-attention"})[2].attention is None
 
@@ -189,7 +189,7 @@ def test_plan_attention_option(tmp_path, capsys):
     code, out, err = run_cli(capsys, *args, "--attention", "FLASH", "--write-config", tmp_path / "job.toml")
     assert code == 0 and (tmp_path / "job.toml").exists(), err  # its own kernel: nothing overridden
     code, out, err = run_cli(capsys, *args, "--attention", "paged")
-    assert code == 2 and "attention = 'paged': must be one of flash, unfused" in err
+    assert code == 2 and "attention = 'paged': must be one of flash, fa2, fa3, unfused" in err
     v100 = [a if a != "A100-80GB" else "V100-32GB" for a in args]  # no FlashAttention: the kernel it falls back to
     code, out, err = run_cli(capsys, *v100, "--software", "megatron-lm", "--json")
     assert code == 0 and json.loads(out)["training"]["attention"] == "unfused", err

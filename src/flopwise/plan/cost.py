@@ -144,6 +144,8 @@ from flopwise.plan.spec import (
     attention_kernel,
     fallback_words,
     falls_back,
+    rates_by_class,
+    refuse_attention,
     wrapper_key,
 )
 
@@ -199,6 +201,8 @@ def torchao_cast_once_bytes(low: GemmFormat, dtype_bytes: int) -> float:
 # FA3 / cuDNN fused attention on Hopper, fraction of the dense bf16 peak averaged over forward (~75%) and
 # backward (~55%) (Shah et al. 2024); FA2 there (~35% forward) is Constants.fa2_hopper_efficiency
 FA3_HOPPER_EFFICIENCY = 0.6
+
+
 TP_GEMM_GROUPS = {"wq": "qkv", "wk": "qkv", "wv": "qkv", "wo": "wo", "w_up": "w_up", "w_down": "w_down"}
 NET_HOP_LATENCY_S = 7e-6  # one inter-node hop (InfiniBand switch + NIC), NCCL tree: 2 log2(nodes) hops
 DP_BUCKET_BYTES = 40e6 * 4  # gradient buckets (Megatron: 40M fp32 elements; DDP: 25 MB)
@@ -229,6 +233,11 @@ class Constants:
 
 
 DEFAULT_CONSTANTS = Constants()
+
+
+def fa3_over_fa2(constants: Constants | None = None) -> float:
+    """How much faster the cost model takes FA3-class attention to run than FlashAttention-2 on Hopper-class parts."""
+    return FA3_HOPPER_EFFICIENCY / (constants or DEFAULT_CONSTANTS).fa2_hopper_efficiency
 
 
 def block_wrappers(layout: Layout, recompute: bool | None = None) -> str:
@@ -349,6 +358,7 @@ class CostModel:
         self.model = model
         self.cluster = cluster
         self.acc = cluster.accelerator
+        refuse_attention(training, self.acc)
         # no FlashAttention-2 on this part: the stack's own fallback, stated (the errors name it)
         self.attention_fallback = falls_back(training, self.acc)
         if self.attention_fallback:
@@ -391,7 +401,7 @@ class CostModel:
         if self.acc.attention_efficiency > 0 and profile.attention == "flash":  # (unfused attention runs as GEMMs)
             self.attention_rate = self.peak * self.acc.attention_efficiency
             self.attention_backward_efficiency = 1.0
-        elif self.acc.fp8_peak_flops > 0:  # Hopper-class tensor cores: the kernel class decides
+        elif rates_by_class(self.acc):  # Hopper-class tensor cores: the kernel class decides
             fa2 = profile.attention_kernel == "fa2"
             self.attention_rate = self.peak * (self.constants.fa2_hopper_efficiency if fa2 else FA3_HOPPER_EFFICIENCY)
         else:

@@ -22,9 +22,9 @@ from flopwise.hardware import CALIBRATED, CATALOGUE, GB, Accelerator
 from flopwise.layout import Layout, max_stages
 from flopwise.models.config import ModelConfig
 from flopwise.plan import track_record
-from flopwise.plan.cost import Constants, CostModel, Plan, even_split
+from flopwise.plan.cost import DEFAULT_CONSTANTS, Constants, CostModel, Plan, even_split, fa3_over_fa2
 from flopwise.plan.experts import expert_degrees
-from flopwise.plan.spec import Cluster, Training, attention_kernel, fallback_words, falls_back
+from flopwise.plan.spec import Cluster, Training, attention_class, attention_kernel, fallback_words, falls_back
 
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 MAX_VPP = 8
@@ -245,8 +245,27 @@ def precision_notes(training: Training, acc: Accelerator) -> list[str]:
     return notes + ([record] if record else [])
 
 
-def attention_notes(training: Training, acc: Accelerator) -> list[str]:
-    """The attention kernel a stack falls back to on a part without FlashAttention-2 (spec.falls_back)."""
+def profile_fa2(training: Training, acc: Accelerator) -> bool:
+    """Whether `training` is costed with its profile's FlashAttention-2 on a part where FA3-class kernels run faster
+    (spec.attention_class): a run that does not say which kernel it uses."""
+    return training.attention is None and attention_class(training, acc) == "fa2"
+
+
+def attention_notes(training: Training, acc: Accelerator, constants: Constants | None = None,
+                    fa3_step: tuple[Plan, Plan] | None = None) -> list[str]:
+    """The attention kernel a stack falls back to on a part without FlashAttention-2 (spec.falls_back), and the
+    profile's FlashAttention-2 where a faster class runs (profile_fa2), with the best plan's step under FA3
+    (`fa3_step`: the plan and its layout costed so)."""
+    if profile_fa2(training, acc):
+        step = ""
+        if fa3_step:
+            was, fa3 = fa3_step[0].step_time, fa3_step[1].step_time
+            step = f" (the first plan's step {fa3:.3g} s, {fa3 / was - 1:+.0%})"
+        return [f"attention: the `{training.software}` profile's FlashAttention-2, costed at "
+                f"{(constants or DEFAULT_CONSTANTS).fa2_hopper_efficiency:.2f} of the peak on {acc.name}, a rate fitted "
+                "on PyTorch-native runs that predicts them better than FA3's, whatever kernel they ran "
+                "(benchmarks/RESULTS.md, 'Attention kernel classes'); --attention fa3 costs FlashAttention-3 or "
+                f"cuDNN's fused attention (SDPA's cuDNN backend) at {fa3_over_fa2(constants):.1f}x that{step}"]
     if not falls_back(training, acc):
         return []
     fused = attention_kernel(training, acc) == "flash"
@@ -254,13 +273,14 @@ def attention_notes(training: Training, acc: Accelerator) -> list[str]:
                                                               "the run had a memory-efficient fused kernel")]
 
 
-def plan_notes(model: ModelConfig, cluster: Cluster, training: Training) -> list[str]:
-    """What a plan's times rest on (calibration_notes, domain_notes, precision_notes), and how well published runs
-    like it were predicted, step time and peak memory."""
+def plan_notes(model: ModelConfig, cluster: Cluster, training: Training, constants: Constants | None = None,
+               fa3_step: tuple[Plan, Plan] | None = None) -> list[str]:
+    """What a plan's times rest on (calibration_notes, domain_notes, precision_notes, attention_notes), and how well
+    published runs like it were predicted, step time and peak memory."""
     record = track_record.note(cluster.accelerator.name, training.software, param_counts(model).total)
     memory = track_record.memory_note(cluster.accelerator, training.software)
     return (calibration_notes(cluster.accelerator) + domain_notes(cluster) + precision_notes(training, cluster.accelerator)
-            + attention_notes(training, cluster.accelerator) + [n for n in (record, memory) if n])
+            + attention_notes(training, cluster.accelerator, constants, fa3_step) + [n for n in (record, memory) if n])
 
 
 def search(
@@ -314,7 +334,11 @@ def search(
             if few and small:  # most small-block runs also ran few micro-batches: one miss, told twice
                 small += "; these runs and the few-micro-batch ones above are largely the same: do not add the two"
             plan.notes.extend(n for n in (few, small) if n)
-        return SearchResult(plans[:top], evaluated, feasible, plan_notes(model, cluster, training))
+        fa3_step = None
+        if explain and profile_fa2(training, cluster.accelerator):  # the first plan's layout under FA3-class attention
+            fa3 = CostModel(model, cluster, dataclasses.replace(training, attention="fa3"), constants)
+            fa3_step = (plans[0], fa3.evaluate(plans[0].layout))
+        return SearchResult(plans[:top], evaluated, feasible, plan_notes(model, cluster, training, constants, fa3_step))
     if not explain:  # the reason in a few words, without the search for alternatives
         if closest is not None:
             raise PlanError(f"no layout fits in {cm.cluster.accelerator.name} memory (the least memory-hungry, "

@@ -86,9 +86,12 @@ GEMM_FORMATS = {
     "nvfp4": GemmFormat(0.5, 1 / 16, "fp4_peak_flops", global_amax=True),
 }
 LOW_PRECISIONS = frozenset(GEMM_FORMATS)
-# the attention core: 'flash' fused (FlashAttention, SDPA, cuDNN: no s^2 tensors) | 'unfused' (scores, softmax and
+# the attention core: 'flash' fused (FlashAttention, SDPA, cuDNN: no s^2 tensors), of the profile's kernel class
+# (Software.attention_kernel) or of a stated one, 'fa2' (FlashAttention-2, SDPA's flash backend) | 'fa3' (FlashAttention-3,
+# cuDNN's fused attention: SDPA's cuDNN backend, Transformer Engine's FusedAttention) | 'unfused' (scores, softmax and
 # dropout as tensors of their own: Megatron before flash attention, Hugging Face models' eager attention)
-ATTENTION_KERNELS = ("flash", "unfused")
+FLASH_CLASSES = ("fa2", "fa3")
+ATTENTION_KERNELS = ("flash", *FLASH_CLASSES, "unfused")
 
 
 @dataclass(frozen=True)
@@ -360,8 +363,8 @@ class Training:
             # a stated kernel is kept even where it is the profile's: on a part without FlashAttention it says the run
             # had a fused kernel all the same (attention_kernel)
             if self.software == "flopwise" and self.attention != SOFTWARE["flopwise"].attention:
-                raise ConfigError(f"attention = {self.attention!r}: flopwise's trainer runs SDPA (flash) attention; "
-                                  f"set it for another stack's profile (software)")
+                raise ConfigError(f"attention = {self.attention!r}: flopwise's trainer runs SDPA (flash) attention, "
+                                  f"its kernel class measured on Hopper; set it for another stack's profile (software)")
         if self.compiled and self.software != "flopwise":
             raise ConfigError(f"compiled applies to flopwise's trainer; the {self.software!r} profile already says "
                               f"how its stack runs (torch-compile is PyTorch-native stacks under torch.compile)")
@@ -419,13 +422,46 @@ def attention_kernel(training: Training, acc: Accelerator) -> str:
     return training.profile.flash_fallback if falls_back(training, acc) else training.profile.attention
 
 
+def attention_class(training: Training, acc: Accelerator) -> str:
+    """What the attention core is costed as on `acc` (plan/cost.py): 'unfused'; 'fa2' or 'fa3', the fused kernel's
+    class, on parts whose fused kernels the cost model rates by class (FP8 tensor cores: Hopper and newer); else
+    'flash', one rate for every fused kernel (a measured attention rate, or pre-Hopper parts)."""
+    kernel = attention_kernel(training, acc)
+    if kernel != "flash" or not rates_by_class(acc):
+        return kernel
+    return training.profile.attention_kernel
+
+
+def rates_by_class(acc: Accelerator) -> bool:
+    """Whether the cost model rates fused attention by kernel class on `acc` (FA3 / cuDNN well above FA2 on Hopper-class
+    tensor cores, Shah et al. 2024) rather than at one rate (a measured one, or FLASH_EFFICIENCY of the GEMMs)."""
+    return acc.fp8_peak_flops > 0 and not acc.attention_efficiency > 0
+
+
+def refuse_attention(training: Training, acc: Accelerator) -> None:
+    """ConfigError where `training` states a fused kernel class `acc` cannot run or the cost model cannot tell apart."""
+    stated = training.attention
+    if stated == "fa2" and not acc.flash_attention:
+        raise ConfigError(f"attention = 'fa2': FlashAttention-2 needs Ampere or newer, and {acc.name} is older; state "
+                          f"flash for a memory-efficient fused kernel (SDPA's), or unfused")
+    if stated in FLASH_CLASSES and not rates_by_class(acc):
+        why = ("its fused attention runs at the rate measured at start-up" if acc.attention_efficiency > 0 else
+               "FA3 and cuDNN's fused attention are told apart from FlashAttention-2 on Hopper and newer (FP8 tensor "
+               "cores) only")
+        raise ConfigError(f"attention = {stated!r} on {acc.name}: {why}; state flash")
+
+
 @cache
 def _profile(software: str, attention: str | None, compiled: bool = False,
              step_overhead_s: float | None = None, block_host_s: float | None = None) -> Software:
     """The stack's profile with the run's attention kernel where it states one (`attention`; None: the profile's);
     `compiled`: flopwise's with its elementwise chains fused by torch.compile; `step_overhead_s` and `block_host_s`:
     the host times per step and per block the user measured, in place of the profile's."""
-    profile = SOFTWARE[software] if attention is None else replace(SOFTWARE[software], attention=attention)
+    profile = SOFTWARE[software]
+    if attention in FLASH_CLASSES:  # a fused kernel of a stated class
+        profile = replace(profile, attention="flash", attention_kernel=attention)
+    elif attention is not None:
+        profile = replace(profile, attention=attention)
     if step_overhead_s is not None:
         profile = replace(profile, step_overhead_s=step_overhead_s)
     if block_host_s is not None:

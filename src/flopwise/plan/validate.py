@@ -6,10 +6,11 @@ or `stack` column, else the stack its text names (the Megatron-LM papers' runs, 
 Korthikanti et al. 2022, get the 'megatron' profile: unfused softmax + dropout, fused LayerNorm, gradient
 all-reduce after the backward; so do Megatron-family rows on GPUs without FlashAttention), else the family its
 layout implies; a caller's `software` replaces the inference for rows without a `software` cell. A run whose
-attention kernel differs from its profile's is costed with it: an optional `attention` column (flash | unfused),
-else what the row's notes say ("no flash attention", "--use-flash-attn"); a row that says nothing and could not
-have run unfused attention (the scores would not fit, or the layout needs a fused kernel) is costed with flash
-attention (row_plan). Megatron splits layers uniformly across stages, so validation uses the uniform split.
+attention kernel differs from its profile's is costed with it: an optional `attention` column (flash | fa2 | fa3 |
+unfused: spec.ATTENTION_KERNELS), else what the row's notes say, flash or unfused, never a class ("no flash
+attention", "--use-flash-attn"); a row that says nothing and could not have run unfused attention (the scores
+would not fit, or the layout needs a fused kernel) is costed with flash attention (row_plan). Megatron splits layers
+uniformly across stages, so validation uses the uniform split.
 """
 
 from __future__ import annotations
