@@ -165,7 +165,7 @@ def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_writte
     assert acc.nvlink_domain_gpus == 72 == CATALOGUE["GB200"].nvlink_domain_gpus
     assert CATALOGUE["B200"].nvlink_domain_gpus == 0
     assert load_accelerator(write_accelerator(acc, tmp_path / "again.toml")) == acc
-    assert [a.name for a in CATALOGUE.values() if a.block_scaled_fp8] == ["B200", "GB200"]
+    assert [a.name for a in CATALOGUE.values() if a.block_scaled_fp8] == ["B200", "GB200", "MI350X", "MI355X"]
     # FP4 (NVFP4): twice the FP8 rate on the Blackwell parts, none before them
     assert {a.name: a.fp4_peak_flops / a.fp8_peak_flops for a in CATALOGUE.values() if a.fp4_peak_flops} == {
         "B200": 2.0, "GB200": 2.0}

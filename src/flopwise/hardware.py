@@ -57,6 +57,21 @@ each plan says so.
   JUPITER Booster: NDR200), 25 GB/s per GPU. gemm_efficiency 0.72, the H200's: the same die; its 900 W module
   measured a higher MAMF (0.838), not used until a run shows it.
 - Their memory_bytes are the datasheets' decimal GB: no driver's memory.total was at hand to check.
+- AMD Instinct (uncalibrated: datasheets, a GEMM benchmark and an all-reduce measurement; no AMD run was seen before
+  they were written, and the forty-first fresh holdout scores them). MI300X and MI325X (CDNA 3, the same compute:
+  304 CUs at 2.1 GHz): 1307.4 TFLOP/s bf16 and 2614.9 FP8 (FNUZ formats) dense, FP32 matrix 163.4, TF32 (XF32) 653.7;
+  192 GB HBM3 at 5.3 TB/s (MI300X, 750 W) and 256 GB HBM3e at 6.0 TB/s (MI325X, 1000 W). MI350X and MI355X (CDNA 4,
+  256 CUs): 2307 and 2516.6 TFLOP/s bf16 (2.2 and 2.4 GHz), twice that FP8, MXFP8 at the FP8 rate, FP32 157.3 on the
+  MI355X (taken for both), no TF32; 288 GB HBM3e at 8 TB/s. (AMD Instinct MI300X / MI325X / MI350X / MI355X
+  specifications, as tabulated in stas00/ml-engineering compute/accelerator/README.md at 744d01e.) Their FP4 (MXFP4)
+  is not NVIDIA's NVFP4, which the planner's nvfp4 precision costs: fp4_peak_flops 0. Memory in binary sizes, as
+  the HBM stacks come (8 x 24 / 32 / 36 GiB), not checked against a driver. Infinity Fabric joins the 8 GPUs of a node
+  as a fully connected mesh: 64 GB/s per direction between each pair on CDNA 3 (448 all-to-all), 76.5 on CDNA 4
+  (535.5) (the same handbook's network/README.md), so a pair of GPUs moves data 7x slower than the whole node
+  (peer_bandwidth; its all_reduce_bench measured 47.7 GB/s bus bandwidth for 2 MI300X and 312.9 for 8). 8 x 400 Gb/s
+  NICs per node, 50 GB/s per GPU. gemm_efficiency at 0.87 of each part's bf16 MAMF (the B200's rule above): MI300X
+  668.4 of 1307.4 TFLOP/s (ROCm 6.3, 0.511; 781.9 under ROCm 6.2 in the table's earlier version: software moves it),
+  MI325X 784.9 (0.600), MI355X 1565.0 (0.622; the MI350X, not measured, taken at the MI355X's fraction).
 Older and inference-class parts, as found in shared clusters (the Alibaba openb trace): no NVLink, PCIe only.
 - V100 SXM2 16GB: as the 32 GB part with 16 GB of HBM2. (NVIDIA Tesla V100 datasheet.)
 - P100 PCIe 16GB: 18.7 TFLOP/s fp16 (no tensor cores, no bf16), HBM2 732 GB/s, PCIe Gen3 32 GB/s total =
@@ -154,6 +169,10 @@ class Accelerator:
     nvlink_domain_gpus: int = 0
     # PCIe bytes/s per GPU, one direction, for groups wider than an NVLink domain smaller than the node; 0: not given
     pcie_bandwidth: float = 0.0
+    # a fully connected mesh inside the node (AMD Infinity Fabric): bytes/s of the one link between each pair of GPUs,
+    # one direction, so a group of g GPUs in a node moves data over g - 1 links, at most link_bandwidth (every link
+    # of the GPU); 0: a switched fabric (NVSwitch), where a pair reaches link_bandwidth
+    peer_bandwidth: float = 0.0
     # FlashAttention-2 and the fused attention of cuDNN and Transformer Engine run on it: Ampere or newer (the
     # flash-attention README; TE's backend selection asks for sm80). False for Volta, Pascal and Turing, where each stack
     # runs its own fallback (Software.flash_fallback)
@@ -211,6 +230,18 @@ CATALOGUE: dict[str, Accelerator] = {
         Accelerator("GH200", 989 * TFLOPS, 96 * GB, 4000 * GB, 450 * GB, gemm_efficiency=0.72,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB,
                     fp32_peak_flops=67 * TFLOPS, tf32_peak_flops=494.5 * TFLOPS),
+        Accelerator("MI300X", 1307.4 * TFLOPS, 192 * GIB, 5300 * GB, 448 * GB, gemm_efficiency=0.445,
+                    fp8_peak_flops=2614.9 * TFLOPS, network_bandwidth=50 * GB, peer_bandwidth=64 * GB,
+                    fp32_peak_flops=163.4 * TFLOPS, tf32_peak_flops=653.7 * TFLOPS),
+        Accelerator("MI325X", 1307.4 * TFLOPS, 256 * GIB, 6000 * GB, 448 * GB, gemm_efficiency=0.522,
+                    fp8_peak_flops=2614.9 * TFLOPS, network_bandwidth=50 * GB, peer_bandwidth=64 * GB,
+                    fp32_peak_flops=163.4 * TFLOPS, tf32_peak_flops=653.7 * TFLOPS),
+        Accelerator("MI350X", 2307 * TFLOPS, 288 * GIB, 8000 * GB, 535.5 * GB, gemm_efficiency=0.541,
+                    fp8_peak_flops=4614 * TFLOPS, network_bandwidth=50 * GB, peer_bandwidth=76.5 * GB,
+                    block_scaled_fp8=True, fp32_peak_flops=157.3 * TFLOPS),
+        Accelerator("MI355X", 2516.6 * TFLOPS, 288 * GIB, 8000 * GB, 535.5 * GB, gemm_efficiency=0.541,
+                    fp8_peak_flops=5033.2 * TFLOPS, network_bandwidth=50 * GB, peer_bandwidth=76.5 * GB,
+                    block_scaled_fp8=True, fp32_peak_flops=157.3 * TFLOPS),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80,
                     fp32_peak_flops=15.7 * TFLOPS, flash_attention=False, bf16=False),
         Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80,
@@ -290,7 +321,9 @@ def load_accelerator(path: str | Path) -> Accelerator:
     tensor cores: tf32 plans), op_overhead_us (host microseconds per op flopwise's trainer dispatches, where they
     add to the step, as on a CPU), network_bandwidth_gbps (inter-node, per GPU and direction), nvlink_domain_gpus
     (GPUs one NVLink domain spans where it is not the server: 72 for an NVL72 rack, 2 for bridged PCIe pairs, whose
-    wider groups cross PCIe at pcie_bandwidth_gbps, per GPU and direction) and block_scaled_fp8
+    wider groups cross PCIe at pcie_bandwidth_gbps, per GPU and direction), peer_bandwidth_gbps (a mesh inside the
+    node, as AMD's Infinity Fabric: one pair's link per direction; link_bandwidth_gbps is then all of a GPU's links)
+    and block_scaled_fp8
     (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do), flash_attention (false for a part
     FlashAttention-2 does not run on, as Volta, Pascal and Turing: each stack's fallback kernel is costed) and bf16
     (false for a part without bf16 tensor cores, as those: it plans fp16 and refuses bf16). FP4 and block scales need
@@ -305,7 +338,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
     rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "fp4_peak_tflops": ("fp4_peak_flops", TFLOPS),
              "fp32_peak_tflops": ("fp32_peak_flops", TFLOPS), "tf32_peak_tflops": ("tf32_peak_flops", TFLOPS),
              "network_bandwidth_gbps": ("network_bandwidth", GB), "op_overhead_us": ("op_overhead_s", 1e-6),
-             "pcie_bandwidth_gbps": ("pcie_bandwidth", GB)}
+             "pcie_bandwidth_gbps": ("pcie_bandwidth", GB), "peer_bandwidth_gbps": ("peer_bandwidth", GB)}
     flags = ("measured", "block_scaled_fp8", "flash_attention", "bf16")
     unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags) - {"nvlink_domain_gpus"}
     if unknown:
@@ -349,6 +382,13 @@ def load_accelerator(path: str | Path) -> Accelerator:
         raise ConfigError(f"accelerator file {path}: pcie_bandwidth_gbps is the link of groups wider than an NVLink "
                           "domain smaller than the node: give nvlink_domain_gpus too (2 for bridged pairs), or leave "
                           "it out (link_bandwidth_gbps is then every intra-node group's link)")
+    if data.get("peer_bandwidth_gbps", 0) > data["link_bandwidth_gbps"]:
+        raise ConfigError(f"accelerator file {path}: peer_bandwidth_gbps = {data['peer_bandwidth_gbps']!r} is one "
+                          f"link of a mesh, at most the GPU's link_bandwidth_gbps ({data['link_bandwidth_gbps']!r}, all "
+                          "its links together)")
+    if data.get("peer_bandwidth_gbps") and data.get("nvlink_domain_gpus"):
+        raise ConfigError(f"accelerator file {path}: peer_bandwidth_gbps (a mesh of direct links) and "
+                          "nvlink_domain_gpus (a switched domain) describe different fabrics: give one")
     for key, why in (("block_scaled_fp8", "the FP8 rate block-scaled GEMMs run at"),
                      ("fp4_peak_tflops", "a part with FP4 tensor cores has FP8 ones")):
         if data.get(key) and not data.get("fp8_peak_tflops"):
@@ -397,6 +437,8 @@ def accelerator_toml(acc: Accelerator) -> dict:
         data["nvlink_domain_gpus"] = acc.nvlink_domain_gpus
     if acc.pcie_bandwidth:
         data["pcie_bandwidth_gbps"] = acc.pcie_bandwidth / GB
+    if acc.peer_bandwidth:
+        data["peer_bandwidth_gbps"] = acc.peer_bandwidth / GB
     if not acc.flash_attention:
         data["flash_attention"] = False
     if not acc.bf16:
@@ -452,6 +494,9 @@ def match_device_name(device_name: str) -> Accelerator | None:
         return CATALOGUE["A800-80GB"]
     if has("V100"):
         return CATALOGUE["V100-16GB" if "16G" in n else "V100-32GB"]
+    for name in ("MI300X", "MI325X", "MI350X", "MI355X"):  # 'AMD Instinct MI300X' (not the MI300A APU)
+        if has(name):
+            return CATALOGUE[name]
     for name in ("A10", "T4", "P100"):
         if has(name):
             return CATALOGUE[name]

@@ -469,12 +469,15 @@ class CostModel:
             raise PlanError(f"precision {precision} is costed for dense models (torchao's Float8Linear); this model "
                             "has experts: use precision fp8")
         if low.block_scaled and not self.acc.block_scaled_fp8:
-            raise PlanError(f"{name} has no block-scaled ({precision.upper()}) tensor cores, only Blackwell's have "
-                            f"({parts('block_scaled_fp8')}; an accelerator file declares them with "
+            raise PlanError(f"{name} has no block-scaled ({precision.upper()}) tensor cores, only Blackwell's and "
+                            f"CDNA 4's have ({parts('block_scaled_fp8')}; an accelerator file declares them with "
                             "block_scaled_fp8 = true): use precision fp8 (per-tensor scales)")
 
-    def bus_bandwidth(self, span: int, ranks: int = 1) -> float:
-        """Bus bandwidth of a group of `ranks` ranks spanning `span` consecutive GPUs (inside a node or not).
+    def bus_bandwidth(self, span: int, ranks: int = 1, members: int | None = None) -> float:
+        """Bus bandwidth of a group of `ranks` ranks spanning `span` consecutive GPUs (inside a node or not); on a
+        mesh inside the node (Cluster.intra_link) the group's `members` there set the links it runs over (default:
+        `ranks`, or a point-to-point pair for `ranks` 1: pipeline and ring-attention sends; an all-to-all gives its
+        own).
 
         Across nodes a ring collective runs several channels, each leaving a node through a different rank's
         NIC, so the group's bus bandwidth is the NICs of its ranks on one node together (NCCL; a node with one
@@ -486,11 +489,11 @@ class CostModel:
         if span <= gpn:
             if self.cluster.intra_bw <= 0:
                 raise PlanError(f"{self.acc.name} has no intra-node link bandwidth; give --intra-gbps")
-            return self.cluster.intra_link(span) * NVLINK_BUS_EFFICIENCY
+            return self.cluster.intra_link(span, members or max(ranks, 2)) * NVLINK_BUS_EFFICIENCY
         per_node = max(1, min(gpn, ranks * gpn // span))
         net = per_node * self.cluster.inter_bw * self.constants.network_efficiency
         if per_node > 1 and self.cluster.intra_bw > 0:  # the ring's in-node part, over the node's per_node GPUs
-            net = min(net, self.cluster.intra_link(per_node) * NVLINK_BUS_EFFICIENCY)
+            net = min(net, self.cluster.intra_link(per_node, per_node) * NVLINK_BUS_EFFICIENCY)
         return net
 
     def latency(self, span: int) -> float:

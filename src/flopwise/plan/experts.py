@@ -95,7 +95,8 @@ def moe_layer_time(cm, layout: Layout, imbalance: float) -> tuple[float, float]:
     tokens = cm.seq * layout.micro_batch
     rows = tokens * cfg.top_k * cfg.hidden * cm.training.dtype_bytes
     moved = rows * (layout.ep - 1) / layout.ep * imbalance
-    one = moved / cm.bus_bandwidth(layout.tp * layout.ep) + 2 * COLLECTIVE_LATENCY_S  # counts, then rows
+    # (an all-to-all: every pair of the group at once, over all its links on a mesh)
+    one = moved / cm.bus_bandwidth(layout.tp * layout.ep, members=layout.ep) + 2 * COLLECTIVE_LATENCY_S  # counts, rows
     exchanges = 4 + (2 / layout.recompute_every if layout.recompute == "full" else 0)
     return compute, exchanges * one
 

@@ -213,9 +213,16 @@ def calibration_notes(acc: Accelerator) -> list[str]:
 def domain_notes(cluster: Cluster) -> list[str]:
     """An NVLink domain that is not the node (Accelerator.nvlink_domain_gpus): a rack planned with smaller nodes, whose
     traffic between them is costed at the NIC rate where the rack would carry it over NVLink; or bridged pairs inside
-    a larger node, whose wider groups are costed at the PCIe rate (Cluster.intra_link)."""
+    a larger node, whose wider groups are costed at the PCIe rate; or a mesh of direct links, where a small group runs
+    over few of them (Cluster.intra_link)."""
     acc = cluster.accelerator
     domain = acc.nvlink_domain_gpus
+    if acc.peer_bandwidth > 0 and cluster.intra_node_bw is None and min(cluster.gpus, cluster.gpus_per_node) > 2:
+        full = min(cluster.gpus, cluster.gpus_per_node)
+        return [f"{acc.name}: its fabric links each pair of a node's GPUs directly ({acc.peer_bandwidth / GB:.4g} GB/s "
+                f"per direction), so a group of g GPUs in a node runs over g - 1 links (a pair: "
+                f"{cluster.intra_link(2, 2) / GB:.4g} GB/s, {full}: {cluster.intra_link(full, full) / GB:.4g}): "
+                f"tensor and data parallelism over 2-4 GPUs of a node move data slower than over all {full}"]
     if 0 < domain < cluster.gpus_per_node and cluster.intra_link(cluster.gpus_per_node) != cluster.intra_bw:
         return [f"{acc.name}: NVLink joins groups of {domain} GPUs only (bridges); a group wider than that (TP, or data "
                 f"parallelism inside a node) crosses PCIe, costed at {acc.pcie_bandwidth / GB:.0f} GB/s per GPU and "

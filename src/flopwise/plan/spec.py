@@ -310,13 +310,20 @@ class Cluster:
     def intra_bw(self) -> float:
         return self.intra_node_bw if self.intra_node_bw is not None else self.accelerator.link_bandwidth
 
-    def intra_link(self, span: int) -> float:
-        """Bytes/s per GPU and direction inside a node for a group over `span` consecutive GPUs: NVLink, or PCIe where
-        the group is wider than an NVLink domain smaller than the node (Accelerator.nvlink_domain_gpus: H100 PCIe's
-        bridged pairs); a given intra_node_bw (--intra-gbps) holds for every group."""
+    def intra_link(self, span: int, members: int = 2) -> float:
+        """Bytes/s per GPU and direction inside a node for a group of `members` GPUs (2: a point-to-point transfer)
+        over `span` consecutive GPUs: NVLink, or PCIe where the group is wider than an NVLink domain smaller than the
+        node (Accelerator.nvlink_domain_gpus: H100 PCIe's bridged pairs), or on a mesh of direct links
+        (Accelerator.peer_bandwidth: AMD's Infinity Fabric) the members - 1 links each GPU has to the others; a given
+        intra_node_bw (--intra-gbps) holds for every group."""
         acc = self.accelerator
-        if self.intra_node_bw is None and 0 < acc.nvlink_domain_gpus < span and acc.pcie_bandwidth > 0:
+        if self.intra_node_bw is not None:
+            return self.intra_bw
+        if 0 < acc.nvlink_domain_gpus < span and acc.pcie_bandwidth > 0:
             return acc.pcie_bandwidth
+        if acc.peer_bandwidth > 0:
+            links = max(1, min(members, self.gpus_per_node) - 1)
+            return min(self.intra_bw, links * acc.peer_bandwidth)
         return self.intra_bw
 
     @property
