@@ -166,9 +166,10 @@ def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_writte
     assert CATALOGUE["B200"].nvlink_domain_gpus == 0
     assert load_accelerator(write_accelerator(acc, tmp_path / "again.toml")) == acc
     assert [a.name for a in CATALOGUE.values() if a.block_scaled_fp8] == ["B200", "GB200", "MI350X", "MI355X"]
-    # FP4 (NVFP4): twice the FP8 rate on the Blackwell parts, none before them
+    # FP4: twice the FP8 rate on the Blackwell and CDNA 4 parts, none before them; NVFP4 on Blackwell's only
     assert {a.name: a.fp4_peak_flops / a.fp8_peak_flops for a in CATALOGUE.values() if a.fp4_peak_flops} == {
-        "B200": 2.0, "GB200": 2.0}
+        "B200": 2.0, "GB200": 2.0, "MI350X": 2.0, "MI355X": 2.0}
+    assert [a.name for a in CATALOGUE.values() if a.fp4_peak_flops and a.nvfp4] == ["B200", "GB200"]
     assert not load_accelerator(write_accelerator(CATALOGUE["H100-SXM"], tmp_path / "h.toml")).block_scaled_fp8
     # a measured attention rate (a CPU's, or one a user timed) is kept; 0 (the class default) stays 0; so is a host
     # time per op
@@ -241,3 +242,14 @@ def test_newer_parts_are_read_from_their_device_names_and_are_not_calibrated():
 
     assert 2.04 <= fp8_rate(gb200) / fp8_rate(CATALOGUE["H100-SXM"]) <= 2.23
     assert 2.09 <= fp8_rate(gb200) / fp8_rate(CATALOGUE["H200"]) <= 2.21
+
+
+def test_an_accelerator_file_says_its_fp4_takes_only_mx_scales(tmp_path):
+    """AMD's CDNA 4: FP4 tensor cores for the OCP MX formats, not NVIDIA's NVFP4 (Accelerator.nvfp4)."""
+    from flopwise.hardware import CATALOGUE, load_accelerator, write_accelerator
+
+    mi355x = CATALOGUE["MI355X"]
+    path = write_accelerator(mi355x, tmp_path / "mi355x.toml")
+    assert "nvfp4 = false" in path.read_text() and load_accelerator(path) == mi355x
+    assert "nvfp4" not in write_accelerator(CATALOGUE["B200"], tmp_path / "b200.toml").read_text()
+    assert load_accelerator(tmp_path / "b200.toml").nvfp4

@@ -65,8 +65,9 @@ each plan says so.
   192 GB HBM3 at 5.3 TB/s (MI300X, 750 W) and 256 GB HBM3e at 6.0 TB/s (MI325X, 1000 W). MI350X and MI355X (CDNA 4,
   256 CUs): 2307 and 2516.6 TFLOP/s bf16 (2.2 and 2.4 GHz), twice that FP8, MXFP8 at the FP8 rate, FP32 157.3 on the
   MI355X (taken for both), no TF32; 288 GB HBM3e at 8 TB/s. (AMD Instinct MI300X / MI325X / MI350X / MI355X
-  specifications, as tabulated in stas00/ml-engineering compute/accelerator/README.md at 744d01e.) Their FP4 (MXFP4)
-  is not NVIDIA's NVFP4, which the planner's nvfp4 precision costs: fp4_peak_flops 0. Memory in binary sizes, as
+  specifications, as tabulated in stas00/ml-engineering compute/accelerator/README.md at 744d01e.) CDNA 4's FP4 is
+  the OCP MXFP4 (and MXFP6), twice its FP8 rate dense (10066 TFLOP/s on the MI355X), not NVIDIA's NVFP4: nvfp4
+  False. Memory in binary sizes, as
   the HBM stacks come (8 x 24 / 32 / 36 GiB), not checked against a driver. Infinity Fabric joins the 8 GPUs of a node
   as a fully connected mesh: 64 GB/s per direction between each pair on CDNA 3 (448 all-to-all), 76.5 on CDNA 4
   (535.5) (the same handbook's network/README.md), so a pair of GPUs moves data 7x slower than the whole node
@@ -181,6 +182,9 @@ class Accelerator:
     flash_attention: bool = True
     # bf16 tensor cores (Ampere and newer); False for Volta, Pascal and Turing, whose training precision is fp16
     bf16: bool = True
+    # FP4 tensor cores that take NVIDIA's NVFP4 scales (an E4M3 scale per 16 elements under a per-tensor one), as
+    # Blackwell's do; False where they take only the OCP MX formats (AMD's CDNA 4: MXFP4). Only with fp4_peak_flops
+    nvfp4: bool = True
 
     @property
     def peak_label(self) -> str:
@@ -239,11 +243,12 @@ CATALOGUE: dict[str, Accelerator] = {
                     fp8_peak_flops=2614.9 * TFLOPS, network_bandwidth=50 * GB, peer_bandwidth=64 * GB,
                     fp32_peak_flops=163.4 * TFLOPS, tf32_peak_flops=653.7 * TFLOPS),
         Accelerator("MI350X", 2307 * TFLOPS, 288 * GIB, 8000 * GB, 535.5 * GB, gemm_efficiency=0.541,
-                    fp8_peak_flops=4614 * TFLOPS, network_bandwidth=50 * GB, peer_bandwidth=76.5 * GB,
-                    block_scaled_fp8=True, fp32_peak_flops=157.3 * TFLOPS),
+                    fp8_peak_flops=4614 * TFLOPS, fp4_peak_flops=9228 * TFLOPS, nvfp4=False, network_bandwidth=50 * GB,
+                    peer_bandwidth=76.5 * GB, block_scaled_fp8=True, fp32_peak_flops=157.3 * TFLOPS),
         Accelerator("MI355X", 2516.6 * TFLOPS, 288 * GIB, 8000 * GB, 535.5 * GB, gemm_efficiency=0.541,
-                    fp8_peak_flops=5033.2 * TFLOPS, network_bandwidth=50 * GB, peer_bandwidth=76.5 * GB,
-                    block_scaled_fp8=True, fp32_peak_flops=157.3 * TFLOPS),
+                    fp8_peak_flops=5033.2 * TFLOPS, fp4_peak_flops=10066.4 * TFLOPS, nvfp4=False,
+                    network_bandwidth=50 * GB, peer_bandwidth=76.5 * GB, block_scaled_fp8=True,
+                    fp32_peak_flops=157.3 * TFLOPS),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80,
                     fp32_peak_flops=15.7 * TFLOPS, flash_attention=False, bf16=False),
         Accelerator("P100", 18.7 * TFLOPS, 16 * GB, 732 * GB, 16 * GB, gemm_efficiency=0.80,
@@ -331,7 +336,8 @@ def load_accelerator(path: str | Path) -> Accelerator:
     and block_scaled_fp8
     (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do), flash_attention (false for a part
     FlashAttention-2 does not run on, as Volta, Pascal and Turing: each stack's fallback kernel is costed) and bf16
-    (false for a part without bf16 tensor cores, as those: it plans fp16 and refuses bf16). FP4 and block scales need
+    (false for a part without bf16 tensor cores, as those: it plans fp16 and refuses bf16), nvfp4 (false where the FP4
+    tensor cores take only the OCP MX formats, as AMD's CDNA 4: mxfp4 plans, nvfp4 refused). FP4 and block scales need
     fp8_peak_tflops."""
     path = Path(path)
     data = read_toml(path, "accelerator file")
@@ -344,7 +350,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
              "fp32_peak_tflops": ("fp32_peak_flops", TFLOPS), "tf32_peak_tflops": ("tf32_peak_flops", TFLOPS),
              "network_bandwidth_gbps": ("network_bandwidth", GB), "op_overhead_us": ("op_overhead_s", 1e-6),
              "pcie_bandwidth_gbps": ("pcie_bandwidth", GB), "peer_bandwidth_gbps": ("peer_bandwidth", GB)}
-    flags = ("measured", "block_scaled_fp8", "flash_attention", "bf16")
+    flags = ("measured", "block_scaled_fp8", "flash_attention", "bf16", "nvfp4")
     unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags) - {"nvlink_domain_gpus"}
     if unknown:
         raise ConfigError(f"accelerator file {path}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -408,6 +414,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
         block_scaled_fp8=data.get("block_scaled_fp8", False),
         flash_attention=data.get("flash_attention", True),
         bf16=data.get("bf16", True),
+        nvfp4=data.get("nvfp4", True),
         nvlink_domain_gpus=data.get("nvlink_domain_gpus", 0),
         **{k: float(data[k]) for k in optional if k in data},
         **{field: data[key] * unit for key, (field, unit) in rates.items() if key in data},
@@ -448,6 +455,8 @@ def accelerator_toml(acc: Accelerator) -> dict:
         data["flash_attention"] = False
     if not acc.bf16:
         data["bf16"] = False
+    if not acc.nvfp4:
+        data["nvfp4"] = False
     return data
 
 

@@ -37,14 +37,16 @@ def test_the_parts_resolve_by_name_and_as_drivers_write_them():
 
 
 def test_what_each_generation_can_run():
-    """CDNA 4 takes MXFP8 at the FP8 rate; neither takes NVIDIA's NVFP4; CDNA 4 has no TF32."""
+    """CDNA 4 takes MXFP8 at the FP8 rate and MXFP4 at its FP4 rate, not NVIDIA's NVFP4; CDNA 3 has no FP4; CDNA 4 has
+    no TF32."""
     fp8_block = Training(64, software="te", precision="mxfp8")
     CostModel(MODEL, Cluster(MI355X, 8), fp8_block)
     with pytest.raises(PlanError, match="no block-scaled .*CDNA 4's have"):
         CostModel(MODEL, Cluster(MI300X, 8), fp8_block)
-    for acc in (MI300X, MI355X):
-        with pytest.raises(PlanError, match="no FP4 tensor cores"):
+    for acc, said in ((MI300X, "no FP4 tensor cores"), (MI355X, "take the OCP MX formats, not NVIDIA's NVFP4")):
+        with pytest.raises(PlanError, match=said):
             CostModel(MODEL, Cluster(acc, 8), Training(64, software="te", precision="nvfp4"))
+    CostModel(MODEL, Cluster(MI355X, 8), Training(64, software="te", precision="mxfp4"))
     CostModel(MODEL, Cluster(MI300X, 8), Training(64, software="torch-eager", precision="tf32"))
     with pytest.raises(PlanError):
         CostModel(MODEL, Cluster(MI355X, 8), Training(64, software="torch-eager", precision="tf32"))

@@ -263,7 +263,8 @@ def test_plan_takes_nvfp4_on_blackwell_only_says_what_it_assumes_and_never_write
     assert code == 0 and not any(n.startswith("nvfp4") for n in json.loads(out)["notes"])
     for gpu in ("H100-SXM", "A100-80GB"):
         code, _, err = run(base + ["--gpu", gpu, "--precision", "nvfp4"], capsys)
-        assert code != 0 and "no FP4 tensor cores, only Blackwell's have (B200, GB200" in err and "Traceback" not in err
+        assert code != 0 and "no FP4 tensor cores, only Blackwell's and CDNA 4's have (B200, GB200" in err
+        assert "use precision fp8\n" in err.replace(" \n", "\n") + "\n" and "Traceback" not in err  # no mxfp8 here
     code, _, err = run(["plan", "--preset", "nano", "--gpus", "8", "--global-batch", "64", "--gpu", "B200",
                         "--precision", "nvfp4", "--write-config", str(tmp_path / "job.toml")], capsys)
     assert code != 0 and "--write-config writes a job for flopwise's trainer" in err

@@ -12,7 +12,7 @@ from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan import memory as mem
 from flopwise.plan.calibrate import Observation, fit
-from flopwise.plan.cost import ELEMENTWISE_FWD_PASSES, FP8_FUSED_CAST_BYTES, Constants, CostModel
+from flopwise.plan.cost import ELEMENTWISE_FWD_PASSES, FP8_FUSED_CAST_BYTES, FP8_MAMF_RATIO, Constants, CostModel
 from flopwise.plan.spec import GEMM_FORMATS, SOFTWARE, Cluster, Training
 
 H100 = get_accelerator("H100-SXM")
@@ -133,6 +133,32 @@ def test_nvfp4_runs_the_block_gemms_at_the_fp4_rate_with_half_byte_casts_and_nee
     # a part outside the catalogue declares its FP4 rate in its accelerator file
     b300 = dataclasses.replace(H100, name="B300", fp8_peak_flops=b200.fp8_peak_flops, fp4_peak_flops=15000e12)
     assert cost(acc=b300, precision="nvfp4").low_rate > nv.low_rate
+
+
+def test_mxfp4_is_fp4_with_mx_scales_and_runs_where_the_tensor_cores_take_them():
+    """The OCP 4-bit format: the FP4 rate, half-byte values with an E8M0 scale per 32 elements, no per-tensor amax
+    pass; on Blackwell beside NVFP4, on AMD's CDNA 4 in its place."""
+    b200, mi355x = get_accelerator("B200"), get_accelerator("MI355X")
+    nv, mx = (cost(acc=b200, precision=p) for p in ("nvfp4", "mxfp4"))
+    assert mx.low_rate == nv.low_rate  # one FP4 tensor-core rate
+    mxfp4 = GEMM_FORMATS["mxfp4"]
+    assert mxfp4.stored_bytes == 0.5 + 1 / 32 and not mxfp4.global_amax
+    for sp in (False, True):  # a cast: two half-byte copies with a scale byte per 32, no amax read first
+        extra, elements = cast_bytes_over_fp8(mx, cost(acc=b200, precision="fp8"), 4, sp)
+        assert extra == pytest.approx((2 * mxfp4.stored_bytes - 2) * elements, rel=1e-9)
+    layout = Layout(dp=8, zero=1, micro_batch=1)
+    assert mx.evaluate(layout).step_time < nv.evaluate(layout).step_time  # fewer scale bytes, no amax
+    on_amd = cost(acc=mi355x, precision="mxfp4")
+    assert on_amd.low_rate == pytest.approx(mi355x.fp4_peak_flops * mi355x.gemm_efficiency * FP8_MAMF_RATIO)
+    assert on_amd.evaluate(layout).step_time < cost(acc=mi355x, precision="fp8").evaluate(layout).step_time
+    with pytest.raises(PlanError, match="take the OCP MX formats, not NVIDIA's NVFP4: use precision mxfp4"):
+        cost(acc=mi355x, precision="nvfp4")
+    for acc in (H100, get_accelerator("MI300X")):
+        with pytest.raises(PlanError, match="no FP4 tensor cores"):
+            cost(acc=acc, precision="mxfp4")
+    without_mx = dataclasses.replace(b200, name="fp4-no-mx", block_scaled_fp8=False)
+    with pytest.raises(PlanError, match=r"no block-scaled \(MXFP4\) tensor cores"):
+        cost(acc=without_mx, precision="mxfp4")
 
 
 def test_fp8_rowwise_is_fp8_at_the_same_rate_plus_a_transposed_copy_per_cast_and_its_weights_cast_each_microbatch():

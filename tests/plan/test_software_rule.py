@@ -15,7 +15,6 @@ import pytest
 from flopwise.errors import ConfigError
 from flopwise.hardware import NO_FLASH_ATTENTION, get_accelerator
 from flopwise.plan.software_rule import attention_in_text, infer_software, named_stack, software_for_stack
-from flopwise.plan.spec import PRECISIONS
 from flopwise.plan.validate import PROVENANCE_COLUMNS, row_inputs, validate_files, validate_rows
 from flopwise.train.config import load_config
 from tests.cli_run import run_cli
@@ -218,9 +217,9 @@ def test_calibration_rows_in_the_published_format_are_all_predicted():
     refused = [r.get("error_message") for r in report if "predicted_s" not in r]
     # the one that was refused until 2026-12-05, Megatron-Core counting the embedding and the loss as pipeline layers
     # (126 + 2 = 128 stages), is predicted too, and so are torchao's rowwise_with_gw_hp runs (sets 34, 35, 37) and
-    # Megatron-LM's pipelines of more stages than micro-batches (set 37), refused until 2026-12-06; only set 41's
-    # three MXFP4 runs, a precision the planner does not cost, are refused, by name
-    assert refused == ["precision = 'mxfp4': must be one of " + ", ".join(PRECISIONS)] * 3, refused
+    # Megatron-LM's pipelines of more stages than micro-batches (set 37), refused until 2026-12-06, and set 41's
+    # three MXFP4 runs, refused by name until mxfp4 became a precision
+    assert not refused, refused
     assert sum("gw_hp" in r["precision"] for r in rows) >= 2
     same_family = {"te": {"te"}, "deepspeed": {"deepspeed"}, "megatron": {"megatron"}, "megatron-lm": {"megatron-lm"},
                    "deepspeed-hf": {"deepspeed-hf"},
@@ -279,7 +278,8 @@ def test_planner_accuracy_published_format_hides_the_provenance_columns(tmp_path
     [("precision", "BF16", "bf16"), ("precision", "amp_bf16", "bf16"), ("precision", "FP8 (delayed scaling)", "fp8"),
      ("precision", "bf16_with_mxfp8_mixed", "mxfp8"), ("precision", "fp8_mx", "mxfp8"),
      ("precision", "FP8 (MXFP8 recipe)", "mxfp8"), ("precision", "NVFP4", "nvfp4"),
-     ("precision", "bf16_with_nvfp4_mixed", "nvfp4"), ("precision", "FP4", "nvfp4"),
+     ("precision", "bf16_with_nvfp4_mixed", "nvfp4"), ("precision", "FP4", "nvfp4"), ("precision", "MXFP4", "mxfp4"),
+     ("precision", "fp4 (mxfp4 recipe)", "mxfp4"),
      ("precision", "float8 rowwise", "fp8-rowwise"), ("precision", "FP8 (row-wise scaling)", "fp8-rowwise"),
      ("precision", "fp8-rowwise", "fp8-rowwise"), ("precision", "rowwise", "fp8-rowwise"),
      ("precision", "float8 rowwise_with_gw_hp", "fp8-rowwise-gw-hp"), ("precision", "FP8 rowwise gw-hp",
@@ -297,9 +297,8 @@ def test_cells_are_read_as_sources_write_them(cell, text, read):
         assert any(repr(text) in n for n in notes), notes
 
 
-@pytest.mark.parametrize("text", ["MXFP4", "bf16_with_mxfp4_mixed"])
+@pytest.mark.parametrize("text", ["INT4", "int8"])
 def test_a_recipe_no_precision_costs_is_refused_not_read_as_another_precision(text):
-    # MXFP4 has no training recipe
     with pytest.raises(ConfigError, match=f"precision = '{text.lower()}': must be one of"):  # as the source wrote it
         row_inputs(row("torchtitan", precision=text))
 

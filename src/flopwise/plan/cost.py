@@ -456,8 +456,12 @@ class CostModel:
         if low.peak_field == "fp8_peak_flops" and self.acc.fp8_peak_flops <= 0:
             raise PlanError(f"{name} has no FP8 tensor cores: use precision {training_precision(self.acc)}")
         if low.peak_field == "fp4_peak_flops" and self.acc.fp4_peak_flops <= 0:
-            raise PlanError(f"{name} has no FP4 tensor cores, only Blackwell's have ({parts('fp4_peak_flops')}; an "
-                            "accelerator file declares them with fp4_peak_tflops): use precision fp8 or mxfp8")
+            raise PlanError(f"{name} has no FP4 tensor cores, only Blackwell's and CDNA 4's have "
+                            f"({parts('fp4_peak_flops')}; an accelerator file declares them with fp4_peak_tflops): use "
+                            f"precision {'fp8 or mxfp8' if self.acc.block_scaled_fp8 else 'fp8'}")
+        if low.global_amax and not self.acc.nvfp4:  # NVFP4: E4M3 block scales under a per-tensor one
+            raise PlanError(f"{name}'s FP4 tensor cores take the OCP MX formats, not NVIDIA's NVFP4: use precision "
+                            "mxfp4")
         if low.axiswise and self.training.profile.fp8_library != "torchao":
             raise PlanError(f"precision {precision} is a torchao row-wise recipe; the `{self.training.software}` "
                             "profile's FP8 layers are Transformer Engine's, which has none: plan it with --software "

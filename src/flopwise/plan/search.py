@@ -247,7 +247,7 @@ def precision_notes(training: Training, acc: Accelerator) -> list[str]:
     if low and low.peak_field == "fp4_peak_flops":
         notes.append(f"{training.precision}: the FP4 GEMMs are taken to reach FP8's fraction of the FP4 peak (no FP4 "
                      "GEMM rate from training runs); the bf16 first and last blocks and the Hadamard transforms of "
-                     "NVIDIA's recipe are not costed; MFU is against the bf16 dense peak, so it can pass 100%")
+                     "the FP4 recipes are not costed; MFU is against the bf16 dense peak, so it can pass 100%")
     record = track_record.precision_note(training.precision)
     return notes + ([record] if record else [])
 

@@ -20,12 +20,15 @@ from flopwise.hardware import Accelerator
 # nvfp4: the same GEMMs (forward, data and weight gradients) in NVIDIA's 4-bit format, E2M1 values with one E4M3 scale
 # per 16 elements and a per-tensor FP32 scale (NVIDIA 2025, "Pretraining Large Language Models with NVFP4", arXiv
 # 2509.25149; Transformer Engine's NVFP4BlockScaling), at the FP4 tensor-core rate
-# (hardware.Accelerator.fp4_peak_flops). fp32: IEEE fp32 GEMMs, PyTorch's default
+# (hardware.Accelerator.fp4_peak_flops). mxfp4: the same GEMMs in the OCP microscaling 4-bit format, E2M1 values with
+# one power-of-two scale per 32 elements and no per-tensor scale (AMD's MLPerf v6.0 Llama 3.1 8B recipe on CDNA 4,
+# Transformer Engine's MXFP4 with Hadamard transforms), at the FP4 rate of parts whose tensor cores take MX scales
+# (block_scaled_fp8). fp32: IEEE fp32 GEMMs, PyTorch's default
 # (torch.backends.cuda.matmul.allow_tf32 is False since 1.12), at the FP32 (non-tensor) rate; tf32: fp32 weights and
 # activations with TF32 tensor-core GEMMs (a script that sets allow_tf32 or
 # torch.set_float32_matmul_precision("high")), at the TF32 rate (hardware.Accelerator.fp32_peak_flops,
 # tf32_peak_flops).
-PRECISIONS = ("bf16", "fp16", "fp32", "tf32", "fp8", "fp8-rowwise", "fp8-rowwise-gw-hp", "mxfp8", "nvfp4")
+PRECISIONS = ("bf16", "fp16", "fp32", "tf32", "fp8", "fp8-rowwise", "fp8-rowwise-gw-hp", "mxfp8", "nvfp4", "mxfp4")
 FULL_PRECISIONS = frozenset({"fp32", "tf32"})  # 4-byte weights, gradients and activations
 
 
@@ -84,6 +87,8 @@ GEMM_FORMATS = {
     # 4-bit values, one E4M3 byte per 16 elements (FP4 tensor cores take their scales by design), and an FP32
     # per-tensor scale from the tensor's amax (NVIDIA 2025, arXiv 2509.25149, section 2)
     "nvfp4": GemmFormat(0.5, 1 / 16, "fp4_peak_flops", global_amax=True),
+    # 4-bit values, one E8M0 byte per 32 elements, no per-tensor scale (OCP Microscaling spec v1.0)
+    "mxfp4": GemmFormat(0.5, 1 / 32, "fp4_peak_flops", block_scaled=True),
 }
 LOW_PRECISIONS = frozenset(GEMM_FORMATS)
 # the attention core: 'flash' fused (FlashAttention, SDPA, cuDNN: no s^2 tensors), of the profile's kernel class

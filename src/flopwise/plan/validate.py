@@ -123,11 +123,10 @@ def _precision_word(text: str, notes: list[str]) -> str:
         read = "fp32" if off else "tf32"
         notes.append(f"precision {text!r} read as {read}")
         return read
-    if "fp4" in word:  # 'NVFP4', 'bf16_with_nvfp4_mixed', 'FP4'; MXFP4 (no training recipe) is refused
-        if "mx" in word:
-            return word
-        notes.append(f"precision {text!r} read as nvfp4")
-        return "nvfp4"
+    if "fp4" in word:  # 'NVFP4', 'bf16_with_nvfp4_mixed', 'FP4'; 'MXFP4', 'fp4 (mxfp4 recipe)'
+        read = "mxfp4" if "mx" in word else "nvfp4"
+        notes.append(f"precision {text!r} read as {read}")
+        return read
     # the low precisions first, as their runs also name their bf16 parts
     for precision in sorted(PRECISIONS, key=lambda p: p not in LOW_PRECISIONS):
         if precision in word:
