@@ -185,7 +185,7 @@ def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_writte
     assert load_accelerator(write_accelerator(CATALOGUE["H100-SXM"], tmp_path / "h.toml")).attention_efficiency == 0
     for extra, message in (('block_scaled_fp8 = "yes"\nfp8_peak_tflops = 4500\n', "must be true or false"),
                            ("block_scaled_fp8 = true\n", "needs fp8_peak_tflops"),
-                           ("nvlink_domain_gpus = 7.5\n", "must be a whole number of GPUs"),
+                           ("nvlink_domain_gpus = 7.5\n", r"= 7.5 must be a whole number \(0: the node\)"),
                            ("fp4_peak_tflops = 9000\n", "fp4_peak_tflops needs fp8_peak_tflops"),
                            # TOML's true is an int to Python, and nan a float: neither is a rate
                            ("fp8_peak_tflops = true\n", "fp8_peak_tflops = True must be a non-negative number"),

@@ -71,7 +71,7 @@ each plan says so.
   the HBM stacks come (8 x 24 / 32 / 36 GiB), not checked against a driver. Infinity Fabric joins the 8 GPUs of a node
   as a fully connected mesh: 64 GB/s per direction between each pair on CDNA 3 (448 all-to-all), 76.5 on CDNA 4
   (535.5) (the same handbook's network/README.md), so a pair of GPUs moves data 7x slower than the whole node
-  (peer_bandwidth; its all_reduce_bench measured 47.7 GB/s bus bandwidth for 2 MI300X and 312.9 for 8). 8 x 400 Gb/s
+  (mesh_links; its all_reduce_bench measured 47.7 GB/s bus bandwidth for 2 MI300X and 312.9 for 8). 8 x 400 Gb/s
   NICs per node, 50 GB/s per GPU. gemm_efficiency at 0.87 of each part's bf16 MAMF (the B200's rule above): MI300X
   668.4 of 1307.4 TFLOP/s (ROCm 6.3, 0.511; 781.9 under ROCm 6.2 in the table's earlier version: software moves it),
   MI325X 784.9 (0.600), MI355X 1565.0 (0.622; the MI350X, not measured, taken at the MI355X's fraction).
@@ -172,10 +172,10 @@ class Accelerator:
     nvlink_domain_gpus: int = 0
     # PCIe bytes/s per GPU, one direction, for groups wider than an NVLink domain smaller than the node; 0: not given
     pcie_bandwidth: float = 0.0
-    # a fully connected mesh inside the node (AMD Infinity Fabric): bytes/s of the one link between each pair of GPUs,
-    # one direction, so a group of g GPUs in a node moves data over g - 1 links, at most link_bandwidth (every link
-    # of the GPU); 0: a switched fabric (NVSwitch), where a pair reaches link_bandwidth
-    peer_bandwidth: float = 0.0
+    # a fully connected mesh inside the node (AMD Infinity Fabric): the direct links each GPU has, one to each other
+    # GPU, which share link_bandwidth, so a group of g GPUs in a node moves data over g - 1 of them; 0: a switched
+    # fabric (NVSwitch), where a pair reaches link_bandwidth (plan.spec.Cluster.intra_link)
+    mesh_links: int = 0
     # FlashAttention-2 and the fused attention of cuDNN and Transformer Engine run on it: Ampere or newer (the
     # flash-attention README; TE's backend selection asks for sm80). False for Volta, Pascal and Turing, where each stack
     # runs its own fallback (Software.flash_fallback)
@@ -237,17 +237,17 @@ CATALOGUE: dict[str, Accelerator] = {
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB,
                     fp32_peak_flops=67 * TFLOPS, tf32_peak_flops=494.5 * TFLOPS),
         Accelerator("MI300X", 1307.4 * TFLOPS, 192 * GIB, 5300 * GB, 448 * GB, gemm_efficiency=0.445,
-                    fp8_peak_flops=2614.9 * TFLOPS, network_bandwidth=50 * GB, peer_bandwidth=64 * GB,
+                    fp8_peak_flops=2614.9 * TFLOPS, network_bandwidth=50 * GB, mesh_links=7,
                     fp32_peak_flops=163.4 * TFLOPS, tf32_peak_flops=653.7 * TFLOPS),
         Accelerator("MI325X", 1307.4 * TFLOPS, 256 * GIB, 6000 * GB, 448 * GB, gemm_efficiency=0.522,
-                    fp8_peak_flops=2614.9 * TFLOPS, network_bandwidth=50 * GB, peer_bandwidth=64 * GB,
+                    fp8_peak_flops=2614.9 * TFLOPS, network_bandwidth=50 * GB, mesh_links=7,
                     fp32_peak_flops=163.4 * TFLOPS, tf32_peak_flops=653.7 * TFLOPS),
         Accelerator("MI350X", 2307 * TFLOPS, 288 * GIB, 8000 * GB, 535.5 * GB, gemm_efficiency=0.541,
                     fp8_peak_flops=4614 * TFLOPS, fp4_peak_flops=9228 * TFLOPS, nvfp4=False, network_bandwidth=50 * GB,
-                    peer_bandwidth=76.5 * GB, block_scaled_fp8=True, fp32_peak_flops=157.3 * TFLOPS),
+                    mesh_links=7, block_scaled_fp8=True, fp32_peak_flops=157.3 * TFLOPS),
         Accelerator("MI355X", 2516.6 * TFLOPS, 288 * GIB, 8000 * GB, 535.5 * GB, gemm_efficiency=0.541,
                     fp8_peak_flops=5033.2 * TFLOPS, fp4_peak_flops=10066.4 * TFLOPS, nvfp4=False,
-                    network_bandwidth=50 * GB, peer_bandwidth=76.5 * GB, block_scaled_fp8=True,
+                    network_bandwidth=50 * GB, mesh_links=7, block_scaled_fp8=True,
                     fp32_peak_flops=157.3 * TFLOPS),
         Accelerator("V100-16GB", 125 * TFLOPS, 16 * GB, 900 * GB, 150 * GB, gemm_efficiency=0.80,
                     fp32_peak_flops=15.7 * TFLOPS, flash_attention=False, bf16=False),
@@ -331,8 +331,8 @@ def load_accelerator(path: str | Path) -> Accelerator:
     tensor cores: tf32 plans), op_overhead_us (host microseconds per op flopwise's trainer dispatches, where they
     add to the step, as on a CPU), network_bandwidth_gbps (inter-node, per GPU and direction), nvlink_domain_gpus
     (GPUs one NVLink domain spans where it is not the server: 72 for an NVL72 rack, 2 for bridged PCIe pairs, whose
-    wider groups cross PCIe at pcie_bandwidth_gbps, per GPU and direction), peer_bandwidth_gbps (a mesh inside the
-    node, as AMD's Infinity Fabric: one pair's link per direction; link_bandwidth_gbps is then all of a GPU's links)
+    wider groups cross PCIe at pcie_bandwidth_gbps, per GPU and direction), mesh_links (a mesh inside the node, as
+    AMD's Infinity Fabric: the direct links of each GPU, 7 on an 8-GPU board, which share link_bandwidth_gbps)
     and block_scaled_fp8
     (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do), flash_attention (false for a part
     FlashAttention-2 does not run on, as Volta, Pascal and Turing: each stack's fallback kernel is costed) and bf16
@@ -349,9 +349,10 @@ def load_accelerator(path: str | Path) -> Accelerator:
     rates = {"fp8_peak_tflops": ("fp8_peak_flops", TFLOPS), "fp4_peak_tflops": ("fp4_peak_flops", TFLOPS),
              "fp32_peak_tflops": ("fp32_peak_flops", TFLOPS), "tf32_peak_tflops": ("tf32_peak_flops", TFLOPS),
              "network_bandwidth_gbps": ("network_bandwidth", GB), "op_overhead_us": ("op_overhead_s", 1e-6),
-             "pcie_bandwidth_gbps": ("pcie_bandwidth", GB), "peer_bandwidth_gbps": ("peer_bandwidth", GB)}
+             "pcie_bandwidth_gbps": ("pcie_bandwidth", GB)}
     flags = ("measured", "block_scaled_fp8", "flash_attention", "bf16", "nvfp4")
-    unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags) - {"nvlink_domain_gpus"}
+    counts = ("nvlink_domain_gpus", "mesh_links")  # whole numbers of GPUs or links, 0: none
+    unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags) - set(counts)
     if unknown:
         raise ConfigError(f"accelerator file {path}: unknown key(s) {', '.join(sorted(unknown))}")
 
@@ -382,10 +383,10 @@ def load_accelerator(path: str | Path) -> Accelerator:
                             or not math.isfinite(data[key] * units[key])):
             kind = "a non-negative number" if low_ok else "a positive number (a single node: leave the key out)"
             raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be {kind}")
-    if "nvlink_domain_gpus" in data and (not number("nvlink_domain_gpus") or not isinstance(data["nvlink_domain_gpus"], int)
-                                         or data["nvlink_domain_gpus"] < 0):
-        raise ConfigError(f"accelerator file {path}: nvlink_domain_gpus = {data['nvlink_domain_gpus']!r} must be a "
-                          "whole number of GPUs (0: the node)")
+    for key in counts:
+        if key in data and (not number(key) or not isinstance(data[key], int) or data[key] < 0):
+            raise ConfigError(f"accelerator file {path}: {key} = {data[key]!r} must be a whole number (0: "
+                              f"{'the node' if key == 'nvlink_domain_gpus' else 'no mesh'})")
     if data.get("measured") and (data.get("fp32_peak_tflops") or data.get("tf32_peak_tflops")):
         raise ConfigError(f"accelerator file {path}: a measured device's peak_tflops is its fp32 rate and it has no "
                           "TF32: leave fp32_peak_tflops and tf32_peak_tflops out (or 0)")
@@ -393,13 +394,9 @@ def load_accelerator(path: str | Path) -> Accelerator:
         raise ConfigError(f"accelerator file {path}: pcie_bandwidth_gbps is the link of groups wider than an NVLink "
                           "domain smaller than the node: give nvlink_domain_gpus too (2 for bridged pairs), or leave "
                           "it out (link_bandwidth_gbps is then every intra-node group's link)")
-    if data.get("peer_bandwidth_gbps", 0) > data["link_bandwidth_gbps"]:
-        raise ConfigError(f"accelerator file {path}: peer_bandwidth_gbps = {data['peer_bandwidth_gbps']!r} is one "
-                          f"link of a mesh, at most the GPU's link_bandwidth_gbps ({data['link_bandwidth_gbps']!r}, all "
-                          "its links together)")
-    if data.get("peer_bandwidth_gbps") and data.get("nvlink_domain_gpus"):
-        raise ConfigError(f"accelerator file {path}: peer_bandwidth_gbps (a mesh of direct links) and "
-                          "nvlink_domain_gpus (a switched domain) describe different fabrics: give one")
+    if data.get("mesh_links") and data.get("nvlink_domain_gpus"):
+        raise ConfigError(f"accelerator file {path}: mesh_links (a mesh of direct links) and nvlink_domain_gpus (a "
+                          "switched domain) describe different fabrics: give one")
     for key, why in (("block_scaled_fp8", "the FP8 rate block-scaled GEMMs run at"),
                      ("fp4_peak_tflops", "a part with FP4 tensor cores has FP8 ones")):
         if data.get(key) and not data.get("fp8_peak_tflops"):
@@ -416,6 +413,7 @@ def load_accelerator(path: str | Path) -> Accelerator:
         bf16=data.get("bf16", True),
         nvfp4=data.get("nvfp4", True),
         nvlink_domain_gpus=data.get("nvlink_domain_gpus", 0),
+        mesh_links=data.get("mesh_links", 0),
         **{k: float(data[k]) for k in optional if k in data},
         **{field: data[key] * unit for key, (field, unit) in rates.items() if key in data},
     )
@@ -449,8 +447,8 @@ def accelerator_toml(acc: Accelerator) -> dict:
         data["nvlink_domain_gpus"] = acc.nvlink_domain_gpus
     if acc.pcie_bandwidth:
         data["pcie_bandwidth_gbps"] = acc.pcie_bandwidth / GB
-    if acc.peer_bandwidth:
-        data["peer_bandwidth_gbps"] = acc.peer_bandwidth / GB
+    if acc.mesh_links:
+        data["mesh_links"] = acc.mesh_links
     if not acc.flash_attention:
         data["flash_attention"] = False
     if not acc.bf16:
@@ -479,7 +477,8 @@ def resolve_accelerator(name_or_path: str) -> Accelerator:
 
 
 def match_device_name(device_name: str) -> Accelerator | None:
-    """Map a device name as CUDA or a paper writes it ('NVIDIA H100 80GB HBM3', 'A100-SXM4-40GB') to a catalogue
+    """Map a device name as CUDA, ROCm or a paper writes it ('NVIDIA H100 80GB HBM3', 'A100-SXM4-40GB', 'AMD Instinct
+    MI300X') to a catalogue
     entry, matching the model as a whole token (so 'GB300', 'A100X', 'RTX A1000', 'A10G' and 'Quadro P1000' match
     nothing); variants the catalogue lacks (NVL and PCIe forms of the H200 / H800, 40 GB or PCIe A800) match nothing.
     A GH200 is the 144 GB part when its name says 144G or HBM3e ('NVIDIA GH200 144G HBM3e'), else the 96 GB one
@@ -508,7 +507,7 @@ def match_device_name(device_name: str) -> Accelerator | None:
         return CATALOGUE["A800-80GB"]
     if has("V100"):
         return CATALOGUE["V100-16GB" if "16G" in n else "V100-32GB"]
-    for name in ("MI300X", "MI325X", "MI350X", "MI355X"):  # 'AMD Instinct MI300X' (not the MI300A APU)
+    for name in (n for n in CATALOGUE if n.startswith("MI")):  # 'AMD Instinct MI300X' (not the MI300A APU)
         if has(name):
             return CATALOGUE[name]
     for name in ("A10", "T4", "P100"):

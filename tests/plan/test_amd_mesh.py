@@ -1,5 +1,5 @@
 """AMD Instinct parts in the catalogue, and the fully connected mesh inside their nodes: a group of g GPUs moves data
-over g - 1 direct links (hardware.Accelerator.peer_bandwidth, spec.Cluster.intra_link, CostModel.bus_bandwidth)."""
+over g - 1 direct links (hardware.Accelerator.mesh_links, spec.Cluster.intra_link, CostModel.bus_bandwidth)."""
 
 import dataclasses
 
@@ -57,7 +57,9 @@ def test_a_group_in_a_mesh_node_runs_over_one_link_per_other_member():
     assert [cluster.intra_link(g, g) / GB for g in (2, 4, 8)] == [64, 192, 448]
     assert cluster.intra_link(8, 2) == 64 * GB  # a point-to-point send, whatever the span
     assert Cluster(MI300X, 4, gpus_per_node=4).intra_link(8, 8) == 3 * 64 * GB  # only the node's GPUs are linked
-    assert Cluster(MI300X, 8, intra_node_bw=100 * GB).intra_link(2, 2) == 100 * GB  # a given link holds for all
+    # a given link is all of a GPU's links together, shared as the catalogue's are (a calibrated one too)
+    assert Cluster(MI300X, 8, intra_node_bw=350 * GB).intra_link(2, 2) == pytest.approx(50 * GB)
+    assert Cluster(MI300X, 8, intra_node_bw=350 * GB).intra_link(8, 8) == pytest.approx(350 * GB)
     switched = Cluster(H100, 8)
     assert switched.intra_link(2, 2) == switched.intra_link(8, 8) == H100.link_bandwidth  # NVSwitch: any pair
 
@@ -81,7 +83,7 @@ def test_data_parallelism_inside_a_mesh_node_pays_for_small_groups():
     cm = CostModel(MODEL, Cluster(MI300X, 8), Training(64, software="torch-compile"))
     small = cm.evaluate(Layout(tp=4, dp=2, sp=True, micro_batch=1))
     wide = cm.evaluate(Layout(tp=1, dp=8, micro_batch=1))
-    switched = CostModel(MODEL, Cluster(dataclasses.replace(MI300X, name="switched", peer_bandwidth=0.0), 8),
+    switched = CostModel(MODEL, Cluster(dataclasses.replace(MI300X, name="switched", mesh_links=0), 8),
                          Training(64, software="torch-compile"))
     assert small.breakdown["dp"] > switched.evaluate(Layout(tp=4, dp=2, sp=True, micro_batch=1)).breakdown["dp"]
     assert wide.breakdown["dp"] == pytest.approx(switched.evaluate(Layout(tp=1, dp=8, micro_batch=1)).breakdown["dp"])
@@ -89,24 +91,84 @@ def test_data_parallelism_inside_a_mesh_node_pays_for_small_groups():
 
 def test_a_plan_on_a_mesh_says_what_small_groups_cost():
     (note,) = domain_notes(Cluster(MI300X, 16))
-    assert note.startswith("MI300X: its fabric links each pair") and "a pair: 64 GB/s, 8: 448" in note
+    assert note.startswith("MI300X: its fabric links each pair") and "a pair (and every pipeline or ring-attention " \
+        "send) at 64 GB/s per direction, 8 GPUs at 448; groups smaller than the node move data slower" in note
     assert domain_notes(Cluster(H100, 16)) == []
-    assert domain_notes(Cluster(MI300X, 16, intra_node_bw=300 * GB)) == []  # the user's own link
-    assert domain_notes(Cluster(MI300X, 2)) == []  # a pair is all there is
+    (own,) = domain_notes(Cluster(MI300X, 16, intra_node_bw=350 * GB))  # the user's own links, shared the same way
+    assert "at 50 GB/s per direction, 8 GPUs at 350" in own
+    (pair,) = domain_notes(Cluster(MI300X, 2))  # a plan on two GPUs runs over one link: said, without the comparison
+    assert "a pair (and every pipeline or ring-attention send) at 64 GB/s per direction, 2 GPUs at 64" in pair
+    assert "smaller" not in pair and domain_notes(Cluster(MI300X, 1)) == []
 
 
 def test_an_accelerator_file_declares_a_mesh(tmp_path):
     path = write_accelerator(MI355X, tmp_path / "mi355x.toml")
-    assert "peer_bandwidth_gbps = 76.5" in path.read_text()
+    assert "mesh_links = 7" in path.read_text()
     assert load_accelerator(path) == MI355X
     text = path.read_text()
     bad = tmp_path / "bad.toml"
-    bad.write_text(text.replace("peer_bandwidth_gbps = 76.5", "peer_bandwidth_gbps = 600.0"))
-    with pytest.raises(ConfigError, match="one link of a mesh, at most the GPU's link_bandwidth_gbps"):
-        load_accelerator(bad)
+    for value in ("2.5", "-1", "true"):
+        bad.write_text(text.replace("mesh_links = 7", f"mesh_links = {value}"))
+        with pytest.raises(ConfigError, match=f"mesh_links = {value.capitalize() if value == 'true' else value}"
+                                              r" must be a whole number \(0: no mesh\)"):
+            load_accelerator(bad)
     bad.write_text(text + "nvlink_domain_gpus = 2\n")
     with pytest.raises(ConfigError, match="describe different fabrics"):
         load_accelerator(bad)
+
+
+def test_calibrating_a_mesh_part_s_link_moves_every_group():
+    """A fitted link_bandwidth is the GPU's links together, so it moves a pair's link as much as the node's: the fit
+    is not blind to a mesh (its forward difference is not 0)."""
+    faster = dataclasses.replace(MI300X, link_bandwidth=2 * MI300X.link_bandwidth)
+    assert Cluster(faster, 8).intra_link(2, 2) == 2 * Cluster(MI300X, 8).intra_link(2, 2)
+    assert Cluster(faster, 8).intra_link(8, 8) == 2 * Cluster(MI300X, 8).intra_link(8, 8)
+
+
+SHORT = dataclasses.replace(MODEL, seq_len=256)  # blocks too short to hide the traffic
+
+
+def mesh_and_switched(gpus, layout):
+    training = Training(64, software="torch-compile")
+    return [CostModel(SHORT, Cluster(acc, gpus), training).evaluate(layout)
+            for acc in (MI300X, dataclasses.replace(MI300X, name="switched", mesh_links=0))]
+
+
+@pytest.mark.parametrize("gpus, layout, moved, low, high", [
+    (8, Layout(tp=4, dp=2, sp=True, zero=3, micro_batch=1), "dp", 5, 9),  # FSDP over 2 of a node's GPUs: one link
+    (8, Layout(tp=1, dp=2, pp=4, micro_batch=8), "pp", 4, 7),  # pipeline sends inside the node: one link each
+    # DP across 2 nodes, 4 ranks per node: their 3 links (150 GB/s of bus) bind below their 4 NICs (200)
+    (16, Layout(tp=2, dp=8, sp=True, micro_batch=1), "dp", 1.3, 200 / 150),
+])
+def test_every_collective_on_a_mesh_runs_over_its_own_links(gpus, layout, moved, low, high):
+    """Against the same part as a switched fabric: the groups smaller than the node pay for their few links (up to
+    7x, less each call's latency)."""
+    mesh, switched = mesh_and_switched(gpus, layout)
+    assert switched.breakdown[moved] > 0
+    assert low <= mesh.breakdown[moved] / switched.breakdown[moved] <= high * 1.0001
+
+
+def test_ring_attention_sends_each_chunk_over_one_link():
+    """cp 4 inside a node: each of the cp - 1 steps sends K and V to one neighbour over one link (not the three a
+    4-member all-reduce would use), less what the step's attention hides."""
+    cm = CostModel(SHORT, Cluster(MI300X, 8), Training(64, software="torch-compile"))
+    cp, mb = 4, 8
+    tokens = SHORT.seq_len * mb / cp
+    kv = 2 * tokens * SHORT.kv_heads * SHORT.head_dim * 2
+    attn, bw, lat = cm.attention_time(1, mb, cp), 64 * GB * NVLINK_BUS_EFFICIENCY, cm.latency(cp)
+    step_f = max(0.0, kv / bw + lat - attn / cp)
+    step_b = max(0.0, 2 * kv / bw + lat - 2 * attn / cp)
+    assert cm.layer_cost(1, False, mb, "none", cp=cp).cp == pytest.approx((cp - 1) * (step_f + step_b))
+    mesh, switched = mesh_and_switched(8, Layout(tp=1, dp=2, cp=cp, micro_batch=mb))
+    assert mesh.breakdown["cp"] > switched.breakdown["cp"] > 0
+
+
+def test_a_cross_node_ring_is_bound_by_the_links_its_node_s_members_share():
+    cm = CostModel(MODEL, Cluster(MI300X, 16), Training(64, software="torch-compile"))
+    bus = NVLINK_BUS_EFFICIENCY * GB
+    # 2 ranks per node (span 16, 4 ranks): one link inside the node, below the two NICs' 100 GB/s
+    assert cm.bus_bandwidth(16, 4) == pytest.approx(min(2 * 50 * cm.constants.network_efficiency, 64 * 0.78) * GB)
+    assert cm.bus_bandwidth(16, 16) == pytest.approx(min(8 * 50 * cm.constants.network_efficiency * GB, 448 * bus))
 
 
 def test_an_expert_all_to_all_in_a_mesh_node_runs_over_every_link():
@@ -116,7 +178,7 @@ def test_an_expert_all_to_all_in_a_mesh_node_runs_over_every_link():
     moe = dataclasses.replace(MODEL, experts=8, top_k=2)
     layout = Layout(dp=8, ep=8, micro_batch=1)
     mesh = CostModel(moe, Cluster(MI300X, 8), Training(64, software="torch-compile"))
-    switched = CostModel(moe, Cluster(dataclasses.replace(MI300X, name="switched", peer_bandwidth=0.0), 8),
+    switched = CostModel(moe, Cluster(dataclasses.replace(MI300X, name="switched", mesh_links=0), 8),
                          Training(64, software="torch-compile"))
     assert moe_layer_time(mesh, layout, 1.0)[1] == pytest.approx(moe_layer_time(switched, layout, 1.0)[1])
     pair = Layout(dp=8, ep=2, micro_batch=1)  # two members: one link

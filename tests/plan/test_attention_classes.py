@@ -56,7 +56,7 @@ def test_the_class_a_plan_is_costed_with():
 
 
 @pytest.mark.parametrize("acc, attention, said", [
-    (A100, "fa3", "told apart from FlashAttention-2 on Hopper and newer"),
+    (A100, "fa3", "told apart from FlashAttention-2 on parts with FP8 tensor cores"),
     (V100, "fa2", "FlashAttention-2 needs Ampere or newer, and V100-32GB is older"),
     (V100, "fa3", "told apart"),
     (dataclasses.replace(H100, name="timed", attention_efficiency=0.4), "fa3", "rate measured at start-up"),
@@ -70,9 +70,48 @@ def test_a_class_the_part_cannot_run_or_the_model_cannot_tell_apart_is_refused(a
     CostModel(MODEL, Cluster(acc, 8), Training(64, software="torch-compile", attention="flash", precision=precision))
 
 
-def test_flopwise_s_own_trainer_takes_no_class():
+def test_flopwise_s_own_trainer_takes_its_own_class_only():
     with pytest.raises(ConfigError, match="flopwise's trainer runs SDPA"):
         Training(64, software="flopwise", attention="fa2")
+    assert costed(software="flopwise", attention="fa3")[1].step_time == costed(software="flopwise")[1].step_time
+
+
+def test_fa2_where_fused_kernels_share_one_rate_is_flash():
+    """On an A100 FlashAttention-2 is what flash means: stating it is not refused and changes nothing."""
+    assert costed(A100, software="torch-eager", attention="fa2")[1].step_time == \
+        costed(A100, software="torch-eager")[1].step_time
+
+
+def test_a_class_in_full_precision_is_refused_and_not_suggested():
+    """FlashAttention and cuDNN's kernels take 2-byte inputs: an fp32 or tf32 run states no class, and its plan does
+    not suggest one."""
+    for precision in ("fp32", "tf32"):
+        with pytest.raises(ConfigError, match=f"run in bf16 or fp16, not {precision}"):
+            costed(software="torch-eager", attention="fa3", precision=precision)
+        notes = search(MODEL, Cluster(H100, 8), Training(64, software="torch-eager", precision=precision), top=1).notes
+        assert not any(n.startswith("attention:") for n in notes)
+
+
+def test_stating_flash_keeps_the_note_a_fallback_part_gets_its_own():
+    (note,) = [n for n in search(MODEL, Cluster(H100, 8), Training(64, software="torch-eager", attention="flash"),
+                                 top=1).notes if n.startswith("attention:")]
+    assert "--attention fa3" in note
+    old_fp8 = dataclasses.replace(H100, name="fp8-no-fa2", flash_attention=False)  # a file saying both
+    training = Training(64, software="torch-eager")
+    assert attention_class(training, old_fp8) == "flash"  # its fallback, not FA2
+    notes = search(MODEL, Cluster(old_fp8, 8), training, top=1).notes
+    assert any("cannot run FlashAttention-2" in n for n in notes) and not any(n.startswith("attention:") for n in notes)
+
+
+def test_fused_attention_never_outruns_the_part_s_gemms():
+    """AMD's MI3xx sustain a smaller share of their peak in GEMMs (MAMF) than FA3's rate of an H100's: their attention
+    is capped at their GEMM rate; the NVIDIA parts' rates are below it already."""
+    mi300x = CATALOGUE["MI300X"]
+    cm, _ = costed(mi300x, software="te")
+    assert cm.attention_rate == cm.gemm_rate < mi300x.peak_flops * FA3_HOPPER_EFFICIENCY
+    for name in ("H100-SXM", "H200", "B200", "GB200"):
+        cm, _ = costed(CATALOGUE[name], software="te")
+        assert cm.attention_rate == pytest.approx(CATALOGUE[name].peak_flops * FA3_HOPPER_EFFICIENCY)
 
 
 def test_a_plan_on_its_profile_s_fa2_says_what_fa3_would_change():

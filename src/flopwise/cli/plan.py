@@ -154,7 +154,8 @@ def plan(
     gpus: int = typer.Option(8, help="number of GPUs", callback=POSITIVE_INT),
     gpus_per_node: int = typer.Option(8, help="GPUs per node (a node's GPUs share the intra-node links)",
                                       callback=POSITIVE_INT),
-    intra_gbps: float = typer.Option(None, help="intra-node GB/s per GPU, one direction (default: NVLink)",
+    intra_gbps: float = typer.Option(None, help="intra-node GB/s per GPU, one direction (default: the GPU's NVLink or "
+                                                "Infinity Fabric; on AMD's mesh, all of a GPU's links together)",
                                      callback=POSITIVE),
     inter_gbps: float = typer.Option(
         None, help="inter-node GB/s per GPU, one direction (default: the GPU's reference node: 25 A100, 50 H100/H200)",
@@ -264,6 +265,7 @@ def plan(
                         "gpus": cluster.gpus,
                         "gpus_per_node": gpus_per_node,
                         "intra_node_GBps": cluster.intra_bw / GB,
+                        "intra_node_pair_GBps": cluster.intra_link(2, 2) / GB,  # a pair's link (a mesh, bridges)
                         "inter_node_GBps_per_gpu": cluster.inter_bw / GB,
                     },
                     "training": {

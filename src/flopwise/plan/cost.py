@@ -401,9 +401,11 @@ class CostModel:
         if self.acc.attention_efficiency > 0 and profile.attention == "flash":  # (unfused attention runs as GEMMs)
             self.attention_rate = self.peak * self.acc.attention_efficiency
             self.attention_backward_efficiency = 1.0
-        elif rates_by_class(self.acc):  # Hopper-class tensor cores: the kernel class decides
+        elif rates_by_class(self.acc):  # Hopper-class tensor cores: the kernel class decides, no faster than the
+            # part's own GEMMs (AMD's MI3xx sustain less of their peak in GEMMs than FA3 does of an H100's)
             fa2 = profile.attention_kernel == "fa2"
-            self.attention_rate = self.peak * (self.constants.fa2_hopper_efficiency if fa2 else FA3_HOPPER_EFFICIENCY)
+            self.attention_rate = min(self.gemm_rate, self.peak * (self.constants.fa2_hopper_efficiency if fa2
+                                                                   else FA3_HOPPER_EFFICIENCY))
         else:
             self.attention_rate = self.gemm_rate * FLASH_EFFICIENCY
         # the host time per op where it adds to the step (a measured CPU; a GPU's host runs ahead of its kernels: 0 in

@@ -217,12 +217,13 @@ def domain_notes(cluster: Cluster) -> list[str]:
     over few of them (Cluster.intra_link)."""
     acc = cluster.accelerator
     domain = acc.nvlink_domain_gpus
-    if acc.peer_bandwidth > 0 and cluster.intra_node_bw is None and min(cluster.gpus, cluster.gpus_per_node) > 2:
-        full = min(cluster.gpus, cluster.gpus_per_node)
-        return [f"{acc.name}: its fabric links each pair of a node's GPUs directly ({acc.peer_bandwidth / GB:.4g} GB/s "
-                f"per direction), so a group of g GPUs in a node runs over g - 1 links (a pair: "
-                f"{cluster.intra_link(2, 2) / GB:.4g} GB/s, {full}: {cluster.intra_link(full, full) / GB:.4g}): "
-                f"tensor and data parallelism over 2-4 GPUs of a node move data slower than over all {full}"]
+    full = min(cluster.gpus, cluster.gpus_per_node)  # the GPUs of one node this plan uses
+    if acc.mesh_links > 0 and full > 1:
+        pair, node = cluster.intra_link(2, 2), cluster.intra_link(full, full)
+        return [f"{acc.name}: its fabric links each pair of a node's GPUs directly, so a group of g GPUs in a node "
+                f"runs over g - 1 links: a pair (and every pipeline or ring-attention send) at {pair / GB:.4g} GB/s per "
+                f"direction, {full} GPUs at {node / GB:.4g}" + ("; groups smaller than the node move data slower"
+                                                                 if full > 2 else "")]
     if 0 < domain < cluster.gpus_per_node and cluster.intra_link(cluster.gpus_per_node) != cluster.intra_bw:
         return [f"{acc.name}: NVLink joins groups of {domain} GPUs only (bridges); a group wider than that (TP, or data "
                 f"parallelism inside a node) crosses PCIe, costed at {acc.pcie_bandwidth / GB:.0f} GB/s per GPU and "
@@ -255,7 +256,8 @@ def precision_notes(training: Training, acc: Accelerator) -> list[str]:
 def profile_fa2(training: Training, acc: Accelerator) -> bool:
     """Whether `training` is costed with its profile's FlashAttention-2 on a part where FA3-class kernels run faster
     (spec.attention_class): a run that does not say which kernel it uses."""
-    return training.attention is None and attention_class(training, acc) == "fa2"
+    return (training.attention in (None, "flash") and training.dtype_bytes == 2
+            and attention_class(training, acc) == "fa2")
 
 
 def attention_notes(training: Training, acc: Accelerator, constants: Constants | None = None,
@@ -271,8 +273,9 @@ def attention_notes(training: Training, acc: Accelerator, constants: Constants |
         return [f"attention: the `{training.software}` profile's FlashAttention-2, costed at "
                 f"{(constants or DEFAULT_CONSTANTS).fa2_hopper_efficiency:.2f} of the peak on {acc.name}, a rate fitted "
                 "on PyTorch-native runs that predicts them better than FA3's, whatever kernel they ran "
-                "(benchmarks/RESULTS.md, 'Attention kernel classes'); --attention fa3 costs FlashAttention-3 or "
-                f"cuDNN's fused attention (SDPA's cuDNN backend) at {fa3_over_fa2(constants):.1f}x that{step}"]
+                "(benchmarks/RESULTS.md, 'Attention kernel classes'); --attention fa3 costs an FA3-class kernel "
+                "(FlashAttention-3, cuDNN's fused attention: SDPA's cuDNN backend; AMD's AITER) at "
+                f"{fa3_over_fa2(constants):.1f}x that, at most the GPU's GEMM rate{step}"]
     if not falls_back(training, acc):
         return []
     fused = attention_kernel(training, acc) == "flash"

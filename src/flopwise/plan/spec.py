@@ -318,17 +318,14 @@ class Cluster:
     def intra_link(self, span: int, members: int = 2) -> float:
         """Bytes/s per GPU and direction inside a node for a group of `members` GPUs (2: a point-to-point transfer)
         over `span` consecutive GPUs: NVLink, or PCIe where the group is wider than an NVLink domain smaller than the
-        node (Accelerator.nvlink_domain_gpus: H100 PCIe's bridged pairs), or on a mesh of direct links
-        (Accelerator.peer_bandwidth: AMD's Infinity Fabric) the members - 1 links each GPU has to the others; a given
-        intra_node_bw (--intra-gbps) holds for every group."""
+        node (Accelerator.nvlink_domain_gpus: H100 PCIe's bridged pairs; a given intra_node_bw, --intra-gbps, holds for
+        every group), or on a mesh of direct links (Accelerator.mesh_links: AMD's Infinity Fabric) the share of the
+        GPU's links (the catalogue's, or a given intra_node_bw) that the members - 1 others take."""
         acc = self.accelerator
-        if self.intra_node_bw is not None:
-            return self.intra_bw
-        if 0 < acc.nvlink_domain_gpus < span and acc.pcie_bandwidth > 0:
+        if acc.mesh_links > 0:
+            return self.intra_bw * min(max(1, min(members, self.gpus_per_node) - 1), acc.mesh_links) / acc.mesh_links
+        if self.intra_node_bw is None and 0 < acc.nvlink_domain_gpus < span and acc.pcie_bandwidth > 0:
             return acc.pcie_bandwidth
-        if acc.peer_bandwidth > 0:
-            links = max(1, min(members, self.gpus_per_node) - 1)
-            return min(self.intra_bw, links * acc.peer_bandwidth)
         return self.intra_bw
 
     @property
@@ -374,7 +371,7 @@ class Training:
                 raise ConfigError(f"attention = {self.attention!r}: must be one of {', '.join(ATTENTION_KERNELS)}")
             # a stated kernel is kept even where it is the profile's: on a part without FlashAttention it says the run
             # had a fused kernel all the same (attention_kernel)
-            if self.software == "flopwise" and self.attention != SOFTWARE["flopwise"].attention:
+            if self.software == "flopwise" and self.attention not in ("flash", SOFTWARE["flopwise"].attention_kernel):
                 raise ConfigError(f"attention = {self.attention!r}: flopwise's trainer runs SDPA (flash) attention, "
                                   f"its kernel class measured on Hopper; set it for another stack's profile (software)")
         if self.compiled and self.software != "flopwise":
@@ -439,7 +436,7 @@ def attention_class(training: Training, acc: Accelerator) -> str:
     class, on parts whose fused kernels the cost model rates by class (FP8 tensor cores: Hopper and newer); else
     'flash', one rate for every fused kernel (a measured attention rate, or pre-Hopper parts)."""
     kernel = attention_kernel(training, acc)
-    if kernel != "flash" or not rates_by_class(acc):
+    if kernel != "flash" or not rates_by_class(acc) or falls_back(training, acc):
         return kernel
     return training.profile.attention_kernel
 
@@ -453,14 +450,19 @@ def rates_by_class(acc: Accelerator) -> bool:
 def refuse_attention(training: Training, acc: Accelerator) -> None:
     """ConfigError where `training` states a fused kernel class `acc` cannot run or the cost model cannot tell apart."""
     stated = training.attention
+    if stated not in FLASH_CLASSES:
+        return
+    if training.dtype_bytes == 4:  # fp32 / tf32: FlashAttention and cuDNN's kernels take 2-byte inputs
+        raise ConfigError(f"attention = {stated!r}: FlashAttention's kernels run in bf16 or fp16, not "
+                          f"{training.precision}; state flash")
     if stated == "fa2" and not acc.flash_attention:
         raise ConfigError(f"attention = 'fa2': FlashAttention-2 needs Ampere or newer, and {acc.name} is older; state "
                           f"flash for a memory-efficient fused kernel (SDPA's), or unfused")
-    if stated in FLASH_CLASSES and not rates_by_class(acc):
+    if stated == "fa3" and not rates_by_class(acc):
         why = ("its fused attention runs at the rate measured at start-up" if acc.attention_efficiency > 0 else
-               "FA3 and cuDNN's fused attention are told apart from FlashAttention-2 on Hopper and newer (FP8 tensor "
-               "cores) only")
-        raise ConfigError(f"attention = {stated!r} on {acc.name}: {why}; state flash")
+               "FA3-class kernels are told apart from FlashAttention-2 on parts with FP8 tensor cores (Hopper and "
+               "newer, CDNA 3 and newer) only, and run on those")
+        raise ConfigError(f"attention = 'fa3' on {acc.name}: {why}; state flash")
 
 
 @cache
