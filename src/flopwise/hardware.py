@@ -159,7 +159,7 @@ class Accelerator:
     # (a GPU's host runs ahead of its kernels: not modelled there, 0)
     op_overhead_s: float = 0.0
     fp8_peak_flops: float = 0.0  # dense FP8 FLOP/s; 0: no FP8 tensor cores
-    fp4_peak_flops: float = 0.0  # dense FP4 FLOP/s (NVFP4 training); 0: no FP4 tensor cores
+    fp4_peak_flops: float = 0.0  # dense FP4 FLOP/s (NVFP4, MXFP4 training); 0: no FP4 tensor cores
     # dense IEEE FP32 FLOP/s on the CUDA cores (fp32 GEMMs with TF32 off, PyTorch's default); 0: not given (on a
     # measured device peak_flops is already the fp32 rate)
     fp32_peak_flops: float = 0.0
@@ -328,15 +328,16 @@ def load_accelerator(path: str | Path) -> Accelerator:
     """Read a user-defined accelerator from TOML, figures in natural units:
     name, peak_tflops, memory_gb, memory_bandwidth_gbps, link_bandwidth_gbps (per direction);
     optionally gemm_efficiency, memory_efficiency and attention_efficiency (fractions, see the module docstring;
-    up to MEASURED_EFFICIENCY_CEILING with measured = true), fp8_peak_tflops, fp4_peak_tflops (dense; for NVFP4
-    plans), fp32_peak_tflops (the CUDA cores' FP32 rate: fp32 plans with TF32 off), tf32_peak_tflops (dense TF32
+    up to MEASURED_EFFICIENCY_CEILING with measured = true), fp8_peak_tflops, fp4_peak_tflops (dense; for NVFP4 and
+    MXFP4 plans), fp32_peak_tflops (the CUDA cores' FP32 rate: fp32 plans with TF32 off), tf32_peak_tflops (dense TF32
     tensor cores: tf32 plans), op_overhead_us (host microseconds per op flopwise's trainer dispatches, where they
     add to the step, as on a CPU), network_bandwidth_gbps (inter-node, per GPU and direction), nvlink_domain_gpus
     (GPUs one NVLink domain spans where it is not the server: 72 for an NVL72 rack, 2 for bridged PCIe pairs, whose
     wider groups cross PCIe at pcie_bandwidth_gbps, per GPU and direction), mesh_links (a mesh inside the node, as
     AMD's Infinity Fabric: the direct links of each GPU, 7 on an 8-GPU board, which share link_bandwidth_gbps)
     and block_scaled_fp8
-    (true where the tensor cores take MXFP8 at the FP8 rate, as Blackwell's do), flash_attention (false for a part
+    (true where the tensor cores take MX scales, MXFP8 at the FP8 rate and MXFP4 at the FP4 rate, as Blackwell's and
+    CDNA 4's do), flash_attention (false for a part
     FlashAttention-2 does not run on, as Volta, Pascal and Turing: each stack's fallback kernel is costed) and bf16
     (false for a part without bf16 tensor cores, as those: it plans fp16 and refuses bf16), nvfp4 (false where the FP4
     tensor cores take only the OCP MX formats, as AMD's CDNA 4: mxfp4 plans, nvfp4 refused). FP4 and block scales need
@@ -354,6 +355,9 @@ def load_accelerator(path: str | Path) -> Accelerator:
              "pcie_bandwidth_gbps": ("pcie_bandwidth", GB)}
     flags = ("measured", "block_scaled_fp8", "flash_attention", "bf16", "nvfp4")
     counts = ("nvlink_domain_gpus", "mesh_links")  # whole numbers of GPUs or links, 0: none
+    if "peer_bandwidth_gbps" in data:
+        raise ConfigError(f"accelerator file {path}: peer_bandwidth_gbps was renamed: give mesh_links (the direct links "
+                          "of each GPU, 7 on an 8-GPU board), and link_bandwidth_gbps as all of them together")
     unknown = set(data) - set(required) - set(optional) - set(rates) - set(flags) - set(counts)
     if unknown:
         raise ConfigError(f"accelerator file {path}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -396,6 +400,9 @@ def load_accelerator(path: str | Path) -> Accelerator:
         raise ConfigError(f"accelerator file {path}: pcie_bandwidth_gbps is the link of groups wider than an NVLink "
                           "domain smaller than the node: give nvlink_domain_gpus too (2 for bridged pairs), or leave "
                           "it out (link_bandwidth_gbps is then every intra-node group's link)")
+    if data.get("fp4_peak_tflops") and data.get("nvfp4") is False and not data.get("block_scaled_fp8"):
+        raise ConfigError(f"accelerator file {path}: FP4 tensor cores that take neither NVIDIA's NVFP4 (nvfp4 = false) "
+                          "nor MX scales (no block_scaled_fp8 = true) run no FP4 precision: set one of them")
     if data.get("mesh_links") and data.get("nvlink_domain_gpus"):
         raise ConfigError(f"accelerator file {path}: mesh_links (a mesh of direct links) and nvlink_domain_gpus (a "
                           "switched domain) describe different fabrics: give one")

@@ -2,6 +2,7 @@
 over g - 1 direct links (hardware.Accelerator.mesh_links, spec.Cluster.intra_link, CostModel.bus_bandwidth)."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -62,6 +63,8 @@ def test_a_group_in_a_mesh_node_runs_over_one_link_per_other_member():
     assert Cluster(MI300X, 8, intra_node_bw=350 * GB).intra_link(8, 8) == pytest.approx(350 * GB)
     switched = Cluster(H100, 8)
     assert switched.intra_link(2, 2) == switched.intra_link(8, 8) == H100.link_bandwidth  # NVSwitch: any pair
+    # a plan that puts more GPUs in a "node" than the mesh joins gets no more than all of a GPU's links
+    assert Cluster(MI300X, 16, gpus_per_node=16).intra_link(16, 16) == MI300X.link_bandwidth
 
 
 def test_the_cost_model_costs_each_collective_over_its_own_links():
@@ -115,6 +118,23 @@ def test_an_accelerator_file_declares_a_mesh(tmp_path):
     bad.write_text(text + "nvlink_domain_gpus = 2\n")
     with pytest.raises(ConfigError, match="describe different fabrics"):
         load_accelerator(bad)
+    bad.write_text(text.replace("mesh_links = 7", "mesh_links = 0"))  # 0: a switched fabric
+    assert load_accelerator(bad).mesh_links == 0
+    bad.write_text(text.replace("mesh_links = 7", "peer_bandwidth_gbps = 76.5"))  # the key's first form
+    with pytest.raises(ConfigError, match="peer_bandwidth_gbps was renamed: give mesh_links"):
+        load_accelerator(bad)
+    bad.write_text(text.replace("block_scaled_fp8 = true", "block_scaled_fp8 = false"))
+    with pytest.raises(ConfigError, match="run no FP4 precision"):  # FP4 that takes neither NVFP4 nor MX scales
+        load_accelerator(bad)
+
+
+def test_the_plan_s_json_gives_a_pair_s_link(capsys):
+    from tests.cli_run import run_cli
+
+    for gpu, pair in (("MI300X", 64), ("H100-PCIe", 300), ("H100-SXM", 450)):  # mesh, bridged pair, switch
+        code, out, _ = run_cli(capsys, "plan", "--preset", "tiny", "--gpu", gpu, "--gpus", 8, "--global-batch", 8,
+                               "--top", 1, "--json")
+        assert code == 0 and json.loads(out)["cluster"]["intra_node_pair_GBps"] == pair
 
 
 def test_calibrating_a_mesh_part_s_link_moves_every_group():

@@ -11,7 +11,7 @@ from flopwise.errors import ConfigError
 from flopwise.hardware import CATALOGUE
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
-from flopwise.plan.cost import FA3_HOPPER_EFFICIENCY, CostModel, fa3_over_fa2
+from flopwise.plan.cost import FA3_HOPPER_EFFICIENCY, FLASH_EFFICIENCY, CostModel, fa3_over_fa2
 from flopwise.plan.search import search
 from flopwise.plan.spec import Cluster, Training, attention_class
 from flopwise.plan.validate import validate_rows
@@ -158,3 +158,22 @@ def test_a_calibration_row_states_a_class_in_its_attention_column():
     # the text names no class for a row: "cuDNN" in its notes reads as a fused kernel at the profile's class
     (noted,) = validate_rows([{**row, "notes": "SDPA with the cuDNN SDPA backend"}])
     assert noted["predicted_s"] == blank["predicted_s"]
+
+
+def test_fa2_is_capped_too_and_a_part_without_fa2_has_one_fused_rate():
+    slow_gemms = dataclasses.replace(H100, name="slow-gemms", gemm_efficiency=0.15)  # below FA2's fitted 0.21
+    cm, _ = costed(slow_gemms, software="torch-eager")
+    assert cm.attention_rate == pytest.approx(cm.gemm_rate)
+    no_fa2 = dataclasses.replace(H100, name="fp8-no-fa2", flash_attention=False)  # a file saying both
+    cm, _ = costed(no_fa2, software="torch-eager")
+    assert cm.attention_rate == pytest.approx(cm.gemm_rate * FLASH_EFFICIENCY)  # its memory-efficient kernel
+    with pytest.raises(ConfigError, match="state flash"):
+        costed(no_fa2, software="torch-eager", attention="fa3")
+
+
+def test_the_suggested_speed_up_is_the_part_s_own():
+    """On an MI300X FA3's rate is capped at the GEMMs', so the note gives that part's ratio, not Hopper's."""
+    mi300x = CATALOGUE["MI300X"]
+    (note,) = [n for n in search(MODEL, Cluster(mi300x, 8), Training(64, software="torch-eager"), top=1).notes
+               if n.startswith("attention:")]
+    assert f"at {fa3_over_fa2(None, mi300x):.1f}x that" in note and fa3_over_fa2(None, mi300x) < fa3_over_fa2()

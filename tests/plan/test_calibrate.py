@@ -354,3 +354,22 @@ def test_a_gpu_run_recorded_before_the_fp32_and_tf32_rates_reads_them_from_the_c
     acc = observed.cluster.accelerator
     assert acc.fp32_peak_flops == a100.fp32_peak_flops > 0 and acc.tf32_peak_flops == a100.tf32_peak_flops
     assert observed.predict() > 0  # an fp32 run on a GPU plans again
+
+
+def test_a_run_recorded_before_the_mesh_was_mesh_links_reads_the_catalogue_s(tmp_path):
+    """Records of 2026-12-06 carry the mesh's first form (`peer_bandwidth`, every GPU) and no `mesh_links` / `nvfp4`:
+    the first is dropped, the others come from the catalogue, so an MI300X run keeps its mesh."""
+    from flopwise.hardware import get_accelerator
+    from flopwise.plan.calibrate import run_observation
+
+    for name in ("H100-SXM", "MI300X"):
+        acc = get_accelerator(name)
+        run = _record_run(tmp_path / name, acc, Layout(micro_batch=8), 0.5)
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        record = json.loads(lines[-1])
+        fields = record["inputs"]["accelerator"]
+        del fields["mesh_links"], fields["nvfp4"]
+        fields["peer_bandwidth"] = 64e9 if name == "MI300X" else 0.0
+        (run / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(record)]) + "\n")
+        observed = run_observation(run).cluster.accelerator
+        assert observed.mesh_links == acc.mesh_links and observed.nvfp4 == acc.nvfp4

@@ -156,9 +156,12 @@ def test_mxfp4_is_fp4_with_mx_scales_and_runs_where_the_tensor_cores_take_them()
     for acc in (H100, get_accelerator("MI300X")):
         with pytest.raises(PlanError, match="no FP4 tensor cores"):
             cost(acc=acc, precision="mxfp4")
-    without_mx = dataclasses.replace(b200, name="fp4-no-mx", block_scaled_fp8=False)
-    with pytest.raises(PlanError, match=r"no block-scaled \(MXFP4\) tensor cores"):
+    without_mx = dataclasses.replace(b200, name="fp4-no-mx", block_scaled_fp8=False)  # NVFP4's FP4, no MX scales
+    with pytest.raises(PlanError, match=r"no block-scaled \(MXFP4\) tensor cores.*use precision nvfp4$"):
         cost(acc=without_mx, precision="mxfp4")
+    fp8_only_mx = dataclasses.replace(b200, name="mx-no-fp4", fp4_peak_flops=0.0)  # the refusal offers what runs
+    with pytest.raises(PlanError, match="no FP4 tensor cores.*use precision fp8 or mxfp8$"):
+        cost(acc=fp8_only_mx, precision="mxfp4")
 
 
 def test_fp8_rowwise_is_fp8_at_the_same_rate_plus_a_transposed_copy_per_cast_and_its_weights_cast_each_microbatch():

@@ -279,6 +279,7 @@ def test_planner_accuracy_published_format_hides_the_provenance_columns(tmp_path
      ("precision", "bf16_with_mxfp8_mixed", "mxfp8"), ("precision", "fp8_mx", "mxfp8"),
      ("precision", "FP8 (MXFP8 recipe)", "mxfp8"), ("precision", "NVFP4", "nvfp4"),
      ("precision", "bf16_with_nvfp4_mixed", "nvfp4"), ("precision", "FP4", "nvfp4"), ("precision", "MXFP4", "mxfp4"),
+     ("precision", "fp4_mx", "mxfp4"),
      ("precision", "fp4 (mxfp4 recipe)", "mxfp4"),
      ("precision", "float8 rowwise", "fp8-rowwise"), ("precision", "FP8 (row-wise scaling)", "fp8-rowwise"),
      ("precision", "fp8-rowwise", "fp8-rowwise"), ("precision", "rowwise", "fp8-rowwise"),

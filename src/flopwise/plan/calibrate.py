@@ -4,7 +4,8 @@ An observation is one measured run: model, cluster, training, layout and the ste
 are few and physical, fields of the accelerator (flopwise.hardware):
   gemm_efficiency    fraction of the dense peak that the run's matmuls sustain
   memory_efficiency  fraction of the memory bandwidth that streaming (elementwise) kernels reach
-  link_bandwidth     intra-node bytes/s per device and direction (NVLink; gloo over loopback on a CPU)
+  link_bandwidth     intra-node bytes/s per device and direction (NVLink; on a mesh, all of a GPU's direct links
+                     together, which its groups share: hardware.Accelerator.mesh_links; gloo over loopback on a CPU)
   attention_efficiency  fraction of the dense peak that fused causal attention, forward and backward, sustains
   op_overhead_s      host seconds per op eager PyTorch dispatches (flopwise's own eager model on a measured CPU; it
                      adds to every micro-batch)
@@ -208,9 +209,11 @@ def run_observation(run_dir: str | Path) -> Observation:
         inp = rec["inputs"]
         fields = dict(inp["accelerator"])
         known = CATALOGUE.get(fields.get("name"))
-        for key in ("fp32_peak_flops", "tf32_peak_flops"):  # a record written before the planner had them
+        # a record written before the planner had these fields: the catalogue's values for its GPU
+        for key in ("fp32_peak_flops", "tf32_peak_flops", "mesh_links", "nvfp4"):
             if key not in fields and known is not None:
                 fields[key] = getattr(known, key)
+        fields.pop("peer_bandwidth", None)  # the mesh's first form (one pair's link, 2026-12-06): mesh_links now
         acc = Accelerator(**fields)
         for key, value in dataclasses.asdict(acc).items():  # a damaged record, not a crash further on
             if key != "name" and not isinstance(value, bool) and not (

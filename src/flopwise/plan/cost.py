@@ -125,6 +125,7 @@ from flopwise.hardware import (
     CATALOGUE,
     COLLECTIVE_LATENCY_S,
     NVLINK_BUS_EFFICIENCY,
+    Accelerator,
     training_precision,
 )
 from flopwise.layout import Layout
@@ -167,7 +168,7 @@ FP8_CAST_BYTES = 4.0
 # itself (Transformer Engine's LayerNormLinear / LayerNormMLP, torch.compile's fused casts): 1 + 1 bytes, no
 # re-read. The attention output (the input of wo) comes from the attention kernel and is cast on its own.
 FP8_FUSED_CAST_BYTES = 2.0
-# Block-scaled formats (MXFP8, NVFP4: spec.GEMM_FORMATS): the row-wise and the column-wise copy carry their scales
+# Block-scaled formats (MXFP8, NVFP4, MXFP4: spec.GEMM_FORMATS): the row-wise and the column-wise copy carry their scales
 # wherever they are written, kept, gathered or read by a GEMM (GemmFormat.stored_bytes).
 FP8_UNFUSED_INPUT = frozenset({"wo"})
 FP8_INPUT_SHARED = frozenset({"wk", "wv"})  # cast once, with wq's input
@@ -235,9 +236,18 @@ class Constants:
 DEFAULT_CONSTANTS = Constants()
 
 
-def fa3_over_fa2(constants: Constants | None = None) -> float:
-    """How much faster the cost model takes FA3-class attention to run than FlashAttention-2 on Hopper-class parts."""
-    return FA3_HOPPER_EFFICIENCY / (constants or DEFAULT_CONSTANTS).fa2_hopper_efficiency
+def class_efficiency(kernel_class: str, acc: Accelerator | None = None, constants: Constants | None = None) -> float:
+    """The fraction of the peak fused attention of `kernel_class` ('fa2' | 'fa3') is costed at on a part that rates
+    kernels by class (spec.rates_by_class): FA2's fitted rate or FA3's, never above `acc`'s GEMM efficiency (AMD's
+    MI3xx sustain less of their peak in GEMMs than FA3 does of an H100's); `acc` None: uncapped."""
+    rate = (constants or DEFAULT_CONSTANTS).fa2_hopper_efficiency if kernel_class == "fa2" else FA3_HOPPER_EFFICIENCY
+    return min(rate, acc.gemm_efficiency) if acc is not None else rate
+
+
+def fa3_over_fa2(constants: Constants | None = None, acc: Accelerator | None = None) -> float:
+    """How much faster the cost model takes FA3-class attention to run than FlashAttention-2 on `acc` (None: on a part
+    whose GEMMs outrun both, as NVIDIA's Hopper and Blackwell parts)."""
+    return class_efficiency("fa3", acc, constants) / class_efficiency("fa2", acc, constants)
 
 
 def block_wrappers(layout: Layout, recompute: bool | None = None) -> str:
@@ -368,7 +378,7 @@ class CostModel:
         if training.precision == "bf16" and not self.acc.bf16:
             raise PlanError(f"{self.acc.name} has no bf16 tensor cores (they came with Ampere): use precision fp16, "
                             "as runs on it did")
-        self.low = low = training.gemm_format  # FP8 / MXFP8 / NVFP4 GEMMs in the blocks; None: the training dtype
+        self.low = low = training.gemm_format  # FP8 / MXFP8 / NVFP4 / MXFP4 GEMMs in the blocks; None: the dtype
         self.cast_delta = self.low_rate = 0.0
         if low:
             self._refuse_without(low, training.precision)
@@ -401,11 +411,8 @@ class CostModel:
         if self.acc.attention_efficiency > 0 and profile.attention == "flash":  # (unfused attention runs as GEMMs)
             self.attention_rate = self.peak * self.acc.attention_efficiency
             self.attention_backward_efficiency = 1.0
-        elif rates_by_class(self.acc):  # Hopper-class tensor cores: the kernel class decides, no faster than the
-            # part's own GEMMs (AMD's MI3xx sustain less of their peak in GEMMs than FA3 does of an H100's)
-            fa2 = profile.attention_kernel == "fa2"
-            self.attention_rate = min(self.gemm_rate, self.peak * (self.constants.fa2_hopper_efficiency if fa2
-                                                                   else FA3_HOPPER_EFFICIENCY))
+        elif rates_by_class(self.acc):  # Hopper-class tensor cores: the kernel class decides
+            self.attention_rate = self.peak * class_efficiency(profile.attention_kernel, self.acc, self.constants)
         else:
             self.attention_rate = self.gemm_rate * FLASH_EFFICIENCY
         # the host time per op where it adds to the step (a measured CPU; a GPU's host runs ahead of its kernels: 0 in
@@ -475,9 +482,12 @@ class CostModel:
             raise PlanError(f"precision {precision} is costed for dense models (torchao's Float8Linear); this model "
                             "has experts: use precision fp8")
         if low.block_scaled and not self.acc.block_scaled_fp8:
+            # the nearest format the part runs: NVFP4 for MXFP4 where its FP4 tensor cores take NVIDIA's scales
+            instead = ("nvfp4" if low.peak_field == "fp4_peak_flops" and self.acc.nvfp4 and self.acc.fp4_peak_flops > 0
+                       else "fp8 (per-tensor scales)")
             raise PlanError(f"{name} has no block-scaled ({precision.upper()}) tensor cores, only Blackwell's and "
                             f"CDNA 4's have ({parts('block_scaled_fp8')}; an accelerator file declares them with "
-                            "block_scaled_fp8 = true): use precision fp8 (per-tensor scales)")
+                            f"block_scaled_fp8 = true): use precision {instead}")
 
     def bus_bandwidth(self, span: int, ranks: int = 1, members: int | None = None) -> float:
         """Bus bandwidth of a group of `ranks` ranks spanning `span` consecutive GPUs (inside a node or not); on a

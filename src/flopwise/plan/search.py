@@ -22,7 +22,7 @@ from flopwise.hardware import CALIBRATED, CATALOGUE, GB, Accelerator
 from flopwise.layout import Layout, max_stages
 from flopwise.models.config import ModelConfig
 from flopwise.plan import track_record
-from flopwise.plan.cost import DEFAULT_CONSTANTS, Constants, CostModel, Plan, even_split, fa3_over_fa2
+from flopwise.plan.cost import Constants, CostModel, Plan, class_efficiency, even_split, fa3_over_fa2
 from flopwise.plan.experts import expert_degrees
 from flopwise.plan.spec import Cluster, Training, attention_class, attention_kernel, fallback_words, falls_back
 
@@ -271,11 +271,11 @@ def attention_notes(training: Training, acc: Accelerator, constants: Constants |
             was, fa3 = fa3_step[0].step_time, fa3_step[1].step_time
             step = f" (the first plan's step {fa3:.3g} s, {fa3 / was - 1:+.0%})"
         return [f"attention: the `{training.software}` profile's FlashAttention-2, costed at "
-                f"{(constants or DEFAULT_CONSTANTS).fa2_hopper_efficiency:.2f} of the peak on {acc.name}, a rate fitted "
+                f"{class_efficiency('fa2', acc, constants):.2f} of the peak on {acc.name}, a rate fitted "
                 "on PyTorch-native runs that predicts them better than FA3's, whatever kernel they ran "
                 "(benchmarks/RESULTS.md, 'Attention kernel classes'); --attention fa3 costs an FA3-class kernel "
                 "(FlashAttention-3, cuDNN's fused attention: SDPA's cuDNN backend; AMD's AITER) at "
-                f"{fa3_over_fa2(constants):.1f}x that, at most the GPU's GEMM rate{step}"]
+                f"{fa3_over_fa2(constants, acc):.1f}x that{step}"]
     if not falls_back(training, acc):
         return []
     fused = attention_kernel(training, acc) == "flash"

@@ -399,7 +399,7 @@ class Training:
 
     @property
     def gemm_format(self) -> GemmFormat | None:
-        """The low-precision format of the blocks' linear-layer GEMMs (FP8, MXFP8, NVFP4); None: the training dtype."""
+        """The low-precision format of the blocks' linear-layer GEMMs (FP8, MXFP8, NVFP4, MXFP4); None: the dtype."""
         return GEMM_FORMATS.get(self.precision)
 
     @property
@@ -436,7 +436,7 @@ def attention_class(training: Training, acc: Accelerator) -> str:
     class, on parts whose fused kernels the cost model rates by class (FP8 tensor cores: Hopper and newer); else
     'flash', one rate for every fused kernel (a measured attention rate, or pre-Hopper parts)."""
     kernel = attention_kernel(training, acc)
-    if kernel != "flash" or not rates_by_class(acc) or falls_back(training, acc):
+    if kernel != "flash" or not rates_by_class(acc):
         return kernel
     return training.profile.attention_kernel
 
@@ -444,7 +444,7 @@ def attention_class(training: Training, acc: Accelerator) -> str:
 def rates_by_class(acc: Accelerator) -> bool:
     """Whether the cost model rates fused attention by kernel class on `acc` (FA3 / cuDNN well above FA2 on Hopper-class
     tensor cores, Shah et al. 2024) rather than at one rate (a measured one, or FLASH_EFFICIENCY of the GEMMs)."""
-    return acc.fp8_peak_flops > 0 and not acc.attention_efficiency > 0
+    return acc.fp8_peak_flops > 0 and acc.flash_attention and not acc.attention_efficiency > 0
 
 
 def refuse_attention(training: Training, acc: Accelerator) -> None:

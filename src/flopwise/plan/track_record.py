@@ -4,7 +4,7 @@
 benchmarks/planner_calibration (fit rows out of fold under grouped cross-validation, every other row with the
 constants fitted on the fit rows alone), grouped by GPU, software profile and model size; per profile the runs whose
 steps had few micro-batches and no pipeline; the runs whose blocks are small enough to wait on kernel launches; and per
-low precision (FP8, MXFP8, NVFP4) its runs. It is written by
+low precision (FP8, MXFP8, NVFP4, MXFP4) its runs. It is written by
 `benchmarks/planner_track_record.py` with the constants it records; `plan.search` attaches the note of the closest
 group with enough runs to every search, the precision's note to a search in a low precision whose runs lean one way,
 and the few-micro-batch and small-block notes to each plan they concern, so a user reads the figure beside its
@@ -111,7 +111,7 @@ def microbatch_key(software: str) -> str:
 
 
 def precision_key(precision: str) -> str:
-    """The group of the runs trained in one low precision (fp8, mxfp8, nvfp4)."""
+    """The group of the runs trained in one low precision (fp8, mxfp8, nvfp4, mxfp4, ...)."""
     return f"precision|{precision}"
 
 
