@@ -165,11 +165,12 @@ def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_writte
     assert acc.nvlink_domain_gpus == 72 == CATALOGUE["GB200"].nvlink_domain_gpus
     assert CATALOGUE["B200"].nvlink_domain_gpus == 0
     assert load_accelerator(write_accelerator(acc, tmp_path / "again.toml")) == acc
-    assert [a.name for a in CATALOGUE.values() if a.block_scaled_fp8] == ["B200", "GB200", "MI350X", "MI355X"]
+    assert [a.name for a in CATALOGUE.values() if a.block_scaled_fp8] == ["B200", "GB200", "B300", "GB300", "MI350X",
+                                                                          "MI355X"]
     # FP4: twice the FP8 rate on the Blackwell and CDNA 4 parts, none before them; NVFP4 on Blackwell's only
     assert {a.name: a.fp4_peak_flops / a.fp8_peak_flops for a in CATALOGUE.values() if a.fp4_peak_flops} == {
-        "B200": 2.0, "GB200": 2.0, "MI350X": 2.0, "MI355X": 2.0}
-    assert [a.name for a in CATALOGUE.values() if a.fp4_peak_flops and a.nvfp4] == ["B200", "GB200"]
+        "B200": 2.0, "GB200": 2.0, "B300": 15000 / 4500, "GB300": 3.0, "MI350X": 2.0, "MI355X": 2.0}
+    assert [a.name for a in CATALOGUE.values() if a.fp4_peak_flops and a.nvfp4] == ["B200", "GB200", "B300", "GB300"]
     assert not load_accelerator(write_accelerator(CATALOGUE["H100-SXM"], tmp_path / "h.toml")).block_scaled_fp8
     # a measured attention rate (a CPU's, or one a user timed) is kept; 0 (the class default) stays 0; so is a host
     # time per op
@@ -208,8 +209,8 @@ def test_export_variants_and_whole_token_device_names():
     assert h800.fp8_peak_flops == CATALOGUE["H100-SXM"].fp8_peak_flops and h800.link_bandwidth == 200e9
     assert match_device_name("A800-SXM4-80GB") is a800 and match_device_name("NVIDIA H800") is h800
     # a model name inside another, or a form the catalogue lacks, matches nothing
-    for name in ("GB300", "NVIDIA GB300", "H100 NVL", "A100X", "RTX A1000", "A10G", "Quadro P1000", "H800 PCIe",
-                 "A800-SXM4-40GB", "B300"):
+    for name in ("H100 NVL", "A100X", "RTX A1000", "A10G", "Quadro P1000", "H800 PCIe", "A800-SXM4-40GB", "GB3000",
+                 "B3000"):
         assert match_device_name(name) is None, name
     with pytest.raises(ConfigError, match="unknown accelerator 'A100-SXM4-40GB'"):
         get_accelerator("A100-SXM4-40GB")  # user input stays exact: only a CSV row's gpu cell is read loosely
@@ -232,6 +233,8 @@ def test_newer_parts_are_read_from_their_device_names_and_are_not_calibrated():
     # GB200: the B200's silicon at the NVL72 module's clocks, FP8 at twice bf16, NVLink 5 like the B200
     gb200 = CATALOGUE["GB200"]
     assert match_device_name("NVIDIA GB200") is gb200 and match_device_name("GB200 NVL72") is gb200
+    assert match_device_name("NVIDIA GB300") is CATALOGUE["GB300"] and match_device_name("NVIDIA B300 SXM6 AC") is \
+        CATALOGUE["B300"]
     assert gb200.peak_flops > b200.peak_flops and gb200.fp8_peak_flops == 2 * gb200.peak_flops
     assert gb200.link_bandwidth == b200.link_bandwidth and gb200.memory_bandwidth == b200.memory_bandwidth
     # its sustained FP8 GEMM rate against the calibrated H100's stays within the range Azure's cuBLASLt benchmark

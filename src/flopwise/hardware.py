@@ -57,6 +57,14 @@ each plan says so.
   JUPITER Booster: NDR200), 25 GB/s per GPU. gemm_efficiency 0.72, the H200's: the same die; its 900 W module
   measured a higher MAMF (0.838), not used until a run shows it.
 - Their memory_bytes are the datasheets' decimal GB: no driver's memory.total was at hand to check.
+- B300 and GB300 (Blackwell Ultra; uncalibrated: NVIDIA's rates, no run seen before they were written; the forty-fifth
+  fresh holdout scores them): 2250 / 2500 TFLOP/s bf16, 4500 / 5000 FP8 and 15000 NVFP4 dense (the DGX B300 and GB300
+  NVL72 figures as tabulated in stas00/ml-engineering compute/accelerator/README.md at 744d01e; the same table lists
+  12600 for the B300's other FP4 formats: the planner has one FP4 rate, NVFP4's, the MLPerf recipes' format), FP32
+  80, TF32 1125 / 1250; 288 GB HBM3e at 8 TB/s; NVLink 5 at 900 GB/s per direction (the GB300 across an NVL72 rack:
+  nvlink_domain_gpus 72); ConnectX-8 800 Gb/s per GPU = 100 GB/s. gemm_efficiency by the B200's rule: the B300's bf16
+  MAMF is 0.786 of its peak (1769 TFLOP/s), x 0.87 = 0.684; the GB300, not in the table, at the B300's fraction times
+  the GB200's to the B200's in the same table (0.729 / 0.776), x 0.87 = 0.642.
 - AMD Instinct (datasheets, a GEMM benchmark and an all-reduce measurement; no AMD run was seen before they were
   written; the forty-first fresh holdout, gathered blind, scored them once: 7 MLPerf Llama 3.1 8B FP8 runs on 8
   MI355X, MI350X and MI325X, median 4.8%, max 19.4%, so those three counted as calibrated (CALIBRATED), the MI300X
@@ -234,6 +242,13 @@ CATALOGUE: dict[str, Accelerator] = {
                     fp8_peak_flops=5000 * TFLOPS, fp4_peak_flops=10000 * TFLOPS, network_bandwidth=50 * GB,
                     block_scaled_fp8=True, nvlink_domain_gpus=72,
                     fp32_peak_flops=90 * TFLOPS, tf32_peak_flops=1250 * TFLOPS),
+        Accelerator("B300", 2250 * TFLOPS, 288 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.684,
+                    fp8_peak_flops=4500 * TFLOPS, fp4_peak_flops=15000 * TFLOPS, network_bandwidth=100 * GB,
+                    block_scaled_fp8=True, fp32_peak_flops=80 * TFLOPS, tf32_peak_flops=1125 * TFLOPS),
+        Accelerator("GB300", 2500 * TFLOPS, 288 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.642,
+                    fp8_peak_flops=5000 * TFLOPS, fp4_peak_flops=15000 * TFLOPS, network_bandwidth=100 * GB,
+                    block_scaled_fp8=True, nvlink_domain_gpus=72,
+                    fp32_peak_flops=80 * TFLOPS, tf32_peak_flops=1250 * TFLOPS),
         Accelerator("GH200", 989 * TFLOPS, 96 * GB, 4000 * GB, 450 * GB, gemm_efficiency=0.72,
                     fp8_peak_flops=1979 * TFLOPS, network_bandwidth=25 * GB,
                     fp32_peak_flops=67 * TFLOPS, tf32_peak_flops=494.5 * TFLOPS),
@@ -488,7 +503,7 @@ def resolve_accelerator(name_or_path: str) -> Accelerator:
 def match_device_name(device_name: str) -> Accelerator | None:
     """Map a device name as CUDA, ROCm or a paper writes it ('NVIDIA H100 80GB HBM3', 'A100-SXM4-40GB', 'AMD Instinct
     MI300X') to a catalogue
-    entry, matching the model as a whole token (so 'GB300', 'A100X', 'RTX A1000', 'A10G' and 'Quadro P1000' match
+    entry, matching the model as a whole token (so 'A100X', 'RTX A1000', 'A10G' and 'Quadro P1000' match
     nothing); variants the catalogue lacks (NVL and PCIe forms of the H200 / H800, 40 GB or PCIe A800) match nothing.
     A GH200 is the 144 GB part when its name says 144G or HBM3e ('NVIDIA GH200 144G HBM3e'), else the 96 GB one
     ('NVIDIA GH200 480GB' names the superchip's CPU memory)."""
@@ -500,6 +515,10 @@ def match_device_name(device_name: str) -> Accelerator | None:
     pcie, nvl, small = "PCIE" in n, has("NVL"), "40G" in n
     if has("GH200"):
         return CATALOGUE["GH200-144GB" if "144G" in n or "HBM3E" in n else "GH200"]
+    if has("GB300"):
+        return CATALOGUE["GB300"]
+    if has("B300"):
+        return CATALOGUE["B300"]
     if has("GB200"):
         return CATALOGUE["GB200"]
     if has("B200"):

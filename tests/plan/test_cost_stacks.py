@@ -86,7 +86,7 @@ def test_mxfp8_is_fp8_at_the_same_rate_plus_its_block_scales_and_needs_blackwell
     more = mem.layer_activation_bytes(LLAMA, mx.training, layout) - mem.layer_activation_bytes(LLAMA, fp8.training,
                                                                                                layout)
     assert more == pytest.approx(tokens * (2 * h + q + ffn) / 32, rel=1e-9)
-    with pytest.raises(PlanError, match="MXFP8.*B200, GB200, MI350X, MI355X; an accelerator file declares them"):
+    with pytest.raises(PlanError, match="MXFP8.*B200, GB200, B300, GB300, MI350X, MI355X; an accelerator file declares"):
         cost(precision="mxfp8")  # Hopper: per-tensor scales only
     # a part outside the catalogue that declares block-scaled tensor cores is costed as the B200 would be
     b300 = dataclasses.replace(H100, name="B300", fp8_peak_flops=b200.fp8_peak_flops, block_scaled_fp8=True)

@@ -168,10 +168,10 @@ def plan(
                    "TF32 matmuls, Ampere and newer) | fp8 (FP8 linear layers, per-tensor scales, Hopper and newer) | "
                    "fp8-rowwise (row-wise scales, torchao's rowwise recipe: more cast traffic) | fp8-rowwise-gw-hp "
                    "(torchao's rowwise_with_gw_hp: the weight-gradient GEMMs in bf16, one cast copy) | mxfp8 (block-scaled "
-                   "FP8, Blackwell, CDNA 4: B200, GB200, MI350X, MI355X) | nvfp4 (NVIDIA's 4-bit block-scaled format, "
-                   "Blackwell) | mxfp4 (the OCP 4-bit microscaling format, Blackwell, CDNA 4); flopwise's "
-                   "trainer runs bf16, fp32 and tf32 (default: bf16 on a GPU, fp16 on V100, P100 and T4, which lack "
-                   "bf16, fp32 on a measured CPU, as the trainer runs)"
+                   "FP8, Blackwell, CDNA 4: B200, GB200, B300, GB300, MI350X, MI355X) | nvfp4 (NVIDIA's 4-bit "
+                   "block-scaled format, Blackwell) | mxfp4 (the OCP 4-bit microscaling format, Blackwell, CDNA 4); "
+                   "flopwise's trainer runs bf16, fp32 and tf32 (default: bf16 on a GPU, fp16 on V100, P100 and T4, "
+                   "which lack bf16, fp32 on a measured CPU, as the trainer runs)"
     ),
     software: str = typer.Option("flopwise", help=f"trainer profile: {', '.join(SOFTWARE)}"),
     attention: str = typer.Option(
