@@ -57,8 +57,10 @@ each plan says so.
   JUPITER Booster: NDR200), 25 GB/s per GPU. gemm_efficiency 0.72, the H200's: the same die; its 900 W module
   measured a higher MAMF (0.838), not used until a run shows it.
 - Their memory_bytes are the datasheets' decimal GB: no driver's memory.total was at hand to check.
-- B300 and GB300 (Blackwell Ultra; uncalibrated: NVIDIA's rates, no run seen before they were written; the forty-fifth
-  fresh holdout scores them): 2250 / 2500 TFLOP/s bf16, 4500 / 5000 FP8 and 15000 NVFP4 dense (the DGX B300 and GB300
+- B300 and GB300 (Blackwell Ultra: NVIDIA's rates, no run seen before they were written; the forty-fifth fresh
+  holdout, gathered blind, scored them once: the B300's 4 MLPerf runs 6.8% / 14.9%, so it counts as calibrated; the
+  GB300's 6 runs 8.1% / 15.9%, just past the 8% median, so it does not): 2250 / 2500 TFLOP/s bf16, 4500 / 5000
+  FP8 and 15000 NVFP4 dense (the DGX B300 and GB300
   NVL72 figures as tabulated in stas00/ml-engineering compute/accelerator/README.md at 744d01e; the same table lists
   12600 for the B300's other FP4 formats: the planner has one FP4 rate, NVFP4's, the MLPerf recipes' format), FP32
   80, TF32 1125 / 1250; 288 GB HBM3e at 8 TB/s; NVLink 5 at 900 GB/s per direction (the GB300 across an NVL72 rack:
@@ -285,10 +287,11 @@ CATALOGUE["GH200-144GB"] = dataclasses.replace(CATALOGUE["GH200"], name="GH200-1
 # benchmarks/planner_calibration/fit.csv, and the export variants of their silicon, checked on a blind holdout; the
 # AMD parts the forty-first fresh holdout measured, by the rule declared before it: median 4.8%, max 19.4% on 7 MLPerf
 # runs; the MI300X, on which none ran, stays out, and so does the MI355X since the forty-third, whose 6 MXFP4 runs
-# missed by 14.6%, by the rule declared before that one). The others' constants are datasheet figures, at most with a
-# GEMM benchmark (plan.search.calibration_notes says so).
+# missed by 14.6%, by the rule declared before that one; the B300, whose 4 MLPerf runs in the forty-fifth were 6.8% /
+# 14.9%, the GB300 not, 8.1% / 15.9%). The others' constants are datasheet figures, at most with a GEMM benchmark
+# (plan.search.calibration_notes says so).
 CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800-SXM", "H100-GT-500W", "H200",
-                        "MI325X", "MI350X"})
+                        "MI325X", "MI350X", "B300"})
 # the catalogue's parts without FlashAttention-2 (Accelerator.flash_attention: Volta, Pascal, Turing)
 NO_FLASH_ATTENTION = frozenset(a.name for a in CATALOGUE.values() if not a.flash_attention)
 
