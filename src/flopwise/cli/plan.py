@@ -27,7 +27,7 @@ from flopwise.plan.calibrate import DEVICE_CONSTANTS, calibrate_runs
 from flopwise.plan.cost import Plan, fa3_over_fa2
 from flopwise.plan.memory import PRINTED_PARTS
 from flopwise.plan.search import search
-from flopwise.plan.spec import SOFTWARE, Cluster, Software, Training, attention_class, attention_kernel
+from flopwise.plan.spec import SOFTWARE, Cluster, Training, attention_class, attention_kernel
 from flopwise.plan.validate import validate_files
 from flopwise.train.config import TRAINER_PRECISIONS, job_for_layout, write_job_config
 
@@ -77,11 +77,6 @@ def _amount(x: float, decimals: int = 1) -> str:
 
 def _gb(x: float) -> str:
     return f"{x / 1e9:.1f}"
-
-
-def _own_attention(profile: Software) -> str:
-    """A profile's attention kernel as --attention names it: its fused kernel's class, or unfused."""
-    return profile.attention_kernel if profile.attention == "flash" else profile.attention
 
 
 def _plans_table(plans: list[Plan], title: str) -> Table:
@@ -177,10 +172,11 @@ def plan(
     attention: str = typer.Option(
         None, help="the run's attention kernel (default: the profile's): flash (FlashAttention, SDPA, cuDNN: the "
                    "profile's kernel class) | fa2 (FlashAttention-2, SDPA's flash backend) | fa3 (FlashAttention-3, "
-                   "cuDNN's fused attention: SDPA's cuDNN backend, Transformer Engine; Hopper and newer, costed at "
-                   f"{fa3_over_fa2():.1f}x FA2's rate there) | unfused (scores and softmax as tensors: Hugging Face "
-                   "eager attention, Megatron-LM without --use-flash-attn); the profiles' own: "
-                   + ", ".join(f"{name} {_own_attention(sw)}" for name, sw in SOFTWARE.items())
+                   "cuDNN's fused attention: SDPA's cuDNN backend, Transformer Engine; Hopper and newer, costed at up to "
+                   f"{fa3_over_fa2():.1f}x FA2's rate there, never above the GPU's GEMMs) | unfused (scores and "
+                   "softmax as tensors: Hugging Face eager attention, Megatron-LM without --use-flash-attn); the "
+                   "profiles' own: "
+                   + ", ".join(f"{name} {sw.kernel}" for name, sw in SOFTWARE.items())
                    + "; on parts without FlashAttention-2 (V100, P100, T4) te and megatron-lm fall back to unfused, "
                      "which --attention flash overrides (a memory-efficient fused kernel)"),
     expert_imbalance: float = typer.Option(1.0, help="MoE: busiest expert-parallel rank's tokens over the mean (>= 1)"),

@@ -186,6 +186,11 @@ class Software:
     # parameter, Megatron-LM README); memory only
     main_grads: bool = False
 
+    @property
+    def kernel(self) -> str:
+        """Its attention core as `--attention` names it: its fused kernel's class (fa2 | fa3), or unfused."""
+        return self.attention_kernel if self.attention == "flash" else self.attention
+
 
 # flopwise's blocks on an H200 (benchmarks/planner_kernels.py --sections step, torch.profiler's kernels by kind;
 # RESULTS.md "Third H200 lease"): eager, its norms, RoPE (in fp32), SwiGLU, residual adds
@@ -436,9 +441,7 @@ def attention_class(training: Training, acc: Accelerator) -> str:
     class, on parts whose fused kernels the cost model rates by class (FP8 tensor cores: Hopper and newer); else
     'flash', one rate for every fused kernel (a measured attention rate, or pre-Hopper parts)."""
     kernel = attention_kernel(training, acc)
-    if kernel != "flash" or not rates_by_class(acc):
-        return kernel
-    return training.profile.attention_kernel
+    return kernel if kernel != "flash" or not rates_by_class(acc) else training.profile.kernel
 
 
 def rates_by_class(acc: Accelerator) -> bool:
