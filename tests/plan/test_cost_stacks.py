@@ -10,6 +10,7 @@ from flopwise.errors import ConfigError, LayoutError, PlanError
 from flopwise.hardware import GB, get_accelerator
 from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
+from flopwise.plan import cost as cost_model
 from flopwise.plan import memory as mem
 from flopwise.plan.calibrate import Observation, fit
 from flopwise.plan.cost import ELEMENTWISE_FWD_PASSES, FP8_FUSED_CAST_BYTES, FP8_MAMF_RATIO, Constants, CostModel
@@ -20,6 +21,13 @@ A100 = get_accelerator("A100-80GB")
 # Llama-3-8B's shape with fewer layers: GQA, SwiGLU, a large vocabulary
 LLAMA = ModelConfig(vocab_size=128256, layers=8, hidden=4096, heads=32, kv_heads=8, ffn=14336, seq_len=8192,
                     lfa=False, mlp="swiglu")
+
+
+@pytest.fixture
+def casts_at_memory_rate(monkeypatch):
+    """Block-scaled casts at the full memory rate, so a test reads their bytes (their kernels' own rate,
+    cost.BLOCK_CAST_EFFICIENCY, has a test of its own)."""
+    monkeypatch.setattr(cost_model, "BLOCK_CAST_EFFICIENCY", 1.0)
 
 
 def cost(gpus=8, gb=32, acc=H100, constants=None, inter=None, **training):
@@ -68,7 +76,7 @@ def test_a_memory_bound_low_precision_gemm_reads_its_block_scales():
                                                             rel=1e-9)
 
 
-def test_mxfp8_is_fp8_at_the_same_rate_plus_its_block_scales_and_needs_blackwell():
+def test_mxfp8_is_fp8_at_the_same_rate_plus_its_block_scales_and_needs_blackwell(casts_at_memory_rate):
     b200 = get_accelerator("B200")
     layout = Layout(dp=8, zero=1, micro_batch=1)
     fp8, mx = (cost(acc=b200, precision=p) for p in ("fp8", "mxfp8"))
@@ -95,7 +103,7 @@ def test_mxfp8_is_fp8_at_the_same_rate_plus_its_block_scales_and_needs_blackwell
         cost(acc=A100, precision="mxfp8")
 
 
-def test_nvfp4_runs_the_block_gemms_at_the_fp4_rate_with_half_byte_casts_and_needs_fp4_tensor_cores():
+def test_nvfp4_runs_the_block_gemms_at_the_fp4_rate_with_half_byte_casts_and_needs_fp4_tensor_cores(casts_at_memory_rate):
     b200 = get_accelerator("B200")
     layout = Layout(dp=8, zero=1, micro_batch=1)
     fp8, nv = (cost(acc=b200, precision=p) for p in ("fp8", "nvfp4"))
@@ -135,7 +143,7 @@ def test_nvfp4_runs_the_block_gemms_at_the_fp4_rate_with_half_byte_casts_and_nee
     assert cost(acc=b300, precision="nvfp4").low_rate > nv.low_rate
 
 
-def test_mxfp4_is_fp4_with_mx_scales_and_runs_where_the_tensor_cores_take_them():
+def test_mxfp4_is_fp4_with_mx_scales_and_runs_where_the_tensor_cores_take_them(casts_at_memory_rate):
     """The OCP 4-bit format: the FP4 rate, half-byte values with an E8M0 scale per 32 elements, no per-tensor amax
     pass; on Blackwell beside NVFP4, on AMD's CDNA 4 in its place."""
     b200, mi355x = get_accelerator("B200"), get_accelerator("MI355X")
@@ -162,6 +170,38 @@ def test_mxfp4_is_fp4_with_mx_scales_and_runs_where_the_tensor_cores_take_them()
     fp8_only_mx = dataclasses.replace(b200, name="mx-no-fp4", fp4_peak_flops=0.0)  # the refusal offers what runs
     with pytest.raises(PlanError, match="no FP4 tensor cores.*use precision fp8 or mxfp8$"):
         cost(acc=fp8_only_mx, precision="mxfp4")
+
+
+@pytest.mark.parametrize("precision, blocks", [("fp8", False), ("fp8-rowwise", False), ("mxfp8", True),
+                                               ("nvfp4", True), ("mxfp4", True)])
+def test_block_scaled_casts_move_their_bytes_below_the_memory_roofline_per_tensor_ones_at_it(monkeypatch, precision,
+                                                                                          blocks):
+    """The casts of the formats with a scale per block run at BLOCK_CAST_EFFICIENCY of the memory rate: a layer's
+    elementwise time is the rest plus the cast bytes over that rate, so halving the efficiency adds the cast bytes'
+    time once more and quartering it three times (forward and backward, TE's fused casts and torchao's weight casts
+    alike); per-tensor and row-wise FP8 casts stay at the memory rate."""
+    b200 = get_accelerator("B200")
+
+    def elementwise(eff, software):
+        monkeypatch.setattr(cost_model, "BLOCK_CAST_EFFICIENCY", eff)
+        return cost(acc=b200, precision=precision, software=software).layer_compute(2, True, 1)["elementwise"]
+
+    assert GEMM_FORMATS[precision].per_block_scales is blocks
+    for software in ("te", "torch-compile") if precision != "fp8-rowwise" else ("torch-compile",):  # TE has no rowwise
+        one, two, four = (elementwise(eff, software) for eff in (1.0, 0.5, 0.25))
+        if not blocks:
+            assert one == four
+            continue
+        for i in (0, 1):  # forward, backward
+            assert two[i] > one[i] and four[i] - one[i] == pytest.approx(3 * (two[i] - one[i]), rel=1e-9)
+    if not blocks:
+        return
+    # the whole plan pays it: a slower cast kernel is a slower step, per-tensor FP8 untouched
+    monkeypatch.setattr(cost_model, "BLOCK_CAST_EFFICIENCY", 1.0)
+    layout = Layout(dp=8, zero=1, micro_batch=1)
+    fast = cost(acc=b200, precision=precision).evaluate(layout).step_time
+    monkeypatch.setattr(cost_model, "BLOCK_CAST_EFFICIENCY", 0.25)
+    assert cost(acc=b200, precision=precision).evaluate(layout).step_time > fast
 
 
 def test_fp8_rowwise_is_fp8_at_the_same_rate_plus_a_transposed_copy_per_cast_and_its_weights_cast_each_microbatch():
@@ -242,7 +282,7 @@ def test_fp8_rowwise_gw_hp_runs_the_weight_gradient_gemm_in_bf16_and_casts_one_c
     ("mxfp8", "B200", (3.0 + 1 / 32, 3.0 + 1 / 32)),  # block scales from the block, written beside the values
 ])
 def test_torchao_casts_each_gathered_weight_on_every_microbatch_transformer_engine_does_not(
-        precision, gpu, per_microbatch):
+        precision, gpu, per_microbatch, casts_at_memory_rate):
     tp = 2
     h, q, kv, ffn = LLAMA.hidden, LLAMA.heads * LLAMA.head_dim, LLAMA.kv_heads * LLAMA.head_dim, LLAMA.ffn
     weights = (h * (q + 2 * kv) + q * h + 3 * h * ffn) / tp  # this rank's block weights

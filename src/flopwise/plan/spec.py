@@ -62,6 +62,11 @@ class GemmFormat:
         return self.element_bytes + self.scale_bytes
 
     @property
+    def per_block_scales(self) -> bool:
+        """Scales per block of 16 or 32 elements (MXFP8, NVFP4, MXFP4): each cast computes one per block."""
+        return self.scale_bytes > 0
+
+    @property
     def cast_copies(self) -> int:
         """Copies a cast of an activation or output gradient writes: row-wise for one GEMM, column-wise for the
         weight-gradient GEMM, which a high-precision weight gradient does not need."""
