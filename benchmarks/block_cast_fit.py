@@ -40,7 +40,8 @@ def errors(rows: list[dict], efficiency: float) -> list[tuple[str, float]]:
     saved = cost.BLOCK_CAST_EFFICIENCY
     cost.BLOCK_CAST_EFFICIENCY = efficiency
     try:
-        return [(r["precision"], w["error"]) for r, w in zip(rows, validate_rows(rows)) if w.get("error") is not None]
+        return [(r["precision"], w["error"]) for r, w in zip(rows, validate_rows(rows), strict=True)
+                if w.get("error") is not None]
     finally:
         cost.BLOCK_CAST_EFFICIENCY = saved
 
