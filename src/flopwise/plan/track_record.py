@@ -51,8 +51,9 @@ MEMORY_KEY = "memory"
 # their plans quoted, runs, what they were held to). Below UNSEEN_SHARE a line gives that share in place of its own
 # "90% within"; at or above it, beside it.
 # The step-time lines: sets 35-39 (FINDINGS.md sections 43-51), 31 of 37; sets 41-42 had no run in a group of
-# MIN_RUNS; set 43, 6 MXFP4 runs on MI355X against its `te` line's 9.8% (section 55), 0 of 6: 31 of 43.
-STEP_UNSEEN = (31, 43, "")  # each run against its own group's line
+# MIN_RUNS; set 43, 6 MXFP4 runs on MI355X against its `te` line's 9.8% (section 55), 0 of 6; set 45 none in a group;
+# set 46, 4 GB300 runs against the `GB300|te` line's 14.9% (section 57), 3 of 4: 34 of 47.
+STEP_UNSEEN = (34, 47, "")  # each run against its own group's line
 # The memory lines: set 39, 6 torchtitan runs against the `torch-eager` line (FINDINGS.md section 51), 1 of 6; set 42,
 # 4 torchtitan runs on MI300X against the `torch-compile` line and 2 Primus runs against the `megatron-lm` one
 # (section 54), 6 of 6: 7 of 12.
