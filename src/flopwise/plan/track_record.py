@@ -52,12 +52,13 @@ MEMORY_KEY = "memory"
 # "90% within"; at or above it, beside it.
 # The step-time lines: sets 35-39 (FINDINGS.md sections 43-51), 31 of 37; sets 41-42 had no run in a group of
 # MIN_RUNS; set 43, 6 MXFP4 runs on MI355X against its `te` line's 9.8% (section 55), 0 of 6; set 45 none in a group;
-# set 46, 4 GB300 runs against the `GB300|te` line's 14.9% (section 57), 3 of 4: 34 of 47.
-STEP_UNSEEN = (34, 47, "")  # each run against its own group's line
+# set 46, 4 GB300 runs against the `GB300|te` line's 14.9% (section 57), 3 of 4; set 47, 29 Megatron-Bridge and
+# dgxc-benchmarking runs on GB300 / B300 against their groups' 13.8-19.0% (section 58), 20 of 29: 54 of 76.
+STEP_UNSEEN = (54, 76, "")  # each run against its own group's line
 # The memory lines: set 39, 6 torchtitan runs against the `torch-eager` line (FINDINGS.md section 51), 1 of 6; set 42,
 # 4 torchtitan runs on MI300X against the `torch-compile` line and 2 Primus runs against the `megatron-lm` one
-# (section 54), 6 of 6: 7 of 12.
-MEMORY_UNSEEN = (7, 12, "")  # each run against its own profile's line
+# (section 54), 6 of 6; set 47, one dgxc-benchmarking run on B300 against the pooled line (section 58), 1 of 1: 8 of 13.
+MEMORY_UNSEEN = (8, 13, "")  # each run against its own profile's line
 UNSEEN_SHARE = 0.8
 
 
