@@ -61,9 +61,8 @@ each plan says so.
   holdout, gathered blind, scored them once: the B300's 4 MLPerf runs 6.8% / 14.9%, so it counts as calibrated; the
   GB300's 6 runs 8.1% / 15.9%, just past the 8% median, so it does not; the forty-sixth's 4 GB300 runs 7.7% / 26.8%,
   past the 25% max, so it still does not, nor in the forty-seventh, 28 Megatron-Bridge table rows 13.9% / 27.2%: FP8
-  planned 22% too slow, NVFP4 9% too fast; set 46's 3 B300 runs, too few to judge, 13.1% too fast): 2250 / 2500 TFLOP/s bf16, 4500 / 5000
-  FP8 and 15000 NVFP4 dense (the DGX B300 and GB300
-  NVL72 figures as tabulated in stas00/ml-engineering compute/accelerator/README.md at 744d01e; the same table lists
+  planned 22% too slow, NVFP4 9% too fast; set 46's 3 B300 runs, too few to judge, 13.1% too fast): 2250 / 2500
+  TFLOP/s bf16, 4500 / 5000 FP8 and 15000 NVFP4 dense (the DGX B300 and GB300 NVL72 figures as tabulated in stas00/ml-engineering compute/accelerator/README.md at 744d01e; the same table lists
   12600 for the B300's other FP4 formats: the planner has one FP4 rate, NVFP4's, the MLPerf recipes' format), FP32
   80, TF32 1125 / 1250; 288 GB HBM3e at 8 TB/s; NVLink 5 at 900 GB/s per direction (the GB300 across an NVL72 rack:
   nvlink_domain_gpus 72); ConnectX-8 800 Gb/s per GPU = 100 GB/s. gemm_efficiency by the B200's rule: the B300's bf16
@@ -287,11 +286,12 @@ CATALOGUE["GH200-144GB"] = dataclasses.replace(CATALOGUE["GH200"], name="GH200-1
                                                memory_bandwidth=4900 * GB)
 # GPUs whose cost-model constants were fitted or checked on published measured runs (issue 14: the GPUs of
 # benchmarks/planner_calibration/fit.csv, and the export variants of their silicon, checked on a blind holdout; the
-# AMD parts the forty-first fresh holdout measured, by the rule declared before it: median 4.8%, max 19.4% on 7 MLPerf
-# runs; the MI300X, on which none ran, stays out, and so does the MI355X since the forty-third, whose 6 MXFP4 runs
-# missed by 14.6%, by the rule declared before that one; the B300, whose 4 MLPerf runs in the forty-fifth were 6.8% /
-# 14.9%, the GB300 not, 8.1% / 15.9%, nor in the forty-sixth, 7.7% / 26.8%, and forty-seventh, 13.9% / 27.2%). The others' constants are datasheet figures, at most with a GEMM benchmark
-# (plan.search.calibration_notes says so).
+# AMD parts the forty-first fresh holdout measured, by the rule declared before it: median 4.8%, max 19.4% on 7
+# MLPerf runs; the MI300X, on which none ran, stays out, and so does the MI355X since the forty-third, whose 6 MXFP4
+# runs missed by 14.6%, by the rule declared before that one; the B300, whose 4 MLPerf runs in the forty-fifth were
+# 6.8% / 14.9%, the GB300 not, 8.1% / 15.9%, nor in the forty-sixth, 7.7% / 26.8%, and forty-seventh, 13.9% /
+# 27.2%). The others' constants are datasheet figures, at most with a GEMM benchmark (plan.search.calibration_notes
+# says so).
 CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800-SXM", "H100-GT-500W", "H200",
                         "MI325X", "MI350X", "B300"})
 # the catalogue's parts without FlashAttention-2 (Accelerator.flash_attention: Volta, Pascal, Turing)
