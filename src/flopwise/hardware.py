@@ -62,11 +62,11 @@ each plan says so.
   GB300's 6 runs 8.1% / 15.9%, just past the 8% median, so it does not; the forty-sixth's 4 GB300 runs 7.7% / 26.8%,
   past the 25% max, so it still does not, nor in the forty-seventh, 28 Megatron-Bridge table rows 13.9% / 27.2%: FP8
   planned 22% too slow, NVFP4 9% too fast; set 46's 3 B300 runs, too few to judge, 13.1% too fast): 2250 / 2500
-  TFLOP/s bf16, 4500 / 5000 FP8 and 15000 NVFP4 dense (the DGX B300 and GB300 NVL72 figures as tabulated in stas00/ml-
-  engineering compute/accelerator/README.md at 744d01e; the same table lists 12600 for the B300's other FP4 formats:
-  the planner has one FP4 rate, NVFP4's, the MLPerf recipes' format), FP32 80, TF32 1125 / 1250; 288 GB HBM3e at 8
-  TB/s; NVLink 5 at 900 GB/s per direction (the GB300 across an NVL72 rack: nvlink_domain_gpus 72); ConnectX-8 800
-  Gb/s per GPU = 100 GB/s. gemm_efficiency by the B200's rule: the B300's bf16 MAMF is 0.786 of its peak (1769
+  TFLOP/s bf16, 4500 / 5000 FP8 and 15000 NVFP4 dense (the DGX B300 and GB300 NVL72 figures as tabulated in
+  stas00/ml-engineering compute/accelerator/README.md at 744d01e; the same table lists 12600 for the B300's other FP4
+  formats: the planner has one FP4 rate, NVFP4's, the MLPerf recipes' format), FP32 80, TF32 1125 / 1250; 288 GB HBM3e
+  at 8 TB/s; NVLink 5 at 900 GB/s per direction (the GB300 across an NVL72 rack: nvlink_domain_gpus 72); ConnectX-8
+  800 Gb/s per GPU = 100 GB/s. gemm_efficiency by the B200's rule: the B300's bf16 MAMF is 0.786 of its peak (1769
   TFLOP/s), x 0.87 = 0.684; the GB300, not in the table, at the B300's fraction times the GB200's to the B200's in the
   same table (0.729 / 0.776), x 0.87 = 0.642.
 - AMD Instinct (datasheets, a GEMM benchmark and an all-reduce measurement; no AMD run was seen before they were
