@@ -231,8 +231,8 @@ def test_validate_missing_columns_exit_2_with_their_names(capsys, tmp_path):
 
 def test_plan_says_when_its_step_has_few_micro_batches(capsys):
     """One micro-batch per data-parallel rank: the plan prints how published runs with so few were predicted."""
-    argv = ["plan", "--preset", "nano", "--gpu", "H100-SXM", "--gpus", "8", "--software", "te", "--global-batch", "8",
-            "--layout", "tp=1,pp=1,mb=1", "--top", "1"]
+    argv = ["plan", "--preset", "nano", "--gpu", "H100-SXM", "--gpus", "8", "--software", "deepspeed",
+            "--global-batch", "8", "--layout", "tp=1,pp=1,mb=1", "--top", "1"]
     code, _, err = run(argv, capsys)
     assert code == 0 and "note: few micro-batches: this plan runs 1 per step" in err
     code, _, err = run([*argv[:-5], "64", *argv[-4:]], capsys)  # 8 micro-batches per step: no such note

@@ -28,7 +28,8 @@ SMALL_MODEL_PARAMS = 15e9
 # a step of this many micro-batches or fewer pays its once-per-step work (the last gradient reduction and the first
 # parameter gather, the optimizer, host synchronisation) over little compute: `te`-profile runs like that ran ~12%
 # slower than predicted on the calibrated GPUs, those with more ~1% (benchmarks/planner_calibration/FINDINGS.md,
-# section 18; ~11% since the profile's per-step host term, section 30). Pipelined runs are left out: their few
+# section 18; ~11% since the profile's per-step host term, section 30; 3% since set 48 made the GB300, whose MLPerf
+# runs at one micro-batch sit near their plans, a calibrated GPU, section 59). Pipelined runs are left out: their few
 # micro-batches show up as a bubble the planner counts.
 FEW_MICROBATCHES = 3
 # ... and such a group speaks only where it leans one way by at least this much (median signed error): torch-compile's
@@ -53,8 +54,9 @@ MEMORY_KEY = "memory"
 # The step-time lines: sets 35-39 (FINDINGS.md sections 43-51), 31 of 37; sets 41-42 had no run in a group of
 # MIN_RUNS; set 43, 6 MXFP4 runs on MI355X against its `te` line's 9.8% (section 55), 0 of 6; set 45 none in a group;
 # set 46, 4 GB300 runs against the `GB300|te` line's 14.9% (section 57), 3 of 4; set 47, 29 Megatron-Bridge and
-# dgxc-benchmarking runs on GB300 / B300 against their groups' 13.8-19.0% (section 58), 20 of 29: 54 of 76.
-STEP_UNSEEN = (54, 76, "")  # each run against its own group's line
+# dgxc-benchmarking runs on GB300 / B300 against their groups' 13.8-19.0% (section 58), 20 of 29; set 48, 11 MLPerf
+# runs on B300 / GB300 against their groups' 13.6-23.4% (section 59), 10 of 11: 64 of 87.
+STEP_UNSEEN = (64, 87, "")  # each run against its own group's line
 # The memory lines: set 39, 6 torchtitan runs against the `torch-eager` line (FINDINGS.md section 51), 1 of 6; set 42,
 # 4 torchtitan runs on MI300X against the `torch-compile` line and 2 Primus runs against the `megatron-lm` one
 # (section 54), 6 of 6; set 47, one dgxc-benchmarking run on B300 against the pooled line (section 58), 1 of 1: 8 of 13.
