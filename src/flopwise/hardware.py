@@ -292,9 +292,9 @@ CATALOGUE["GH200-144GB"] = dataclasses.replace(CATALOGUE["GH200"], name="GH200-1
 # which none ran, stays out, and so does the MI355X since the forty-third (6 MXFP4 runs, 14.6% too fast); the B300
 # joined with the forty-fifth (4 runs, 6.8% / 14.9%) and left with the forty-eighth (5 runs, 11.2% / 13.7%, NVFP4 too
 # fast); the GB300 missed in the forty-fifth to forty-seventh (8.1% / 15.9%, 7.7% / 26.8%, 13.9% / 27.2%) and joined
-# with the forty-eighth (6 runs, 6.7% / 20.5%): over all 44 of its runs it is 13.7% off, which its plans' track record
-# says. The others' constants are datasheet figures, at most with a GEMM benchmark (plan.search.calibration_notes
-# says so).
+# with the forty-eighth (6 runs, 6.7% / 20.5%) and held in the forty-ninth (4, 1.0% / 1.7%): over all its 48 runs it
+# is 12.2% off, which its plans' track record says. The others' constants are datasheet figures, at most with a GEMM
+# benchmark (plan.search.calibration_notes says so).
 CALIBRATED = frozenset({"A100-40GB", "A100-80GB", "A800-80GB", "H100-SXM", "H800-SXM", "H100-GT-500W", "H200",
                         "MI325X", "MI350X", "GB300"})
 # the catalogue's parts without FlashAttention-2 (Accelerator.flash_attention: Volta, Pascal, Turing)

@@ -55,8 +55,9 @@ MEMORY_KEY = "memory"
 # MIN_RUNS; set 43, 6 MXFP4 runs on MI355X against its `te` line's 9.8% (section 55), 0 of 6; set 45 none in a group;
 # set 46, 4 GB300 runs against the `GB300|te` line's 14.9% (section 57), 3 of 4; set 47, 29 Megatron-Bridge and
 # dgxc-benchmarking runs on GB300 / B300 against their groups' 13.8-19.0% (section 58), 20 of 29; set 48, 11 MLPerf
-# runs on B300 / GB300 against their groups' 13.6-23.4% (section 59), 10 of 11: 64 of 87.
-STEP_UNSEEN = (64, 87, "")  # each run against its own group's line
+# runs on B300 / GB300 against their groups' 13.6-23.4% (section 59), 10 of 11; set 49, 6 more against 13.3-13.6%
+# (section 60), 6 of 6: 70 of 93.
+STEP_UNSEEN = (70, 93, "")  # each run against its own group's line
 # The memory lines: set 39, 6 torchtitan runs against the `torch-eager` line (FINDINGS.md section 51), 1 of 6; set 42,
 # 4 torchtitan runs on MI300X against the `torch-compile` line and 2 Primus runs against the `megatron-lm` one
 # (section 54), 6 of 6; set 47, one dgxc-benchmarking run on B300 against the pooled line (section 58), 1 of 1: 8 of 13.
