@@ -173,7 +173,7 @@ FRESH_SETS = {"fresh_holdout": 34, "fresh_holdout_2": 39, "fresh_holdout_3": 19,
               "fresh_holdout_39": 6, "fresh_holdout_41": 10,
               "fresh_holdout_42": 8, "fresh_holdout_43": 8, "fresh_holdout_45": 10,
               "fresh_holdout_46": 7, "fresh_holdout_47": 29,
-              "fresh_holdout_48": 11, "fresh_holdout_49": 6}
+              "fresh_holdout_48": 11, "fresh_holdout_49": 6, "fresh_holdout_51": 25}
 
 
 def test_every_fresh_set_is_checked():
