@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from flopwise.errors import ConfigError
 from flopwise.hardware import CATALOGUE, training_precision
 from flopwise.plan.software_rule import STACKS
 from flopwise.plan.spec import SOFTWARE
@@ -159,6 +160,10 @@ def test_harness_predicts_or_gives_the_reason(harness, rows, tmp_path):
 
 
 # each blind set's size as committed before it was scored: a truncated or padded file fails
+# rows a set holds that the planner refuses as they stand (a fact it does not model), with what the refusal names:
+# set 50's Megatron-Bridge MXFP8 recipes gather their weights in MXFP8 (fp8_param_gather), and the planner's FP8 gather
+# is per-tensor FP8's
+PARSE_REFUSALS = {"fresh_holdout_50": ("fp8_all_gather", 13)}
 FRESH_SETS = {"fresh_holdout": 34, "fresh_holdout_2": 39, "fresh_holdout_3": 19, "fresh_holdout_4": 24,
               "fresh_holdout_5": 21, "fresh_holdout_6": 22, "fresh_holdout_7": 13, "fresh_holdout_8": 16,
               "fresh_holdout_9": 9, "fresh_holdout_10": 22, "fresh_holdout_11": 6, "fresh_holdout_12": 10,
@@ -173,7 +178,8 @@ FRESH_SETS = {"fresh_holdout": 34, "fresh_holdout_2": 39, "fresh_holdout_3": 19,
               "fresh_holdout_39": 6, "fresh_holdout_41": 10,
               "fresh_holdout_42": 8, "fresh_holdout_43": 8, "fresh_holdout_45": 10,
               "fresh_holdout_46": 7, "fresh_holdout_47": 29,
-              "fresh_holdout_48": 11, "fresh_holdout_49": 6, "fresh_holdout_51": 25}
+              "fresh_holdout_48": 11, "fresh_holdout_49": 6, "fresh_holdout_50": 51,
+              "fresh_holdout_51": 25}
 
 
 def test_every_fresh_set_is_checked():
@@ -188,6 +194,7 @@ def test_fresh_holdouts_are_new_sources_parsed_cited_and_software_by_the_rule(bu
         fresh = list(csv.DictReader(fh))
     assert len(fresh) == FRESH_SETS[name]
     seen = {r["source_id"] for r in rows["fit"] + rows["holdout"]}
+    refused = 0
     for row in fresh:
         where = f"{name}: {row['source_id']} {row['model']} {row['gpus']}"
         # the printed peak memory per GPU (validate.measured_memory) and whether the weights were gathered in FP8 may
@@ -197,10 +204,16 @@ def test_fresh_holdouts_are_new_sources_parsed_cited_and_software_by_the_rule(bu
         assert row["source_id"] and row["source_id"] not in seen, where  # never a fit or holdout source
         assert row["citation"].strip() and row["derived_from"].strip() and float(row["measured_step_s"]) > 0, where
         assert row["software"] == build.software_profile(row["stack"], row["notes"]), where
-        row_inputs(row)  # every row parses into a model, a cluster, a training run and a layout
+        try:  # every row parses into a model, a cluster, a training run and a layout ...
+            row_inputs(row)
+        except ConfigError as exc:  # ... or names a combination the planner refuses, counted where the set was scored
+            why, count = PARSE_REFUSALS[name]
+            assert why in str(exc), where
+            refused += 1
         if "measured_memory_gib" in row:  # a printed peak is a figure and a known measure, or blank in both cells
             printed = measured_memory(row)
             assert printed is None or 1 * 2**30 < printed[0] < 300 * 2**30, where
+    assert refused == PARSE_REFUSALS.get(name, ("", 0))[1]
 
 
 def test_the_calibrated_gpus_are_the_fit_rows_and_plans_on_others_say_so(rows):
