@@ -169,7 +169,7 @@ def test_user_accelerator_declares_blackwell_features_and_keeps_them_when_writte
                                                                           "MI355X"]
     # FP4: twice the FP8 rate on the Blackwell and CDNA 4 parts, none before them; NVFP4 on Blackwell's only
     assert {a.name: a.fp4_peak_flops / a.fp8_peak_flops for a in CATALOGUE.values() if a.fp4_peak_flops} == {
-        "B200": 2.0, "GB200": 2.0, "B300": 15000 / 4500, "GB300": 3.0, "MI350X": 2.0, "MI355X": 2.0}
+        "B200": 2.0, "GB200": 2.0, "B300": 13125 / 4500, "GB300": 3.0, "MI350X": 2.0, "MI355X": 2.0}
     assert [a.name for a in CATALOGUE.values() if a.fp4_peak_flops and a.nvfp4] == ["B200", "GB200", "B300", "GB300"]
     assert not load_accelerator(write_accelerator(CATALOGUE["H100-SXM"], tmp_path / "h.toml")).block_scaled_fp8
     # a measured attention rate (a CPU's, or one a user timed) is kept; 0 (the class default) stays 0; so is a host

@@ -62,13 +62,15 @@ each plan says so.
   14.9%) and not the GB300 (8.1% / 15.9%), which missed again in the forty-sixth (7.7% / 26.8%) and forty-seventh (28
   Megatron-Bridge table rows, 13.9% / 27.2%: FP8 planned 22% too slow, NVFP4 9% too fast); the forty-eighth's took the
   B300 out (5 runs, 11.2% / 13.7%: its NVFP4 runs 9-14% too fast in every set, its FP8 ones within 3%) and the GB300
-  in (6 runs, 6.7% / 20.5%)): 2250 / 2500 TFLOP/s bf16, 4500 / 5000 FP8 and 15000 NVFP4 dense (the DGX B300 and GB300
-  NVL72 figures as tabulated in stas00/ml-engineering compute/accelerator/README.md at 744d01e; the same table lists
-  12600 for the B300's other FP4 formats: the planner has one FP4 rate, NVFP4's, the MLPerf recipes' format), FP32 80,
-  TF32 1125 / 1250; 288 GB HBM3e at 8 TB/s; NVLink 5 at 900 GB/s per direction (the GB300 across an NVL72 rack:
-  nvlink_domain_gpus 72); ConnectX-8 800 Gb/s per GPU = 100 GB/s. gemm_efficiency by the B200's rule: the B300's bf16
-  MAMF is 0.786 of its peak (1769 TFLOP/s), x 0.87 = 0.684; the GB300, not in the table, at the B300's fraction times
-  the GB200's to the B200's in the same table (0.729 / 0.776), x 0.87 = 0.642.
+  in (6 runs, 6.7% / 20.5%)): 2250 / 2500 TFLOP/s bf16, 4500 / 5000 FP8 (the DGX B300 and GB300 NVL72 figures as
+  tabulated in stas00/ml-engineering compute/accelerator/README.md at 744d01e) and 13125 / 15000 NVFP4 dense (the
+  B300's from NVIDIA's HGX B300 figure, 105 PFLOP/s dense over 8 GPUs, as compiled at
+  glennklockwood.com/garden/processors/B300, in place of the 15000 of the handbook's DGX B300 column, since the
+  forty-ninth fresh holdout; the GB300's 1080 PFLOP/s dense over 72; the planner has one FP4 rate, NVFP4's, the MLPerf
+  recipes' format), FP32 80, TF32 1125 / 1250; 288 GB HBM3e at 8 TB/s; NVLink 5 at 900 GB/s per direction (the GB300
+  across an NVL72 rack: nvlink_domain_gpus 72); ConnectX-8 800 Gb/s per GPU = 100 GB/s. gemm_efficiency by the B200's
+  rule: the B300's bf16 MAMF is 0.786 of its peak (1769 TFLOP/s), x 0.87 = 0.684; the GB300, not in the table, at the
+  B300's fraction times the GB200's to the B200's in the same table (0.729 / 0.776), x 0.87 = 0.642.
 - AMD Instinct (datasheets, a GEMM benchmark and an all-reduce measurement; no AMD run was seen before they were
   written; the forty-first fresh holdout, gathered blind, scored them once: 7 MLPerf Llama 3.1 8B FP8 runs on 8
   MI355X, MI350X and MI325X, median 4.8%, max 19.4%, so those three counted as calibrated (CALIBRATED), the MI300X
@@ -247,7 +249,7 @@ CATALOGUE: dict[str, Accelerator] = {
                     block_scaled_fp8=True, nvlink_domain_gpus=72,
                     fp32_peak_flops=90 * TFLOPS, tf32_peak_flops=1250 * TFLOPS),
         Accelerator("B300", 2250 * TFLOPS, 288 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.684,
-                    fp8_peak_flops=4500 * TFLOPS, fp4_peak_flops=15000 * TFLOPS, network_bandwidth=100 * GB,
+                    fp8_peak_flops=4500 * TFLOPS, fp4_peak_flops=13125 * TFLOPS, network_bandwidth=100 * GB,
                     block_scaled_fp8=True, fp32_peak_flops=80 * TFLOPS, tf32_peak_flops=1125 * TFLOPS),
         Accelerator("GB300", 2500 * TFLOPS, 288 * GB, 8000 * GB, 900 * GB, gemm_efficiency=0.642,
                     fp8_peak_flops=5000 * TFLOPS, fp4_peak_flops=15000 * TFLOPS, network_bandwidth=100 * GB,
