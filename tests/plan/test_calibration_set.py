@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from flopwise.errors import ConfigError
 from flopwise.hardware import CATALOGUE, training_precision
 from flopwise.plan.software_rule import STACKS
 from flopwise.plan.spec import SOFTWARE
@@ -160,10 +159,6 @@ def test_harness_predicts_or_gives_the_reason(harness, rows, tmp_path):
 
 
 # each blind set's size as committed before it was scored: a truncated or padded file fails
-# rows a set holds that the planner refuses as they stand (a fact it does not model), with what the refusal names:
-# set 50's Megatron-Bridge MXFP8 recipes gather their weights in MXFP8 (fp8_param_gather), and the planner's FP8 gather
-# is per-tensor FP8's
-PARSE_REFUSALS = {"fresh_holdout_50": ("fp8_all_gather", 13)}
 FRESH_SETS = {"fresh_holdout": 34, "fresh_holdout_2": 39, "fresh_holdout_3": 19, "fresh_holdout_4": 24,
               "fresh_holdout_5": 21, "fresh_holdout_6": 22, "fresh_holdout_7": 13, "fresh_holdout_8": 16,
               "fresh_holdout_9": 9, "fresh_holdout_10": 22, "fresh_holdout_11": 6, "fresh_holdout_12": 10,
@@ -194,7 +189,6 @@ def test_fresh_holdouts_are_new_sources_parsed_cited_and_software_by_the_rule(bu
         fresh = list(csv.DictReader(fh))
     assert len(fresh) == FRESH_SETS[name]
     seen = {r["source_id"] for r in rows["fit"] + rows["holdout"]}
-    refused = 0
     for row in fresh:
         where = f"{name}: {row['source_id']} {row['model']} {row['gpus']}"
         # the printed peak memory per GPU (validate.measured_memory) and whether the weights were gathered in FP8 may
@@ -204,32 +198,29 @@ def test_fresh_holdouts_are_new_sources_parsed_cited_and_software_by_the_rule(bu
         assert row["source_id"] and row["source_id"] not in seen, where  # never a fit or holdout source
         assert row["citation"].strip() and row["derived_from"].strip() and float(row["measured_step_s"]) > 0, where
         assert row["software"] == build.software_profile(row["stack"], row["notes"]), where
-        try:  # every row parses into a model, a cluster, a training run and a layout ...
-            row_inputs(row)
-        except ConfigError as exc:  # ... or names a combination the planner refuses, counted where the set was scored
-            why, count = PARSE_REFUSALS[name]
-            assert why in str(exc), where
-            refused += 1
+        row_inputs(row)  # every row parses into a model, a cluster, a training run and a layout
         if "measured_memory_gib" in row:  # a printed peak is a figure and a known measure, or blank in both cells
             printed = measured_memory(row)
             assert printed is None or 1 * 2**30 < printed[0] < 300 * 2**30, where
-    assert refused == PARSE_REFUSALS.get(name, ("", 0))[1]
 
 
 def test_the_calibrated_gpus_are_the_fit_rows_and_plans_on_others_say_so(rows):
-    """hardware.CALIBRATED names the GPUs published runs calibrate: every GPU of the fit rows (plus the export variants
-    of the A100's and H100's silicon); a plan on any other catalogue GPU carries a note saying its times rest on
-    datasheet assumptions."""
-    from flopwise.hardware import CALIBRATED, Accelerator
+    """hardware.FITTED names the GPUs of the fit rows; hardware.CALIBRATED the GPUs published runs calibrate: the fitted
+    ones and the export variants of the A100's and H100's silicon, then whatever the blind sets' declared rules put in
+    or took out, a fitted part too; a plan on any other catalogue GPU says what its times rest on: fitted constants
+    the latest blind runs did not bear out, or datasheet assumptions."""
+    from flopwise.hardware import CALIBRATED, FITTED, FROM_RUNS, Accelerator
     from flopwise.models.config import ModelConfig
     from flopwise.plan.search import search
     from flopwise.plan.spec import Cluster, Training
 
     fitted = {r["gpu"] for r in rows["fit"]}
-    assert fitted <= CALIBRATED <= set(CATALOGUE)
+    assert fitted == FITTED and CALIBRATED <= set(CATALOGUE) and FROM_RUNS == FITTED | CALIBRATED
     # and the parts blind sets checked by a rule declared before them: the export variants; AMD's (set 41)
-    # the MI355X left with set 43; the B300 joined with set 45 and left with set 48, when the GB300 joined
+    # the MI355X left with set 43; the B300 joined with set 45 and left with set 48, when the GB300 joined; the
+    # H100-SXM, fitted, left with set 50
     assert CALIBRATED - fitted == {"A800-80GB", "H800-SXM", "MI325X", "MI350X", "GB300"}
+    assert fitted - CALIBRATED == {"H100-SXM"}
     model = ModelConfig(vocab_size=512, layers=2, hidden=64, heads=4, ffn=256, seq_len=64, lfa=False)
 
     def notes(acc):  # the calibration warning; the track record lines (tests/plan/test_track_record.py) and V100's
@@ -242,6 +233,8 @@ def test_the_calibrated_gpus_are_the_fit_rows_and_plans_on_others_say_so(rows):
     for gpu in ("V100-16GB", "B200", "GH200"):
         said = notes(CATALOGUE[gpu])
         assert len(said) == 1 and said[0].startswith(f"{gpu}: no published run calibrates")
+    said = notes(CATALOGUE["H100-SXM"])
+    assert len(said) == 1 and said[0].startswith("H100-SXM: this GPU's constants were fitted on published runs, but")
 
 
 def test_a_rack_scale_nvlink_gpu_planned_with_small_nodes_says_so():

@@ -197,8 +197,9 @@ def plan(
                                  "eager) and its backward keeping fewer activations (each norm's input, not its "
                                  "normalised x; not SiLU's output)"),
     fp8_all_gather: bool = typer.Option(
-        False, "--fp8-all-gather", help="precision fp8: the sharded weights are gathered in FP8 (torchtitan's "
-                                        "enable_fsdp_float8_all_gather, Megatron's --fp8-param-gather): half the "
+        False, "--fp8-all-gather", help="precision fp8 (or mxfp8 on Megatron / NeMo's `te` profiles): the sharded "
+                                        "weights are gathered in that precision (torchtitan's "
+                                        "enable_fsdp_float8_all_gather, Megatron's --fp8-param-gather): about half the "
                                         "gather's bytes, and torchao casts each shard before every gather, not each "
                                         "weight on every micro-batch; dense models, layouts with ZeRO / FSDP "
                                         "(zero >= 1, dp x cp > 1)"),

@@ -804,8 +804,8 @@ class CostModel:
             return max(0.0, red - window_b) if overlap else red
         if layout.zero in (1, 2):
             red = both("reduce_scatter", dense_local, experts, grad_bytes) + replicas(dense_local)
-            # the blocks' weights as gathered (FP8 under fp8_all_gather); the embedding, LM head and final norm in the
-            # training dtype (gathered with them in one pass where the two are the same)
+            # the blocks' weights as gathered (FP8 or MXFP8 under fp8_all_gather); the embedding, LM head and final norm
+            # in the training dtype (gathered with them in one pass where the two are the same)
             blocks = dense_local if g == e else min(dense_local, layers * dense_layer)
             gat = both("all_gather", blocks, experts, g) + self.bucketed("all_gather", (dense_local - blocks) * e, dp, span)
             return (max(0.0, red - window_b) + max(0.0, gat - window_f)) if overlap else red + gat

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from flopwise.errors import LayoutError, PlanError
 from flopwise.flops import RECOMPUTE_MODES, param_counts
-from flopwise.hardware import CALIBRATED, CATALOGUE, GB, Accelerator
+from flopwise.hardware import CALIBRATED, CATALOGUE, FITTED, GB, Accelerator
 from flopwise.layout import Layout, max_stages
 from flopwise.models.config import ModelConfig
 from flopwise.plan import track_record
@@ -201,10 +201,15 @@ def _candidates(cm: CostModel, fixed: dict, failures: list[str] | None = None) -
 
 
 def calibration_notes(acc: Accelerator) -> list[str]:
-    """What a plan's times rest on, where that is less than published runs: a catalogue GPU that no published run
-    calibrates (hardware.CALIBRATED)."""
+    """What a plan's times rest on, where that is less than published runs confirm: a catalogue GPU outside
+    hardware.CALIBRATED, whose constants were fitted on published runs that later blind runs did not bear out
+    (hardware.FITTED), or are datasheet figures."""
     if acc.measured or acc.name not in CATALOGUE or acc.name in CALIBRATED:
         return []
+    if acc.name in FITTED:
+        return [f"{acc.name}: this GPU's constants were fitted on published runs, but the latest blind runs on it missed "
+                f"the planner's target of 8% median / 25% worst (benchmarks/planner_calibration/FINDINGS.md, section 61): "
+                f"its track record line says how far its plans have been off"]
     return [f"{acc.name}: no published run calibrates this GPU's constants (datasheet figures, at most a GEMM "
             f"benchmark); published runs on uncalibrated GPUs were mostly slower than predicted (benchmarks/RESULTS.md, "
             f"'Sixth blind holdout')"]

@@ -384,10 +384,14 @@ class Training:
                               f"how its stack runs (torch-compile is PyTorch-native stacks under torch.compile)")
         if not self.expert_imbalance >= 1.0:
             raise ConfigError(f"expert_imbalance = {self.expert_imbalance}: must be at least 1 (1: balanced)")
-        if self.fp8_all_gather and self.precision != "fp8":
-            raise ConfigError(f"fp8_all_gather: the weights' FP8 gather (torchao's enable_fsdp_float8_all_gather, "
-                              f"Megatron's --fp8-param-gather) is per-tensor FP8's: it needs precision = fp8, not "
-                              f"{self.precision!r}")
+        # Megatron's --fp8-param-gather keeps Transformer Engine's weights in their recipe's low precision, per-tensor
+        # FP8 or MXFP8 (NVIDIA's Megatron-Bridge MXFP8 recipes gather so, benchmarks/planner_calibration/README.md,
+        # fiftieth fresh holdout); torchao's enable_fsdp_float8_all_gather is per-tensor FP8's only
+        gathers = ("fp8", "mxfp8") if self.profile.fp8_library == "transformer-engine" else ("fp8",)
+        if self.fp8_all_gather and self.precision not in gathers:
+            raise ConfigError(f"fp8_all_gather: the weights' low-precision gather (torchao's "
+                              f"enable_fsdp_float8_all_gather, Megatron's --fp8-param-gather) needs precision = "
+                              f"{' or '.join(gathers)} under the {self.software!r} profile, not {self.precision!r}")
         for name in ("step_overhead_s", "block_host_s"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < math.inf:

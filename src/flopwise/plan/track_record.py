@@ -18,7 +18,7 @@ import json
 from functools import cache
 from importlib.resources import files
 
-from flopwise.hardware import CALIBRATED, Accelerator
+from flopwise.hardware import FROM_RUNS, Accelerator
 from flopwise.plan.cost import DEFAULT_CONSTANTS
 
 # a group speaks for a plan only with this many runs behind it
@@ -56,12 +56,14 @@ MEMORY_KEY = "memory"
 # set 46, 4 GB300 runs against the `GB300|te` line's 14.9% (section 57), 3 of 4; set 47, 29 Megatron-Bridge and
 # dgxc-benchmarking runs on GB300 / B300 against their groups' 13.8-19.0% (section 58), 20 of 29; set 48, 11 MLPerf
 # runs on B300 / GB300 against their groups' 13.6-23.4% (section 59), 10 of 11; set 49, 6 more against 13.3-13.6%
-# (section 60), 6 of 6: 70 of 93.
-STEP_UNSEEN = (70, 93, "")  # each run against its own group's line
+# (section 60), 6 of 6; set 50, 38 Megatron-Bridge / NeMo table runs on GB200 / H100 / B200 (section 61), 29 of 38;
+# set 51, 25 PyTorch-native runs (section 62), 24 of 25: 123 of 156.
+STEP_UNSEEN = (123, 156, "")  # each run against its own group's line
 # The memory lines: set 39, 6 torchtitan runs against the `torch-eager` line (FINDINGS.md section 51), 1 of 6; set 42,
 # 4 torchtitan runs on MI300X against the `torch-compile` line and 2 Primus runs against the `megatron-lm` one
-# (section 54), 6 of 6; set 47, one dgxc-benchmarking run on B300 against the pooled line (section 58), 1 of 1: 8 of 13.
-MEMORY_UNSEEN = (8, 13, "")  # each run against its own profile's line
+# (section 54), 6 of 6; set 47, one dgxc-benchmarking run on B300 against the pooled line (section 58), 1 of 1; set 51,
+# 10 torchtitan / Thunder runs against the `torch-compile` and `torch-eager` lines (section 62), 8 of 10: 16 of 23.
+MEMORY_UNSEEN = (16, 23, "")  # each run against its own profile's line
 UNSEEN_SHARE = 0.8
 
 
@@ -98,9 +100,9 @@ def group_keys(gpu: str, software: str, params: float) -> list[tuple[str, str]]:
 
 def few_microbatches(gpu: str, microbatches: int, pp: int) -> bool:
     """Whether a run or plan belongs with the few-micro-batch runs: at most FEW_MICROBATCHES per step, no pipeline,
-    on a GPU whose constants are calibrated (hardware.CALIBRATED: V100 runs of 2020-21 stacks would speak for an H100
-    plan; an uncalibrated GPU's plans already say their constants are assumptions)."""
-    return microbatches <= FEW_MICROBATCHES and pp == 1 and gpu in CALIBRATED
+    on a GPU whose constants rest on published runs (hardware.FROM_RUNS: V100 runs of 2020-21 stacks would speak for
+    an H100 plan; a datasheet GPU's plans already say their constants are assumptions)."""
+    return microbatches <= FEW_MICROBATCHES and pp == 1 and gpu in FROM_RUNS
 
 
 def small_block(accelerator: Accelerator, block_forward_s: float) -> bool:
