@@ -8,7 +8,8 @@ Every error is out of sample: the fit rows (planner_calibration/fit.csv) are pre
 5-fold grouped cross-validation `planner_fit.py` reports, and every other calibration file (holdout.csv and the
 fresh holdouts) with the constants fitted on fit.csv alone, which are the planner's defaults. `../shared/published`
 is left out: the planner was built on those two papers. Errors are grouped by GPU, software profile and model size
-(flopwise.plan.track_record.group_keys), and the runs of each profile with few micro-batches per step
+(flopwise.plan.track_record.group_keys; the mixture-of-experts runs of planner_calibration/moe/ by GPU and profile in
+groups of their own, outside `all` and every other group), and the runs of each profile with few micro-batches per step
 (track_record.few_microbatches: no pipeline, calibrated GPUs only), and the runs whose blocks run under a
 millisecond forward (track_record.small_block); each group keeps n, the median, 90th percentile
 and maximum |error|, the median signed error, and how many runs were slower than predicted. Runs whose source printed
@@ -50,11 +51,11 @@ def out_of_sample_errors() -> tuple[list[dict], dict[str, int]]:
             scored.append({**row, "error": pred / float(row["measured_step_s"]) - 1.0})
     defaults = dataclasses.asdict(DEFAULT_CONSTANTS)
     counts = {"fit.csv": len(fit_rows)}
-    for path in files:
+    for path in files + sorted(CALIBRATION.glob("moe/*.csv")):
         if path.name == "fit.csv":
             continue
         rows = attach(load_rows([path]))
-        counts[path.name] = len(rows)
+        counts[str(path.relative_to(CALIBRATION))] = len(rows)
         for row in rows:
             scored.append({**row, "error": predict(row, defaults) / float(row["measured_step_s"]) - 1.0})
     return scored, counts
@@ -73,13 +74,17 @@ def build() -> dict:
     memory: dict[str, list[float]] = {}
     for row in scored:
         obs = row["_obs"]
+        params = param_counts(obs.model).total
+        if obs.model.is_moe:  # groups of their own, outside every dense line (track_record.MOE_KEY)
+            for key, _ in track_record.group_keys(obs.cluster.accelerator.name, obs.training.software, params, moe=True):
+                groups.setdefault(key, []).append(row["error"])
+            continue
         printed = measured_memory(row)
         if printed is not None:  # the planned peak (no fitted constant moves it) against the printed one
             error = memory_error(CostModel(obs.model, obs.cluster, obs.training).evaluate(obs.layout).peak_memory,
                                  *printed)
             for key in (track_record.MEMORY_KEY, track_record.memory_key(obs.training.software)):
                 memory.setdefault(key, []).append(error)
-        params = param_counts(obs.model).total
         for key, _ in track_record.group_keys(obs.cluster.accelerator.name, obs.training.software, params):
             groups.setdefault(key, []).append(row["error"])
         if obs.training.gemm_format:
@@ -94,7 +99,7 @@ def build() -> dict:
         "what": "the planner's out-of-sample |error| on published runs (benchmarks/planner_track_record.py)",
         "constants": dataclasses.asdict(DEFAULT_CONSTANTS),
         "rows": counts,
-        "all": summarise([r["error"] for r in scored]),
+        "all": summarise([r["error"] for r in scored if not r["_obs"].model.is_moe]),
         "groups": {k: summarise(v) for k, v in sorted(groups.items())},
         "memory": {k: summarise(v) for k, v in sorted(memory.items())},
     }
@@ -110,6 +115,8 @@ def block_bins() -> list[dict]:
     timed = []
     for row in scored:
         obs = row["_obs"]
+        if obs.model.is_moe:  # dense blocks only, as every line but the MoE ones
+            continue
         timed.append((CostModel(obs.model, obs.cluster, obs.training).block_forward_time(obs.layout) * 1e3,
                       row["error"]))
     return [{"from_ms": lo, "to_ms": hi, **summarise(errors)}

@@ -216,3 +216,27 @@ def test_the_planned_peak_memory_has_its_own_record():
     assert track_record.memory_note(cpu, "te", rec) is None
     rec["memory"][track_record.MEMORY_KEY]["n"] = 4
     assert track_record.memory_note(h100, "te", rec) is None and track_record.memory_note(h100, "te", {}) is None
+
+
+def test_mixture_of_experts_plans_get_the_record_of_mixture_of_experts_runs():
+    rec = record(**{"H100-SXM|te|>=15B": (40, 20), "H100-SXM|te": (60, 30), "moe|H100-SXM": (4, 4), "moe": (30, 25)})
+    dense = track_record.note("H100-SXM", "te", 30e9, rec)
+    moe = track_record.note("H100-SXM", "te", 30e9, rec, moe=True)
+    assert "(H100-SXM, the `te` profile, >=15B models)" in dense
+    # 4 MoE runs on the part are too few: all MoE runs speak, never the dense ones
+    assert moe.startswith("track record: 30 published runs like this (mixture-of-experts runs, all GPUs and stacks)")
+    assert "83% ran slower" in moe and "blind" not in moe  # no blind check of the MoE lines yet (MOE_UNSEEN)
+    assert track_record.note("H100-SXM", "te", 30e9, record(**{"H100-SXM|te": (60, 30)}), moe=True) is None
+    keys = [k for k, _ in track_record.group_keys("B200", "te", 30e9, moe=True)]
+    assert keys == ["moe|B200|te", "moe|B200", "moe"]
+    assert not any(k.startswith("moe") for k, _ in track_record.group_keys("B200", "te", 30e9))
+
+
+def test_an_moe_search_quotes_the_moe_record():
+    moe = ModelConfig(vocab_size=151936, layers=48, hidden=2048, heads=32, kv_heads=4, ffn=768, seq_len=4096,
+                      lfa=False, attn_dim=4096, experts=128, top_k=8, router="linear")
+    result = search(moe, Cluster(get_accelerator("H100-SXM"), 16), Training(1024, software="te"),
+                    {"tp": 1, "pp": 1, "ep": 16}, top=1)
+    said = [n for n in result.notes if n.startswith("track record")]
+    assert said == ([n] if (n := track_record.note("H100-SXM", "te", 30.5e9, moe=True)) else [])
+    assert not any("`te` profile, >=15B models" in n for n in said)  # never the dense runs' line

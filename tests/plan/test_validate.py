@@ -192,3 +192,43 @@ def test_a_printed_peak_memory_is_set_against_the_planned_one():
     assert s["memory_rows"] == 2 and s["predicted"] == 3
     assert s["memory_max_abs_error"] == pytest.approx(max(abs(reserved["memory_error"]), abs(device["memory_error"])))
     assert summarise([bare])["memory_rows"] == 0 and summarise([bare])["memory_median_abs_error"] is None
+
+
+QWEN3_30B = {"source": "x", "layers": "48", "hidden": "2048", "heads": "32", "kv_heads": "4", "ffn": "768",
+             "mlp": "swiglu", "vocab": "151936", "seq": "4096", "gpu": "H100-SXM", "gpus": "16", "tp": "1", "pp": "1",
+             "cp": "1", "global_batch": "1024", "micro_batch": "1", "measured_step_s": "30", "head_dim": "128",
+             "experts": "128", "top_k": "8", "ep": "16"}
+
+
+def test_mixture_of_experts_rows_take_their_expert_columns():
+    """A published MoE row (Qwen3-30B-A3B: 128 experts of 768, top-8, head_dim 128) is a model of that many experts
+    with a linear router unless its `router` cell says Yuan 2.0-M32's attention router; its ep is fixed."""
+    from flopwise.flops import param_counts
+
+    model, _, _, fixed, _ = row_inputs(QWEN3_30B)
+    assert (model.experts, model.top_k, model.ffn, model.router, fixed["ep"]) == (128, 8, 768, "linear", 16)
+    counts = param_counts(model)
+    assert 30.0e9 < counts.total < 31.0e9 and 3.0e9 < counts.active < 3.6e9  # the model card: 30.5B, 3.3B active
+    assert row_inputs({**QWEN3_30B, "router": "attention"})[0].router == "attention"
+    assert row_inputs({**QWEN3_30B, "experts": "0"})[0].experts == 0  # zero experts: a dense row
+    assert row_inputs({**QWEN3_30B, "etp": "1"})[0].experts == 128  # expert TP equal to tp
+    assert validate_rows([QWEN3_30B])[0]["predicted_s"] > 0
+
+
+@pytest.mark.parametrize("cells, reason", [
+    ({"shared_ffn": "2048"}, "shared_ffn = 2048: shared experts"),
+    ({"dense_layers": "3"}, "dense_layers = 3: leading dense layers"),
+    ({"moe_every": "2"}, "moe_every = 2: MoE blocks between dense ones"),
+    ({"etp": "1", "tp": "2"}, "etp = 1 with tp = 2: the planner cuts experts by tp"),
+    ({"attention_variant": "mla"}, "attention_variant = mla: the planner costs full causal attention only"),
+    ({"attention_variant": "sliding-window", "experts": ""}, "attention_variant = sliding-window"),
+    ({"attention_variant": "sparse"}, "column 'attention_variant' = 'sparse': must be one of"),
+    ({"router": "hash"}, "model.router = 'hash'"),
+])
+def test_what_an_moe_row_states_and_the_planner_does_not_cost_is_refused_by_name(cells, reason):
+    out = validate_rows([{**QWEN3_30B, **cells}])[0]
+    assert "predicted_s" not in out or out["predicted_s"] is None
+    assert reason in out["error_message"]
+    # zero or blank: the fact is absent, and the row is costed
+    blank = {k: "0" if k in ("shared_ffn", "dense_layers") else "" for k in cells if k != "experts"}
+    assert validate_rows([{**QWEN3_30B, **blank}])[0].get("predicted_s")

@@ -292,7 +292,7 @@ def plan_notes(model: ModelConfig, cluster: Cluster, training: Training, constan
                fa3_step: tuple[Plan, Plan] | None = None) -> list[str]:
     """What a plan's times rest on (calibration_notes, domain_notes, precision_notes, attention_notes), and how well
     published runs like it were predicted, step time and peak memory."""
-    record = track_record.note(cluster.accelerator.name, training.software, param_counts(model).total)
+    record = track_record.note(cluster.accelerator.name, training.software, param_counts(model).total, moe=model.is_moe)
     memory = track_record.memory_note(cluster.accelerator, training.software)
     return (calibration_notes(cluster.accelerator) + domain_notes(cluster) + precision_notes(training, cluster.accelerator)
             + attention_notes(training, cluster.accelerator, constants, fa3_step) + [n for n in (record, memory) if n])

@@ -47,6 +47,8 @@ TINY_BLOCK_S = 0.25e-3
 
 # the runs whose source printed their peak memory per GPU, all of them and per software profile
 MEMORY_KEY = "memory"
+# the mixture-of-experts runs (benchmarks/planner_calibration/moe/), kept out of every dense group and line
+MOE_KEY = "moe"
 # Each line's "90% within X%" checked on runs gathered blind after such lines were first quoted, each set's test
 # declared before it existed and scored once (benchmarks/planner_calibration/README.md): (runs within the 90% figure
 # their plans quoted, runs, what they were held to). Below UNSEEN_SHARE a line gives that share in place of its own
@@ -64,6 +66,8 @@ STEP_UNSEEN = (123, 156, "")  # each run against its own group's line
 # (section 54), 6 of 6; set 47, one dgxc-benchmarking run on B300 against the pooled line (section 58), 1 of 1; set 51,
 # 10 torchtitan / Thunder runs against the `torch-compile` and `torch-eager` lines (section 62), 8 of 10: 16 of 23.
 MEMORY_UNSEEN = (16, 23, "")  # each run against its own profile's line
+# The mixture-of-experts lines: none checked on runs gathered after they were first quoted yet.
+MOE_UNSEEN = (0, 0, "")
 UNSEEN_SHARE = 0.8
 
 
@@ -87,8 +91,14 @@ def size_class(params: float) -> str:
     return "<15B" if params < SMALL_MODEL_PARAMS else ">=15B"
 
 
-def group_keys(gpu: str, software: str, params: float) -> list[tuple[str, str]]:
-    """(key, label) from the most specific group to the broadest; the JSON uses the same keys."""
+def group_keys(gpu: str, software: str, params: float, moe: bool = False) -> list[tuple[str, str]]:
+    """(key, label) from the most specific group to the broadest; the JSON uses the same keys. Mixture-of-experts runs
+    (`moe`) have groups of their own (MOE_KEY): a dense run's error says nothing of the routing, the all-to-all and the
+    grouped expert GEMMs, and the few MoE runs are not split by model size."""
+    if moe:
+        return [(f"{MOE_KEY}|{gpu}|{software}", f"mixture-of-experts runs on {gpu}, the `{software}` profile"),
+                (f"{MOE_KEY}|{gpu}", f"mixture-of-experts runs on {gpu}, all stacks"),
+                (MOE_KEY, "mixture-of-experts runs, all GPUs and stacks")]
     size = size_class(params)
     return [
         (f"{gpu}|{software}|{size}", f"{gpu}, the `{software}` profile, {size} models"),
@@ -152,12 +162,13 @@ def current(record: dict) -> bool:
 
 
 def note(gpu: str, software: str, params: float, record: dict | None = None,
-         unseen: tuple[int, int, str] = STEP_UNSEEN) -> str | None:
-    """One line on how well published runs like this plan were predicted, or None where no group has MIN_RUNS; with
-    what the blind check of such lines (`unseen`) found."""
+         unseen: tuple[int, int, str] | None = None, moe: bool = False) -> str | None:
+    """One line on how well published runs like this plan (a mixture of experts: `moe`) were predicted, or None where
+    no group has MIN_RUNS; with what the blind check of such lines (`unseen`; None: STEP_UNSEEN, or MOE_UNSEEN) found."""
     record = load() if record is None else record
+    unseen = unseen or (MOE_UNSEEN if moe else STEP_UNSEEN)
     groups = record.get("groups", {})
-    found = next(((groups[key], label) for key, label in group_keys(gpu, software, params)
+    found = next(((groups[key], label) for key, label in group_keys(gpu, software, params, moe)
                   if groups.get(key, {}).get("n", 0) >= MIN_RUNS), None)
     if found is None:
         return None

@@ -146,6 +146,40 @@ def _recompute_word(text: str, notes: list[str]) -> str:
     return word
 
 
+# what a mixture-of-experts row may state that the planner does not cost yet: (column, what a blank or zero means, why)
+_MOE_UNCOSTED = (
+    ("shared_ffn", "shared experts (an always-on SwiGLU beside the routed ones, of this total width)"),
+    ("dense_layers", "leading dense layers (DeepSeek-V3's first 3; every block is costed alike)"),
+)
+ATTENTION_VARIANTS = ("full", "mla", "sliding-window", "chunked")
+
+
+def _experts(row: dict, tp: int) -> dict:
+    """The ModelConfig fields of a mixture-of-experts row (optional columns): `experts` routed experts per layer, each
+    a SwiGLU of width `ffn`, `top_k` per token (blank: 2), chosen by a `router` (blank: linear, the published models'
+    router; `attention` is Yuan 2.0-M32's). A blank or zero `experts` is a dense row. What a row states that the
+    planner does not cost is refused with its name: shared experts, leading dense layers, an MoE block every
+    `moe_every` > 1 layers, expert tensor parallelism other than tp (`etp`; blank: tp, Megatron's default), and an
+    `attention_variant` other than full causal attention (mla, sliding-window, chunked)."""
+    variant = _cell(row, "attention_variant").lower() or "full"
+    if variant not in ATTENTION_VARIANTS:
+        raise DataError(f"column 'attention_variant' = {variant!r}: must be one of {', '.join(ATTENTION_VARIANTS)}")
+    if variant != "full":
+        raise PlanError(f"attention_variant = {variant}: the planner costs full causal attention only")
+    if not _cell(row, "experts").strip("0."):
+        return {}
+    for key, what in _MOE_UNCOSTED:
+        if _cell(row, key).strip("0."):
+            raise PlanError(f"{key} = {_cell(row, key)}: {what} are not costed yet")
+    if _int(row, "moe_every", 1) > 1:
+        raise PlanError(f"moe_every = {_cell(row, 'moe_every')}: MoE blocks between dense ones are not costed yet")
+    if _cell(row, "etp") and _int(row, "etp") != (tp or _int(row, "etp")):
+        raise PlanError(f"etp = {_cell(row, 'etp')} with tp = {tp}: the planner cuts experts by tp (expert tensor "
+                        "parallelism equal to tp)")
+    router = _cell(row, "router").lower() or "linear"
+    return {"experts": _int(row, "experts"), "top_k": _int(row, "top_k", 2), "router": router}
+
+
 def _fp8_all_gather(row: dict) -> bool:
     """The optional `fp8_all_gather` column: whether the run gathered its sharded weights in FP8 (torchtitan's
     enable_fsdp_float8_all_gather, Megatron's --fp8-param-gather); blank: no, their defaults."""
@@ -213,8 +247,7 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
         seq_len=_int(row, "seq"),
         lfa=False,
         mlp=_cell(row, "mlp").lower() or "gelu",
-        experts=_int(row, "experts") if _cell(row, "experts").strip("0.") else 0,  # MoE (optional columns)
-        top_k=_int(row, "top_k", 2),
+        **_experts(row, tp),
         # attention wider than the hidden size (Qwen3, Gemma: heads x head_dim > hidden; optional column)
         attn_dim=_int(row, "head_dim") * _int(row, "heads") if _cell(row, "head_dim") else 0,
     )
