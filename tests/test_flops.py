@@ -71,6 +71,12 @@ def test_active_parameters_leave_out_the_experts_a_token_skips():
     assert param_counts(cfg).active - param_counts(get_preset("tiny")).total == cfg.layers * 256 * 3 * cfg.experts
     dense = param_counts(get_preset("tiny"))
     assert dense.active == dense.total
+    # a shared expert is counted whole in both, as the module holds it (DeepSeekMoE: total and active alike)
+    shared = cfg.replace(shared_ffn=128)
+    with torch.device("meta"):
+        held = sum(p.numel() for p in Transformer(shared).parameters())
+    assert param_counts(shared).total == held
+    assert param_counts(shared).active - param_counts(cfg).active == cfg.layers * 3 * cfg.hidden * 128
 
 
 def test_moe_model_flops_count_active_experts_and_the_attention_routers_core():

@@ -100,6 +100,8 @@ def block_gemms(cfg: ModelConfig) -> tuple[Gemm, ...]:
             Gemm("expert_up", h, cfg.ffn, "column", 2 * k, stored=2 * e),  # SwiGLU: gate + up
             Gemm("expert_down", cfg.ffn, h, "row", k, stored=e),
         ]
+        if cfg.shared_ffn:  # the shared expert: a dense SwiGLU every token passes, cut by tp like one
+            gemms += [Gemm("shared_up", h, cfg.shared_ffn, "column", 2), Gemm("shared_down", cfg.shared_ffn, h, "row")]
     else:
         gemms += [
             Gemm("w_up", h, cfg.ffn, "column", 2 if cfg.mlp == "swiglu" else 1),  # SwiGLU: gate + up

@@ -74,6 +74,21 @@ def test_dropless_layer_equals_the_weighted_sum_of_each_tokens_experts(router):
     assert moe_metrics(torch.nn.ModuleList([layer]))["moe_dropped"] == 0.0
 
 
+def test_a_shared_expert_adds_a_dense_swiglu_every_token_passes():
+    """DeepSeekMoE's shared expert (model.shared_ffn): the routed experts' weighted sum plus a SwiGLU of that width."""
+    layer = _layer(router="linear", shared_ffn=48).train()
+    routed = _layer(router="linear").train()  # the same seed: the same router and experts, no shared expert
+    routed.load_state_dict({k: v for k, v in layer.state_dict().items() if not k.startswith("shared.")})
+    x = torch.randn(2, 7, CFG.hidden)
+    sh = layer.shared
+    expected = routed(x) + sh.w2(F.silu(sh.w1(x)) * sh.w3(x))
+    torch.testing.assert_close(layer(x), expected)
+    assert sh.w1.weight.shape == (48, CFG.hidden) and sh.w2.weight.shape == (CFG.hidden, 48)
+    # its weights are ordinary (dense) parameters that every token's gradient reaches
+    layer(x).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in sh.parameters())
+
+
 def test_dropless_plan_keeps_every_assignment_grouped_by_expert():
     torch.manual_seed(1)
     routing = route(torch.randn(50, 6), top_k=2)
@@ -233,6 +248,8 @@ def test_expert_load_counts_every_training_assignment():
         ({"experts": 4, "capacity_factor": -1.0}, "model.capacity_factor"),
         ({"experts": -2}, "model.experts = -2"),
         ({"attn_dim": 100}, "model.attn_dim = 100"),
+        ({"shared_ffn": 64}, "shared experts need model.experts > 0"),
+        ({"experts": 4, "shared_ffn": -1}, "model.shared_ffn = -1"),
     ],
 )
 def test_bad_moe_settings_name_the_key(changes, message):
@@ -246,6 +263,7 @@ def test_info_reports_total_and_active_parameters():
     moe, dense = model_info("yuan2-m32"), model_info("yuan2-2b")
     assert moe["params"] > 10 * moe["active_params"] and moe["experts"] == 32 and moe["head_dim"] == 256
     assert dense["active_params"] == dense["params"] and "experts" not in dense
+    assert "shared_ffn" not in moe
 
 
 def test_experts_with_no_rows_still_join_the_backward():

@@ -118,8 +118,8 @@ def test_a_run_saved_under_ep2_resumes_in_one_process(nano_shards, moe_reference
 # ---- expert tensor parallelism: short runs (3 steps) ------------------------------------------------------
 TP_STEPS = 3
 # heavy auxiliary losses: a wrong share of their gradient per TP rank moves the loss by ~1e-3 (the default
-# 0.01 only by ~5e-5, inside the tolerance)
-AUX = ["model.aux_loss_coef=1.0", "model.z_loss_coef=0.1"]
+# 0.01 only by ~5e-5, inside the tolerance); and a shared expert, cut by TP like a dense MLP, whole on every ep rank
+AUX = ["model.aux_loss_coef=1.0", "model.z_loss_coef=0.1", "model.shared_ffn=32"]
 TP_LAYOUTS = {
     "tp2-sp": (2, ["parallel.tp=2"]),  # router replicated, experts cut, sequence-parallel norms
     "ep2xtp2": (4, ["parallel.dp=2", "parallel.ep=2", "parallel.tp=2", "parallel.sp=false"]),

@@ -212,11 +212,12 @@ def test_mixture_of_experts_rows_take_their_expert_columns():
     assert row_inputs({**QWEN3_30B, "router": "attention"})[0].router == "attention"
     assert row_inputs({**QWEN3_30B, "experts": "0"})[0].experts == 0  # zero experts: a dense row
     assert row_inputs({**QWEN3_30B, "etp": "1"})[0].experts == 128  # expert TP equal to tp
+    shared = row_inputs({**QWEN3_30B, "shared_ffn": "1536"})[0]  # a shared expert (DeepSeek, Llama 4)
+    assert shared.shared_ffn == 1536 and param_counts(shared).active - counts.active == 48 * 3 * 2048 * 1536
     assert validate_rows([QWEN3_30B])[0]["predicted_s"] > 0
 
 
 @pytest.mark.parametrize("cells, reason", [
-    ({"shared_ffn": "2048"}, "shared_ffn = 2048: shared experts"),
     ({"dense_layers": "3"}, "dense_layers = 3: leading dense layers"),
     ({"moe_every": "2"}, "moe_every = 2: MoE blocks between dense ones"),
     ({"etp": "1", "tp": "2"}, "etp = 1 with tp = 2: the planner cuts experts by tp"),
@@ -230,5 +231,5 @@ def test_what_an_moe_row_states_and_the_planner_does_not_cost_is_refused_by_name
     assert "predicted_s" not in out or out["predicted_s"] is None
     assert reason in out["error_message"]
     # zero or blank: the fact is absent, and the row is costed
-    blank = {k: "0" if k in ("shared_ffn", "dense_layers") else "" for k in cells if k != "experts"}
+    blank = {k: "0" if k == "dense_layers" else "" for k in cells if k != "experts"}
     assert validate_rows([{**QWEN3_30B, **blank}])[0].get("predicted_s")

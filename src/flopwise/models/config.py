@@ -5,7 +5,8 @@ SwiGLU FFN, RoPE base 10000 over the full head dim, RMSNorm eps 1e-6, no linear 
 Each Yuan preset has a Llama-style twin (`llama-*`) with LFA switched off, for comparison.
 
 Mixture of experts (`experts` > 0, models/moe.py): every block's FFN becomes `experts` SwiGLU experts of
-width `ffn`, `top_k` of them per token, chosen by the Yuan 2.0-M32 attention router or a linear one.
+width `ffn`, `top_k` of them per token, chosen by the Yuan 2.0-M32 attention router or a linear one, plus, with
+`shared_ffn` > 0, a shared SwiGLU of that width every token passes (DeepSeekMoE's shared experts, arXiv 2401.06066).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ModelConfig:
     attn_dim: int = 0  # width of the attention projections (heads x head dim); 0: hidden (Yuan's attention_projection_size)
     experts: int = 0  # 0: dense FFN; otherwise the experts per MoE layer, each a SwiGLU of width ffn
     top_k: int = 2  # experts per token (MoE)
+    shared_ffn: int = 0  # MoE: width of the shared expert(s) every token also passes (DeepSeek, Llama 4); 0: none
     router: str = "attention"  # "attention" (Yuan 2.0-M32) or "linear" (Switch/GShard-style)
     capacity_factor: float = 0.0  # 0: dropless; c > 0: at most ceil(c x tokens x top_k / experts) per expert (training)
     aux_loss_coef: float = 0.01  # load-balancing loss weight (Switch Transformer's alpha)
@@ -78,11 +80,13 @@ class ModelConfig:
         self._validate_moe()
 
     def _validate_moe(self) -> None:
-        for key in ("experts", "top_k"):
+        for key in ("experts", "top_k", "shared_ffn"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"model.{key} = {value!r}: must be a non-negative integer")
         if not self.experts:
+            if self.shared_ffn:
+                raise ConfigError(f"model.shared_ffn = {self.shared_ffn}: shared experts need model.experts > 0")
             return
         if not 1 <= self.top_k <= self.experts:
             raise ConfigError(f"model.top_k = {self.top_k}: must be between 1 and model.experts = {self.experts}")

@@ -29,4 +29,5 @@ def model_info(preset: str) -> dict:
         "lfa": cfg.lfa,
         "mlp": cfg.mlp,
         **({"experts": cfg.experts, "top_k": cfg.top_k, "router": cfg.router} if cfg.experts else {}),
+        **({"shared_ffn": cfg.shared_ffn} if cfg.shared_ffn else {}),
     }

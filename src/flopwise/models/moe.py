@@ -50,6 +50,7 @@ from torch import nn
 
 from flopwise.errors import ConfigError
 from flopwise.models.config import ModelConfig
+from flopwise.models.mlp import SwiGLU
 
 # stats buffer layout: forwards, balance-loss sum, z-loss sum, dropped assignments, assignments, then per expert
 _FORWARDS, _BALANCE, _ZLOSS, _DROPPED, _ASSIGNED, _LOAD = range(6)
@@ -240,6 +241,9 @@ class MoEFeedForward(nn.Module):
         router = AttentionRouter if cfg.router == "attention" else LinearRouter
         self.router = router(cfg.hidden, cfg.experts)
         self.experts = GroupedExperts(len(local), cfg.hidden, cfg.ffn)
+        # the shared expert every token passes besides its routed ones (DeepSeekMoE, arXiv 2401.06066): a dense
+        # SwiGLU, held whole on every expert-parallel rank and cut by tensor parallelism like a dense MLP
+        self.shared = SwiGLU(cfg.hidden, cfg.shared_ffn) if cfg.shared_ffn else None
         self.dispatcher = LocalDispatcher()
         self.aux_loss_scale = 1.0  # gradient given to the auxiliary loss; the engine sets its loss scaling
         self.aux_loss_share = 1.0  # this copy's share of that gradient (tensor parallelism: 1 / tp per rank)
@@ -295,6 +299,8 @@ class MoEFeedForward(nn.Module):
         out = self.run_experts(flat, routing, plan)
         if self.training:
             out = self._auxiliary(out, routing, plan)
+        if self.shared is not None:
+            out = out + self.shared(flat)
         return out.view(shape)
 
     @staticmethod

@@ -63,6 +63,19 @@ def _shard_experts(layer: MoEFeedForward, prefix: str, rank: int, size: int, inf
         info.shard_dim[f"{prefix}.experts.{name}"] = dim
     info.partial_grads += [f"{prefix}.router.{n}" for n, _ in layer.router.named_parameters()]
     layer.aux_loss_share = 1.0 / size
+    if layer.shared is not None:  # the shared expert: a dense SwiGLU's cut (its output summed with the experts')
+        _shard_mlp(layer.shared, f"{prefix}.shared", rank, size, info)
+
+
+def _shard_mlp(mlp: nn.Module, prefix: str, rank: int, size: int, info: TensorParallelInfo) -> None:
+    """A dense MLP's Megatron cut: w1 (and SwiGLU's w3) by output rows (column parallel), w2 by input columns (row
+    parallel)."""
+    for name in ("w1", "w3"):
+        if hasattr(mlp, name):
+            _shard(getattr(mlp, name), "weight", 0, rank, size)
+            info.shard_dim[f"{prefix}.{name}.weight"] = 0
+    _shard(mlp.w2, "weight", 1, rank, size)
+    info.shard_dim[f"{prefix}.w2.weight"] = 1
 
 
 def apply_tensor_parallel(part: nn.Module, group, sequence_parallel: bool) -> TensorParallelInfo:
@@ -90,12 +103,7 @@ def apply_tensor_parallel(part: nn.Module, group, sequence_parallel: bool) -> Te
         if isinstance(mlp, MoEFeedForward):
             _shard_experts(mlp, f"{prefix}.mlp", rank, size, info)
         else:
-            for name in ("w1", "w3"):
-                if hasattr(mlp, name):
-                    _shard(getattr(mlp, name), "weight", 0, rank, size)
-                    info.shard_dim[f"{prefix}.mlp.{name}.weight"] = 0
-            _shard(mlp.w2, "weight", 1, rank, size)
-            info.shard_dim[f"{prefix}.mlp.w2.weight"] = 1
+            _shard_mlp(mlp, f"{prefix}.mlp", rank, size, info)
         for sub in (attn, mlp):
             sub.register_forward_pre_hook(enter)
             sub.register_forward_hook(leave)

@@ -204,7 +204,8 @@ def torchao_cast_once_bytes(low: GemmFormat, dtype_bytes: int) -> float:
 FA3_HOPPER_EFFICIENCY = 0.6
 
 
-TP_GEMM_GROUPS = {"wq": "qkv", "wk": "qkv", "wv": "qkv", "wo": "wo", "w_up": "w_up", "w_down": "w_down"}
+TP_GEMM_GROUPS = {"wq": "qkv", "wk": "qkv", "wv": "qkv", "wo": "wo", "w_up": "w_up", "w_down": "w_down",
+                  "shared_up": "w_up", "shared_down": "w_down"}  # (an MoE layer's shared expert: a dense MLP)
 NET_HOP_LATENCY_S = 7e-6  # one inter-node hop (InfiniBand switch + NIC), NCCL tree: 2 log2(nodes) hops
 DP_BUCKET_BYTES = 40e6 * 4  # gradient buckets (Megatron: 40M fp32 elements; DDP: 25 MB)
 

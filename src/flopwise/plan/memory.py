@@ -34,7 +34,8 @@ that SwiGLU, LFA, grouped-query attention, fused (flash) attention and no-dropou
                        and the router in fp32: its input cast (4h when training in 16 bits), its
                        q, k, v (3E), softmax(q k^T) (E^2, attention router), logits and
                        probabilities (2E), top-k weights (4k)     on every TP rank, not split by SP
-                       (the MoE layer runs on the gathered sequence)
+                       (the MoE layer runs on the gathered sequence); a shared expert: one more
+                       MLP inner term at its width                                       split by TP
 With these rules the GPT case (fused norm, unfused attention, dropout) reproduces Korthikanti's
 34 + 5 a s / h exactly, and with TP t and no sequence parallelism the replicated share is their 10 s b h;
 flopwise's own model on CPU matches PyTorch's saved tensors within 1% (tests/plan/test_memory_vs_torch.py).
@@ -145,7 +146,7 @@ def layer_activation_bytes(
     # SwiGLU: gate and up outputs, SiLU output, product (4 ffn); Megatron-family fused kernels (bias_swiglu) and
     # torch.compile's partitioner keep the fc1 output (gate and up) and the product, and recompute SiLU (3 ffn)
     mlp_inner = (2 if cfg.mlp != "swiglu" else 3 if fused else 4) * ffn * e
-    sharded += mlp_inner
+    sharded += mlp_inner * (1 + cfg.shared_ffn / ffn)  # (an MoE layer's shared expert: one more SwiGLU, its width)
     whole = 0.0  # on every TP rank whatever sp is: the MoE layer's routed rows and router
     if cfg.experts:
         k, n = cfg.top_k, cfg.experts
@@ -158,7 +159,7 @@ def layer_activation_bytes(
     # elementwise passes (`written`) run over what the casts write either way, so its step time is costed the same
     if low and (sw.fp8_library == "transformer-engine" or written):
         replicated -= (h + h) * (e - low.stored_bytes)  # QKV and MLP inputs
-        sharded -= (q + ffn) * (e - low.stored_bytes)  # output projection and second MLP matmul inputs
+        sharded -= (q + ffn + cfg.shared_ffn) * (e - low.stored_bytes)  # output projection and second MLP matmul inputs
     if sw.attention == "unfused":
         if recompute != "selective":  # softmax output, dropout output and its 1-byte mask
             sharded += 2 * a * s * e + (a * s if sw.dropout else 0)

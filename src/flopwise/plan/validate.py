@@ -146,9 +146,8 @@ def _recompute_word(text: str, notes: list[str]) -> str:
     return word
 
 
-# what a mixture-of-experts row may state that the planner does not cost yet: (column, what a blank or zero means, why)
+# what a mixture-of-experts row may state that the planner does not cost yet: (column, what it is)
 _MOE_UNCOSTED = (
-    ("shared_ffn", "shared experts (an always-on SwiGLU beside the routed ones, of this total width)"),
     ("dense_layers", "leading dense layers (DeepSeek-V3's first 3; every block is costed alike)"),
 )
 ATTENTION_VARIANTS = ("full", "mla", "sliding-window", "chunked")
@@ -157,8 +156,9 @@ ATTENTION_VARIANTS = ("full", "mla", "sliding-window", "chunked")
 def _experts(row: dict, tp: int) -> dict:
     """The ModelConfig fields of a mixture-of-experts row (optional columns): `experts` routed experts per layer, each
     a SwiGLU of width `ffn`, `top_k` per token (blank: 2), chosen by a `router` (blank: linear, the published models'
-    router; `attention` is Yuan 2.0-M32's). A blank or zero `experts` is a dense row. What a row states that the
-    planner does not cost is refused with its name: shared experts, leading dense layers, an MoE block every
+    router; `attention` is Yuan 2.0-M32's), beside shared experts of total width `shared_ffn` (blank: none). A blank
+    or zero `experts` is a dense row. What a row states that the planner does not cost is refused with its name:
+    leading dense layers, an MoE block every
     `moe_every` > 1 layers, expert tensor parallelism other than tp (`etp`; blank: tp, Megatron's default), and an
     `attention_variant` other than full causal attention (mla, sliding-window, chunked)."""
     variant = _cell(row, "attention_variant").lower() or "full"
@@ -177,7 +177,8 @@ def _experts(row: dict, tp: int) -> dict:
         raise PlanError(f"etp = {_cell(row, 'etp')} with tp = {tp}: the planner cuts experts by tp (expert tensor "
                         "parallelism equal to tp)")
     router = _cell(row, "router").lower() or "linear"
-    return {"experts": _int(row, "experts"), "top_k": _int(row, "top_k", 2), "router": router}
+    shared = _int(row, "shared_ffn") if _cell(row, "shared_ffn").strip("0.") else 0
+    return {"experts": _int(row, "experts"), "top_k": _int(row, "top_k", 2), "router": router, "shared_ffn": shared}
 
 
 def _fp8_all_gather(row: dict) -> bool:
