@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -260,3 +261,37 @@ def test_a_rack_scale_nvlink_gpu_planned_with_small_nodes_says_so():
 
     said = domain(dataclasses.replace(CATALOGUE["B200"], name="NVL36 part", nvlink_domain_gpus=36), 16, 8)
     assert len(said) == 1 and "--gpus-per-node 36" in said[0]
+
+
+# the mixture-of-experts sets (planner_calibration/moe/), each as committed before it was scored
+MOE_SETS = {"fresh_holdout_50_moe": 98, "fresh_holdout_52_moe": 36}
+MOE_COLUMNS = ("experts", "top_k", "ep", "etp", "head_dim", "router", "shared_ffn", "dense_layers", "dense_ffn",
+               "moe_every", "attention_variant")
+
+
+def test_every_moe_set_is_checked():
+    assert {p.stem for p in (CALIBRATION / "moe").glob("*.csv")} == set(MOE_SETS)
+
+
+@pytest.mark.parametrize("name", list(MOE_SETS))
+def test_moe_sets_state_their_experts_and_parse_or_are_refused_by_name(build, name):
+    """Every row of an MoE set is a mixture (the track record files it apart by that), software by the rule, and
+    either parses into a model of its experts or is refused for a fact the planner does not cost, named."""
+    from flopwise.errors import PlanError
+    from flopwise.plan.validate import row_inputs
+
+    with (CALIBRATION / "moe" / f"{name}.csv").open(newline="") as fh:
+        moe = list(csv.DictReader(fh))
+    assert len(moe) == MOE_SETS[name]
+    for row in moe:
+        where = f"{name}: {row['source_id']} {row['model']} {row['gpus']}"
+        assert list(row)[-len(MOE_COLUMNS):] == list(MOE_COLUMNS), where
+        assert int(row["experts"]) > 1 and 1 <= int(row["top_k"]) <= int(row["experts"]), where
+        assert row["citation"].strip() and row["derived_from"].strip() and float(row["measured_step_s"]) > 0, where
+        assert row["software"] == build.software_profile(row["stack"], row["notes"]), where
+        try:
+            model = row_inputs(row)[0]
+        except PlanError as exc:
+            assert re.match(r"(attention_variant|dense_layers|moe_every|etp) = ", str(exc)), (where, str(exc))
+        else:
+            assert model.experts == int(row["experts"]) and model.ffn == int(row["ffn"]), where
