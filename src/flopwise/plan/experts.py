@@ -25,7 +25,8 @@ busiest rank receives `imbalance` times the mean. An ep group is ep consecutive 
 tp innermost, so it spans tp x ep GPUs (each TP rank of an ep rank sends the same rows over its own ep
 group, the tp exchanges side by side): inside a node it runs on NVLink, beyond one on the network, at
 the link's bus bandwidth per GPU (hardware.py efficiencies) plus a call latency (and one more for the
-exchange of the row counts).
+exchange of the row counts). An ep group spanning nodes sends through the NICs only the rows bound for
+other nodes; those for its own node's ranks cross NVLink at the same time (all_to_all_time).
 
 Imbalance (Training.expert_imbalance, >= 1): the busiest rank's expert tokens over the mean. The step
 waits for it, so the expert GEMMs and the all-to-all are scaled by it (1.0: perfectly balanced routing;
@@ -93,12 +94,24 @@ def moe_layer_time(cm, layout: Layout, imbalance: float) -> tuple[float, float]:
     if layout.ep == 1:
         return compute, 0.0
     tokens = cm.seq * layout.micro_batch
-    rows = tokens * cfg.top_k * cfg.hidden * cm.training.dtype_bytes
-    moved = rows * (layout.ep - 1) / layout.ep * imbalance
-    # (an all-to-all: every pair of the group at once, over all its links on a mesh)
-    one = moved / cm.bus_bandwidth(layout.tp * layout.ep, members=layout.ep) + 2 * COLLECTIVE_LATENCY_S  # counts, rows
+    rows = tokens * cfg.top_k * cfg.hidden * cm.training.dtype_bytes * imbalance
+    one = all_to_all_time(cm, layout, rows) + 2 * COLLECTIVE_LATENCY_S  # the row counts, then the rows
     exchanges = 4 + (2 / layout.recompute_every if layout.recompute == "full" else 0)
     return compute, exchanges * one
+
+
+def all_to_all_time(cm, layout: Layout, rows: float) -> float:
+    """Seconds for one rank to exchange `rows` bytes with its ep group, 1 / ep of them bound for each rank (its own
+    share stays). An all-to-all runs every pair at once: inside a node over all its links on a mesh; an ep group
+    spanning nodes sends only the rows bound for other nodes through its NIC, the rest over NVLink at the same time
+    (each GPU its own NIC, DGX / HGX systems; NCCL's and DeepEP's all-to-all alike), so the slower share sets the time."""
+    span, gpn = layout.tp * layout.ep, cm.cluster.gpus_per_node
+    if span <= gpn:
+        return rows * (layout.ep - 1) / layout.ep / cm.bus_bandwidth(span, members=layout.ep)
+    local = max(1, gpn // layout.tp)  # the group's ranks on one node (tp innermost: tp GPUs apart)
+    remote = rows * (layout.ep - local) / layout.ep / cm.bus_bandwidth(span, members=layout.ep)
+    near = rows * (local - 1) / layout.ep / cm.bus_bandwidth(local * layout.tp, members=local) if local > 1 else 0.0
+    return max(remote, near)
 
 
 def expert_degrees(cfg, dp: int) -> list[int]:
