@@ -225,7 +225,11 @@ def test_mixture_of_experts_plans_get_the_record_of_mixture_of_experts_runs():
     assert "(H100-SXM, the `te` profile, >=15B models)" in dense
     # 4 MoE runs on the part are too few: all MoE runs speak, never the dense ones
     assert moe.startswith("track record: 30 published runs like this (mixture-of-experts runs, all GPUs and stacks)")
-    assert "83% ran slower" in moe and "blind" not in moe  # no blind check of the MoE lines yet (MOE_UNSEEN)
+    assert "83% ran slower" in moe
+    # the MoE lines carry their own blind check (MOE_UNSEEN), not the dense lines' (STEP_UNSEEN)
+    within, of, _ = track_record.MOE_UNSEEN
+    assert f"of {of} runs gathered blind after these lines were first quoted, {within} lay within" in moe
+    assert f"of {track_record.STEP_UNSEEN[1]} runs" in dense and f"of {of} runs" not in dense
     assert track_record.note("H100-SXM", "te", 30e9, record(**{"H100-SXM|te": (60, 30)}), moe=True) is None
     keys = [k for k, _ in track_record.group_keys("B200", "te", 30e9, moe=True)]
     assert keys == ["moe|B200|te", "moe|B200", "moe"]

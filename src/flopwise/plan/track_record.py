@@ -66,8 +66,9 @@ STEP_UNSEEN = (123, 156, "")  # each run against its own group's line
 # (section 54), 6 of 6; set 47, one dgxc-benchmarking run on B300 against the pooled line (section 58), 1 of 1; set 51,
 # 10 torchtitan / Thunder runs against the `torch-compile` and `torch-eager` lines (section 62), 8 of 10: 16 of 23.
 MEMORY_UNSEEN = (16, 23, "")  # each run against its own profile's line
-# The mixture-of-experts lines: none checked on runs gathered after they were first quoted yet.
-MOE_UNSEEN = (0, 0, "")
+# The mixture-of-experts lines (first quoted with set 50's MoE runs, FINDINGS.md section 63): set 52, 21 MoE runs from
+# torchtitan, NeMo AutoModel, Megatron and others against their MoE groups' lines (section 64), 15 of 21.
+MOE_UNSEEN = (15, 21, "")
 UNSEEN_SHARE = 0.8
 
 

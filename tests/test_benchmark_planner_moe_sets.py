@@ -1,0 +1,29 @@
+"""benchmarks/planner_moe_sets.py: the MoE sets scored as the track record's MoE groups keep them, every row costed
+or refused for a fact the planner names."""
+
+import importlib.util
+from pathlib import Path
+
+from flopwise.plan import track_record
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("planner_moe_sets", ROOT / "benchmarks" / "planner_moe_sets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_moe_set_is_scored_as_the_record_keeps_it(capsys):
+    script = _module()
+    record = track_record.load()
+    for path in sorted(script.MOE.glob("*.csv")):
+        costed, refused = script.score(path)
+        assert len(costed) == record["rows"][f"moe/{path.name}"]  # the runs the MoE groups hold
+        assert all(reason.split(" = ")[0] in ("attention_variant", "etp", "dense_layers", "moe_every")
+                   for _, reason in refused), refused
+    assert script.main([str(script.MOE / "fresh_holdout_52_moe.csv")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fresh_holdout_52_moe.csv: 36 rows, 15 refused") and "  all: 21 runs, median" in out
