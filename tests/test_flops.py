@@ -91,3 +91,17 @@ def test_moe_model_flops_count_active_experts_and_the_attention_routers_core():
     assert hardware_flops_per_token(attention, "full") - model_flops_per_token(attention) == pytest.approx(
         2 * matmul(3 * e) - 2 * v * h + 4 * 2 * h * s + 2 * 3 * e * e
     )
+
+
+def test_sliding_window_attention_counts_the_band():
+    """Model FLOPs count a windowed block's attention over its window (full-sequence convention); the fused kernel's
+    FLOPs count the band's query-key pairs, the full causal half at a window of the sequence."""
+    from flopwise.flops import attention_flops_per_token, causal_attention_flops
+
+    cfg = get_preset("tiny-llama")  # 4 blocks, seq 256
+    half = cfg.replace(window=64, global_every=2)  # blocks 0 and 2 windowed
+    per_block = 4.0 * cfg.heads * cfg.head_dim
+    assert attention_flops_per_token(half) == per_block * (2 * 256 + 2 * 64)
+    assert attention_flops_per_token(cfg.replace(window=1024)) == attention_flops_per_token(cfg)  # wider than seq
+    assert causal_attention_flops(256, 32, 8, 1, window=256) == causal_attention_flops(256, 32, 8, 1)
+    assert causal_attention_flops(256, 32, 8, 1, window=64) == 4.0 * (256 * 64 - 64 * 64 / 2) * 32 * 8

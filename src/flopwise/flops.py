@@ -177,14 +177,11 @@ def count_parameters_meta(cfg: ModelConfig) -> int:
 
 
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
-    """Forward FLOPs of QK^T and AV for one token over all layers (full-sequence convention)."""
-    return cfg.layers * layer_attention_flops_per_token(cfg, seq_len)
-
-
-def layer_attention_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
-    """Forward FLOPs of QK^T and AV for one token in one layer: 2 x 2 x seq x heads x head_dim."""
+    """Forward FLOPs of QK^T and AV for one token over all layers (full-sequence convention: 2 x 2 x seq x heads x
+    head_dim per layer; a sliding-window layer's seq is its window, where that is shorter)."""
     s = seq_len or cfg.seq_len
-    return 4.0 * s * cfg.heads * cfg.head_dim
+    keys = (cfg.layers - cfg.windowed_layers) * s + cfg.windowed_layers * min(cfg.window, s)
+    return 4.0 * keys * cfg.heads * cfg.head_dim
 
 
 # A fused attention kernel's backward recomputes the scores (Q K^T) and runs four more matmuls (dV, dP, dQ, dK):
@@ -193,10 +190,13 @@ def layer_attention_flops_per_token(cfg: ModelConfig, seq_len: int | None = None
 FLASH_BACKWARD_FLOPS = 2.5
 
 
-def causal_attention_flops(seq: float, head_dim: int, heads: int, batch: int) -> float:
+def causal_attention_flops(seq: float, head_dim: int, heads: int, batch: int, window: int = 0) -> float:
     """Forward FLOPs a fused causal attention kernel runs (QK^T and AV, 2 x 2 x seq^2 x head_dim per head and
-    sequence): half the full-sequence count above, since the kernel skips the masked half."""
-    return 4.0 * seq * seq * head_dim * heads * batch * 0.5
+    sequence): half the full-sequence count above, since the kernel skips the masked half. With a sliding `window`
+    shorter than the sequence it visits only the blocks inside the band: seq x window - window^2 / 2 query-key pairs
+    (FlashAttention-2's window_size; the seq^2 / 2 of full causal at window = seq)."""
+    pairs = seq * window - window * window / 2 if 0 < window < seq else seq * seq / 2
+    return 4.0 * pairs * head_dim * heads * batch
 
 
 def layer_router_flops_per_token(cfg: ModelConfig) -> float:

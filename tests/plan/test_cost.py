@@ -225,3 +225,19 @@ def test_h100_is_faster_than_a100_for_the_same_layout():
         cm = CostModel(cfg, Cluster(get_accelerator(gpu), 64), Training(384))
         times[gpu] = cm.evaluate(Layout(dp=64, micro_batch=2, zero=1)).step_time
     assert 1.8 < times["A100-80GB"] / times["H100-SXM"] < 3.5
+
+
+def test_sliding_window_blocks_cost_their_band_where_the_kernel_skips_the_rest():
+    llama = ModelConfig(vocab_size=32000, layers=8, hidden=4096, heads=32, kv_heads=8, ffn=14336, seq_len=8192,
+                        lfa=False)
+    windowed = llama.replace(window=1024, global_every=2)  # half the blocks see 1024 tokens back
+
+    def attention(cfg, software):
+        return CostModel(cfg, Cluster(get_accelerator("H100-SXM"), 8), Training(8, software=software)
+                         ).attention_time(1, 1)
+
+    # the band: (8192 x 1024 - 1024^2 / 2) pairs against 8192^2 / 2 for full causal, on half the blocks
+    band = (8192 * 1024 - 1024**2 / 2) / (8192**2 / 2)
+    assert attention(windowed, "te") == pytest.approx(attention(llama, "te") * (0.5 + 0.5 * band))
+    # flopwise's SDPA runs the window as a mask over every causal block: no saving
+    assert attention(windowed, "flopwise") == attention(llama, "flopwise")

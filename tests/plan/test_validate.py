@@ -221,8 +221,8 @@ def test_mixture_of_experts_rows_take_their_expert_columns():
     ({"dense_layers": "3"}, "dense_layers = 3: leading dense layers"),
     ({"moe_every": "2"}, "moe_every = 2: MoE blocks between dense ones"),
     ({"etp": "1", "tp": "2"}, "etp = 1 with tp = 2: the planner cuts experts by tp"),
-    ({"attention_variant": "mla"}, "attention_variant = mla: the planner costs full causal attention only"),
-    ({"attention_variant": "sliding-window", "experts": ""}, "attention_variant = sliding-window"),
+    ({"attention_variant": "mla"}, "attention_variant = mla: the planner costs full causal and sliding-window"),
+    ({"attention_variant": "sliding-window", "experts": ""}, "give the window (tokens) in the 'window' column"),
     ({"attention_variant": "sparse"}, "column 'attention_variant' = 'sparse': must be one of"),
     ({"router": "hash"}, "model.router = 'hash'"),
 ])
@@ -233,3 +233,14 @@ def test_what_an_moe_row_states_and_the_planner_does_not_cost_is_refused_by_name
     # zero or blank: the fact is absent, and the row is costed
     blank = {k: "0" if k == "dense_layers" else "" for k in cells if k != "experts"}
     assert validate_rows([{**QWEN3_30B, **blank}])[0].get("predicted_s")
+
+
+def test_a_sliding_window_row_is_costed_with_its_window():
+    """GPT-OSS-style rows (attention_variant sliding-window, window 128 on every other block): the windowed blocks'
+    attention visits the band only, so the step is shorter than the same row with full attention."""
+    row = {**QWEN3_30B, "attention_variant": "sliding-window", "window": "128", "global_every": "2"}
+    model = row_inputs(row)[0]
+    assert (model.window, model.global_every, model.windowed_layers) == (128, 2, 24)
+    windowed, full = validate_rows([row, QWEN3_30B])
+    assert windowed["predicted_s"] < full["predicted_s"]
+    assert windowed["breakdown_s"]["compute"] < full["breakdown_s"]["compute"]

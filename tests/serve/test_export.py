@@ -72,3 +72,21 @@ def test_cli_export_hf_and_refusals(llama_checkpoint, tmp_path, capsys, umask_02
     assert "not a model export" in capsys.readouterr().err
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
     assert run(str(llama_checkpoint), str(tmp_path / "x"), "--format", "onnx") == 2
+
+
+def test_a_sliding_window_model_is_refused_by_the_server_and_the_export(tmp_path):
+    """The paged engine and the Hugging Face mapping attend to every cached token: a windowed model is refused by
+    name rather than served with the wrong attention."""
+    from flopwise.errors import ConfigError
+    from flopwise.serve.loader import load_served_model
+    from flopwise.serve.toy import random_checkpoint
+    from tests.serve.conftest import SHAPE, stdlib_texts
+
+    out = tmp_path / "windowed"
+    random_checkpoint(out, stdlib_texts()[:1], "nano", [*SHAPE, "model.lfa=false", "model.window=16"])
+    with pytest.raises(ConfigError, match="sliding-window model .* cannot be served yet"):
+        load_served_model(out)
+    from flopwise.models.config import get_preset
+    from flopwise.serve.export import hf_config
+    with pytest.raises(ConfigError, match="sliding-window models have no Hugging Face mapping"):
+        hf_config(get_preset("nano-llama").replace(window=16), None)

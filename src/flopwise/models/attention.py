@@ -12,8 +12,9 @@ from flopwise.models.rope import apply_rope
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, window: int = 0) -> None:
         super().__init__()
+        self.window = window  # sliding window of this block (ModelConfig.layer_window); 0: full causal
         self.heads = cfg.heads
         self.kv_heads = cfg.kv_heads
         self.head_dim = cfg.head_dim
@@ -50,9 +51,20 @@ class Attention(nn.Module):
         """softmax(Q K^T / sqrt(d)) V over [b, heads, s, d]: what selective recomputation repeats in the backward
         (Korthikanti et al. 2022, section 5); `parallel/` may wrap it from outside."""
         gqa = q.shape[1] != k.shape[1]
+        if self.window:  # the queries are the last q.shape[2] of the k.shape[2] positions (a cache holds the rest)
+            attn_mask = window_mask(q.shape[2], k.shape[2], self.window, q.device) & (
+                attn_mask if attn_mask is not None else True)
         if attn_mask is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
+
+
+def window_mask(queries: int, keys: int, window: int, device=None) -> torch.Tensor:
+    """[queries, keys] bool: query i (position keys - queries + i) sees key j where 0 <= position - j < window, itself
+    and the window - 1 tokens before it (Mistral's and FlashAttention's sliding window; causal within it)."""
+    q = torch.arange(keys - queries, keys, device=device).unsqueeze(1)
+    distance = q - torch.arange(keys, device=device).unsqueeze(0)
+    return (distance >= 0) & (distance < window)
 
 
 def _append_kv(layer_cache: dict, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

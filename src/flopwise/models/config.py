@@ -33,6 +33,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     init_std: float = 0.02
     attn_dim: int = 0  # width of the attention projections (heads x head dim); 0: hidden (Yuan's attention_projection_size)
+    window: int = 0  # sliding-window attention: each token sees itself and the window - 1 before it; 0: full causal
+    global_every: int = 0  # with a window, every global_every-th block keeps full attention (GPT-OSS 2); 0: none does
     experts: int = 0  # 0: dense FFN; otherwise the experts per MoE layer, each a SwiGLU of width ffn
     top_k: int = 2  # experts per token (MoE)
     shared_ffn: int = 0  # MoE: width of the shared expert(s) every token also passes (DeepSeek, Llama 4); 0: none
@@ -51,6 +53,17 @@ class ModelConfig:
     @property
     def is_moe(self) -> bool:
         return self.experts > 0
+
+    def layer_window(self, index: int) -> int:
+        """The attention window of block `index` (0: full causal): every block windowed, or all but each
+        global_every-th (Gemma 3: 5 local, then 1 global; GPT-OSS: alternating, the first local)."""
+        if not self.window or (self.global_every and index % self.global_every == self.global_every - 1):
+            return 0
+        return self.window
+
+    @property
+    def windowed_layers(self) -> int:
+        return sum(1 for i in range(self.layers) if self.layer_window(i))
 
     def validate(self) -> None:
         positive = ("vocab_size", "layers", "hidden", "heads", "kv_heads", "ffn", "seq_len")
@@ -77,6 +90,14 @@ class ModelConfig:
             raise ConfigError(f"model.mlp = {self.mlp!r}: must be 'swiglu' or 'gelu'")
         if self.rope_base <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
             raise ConfigError("model.rope_base, model.norm_eps and model.init_std must be positive")
+        for key in ("window", "global_every"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"model.{key} = {value!r}: must be a non-negative integer (0: off)")
+        if self.global_every and not self.window:
+            raise ConfigError(f"model.global_every = {self.global_every}: needs a sliding window (model.window > 0)")
+        if self.window and self.lfa:
+            raise ConfigError("model.window: sliding-window attention is for plain attention; set model.lfa = false")
         self._validate_moe()
 
     def _validate_moe(self) -> None:

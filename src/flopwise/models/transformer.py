@@ -33,10 +33,10 @@ def document_segments(tokens: torch.Tensor, eod_id: int) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, index: int = 0) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, cfg.layer_window(index))
         self.ffn_norm = nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps)
         if cfg.experts:
             self.mlp = MoEFeedForward(cfg)
@@ -73,7 +73,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden)
-        self.layers = nn.ModuleDict({str(i): Block(cfg) for i in range(cfg.layers)})
+        self.layers = nn.ModuleDict({str(i): Block(cfg, i) for i in range(cfg.layers)})
         self.norm = nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps)
         self.output = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:

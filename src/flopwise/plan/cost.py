@@ -579,8 +579,11 @@ class CostModel:
         cfg, s = self.model, self.seq
         heads = math.ceil(cfg.heads / tp)
         d = cfg.head_dim
-        if self.training.profile.attention == "flash":
-            return causal_attention_flops(s, d, heads, mb) / cp / self.attention_rate
+        if self.training.profile.attention == "flash":  # the layers' mean, sliding-window ones visiting their band only
+            windowed = cfg.windowed_layers / cfg.layers if self.training.profile.window_kernel else 0.0
+            flops = ((1 - windowed) * causal_attention_flops(s, d, heads, mb)
+                     + windowed * causal_attention_flops(s, d, heads, mb, cfg.window))
+            return flops / cp / self.attention_rate
         return (self.gemm_time(s, d, s, heads * mb) + self.gemm_time(s, s, d, heads * mb)) / cp
 
     def _kept_activations(self, tp: int, sp: bool, mb: int, cp: int, recompute: str = "none") -> float:

@@ -111,6 +111,9 @@ class Software:
     # flash class: 'fa2' (FlashAttention-2, SDPA's flash backend) | 'fa3' (FA3, cuDNN's fused attention)
     attention_kernel: str = "fa2"
     fused_elementwise: bool = True  # norms, RoPE, SwiGLU, casts fused (TE, torch.compile) vs one kernel each
+    # its attention kernel visits only the blocks inside a sliding window (FlashAttention's window_size, TE, FlexAttention's
+    # block mask) vs a masked kernel that computes every causal block (flopwise's SDPA with a band mask)
+    window_kernel: bool = True
     pipeline: str = "megatron"  # 'megatron': async p2p | 'deepspeed': blocking p2p, one instruction at a time
     grad_reduce_bytes: int = 4  # bytes per gradient element in the data-parallel reduction (bf16/fp32 runs)
     selective_recompute: bool = True  # the stack has Megatron's selective recomputation (the search may pick it)
@@ -240,7 +243,7 @@ SOFTWARE = {
     # class; on older GPUs the cost model prices flash attention at one rate whatever the kernel.
     "flopwise": Software("flash", False, False, 2, attention_kernel="fa3", fused_elementwise=False, op_checkpoint=True,
                          elementwise_traffic=FLOPWISE_EAGER_TRAFFIC, recompute_early_stop=True, eager_loss=True,
-                         autocast_weights=True),
+                         autocast_weights=True, window_kernel=False),
     # Megatron-LM as in the published runs (Narayanan et al. 2021, Korthikanti et al. 2022): fused
     # scale-mask-softmax + dropout (no flash attention yet), GPT dropout, apex fused LayerNorm, gradient
     # all-reduce after the backward (no overlap in those versions).

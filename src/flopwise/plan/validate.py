@@ -153,19 +153,30 @@ _MOE_UNCOSTED = (
 ATTENTION_VARIANTS = ("full", "mla", "sliding-window", "chunked")
 
 
+def _window(row: dict) -> dict:
+    """The ModelConfig fields of an `attention_variant` (optional column; blank: full causal attention):
+    `sliding-window` with its `window` (tokens) and `global_every` (every global_every-th block full; blank: none);
+    the variants the planner does not cost yet (mla, chunked) are refused by name."""
+    variant = _cell(row, "attention_variant").lower() or "full"
+    if variant not in ATTENTION_VARIANTS:
+        raise DataError(f"column 'attention_variant' = {variant!r}: must be one of {', '.join(ATTENTION_VARIANTS)}")
+    if variant == "full":
+        return {}
+    if variant != "sliding-window":
+        raise PlanError(f"attention_variant = {variant}: the planner costs full causal and sliding-window attention only")
+    if not _cell(row, "window"):
+        raise DataError("attention_variant = sliding-window: give the window (tokens) in the 'window' column")
+    every = _int(row, "global_every") if _cell(row, "global_every").strip("0.") else 0
+    return {"window": _int(row, "window"), "global_every": every}
+
+
 def _experts(row: dict, tp: int) -> dict:
     """The ModelConfig fields of a mixture-of-experts row (optional columns): `experts` routed experts per layer, each
     a SwiGLU of width `ffn`, `top_k` per token (blank: 2), chosen by a `router` (blank: linear, the published models'
     router; `attention` is Yuan 2.0-M32's), beside shared experts of total width `shared_ffn` (blank: none). A blank
     or zero `experts` is a dense row. What a row states that the planner does not cost is refused with its name:
-    leading dense layers, an MoE block every
-    `moe_every` > 1 layers, expert tensor parallelism other than tp (`etp`; blank: tp, Megatron's default), and an
-    `attention_variant` other than full causal attention (mla, sliding-window, chunked)."""
-    variant = _cell(row, "attention_variant").lower() or "full"
-    if variant not in ATTENTION_VARIANTS:
-        raise DataError(f"column 'attention_variant' = {variant!r}: must be one of {', '.join(ATTENTION_VARIANTS)}")
-    if variant != "full":
-        raise PlanError(f"attention_variant = {variant}: the planner costs full causal attention only")
+    leading dense layers, an MoE block every `moe_every` > 1 layers, and expert tensor parallelism other than tp
+    (`etp`; blank: tp, Megatron's default)."""
     if not _cell(row, "experts").strip("0."):
         return {}
     for key, what in _MOE_UNCOSTED:
@@ -249,6 +260,7 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
         lfa=False,
         mlp=_cell(row, "mlp").lower() or "gelu",
         **_experts(row, tp),
+        **_window(row),
         # attention wider than the hidden size (Qwen3, Gemma: heads x head_dim > hidden; optional column)
         attn_dim=_int(row, "head_dim") * _int(row, "heads") if _cell(row, "head_dim") else 0,
     )
