@@ -26,4 +26,4 @@ def test_each_moe_set_is_scored_as_the_record_keeps_it(capsys):
                    for _, reason in refused), refused
     assert script.main([str(script.MOE / "fresh_holdout_52_moe.csv")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("fresh_holdout_52_moe.csv: 36 rows, 15 refused") and "  all: 21 runs, median" in out
+    assert out.startswith("fresh_holdout_52_moe.csv: 36 rows, 11 refused") and "  all: 25 runs, median" in out
