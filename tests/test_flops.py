@@ -105,3 +105,16 @@ def test_sliding_window_attention_counts_the_band():
     assert attention_flops_per_token(cfg.replace(window=1024)) == attention_flops_per_token(cfg)  # wider than seq
     assert causal_attention_flops(256, 32, 8, 1, window=256) == causal_attention_flops(256, 32, 8, 1)
     assert causal_attention_flops(256, 32, 8, 1, window=64) == 4.0 * (256 * 64 - 64 * 64 / 2) * 32 * 8
+
+
+@pytest.mark.parametrize("name, total, active", [
+    ("llama3-8b", 8.03e9, 8.03e9), ("llama3-70b", 70.6e9, 70.6e9), ("llama3.1-405b", 405.9e9, 405.9e9),
+    ("qwen3-30b-a3b", 30.5e9, 3.3e9), ("qwen3-235b-a22b", 235e9, 22e9), ("mixtral-8x7b", 46.7e9, 12.9e9),
+    # OpenAI's "active" (3.61B, 5.13B) leaves out the input embedding, a lookup (201088 x 2880 = 0.58B); ours counts it
+    ("gpt-oss-20b", 20.9e9, 3.61e9 + 0.58e9), ("gpt-oss-120b", 116.8e9, 5.13e9 + 0.58e9),
+])
+def test_public_presets_have_their_model_cards_parameters(name, total, active):
+    """The public architectures' presets count the parameters their model cards give (total; active per token),
+    within 2% (GPT-OSS's biases and sinks, Qwen3's QK-norm are not modelled: each under 0.1%)."""
+    counts = param_counts(get_preset(name))
+    assert counts.total == pytest.approx(total, rel=0.02) and counts.active == pytest.approx(active, rel=0.02)

@@ -164,6 +164,29 @@ PRESETS["tiny-moe"] = PRESETS["tiny"].replace(ffn=384, experts=8, top_k=2)
 PRESETS["nano-moe"] = PRESETS["nano"].replace(ffn=64, experts=4, top_k=2)
 
 
+# Public architectures to plan (and, at their size, to train on a cluster), from their model cards' configs: untied
+# embeddings, no LFA, the context of their pre-training's main phase. Llama 3 (arXiv 2407.21783, table 3); Qwen3 MoE
+# (Qwen/Qwen3-30B-A3B, Qwen3-235B-A22B config.json: heads x head_dim 128 wider than hidden, QK-norm not modelled);
+# Mixtral 8x7B (arXiv 2401.04088); GPT-OSS (openai/gpt-oss-20b, -120b config.json: 128-token windows on every other
+# block, the first windowed; its attention sinks, projection biases and clamped GLU are not modelled).
+_PUBLIC = dict(lfa=False, tie_embeddings=False, norm_eps=1e-5)
+PRESETS.update({
+    "llama3-8b": ModelConfig(128256, 32, 4096, 32, 8, 14336, 8192, rope_base=500000.0, **_PUBLIC),
+    "llama3-70b": ModelConfig(128256, 80, 8192, 64, 8, 28672, 8192, rope_base=500000.0, **_PUBLIC),
+    "llama3.1-405b": ModelConfig(128256, 126, 16384, 128, 8, 53248, 8192, rope_base=500000.0, **_PUBLIC),
+    "qwen3-30b-a3b": ModelConfig(151936, 48, 2048, 32, 4, 768, 4096, attn_dim=4096, experts=128, top_k=8,
+                                 router="linear", rope_base=1e6, **{**_PUBLIC, "norm_eps": 1e-6}),
+    "qwen3-235b-a22b": ModelConfig(151936, 94, 4096, 64, 4, 1536, 4096, attn_dim=8192, experts=128, top_k=8,
+                                   router="linear", rope_base=1e6, **{**_PUBLIC, "norm_eps": 1e-6}),
+    "mixtral-8x7b": ModelConfig(32000, 32, 4096, 32, 8, 14336, 4096, experts=8, top_k=2, router="linear",
+                                rope_base=1e6, **_PUBLIC),
+    "gpt-oss-20b": ModelConfig(201088, 24, 2880, 64, 8, 2880, 4096, attn_dim=4096, experts=32, top_k=4,
+                               router="linear", window=128, global_every=2, rope_base=150000.0, **_PUBLIC),
+    "gpt-oss-120b": ModelConfig(201088, 36, 2880, 64, 8, 2880, 4096, attn_dim=4096, experts=128, top_k=4,
+                                router="linear", window=128, global_every=2, rope_base=150000.0, **_PUBLIC),
+})
+
+
 def preset_names() -> list[str]:
     return sorted(PRESETS)
 
