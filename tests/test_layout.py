@@ -241,3 +241,13 @@ def test_boolean_parser_refuses_other_words():
 def test_a_printed_layout_reads_back(layout):
     """What a plan table prints (Layout.short) is a valid --layout: every=N and a bare schedule name included."""
     assert Layout(**parse_layout(layout.short())) == layout
+
+
+def test_tensor_parallelism_must_divide_the_shared_expert():
+    from flopwise.layout import check
+    from flopwise.models.config import get_preset
+
+    moe = get_preset("nano-moe").replace(shared_ffn=48)
+    check(Layout(tp=2), moe, 8)  # 48 / 2
+    with pytest.raises(LayoutError, match="shared expert's width"):
+        check(Layout(tp=2), moe.replace(shared_ffn=49), 8)

@@ -241,6 +241,9 @@ def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | 
             "KV heads are split across TP ranks, not replicated", ("tp", "heads", "kv_heads"))
     if model.ffn % tp:
         raise LayoutError(f"tensor parallel degree {tp} must divide ffn ({model.ffn})", ("tp", "ffn"))
+    if model.shared_ffn % tp:
+        raise LayoutError(f"tensor parallel degree {tp} must divide the shared expert's width (shared_ffn = "
+                          f"{model.shared_ffn})", ("tp", "shared_ffn"))
     if model.vocab_size % tp:
         padded = -(-model.vocab_size // tp) * tp
         raise LayoutError(

@@ -71,6 +71,7 @@ def test_packed_documents_and_decoding_keep_the_window():
     ({"window": -1}, "model.window = -1"),
     ({"global_every": 2}, "needs a sliding window"),
     ({"window": 8, "lfa": True}, "set model.lfa = false"),
+    ({"window": 8, "global_every": 1}, "every block global"),
 ])
 def test_bad_window_settings_name_the_key(changes, message):
     with pytest.raises(ConfigError, match=message):

@@ -29,6 +29,7 @@ CONFIGS = {
     "lfa-wide-vocab": ModelConfig(4096, 2, 128, 8, 2, 256, 64, lfa=True),
     "moe": ModelConfig(512, 2, 64, 4, 2, 96, 64, lfa=True, experts=4, top_k=2),  # attention router
     "moe-shared": ModelConfig(512, 2, 64, 4, 2, 96, 64, lfa=False, experts=4, top_k=2, router="linear", shared_ffn=160),
+    "windowed": ModelConfig(512, 2, 64, 4, 2, 128, 64, lfa=False, window=16, global_every=2),  # SDPA keeps its mask
 }
 
 
@@ -79,7 +80,7 @@ def test_planner_memory_matches_pytorch(name, recompute):
     assert p_states + p_acts == pytest.approx(states + acts, rel=0.25)
 
 
-@pytest.mark.parametrize("name", ["lfa-swiglu-gqa", "moe", "moe-shared"])
+@pytest.mark.parametrize("name", ["lfa-swiglu-gqa", "moe", "moe-shared", "windowed"])
 def test_activation_estimate_is_close_for_the_default_case(name):
     cfg = CONFIGS[name]
     _, acts = measure(cfg, 2, "none")

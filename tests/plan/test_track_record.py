@@ -242,5 +242,15 @@ def test_an_moe_search_quotes_the_moe_record():
     result = search(moe, Cluster(get_accelerator("H100-SXM"), 16), Training(1024, software="te"),
                     {"tp": 1, "pp": 1, "ep": 16}, top=1)
     said = [n for n in result.notes if n.startswith("track record")]
-    assert said == ([n] if (n := track_record.note("H100-SXM", "te", 30.5e9, moe=True)) else [])
+    assert said == [track_record.note("H100-SXM", "te", 30.5e9, moe=True)] and "mixture-of-experts runs" in said[0]
     assert not any("`te` profile, >=15B models" in n for n in said)  # never the dense runs' line
+    # nor the dense runs' memory, precision, few-micro-batch or small-block lines
+    fp8 = search(moe, Cluster(get_accelerator("B200"), 8), Training(64, software="te", precision="nvfp4"),
+                 {"tp": 1, "pp": 1, "ep": 8, "micro_batch": 1}, top=1)
+    few = search(moe, Cluster(get_accelerator("H100-SXM"), 16), Training(16, software="deepspeed"),
+                 {"tp": 1, "pp": 1, "ep": 16, "micro_batch": 1}, top=1)  # one micro-batch a step: dense runs have a line
+    assert few.plans[0].microbatches == 1
+    lines = fp8.notes + fp8.plans[0].notes + few.notes + few.plans[0].notes
+    assert not any(n.startswith(("memory track record", "few micro-batches")) or "published runs in nvfp4" in n
+                   for n in lines), lines
+    assert any(n.startswith("track record") and "mixture-of-experts" in n for n in lines)

@@ -210,7 +210,7 @@ def test_mixture_of_experts_rows_take_their_expert_columns():
     counts = param_counts(model)
     assert 30.0e9 < counts.total < 31.0e9 and 3.0e9 < counts.active < 3.6e9  # the model card: 30.5B, 3.3B active
     assert row_inputs({**QWEN3_30B, "router": "attention"})[0].router == "attention"
-    assert row_inputs({**QWEN3_30B, "experts": "0"})[0].experts == 0  # zero experts: a dense row
+    assert row_inputs({**QWEN3_30B, "experts": "0", "top_k": "", "ep": ""})[0].experts == 0  # zero: a dense row
     assert row_inputs({**QWEN3_30B, "etp": "1"})[0].experts == 128  # expert TP equal to tp
     shared = row_inputs({**QWEN3_30B, "shared_ffn": "1536"})[0]  # a shared expert (DeepSeek, Llama 4)
     assert shared.shared_ffn == 1536 and param_counts(shared).active - counts.active == 48 * 3 * 2048 * 1536
@@ -221,8 +221,12 @@ def test_mixture_of_experts_rows_take_their_expert_columns():
     ({"dense_layers": "3"}, "dense_layers = 3: leading dense layers"),
     ({"moe_every": "2"}, "moe_every = 2: MoE blocks between dense ones"),
     ({"etp": "1", "tp": "2"}, "etp = 1 with tp = 2: the planner cuts experts by tp"),
+    ({"etp": "1", "tp": ""}, "etp = 1 with tp blank (give it)"),
+    ({"window": "128"}, "column 'window' is set but attention_variant is full"),
+    ({"experts": "", "ep": "", "top_k": "8"}, "column 'top_k' is set on a dense row"),
     ({"attention_variant": "mla"}, "attention_variant = mla: the planner costs full causal and sliding-window"),
-    ({"attention_variant": "sliding-window", "experts": ""}, "give the window (tokens) in the 'window' column"),
+    ({"attention_variant": "sliding-window", "experts": "", "top_k": "", "ep": ""},
+     "give the window (tokens) in the 'window' column"),
     ({"attention_variant": "sparse"}, "column 'attention_variant' = 'sparse': must be one of"),
     ({"router": "hash"}, "model.router = 'hash'"),
 ])
@@ -231,7 +235,7 @@ def test_what_an_moe_row_states_and_the_planner_does_not_cost_is_refused_by_name
     assert "predicted_s" not in out or out["predicted_s"] is None
     assert reason in out["error_message"]
     # zero or blank: the fact is absent, and the row is costed
-    blank = {k: "0" if k == "dense_layers" else "" for k in cells if k != "experts"}
+    blank = {k: "0" if k == "dense_layers" else "" for k in cells if k not in ("experts", "tp", "ep", "top_k")}
     assert validate_rows([{**QWEN3_30B, **blank}])[0].get("predicted_s")
 
 

@@ -84,8 +84,9 @@ def test_a_sliding_window_model_is_refused_by_the_server_and_the_export(tmp_path
 
     out = tmp_path / "windowed"
     random_checkpoint(out, stdlib_texts()[:1], "nano", [*SHAPE, "model.lfa=false", "model.window=16"])
+    served = load_served_model(out)  # the checkpoint loads like any other
     with pytest.raises(ConfigError, match="sliding-window model .* cannot be served yet"):
-        load_served_model(out)
+        Engine(served, EngineConfig(max_num_seqs=2))
     from flopwise.models.config import get_preset
     from flopwise.serve.export import hf_config
     with pytest.raises(ConfigError, match="sliding-window models have no Hugging Face mapping"):

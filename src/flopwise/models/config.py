@@ -90,21 +90,23 @@ class ModelConfig:
             raise ConfigError(f"model.mlp = {self.mlp!r}: must be 'swiglu' or 'gelu'")
         if self.rope_base <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
             raise ConfigError("model.rope_base, model.norm_eps and model.init_std must be positive")
-        for key in ("window", "global_every"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"model.{key} = {value!r}: must be a non-negative integer (0: off)")
+        self._non_negative("window", "global_every")
         if self.global_every and not self.window:
             raise ConfigError(f"model.global_every = {self.global_every}: needs a sliding window (model.window > 0)")
+        if self.global_every == 1:
+            raise ConfigError("model.global_every = 1 would make every block global: use model.window = 0")
         if self.window and self.lfa:
             raise ConfigError("model.window: sliding-window attention is for plain attention; set model.lfa = false")
         self._validate_moe()
 
-    def _validate_moe(self) -> None:
-        for key in ("experts", "top_k", "shared_ffn"):
+    def _non_negative(self, *keys: str) -> None:
+        for key in keys:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"model.{key} = {value!r}: must be a non-negative integer")
+                raise ConfigError(f"model.{key} = {value!r}: must be a non-negative integer (0: off)")
+
+    def _validate_moe(self) -> None:
+        self._non_negative("experts", "top_k", "shared_ffn")
         if not self.experts:
             if self.shared_ffn:
                 raise ConfigError(f"model.shared_ffn = {self.shared_ffn}: shared experts need model.experts > 0")
@@ -165,7 +167,8 @@ PRESETS["nano-moe"] = PRESETS["nano"].replace(ffn=64, experts=4, top_k=2)
 
 
 # Public architectures to plan (and, at their size, to train on a cluster), from their model cards' configs: untied
-# embeddings, no LFA, the context of their pre-training's main phase. Llama 3 (arXiv 2407.21783, table 3); Qwen3 MoE
+# embeddings, no LFA, a pre-training context (Llama 3's and Qwen3's main phase, Mixtral's 32k; GPT-OSS publishes none:
+# 4096, as NVIDIA's recipes). Llama 3 (arXiv 2407.21783, table 3); Qwen3 MoE
 # (Qwen/Qwen3-30B-A3B, Qwen3-235B-A22B config.json: heads x head_dim 128 wider than hidden, QK-norm not modelled);
 # Mixtral 8x7B (arXiv 2401.04088); GPT-OSS (openai/gpt-oss-20b, -120b config.json: 128-token windows on every other
 # block, the first windowed; its attention sinks, projection biases and clamped GLU are not modelled).
@@ -178,7 +181,7 @@ PRESETS.update({
                                  router="linear", rope_base=1e6, **{**_PUBLIC, "norm_eps": 1e-6}),
     "qwen3-235b-a22b": ModelConfig(151936, 94, 4096, 64, 4, 1536, 4096, attn_dim=8192, experts=128, top_k=8,
                                    router="linear", rope_base=1e6, **{**_PUBLIC, "norm_eps": 1e-6}),
-    "mixtral-8x7b": ModelConfig(32000, 32, 4096, 32, 8, 14336, 4096, experts=8, top_k=2, router="linear",
+    "mixtral-8x7b": ModelConfig(32000, 32, 4096, 32, 8, 14336, 32768, experts=8, top_k=2, router="linear",
                                 rope_base=1e6, **_PUBLIC),
     "gpt-oss-20b": ModelConfig(201088, 24, 2880, 64, 8, 2880, 4096, attn_dim=4096, experts=32, top_k=4,
                                router="linear", window=128, global_every=2, rope_base=150000.0, **_PUBLIC),

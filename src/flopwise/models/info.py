@@ -30,4 +30,5 @@ def model_info(preset: str) -> dict:
         "mlp": cfg.mlp,
         **({"experts": cfg.experts, "top_k": cfg.top_k, "router": cfg.router} if cfg.experts else {}),
         **({"shared_ffn": cfg.shared_ffn} if cfg.shared_ffn else {}),
+        **({"window": cfg.window, "global_every": cfg.global_every} if cfg.window else {}),
     }

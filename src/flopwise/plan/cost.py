@@ -172,7 +172,7 @@ FP8_FUSED_CAST_BYTES = 2.0
 # wherever they are written, kept, gathered or read by a GEMM (GemmFormat.stored_bytes).
 FP8_UNFUSED_INPUT = frozenset({"wo"})
 FP8_INPUT_SHARED = frozenset({"wk", "wv"})  # cast once, with wq's input
-FP8_ONE_INPUT = frozenset({"w_up"})  # gate and up (count 2) read one input
+FP8_ONE_INPUT = frozenset({"w_up", "shared_up"})  # gate and up (count 2) read one input
 
 
 def torchao_weight_cast_bytes(low: GemmFormat, dtype_bytes: int, fp8_all_gather: bool) -> tuple[float, float]:
@@ -579,11 +579,12 @@ class CostModel:
         cfg, s = self.model, self.seq
         heads = math.ceil(cfg.heads / tp)
         d = cfg.head_dim
-        if self.training.profile.attention == "flash":  # the layers' mean, sliding-window ones visiting their band only
-            windowed = cfg.windowed_layers / cfg.layers if self.training.profile.window_kernel else 0.0
-            flops = ((1 - windowed) * causal_attention_flops(s, d, heads, mb)
-                     + windowed * causal_attention_flops(s, d, heads, mb, cfg.window))
-            return flops / cp / self.attention_rate
+        if self.training.profile.attention == "flash":  # the layers' mean over full and sliding-window blocks
+            windowed = cfg.windowed_layers / cfg.layers
+            causal = causal_attention_flops(s, d, heads, mb)
+            # a windowed kernel visits the band only; a masked one (flopwise's SDPA) computes every block of the scores
+            band = causal_attention_flops(s, d, heads, mb, cfg.window) if self.training.profile.window_kernel else 2 * causal
+            return ((1 - windowed) * causal + windowed * band) / cp / self.attention_rate
         return (self.gemm_time(s, d, s, heads * mb) + self.gemm_time(s, s, d, heads * mb)) / cp
 
     def _kept_activations(self, tp: int, sp: bool, mb: int, cp: int, recompute: str = "none") -> float:

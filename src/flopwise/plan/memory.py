@@ -165,7 +165,11 @@ def layer_activation_bytes(
             sharded += 2 * a * s * e + (a * s if sw.dropout else 0)
     else:
         sharded += 4 * a  # flash keeps only its fp32 log-sum-exp besides Q, K, V and the output
-    return tokens * (replicated / rep_div + sharded / t + whole)
+    # a masked attention kernel (flopwise's windowed blocks: Software.window_kernel False) keeps its s x s mask in the
+    # activation dtype for the backward, once per call whatever the batch
+    masked = cfg.window and not sw.window_kernel and recompute != "selective"  # (selective: the mask is rebuilt)
+    mask = cfg.windowed_layers / cfg.layers * s * s * e if masked else 0.0
+    return tokens * (replicated / rep_div + sharded / t + whole) + mask
 
 
 def mean_layer_activation_bytes(cfg: ModelConfig, training: Training, layout: Layout) -> float:

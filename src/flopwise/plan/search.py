@@ -240,10 +240,10 @@ def domain_notes(cluster: Cluster) -> list[str]:
             f"--gpus-per-node {domain} (or the GPUs per rack the job uses)"]
 
 
-def precision_notes(training: Training, acc: Accelerator) -> list[str]:
+def precision_notes(training: Training, acc: Accelerator, moe: bool = False) -> list[str]:
     """What a precision's times rest on: fp32 on a GPU is costed with TF32 off, FP4's GEMM rate is assumed (plan/cost.py
-    takes FP8's fraction of peak), and how the published runs in that precision were predicted, where they lean one
-    way (track_record)."""
+    takes FP8's fraction of peak), and how the published (dense) runs in that precision were predicted, where they lean
+    one way (track_record; not for a mixture of experts, `moe`, whose runs have their own record)."""
     low = training.gemm_format
     notes = []
     if training.precision == "fp32" and not acc.measured:
@@ -254,7 +254,7 @@ def precision_notes(training: Training, acc: Accelerator) -> list[str]:
         notes.append(f"{training.precision}: the FP4 GEMMs are taken to reach FP8's fraction of the FP4 peak (no FP4 "
                      "GEMM rate from training runs); the bf16 first and last blocks and the Hadamard transforms of "
                      "the FP4 recipes are not costed; MFU is against the bf16 dense peak, so it can pass 100%")
-    record = track_record.precision_note(training.precision)
+    record = None if moe else track_record.precision_note(training.precision)
     return notes + ([record] if record else [])
 
 
@@ -293,8 +293,10 @@ def plan_notes(model: ModelConfig, cluster: Cluster, training: Training, constan
     """What a plan's times rest on (calibration_notes, domain_notes, precision_notes, attention_notes), and how well
     published runs like it were predicted, step time and peak memory."""
     record = track_record.note(cluster.accelerator.name, training.software, param_counts(model).total, moe=model.is_moe)
-    memory = track_record.memory_note(cluster.accelerator, training.software)
-    return (calibration_notes(cluster.accelerator) + domain_notes(cluster) + precision_notes(training, cluster.accelerator)
+    # the memory lines are dense runs' (the MoE runs printed no peak): an MoE plan quotes its MoE step line only
+    memory = None if model.is_moe else track_record.memory_note(cluster.accelerator, training.software)
+    return (calibration_notes(cluster.accelerator) + domain_notes(cluster)
+            + precision_notes(training, cluster.accelerator, model.is_moe)
             + attention_notes(training, cluster.accelerator, constants, fa3_step) + [n for n in (record, memory) if n])
 
 
@@ -340,7 +342,9 @@ def search(
     plans.sort(key=lambda p: (not p.fits, p.step_time))
     feasible = sum(p.fits for p in plans)
     if plans:
-        for plan in plans[:top]:  # per plan: how runs with as few micro-batches per step, or as small blocks, went
+        # per plan: how (dense) runs with as few micro-batches per step, or as small blocks, went; an MoE plan quotes
+        # its MoE runs' line only (plan_notes)
+        for plan in [] if model.is_moe else plans[:top]:
             few = track_record.microbatch_note(cluster.accelerator.name, training.software, plan.microbatches,
                                                plan.layout.pp)
             costed = training.block_host_s is not None or plan.block_host_s > 0  # the plan has the host's time

@@ -112,7 +112,8 @@ class Software:
     attention_kernel: str = "fa2"
     fused_elementwise: bool = True  # norms, RoPE, SwiGLU, casts fused (TE, torch.compile) vs one kernel each
     # its attention kernel visits only the blocks inside a sliding window (FlashAttention's window_size, TE, FlexAttention's
-    # block mask) vs a masked kernel that computes every causal block (flopwise's SDPA with a band mask)
+    # block mask) vs a masked kernel that computes every block of the s x s scores and keeps the mask for its backward
+    # (flopwise's SDPA with a band mask)
     window_kernel: bool = True
     pipeline: str = "megatron"  # 'megatron': async p2p | 'deepspeed': blocking p2p, one instruction at a time
     grad_reduce_bytes: int = 4  # bytes per gradient element in the data-parallel reduction (bf16/fp32 runs)

@@ -150,46 +150,62 @@ def _recompute_word(text: str, notes: list[str]) -> str:
 _MOE_UNCOSTED = (
     ("dense_layers", "leading dense layers (DeepSeek-V3's first 3; every block is costed alike)"),
 )
+# cells that only a mixture-of-experts row may fill: on a dense row they would be dropped unread
+_MOE_ONLY = ("top_k", "router", "shared_ffn", "etp", "dense_layers", "dense_ffn")
 ATTENTION_VARIANTS = ("full", "mla", "sliding-window", "chunked")
+
+
+def _optional_int(row: dict, key: str) -> int:
+    """An optional count: blank or zero is 0 (the fact is absent)."""
+    return _int(row, key) if _cell(row, key).strip("0.") else 0
 
 
 def _window(row: dict) -> dict:
     """The ModelConfig fields of an `attention_variant` (optional column; blank: full causal attention):
     `sliding-window` with its `window` (tokens) and `global_every` (every global_every-th block full; blank: none);
-    the variants the planner does not cost yet (mla, chunked) are refused by name."""
+    the variants the planner does not cost yet (mla, chunked) are refused by name, and window cells without the
+    variant that reads them as a data error."""
     variant = _cell(row, "attention_variant").lower() or "full"
     if variant not in ATTENTION_VARIANTS:
         raise DataError(f"column 'attention_variant' = {variant!r}: must be one of {', '.join(ATTENTION_VARIANTS)}")
+    if variant != "sliding-window":
+        stray = [key for key in ("window", "global_every") if _cell(row, key)]
+        if stray:
+            raise DataError(f"column {stray[0]!r} is set but attention_variant is {variant}: a window needs "
+                            "attention_variant = sliding-window")
     if variant == "full":
         return {}
     if variant != "sliding-window":
         raise PlanError(f"attention_variant = {variant}: the planner costs full causal and sliding-window attention only")
     if not _cell(row, "window"):
         raise DataError("attention_variant = sliding-window: give the window (tokens) in the 'window' column")
-    every = _int(row, "global_every") if _cell(row, "global_every").strip("0.") else 0
-    return {"window": _int(row, "window"), "global_every": every}
+    return {"window": _int(row, "window"), "global_every": _optional_int(row, "global_every")}
 
 
 def _experts(row: dict, tp: int) -> dict:
     """The ModelConfig fields of a mixture-of-experts row (optional columns): `experts` routed experts per layer, each
     a SwiGLU of width `ffn`, `top_k` per token (blank: 2), chosen by a `router` (blank: linear, the published models'
     router; `attention` is Yuan 2.0-M32's), beside shared experts of total width `shared_ffn` (blank: none). A blank
-    or zero `experts` is a dense row. What a row states that the planner does not cost is refused with its name:
-    leading dense layers, an MoE block every `moe_every` > 1 layers, and expert tensor parallelism other than tp
-    (`etp`; blank: tp, Megatron's default)."""
-    if not _cell(row, "experts").strip("0."):
+    or zero `experts` is a dense row, whose MoE cells must be blank. What a row states that the planner does not cost
+    is refused with its name: leading dense layers, an MoE block every `moe_every` > 1 layers, and expert tensor
+    parallelism other than tp (`etp`; blank: tp, Megatron's default; with tp blank the row must give it)."""
+    if not _optional_int(row, "experts"):
+        stray = [key for key in _MOE_ONLY if _cell(row, key).strip("0.")]
+        if stray:
+            raise DataError(f"column {stray[0]!r} is set on a dense row (experts blank or 0)")
         return {}
     for key, what in _MOE_UNCOSTED:
-        if _cell(row, key).strip("0."):
+        if _optional_int(row, key):
             raise PlanError(f"{key} = {_cell(row, key)}: {what} are not costed yet")
     if _int(row, "moe_every", 1) > 1:
         raise PlanError(f"moe_every = {_cell(row, 'moe_every')}: MoE blocks between dense ones are not costed yet")
-    if _cell(row, "etp") and _int(row, "etp") != (tp or _int(row, "etp")):
-        raise PlanError(f"etp = {_cell(row, 'etp')} with tp = {tp}: the planner cuts experts by tp (expert tensor "
+    if _cell(row, "etp") and _int(row, "etp") != tp:
+        given = f"tp = {tp}" if tp else "tp blank (give it)"
+        raise PlanError(f"etp = {_cell(row, 'etp')} with {given}: the planner cuts experts by tp (expert tensor "
                         "parallelism equal to tp)")
     router = _cell(row, "router").lower() or "linear"
-    shared = _int(row, "shared_ffn") if _cell(row, "shared_ffn").strip("0.") else 0
-    return {"experts": _int(row, "experts"), "top_k": _int(row, "top_k", 2), "router": router, "shared_ffn": shared}
+    return {"experts": _int(row, "experts"), "top_k": _int(row, "top_k", 2), "router": router,
+            "shared_ffn": _optional_int(row, "shared_ffn")}
 
 
 def _fp8_all_gather(row: dict) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from flopwise.errors import CheckpointError, ConfigError, FlopwiseError
+from flopwise.errors import CheckpointError, FlopwiseError
 from flopwise.models import Transformer
 from flopwise.train.checkpoint import read_config, resolve_checkpoint
 from flopwise.train.config import config_from_dict
@@ -75,9 +75,6 @@ def load_served_model(path: str | Path, device: str = "auto", dtype: str = "auto
     directory = resolve_checkpoint(path)
     saved = read_config(directory)
     job = config_from_dict(saved["job"])
-    if job.model_config().window:  # the paged engine's attention has no window (serve/paged.py)
-        raise ConfigError(f"{directory}: a sliding-window model (model.window = {job.model_config().window}) cannot be "
-                          "served yet: the paged engine attends to every cached token")
     tokenizer = load_tokenizer(directory)
     model = build_model(job.model_config(), job.train.seed)
     load_engine_state(model, None, directory)

@@ -37,6 +37,9 @@ CPU_KV_CAP = 4 << 30  # default ceiling of the KV pool on CPU (bytes): RAM is sh
 class PagedKVCache:
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, max_seqs: int, device, dtype,
                  block_states: bool, attention: str = "auto"):
+        if cfg.window:  # the paged kernels attend to every cached token of a sequence
+            raise ConfigError(f"a sliding-window model (model.window = {cfg.window}) cannot be served yet: the paged "
+                              "engine attends to every cached token")
         self.cfg = cfg
         self.num_blocks = num_blocks
         self.block_size = block_size
