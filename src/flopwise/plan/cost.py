@@ -950,7 +950,7 @@ class CostModel:
         moe_comp, moe_a2a = moe.moe_layer_time(self, layout, t.expert_imbalance)
 
         # per-micro-batch time of each stage: (compute, recompute, tp, cp, ep, the blocks' wait on the host)
-        wait = self.launch_wait(host_s, self.layer_gpu_time(layout, lc))
+        wait = self.launch_wait(host_s, self.layer_gpu_time(layout, lc)) + moe.moe_host_time(self, layout)
         shard_cast = self.shard_cast_time(layout, m)
         stages = []
         for i, n in enumerate(pp_layers):

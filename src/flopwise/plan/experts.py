@@ -38,6 +38,13 @@ from flopwise.hardware import COLLECTIVE_LATENCY_S
 from flopwise.layout import Layout
 from flopwise.plan import memory as mem
 
+# Host time per MoE block and micro-batch, forward and backward, exposed: the router, the permutation, the grouped
+# GEMMs' setup, and under a dropless dispatcher a host sync on the token counts, which stops the host running ahead
+# (FINDINGS.md section 66: the runs under a full-iteration CUDA graph were planned 21% slow, the rest 28% fast). One
+# constant fitted by least median |error| on the 98 costed MoE runs of sets 50 and 52, bounded to [0, 10 ms]
+# (benchmarks/planner_moe_host_fit.py); a run whose whole step is one CUDA graph (Training.cuda_graphs) has none.
+MOE_BLOCK_HOST_S = 6.7e-3  # fitted: in sample 36.4% -> 21.8% median, max 273% -> 321%
+
 
 def expert_params_per_layer(cfg) -> int:
     """Weights of all experts of one MoE layer (0 for a dense model)."""
@@ -99,6 +106,12 @@ def moe_layer_time(cm, layout: Layout, imbalance: float) -> tuple[float, float]:
     one = moved / cm.bus_bandwidth(layout.tp * layout.ep, members=layout.ep) + 2 * COLLECTIVE_LATENCY_S  # counts, rows
     exchanges = 4 + (2 / layout.recompute_every if layout.recompute == "full" else 0)
     return compute, exchanges * one
+
+
+def moe_host_time(cm, layout: Layout) -> float:
+    """Seconds of host time an MoE block adds per micro-batch, forward and backward (MOE_BLOCK_HOST_S; 0 for a dense
+    model or a step under a full CUDA graph)."""
+    return MOE_BLOCK_HOST_S if cm.model.experts and not cm.training.cuda_graphs else 0.0
 
 
 def expert_degrees(cfg, dp: int) -> list[int]:

@@ -365,6 +365,8 @@ class Training:
     # rank's shard before every gather, not the gathered weight on every micro-batch (plan/cost.py,
     # torchao_weight_cast_bytes, CostModel.shard_cast_time); per-tensor FP8 (precision fp8), dense models only
     fp8_all_gather: bool = False
+    # the whole step captured in a CUDA graph (Megatron's full_iteration graphs): no host time per MoE block
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.global_batch, int) or self.global_batch < 1:

@@ -305,8 +305,11 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
         if why:
             notes.append(why)
     attention = _attention(row, SOFTWARE[profile].attention, notes) if profile in SOFTWARE else None
+    graphs = _cell(row, "cuda_graphs").lower()
+    if graphs not in ("", "full", "partial", "none"):
+        raise DataError(f"column 'cuda_graphs' = {graphs!r}: must be full, partial, none or blank")
     training = Training(_int(row, "global_batch"), precision=precision, software=profile, attention=attention,
-                        fp8_all_gather=_fp8_all_gather(row))
+                        fp8_all_gather=_fp8_all_gather(row), cuda_graphs=graphs == "full")
     if "vpp" in fixed and "pp" in fixed and fixed["vpp"] > 1:
         per_stage = model.layers // fixed["pp"]
         if model.layers % fixed["pp"] == 0 and per_stage % fixed["vpp"]:
