@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import planner_moe_host_fit as moe_host_fit
 from planner_accuracy import CALIBRATION, cross_validate, load_rows
 from planner_fit import attach, fit_constants, predict
 
@@ -51,13 +52,21 @@ def out_of_sample_errors() -> tuple[list[dict], dict[str, int]]:
             scored.append({**row, "error": pred / float(row["measured_step_s"]) - 1.0})
     defaults = dataclasses.asdict(DEFAULT_CONSTANTS)
     counts = {"fit.csv": len(fit_rows)}
+    # the MoE runs the host time per MoE block was fitted on: out of fold, as the fit rows above
+    moe_rows = moe_host_fit.fit_rows()
+    moe_cv, _ = moe_host_fit.cross_validated(moe_rows, moe_host_fit.error_table(moe_rows))
     for path in files + sorted(CALIBRATION.glob("moe/*.csv")):
         if path.name == "fit.csv":
             continue
-        rows = attach(load_rows([path]))
-        counts[str(path.relative_to(CALIBRATION))] = len(rows)
-        for row in rows:
-            scored.append({**row, "error": predict(row, defaults) / float(row["measured_step_s"]) - 1.0})
+        name = str(path.relative_to(CALIBRATION))
+        if path.name in moe_host_fit.FIT_FILES:
+            kept = [(row, e) for row, e in zip(moe_rows, moe_cv, strict=True) if row["file"] == path.name and e is not None]
+            rows = attach([row for row, _ in kept])  # (every kept row is costed: none dropped)
+            scored += [{**row, "error": e} for row, (_, e) in zip(rows, kept, strict=True)]
+        else:
+            rows = attach(load_rows([path]))
+            scored += [{**row, "error": predict(row, defaults) / float(row["measured_step_s"]) - 1.0} for row in rows]
+        counts[name] = len(rows)
     return scored, counts
 
 

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from flopwise.plan import experts
 from flopwise.plan.cost import BREAKDOWN_KEYS
 from tests.cli_run import run_cli
 
@@ -305,3 +306,14 @@ def test_plan_host_time_per_step_defaults_to_the_profile_and_takes_a_measured_va
     for bad in ("-5", "nan"):
         code, _, err = run(base + ["--host-ms", bad], capsys)
         assert code == 2 and "--host-ms" in err
+
+
+def test_cuda_graphs_take_an_moe_blocks_host_time_away(capsys):
+    """--cuda-graphs: a step captured whole has no host time per MoE block (experts.MOE_BLOCK_HOST_S)."""
+    argv = ["plan", "--preset", "qwen3-30b-a3b", "--gpu", "B200", "--gpus", "8", "--global-batch", "64",
+            "--software", "te", "--layout", "tp=1,pp=1,ep=8,micro_batch=1", "--top", "1", "--json"]
+    plain = json.loads(run(argv, capsys)[1])
+    graphed = json.loads(run([*argv, "--cuda-graphs"], capsys)[1])
+    assert graphed["training"]["cuda_graphs"] and not plain["training"]["cuda_graphs"]
+    host = plain["plans"][0]["breakdown_s"]["host"] - graphed["plans"][0]["breakdown_s"]["host"]
+    assert host == pytest.approx(48 * plain["plans"][0]["microbatches"] * experts.MOE_BLOCK_HOST_S)

@@ -203,6 +203,10 @@ def plan(
                                         "gather's bytes, and torchao casts each shard before every gather, not each "
                                         "weight on every micro-batch; dense models, layouts with ZeRO / FSDP "
                                         "(zero >= 1, dp x cp > 1)"),
+    cuda_graphs: bool = typer.Option(
+        False, "--cuda-graphs", help="the whole step runs as one CUDA graph (Megatron's full_iteration graphs): an MoE "
+                                     "block's host time (router, permutation, the dispatcher's host sync; "
+                                     "experts.MOE_BLOCK_HOST_S) is not added"),
     layout: str = typer.Option(None, help="fix some layout fields, e.g. tp=8,pp=16 (the rest is searched)"),
     top: int = typer.Option(5, help="plans to show", callback=POSITIVE_INT),
     split: str = typer.Option("balanced", help="pipeline split: balanced | uniform"),
@@ -237,7 +241,7 @@ def plan(
                         expert_imbalance=expert_imbalance, attention=attention.lower() if attention else None,
                         compiled=compile_blocks, step_overhead_s=host_ms / 1e3 if host_ms is not None else None,
                         block_host_s=block_host_ms / 1e3 if block_host_ms is not None else None,
-                        fp8_all_gather=fp8_all_gather)
+                        fp8_all_gather=fp8_all_gather, cuda_graphs=cuda_graphs)
     if write_config is not None and (software != "flopwise" or precision not in TRAINER_PRECISIONS):
         raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
                           f"{' or '.join(TRAINER_PRECISIONS)} (got --software {software}, --precision {precision})")
@@ -276,6 +280,7 @@ def plan(
                         "host_s": training.profile.step_overhead_s,
                         "block_host_s": training.profile.block_host_s,
                         "fp8_all_gather": fp8_all_gather,
+                        "cuda_graphs": cuda_graphs,
                     },
                     "evaluated": result.evaluated,
                     "feasible": result.feasible,

@@ -43,7 +43,8 @@ from flopwise.plan import memory as mem
 # (FINDINGS.md section 66: the runs under a full-iteration CUDA graph were planned 21% slow, the rest 28% fast). One
 # constant fitted by least median |error| on the 98 costed MoE runs of sets 50 and 52, bounded to [0, 10 ms]
 # (benchmarks/planner_moe_host_fit.py); a run whose whole step is one CUDA graph (Training.cuda_graphs) has none.
-MOE_BLOCK_HOST_S = 6.7e-3  # fitted: in sample 36.4% -> 21.8% median, max 273% -> 321%
+MOE_BLOCK_HOST_S = 6.7e-3  # in sample 36.4% -> 21.8% median, max 273% -> 321%; grouped 5-fold CV 23.5% / 318%;
+# adopted on set 53 (blind, 4 runs) as declared: 37.4% -> 28.0%, max 89.3% -> 88.0% (FINDINGS.md section 67)
 
 
 def expert_params_per_layer(cfg) -> int:
