@@ -1,25 +1,15 @@
 """benchmarks/planner_forward_refit.py: the blind sets are chained in the order they were gathered, so each one is
 predicted with constants fitted only on the files before it."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmark_module import load_benchmark
 
 
 def _module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # the script imports planner_accuracy and planner_fit beside it
-    try:
-        spec = importlib.util.spec_from_file_location("planner_forward_refit",
-                                                      ROOT / "benchmarks" / "planner_forward_refit.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return load_benchmark("planner_forward_refit")
 
 
 def test_sets_are_chained_in_the_order_they_were_gathered():

@@ -1,6 +1,5 @@
 """benchmarks/planner_kernels.py on CPU (--quick): every section times its kernels beside the planner's figure."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.benchmark_module import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("planner_kernels", ROOT / "benchmarks" / "planner_kernels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("planner_kernels")
 
 
 def test_kernels_are_grouped_as_the_cost_model_groups_them():

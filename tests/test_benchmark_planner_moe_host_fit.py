@@ -1,25 +1,12 @@
 """benchmarks/planner_moe_host_fit.py: the host time per MoE block is the grid value with the least median |error|,
 and each run's cross-validated error comes from a value fitted without its own source."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 from flopwise.plan import experts
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmark_module import load_benchmark
 
 
 def _module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # it imports planner_accuracy beside it
-    try:
-        path = ROOT / "benchmarks" / "planner_moe_host_fit.py"
-        spec = importlib.util.spec_from_file_location("planner_moe_host_fit", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return load_benchmark("planner_moe_host_fit")
 
 
 def test_the_fit_takes_the_least_median_and_cross_validates_by_source(monkeypatch):

@@ -1,19 +1,12 @@
 """benchmarks/planner_moe_sets.py: the MoE sets scored as the track record's MoE groups keep them, every row costed
 or refused for a fact the planner names."""
 
-import importlib.util
-from pathlib import Path
-
 from flopwise.plan import track_record
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmark_module import load_benchmark
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("planner_moe_sets", ROOT / "benchmarks" / "planner_moe_sets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("planner_moe_sets")
 
 
 def test_each_moe_set_is_scored_as_the_record_keeps_it(capsys):

@@ -229,6 +229,7 @@ def test_mixture_of_experts_rows_take_their_expert_columns():
      "give the window (tokens) in the 'window' column"),
     ({"attention_variant": "sparse"}, "column 'attention_variant' = 'sparse': must be one of"),
     ({"router": "hash"}, "model.router = 'hash'"),
+    ({"cuda_graphs": "yes"}, "column 'cuda_graphs' = 'yes': must be full, partial, none or blank"),
 ])
 def test_what_an_moe_row_states_and_the_planner_does_not_cost_is_refused_by_name(cells, reason):
     out = validate_rows([{**QWEN3_30B, **cells}])[0]
@@ -248,3 +249,13 @@ def test_a_sliding_window_row_is_costed_with_its_window():
     windowed, full = validate_rows([row, QWEN3_30B])
     assert windowed["predicted_s"] < full["predicted_s"]
     assert windowed["breakdown_s"]["compute"] < full["breakdown_s"]["compute"]
+
+
+def test_a_row_captured_whole_in_a_cuda_graph_has_no_moe_host_time():
+    from flopwise.plan import experts
+
+    graphed, plain, partial = validate_rows([{**QWEN3_30B, "cuda_graphs": "full"}, QWEN3_30B,
+                                             {**QWEN3_30B, "cuda_graphs": "partial"}])
+    host = plain["breakdown_s"]["host"] - graphed["breakdown_s"]["host"]
+    assert host == pytest.approx(48 * 64 * experts.MOE_BLOCK_HOST_S)  # 48 MoE blocks, 1024 / 16 micro-batches
+    assert partial["predicted_s"] == plain["predicted_s"]  # parts of a step in graphs: the dispatcher still syncs

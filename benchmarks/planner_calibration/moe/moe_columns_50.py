@@ -3,16 +3,11 @@ they were costed (README: "Fiftieth set's mixture-of-experts rows"): each model'
 head dim, shared experts, leading dense layers and attention from the config its rows' notes cite, each row's EP and
 expert TP from its own notes; the helper's dense-equivalent ffn (top-k x expert width + shared) is checked, then
 replaced. No planner code is imported. Kept as the record of the edit: it refuses to run on the converted file."""
-import csv
-import os
 import re
 
-P = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fresh_holdout_50_moe.csv")
-rows = list(csv.DictReader(open(P, newline='')))
-fields = list(rows[0].keys())
-if "experts" in fields:
-    raise SystemExit(f"{P}: already has the MoE columns (this edit ran once, before the rows were costed)")
-new = ["experts", "top_k", "ep", "etp", "head_dim", "router", "shared_ffn", "dense_layers", "dense_ffn", "moe_every",
+from csv_edit import add_columns
+
+NEW = ["experts", "top_k", "ep", "etp", "head_dim", "router", "shared_ffn", "dense_layers", "dense_ffn", "moe_every",
        "attention_variant"]
 CONF = {  # experts, top_k, one expert's ffn, head_dim, shared_ffn, dense_layers, dense_ffn, attention_variant
     "Mixtral-8x7B": (8, 2, 14336, "", 0, 0, "", "full"),
@@ -22,7 +17,8 @@ CONF = {  # experts, top_k, one expert's ffn, head_dim, shared_ffn, dense_layers
     "Qwen3-30B-A3B": (128, 8, 768, 128, 0, 0, "", "full"),
     "Qwen3-235B-A22B": (128, 8, 1536, 128, 0, 0, "", "full"),
 }
-for r in rows:
+
+def fill(r: dict) -> None:
     e, k, ffn, hd, shared, dense, dffn, var = CONF[r["model"]]
     n = r["notes"]
     ep = re.findall(r"\bEP (\d+) \(expert parallel size, printed\)", n) or re.findall(r"\bEP (\d+)", n)[:1]
@@ -35,9 +31,6 @@ for r in rows:
     r.update(ffn=str(ffn), experts=str(e), top_k=str(k), ep=ep[0], etp=etp[0] if etp else "", head_dim=str(hd),
              router="", shared_ffn=str(shared), dense_layers=str(dense), dense_ffn=str(dffn), moe_every="1",
              attention_variant=var)
-with open(P + ".tmp", "w", newline="") as fh:
-    w = csv.DictWriter(fh, fieldnames=fields + new, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-os.replace(P + ".tmp", P)
-print(len(rows), "rows converted")
+
+
+print(len(add_columns("fresh_holdout_50_moe.csv", NEW, fill)), "rows converted")

@@ -6,11 +6,9 @@ the whole step (Megatron-Bridge's cuda_graph_impl full_iteration), `partial` whe
 stated); dispatcher: `hybridep`, `deepep`, `alltoall` where named, else blank. No planner code is imported; it refuses
 to run on a converted file."""
 
-import csv
-import os
 import re
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from csv_edit import add_columns
 
 
 def graphs(text: str) -> str:
@@ -34,18 +32,7 @@ def dispatcher(text: str) -> str:
 
 
 for name in ("fresh_holdout_50_moe.csv", "fresh_holdout_52_moe.csv"):
-    path = os.path.join(HERE, name)
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    fields = list(rows[0])
-    if "cuda_graphs" in fields:
-        raise SystemExit(f"{path}: already has the graph columns (this edit ran once)")
-    for row in rows:
-        row.update(cuda_graphs=graphs(row["notes"]), dispatcher=dispatcher(row["notes"]))
-    with open(path + ".tmp", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields + ["cuda_graphs", "dispatcher"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(path + ".tmp", path)
+    rows = add_columns(name, ["cuda_graphs", "dispatcher"],
+                       lambda row: row.update(cuda_graphs=graphs(row["notes"]), dispatcher=dispatcher(row["notes"])))
     print(name, {k: sum(r["cuda_graphs"] == k for r in rows) for k in ("full", "partial", "")},
           {k: sum(r["dispatcher"] == k for r in rows) for k in ("hybridep", "deepep", "alltoall", "")})
