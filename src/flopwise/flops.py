@@ -84,15 +84,27 @@ class Gemm:
         return self.k * self.n * self.count
 
 
+def attention_gemms(cfg: ModelConfig) -> tuple[Gemm, ...]:
+    """A block's attention projections in the order its forward runs them. Latent attention (DeepSeek-V2, section
+    2.1): the down projections to the query latent and to the key-value latent with the shared rotated key (whole on
+    every TP rank, as Megatron-Core duplicates them), the up projections to each head's query and to its unrotated key
+    and value (cut by heads), the output projection."""
+    h, heads, d = cfg.hidden, cfg.heads, cfg.head_dim
+    if cfg.is_latent:
+        qk = heads * cfg.qk_head_dim
+        query = ((Gemm("wq_a", h, cfg.q_lora_rank, "replicated"), Gemm("wq_b", cfg.q_lora_rank, qk, "column"))
+                 if cfg.q_lora_rank else (Gemm("wq", h, qk, "column"),))
+        return (*query, Gemm("wkv_a", h, cfg.kv_lora_rank + cfg.rope_head_dim, "replicated"),
+                Gemm("wkv_b", cfg.kv_lora_rank, heads * 2 * d, "column"), Gemm("wo", heads * d, h, "row"))
+    q, kv = heads * d, cfg.kv_heads * d
+    return (Gemm("wq", h, q, "column"), Gemm("wk", h, kv, "column"), Gemm("wv", h, kv, "column"),
+            Gemm("wo", q, h, "row"))
+
+
 def block_gemms(cfg: ModelConfig) -> tuple[Gemm, ...]:
     """The weight matmuls of one transformer block, with their tensor-parallel cut."""
-    h, q, kv = cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    gemms = [
-        Gemm("wq", h, q, "column"),
-        Gemm("wk", h, kv, "column"),
-        Gemm("wv", h, kv, "column"),
-        Gemm("wo", q, h, "row"),
-    ]
+    h = cfg.hidden
+    gemms = list(attention_gemms(cfg))
     if cfg.experts:  # the router sees the full hidden vector; each token visits top_k of the E experts
         e, k = cfg.experts, cfg.top_k
         gemms += [
@@ -153,18 +165,37 @@ def _block_matmul_params(cfg: ModelConfig) -> tuple[int, int, int]:
             sum(g.weights for g in gemms if g.name.startswith("lfa")))
 
 
+def _lfa_extra_params(cfg: ModelConfig) -> int:
+    """LFA's parameters outside its matmuls: the conv biases and the filter's RMSNorm."""
+    h = cfg.hidden
+    return h // 2 + h + h if cfg.lfa else 0
+
+
+def block_norm_params(cfg: ModelConfig) -> int:
+    """A block's parameters outside its matmuls: the two block RMSNorms, latent attention's latent norms, LFA's."""
+    return 2 * cfg.hidden + _lfa_extra_params(cfg) + cfg.q_lora_rank + cfg.kv_lora_rank
+
+
 def param_counts(cfg: ModelConfig) -> ParamCounts:
+    """Parameter counts; `per_layer` is an MoE model's MoE block, its leading dense blocks (dense_layers) counted in
+    the totals at their own size."""
     h = cfg.hidden
     active_matmul, matmul, lfa_matmul = _block_matmul_params(cfg)
-    lfa = lfa_matmul + (h // 2 + h + h if cfg.lfa else 0)  # conv biases + the filter's RMSNorm
-    other = lfa - lfa_matmul + 2 * h  # LFA biases and norm + the two block RMSNorms
+    other = block_norm_params(cfg)
+    lfa = lfa_matmul + _lfa_extra_params(cfg)
     per_layer = matmul + other
     embedding = cfg.vocab_size * h
     head = cfg.vocab_size * h
     outside = embedding + h + (0 if cfg.tie_embeddings else head)  # + the final norm
-    total = outside + cfg.layers * per_layer
-    active = outside + cfg.layers * (active_matmul + other)
-    return ParamCounts(total, embedding, per_layer, lfa, head, cfg.layers * active_matmul, active)
+    n = cfg.layers - cfg.dense_layers  # blocks like per_layer
+    layers_active = n * active_matmul
+    total = outside + n * per_layer
+    if cfg.dense_layers:
+        dense_active, dense_matmul, _ = _block_matmul_params(cfg.dense_block())
+        layers_active += cfg.dense_layers * dense_active
+        total += cfg.dense_layers * (dense_matmul + other)
+    active = outside + layers_active + cfg.layers * other
+    return ParamCounts(total, embedding, per_layer, lfa, head, layers_active, active)
 
 
 def count_parameters_meta(cfg: ModelConfig) -> int:
@@ -178,10 +209,17 @@ def count_parameters_meta(cfg: ModelConfig) -> int:
 
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     """Forward FLOPs of QK^T and AV for one token over all layers (full-sequence convention: 2 x 2 x seq x heads x
-    head_dim per layer; a sliding-window layer's seq is its window, where that is shorter)."""
+    head_dim per layer; a sliding-window layer's seq is its window, where that is shorter; latent attention's QK^T
+    over qk_head_dim, its AV over head_dim)."""
     s = seq_len or cfg.seq_len
     keys = (cfg.layers - cfg.windowed_layers) * s + cfg.windowed_layers * min(cfg.window, s)
-    return 4.0 * keys * cfg.heads * cfg.head_dim
+    return 4.0 * keys * cfg.heads * score_head_dim(cfg)
+
+
+def score_head_dim(cfg: ModelConfig) -> float:
+    """The mean of a head's query-key and value dims, which the attention core's two matmuls run over (head_dim, or
+    latent attention's (qk_head_dim + head_dim) / 2)."""
+    return (cfg.qk_head_dim + cfg.head_dim) / 2
 
 
 # A fused attention kernel's backward recomputes the scores (Q K^T) and runs four more matmuls (dV, dP, dQ, dK):
@@ -208,7 +246,7 @@ def layer_router_flops_per_token(cfg: ModelConfig) -> float:
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     counts = param_counts(cfg)
     return (2.0 * counts.matmul + attention_flops_per_token(cfg, seq_len)
-            + cfg.layers * layer_router_flops_per_token(cfg))
+            + cfg.moe_layers * layer_router_flops_per_token(cfg))
 
 
 def model_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
@@ -227,7 +265,7 @@ def recompute_flops_per_token(cfg: ModelConfig, recompute: str, seq_len: int | N
     if recompute == "op":
         return 2.0 * cfg.layers * sum(g.k * g.n for g in op_checkpoint_gemms(cfg)[1])
     return (2.0 * param_counts(cfg).layers_matmul + attention_flops_per_token(cfg, seq_len)
-            + cfg.layers * layer_router_flops_per_token(cfg))
+            + cfg.moe_layers * layer_router_flops_per_token(cfg))
 
 
 def hardware_flops_per_token(cfg: ModelConfig, recompute: str = "none", seq_len: int | None = None) -> float:

@@ -50,9 +50,12 @@ def narrow(cfg: ModelConfig, layers: int) -> ModelConfig:
     """`cfg`'s structure at tiny widths: head_dim 4, FFN 8, a 64-token vocabulary and enough tokens that every expert
     of a mixture gets some (an expert without tokens dispatches nothing): 8 per expert of each token's top_k; a
     shared expert 8 wide; with a sliding window every block windowed (its mask's ops counted per block, the global
-    blocks' too: an upper bound)."""
+    blocks' too: an upper bound); every block an MoE one (a leading dense block dispatches fewer ops); latent
+    attention's latents 8 wide, its rotated dims 2."""
+    latent = dict(kv_lora_rank=8, q_lora_rank=8 if cfg.q_lora_rank else 0, rope_head_dim=2) if cfg.is_latent else {}
     return cfg.replace(layers=layers, hidden=4 * cfg.heads, attn_dim=0, ffn=8, shared_ffn=8 if cfg.shared_ffn else 0,
-                       global_every=0, vocab_size=64, seq_len=max(16, 8 * cfg.experts // max(1, cfg.top_k)))
+                       global_every=0, vocab_size=64, seq_len=max(16, 8 * cfg.experts // max(1, cfg.top_k)),
+                       dense_layers=0, dense_ffn=0, **latent)
 
 
 def training_step(cfg: ModelConfig) -> Callable[[], torch.Tensor]:

@@ -30,6 +30,10 @@ CONFIGS = {
     "moe": ModelConfig(512, 2, 64, 4, 2, 96, 64, lfa=True, experts=4, top_k=2),  # attention router
     "moe-shared": ModelConfig(512, 2, 64, 4, 2, 96, 64, lfa=False, experts=4, top_k=2, router="linear", shared_ffn=160),
     "windowed": ModelConfig(512, 2, 64, 4, 2, 128, 64, lfa=False, window=16, global_every=2),  # SDPA keeps its mask
+    # latent attention (queries through their own latent), and without a query latent under a leading dense block
+    "latent": ModelConfig(512, 2, 64, 4, 4, 128, 64, lfa=False, kv_lora_rank=16, q_lora_rank=24, rope_head_dim=8),
+    "latent-moe-dense": ModelConfig(512, 3, 64, 4, 4, 96, 64, lfa=False, experts=4, top_k=2, router="linear",
+                                    shared_ffn=64, dense_layers=1, dense_ffn=192, kv_lora_rank=16, rope_head_dim=8),
 }
 
 
@@ -61,7 +65,7 @@ def measure(cfg: ModelConfig, batch: int, recompute: str, compiled: bool = False
 
 def planned(cfg: ModelConfig, batch: int, recompute: str, compiled: bool = False) -> tuple[float, float]:
     cm = CostModel(cfg, Cluster(cpu_accelerator(), 1, 1), Training(batch, precision="fp32", compiled=compiled))
-    stage = cm.stage_memory(Layout(micro_batch=batch, recompute=recompute), 0, cfg.layers, 1)
+    stage = cm.stage_memory(Layout(micro_batch=batch, recompute=recompute), 0, cfg.layers, 1, cfg.dense_layers)
     states = stage["params"] + stage["grads"] + stage["optimizer"]
     # saved tensors: not the layer being recomputed (stage["recompute_layer"]), alive only in the backward
     return states, stage["activations"] + stage["logits"]
@@ -80,7 +84,7 @@ def test_planner_memory_matches_pytorch(name, recompute):
     assert p_states + p_acts == pytest.approx(states + acts, rel=0.25)
 
 
-@pytest.mark.parametrize("name", ["lfa-swiglu-gqa", "moe", "moe-shared", "windowed"])
+@pytest.mark.parametrize("name", ["lfa-swiglu-gqa", "moe", "moe-shared", "windowed", "latent", "latent-moe-dense"])
 def test_activation_estimate_is_close_for_the_default_case(name):
     cfg = CONFIGS[name]
     _, acts = measure(cfg, 2, "none")

@@ -217,14 +217,36 @@ def test_mixture_of_experts_rows_take_their_expert_columns():
     assert validate_rows([QWEN3_30B])[0]["predicted_s"] > 0
 
 
+# DeepSeek-V3 as a row: latent attention (128 heads of 128 + 64 rotated dims, latents 1536 and 512), 3 dense blocks
+DEEPSEEK_V3 = {**QWEN3_30B, "layers": "61", "hidden": "7168", "heads": "128", "kv_heads": "128", "ffn": "2048",
+               "vocab": "129280", "experts": "256", "top_k": "8", "ep": "64", "shared_ffn": "2048", "head_dim": "128",
+               "dense_layers": "3", "dense_ffn": "18432", "attention_variant": "mla", "q_lora_rank": "1536",
+               "kv_lora_rank": "512", "rope_head_dim": "64", "gpus": "1024", "tp": "2", "pp": "8", "dp": "64",
+               "global_batch": "8192", "seq": "4096"}
+
+
+def test_a_latent_attention_row_with_leading_dense_blocks_is_deepseek_v3():
+    """The model card's 671B total, 37B active (the MTP module aside), from the row's cells."""
+    from flopwise.flops import param_counts
+
+    model = row_inputs(DEEPSEEK_V3)[0]
+    assert (model.kv_lora_rank, model.q_lora_rank, model.rope_head_dim, model.head_dim) == (512, 1536, 64, 128)
+    assert (model.dense_layers, model.dense_ffn, model.moe_layers) == (3, 18432, 58)
+    counts = param_counts(model)
+    assert 670e9 < counts.total < 673e9 and 36.5e9 < counts.active < 38e9
+    assert validate_rows([DEEPSEEK_V3])[0]["predicted_s"] > 0
+
+
 @pytest.mark.parametrize("cells, reason", [
-    ({"dense_layers": "3"}, "dense_layers = 3: leading dense layers"),
+    ({"dense_layers": "3"}, "columns 'dense_layers' and 'dense_ffn' go together"),
     ({"moe_every": "2"}, "moe_every = 2: MoE blocks between dense ones"),
     ({"etp": "1", "tp": "2"}, "etp = 1 with tp = 2: the planner cuts experts by tp"),
     ({"etp": "1", "tp": ""}, "etp = 1 with tp blank (give it)"),
     ({"window": "128"}, "column 'window' is set but attention_variant is full"),
     ({"experts": "", "ep": "", "top_k": "8"}, "column 'top_k' is set on a dense row"),
-    ({"attention_variant": "mla"}, "attention_variant = mla: the planner costs full causal and sliding-window"),
+    ({"attention_variant": "mla"}, "mla: give the key-value latent width in the 'kv_lora_rank' column and the rotated"),
+    ({"kv_lora_rank": "512"}, "column 'kv_lora_rank' is set but attention_variant is full"),
+    ({"attention_variant": "chunked"}, "attention_variant = chunked: the planner costs full causal, sliding-window"),
     ({"attention_variant": "sliding-window", "experts": "", "top_k": "", "ep": ""},
      "give the window (tokens) in the 'window' column"),
     ({"attention_variant": "sparse"}, "column 'attention_variant' = 'sparse': must be one of"),

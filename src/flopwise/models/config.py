@@ -7,6 +7,13 @@ Each Yuan preset has a Llama-style twin (`llama-*`) with LFA switched off, for c
 Mixture of experts (`experts` > 0, models/moe.py): every block's FFN becomes `experts` SwiGLU experts of
 width `ffn`, `top_k` of them per token, chosen by the Yuan 2.0-M32 attention router or a linear one, plus, with
 `shared_ffn` > 0, a shared SwiGLU of that width every token passes (DeepSeekMoE's shared experts, arXiv 2401.06066).
+With `dense_layers` > 0 the first blocks keep a dense SwiGLU of width `dense_ffn` (DeepSeek-V3's first 3, Moonlight's
+first 1) and the rest are MoE.
+
+Multi-head latent attention (`kv_lora_rank` > 0, models/attention.py LatentAttention; DeepSeek-V2, arXiv 2405.04434,
+section 2.1): keys and values come up from a `kv_lora_rank`-wide latent, queries from a `q_lora_rank`-wide one (0:
+projected directly), each head's query and key carry `head_dim` dims without position plus `rope_head_dim` rotated
+ones (the rotated key shared by all heads), and values `head_dim` dims.
 """
 
 from __future__ import annotations
@@ -42,6 +49,11 @@ class ModelConfig:
     capacity_factor: float = 0.0  # 0: dropless; c > 0: at most ceil(c x tokens x top_k / experts) per expert (training)
     aux_loss_coef: float = 0.01  # load-balancing loss weight (Switch Transformer's alpha)
     z_loss_coef: float = 0.0  # router z-loss weight (ST-MoE uses 1e-3)
+    dense_layers: int = 0  # MoE: the first dense_layers blocks keep a dense SwiGLU of width dense_ffn (DeepSeek-V3: 3)
+    dense_ffn: int = 0  # MoE: the width of those dense blocks' SwiGLU
+    kv_lora_rank: int = 0  # multi-head latent attention: the keys' and values' latent width; 0: plain attention
+    q_lora_rank: int = 0  # latent attention: the queries' latent width; 0: queries projected from the hidden state
+    rope_head_dim: int = 0  # latent attention: rotated query / key dims per head, besides head_dim unrotated ones
 
     def __post_init__(self) -> None:
         self.validate()
@@ -53,6 +65,33 @@ class ModelConfig:
     @property
     def is_moe(self) -> bool:
         return self.experts > 0
+
+    @property
+    def is_latent(self) -> bool:
+        """Multi-head latent attention (DeepSeek-V2's MLA)."""
+        return self.kv_lora_rank > 0
+
+    @property
+    def qk_head_dim(self) -> int:
+        """Dims per head of a query and a key: head_dim, plus the rotated ones under latent attention."""
+        return self.head_dim + self.rope_head_dim
+
+    @property
+    def rope_dim(self) -> int:
+        """Dims per head RoPE rotates: all of them, or latent attention's rope_head_dim."""
+        return self.rope_head_dim if self.is_latent else self.head_dim
+
+    @property
+    def moe_layers(self) -> int:
+        """Blocks with experts: all but the leading dense ones (0 for a dense model)."""
+        return self.layers - self.dense_layers if self.experts else 0
+
+    def layer_is_moe(self, index: int) -> bool:
+        return bool(self.experts) and index >= self.dense_layers
+
+    def dense_block(self) -> ModelConfig:
+        """The config of a leading dense block of an MoE model (its SwiGLU of dense_ffn, the same attention)."""
+        return self.replace(experts=0, shared_ffn=0, ffn=self.dense_ffn, dense_layers=0, dense_ffn=0)
 
     def layer_window(self, index: int) -> int:
         """The attention window of block `index` (0: full causal): every block windowed, or all but each
@@ -78,8 +117,9 @@ class ModelConfig:
             raise ConfigError(
                 f"model.{width_key} = {self.attn_dim or self.hidden}: must be divisible by model.heads = {self.heads}"
             )
-        if self.head_dim % 2:
-            raise ConfigError(f"model head dim {self.head_dim} (hidden / heads): must be even for RoPE")
+        self._validate_latent()
+        if self.rope_dim % 2:
+            raise ConfigError(f"model RoPE dims {self.rope_dim} per head: must be even")
         if self.kv_heads > self.heads or self.heads % self.kv_heads:
             raise ConfigError(
                 f"model.kv_heads = {self.kv_heads}: must divide model.heads = {self.heads} (grouped-query attention)"
@@ -105,8 +145,34 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"model.{key} = {value!r}: must be a non-negative integer (0: off)")
 
+    def _validate_latent(self) -> None:
+        self._non_negative("kv_lora_rank", "q_lora_rank", "rope_head_dim")
+        if not self.kv_lora_rank:
+            stray = [k for k in ("q_lora_rank", "rope_head_dim") if getattr(self, k)]
+            if stray:
+                raise ConfigError(f"model.{stray[0]} = {getattr(self, stray[0])}: latent attention needs "
+                                  "model.kv_lora_rank > 0")
+            return
+        if not self.rope_head_dim:
+            raise ConfigError("model.kv_lora_rank: latent attention needs model.rope_head_dim > 0 (its rotated dims)")
+        if self.kv_heads != self.heads:
+            raise ConfigError(f"model.kv_heads = {self.kv_heads}: latent attention gives every head its own key and "
+                              f"value; set kv_heads = heads = {self.heads}")
+        if self.lfa:
+            raise ConfigError("model.kv_lora_rank: latent attention is for plain attention; set model.lfa = false")
+
     def _validate_moe(self) -> None:
-        self._non_negative("experts", "top_k", "shared_ffn")
+        self._non_negative("experts", "top_k", "shared_ffn", "dense_layers", "dense_ffn")
+        if self.dense_layers or self.dense_ffn:
+            if not self.experts:
+                raise ConfigError("model.dense_layers / dense_ffn: leading dense blocks are for an MoE model "
+                                  "(model.experts > 0); a dense model's width is model.ffn")
+            if not self.dense_layers or not self.dense_ffn:
+                raise ConfigError("model.dense_layers and model.dense_ffn go together: how many leading dense blocks, "
+                                  "and their SwiGLU width")
+            if self.dense_layers >= self.layers:
+                raise ConfigError(f"model.dense_layers = {self.dense_layers}: must be fewer than model.layers = "
+                                  f"{self.layers} (an MoE model needs an MoE block)")
         if not self.experts:
             if self.shared_ffn:
                 raise ConfigError(f"model.shared_ffn = {self.shared_ffn}: shared experts need model.experts > 0")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from flopwise.errors import ConfigError
-from flopwise.models.attention import Attention
+from flopwise.models.attention import build_attention
 from flopwise.models.config import ModelConfig
 from flopwise.models.mlp import GeluMLP, SwiGLU
 from flopwise.models.moe import MoEFeedForward
@@ -36,10 +36,12 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, index: int = 0) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps)
-        self.attn = Attention(cfg, cfg.layer_window(index))
+        self.attn = build_attention(cfg, cfg.layer_window(index))
         self.ffn_norm = nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps)
-        if cfg.experts:
+        if cfg.layer_is_moe(index):
             self.mlp = MoEFeedForward(cfg)
+        elif cfg.experts:  # a leading dense block of an MoE model
+            self.mlp = SwiGLU(cfg.hidden, cfg.dense_ffn)
         else:
             self.mlp = SwiGLU(cfg.hidden, cfg.ffn) if cfg.mlp == "swiglu" else GeluMLP(cfg.hidden, cfg.ffn)
 
@@ -59,9 +61,11 @@ class KVCache:
             raise ConfigError(f"cache length {max_len} exceeds the model context {cfg.seq_len}")
         self.max_len = max_len
         self.length = 0
-        shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
+        # latent attention's keys carry rope_head_dim more dims than its values (cached expanded, not as the latent)
+        k_shape = (batch, cfg.kv_heads, max_len, cfg.qk_head_dim)
+        v_shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
         self.layers = [
-            {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype)}
+            {"k": torch.zeros(k_shape, device=device, dtype=dtype), "v": torch.zeros(v_shape, device=device, dtype=dtype)}
             for _ in range(cfg.layers)
         ]
         self.segments = torch.zeros(batch, max_len, dtype=torch.long, device=device)
@@ -78,7 +82,7 @@ class Transformer(nn.Module):
         self.output = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_table(cfg.head_dim, cfg.seq_len, cfg.rope_base)
+        cos, sin = rope_table(cfg.rope_dim, cfg.seq_len, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
@@ -109,7 +113,7 @@ class Transformer(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         if device.type != "meta":
-            cos, sin = rope_table(cfg.head_dim, cfg.seq_len, cfg.rope_base, device=device)
+            cos, sin = rope_table(cfg.rope_dim, cfg.seq_len, cfg.rope_base, device=device)
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
 

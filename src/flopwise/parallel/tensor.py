@@ -18,7 +18,12 @@ w1/w3 are split by output rows and w2 by input columns, and the layer's partial 
 TP by the same hooks as a dense MLP. The gradients that reach the router from the main loss are then
 partial sums (each rank back-propagates its share of the expert outputs), so the router's weight
 gradients are all-reduced like the LFA filter's, and each rank carries 1/tp of the auxiliary losses'
-gradient (MoEFeedForward.aux_loss_share) so that the sum over TP counts them once."""
+gradient (MoEFeedForward.aux_loss_share) so that the sum over TP counts them once.
+
+Latent attention (models/attention.py LatentAttention) is cut by heads like the plain kind: the query projection
+(W_q, or the up projection W_qb) and the key-value up projection W_kvb by output rows, W_o by input columns. Its down
+projections and latent norms stay whole (Megatron-Core's MLA duplicates them), so their gradients, which each rank
+back-propagates from its own heads only, are partial sums and are all-reduced like the LFA filter's."""
 
 from __future__ import annotations
 
@@ -95,9 +100,13 @@ def apply_tensor_parallel(part: nn.Module, group, sequence_parallel: bool) -> Te
     for index, block in part.layers.items():
         prefix = f"layers.{index}"
         attn, mlp = block.attn, block.mlp
-        for name in ("wq", "wk", "wv"):
-            _shard(getattr(attn, name), "weight", 0, rank, size)
-            info.shard_dim[f"{prefix}.attn.{name}.weight"] = 0
+        for name in ("wq", "wk", "wv", "wq_b", "wkv_b"):  # the column-parallel projections this kind has
+            if hasattr(attn, name):
+                _shard(getattr(attn, name), "weight", 0, rank, size)
+                info.shard_dim[f"{prefix}.attn.{name}.weight"] = 0
+        for name in ("wq_a", "q_norm", "wkv_a", "kv_norm"):  # latent attention's whole parts: partial gradients
+            if hasattr(attn, name):
+                info.partial_grads.append(f"{prefix}.attn.{name}.weight")
         _shard(attn.wo, "weight", 1, rank, size)
         info.shard_dim[f"{prefix}.attn.wo.weight"] = 1
         if isinstance(mlp, MoEFeedForward):

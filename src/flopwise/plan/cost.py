@@ -120,6 +120,7 @@ from flopwise.flops import (
     model_flops_per_token,
     op_checkpoint_gemms,
     param_counts,
+    score_head_dim,
 )
 from flopwise.hardware import (
     CATALOGUE,
@@ -171,7 +172,7 @@ FP8_FUSED_CAST_BYTES = 2.0
 # Block-scaled formats (MXFP8, NVFP4, MXFP4: spec.GEMM_FORMATS): the row-wise and the column-wise copy carry their scales
 # wherever they are written, kept, gathered or read by a GEMM (GemmFormat.stored_bytes).
 FP8_UNFUSED_INPUT = frozenset({"wo"})
-FP8_INPUT_SHARED = frozenset({"wk", "wv"})  # cast once, with wq's input
+FP8_INPUT_SHARED = frozenset({"wk", "wv", "wkv_a"})  # cast once, with wq's (latent attention: wq_a's) input
 FP8_ONE_INPUT = frozenset({"w_up", "shared_up"})  # gate and up (count 2) read one input
 
 
@@ -205,7 +206,8 @@ FA3_HOPPER_EFFICIENCY = 0.6
 
 
 TP_GEMM_GROUPS = {"wq": "qkv", "wk": "qkv", "wv": "qkv", "wo": "wo", "w_up": "w_up", "w_down": "w_down",
-                  "shared_up": "w_up", "shared_down": "w_down"}  # (an MoE layer's shared expert: a dense MLP)
+                  "shared_up": "w_up", "shared_down": "w_down",  # (an MoE layer's shared expert: a dense MLP)
+                  "wq_b": "qkv", "wkv_b": "qkv"}  # (latent attention's up projections, cut by heads)
 NET_HOP_LATENCY_S = 7e-6  # one inter-node hop (InfiniBand switch + NIC), NCCL tree: 2 log2(nodes) hops
 DP_BUCKET_BYTES = 40e6 * 4  # gradient buckets (Megatron: 40M fp32 elements; DDP: 25 MB)
 
@@ -270,6 +272,23 @@ class LayerCost:
     recompute: float
     tp: float  # exposed TP collectives, recomputed forward included
     cp: float = 0.0  # exposed ring-attention KV exchange (context parallelism)
+
+
+@dataclass(frozen=True)
+class LayerTerms:
+    """Seconds one block adds per micro-batch on one rank: its LayerCost, a mixture's extra expert compute
+    (imbalance) and exposed all-to-all, its wait on the host, torchao's shard cast."""
+
+    cost: LayerCost
+    expert: float
+    a2a: float
+    wait: float
+    shard_cast: float
+
+    def per_microbatch(self) -> tuple[float, float, float, float, float, float]:
+        """(compute, recompute, tp, cp, ep, host wait), the columns of a stage's time."""
+        c = self.cost
+        return c.fwd + c.bwd + self.expert + self.shard_cast, c.recompute, c.tp, c.cp, self.a2a, self.wait
 
 
 @dataclass
@@ -424,6 +443,8 @@ class CostModel:
         self.layer_params = mem.layer_params(model)
         self.memory_limit = mem.usable_bytes(self.acc.memory_bytes)
         self._layer_cache: dict[tuple, LayerCost] = {}
+        # an MoE model's leading dense blocks (model.dense_layers): their per-layer costs are a dense twin's
+        self.dense = CostModel(model.dense_block(), cluster, training, constants) if model.dense_layers else None
 
     def _traffic(self, profile: Software) -> float:
         """Bytes the profile's elementwise kernels move per planned pass (Software.elementwise_traffic)."""
@@ -578,14 +599,15 @@ class CostModel:
         (context parallel: the load-balanced causal share 1/cp of it)."""
         cfg, s = self.model, self.seq
         heads = math.ceil(cfg.heads / tp)
-        d = cfg.head_dim
+        # latent attention: its scores over qk_head_dim, its values over head_dim, or padded to qk_head_dim
+        d = cfg.qk_head_dim if cfg.is_latent and self.training.profile.pads_latent_values else score_head_dim(cfg)
         if self.training.profile.attention == "flash":  # the layers' mean over full and sliding-window blocks
             windowed = cfg.windowed_layers / cfg.layers
             causal = causal_attention_flops(s, d, heads, mb)
             # a windowed kernel visits the band only; a masked one (flopwise's SDPA) computes every block of the scores
             band = causal_attention_flops(s, d, heads, mb, cfg.window) if self.training.profile.window_kernel else 2 * causal
             return ((1 - windowed) * causal + windowed * band) / cp / self.attention_rate
-        return (self.gemm_time(s, d, s, heads * mb) + self.gemm_time(s, s, d, heads * mb)) / cp
+        return (self.gemm_time(s, cfg.qk_head_dim, s, heads * mb) + self.gemm_time(s, s, cfg.head_dim, heads * mb)) / cp
 
     def _kept_activations(self, tp: int, sp: bool, mb: int, cp: int, recompute: str = "none") -> float:
         """Bytes one layer's kernels write for its backward, as an eager stack keeps them (the elementwise passes run
@@ -692,7 +714,7 @@ class CostModel:
             tp_time = one_fwd * (2 + again) + 2 * one
         cp_time = 0.0
         if cp > 1:  # ring: cp - 1 steps, each hidden behind one step's share of the attention
-            kv = 2 * tokens * self.model.kv_heads / tp * self.model.head_dim * self.training.dtype_bytes
+            kv = tokens * self.model.kv_heads / tp * 2 * score_head_dim(self.model) * self.training.dtype_bytes
             bw, lat = self.bus_bandwidth(tp * cp), self.latency(tp * cp)
             step_f = max(0.0, kv / bw + lat - attn / cp)
             step_b = max(0.0, 2 * kv / bw + lat - 2 * attn / cp)  # K, V and dK, dV
@@ -726,10 +748,14 @@ class CostModel:
         return self.ring(kind, nbytes, tp, self.bus_bandwidth(tp, tp))
 
     # ---- memory ----------------------------------------------------------------------------------
-    def stage_params(self, layout: Layout, stage: int, layers: int) -> float:
-        """Parameters held by one rank of pipeline stage `stage` (before ZeRO sharding)."""
+    def stage_params(self, layout: Layout, stage: int, layers: int, dense: int = 0) -> float:
+        """Parameters held by one rank of pipeline stage `stage` (before ZeRO sharding), `dense` of its `layers` an
+        MoE model's leading dense blocks."""
         tp, p = layout.tp, layout.pp
-        params = layers * self.layer_params.per_rank(tp) - moe.expert_params_elsewhere(self.model, layout, layers)
+        params = ((layers - dense) * self.layer_params.per_rank(tp)
+                  - moe.expert_params_elsewhere(self.model, layout, layers - dense))
+        if dense:
+            params += dense * self.dense.layer_params.per_rank(tp)
         emb = self.counts.embedding / tp
         if stage == 0:
             params += emb
@@ -739,18 +765,23 @@ class CostModel:
                 params += emb  # the LM head (a tied copy on the last stage when pipelined, as Megatron does)
         return params
 
-    def stage_memory(self, layout: Layout, stage: int, layers: int, microbatches: int) -> dict[str, float]:
+    def stage_memory(self, layout: Layout, stage: int, layers: int, microbatches: int,
+                     dense: int = 0) -> dict[str, float]:
+        """Bytes per rank of pipeline stage `stage` holding `layers` blocks, `dense` of them an MoE model's leading
+        dense ones."""
         t = self.training
-        params = self.stage_params(layout, stage, layers)
+        params = self.stage_params(layout, stage, layers, dense)
         autocast = t.profile.autocast_weights and t.dtype_bytes < 4
         # ZeRO and FSDP shard the non-expert weights over dp x cp (context-parallel ranks hold the same weights);
         # under autocast the model's own weights and gradients are fp32 and the optimizer keeps no master copy
-        out = moe.model_states(self.model, "fp32" if autocast else t.precision, layout, params, layers, t.profile)
+        out = moe.model_states(self.model, "fp32" if autocast else t.precision, layout, params, layers - dense,
+                               t.profile)
         out["weight_copies"] = params * t.dtype_bytes if autocast else 0.0  # autocast's casts, saved for backward
-        per_layer = mem.mean_layer_activation_bytes(self.model, t, layout)
-        out["activations"] = layers * mem.in_flight(layout, stage, microbatches) * per_layer
+        kinds = [(layers - dense, self.model)] + ([(dense, self.dense.model)] if dense else [])
+        out["activations"] = mem.in_flight(layout, stage, microbatches) * sum(
+            n * mem.mean_layer_activation_bytes(cfg, t, layout) for n, cfg in kinds)
         # one layer's activations alive while it is recomputed in the backward (no saved tensor: a part of its own)
-        out["recompute_layer"] = (mem.layer_activation_bytes(self.model, t, layout, recompute="none")
+        out["recompute_layer"] = (max(mem.layer_activation_bytes(cfg, t, layout, recompute="none") for n, cfg in kinds if n)
                                   if layout.recompute in BLOCK_CHECKPOINTS and layers else 0.0)
         logits = 0.0
         if stage == layout.pp - 1:
@@ -769,11 +800,14 @@ class CostModel:
         return out
 
     # ---- data parallelism --------------------------------------------------------------------------
-    def dp_time(self, layout: Layout, lc: LayerCost, layers: int, local: float, m: int) -> float:
+    def dp_time(self, layout: Layout, lc: LayerCost, layers: int, local: float, m: int,
+                moe_layers: int | None = None) -> float:
         """Exposed data-parallel / ZeRO communication per step over a stage of `layers` layers holding `local`
         parameters per rank; the group is dp x cp ranks (hybrid: ZeRO inside dp_shard x cp of them). Expert
-        weights (ep > 1) are reduced, and under ZeRO-3 gathered, only over the ep_dp x cp ranks that hold the
-        same experts (flopwise.parallel.parallelize), in collectives of their own beside the dense ones."""
+        weights (ep > 1; of `moe_layers` of the layers, default all) are reduced, and under ZeRO-3 gathered, only over
+        the ep_dp x cp ranks that hold the same experts (flopwise.parallel.parallelize), in collectives of their own
+        beside the dense ones. ZeRO-3's per-layer gathers are costed as the MoE block's on every layer."""
+        moe_layers = layers if moe_layers is None else moe_layers
         t, tp, cp = self.training, layout.tp, layout.cp
         dp, shard = layout.dp * cp, layout.shard_degree * cp
         # fp16 gradients are reduced in fp16, fp32 ones in fp32; bf16 ones as the stack does (fp32: Megatron, FSDP)
@@ -789,7 +823,7 @@ class CostModel:
         ep_dp = layout.dp // layout.ep * cp
         dense_layer = self.layer_params.per_rank(tp) - (moe.expert_params_per_layer(self.model) / tp
                                                        if layout.ep > 1 else 0.0)
-        dense_local = local - layers * expert_layer
+        dense_local = local - moe_layers * expert_layer
 
         def replicas(params: float) -> float:  # the all-reduce of a 1/shard gradient shard across groups
             if groups == 1:
@@ -803,7 +837,7 @@ class CostModel:
         window_b = lc.bwd * layers  # one micro-batch's backward on the stage
         window_f = lc.fwd * layers
         overlap = layout.zero >= t.profile.overlap_from_zero
-        experts = layers * expert_layer
+        experts = moe_layers * expert_layer
         if layout.zero == 0:
             red = both("all_reduce", dense_local, experts, grad_bytes)
             return max(0.0, red - window_b) if overlap else red
@@ -875,6 +909,24 @@ class CostModel:
         it: the host runs ahead, so only a block it needs longer for than the GPU is held up."""
         return max(0.0, host_s - layer_gpu_s)
 
+    def layer_terms(self, layout: Layout, microbatches: int, host_s: float) -> LayerTerms:
+        """One of this model's blocks per micro-batch on one rank, for a step of `microbatches` whose host needs
+        `host_s` per block."""
+        lc = self.layer_cost(layout.tp, layout.sp, layout.micro_batch, layout.recompute, layout.recompute_every,
+                             layout.cp)
+        expert, a2a = moe.moe_layer_time(self, layout, self.training.expert_imbalance)
+        wait = self.launch_wait(host_s, self.layer_gpu_time(layout, lc)) + moe.moe_host_time(self, layout)
+        return LayerTerms(lc, expert, a2a, wait, self.shard_cast_time(layout, microbatches))
+
+    def dense_per_rank(self, layout: Layout, split: tuple[int, ...]) -> tuple[int, ...]:
+        """How many of each pipeline rank's layers are the model's leading dense blocks: they fill the first chunks
+        (chunk c of the split runs on rank c % pp, Layout.rank_layers)."""
+        out, start, first = [0] * layout.pp, 0, self.model.dense_layers
+        for chunk, n in enumerate(split):
+            out[chunk % layout.pp] += max(0, min(start + n, first) - start)
+            start += n
+        return tuple(out)
+
     def microbatches(self, layout: Layout) -> int:
         return self.check(layout)
 
@@ -944,24 +996,26 @@ class CostModel:
         pp_layers = layout.rank_layers(split)
         tp, sp, mb, p, v = layout.tp, layout.sp, layout.micro_batch, layout.pp, layout.vpp
         cp = layout.cp
-        lc = self.layer_cost(tp, sp, mb, layout.recompute, layout.recompute_every, cp)
         head_compute, head_comm = self.head_time(tp, mb, cp)
         emb_comm = self.embedding_time(tp, sp, mb, cp)
-        moe_comp, moe_a2a = moe.moe_layer_time(self, layout, t.expert_imbalance)
+        main = self.layer_terms(layout, m, host_s)
+        lc = main.cost
+        dense = self.dense_per_rank(layout, split)
+        kinds = (main, self.dense.layer_terms(layout, m, host_s)) if self.dense else (main,)
 
         # per-micro-batch time of each stage: (compute, recompute, tp, cp, ep, the blocks' wait on the host)
-        wait = self.launch_wait(host_s, self.layer_gpu_time(layout, lc)) + moe.moe_host_time(self, layout)
-        shard_cast = self.shard_cast_time(layout, m)
+        per_block = [kind.per_microbatch() for kind in kinds]
         stages = []
         for i, n in enumerate(pp_layers):
-            comp = n * (lc.fwd + lc.bwd + moe_comp + shard_cast)
-            tpc = n * lc.tp
+            counts = (n - dense[i], dense[i])[:len(kinds)]
+            comp, rc, tpc, cpc, epc, waitc = (sum(c * terms[j] for c, terms in zip(counts, per_block, strict=True))
+                                              for j in range(len(per_block[0])))
             if i == 0:
                 tpc += emb_comm
             if i == p - 1:
                 comp += head_compute
                 tpc += head_comm
-            stages.append((comp, n * lc.recompute, tpc, n * lc.cp, n * moe_a2a, n * wait))
+            stages.append((comp, rc, tpc, cpc, epc, waitc))
         totals = [sum(s) for s in stages]
         slowest = max(range(p), key=lambda i: totals[i])
         t_max = totals[slowest]
@@ -988,13 +1042,14 @@ class CostModel:
 
         # data parallel / ZeRO over the largest stage's parameters; context-parallel ranks join the group
         dp, shard = layout.dp * cp, layout.shard_degree * cp
-        stage_params = [self.stage_params(layout, i, n) for i, n in enumerate(pp_layers)]
+        stage_params = [self.stage_params(layout, i, n, dense[i]) for i, n in enumerate(pp_layers)]
         local = max(stage_params)
-        breakdown["dp"] = self.dp_time(layout, lc, pp_layers[slowest], local, m) if dp > 1 else 0.0
+        big = stage_params.index(local)
+        breakdown["dp"] = (self.dp_time(layout, lc, pp_layers[slowest], local, m, pp_layers[slowest] - dense[slowest])
+                           if dp > 1 else 0.0)
         opt_params = local
         if layout.zero >= 1:  # the optimizer shard: dense weights over dp_shard x cp, experts over ep_dp x cp
-            big = stage_params.index(local)
-            experts = pp_layers[big] * moe.expert_params_per_rank(cfg, layout) if layout.ep > 1 else 0.0
+            experts = (pp_layers[big] - dense[big]) * moe.expert_params_per_rank(cfg, layout) if layout.ep > 1 else 0.0
             opt_params = (local - experts) / shard + experts / (layout.dp // layout.ep * cp)
         opt_bytes = 28.0 if t.precision in FULL_PRECISIONS else OPTIMIZER_BYTES_PER_PARAM
         breakdown["optimizer"] = opt_params * opt_bytes / self.hbm_rate
@@ -1012,7 +1067,7 @@ class CostModel:
         tps_gpu = tokens_per_step / step / self.cluster.gpus
         mfu = tps_gpu * model_flops_per_token(cfg, self.seq) / self.acc.peak_flops
         hfu = tps_gpu * hardware_flops_per_token(cfg, layout.recompute, self.seq) / self.acc.peak_flops
-        memory = [self.stage_memory(layout, i, n, m) for i, n in enumerate(pp_layers)]
+        memory = [self.stage_memory(layout, i, n, m, dense[i]) for i, n in enumerate(pp_layers)]
         limit = self.memory_limit
         seconds = t.tokens / (tps_gpu * self.cluster.gpus) if t.tokens else 0.0
         return Plan(

@@ -18,7 +18,9 @@ that SwiGLU, LFA, grouped-query attention, fused (flash) attention and no-dropou
   attention input      h              (the first norm's output = QKV projection input)  replicated
   LFA                  2h + norm + h  (x[t-1] and y1, y1[t-1] (h/2 each) as conv inputs, the filter's norm,
                                       its output x' that feeds Q and K)                 replicated
-  Q, K, V              q + 2 kv       (after RoPE; QK^T needs Q, K, AV needs V)         split by TP
+  Q, K, V              q + 2 kv       (after RoPE; QK^T needs Q, K, AV needs V; latent   split by TP
+                                      attention's Q and K carry rope_head_dim more dims per head, and its two
+                                      latents keep their norm and up-projection inputs, replicated)
   attention core       unfused: softmax output + dropout output (2 a s) + dropout mask (a s, 1 byte);
                        flash: the fp32 log-sum-exp (a) only (its output is the next input)  split by TP
   output projection    q              (its input)                                       split by TP
@@ -123,8 +125,15 @@ def layer_activation_bytes(
     tokens = s * layout.micro_batch / layout.cp  # context parallelism splits the sequence
     t = layout.tp
     e = training.dtype_bytes
-    h, q, kv, a, ffn = cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.heads, cfg.ffn
+    h, a, ffn = cfg.hidden, cfg.heads, cfg.ffn
+    # queries and keys over qk_head_dim (latent attention: head_dim + rope_head_dim), values and the output over head_dim
+    q, k, v = cfg.heads * cfg.qk_head_dim, cfg.kv_heads * cfg.qk_head_dim, cfg.kv_heads * cfg.head_dim
+    o = cfg.heads * cfg.head_dim
     sw = training.profile
+    # the attention kernel's saved output: a padding stack's is as wide as the keys, and the output projection keeps
+    # its own unpadded input besides (its values padded too)
+    padded = cfg.is_latent and sw.pads_latent_values
+    kernel_out = cfg.heads * cfg.qk_head_dim if padded else o
     rep_div = t if layout.sp else 1  # sequence parallelism splits the replicated share
     if recompute == "full":  # only the layer input is kept (Korthikanti section 5: 2 s b h)
         return tokens * h * e / rep_div
@@ -133,7 +142,7 @@ def layer_activation_bytes(
         # before its all-reduce or reduce-scatter
         kept = sum(g.n * e / (t if g.tp == "column" else 1) for g in op_checkpoint_gemms(cfg)[0])
         if sw.attention != "unfused":  # the fused kernel's output and its fp32 log-sum-exp (unfused: recomputed)
-            kept += (q * e + 4 * a) / t
+            kept += (kernel_out * e + 4 * a) / t
         return tokens * (h * e / rep_div + kept)
     fused = sw.fused_norm or (sw.compiled_saves and not written)
     norm = h * e if fused else 2 * h * e + 4  # fused: input; PyTorch: input, normalised x, fp32 rstd
@@ -142,7 +151,12 @@ def layer_activation_bytes(
         replicated += 2 * h * e + norm + h * e
     if sw.dropout:
         replicated += 2 * h  # two 1-byte masks
-    sharded = (q + 2 * kv + q) * e  # Q, K, V and the output projection's input (= flash's saved output)
+    for width in (cfg.q_lora_rank, cfg.kv_lora_rank):  # latent attention: each latent's norm and its up projection's input
+        if width:
+            replicated += (width * e if fused else 2 * width * e + 4) + width * e
+    sharded = (q + k + v + o) * e  # Q, K, V and the output projection's input (= flash's saved output)
+    if padded:
+        sharded += (cfg.kv_heads * cfg.rope_head_dim + kernel_out) * e
     # SwiGLU: gate and up outputs, SiLU output, product (4 ffn); Megatron-family fused kernels (bias_swiglu) and
     # torch.compile's partitioner keep the fc1 output (gate and up) and the product, and recompute SiLU (3 ffn)
     mlp_inner = (2 if cfg.mlp != "swiglu" else 3 if fused else 4) * ffn * e
@@ -159,7 +173,7 @@ def layer_activation_bytes(
     # elementwise passes (`written`) run over what the casts write either way, so its step time is costed the same
     if low and (sw.fp8_library == "transformer-engine" or written):
         replicated -= (h + h) * (e - low.stored_bytes)  # QKV and MLP inputs
-        sharded -= (q + ffn + cfg.shared_ffn) * (e - low.stored_bytes)  # output projection and second MLP matmul inputs
+        sharded -= (o + ffn + cfg.shared_ffn) * (e - low.stored_bytes)  # output projection and second MLP matmul inputs
     if sw.attention == "unfused":
         if recompute != "selective":  # softmax output, dropout output and its 1-byte mask
             sharded += 2 * a * s * e + (a * s if sw.dropout else 0)

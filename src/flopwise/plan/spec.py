@@ -115,6 +115,10 @@ class Software:
     # block mask) vs a masked kernel that computes every block of the s x s scores and keeps the mask for its backward
     # (flopwise's SDPA with a band mask)
     window_kernel: bool = True
+    # latent attention's values padded to the keys' width for a fused kernel of one head dim, the padded output kept
+    # beside the output projection's input (flopwise's trainer, as Hugging Face's DeepSeek code for FA2) vs a kernel
+    # taking unequal head dims (TE / cuDNN fused attention, FA3: 192 / 128)
+    pads_latent_values: bool = False
     pipeline: str = "megatron"  # 'megatron': async p2p | 'deepspeed': blocking p2p, one instruction at a time
     grad_reduce_bytes: int = 4  # bytes per gradient element in the data-parallel reduction (bf16/fp32 runs)
     selective_recompute: bool = True  # the stack has Megatron's selective recomputation (the search may pick it)
@@ -244,7 +248,7 @@ SOFTWARE = {
     # class; on older GPUs the cost model prices flash attention at one rate whatever the kernel.
     "flopwise": Software("flash", False, False, 2, attention_kernel="fa3", fused_elementwise=False, op_checkpoint=True,
                          elementwise_traffic=FLOPWISE_EAGER_TRAFFIC, recompute_early_stop=True, eager_loss=True,
-                         autocast_weights=True, window_kernel=False),
+                         autocast_weights=True, window_kernel=False, pads_latent_values=True),
     # Megatron-LM as in the published runs (Narayanan et al. 2021, Korthikanti et al. 2022): fused
     # scale-mask-softmax + dropout (no flash attention yet), GPT dropout, apex fused LayerNorm, gradient
     # all-reduce after the backward (no overlap in those versions).

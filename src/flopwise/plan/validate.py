@@ -146,13 +146,14 @@ def _recompute_word(text: str, notes: list[str]) -> str:
     return word
 
 
-# what a mixture-of-experts row may state that the planner does not cost yet: (column, what it is)
-_MOE_UNCOSTED = (
-    ("dense_layers", "leading dense layers (DeepSeek-V3's first 3; every block is costed alike)"),
-)
 # cells that only a mixture-of-experts row may fill: on a dense row they would be dropped unread
 _MOE_ONLY = ("top_k", "router", "shared_ffn", "etp", "dense_layers", "dense_ffn")
 ATTENTION_VARIANTS = ("full", "mla", "sliding-window", "chunked")
+# the cells of each attention variant that reads any (a window's, latent attention's), the first ones required
+_VARIANT_CELLS = {"sliding-window": (("window",), ("global_every",)),
+                  "mla": (("kv_lora_rank", "rope_head_dim"), ("q_lora_rank",))}
+_REQUIRED_MEANS = {"window": "the window (tokens)", "kv_lora_rank": "the key-value latent width",
+                   "rope_head_dim": "the rotated query / key dims per head"}
 
 
 def _optional_int(row: dict, key: str) -> int:
@@ -160,26 +161,33 @@ def _optional_int(row: dict, key: str) -> int:
     return _int(row, key) if _cell(row, key).strip("0.") else 0
 
 
-def _window(row: dict) -> dict:
+def _attention_variant(row: dict) -> dict:
     """The ModelConfig fields of an `attention_variant` (optional column; blank: full causal attention):
     `sliding-window` with its `window` (tokens) and `global_every` (every global_every-th block full; blank: none);
-    the variants the planner does not cost yet (mla, chunked) are refused by name, and window cells without the
-    variant that reads them as a data error."""
+    `mla`, multi-head latent attention, with its `kv_lora_rank`, `rope_head_dim` and `q_lora_rank` (blank or 0: no
+    query latent), `head_dim` being the unrotated query / key dims per head; `chunked` (Llama 4's) is refused by name,
+    and a variant's cells on a row of another variant are a data error."""
     variant = _cell(row, "attention_variant").lower() or "full"
     if variant not in ATTENTION_VARIANTS:
         raise DataError(f"column 'attention_variant' = {variant!r}: must be one of {', '.join(ATTENTION_VARIANTS)}")
-    if variant != "sliding-window":
-        stray = [key for key in ("window", "global_every") if _cell(row, key)]
-        if stray:
-            raise DataError(f"column {stray[0]!r} is set but attention_variant is {variant}: a window needs "
-                            "attention_variant = sliding-window")
+    for other, (required, optional) in _VARIANT_CELLS.items():
+        stray = [key for key in (*required, *optional) if _cell(row, key).strip("0.")]
+        if other != variant and stray:
+            raise DataError(f"column {stray[0]!r} is set but attention_variant is {variant}: it is read with "
+                            f"attention_variant = {other}")
     if variant == "full":
         return {}
-    if variant != "sliding-window":
-        raise PlanError(f"attention_variant = {variant}: the planner costs full causal and sliding-window attention only")
-    if not _cell(row, "window"):
-        raise DataError("attention_variant = sliding-window: give the window (tokens) in the 'window' column")
-    return {"window": _int(row, "window"), "global_every": _optional_int(row, "global_every")}
+    if variant not in _VARIANT_CELLS:
+        raise PlanError(f"attention_variant = {variant}: the planner costs full causal, sliding-window and latent "
+                        "(mla) attention only")
+    required, optional = _VARIANT_CELLS[variant]
+    blank = [key for key in required if not _cell(row, key).strip("0.")]
+    if blank:
+        raise DataError(f"attention_variant = {variant}: give " + " and ".join(
+            f"{_REQUIRED_MEANS[key]} in the {key!r} column" for key in blank))
+    if variant == "mla" and not _cell(row, "head_dim"):
+        raise DataError("attention_variant = mla: give 'head_dim', the unrotated query / key dims per head")
+    return {key: _optional_int(row, key) for key in (*required, *optional)}
 
 
 def _experts(row: dict, tp: int) -> dict:
@@ -187,16 +195,18 @@ def _experts(row: dict, tp: int) -> dict:
     a SwiGLU of width `ffn`, `top_k` per token (blank: 2), chosen by a `router` (blank: linear, the published models'
     router; `attention` is Yuan 2.0-M32's), beside shared experts of total width `shared_ffn` (blank: none). A blank
     or zero `experts` is a dense row, whose MoE cells must be blank. What a row states that the planner does not cost
-    is refused with its name: leading dense layers, an MoE block every `moe_every` > 1 layers, and expert tensor
-    parallelism other than tp (`etp`; blank: tp, Megatron's default; with tp blank the row must give it)."""
+    is refused with its name: an MoE block every `moe_every` > 1 layers, and expert tensor
+    parallelism other than tp (`etp`; blank: tp, Megatron's default; with tp blank the row must give it). Leading
+    dense blocks: `dense_layers` of them with a SwiGLU of `dense_ffn` (DeepSeek-V3's first 3 of 18432)."""
     if not _optional_int(row, "experts"):
         stray = [key for key in _MOE_ONLY if _cell(row, key).strip("0.")]
         if stray:
             raise DataError(f"column {stray[0]!r} is set on a dense row (experts blank or 0)")
         return {}
-    for key, what in _MOE_UNCOSTED:
-        if _optional_int(row, key):
-            raise PlanError(f"{key} = {_cell(row, key)}: {what} are not costed yet")
+    dense = {"dense_layers": _optional_int(row, "dense_layers"), "dense_ffn": _optional_int(row, "dense_ffn")}
+    if bool(dense["dense_layers"]) != bool(dense["dense_ffn"]):
+        raise DataError("columns 'dense_layers' and 'dense_ffn' go together: how many leading dense blocks, and their "
+                        "SwiGLU width")
     if _int(row, "moe_every", 1) > 1:
         raise PlanError(f"moe_every = {_cell(row, 'moe_every')}: MoE blocks between dense ones are not costed yet")
     if _cell(row, "etp") and _int(row, "etp") != tp:
@@ -205,7 +215,7 @@ def _experts(row: dict, tp: int) -> dict:
                         "parallelism equal to tp)")
     router = _cell(row, "router").lower() or "linear"
     return {"experts": _int(row, "experts"), "top_k": _int(row, "top_k", 2), "router": router,
-            "shared_ffn": _optional_int(row, "shared_ffn")}
+            "shared_ffn": _optional_int(row, "shared_ffn"), **dense}
 
 
 def _fp8_all_gather(row: dict) -> bool:
@@ -276,7 +286,7 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
         lfa=False,
         mlp=_cell(row, "mlp").lower() or "gelu",
         **_experts(row, tp),
-        **_window(row),
+        **_attention_variant(row),
         # attention wider than the hidden size (Qwen3, Gemma: heads x head_dim > hidden; optional column)
         attn_dim=_int(row, "head_dim") * _int(row, "heads") if _cell(row, "head_dim") else 0,
     )

@@ -65,6 +65,8 @@ def hf_config(cfg: ModelConfig, eod: int | None) -> dict:
         raise ConfigError("export --format hf: mixture-of-experts models have no Hugging Face mapping yet")
     if getattr(cfg, "window", 0):
         raise ConfigError("export --format hf: sliding-window models have no Hugging Face mapping yet")
+    if getattr(cfg, "kv_lora_rank", 0):
+        raise ConfigError("export --format hf: latent-attention models have no Hugging Face mapping yet")
     if not cfg.lfa:
         if cfg.mlp != "swiglu":
             raise ConfigError("export --format hf: a model without LFA exports as Llama, which needs model.mlp = 'swiglu'")

@@ -40,6 +40,10 @@ class PagedKVCache:
         if cfg.window:  # the paged kernels attend to every cached token of a sequence
             raise ConfigError(f"a sliding-window model (model.window = {cfg.window}) cannot be served yet: the paged "
                               "engine attends to every cached token")
+        if cfg.is_latent:  # its keys are wider than its values, and a latent cache is a layout of its own
+            raise ConfigError(f"a latent-attention model (model.kv_lora_rank = {cfg.kv_lora_rank}) cannot be served by "
+                              "the paged engine yet: use `flopwise generate` (its dense cache holds the keys as "
+                              "expanded)")
         self.cfg = cfg
         self.num_blocks = num_blocks
         self.block_size = block_size
