@@ -112,6 +112,9 @@ def test_sliding_window_attention_counts_the_band():
     ("qwen3-30b-a3b", 30.5e9, 3.3e9), ("qwen3-235b-a22b", 235e9, 22e9), ("mixtral-8x7b", 46.7e9, 12.9e9),
     # OpenAI's "active" (3.61B, 5.13B) leaves out the input embedding, a lookup (201088 x 2880 = 0.58B); ours counts it
     ("gpt-oss-20b", 20.9e9, 3.61e9 + 0.58e9), ("gpt-oss-120b", 116.8e9, 5.13e9 + 0.58e9),
+    # DeepSeek's cards: V2-Lite 15.7B / 2.4B activated (the input embedding, 102400 x 2048 = 0.21B, left out), V3 671B
+    # / 37B (the multi-token-prediction module's 14B aside)
+    ("deepseek-v2-lite", 15.7e9, 2.4e9 + 0.21e9), ("deepseek-v3", 671e9, 37e9),
 ])
 def test_public_presets_have_their_model_cards_parameters(name, total, active):
     """The public architectures' presets count the parameters their model cards give (total; active per token),

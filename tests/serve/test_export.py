@@ -91,3 +91,23 @@ def test_a_sliding_window_model_is_refused_by_the_server_and_the_export(tmp_path
     from flopwise.serve.export import hf_config
     with pytest.raises(ConfigError, match="sliding-window models have no Hugging Face mapping"):
         hf_config(get_preset("nano-llama").replace(window=16), None)
+
+
+def test_a_latent_attention_model_is_refused_by_name_by_the_paged_engine_and_the_export(tmp_path):
+    """Its keys are wider than its values and it has no latent cache: refused by name rather than served wrongly."""
+    from flopwise.errors import ConfigError
+    from flopwise.models.config import get_preset
+    from flopwise.serve.export import hf_config
+    from flopwise.serve.loader import load_served_model
+    from flopwise.serve.toy import random_checkpoint
+    from tests.serve.conftest import SHAPE, stdlib_texts
+
+    out = tmp_path / "latent"
+    random_checkpoint(out, stdlib_texts()[:1], "nano", [*SHAPE, "model.lfa=false", "model.kv_heads=4",
+                                                         "model.kv_lora_rank=16", "model.rope_head_dim=8"])
+    served = load_served_model(out)  # the checkpoint loads like any other
+    with pytest.raises(ConfigError, match="latent-attention model .* cannot be served yet"):
+        Engine(served, EngineConfig(max_num_seqs=2))
+    latent = get_preset("nano-llama").replace(kv_heads=4, kv_lora_rank=16, rope_head_dim=8)
+    with pytest.raises(ConfigError, match="latent-attention models have no Hugging Face mapping"):
+        hf_config(latent, None)

@@ -237,7 +237,9 @@ PRESETS["nano-moe"] = PRESETS["nano"].replace(ffn=64, experts=4, top_k=2)
 # 4096, as NVIDIA's recipes). Llama 3 (arXiv 2407.21783, table 3); Qwen3 MoE
 # (Qwen/Qwen3-30B-A3B, Qwen3-235B-A22B config.json: heads x head_dim 128 wider than hidden, QK-norm not modelled);
 # Mixtral 8x7B (arXiv 2401.04088); GPT-OSS (openai/gpt-oss-20b, -120b config.json: 128-token windows on every other
-# block, the first windowed; its attention sinks, projection biases and clamped GLU are not modelled).
+# block, the first windowed; its attention sinks, projection biases and clamped GLU are not modelled); DeepSeek-V2-Lite
+# and DeepSeek-V3 (deepseek-ai config.json: latent attention of 128 + 64 rotated dims per head, shared experts, leading
+# dense blocks; V3's sigmoid router with grouped top-k and its multi-token-prediction module are not modelled).
 _PUBLIC = dict(lfa=False, tie_embeddings=False, norm_eps=1e-5)
 PRESETS.update({
     "llama3-8b": ModelConfig(128256, 32, 4096, 32, 8, 14336, 8192, rope_base=500000.0, **_PUBLIC),
@@ -251,6 +253,12 @@ PRESETS.update({
                                 rope_base=1e6, **_PUBLIC),
     "gpt-oss-20b": ModelConfig(201088, 24, 2880, 64, 8, 2880, 4096, attn_dim=4096, experts=32, top_k=4,
                                router="linear", window=128, global_every=2, rope_base=150000.0, **_PUBLIC),
+    "deepseek-v2-lite": ModelConfig(102400, 27, 2048, 16, 16, 1408, 4096, attn_dim=2048, experts=64, top_k=6,
+                                    router="linear", shared_ffn=2 * 1408, dense_layers=1, dense_ffn=10944,
+                                    kv_lora_rank=512, rope_head_dim=64, **{**_PUBLIC, "norm_eps": 1e-6}),
+    "deepseek-v3": ModelConfig(129280, 61, 7168, 128, 128, 2048, 4096, attn_dim=16384, experts=256, top_k=8,
+                               router="linear", shared_ffn=2048, dense_layers=3, dense_ffn=18432, kv_lora_rank=512,
+                               q_lora_rank=1536, rope_head_dim=64, **{**_PUBLIC, "norm_eps": 1e-6}),
     "gpt-oss-120b": ModelConfig(201088, 36, 2880, 64, 8, 2880, 4096, attn_dim=4096, experts=128, top_k=4,
                                 router="linear", window=128, global_every=2, rope_base=150000.0, **_PUBLIC),
 })

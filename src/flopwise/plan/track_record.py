@@ -69,8 +69,9 @@ MEMORY_UNSEEN = (16, 23, "")  # each run against its own profile's line
 # The mixture-of-experts lines (first quoted with set 50's MoE runs, FINDINGS.md section 63): set 52, 21 MoE runs from
 # torchtitan, NeMo AutoModel, Megatron and others against their MoE groups' lines (section 64), 15 of 21; its four
 # GPT-OSS runs, costed once sliding windows were (section 65), 4 of 4; set 53, 4 ms-swift runs on A800 (section 67), 3
-# of 4: 22 of 29.
-MOE_UNSEEN = (22, 29, "")
+# of 4; set 54, 10 latent-attention runs (Moonlight, DeepSeek-V3) on H100, GB200, GB300 and MI355X (section 68), 10 of
+# 10: 32 of 39.
+MOE_UNSEEN = (32, 39, "")
 UNSEEN_SHARE = 0.8
 
 

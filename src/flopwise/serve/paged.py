@@ -41,9 +41,8 @@ class PagedKVCache:
             raise ConfigError(f"a sliding-window model (model.window = {cfg.window}) cannot be served yet: the paged "
                               "engine attends to every cached token")
         if cfg.is_latent:  # its keys are wider than its values, and a latent cache is a layout of its own
-            raise ConfigError(f"a latent-attention model (model.kv_lora_rank = {cfg.kv_lora_rank}) cannot be served by "
-                              "the paged engine yet: use `flopwise generate` (its dense cache holds the keys as "
-                              "expanded)")
+            raise ConfigError(f"a latent-attention model (model.kv_lora_rank = {cfg.kv_lora_rank}) cannot be served yet: "
+                              "the paged engine's blocks hold keys and values of one head dim, and no latent cache")
         self.cfg = cfg
         self.num_blocks = num_blocks
         self.block_size = block_size
