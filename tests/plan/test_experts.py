@@ -164,3 +164,17 @@ def test_an_moe_block_adds_its_host_time_unless_the_step_is_one_cuda_graph(monke
     assert step(M32, 2e-3, graphs=True).step_time == pytest.approx(base.step_time)
     one = Layout(dp=8, micro_batch=1)
     assert step(dense, 2e-3, lay=one).step_time == pytest.approx(step(dense, 0.0, lay=one).step_time)
+
+
+def test_an_overlapped_all_to_all_hides_behind_its_blocks_compute():
+    """Megatron's moe_a2a_overlap: each MoE block's all-to-all runs beside that block's forward and backward compute;
+    only what is longer than the compute is exposed."""
+    layout = Layout(dp=32, ep=8, micro_batch=1)
+    cm = model()
+    lc = cm.layer_cost(1, False, 1, "none")
+    expert, a2a = moe_layer_time(cm, layout, 1.0)
+    assert a2a > 0
+    exposed = max(0.0, a2a - (lc.fwd + lc.bwd + expert))
+    plain, overlapped = model().evaluate(layout), model(a2a_overlap=True).evaluate(layout)
+    assert overlapped.breakdown["ep"] == pytest.approx(plain.breakdown["ep"] * exposed / a2a)
+    assert overlapped.breakdown["compute"] == plain.breakdown["compute"]

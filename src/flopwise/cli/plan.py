@@ -207,6 +207,10 @@ def plan(
         False, "--cuda-graphs", help="the whole step runs as one CUDA graph (Megatron's full_iteration graphs): an MoE "
                                      "block's host time (router, permutation, the dispatcher's host sync; "
                                      "experts.MOE_BLOCK_HOST_S) is not added"),
+    a2a_overlap: bool = typer.Option(
+        False, "--a2a-overlap", help="the expert all-to-all overlaps computation (Megatron's moe_a2a_overlap / "
+                                     "overlap_moe_expert_parallel_comm): each MoE block's hides behind its own "
+                                     "forward and backward, the rest exposed"),
     layout: str = typer.Option(None, help="fix some layout fields, e.g. tp=8,pp=16 (the rest is searched)"),
     top: int = typer.Option(5, help="plans to show", callback=POSITIVE_INT),
     split: str = typer.Option("balanced", help="pipeline split: balanced | uniform"),
@@ -241,7 +245,8 @@ def plan(
                         expert_imbalance=expert_imbalance, attention=attention.lower() if attention else None,
                         compiled=compile_blocks, step_overhead_s=host_ms / 1e3 if host_ms is not None else None,
                         block_host_s=block_host_ms / 1e3 if block_host_ms is not None else None,
-                        fp8_all_gather=fp8_all_gather, cuda_graphs=cuda_graphs)
+                        fp8_all_gather=fp8_all_gather, cuda_graphs=cuda_graphs,
+                        a2a_overlap=a2a_overlap)
     if write_config is not None and (software != "flopwise" or precision not in TRAINER_PRECISIONS):
         raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
                           f"{' or '.join(TRAINER_PRECISIONS)} (got --software {software}, --precision {precision})")
@@ -281,6 +286,7 @@ def plan(
                         "block_host_s": training.profile.block_host_s,
                         "fp8_all_gather": fp8_all_gather,
                         "cuda_graphs": cuda_graphs,
+                        "a2a_overlap": a2a_overlap,
                     },
                     "evaluated": result.evaluated,
                     "feasible": result.feasible,

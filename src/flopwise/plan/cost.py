@@ -915,6 +915,8 @@ class CostModel:
         lc = self.layer_cost(layout.tp, layout.sp, layout.micro_batch, layout.recompute, layout.recompute_every,
                              layout.cp)
         expert, a2a = moe.moe_layer_time(self, layout, self.training.expert_imbalance)
+        if self.training.a2a_overlap:  # hidden behind the block's own forward and backward compute, the rest exposed
+            a2a = max(0.0, a2a - (lc.fwd + lc.bwd + expert))
         wait = self.launch_wait(host_s, self.layer_gpu_time(layout, lc)) + moe.moe_host_time(self, layout)
         return LayerTerms(lc, expert, a2a, wait, self.shard_cast_time(layout, microbatches))
 

@@ -371,6 +371,9 @@ class Training:
     fp8_all_gather: bool = False
     # the whole step captured in a CUDA graph (Megatron's full_iteration graphs): no host time per MoE block
     cuda_graphs: bool = False
+    # the expert all-to-all overlapped with computation (Megatron's moe_a2a_overlap / overlap_moe_expert_parallel_comm):
+    # each MoE block's hides behind that block's forward and backward compute (CostModel.layer_terms)
+    a2a_overlap: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.global_batch, int) or self.global_batch < 1:

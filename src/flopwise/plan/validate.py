@@ -218,14 +218,19 @@ def _experts(row: dict, tp: int) -> dict:
             "shared_ffn": _optional_int(row, "shared_ffn"), **dense}
 
 
+def _flag(row: dict, key: str) -> bool:
+    """An optional true / false column; blank: false (the stacks' defaults)."""
+    text = _cell(row, key)
+    try:
+        return parse_bool(f"column {key!r}", text) if text else False
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
+
+
 def _fp8_all_gather(row: dict) -> bool:
     """The optional `fp8_all_gather` column: whether the run gathered its sharded weights in FP8 (torchtitan's
     enable_fsdp_float8_all_gather, Megatron's --fp8-param-gather); blank: no, their defaults."""
-    text = _cell(row, "fp8_all_gather")
-    try:
-        return parse_bool("column 'fp8_all_gather'", text) if text else False
-    except ConfigError as exc:
-        raise DataError(str(exc)) from None
+    return _flag(row, "fp8_all_gather")
 
 
 def measured_memory(row: dict) -> tuple[float, str] | None:
@@ -319,7 +324,8 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
     if graphs not in ("", "full", "partial", "none"):
         raise DataError(f"column 'cuda_graphs' = {graphs!r}: must be full, partial, none or blank")
     training = Training(_int(row, "global_batch"), precision=precision, software=profile, attention=attention,
-                        fp8_all_gather=_fp8_all_gather(row), cuda_graphs=graphs == "full")
+                        fp8_all_gather=_fp8_all_gather(row), cuda_graphs=graphs == "full",
+                        a2a_overlap=_flag(row, "a2a_overlap"))
     if "vpp" in fixed and "pp" in fixed and fixed["vpp"] > 1:
         per_stage = model.layers // fixed["pp"]
         if model.layers % fixed["pp"] == 0 and per_stage % fixed["vpp"]:
