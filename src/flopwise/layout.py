@@ -120,6 +120,14 @@ class Layout:
         """Layers each pipeline rank holds: the sum of its chunks (stage s runs on rank s % pp)."""
         return tuple(sum(split[r :: self.pp]) for r in range(self.pp))
 
+    def rank_leading_layers(self, split: tuple[int, ...], first: int) -> tuple[int, ...]:
+        """How many of the model's `first` layers each pipeline rank holds (they fill the first chunks)."""
+        out, start = [0] * self.pp, 0
+        for chunk, n in enumerate(split):
+            out[chunk % self.pp] += max(0, min(start + n, first) - start)
+            start += n
+        return tuple(out)
+
     # ---- spelling -------------------------------------------------------------------------------
     def replace(self, **changes) -> Layout:
         return dataclasses.replace(self, **changes)
@@ -244,6 +252,9 @@ def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | 
     if model.shared_ffn % tp:
         raise LayoutError(f"tensor parallel degree {tp} must divide the shared expert's width (shared_ffn = "
                           f"{model.shared_ffn})", ("tp", "shared_ffn"))
+    if model.dense_ffn % tp:
+        raise LayoutError(f"tensor parallel degree {tp} must divide the leading dense blocks' width (dense_ffn = "
+                          f"{model.dense_ffn})", ("tp", "dense_ffn"))
     if model.vocab_size % tp:
         padded = -(-model.vocab_size // tp) * tp
         raise LayoutError(

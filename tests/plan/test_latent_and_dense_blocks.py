@@ -9,6 +9,7 @@ from flopwise.layout import Layout
 from flopwise.models.config import get_preset
 from flopwise.plan import memory as mem
 from flopwise.plan.cost import CostModel
+from flopwise.plan.experts import expert_params_not_gathered
 from flopwise.plan.spec import Cluster, Training
 
 V3 = get_preset("deepseek-v3")
@@ -74,3 +75,36 @@ def test_a_padding_stack_keeps_the_padded_attention_output(monkeypatch):
         monkeypatch.undo()
         spec._profile.cache_clear()
     assert padded - te == V3.seq_len * (128 * 64 + 128 * 192) * 2  # values' 64 more dims, the 192-wide output, bf16
+
+
+def test_the_reduced_stage_counts_only_its_own_blocks_experts():
+    """With wide dense blocks on stage 0, that stage holds the most parameters and no MoE block: none of what its
+    gradients reduce over all of dp is taken for experts (reduced over ep_dp alone)."""
+    cfg = M32_DENSE.replace(dense_ffn=400000)
+    cm = model(cfg, software="te")
+    layout = Layout(pp=2, dp=16, ep=16, split=(2, 22))
+    plan = cm.evaluate(layout)
+    lc = cm.layer_cost(1, False, 1, "none")
+    local = cm.stage_params(layout, 0, 2, 2)
+    assert local > cm.stage_params(layout, 1, 22)
+    m = plan.microbatches
+    assert plan.breakdown["dp"] == pytest.approx(cm.dp_time(layout, lc, 22, local, m, moe_layers=0))
+    assert plan.breakdown["dp"] > cm.dp_time(layout, lc, 22, local, m, moe_layers=22)
+
+
+def test_zero3_holds_the_larger_of_the_gathered_blocks():
+    cfg = M32_DENSE.replace(dense_ffn=400000)
+    cm = model(cfg, software="te")
+    layout = Layout(dp=32, ep=8, zero=3)
+    with_dense = cm.stage_memory(layout, 0, cfg.layers, 1, cfg.dense_layers)["other"]
+    without = cm.stage_memory(layout, 0, cfg.layers, 1)["other"]
+    assert with_dense - without == pytest.approx(2 * 2 * (cm.dense.layer_params.per_rank(1) - (
+        cm.layer_params.per_rank(1) - expert_params_not_gathered(cfg, layout))))
+
+
+def test_tensor_parallelism_must_divide_the_dense_blocks_width():
+    from flopwise.errors import LayoutError
+    from flopwise.layout import check
+
+    with pytest.raises(LayoutError, match=r"must divide the leading dense blocks' width \(dense_ffn = 8190\)"):
+        check(Layout(tp=4, dp=2), M32_DENSE.replace(dense_ffn=8190), 64)

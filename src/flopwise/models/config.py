@@ -119,7 +119,9 @@ class ModelConfig:
             )
         self._validate_latent()
         if self.rope_dim % 2:
-            raise ConfigError(f"model RoPE dims {self.rope_dim} per head: must be even")
+            where = (f"model.rope_head_dim = {self.rope_head_dim}" if self.is_latent
+                     else f"model head dim {self.head_dim} ((attn_dim or hidden) / heads)")
+            raise ConfigError(f"{where}: must be even for RoPE")
         if self.kv_heads > self.heads or self.heads % self.kv_heads:
             raise ConfigError(
                 f"model.kv_heads = {self.kv_heads}: must divide model.heads = {self.heads} (grouped-query attention)"

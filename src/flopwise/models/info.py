@@ -31,4 +31,7 @@ def model_info(preset: str) -> dict:
         **({"experts": cfg.experts, "top_k": cfg.top_k, "router": cfg.router} if cfg.experts else {}),
         **({"shared_ffn": cfg.shared_ffn} if cfg.shared_ffn else {}),
         **({"window": cfg.window, "global_every": cfg.global_every} if cfg.window else {}),
+        **({"dense_layers": cfg.dense_layers, "dense_ffn": cfg.dense_ffn} if cfg.dense_layers else {}),
+        **({"kv_lora_rank": cfg.kv_lora_rank, "q_lora_rank": cfg.q_lora_rank, "rope_head_dim": cfg.rope_head_dim}
+           if cfg.is_latent else {}),
     }

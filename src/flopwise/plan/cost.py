@@ -607,7 +607,8 @@ class CostModel:
             # a windowed kernel visits the band only; a masked one (flopwise's SDPA) computes every block of the scores
             band = causal_attention_flops(s, d, heads, mb, cfg.window) if self.training.profile.window_kernel else 2 * causal
             return ((1 - windowed) * causal + windowed * band) / cp / self.attention_rate
-        return (self.gemm_time(s, cfg.qk_head_dim, s, heads * mb) + self.gemm_time(s, s, cfg.head_dim, heads * mb)) / cp
+        values = cfg.qk_head_dim if cfg.is_latent and self.training.profile.pads_latent_values else cfg.head_dim
+        return (self.gemm_time(s, cfg.qk_head_dim, s, heads * mb) + self.gemm_time(s, s, values, heads * mb)) / cp
 
     def _kept_activations(self, tp: int, sp: bool, mb: int, cp: int, recompute: str = "none") -> float:
         """Bytes one layer's kernels write for its backward, as an eager stack keeps them (the elementwise passes run
@@ -794,6 +795,8 @@ class CostModel:
         other = mem.RESERVED_BYTES
         if layout.zero >= 3:  # gathered full parameters of the current and the prefetched layer (experts: this rank's)
             gathered = self.layer_params.per_rank(layout.tp) - moe.expert_params_not_gathered(self.model, layout)
+            if dense:  # a leading dense block's SwiGLU may be the larger
+                gathered = max(gathered, self.dense.layer_params.per_rank(layout.tp))
             other += 2 * gathered * t.gathered_weight_bytes
         out["other"] = other
         out["total"] = sum(out.values())
@@ -900,7 +903,7 @@ class CostModel:
         collectives, and a mixture's expert work and all-to-all (what the host's time per block is set against)."""
         lc = lc or self.layer_cost(layout.tp, layout.sp, layout.micro_batch, layout.recompute, layout.recompute_every,
                                    layout.cp)
-        moe_comp, moe_a2a = moe.moe_layer_time(self, layout, self.training.expert_imbalance)
+        moe_comp, moe_a2a = self.moe_terms(layout, lc)
         return lc.fwd + lc.bwd + moe_comp + lc.recompute + lc.tp + lc.cp + moe_a2a
 
     @staticmethod
@@ -914,20 +917,21 @@ class CostModel:
         `host_s` per block."""
         lc = self.layer_cost(layout.tp, layout.sp, layout.micro_batch, layout.recompute, layout.recompute_every,
                              layout.cp)
-        expert, a2a = moe.moe_layer_time(self, layout, self.training.expert_imbalance)
-        if self.training.a2a_overlap:  # hidden behind the block's own forward and backward compute, the rest exposed
-            a2a = max(0.0, a2a - (lc.fwd + lc.bwd + expert))
+        expert, a2a = self.moe_terms(layout, lc)
         wait = self.launch_wait(host_s, self.layer_gpu_time(layout, lc)) + moe.moe_host_time(self, layout)
         return LayerTerms(lc, expert, a2a, wait, self.shard_cast_time(layout, microbatches))
 
+    def moe_terms(self, layout: Layout, lc: LayerCost) -> tuple[float, float]:
+        """(extra expert compute of the busiest rank, exposed all-to-all) per MoE block and micro-batch; an overlapped
+        all-to-all (Training.a2a_overlap) hides behind the block's own forward and backward compute."""
+        expert, a2a = moe.moe_layer_time(self, layout, self.training.expert_imbalance)
+        if self.training.a2a_overlap:
+            a2a = max(0.0, a2a - (lc.fwd + lc.bwd + expert))
+        return expert, a2a
+
     def dense_per_rank(self, layout: Layout, split: tuple[int, ...]) -> tuple[int, ...]:
-        """How many of each pipeline rank's layers are the model's leading dense blocks: they fill the first chunks
-        (chunk c of the split runs on rank c % pp, Layout.rank_layers)."""
-        out, start, first = [0] * layout.pp, 0, self.model.dense_layers
-        for chunk, n in enumerate(split):
-            out[chunk % layout.pp] += max(0, min(start + n, first) - start)
-            start += n
-        return tuple(out)
+        """How many of each pipeline rank's layers are the model's leading dense blocks (they fill the first chunks)."""
+        return layout.rank_leading_layers(split, self.model.dense_layers)
 
     def microbatches(self, layout: Layout) -> int:
         return self.check(layout)
@@ -1047,7 +1051,8 @@ class CostModel:
         stage_params = [self.stage_params(layout, i, n, dense[i]) for i, n in enumerate(pp_layers)]
         local = max(stage_params)
         big = stage_params.index(local)
-        breakdown["dp"] = (self.dp_time(layout, lc, pp_layers[slowest], local, m, pp_layers[slowest] - dense[slowest])
+        # (the expert share of `local`: its own stage's MoE blocks)
+        breakdown["dp"] = (self.dp_time(layout, lc, pp_layers[slowest], local, m, pp_layers[big] - dense[big])
                            if dp > 1 else 0.0)
         opt_params = local
         if layout.zero >= 1:  # the optimizer shard: dense weights over dp_shard x cp, experts over ep_dp x cp

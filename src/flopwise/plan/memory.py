@@ -151,22 +151,23 @@ def layer_activation_bytes(
         replicated += 2 * h * e + norm + h * e
     if sw.dropout:
         replicated += 2 * h  # two 1-byte masks
-    for width in (cfg.q_lora_rank, cfg.kv_lora_rank):  # latent attention: each latent's norm and its up projection's input
-        if width:
-            replicated += (width * e if fused else 2 * width * e + 4) + width * e
+    # latent attention: each latent's norm and its up projection's input, on the gathered sequence (the down
+    # projections run whole on every TP rank): not split by SP
+    latents = sum((width * e if fused else 2 * width * e + 4) + width * e
+                  for width in (cfg.q_lora_rank, cfg.kv_lora_rank) if width)
     sharded = (q + k + v + o) * e  # Q, K, V and the output projection's input (= flash's saved output)
-    if padded:
-        sharded += (cfg.kv_heads * cfg.rope_head_dim + kernel_out) * e
+    if padded:  # the padded values, and a fused kernel's padded output (the unfused one's is not saved)
+        sharded += (cfg.kv_heads * cfg.rope_head_dim + (kernel_out if sw.attention != "unfused" else 0)) * e
     # SwiGLU: gate and up outputs, SiLU output, product (4 ffn); Megatron-family fused kernels (bias_swiglu) and
     # torch.compile's partitioner keep the fc1 output (gate and up) and the product, and recompute SiLU (3 ffn)
     mlp_inner = (2 if cfg.mlp != "swiglu" else 3 if fused else 4) * ffn * e
     sharded += mlp_inner * (1 + cfg.shared_ffn / ffn)  # (an MoE layer's shared expert: one more SwiGLU, its width)
-    whole = 0.0  # on every TP rank whatever sp is: the MoE layer's routed rows and router
+    whole = latents  # on every TP rank whatever sp is: the latents, and the MoE layer's routed rows and router
     if cfg.experts:
         k, n = cfg.top_k, cfg.experts
         sharded += mlp_inner * (k - 1)  # the MLP inner term above is one expert visit
         router = 3 * n + (n * n if cfg.router == "attention" else 0) + 2 * n + 4 * k
-        whole = 3 * k * h * e + 4 * router + (4 * h if e < 4 else 0)
+        whole += 3 * k * h * e + 4 * router + (4 * h if e < 4 else 0)
     low = training.gemm_format
     # the GEMM inputs kept as their low-precision casts by Transformer Engine, block scales included: 1 byte in FP8,
     # 1 + 1/32 in MXFP8, 1/2 + 1/16 in NVFP4; torchao keeps them in the training dtype (Software.fp8_library), but the
