@@ -315,8 +315,18 @@ def test_fp8_all_gather_moves_and_holds_fp8_weights_and_torchao_casts_the_shard_
     with pytest.raises(LayoutError, match=r"tp=8,pp=1,dp=1,zero=3.*a single data-parallel rank \(dp x cp = 1\)"):
         one_rank.evaluate(Layout(tp=8, dp=1, zero=3, micro_batch=1))
     moe = dataclasses.replace(LLAMA, experts=8, top_k=2)
-    with pytest.raises(PlanError, match="fp8_all_gather is costed for dense models"):
+    with pytest.raises(PlanError, match="fp8_all_gather under torchao is costed for dense models"):
         CostModel(moe, Cluster(H100, 8), Training(32, precision="fp8", software="torch-compile", fp8_all_gather=True))
+    # Megatron's --fp8-param-gather keeps the experts' weights in FP8 too: their gather under ZeRO-1 moves 1 byte each
+    slow = Cluster(H100, 16, 8, None, 1e9)  # a network slow enough that the gather shows
+    te_moe = CostModel(moe, slow, Training(64, precision="fp8", software="te", fp8_all_gather=True))
+    te_bf16 = CostModel(moe, slow, Training(64, precision="fp8", software="te"))
+    ep = Layout(dp=16, ep=4, zero=1, micro_batch=1)
+    lc = te_moe.layer_cost(1, False, 1, "none")
+    local = te_moe.stage_params(ep, 0, LLAMA.layers)
+    assert te_moe.evaluate(ep).breakdown["dp"] < te_bf16.evaluate(ep).breakdown["dp"]
+    gathered = te_moe.dp_time(ep, lc, LLAMA.layers, local, 1)
+    assert gathered < te_bf16.dp_time(ep, lc, LLAMA.layers, local, 1)
     from flopwise.plan.search import search
     plans = search(LLAMA, Cluster(H100, 8), Training(32, precision="fp8", software="torch-compile",
                                                        fp8_all_gather=True), top=20).plans

@@ -497,9 +497,10 @@ class CostModel:
             raise PlanError(f"precision {precision} is a torchao row-wise recipe; the `{self.training.software}` "
                             "profile's FP8 layers are Transformer Engine's, which has none: plan it with --software "
                             "torch-compile or torch-eager, or use precision fp8")
-        if self.training.fp8_all_gather and self.model.experts:
-            raise PlanError("fp8_all_gather is costed for dense models (torchao's float8 all-gather wraps its linear "
-                            "layers' weights, not grouped experts): plan this model without it")
+        if self.training.fp8_all_gather and self.model.experts and self.training.profile.fp8_library == "torchao":
+            raise PlanError("fp8_all_gather under torchao is costed for dense models (its float8 all-gather wraps "
+                            "linear layers' weights, not grouped experts): plan this model without it, or as Megatron "
+                            "runs it (--software te: Transformer Engine keeps the experts' weights in FP8 too)")
         if low.axiswise and self.model.experts:
             raise PlanError(f"precision {precision} is costed for dense models (torchao's Float8Linear); this model "
                             "has experts: use precision fp8")
