@@ -108,3 +108,15 @@ def test_tensor_parallelism_must_divide_the_dense_blocks_width():
 
     with pytest.raises(LayoutError, match=r"must divide the leading dense blocks' width \(dense_ffn = 8190\)"):
         check(Layout(tp=4, dp=2), M32_DENSE.replace(dense_ffn=8190), 64)
+
+
+def test_the_balanced_split_gives_the_first_stage_more_of_the_cheaper_dense_blocks():
+    from flopwise.plan.search import balanced_split
+
+    cfg = get_preset("yuan2-m32").replace(dense_layers=4, dense_ffn=2048)  # dense blocks far cheaper than MoE ones
+    cm = model(cfg, gpus=32, software="te")
+    layout = Layout(pp=4, dp=8, ep=8, micro_batch=1)
+    m = cm.check(layout)
+    split = balanced_split(cm, layout, m, require_fit=False)
+    assert sum(split) == cfg.layers and split[0] > max(split[1:])
+    assert cm.evaluate(layout, split).step_time < cm.evaluate(layout, (6, 6, 6, 6)).step_time

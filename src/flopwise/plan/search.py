@@ -57,6 +57,10 @@ def balanced_split(
     head, head_comm = cm.head_time(layout.tp, layout.micro_batch)
     extra = [0.0] * p
     extra[0] += cm.embedding_time(layout.tp, layout.sp, layout.micro_batch)
+    if cm.dense is not None:  # an MoE model's leading dense blocks, on the first stage, take their own (shorter) time
+        t_dense = cm.dense.layer_gpu_time(layout)
+        t_dense += cm.launch_wait(cm.dense.block_host_time(layout), t_dense)
+        extra[0] -= cfg.dense_layers * (t_layer - t_dense)
     extra[-1] += head + head_comm
     caps = [cfg.layers] * p
     if require_fit:
