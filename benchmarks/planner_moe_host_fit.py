@@ -24,9 +24,11 @@ FOLDS = 5
 
 
 def in_fit(row: dict) -> bool:
-    """Whether a fit file's row was among those the constant was fitted on: not the latent-attention ones, costed only
-    from set 54's session on (out of sample for it, as any later set's)."""
-    return row.get("attention_variant") != "mla"
+    """Whether a fit file's row was among those the constant was fitted on: not the latent-attention ones nor those
+    with an expert TP other than tp, costed only from the twenty-seventh session on (out of sample for it, as any
+    later set's)."""
+    folded = bool(row.get("etp")) and bool(row.get("tp")) and int(row["etp"]) != int(row["tp"])
+    return row.get("attention_variant") != "mla" and not folded
 
 
 def fit_rows(as_fitted: bool = False) -> list[dict]:

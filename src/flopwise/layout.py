@@ -75,6 +75,9 @@ class Layout:
     recompute_every: int = 1
     ep: int = 1
     cp: int = 1
+    # expert tensor parallelism when it differs from tp (Megatron's MoE parallel folding: etp 1 under tp 2 keeps each
+    # expert whole and lets the ep group span the attention's TP ranks); 0: tp, the experts cut like a dense MLP
+    etp: int = 0
 
     def __post_init__(self) -> None:
         for key in DEGREES:
@@ -93,6 +96,10 @@ class Layout:
         # one spelling per layout: no sequence parallelism without TP, interleaving is the schedule of vpp > 1
         if self.tp == 1 and self.sp:
             object.__setattr__(self, "sp", False)
+        if not isinstance(self.etp, int) or isinstance(self.etp, bool) or self.etp < 0:
+            raise LayoutError(f"etp = {self.etp!r}: must be 0 (= tp) or a positive integer", ("etp",))
+        if self.etp == self.tp:
+            object.__setattr__(self, "etp", 0)
         if self.vpp > 1 and self.schedule == "1f1b":
             object.__setattr__(self, "schedule", "interleaved")
         if self.split is not None:
@@ -103,6 +110,17 @@ class Layout:
     def gpus(self) -> int:
         """Ranks the layout needs (expert parallelism reuses data-parallel ranks)."""
         return self.tp * self.pp * self.dp * self.cp
+
+    @property
+    def expert_tp(self) -> int:
+        """The tensor-parallel degree that cuts each expert (etp, else tp)."""
+        return self.etp or self.tp
+
+    @property
+    def expert_dp(self) -> int:
+        """Ranks of a pipeline stage holding the same experts (Megatron's expert data parallelism): its tp x cp x dp
+        ranks folded into ep x etp x this; with etp = tp, the dp x cp / ep ranks ep consecutive ones apart."""
+        return self.tp * self.cp * self.dp // (self.ep * self.expert_tp)
 
     @property
     def shard_degree(self) -> int:
@@ -146,7 +164,7 @@ class Layout:
         parts.append(f"mb={self.micro_batch}")
         if self.schedule == "gpipe":
             parts.append("gpipe")
-        parts += [f"{k}={getattr(self, k)}" for k in ("ep", "cp") if getattr(self, k) > 1]
+        parts += [f"{k}={getattr(self, k)}" for k in ("ep", "cp", "etp") if getattr(self, k) > 1 or k == "etp" and self.etp]
         return ",".join(parts)
 
     def describe(self) -> str:
@@ -212,12 +230,19 @@ def check_implemented(layout: Layout) -> None:
     """Degrees the vocabulary names but the trainer does not run yet: the planner may not propose them."""
     if layout.cp > 1:
         raise LayoutError(f"cp = {layout.cp}: context parallelism is not implemented yet (use cp = 1)", ("cp",))
+    if layout.etp:
+        raise LayoutError(f"etp = {layout.etp}: flopwise's trainer cuts experts by tp (expert tensor parallelism other "
+                          "than tp is costed for other stacks' runs, e.g. --software te)", ("etp",))
 
 
 def check_experts(layout: Layout, model: ModelConfig) -> None:
     """Expert parallelism against the model and the other degrees (tp cuts the experts like a dense MLP,
-    checked with it: tp divides ffn)."""
+    checked with it: tp divides ffn; or etp, a divisor of tp, under Megatron's MoE parallel folding)."""
     ep, experts = layout.ep, model.experts
+    if layout.etp and not experts:
+        raise LayoutError(f"etp = {layout.etp} cuts experts; this model is dense", ("etp", "experts"))
+    if layout.etp and layout.tp % layout.etp:
+        raise LayoutError(f"etp = {layout.etp} must divide tp = {layout.tp}", ("etp", "tp"))
     if ep == 1:
         return
     if not experts:
@@ -225,6 +250,11 @@ def check_experts(layout: Layout, model: ModelConfig) -> None:
                           ("ep", "experts"))
     if experts % ep:
         raise LayoutError(f"expert parallel degree {ep} must divide the experts ({experts})", ("ep", "experts"))
+    if layout.etp:  # Megatron's folding: the tp x dp ranks regrouped into ep x etp x expert-data-parallel
+        if (layout.tp * layout.cp * layout.dp) % (ep * layout.etp):
+            raise LayoutError(f"ep x etp = {ep} x {layout.etp} must divide tp x cp x dp = {layout.tp} x {layout.cp} x "
+                              f"{layout.dp}: the expert groups fold the attention's ranks", ("ep", "etp", "tp", "dp"))
+        return
     if layout.dp % ep:
         raise LayoutError(
             f"expert parallel degree {ep} must divide dp = {layout.dp}: ep groups are made of data-parallel ranks",
@@ -319,7 +349,7 @@ def check(layout: Layout, model: ModelConfig, global_batch: int, seq_len: int | 
 # `key=value` spellings of the fields (planner --layout, published-run CSV columns): name -> type
 KEYS = {
     "dp": int, "zero": int, "dp_shard": int, "tp": int, "sp": bool, "pp": int, "vpp": int, "schedule": str,
-    "split": tuple, "micro_batch": int, "recompute": str, "recompute_every": int, "ep": int, "cp": int,
+    "split": tuple, "micro_batch": int, "recompute": str, "recompute_every": int, "ep": int, "cp": int, "etp": int,
 }
 # short forms, Layout.short()'s among them, so a printed layout reads back
 ALIASES = {"mb": "micro_batch", "sequence_parallel": "sp", "rc": "recompute", "pp_layers": "split",

@@ -178,3 +178,30 @@ def test_an_overlapped_all_to_all_hides_behind_its_blocks_compute():
     plain, overlapped = model().evaluate(layout), model(a2a_overlap=True).evaluate(layout)
     assert overlapped.breakdown["ep"] == pytest.approx(plain.breakdown["ep"] * exposed / a2a)
     assert overlapped.breakdown["compute"] == plain.breakdown["compute"]
+
+
+def test_moe_parallel_folding_keeps_experts_whole_over_an_ep_group_across_tp_ranks():
+    """Megatron's etp 1 under tp 2: 16 GPUs as tp 2 x dp 8 for attention and ep 16 for the experts, each rank holding
+    8 of Qwen3-30B's 128 experts whole, dispatching its own half of the micro-batch's tokens; the MLP's TP collectives
+    gone. flopwise's trainer cuts experts by tp and refuses it."""
+    from flopwise.errors import LayoutError
+    from flopwise.plan.experts import expert_params_per_rank
+
+    qwen = get_preset("qwen3-30b-a3b")
+    cm = CostModel(qwen, Cluster(get_accelerator("H100-SXM"), 16), Training(256, software="te"))
+    folded = Layout(tp=2, dp=8, ep=16, etp=1, zero=1, micro_batch=1)
+    cm.check(folded)  # ep 16 > dp 8: folded over the TP ranks
+    with pytest.raises(LayoutError, match="ep x etp = 16 x 2 must divide tp x cp x dp = 4 x 1 x 4"):
+        cm.check(Layout(tp=4, dp=4, ep=16, etp=2, zero=1, micro_batch=1))
+    assert folded.replace(etp=2).etp == 0 and folded.expert_dp == 1  # etp = tp is spelled 0: one spelling
+    assert expert_params_per_rank(qwen, folded) == expert_params_per_layer(qwen) / 16
+    terms = cm.layer_terms(folded, 8, 0.0)
+    assert terms.cost.tp == pytest.approx(cm.layer_cost(2, True, 1, "none").tp / 2)
+    # the all-to-all moves each rank's own 2048 of the 4096 tokens, over 16 GPUs
+    _, a2a = moe_layer_time(cm, folded, 1.0)
+    plain = Layout(tp=1, dp=16, ep=16, zero=1, micro_batch=1)
+    half = CostModel(qwen.replace(seq_len=2048), Cluster(get_accelerator("H100-SXM"), 16), Training(256, software="te"))
+    assert a2a == pytest.approx(moe_layer_time(half, plain, 1.0)[1])
+    flopwise = CostModel(qwen, Cluster(get_accelerator("H100-SXM"), 16), Training(256))
+    with pytest.raises(LayoutError, match="flopwise's trainer cuts experts by tp"):
+        flopwise.check(folded)

@@ -240,8 +240,7 @@ def test_a_latent_attention_row_with_leading_dense_blocks_is_deepseek_v3():
 @pytest.mark.parametrize("cells, reason", [
     ({"dense_layers": "3"}, "columns 'dense_layers' and 'dense_ffn' go together"),
     ({"moe_every": "2"}, "moe_every = 2: MoE blocks between dense ones"),
-    ({"etp": "1", "tp": "2"}, "etp = 1 with tp = 2: the planner cuts experts by tp"),
-    ({"etp": "1", "tp": ""}, "etp = 1 with tp blank (give it)"),
+    ({"etp": "2", "tp": "4", "ep": "16", "dp": "4"}, "ep x etp = 16 x 2 must divide tp x cp x dp = 4 x 1 x 4"),
     ({"window": "128"}, "column 'window' is set but attention_variant is full"),
     ({"experts": "", "ep": "", "top_k": "8"}, "column 'top_k' is set on a dense row"),
     ({"attention_variant": "mla"}, "mla: give the key-value latent width in the 'kv_lora_rank' column and the rotated"),

@@ -129,7 +129,7 @@ from flopwise.hardware import (
     Accelerator,
     training_precision,
 )
-from flopwise.layout import Layout
+from flopwise.layout import Layout, check_experts
 from flopwise.layout import check as check_layout
 from flopwise.models.config import ModelConfig
 from flopwise.opcount import model_ops
@@ -823,10 +823,10 @@ class CostModel:
         if layout.zero and shard < dp:  # hybrid: ZeRO inside groups of `shard`, all-reduce across them
             groups, dp, span = dp // shard, shard, tp * shard
         # this rank's experts per layer, and the group that holds the same ones (ep consecutive dp ranks apart)
-        expert_layer = moe.expert_params_per_rank(self.model, layout) if layout.ep > 1 else 0.0
-        ep_dp = layout.dp // layout.ep * cp
-        dense_layer = self.layer_params.per_rank(tp) - (moe.expert_params_per_layer(self.model) / tp
-                                                       if layout.ep > 1 else 0.0)
+        apart = moe.experts_apart(layout)
+        expert_layer = moe.expert_params_per_rank(self.model, layout) if apart else 0.0
+        ep_dp = layout.expert_dp
+        dense_layer = self.layer_params.per_rank(tp) - (moe.expert_params_per_layer(self.model) / tp if apart else 0.0)
         dense_local = local - moe_layers * expert_layer
 
         def replicas(params: float) -> float:  # the all-reduce of a 1/shard gradient shard across groups
@@ -918,6 +918,10 @@ class CostModel:
         `host_s` per block."""
         lc = self.layer_cost(layout.tp, layout.sp, layout.micro_batch, layout.recompute, layout.recompute_every,
                              layout.cp)
+        if layout.etp and self.model.experts and not self.model.shared_ffn:
+            # MoE parallel folding: the expert layer runs on each rank's own tokens, so of a block's two TP collective
+            # sites (attention, MLP) only the attention's is left
+            lc = replace(lc, tp=lc.tp / 2)
         expert, a2a = self.moe_terms(layout, lc)
         wait = self.launch_wait(host_s, self.layer_gpu_time(layout, lc)) + moe.moe_host_time(self, layout)
         return LayerTerms(lc, expert, a2a, wait, self.shard_cast_time(layout, microbatches))
@@ -987,6 +991,9 @@ class CostModel:
             probe = layout.replace(cp=1, zero=layout.zero if layout.shard_degree > 1 else 0)
         if probe.pp > 1 and probe.zero >= 2:
             probe = probe.replace(zero=1)
+        if layout.etp:  # Megatron's MoE parallel folding: its own expert check, the rest as without experts split
+            check_experts(layout, self.model)
+            probe = probe.replace(etp=0, ep=1)
         return check_layout(probe, self.model, self.training.global_batch, self.seq // cp, self.cluster.gpus // cp,
                             fewer_microbatches=self.training.profile.fewer_microbatches_than_stages)
 
@@ -1057,8 +1064,9 @@ class CostModel:
                            if dp > 1 else 0.0)
         opt_params = local
         if layout.zero >= 1:  # the optimizer shard: dense weights over dp_shard x cp, experts over ep_dp x cp
-            experts = (pp_layers[big] - dense[big]) * moe.expert_params_per_rank(cfg, layout) if layout.ep > 1 else 0.0
-            opt_params = (local - experts) / shard + experts / (layout.dp // layout.ep * cp)
+            experts = ((pp_layers[big] - dense[big]) * moe.expert_params_per_rank(cfg, layout)
+                       if moe.experts_apart(layout) else 0.0)
+            opt_params = (local - experts) / shard + experts / layout.expert_dp
         opt_bytes = 28.0 if t.precision in FULL_PRECISIONS else OPTIMIZER_BYTES_PER_PARAM
         breakdown["optimizer"] = opt_params * opt_bytes / self.hbm_rate
         breakdown["cp"] = m * cpc

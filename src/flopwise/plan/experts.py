@@ -17,6 +17,12 @@ per-rank GEMM time and the activations' TP-split share already divide them by tp
 outputs are summed over tp by the same collective as a dense MLP's (layer_cost's tp time counts it), and
 the router, replicated, computes on every TP rank (its weights are in the replicated share).
 
+MoE parallel folding (Megatron-Core; Liu et al. 2025, arXiv 2504.14960): an expert TP `etp` below tp regroups the
+attention's tp x dp ranks into ep x etp x expert_dp for the MoE layers. Each rank then holds E / ep experts cut by
+etp, dispatches its own sequence-parallel share of the tokens over an ep group of ep x etp consecutive GPUs, and the
+MLP's TP collectives vanish (a shared expert, run with the attention's TP, keeps them). The expert GEMMs' FLOPs per
+rank are the same under either cut (1 / tp of the micro-batch's), so they are costed as before.
+
 All-to-all (GShard, Lepikhin et al. 2020; Megatron-LM's token dispatcher). Per MoE layer and micro-batch a
 rank sends its s b top_k token rows of h values to the ranks holding their experts and gets them back:
 dispatch and combine in the forward, their reverses in the backward (4 exchanges; 2 more in a forward
@@ -52,23 +58,29 @@ def expert_params_per_layer(cfg) -> int:
     return sum(g.weights for g in block_gemms(cfg) if g.name.startswith("expert_"))
 
 
+def experts_apart(layout: Layout) -> bool:
+    """Whether the experts are split otherwise than the dense weights: over ep ranks, or by an etp other than tp."""
+    return layout.ep > 1 or bool(layout.etp)
+
+
 def expert_params_per_rank(cfg, layout: Layout) -> float:
-    """Expert weights of one MoE layer on one rank: E / ep experts, each cut by tp."""
-    return expert_params_per_layer(cfg) / (layout.ep * layout.tp)
+    """Expert weights of one MoE layer on one rank: E / ep experts, each cut by etp (tp unless stated)."""
+    return expert_params_per_layer(cfg) / (layout.ep * layout.expert_tp)
 
 
 def expert_params_elsewhere(cfg, layout: Layout, layers: int) -> float:
-    """Expert weights of `layers` layers in this rank's TP cut that other ranks of its ep group hold."""
-    return layers * expert_params_per_layer(cfg) / layout.tp * (1 - 1 / layout.ep)
+    """Of `layers` layers' experts in this rank's TP cut (all E, 1 / tp of each), the weights this rank does not
+    hold: those of the other ranks of its ep group (negative where etp < tp keeps more of each expert than tp would)."""
+    return layers * (expert_params_per_layer(cfg) / layout.tp - expert_params_per_rank(cfg, layout))
 
 
 def expert_params_not_gathered(cfg, layout: Layout) -> float:
     """Expert weights of one layer's TP cut that ZeRO-3 does not gather on this rank: those of the other
-    ranks of the ep group, and under ep with dp = ep (no ep_dp sharding) this rank's own as well."""
+    ranks of the ep group, and where no other rank holds the same experts (expert_dp = 1) this rank's own as well."""
     cut = expert_params_per_layer(cfg) / layout.tp
-    if layout.ep == 1:
+    if not experts_apart(layout):
         return 0.0
-    return cut if layout.dp // layout.ep == 1 else cut - expert_params_per_rank(cfg, layout)
+    return cut if layout.expert_dp == 1 else cut - expert_params_per_rank(cfg, layout)
 
 
 def model_states(cfg, precision: str, layout: Layout, params: float, layers: int, profile=None) -> dict[str, float]:
@@ -76,11 +88,11 @@ def model_states(cfg, precision: str, layout: Layout, params: float, layers: int
     included, E / ep per layer cut by tp): ZeRO shards the non-expert part over the shard group and, under
     ep, the experts over the dp / ep ranks holding the same experts; `profile`: the stack's (memory.model_state_bytes)."""
     shard = layout.shard_degree * layout.cp
-    if layout.ep == 1:
+    if not experts_apart(layout):
         return mem.model_state_bytes(params, precision, layout.zero, shard, profile)
     experts = layers * expert_params_per_rank(cfg, layout)
     out = mem.model_state_bytes(params - experts, precision, layout.zero, shard, profile)
-    own = mem.model_state_bytes(experts, precision, layout.zero, layout.dp // layout.ep, profile)
+    own = mem.model_state_bytes(experts, precision, layout.zero, layout.expert_dp, profile)
     return {k: out[k] + own[k] for k in out}
 
 
@@ -100,11 +112,14 @@ def moe_layer_time(cm, layout: Layout, imbalance: float) -> tuple[float, float]:
     compute = (imbalance - 1.0) * expert_gemm_time(cm, layout)
     if layout.ep == 1:
         return compute, 0.0
-    tokens = cm.seq * layout.micro_batch
+    # each rank sends its 1 / (tp / etp) of the micro-batch's tokens (etp = tp: all of them, each TP rank over its own
+    # ep group side by side; etp 1: its sequence-parallel shard, the ep group folded over the attention's TP ranks)
+    tokens = cm.seq * layout.micro_batch * layout.expert_tp / layout.tp
     rows = tokens * cfg.top_k * cfg.hidden * cm.training.dtype_bytes
     moved = rows * (layout.ep - 1) / layout.ep * imbalance
     # (an all-to-all: every pair of the group at once, over all its links on a mesh)
-    one = moved / cm.bus_bandwidth(layout.tp * layout.ep, members=layout.ep) + 2 * COLLECTIVE_LATENCY_S  # counts, rows
+    span = layout.expert_tp * layout.ep
+    one = moved / cm.bus_bandwidth(span, members=layout.ep) + 2 * COLLECTIVE_LATENCY_S  # counts, rows
     exchanges = 4 + (2 / layout.recompute_every if layout.recompute == "full" else 0)
     return compute, exchanges * one
 

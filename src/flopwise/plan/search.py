@@ -136,7 +136,7 @@ def _candidates(cm: CostModel, fixed: dict, failures: list[str] | None = None) -
     if fixed.get("sp"):  # sequence parallelism splits the TP group's sequence: it asks for tp > 1
         tps = [t for t in tps if t > 1]
     # fields the search never varies: they are taken as given (defaults otherwise)
-    given = {k: fixed[k] for k in ("dp_shard", "split", "ep", "cp") if k in fixed}
+    given = {k: fixed[k] for k in ("dp_shard", "split", "ep", "cp", "etp") if k in fixed}
     for tp in tps:
         if tp < 1 or gpus % tp:
             continue

@@ -50,7 +50,7 @@ from flopwise.userfiles import read_text
 # where it comes from; a row without them is costed with the profile its text or layout implies (plan/software_rule.py)
 PROVENANCE_COLUMNS = ("source_id", "stack", "software", "citation", "notes")
 # layout columns of the published CSVs (README in shared/published); cp is checked on its own
-_LAYOUT_COLUMNS = ("tp", "pp", "dp", "vpp", "cp", "ep", "zero", "dp_shard", "sequence_parallel", "recompute",
+_LAYOUT_COLUMNS = ("tp", "pp", "dp", "vpp", "cp", "ep", "etp", "zero", "dp_shard", "sequence_parallel", "recompute",
                    "micro_batch")
 
 
@@ -190,13 +190,13 @@ def _attention_variant(row: dict) -> dict:
     return {key: _optional_int(row, key) for key in (*required, *optional)}
 
 
-def _experts(row: dict, tp: int) -> dict:
+def _experts(row: dict) -> dict:
     """The ModelConfig fields of a mixture-of-experts row (optional columns): `experts` routed experts per layer, each
     a SwiGLU of width `ffn`, `top_k` per token (blank: 2), chosen by a `router` (blank: linear, the published models'
     router; `attention` is Yuan 2.0-M32's), beside shared experts of total width `shared_ffn` (blank: none). A blank
     or zero `experts` is a dense row, whose MoE cells must be blank. What a row states that the planner does not cost
-    is refused with its name: an MoE block every `moe_every` > 1 layers, and expert tensor
-    parallelism other than tp (`etp`; blank: tp, Megatron's default; with tp blank the row must give it). Leading
+    is refused with its name: an MoE block every `moe_every` > 1 layers. Expert tensor parallelism other than tp
+    (`etp`; blank: tp, Megatron's default) is a layout field (Layout.etp, read with the layout columns). Leading
     dense blocks: `dense_layers` of them with a SwiGLU of `dense_ffn` (DeepSeek-V3's first 3 of 18432)."""
     if not _optional_int(row, "experts"):
         stray = [key for key in _MOE_ONLY if _cell(row, key).strip("0.")]
@@ -209,10 +209,6 @@ def _experts(row: dict, tp: int) -> dict:
                         "SwiGLU width")
     if _int(row, "moe_every", 1) > 1:
         raise PlanError(f"moe_every = {_cell(row, 'moe_every')}: MoE blocks between dense ones are not costed yet")
-    if _cell(row, "etp") and _int(row, "etp") != tp:
-        given = f"tp = {tp}" if tp else "tp blank (give it)"
-        raise PlanError(f"etp = {_cell(row, 'etp')} with {given}: the planner cuts experts by tp (expert tensor "
-                        "parallelism equal to tp)")
     router = _cell(row, "router").lower() or "linear"
     return {"experts": _int(row, "experts"), "top_k": _int(row, "top_k", 2), "router": router,
             "shared_ffn": _optional_int(row, "shared_ffn"), **dense}
@@ -290,7 +286,7 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
         seq_len=_int(row, "seq"),
         lfa=False,
         mlp=_cell(row, "mlp").lower() or "gelu",
-        **_experts(row, tp),
+        **_experts(row),
         **_attention_variant(row),
         # attention wider than the hidden size (Qwen3, Gemma: heads x head_dim > hidden; optional column)
         attn_dim=_int(row, "head_dim") * _int(row, "heads") if _cell(row, "head_dim") else 0,
