@@ -164,7 +164,9 @@ class Layout:
         parts.append(f"mb={self.micro_batch}")
         if self.schedule == "gpipe":
             parts.append("gpipe")
-        parts += [f"{k}={getattr(self, k)}" for k in ("ep", "cp", "etp") if getattr(self, k) > 1 or k == "etp" and self.etp]
+        parts += [f"{k}={getattr(self, k)}" for k in ("ep", "cp") if getattr(self, k) > 1]
+        if self.etp:  # (0: tp)
+            parts.append(f"etp={self.etp}")
         return ",".join(parts)
 
     def describe(self) -> str:

@@ -85,8 +85,9 @@ def expert_params_not_gathered(cfg, layout: Layout) -> float:
 
 def model_states(cfg, precision: str, layout: Layout, params: float, layers: int, profile=None) -> dict[str, float]:
     """Parameter, gradient and optimizer bytes of one rank holding `params` parameters (its experts
-    included, E / ep per layer cut by tp): ZeRO shards the non-expert part over the shard group and, under
-    ep, the experts over the dp / ep ranks holding the same experts; `profile`: the stack's (memory.model_state_bytes)."""
+    included, E / ep per layer cut by etp): ZeRO shards the non-expert part over the shard group and, under
+    ep or etp, the experts over the expert_dp ranks holding the same experts; `profile`: the stack's
+    (memory.model_state_bytes)."""
     shard = layout.shard_degree * layout.cp
     if not experts_apart(layout):
         return mem.model_state_bytes(params, precision, layout.zero, shard, profile)
