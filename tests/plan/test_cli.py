@@ -317,3 +317,15 @@ def test_cuda_graphs_take_an_moe_blocks_host_time_away(capsys):
     assert graphed["training"]["cuda_graphs"] and not plain["training"]["cuda_graphs"]
     host = plain["plans"][0]["breakdown_s"]["host"] - graphed["plans"][0]["breakdown_s"]["host"]
     assert host == pytest.approx(48 * plain["plans"][0]["microbatches"] * experts.MOE_BLOCK_HOST_S)
+
+
+def test_an_overlapped_all_to_all_shortens_the_exposed_ep_time(capsys):
+    """--a2a-overlap: each MoE block's all-to-all hides behind its own compute (CostModel.moe_terms); stated in the
+    JSON; the rest of the step as before."""
+    argv = ["plan", "--preset", "qwen3-30b-a3b", "--gpu", "H100-SXM", "--gpus", "16", "--global-batch", "64",
+            "--software", "te", "--layout", "tp=1,pp=1,ep=16,micro_batch=1", "--top", "1", "--json"]
+    plain = json.loads(run(argv, capsys)[1])
+    overlapped = json.loads(run([*argv, "--a2a-overlap"], capsys)[1])
+    assert overlapped["training"]["a2a_overlap"] and not plain["training"]["a2a_overlap"]
+    before, after = plain["plans"][0]["breakdown_s"], overlapped["plans"][0]["breakdown_s"]
+    assert 0 <= after["ep"] < before["ep"] and after["compute"] == pytest.approx(before["compute"])

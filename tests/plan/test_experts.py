@@ -178,6 +178,8 @@ def test_an_overlapped_all_to_all_hides_behind_its_blocks_compute():
     plain, overlapped = model().evaluate(layout), model(a2a_overlap=True).evaluate(layout)
     assert overlapped.breakdown["ep"] == pytest.approx(plain.breakdown["ep"] * exposed / a2a)
     assert overlapped.breakdown["compute"] == plain.breakdown["compute"]
+    with pytest.raises(PlanError, match="a2a_overlap overlaps the expert all-to-all.*this model is dense"):
+        model(preset=get_preset("llama3-8b"), a2a_overlap=True)
 
 
 def test_moe_parallel_folding_keeps_experts_whole_over_an_ep_group_across_tp_ranks():

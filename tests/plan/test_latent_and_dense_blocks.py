@@ -120,3 +120,11 @@ def test_the_balanced_split_gives_the_first_stage_more_of_the_cheaper_dense_bloc
     split = balanced_split(cm, layout, m, require_fit=False)
     assert sum(split) == cfg.layers and split[0] > max(split[1:])
     assert cm.evaluate(layout, split).step_time < cm.evaluate(layout, (6, 6, 6, 6)).step_time
+
+
+def test_an_overlapped_all_to_all_with_leading_dense_blocks_is_costed():
+    """The dense twin carries no all-to-all to overlap: it is built without the flag, not refused for it."""
+    layout = Layout(dp=32, ep=8)
+    plain = model(M32_DENSE, software="te").evaluate(layout)
+    overlapped = model(M32_DENSE, software="te", a2a_overlap=True).evaluate(layout)
+    assert overlapped.breakdown["ep"] < plain.breakdown["ep"]

@@ -120,7 +120,6 @@ from flopwise.flops import (
     model_flops_per_token,
     op_checkpoint_gemms,
     param_counts,
-    score_head_dim,
 )
 from flopwise.hardware import (
     CATALOGUE,
@@ -395,6 +394,9 @@ class CostModel:
             training = replace(training, attention=attention_kernel(training, self.acc))
         self.training = training
         self.constants = constants or DEFAULT_CONSTANTS
+        if training.a2a_overlap and not model.experts:
+            raise PlanError("a2a_overlap overlaps the expert all-to-all with compute; this model is dense (no experts): "
+                            "drop it")
         if training.precision == "bf16" and not self.acc.bf16:
             raise PlanError(f"{self.acc.name} has no bf16 tensor cores (they came with Ampere): use precision fp16, "
                             "as runs on it did")
@@ -444,7 +446,8 @@ class CostModel:
         self.memory_limit = mem.usable_bytes(self.acc.memory_bytes)
         self._layer_cache: dict[tuple, LayerCost] = {}
         # an MoE model's leading dense blocks (model.dense_layers): their per-layer costs are a dense twin's
-        self.dense = CostModel(model.dense_block(), cluster, training, constants) if model.dense_layers else None
+        self.dense = (CostModel(model.dense_block(), cluster, replace(training, a2a_overlap=False), constants)
+                      if model.dense_layers else None)
 
     def _traffic(self, profile: Software) -> float:
         """Bytes the profile's elementwise kernels move per planned pass (Software.elementwise_traffic)."""
@@ -600,15 +603,15 @@ class CostModel:
         (context parallel: the load-balanced causal share 1/cp of it)."""
         cfg, s = self.model, self.seq
         heads = math.ceil(cfg.heads / tp)
-        # latent attention: its scores over qk_head_dim, its values over head_dim, or padded to qk_head_dim
-        d = cfg.qk_head_dim if cfg.is_latent and self.training.profile.pads_latent_values else score_head_dim(cfg)
+        # latent attention: its scores over qk_head_dim, its values over head_dim (or padded to qk_head_dim)
+        values = self.training.profile.value_head_dim(cfg)
+        d = (cfg.qk_head_dim + values) / 2
         if self.training.profile.attention == "flash":  # the layers' mean over full and sliding-window blocks
             windowed = cfg.windowed_layers / cfg.layers
             causal = causal_attention_flops(s, d, heads, mb)
             # a windowed kernel visits the band only; a masked one (flopwise's SDPA) computes every block of the scores
             band = causal_attention_flops(s, d, heads, mb, cfg.window) if self.training.profile.window_kernel else 2 * causal
             return ((1 - windowed) * causal + windowed * band) / cp / self.attention_rate
-        values = cfg.qk_head_dim if cfg.is_latent and self.training.profile.pads_latent_values else cfg.head_dim
         return (self.gemm_time(s, cfg.qk_head_dim, s, heads * mb) + self.gemm_time(s, s, values, heads * mb)) / cp
 
     def _kept_activations(self, tp: int, sp: bool, mb: int, cp: int, recompute: str = "none") -> float:
@@ -716,7 +719,8 @@ class CostModel:
             tp_time = one_fwd * (2 + again) + 2 * one
         cp_time = 0.0
         if cp > 1:  # ring: cp - 1 steps, each hidden behind one step's share of the attention
-            kv = tokens * self.model.kv_heads / tp * 2 * score_head_dim(self.model) * self.training.dtype_bytes
+            kv = (tokens * self.model.kv_heads / tp * (self.model.qk_head_dim + self.training.profile.value_head_dim(
+                self.model)) * self.training.dtype_bytes)
             bw, lat = self.bus_bandwidth(tp * cp), self.latency(tp * cp)
             step_f = max(0.0, kv / bw + lat - attn / cp)
             step_b = max(0.0, 2 * kv / bw + lat - 2 * attn / cp)  # K, V and dK, dV

@@ -126,14 +126,13 @@ def layer_activation_bytes(
     t = layout.tp
     e = training.dtype_bytes
     h, a, ffn = cfg.hidden, cfg.heads, cfg.ffn
-    # queries and keys over qk_head_dim (latent attention: head_dim + rope_head_dim), values and the output over head_dim
-    q, k, v = cfg.heads * cfg.qk_head_dim, cfg.kv_heads * cfg.qk_head_dim, cfg.kv_heads * cfg.head_dim
-    o = cfg.heads * cfg.head_dim
     sw = training.profile
-    # the attention kernel's saved output: a padding stack's is as wide as the keys, and the output projection keeps
-    # its own unpadded input besides (its values padded too)
-    padded = cfg.is_latent and sw.pads_latent_values
-    kernel_out = cfg.heads * cfg.qk_head_dim if padded else o
+    # queries and keys over qk_head_dim (latent attention: head_dim + rope_head_dim), values over the kernel's value
+    # dims (head_dim, or qk_head_dim where the stack pads them), the output projection's input over head_dim; a
+    # padding stack's kernel output is as wide as its values, kept beside the projection's unpadded input
+    values = sw.value_head_dim(cfg)
+    q, k, v = cfg.heads * cfg.qk_head_dim, cfg.kv_heads * cfg.qk_head_dim, cfg.kv_heads * values
+    o, kernel_out = cfg.heads * cfg.head_dim, cfg.heads * values
     rep_div = t if layout.sp else 1  # sequence parallelism splits the replicated share
     if recompute == "full":  # only the layer input is kept (Korthikanti section 5: 2 s b h)
         return tokens * h * e / rep_div
@@ -156,8 +155,8 @@ def layer_activation_bytes(
     latents = sum((width * e if fused else 2 * width * e + 4) + width * e
                   for width in (cfg.q_lora_rank, cfg.kv_lora_rank) if width)
     sharded = (q + k + v + o) * e  # Q, K, V and the output projection's input (= flash's saved output)
-    if padded:  # the padded values, and a fused kernel's padded output (the unfused one's is not saved)
-        sharded += (cfg.kv_heads * cfg.rope_head_dim + (kernel_out if sw.attention != "unfused" else 0)) * e
+    if kernel_out != o and sw.attention != "unfused":  # a fused kernel's padded output (an unfused one's is not saved)
+        sharded += kernel_out * e
     # SwiGLU: gate and up outputs, SiLU output, product (4 ffn); Megatron-family fused kernels (bias_swiglu) and
     # torch.compile's partitioner keep the fc1 output (gate and up) and the product, and recompute SiLU (3 ffn)
     mlp_inner = (2 if cfg.mlp != "swiglu" else 3 if fused else 4) * ffn * e

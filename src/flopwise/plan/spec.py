@@ -199,6 +199,11 @@ class Software:
         """Its attention core as `--attention` names it: its fused kernel's class (fa2 | fa3), or unfused."""
         return self.attention_kernel if self.attention == "flash" else self.attention
 
+    def value_head_dim(self, model) -> int:
+        """The values' dims per head its attention kernel runs over: head_dim, or under latent attention the keys'
+        qk_head_dim where the stack pads the values to them (pads_latent_values)."""
+        return model.qk_head_dim if model.is_latent and self.pads_latent_values else model.head_dim
+
 
 # flopwise's blocks on an H200 (benchmarks/planner_kernels.py --sections step, torch.profiler's kernels by kind;
 # RESULTS.md "Third H200 lease"): eager, its norms, RoPE (in fp32), SwiGLU, residual adds

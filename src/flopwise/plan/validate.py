@@ -223,12 +223,6 @@ def _flag(row: dict, key: str) -> bool:
         raise DataError(str(exc)) from None
 
 
-def _fp8_all_gather(row: dict) -> bool:
-    """The optional `fp8_all_gather` column: whether the run gathered its sharded weights in FP8 (torchtitan's
-    enable_fsdp_float8_all_gather, Megatron's --fp8-param-gather); blank: no, their defaults."""
-    return _flag(row, "fp8_all_gather")
-
-
 def measured_memory(row: dict) -> tuple[float, str] | None:
     """(bytes, measure) of the peak memory per GPU a row's source printed (optional columns `measured_memory_gib` and
     `memory_measure`, one of memory.MEMORY_MEASURES or blank), or None where it printed none."""
@@ -320,7 +314,9 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
     if graphs not in ("", "full", "partial", "none"):
         raise DataError(f"column 'cuda_graphs' = {graphs!r}: must be full, partial, none or blank")
     training = Training(_int(row, "global_batch"), precision=precision, software=profile, attention=attention,
-                        fp8_all_gather=_fp8_all_gather(row), cuda_graphs=graphs == "full",
+                        # the run gathered its sharded weights in FP8 (torchtitan's enable_fsdp_float8_all_gather,
+                        # Megatron's --fp8-param-gather); overlapped its expert all-to-all with compute
+                        fp8_all_gather=_flag(row, "fp8_all_gather"), cuda_graphs=graphs == "full",
                         a2a_overlap=_flag(row, "a2a_overlap"))
     if "vpp" in fixed and "pp" in fixed and fixed["vpp"] > 1:
         per_stage = model.layers // fixed["pp"]
