@@ -265,7 +265,8 @@ def test_a_rack_scale_nvlink_gpu_planned_with_small_nodes_says_so():
 
 # the mixture-of-experts sets (planner_calibration/moe/), each as committed before it was scored
 MOE_SETS = {"fresh_holdout_50_moe": 98, "fresh_holdout_52_moe": 36, "fresh_holdout_53_moe": 4, "fresh_holdout_54_moe": 12,
-            "fresh_holdout_55_moe": 27, "fresh_holdout_56_moe": 20}
+            "fresh_holdout_55_moe": 27, "fresh_holdout_56_moe": 20,
+            "fresh_holdout_57_moe": 68}
 MOE_COLUMNS = ("experts", "top_k", "ep", "etp", "head_dim", "router", "shared_ffn", "dense_layers", "dense_ffn",
                "moe_every", "attention_variant", "window", "global_every", "cuda_graphs", "dispatcher", "q_lora_rank",
                "kv_lora_rank", "rope_head_dim", "a2a_overlap")
