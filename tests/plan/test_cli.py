@@ -316,7 +316,7 @@ def test_cuda_graphs_take_an_moe_blocks_host_time_away(capsys):
     graphed = json.loads(run([*argv, "--cuda-graphs"], capsys)[1])
     assert graphed["training"]["cuda_graphs"] and not plain["training"]["cuda_graphs"]
     host = plain["plans"][0]["breakdown_s"]["host"] - graphed["plans"][0]["breakdown_s"]["host"]
-    assert host == pytest.approx(48 * plain["plans"][0]["microbatches"] * experts.MOE_BLOCK_HOST_S)
+    assert 0 < host < 48 * plain["plans"][0]["microbatches"] * experts.MOE_BLOCK_HOST_S  # the part the GPU does not hide
 
 
 def test_an_overlapped_all_to_all_shortens_the_exposed_ep_time(capsys):

@@ -144,9 +144,9 @@ def test_expert_gradients_cross_only_the_ranks_holding_the_same_experts(zero):
     assert dp_time(M32, 32) < dp_time(M32, 8) < dp_time(M32, 1)
 
 
-def test_an_moe_block_adds_its_host_time_unless_the_step_is_one_cuda_graph(monkeypatch):
-    """experts.MOE_BLOCK_HOST_S per MoE block and micro-batch, added to the step (a dropless dispatcher's host sync
-    keeps the host from running ahead); none under a full-iteration CUDA graph, none for a dense model."""
+def test_an_moe_blocks_host_time_is_exposed_only_beyond_its_gpu_time(monkeypatch):
+    """experts.MOE_BLOCK_HOST_S per MoE block and micro-batch runs ahead of the GPU: a block waits only for what its GPU
+    time does not cover; none under a full-iteration CUDA graph, none for a dense model."""
     from flopwise.plan import experts
 
     layout = Layout(dp=8, ep=8, micro_batch=1)
@@ -155,15 +155,18 @@ def test_an_moe_block_adds_its_host_time_unless_the_step_is_one_cuda_graph(monke
     def step(preset, host, graphs=False, lay=layout):
         monkeypatch.setattr(experts, "MOE_BLOCK_HOST_S", host)
         cm = CostModel(preset, Cluster(get_accelerator("H100-SXM"), 8), Training(64, software="te", cuda_graphs=graphs))
-        return cm.evaluate(lay)
+        return cm, cm.evaluate(lay)
 
-    base, slow = step(M32, 0.0), step(M32, 2e-3)
+    cm, base = step(M32, 0.0)
+    gpu = cm.layer_gpu_time(layout)  # one block's GPU work per micro-batch
+    _, slow = step(M32, gpu + 2e-3)
     host = slow.breakdown["host"] - base.breakdown["host"]
-    assert host == pytest.approx(M32.layers * base.microbatches * 2e-3)  # every block, every micro-batch
+    assert host == pytest.approx(M32.layers * base.microbatches * 2e-3)  # every block, every micro-batch: the excess
     assert slow.step_time > base.step_time + host  # (the straggler term scales it too)
-    assert step(M32, 2e-3, graphs=True).step_time == pytest.approx(base.step_time)
+    assert step(M32, 0.9 * gpu)[1].step_time == pytest.approx(base.step_time)  # hidden behind the GPU
+    assert step(M32, gpu + 2e-3, graphs=True)[1].step_time == pytest.approx(base.step_time)
     one = Layout(dp=8, micro_batch=1)
-    assert step(dense, 2e-3, lay=one).step_time == pytest.approx(step(dense, 0.0, lay=one).step_time)
+    assert step(dense, 1.0, lay=one)[1].step_time == pytest.approx(step(dense, 0.0, lay=one)[1].step_time)
 
 
 def test_an_overlapped_all_to_all_hides_behind_its_blocks_compute():

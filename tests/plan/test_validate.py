@@ -272,11 +272,13 @@ def test_a_sliding_window_row_is_costed_with_its_window():
     assert windowed["breakdown_s"]["compute"] < full["breakdown_s"]["compute"]
 
 
-def test_a_row_captured_whole_in_a_cuda_graph_has_no_moe_host_time():
+def test_a_row_captured_whole_in_a_cuda_graph_has_no_moe_host_time(monkeypatch):
     from flopwise.plan import experts
 
+    monkeypatch.setattr(experts, "MOE_BLOCK_HOST_S", 0.1)  # longer than any block's GPU time here
     graphed, plain, partial = validate_rows([{**QWEN3_30B, "cuda_graphs": "full"}, QWEN3_30B,
                                              {**QWEN3_30B, "cuda_graphs": "partial"}])
     host = plain["breakdown_s"]["host"] - graphed["breakdown_s"]["host"]
-    assert host == pytest.approx(48 * 64 * experts.MOE_BLOCK_HOST_S)  # 48 MoE blocks, 1024 / 16 micro-batches
+    # 48 MoE blocks, 1024 / 16 micro-batches: what each block's GPU time does not cover
+    assert 0 < host < 48 * 64 * experts.MOE_BLOCK_HOST_S
     assert partial["predicted_s"] == plain["predicted_s"]  # parts of a step in graphs: the dispatcher still syncs

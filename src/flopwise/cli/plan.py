@@ -206,7 +206,7 @@ def plan(
     cuda_graphs: bool = typer.Option(
         False, "--cuda-graphs", help="the whole step runs as one CUDA graph (Megatron's full_iteration graphs): an MoE "
                                      "block's host time (router, permutation, the dispatcher's host sync; "
-                                     "experts.MOE_BLOCK_HOST_S) is not added"),
+                                     "experts.MOE_BLOCK_HOST_S) is not costed"),
     a2a_overlap: bool = typer.Option(
         False, "--a2a-overlap", help="the expert all-to-all overlaps computation (Megatron's moe_a2a_overlap / "
                                      "overlap_moe_expert_parallel_comm): each MoE block's hides behind its own "

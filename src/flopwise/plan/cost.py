@@ -927,7 +927,9 @@ class CostModel:
             # sites (attention, MLP) only the attention's is left
             lc = replace(lc, tp=lc.tp / 2)
         expert, a2a = self.moe_terms(layout, lc)
-        wait = self.launch_wait(host_s, self.layer_gpu_time(layout, lc)) + moe.moe_host_time(self, layout)
+        # a mixture's host work per block (routing, permutation, the dispatcher's setup) runs ahead of the GPU with the
+        # rest of the block's: only what the GPU does not cover is exposed (FINDINGS.md section 71)
+        wait = self.launch_wait(host_s + moe.moe_host_time(self, layout), self.layer_gpu_time(layout, lc))
         return LayerTerms(lc, expert, a2a, wait, self.shard_cast_time(layout, microbatches))
 
     def moe_terms(self, layout: Layout, lc: LayerCost) -> tuple[float, float]:
