@@ -72,8 +72,9 @@ MEMORY_UNSEEN = (16, 23, "")  # each run against its own profile's line
 # of 4; set 54, 10 latent-attention runs (Moonlight, DeepSeek-V3) on H100, GB200, GB300 and MI355X (section 68), 10 of
 # 10; set 55, 11 Megatron-Bridge verification-card runs on H100 and GB200, with the overlapped all-to-all adopted on it
 # (section 69), 7 of 11 (5 of 11 without); set 56, 20 Megatron / Pai-Megatron-Patch runs on H800 and Megatron-Bridge
-# runs on B200 and GB300 (section 71), 18 of 20: 57 of 70.
-MOE_UNSEEN = (57, 70, "")
+# runs on B200 and GB300 (section 71), 18 of 20; set 57, 22 AWS Megatron-Bridge runs of DeepSeek-V3 and Kimi-K2 on 128-256
+# B300 over EFA (section 72), 17 of 22: 74 of 92.
+MOE_UNSEEN = (74, 92, "")
 UNSEEN_SHARE = 0.8
 
 
