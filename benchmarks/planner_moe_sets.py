@@ -1,9 +1,13 @@
 """Score the mixture-of-experts sets (planner_calibration/moe/*.csv) with the planner as it is: per file, the costed
 runs' median and max |error| and signed median, overall and per part, profile and model, and every refused row with
-its reason. The same errors the track record's MoE groups keep (planner_track_record.py).
+its reason. The same errors the track record's MoE groups keep (planner_track_record.py). The rows whose expert-parallel
+group spans more than one node (ep x etp above the GPUs per node) are summed apart, and `--lines` holds each costed row
+to its own MoE group's "90% within" in the committed record (the group-line test a blind set's declaration names, run
+at the set's commit, whose record holds none of its rows; track_record.MOE_UNSEEN pools its counts).
 
     .venv/bin/python benchmarks/planner_moe_sets.py                      # every MoE set
     .venv/bin/python benchmarks/planner_moe_sets.py path/to/moe_runs.csv   # one file in the MoE columns
+    .venv/bin/python benchmarks/planner_moe_sets.py --lines path/to/new_set.csv
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from flopwise.plan.validate import validate_rows
+from flopwise.plan import track_record
+from flopwise.plan.validate import row_inputs, validate_rows
 
 MOE = Path(__file__).resolve().parent / "planner_calibration" / "moe"
 
@@ -39,15 +44,40 @@ def score(path: Path) -> tuple[list[tuple[dict, float]], list[tuple[dict, str]]]
     return costed, refused
 
 
+def over_nodes(row: dict) -> bool:
+    """Whether a row's expert-parallel group spans more than one node: ep x etp (blank: tp) GPUs above gpus_per_node."""
+    tp = int(row.get("tp") or 1)
+    etp = int(row["etp"]) if row.get("etp") else tp
+    return int(row.get("ep") or 1) * etp > int(row.get("gpus_per_node") or 8)
+
+
+def lines(costed: list[tuple[dict, float]], record: dict) -> list[tuple[dict, float, str, float | None]]:
+    """(row, error, group key, its "90% within") of each costed row against the first of its MoE groups that has
+    track_record.MIN_RUNS runs in `record` (no such group: key "", None)."""
+    groups = record.get("groups", {})
+    out = []
+    for row, error in costed:
+        software = row_inputs(row)[2].software
+        key = next((k for k, _ in track_record.group_keys(row["gpu"], software, 0, moe=True)
+                    if groups.get(k, {}).get("n", 0) >= track_record.MIN_RUNS), "")
+        out.append((row, error, key, groups[key]["p90"] if key else None))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv", nargs="*", type=Path, help="MoE CSVs (default: planner_calibration/moe/*.csv)")
-    paths = ap.parse_args(argv).csv or sorted(MOE.glob("*.csv"))
+    ap.add_argument("--lines", action="store_true", help="each costed row against its MoE group's line in the record")
+    args = ap.parse_args(argv)
+    paths = args.csv or sorted(MOE.glob("*.csv"))
     for path in paths:
         costed, refused = score(path)
         print(f"{path.name}: {len(costed) + len(refused)} rows, {len(refused)} refused")
         if costed:
             print(f"  all: {summary([e for _, e in costed])}")
+        apart = [e for row, e in costed if over_nodes(row)]
+        if apart:
+            print(f"  ep group over nodes: {summary(apart)}")
         for column in ("gpu", "software", "model"):
             groups = collections.defaultdict(list)
             for row, error in costed:
@@ -56,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {column} {key}: {summary(groups[key])}")
         for reason, n in collections.Counter(reason for _, reason in refused).most_common():
             print(f"  refused ({n}): {reason}")
+        if args.lines and costed:
+            held = lines(costed, track_record.load())
+            for row, error, key, p90 in held:
+                verdict = "no group" if p90 is None else ("within" if abs(error) <= p90 else "outside")
+                line = "" if p90 is None else f" against {key}'s {100 * p90:.1f}%"
+                print(f"  line: {row['source_id']} {row['model']} {row['gpus']}: {100 * error:+.1f}%{line}, {verdict}")
+            within = sum(p90 is not None and abs(e) <= p90 for _, e, _, p90 in held)
+            print(f"  lines: {within} of {sum(p90 is not None for *_, p90 in held)} within their MoE group's line")
     return 0
 
 
