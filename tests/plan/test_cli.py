@@ -329,3 +329,17 @@ def test_an_overlapped_all_to_all_shortens_the_exposed_ep_time(capsys):
     assert overlapped["training"]["a2a_overlap"] and not plain["training"]["a2a_overlap"]
     before, after = plain["plans"][0]["breakdown_s"], overlapped["plans"][0]["breakdown_s"]
     assert 0 <= after["ep"] < before["ep"] and after["compute"] == pytest.approx(before["compute"])
+
+
+def test_a_node_once_dispatcher_shortens_an_all_to_all_over_nodes(capsys):
+    """--dispatcher hybridep: EP 16 over two nodes sends a token once per other node (plan/experts.py); stated in the
+    JSON; compute as before; a dispatcher the planner does not know is refused by name."""
+    argv = ["plan", "--preset", "qwen3-30b-a3b", "--gpu", "H100-SXM", "--gpus", "16", "--global-batch", "64",
+            "--software", "te", "--layout", "tp=1,pp=1,ep=16,micro_batch=1", "--top", "1", "--json"]
+    plain = json.loads(run(argv, capsys)[1])
+    hybrid = json.loads(run([*argv, "--dispatcher", "hybridep"], capsys)[1])
+    assert plain["training"]["dispatcher"] == "alltoall" and hybrid["training"]["dispatcher"] == "hybridep"
+    before, after = plain["plans"][0]["breakdown_s"], hybrid["plans"][0]["breakdown_s"]
+    assert 0 < after["ep"] < before["ep"] / 3 and after["compute"] == pytest.approx(before["compute"])
+    code, _, err = run([*argv, "--dispatcher", "flex"], capsys)
+    assert code != 0 and "dispatcher = 'flex': must be one of alltoall, deepep, hybridep" in err

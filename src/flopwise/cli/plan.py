@@ -211,6 +211,10 @@ def plan(
         False, "--a2a-overlap", help="the expert all-to-all overlaps computation (Megatron's moe_a2a_overlap / "
                                      "overlap_moe_expert_parallel_comm): each MoE block's hides behind its own "
                                      "forward and backward, the rest exposed"),
+    dispatcher: str = typer.Option(
+        "alltoall", "--dispatcher", help="the MoE token dispatcher: alltoall (Megatron's, one copy of a token per expert "
+                                         "it visits), deepep or hybridep (one copy per destination node, fanned out "
+                                         "over NVLink there); it matters where an expert-parallel group spans nodes"),
     layout: str = typer.Option(None, help="fix some layout fields, e.g. tp=8,pp=16 (the rest is searched)"),
     top: int = typer.Option(5, help="plans to show", callback=POSITIVE_INT),
     split: str = typer.Option("balanced", help="pipeline split: balanced | uniform"),
@@ -246,7 +250,7 @@ def plan(
                         compiled=compile_blocks, step_overhead_s=host_ms / 1e3 if host_ms is not None else None,
                         block_host_s=block_host_ms / 1e3 if block_host_ms is not None else None,
                         fp8_all_gather=fp8_all_gather, cuda_graphs=cuda_graphs,
-                        a2a_overlap=a2a_overlap)
+                        a2a_overlap=a2a_overlap, dispatcher=dispatcher.lower())
     if write_config is not None and (software != "flopwise" or precision not in TRAINER_PRECISIONS):
         raise ConfigError(f"--write-config writes a job for flopwise's trainer: it needs --software flopwise and "
                           f"{' or '.join(TRAINER_PRECISIONS)} (got --software {software}, --precision {precision})")
@@ -287,6 +291,7 @@ def plan(
                         "fp8_all_gather": fp8_all_gather,
                         "cuda_graphs": cuda_graphs,
                         "a2a_overlap": a2a_overlap,
+                        "dispatcher": training.dispatcher,
                     },
                     "evaluated": result.evaluated,
                     "feasible": result.feasible,

@@ -397,6 +397,9 @@ class CostModel:
         if training.a2a_overlap and not model.experts:
             raise PlanError("a2a_overlap overlaps the expert all-to-all with compute; this model is dense (no experts): "
                             "drop it")
+        if training.dispatcher != "alltoall" and not model.experts:
+            raise PlanError(f"dispatcher {training.dispatcher!r} routes an MoE model's tokens; this model is dense (no "
+                            f"experts): drop it")
         if training.precision == "bf16" and not self.acc.bf16:
             raise PlanError(f"{self.acc.name} has no bf16 tensor cores (they came with Ampere): use precision fp16, "
                             "as runs on it did")
@@ -446,7 +449,8 @@ class CostModel:
         self.memory_limit = mem.usable_bytes(self.acc.memory_bytes)
         self._layer_cache: dict[tuple, LayerCost] = {}
         # an MoE model's leading dense blocks (model.dense_layers): their per-layer costs are a dense twin's
-        self.dense = (CostModel(model.dense_block(), cluster, replace(training, a2a_overlap=False), constants)
+        self.dense = (CostModel(model.dense_block(), cluster, replace(training, a2a_overlap=False, dispatcher="alltoall"),
+                                constants)
                       if model.dense_layers else None)
 
     def _traffic(self, profile: Software) -> float:

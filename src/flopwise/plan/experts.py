@@ -29,9 +29,16 @@ dispatch and combine in the forward, their reverses in the backward (4 exchanges
 recomputed under full recomputation). With balanced routing (ep - 1) / ep of the rows leave the rank; the
 busiest rank receives `imbalance` times the mean. An ep group is ep consecutive data-parallel ranks, with
 tp innermost, so it spans tp x ep GPUs (each TP rank of an ep rank sends the same rows over its own ep
-group, the tp exchanges side by side): inside a node it runs on NVLink, beyond one on the network, at
-the link's bus bandwidth per GPU (hardware.py efficiencies) plus a call latency (and one more for the
-exchange of the row counts).
+group, the tp exchanges side by side): inside a node it runs on NVLink at the link's bus bandwidth per GPU
+(hardware.py efficiencies) plus a call latency (and one more for the exchange of the row counts).
+
+Over n > 1 nodes (node_exchange): of the rows a rank sends, those bound for its own node's ranks cross NVLink and
+those bound for other nodes the rank's NIC, at the same time, so an exchange takes the longer of the two. Megatron's
+alltoall dispatcher sends one copy of a token per expert it visits. DeepEP's internode kernels and HybridEP send it
+once per destination node, over the NIC of the same rail, and fan it out over NVLink there (DeepSeek-AI, DeepEP,
+2025): the NIC then carries one row per other node holding at least one of the token's top_k experts, on average
+(n - 1)(1 - C(E - E/n, k) / C(E, k)) with the experts spread evenly and routing uniform (node_copies; a model that
+limits the nodes a token may reach, as DeepSeek-V3's group-limited routing does, sends fewer: not modelled).
 
 Imbalance (Training.expert_imbalance, >= 1): the busiest rank's expert tokens over the mean. The step
 waits for it, so the expert GEMMs and the all-to-all are scaled by it (1.0: perfectly balanced routing;
@@ -39,10 +46,15 @@ moe_max_load in the trainer's metrics measures it per expert)."""
 
 from __future__ import annotations
 
+import math
+
 from flopwise.flops import block_gemms
 from flopwise.hardware import COLLECTIVE_LATENCY_S
 from flopwise.layout import Layout
 from flopwise.plan import memory as mem
+
+# dispatchers that send a token once per destination node and fan it out over NVLink there (spec.DISPATCHERS)
+NODE_ONCE_DISPATCHERS = ("deepep", "hybridep")
 
 # Host time per MoE block and micro-batch, forward and backward, exposed: the router, the permutation, the grouped
 # GEMMs' setup, and under a dropless dispatcher a host sync on the token counts, which stops the host running ahead
@@ -117,12 +129,39 @@ def moe_layer_time(cm, layout: Layout, imbalance: float) -> tuple[float, float]:
     # ep group side by side; etp 1: its sequence-parallel shard, the ep group folded over the attention's TP ranks)
     tokens = cm.seq * layout.micro_batch * layout.expert_tp / layout.tp
     rows = tokens * cfg.top_k * cfg.hidden * cm.training.dtype_bytes
-    moved = rows * (layout.ep - 1) / layout.ep * imbalance
-    # (an all-to-all: every pair of the group at once, over all its links on a mesh)
     span = layout.expert_tp * layout.ep
-    one = moved / cm.bus_bandwidth(span, members=layout.ep) + 2 * COLLECTIVE_LATENCY_S  # counts, rows
+    if span <= cm.cluster.gpus_per_node:  # (an all-to-all: every pair of the group at once, over all its links on a mesh)
+        one = rows * imbalance * (layout.ep - 1) / layout.ep / cm.bus_bandwidth(span, members=layout.ep)
+    else:
+        one = node_exchange(cm, layout, rows * imbalance, tokens * cfg.hidden * cm.training.dtype_bytes * imbalance)
+    one += 2 * COLLECTIVE_LATENCY_S  # counts, rows
     exchanges = 4 + (2 / layout.recompute_every if layout.recompute == "full" else 0)
     return compute, exchanges * one
+
+
+def node_copies(experts: int, top_k: int, nodes: float) -> float:
+    """Expected number of the other nodes of an ep group over `nodes` nodes that hold at least one of a token's top_k
+    (distinct, uniformly routed) experts, the experts spread evenly: (n - 1)(1 - C(E - E/n, k) / C(E, k))."""
+    away = experts - experts / nodes  # experts off one given node
+    miss = math.prod((away - i) / (experts - i) for i in range(top_k))  # none of the k on that node
+    return (nodes - 1) * (1.0 - max(0.0, miss))
+
+
+def node_exchange(cm, layout: Layout, per_expert: float, per_token: float) -> float:
+    """Seconds of one exchange of an ep group spanning several nodes: `per_expert` bytes are a rank's rows with one
+    copy per expert visited, `per_token` one copy per token. The NIC and NVLink shares run at once (module docstring)."""
+    cfg, ep = cm.model, layout.ep
+    nodes = layout.expert_tp * ep / cm.cluster.gpus_per_node
+    local = max(1.0, ep / nodes)  # ep ranks on one node
+    here = per_expert * (local - 1) / ep  # rows for the node's other ranks
+    away = per_expert * (ep - local) / ep  # rows for other nodes' ranks, one copy per expert
+    if cm.training.dispatcher in NODE_ONCE_DISPATCHERS:
+        nic = per_token * node_copies(cfg.experts, cfg.top_k, nodes)
+        nvlink = here + away * (local - 1) / local  # and the fan-out of rows arriving from other nodes
+    else:
+        nic, nvlink = away, here
+    t_nvlink = nvlink / cm.bus_bandwidth(round(local) * layout.expert_tp, members=round(local)) if local > 1 else 0.0
+    return max(nic / cm.bus_bandwidth(layout.expert_tp * ep), t_nvlink)
 
 
 def moe_host_time(cm, layout: Layout) -> float:

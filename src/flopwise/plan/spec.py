@@ -97,6 +97,9 @@ LOW_PRECISIONS = frozenset(GEMM_FORMATS)
 # dropout as tensors of their own: Megatron before flash attention, Hugging Face models' eager attention)
 FLASH_CLASSES = ("fa2", "fa3")
 ATTENTION_KERNELS = ("flash", *FLASH_CLASSES, "unfused")
+# MoE token dispatchers: Megatron's alltoall (one copy of a token per expert it visits), and DeepEP's internode
+# kernels and HybridEP, which send a token once per destination node and fan it out over NVLink there (plan/experts.py)
+DISPATCHERS = ("alltoall", "deepep", "hybridep")
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,8 @@ class Training:
     # the expert all-to-all overlapped with computation (Megatron's moe_a2a_overlap / overlap_moe_expert_parallel_comm):
     # each MoE block's hides behind that block's forward and backward compute (CostModel.layer_terms)
     a2a_overlap: bool = False
+    # the MoE token dispatcher (DISPATCHERS): how an all-to-all over nodes moves its rows (plan/experts.py)
+    dispatcher: str = "alltoall"
 
     def __post_init__(self) -> None:
         if not isinstance(self.global_batch, int) or self.global_batch < 1:
@@ -400,6 +405,8 @@ class Training:
         if self.compiled and self.software != "flopwise":
             raise ConfigError(f"compiled applies to flopwise's trainer; the {self.software!r} profile already says "
                               f"how its stack runs (torch-compile is PyTorch-native stacks under torch.compile)")
+        if self.dispatcher not in DISPATCHERS:
+            raise ConfigError(f"dispatcher = {self.dispatcher!r}: must be one of {', '.join(DISPATCHERS)}")
         if not self.expert_imbalance >= 1.0:
             raise ConfigError(f"expert_imbalance = {self.expert_imbalance}: must be at least 1 (1: balanced)")
         # Megatron's --fp8-param-gather keeps Transformer Engine's weights in their recipe's low precision, per-tensor

@@ -34,6 +34,7 @@ from flopwise.plan.search import search
 from flopwise.plan.software_rule import ATTENTION_COLUMNS, attention_in_text, infer_software
 from flopwise.plan.spec import (
     ATTENTION_KERNELS,
+    DISPATCHERS,
     FULL_PRECISIONS,
     LOW_PRECISIONS,
     PRECISIONS,
@@ -313,11 +314,14 @@ def row_inputs(row: dict, software: str | None = None) -> tuple[ModelConfig, Clu
     graphs = _cell(row, "cuda_graphs").lower()
     if graphs not in ("", "full", "partial", "none"):
         raise DataError(f"column 'cuda_graphs' = {graphs!r}: must be full, partial, none or blank")
+    dispatcher = _cell(row, "dispatcher").lower() or "alltoall"  # blank: Megatron's default
+    if dispatcher not in DISPATCHERS:
+        raise DataError(f"column 'dispatcher' = {dispatcher!r}: must be {', '.join(DISPATCHERS)} or blank")
     training = Training(_int(row, "global_batch"), precision=precision, software=profile, attention=attention,
                         # the run gathered its sharded weights in FP8 (torchtitan's enable_fsdp_float8_all_gather,
                         # Megatron's --fp8-param-gather); overlapped its expert all-to-all with compute
                         fp8_all_gather=_flag(row, "fp8_all_gather"), cuda_graphs=graphs == "full",
-                        a2a_overlap=_flag(row, "a2a_overlap"))
+                        a2a_overlap=_flag(row, "a2a_overlap"), dispatcher=dispatcher)
     if "vpp" in fixed and "pp" in fixed and fixed["vpp"] > 1:
         per_stage = model.layers // fixed["pp"]
         if model.layers % fixed["pp"] == 0 and per_stage % fixed["vpp"]:
