@@ -55,7 +55,7 @@ def test_all_to_all_crosses_the_link_the_ep_group_spans():
     assert compute == 0 and a2a == pytest.approx(4 * one)  # dispatch + combine, forward and backward
     _, inside = moe_layer_time(cm, layout.replace(ep=8), 1.0)
     _, across = moe_layer_time(cm, layout.replace(ep=16), 1.0)
-    assert across / inside > 3  # half the rows leave the 8-GPU node: network instead of NVLink
+    assert across / inside > 5  # 16 ranks leave the 8-GPU node: network instead of NVLink
     compute, skewed = moe_layer_time(cm, layout, 1.5)
     assert skewed == pytest.approx(1.5 * a2a - 0.5 * 8 * COLLECTIVE_LATENCY_S)
     assert compute == pytest.approx(0.5 * expert_gemm_time(cm, layout))
@@ -223,10 +223,10 @@ def test_node_copies_counts_the_other_nodes_a_token_reaches():
     assert node_copies(128, 8, 1) == 0.0 and node_copies(16, 1, 2) == pytest.approx(0.5)
 
 
-def test_an_all_to_all_over_nodes_sends_only_the_other_nodes_rows_through_the_nic():
-    """EP 16 over two 8-GPU nodes: 8 of a rank's 16 shares cross the NIC, 7 cross NVLink at the same time (Megatron's
-    alltoall: one copy per expert); DeepEP / HybridEP send a token once per other node it reaches. Inside a node the
-    dispatcher changes nothing."""
+def test_a_node_once_dispatcher_sends_a_token_once_per_other_node():
+    """EP 16 over two 8-GPU nodes: NCCL's all-to-all (alltoall) prices all 15/16 of a rank's rows at the NIC's rate;
+    DeepEP / HybridEP send a token once per other node it reaches over the NIC and fan it out over NVLink there, the two
+    at once. Inside a node the dispatcher changes nothing."""
     from flopwise.plan.experts import node_copies
 
     qwen = get_preset("qwen3-30b-a3b")
@@ -235,15 +235,14 @@ def test_an_all_to_all_over_nodes_sends_only_the_other_nodes_rows_through_the_ni
     rows = cm.seq * qwen.top_k * qwen.hidden * 2
     nic = cm.bus_bandwidth(16)
     _, a2a = moe_layer_time(cm, layout, 1.0)
-    assert a2a == pytest.approx(4 * (rows * 8 / 16 / nic + 2 * COLLECTIVE_LATENCY_S))  # the NIC share is the longer
-    assert 8 / 16 / nic > 7 / 16 / cm.bus_bandwidth(8, members=8)
+    assert a2a == pytest.approx(4 * (rows * 15 / 16 / nic + 2 * COLLECTIVE_LATENCY_S))
     hybrid = CostModel(qwen, cm.cluster, Training(1024, software="te", dispatcher="hybridep"))
     _, once = moe_layer_time(hybrid, layout, 1.0)
     tokens = rows / qwen.top_k
     # the NIC: ~1 row per token; NVLink: the node's own experts' 7/16 and the fan-out of 7/8 of the 8/16 arriving
     nvlink = rows * (7 / 16 + 8 / 16 * 7 / 8) / cm.bus_bandwidth(8, members=8)
     assert once == pytest.approx(4 * (max(tokens * node_copies(128, 8, 2) / nic, nvlink) + 2 * COLLECTIVE_LATENCY_S))
-    assert once < a2a / 3  # ~1 copy per token where alltoall sends 4 of its 8 over the NIC
+    assert once < a2a / 5
     inside = Layout(dp=16, ep=8, micro_batch=1)
     assert moe_layer_time(hybrid, inside, 1.0) == moe_layer_time(cm, inside, 1.0)
     with pytest.raises(ConfigError, match="dispatcher = 'flex'"):

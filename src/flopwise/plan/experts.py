@@ -32,13 +32,14 @@ tp innermost, so it spans tp x ep GPUs (each TP rank of an ep rank sends the sam
 group, the tp exchanges side by side): inside a node it runs on NVLink at the link's bus bandwidth per GPU
 (hardware.py efficiencies) plus a call latency (and one more for the exchange of the row counts).
 
-Over n > 1 nodes (node_exchange): of the rows a rank sends, those bound for its own node's ranks cross NVLink and
-those bound for other nodes the rank's NIC, at the same time, so an exchange takes the longer of the two. Megatron's
-alltoall dispatcher sends one copy of a token per expert it visits. DeepEP's internode kernels and HybridEP send it
-once per destination node, over the NIC of the same rail, and fan it out over NVLink there (DeepSeek-AI, DeepEP,
-2025): the NIC then carries one row per other node holding at least one of the token's top_k experts, on average
+Over n > 1 nodes, Megatron's alltoall dispatcher (NCCL's all-to-all) sends one copy of a token per expert it visits,
+all (ep - 1) / ep of them priced at the NIC's rate (on B300 over EFA that was closer than splitting off the rows that
+stay on NVLink: FINDINGS.md section 72). DeepEP's internode kernels and HybridEP send a token once per destination
+node, over the NIC of the same rail, and fan it out over NVLink there (DeepSeek-AI, DeepEP, 2025; node_exchange): the
+NIC then carries one row per other node holding at least one of the token's top_k experts, on average
 (n - 1)(1 - C(E - E/n, k) / C(E, k)) with the experts spread evenly and routing uniform (node_copies; a model that
-limits the nodes a token may reach, as DeepSeek-V3's group-limited routing does, sends fewer: not modelled).
+limits the nodes a token may reach, as DeepSeek-V3's group-limited routing does, sends fewer: not modelled), and
+NVLink the rows for the node's own experts and the fan-out of those arriving, at the same time.
 
 Imbalance (Training.expert_imbalance, >= 1): the busiest rank's expert tokens over the mean. The step
 waits for it, so the expert GEMMs and the all-to-all are scaled by it (1.0: perfectly balanced routing;
@@ -130,10 +131,10 @@ def moe_layer_time(cm, layout: Layout, imbalance: float) -> tuple[float, float]:
     tokens = cm.seq * layout.micro_batch * layout.expert_tp / layout.tp
     rows = tokens * cfg.top_k * cfg.hidden * cm.training.dtype_bytes
     span = layout.expert_tp * layout.ep
-    if span <= cm.cluster.gpus_per_node:  # (an all-to-all: every pair of the group at once, over all its links on a mesh)
-        one = rows * imbalance * (layout.ep - 1) / layout.ep / cm.bus_bandwidth(span, members=layout.ep)
-    else:
+    if span > cm.cluster.gpus_per_node and cm.training.dispatcher in NODE_ONCE_DISPATCHERS:
         one = node_exchange(cm, layout, rows * imbalance, tokens * cfg.hidden * cm.training.dtype_bytes * imbalance)
+    else:  # (an all-to-all: every pair of the group at once, over all its links on a mesh)
+        one = rows * imbalance * (layout.ep - 1) / layout.ep / cm.bus_bandwidth(span, members=layout.ep)
     one += 2 * COLLECTIVE_LATENCY_S  # counts, rows
     exchanges = 4 + (2 / layout.recompute_every if layout.recompute == "full" else 0)
     return compute, exchanges * one
@@ -148,18 +149,15 @@ def node_copies(experts: int, top_k: int, nodes: float) -> float:
 
 
 def node_exchange(cm, layout: Layout, per_expert: float, per_token: float) -> float:
-    """Seconds of one exchange of an ep group spanning several nodes: `per_expert` bytes are a rank's rows with one
-    copy per expert visited, `per_token` one copy per token. The NIC and NVLink shares run at once (module docstring)."""
+    """Seconds of one exchange of an ep group spanning several nodes under a node-once dispatcher (DeepEP, HybridEP):
+    `per_expert` bytes are a rank's rows with one copy per expert visited, `per_token` one copy per token. The NIC and
+    NVLink shares run at once (module docstring)."""
     cfg, ep = cm.model, layout.ep
     nodes = layout.expert_tp * ep / cm.cluster.gpus_per_node
     local = max(1.0, ep / nodes)  # ep ranks on one node
-    here = per_expert * (local - 1) / ep  # rows for the node's other ranks
-    away = per_expert * (ep - local) / ep  # rows for other nodes' ranks, one copy per expert
-    if cm.training.dispatcher in NODE_ONCE_DISPATCHERS:
-        nic = per_token * node_copies(cfg.experts, cfg.top_k, nodes)
-        nvlink = here + away * (local - 1) / local  # and the fan-out of rows arriving from other nodes
-    else:
-        nic, nvlink = away, here
+    nic = per_token * node_copies(cfg.experts, cfg.top_k, nodes)
+    # the rows for the node's other ranks, and the fan-out of the other nodes' rows arriving for them
+    nvlink = per_expert * (local - 1) / ep + per_expert * (ep - local) / ep * (local - 1) / local
     t_nvlink = nvlink / cm.bus_bandwidth(round(local) * layout.expert_tp, members=round(local)) if local > 1 else 0.0
     return max(nic / cm.bus_bandwidth(layout.expert_tp * ep), t_nvlink)
 
