@@ -45,22 +45,21 @@ def score(path: Path) -> tuple[list[tuple[dict, float]], list[tuple[dict, str]]]
 
 
 def over_nodes(row: dict) -> bool:
-    """Whether a row's expert-parallel group spans more than one node: ep x etp (blank: tp) GPUs above gpus_per_node."""
+    """Whether a row's expert-parallel group spans more than one node: ep x etp (blank or 0: tp) GPUs above
+    gpus_per_node (a blank tp, searched, counts as 1)."""
     tp = int(row.get("tp") or 1)
-    etp = int(row["etp"]) if row.get("etp") else tp
+    etp = int(row.get("etp") or 0) or tp
     return int(row.get("ep") or 1) * etp > int(row.get("gpus_per_node") or 8)
 
 
-def lines(costed: list[tuple[dict, float]], record: dict) -> list[tuple[dict, float, str, float | None]]:
-    """(row, error, group key, its "90% within") of each costed row against the first of its MoE groups that has
-    track_record.MIN_RUNS runs in `record` (no such group: key "", None)."""
-    groups = record.get("groups", {})
+def group_lines(costed: list[tuple[dict, float]], record: dict) -> list[tuple[dict, float, str, float | None]]:
+    """(row, error, group key, its "90% within") of each costed row against the line its plan quotes from `record`
+    (track_record.quoted_group; none: key "", None)."""
     out = []
     for row, error in costed:
-        software = row_inputs(row)[2].software
-        key = next((k for k, _ in track_record.group_keys(row["gpu"], software, 0, moe=True)
-                    if groups.get(k, {}).get("n", 0) >= track_record.MIN_RUNS), "")
-        out.append((row, error, key, groups[key]["p90"] if key else None))
+        _, cluster, training, *_ = row_inputs(row)
+        found = track_record.quoted_group(cluster.accelerator.name, training.software, 0, record, moe=True)
+        out.append((row, error, found[0], found[2]["p90"]) if found else (row, error, "", None))
     return out
 
 
@@ -87,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         for reason, n in collections.Counter(reason for _, reason in refused).most_common():
             print(f"  refused ({n}): {reason}")
         if args.lines and costed:
-            held = lines(costed, track_record.load())
+            held = group_lines(costed, track_record.load())
             for row, error, key, p90 in held:
                 verdict = "no group" if p90 is None else ("within" if abs(error) <= p90 else "outside")
-                line = "" if p90 is None else f" against {key}'s {100 * p90:.1f}%"
-                print(f"  line: {row['source_id']} {row['model']} {row['gpus']}: {100 * error:+.1f}%{line}, {verdict}")
+                against = "" if p90 is None else f" against {key}'s {100 * p90:.1f}%"
+                print(f"  line: {row.get('source_id', '')} {row['model']} {row['gpus']}: {100 * error:+.1f}%{against}, "
+                      f"{verdict}")
             within = sum(p90 is not None and abs(e) <= p90 for _, e, _, p90 in held)
             print(f"  lines: {within} of {sum(p90 is not None for *_, p90 in held)} within their MoE group's line")
     return 0

@@ -71,9 +71,10 @@ MEMORY_UNSEEN = (16, 23, "")  # each run against its own profile's line
 # GPT-OSS runs, costed once sliding windows were (section 65), 4 of 4; set 53, 4 ms-swift runs on A800 (section 67), 3
 # of 4; set 54, 10 latent-attention runs (Moonlight, DeepSeek-V3) on H100, GB200, GB300 and MI355X (section 68), 10 of
 # 10; set 55, 11 Megatron-Bridge verification-card runs on H100 and GB200, with the overlapped all-to-all adopted on it
-# (section 69), 7 of 11 (5 of 11 without); set 56, 20 Megatron / Pai-Megatron-Patch runs on H800 and Megatron-Bridge
-# runs on B200 and GB300 (section 71), 18 of 20; set 57, 22 AWS Megatron-Bridge runs of DeepSeek-V3 and Kimi-K2 on 128-256
-# B300 over EFA (section 72), 17 of 22: 74 of 92.
+# (section 69), 7 of 11 (5 of 11 without); set 56, 15 Pai-Megatron-Patch runs on H800 (against the pooled MoE line,
+# H800 having no group) and 5 Megatron-Bridge runs on B200 and GB300 (section 71), 18 of 20; set 57, 22 AWS
+# Megatron-Bridge runs of DeepSeek-V3 and Kimi-K2 on 128-256 B300 over EFA (section 72), 17 of 22: 74 of 92, a share
+# just above UNSEEN_SHARE.
 MOE_UNSEEN = (74, 92, "")
 UNSEEN_SHARE = 0.8
 
@@ -168,18 +169,25 @@ def current(record: dict) -> bool:
     return record.get("constants") == dataclasses.asdict(DEFAULT_CONSTANTS)
 
 
+def quoted_group(gpu: str, software: str, params: float, record: dict, moe: bool = False
+                 ) -> tuple[str, str, dict] | None:
+    """(key, label, group) of the line a plan like this quotes: the most specific of its groups (group_keys) with
+    MIN_RUNS runs in `record`; None where none has."""
+    groups = record.get("groups", {})
+    return next(((key, label, groups[key]) for key, label in group_keys(gpu, software, params, moe)
+                 if groups.get(key, {}).get("n", 0) >= MIN_RUNS), None)
+
+
 def note(gpu: str, software: str, params: float, record: dict | None = None,
          unseen: tuple[int, int, str] | None = None, moe: bool = False) -> str | None:
     """One line on how well published runs like this plan (a mixture of experts: `moe`) were predicted, or None where
     no group has MIN_RUNS; with what the blind check of such lines (`unseen`; None: STEP_UNSEEN, or MOE_UNSEEN) found."""
     record = load() if record is None else record
     unseen = unseen or (MOE_UNSEEN if moe else STEP_UNSEEN)
-    groups = record.get("groups", {})
-    found = next(((groups[key], label) for key, label in group_keys(gpu, software, params, moe)
-                  if groups.get(key, {}).get("n", 0) >= MIN_RUNS), None)
+    found = quoted_group(gpu, software, params, record, moe)
     if found is None:
         return None
-    g, label = found
+    _, label, g = found
     too_fast = round(100 * g["too_fast"] / g["n"])
     text = (f"track record: {g['n']} published runs like this ({label}), none of them fitted to, were predicted with "
             f"median error {100 * g['median']:.1f}%, {_spread(g, unseen)}; {too_fast}% ran slower than predicted "
