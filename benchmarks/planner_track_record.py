@@ -91,6 +91,8 @@ def build() -> dict:
         if obs.model.is_moe:  # groups of their own, outside every dense line (track_record.MOE_KEY)
             for key, _ in track_record.group_keys(obs.cluster.accelerator.name, obs.training.software, params, moe=True):
                 groups.setdefault(key, []).append(row["error"])
+            if track_record.ep_nodes(obs.layout.ep, obs.layout.expert_tp, obs.cluster.gpus_per_node) > 1:
+                groups.setdefault(track_record.EP_OVER_NODES_KEY, []).append(row["error"])
             continue
         printed = measured_memory(row)
         if printed is not None:  # the planned peak (no fitted constant moves it) against the printed one

@@ -254,3 +254,26 @@ def test_an_moe_search_quotes_the_moe_record():
     assert not any(n.startswith(("memory track record", "few micro-batches")) or "published runs in nvfp4" in n
                    for n in lines), lines
     assert any(n.startswith("track record") and "mixture-of-experts" in n for n in lines)
+
+
+def test_an_moe_plan_whose_expert_groups_cross_nodes_quotes_such_runs():
+    """The MoE runs whose ep group spanned more than one node have a line of their own (EP_OVER_NODES_KEY), which each
+    MoE plan whose ep group crosses the network quotes beside its GPU's MoE line."""
+    assert [track_record.ep_nodes(*a) for a in ((16, 1, 8), (8, 1, 8), (16, 2, 8), (32, 1, 72))] == [2, 1, 4, 1]
+    rec = record(**{track_record.EP_OVER_NODES_KEY: (40, 10)})
+    said = track_record.ep_over_nodes_note(16, 1, 8, rec)
+    assert said.startswith("expert groups over nodes: this plan's ep group spans 2 nodes")
+    assert ("the 40 published runs like that were predicted with median error 5.0%, 90% within 10.0%, worst 20.0%; "
+            "25% ran slower than predicted") in said
+    assert track_record.ep_over_nodes_note(8, 1, 8, rec) is None  # inside a node
+    assert track_record.ep_over_nodes_note(16, 1, 8, record(**{track_record.EP_OVER_NODES_KEY: (4, 1)})) is None
+    moe = ModelConfig(vocab_size=151936, layers=48, hidden=2048, heads=32, kv_heads=4, ffn=768, seq_len=4096,
+                      lfa=False, attn_dim=4096, experts=128, top_k=8, router="linear")
+
+    def plan(ep):
+        return search(moe, Cluster(get_accelerator("H100-SXM"), 16), Training(1024, software="te"),
+                      {"tp": 1, "pp": 1, "ep": ep}, top=1).plans[0]
+
+    shipped = track_record.ep_over_nodes_note(16, 1, 8)
+    assert shipped is not None and shipped in plan(16).notes
+    assert not any(n.startswith("expert groups over nodes") for n in plan(8).notes)

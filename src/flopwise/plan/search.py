@@ -357,6 +357,9 @@ def search(
             if few and small:  # most small-block runs also ran few micro-batches: one miss, told twice
                 small += "; these runs and the few-micro-batch ones above are largely the same: do not add the two"
             plan.notes.extend(n for n in (few, small) if n)
+        for plan in plans[:top] if model.is_moe else []:  # an MoE plan whose expert groups cross the network
+            over = track_record.ep_over_nodes_note(plan.layout.ep, plan.layout.expert_tp, cluster.gpus_per_node)
+            plan.notes.extend([over] if over else [])
         fa3_step = None
         if explain and profile_fa2(training, cluster.accelerator):  # the first plan's layout under FA3-class attention
             fa3 = CostModel(model, cluster, dataclasses.replace(training, attention="fa3"), constants)

@@ -49,6 +49,9 @@ TINY_BLOCK_S = 0.25e-3
 MEMORY_KEY = "memory"
 # the mixture-of-experts runs (benchmarks/planner_calibration/moe/), kept out of every dense group and line
 MOE_KEY = "moe"
+# ... and those whose expert-parallel group spans more than one node: their all-to-all crosses the network, the term on
+# which the seen and the blind sets disagreed most (FINDINGS.md sections 71-72), so a plan like that quotes them too
+EP_OVER_NODES_KEY = "moe-ep-over-nodes"
 # Each line's "90% within X%" checked on runs gathered blind after such lines were first quoted, each set's test
 # declared before it existed and scored once (benchmarks/planner_calibration/README.md): (runs within the 90% figure
 # their plans quoted, runs, what they were held to). Below UNSEEN_SHARE a line gives that share in place of its own
@@ -234,6 +237,29 @@ def small_block_note(accelerator: Accelerator, block_forward_s: float, record: d
                    "graphs took that away in the two graphed runs of the group (MLPerf, predicted 8-14% too slow). "
                    "`flopwise plan host-probe` measures a PyTorch-native stack's host time per block on your server; "
                    "`--block-host-ms` costs it")
+
+
+def ep_nodes(ep: int, expert_tp: int, gpus_per_node: int) -> int:
+    """Nodes an expert-parallel group of `ep` ranks, each `expert_tp` GPUs wide, spans (1: inside one node)."""
+    return max(1, -(-ep * expert_tp // gpus_per_node))
+
+
+def ep_over_nodes_note(ep: int, expert_tp: int, gpus_per_node: int, record: dict | None = None) -> str | None:
+    """One line on published MoE runs whose expert-parallel group, like this plan's, spans more than one node: how
+    their prediction missed. None where the plan's group stays in a node or fewer than MIN_RUNS such runs are recorded."""
+    nodes = ep_nodes(ep, expert_tp, gpus_per_node)
+    if nodes == 1:
+        return None
+    record = load() if record is None else record
+    g = record.get("groups", {}).get(EP_OVER_NODES_KEY, {})
+    if g.get("n", 0) < MIN_RUNS:
+        return None
+    return (f"expert groups over nodes: this plan's ep group spans {nodes} nodes, its all-to-all priced with every row "
+            f"bound for another GPU at the NIC's rate; the {g['n']} published runs like that were predicted with median "
+            f"error {100 * g['median']:.1f}%, 90% within {100 * g['p90']:.1f}%, worst {100 * g['max']:.1f}%; "
+            f"{round(100 * g['too_fast'] / g['n'])}% ran slower than predicted (slower on B300 over EFA with NCCL's "
+            f"all-to-all, faster under DeepEP / HybridEP on InfiniBand: benchmarks/planner_calibration/FINDINGS.md, "
+            f"sections 71-72)")
 
 
 def precision_note(precision: str, record: dict | None = None) -> str | None:
