@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from flopwise.plan import track_record
+from flopwise.plan.experts import ep_nodes
 from flopwise.plan.validate import row_inputs, validate_rows
 
 MOE = Path(__file__).resolve().parent / "planner_calibration" / "moe"
@@ -45,11 +46,11 @@ def score(path: Path) -> tuple[list[tuple[dict, float]], list[tuple[dict, str]]]
 
 
 def over_nodes(row: dict) -> bool:
-    """Whether a row's expert-parallel group spans more than one node: ep x etp (blank or 0: tp) GPUs above
-    gpus_per_node (a blank tp, searched, counts as 1)."""
+    """Whether a row's expert-parallel group spans more than one node (experts.ep_nodes), as its cells state it:
+    etp blank or 0 is tp, a blank tp (searched) counts as 1."""
     tp = int(row.get("tp") or 1)
     etp = int(row.get("etp") or 0) or tp
-    return int(row.get("ep") or 1) * etp > int(row.get("gpus_per_node") or 8)
+    return ep_nodes(int(row.get("ep") or 1), etp, int(row.get("gpus_per_node") or 8)) > 1
 
 
 def group_lines(costed: list[tuple[dict, float]], record: dict) -> list[tuple[dict, float, str, float | None]]:

@@ -32,7 +32,7 @@ from planner_accuracy import CALIBRATION, cross_validate, load_rows
 from planner_fit import attach, fit_constants, predict
 
 from flopwise.flops import param_counts
-from flopwise.plan import track_record
+from flopwise.plan import experts, track_record
 from flopwise.plan.cost import DEFAULT_CONSTANTS, CostModel
 from flopwise.plan.memory import memory_error
 from flopwise.plan.validate import measured_memory
@@ -91,7 +91,7 @@ def build() -> dict:
         if obs.model.is_moe:  # groups of their own, outside every dense line (track_record.MOE_KEY)
             for key, _ in track_record.group_keys(obs.cluster.accelerator.name, obs.training.software, params, moe=True):
                 groups.setdefault(key, []).append(row["error"])
-            if track_record.ep_nodes(obs.layout.ep, obs.layout.expert_tp, obs.cluster.gpus_per_node) > 1:
+            if experts.ep_nodes(obs.layout.ep, obs.layout.expert_tp, obs.cluster.gpus_per_node) > 1:
                 groups.setdefault(track_record.EP_OVER_NODES_KEY, []).append(row["error"])
             continue
         printed = measured_memory(row)

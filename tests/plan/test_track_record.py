@@ -13,6 +13,7 @@ from flopwise.layout import Layout
 from flopwise.models.config import ModelConfig
 from flopwise.plan import track_record
 from flopwise.plan.cost import DEFAULT_CONSTANTS, CostModel
+from flopwise.plan.experts import ep_nodes
 from flopwise.plan.search import search
 from flopwise.plan.spec import Cluster, Training
 
@@ -259,7 +260,7 @@ def test_an_moe_search_quotes_the_moe_record():
 def test_an_moe_plan_whose_expert_groups_cross_nodes_quotes_such_runs():
     """The MoE runs whose ep group spanned more than one node have a line of their own (EP_OVER_NODES_KEY), which each
     MoE plan whose ep group crosses the network quotes beside its GPU's MoE line."""
-    assert [track_record.ep_nodes(*a) for a in ((16, 1, 8), (8, 1, 8), (16, 2, 8), (32, 1, 72))] == [2, 1, 4, 1]
+    assert [ep_nodes(*a) for a in ((16, 1, 8), (8, 1, 8), (16, 2, 8), (32, 1, 72))] == [2, 1, 4, 1]
     rec = record(**{track_record.EP_OVER_NODES_KEY: (40, 10)})
     said = track_record.ep_over_nodes_note(16, 1, 8, rec)
     assert said.startswith("expert groups over nodes: this plan's ep group spans 2 nodes")

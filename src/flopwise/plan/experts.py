@@ -53,6 +53,12 @@ MOE_BLOCK_HOST_S = 6.7e-3  # in sample 36.4% -> 21.8% median, max 273% -> 321%; 
 # adopted on set 53 (blind, 4 runs) as declared: 37.4% -> 28.0%, max 89.3% -> 88.0% (FINDINGS.md section 67)
 
 
+def ep_nodes(ep: int, expert_tp: int, gpus_per_node: int) -> int:
+    """Nodes an expert-parallel group of `ep` ranks, each `expert_tp` GPUs wide, spans (1: inside one node, where its
+    all-to-all runs on NVLink; beyond, moe_layer_time prices it at the network's rate)."""
+    return max(1, -(-ep * expert_tp // gpus_per_node))
+
+
 def expert_params_per_layer(cfg) -> int:
     """Weights of all experts of one MoE layer (0 for a dense model)."""
     return sum(g.weights for g in block_gemms(cfg) if g.name.startswith("expert_"))

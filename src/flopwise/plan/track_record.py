@@ -20,6 +20,7 @@ from importlib.resources import files
 
 from flopwise.hardware import FROM_RUNS, Accelerator
 from flopwise.plan.cost import DEFAULT_CONSTANTS
+from flopwise.plan.experts import ep_nodes
 
 # a group speaks for a plan only with this many runs behind it
 MIN_RUNS = 5
@@ -237,11 +238,6 @@ def small_block_note(accelerator: Accelerator, block_forward_s: float, record: d
                    "graphs took that away in the two graphed runs of the group (MLPerf, predicted 8-14% too slow). "
                    "`flopwise plan host-probe` measures a PyTorch-native stack's host time per block on your server; "
                    "`--block-host-ms` costs it")
-
-
-def ep_nodes(ep: int, expert_tp: int, gpus_per_node: int) -> int:
-    """Nodes an expert-parallel group of `ep` ranks, each `expert_tp` GPUs wide, spans (1: inside one node)."""
-    return max(1, -(-ep * expert_tp // gpus_per_node))
 
 
 def ep_over_nodes_note(ep: int, expert_tp: int, gpus_per_node: int, record: dict | None = None) -> str | None:
